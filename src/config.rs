@@ -1,0 +1,457 @@
+//! `regions.toml`: the raw serde shape (unknown keys refused) and its one-time conversion into
+//! a validated [`Config`] that the rest of the program only reads. Every error names the file,
+//! the line, the region and the key.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::model::ApiStyle;
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub regions: Vec<RegionConfig>,
+}
+
+/// `[server]`: the northbound side.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Northbound listen address (default `127.0.0.1:8082`).
+    pub listen: SocketAddr,
+    /// Directory for durable state (default `state`).
+    pub state_dir: PathBuf,
+    /// Request-handling threads (default 8).
+    pub workers: usize,
+    /// Spelling of response keys (default `spec`).
+    pub api_style: ApiStyle,
+    /// Largest accepted request body (default 1 MiB).
+    pub max_body_bytes: usize,
+    /// Bound on each socket read and write, and on receiving a whole request body; an idle
+    /// keep-alive connection is closed after it (default 5 s).
+    pub read_timeout: Duration,
+    /// Connection threads kept ready for bursts of new connections (default 128).
+    pub connection_threads: usize,
+}
+
+/// One `[[region]]`.
+#[derive(Debug, Clone)]
+pub struct RegionConfig {
+    pub id: String,
+    pub description: String,
+    pub latitude: f64,
+    pub longitude: f64,
+    pub altitude: f64,
+    pub range_km: f64,
+    pub mep: MepConfig,
+}
+
+/// `[region.mep]`: how to reach the region's MEC platform.
+#[derive(Debug, Clone)]
+pub struct MepConfig {
+    pub driver: DriverKind,
+    /// Base URL (`http://` or `https://`), without a trailing slash. For the simulated
+    /// driver it is only a label and defaults to `simulated:`.
+    pub url: String,
+    /// Bound on each platform call, connect included (default 3 s).
+    pub timeout: Duration,
+}
+
+/// The MEP dialects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriverKind {
+    /// EURECOM LL-MEC REST API.
+    Llmec,
+    /// An in-process platform that keeps the rules it is given (for trying the plugin out).
+    Simulated,
+}
+
+impl DriverKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::Llmec => "llmec",
+            DriverKind::Simulated => "simulated",
+        }
+    }
+}
+
+/// A configuration error: where and what.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: Option<Spanned<RawServer>>,
+    #[serde(default)]
+    region: Vec<Spanned<RawRegion>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+    state_dir: Option<String>,
+    workers: Option<Spanned<i64>>,
+    api_style: Option<ApiStyle>,
+    max_body_bytes: Option<Spanned<i64>>,
+    read_timeout_ms: Option<Spanned<i64>>,
+    connection_threads: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    id: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    latitude: Spanned<f64>,
+    longitude: Spanned<f64>,
+    #[serde(default)]
+    altitude: f64,
+    range_km: Spanned<f64>,
+    mep: Spanned<RawMep>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMep {
+    driver: DriverKind,
+    url: Option<Spanned<String>>,
+    timeout_ms: Option<Spanned<i64>>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates configuration text; `file` only names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError { file: file.to_string(), message };
+        let at = |span: Range<usize>| line_of(text, span.start);
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| format!("line {}: ", line_of(text, s.start))).unwrap_or_default();
+            err(format!("{line}{}", e.message()))
+        })?;
+
+        let server = match raw.server {
+            Some(s) => {
+                let s = s.into_inner();
+                let listen = match s.listen {
+                    Some(l) => l.get_ref().parse::<SocketAddr>().map_err(|_| {
+                        err(format!(
+                            "line {}: [server] listen = '{}' is not an address:port such as 127.0.0.1:8082",
+                            at(l.span()),
+                            l.get_ref()
+                        ))
+                    })?,
+                    None => default_listen(),
+                };
+                let int = |v: Option<Spanned<i64>>, key: &str, min: i64, max: i64, default: i64| {
+                    match v {
+                        None => Ok(default),
+                        Some(v) if (min..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
+                        Some(v) => Err(err(format!(
+                            "line {}: [server] {key} = {} is out of range {min}..={max}",
+                            at(v.span()),
+                            v.get_ref()
+                        ))),
+                    }
+                };
+                ServerConfig {
+                    listen,
+                    state_dir: PathBuf::from(s.state_dir.unwrap_or_else(|| "state".into())),
+                    workers: int(s.workers, "workers", 1, 1024, 8)? as usize,
+                    api_style: s.api_style.unwrap_or(ApiStyle::Spec),
+                    max_body_bytes: int(s.max_body_bytes, "max_body_bytes", 1024, 64 << 20, 1 << 20)? as usize,
+                    read_timeout: Duration::from_millis(
+                        int(s.read_timeout_ms, "read_timeout_ms", 100, 600_000, 5000)? as u64,
+                    ),
+                    connection_threads: int(s.connection_threads, "connection_threads", 4, 4096, 128)? as usize,
+                }
+            }
+            None => ServerConfig::default(),
+        };
+
+        let mut regions = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, r) in raw.region.into_iter().enumerate() {
+            let region_line = at(r.span());
+            let r = r.into_inner();
+            let id = r.id.get_ref().clone();
+            let name = if id.is_empty() { format!("#{}", i + 1) } else { format!("'{id}'") };
+            let bad = |span: Range<usize>, key: &str, what: String| {
+                err(format!("line {}: region {name}: {key} {what}", at(span)))
+            };
+            if id.trim().is_empty() {
+                return Err(bad(r.id.span(), "id", "must not be empty".into()));
+            }
+            if id.len() > 63 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(bad(
+                    r.id.span(),
+                    "id",
+                    "must be 1-63 characters of letters, digits, '-', '_' or '.'".into(),
+                ));
+            }
+            if !seen.insert(id.clone()) {
+                return Err(bad(r.id.span(), "id", "is used by another region (ids must be unique)".into()));
+            }
+            let range_check = |v: &Spanned<f64>, key: &str, lo: f64, hi: f64| {
+                let x = *v.get_ref();
+                if x.is_finite() && (lo..=hi).contains(&x) {
+                    Ok(x)
+                } else {
+                    Err(bad(v.span(), key, format!("= {x} is out of range {lo}..{hi}")))
+                }
+            };
+            let latitude = range_check(&r.latitude, "latitude", -90.0, 90.0)?;
+            let longitude = range_check(&r.longitude, "longitude", -180.0, 180.0)?;
+            if !r.altitude.is_finite() {
+                return Err(err(format!("line {region_line}: region {name}: altitude must be a finite number")));
+            }
+            let range_km = *r.range_km.get_ref();
+            if !(range_km.is_finite() && range_km > 0.0) {
+                return Err(bad(r.range_km.span(), "range_km", format!("= {range_km} must be greater than 0")));
+            }
+            let mep_span = r.mep.span();
+            let mep = r.mep.into_inner();
+            let timeout_ms = match mep.timeout_ms {
+                None => 3000,
+                Some(t) if (1..=600_000).contains(t.get_ref()) => *t.get_ref(),
+                Some(t) => {
+                    return Err(bad(t.span(), "mep.timeout_ms", format!("= {} is out of range 1..=600000", t.get_ref())));
+                }
+            };
+            let url = match (mep.driver, mep.url) {
+                (_, Some(u)) => {
+                    let checked = check_url(u.get_ref())
+                        .map_err(|why| bad(u.span(), "mep.url", format!("= '{}' {why}", u.get_ref())))?;
+                    if mep.driver == DriverKind::Simulated { u.get_ref().clone() } else { checked }
+                }
+                (DriverKind::Simulated, None) => "simulated:".to_string(),
+                (_, None) => {
+                    return Err(bad(mep_span, "mep.url", "is required for this driver".into()));
+                }
+            };
+            regions.push(RegionConfig {
+                id,
+                description: r.description,
+                latitude,
+                longitude,
+                altitude: r.altitude,
+                range_km,
+                mep: MepConfig {
+                    driver: mep.driver,
+                    url,
+                    timeout: Duration::from_millis(timeout_ms as u64),
+                },
+            });
+        }
+        if regions.is_empty() {
+            return Err(err("no [[region]] is configured; at least one is needed".into()));
+        }
+        Ok(Config { server, regions })
+    }
+
+    /// One line per region for `--check` and the start-up log.
+    pub fn summary(&self) -> Vec<String> {
+        self.regions
+            .iter()
+            .map(|r| {
+                format!(
+                    "region {}: lat {} lon {} alt {} range {} km, driver {}, MEP {}",
+                    r.id,
+                    r.latitude,
+                    r.longitude,
+                    r.altitude,
+                    r.range_km,
+                    r.mep.driver.name(),
+                    r.mep.url
+                )
+            })
+            .collect()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            state_dir: PathBuf::from("state"),
+            workers: 8,
+            api_style: ApiStyle::Spec,
+            max_body_bytes: 1 << 20,
+            read_timeout: Duration::from_secs(5),
+            connection_threads: 128,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8082))
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// Checks a MEP base URL and returns it without a trailing slash.
+fn check_url(url: &str) -> Result<String, String> {
+    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("is not a URL ({e})"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err("must start with http:// or https://".into()),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    if uri.query().is_some() {
+        return Err("must not have a query string".into());
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[region]]
+id = "2"
+latitude = 43.6
+longitude = 7.06
+range_km = 10.0
+[region.mep]
+driver = "llmec"
+url = "http://127.0.0.1:13000/"
+"#;
+
+    fn parse_err(text: &str) -> String {
+        Config::parse(text, "regions.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, "regions.toml").unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8082");
+        assert_eq!(c.server.workers, 8);
+        assert_eq!(c.server.max_body_bytes, 1 << 20);
+        assert_eq!(c.server.api_style, ApiStyle::Spec);
+        assert_eq!(c.regions[0].mep.url, "http://127.0.0.1:13000");
+        assert_eq!(c.regions[0].mep.timeout, Duration::from_secs(3));
+        assert_eq!(c.regions[0].altitude, 0.0);
+    }
+
+    #[test]
+    fn full_server_section_is_read() {
+        let text = format!(
+            "[server]\nlisten = \"0.0.0.0:9000\"\nstate_dir = \"/var/lib/x\"\nworkers = 3\napi_style = \"camel\"\nmax_body_bytes = 4096\nread_timeout_ms = 700\nconnection_threads = 16\n{MINIMAL}"
+        );
+        let c = Config::parse(&text, "f").unwrap();
+        assert_eq!(c.server.listen.port(), 9000);
+        assert_eq!(c.server.workers, 3);
+        assert_eq!(c.server.api_style, ApiStyle::Camel);
+        assert_eq!(c.server.max_body_bytes, 4096);
+        assert_eq!(c.server.read_timeout, Duration::from_millis(700));
+        assert_eq!(c.server.connection_threads, 16);
+        assert_eq!(c.server.state_dir, PathBuf::from("/var/lib/x"));
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_file_and_line() {
+        let e = parse_err(&MINIMAL.replace("range_km = 10.0", "range_km = 10.0\nradius = 3"));
+        assert!(e.starts_with("regions.toml: line 7"), "{e}");
+        assert!(e.contains("radius"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_region_id_is_refused() {
+        let e = parse_err(&format!("{MINIMAL}{MINIMAL}"));
+        assert!(e.contains("region '2': id is used by another region"), "{e}");
+        assert!(e.contains("line 11"), "{e}");
+    }
+
+    #[test]
+    fn empty_region_id_is_refused() {
+        let e = parse_err(&MINIMAL.replace("id = \"2\"", "id = \"\""));
+        assert!(e.contains("id must not be empty"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_coordinates_are_refused_naming_region_and_key() {
+        let e = parse_err(&MINIMAL.replace("latitude = 43.6", "latitude = 91.0"));
+        assert!(e.contains("line 4: region '2': latitude = 91 is out of range"), "{e}");
+        let e = parse_err(&MINIMAL.replace("longitude = 7.06", "longitude = -180.5"));
+        assert!(e.contains("longitude"), "{e}");
+    }
+
+    #[test]
+    fn non_positive_range_is_refused() {
+        let e = parse_err(&MINIMAL.replace("range_km = 10.0", "range_km = 0.0"));
+        assert!(e.contains("range_km = 0 must be greater than 0"), "{e}");
+    }
+
+    #[test]
+    fn unparsable_url_is_refused() {
+        let e = parse_err(&MINIMAL.replace("http://127.0.0.1:13000/", "not a url"));
+        assert!(e.contains("line 9: region '2': mep.url"), "{e}");
+        let e = parse_err(&MINIMAL.replace("http://127.0.0.1:13000/", "ftp://127.0.0.1/"));
+        assert!(e.contains("http:// or https://"), "{e}");
+    }
+
+    #[test]
+    fn unknown_driver_is_refused() {
+        let e = parse_err(&MINIMAL.replace("\"llmec\"", "\"openness\""));
+        assert!(e.contains("line 8"), "{e}");
+        assert!(e.contains("openness"), "{e}");
+    }
+
+    #[test]
+    fn missing_url_is_refused_for_a_real_platform_but_not_for_the_simulated_one() {
+        let no_url = MINIMAL.replace("url = \"http://127.0.0.1:13000/\"\n", "");
+        assert!(parse_err(&no_url).contains("mep.url is required"));
+        let sim = Config::parse(&no_url.replace("llmec", "simulated"), "f").unwrap();
+        assert_eq!(sim.regions[0].mep.driver, DriverKind::Simulated);
+    }
+
+    #[test]
+    fn bad_listen_address_and_worker_count_are_refused() {
+        let e = parse_err(&format!("[server]\nlisten = \"localhost\"\n{MINIMAL}"));
+        assert!(e.contains("line 2: [server] listen"), "{e}");
+        let e = parse_err(&format!("[server]\nworkers = 0\n{MINIMAL}"));
+        assert!(e.contains("workers = 0 is out of range"), "{e}");
+    }
+
+    #[test]
+    fn a_config_without_regions_is_refused() {
+        assert!(parse_err("[server]\n").contains("no [[region]]"));
+    }
+}

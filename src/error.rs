@@ -1,0 +1,257 @@
+//! The one error type of the northbound API and its single mapping to HTTP status codes and
+//! RFC 7807 `application/problem+json` bodies. Every error a caller can see is built here.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::http::{PROBLEM_JSON, Response};
+use crate::mep::MepError;
+use crate::model::ApiStyle;
+
+/// Everything that can go wrong with a northbound request. Each variant carries the input
+/// that caused it, so its message says what to fix.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiError {
+    /// No such route.
+    NoRoute { path: String },
+    /// Known route, wrong method; `allow` lists the methods it has.
+    MethodNotAllowed { path: String, allow: &'static str },
+    /// No request with this id.
+    RequestNotFound { request_id: String },
+    /// No region with this id (in the path).
+    RegionNotFound { region_id: String },
+    /// The body or query is malformed or invalid: `detail` names the field and the reason.
+    BadRequest { detail: String },
+    /// The `Content-Type` is not JSON.
+    UnsupportedMediaType { content_type: String },
+    /// The body is larger than `max_body_bytes`.
+    PayloadTooLarge { limit: usize },
+    /// The client did not send its body within the read bound.
+    BodyTimeout,
+    /// The creation request names a region this plugin does not manage.
+    UnknownRegion { region_id: String },
+    /// The region's platform cannot express a rule (checked before the platform is called).
+    Unsupported { region_id: String, driver: &'static str, detail: String },
+    /// Another operation on this request is in progress.
+    Conflict { request_id: String, detail: String },
+    /// The platform refused, failed, was unreachable or timed out.
+    Mep { region_id: String, request_id: Option<String>, error: MepError },
+    /// Authentication is required and missing or wrong.
+    Unauthorized,
+    /// A bug or an unexpected local failure (e.g. the state could not be written).
+    Internal { detail: String },
+}
+
+impl ApiError {
+    /// The HTTP status code of this error: the only place where errors map to codes.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest { .. } => 400,
+            ApiError::Unauthorized => 401,
+            ApiError::NoRoute { .. }
+            | ApiError::RequestNotFound { .. }
+            | ApiError::RegionNotFound { .. } => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::BodyTimeout => 408,
+            ApiError::Conflict { .. } => 409,
+            ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::UnsupportedMediaType { .. } => 415,
+            ApiError::UnknownRegion { .. } | ApiError::Unsupported { .. } => 422,
+            ApiError::Mep { error, .. } if error.is_timeout() => 504,
+            ApiError::Mep { .. } => 502,
+            ApiError::Internal { .. } => 500,
+        }
+    }
+
+    /// Short, stable title of the problem type.
+    pub fn title(&self) -> &'static str {
+        match self {
+            ApiError::NoRoute { .. } => "Not Found",
+            ApiError::MethodNotAllowed { .. } => "Method Not Allowed",
+            ApiError::RequestNotFound { .. } => "Request not found",
+            ApiError::RegionNotFound { .. } => "Region not found",
+            ApiError::BadRequest { .. } => "Invalid request",
+            ApiError::UnsupportedMediaType { .. } => "Unsupported media type",
+            ApiError::PayloadTooLarge { .. } => "Body too large",
+            ApiError::BodyTimeout => "Body not received in time",
+            ApiError::UnknownRegion { .. } => "Unknown region",
+            ApiError::Unsupported { .. } => "Rule not supported by the region's platform",
+            ApiError::Conflict { .. } => "Operation in progress",
+            ApiError::Mep { error, .. } if error.is_timeout() => "MEC platform timed out",
+            ApiError::Mep { .. } => "MEC platform error",
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::Internal { .. } => "Internal error",
+        }
+    }
+
+    /// The problem `type` URI.
+    pub fn type_uri(&self) -> &'static str {
+        match self {
+            ApiError::NoRoute { .. } => "urn:mec-plugin:problem:no-route",
+            ApiError::MethodNotAllowed { .. } => "urn:mec-plugin:problem:method-not-allowed",
+            ApiError::RequestNotFound { .. } => "urn:mec-plugin:problem:request-not-found",
+            ApiError::RegionNotFound { .. } => "urn:mec-plugin:problem:region-not-found",
+            ApiError::BadRequest { .. } => "urn:mec-plugin:problem:invalid-request",
+            ApiError::UnsupportedMediaType { .. } => "urn:mec-plugin:problem:unsupported-media-type",
+            ApiError::PayloadTooLarge { .. } => "urn:mec-plugin:problem:body-too-large",
+            ApiError::BodyTimeout => "urn:mec-plugin:problem:body-timeout",
+            ApiError::UnknownRegion { .. } => "urn:mec-plugin:problem:unknown-region",
+            ApiError::Unsupported { .. } => "urn:mec-plugin:problem:unsupported-rule",
+            ApiError::Conflict { .. } => "urn:mec-plugin:problem:conflict",
+            ApiError::Mep { error, .. } if error.is_timeout() => "urn:mec-plugin:problem:mep-timeout",
+            ApiError::Mep { .. } => "urn:mec-plugin:problem:mep-error",
+            ApiError::Unauthorized => "urn:mec-plugin:problem:unauthorized",
+            ApiError::Internal { .. } => "urn:mec-plugin:problem:internal",
+        }
+    }
+
+    /// The problem+json response for this error. `style` picks the spelling of the
+    /// `RequestId` extension member carried by platform errors of a creation.
+    pub fn to_response(&self, style: ApiStyle) -> Response {
+        #[derive(Serialize)]
+        struct Problem<'a> {
+            #[serde(rename = "type")]
+            type_uri: &'a str,
+            title: &'a str,
+            status: u16,
+            detail: String,
+            #[serde(rename = "RequestId", skip_serializing_if = "Option::is_none")]
+            request_id_spec: Option<&'a str>,
+            #[serde(rename = "requestId", skip_serializing_if = "Option::is_none")]
+            request_id_camel: Option<&'a str>,
+        }
+        let request_id = match self {
+            ApiError::Mep { request_id, .. } => request_id.as_deref(),
+            _ => None,
+        };
+        let (request_id_spec, request_id_camel) = match style {
+            ApiStyle::Spec => (request_id, None),
+            ApiStyle::Camel => (None, request_id),
+        };
+        let problem = Problem {
+            type_uri: self.type_uri(),
+            title: self.title(),
+            status: self.status(),
+            detail: self.to_string(),
+            request_id_spec,
+            request_id_camel,
+        };
+        let body = serde_json::to_vec(&problem).expect("a problem always serialises");
+        let mut response = Response {
+            status: self.status(),
+            content_type: PROBLEM_JSON,
+            headers: Vec::new(),
+            body,
+        };
+        match self {
+            ApiError::MethodNotAllowed { allow, .. } => {
+                response = response.with_header("Allow", *allow);
+            }
+            ApiError::Unauthorized => {
+                response = response.with_header("WWW-Authenticate", "Bearer realm=\"mec-plugin\"");
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// The `detail` text: what was wrong and where.
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiError::NoRoute { path } => write!(f, "no resource at {path}"),
+            ApiError::MethodNotAllowed { path, allow } => {
+                write!(f, "{path} does not support this method; allowed: {allow}")
+            }
+            ApiError::RequestNotFound { request_id } => {
+                write!(f, "no MEC service request with RequestId '{request_id}'")
+            }
+            ApiError::RegionNotFound { region_id } => write!(f, "no region with RegionId '{region_id}'"),
+            ApiError::BadRequest { detail } => f.write_str(detail),
+            ApiError::UnsupportedMediaType { content_type } => write!(
+                f,
+                "Content-Type '{content_type}' is not accepted; send application/json"
+            ),
+            ApiError::PayloadTooLarge { limit } => {
+                write!(f, "the body exceeds the limit of {limit} bytes (max_body_bytes)")
+            }
+            ApiError::BodyTimeout => f.write_str("the request body was not received in time"),
+            ApiError::UnknownRegion { region_id } => write!(
+                f,
+                "RegionId '{region_id}' is not a region of this plugin; GET /MEC/v1/service/regions lists them"
+            ),
+            ApiError::Unsupported { region_id, driver, detail } => write!(
+                f,
+                "region '{region_id}' ({driver} platform) cannot apply this request: {detail}"
+            ),
+            ApiError::Conflict { request_id, detail } => {
+                write!(f, "request '{request_id}': {detail}")
+            }
+            ApiError::Mep { region_id, request_id, error } => {
+                write!(f, "region '{region_id}': {error}")?;
+                if let Some(id) = request_id {
+                    write!(f, " (request {id} is recorded as FAILED; no rule of it stays on the platform unless its record says so)")?;
+                }
+                Ok(())
+            }
+            ApiError::Unauthorized => f.write_str("a valid 'Authorization: Bearer <token>' header is required"),
+            ApiError::Internal { detail } => f.write_str(detail),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(e: &ApiError) -> serde_json::Value {
+        serde_json::from_slice(&e.to_response(ApiStyle::Spec).body).unwrap()
+    }
+
+    #[test]
+    fn every_problem_has_type_title_status_and_detail() {
+        let e = ApiError::RequestNotFound { request_id: "abc".into() };
+        let r = e.to_response(ApiStyle::Spec);
+        assert_eq!(r.status, 404);
+        assert_eq!(r.content_type, PROBLEM_JSON);
+        let b = body(&e);
+        assert_eq!(b["status"], 404);
+        assert_eq!(b["title"], "Request not found");
+        assert!(b["type"].as_str().unwrap().starts_with("urn:mec-plugin:problem:"));
+        assert!(b["detail"].as_str().unwrap().contains("abc"));
+    }
+
+    #[test]
+    fn method_not_allowed_carries_allow_header() {
+        let e = ApiError::MethodNotAllowed { path: "/x".into(), allow: "GET, POST" };
+        let r = e.to_response(ApiStyle::Spec);
+        assert_eq!(r.status, 405);
+        assert_eq!(r.header("allow"), Some("GET, POST"));
+    }
+
+    #[test]
+    fn mep_timeout_is_504_and_refusal_is_502_with_request_id_in_either_spelling() {
+        let timeout = ApiError::Mep {
+            region_id: "2".into(),
+            request_id: Some("r1".into()),
+            error: MepError::Timeout { url: "http://127.0.0.1:1/x".into() },
+        };
+        assert_eq!(timeout.status(), 504);
+        assert_eq!(body(&timeout)["RequestId"], "r1");
+        let camel: serde_json::Value =
+            serde_json::from_slice(&timeout.to_response(ApiStyle::Camel).body).unwrap();
+        assert_eq!(camel["requestId"], "r1");
+        assert!(camel.get("RequestId").is_none());
+        let refused = ApiError::Mep {
+            region_id: "2".into(),
+            request_id: None,
+            error: MepError::Refused { url: "u".into(), status: 500, detail: "boom".into() },
+        };
+        assert_eq!(refused.status(), 502);
+        assert!(body(&refused)["detail"].as_str().unwrap().contains("region '2'"));
+    }
+}

@@ -1,0 +1,103 @@
+//! Plain HTTP request and response values passed between the [`server`](crate::server) (which
+//! does the I/O) and the [`api`](crate::api) (which decides what to answer). No sockets here,
+//! so routing and handlers are testable as pure functions.
+
+/// A request as the API sees it: method, target, the headers it cares about, and the body,
+/// already read in full under the configured size and time bounds.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Upper-case method name as sent (`GET`, `POST`, ...).
+    pub method: String,
+    /// Request target as sent: path plus optional `?query`.
+    pub target: String,
+    /// `Content-Type` header value, if any.
+    pub content_type: Option<String>,
+    /// `Authorization` header value, if any.
+    pub authorization: Option<String>,
+    /// The request body.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A request with no body (for tests and internal callers).
+    pub fn new(method: &str, target: &str) -> Self {
+        Request {
+            method: method.to_string(),
+            target: target.to_string(),
+            ..Request::default()
+        }
+    }
+
+    /// A request with a JSON body.
+    pub fn json(method: &str, target: &str, body: impl Into<Vec<u8>>) -> Self {
+        Request {
+            content_type: Some("application/json".to_string()),
+            body: body.into(),
+            ..Request::new(method, target)
+        }
+    }
+
+    /// The path part of the target, without the query string.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or("")
+    }
+
+    /// The query string (after `?`), if any.
+    pub fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, q)| q)
+    }
+}
+
+/// A response to be written by the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    /// Extra headers (e.g. `Allow`, `WWW-Authenticate`).
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Media type of successful JSON bodies.
+pub const JSON: &str = "application/json";
+/// Media type of RFC 7807 error bodies.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl Response {
+    /// A JSON response with the given status and already serialised body.
+    pub fn json(status: u16, body: Vec<u8>) -> Self {
+        Response {
+            status,
+            content_type: JSON,
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// The value of a header set on this response, if any (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_and_query_are_split_at_the_first_question_mark() {
+        let r = Request::new("GET", "/MEC/v1/service/regions?latitude=1&x=?");
+        assert_eq!(r.path(), "/MEC/v1/service/regions");
+        assert_eq!(r.query(), Some("latitude=1&x=?"));
+        assert_eq!(Request::new("GET", "/a").query(), None);
+    }
+}

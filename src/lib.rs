@@ -1,0 +1,20 @@
+//! mec-plugin: a MEC Platform Manager that installs MEC applications' traffic and DNS rules
+//! on the MEC platform (MEP) of a region, on behalf of an orchestrator (ETSI MEC Mm3 role).
+//!
+//! The modules are the architecture (see ARCHITECTURE.md):
+//! [`config`] reads `regions.toml`, [`model`] is the northbound request model and its two
+//! JSON spellings, [`store`] keeps the records, [`mep`] holds the platform drivers,
+//! [`service`] applies and removes a request's rules atomically, [`api`] routes HTTP requests
+//! to it, [`server`] is the hardened HTTP front end, and [`app`] wires them together.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod mep;
+pub mod model;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod util;

@@ -1,0 +1,1 @@
+//! Outbound HTTP (placeholder; being written).

@@ -1,0 +1,1 @@
+//! LL-MEC driver (placeholder; being written).

@@ -1,0 +1,108 @@
+//! MEC platform (MEP) drivers: the southbound "Mm5" side. A [`Driver`] turns a request's rules
+//! into an ordered list of [`Step`]s (exactly what will be sent) and applies or removes one step
+//! at a time. The [`service`](crate::service) decides the order and undoes on failure; drivers
+//! never touch the store.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{DriverKind, MepConfig};
+use crate::model::CreationRequest;
+
+pub mod agent;
+pub mod llmec;
+pub mod simulated;
+
+/// One call's worth of work on a platform, recorded before it is applied so that the plugin
+/// always knows what may be on the platform, and replayed verbatim to remove it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// Which rule this step comes from, for messages: e.g. `DNS rule '111'` or
+    /// `traffic rule 'tr1' filter 0 (195.251.255.142:80/tcp)`.
+    pub label: String,
+    /// Path relative to the MEP URL, e.g. `/api/mp1/traffic/all`.
+    pub target: String,
+    /// The exact JSON body sent to apply it (and, for LL-MEC, to remove it).
+    pub body: String,
+}
+
+/// Why a platform call failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MepError {
+    /// The platform answered with a non-success status.
+    Refused { url: String, status: u16, detail: String },
+    /// The platform could not be reached or the exchange broke off.
+    Unreachable { url: String, reason: String },
+    /// The platform did not answer within `timeout_ms`.
+    Timeout { url: String },
+}
+
+impl MepError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, MepError::Timeout { .. })
+    }
+
+    /// True when the platform may have applied the call although we saw no success (the
+    /// answer was lost): the step must then be treated as possibly applied.
+    pub fn is_ambiguous(&self) -> bool {
+        !matches!(self, MepError::Refused { .. })
+    }
+}
+
+impl fmt::Display for MepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MepError::Refused { url, status, detail } if detail.is_empty() => {
+                write!(f, "MEP at {url} answered HTTP {status}")
+            }
+            MepError::Refused { url, status, detail } => {
+                write!(f, "MEP at {url} answered HTTP {status}: {detail}")
+            }
+            MepError::Unreachable { url, reason } => write!(f, "MEP at {url} unreachable: {reason}"),
+            MepError::Timeout { url } => write!(f, "MEP at {url} did not answer in time"),
+        }
+    }
+}
+
+impl std::error::Error for MepError {}
+
+/// A rule the platform's dialect cannot express; nothing is sent for the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The offending rule and field, e.g. `appTrafficRule[0] 'tr1' trafficFilter[0].dstAddress`.
+    pub rule: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.rule, self.reason)
+    }
+}
+
+/// A MEP dialect.
+pub trait Driver: Send + Sync {
+    /// The `driver` name in regions.toml.
+    fn kind(&self) -> DriverKind;
+
+    /// Turns a request's rules into the steps to apply, in order: DNS rules first, then
+    /// traffic rules. Refuses, before anything is sent, a rule the dialect cannot express.
+    fn plan(&self, request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal>;
+
+    /// Applies one step. Returns only once the platform confirmed it.
+    fn apply(&self, step: &Step) -> Result<(), MepError>;
+
+    /// Removes one previously planned step. A platform that no longer has it (404) counts as
+    /// success: removal is idempotent.
+    fn remove(&self, step: &Step) -> Result<(), MepError>;
+}
+
+/// Builds the driver a region's `[region.mep]` section asks for.
+pub fn build(region_id: &str, mep: &MepConfig) -> Arc<dyn Driver> {
+    match mep.driver {
+        DriverKind::Llmec => Arc::new(llmec::LlMec::new(mep)),
+        DriverKind::Simulated => Arc::new(simulated::Simulated::new(region_id)),
+    }
+}

@@ -1,0 +1,1 @@
+//! Simulated driver (placeholder; being written).

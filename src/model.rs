@@ -1,0 +1,626 @@
+//! The northbound request model (ETSI MEC 010-2 fields of the API contract) and its two JSON
+//! spellings. Bodies in either spelling are accepted; responses are written in the spelling of
+//! `[server] api_style`. Free-form objects are kept as the exact compact JSON the caller sent,
+//! and numbers exactly as sent.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::de::IgnoredAny;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Number;
+use serde_json::value::RawValue;
+
+/// Which spelling responses use. Requests are accepted in both, always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiStyle {
+    /// The keys of the API contract (`RequestId`, `Regions`, `MECRegionInfo`, `Protocol`, ...).
+    Spec,
+    /// The keys the MTP's Java client reads (`requestId`, `regions`, `mecRegionInfo`, ...).
+    Camel,
+}
+
+impl ApiStyle {
+    /// Picks the key for this spelling.
+    pub fn key(self, spec: &'static str, camel: &'static str) -> &'static str {
+        match self {
+            ApiStyle::Spec => spec,
+            ApiStyle::Camel => camel,
+        }
+    }
+}
+
+thread_local! {
+    static OUTPUT_STYLE: Cell<ApiStyle> = const { Cell::new(ApiStyle::Spec) };
+}
+
+/// Serialises `f`'s output with `style` spelling for the keys that differ deep inside a request
+/// (`Protocol`/`Token` of traffic filters). Serde gives nested `Serialize` impls no context, so
+/// the spelling travels in a thread-local for the duration of the call.
+pub fn with_style<R>(style: ApiStyle, f: impl FnOnce() -> R) -> R {
+    let previous = OUTPUT_STYLE.with(|s| s.replace(style));
+    let result = f();
+    OUTPUT_STYLE.with(|s| s.set(previous));
+    result
+}
+
+fn output_style() -> ApiStyle {
+    OUTPUT_STYLE.with(Cell::get)
+}
+
+/// A creation request as the caller sent it (`MECTrafficServiceCreationRequest`): the region
+/// and the MEC application's requirements. Serialising it writes the application part only;
+/// identity and status are added by the stored request's view in the output spelling.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreationRequest {
+    #[serde(rename = "RegionId", alias = "regionId", skip_serializing)]
+    pub region_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_service_required: Option<Vec<ServiceDependency>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_service_optional: Option<Vec<ServiceDependency>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_service_produced: Option<Vec<ServiceDescriptor>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport_dependencies: Option<Vec<TransportDependency>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_traffic_rule: Option<Vec<TrafficRule>>,
+    #[serde(rename = "appDNSRule", skip_serializing_if = "Option::is_none")]
+    pub app_dns_rule: Option<Vec<DnsRule>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_latency: Option<LatencyDescriptor>,
+    /// Fields the plugin assigns; accepted and ignored so that a stored request can be re-sent.
+    #[serde(rename = "RequestId", alias = "requestId", default, skip_serializing)]
+    ignored_request_id: Option<IgnoredAny>,
+    #[serde(rename = "status", default, skip_serializing)]
+    ignored_status: Option<IgnoredAny>,
+    #[serde(rename = "createdAt", default, skip_serializing)]
+    ignored_created_at: Option<IgnoredAny>,
+    #[serde(rename = "lastModified", default, skip_serializing)]
+    ignored_last_modified: Option<IgnoredAny>,
+}
+
+impl CreationRequest {
+    pub fn dns_rules(&self) -> &[DnsRule] {
+        self.app_dns_rule.as_deref().unwrap_or(&[])
+    }
+
+    pub fn traffic_rules(&self) -> &[TrafficRule] {
+        self.app_traffic_rule.as_deref().unwrap_or(&[])
+    }
+}
+
+/// A free-form JSON object kept as the compact text the caller sent.
+pub type FreeForm = Box<RawValue>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryRef {
+    pub href: String,
+    pub id: String,
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceDependency {
+    pub ser_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ser_category: Option<CategoryRef>,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ser_transport_dependencies: Option<Vec<TransportDependency>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_permissions: Option<FreeForm>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceDescriptor {
+    pub ser_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ser_category: Option<CategoryRef>,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transports_supported: Option<TransportsSupported>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportsSupported {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<TransportDescriptor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serializers: Option<Serializers>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportDescriptor {
+    #[serde(rename = "type")]
+    pub transport_type: TransportType,
+    pub protocol: String,
+    pub version: String,
+    pub security: FreeForm,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportDependency {
+    pub transport: TransportDescriptor,
+    pub serializers: Serializers,
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TransportType {
+    RestHttp,
+    MbTopicBased,
+    MbRouting,
+    MbPubsub,
+    Rpc,
+    RpcStreaming,
+    Websocket,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Serializers {
+    #[serde(rename = "JSON")]
+    Json,
+    #[serde(rename = "XML")]
+    Xml,
+    #[serde(rename = "PROBOBUF3", alias = "PROTOBUF3")]
+    Protobuf3,
+}
+
+/// `TrafficRuleDescriptor`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficRule {
+    pub traffic_rule_id: String,
+    pub filter_type: FilterType,
+    pub priority: Number,
+    pub traffic_filter: Vec<TrafficFilter>,
+    pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_interface: Option<Vec<InterfaceDescriptor>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum FilterType {
+    Flow,
+    Packet,
+}
+
+/// Traffic rule actions of the contract (MEC 010-2 v1 spellings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Action {
+    Drop,
+    Forward,
+    Decapsulated,
+    ForwardAsIs,
+    Passthrough,
+    DuplicatedDecapsulated,
+    DuplicateAsIs,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Drop => "DROP",
+            Action::Forward => "FORWARD",
+            Action::Decapsulated => "DECAPSULATED",
+            Action::ForwardAsIs => "FORWARD_AS_IS",
+            Action::Passthrough => "PASSTHROUGH",
+            Action::DuplicatedDecapsulated => "DUPLICATED_DECAPSULATED",
+            Action::DuplicateAsIs => "DUPLICATE_AS_IS",
+        }
+    }
+}
+
+/// `TrafficFilter`. `Protocol` and `Token` are spelled `protocol`/`token` by the MTP client.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrafficFilter {
+    pub src_address: Option<Vec<String>>,
+    pub dst_address: Option<Vec<String>>,
+    pub src_port: Option<Vec<String>>,
+    pub dst_port: Option<Vec<String>>,
+    #[serde(rename = "Protocol", alias = "protocol")]
+    pub protocol: Option<Vec<String>>,
+    #[serde(rename = "Token", alias = "token")]
+    pub token: Option<Vec<String>>,
+    pub src_tunnel_address: Option<Vec<String>>,
+    pub dst_tunnel_address: Option<Vec<String>>,
+    pub src_tunnel_port: Option<Vec<String>>,
+    pub dst_tunnel_port: Option<Vec<String>>,
+    pub qci: Option<Number>,
+    pub dscp: Option<Number>,
+    pub tc: Option<Number>,
+}
+
+impl Serialize for TrafficFilter {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let style = output_style();
+        let mut map = serializer.serialize_map(None)?;
+        let lists = [
+            ("srcAddress", &self.src_address),
+            ("dstAddress", &self.dst_address),
+            ("srcPort", &self.src_port),
+            ("dstPort", &self.dst_port),
+            (style.key("Protocol", "protocol"), &self.protocol),
+            (style.key("Token", "token"), &self.token),
+            ("srcTunnelAddress", &self.src_tunnel_address),
+            ("dstTunnelAddress", &self.dst_tunnel_address),
+            ("srcTunnelPort", &self.src_tunnel_port),
+            ("dstTunnelPort", &self.dst_tunnel_port),
+        ];
+        for (key, value) in lists {
+            if let Some(v) = value {
+                map.serialize_entry(key, v)?;
+            }
+        }
+        for (key, value) in [("qci", &self.qci), ("dscp", &self.dscp), ("tc", &self.tc)] {
+            if let Some(v) = value {
+                map.serialize_entry(key, v)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// `InterfaceDescriptor`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceDescriptor {
+    #[serde(rename = "interfaceType")]
+    pub interface_type: InterfaceType,
+    #[serde(rename = "tunnelInfo", skip_serializing_if = "Option::is_none")]
+    pub tunnel_info: Option<TunnelInfo>,
+    #[serde(rename = "srcMACAddress", skip_serializing_if = "Option::is_none")]
+    pub src_mac_address: Option<String>,
+    #[serde(rename = "dstMACAddress", skip_serializing_if = "Option::is_none")]
+    pub dst_mac_address: Option<String>,
+    #[serde(rename = "dstIPAddress", skip_serializing_if = "Option::is_none")]
+    pub dst_ip_address: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum InterfaceType {
+    Tunnel,
+    Mac,
+    Ip,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TunnelInfo {
+    pub tunnel_type: TunnelType,
+    pub tunnel_dst_address: String,
+    pub tunnel_src_address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel_specific_data: Option<FreeForm>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TunnelType {
+    #[serde(rename = "GTP-U")]
+    GtpU,
+    #[serde(rename = "GRE")]
+    Gre,
+}
+
+/// `DNSRuleDescriptor`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsRule {
+    pub dns_rule_id: String,
+    pub domain_name: String,
+    pub ip_address_type: IpAddressType,
+    pub ip_address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Number>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IpAddressType {
+    #[serde(rename = "IP_V4")]
+    IpV4,
+    #[serde(rename = "IP_V6")]
+    IpV6,
+}
+
+/// `LatencyDescriptor`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LatencyDescriptor {
+    pub time_unit: String,
+    pub latency: Number,
+}
+
+/// Lifecycle of a stored request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Status {
+    /// Its rules are being applied.
+    Pending,
+    /// All its rules are on the platform.
+    Created,
+    /// Applying failed; the record says what, if anything, is still on the platform.
+    Failed,
+    /// Its rules are being removed (an extension of the contract's enum).
+    Deleting,
+    /// Its rules were removed; only seen in the answer to DELETE.
+    Deleted,
+}
+
+/// Parses a creation body. The error names the JSON path of the offending field.
+pub fn parse_creation(body: &[u8]) -> Result<CreationRequest, String> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let request: CreationRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            format!("invalid body: {inner}")
+        } else {
+            format!("invalid body at '{path}': {inner}")
+        }
+    })?;
+    validate(&request)?;
+    Ok(request)
+}
+
+/// Checks what serde's shapes cannot: identifiers, addresses, ports, numeric ranges.
+pub fn validate(request: &CreationRequest) -> Result<(), String> {
+    if request.region_id.trim().is_empty() {
+        return Err("'RegionId' must not be empty".into());
+    }
+    let rules = request;
+    let mut ids = HashSet::new();
+    for (i, dns) in rules.dns_rules().iter().enumerate() {
+        let at = format!("appDNSRule[{i}]");
+        check_id(&dns.dns_rule_id, &format!("{at}.dnsRuleId"))?;
+        if !ids.insert(("dns", dns.dns_rule_id.as_str())) {
+            return Err(format!("{at}.dnsRuleId '{}' is used twice in this request", dns.dns_rule_id));
+        }
+        check_domain(&dns.domain_name).map_err(|why| format!("{at}.domainName '{}' {why}", dns.domain_name))?;
+        let ok = match dns.ip_address_type {
+            IpAddressType::IpV4 => dns.ip_address.parse::<Ipv4Addr>().is_ok(),
+            IpAddressType::IpV6 => dns.ip_address.parse::<Ipv6Addr>().is_ok(),
+        };
+        if !ok {
+            return Err(format!(
+                "{at}.ipAddress '{}' is not an {} address",
+                dns.ip_address,
+                match dns.ip_address_type {
+                    IpAddressType::IpV4 => "IPv4",
+                    IpAddressType::IpV6 => "IPv6",
+                }
+            ));
+        }
+        if let Some(ttl) = &dns.ttl {
+            check_uint(ttl, u32::MAX as u64, &format!("{at}.ttl"))?;
+        }
+    }
+    for (i, rule) in rules.traffic_rules().iter().enumerate() {
+        let at = format!("appTrafficRule[{i}]");
+        check_id(&rule.traffic_rule_id, &format!("{at}.trafficRuleId"))?;
+        if !ids.insert(("traffic", rule.traffic_rule_id.as_str())) {
+            return Err(format!(
+                "{at}.trafficRuleId '{}' is used twice in this request",
+                rule.traffic_rule_id
+            ));
+        }
+        check_uint(&rule.priority, u32::MAX as u64, &format!("{at}.priority"))?;
+        if rule.traffic_filter.is_empty() {
+            return Err(format!("{at}.trafficFilter must have at least one filter"));
+        }
+        for (j, filter) in rule.traffic_filter.iter().enumerate() {
+            let at = format!("{at}.trafficFilter[{j}]");
+            for (key, ports) in [
+                ("srcPort", &filter.src_port),
+                ("dstPort", &filter.dst_port),
+                ("srcTunnelPort", &filter.src_tunnel_port),
+                ("dstTunnelPort", &filter.dst_tunnel_port),
+            ] {
+                for (k, port) in ports.iter().flatten().enumerate() {
+                    check_port(port).map_err(|why| format!("{at}.{key}[{k}] '{port}' {why}"))?;
+                }
+            }
+            for (key, value, max) in [("qci", &filter.qci, 255), ("dscp", &filter.dscp, 63), ("tc", &filter.tc, 255)] {
+                if let Some(v) = value {
+                    check_uint(v, max, &format!("{at}.{key}"))?;
+                }
+            }
+        }
+        for (j, interface) in rule.dst_interface.iter().flatten().enumerate() {
+            let at = format!("{at}.dstInterface[{j}]");
+            if let Some(ip) = &interface.dst_ip_address {
+                if ip.parse::<IpAddr>().is_err() {
+                    return Err(format!("{at}.dstIPAddress '{ip}' is not an IP address"));
+                }
+            }
+            for (key, mac) in [("srcMACAddress", &interface.src_mac_address), ("dstMACAddress", &interface.dst_mac_address)] {
+                if let Some(mac) = mac {
+                    if !is_mac(mac) {
+                        return Err(format!("{at}.{key} '{mac}' is not a MAC address like 00:11:22:33:44:55"));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(latency) = &rules.app_latency {
+        if latency.latency.as_f64().is_none_or(|l| l < 0.0) {
+            return Err("appLatency.latency must not be negative".into());
+        }
+    }
+    Ok(())
+}
+
+fn check_id(id: &str, at: &str) -> Result<(), String> {
+    if id.trim().is_empty() {
+        return Err(format!("{at} must not be empty"));
+    }
+    if id.len() > 256 || id.chars().any(char::is_control) {
+        return Err(format!("{at} must be at most 256 printable characters"));
+    }
+    Ok(())
+}
+
+fn check_uint(n: &Number, max: u64, at: &str) -> Result<(), String> {
+    match n.as_u64() {
+        Some(v) if v <= max => Ok(()),
+        _ => Err(format!("{at} = {n} must be an integer in 0..={max}")),
+    }
+}
+
+fn check_domain(name: &str) -> Result<(), &'static str> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() || name.len() > 253 {
+        return Err("must be 1-253 characters");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '*')
+    };
+    if name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err("is not a domain name (labels of letters, digits, '-', at most 63 each)")
+    }
+}
+
+/// A port or a range `a-b`.
+fn check_port(port: &str) -> Result<(), &'static str> {
+    let parse = |p: &str| p.trim().parse::<u16>().map_err(|_| "is not a port 0-65535 or a range a-b");
+    match port.split_once('-') {
+        Some((a, b)) if parse(a)? <= parse(b)? => Ok(()),
+        Some(_) => Err("is a range whose start is after its end"),
+        None => parse(port).map(|_| ()),
+    }
+}
+
+fn is_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split([':', '-']).collect();
+    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DNS_SPEC: &str = r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V4","ipAddress":"172.24.248.5","ttl":0}]}"#;
+
+    fn err(body: &str) -> String {
+        parse_creation(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn spec_spelling_is_accepted() {
+        let r = parse_creation(DNS_SPEC.as_bytes()).unwrap();
+        assert_eq!(r.region_id, "2");
+        assert_eq!(r.dns_rules()[0].domain_name, "pfrag.gr");
+    }
+
+    #[test]
+    fn camel_spelling_is_accepted() {
+        let body = r#"{"regionId":"2","appTrafficRule":[{"trafficRuleId":"t","filterType":"FLOW","priority":1,
+            "trafficFilter":[{"dstAddress":["10.0.0.1"],"protocol":["tcp"],"token":["x"]}],"action":"FORWARD"}]}"#;
+        let r = parse_creation(body.as_bytes()).unwrap();
+        let f = &r.traffic_rules()[0].traffic_filter[0];
+        assert_eq!(f.protocol.as_deref(), Some(&["tcp".to_string()][..]));
+        assert_eq!(f.token.as_deref(), Some(&["x".to_string()][..]));
+    }
+
+    #[test]
+    fn both_spellings_of_one_key_are_refused() {
+        let e = err(r#"{"RegionId":"2","regionId":"3"}"#);
+        assert!(e.contains("duplicate field"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_path() {
+        let e = err(r#"{"RegionId":"2","appDnsRule":[]}"#);
+        assert!(e.contains("appDnsRule"), "{e}");
+        let e = err(r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"1","domainName":"a.b","ipAddressType":"IP_V4","ipAddress":"1.2.3.4","tll":3}]}"#);
+        assert!(e.contains("appDNSRule[0]") && e.contains("tll"), "{e}");
+    }
+
+    #[test]
+    fn missing_required_field_names_the_field() {
+        let e = err(r#"{"appDNSRule":[]}"#);
+        assert!(e.contains("RegionId"), "{e}");
+        let e = err(r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"1","ipAddressType":"IP_V4","ipAddress":"1.2.3.4"}]}"#);
+        assert!(e.contains("appDNSRule[0]") && e.contains("domainName"), "{e}");
+    }
+
+    #[test]
+    fn wrong_enum_and_type_name_the_path() {
+        let e = err(&DNS_SPEC.replace("IP_V4", "IPV4"));
+        assert!(e.contains("appDNSRule[0].ipAddressType"), "{e}");
+        let e = err(&DNS_SPEC.replace("\"ttl\":0", "\"ttl\":\"zero\""));
+        assert!(e.contains("appDNSRule[0].ttl"), "{e}");
+    }
+
+    #[test]
+    fn semantic_checks_name_the_field() {
+        assert!(err(&DNS_SPEC.replace("172.24.248.5", "172.24.248")).contains("appDNSRule[0].ipAddress"));
+        assert!(err(&DNS_SPEC.replace("\"ttl\":0", "\"ttl\":-1")).contains("appDNSRule[0].ttl"));
+        assert!(err(&DNS_SPEC.replace("pfrag.gr", "bad name")).contains("domainName"));
+        assert!(err(&DNS_SPEC.replace("\"RegionId\":\"2\"", "\"RegionId\":\"\"")).contains("RegionId"));
+        let two = DNS_SPEC.replace("[{", "[{\"dnsRuleId\":\"111\",\"domainName\":\"a.b\",\"ipAddressType\":\"IP_V4\",\"ipAddress\":\"1.1.1.1\"},{");
+        assert!(err(&two).contains("used twice"));
+    }
+
+    #[test]
+    fn ports_must_be_ports_or_ranges() {
+        assert!(check_port("80").is_ok());
+        assert!(check_port("1000-2000").is_ok());
+        assert!(check_port("2000-1000").is_err());
+        assert!(check_port("http").is_err());
+        assert!(check_port("70000").is_err());
+    }
+
+    #[test]
+    fn malformed_and_deeply_nested_json_is_an_error_not_a_crash() {
+        assert!(err("{").contains("invalid body"));
+        assert!(err("[]").contains("invalid body"));
+        let deep = format!(
+            r#"{{"RegionId":"2","appServiceRequired":[{{"serName":"s","version":"1","requestedPermissions":{}1{}}}]}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(err(&deep).contains("recursion limit"), "deep nesting must be refused");
+    }
+
+    #[test]
+    fn numbers_and_free_form_objects_are_kept_as_sent() {
+        let body = r#"{"RegionId":"2","appLatency":{"timeUnit":"ms","latency":100},"transportDependencies":[{"transport":{"type":"REST_HTTP","protocol":"HTTP","version":"2","security":{"a" : [1, 2.50]}},"serializers":"JSON","labels":["x"]}],
+            "appTrafficRule":[{"trafficRuleId":"t","filterType":"FLOW","priority":0.0,"trafficFilter":[{"qci":1}],"action":"DROP"}]}"#;
+        let r = parse_creation(body.as_bytes()).unwrap();
+        let out = serde_json::to_string(&r).unwrap();
+        assert!(out.contains(r#""latency":100}"#), "{out}");
+        assert!(out.contains(r#""security":{"a" : [1, 2.50]}"#), "{out}");
+        // priority 0.0 is not an integer
+        assert!(err(&body.replace("\"priority\":0.0", "\"priority\":0.5")).contains("priority"));
+    }
+
+    #[test]
+    fn traffic_filter_keys_follow_the_output_style() {
+        let f = TrafficFilter { protocol: Some(vec!["tcp".into()]), token: Some(vec!["t".into()]), ..Default::default() };
+        let spec = with_style(ApiStyle::Spec, || serde_json::to_string(&f).unwrap());
+        assert_eq!(spec, r#"{"Protocol":["tcp"],"Token":["t"]}"#);
+        let camel = with_style(ApiStyle::Camel, || serde_json::to_string(&f).unwrap());
+        assert_eq!(camel, r#"{"protocol":["tcp"],"token":["t"]}"#);
+    }
+}

@@ -1,0 +1,1 @@
+//! The HTTP front end on tiny_http_fork (placeholder; being written).
