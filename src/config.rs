@@ -154,10 +154,16 @@ impl Config {
 
     /// Parses and validates configuration text; `file` only names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let err = |message: String| ConfigError { file: file.to_string(), message };
+        let err = |message: String| ConfigError {
+            file: file.to_string(),
+            message,
+        };
         let at = |span: Range<usize>| line_of(text, span.start);
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let line = e.span().map(|s| format!("line {}: ", line_of(text, s.start))).unwrap_or_default();
+            let line = e
+                .span()
+                .map(|s| format!("line {}: ", line_of(text, s.start)))
+                .unwrap_or_default();
             err(format!("{line}{}", e.message()))
         })?;
 
@@ -190,11 +196,27 @@ impl Config {
                     state_dir: PathBuf::from(s.state_dir.unwrap_or_else(|| "state".into())),
                     workers: int(s.workers, "workers", 1, 1024, 8)? as usize,
                     api_style: s.api_style.unwrap_or(ApiStyle::Spec),
-                    max_body_bytes: int(s.max_body_bytes, "max_body_bytes", 1024, 64 << 20, 1 << 20)? as usize,
-                    read_timeout: Duration::from_millis(
-                        int(s.read_timeout_ms, "read_timeout_ms", 100, 600_000, 5000)? as u64,
-                    ),
-                    connection_threads: int(s.connection_threads, "connection_threads", 4, 4096, 128)? as usize,
+                    max_body_bytes: int(
+                        s.max_body_bytes,
+                        "max_body_bytes",
+                        1024,
+                        64 << 20,
+                        1 << 20,
+                    )? as usize,
+                    read_timeout: Duration::from_millis(int(
+                        s.read_timeout_ms,
+                        "read_timeout_ms",
+                        100,
+                        600_000,
+                        5000,
+                    )? as u64),
+                    connection_threads: int(
+                        s.connection_threads,
+                        "connection_threads",
+                        4,
+                        4096,
+                        128,
+                    )? as usize,
                 }
             }
             None => ServerConfig::default(),
@@ -206,14 +228,22 @@ impl Config {
             let region_line = at(r.span());
             let r = r.into_inner();
             let id = r.id.get_ref().clone();
-            let name = if id.is_empty() { format!("#{}", i + 1) } else { format!("'{id}'") };
+            let name = if id.is_empty() {
+                format!("#{}", i + 1)
+            } else {
+                format!("'{id}'")
+            };
             let bad = |span: Range<usize>, key: &str, what: String| {
                 err(format!("line {}: region {name}: {key} {what}", at(span)))
             };
             if id.trim().is_empty() {
                 return Err(bad(r.id.span(), "id", "must not be empty".into()));
             }
-            if id.len() > 63 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            if id.len() > 63
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
                 return Err(bad(
                     r.id.span(),
                     "id",
@@ -221,24 +251,38 @@ impl Config {
                 ));
             }
             if !seen.insert(id.clone()) {
-                return Err(bad(r.id.span(), "id", "is used by another region (ids must be unique)".into()));
+                return Err(bad(
+                    r.id.span(),
+                    "id",
+                    "is used by another region (ids must be unique)".into(),
+                ));
             }
             let range_check = |v: &Spanned<f64>, key: &str, lo: f64, hi: f64| {
                 let x = *v.get_ref();
                 if x.is_finite() && (lo..=hi).contains(&x) {
                     Ok(x)
                 } else {
-                    Err(bad(v.span(), key, format!("= {x} is out of range {lo}..{hi}")))
+                    Err(bad(
+                        v.span(),
+                        key,
+                        format!("= {x} is out of range {lo}..{hi}"),
+                    ))
                 }
             };
             let latitude = range_check(&r.latitude, "latitude", -90.0, 90.0)?;
             let longitude = range_check(&r.longitude, "longitude", -180.0, 180.0)?;
             if !r.altitude.is_finite() {
-                return Err(err(format!("line {region_line}: region {name}: altitude must be a finite number")));
+                return Err(err(format!(
+                    "line {region_line}: region {name}: altitude must be a finite number"
+                )));
             }
             let range_km = *r.range_km.get_ref();
             if !(range_km.is_finite() && range_km > 0.0) {
-                return Err(bad(r.range_km.span(), "range_km", format!("= {range_km} must be greater than 0")));
+                return Err(bad(
+                    r.range_km.span(),
+                    "range_km",
+                    format!("= {range_km} must be greater than 0"),
+                ));
             }
             let mep_span = r.mep.span();
             let mep = r.mep.into_inner();
@@ -246,18 +290,31 @@ impl Config {
                 None => 3000,
                 Some(t) if (1..=600_000).contains(t.get_ref()) => *t.get_ref(),
                 Some(t) => {
-                    return Err(bad(t.span(), "mep.timeout_ms", format!("= {} is out of range 1..=600000", t.get_ref())));
+                    return Err(bad(
+                        t.span(),
+                        "mep.timeout_ms",
+                        format!("= {} is out of range 1..=600000", t.get_ref()),
+                    ));
                 }
             };
             let url = match (mep.driver, mep.url) {
                 (_, Some(u)) => {
-                    let checked = check_url(u.get_ref())
-                        .map_err(|why| bad(u.span(), "mep.url", format!("= '{}' {why}", u.get_ref())))?;
-                    if mep.driver == DriverKind::Simulated { u.get_ref().clone() } else { checked }
+                    let checked = check_url(u.get_ref()).map_err(|why| {
+                        bad(u.span(), "mep.url", format!("= '{}' {why}", u.get_ref()))
+                    })?;
+                    if mep.driver == DriverKind::Simulated {
+                        u.get_ref().clone()
+                    } else {
+                        checked
+                    }
                 }
                 (DriverKind::Simulated, None) => "simulated:".to_string(),
                 (_, None) => {
-                    return Err(bad(mep_span, "mep.url", "is required for this driver".into()));
+                    return Err(bad(
+                        mep_span,
+                        "mep.url",
+                        "is required for this driver".into(),
+                    ));
                 }
             };
             regions.push(RegionConfig {
@@ -275,7 +332,9 @@ impl Config {
             });
         }
         if regions.is_empty() {
-            return Err(err("no [[region]] is configured; at least one is needed".into()));
+            return Err(err(
+                "no [[region]] is configured; at least one is needed".into()
+            ));
         }
         Ok(Config { server, regions })
     }
@@ -320,7 +379,11 @@ fn default_listen() -> SocketAddr {
 
 /// 1-based line number of a byte offset.
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Checks a MEP base URL and returns it without a trailing slash.
@@ -395,8 +458,11 @@ url = "http://127.0.0.1:13000/"
     #[test]
     fn duplicate_region_id_is_refused() {
         let e = parse_err(&format!("{MINIMAL}{MINIMAL}"));
-        assert!(e.contains("region '2': id is used by another region"), "{e}");
-        assert!(e.contains("line 11"), "{e}");
+        assert!(
+            e.contains("region '2': id is used by another region"),
+            "{e}"
+        );
+        assert!(e.contains("line 12"), "{e}");
     }
 
     #[test]
@@ -408,7 +474,10 @@ url = "http://127.0.0.1:13000/"
     #[test]
     fn out_of_range_coordinates_are_refused_naming_region_and_key() {
         let e = parse_err(&MINIMAL.replace("latitude = 43.6", "latitude = 91.0"));
-        assert!(e.contains("line 4: region '2': latitude = 91 is out of range"), "{e}");
+        assert!(
+            e.contains("line 4: region '2': latitude = 91 is out of range"),
+            "{e}"
+        );
         let e = parse_err(&MINIMAL.replace("longitude = 7.06", "longitude = -180.5"));
         assert!(e.contains("longitude"), "{e}");
     }

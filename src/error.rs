@@ -32,11 +32,19 @@ pub enum ApiError {
     /// The creation request names a region this plugin does not manage.
     UnknownRegion { region_id: String },
     /// The region's platform cannot express a rule (checked before the platform is called).
-    Unsupported { region_id: String, driver: &'static str, detail: String },
+    Unsupported {
+        region_id: String,
+        driver: &'static str,
+        detail: String,
+    },
     /// Another operation on this request is in progress.
     Conflict { request_id: String, detail: String },
     /// The platform refused, failed, was unreachable or timed out.
-    Mep { region_id: String, request_id: Option<String>, error: MepError },
+    Mep {
+        region_id: String,
+        request_id: Option<String>,
+        error: MepError,
+    },
     /// Authentication is required and missing or wrong.
     Unauthorized,
     /// A bug or an unexpected local failure (e.g. the state could not be written).
@@ -93,13 +101,17 @@ impl ApiError {
             ApiError::RequestNotFound { .. } => "urn:mec-plugin:problem:request-not-found",
             ApiError::RegionNotFound { .. } => "urn:mec-plugin:problem:region-not-found",
             ApiError::BadRequest { .. } => "urn:mec-plugin:problem:invalid-request",
-            ApiError::UnsupportedMediaType { .. } => "urn:mec-plugin:problem:unsupported-media-type",
+            ApiError::UnsupportedMediaType { .. } => {
+                "urn:mec-plugin:problem:unsupported-media-type"
+            }
             ApiError::PayloadTooLarge { .. } => "urn:mec-plugin:problem:body-too-large",
             ApiError::BodyTimeout => "urn:mec-plugin:problem:body-timeout",
             ApiError::UnknownRegion { .. } => "urn:mec-plugin:problem:unknown-region",
             ApiError::Unsupported { .. } => "urn:mec-plugin:problem:unsupported-rule",
             ApiError::Conflict { .. } => "urn:mec-plugin:problem:conflict",
-            ApiError::Mep { error, .. } if error.is_timeout() => "urn:mec-plugin:problem:mep-timeout",
+            ApiError::Mep { error, .. } if error.is_timeout() => {
+                "urn:mec-plugin:problem:mep-timeout"
+            }
             ApiError::Mep { .. } => "urn:mec-plugin:problem:mep-error",
             ApiError::Unauthorized => "urn:mec-plugin:problem:unauthorized",
             ApiError::Internal { .. } => "urn:mec-plugin:problem:internal",
@@ -168,35 +180,53 @@ impl fmt::Display for ApiError {
             ApiError::RequestNotFound { request_id } => {
                 write!(f, "no MEC service request with RequestId '{request_id}'")
             }
-            ApiError::RegionNotFound { region_id } => write!(f, "no region with RegionId '{region_id}'"),
+            ApiError::RegionNotFound { region_id } => {
+                write!(f, "no region with RegionId '{region_id}'")
+            }
             ApiError::BadRequest { detail } => f.write_str(detail),
             ApiError::UnsupportedMediaType { content_type } => write!(
                 f,
                 "Content-Type '{content_type}' is not accepted; send application/json"
             ),
             ApiError::PayloadTooLarge { limit } => {
-                write!(f, "the body exceeds the limit of {limit} bytes (max_body_bytes)")
+                write!(
+                    f,
+                    "the body exceeds the limit of {limit} bytes (max_body_bytes)"
+                )
             }
             ApiError::BodyTimeout => f.write_str("the request body was not received in time"),
             ApiError::UnknownRegion { region_id } => write!(
                 f,
                 "RegionId '{region_id}' is not a region of this plugin; GET /MEC/v1/service/regions lists them"
             ),
-            ApiError::Unsupported { region_id, driver, detail } => write!(
+            ApiError::Unsupported {
+                region_id,
+                driver,
+                detail,
+            } => write!(
                 f,
                 "region '{region_id}' ({driver} platform) cannot apply this request: {detail}"
             ),
             ApiError::Conflict { request_id, detail } => {
                 write!(f, "request '{request_id}': {detail}")
             }
-            ApiError::Mep { region_id, request_id, error } => {
+            ApiError::Mep {
+                region_id,
+                request_id,
+                error,
+            } => {
                 write!(f, "region '{region_id}': {error}")?;
                 if let Some(id) = request_id {
-                    write!(f, " (request {id} is recorded as FAILED; no rule of it stays on the platform unless its record says so)")?;
+                    write!(
+                        f,
+                        " (request {id} is recorded as FAILED; no rule of it stays on the platform unless its record says so)"
+                    )?;
                 }
                 Ok(())
             }
-            ApiError::Unauthorized => f.write_str("a valid 'Authorization: Bearer <token>' header is required"),
+            ApiError::Unauthorized => {
+                f.write_str("a valid 'Authorization: Bearer <token>' header is required")
+            }
             ApiError::Internal { detail } => f.write_str(detail),
         }
     }
@@ -214,20 +244,30 @@ mod tests {
 
     #[test]
     fn every_problem_has_type_title_status_and_detail() {
-        let e = ApiError::RequestNotFound { request_id: "abc".into() };
+        let e = ApiError::RequestNotFound {
+            request_id: "abc".into(),
+        };
         let r = e.to_response(ApiStyle::Spec);
         assert_eq!(r.status, 404);
         assert_eq!(r.content_type, PROBLEM_JSON);
         let b = body(&e);
         assert_eq!(b["status"], 404);
         assert_eq!(b["title"], "Request not found");
-        assert!(b["type"].as_str().unwrap().starts_with("urn:mec-plugin:problem:"));
+        assert!(
+            b["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("urn:mec-plugin:problem:")
+        );
         assert!(b["detail"].as_str().unwrap().contains("abc"));
     }
 
     #[test]
     fn method_not_allowed_carries_allow_header() {
-        let e = ApiError::MethodNotAllowed { path: "/x".into(), allow: "GET, POST" };
+        let e = ApiError::MethodNotAllowed {
+            path: "/x".into(),
+            allow: "GET, POST",
+        };
         let r = e.to_response(ApiStyle::Spec);
         assert_eq!(r.status, 405);
         assert_eq!(r.header("allow"), Some("GET, POST"));
@@ -238,7 +278,9 @@ mod tests {
         let timeout = ApiError::Mep {
             region_id: "2".into(),
             request_id: Some("r1".into()),
-            error: MepError::Timeout { url: "http://127.0.0.1:1/x".into() },
+            error: MepError::Timeout {
+                url: "http://127.0.0.1:1/x".into(),
+            },
         };
         assert_eq!(timeout.status(), 504);
         assert_eq!(body(&timeout)["RequestId"], "r1");
@@ -249,9 +291,18 @@ mod tests {
         let refused = ApiError::Mep {
             region_id: "2".into(),
             request_id: None,
-            error: MepError::Refused { url: "u".into(), status: 500, detail: "boom".into() },
+            error: MepError::Refused {
+                url: "u".into(),
+                status: 500,
+                detail: "boom".into(),
+            },
         };
         assert_eq!(refused.status(), 502);
-        assert!(body(&refused)["detail"].as_str().unwrap().contains("region '2'"));
+        assert!(
+            body(&refused)["detail"]
+                .as_str()
+                .unwrap()
+                .contains("region '2'")
+        );
     }
 }

@@ -75,13 +75,13 @@ pub struct CreationRequest {
     pub app_latency: Option<LatencyDescriptor>,
     /// Fields the plugin assigns; accepted and ignored so that a stored request can be re-sent.
     #[serde(rename = "RequestId", alias = "requestId", default, skip_serializing)]
-    ignored_request_id: Option<IgnoredAny>,
+    pub(crate) _request_id: Option<IgnoredAny>,
     #[serde(rename = "status", default, skip_serializing)]
-    ignored_status: Option<IgnoredAny>,
+    pub(crate) _status: Option<IgnoredAny>,
     #[serde(rename = "createdAt", default, skip_serializing)]
-    ignored_created_at: Option<IgnoredAny>,
+    pub(crate) _created_at: Option<IgnoredAny>,
     #[serde(rename = "lastModified", default, skip_serializing)]
-    ignored_last_modified: Option<IgnoredAny>,
+    pub(crate) _last_modified: Option<IgnoredAny>,
 }
 
 impl CreationRequest {
@@ -390,9 +390,13 @@ pub fn validate(request: &CreationRequest) -> Result<(), String> {
         let at = format!("appDNSRule[{i}]");
         check_id(&dns.dns_rule_id, &format!("{at}.dnsRuleId"))?;
         if !ids.insert(("dns", dns.dns_rule_id.as_str())) {
-            return Err(format!("{at}.dnsRuleId '{}' is used twice in this request", dns.dns_rule_id));
+            return Err(format!(
+                "{at}.dnsRuleId '{}' is used twice in this request",
+                dns.dns_rule_id
+            ));
         }
-        check_domain(&dns.domain_name).map_err(|why| format!("{at}.domainName '{}' {why}", dns.domain_name))?;
+        check_domain(&dns.domain_name)
+            .map_err(|why| format!("{at}.domainName '{}' {why}", dns.domain_name))?;
         let ok = match dns.ip_address_type {
             IpAddressType::IpV4 => dns.ip_address.parse::<Ipv4Addr>().is_ok(),
             IpAddressType::IpV6 => dns.ip_address.parse::<Ipv6Addr>().is_ok(),
@@ -436,7 +440,11 @@ pub fn validate(request: &CreationRequest) -> Result<(), String> {
                     check_port(port).map_err(|why| format!("{at}.{key}[{k}] '{port}' {why}"))?;
                 }
             }
-            for (key, value, max) in [("qci", &filter.qci, 255), ("dscp", &filter.dscp, 63), ("tc", &filter.tc, 255)] {
+            for (key, value, max) in [
+                ("qci", &filter.qci, 255),
+                ("dscp", &filter.dscp, 63),
+                ("tc", &filter.tc, 255),
+            ] {
                 if let Some(v) = value {
                     check_uint(v, max, &format!("{at}.{key}"))?;
                 }
@@ -449,14 +457,22 @@ pub fn validate(request: &CreationRequest) -> Result<(), String> {
                     return Err(format!("{at}.dstIPAddress '{ip}' is not an IP address"));
                 }
             }
-            for (key, mac) in [("srcMACAddress", &interface.src_mac_address), ("dstMACAddress", &interface.dst_mac_address)] {
+            for (key, mac) in [
+                ("srcMACAddress", &interface.src_mac_address),
+                ("dstMACAddress", &interface.dst_mac_address),
+            ] {
                 if let Some(mac) = mac {
                     if !is_mac(mac) {
-                        return Err(format!("{at}.{key} '{mac}' is not a MAC address like 00:11:22:33:44:55"));
+                        return Err(format!(
+                            "{at}.{key} '{mac}' is not a MAC address like 00:11:22:33:44:55"
+                        ));
                     }
                 }
             }
         }
+    }
+    for (at, raw) in free_forms(request) {
+        check_depth(raw, &at)?;
     }
     if let Some(latency) = &rules.app_latency {
         if latency.latency.as_f64().is_none_or(|l| l < 0.0) {
@@ -476,11 +492,101 @@ fn check_id(id: &str, at: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A non-negative integer up to `max`. Integral decimals such as `1.0` count: Java clients
+/// may serialise a BigDecimal or float that way.
 fn check_uint(n: &Number, max: u64, at: &str) -> Result<(), String> {
-    match n.as_u64() {
+    let integral = n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+            .map(|f| f as u64)
+    });
+    match integral {
         Some(v) if v <= max => Ok(()),
         _ => Err(format!("{at} = {n} must be an integer in 0..={max}")),
     }
+}
+
+/// Deepest nesting accepted inside a free-form object.
+const MAX_FREE_FORM_DEPTH: usize = 32;
+
+/// Free-form objects are kept verbatim without being parsed into a tree, so serde_json's
+/// recursion limit does not apply to them: their nesting is bounded here instead.
+fn check_depth(raw: &RawValue, at: &str) -> Result<(), String> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in raw.get().bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b'[' | b'{') => {
+                depth += 1;
+                if depth > MAX_FREE_FORM_DEPTH {
+                    return Err(format!(
+                        "{at} is nested deeper than {MAX_FREE_FORM_DEPTH} levels"
+                    ));
+                }
+            }
+            (false, _, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Every free-form object of a request, with its path.
+fn free_forms(request: &CreationRequest) -> Vec<(String, &RawValue)> {
+    let mut out = Vec::new();
+    for (key, list) in [
+        ("appServiceRequired", &request.app_service_required),
+        ("appServiceOptional", &request.app_service_optional),
+    ] {
+        for (i, s) in list.iter().flatten().enumerate() {
+            if let Some(p) = &s.requested_permissions {
+                out.push((format!("{key}[{i}].requestedPermissions"), &**p));
+            }
+            for (j, d) in s.ser_transport_dependencies.iter().flatten().enumerate() {
+                out.push((
+                    format!("{key}[{i}].serTransportDependencies[{j}].transport.security"),
+                    &*d.transport.security,
+                ));
+            }
+        }
+    }
+    for (i, s) in request.app_service_produced.iter().flatten().enumerate() {
+        if let Some(t) = s
+            .transports_supported
+            .as_ref()
+            .and_then(|t| t.transport.as_ref())
+        {
+            out.push((
+                format!("appServiceProduced[{i}].transportsSupported.transport.security"),
+                &*t.security,
+            ));
+        }
+    }
+    for (i, d) in request.transport_dependencies.iter().flatten().enumerate() {
+        out.push((
+            format!("transportDependencies[{i}].transport.security"),
+            &*d.transport.security,
+        ));
+    }
+    for (i, rule) in request.traffic_rules().iter().enumerate() {
+        for (j, interface) in rule.dst_interface.iter().flatten().enumerate() {
+            if let Some(data) = interface
+                .tunnel_info
+                .as_ref()
+                .and_then(|t| t.tunnel_specific_data.as_ref())
+            {
+                out.push((
+                    format!("appTrafficRule[{i}].dstInterface[{j}].tunnelInfo.tunnelSpecificData"),
+                    &**data,
+                ));
+            }
+        }
+    }
+    out
 }
 
 fn check_domain(name: &str) -> Result<(), &'static str> {
@@ -491,7 +597,8 @@ fn check_domain(name: &str) -> Result<(), &'static str> {
     let label_ok = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '*')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '*')
     };
     if name.split('.').all(label_ok) {
         Ok(())
@@ -502,7 +609,11 @@ fn check_domain(name: &str) -> Result<(), &'static str> {
 
 /// A port or a range `a-b`.
 fn check_port(port: &str) -> Result<(), &'static str> {
-    let parse = |p: &str| p.trim().parse::<u16>().map_err(|_| "is not a port 0-65535 or a range a-b");
+    let parse = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| "is not a port 0-65535 or a range a-b")
+    };
     match port.split_once('-') {
         Some((a, b)) if parse(a)? <= parse(b)? => Ok(()),
         Some(_) => Err("is a range whose start is after its end"),
@@ -512,7 +623,10 @@ fn check_port(port: &str) -> Result<(), &'static str> {
 
 fn is_mac(mac: &str) -> bool {
     let parts: Vec<&str> = mac.split([':', '-']).collect();
-    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -552,7 +666,9 @@ mod tests {
     fn unknown_fields_are_refused_with_their_path() {
         let e = err(r#"{"RegionId":"2","appDnsRule":[]}"#);
         assert!(e.contains("appDnsRule"), "{e}");
-        let e = err(r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"1","domainName":"a.b","ipAddressType":"IP_V4","ipAddress":"1.2.3.4","tll":3}]}"#);
+        let e = err(
+            r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"1","domainName":"a.b","ipAddressType":"IP_V4","ipAddress":"1.2.3.4","tll":3}]}"#,
+        );
         assert!(e.contains("appDNSRule[0]") && e.contains("tll"), "{e}");
     }
 
@@ -560,8 +676,13 @@ mod tests {
     fn missing_required_field_names_the_field() {
         let e = err(r#"{"appDNSRule":[]}"#);
         assert!(e.contains("RegionId"), "{e}");
-        let e = err(r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"1","ipAddressType":"IP_V4","ipAddress":"1.2.3.4"}]}"#);
-        assert!(e.contains("appDNSRule[0]") && e.contains("domainName"), "{e}");
+        let e = err(
+            r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"1","ipAddressType":"IP_V4","ipAddress":"1.2.3.4"}]}"#,
+        );
+        assert!(
+            e.contains("appDNSRule[0]") && e.contains("domainName"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -574,10 +695,15 @@ mod tests {
 
     #[test]
     fn semantic_checks_name_the_field() {
-        assert!(err(&DNS_SPEC.replace("172.24.248.5", "172.24.248")).contains("appDNSRule[0].ipAddress"));
+        assert!(
+            err(&DNS_SPEC.replace("172.24.248.5", "172.24.248"))
+                .contains("appDNSRule[0].ipAddress")
+        );
         assert!(err(&DNS_SPEC.replace("\"ttl\":0", "\"ttl\":-1")).contains("appDNSRule[0].ttl"));
         assert!(err(&DNS_SPEC.replace("pfrag.gr", "bad name")).contains("domainName"));
-        assert!(err(&DNS_SPEC.replace("\"RegionId\":\"2\"", "\"RegionId\":\"\"")).contains("RegionId"));
+        assert!(
+            err(&DNS_SPEC.replace("\"RegionId\":\"2\"", "\"RegionId\":\"\"")).contains("RegionId")
+        );
         let two = DNS_SPEC.replace("[{", "[{\"dnsRuleId\":\"111\",\"domainName\":\"a.b\",\"ipAddressType\":\"IP_V4\",\"ipAddress\":\"1.1.1.1\"},{");
         assert!(err(&two).contains("used twice"));
     }
@@ -600,24 +726,49 @@ mod tests {
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
-        assert!(err(&deep).contains("recursion limit"), "deep nesting must be refused");
+        let e = err(&deep);
+        assert!(
+            e.contains("appServiceRequired[0].requestedPermissions is nested deeper"),
+            "{e}"
+        );
+        let deep_typed = format!(
+            r#"{{"RegionId":"2","appDNSRule":{}1{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert!(err(&deep_typed).contains("invalid body"));
+        let braces_in_strings = r#"{"RegionId":"2","transportDependencies":[{"transport":{"type":"RPC","protocol":"p","version":"1","security":{"k":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\"{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{{"}},"serializers":"JSON","labels":[]}]}"#;
+        assert!(
+            parse_creation(braces_in_strings.as_bytes()).is_ok(),
+            "brackets inside strings do not count"
+        );
     }
 
     #[test]
     fn numbers_and_free_form_objects_are_kept_as_sent() {
         let body = r#"{"RegionId":"2","appLatency":{"timeUnit":"ms","latency":100},"transportDependencies":[{"transport":{"type":"REST_HTTP","protocol":"HTTP","version":"2","security":{"a" : [1, 2.50]}},"serializers":"JSON","labels":["x"]}],
-            "appTrafficRule":[{"trafficRuleId":"t","filterType":"FLOW","priority":0.0,"trafficFilter":[{"qci":1}],"action":"DROP"}]}"#;
+            "appTrafficRule":[{"trafficRuleId":"t","filterType":"FLOW","priority":0,"trafficFilter":[{"qci":1}],"action":"DROP"}]}"#;
         let r = parse_creation(body.as_bytes()).unwrap();
         let out = serde_json::to_string(&r).unwrap();
         assert!(out.contains(r#""latency":100}"#), "{out}");
         assert!(out.contains(r#""security":{"a" : [1, 2.50]}"#), "{out}");
-        // priority 0.0 is not an integer
-        assert!(err(&body.replace("\"priority\":0.0", "\"priority\":0.5")).contains("priority"));
+        assert!(out.contains(r#""priority":0,"#), "{out}");
+        assert!(err(&body.replace("\"priority\":0", "\"priority\":0.5")).contains("priority"));
+        let integral = body.replace("\"priority\":0", "\"priority\":2.0");
+        let kept = serde_json::to_string(&parse_creation(integral.as_bytes()).unwrap()).unwrap();
+        assert!(
+            kept.contains(r#""priority":2.0,"#),
+            "an integral decimal is accepted and kept as sent: {kept}"
+        );
     }
 
     #[test]
     fn traffic_filter_keys_follow_the_output_style() {
-        let f = TrafficFilter { protocol: Some(vec!["tcp".into()]), token: Some(vec!["t".into()]), ..Default::default() };
+        let f = TrafficFilter {
+            protocol: Some(vec!["tcp".into()]),
+            token: Some(vec!["t".into()]),
+            ..Default::default()
+        };
         let spec = with_style(ApiStyle::Spec, || serde_json::to_string(&f).unwrap());
         assert_eq!(spec, r#"{"Protocol":["tcp"],"Token":["t"]}"#);
         let camel = with_style(ApiStyle::Camel, || serde_json::to_string(&f).unwrap());

@@ -32,7 +32,11 @@ pub struct Step {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MepError {
     /// The platform answered with a non-success status.
-    Refused { url: String, status: u16, detail: String },
+    Refused {
+        url: String,
+        status: u16,
+        detail: String,
+    },
     /// The platform could not be reached or the exchange broke off.
     Unreachable { url: String, reason: String },
     /// The platform did not answer within `timeout_ms`.
@@ -54,13 +58,23 @@ impl MepError {
 impl fmt::Display for MepError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MepError::Refused { url, status, detail } if detail.is_empty() => {
+            MepError::Refused {
+                url,
+                status,
+                detail,
+            } if detail.is_empty() => {
                 write!(f, "MEP at {url} answered HTTP {status}")
             }
-            MepError::Refused { url, status, detail } => {
+            MepError::Refused {
+                url,
+                status,
+                detail,
+            } => {
                 write!(f, "MEP at {url} answered HTTP {status}: {detail}")
             }
-            MepError::Unreachable { url, reason } => write!(f, "MEP at {url} unreachable: {reason}"),
+            MepError::Unreachable { url, reason } => {
+                write!(f, "MEP at {url} unreachable: {reason}")
+            }
             MepError::Timeout { url } => write!(f, "MEP at {url} did not answer in time"),
         }
     }

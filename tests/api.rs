@@ -1,0 +1,363 @@
+//! The northbound API end to end: the real server on 127.0.0.1:0 against fake LL-MEC
+//! platforms on port 0, covering every outcome of the API table.
+
+mod support;
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::fake_llmec::FakeLlMec;
+use support::{Plugin, example, llmec_region, server_section, simulated_region};
+
+const DNS: &str = r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V4","ipAddress":"172.24.248.5","ttl":0}]}"#;
+
+fn plugin_with(mep: &FakeLlMec, timeout_ms: u64, server_extra: &str) -> Plugin {
+    Plugin::start(&format!(
+        "{}{}{}",
+        server_section(server_extra),
+        llmec_region("2", &mep.url(), timeout_ms),
+        simulated_region("3")
+    ))
+}
+
+fn plugin(mep: &FakeLlMec) -> Plugin {
+    plugin_with(mep, 1000, "")
+}
+
+/// Traffic + DNS in the contract's spelling (the seed example's shape).
+fn seed_traffic() -> String {
+    example("traffic-and-dns.json")
+}
+
+fn created_id(reply: &support::Reply) -> String {
+    assert_eq!(reply.status, 201, "{:?}", reply.json);
+    reply.json["RequestId"].as_str().expect("RequestId in the answer").to_string()
+}
+
+#[test]
+fn regions_are_listed_with_their_circles() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let r = p.get("/service/regions");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.content_type, "application/json");
+    let regions = r.json["Regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 2);
+    let first = &regions[0]["MECRegionInfo"];
+    assert_eq!(first["RegionId"], "2");
+    assert_eq!(first["LocationInfo"]["latitude"], 43.6);
+    assert_eq!(first["LocationInfo"]["longitude"], 7.06);
+    assert_eq!(first["LocationInfo"]["altitude"], 1.5);
+    assert_eq!(first["LocationInfo"]["range"], 10.0);
+}
+
+#[test]
+fn a_creation_answers_201_only_after_every_rule_is_on_the_platform() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let id = created_id(&p.post(&seed_traffic()));
+    let installed = mep.installed();
+    assert_eq!(installed.len(), 2, "one DNS and one traffic redirect: {installed:?}");
+    let calls = mep.calls();
+    assert_eq!(calls[0].path, "/api/mp1/traffic/all", "DNS rules go first");
+    assert_eq!(calls[1].path, "/api/mp1/traffic/imsi");
+    let stored = p.get(&format!("/service/requests/{id}"));
+    assert_eq!(stored.status, 200);
+    assert_eq!(stored.json["status"], "CREATED");
+    assert_eq!(stored.json["RequestId"], id.as_str());
+    assert_eq!(stored.json["RegionId"], "2");
+    for key in ["createdAt", "lastModified"] {
+        let t = stored.json[key].as_str().unwrap();
+        assert!(t.ends_with('Z') && t.contains('T'), "{key} = {t}");
+    }
+}
+
+#[test]
+fn a_stored_request_is_what_the_caller_sent_numbers_included() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let sent: Value = serde_json::from_str(&seed_traffic()).unwrap();
+    let id = created_id(&p.post(&seed_traffic()));
+    let mut stored = p.get(&format!("/service/requests/{id}")).json;
+    let obj = stored.as_object_mut().unwrap();
+    for key in ["RequestId", "status", "createdAt", "lastModified"] {
+        assert!(obj.remove(key).is_some(), "{key} missing");
+    }
+    assert_eq!(stored, sent, "every field of the contract comes back as sent");
+}
+
+#[test]
+fn requests_are_listed_all_and_per_region() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let a = created_id(&p.post(DNS));
+    let b = created_id(&p.post(&DNS.replace("\"RegionId\":\"2\"", "\"RegionId\":\"3\"")));
+    let all = p.get("/service/requests");
+    assert_eq!(all.status, 200);
+    assert_eq!(all.json.as_array().unwrap().len(), 2);
+    let in2 = p.get("/service/regions/2").json;
+    assert_eq!(in2.as_array().unwrap().len(), 1);
+    assert_eq!(in2[0]["RequestId"], a.as_str());
+    assert_eq!(p.get("/service/regions/3").json[0]["RequestId"], b.as_str());
+    p.get("/service/regions/99").problem(404);
+}
+
+#[test]
+fn an_invalid_body_is_400_naming_the_field_and_nothing_is_sent() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let d = p.post(&DNS.replace("IP_V4", "IPv4")).problem(400);
+    assert!(d.contains("appDNSRule[0].ipAddressType"), "{d}");
+    let d = p.post(r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"1"}]}"#).problem(400);
+    assert!(d.contains("domainName"), "{d}");
+    p.post("{not json").problem(400);
+    p.post(&format!("{}1{}", "[".repeat(50_000), "]".repeat(50_000))).problem(400);
+    assert!(mep.calls().is_empty());
+    assert!(p.get("/service/requests").json.as_array().unwrap().is_empty());
+}
+
+#[test]
+fn an_unknown_region_is_422_and_nothing_is_recorded() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let d = p.post(&DNS.replace("\"RegionId\":\"2\"", "\"RegionId\":\"77\"")).problem(422);
+    assert!(d.contains("'77'"), "{d}");
+    assert!(p.get("/service/requests").json.as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_rule_the_platform_cannot_express_is_422_naming_the_rule_and_nothing_is_sent() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let drop_rule = seed_traffic().replace("\"FORWARD\"", "\"DROP\"");
+    let d = p.post(&drop_rule).problem(422);
+    assert!(d.contains("tr-video"), "{d}");
+    assert!(mep.calls().is_empty(), "nothing is sent for a refused request");
+    assert!(p.get("/service/requests").json.as_array().unwrap().is_empty());
+}
+
+#[test]
+fn a_body_over_the_limit_is_413() {
+    let mep = FakeLlMec::start();
+    let p = plugin_with(&mep, 1000, "max_body_bytes = 2048");
+    let big = DNS.replace("pfrag.gr", &format!("{}.gr", "a".repeat(3000)));
+    p.post(&big).problem(413);
+    assert!(mep.calls().is_empty());
+}
+
+#[test]
+fn a_non_json_content_type_is_415() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let r = p.call_with_type("POST", "/service/requests", Some(DNS), "text/plain");
+    r.problem(415);
+}
+
+#[test]
+fn a_refusing_platform_is_502_with_the_request_recorded_failed() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    mep.fail_all(500);
+    let r = p.post(DNS);
+    let d = r.problem(502);
+    assert!(d.contains("region '2'") && d.contains("500"), "{d}");
+    let id = r.json["RequestId"].as_str().expect("the error carries the RequestId");
+    let stored = p.get(&format!("/service/requests/{id}")).json;
+    assert_eq!(stored["status"], "FAILED");
+    mep.heal();
+    assert_eq!(p.delete(id).status, 201, "a FAILED request can be deleted");
+    p.get(&format!("/service/requests/{id}")).problem(404);
+}
+
+#[test]
+fn an_unreachable_platform_is_502() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    mep.stop();
+    let d = p.post(DNS).problem(502);
+    assert!(d.contains("unreachable"), "{d}");
+}
+
+#[test]
+fn a_hanging_platform_is_504_within_the_timeout_while_other_requests_are_served() {
+    let mep = FakeLlMec::start();
+    let p = Arc::new(plugin_with(&mep, 500, ""));
+    mep.delay(Duration::from_secs(5));
+    let slow = {
+        let p = p.clone();
+        thread::spawn(move || {
+            let started = Instant::now();
+            let r = p.post(DNS);
+            (r, started.elapsed())
+        })
+    };
+    thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    for _ in 0..5 {
+        assert_eq!(p.get("/service/regions").status, 200);
+        assert_eq!(p.get("/service/requests").status, 200);
+    }
+    assert!(started.elapsed() < Duration::from_millis(400), "served while the platform hangs");
+    let (r, took) = slow.join().unwrap();
+    r.problem(504);
+    assert!(took < Duration::from_millis(2500), "504 within the timeout (and one undo): {took:?}");
+}
+
+#[test]
+fn a_partial_failure_undoes_the_applied_rules_in_reverse_with_identical_bodies() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let body = seed_traffic().replace(r#""dstPort": ["80"]"#, r#""dstPort": ["80", "443"]"#);
+    assert!(body.contains("443"), "test body has two ports");
+    mep.fail_nth_post(3, 500);
+    let r = p.post(&body);
+    r.problem(502);
+    assert!(mep.installed().is_empty(), "everything undone: {:?}", mep.installed());
+    let calls = mep.calls();
+    let posts: Vec<_> = calls.iter().filter(|c| c.method == "POST").collect();
+    let deletes: Vec<_> = calls.iter().filter(|c| c.method == "DELETE").collect();
+    assert_eq!(posts.len(), 3);
+    assert_eq!(deletes.len(), 2);
+    assert_eq!(deletes[0].body, posts[1].body, "reverse order, same body");
+    assert_eq!(deletes[1].body, posts[0].body);
+}
+
+#[test]
+fn delete_removes_the_rules_then_answers_201() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let id = created_id(&p.post(&seed_traffic()));
+    let r = p.delete(&id);
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(r.json["status"], "DELETED");
+    assert!(mep.installed().is_empty());
+    p.get(&format!("/service/requests/{id}")).problem(404);
+    p.delete(&id).problem(404);
+}
+
+#[test]
+fn a_delete_the_platform_refuses_keeps_the_request_for_a_retry() {
+    let mep = FakeLlMec::start();
+    let p = plugin_with(&mep, 500, "");
+    let id = created_id(&p.post(DNS));
+    mep.fail_all(503);
+    p.delete(&id).problem(502);
+    assert_eq!(p.get(&format!("/service/requests/{id}")).json["status"], "CREATED");
+    mep.heal();
+    mep.delay(Duration::from_secs(3));
+    p.delete(&id).problem(504);
+    assert_eq!(p.get(&format!("/service/requests/{id}")).status, 200, "still recorded after a timeout");
+    mep.delay(Duration::ZERO);
+    assert_eq!(p.delete(&id).status, 201);
+    assert!(mep.installed().is_empty());
+}
+
+#[test]
+fn unknown_paths_are_404_and_wrong_methods_405_with_allow() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    p.get("/nothing/here").problem(404);
+    let r = p.call("PUT", "/service/requests", Some("{}"));
+    r.problem(405);
+    assert_eq!(r.allow.as_deref(), Some("GET, HEAD, POST"));
+    let r = p.call("POST", "/service/regions", Some("{}"));
+    r.problem(405);
+    assert_eq!(r.allow.as_deref(), Some("GET, HEAD"));
+    let r = p.call("PATCH", "/service/requests/x", Some("{}"));
+    assert_eq!(r.allow.as_deref(), Some("GET, HEAD, DELETE"));
+}
+
+#[test]
+fn camel_style_answers_with_the_keys_the_mtp_client_reads() {
+    let mep = FakeLlMec::start();
+    let p = plugin_with(&mep, 1000, "api_style = \"camel\"");
+    let regions = p.get("/service/regions").json;
+    let info = &regions["regions"][0]["mecRegionInfo"];
+    assert_eq!(info["regionId"], "2");
+    assert_eq!(info["locationInfo"]["range"], 10.0);
+    assert!(regions.get("Regions").is_none());
+    let r = p.post(&example("traffic-and-dns-camel.json"));
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let id = r.json["requestId"].as_str().unwrap().to_string();
+    let stored = p.get(&format!("/service/requests/{id}")).json;
+    assert_eq!(stored["requestId"], id.as_str());
+    assert_eq!(stored["regionId"], "2");
+    assert_eq!(stored["appTrafficRule"][0]["trafficFilter"][0]["protocol"][0], "tcp");
+    assert!(stored.get("RequestId").is_none() && stored.get("RegionId").is_none());
+    // the spec spelling is accepted too
+    assert_eq!(p.post(DNS).status, 201);
+}
+
+#[test]
+fn spec_style_answers_camel_bodies_with_spec_keys() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let id = created_id(&p.post(&example("traffic-and-dns-camel.json")));
+    let stored = p.get(&format!("/service/requests/{id}")).json;
+    assert_eq!(stored["appTrafficRule"][0]["trafficFilter"][0]["Protocol"][0], "tcp");
+}
+
+#[test]
+fn sixteen_threads_of_creations_and_removals_leave_platform_and_records_in_agreement() {
+    let mep = FakeLlMec::start();
+    let p = Arc::new(plugin_with(&mep, 2000, "workers = 8"));
+    let workers: Vec<_> = (0..16)
+        .map(|t| {
+            let p = p.clone();
+            thread::spawn(move || {
+                let mut kept = Vec::new();
+                for i in 0..12 {
+                    let body = DNS.replace("pfrag.gr", &format!("t{t}-{i}.example.org"));
+                    let id = created_id(&p.post(&body));
+                    if i % 3 == 0 {
+                        kept.push(id);
+                    } else {
+                        assert_eq!(p.delete(&id).status, 201);
+                    }
+                }
+                kept
+            })
+        })
+        .collect();
+    let kept: Vec<String> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let records = p.get("/service/requests").json;
+    let records = records.as_array().unwrap();
+    assert_eq!(records.len(), kept.len());
+    assert_eq!(mep.installed().len(), kept.len(), "one DNS redirect per kept request");
+    let mut on_platform: Vec<String> = mep
+        .installed()
+        .iter()
+        .map(|(_, body)| serde_json::from_str::<Value>(body).unwrap()["url"].as_str().unwrap().to_string())
+        .collect();
+    let mut recorded: Vec<String> = records
+        .iter()
+        .map(|r| r["appDNSRule"][0]["domainName"].as_str().unwrap().to_string())
+        .collect();
+    on_platform.sort();
+    recorded.sort();
+    assert_eq!(on_platform, recorded);
+}
+
+#[test]
+fn every_example_is_accepted_by_the_shipped_configuration() {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/regions.toml")).unwrap();
+    let shipped = shipped.replace("listen = \"127.0.0.1:8082\"", "listen = \"127.0.0.1:0\"");
+    let p = Plugin::start(&shipped);
+    for name in ["dns-only.json", "traffic-and-dns.json", "traffic-and-dns-camel.json"] {
+        let r = p.post(&example(name));
+        assert_eq!(r.status, 201, "{name}: {:?}", r.json);
+    }
+    assert_eq!(p.get("/service/requests").json.as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn every_example_is_also_accepted_by_an_llmec_platform() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    for name in ["dns-only.json", "traffic-and-dns.json", "traffic-and-dns-camel.json"] {
+        let r = p.post(&example(name));
+        assert_eq!(r.status, 201, "{name}: {:?}", r.json);
+    }
+}

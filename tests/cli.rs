@@ -1,0 +1,197 @@
+//! The real binary: `--check`, `--help`, `--version`, refusing a bad configuration, and
+//! serving the shipped `regions.toml` (the README's run command) on a loopback port.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mec-plugin");
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/regions.toml");
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("mec-plugin-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn check_prints_one_line_per_region_and_exits_zero() {
+    let out = Command::new(BIN)
+        .args(["--config", SHIPPED, "--check"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("region 2: lat 43.6143899 lon 7.068931"),
+        "{text}"
+    );
+    assert!(text.contains("driver simulated"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("region ")).count(),
+        2,
+        "{text}"
+    );
+}
+
+#[test]
+fn a_bad_configuration_is_refused_naming_file_line_region_and_key() {
+    let dir = temp_dir("bad");
+    let path = dir.join("bad.toml");
+    let text = std::fs::read_to_string(SHIPPED)
+        .unwrap()
+        .replace("range_km = 10.0", "range_km = -1.0");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("bad.toml: line 21: region '2': range_km"),
+        "{err}"
+    );
+    let missing = Command::new(BIN)
+        .args(["--config", "/nonexistent/regions.toml", "--check"])
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/regions.toml"));
+}
+
+#[test]
+fn help_and_version_are_printed() {
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    for flag in [
+        "--config",
+        "--listen",
+        "--state-dir",
+        "--check",
+        "--version",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from --help: {text}");
+    }
+    let version = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8(version.stdout).unwrap().trim(),
+        format!("mec-plugin {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the binary on the shipped configuration and returns it with its address, read from
+/// its "listening on" log line.
+fn start_shipped(dir: &std::path::Path) -> (Running, String, mpsc::Receiver<String>) {
+    let mut child = Command::new(BIN)
+        .args([
+            "--config",
+            SHIPPED,
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+        ])
+        .arg(dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the plugin logs its address");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            let addr = rest.split('/').next().unwrap().to_string();
+            return (running, addr, rx);
+        }
+    }
+}
+
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[test]
+fn the_binary_serves_the_shipped_configuration_and_logs_one_line_per_request() {
+    let dir = temp_dir("run");
+    let (_running, addr, logs) = start_shipped(&dir);
+    let (status, body) = http(&addr, "GET", "/MEC/v1/service/regions", "");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"RegionId\":\"2\""), "{body}");
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/traffic-and-dns.json"
+    ))
+    .unwrap();
+    let (status, body) = http(&addr, "POST", "/MEC/v1/service/requests", &example);
+    assert_eq!(status, 201, "{body}");
+    let id: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = id["RequestId"].as_str().unwrap();
+    let (status, _) = http(
+        &addr,
+        "DELETE",
+        &format!("/MEC/v1/service/requests/{id}"),
+        "",
+    );
+    assert_eq!(status, 201);
+    let mut seen = Vec::new();
+    while let Ok(line) = logs.recv_timeout(Duration::from_secs(2)) {
+        seen.push(line);
+        if seen
+            .iter()
+            .any(|l| l.contains("DELETE /MEC/v1/service/requests/"))
+        {
+            break;
+        }
+    }
+    let request_line = seen
+        .iter()
+        .find(|l| l.contains("POST /MEC/v1/service/requests 201"))
+        .cloned();
+    assert!(
+        request_line.is_some_and(|l| l.contains("ms")),
+        "one line per request with status and ms: {seen:?}"
+    );
+}

@@ -1,0 +1,116 @@
+//! Shared integration-test harness: the plugin started in-process on 127.0.0.1:0 from a
+//! configuration text, a small HTTP client, and the fake platforms.
+#![allow(dead_code)]
+
+pub mod fake_llmec;
+
+use std::time::Duration;
+
+use mec_plugin::app::App;
+use mec_plugin::config::Config;
+use serde_json::Value;
+
+/// A plugin running in this process.
+pub struct Plugin {
+    pub app: App,
+    pub base: String,
+    agent: ureq::Agent,
+}
+
+/// `[server]` section for tests: loopback, port 0, short read timeout.
+pub fn server_section(extra: &str) -> String {
+    format!("[server]\nlisten = \"127.0.0.1:0\"\nread_timeout_ms = 2000\n{extra}\n")
+}
+
+/// A `[[region]]` driven by LL-MEC at `url`.
+pub fn llmec_region(id: &str, url: &str, timeout_ms: u64) -> String {
+    format!(
+        "[[region]]\nid = \"{id}\"\ndescription = \"test {id}\"\nlatitude = 43.6\nlongitude = 7.06\naltitude = 1.5\nrange_km = 10.0\n[region.mep]\ndriver = \"llmec\"\nurl = \"{url}\"\ntimeout_ms = {timeout_ms}\n"
+    )
+}
+
+/// A `[[region]]` with the simulated platform.
+pub fn simulated_region(id: &str) -> String {
+    format!(
+        "[[region]]\nid = \"{id}\"\nlatitude = 45.07\nlongitude = 7.68\nrange_km = 15.0\n[region.mep]\ndriver = \"simulated\"\n"
+    )
+}
+
+impl Plugin {
+    /// Starts the plugin with this configuration text.
+    pub fn start(config_text: &str) -> Plugin {
+        let config = Config::parse(config_text, "test.toml").expect("test config is valid");
+        let app = App::start(&config).expect("plugin starts");
+        let base = format!("http://{}/MEC/v1", app.local_addr());
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .build()
+            .new_agent();
+        Plugin { app, base, agent }
+    }
+
+    /// Sends a request; returns status, content type and JSON body (Null when empty).
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        self.call_with_type(method, path, body, "application/json")
+    }
+
+    pub fn call_with_type(&self, method: &str, path: &str, body: Option<&str>, content_type: &str) -> Reply {
+        let url = format!("{}{}", self.base, path);
+        let request = ureq::http::Request::builder().method(method).uri(&url);
+        let result = match body {
+            Some(b) => self
+                .agent
+                .run(request.header("Content-Type", content_type).body(b.as_bytes().to_vec()).unwrap()),
+            None => self.agent.run(request.body(()).unwrap()),
+        };
+        let mut response = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = response.status().as_u16();
+        let header = |n: &str| response.headers().get(n).map(|v| v.to_str().unwrap_or("").to_string());
+        let content_type = header("content-type").unwrap_or_default();
+        let allow = header("allow");
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        Reply { status, content_type, allow, json }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.call("GET", path, None)
+    }
+
+    pub fn post(&self, body: &str) -> Reply {
+        self.call("POST", "/service/requests", Some(body))
+    }
+
+    pub fn delete(&self, id: &str) -> Reply {
+        self.call("DELETE", &format!("/service/requests/{id}"), None)
+    }
+}
+
+/// What the plugin answered.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub allow: Option<String>,
+    pub json: Value,
+}
+
+impl Reply {
+    /// Asserts an RFC 7807 problem with this status and returns its detail.
+    pub fn problem(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "{:?}", self.json);
+        assert_eq!(self.content_type, "application/problem+json", "{:?}", self.json);
+        for key in ["type", "title", "status", "detail"] {
+            assert!(self.json.get(key).is_some(), "problem without {key}: {:?}", self.json);
+        }
+        assert_eq!(self.json["status"], status);
+        self.json["detail"].as_str().unwrap().to_string()
+    }
+}
+
+/// The example body files, read from `examples/`.
+pub fn example(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
