@@ -1,1 +1,804 @@
-//! LL-MEC driver (placeholder; being written).
+//! The LL-MEC dialect (EURECOM's MEP, `driver = "llmec"`): four calls, each keyed on the
+//! platform by its exact JSON body.
+//!
+//! | step | apply | remove |
+//! | --- | --- | --- |
+//! | one per DNS rule | `POST /api/mp1/traffic/all` | `DELETE` with the same body |
+//! | one per traffic filter × destination address × port × protocol | `POST /api/mp1/traffic/imsi` | `DELETE` with the same body |
+//!
+//! The dialect can only *redirect the traffic of listed subscribers (IMSIs) towards one IPv4
+//! service address and port to the MEC application's interface*. Everything else a request may
+//! say is refused before anything is sent, naming the rule and field, rather than silently
+//! dropped (the original plugin sent the first address and port of the first filter and
+//! ignored the rest). What is accepted and refused:
+//!
+//! - **DNS rules**: `IP_V4` only. The reference gives no IPv6 form for `mec-ipaddr` and the
+//!   platform's redirection is IPv4-only as far as is documented, so `IP_V6` is refused.
+//!   `ttl` has no field in the dialect; it only governs caching of the DNS answer, not where
+//!   traffic goes, so it is accepted and not sent.
+//! - **Actions**: only `FORWARD` (redirection, what the original deployment used). The
+//!   dialect has no drop, duplication or passthrough, and the reference does not say whether
+//!   redirected packets arrive with or without their tunnel encapsulation, so the variants that
+//!   promise one or the other (`FORWARD_AS_IS`, `DECAPSULATED`) are refused too rather than
+//!   honoured by chance, as are `DROP`, `PASSTHROUGH`, `DUPLICATED_DECAPSULATED` and
+//!   `DUPLICATE_AS_IS`.
+//! - **Filter type**: `FLOW` only (LL-MEC matches inner flows); `PACKET` is refused.
+//! - **Priority**: not expressible; the platform orders nothing, so it is accepted and not sent.
+//! - **Destination interface**: exactly one, of type `IP` or `MAC`, with an IPv4
+//!   `dstIPAddress`; `dstMACAddress` is optional (`00:00:00:00:00:00` when absent, `-`
+//!   separators written as `:`); `srcMACAddress` and `tunnelInfo` are refused.
+//! - **Filters**: `srcAddress` required (subscriber IMSIs, 6–15 digits: this deployment keys
+//!   redirects by IMSI, so an IP address there is refused), `dstAddress` required (single IPv4
+//!   addresses; prefixes, ranges and IPv6 are refused), `dstPort` required (single ports; the
+//!   dialect has no "any port", and ranges are refused), `Protocol` optional (`tcp`, `udp`,
+//!   `any`, case-insensitive; absent = any). `srcPort`, `Token`, the four tunnel fields, `qci`,
+//!   `dscp` and `tc` are refused when present and non-empty.
+//! - At most [`MAX_STEPS`] calls per request; identical calls within a request are sent once.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+
+use super::agent::MepClient;
+use super::{Driver, MepError, Refusal, Step};
+use crate::config::{DriverKind, MepConfig};
+use crate::model::{
+    Action, CreationRequest, DnsRule, FilterType, InterfaceType, IpAddressType, TrafficFilter,
+    TrafficRule,
+};
+
+/// Path of DNS redirects.
+pub const DNS_TARGET: &str = "/api/mp1/traffic/all";
+/// Path of traffic redirects.
+pub const TRAFFIC_TARGET: &str = "/api/mp1/traffic/imsi";
+/// Most calls one request may expand to (filters × addresses × ports × protocols).
+pub const MAX_STEPS: usize = 1024;
+
+const NO_MAC: &str = "00:00:00:00:00:00";
+
+/// The LL-MEC driver of one region.
+#[derive(Debug)]
+pub struct LlMec {
+    client: MepClient,
+}
+
+/// Body of `/api/mp1/traffic/all` (field order is the wire order).
+#[derive(Serialize)]
+struct DnsRedirect<'a> {
+    url: &'a str,
+    #[serde(rename = "mec-ipaddr")]
+    mec_ipaddr: &'a str,
+    #[serde(rename = "mec-macaddr")]
+    mec_macaddr: &'a str,
+    #[serde(rename = "type")]
+    kind: u8,
+}
+
+/// Body of `/api/mp1/traffic/imsi` (field order is the wire order).
+#[derive(Serialize)]
+struct TrafficRedirect<'a> {
+    ue_list: &'a [String],
+    service_ip: &'a str,
+    port: &'a str,
+    transport: u8,
+    mec_ipaddr: &'a str,
+    mec_macaddr: &'a str,
+    #[serde(rename = "type")]
+    kind: u8,
+}
+
+/// LL-MEC's `transport` codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Transport {
+    Any = 0,
+    Tcp = 1,
+    Udp = 2,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Any => "any",
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+impl LlMec {
+    pub fn new(mep: &MepConfig) -> LlMec {
+        LlMec {
+            client: MepClient::new(mep),
+        }
+    }
+}
+
+impl Driver for LlMec {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Llmec
+    }
+
+    fn plan(&self, _request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
+        plan(request)
+    }
+
+    fn apply(&self, step: &Step) -> Result<(), MepError> {
+        self.client
+            .send("POST", &self.client.url(&step.target), Some(&step.body))
+            .map(|_| ())
+    }
+
+    fn remove(&self, step: &Step) -> Result<(), MepError> {
+        match self
+            .client
+            .send("DELETE", &self.client.url(&step.target), Some(&step.body))
+        {
+            Ok(_) | Err(MepError::Refused { status: 404, .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The steps for a request: DNS rules first, then traffic rules, each in request order.
+fn plan(request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
+    let mut steps = Vec::new();
+    for (i, rule) in request.dns_rules().iter().enumerate() {
+        steps.push(dns_step(i, rule)?);
+    }
+    let mut budget = MAX_STEPS.saturating_sub(steps.len());
+    for (i, rule) in request.traffic_rules().iter().enumerate() {
+        traffic_steps(i, rule, &mut budget, &mut steps)?;
+    }
+    let mut seen = HashSet::new();
+    steps.retain(|s| seen.insert((s.target.clone(), s.body.clone())));
+    Ok(steps)
+}
+
+fn refuse(rule: String, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        rule,
+        reason: reason.into(),
+    }
+}
+
+fn to_json(body: &impl Serialize) -> String {
+    serde_json::to_string(body).expect("a struct of strings and integers serialises")
+}
+
+fn dns_step(i: usize, rule: &DnsRule) -> Result<Step, Refusal> {
+    let at = format!("appDNSRule[{i}] '{}'", rule.dns_rule_id);
+    if rule.ip_address_type != IpAddressType::IpV4 {
+        return Err(refuse(
+            format!("{at} ipAddressType"),
+            "LL-MEC redirects DNS names to IPv4 addresses only; IP_V6 is not supported by this platform",
+        ));
+    }
+    if rule.ip_address.parse::<Ipv4Addr>().is_err() {
+        return Err(refuse(
+            format!("{at} ipAddress"),
+            format!("'{}' is not an IPv4 address", rule.ip_address),
+        ));
+    }
+    let body = DnsRedirect {
+        url: &rule.domain_name,
+        mec_ipaddr: &rule.ip_address,
+        mec_macaddr: NO_MAC,
+        kind: 1,
+    };
+    Ok(Step {
+        label: format!("DNS rule '{}' ({})", rule.dns_rule_id, rule.domain_name),
+        target: DNS_TARGET.to_string(),
+        body: to_json(&body),
+    })
+}
+
+fn traffic_steps(
+    i: usize,
+    rule: &TrafficRule,
+    budget: &mut usize,
+    steps: &mut Vec<Step>,
+) -> Result<(), Refusal> {
+    let at = format!("appTrafficRule[{i}] '{}'", rule.traffic_rule_id);
+    if rule.action != Action::Forward {
+        return Err(refuse(
+            format!("{at} action"),
+            format!(
+                "LL-MEC can only redirect traffic (action FORWARD); {} is not supported by this platform",
+                rule.action.name()
+            ),
+        ));
+    }
+    if rule.filter_type != FilterType::Flow {
+        return Err(refuse(
+            format!("{at} filterType"),
+            "LL-MEC matches flows only (filterType FLOW); PACKET is not supported by this platform",
+        ));
+    }
+    let (mec_ip, mec_mac) = destination(&at, rule)?;
+
+    // Check every filter and count its calls before building any, so that a combinatorial
+    // request is refused without being expanded.
+    let mut checked = Vec::with_capacity(rule.traffic_filter.len());
+    for (j, filter) in rule.traffic_filter.iter().enumerate() {
+        let f = check_filter(&format!("{at} trafficFilter[{j}]"), filter)?;
+        let calls = f
+            .addresses
+            .len()
+            .saturating_mul(f.ports.len())
+            .saturating_mul(f.transports.len());
+        if calls > *budget {
+            return Err(refuse(
+                format!("{at} trafficFilter[{j}]"),
+                format!(
+                    "the request expands to more than {MAX_STEPS} LL-MEC calls (one per destination address, port and protocol); split it"
+                ),
+            ));
+        }
+        *budget -= calls;
+        checked.push(f);
+    }
+
+    for (j, f) in checked.iter().enumerate() {
+        for address in &f.addresses {
+            for port in &f.ports {
+                for &transport in &f.transports {
+                    let body = TrafficRedirect {
+                        ue_list: f.imsis,
+                        service_ip: address,
+                        port,
+                        transport: transport as u8,
+                        mec_ipaddr: mec_ip,
+                        mec_macaddr: &mec_mac,
+                        kind: 2,
+                    };
+                    steps.push(Step {
+                        label: format!(
+                            "traffic rule '{}' filter {j} ({address}:{port}/{})",
+                            rule.traffic_rule_id,
+                            transport.name()
+                        ),
+                        target: TRAFFIC_TARGET.to_string(),
+                        body: to_json(&body),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The MEC application's address and MAC from `dstInterface[0]`.
+fn destination<'r>(at: &str, rule: &'r TrafficRule) -> Result<(&'r str, String), Refusal> {
+    let interfaces = rule.dst_interface.as_deref().unwrap_or(&[]);
+    let Some(interface) = interfaces.first() else {
+        return Err(refuse(
+            format!("{at} dstInterface"),
+            "LL-MEC needs the MEC application's address to redirect to (dstInterface[0].dstIPAddress)",
+        ));
+    };
+    if interfaces.len() > 1 {
+        return Err(refuse(
+            format!("{at} dstInterface[1]"),
+            "LL-MEC redirects to a single interface; only one dstInterface can be given",
+        ));
+    }
+    let at = format!("{at} dstInterface[0]");
+    if interface.interface_type == InterfaceType::Tunnel || interface.tunnel_info.is_some() {
+        return Err(refuse(
+            format!(
+                "{at}.{}",
+                if interface.tunnel_info.is_some() {
+                    "tunnelInfo"
+                } else {
+                    "interfaceType"
+                }
+            ),
+            "LL-MEC cannot redirect into a tunnel",
+        ));
+    }
+    if interface.src_mac_address.is_some() {
+        return Err(refuse(
+            format!("{at}.srcMACAddress"),
+            "LL-MEC cannot set the source MAC address of redirected traffic",
+        ));
+    }
+    let Some(ip) = interface.dst_ip_address.as_deref() else {
+        return Err(refuse(
+            format!("{at}.dstIPAddress"),
+            "LL-MEC needs the MEC application's IPv4 address to redirect to",
+        ));
+    };
+    if ip.parse::<Ipv4Addr>().is_err() {
+        return Err(refuse(
+            format!("{at}.dstIPAddress"),
+            format!("'{ip}' is not an IPv4 address; LL-MEC redirects to IPv4 addresses only"),
+        ));
+    }
+    let mac = interface
+        .dst_mac_address
+        .as_deref()
+        .map_or_else(|| NO_MAC.to_string(), |m| m.replace('-', ":"));
+    Ok((ip, mac))
+}
+
+/// One filter, checked: what its calls are made of.
+struct Filter<'r> {
+    imsis: &'r [String],
+    addresses: Vec<&'r str>,
+    ports: Vec<&'r str>,
+    transports: Vec<Transport>,
+}
+
+fn present<T>(list: &Option<Vec<T>>) -> bool {
+    list.as_ref().is_some_and(|l| !l.is_empty())
+}
+
+fn check_filter<'r>(at: &str, filter: &'r TrafficFilter) -> Result<Filter<'r>, Refusal> {
+    let lists = [
+        ("srcPort", &filter.src_port),
+        ("Token", &filter.token),
+        ("srcTunnelAddress", &filter.src_tunnel_address),
+        ("dstTunnelAddress", &filter.dst_tunnel_address),
+        ("srcTunnelPort", &filter.src_tunnel_port),
+        ("dstTunnelPort", &filter.dst_tunnel_port),
+    ];
+    for (key, list) in lists {
+        if present(list) {
+            return Err(refuse(
+                format!("{at}.{key}"),
+                format!("LL-MEC cannot filter on {key}"),
+            ));
+        }
+    }
+    for (key, value) in [
+        ("qci", &filter.qci),
+        ("dscp", &filter.dscp),
+        ("tc", &filter.tc),
+    ] {
+        if value.is_some() {
+            return Err(refuse(
+                format!("{at}.{key}"),
+                format!("LL-MEC cannot filter on {key}"),
+            ));
+        }
+    }
+
+    let imsis = filter.src_address.as_deref().unwrap_or(&[]);
+    if imsis.is_empty() {
+        return Err(refuse(
+            format!("{at}.srcAddress"),
+            "LL-MEC redirects the traffic of listed subscribers: srcAddress must list their IMSIs",
+        ));
+    }
+    for (k, imsi) in imsis.iter().enumerate() {
+        if !(6..=15).contains(&imsi.len()) || !imsi.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(refuse(
+                format!("{at}.srcAddress[{k}]"),
+                format!(
+                    "'{imsi}' is not an IMSI (6-15 digits); in the LL-MEC dialect srcAddress lists subscriber IMSIs"
+                ),
+            ));
+        }
+    }
+
+    let addresses = filter.dst_address.as_deref().unwrap_or(&[]);
+    if addresses.is_empty() {
+        return Err(refuse(
+            format!("{at}.dstAddress"),
+            "LL-MEC needs the service address whose traffic is redirected",
+        ));
+    }
+    let mut checked_addresses = Vec::with_capacity(addresses.len());
+    for (k, address) in addresses.iter().enumerate() {
+        if address.parse::<Ipv4Addr>().is_err() {
+            return Err(refuse(
+                format!("{at}.dstAddress[{k}]"),
+                format!(
+                    "'{address}' is not a single IPv4 address; LL-MEC cannot express prefixes, ranges or IPv6"
+                ),
+            ));
+        }
+        checked_addresses.push(address.as_str());
+    }
+
+    let ports = filter.dst_port.as_deref().unwrap_or(&[]);
+    if ports.is_empty() {
+        return Err(refuse(
+            format!("{at}.dstPort"),
+            "LL-MEC needs a destination port (it has no 'any port')",
+        ));
+    }
+    let mut checked_ports = Vec::with_capacity(ports.len());
+    for (k, port) in ports.iter().enumerate() {
+        let p = port.trim();
+        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err() {
+            return Err(refuse(
+                format!("{at}.dstPort[{k}]"),
+                format!("'{port}' is not a single port; LL-MEC cannot express port ranges"),
+            ));
+        }
+        checked_ports.push(p);
+    }
+
+    let mut transports = Vec::new();
+    match filter.protocol.as_deref() {
+        None | Some([]) => transports.push(Transport::Any),
+        Some(protocols) => {
+            for (k, protocol) in protocols.iter().enumerate() {
+                let t = match protocol.trim().to_ascii_lowercase().as_str() {
+                    "tcp" => Transport::Tcp,
+                    "udp" => Transport::Udp,
+                    "any" => Transport::Any,
+                    _ => {
+                        return Err(refuse(
+                            format!("{at}.Protocol[{k}]"),
+                            format!("'{protocol}' is not supported by LL-MEC (tcp, udp or any)"),
+                        ));
+                    }
+                };
+                if !transports.contains(&t) {
+                    transports.push(t);
+                }
+            }
+        }
+    }
+
+    Ok(Filter {
+        imsis,
+        addresses: checked_addresses,
+        ports: checked_ports,
+        transports,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_creation;
+
+    /// The rules of `seed-examples/trafficrule.json`.
+    const SEED: &str = r#"{
+      "RegionId": "2",
+      "appTrafficRule": [{
+          "trafficRuleId": "tr1", "filterType": "FLOW", "priority": 0,
+          "trafficFilter": [{"srcAddress": ["208930100001114"], "dstAddress": ["195.251.255.142"],
+                             "dstPort": ["80"], "Protocol": ["tcp"]}],
+          "action": "FORWARD",
+          "dstInterface": [{"interfaceType": "IP", "dstMACAddress": "00:11:22:33:44:55",
+                            "dstIPAddress": "172.16.0.111"}]
+      }],
+      "appDNSRule": [{"dnsRuleId": "111", "domainName": "pfrag.gr", "ipAddressType": "IP_V4",
+                      "ipAddress": "172.24.248.5", "ttl": 0}]
+    }"#;
+
+    fn seed() -> serde_json::Value {
+        serde_json::from_str(SEED).unwrap()
+    }
+
+    fn plan_of(v: &serde_json::Value) -> Result<Vec<Step>, Refusal> {
+        let request = parse_creation(v.to_string().as_bytes()).unwrap();
+        plan(&request)
+    }
+
+    /// The seed with a change to its traffic filter 0.
+    fn with_filter(edit: impl FnOnce(&mut serde_json::Value)) -> serde_json::Value {
+        let mut v = seed();
+        edit(&mut v["appTrafficRule"][0]["trafficFilter"][0]);
+        v
+    }
+
+    /// A change to a part of a request, for tables of cases.
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
+    fn refusal(v: &serde_json::Value) -> Refusal {
+        plan_of(v).unwrap_err()
+    }
+
+    #[test]
+    fn seed_example_gives_exact_bodies() {
+        let steps = plan_of(&seed()).unwrap();
+        assert_eq!(
+            steps,
+            vec![
+                Step {
+                    label: "DNS rule '111' (pfrag.gr)".into(),
+                    target: "/api/mp1/traffic/all".into(),
+                    body: r#"{"url":"pfrag.gr","mec-ipaddr":"172.24.248.5","mec-macaddr":"00:00:00:00:00:00","type":1}"#.into(),
+                },
+                Step {
+                    label: "traffic rule 'tr1' filter 0 (195.251.255.142:80/tcp)".into(),
+                    target: "/api/mp1/traffic/imsi".into(),
+                    body: r#"{"ue_list":["208930100001114"],"service_ip":"195.251.255.142","port":"80","transport":1,"mec_ipaddr":"172.16.0.111","mec_macaddr":"00:11:22:33:44:55","type":2}"#.into(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn filters_expand_to_addresses_by_ports_by_protocols() {
+        let mut v = seed();
+        v["appDNSRule"] = serde_json::json!([]);
+        let f0 = serde_json::json!({"srcAddress": ["208930100001114", "208930100001115"],
+            "dstAddress": ["10.0.0.1", "10.0.0.2"], "dstPort": ["80", "443"], "Protocol": ["TCP", "udp"]});
+        let f1 = serde_json::json!({"srcAddress": ["208930100001116"],
+            "dstAddress": ["10.0.0.3", "10.0.0.4"], "dstPort": ["53", "5353"], "protocol": ["udp", "Any"]});
+        v["appTrafficRule"][0]["trafficFilter"] = serde_json::json!([f0, f1]);
+        let steps = plan_of(&v).unwrap();
+        assert_eq!(steps.len(), 16);
+        let labels: Vec<&str> = steps.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels[0], "traffic rule 'tr1' filter 0 (10.0.0.1:80/tcp)");
+        assert_eq!(labels[1], "traffic rule 'tr1' filter 0 (10.0.0.1:80/udp)");
+        assert_eq!(labels[2], "traffic rule 'tr1' filter 0 (10.0.0.1:443/tcp)");
+        assert_eq!(labels[4], "traffic rule 'tr1' filter 0 (10.0.0.2:80/tcp)");
+        assert_eq!(labels[8], "traffic rule 'tr1' filter 1 (10.0.0.3:53/udp)");
+        assert_eq!(
+            labels[15],
+            "traffic rule 'tr1' filter 1 (10.0.0.4:5353/any)"
+        );
+        assert_eq!(
+            steps[15].body,
+            r#"{"ue_list":["208930100001116"],"service_ip":"10.0.0.4","port":"5353","transport":0,"mec_ipaddr":"172.16.0.111","mec_macaddr":"00:11:22:33:44:55","type":2}"#
+        );
+        assert!(steps[0].body.starts_with(
+            r#"{"ue_list":["208930100001114","208930100001115"],"service_ip":"10.0.0.1","port":"80","transport":1,"#
+        ));
+        let distinct: HashSet<&str> = steps.iter().map(|s| s.body.as_str()).collect();
+        assert_eq!(distinct.len(), 16);
+    }
+
+    #[test]
+    fn no_protocol_means_any_and_no_mac_means_zero_mac() {
+        let mut v = with_filter(|f| {
+            f.as_object_mut().unwrap().remove("Protocol");
+        });
+        v["appTrafficRule"][0]["dstInterface"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("dstMACAddress");
+        let steps = plan_of(&v).unwrap();
+        assert_eq!(steps.len(), 2);
+        assert_eq!(
+            steps[1].body,
+            r#"{"ue_list":["208930100001114"],"service_ip":"195.251.255.142","port":"80","transport":0,"mec_ipaddr":"172.16.0.111","mec_macaddr":"00:00:00:00:00:00","type":2}"#
+        );
+        assert_eq!(
+            steps[1].label,
+            "traffic rule 'tr1' filter 0 (195.251.255.142:80/any)"
+        );
+    }
+
+    #[test]
+    fn identical_calls_are_planned_once() {
+        let v = with_filter(|f| {
+            f["Protocol"] = serde_json::json!(["tcp", "TCP"]);
+            f["dstPort"] = serde_json::json!(["80", "80"]);
+        });
+        assert_eq!(plan_of(&v).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn request_without_rules_plans_nothing() {
+        let v = serde_json::json!({"RegionId": "2"});
+        assert_eq!(plan_of(&v).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn ipv6_dns_rule_is_refused() {
+        let mut v = seed();
+        v["appDNSRule"][0]["ipAddressType"] = "IP_V6".into();
+        v["appDNSRule"][0]["ipAddress"] = "2001:db8::1".into();
+        let r = refusal(&v);
+        assert_eq!(r.rule, "appDNSRule[0] '111' ipAddressType");
+        assert!(r.reason.contains("IPv4"), "{r}");
+    }
+
+    #[test]
+    fn actions_other_than_forward_are_refused() {
+        for action in [
+            "DROP",
+            "DECAPSULATED",
+            "FORWARD_AS_IS",
+            "PASSTHROUGH",
+            "DUPLICATED_DECAPSULATED",
+            "DUPLICATE_AS_IS",
+        ] {
+            let mut v = seed();
+            v["appTrafficRule"][0]["action"] = action.into();
+            let r = refusal(&v);
+            assert_eq!(r.rule, "appTrafficRule[0] 'tr1' action");
+            assert!(r.reason.contains(action), "{r}");
+        }
+    }
+
+    #[test]
+    fn packet_filter_type_is_refused() {
+        let mut v = seed();
+        v["appTrafficRule"][0]["filterType"] = "PACKET".into();
+        assert_eq!(refusal(&v).rule, "appTrafficRule[0] 'tr1' filterType");
+    }
+
+    #[test]
+    fn destination_interface_problems_are_refused() {
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|r| {
+                    r.as_object_mut().unwrap().remove("dstInterface");
+                }),
+                "appTrafficRule[0] 'tr1' dstInterface",
+            ),
+            (
+                Box::new(|r| r["dstInterface"] = serde_json::json!([])),
+                "appTrafficRule[0] 'tr1' dstInterface",
+            ),
+            (
+                Box::new(|r| {
+                    r["dstInterface"][0]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("dstIPAddress");
+                }),
+                "appTrafficRule[0] 'tr1' dstInterface[0].dstIPAddress",
+            ),
+            (
+                Box::new(|r| r["dstInterface"][0]["dstIPAddress"] = "2001:db8::2".into()),
+                "appTrafficRule[0] 'tr1' dstInterface[0].dstIPAddress",
+            ),
+            (
+                Box::new(|r| r["dstInterface"][0]["srcMACAddress"] = "00:11:22:33:44:66".into()),
+                "appTrafficRule[0] 'tr1' dstInterface[0].srcMACAddress",
+            ),
+            (
+                Box::new(|r| r["dstInterface"][0]["interfaceType"] = "TUNNEL".into()),
+                "appTrafficRule[0] 'tr1' dstInterface[0].interfaceType",
+            ),
+            (
+                Box::new(|r| {
+                    r["dstInterface"][0]["tunnelInfo"] = serde_json::json!({"tunnelType": "GRE",
+                        "tunnelDstAddress": "1.1.1.1", "tunnelSrcAddress": "2.2.2.2"})
+                }),
+                "appTrafficRule[0] 'tr1' dstInterface[0].tunnelInfo",
+            ),
+            (
+                Box::new(|r| {
+                    let second = r["dstInterface"][0].clone();
+                    r["dstInterface"].as_array_mut().unwrap().push(second);
+                }),
+                "appTrafficRule[0] 'tr1' dstInterface[1]",
+            ),
+        ];
+        for (edit, rule) in cases {
+            let mut v = seed();
+            edit(&mut v["appTrafficRule"][0]);
+            assert_eq!(refusal(&v).rule, rule);
+        }
+    }
+
+    #[test]
+    fn dash_separated_mac_is_written_with_colons() {
+        let mut v = seed();
+        v["appTrafficRule"][0]["dstInterface"][0]["dstMACAddress"] = "00-11-22-33-44-55".into();
+        assert!(
+            plan_of(&v).unwrap()[1]
+                .body
+                .contains(r#""mec_macaddr":"00:11:22:33:44:55""#)
+        );
+    }
+
+    #[test]
+    fn filter_fields_llmec_cannot_express_are_refused() {
+        let cases = [
+            ("srcPort", serde_json::json!(["1234"])),
+            ("Token", serde_json::json!(["t"])),
+            ("srcTunnelAddress", serde_json::json!(["1.1.1.1"])),
+            ("dstTunnelAddress", serde_json::json!(["1.1.1.1"])),
+            ("srcTunnelPort", serde_json::json!(["2152"])),
+            ("dstTunnelPort", serde_json::json!(["2152"])),
+            ("qci", serde_json::json!(9)),
+            ("dscp", serde_json::json!(0)),
+            ("tc", serde_json::json!(1)),
+        ];
+        for (key, value) in cases {
+            let v = with_filter(|f| f[key] = value);
+            let r = refusal(&v);
+            assert_eq!(
+                r.rule,
+                format!("appTrafficRule[0] 'tr1' trafficFilter[0].{key}")
+            );
+        }
+        // Present but empty lists say nothing: accepted.
+        let v = with_filter(|f| f["srcPort"] = serde_json::json!([]));
+        assert!(plan_of(&v).is_ok());
+    }
+
+    #[test]
+    fn missing_or_inexpressible_filter_values_are_refused() {
+        let at = "appTrafficRule[0] 'tr1' trafficFilter[0]";
+        let cases: Vec<(Edit, String)> = vec![
+            (
+                Box::new(|f| {
+                    f.as_object_mut().unwrap().remove("srcAddress");
+                }),
+                format!("{at}.srcAddress"),
+            ),
+            (
+                Box::new(|f| f["srcAddress"] = serde_json::json!([])),
+                format!("{at}.srcAddress"),
+            ),
+            (
+                Box::new(|f| f["srcAddress"] = serde_json::json!(["208930100001114", "10.0.0.9"])),
+                format!("{at}.srcAddress[1]"),
+            ),
+            (
+                Box::new(|f| {
+                    f.as_object_mut().unwrap().remove("dstAddress");
+                }),
+                format!("{at}.dstAddress"),
+            ),
+            (
+                Box::new(|f| f["dstAddress"] = serde_json::json!(["10.0.0.0/24"])),
+                format!("{at}.dstAddress[0]"),
+            ),
+            (
+                Box::new(|f| f["dstAddress"] = serde_json::json!(["10.0.0.1", "2001:db8::1"])),
+                format!("{at}.dstAddress[1]"),
+            ),
+            (
+                Box::new(|f| {
+                    f.as_object_mut().unwrap().remove("dstPort");
+                }),
+                format!("{at}.dstPort"),
+            ),
+            (
+                Box::new(|f| f["dstPort"] = serde_json::json!(["80", "1000-2000"])),
+                format!("{at}.dstPort[1]"),
+            ),
+            (
+                Box::new(|f| f["Protocol"] = serde_json::json!(["tcp", "sctp"])),
+                format!("{at}.Protocol[1]"),
+            ),
+        ];
+        for (edit, rule) in cases {
+            let v = with_filter(edit);
+            let r = refusal(&v);
+            assert_eq!(r.rule, rule, "{r}");
+        }
+    }
+
+    #[test]
+    fn refusal_names_the_right_rule_and_filter() {
+        let mut v = seed();
+        let mut second = v["appTrafficRule"][0].clone();
+        second["trafficRuleId"] = "tr2".into();
+        let good = second["trafficFilter"][0].clone();
+        let mut bad = good.clone();
+        bad["Protocol"] = serde_json::json!(["icmp"]);
+        second["trafficFilter"] = serde_json::json!([good, bad]);
+        v["appTrafficRule"].as_array_mut().unwrap().push(second);
+        let r = refusal(&v);
+        assert_eq!(
+            r.rule,
+            "appTrafficRule[1] 'tr2' trafficFilter[1].Protocol[0]"
+        );
+        assert!(r.to_string().contains("icmp"));
+    }
+
+    #[test]
+    fn step_cap_refuses_combinatorial_requests() {
+        let addresses: Vec<String> = (0..32).map(|i| format!("10.0.0.{i}")).collect();
+        let ports: Vec<String> = (1..=16).map(|p| p.to_string()).collect();
+        // 32 × 16 × 2 = 1024 traffic calls + 1 DNS call: one too many.
+        let v = with_filter(|f| {
+            f["dstAddress"] = serde_json::json!(addresses);
+            f["dstPort"] = serde_json::json!(ports);
+            f["Protocol"] = serde_json::json!(["tcp", "udp"]);
+        });
+        let r = refusal(&v);
+        assert_eq!(r.rule, "appTrafficRule[0] 'tr1' trafficFilter[0]");
+        assert!(r.reason.contains("1024"), "{r}");
+        // Exactly at the cap: accepted.
+        let mut v = v;
+        v["appDNSRule"] = serde_json::json!([]);
+        assert_eq!(plan_of(&v).unwrap().len(), MAX_STEPS);
+    }
+}
