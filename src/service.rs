@@ -199,8 +199,9 @@ impl Service {
         }
     }
 
-    /// Removes the applied steps of a request in reverse order, recording each removal. On a
-    /// failure, returns how many steps may remain and which removal failed.
+    /// Removes the applied steps of a request in reverse order, recording each removal; a step
+    /// another request of the region also holds stays on the platform. On a failure, returns
+    /// how many steps may remain and which removal failed.
     fn undo<'a>(
         &self,
         id: &str,
@@ -209,6 +210,9 @@ impl Service {
     ) -> Result<(), (usize, &'a Step, MepError)> {
         let applied = self.store.get(id).map_or(0, |r| r.applied);
         for k in (0..applied).rev() {
+            if self.store.release_if_shared(id, k) {
+                continue;
+            }
             driver
                 .remove(&steps[k])
                 .map_err(|e| (k + 1, &steps[k], e))?;
@@ -431,6 +435,17 @@ mod tests {
             Status::Created,
             "nothing removed: still CREATED"
         );
+    }
+
+    #[test]
+    fn an_identical_rule_of_two_requests_stays_until_the_last_one_is_deleted() {
+        let (s, d) = service();
+        let first = s.create(request(&["same"])).unwrap();
+        let second = s.create(request(&["same"])).unwrap();
+        s.delete(&first).unwrap();
+        assert_eq!(on(&d), ["same"], "the second request still needs it");
+        s.delete(&second).unwrap();
+        assert!(on(&d).is_empty());
     }
 
     #[test]

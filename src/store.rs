@@ -75,6 +75,28 @@ impl Store {
         self.lock().get_mut(id).map(change)
     }
 
+    /// Lowers record `id`'s applied count to `k` without a platform call if another record of
+    /// the same region also holds `steps[k]` (an identical rule — LL-MEC keys rules by body, so
+    /// removing it would take it from the other request too). Returns whether it did. Check and
+    /// release are one step under the lock, so of two requests sharing a rule exactly one
+    /// removes it from the platform.
+    pub fn release_if_shared(&self, id: &str, k: usize) -> bool {
+        let mut records = self.lock();
+        let Some(record) = records.get(id) else {
+            return false;
+        };
+        let (region, step) = (record.region_id().to_string(), record.steps[k].clone());
+        let shared = records
+            .values()
+            .any(|r| r.id != id && r.region_id() == region && r.steps[..r.applied].contains(&step));
+        if shared {
+            if let Some(r) = records.get_mut(id) {
+                r.applied = k;
+            }
+        }
+        shared
+    }
+
     /// Removes a record, returning it.
     pub fn remove(&self, id: &str) -> Option<Record> {
         self.lock().remove(id)
@@ -124,6 +146,36 @@ mod tests {
         );
         assert_eq!(s.list(Some("1")).len(), 1);
         assert!(s.list(Some("3")).is_empty());
+    }
+
+    #[test]
+    fn a_step_held_by_another_record_of_the_region_is_released_without_removal() {
+        let s = Store::new();
+        let step = Step {
+            label: "l".into(),
+            target: "/t".into(),
+            body: "{}".into(),
+        };
+        for (id, region) in [("a", "1"), ("b", "1"), ("c", "2")] {
+            let mut r = record(id, region);
+            r.steps = Arc::new(vec![step.clone()]);
+            r.applied = 1;
+            s.insert(r);
+        }
+        assert!(
+            s.release_if_shared("a", 0),
+            "b holds the same step in region 1"
+        );
+        assert_eq!(s.get("a").unwrap().applied, 0);
+        assert!(
+            !s.release_if_shared("b", 0),
+            "a released it: b must remove it"
+        );
+        assert_eq!(s.get("b").unwrap().applied, 1);
+        assert!(
+            !s.release_if_shared("c", 0),
+            "region 2 shares nothing with region 1"
+        );
     }
 
     #[test]
