@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::error::ApiError;
 use crate::http::{Request, Response};
 use crate::model::{self, ApiStyle, CreationRequest, Status};
-use crate::service::{Region, Service};
+use crate::service::{Region, Removal, Service};
 use crate::store::Record;
 use crate::util::rfc3339;
 
@@ -65,7 +65,7 @@ fn dispatch(service: &Service, style: ApiStyle, request: &Request) -> Result<Res
     match (method, &route) {
         ("GET", Route::Regions) => Ok(list_regions(service, style)),
         ("GET", Route::Region(id)) => list_region_requests(service, style, id),
-        ("GET", Route::Requests) => Ok(list_requests(service, style)),
+        ("GET", Route::Requests) => list_requests(service, style),
         ("POST", Route::Requests) => create_request(service, style, request),
         ("GET", Route::Request(id)) => get_request(service, style, id),
         ("DELETE", Route::Request(id)) => delete_request(service, style, id),
@@ -99,10 +99,10 @@ fn list_region_requests(
             region_id: id.to_string(),
         });
     }
-    Ok(records_response(&service.list(Some(id)), style))
+    records_response(&service.list(Some(id)), style)
 }
 
-fn list_requests(service: &Service, style: ApiStyle) -> Response {
+fn list_requests(service: &Service, style: ApiStyle) -> Result<Response, ApiError> {
     records_response(&service.list(None), style)
 }
 
@@ -127,14 +127,17 @@ fn get_request(service: &Service, style: ApiStyle, id: &str) -> Result<Response,
     let record = service.get(id).ok_or_else(|| ApiError::RequestNotFound {
         request_id: id.to_string(),
     })?;
-    Ok(Response::json(200, record_json(&record, style)))
+    Ok(Response::json(200, record_json(&record, style)?))
 }
 
 /// The contract answers a successful removal with 201; the body is the final state of the
-/// request (status DELETED).
+/// request (status DELETED). When the platform cannot remove the rules now, the removal is
+/// accepted (202) and finished by the reconciler; the body shows the request DELETING.
 fn delete_request(service: &Service, style: ApiStyle, id: &str) -> Result<Response, ApiError> {
-    let record = service.delete(id)?;
-    Ok(Response::json(201, record_json(&record, style)))
+    match service.delete(id)? {
+        Removal::Done(record) => Ok(Response::json(201, record_json(&record, style)?)),
+        Removal::Accepted(record) => Ok(Response::json(202, record_json(&record, style)?)),
+    }
 }
 
 /// Accepts `application/json`, `application/<x>+json` (any parameters) and a missing header.
@@ -159,17 +162,18 @@ fn check_json_content_type(request: &Request) -> Result<(), ApiError> {
     }
 }
 
-fn records_response(records: &[Record], style: ApiStyle) -> Response {
-    let views: Vec<RecordView<'_>> = records.iter().map(|r| RecordView::new(r, style)).collect();
+fn records_response(records: &[Record], style: ApiStyle) -> Result<Response, ApiError> {
+    let views = records
+        .iter()
+        .map(|r| RecordView::new(r, style))
+        .collect::<Result<Vec<_>, _>>()?;
     let body = model::with_style(style, || serde_json::to_vec(&views)).expect("records serialise");
-    Response::json(200, body)
+    Ok(Response::json(200, body))
 }
 
-fn record_json(record: &Record, style: ApiStyle) -> Vec<u8> {
-    model::with_style(style, || {
-        serde_json::to_vec(&RecordView::new(record, style))
-    })
-    .expect("a record serialises")
+fn record_json(record: &Record, style: ApiStyle) -> Result<Vec<u8>, ApiError> {
+    let view = RecordView::new(record, style)?;
+    Ok(model::with_style(style, || serde_json::to_vec(&view)).expect("a record serialises"))
 }
 
 #[derive(Serialize)]
@@ -256,7 +260,7 @@ struct RecordView<'a> {
     #[serde(rename = "regionId", skip_serializing_if = "Option::is_none")]
     region_id_camel: Option<&'a str>,
     #[serde(flatten)]
-    request: &'a CreationRequest,
+    request: CreationRequest,
     status: Status,
     #[serde(rename = "statusDetail", skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
@@ -267,23 +271,28 @@ struct RecordView<'a> {
 }
 
 impl<'a> RecordView<'a> {
-    fn new(record: &'a Record, style: ApiStyle) -> Self {
-        let (id, region) = (Some(record.id.as_str()), Some(record.region_id()));
+    /// The view of a record; its request is read back from the compact text it is kept as.
+    fn new(record: &'a Record, style: ApiStyle) -> Result<Self, ApiError> {
+        let request: CreationRequest =
+            serde_json::from_str(&record.request).map_err(|e| ApiError::Internal {
+                detail: format!("stored request {} cannot be read: {e}", record.id),
+            })?;
+        let (id, region) = (Some(record.id.as_str()), Some(record.region_id.as_str()));
         let (request_id_spec, request_id_camel, region_id_spec, region_id_camel) = match style {
             ApiStyle::Spec => (id, None, region, None),
             ApiStyle::Camel => (None, id, None, region),
         };
-        RecordView {
+        Ok(RecordView {
             request_id_spec,
             request_id_camel,
             region_id_spec,
             region_id_camel,
-            request: &record.request,
+            request,
             status: record.status,
             detail: record.detail.as_deref(),
             created_at: rfc3339(record.created_at),
             last_modified: rfc3339(record.last_modified),
-        }
+        })
     }
 }
 

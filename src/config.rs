@@ -13,6 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::ApiStyle;
+use crate::service::RetryPolicy;
 
 /// Validated configuration.
 #[derive(Debug, Clone)]
@@ -39,6 +40,11 @@ pub struct ServerConfig {
     pub read_timeout: Duration,
     /// Connection threads kept ready for bursts of new connections (default 128).
     pub connection_threads: usize,
+    /// Force every change to disk before acknowledging it (default true; false only for
+    /// benchmarks: changes then survive a crash of the process but not of the machine).
+    pub fsync: bool,
+    /// Backoff of background removals (defaults 1 s doubling up to 60 s).
+    pub retry: RetryPolicy,
 }
 
 /// One `[[region]]`.
@@ -117,6 +123,9 @@ struct RawServer {
     max_body_bytes: Option<Spanned<i64>>,
     read_timeout_ms: Option<Spanned<i64>>,
     connection_threads: Option<Spanned<i64>>,
+    fsync: Option<bool>,
+    retry_initial_ms: Option<Spanned<i64>>,
+    retry_max_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +226,23 @@ impl Config {
                         4096,
                         128,
                     )? as usize,
+                    fsync: s.fsync.unwrap_or(true),
+                    retry: RetryPolicy {
+                        initial: Duration::from_millis(int(
+                            s.retry_initial_ms,
+                            "retry_initial_ms",
+                            10,
+                            3_600_000,
+                            1000,
+                        )? as u64),
+                        max: Duration::from_millis(int(
+                            s.retry_max_ms,
+                            "retry_max_ms",
+                            10,
+                            86_400_000,
+                            60_000,
+                        )? as u64),
+                    },
                 }
             }
             None => ServerConfig::default(),
@@ -369,6 +395,8 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             read_timeout: Duration::from_secs(5),
             connection_threads: 128,
+            fsync: true,
+            retry: RetryPolicy::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod journal;
 pub mod mep;
 pub mod model;
 pub mod server;

@@ -57,7 +57,9 @@ fn output_style() -> ApiStyle {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreationRequest {
-    #[serde(rename = "RegionId", alias = "regionId", skip_serializing)]
+    /// Required (checked by [`validate`]); a default here lets stored requests, which are
+    /// kept without it, be read back.
+    #[serde(rename = "RegionId", alias = "regionId", default, skip_serializing)]
     pub region_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_service_required: Option<Vec<ServiceDependency>>,
@@ -382,7 +384,7 @@ pub fn parse_creation(body: &[u8]) -> Result<CreationRequest, String> {
 /// Checks what serde's shapes cannot: identifiers, addresses, ports, numeric ranges.
 pub fn validate(request: &CreationRequest) -> Result<(), String> {
     if request.region_id.trim().is_empty() {
-        return Err("'RegionId' must not be empty".into());
+        return Err("'RegionId' is required and must not be empty".into());
     }
     let rules = request;
     let mut ids = HashSet::new();

@@ -1,18 +1,21 @@
 //! Applying and removing a request's rules on its region's platform, atomically: a creation is
 //! recorded PENDING, its steps are applied in order (DNS first, then traffic), and if one fails
 //! the ones applied are undone in reverse order. Each step is recorded as possibly applied
-//! before it is sent. No lock is held while a platform is called.
+//! before it is sent. Removals a platform refuses are retried by the reconciler with
+//! exponential backoff until they succeed. No lock is held while a platform is called.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-use log::{info, warn};
+use log::{error, info, warn};
 
 use crate::config::{Config, RegionConfig};
 use crate::error::ApiError;
 use crate::mep::{self, Driver, MepError, Step};
 use crate::model::{CreationRequest, Status};
-use crate::store::{Record, Store};
-use crate::util::{new_uuid, now_millis};
+use crate::store::{Record, Store, StoreError};
+use crate::util::{new_uuid, now_millis, random_fraction};
 
 /// A configured region and the driver of its platform.
 pub struct Region {
@@ -20,15 +23,77 @@ pub struct Region {
     pub driver: Arc<dyn Driver>,
 }
 
+/// Backoff of background removals: `initial`, doubling per failed attempt up to `max`, each
+/// delay drawn uniformly from its upper half (jitter).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// The delay before the attempt after `failures` failed ones.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let doubled = self
+            .initial
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+        doubled.min(self.max).mul_f64(0.5 + 0.5 * random_fraction())
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How a DELETE ended.
+#[derive(Debug)]
+pub enum Removal {
+    /// Every rule is off the platform and the request is forgotten (status DELETED).
+    Done(Record),
+    /// The platform could not remove them now: the request is DELETING and the reconciler
+    /// keeps trying; the record says what is pending.
+    Accepted(Record),
+}
+
 /// The regions and the records: everything the API operates on.
 pub struct Service {
     regions: Vec<Region>,
     store: Store,
+    retry: RetryPolicy,
+    /// Set to wake the reconciler before its next due time.
+    wake: (Mutex<bool>, Condvar),
+}
+
+fn state_error(e: StoreError) -> ApiError {
+    error!("the state could not be made durable: {e}");
+    ApiError::Internal {
+        detail: format!("the state could not be made durable: {e}"),
+    }
 }
 
 impl Service {
-    /// Builds the service with the drivers the configuration names.
-    pub fn new(config: &Config) -> Service {
+    /// Opens the durable state in `state_dir`, builds the drivers the configuration names and
+    /// resolves what a crash left half-done.
+    pub fn open(config: &Config) -> Result<Service, StoreError> {
+        let started = std::time::Instant::now();
+        let (store, stats) = Store::open(&config.server.state_dir, config.server.fsync)?;
+        info!(
+            "state: {} record(s) from {} journal entries in {} loaded in {} ms{}",
+            store.len(),
+            stats.entries,
+            config.server.state_dir.display(),
+            started.elapsed().as_millis(),
+            if stats.torn_tail {
+                " (a torn last entry was ignored)"
+            } else {
+                ""
+            }
+        );
         let regions = config
             .regions
             .iter()
@@ -37,14 +102,22 @@ impl Service {
                 driver: mep::build(&r.id, &r.mep),
             })
             .collect();
-        Service::with_regions(regions)
+        let service = Service::with_store(regions, store, config.server.retry);
+        service.recover()?;
+        Ok(service)
     }
 
-    /// Builds the service with the given regions (tests use this to inject drivers).
+    /// A service with in-memory records (tests use this to inject drivers).
     pub fn with_regions(regions: Vec<Region>) -> Service {
+        Service::with_store(regions, Store::in_memory(), RetryPolicy::default())
+    }
+
+    pub fn with_store(regions: Vec<Region>, store: Store, retry: RetryPolicy) -> Service {
         Service {
             regions,
-            store: Store::new(),
+            store,
+            retry,
+            wake: (Mutex::new(false), Condvar::new()),
         }
     }
 
@@ -62,6 +135,42 @@ impl Service {
 
     pub fn list(&self, region_id: Option<&str>) -> Vec<Record> {
         self.store.list(region_id)
+    }
+
+    /// Requests whose rules the reconciler still has to remove.
+    pub fn backlog(&self) -> usize {
+        self.store.count(Record::needs_removal)
+    }
+
+    /// Start-up: a request caught PENDING by a crash was never acknowledged, so it is rolled
+    /// back: it becomes FAILED and the reconciler removes what the journal says may have been
+    /// applied. A request caught DELETING is finished by the reconciler.
+    fn recover(&self) -> Result<(), StoreError> {
+        let now = now_millis();
+        for record in self.store.list(None) {
+            if record.status != Status::Pending {
+                continue;
+            }
+            let detail = if record.applied == 0 {
+                "interrupted by a restart before any rule was applied".to_string()
+            } else {
+                format!(
+                    "interrupted by a restart while being applied; the {} rule call(s) that may be on the platform are being removed",
+                    record.applied
+                )
+            };
+            warn!("request {}: {detail}", record.id);
+            self.store.update(&record.id, |r| {
+                r.status = Status::Failed;
+                r.detail = Some(detail);
+                r.last_modified = now;
+            })?;
+        }
+        let backlog = self.backlog();
+        if backlog > 0 {
+            info!("{backlog} request(s) have rules to remove; the reconciler takes them now");
+        }
+        Ok(())
     }
 
     /// Records a creation request and applies all its rules; returns its id once every rule is
@@ -82,33 +191,38 @@ impl Service {
                 driver: driver.kind().name(),
                 detail: refusal.to_string(),
             })?;
-        let now = now_millis();
+        let text = serde_json::to_string(&request).expect("a request serialises");
         let steps = Arc::new(steps);
-        self.store.insert(Record {
-            id: id.clone(),
-            request: Arc::new(request),
-            status: Status::Pending,
-            detail: None,
-            created_at: now,
-            last_modified: now,
-            steps: steps.clone(),
-            applied: 0,
-        });
+        // Recorded with the first step already counted: it may be on the platform as soon as
+        // it is sent, and the record is durable before that.
+        let first = usize::from(!steps.is_empty());
+        let record = Record::new(
+            id.clone(),
+            region.config.id.clone(),
+            Arc::from(text),
+            Status::Pending,
+            steps.clone(),
+            first,
+            now_millis(),
+        );
+        self.store.insert(record).map_err(state_error)?;
 
         let mut failure = None;
         for (k, step) in steps.iter().enumerate() {
-            // Recorded before it is sent: from here on the step may be on the platform.
-            self.set_applied(&id, k + 1);
+            if k > 0 {
+                self.set_applied(&id, k + 1).map_err(state_error)?;
+            }
             if let Err(error) = driver.apply(step) {
                 if !error.is_ambiguous() {
-                    self.set_applied(&id, k);
+                    self.set_applied(&id, k).map_err(state_error)?;
                 }
                 failure = Some((step, error));
                 break;
             }
         }
         let Some((failed_step, error)) = failure else {
-            self.finish(&id, Status::Created, None);
+            self.finish(&id, Status::Created, None)
+                .map_err(state_error)?;
             info!(
                 "request {id}: {} rule call(s) applied in region {}",
                 steps.len(),
@@ -126,12 +240,25 @@ impl Service {
                 "{} failed: {error}; every rule applied before it was removed again",
                 failed_step.label
             ),
-            Err((left, undo_step, undo_error)) => format!(
-                "{} failed: {error}; then removing {} failed: {undo_error}; {left} rule call(s) may remain on the platform, DELETE this request to retry their removal",
-                failed_step.label, undo_step.label
+            Err(Undo::Platform {
+                left,
+                step,
+                error: undo_error,
+            }) => format!(
+                "{} failed: {error}; then removing {} failed: {undo_error}; {left} rule call(s) may remain on the platform and are removed in the background",
+                failed_step.label, step.label
             ),
+            Err(Undo::State(e)) => return Err(state_error(e)),
         };
-        self.finish(&id, Status::Failed, Some(detail));
+        let retry_at = now_millis() + self.retry.delay(1).as_millis() as i64;
+        self.store
+            .update(&id, |r| {
+                r.status = Status::Failed;
+                r.detail = Some(detail);
+                r.last_modified = now_millis();
+                r.next_attempt = retry_at;
+            })
+            .map_err(state_error)?;
         Err(ApiError::Mep {
             region_id: region.config.id.clone(),
             request_id: Some(id),
@@ -139,99 +266,261 @@ impl Service {
         })
     }
 
-    /// Removes every rule of a request from its platform, then forgets the request. Returns the
-    /// final record (status DELETED). If the platform cannot remove them, the request stays
-    /// recorded with what is still applied, so the caller can retry.
-    pub fn delete(&self, id: &str) -> Result<Record, ApiError> {
-        let started = self
+    /// Removes every rule of a request from its platform, then forgets the request
+    /// ([`Removal::Done`]). If the platform cannot remove them now, the request stays recorded
+    /// as DELETING and the reconciler retries ([`Removal::Accepted`]); a DELETE of a request
+    /// already DELETING answers the same and retries at once.
+    pub fn delete(&self, id: &str) -> Result<Removal, ApiError> {
+        enum Claim {
+            Mine(Record),
+            Queued(Record),
+        }
+        let now = now_millis();
+        let claim = self
             .store
-            .update(id, |r| match r.status {
-                Status::Pending | Status::Deleting => Err(ApiError::Conflict {
-                    request_id: id.to_string(),
-                    detail: format!("is {:?}; retry once that finishes", r.status).to_uppercase(),
-                }),
-                previous => {
-                    r.status = Status::Deleting;
-                    r.last_modified = now_millis();
-                    Ok((previous, r.clone()))
+            .update(id, |r| {
+                if r.busy || r.status == Status::Pending {
+                    return Err(ApiError::Conflict {
+                        request_id: id.to_string(),
+                        detail: "its rules are being applied or removed right now; retry once that finishes".into(),
+                    });
                 }
+                if r.status == Status::Deleting {
+                    r.next_attempt = 0;
+                    return Ok(Claim::Queued(r.clone()));
+                }
+                r.busy = true;
+                r.status = Status::Deleting;
+                r.detail = None;
+                r.last_modified = now;
+                Ok(Claim::Mine(r.clone()))
             })
-            .ok_or_else(|| ApiError::RequestNotFound {
-                request_id: id.to_string(),
-            })?;
-        let (previous, record) = started?;
-        let Some(region) = self.region(record.region_id()) else {
+            .map_err(state_error)?
+            .ok_or_else(|| ApiError::RequestNotFound { request_id: id.to_string() })??;
+        let record = match claim {
+            Claim::Queued(record) => {
+                self.wake_reconciler();
+                return Ok(Removal::Accepted(record));
+            }
+            Claim::Mine(record) => record,
+        };
+        let Some(region) = self.region(&record.region_id) else {
             let detail = format!(
                 "region '{}' is no longer configured; its rules cannot be removed",
-                record.region_id()
+                record.region_id
             );
-            self.finish(id, previous, Some(detail.clone()));
+            self.store
+                .update(id, |r| r.busy = false)
+                .map_err(state_error)?;
             return Err(ApiError::Internal { detail });
         };
 
         match self.undo(id, region.driver.as_ref(), &record.steps) {
             Ok(()) => {
-                let mut record = self.store.remove(id).unwrap_or(record);
+                let mut record = self
+                    .store
+                    .remove(id)
+                    .map_err(state_error)?
+                    .unwrap_or(record);
                 record.status = Status::Deleted;
                 record.applied = 0;
+                record.busy = false;
                 record.last_modified = now_millis();
                 info!("request {id}: removed from region {}", region.config.id);
-                Ok(record)
+                Ok(Removal::Done(record))
             }
-            Err((left, step, error)) => {
-                let status = if left == record.applied {
-                    previous
-                } else {
-                    Status::Failed
-                };
+            Err(Undo::Platform { left, step, error }) => {
+                let delay = self.retry.delay(1);
                 let detail = format!(
-                    "removing {} failed: {error}; {left} rule call(s) still on the platform, retry DELETE",
+                    "removing {} failed: {error}; {left} rule call(s) still on the platform; retrying in the background",
                     step.label
                 );
-                warn!("request {id}: {detail}");
-                self.finish(id, status, Some(detail));
-                Err(ApiError::Mep {
-                    region_id: region.config.id.clone(),
-                    request_id: None,
-                    error,
-                })
+                warn!(
+                    "request {id}: {detail} (next attempt in {} ms)",
+                    delay.as_millis()
+                );
+                let record = self
+                    .store
+                    .update(id, |r| {
+                        r.busy = false;
+                        r.detail = Some(detail);
+                        r.last_modified = now_millis();
+                        r.attempts = 1;
+                        r.next_attempt = now_millis() + delay.as_millis() as i64;
+                        r.clone()
+                    })
+                    .map_err(state_error)?
+                    .unwrap_or(record);
+                self.wake_reconciler();
+                Ok(Removal::Accepted(record))
             }
+            Err(Undo::State(e)) => Err(state_error(e)),
         }
     }
 
-    /// Removes the applied steps of a request in reverse order, recording each removal; a step
-    /// another request of the region also holds stays on the platform. On a failure, returns
-    /// how many steps may remain and which removal failed.
-    fn undo<'a>(
-        &self,
-        id: &str,
-        driver: &dyn Driver,
-        steps: &'a [Step],
-    ) -> Result<(), (usize, &'a Step, MepError)> {
-        let applied = self.store.get(id).map_or(0, |r| r.applied);
-        for k in (0..applied).rev() {
-            if self.store.release_if_shared(id, k) {
-                continue;
+    /// One pass of the reconciler: retries every removal that is due. Returns how long until
+    /// the next one is due (`None`: nothing pending).
+    pub fn reconcile_once(&self) -> Option<Duration> {
+        let now = now_millis();
+        let due = self.store.claim(
+            |r| r.needs_removal() && r.next_attempt <= now,
+            |r| r.busy = true,
+        );
+        for record in due {
+            if let Err(e) = self.reconcile(&record) {
+                error!(
+                    "request {}: the state could not be made durable: {e}",
+                    record.id
+                );
+                let _ = self.store.update(&record.id, |r| r.busy = false);
             }
-            driver
-                .remove(&steps[k])
-                .map_err(|e| (k + 1, &steps[k], e))?;
-            self.set_applied(id, k);
+        }
+        let now = now_millis();
+        self.store
+            .earliest(Record::needs_removal, |r| r.next_attempt)
+            .map(|at| Duration::from_millis((at - now).max(0) as u64))
+    }
+
+    fn reconcile(&self, record: &Record) -> Result<(), StoreError> {
+        let id = &record.id;
+        let Some(region) = self.region(&record.region_id) else {
+            let detail = format!(
+                "region '{}' is no longer configured; its rules cannot be removed",
+                record.region_id
+            );
+            error!("request {id}: {detail}");
+            let next = now_millis() + self.retry.max.as_millis() as i64;
+            self.store.update(id, |r| {
+                r.busy = false;
+                r.detail = Some(detail);
+                r.next_attempt = next;
+            })?;
+            return Ok(());
+        };
+        info!(
+            "request {id}: removing {} rule call(s) from region {} (attempt {})",
+            record.applied,
+            region.config.id,
+            record.attempts + 1
+        );
+        match self.undo(id, region.driver.as_ref(), &record.steps) {
+            Ok(()) if record.status == Status::Deleting => {
+                self.store.remove(id)?;
+                info!("request {id}: removed from region {}", region.config.id);
+            }
+            Ok(()) => {
+                let detail = format!(
+                    "{}; its rules were then removed from the platform",
+                    record.detail.as_deref().unwrap_or("failed")
+                );
+                self.store.update(id, |r| {
+                    r.busy = false;
+                    r.attempts = 0;
+                    r.detail = Some(detail);
+                    r.last_modified = now_millis();
+                })?;
+                info!(
+                    "request {id}: every rule removed from region {}",
+                    region.config.id
+                );
+            }
+            Err(Undo::Platform { left, step, error }) => {
+                let attempts = record.attempts + 1;
+                let delay = self.retry.delay(attempts);
+                let detail = format!(
+                    "removal attempt {attempts} failed at {}: {error}; {left} rule call(s) still on the platform; next attempt in {} s",
+                    step.label,
+                    delay.as_secs().max(1)
+                );
+                warn!("request {id}: {detail}");
+                self.store.update(id, |r| {
+                    r.busy = false;
+                    r.attempts = attempts;
+                    r.next_attempt = now_millis() + delay.as_millis() as i64;
+                    r.detail = Some(detail);
+                    r.last_modified = now_millis();
+                })?;
+            }
+            Err(Undo::State(e)) => return Err(e),
         }
         Ok(())
     }
 
-    fn set_applied(&self, id: &str, applied: usize) {
-        self.store.update(id, |r| r.applied = applied);
+    /// Runs the reconciler until `stop` is set: removals as they fall due, and journal
+    /// compaction when it is needed.
+    pub fn run_reconciler(&self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            let next = self
+                .reconcile_once()
+                .unwrap_or(Duration::MAX)
+                .min(Duration::from_secs(1));
+            if let Err(e) = self.store.compact_if_needed() {
+                error!("compaction failed (the journal keeps growing until it succeeds): {e}");
+            }
+            let (flag, condvar) = &self.wake;
+            let woken = flag.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut woken, _) = condvar
+                .wait_timeout_while(woken, next, |w| !*w)
+                .unwrap_or_else(|p| p.into_inner());
+            *woken = false;
+        }
     }
 
-    fn finish(&self, id: &str, status: Status, detail: Option<String>) {
-        self.store.update(id, |r| {
-            r.status = status;
-            r.detail = detail;
-            r.last_modified = now_millis();
-        });
+    /// Makes the reconciler look for work now.
+    pub fn wake_reconciler(&self) {
+        let (flag, condvar) = &self.wake;
+        *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        condvar.notify_all();
     }
+
+    /// Removes the applied steps of a request in reverse order, recording each removal; a step
+    /// another request of the region also holds stays on the platform. On a platform failure,
+    /// says how many steps may remain and which removal failed.
+    fn undo<'a>(&self, id: &str, driver: &dyn Driver, steps: &'a [Step]) -> Result<(), Undo<'a>> {
+        let applied = self.store.get(id).map_or(0, |r| r.applied);
+        for k in (0..applied).rev() {
+            if self
+                .store
+                .release_if_shared(id, k, now_millis())
+                .map_err(Undo::State)?
+            {
+                continue;
+            }
+            driver.remove(&steps[k]).map_err(|error| Undo::Platform {
+                left: k + 1,
+                step: &steps[k],
+                error,
+            })?;
+            self.set_applied(id, k).map_err(Undo::State)?;
+        }
+        Ok(())
+    }
+
+    fn set_applied(&self, id: &str, applied: usize) -> Result<(), StoreError> {
+        self.store.update(id, |r| r.applied = applied).map(|_| ())
+    }
+
+    fn finish(&self, id: &str, status: Status, detail: Option<String>) -> Result<(), StoreError> {
+        self.store
+            .update(id, |r| {
+                r.status = status;
+                r.detail = detail;
+                r.last_modified = now_millis();
+            })
+            .map(|_| ())
+    }
+}
+
+/// Why an undo stopped.
+enum Undo<'a> {
+    /// The platform failed to remove `step`; `left` steps may remain.
+    Platform {
+        left: usize,
+        step: &'a Step,
+        error: MepError,
+    },
+    /// A removal could not be recorded.
+    State(StoreError),
 }
 
 #[cfg(test)]
@@ -379,7 +668,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_undo_keeps_what_may_remain_and_delete_retries_it() {
+    fn a_failed_undo_is_finished_by_the_reconciler_once_the_platform_recovers() {
         let (s, d) = service();
         *d.fail_apply.lock().unwrap() = Some((
             "c".into(),
@@ -401,13 +690,26 @@ mod tests {
         assert_eq!((r.status, r.applied), (Status::Failed, 1));
         assert_eq!(on(&d), ["a"]);
         assert!(r.detail.unwrap().contains("1 rule call(s) may remain"));
-        // still failing: DELETE keeps the record
-        assert_eq!(s.delete(&id).unwrap_err().status(), 502);
-        assert_eq!(s.get(&id).unwrap().status, Status::Failed);
-        // platform recovers: DELETE removes the rest and forgets the request
+        assert_eq!(s.backlog(), 1);
+        // still failing: the reconciler retries later and says so
+        s.store.update(&id, |r| r.next_attempt = 0).unwrap();
+        assert!(s.reconcile_once().is_some(), "another attempt is scheduled");
+        let r = s.get(&id).unwrap();
+        assert_eq!((r.status, r.applied, r.attempts), (Status::Failed, 1, 1));
+        assert!(r.detail.unwrap().contains("removal attempt 1 failed"));
+        // the platform recovers
         *d.fail_remove.lock().unwrap() = None;
-        assert_eq!(s.delete(&id).unwrap().status, Status::Deleted);
-        assert!(s.get(&id).is_none() && on(&d).is_empty());
+        s.store.update(&id, |r| r.next_attempt = 0).unwrap();
+        assert!(s.reconcile_once().is_none(), "nothing left to do");
+        let r = s.get(&id).unwrap();
+        assert_eq!(
+            (r.status, r.applied),
+            (Status::Failed, 0),
+            "listed FAILED until deleted"
+        );
+        assert!(on(&d).is_empty());
+        assert!(matches!(s.delete(&id).unwrap(), Removal::Done(_)));
+        assert!(s.get(&id).is_none());
     }
 
     #[test]
@@ -415,26 +717,59 @@ mod tests {
         let (s, _) = service();
         assert_eq!(s.delete("nope").unwrap_err().status(), 404);
         let id = s.create(request(&["a"])).unwrap();
-        s.store.update(&id, |r| r.status = Status::Pending);
+        s.store.update(&id, |r| r.status = Status::Pending).unwrap();
+        assert_eq!(s.delete(&id).unwrap_err().status(), 409);
+        s.store
+            .update(&id, |r| {
+                r.status = Status::Created;
+                r.busy = true;
+            })
+            .unwrap();
         assert_eq!(s.delete(&id).unwrap_err().status(), 409);
     }
 
     #[test]
-    fn a_partial_removal_marks_the_request_failed() {
+    fn a_delete_the_platform_refuses_is_accepted_and_finished_in_the_background() {
         let (s, d) = service();
         let id = s.create(request(&["a", "b"])).unwrap();
         *d.fail_remove.lock().unwrap() = Some("a".into());
-        assert!(s.delete(&id).is_err());
-        let r = s.get(&id).unwrap();
-        assert_eq!((r.status, r.applied), (Status::Failed, 1));
-        let untouched = s.create(request(&["a2"])).unwrap();
-        *d.fail_remove.lock().unwrap() = Some("a2".into());
-        assert!(s.delete(&untouched).is_err());
-        assert_eq!(
-            s.get(&untouched).unwrap().status,
-            Status::Created,
-            "nothing removed: still CREATED"
+        let Removal::Accepted(r) = s.delete(&id).unwrap() else {
+            panic!("accepted")
+        };
+        assert_eq!((r.status, r.applied), (Status::Deleting, 1));
+        assert!(r.detail.unwrap().contains("retrying in the background"));
+        // a second DELETE answers the same
+        assert!(matches!(s.delete(&id).unwrap(), Removal::Accepted(_)));
+        *d.fail_remove.lock().unwrap() = None;
+        s.reconcile_once();
+        assert!(
+            s.get(&id).is_none(),
+            "removed once the platform took the rules off"
         );
+        assert!(on(&d).is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound_with_jitter() {
+        let p = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+        };
+        for (failures, upper) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (40, 1000),
+        ] {
+            let d = p.delay(failures).as_millis();
+            assert!(
+                d >= upper / 2 && d <= upper,
+                "{failures}: {d} not in {}..={upper}",
+                upper / 2
+            );
+        }
     }
 
     #[test]

@@ -1,21 +1,31 @@
-//! The records of rule requests: one mutex-guarded map, held only for in-memory reads and
-//! writes (never across a platform call). Every record says which of its planned steps may be
-//! on the platform, so the plugin always knows what is installed.
+//! The records of rule requests: one mutex-guarded map, held only for in-memory work (never
+//! across a platform call or an `fsync`), made durable by the [`journal`](crate::journal).
+//! Every change is journaled under the lock — so the journal's order is the order of the
+//! changes — and is on disk before the call that made it returns. Each record says which of
+//! its planned steps may be on the platform.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde_json::value::RawValue;
+
+use crate::journal::{
+    Entry, Journal, JournalError, RecordEntry, ReplayStats, StepEntry, UpdateEntry,
+};
 use crate::mep::Step;
-use crate::model::{CreationRequest, Status};
+use crate::model::Status;
 
 /// One rule request and what the plugin knows about its rules on the platform.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub id: String,
-    /// What the caller sent (immutable once recorded).
-    pub request: Arc<CreationRequest>,
+    pub region_id: String,
+    /// What the caller sent, as compact JSON (without `RegionId`); kept as text because that
+    /// is ten times smaller than a parsed tree.
+    pub request: Arc<str>,
     pub status: Status,
-    /// Why the request is FAILED, or what a removal could not finish.
+    /// Why the request is FAILED, or what a removal is waiting for.
     pub detail: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
@@ -24,34 +34,146 @@ pub struct Record {
     pub steps: Arc<Vec<Step>>,
     /// `steps[..applied]` may be on the platform; `steps[applied..]` certainly are not.
     pub applied: usize,
+    /// Not journaled: an operation on this record is in flight.
+    pub busy: bool,
+    /// Not journaled: failed background removal attempts so far.
+    pub attempts: u32,
+    /// Not journaled: when the reconciler may next try (ms since the epoch).
+    pub next_attempt: i64,
 }
 
 impl Record {
-    pub fn region_id(&self) -> &str {
-        &self.request.region_id
+    /// A new record with no runtime state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        region_id: String,
+        request: Arc<str>,
+        status: Status,
+        steps: Arc<Vec<Step>>,
+        applied: usize,
+        now: i64,
+    ) -> Record {
+        Record {
+            id,
+            region_id,
+            request,
+            status,
+            detail: None,
+            created_at: now,
+            last_modified: now,
+            steps,
+            applied,
+            busy: false,
+            attempts: 0,
+            next_attempt: 0,
+        }
+    }
+
+    /// Whether the background reconciler has work on it: rules that must come off the
+    /// platform and nobody is working on it.
+    pub fn needs_removal(&self) -> bool {
+        !self.busy
+            && (self.status == Status::Deleting
+                || (self.status == Status::Failed && self.applied > 0))
+    }
+
+    fn to_entry(&self) -> Entry {
+        Entry::Put(RecordEntry {
+            id: self.id.clone(),
+            region: self.region_id.clone(),
+            request: RawValue::from_string(self.request.to_string())
+                .expect("stored requests are JSON"),
+            steps: self.steps.iter().map(StepEntry::from).collect(),
+            applied: self.applied,
+            status: self.status.into(),
+            detail: self.detail.clone(),
+            created: self.created_at,
+            modified: self.last_modified,
+        })
+    }
+
+    fn update_entry(&self) -> Entry {
+        Entry::Update(UpdateEntry {
+            id: self.id.clone(),
+            applied: self.applied,
+            status: self.status.into(),
+            detail: self.detail.clone(),
+            modified: self.last_modified,
+        })
+    }
+
+    /// The journaled part of the record, to tell whether a change must be written.
+    fn durable_state(&self) -> (Status, &Option<String>, usize, i64) {
+        (self.status, &self.detail, self.applied, self.last_modified)
     }
 }
 
+/// The state could not be made durable.
+pub type StoreError = JournalError;
+
 /// All records, keyed by request id.
-#[derive(Debug, Default)]
 pub struct Store {
     records: Mutex<BTreeMap<String, Record>>,
+    journal: Option<Journal>,
 }
 
 impl Store {
-    pub fn new() -> Store {
-        Store::default()
+    /// A store that keeps nothing on disk (tests, and tools that need no durability).
+    pub fn in_memory() -> Store {
+        Store {
+            records: Mutex::default(),
+            journal: None,
+        }
+    }
+
+    /// Opens the durable store in `dir`, replaying what is there. With `fsync` off, changes
+    /// are written but not forced to disk (they survive a crash of the process, not of the
+    /// machine): for benchmarks only.
+    pub fn open(dir: &Path, fsync: bool) -> Result<(Store, ReplayStats), StoreError> {
+        let mut records = BTreeMap::new();
+        let (journal, stats) = Journal::open(dir, fsync, |entry| replay(&mut records, entry))?;
+        Ok((
+            Store {
+                records: Mutex::new(records),
+                journal: Some(journal),
+            },
+            stats,
+        ))
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Record>> {
-        // A panic while holding the lock cannot leave a half-written record (every mutation
-        // is a single assignment), so a poisoned lock is safe to keep using.
+        // Every mutation is journaled then applied as plain assignments, so a panic while
+        // holding the lock cannot leave a half-changed record: a poisoned lock is usable.
         self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a new record. Ids are fresh UUIDs, so an existing one is never replaced.
-    pub fn insert(&self, record: Record) {
-        self.lock().insert(record.id.clone(), record);
+    /// Journals `entry` (under the records lock) and returns the sequence to wait for.
+    fn write(&self, entry: &Entry) -> Result<u64, StoreError> {
+        match &self.journal {
+            Some(j) => j.append(entry),
+            None => Ok(0),
+        }
+    }
+
+    /// Waits, without the records lock, until `seq` is durable.
+    fn durable(&self, seq: u64) -> Result<(), StoreError> {
+        match &self.journal {
+            Some(j) if seq > 0 => j.wait(seq),
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds a new record; returns once it is durable. Ids are fresh UUIDs, so an existing one
+    /// is never replaced.
+    pub fn insert(&self, record: Record) -> Result<(), StoreError> {
+        let seq = {
+            let mut records = self.lock();
+            let seq = self.write(&record.to_entry())?;
+            records.insert(record.id.clone(), record);
+            seq
+        };
+        self.durable(seq)
     }
 
     /// A copy of one record (cheap: the request and steps are shared).
@@ -64,15 +186,50 @@ impl Store {
     pub fn list(&self, region_id: Option<&str>) -> Vec<Record> {
         self.lock()
             .values()
-            .filter(|r| region_id.is_none_or(|id| r.region_id() == id))
+            .filter(|r| region_id.is_none_or(|id| r.region_id == id))
             .cloned()
             .collect()
     }
 
-    /// Changes one record under the lock; `None` if it does not exist. `change` must be quick
-    /// and must not call out (no I/O, no platform call).
-    pub fn update<T>(&self, id: &str, change: impl FnOnce(&mut Record) -> T) -> Option<T> {
-        self.lock().get_mut(id).map(change)
+    /// Copies of the records `pick` selects, after `mark` was applied to each under the lock
+    /// (the reconciler uses it to claim work). `mark` must only change runtime fields.
+    pub fn claim(&self, pick: impl Fn(&Record) -> bool, mark: impl Fn(&mut Record)) -> Vec<Record> {
+        let mut records = self.lock();
+        records
+            .values_mut()
+            .filter(|r| pick(r))
+            .map(|r| {
+                mark(r);
+                r.clone()
+            })
+            .collect()
+    }
+
+    /// Changes one record under the lock and returns once the change is durable; `Ok(None)`
+    /// if the record does not exist. `change` must be quick and must not call out (no I/O, no
+    /// platform call). Changes of runtime-only fields are not journaled.
+    pub fn update<T>(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut Record) -> T,
+    ) -> Result<Option<T>, StoreError> {
+        let (result, seq) = {
+            let mut records = self.lock();
+            let Some(record) = records.get_mut(id) else {
+                return Ok(None);
+            };
+            let mut changed = record.clone();
+            let result = change(&mut changed);
+            let seq = if changed.durable_state() != record.durable_state() {
+                self.write(&changed.update_entry())?
+            } else {
+                0
+            };
+            *record = changed;
+            (result, seq)
+        };
+        self.durable(seq)?;
+        Ok(Some(result))
     }
 
     /// Lowers record `id`'s applied count to `k` without a platform call if another record of
@@ -80,26 +237,54 @@ impl Store {
     /// removing it would take it from the other request too). Returns whether it did. Check and
     /// release are one step under the lock, so of two requests sharing a rule exactly one
     /// removes it from the platform.
-    pub fn release_if_shared(&self, id: &str, k: usize) -> bool {
-        let mut records = self.lock();
-        let Some(record) = records.get(id) else {
-            return false;
-        };
-        let (region, step) = (record.region_id().to_string(), record.steps[k].clone());
-        let shared = records
-            .values()
-            .any(|r| r.id != id && r.region_id() == region && r.steps[..r.applied].contains(&step));
-        if shared {
-            if let Some(r) = records.get_mut(id) {
-                r.applied = k;
+    pub fn release_if_shared(&self, id: &str, k: usize, now: i64) -> Result<bool, StoreError> {
+        let seq = {
+            let mut records = self.lock();
+            let Some(record) = records.get(id) else {
+                return Ok(false);
+            };
+            let step = &record.steps[k];
+            let shared = records.values().any(|r| {
+                r.id != id && r.region_id == record.region_id && r.steps[..r.applied].contains(step)
+            });
+            if !shared {
+                return Ok(false);
             }
-        }
-        shared
+            let record = records.get_mut(id).expect("looked up above");
+            record.applied = k;
+            record.last_modified = now;
+            self.write(&record.update_entry())?
+        };
+        self.durable(seq)?;
+        Ok(true)
     }
 
-    /// Removes a record, returning it.
-    pub fn remove(&self, id: &str) -> Option<Record> {
-        self.lock().remove(id)
+    /// Removes a record once durable, returning it.
+    pub fn remove(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        let (record, seq) = {
+            let mut records = self.lock();
+            if !records.contains_key(id) {
+                return Ok(None);
+            }
+            let seq = self.write(&Entry::Remove { id: id.to_string() })?;
+            (records.remove(id), seq)
+        };
+        self.durable(seq)?;
+        Ok(record)
+    }
+
+    /// How many records `pick` selects.
+    pub fn count(&self, pick: impl Fn(&Record) -> bool) -> usize {
+        self.lock().values().filter(|r| pick(r)).count()
+    }
+
+    /// The smallest `key` among the records `pick` selects.
+    pub fn earliest(
+        &self,
+        pick: impl Fn(&Record) -> bool,
+        key: impl Fn(&Record) -> i64,
+    ) -> Option<i64> {
+        self.lock().values().filter(|r| pick(r)).map(key).min()
     }
 
     pub fn len(&self) -> usize {
@@ -109,6 +294,58 @@ impl Store {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Compacts the journal if it has grown past its bound: a copy of the records is taken
+    /// under the lock together with starting a new journal, and written out without it.
+    pub fn compact_if_needed(&self) -> Result<bool, StoreError> {
+        let Some(journal) = &self.journal else {
+            return Ok(false);
+        };
+        if !journal.wants_compaction() {
+            return Ok(false);
+        }
+        let (generation, copy) = {
+            let records = self.lock();
+            let Some(generation) = journal.rotate()? else {
+                return Ok(false);
+            };
+            (generation, records.values().cloned().collect::<Vec<_>>())
+        };
+        journal.write_snapshot(generation, copy.iter().map(Record::to_entry))?;
+        Ok(true)
+    }
+}
+
+/// Applies one replayed journal entry to the map.
+fn replay(records: &mut BTreeMap<String, Record>, entry: Entry) {
+    match entry {
+        Entry::Put(r) => {
+            let request: Box<str> = r.request.into();
+            let mut record = Record::new(
+                r.id,
+                r.region,
+                Arc::from(request),
+                r.status.into(),
+                Arc::new(r.steps.into_iter().map(Step::from).collect()),
+                r.applied,
+                r.created,
+            );
+            record.detail = r.detail;
+            record.last_modified = r.modified;
+            records.insert(record.id.clone(), record);
+        }
+        Entry::Update(u) => {
+            if let Some(record) = records.get_mut(&u.id) {
+                record.applied = u.applied.min(record.steps.len());
+                record.status = u.status.into();
+                record.detail = u.detail;
+                record.last_modified = u.modified;
+            }
+        }
+        Entry::Remove { id } => {
+            records.remove(&id);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -116,27 +353,28 @@ mod tests {
     use super::*;
 
     fn record(id: &str, region: &str) -> Record {
-        let request = CreationRequest {
-            region_id: region.into(),
-            ..Default::default()
-        };
-        Record {
-            id: id.into(),
-            request: Arc::new(request),
-            status: Status::Pending,
-            detail: None,
-            created_at: 1,
-            last_modified: 1,
-            steps: Arc::new(Vec::new()),
-            applied: 0,
-        }
+        Record::new(
+            id.into(),
+            region.into(),
+            Arc::from("{}"),
+            Status::Pending,
+            Arc::new(Vec::new()),
+            0,
+            1,
+        )
+    }
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("mec-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
     }
 
     #[test]
     fn records_are_listed_all_or_per_region() {
-        let s = Store::new();
-        s.insert(record("b", "1"));
-        s.insert(record("a", "2"));
+        let s = Store::in_memory();
+        s.insert(record("b", "1")).unwrap();
+        s.insert(record("a", "2")).unwrap();
         assert_eq!(
             s.list(None)
                 .iter()
@@ -150,7 +388,7 @@ mod tests {
 
     #[test]
     fn a_step_held_by_another_record_of_the_region_is_released_without_removal() {
-        let s = Store::new();
+        let s = Store::in_memory();
         let step = Step {
             label: "l".into(),
             target: "/t".into(),
@@ -160,38 +398,108 @@ mod tests {
             let mut r = record(id, region);
             r.steps = Arc::new(vec![step.clone()]);
             r.applied = 1;
-            s.insert(r);
+            s.insert(r).unwrap();
         }
         assert!(
-            s.release_if_shared("a", 0),
+            s.release_if_shared("a", 0, 2).unwrap(),
             "b holds the same step in region 1"
         );
         assert_eq!(s.get("a").unwrap().applied, 0);
         assert!(
-            !s.release_if_shared("b", 0),
+            !s.release_if_shared("b", 0, 2).unwrap(),
             "a released it: b must remove it"
         );
         assert_eq!(s.get("b").unwrap().applied, 1);
         assert!(
-            !s.release_if_shared("c", 0),
+            !s.release_if_shared("c", 0, 2).unwrap(),
             "region 2 shares nothing with region 1"
         );
     }
 
     #[test]
     fn update_changes_and_remove_forgets() {
-        let s = Store::new();
-        s.insert(record("a", "1"));
+        let s = Store::in_memory();
+        s.insert(record("a", "1")).unwrap();
         assert_eq!(
             s.update("a", |r| {
                 r.status = Status::Created;
                 7
-            }),
+            })
+            .unwrap(),
             Some(7)
         );
         assert_eq!(s.get("a").unwrap().status, Status::Created);
-        assert!(s.update("zz", |_| ()).is_none());
-        assert!(s.remove("a").is_some());
+        assert!(s.update("zz", |_| ()).unwrap().is_none());
+        assert!(s.remove("a").unwrap().is_some());
         assert!(s.get("a").is_none() && s.is_empty());
+    }
+
+    #[test]
+    fn every_change_survives_a_restart_and_runtime_fields_do_not() {
+        let dir = temp_dir("restart");
+        {
+            let (s, _) = Store::open(&dir, true).unwrap();
+            let mut r = record("a", "1");
+            r.request = Arc::from(r#"{"appLatency":{"timeUnit":"ms","latency":2.50}}"#);
+            r.steps = Arc::new(vec![Step {
+                label: "l".into(),
+                target: "/t".into(),
+                body: "{\"x\":1}".into(),
+            }]);
+            s.insert(r).unwrap();
+            s.insert(record("b", "1")).unwrap();
+            s.update("a", |r| {
+                r.status = Status::Failed;
+                r.detail = Some("why".into());
+                r.applied = 1;
+                r.busy = true;
+                r.last_modified = 9;
+            })
+            .unwrap();
+            s.remove("b").unwrap();
+        }
+        let (s, stats) = Store::open(&dir, true).unwrap();
+        assert_eq!(stats.entries, 4);
+        let a = s.get("a").unwrap();
+        assert_eq!(
+            (a.status, a.applied, a.last_modified, a.busy),
+            (Status::Failed, 1, 9, false)
+        );
+        assert_eq!(a.detail.as_deref(), Some("why"));
+        assert_eq!(
+            &*a.request,
+            r#"{"appLatency":{"timeUnit":"ms","latency":2.50}}"#
+        );
+        assert_eq!(a.steps[0].body, "{\"x\":1}");
+        assert!(s.get("b").is_none());
+    }
+
+    #[test]
+    fn compaction_keeps_every_record() {
+        let dir = temp_dir("compact");
+        {
+            let (s, _) = Store::open(&dir, false).unwrap();
+            for i in 0..3 {
+                s.insert(record(&format!("r{i}"), "1")).unwrap();
+            }
+            // force one: the bound is for real use
+            let journal = s.journal.as_ref().unwrap();
+            let generation = {
+                let _records = s.lock();
+                journal.rotate().unwrap().unwrap()
+            };
+            s.remove("r1").unwrap();
+            journal
+                .write_snapshot(generation, s.list(None).iter().map(Record::to_entry))
+                .unwrap();
+        }
+        let (s, _) = Store::open(&dir, true).unwrap();
+        assert_eq!(
+            s.list(None)
+                .iter()
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>(),
+            ["r0", "r2"]
+        );
     }
 }

@@ -22,6 +22,13 @@ pub fn new_uuid() -> String {
     )
 }
 
+/// A random number in [0, 1), for jitter.
+pub fn random_fraction() -> f64 {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).expect("the OS random source is available");
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> i64 {
     SystemTime::now()

@@ -33,7 +33,10 @@ fn seed_traffic() -> String {
 
 fn created_id(reply: &support::Reply) -> String {
     assert_eq!(reply.status, 201, "{:?}", reply.json);
-    reply.json["RequestId"].as_str().expect("RequestId in the answer").to_string()
+    reply.json["RequestId"]
+        .as_str()
+        .expect("RequestId in the answer")
+        .to_string()
 }
 
 #[test]
@@ -59,7 +62,11 @@ fn a_creation_answers_201_only_after_every_rule_is_on_the_platform() {
     let p = plugin(&mep);
     let id = created_id(&p.post(&seed_traffic()));
     let installed = mep.installed();
-    assert_eq!(installed.len(), 2, "one DNS and one traffic redirect: {installed:?}");
+    assert_eq!(
+        installed.len(),
+        2,
+        "one DNS and one traffic redirect: {installed:?}"
+    );
     let calls = mep.calls();
     assert_eq!(calls[0].path, "/api/mp1/traffic/all", "DNS rules go first");
     assert_eq!(calls[1].path, "/api/mp1/traffic/imsi");
@@ -85,7 +92,10 @@ fn a_stored_request_is_what_the_caller_sent_numbers_included() {
     for key in ["RequestId", "status", "createdAt", "lastModified"] {
         assert!(obj.remove(key).is_some(), "{key} missing");
     }
-    assert_eq!(stored, sent, "every field of the contract comes back as sent");
+    assert_eq!(
+        stored, sent,
+        "every field of the contract comes back as sent"
+    );
 }
 
 #[test]
@@ -110,21 +120,38 @@ fn an_invalid_body_is_400_naming_the_field_and_nothing_is_sent() {
     let p = plugin(&mep);
     let d = p.post(&DNS.replace("IP_V4", "IPv4")).problem(400);
     assert!(d.contains("appDNSRule[0].ipAddressType"), "{d}");
-    let d = p.post(r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"1"}]}"#).problem(400);
+    let d = p
+        .post(r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"1"}]}"#)
+        .problem(400);
     assert!(d.contains("domainName"), "{d}");
     p.post("{not json").problem(400);
-    p.post(&format!("{}1{}", "[".repeat(50_000), "]".repeat(50_000))).problem(400);
+    p.post(&format!("{}1{}", "[".repeat(50_000), "]".repeat(50_000)))
+        .problem(400);
     assert!(mep.calls().is_empty());
-    assert!(p.get("/service/requests").json.as_array().unwrap().is_empty());
+    assert!(
+        p.get("/service/requests")
+            .json
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
 fn an_unknown_region_is_422_and_nothing_is_recorded() {
     let mep = FakeLlMec::start();
     let p = plugin(&mep);
-    let d = p.post(&DNS.replace("\"RegionId\":\"2\"", "\"RegionId\":\"77\"")).problem(422);
+    let d = p
+        .post(&DNS.replace("\"RegionId\":\"2\"", "\"RegionId\":\"77\""))
+        .problem(422);
     assert!(d.contains("'77'"), "{d}");
-    assert!(p.get("/service/requests").json.as_array().unwrap().is_empty());
+    assert!(
+        p.get("/service/requests")
+            .json
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -134,8 +161,17 @@ fn a_rule_the_platform_cannot_express_is_422_naming_the_rule_and_nothing_is_sent
     let drop_rule = seed_traffic().replace("\"FORWARD\"", "\"DROP\"");
     let d = p.post(&drop_rule).problem(422);
     assert!(d.contains("tr-video"), "{d}");
-    assert!(mep.calls().is_empty(), "nothing is sent for a refused request");
-    assert!(p.get("/service/requests").json.as_array().unwrap().is_empty());
+    assert!(
+        mep.calls().is_empty(),
+        "nothing is sent for a refused request"
+    );
+    assert!(
+        p.get("/service/requests")
+            .json
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -163,7 +199,9 @@ fn a_refusing_platform_is_502_with_the_request_recorded_failed() {
     let r = p.post(DNS);
     let d = r.problem(502);
     assert!(d.contains("region '2'") && d.contains("500"), "{d}");
-    let id = r.json["RequestId"].as_str().expect("the error carries the RequestId");
+    let id = r.json["RequestId"]
+        .as_str()
+        .expect("the error carries the RequestId");
     let stored = p.get(&format!("/service/requests/{id}")).json;
     assert_eq!(stored["status"], "FAILED");
     mep.heal();
@@ -199,10 +237,16 @@ fn a_hanging_platform_is_504_within_the_timeout_while_other_requests_are_served(
         assert_eq!(p.get("/service/regions").status, 200);
         assert_eq!(p.get("/service/requests").status, 200);
     }
-    assert!(started.elapsed() < Duration::from_millis(400), "served while the platform hangs");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "served while the platform hangs"
+    );
     let (r, took) = slow.join().unwrap();
     r.problem(504);
-    assert!(took < Duration::from_millis(2500), "504 within the timeout (and one undo): {took:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "504 within the timeout (and one undo): {took:?}"
+    );
 }
 
 #[test]
@@ -214,7 +258,11 @@ fn a_partial_failure_undoes_the_applied_rules_in_reverse_with_identical_bodies()
     mep.fail_nth_post(3, 500);
     let r = p.post(&body);
     r.problem(502);
-    assert!(mep.installed().is_empty(), "everything undone: {:?}", mep.installed());
+    assert!(
+        mep.installed().is_empty(),
+        "everything undone: {:?}",
+        mep.installed()
+    );
     let calls = mep.calls();
     let posts: Vec<_> = calls.iter().filter(|c| c.method == "POST").collect();
     let deletes: Vec<_> = calls.iter().filter(|c| c.method == "DELETE").collect();
@@ -237,21 +285,76 @@ fn delete_removes_the_rules_then_answers_201() {
     p.delete(&id).problem(404);
 }
 
+/// Polls until `done` holds, for at most `limit`.
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}
+
 #[test]
-fn a_delete_the_platform_refuses_keeps_the_request_for_a_retry() {
+fn a_delete_the_platform_refuses_is_accepted_and_finished_by_the_reconciler() {
     let mep = FakeLlMec::start();
     let p = plugin_with(&mep, 500, "");
     let id = created_id(&p.post(DNS));
     mep.fail_all(503);
-    p.delete(&id).problem(502);
-    assert_eq!(p.get(&format!("/service/requests/{id}")).json["status"], "CREATED");
+    let r = p.delete(&id);
+    assert_eq!(r.status, 202, "{:?}", r.json);
+    assert_eq!(r.json["status"], "DELETING");
+    assert!(
+        r.json["statusDetail"].as_str().unwrap().contains("503"),
+        "{:?}",
+        r.json
+    );
+    let shown = p.get(&format!("/service/requests/{id}")).json;
+    assert_eq!(shown["status"], "DELETING", "shown as being removed");
+    assert_eq!(
+        p.delete(&id).status,
+        202,
+        "a repeated DELETE answers the same"
+    );
+    assert_eq!(
+        mep.installed().len(),
+        1,
+        "still on the platform while it refuses"
+    );
     mep.heal();
-    mep.delay(Duration::from_secs(3));
-    p.delete(&id).problem(504);
-    assert_eq!(p.get(&format!("/service/requests/{id}")).status, 200, "still recorded after a timeout");
-    mep.delay(Duration::ZERO);
-    assert_eq!(p.delete(&id).status, 201);
+    assert!(
+        eventually(Duration::from_secs(5), || p
+            .get(&format!("/service/requests/{id}"))
+            .status
+            == 404),
+        "the reconciler removes it once the platform recovers"
+    );
     assert!(mep.installed().is_empty());
+}
+
+#[test]
+fn a_delete_on_a_hanging_platform_is_accepted_within_the_timeout_and_finished_later() {
+    let mep = FakeLlMec::start();
+    let p = plugin_with(&mep, 300, "");
+    let id = created_id(&p.post(DNS));
+    mep.delay(Duration::from_secs(2));
+    let started = Instant::now();
+    assert_eq!(p.delete(&id).status, 202);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    mep.delay(Duration::ZERO);
+    assert!(eventually(Duration::from_secs(6), || p
+        .get(&format!("/service/requests/{id}"))
+        .status
+        == 404));
+    assert!(eventually(Duration::from_secs(3), || mep
+        .installed()
+        .is_empty()));
 }
 
 #[test]
@@ -284,7 +387,10 @@ fn camel_style_answers_with_the_keys_the_mtp_client_reads() {
     let stored = p.get(&format!("/service/requests/{id}")).json;
     assert_eq!(stored["requestId"], id.as_str());
     assert_eq!(stored["regionId"], "2");
-    assert_eq!(stored["appTrafficRule"][0]["trafficFilter"][0]["protocol"][0], "tcp");
+    assert_eq!(
+        stored["appTrafficRule"][0]["trafficFilter"][0]["protocol"][0],
+        "tcp"
+    );
     assert!(stored.get("RequestId").is_none() && stored.get("RegionId").is_none());
     // the spec spelling is accepted too
     assert_eq!(p.post(DNS).status, 201);
@@ -296,7 +402,10 @@ fn spec_style_answers_camel_bodies_with_spec_keys() {
     let p = plugin(&mep);
     let id = created_id(&p.post(&example("traffic-and-dns-camel.json")));
     let stored = p.get(&format!("/service/requests/{id}")).json;
-    assert_eq!(stored["appTrafficRule"][0]["trafficFilter"][0]["Protocol"][0], "tcp");
+    assert_eq!(
+        stored["appTrafficRule"][0]["trafficFilter"][0]["Protocol"][0],
+        "tcp"
+    );
 }
 
 #[test]
@@ -321,19 +430,36 @@ fn sixteen_threads_of_creations_and_removals_leave_platform_and_records_in_agree
             })
         })
         .collect();
-    let kept: Vec<String> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let kept: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
     let records = p.get("/service/requests").json;
     let records = records.as_array().unwrap();
     assert_eq!(records.len(), kept.len());
-    assert_eq!(mep.installed().len(), kept.len(), "one DNS redirect per kept request");
+    assert_eq!(
+        mep.installed().len(),
+        kept.len(),
+        "one DNS redirect per kept request"
+    );
     let mut on_platform: Vec<String> = mep
         .installed()
         .iter()
-        .map(|(_, body)| serde_json::from_str::<Value>(body).unwrap()["url"].as_str().unwrap().to_string())
+        .map(|(_, body)| {
+            serde_json::from_str::<Value>(body).unwrap()["url"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let mut recorded: Vec<String> = records
         .iter()
-        .map(|r| r["appDNSRule"][0]["domainName"].as_str().unwrap().to_string())
+        .map(|r| {
+            r["appDNSRule"][0]["domainName"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     on_platform.sort();
     recorded.sort();
@@ -342,10 +468,15 @@ fn sixteen_threads_of_creations_and_removals_leave_platform_and_records_in_agree
 
 #[test]
 fn every_example_is_accepted_by_the_shipped_configuration() {
-    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/regions.toml")).unwrap();
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/regions.toml")).unwrap();
     let shipped = shipped.replace("listen = \"127.0.0.1:8082\"", "listen = \"127.0.0.1:0\"");
     let p = Plugin::start(&shipped);
-    for name in ["dns-only.json", "traffic-and-dns.json", "traffic-and-dns-camel.json"] {
+    for name in [
+        "dns-only.json",
+        "traffic-and-dns.json",
+        "traffic-and-dns-camel.json",
+    ] {
         let r = p.post(&example(name));
         assert_eq!(r.status, 201, "{name}: {:?}", r.json);
     }
@@ -356,7 +487,11 @@ fn every_example_is_accepted_by_the_shipped_configuration() {
 fn every_example_is_also_accepted_by_an_llmec_platform() {
     let mep = FakeLlMec::start();
     let p = plugin(&mep);
-    for name in ["dns-only.json", "traffic-and-dns.json", "traffic-and-dns-camel.json"] {
+    for name in [
+        "dns-only.json",
+        "traffic-and-dns.json",
+        "traffic-and-dns-camel.json",
+    ] {
         let r = p.post(&example(name));
         assert_eq!(r.status, 201, "{name}: {:?}", r.json);
     }

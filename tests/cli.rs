@@ -131,7 +131,7 @@ fn start_shipped(dir: &std::path::Path) -> (Running, String, mpsc::Receiver<Stri
             .recv_timeout(Duration::from_secs(10))
             .expect("the plugin logs its address");
         if let Some(rest) = line.split("listening on http://").nth(1) {
-            let addr = rest.split('/').next().unwrap().to_string();
+            let addr = rest.split(['/', ' ']).next().unwrap().to_string();
             return (running, addr, rx);
         }
     }

@@ -4,6 +4,8 @@
 
 pub mod fake_llmec;
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mec_plugin::app::App;
@@ -19,7 +21,9 @@ pub struct Plugin {
 
 /// `[server]` section for tests: loopback, port 0, short read timeout.
 pub fn server_section(extra: &str) -> String {
-    format!("[server]\nlisten = \"127.0.0.1:0\"\nread_timeout_ms = 2000\n{extra}\n")
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nread_timeout_ms = 2000\nretry_initial_ms = 100\nretry_max_ms = 400\n{extra}\n"
+    )
 }
 
 /// A `[[region]]` driven by LL-MEC at `url`.
@@ -36,10 +40,27 @@ pub fn simulated_region(id: &str) -> String {
     )
 }
 
+/// A fresh, empty directory under the system's temporary directory.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("mec-plugin-test-{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 impl Plugin {
-    /// Starts the plugin with this configuration text.
+    /// Starts the plugin with this configuration text and a fresh state directory.
     pub fn start(config_text: &str) -> Plugin {
-        let config = Config::parse(config_text, "test.toml").expect("test config is valid");
+        Plugin::start_in(config_text, &temp_dir("state"))
+    }
+
+    /// Starts the plugin with this configuration text on the state in `state_dir`.
+    pub fn start_in(config_text: &str, state_dir: &Path) -> Plugin {
+        let mut config = Config::parse(config_text, "test.toml").expect("test config is valid");
+        config.server.state_dir = state_dir.to_path_buf();
         let app = App::start(&config).expect("plugin starts");
         let base = format!("http://{}/MEC/v1", app.local_addr());
         let agent = ureq::Agent::config_builder()
@@ -56,23 +77,51 @@ impl Plugin {
         self.call_with_type(method, path, body, "application/json")
     }
 
-    pub fn call_with_type(&self, method: &str, path: &str, body: Option<&str>, content_type: &str) -> Reply {
+    pub fn call_with_type(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        content_type: &str,
+    ) -> Reply {
         let url = format!("{}{}", self.base, path);
         let request = ureq::http::Request::builder().method(method).uri(&url);
         let result = match body {
-            Some(b) => self
-                .agent
-                .run(request.header("Content-Type", content_type).body(b.as_bytes().to_vec()).unwrap()),
+            Some(b) => self.agent.run(
+                request
+                    .header("Content-Type", content_type)
+                    .body(b.as_bytes().to_vec())
+                    .unwrap(),
+            ),
             None => self.agent.run(request.body(()).unwrap()),
         };
         let mut response = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = response.status().as_u16();
-        let header = |n: &str| response.headers().get(n).map(|v| v.to_str().unwrap_or("").to_string());
+        let header = |n: &str| {
+            response
+                .headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap_or("").to_string())
+        };
         let content_type = header("content-type").unwrap_or_default();
         let allow = header("allow");
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        Reply { status, content_type, allow, json }
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Reply {
+            status,
+            content_type,
+            allow,
+            json,
+        }
+    }
+
+    /// Stops the plugin (as a shutdown would), releasing its state directory.
+    pub fn stop(self) {
+        self.app.stop(Duration::from_secs(2));
     }
 
     pub fn get(&self, path: &str) -> Reply {
@@ -101,9 +150,17 @@ impl Reply {
     /// Asserts an RFC 7807 problem with this status and returns its detail.
     pub fn problem(&self, status: u16) -> String {
         assert_eq!(self.status, status, "{:?}", self.json);
-        assert_eq!(self.content_type, "application/problem+json", "{:?}", self.json);
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "{:?}",
+            self.json
+        );
         for key in ["type", "title", "status", "detail"] {
-            assert!(self.json.get(key).is_some(), "problem without {key}: {:?}", self.json);
+            assert!(
+                self.json.get(key).is_some(),
+                "problem without {key}: {:?}",
+                self.json
+            );
         }
         assert_eq!(self.json["status"], status);
         self.json["detail"].as_str().unwrap().to_string()

@@ -1,0 +1,817 @@
+//! The durable form of the records in `state_dir`: an append-only journal of versioned,
+//! checksummed JSON lines, periodic snapshots that bound its size, group-committed `fsync`s,
+//! replay at start-up, and a lock file against a second process. Only [`store`](crate::store)
+//! uses it.
+//!
+//! Files (gen = a generation number, 20 digits):
+//!
+//! - `LOCK` — held with `flock` while a process uses the directory; holds its pid.
+//! - `snapshot-<gen>.jsonl` — every record as of the start of `journal-<gen>.jsonl`; written
+//!   to a `.tmp` file, fsynced, then renamed, so it exists only when complete.
+//! - `journal-<gen>.jsonl` — changes since that snapshot.
+//!
+//! Every line is `<crc32 of the JSON, 8 hex digits> <format version> <JSON entry>\n`. On start
+//! the newest snapshot is loaded and the journals from its generation on are replayed in order.
+//! A bad last line of the last journal is a write torn by a crash: it is logged and cut off.
+//! Anything else that does not check out stops the start with the file and byte offset, and
+//! the file is left as it is.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use log::{info, warn};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::mep::Step;
+use crate::model::Status;
+
+/// Version written in every line; lines of other versions are refused.
+const FORMAT_VERSION: u32 = 1;
+
+/// A journal is compacted once it is larger than this and than the last snapshot.
+const COMPACT_MIN_BYTES: u64 = 64 << 20;
+
+/// One change of the records, externally tagged (`{"put": {...}}`: an internally tagged enum
+/// would buffer its content, which `RawValue` cannot come from). These are the journal's own types: the API types may change
+/// without changing what is on disk.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Entry {
+    /// A whole record: a creation, or a record of a snapshot.
+    Put(RecordEntry),
+    /// The mutable part of a record changed.
+    Update(UpdateEntry),
+    /// A record was removed.
+    Remove { id: String },
+}
+
+/// A whole record on disk.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RecordEntry {
+    pub id: String,
+    pub region: String,
+    /// The caller's request, compact JSON, stored verbatim.
+    pub request: Box<RawValue>,
+    pub steps: Vec<StepEntry>,
+    pub applied: usize,
+    pub status: StatusEntry,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub created: i64,
+    pub modified: i64,
+}
+
+/// A change of a record's status, detail or applied count.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UpdateEntry {
+    pub id: String,
+    pub applied: usize,
+    pub status: StatusEntry,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub modified: i64,
+}
+
+/// A planned platform call on disk.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StepEntry {
+    pub label: String,
+    pub target: String,
+    pub body: String,
+}
+
+impl From<&Step> for StepEntry {
+    fn from(s: &Step) -> Self {
+        StepEntry {
+            label: s.label.clone(),
+            target: s.target.clone(),
+            body: s.body.clone(),
+        }
+    }
+}
+
+impl From<StepEntry> for Step {
+    fn from(s: StepEntry) -> Self {
+        Step {
+            label: s.label,
+            target: s.target,
+            body: s.body,
+        }
+    }
+}
+
+/// Statuses on disk (`DELETED` is never stored: a deleted record is removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatusEntry {
+    Pending,
+    Created,
+    Failed,
+    Deleting,
+}
+
+impl From<Status> for StatusEntry {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Pending => StatusEntry::Pending,
+            Status::Created => StatusEntry::Created,
+            Status::Failed => StatusEntry::Failed,
+            Status::Deleting | Status::Deleted => StatusEntry::Deleting,
+        }
+    }
+}
+
+impl From<StatusEntry> for Status {
+    fn from(s: StatusEntry) -> Self {
+        match s {
+            StatusEntry::Pending => Status::Pending,
+            StatusEntry::Created => Status::Created,
+            StatusEntry::Failed => Status::Failed,
+            StatusEntry::Deleting => Status::Deleting,
+        }
+    }
+}
+
+/// Why the journal cannot be used.
+#[derive(Debug)]
+pub enum JournalError {
+    /// Another process holds the directory.
+    Locked { dir: PathBuf, holder: String },
+    /// A file is damaged at this offset; it was left untouched.
+    Corrupt {
+        file: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// Reading or writing failed.
+    Io { path: PathBuf, error: io::Error },
+}
+
+impl fmt::Display for JournalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JournalError::Locked { dir, holder } => write!(
+                f,
+                "state directory {} is in use by another mec-plugin process ({holder}); \
+                 stop it or pick another --state-dir",
+                dir.display()
+            ),
+            JournalError::Corrupt {
+                file,
+                offset,
+                reason,
+            } => write!(
+                f,
+                "{} is damaged at byte offset {offset}: {reason}; the file was left untouched \
+                 (move it away to start without its records, or restore a backup)",
+                file.display()
+            ),
+            JournalError::Io { path, error } => write!(f, "{}: {error}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for JournalError {}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |error| JournalError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// The open journal of a state directory.
+pub struct Journal {
+    dir: PathBuf,
+    fsync: bool,
+    writer: Mutex<Writer>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    /// Held for the life of the process (flock is released when it is closed).
+    _lock: File,
+}
+
+struct Writer {
+    file: Arc<File>,
+    path: PathBuf,
+    generation: u64,
+    /// Sequence number of the last entry written.
+    written: u64,
+    /// Bytes in the current journal file.
+    bytes: u64,
+    /// Bytes of the snapshot the current journal follows.
+    snapshot_bytes: u64,
+    /// A compaction is running (only one at a time).
+    compacting: bool,
+}
+
+struct SyncState {
+    synced: u64,
+    leader: bool,
+    failed: Option<String>,
+}
+
+/// What a start-up replay found.
+#[derive(Debug, Default)]
+pub struct ReplayStats {
+    pub entries: usize,
+    pub torn_tail: bool,
+}
+
+impl Journal {
+    /// Opens (creating if needed) the state directory, takes its lock and replays its records
+    /// in order into `apply`.
+    pub fn open(
+        dir: &Path,
+        fsync: bool,
+        mut apply: impl FnMut(Entry),
+    ) -> Result<(Journal, ReplayStats), JournalError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock = take_lock(dir)?;
+
+        let mut snapshots = Vec::new();
+        let mut journals = Vec::new();
+        for item in fs::read_dir(dir).map_err(io_err(dir))? {
+            let item = item.map_err(io_err(dir))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            if let Some(g) = generation_of(&name, "snapshot-") {
+                snapshots.push(g);
+            } else if let Some(g) = generation_of(&name, "journal-") {
+                journals.push(g);
+            } else if name.starts_with("snapshot-") && name.ends_with(".tmp") {
+                // An interrupted compaction: the journals it would have replaced are intact.
+                let _ = fs::remove_file(item.path());
+            }
+        }
+        snapshots.sort_unstable();
+        journals.sort_unstable();
+        let base = snapshots.last().copied().unwrap_or(0);
+        let mut stats = ReplayStats::default();
+        let mut snapshot_bytes = 0;
+        if base > 0 {
+            let path = dir.join(snapshot_name(base));
+            let (n, len, torn) = replay_file(&path, false, &mut apply)?;
+            debug_assert!(!torn);
+            stats.entries += n;
+            snapshot_bytes = len;
+        }
+        let live: Vec<u64> = journals.iter().copied().filter(|&g| g >= base).collect();
+        let mut last_len = 0;
+        for (i, &g) in live.iter().enumerate() {
+            let path = dir.join(journal_name(g));
+            let is_last = i + 1 == live.len();
+            let (n, len, torn) = replay_file(&path, is_last, &mut apply)?;
+            stats.entries += n;
+            stats.torn_tail |= torn;
+            last_len = len;
+        }
+        // Files older than the snapshot are no longer needed.
+        for &g in journals.iter().filter(|&&g| g < base) {
+            let _ = fs::remove_file(dir.join(journal_name(g)));
+        }
+        for &g in snapshots.iter().filter(|&&g| g < base) {
+            let _ = fs::remove_file(dir.join(snapshot_name(g)));
+        }
+
+        let generation = live.last().copied().unwrap_or(base.max(1));
+        let path = dir.join(journal_name(generation));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        if live.is_empty() {
+            sync_dir(dir)?;
+        }
+        let journal = Journal {
+            dir: dir.to_path_buf(),
+            fsync,
+            writer: Mutex::new(Writer {
+                file: Arc::new(file),
+                path,
+                generation,
+                written: 0,
+                bytes: last_len,
+                snapshot_bytes,
+                compacting: false,
+            }),
+            sync: Mutex::new(SyncState {
+                synced: 0,
+                leader: false,
+                failed: None,
+            }),
+            synced: Condvar::new(),
+            _lock: lock,
+        };
+        Ok((journal, stats))
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sync_state(&self) -> MutexGuard<'_, SyncState> {
+        self.sync.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes one entry (not yet durable) and returns its sequence number for [`wait`].
+    /// Callers serialise appends with their own lock so that the journal's order is the order
+    /// of the changes.
+    ///
+    /// [`wait`]: Journal::wait
+    pub fn append(&self, entry: &Entry) -> Result<u64, JournalError> {
+        let line = encode(entry);
+        let mut w = self.writer();
+        (&*w.file)
+            .write_all(line.as_bytes())
+            .map_err(io_err(&w.path))?;
+        w.bytes += line.len() as u64;
+        w.written += 1;
+        Ok(w.written)
+    }
+
+    /// Returns once entry `seq` is on disk. Concurrent callers share `fsync`s: one of them
+    /// syncs everything written so far while the others wait for it (group commit).
+    pub fn wait(&self, seq: u64) -> Result<(), JournalError> {
+        if !self.fsync {
+            return Ok(());
+        }
+        let mut state = self.sync_state();
+        loop {
+            if let Some(reason) = &state.failed {
+                return Err(JournalError::Io {
+                    path: self.dir.clone(),
+                    error: io::Error::other(reason.clone()),
+                });
+            }
+            if state.synced >= seq {
+                return Ok(());
+            }
+            if state.leader {
+                state = self.synced.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            state.leader = true;
+            drop(state);
+            let (file, path, upto) = {
+                let w = self.writer();
+                (w.file.clone(), w.path.clone(), w.written)
+            };
+            let result = file.sync_data();
+            state = self.sync_state();
+            state.leader = false;
+            match result {
+                Ok(()) => state.synced = state.synced.max(upto),
+                // After a failed fsync the page cache may have dropped the data: nothing
+                // written since can be trusted to be durable, so the service stops taking
+                // changes rather than acknowledging what may be lost.
+                Err(e) => state.failed = Some(format!("fsync of {} failed: {e}", path.display())),
+            }
+            self.synced.notify_all();
+        }
+    }
+
+    /// True when the journal has grown enough to be worth compacting.
+    pub fn wants_compaction(&self) -> bool {
+        let w = self.writer();
+        !w.compacting && w.bytes > COMPACT_MIN_BYTES.max(w.snapshot_bytes)
+    }
+
+    /// First half of a compaction, called under the caller's lock together with taking a
+    /// copy of all records: every entry written so far is made durable and a new journal
+    /// generation is started. Returns the new generation, or `None` if a compaction is
+    /// already running.
+    pub fn rotate(&self) -> Result<Option<u64>, JournalError> {
+        let mut w = self.writer();
+        if w.compacting {
+            return Ok(None);
+        }
+        w.file.sync_data().map_err(io_err(&w.path))?;
+        let generation = w.generation + 1;
+        let path = self.dir.join(journal_name(generation));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        sync_dir(&self.dir)?;
+        let upto = w.written;
+        *w = Writer {
+            file: Arc::new(file),
+            path,
+            generation,
+            written: upto,
+            bytes: 0,
+            snapshot_bytes: w.snapshot_bytes,
+            compacting: true,
+        };
+        drop(w);
+        let mut state = self.sync_state();
+        state.synced = state.synced.max(upto);
+        Ok(Some(generation))
+    }
+
+    /// Second half of a compaction, without any lock: writes the snapshot of generation
+    /// `generation` (the records as of its rotation), then removes the files it replaces. A
+    /// crash at any point leaves either the old files or the new snapshot complete.
+    pub fn write_snapshot(
+        &self,
+        generation: u64,
+        records: impl Iterator<Item = Entry>,
+    ) -> Result<(), JournalError> {
+        let result = self.write_snapshot_files(generation, records);
+        let mut w = self.writer();
+        w.compacting = false;
+        if let Ok(bytes) = &result {
+            w.snapshot_bytes = *bytes;
+        }
+        result.map(|_| ())
+    }
+
+    fn write_snapshot_files(
+        &self,
+        generation: u64,
+        records: impl Iterator<Item = Entry>,
+    ) -> Result<u64, JournalError> {
+        let tmp = self.dir.join(format!("{}.tmp", snapshot_name(generation)));
+        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut out = io::BufWriter::with_capacity(1 << 20, file);
+        let mut bytes = 0u64;
+        for entry in records {
+            let line = encode(&entry);
+            bytes += line.len() as u64;
+            out.write_all(line.as_bytes()).map_err(io_err(&tmp))?;
+        }
+        let file = out.into_inner().map_err(|e| JournalError::Io {
+            path: tmp.clone(),
+            error: e.into_error(),
+        })?;
+        file.sync_all().map_err(io_err(&tmp))?;
+        let path = self.dir.join(snapshot_name(generation));
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        sync_dir(&self.dir)?;
+        for item in fs::read_dir(&self.dir)
+            .map_err(io_err(&self.dir))?
+            .flatten()
+        {
+            let name = item.file_name().to_string_lossy().into_owned();
+            let old = generation_of(&name, "journal-")
+                .or_else(|| generation_of(&name, "snapshot-"))
+                .is_some_and(|g| g < generation);
+            if old {
+                fs::remove_file(item.path()).map_err(io_err(&item.path()))?;
+            }
+        }
+        sync_dir(&self.dir)?;
+        info!("state compacted into {} ({bytes} bytes)", path.display());
+        Ok(bytes)
+    }
+}
+
+/// Serialises one entry as a journal line.
+pub fn encode(entry: &Entry) -> String {
+    let json = serde_json::to_string(entry).expect("journal entries always serialise");
+    format!(
+        "{:08x} {FORMAT_VERSION} {json}\n",
+        crc32fast::hash(json.as_bytes())
+    )
+}
+
+/// Checks and parses one line (without its newline).
+fn decode(line: &[u8]) -> Result<Entry, String> {
+    let text = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_string())?;
+    let mut parts = text.splitn(3, ' ');
+    let (Some(crc), Some(version), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("not a journal line".into());
+    };
+    let crc = u32::from_str_radix(crc, 16).map_err(|_| "bad checksum field".to_string())?;
+    if crc32fast::hash(json.as_bytes()) != crc {
+        return Err("checksum mismatch".into());
+    }
+    if version != FORMAT_VERSION.to_string() {
+        return Err(format!(
+            "format version {version} is not supported (this build reads {FORMAT_VERSION})"
+        ));
+    }
+    serde_json::from_str(json).map_err(|e| format!("unreadable entry: {e}"))
+}
+
+/// Replays one file; returns (entries, valid length in bytes, whether a torn tail was cut).
+fn replay_file(
+    path: &Path,
+    may_be_torn: bool,
+    apply: &mut impl FnMut(Entry),
+) -> Result<(usize, u64, bool), JournalError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let total = file.metadata().map_err(io_err(path))?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::new();
+    let (mut offset, mut count) = (0u64, 0usize);
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(io_err(path))?;
+        if n == 0 {
+            return Ok((count, offset, false));
+        }
+        let complete = line.last() == Some(&b'\n');
+        let parsed = if complete {
+            decode(&line[..n - 1])
+        } else {
+            Err("line without its end".into())
+        };
+        match parsed {
+            Ok(entry) => {
+                apply(entry);
+                count += 1;
+                offset += n as u64;
+            }
+            Err(reason) if may_be_torn && offset + n as u64 == total => {
+                warn!(
+                    "{}: the last record (byte offset {offset}) was torn by a crash ({reason}); ignoring it",
+                    path.display()
+                );
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err(path))?;
+                file.set_len(offset).map_err(io_err(path))?;
+                file.sync_all().map_err(io_err(path))?;
+                return Ok((count, offset, true));
+            }
+            Err(reason) => {
+                return Err(JournalError::Corrupt {
+                    file: path.to_path_buf(),
+                    offset,
+                    reason,
+                });
+            }
+        }
+    }
+}
+
+fn snapshot_name(generation: u64) -> String {
+    format!("snapshot-{generation:020}.jsonl")
+}
+
+fn journal_name(generation: u64) -> String {
+    format!("journal-{generation:020}.jsonl")
+}
+
+fn generation_of(name: &str, prefix: &str) -> Option<u64> {
+    name.strip_prefix(prefix)?
+        .strip_suffix(".jsonl")?
+        .parse()
+        .ok()
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Takes the directory's lock file, or says who holds it.
+fn take_lock(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join("LOCK");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    // SAFETY: flock on a file descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let holder = fs::read_to_string(&path)
+            .ok()
+            .map(|pid| format!("pid {}", pid.trim()))
+            .unwrap_or_else(|| "unknown pid".into());
+        return Err(JournalError::Locked {
+            dir: dir.to_path_buf(),
+            holder,
+        });
+    }
+    file.set_len(0).map_err(io_err(&path))?;
+    write!(file, "{}", std::process::id()).map_err(io_err(&path))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mec-journal-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn put(id: &str) -> Entry {
+        Entry::Put(RecordEntry {
+            id: id.into(),
+            region: "2".into(),
+            request: RawValue::from_string(
+                r#"{"appLatency":{"timeUnit":"ms","latency":1}}"#.into(),
+            )
+            .unwrap(),
+            steps: vec![StepEntry {
+                label: "l".into(),
+                target: "/t".into(),
+                body: "{}".into(),
+            }],
+            applied: 1,
+            status: StatusEntry::Pending,
+            detail: None,
+            created: 1,
+            modified: 1,
+        })
+    }
+
+    fn ids(dir: &Path) -> Result<Vec<String>, JournalError> {
+        let mut seen = Vec::new();
+        let (journal, _) = Journal::open(dir, true, |e| match e {
+            Entry::Put(r) => seen.push(r.id),
+            Entry::Remove { id } => seen.retain(|x| *x != id),
+            Entry::Update(_) => {}
+        })?;
+        drop(journal);
+        Ok(seen)
+    }
+
+    #[test]
+    fn entries_survive_a_reopen_in_order() {
+        let dir = temp_dir("reopen");
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            for id in ["a", "b", "c"] {
+                let seq = j.append(&put(id)).unwrap();
+                j.wait(seq).unwrap();
+            }
+            j.wait(j.append(&Entry::Remove { id: "b".into() }).unwrap())
+                .unwrap();
+        }
+        assert_eq!(ids(&dir).unwrap(), ["a", "c"]);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored_and_cut_off() {
+        let dir = temp_dir("torn");
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            j.wait(j.append(&put("a")).unwrap()).unwrap();
+        }
+        let path = dir.join(journal_name(1));
+        let whole = encode(&put("b"));
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&whole.as_bytes()[..whole.len() / 2]).unwrap();
+        drop(f);
+        assert_eq!(ids(&dir).unwrap(), ["a"]);
+        let (j, stats) = Journal::open(&dir, true, |_| {}).unwrap();
+        assert!(!stats.torn_tail, "cut off the first time");
+        j.wait(j.append(&put("c")).unwrap()).unwrap();
+        drop(j);
+        assert_eq!(
+            ids(&dir).unwrap(),
+            ["a", "c"],
+            "appends after a cut torn tail are readable"
+        );
+    }
+
+    #[test]
+    fn a_corrupted_middle_refuses_to_start_naming_file_and_offset_and_leaves_it() {
+        let dir = temp_dir("corrupt");
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            for id in ["a", "b", "c"] {
+                j.wait(j.append(&put(id)).unwrap()).unwrap();
+            }
+        }
+        let path = dir.join(journal_name(1));
+        let mut bytes = fs::read(&path).unwrap();
+        let second = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+        bytes[second + 20] ^= 0x01;
+        fs::write(&path, &bytes).unwrap();
+        let err = ids(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("damaged at byte offset {second}")),
+            "{err}"
+        );
+        assert!(err.contains("journal-"), "{err}");
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            bytes,
+            "the damaged file is not modified"
+        );
+    }
+
+    #[test]
+    fn a_second_process_on_the_same_directory_is_refused() {
+        let dir = temp_dir("lock");
+        let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+        // flock locks belong to the open file description: a second open conflicts even in
+        // the same process, as another process's would.
+        let err = Journal::open(&dir, true, |_| {}).err().unwrap().to_string();
+        assert!(
+            err.contains("in use by another mec-plugin process"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(j);
+        assert!(
+            Journal::open(&dir, true, |_| {}).is_ok(),
+            "free again once closed"
+        );
+    }
+
+    #[test]
+    fn compaction_replaces_the_journal_by_a_snapshot() {
+        let dir = temp_dir("compact");
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            for id in ["a", "b"] {
+                j.wait(j.append(&put(id)).unwrap()).unwrap();
+            }
+            let g = j.rotate().unwrap().unwrap();
+            assert_eq!(j.rotate().unwrap(), None, "one compaction at a time");
+            j.wait(j.append(&put("c")).unwrap()).unwrap();
+            j.write_snapshot(g, [put("a"), put("b")].into_iter())
+                .unwrap();
+        }
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == &journal_name(1)),
+            "old journal removed: {names:?}"
+        );
+        assert_eq!(ids(&dir).unwrap(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_compaction_interrupted_before_its_rename_loses_nothing() {
+        let dir = temp_dir("interrupted");
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            j.wait(j.append(&put("a")).unwrap()).unwrap();
+            j.rotate().unwrap().unwrap();
+            j.wait(j.append(&put("b")).unwrap()).unwrap();
+        }
+        // the crash left a half-written snapshot behind
+        fs::write(dir.join(format!("{}.tmp", snapshot_name(2))), "garbage").unwrap();
+        assert_eq!(ids(&dir).unwrap(), ["a", "b"]);
+        assert!(!dir.join(format!("{}.tmp", snapshot_name(2))).exists());
+    }
+
+    #[test]
+    fn a_compaction_interrupted_after_its_rename_loses_nothing() {
+        let dir = temp_dir("renamed");
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            j.wait(j.append(&put("a")).unwrap()).unwrap();
+            j.rotate().unwrap().unwrap();
+            j.wait(j.append(&put("b")).unwrap()).unwrap();
+        }
+        // the snapshot was renamed but the old journal not yet removed
+        let mut snap = File::create(dir.join(snapshot_name(2))).unwrap();
+        snap.write_all(encode(&put("a")).as_bytes()).unwrap();
+        drop(snap);
+        assert_eq!(ids(&dir).unwrap(), ["a", "b"]);
+        assert!(
+            !dir.join(journal_name(1)).exists(),
+            "the replaced journal is cleaned up"
+        );
+    }
+
+    #[test]
+    fn group_commit_makes_every_waiter_durable() {
+        let dir = temp_dir("group");
+        let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+        let j = Arc::new(j);
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let seq = j.append(&put(&format!("{t}-{i}"))).unwrap();
+                        j.wait(seq).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(j);
+        assert_eq!(ids(&dir).unwrap().len(), 400);
+    }
+}
