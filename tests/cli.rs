@@ -45,9 +45,12 @@ fn check_prints_one_line_per_region_and_exits_zero() {
 fn a_bad_configuration_is_refused_naming_file_line_region_and_key() {
     let dir = temp_dir("bad");
     let path = dir.join("bad.toml");
-    let text = std::fs::read_to_string(SHIPPED)
-        .unwrap()
-        .replace("range_km = 10.0", "range_km = -1.0");
+    let shipped = std::fs::read_to_string(SHIPPED).unwrap();
+    let line = 1 + shipped
+        .lines()
+        .position(|l| l.starts_with("range_km = 10.0"))
+        .unwrap();
+    let text = shipped.replace("range_km = 10.0", "range_km = -1.0");
     std::fs::write(&path, text).unwrap();
     let out = Command::new(BIN)
         .arg("--config")
@@ -58,7 +61,7 @@ fn a_bad_configuration_is_refused_naming_file_line_region_and_key() {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
-        err.contains("bad.toml: line 21: region '2': range_km"),
+        err.contains(&format!("bad.toml: line {line}: region '2': range_km")),
         "{err}"
     );
     let missing = Command::new(BIN)
