@@ -68,6 +68,54 @@ pub struct MepConfig {
     pub url: String,
     /// Bound on each platform call, connect included (default 3 s).
     pub timeout: Duration,
+    /// PEM certificates of a private CA to trust for `https://` (in addition to none: when
+    /// set, only these are trusted), read from `ca_file` at start-up.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Bearer token sent as `Authorization: Bearer <token>`, read from `token_file`.
+    pub token: Option<Secret>,
+    /// EdgeGallery `appName` (1-63 characters); derived from the request id when absent.
+    pub app_name: Option<String>,
+    /// Polling of asynchronous platform tasks (EdgeGallery): interval (default 1 s) ...
+    pub poll_interval: Duration,
+    /// ... and how many polls before the task counts as timed out (default 30).
+    pub poll_attempts: u32,
+}
+
+impl MepConfig {
+    /// A platform at `url` with the defaults of every optional key.
+    pub fn new(driver: DriverKind, url: &str, timeout: Duration) -> MepConfig {
+        MepConfig {
+            driver,
+            url: url.trim_end_matches('/').to_string(),
+            timeout,
+            ca_pem: None,
+            token: None,
+            app_name: None,
+            poll_interval: Duration::from_secs(1),
+            poll_attempts: 30,
+        }
+    }
+}
+
+/// A credential: its `Debug` never shows it, so it cannot end up in a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// The MEP dialects.
@@ -78,6 +126,10 @@ pub enum DriverKind {
     Llmec,
     /// An in-process platform that keeps the rules it is given (for trying the plugin out).
     Simulated,
+    /// EdgeGallery MEP, Mm5 application configuration (`/mepcfg/app_lcm/v1`).
+    Edgegallery,
+    /// ETSI GS MEC 011 rules API (`/mec_app_support/v1`): activation and deactivation.
+    EtsiMec011,
 }
 
 impl DriverKind {
@@ -85,6 +137,8 @@ impl DriverKind {
         match self {
             DriverKind::Llmec => "llmec",
             DriverKind::Simulated => "simulated",
+            DriverKind::Edgegallery => "edgegallery",
+            DriverKind::EtsiMec011 => "etsi-mec011",
         }
     }
 }
@@ -148,6 +202,11 @@ struct RawMep {
     driver: DriverKind,
     url: Option<Spanned<String>>,
     timeout_ms: Option<Spanned<i64>>,
+    ca_file: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    app_name: Option<Spanned<String>>,
+    poll_interval_ms: Option<Spanned<i64>>,
+    poll_attempts: Option<Spanned<i64>>,
 }
 
 impl Config {
@@ -343,6 +402,74 @@ impl Config {
                     ));
                 }
             };
+            let mut mep_config =
+                MepConfig::new(mep.driver, &url, Duration::from_millis(timeout_ms as u64));
+            let base = Path::new(file).parent().unwrap_or(Path::new(""));
+            let read = |v: &Spanned<String>, key: &str| {
+                let path = base.join(v.get_ref());
+                std::fs::read(&path).map_err(|e| {
+                    bad(
+                        v.span(),
+                        key,
+                        format!("= '{}': cannot read {}: {e}", v.get_ref(), path.display()),
+                    )
+                })
+            };
+            if let Some(ca) = &mep.ca_file {
+                let pem = read(ca, "mep.ca_file")?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(bad(
+                        ca.span(),
+                        "mep.ca_file",
+                        format!("= '{}' holds no PEM certificate", ca.get_ref()),
+                    ));
+                }
+                mep_config.ca_pem = Some(pem);
+            }
+            if let Some(t) = &mep.token_file {
+                let token = String::from_utf8(read(t, "mep.token_file")?)
+                    .map_err(|_| bad(t.span(), "mep.token_file", "is not UTF-8 text".into()))?;
+                let token = token.trim();
+                if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(bad(
+                        t.span(),
+                        "mep.token_file",
+                        "must hold one token: non-empty, no spaces or control characters".into(),
+                    ));
+                }
+                mep_config.token = Some(Secret::new(token.to_string()));
+            }
+            if let Some(name) = &mep.app_name {
+                let n = name.get_ref();
+                if n.is_empty() || n.chars().count() > 63 {
+                    return Err(bad(
+                        name.span(),
+                        "mep.app_name",
+                        "must be 1-63 characters".into(),
+                    ));
+                }
+                mep_config.app_name = Some(n.clone());
+            }
+            if let Some(v) = &mep.poll_interval_ms {
+                if !(10..=60_000).contains(v.get_ref()) {
+                    return Err(bad(
+                        v.span(),
+                        "mep.poll_interval_ms",
+                        format!("= {} is out of range 10..=60000", v.get_ref()),
+                    ));
+                }
+                mep_config.poll_interval = Duration::from_millis(*v.get_ref() as u64);
+            }
+            if let Some(v) = &mep.poll_attempts {
+                if !(1..=10_000).contains(v.get_ref()) {
+                    return Err(bad(
+                        v.span(),
+                        "mep.poll_attempts",
+                        format!("= {} is out of range 1..=10000", v.get_ref()),
+                    ));
+                }
+                mep_config.poll_attempts = *v.get_ref() as u32;
+            }
             regions.push(RegionConfig {
                 id,
                 description: r.description,
@@ -350,11 +477,7 @@ impl Config {
                 longitude,
                 altitude: r.altitude,
                 range_km,
-                mep: MepConfig {
-                    driver: mep.driver,
-                    url,
-                    timeout: Duration::from_millis(timeout_ms as u64),
-                },
+                mep: mep_config,
             });
         }
         if regions.is_empty() {
@@ -545,6 +668,77 @@ url = "http://127.0.0.1:13000/"
         assert!(e.contains("line 2: [server] listen"), "{e}");
         let e = parse_err(&format!("[server]\nworkers = 0\n{MINIMAL}"));
         assert!(e.contains("workers = 0 is out of range"), "{e}");
+    }
+
+    #[test]
+    fn every_driver_name_is_accepted() {
+        for name in ["llmec", "simulated", "edgegallery", "etsi-mec011"] {
+            let c =
+                Config::parse(&MINIMAL.replace("\"llmec\"", &format!("\"{name}\"")), "f").unwrap();
+            assert_eq!(c.regions[0].mep.driver.name(), name);
+        }
+    }
+
+    #[test]
+    fn credentials_and_ca_are_read_relative_to_the_config_file_and_never_shown() {
+        let dir = std::env::temp_dir().join(format!("mec-config-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), "s3cr3t\n").unwrap();
+        std::fs::write(
+            dir.join("ca.pem"),
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let file = dir.join("regions.toml").display().to_string();
+        let text = MINIMAL.replace(
+            "url = ",
+            "token_file = \"token\"\nca_file = \"ca.pem\"\nurl = ",
+        );
+        let c = Config::parse(&text, &file).unwrap();
+        let mep = &c.regions[0].mep;
+        assert_eq!(mep.token.as_ref().unwrap().expose(), "s3cr3t");
+        assert!(mep.ca_pem.is_some());
+        assert!(
+            !format!("{c:?}").contains("s3cr3t"),
+            "the token never shows in Debug"
+        );
+        let e =
+            parse_err(&MINIMAL.replace("url = ", "token_file = \"/nonexistent/token\"\nurl = "));
+        assert!(
+            e.contains("line 9: region '2': mep.token_file") && e.contains("/nonexistent/token"),
+            "{e}"
+        );
+        std::fs::write(dir.join("not-a-ca"), "hello").unwrap();
+        let e = Config::parse(
+            &MINIMAL.replace("url = ", "ca_file = \"not-a-ca\"\nurl = "),
+            &file,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+    }
+
+    #[test]
+    fn polling_and_app_name_are_read_and_bounded() {
+        let text = MINIMAL.replace(
+            "url = ",
+            "poll_interval_ms = 50\npoll_attempts = 4\napp_name = \"video\"\nurl = ",
+        );
+        let mep = Config::parse(&text, "f").unwrap().regions[0].mep.clone();
+        assert_eq!(
+            (mep.poll_interval, mep.poll_attempts),
+            (Duration::from_millis(50), 4)
+        );
+        assert_eq!(mep.app_name.as_deref(), Some("video"));
+        assert!(
+            parse_err(&MINIMAL.replace("url = ", "poll_attempts = 0\nurl = "))
+                .contains("poll_attempts")
+        );
+        let long = "a".repeat(64);
+        assert!(
+            parse_err(&MINIMAL.replace("url = ", &format!("app_name = \"{long}\"\nurl = ")))
+                .contains("1-63")
+        );
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct CreationRequest {
     pub app_dns_rule: Option<Vec<DnsRule>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_latency: Option<LatencyDescriptor>,
+    /// Extension: the application instance whose rules an `etsi-mec011` platform already
+    /// knows; other drivers use the RequestId. Accepted in this spelling only.
+    #[serde(rename = "appInstanceId", skip_serializing_if = "Option::is_none")]
+    pub app_instance_id: Option<String>,
     /// Fields the plugin assigns; accepted and ignored so that a stored request can be re-sent.
     #[serde(rename = "RequestId", alias = "requestId", default, skip_serializing)]
     pub(crate) _request_id: Option<IgnoredAny>,
@@ -472,6 +476,9 @@ pub fn validate(request: &CreationRequest) -> Result<(), String> {
                 }
             }
         }
+    }
+    if let Some(app) = &request.app_instance_id {
+        check_id(app, "appInstanceId")?;
     }
     for (at, raw) in free_forms(request) {
         check_depth(raw, &at)?;

@@ -594,11 +594,7 @@ mod tests {
             longitude: 0.0,
             altitude: 0.0,
             range_km: 1.0,
-            mep: MepConfig {
-                driver: DriverKind::Simulated,
-                url: "simulated:".into(),
-                timeout: Duration::from_secs(1),
-            },
+            mep: MepConfig::new(DriverKind::Simulated, "simulated:", Duration::from_secs(1)),
         };
         (
             Service::with_regions(vec![Region {

@@ -35,11 +35,7 @@ const DNS_BODY: &str =
 const TRAFFIC_BODY: &str = r#"{"ue_list":["208930100001114"],"service_ip":"195.251.255.142","port":"80","transport":1,"mec_ipaddr":"172.16.0.111","mec_macaddr":"00:11:22:33:44:55","type":2}"#;
 
 fn mep(url: &str, timeout: Duration) -> MepConfig {
-    MepConfig {
-        driver: DriverKind::Llmec,
-        url: url.to_string(),
-        timeout,
-    }
+    MepConfig::new(DriverKind::Llmec, url, timeout)
 }
 
 fn driver(fake: &FakeLlMec, timeout: Duration) -> LlMec {

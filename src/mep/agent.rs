@@ -236,11 +236,7 @@ mod tests {
     use std::net::TcpListener;
 
     fn mep(url: &str, timeout_ms: u64) -> MepConfig {
-        MepConfig {
-            driver: DriverKind::Llmec,
-            url: url.to_string(),
-            timeout: Duration::from_millis(timeout_ms),
-        }
+        MepConfig::new(DriverKind::Llmec, url, Duration::from_millis(timeout_ms))
     }
 
     /// A one-shot server answering `answer` (raw HTTP) to the first connection; returns the

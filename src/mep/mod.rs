@@ -118,5 +118,8 @@ pub fn build(region_id: &str, mep: &MepConfig) -> Arc<dyn Driver> {
     match mep.driver {
         DriverKind::Llmec => Arc::new(llmec::LlMec::new(mep)),
         DriverKind::Simulated => Arc::new(simulated::Simulated::new(region_id)),
+        DriverKind::Edgegallery | DriverKind::EtsiMec011 => {
+            unimplemented!("driver {} is not built yet", mep.driver.name())
+        }
     }
 }

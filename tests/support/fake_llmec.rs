@@ -12,7 +12,7 @@
 //!
 //! ```ignore
 //! let mep = FakeLlMec::start();
-//! let driver = LlMec::new(&MepConfig { driver: DriverKind::Llmec, url: mep.url(), timeout });
+//! let driver = LlMec::new(&MepConfig::new(DriverKind::Llmec, &mep.url(), timeout));
 //! mep.fail_nth_post(2, 500); // the 2nd POST from now answers 500 and installs nothing
 //! mep.delay(Duration::from_secs(5)); // every call waits 5 s before being handled
 //! mep.stop(); // connection refused ... mep.restart();
