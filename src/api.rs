@@ -2,8 +2,13 @@
 //! API, handlers named after their routes, and the JSON views of regions and stored requests in
 //! the configured spelling. Pure functions of request and service: no sockets here.
 
+use std::sync::Arc;
+use std::time::Instant;
+
+use percent_encoding::percent_decode_str;
 use serde::Serialize;
 
+use crate::config::Secret;
 use crate::error::ApiError;
 use crate::http::{Request, Response};
 use crate::model::{self, ApiStyle, CreationRequest, Status};
@@ -14,26 +19,50 @@ use crate::util::rfc3339;
 /// Base path of the API.
 pub const BASE: &str = "/MEC/v1";
 
-/// The resources of the API.
+/// The resources served.
 #[derive(Debug, PartialEq, Eq)]
 enum Route<'a> {
     Regions,
     Region(&'a str),
     Requests,
     Request(&'a str),
+    Health,
+    Metrics,
 }
 
 impl Route<'_> {
     fn allow(&self) -> &'static str {
         match self {
-            Route::Regions | Route::Region(_) => "GET, HEAD",
+            Route::Regions | Route::Region(_) | Route::Health | Route::Metrics => "GET, HEAD",
             Route::Requests => "GET, HEAD, POST",
             Route::Request(_) => "GET, HEAD, DELETE",
         }
     }
+
+    /// The route's template, a metrics label of bounded cardinality.
+    fn template(&self) -> &'static str {
+        match self {
+            Route::Regions => "/MEC/v1/service/regions",
+            Route::Region(_) => "/MEC/v1/service/regions/{RegionId}",
+            Route::Requests => "/MEC/v1/service/requests",
+            Route::Request(_) => "/MEC/v1/service/requests/{RequestId}",
+            Route::Health => "/healthz",
+            Route::Metrics => "/metrics",
+        }
+    }
+
+    /// Whether the route needs the bearer token when one is configured.
+    fn protected(&self) -> bool {
+        !matches!(self, Route::Health)
+    }
 }
 
 fn route(path: &str) -> Option<Route<'_>> {
+    match path {
+        "/healthz" => return Some(Route::Health),
+        "/metrics" => return Some(Route::Metrics),
+        _ => {}
+    }
     let rest = path.strip_prefix(BASE)?.strip_prefix("/service/")?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let segments: Vec<&str> = rest.split('/').collect();
@@ -46,47 +75,214 @@ fn route(path: &str) -> Option<Route<'_>> {
     }
 }
 
-/// Answers one northbound request.
-pub fn handle(service: &Service, style: ApiStyle, request: &Request) -> Response {
-    dispatch(service, style, request).unwrap_or_else(|e| e.to_response(style))
+/// The API: the service, the response spelling and the optional bearer token.
+pub struct Api {
+    pub service: Arc<Service>,
+    pub style: ApiStyle,
+    pub token: Option<Secret>,
 }
 
-fn dispatch(service: &Service, style: ApiStyle, request: &Request) -> Result<Response, ApiError> {
-    let path = request.path();
-    let Some(route) = route(path) else {
-        return Err(ApiError::NoRoute {
-            path: path.to_string(),
-        });
-    };
-    let method = match request.method.as_str() {
-        "HEAD" => "GET",
-        m => m,
-    };
-    match (method, &route) {
-        ("GET", Route::Regions) => Ok(list_regions(service, style)),
-        ("GET", Route::Region(id)) => list_region_requests(service, style, id),
-        ("GET", Route::Requests) => list_requests(service, style),
-        ("POST", Route::Requests) => create_request(service, style, request),
-        ("GET", Route::Request(id)) => get_request(service, style, id),
-        ("DELETE", Route::Request(id)) => delete_request(service, style, id),
-        _ => Err(ApiError::MethodNotAllowed {
-            path: path.to_string(),
-            allow: route.allow(),
-        }),
+impl Api {
+    /// Answers one request, counting it in the metrics.
+    pub fn handle(&self, request: &Request) -> Response {
+        let started = Instant::now();
+        let path = request.path();
+        let found = route(path);
+        let response = match &found {
+            None if path.starts_with(BASE) && !self.authorized(request) => ApiError::Unauthorized,
+            None => ApiError::NoRoute {
+                path: path.to_string(),
+            },
+            Some(route) => match self.dispatch(route, request) {
+                Ok(response) => {
+                    self.record(route.template(), request, response.status, started);
+                    return response;
+                }
+                Err(e) => e,
+            },
+        }
+        .to_response(self.style);
+        let template = found.as_ref().map_or("other", Route::template);
+        self.record(template, request, response.status, started);
+        response
+    }
+
+    fn record(&self, template: &'static str, request: &Request, status: u16, started: Instant) {
+        self.service
+            .metrics
+            .northbound(template, &request.method, status, started.elapsed());
+    }
+
+    /// True when no token is configured or the request carries it (compared in constant time).
+    fn authorized(&self, request: &Request) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let presented = request
+            .authorization
+            .as_deref()
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .unwrap_or("");
+        constant_time_eq(presented.as_bytes(), token.expose().as_bytes())
+    }
+
+    fn dispatch(&self, route: &Route<'_>, request: &Request) -> Result<Response, ApiError> {
+        if route.protected() && !self.authorized(request) {
+            return Err(ApiError::Unauthorized);
+        }
+        let (service, style) = (&*self.service, self.style);
+        let method = match request.method.as_str() {
+            "HEAD" => "GET",
+            m => m,
+        };
+        match (method, route) {
+            ("GET", Route::Regions) => list_regions(service, style, request.query()),
+            ("GET", Route::Region(id)) => list_region_requests(service, style, id),
+            ("GET", Route::Requests) => list_requests(service, style),
+            ("POST", Route::Requests) => create_request(service, style, request),
+            ("GET", Route::Request(id)) => get_request(service, style, id),
+            ("DELETE", Route::Request(id)) => delete_request(service, style, id),
+            ("GET", Route::Health) => Ok(health(service)),
+            ("GET", Route::Metrics) => Ok(metrics(service)),
+            _ => Err(ApiError::MethodNotAllowed {
+                path: request.path().to_string(),
+                allow: route.allow(),
+            }),
+        }
     }
 }
 
-fn list_regions(service: &Service, style: ApiStyle) -> Response {
-    let regions: Vec<RegionView<'_>> = service
+/// Compares two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+/// `GET /healthz`: the plugin is serving and its state is loaded (it only starts serving then).
+fn health(service: &Service) -> Response {
+    let body = serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "regions": service.regions().len(),
+        "requests": service.list_len(),
+        "reconcilerBacklog": service.backlog(),
+    });
+    Response::json(200, body.to_string().into_bytes())
+}
+
+/// `GET /metrics`: Prometheus text format.
+fn metrics(service: &Service) -> Response {
+    let text = service.metrics.render(&service.gauges());
+    Response {
+        status: 200,
+        content_type: "text/plain; version=0.0.4; charset=utf-8",
+        headers: Vec::new(),
+        body: text.into_bytes(),
+    }
+}
+
+/// A position given as `?latitude=..&longitude=..`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Position {
+    latitude: f64,
+    longitude: f64,
+}
+
+/// Parses the query of `GET /service/regions`: nothing, or both coordinates.
+fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
+    let bad = |detail: String| ApiError::BadRequest { detail };
+    let (mut latitude, mut longitude) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode_str(value).decode_utf8_lossy();
+        let (slot, range) = match key {
+            "latitude" => (&mut latitude, 90.0),
+            "longitude" => (&mut longitude, 180.0),
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter '{other}'; the regions list takes 'latitude' and 'longitude'"
+                )));
+            }
+        };
+        let number: f64 = value
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v: &f64| v.is_finite())
+            .ok_or_else(|| {
+                bad(format!(
+                    "query parameter '{key}' = '{value}' is not a number"
+                ))
+            })?;
+        if !(-range..=range).contains(&number) {
+            return Err(bad(format!(
+                "query parameter '{key}' = {number} is out of range -{range}..{range}"
+            )));
+        }
+        *slot = Some(number);
+    }
+    match (latitude, longitude) {
+        (None, None) => Ok(None),
+        (Some(latitude), Some(longitude)) => Ok(Some(Position {
+            latitude,
+            longitude,
+        })),
+        (None, Some(_)) => Err(bad(
+            "query parameter 'latitude' is missing (give both or neither)".into(),
+        )),
+        (Some(_), None) => Err(bad(
+            "query parameter 'longitude' is missing (give both or neither)".into(),
+        )),
+    }
+}
+
+/// Great-circle distance in km (haversine, mean Earth radius).
+fn distance_km(a: Position, b: Position) -> f64 {
+    const EARTH_RADIUS_KM: f64 = 6371.0088;
+    let (lat1, lat2) = (a.latitude.to_radians(), b.latitude.to_radians());
+    let dlat = lat2 - lat1;
+    let dlon = (b.longitude - a.longitude).to_radians();
+    let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
+}
+
+/// `GET /service/regions`, optionally only those whose circle covers a position, nearest
+/// first.
+fn list_regions(
+    service: &Service,
+    style: ApiStyle,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let position = parse_position(query)?;
+    let mut regions: Vec<(f64, &Region)> = service
         .regions()
         .iter()
-        .map(|r| RegionView::new(r, style))
+        .map(|r| {
+            let centre = Position {
+                latitude: r.config.latitude,
+                longitude: r.config.longitude,
+            };
+            (position.map_or(0.0, |p| distance_km(p, centre)), r)
+        })
+        .filter(|(distance, r)| position.is_none() || *distance <= r.config.range_km)
+        .collect();
+    regions.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let regions: Vec<RegionView<'_>> = regions
+        .into_iter()
+        .map(|(_, r)| RegionView::new(r, style))
         .collect();
     let body = match style {
         ApiStyle::Spec => serde_json::to_vec(&RegionsSpec { regions }),
         ApiStyle::Camel => serde_json::to_vec(&RegionsCamel { regions }),
     };
-    Response::json(200, body.expect("regions serialise"))
+    Ok(Response::json(200, body.expect("regions serialise")))
 }
 
 fn list_region_requests(
@@ -314,6 +510,55 @@ mod tests {
         assert_eq!(route("/MEC/v1/service"), None);
         assert_eq!(route("/MEC/v2/service/regions"), None);
         assert_eq!(route("/"), None);
+    }
+
+    #[test]
+    fn tokens_are_compared_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn a_position_query_is_both_coordinates_or_none() {
+        assert_eq!(parse_position(None).unwrap(), None);
+        assert_eq!(parse_position(Some("")).unwrap(), None);
+        assert_eq!(
+            parse_position(Some("latitude=43.6&longitude=%2D7.5")).unwrap(),
+            Some(Position {
+                latitude: 43.6,
+                longitude: -7.5
+            })
+        );
+        for (query, needle) in [
+            ("latitude=1", "'longitude' is missing"),
+            ("longitude=1", "'latitude' is missing"),
+            ("latitude=x&longitude=1", "'latitude' = 'x' is not a number"),
+            ("latitude=91&longitude=1", "out of range"),
+            ("latitude=1&longitude=-180.1", "out of range"),
+            ("latitude=NaN&longitude=1", "not a number"),
+            ("lat=1&longitude=1", "unknown query parameter 'lat'"),
+        ] {
+            let e = parse_position(Some(query)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{query}: {e}");
+        }
+    }
+
+    #[test]
+    fn great_circle_distances_are_right() {
+        let sophia = Position {
+            latitude: 43.6143899,
+            longitude: 7.068931,
+        };
+        let turin = Position {
+            latitude: 45.0703,
+            longitude: 7.6869,
+        };
+        let d = distance_km(sophia, turin);
+        assert!((d - 168.0).abs() < 2.0, "{d}");
+        assert!(distance_km(sophia, sophia) < 1e-9);
     }
 
     #[test]

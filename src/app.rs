@@ -83,10 +83,12 @@ impl App {
                 .spawn(move || service.run_reconciler(&stop))
                 .map_err(StartError::Listen)?
         };
-        let style = config.server.api_style;
-        let handler_service = service.clone();
-        let handler: server::Handler =
-            Arc::new(move |request| api::handle(&handler_service, style, request));
+        let api = api::Api {
+            service: service.clone(),
+            style: config.server.api_style,
+            token: config.server.token.clone(),
+        };
+        let handler: server::Handler = Arc::new(move |request| api.handle(request));
         let server = Server::start(server::Options::from_config(&config.server), handler)
             .map_err(StartError::Listen)?;
         Ok(App {

@@ -45,6 +45,27 @@ pub struct ServerConfig {
     pub fsync: bool,
     /// Backoff of background removals (defaults 1 s doubling up to 60 s).
     pub retry: RetryPolicy,
+    /// Bearer token required on `/MEC/v1` and `/metrics` (read from `token_file`).
+    pub token: Option<Secret>,
+    /// Northbound TLS certificate chain and key (PEM, read from `tls_cert` / `tls_key`).
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM contents of the northbound certificate chain and private key.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Secret,
+}
+
+impl fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "TlsFiles {{ cert_pem: {} bytes, key_pem: *** }}",
+            self.cert_pem.len()
+        )
+    }
 }
 
 /// One `[[region]]`.
@@ -180,6 +201,9 @@ struct RawServer {
     fsync: Option<bool>,
     retry_initial_ms: Option<Spanned<i64>>,
     retry_max_ms: Option<Spanned<i64>>,
+    token_file: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -302,6 +326,42 @@ impl Config {
                             60_000,
                         )? as u64),
                     },
+                    token: match &s.token_file {
+                        Some(t) => Some(read_token(text, file, t, "[server] token_file")?),
+                        None => None,
+                    },
+                    tls: match (&s.tls_cert, &s.tls_key) {
+                        (None, None) => None,
+                        (Some(cert), Some(key)) => {
+                            let cert_pem = read_file(text, file, cert, "[server] tls_cert")?;
+                            if !String::from_utf8_lossy(&cert_pem)
+                                .contains("-----BEGIN CERTIFICATE-----")
+                            {
+                                return Err(err(format!(
+                                    "line {}: [server] tls_cert = '{}' holds no PEM certificate",
+                                    at(cert.span()),
+                                    cert.get_ref()
+                                )));
+                            }
+                            let key_pem = read_file(text, file, key, "[server] tls_key")?;
+                            if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY-----") {
+                                return Err(err(format!(
+                                    "line {}: [server] tls_key = '{}' holds no PEM private key",
+                                    at(key.span()),
+                                    key.get_ref()
+                                )));
+                            }
+                            let key_pem =
+                                Secret::new(String::from_utf8_lossy(&key_pem).into_owned());
+                            Some(TlsFiles { cert_pem, key_pem })
+                        }
+                        (Some(v), None) | (None, Some(v)) => {
+                            return Err(err(format!(
+                                "line {}: [server] tls_cert and tls_key must be given together",
+                                at(v.span())
+                            )));
+                        }
+                    },
                 }
             }
             None => ServerConfig::default(),
@@ -404,19 +464,8 @@ impl Config {
             };
             let mut mep_config =
                 MepConfig::new(mep.driver, &url, Duration::from_millis(timeout_ms as u64));
-            let base = Path::new(file).parent().unwrap_or(Path::new(""));
-            let read = |v: &Spanned<String>, key: &str| {
-                let path = base.join(v.get_ref());
-                std::fs::read(&path).map_err(|e| {
-                    bad(
-                        v.span(),
-                        key,
-                        format!("= '{}': cannot read {}: {e}", v.get_ref(), path.display()),
-                    )
-                })
-            };
             if let Some(ca) = &mep.ca_file {
-                let pem = read(ca, "mep.ca_file")?;
+                let pem = read_file(text, file, ca, &format!("region {name}: mep.ca_file"))?;
                 if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
                     return Err(bad(
                         ca.span(),
@@ -427,17 +476,12 @@ impl Config {
                 mep_config.ca_pem = Some(pem);
             }
             if let Some(t) = &mep.token_file {
-                let token = String::from_utf8(read(t, "mep.token_file")?)
-                    .map_err(|_| bad(t.span(), "mep.token_file", "is not UTF-8 text".into()))?;
-                let token = token.trim();
-                if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    return Err(bad(
-                        t.span(),
-                        "mep.token_file",
-                        "must hold one token: non-empty, no spaces or control characters".into(),
-                    ));
-                }
-                mep_config.token = Some(Secret::new(token.to_string()));
+                mep_config.token = Some(read_token(
+                    text,
+                    file,
+                    t,
+                    &format!("region {name}: mep.token_file"),
+                )?);
             }
             if let Some(name) = &mep.app_name {
                 let n = name.get_ref();
@@ -520,12 +564,58 @@ impl Default for ServerConfig {
             connection_threads: 128,
             fsync: true,
             retry: RetryPolicy::default(),
+            token: None,
+            tls: None,
         }
     }
 }
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8082))
+}
+
+/// Reads a file named in the configuration, relative to the configuration file's directory;
+/// errors name the file, line and key (`what`).
+fn read_file(
+    text: &str,
+    file: &str,
+    value: &Spanned<String>,
+    what: &str,
+) -> Result<Vec<u8>, ConfigError> {
+    let base = Path::new(file).parent().unwrap_or(Path::new(""));
+    let path = base.join(value.get_ref());
+    std::fs::read(&path).map_err(|e| ConfigError {
+        file: file.to_string(),
+        message: format!(
+            "line {}: {what} = '{}': cannot read {}: {e}",
+            line_of(text, value.span().start),
+            value.get_ref(),
+            path.display()
+        ),
+    })
+}
+
+/// Reads a file holding one bearer token.
+fn read_token(
+    text: &str,
+    file: &str,
+    value: &Spanned<String>,
+    what: &str,
+) -> Result<Secret, ConfigError> {
+    let bytes = read_file(text, file, value, what)?;
+    let token = String::from_utf8(bytes).unwrap_or_default();
+    let token = token.trim();
+    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError {
+            file: file.to_string(),
+            message: format!(
+                "line {}: {what} = '{}' must hold one token: non-empty UTF-8, no spaces or control characters",
+                line_of(text, value.span().start),
+                value.get_ref()
+            ),
+        });
+    }
+    Ok(Secret::new(token.to_string()))
 }
 
 /// 1-based line number of a byte offset.

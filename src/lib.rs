@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod journal;
 pub mod mep;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod service;

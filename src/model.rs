@@ -369,6 +369,19 @@ pub enum Status {
     Deleted,
 }
 
+impl Status {
+    /// The name the API shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Created => "CREATED",
+            Status::Failed => "FAILED",
+            Status::Deleting => "DELETING",
+            Status::Deleted => "DELETED",
+        }
+    }
+}
+
 /// Parses a creation body. The error names the JSON path of the offending field.
 pub fn parse_creation(body: &[u8]) -> Result<CreationRequest, String> {
     let de = &mut serde_json::Deserializer::from_slice(body);

@@ -6,13 +6,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
 use crate::config::{Config, RegionConfig};
 use crate::error::ApiError;
 use crate::mep::{self, Driver, MepError, Step};
+use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::model::{CreationRequest, Status};
 use crate::store::{Record, Store, StoreError};
 use crate::util::{new_uuid, now_millis, random_fraction};
@@ -64,6 +65,9 @@ pub enum Removal {
 pub struct Service {
     regions: Vec<Region>,
     store: Store,
+    /// Counters and latencies of the API and of platform calls.
+    pub metrics: Metrics,
+    started: Instant,
     retry: RetryPolicy,
     /// Set to wake the reconciler before its next due time.
     wake: (Mutex<bool>, Condvar),
@@ -116,6 +120,8 @@ impl Service {
         Service {
             regions,
             store,
+            metrics: Metrics::default(),
+            started: Instant::now(),
             retry,
             wake: (Mutex::new(false), Condvar::new()),
         }
@@ -135,6 +141,11 @@ impl Service {
 
     pub fn list(&self, region_id: Option<&str>) -> Vec<Record> {
         self.store.list(region_id)
+    }
+
+    /// How many requests are recorded.
+    pub fn list_len(&self) -> usize {
+        self.store.len()
     }
 
     /// Requests whose rules the reconciler still has to remove.
@@ -212,7 +223,7 @@ impl Service {
             if k > 0 {
                 self.set_applied(&id, k + 1).map_err(state_error)?;
             }
-            if let Err(error) = driver.apply(step) {
+            if let Err(error) = self.call(&region.config.id, "apply", || driver.apply(step)) {
                 if !error.is_ambiguous() {
                     self.set_applied(&id, k).map_err(state_error)?;
                 }
@@ -235,7 +246,7 @@ impl Service {
             "request {id}: {} failed in region {}: {error}; undoing",
             failed_step.label, region.config.id
         );
-        let detail = match self.undo(&id, driver.as_ref(), &steps) {
+        let detail = match self.undo(&id, region, &steps) {
             Ok(()) => format!(
                 "{} failed: {error}; every rule applied before it was removed again",
                 failed_step.label
@@ -315,7 +326,7 @@ impl Service {
             return Err(ApiError::Internal { detail });
         };
 
-        match self.undo(id, region.driver.as_ref(), &record.steps) {
+        match self.undo(id, region, &record.steps) {
             Ok(()) => {
                 let mut record = self
                     .store
@@ -403,7 +414,7 @@ impl Service {
             region.config.id,
             record.attempts + 1
         );
-        match self.undo(id, region.driver.as_ref(), &record.steps) {
+        match self.undo(id, region, &record.steps) {
             Ok(()) if record.status == Status::Deleting => {
                 self.store.remove(id)?;
                 info!("request {id}: removed from region {}", region.config.id);
@@ -476,7 +487,7 @@ impl Service {
     /// Removes the applied steps of a request in reverse order, recording each removal; a step
     /// another request of the region also holds stays on the platform. On a platform failure,
     /// says how many steps may remain and which removal failed.
-    fn undo<'a>(&self, id: &str, driver: &dyn Driver, steps: &'a [Step]) -> Result<(), Undo<'a>> {
+    fn undo<'a>(&self, id: &str, region: &Region, steps: &'a [Step]) -> Result<(), Undo<'a>> {
         let applied = self.store.get(id).map_or(0, |r| r.applied);
         for k in (0..applied).rev() {
             if self
@@ -486,7 +497,10 @@ impl Service {
             {
                 continue;
             }
-            driver.remove(&steps[k]).map_err(|error| Undo::Platform {
+            self.call(&region.config.id, "remove", || {
+                region.driver.remove(&steps[k])
+            })
+            .map_err(|error| Undo::Platform {
                 left: k + 1,
                 step: &steps[k],
                 error,
@@ -494,6 +508,45 @@ impl Service {
             self.set_applied(id, k).map_err(Undo::State)?;
         }
         Ok(())
+    }
+
+    /// Makes one platform call, counting it in the metrics.
+    fn call(
+        &self,
+        region: &str,
+        operation: &'static str,
+        f: impl FnOnce() -> Result<(), MepError>,
+    ) -> Result<(), MepError> {
+        let started = Instant::now();
+        let result = f();
+        let outcome = match &result {
+            Ok(()) => Outcome::Ok,
+            Err(MepError::Refused { .. }) => Outcome::Refused,
+            Err(MepError::Unreachable { .. }) => Outcome::Unreachable,
+            Err(MepError::Timeout { .. }) => Outcome::Timeout,
+        };
+        self.metrics
+            .southbound(region, operation, outcome, started.elapsed());
+        result
+    }
+
+    /// Values for the metrics exposition, read now.
+    pub fn gauges(&self) -> Gauges {
+        let mut gauges = Gauges {
+            reconciler_backlog: self.backlog(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            ..Gauges::default()
+        };
+        for status in [
+            Status::Pending,
+            Status::Created,
+            Status::Failed,
+            Status::Deleting,
+        ] {
+            let count = self.store.count(|r| r.status == status);
+            gauges.requests_by_status.insert(status.name(), count);
+        }
+        gauges
     }
 
     fn set_applied(&self, id: &str, applied: usize) -> Result<(), StoreError> {

@@ -1,0 +1,299 @@
+//! Counters and latency histograms of the northbound API and of platform calls, and their
+//! Prometheus text exposition (`GET /metrics`). Small and dependency-free: a few maps behind
+//! short-lived mutexes, updated once per request or platform call.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+const BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram with [`BUCKETS`].
+#[derive(Debug, Clone, Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        if let Some(i) = BUCKETS.iter().position(|&b| seconds <= b) {
+            self.counts[i] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    /// Writes `<name>_bucket`, `_sum` and `_count` lines with the given labels.
+    fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, n) in BUCKETS.iter().zip(self.counts) {
+            cumulative += n;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+/// What happened to a platform call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    Ok,
+    Refused,
+    Unreachable,
+    Timeout,
+}
+
+impl Outcome {
+    fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Refused => "refused",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Northbound {
+    /// (route, method, status) → count
+    requests: BTreeMap<(&'static str, String, u16), u64>,
+    /// route → latency
+    latency: BTreeMap<&'static str, Histogram>,
+}
+
+#[derive(Debug, Default)]
+struct Southbound {
+    /// (region, operation, outcome) → count
+    calls: BTreeMap<(String, &'static str, Outcome), u64>,
+    /// (region, operation) → latency
+    latency: BTreeMap<(String, &'static str), Histogram>,
+}
+
+/// All metrics of one plugin.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    northbound: Mutex<Northbound>,
+    southbound: Mutex<Southbound>,
+}
+
+/// Point-in-time values read when the metrics are scraped.
+#[derive(Debug, Default)]
+pub struct Gauges {
+    /// Number of stored requests by status name.
+    pub requests_by_status: BTreeMap<&'static str, usize>,
+    /// Requests with rules the reconciler still has to remove.
+    pub reconciler_backlog: usize,
+    /// Seconds since the process started.
+    pub uptime_seconds: f64,
+}
+
+impl Metrics {
+    /// Counts one northbound request. `route` is a route template (bounded cardinality).
+    pub fn northbound(&self, route: &'static str, method: &str, status: u16, took: Duration) {
+        // Methods are bounded too: anything unusual is counted as OTHER.
+        let method = match method {
+            "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" => method,
+            _ => "OTHER",
+        };
+        let mut n = self.northbound.lock().unwrap_or_else(|p| p.into_inner());
+        *n.requests
+            .entry((route, method.to_string(), status))
+            .or_default() += 1;
+        n.latency
+            .entry(route)
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts one platform call (`operation` is `apply` or `remove`).
+    pub fn southbound(
+        &self,
+        region: &str,
+        operation: &'static str,
+        outcome: Outcome,
+        took: Duration,
+    ) {
+        let mut s = self.southbound.lock().unwrap_or_else(|p| p.into_inner());
+        *s.calls
+            .entry((region.to_string(), operation, outcome))
+            .or_default() += 1;
+        s.latency
+            .entry((region.to_string(), operation))
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let _ = writeln!(
+            out,
+            "# HELP mec_plugin_build_info Version of the running plugin."
+        );
+        let _ = writeln!(out, "# TYPE mec_plugin_build_info gauge");
+        let _ = writeln!(
+            out,
+            "mec_plugin_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mec_plugin_uptime_seconds Seconds since the plugin started."
+        );
+        let _ = writeln!(out, "# TYPE mec_plugin_uptime_seconds gauge");
+        let _ = writeln!(
+            out,
+            "mec_plugin_uptime_seconds {:.3}",
+            gauges.uptime_seconds
+        );
+
+        {
+            let n = self.northbound.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(
+                out,
+                "# HELP mec_plugin_http_requests_total Northbound requests by route, method and status."
+            );
+            let _ = writeln!(out, "# TYPE mec_plugin_http_requests_total counter");
+            for ((route, method, status), count) in &n.requests {
+                let _ = writeln!(
+                    out,
+                    "mec_plugin_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP mec_plugin_http_request_duration_seconds Northbound request handling time by route."
+            );
+            let _ = writeln!(
+                out,
+                "# TYPE mec_plugin_http_request_duration_seconds histogram"
+            );
+            for (route, h) in &n.latency {
+                h.write(
+                    &mut out,
+                    "mec_plugin_http_request_duration_seconds",
+                    &format!("route=\"{route}\""),
+                );
+            }
+        }
+        {
+            let s = self.southbound.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(
+                out,
+                "# HELP mec_plugin_mep_calls_total Platform calls by region, operation and outcome."
+            );
+            let _ = writeln!(out, "# TYPE mec_plugin_mep_calls_total counter");
+            for ((region, operation, outcome), count) in &s.calls {
+                let _ = writeln!(
+                    out,
+                    "mec_plugin_mep_calls_total{{region=\"{}\",operation=\"{operation}\",outcome=\"{}\"}} {count}",
+                    escape(region),
+                    outcome.name()
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP mec_plugin_mep_call_duration_seconds Platform call time by region and operation."
+            );
+            let _ = writeln!(out, "# TYPE mec_plugin_mep_call_duration_seconds histogram");
+            for ((region, operation), h) in &s.latency {
+                let labels = format!("region=\"{}\",operation=\"{operation}\"", escape(region));
+                h.write(&mut out, "mec_plugin_mep_call_duration_seconds", &labels);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mec_plugin_requests Stored rule requests by status."
+        );
+        let _ = writeln!(out, "# TYPE mec_plugin_requests gauge");
+        for (status, count) in &gauges.requests_by_status {
+            let _ = writeln!(out, "mec_plugin_requests{{status=\"{status}\"}} {count}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mec_plugin_reconciler_backlog Requests whose rules the reconciler still has to remove."
+        );
+        let _ = writeln!(out, "# TYPE mec_plugin_reconciler_backlog gauge");
+        let _ = writeln!(
+            out,
+            "mec_plugin_reconciler_backlog {}",
+            gauges.reconciler_backlog
+        );
+        out
+    }
+}
+
+/// Escapes a label value (backslash, quote, newline).
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_histograms_are_exposed_in_prometheus_text_format() {
+        let m = Metrics::default();
+        m.northbound(
+            "/MEC/v1/service/requests",
+            "POST",
+            201,
+            Duration::from_millis(3),
+        );
+        m.northbound(
+            "/MEC/v1/service/requests",
+            "POST",
+            201,
+            Duration::from_millis(30),
+        );
+        m.northbound(
+            "/MEC/v1/service/requests",
+            "BREW",
+            405,
+            Duration::from_millis(1),
+        );
+        m.southbound("2", "apply", Outcome::Ok, Duration::from_millis(2));
+        m.southbound("2", "remove", Outcome::Timeout, Duration::from_secs(3));
+        let mut gauges = Gauges {
+            reconciler_backlog: 1,
+            ..Gauges::default()
+        };
+        gauges.requests_by_status.insert("CREATED", 4);
+        let text = m.render(&gauges);
+        for line in [
+            "mec_plugin_http_requests_total{route=\"/MEC/v1/service/requests\",method=\"POST\",status=\"201\"} 2",
+            "mec_plugin_http_requests_total{route=\"/MEC/v1/service/requests\",method=\"OTHER\",status=\"405\"} 1",
+            "mec_plugin_http_request_duration_seconds_bucket{route=\"/MEC/v1/service/requests\",le=\"0.005\"} 2",
+            "mec_plugin_http_request_duration_seconds_bucket{route=\"/MEC/v1/service/requests\",le=\"+Inf\"} 3",
+            "mec_plugin_http_request_duration_seconds_count{route=\"/MEC/v1/service/requests\"} 3",
+            "mec_plugin_mep_calls_total{region=\"2\",operation=\"apply\",outcome=\"ok\"} 1",
+            "mec_plugin_mep_calls_total{region=\"2\",operation=\"remove\",outcome=\"timeout\"} 1",
+            "mec_plugin_mep_call_duration_seconds_bucket{region=\"2\",operation=\"remove\",le=\"2.5\"} 0",
+            "mec_plugin_mep_call_duration_seconds_bucket{region=\"2\",operation=\"remove\",le=\"5\"} 1",
+            "mec_plugin_requests{status=\"CREATED\"} 4",
+            "mec_plugin_reconciler_backlog 1",
+            "# TYPE mec_plugin_http_request_duration_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        assert!(text.contains("mec_plugin_build_info{version=\""));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
