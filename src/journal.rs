@@ -483,22 +483,33 @@ pub fn encode(entry: &Entry) -> String {
 }
 
 /// Checks and parses one line (without its newline).
-fn decode(line: &[u8]) -> Result<Entry, String> {
-    let text = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_string())?;
+fn decode(line: &[u8]) -> Result<Entry, BadLine> {
+    let damaged = |why: &str| BadLine::Damaged(why.to_string());
+    let text = std::str::from_utf8(line).map_err(|_| damaged("not UTF-8"))?;
     let mut parts = text.splitn(3, ' ');
     let (Some(crc), Some(version), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err("not a journal line".into());
+        return Err(damaged("not a journal line"));
     };
-    let crc = u32::from_str_radix(crc, 16).map_err(|_| "bad checksum field".to_string())?;
+    let crc = u32::from_str_radix(crc, 16).map_err(|_| damaged("bad checksum field"))?;
     if crc32fast::hash(json.as_bytes()) != crc {
-        return Err("checksum mismatch".into());
+        return Err(damaged("checksum mismatch"));
     }
+    // From here on the line is exactly what was written: it is not torn, only unreadable.
     if version != FORMAT_VERSION.to_string() {
-        return Err(format!(
-            "format version {version} is not supported (this build reads {FORMAT_VERSION})"
-        ));
+        return Err(BadLine::Unreadable(format!(
+            "format version {version} is not supported (this build reads {FORMAT_VERSION}; was it written by a newer mec-plugin?)"
+        )));
     }
-    serde_json::from_str(json).map_err(|e| format!("unreadable entry: {e}"))
+    serde_json::from_str(json).map_err(|e| BadLine::Unreadable(format!("unreadable entry: {e}")))
+}
+
+/// Why a line does not check out.
+enum BadLine {
+    /// Its bytes are not what was written (incomplete, checksum mismatch): at the end of the
+    /// last journal this is a write torn by a crash.
+    Damaged(String),
+    /// Written whole, but this build cannot read it: never torn, always refused.
+    Unreadable(String),
 }
 
 /// Replays one file; returns (entries, valid length in bytes, whether a torn tail was cut).
@@ -522,7 +533,7 @@ fn replay_file(
         let parsed = if complete {
             decode(&line[..n - 1])
         } else {
-            Err("line without its end".into())
+            Err(BadLine::Damaged("line without its end".into()))
         };
         match parsed {
             Ok(entry) => {
@@ -530,7 +541,7 @@ fn replay_file(
                 count += 1;
                 offset += n as u64;
             }
-            Err(reason) if may_be_torn && offset + n as u64 == total => {
+            Err(BadLine::Damaged(reason)) if may_be_torn && offset + n as u64 == total => {
                 warn!(
                     "{}: the last record (byte offset {offset}) was torn by a crash ({reason}); ignoring it",
                     path.display()
@@ -543,7 +554,7 @@ fn replay_file(
                 file.sync_all().map_err(io_err(path))?;
                 return Ok((count, offset, true));
             }
-            Err(reason) => {
+            Err(BadLine::Damaged(reason) | BadLine::Unreadable(reason)) => {
                 return Err(JournalError::Corrupt {
                     file: path.to_path_buf(),
                     offset,
@@ -708,6 +719,28 @@ mod tests {
             bytes,
             "the damaged file is not modified"
         );
+    }
+
+    #[test]
+    fn a_whole_last_line_this_build_cannot_read_is_refused_not_cut_off() {
+        let dir = temp_dir("newer");
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            j.wait(j.append(&put("a")).unwrap()).unwrap();
+        }
+        let path = dir.join(journal_name(1));
+        let json = r#"{"put":{"id":"b"}}"#;
+        let line = format!("{:08x} 2 {json}\n", crc32fast::hash(json.as_bytes()));
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(line.as_bytes())
+            .unwrap();
+        let before = fs::read(&path).unwrap();
+        let err = ids(&dir).unwrap_err().to_string();
+        assert!(err.contains("format version 2 is not supported"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), before, "nothing is cut off");
     }
 
     #[test]

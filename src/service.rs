@@ -166,7 +166,7 @@ impl Service {
                 "interrupted by a restart before any rule was applied".to_string()
             } else {
                 format!(
-                    "interrupted by a restart while being applied; the {} rule call(s) that may be on the platform are being removed",
+                    "interrupted by a restart while being applied (never acknowledged), so rolled back; {} rule call(s) may be on the platform and are being removed",
                     record.applied
                 )
             };
@@ -421,8 +421,8 @@ impl Service {
             }
             Ok(()) => {
                 let detail = format!(
-                    "{}; its rules were then removed from the platform",
-                    record.detail.as_deref().unwrap_or("failed")
+                    "{}; every rule call it may have applied has since been removed from the platform",
+                    reason(&record.detail)
                 );
                 self.store.update(id, |r| {
                     r.busy = false;
@@ -439,7 +439,8 @@ impl Service {
                 let attempts = record.attempts + 1;
                 let delay = self.retry.delay(attempts);
                 let detail = format!(
-                    "removal attempt {attempts} failed at {}: {error}; {left} rule call(s) still on the platform; next attempt in {} s",
+                    "{}; removal attempt {attempts} failed at {}: {error}; {left} rule call(s) still on the platform; next attempt in {} s",
+                    reason(&record.detail),
                     step.label,
                     delay.as_secs().max(1)
                 );
@@ -562,6 +563,16 @@ impl Service {
             })
             .map(|_| ())
     }
+}
+
+/// The first clause of a status detail: why the request got where it is, kept at the front
+/// while the reconciler reports its attempts after it.
+fn reason(detail: &Option<String>) -> &str {
+    detail
+        .as_deref()
+        .and_then(|d| d.split("; ").next())
+        .filter(|r| !r.is_empty())
+        .unwrap_or("failed")
 }
 
 /// Why an undo stopped.
