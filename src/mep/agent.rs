@@ -1,25 +1,37 @@
 //! The one outbound HTTP client every MEP driver uses: bounded in time and size, deaf to proxy
-//! environment variables, and the single place where per-MEP transport settings (and, later,
-//! a private CA and a bearer token) are put together.
+//! environment variables, and the single place where per-MEP transport settings (TLS trust and
+//! a bearer token) are put together.
 //!
-//! Guarantees of [`MepClient::send`]:
-//! - it returns within the region's `timeout` (connect, request, answer and body included),
-//!   plus scheduling noise;
+//! Guarantees of [`MepClient::send`] and [`MepClient::send_with`]:
+//! - it returns within the region's `timeout` (connect, TLS handshake, request, answer and body
+//!   included), plus scheduling noise;
 //! - it never goes through a proxy, whatever `http_proxy`, `HTTPS_PROXY`, `ALL_PROXY` or
 //!   `NO_PROXY` say: MEPs sit next to the plugin, and a proxy picked up from a service manager's
 //!   environment would silently reroute (and could log) southbound calls;
 //! - it never follows redirects (a 3xx is a refusal): credentials must not travel to another
 //!   host, and a POST must not silently become a GET;
 //! - it reads at most [`MAX_ANSWER_BYTES`] of an answer;
+//! - `https://` is verified, always: against exactly the certificates of the region's
+//!   `ca_file` when one is configured (the public web roots are then *not* trusted), else
+//!   against the public web roots (Mozilla's, built in). There is no setting that skips
+//!   verification, and a `ca_file` holding no usable certificate trusts nothing (every HTTPS
+//!   call fails) rather than falling back to the public roots;
+//! - with a `token_file`, every call carries `Authorization: Bearer <token>`;
 //! - it logs each call at debug level (method, URL, status, milliseconds) and never logs
-//!   credentials: user information in a URL is masked in logs and in errors.
+//!   credentials: the token appears in no log line, error or `Debug` output (it is held as a
+//!   header value marked sensitive, and the client's `Debug` only says whether one is set),
+//!   and user information in a URL is masked in logs and in errors. (ureq's own *trace* level
+//!   dumps the wire unredacted; the plugin never enables trace logging for it.)
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use log::debug;
+use log::{debug, error, warn};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use ureq::Agent;
-use ureq::http::{self, Method};
+use ureq::http::{self, HeaderValue, Method};
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
 use super::MepError;
 use crate::config::MepConfig;
@@ -30,19 +42,56 @@ pub const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
 /// Longest `detail` kept from an error answer, in characters.
 const MAX_DETAIL_CHARS: usize = 200;
 
+/// A 2xx answer of [`MepClient::send_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    /// The answer's `ETag` header, if it has one (and it is text).
+    pub etag: Option<String>,
+}
+
+/// Which certificates `https://` calls are verified against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Mozilla's root certificates (no `ca_file`).
+    PublicRoots,
+    /// Exactly the certificates of the region's `ca_file` (how many were usable).
+    PrivateCa { certificates: usize },
+}
+
+/// The `Authorization` header of every call.
+enum Credential {
+    None,
+    /// `Bearer <token>`, marked sensitive.
+    Bearer(HeaderValue),
+    /// The token cannot be written in a header (control characters); every call fails saying
+    /// so. (The configuration refuses such tokens; this is a second line of defence.)
+    Unusable,
+}
+
 /// An HTTP client for one MEP. Cheap to share (`&self` everywhere); connections are pooled.
 pub struct MepClient {
     agent: Agent,
     base_url: String,
     timeout: Duration,
+    trust: Trust,
+    credential: Credential,
 }
 
-/// Written by hand so that no future credential field can end up in a `{:?}`.
+/// Written by hand so that no credential can end up in a `{:?}`.
 impl fmt::Debug for MepClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let token = match self.credential {
+            Credential::None => "none",
+            Credential::Bearer(_) => "set",
+            Credential::Unusable => "unusable",
+        };
         f.debug_struct("MepClient")
             .field("base_url", &redact(&self.base_url))
             .field("timeout", &self.timeout)
+            .field("trust", &self.trust)
+            .field("token", &token)
             .finish_non_exhaustive()
     }
 }
@@ -50,6 +99,51 @@ impl fmt::Debug for MepClient {
 impl MepClient {
     /// Builds the client for a region's `[region.mep]` section.
     pub fn new(mep: &MepConfig) -> MepClient {
+        let base_url = mep.url.trim_end_matches('/').to_string();
+        let shown = redact(&base_url);
+        let (tls, trust) = match &mep.ca_pem {
+            None => (TlsConfig::builder().build(), Trust::PublicRoots),
+            Some(pem) => {
+                let (certificates, unreadable) = private_roots(pem);
+                if unreadable > 0 {
+                    warn!(
+                        "MEP {shown}: {unreadable} certificate(s) of the CA file could not be read and are not trusted"
+                    );
+                }
+                if certificates.is_empty() {
+                    error!(
+                        "MEP {shown}: the CA file holds no usable certificate: every https call to this MEP will fail"
+                    );
+                }
+                let trust = Trust::PrivateCa {
+                    certificates: certificates.len(),
+                };
+                let tls = TlsConfig::builder()
+                    .root_certs(RootCerts::new_with_certs(&certificates))
+                    .build();
+                (tls, trust)
+            }
+        };
+        let credential = match &mep.token {
+            None => Credential::None,
+            Some(token) => match HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    if base_url.starts_with("http://") {
+                        warn!(
+                            "MEP {shown}: the bearer token is sent over plain http; use an https:// URL"
+                        );
+                    }
+                    Credential::Bearer(value)
+                }
+                Err(_) => {
+                    error!(
+                        "MEP {shown}: the token cannot be sent in an HTTP header (it holds control characters): every call to this MEP will fail"
+                    );
+                    Credential::Unusable
+                }
+            },
+        };
         let config = Agent::config_builder()
             // Never `Proxy::try_from_env()` (what `Config::default()` does).
             .proxy(None)
@@ -57,13 +151,16 @@ impl MepClient {
             .max_redirects(0)
             .timeout_global(Some(mep.timeout))
             .timeout_connect(Some(mep.timeout))
+            .tls_config(tls)
             .user_agent(concat!("mec-plugin/", env!("CARGO_PKG_VERSION")))
             .accept("application/json")
             .build();
         MepClient {
             agent: Agent::new_with_config(config),
-            base_url: mep.url.trim_end_matches('/').to_string(),
+            base_url,
             timeout: mep.timeout,
+            trust,
+            credential,
         }
     }
 
@@ -75,6 +172,11 @@ impl MepClient {
     /// The bound on each call.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// What `https://` calls are verified against.
+    pub fn trust(&self) -> Trust {
+        self.trust
     }
 
     /// `target` (a path starting with `/`) appended to the base URL.
@@ -90,20 +192,36 @@ impl MepClient {
     /// Sends one call with an optional JSON body (sent as is, with
     /// `Content-Type: application/json`, also on DELETE). Returns the status and the body of a
     /// 2xx answer; any other status is [`MepError::Refused`] with a short detail taken from
-    /// the answer (its `detail` or `title` field when it is a JSON object, else its first 200
-    /// characters).
+    /// the answer (see [`send_with`](Self::send_with)).
     pub fn send(
         &self,
         method: &str,
         url: &str,
         json_body: Option<&str>,
     ) -> Result<(u16, String), MepError> {
+        self.send_with(method, url, json_body, &[])
+            .map(|answer| (answer.status, answer.body))
+    }
+
+    /// [`send`](Self::send) with extra request headers (e.g. `If-Match`, `X-AppinstanceID`),
+    /// giving the whole 2xx [`Answer`], its `ETag` included. Any other status is
+    /// [`MepError::Refused`] whose detail is taken from the answer: the `detail` (else `title`)
+    /// of a JSON (ProblemDetails) object, followed by `(MEP code N)` when the object's `status`
+    /// holds a code other than the HTTP status (EdgeGallery puts its own error codes there);
+    /// else the answer's first 200 characters.
+    pub fn send_with(
+        &self,
+        method: &str,
+        url: &str,
+        json_body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, MepError> {
         let shown = redact(url);
         let started = Instant::now();
-        let result = self.exchange(method, url, json_body, &shown);
+        let result = self.exchange(method, url, json_body, headers, &shown);
         let ms = started.elapsed().as_millis();
         match &result {
-            Ok((status, _)) => debug!("MEP call {method} {shown} -> {status} in {ms} ms"),
+            Ok(answer) => debug!("MEP call {method} {shown} -> {} in {ms} ms", answer.status),
             Err(MepError::Refused { status, .. }) => {
                 debug!("MEP call {method} {shown} -> {status} in {ms} ms")
             }
@@ -117,15 +235,30 @@ impl MepClient {
         method: &str,
         url: &str,
         json_body: Option<&str>,
+        headers: &[(&str, &str)],
         shown: &str,
-    ) -> Result<(u16, String), MepError> {
+    ) -> Result<Answer, MepError> {
         let invalid = |reason: String| MepError::Unreachable {
             url: shown.to_string(),
             reason,
         };
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|_| invalid(format!("invalid HTTP method '{method}'")))?;
-        let builder = http::Request::builder().method(method).uri(url);
+        let mut builder = http::Request::builder().method(method).uri(url);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        match &self.credential {
+            Credential::None => {}
+            Credential::Bearer(value) => {
+                builder = builder.header(http::header::AUTHORIZATION, value.clone());
+            }
+            Credential::Unusable => {
+                return Err(invalid(
+                    "the configured token cannot be sent in an HTTP header (it holds control characters)".into(),
+                ));
+            }
+        }
         let sent = match json_body {
             Some(body) => {
                 let request = builder
@@ -143,6 +276,11 @@ impl MepClient {
         };
         let mut response = sent.map_err(|e| classify(e, shown))?;
         let status = response.status().as_u16();
+        let etag = response
+            .headers()
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let body = response
             .body_mut()
             .with_config()
@@ -152,10 +290,14 @@ impl MepClient {
             // The platform said yes; an answer we cannot read leaves the outcome uncertain,
             // which `Unreachable`/`Timeout` (both "ambiguous") convey.
             let body = body.map_err(|e| classify(e, shown))?;
-            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+            Ok(Answer {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+                etag,
+            })
         } else {
             let detail = match body {
-                Ok(body) => detail_of(&String::from_utf8_lossy(&body)),
+                Ok(body) => detail_of(&String::from_utf8_lossy(&body), status),
                 Err(ureq::Error::BodyExceedsLimit(_)) => "(answer larger than 1 MiB)".to_string(),
                 Err(_) => String::new(),
             };
@@ -166,6 +308,20 @@ impl MepClient {
             })
         }
     }
+}
+
+/// The certificates of a PEM file (`ca_file`), and how many of its certificate blocks could
+/// not be read. Other PEM blocks (keys, ...) are ignored.
+fn private_roots(pem: &[u8]) -> (Vec<Certificate<'static>>, usize) {
+    let mut certificates = Vec::new();
+    let mut unreadable = 0;
+    for item in CertificateDer::pem_slice_iter(pem) {
+        match item {
+            Ok(der) => certificates.push(Certificate::from_der(der.as_ref()).to_owned()),
+            Err(_) => unreadable += 1,
+        }
+    }
+    (certificates, unreadable)
 }
 
 /// Maps a transport error: time limits to `Timeout`, everything else to `Unreachable`.
@@ -192,15 +348,33 @@ fn classify(e: ureq::Error, url: &str) -> MepError {
     }
 }
 
-/// A short, single-line detail from an error answer.
-fn detail_of(body: &str) -> String {
+/// A short, single-line detail from an error answer with HTTP status `status`.
+fn detail_of(body: &str, status: u16) -> String {
     if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(body) {
-        for key in ["detail", "title"] {
-            if let Some(serde_json::Value::String(text)) = map.get(key) {
-                if !text.trim().is_empty() {
-                    return one_line(text, MAX_DETAIL_CHARS);
-                }
+        let text = ["detail", "title"]
+            .iter()
+            .find_map(|key| match map.get(*key) {
+                Some(serde_json::Value::String(text)) if !text.trim().is_empty() => Some(text),
+                _ => None,
+            });
+        // The ProblemDetails `status` member: the HTTP status by the RFC, but EdgeGallery
+        // writes its own error code there.
+        let code = match map.get("status") {
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+            _ => None,
+        }
+        .filter(|code| code.trim() != status.to_string());
+        match (text, code) {
+            (Some(text), None) => return one_line(text, MAX_DETAIL_CHARS),
+            (Some(text), Some(code)) => {
+                return format!(
+                    "{} (MEP code {})",
+                    one_line(text, MAX_DETAIL_CHARS),
+                    one_line(&code, 20)
+                );
             }
+            (None, _) => {}
         }
     }
     one_line(body, MAX_DETAIL_CHARS)
@@ -208,7 +382,7 @@ fn detail_of(body: &str) -> String {
 
 /// At most `max` characters, control characters (newlines included) replaced by spaces, so
 /// that a platform's answer cannot forge log lines.
-fn one_line(text: &str, max: usize) -> String {
+pub(crate) fn one_line(text: &str, max: usize) -> String {
     text.trim()
         .chars()
         .take(max)
@@ -368,11 +542,28 @@ mod tests {
 
     #[test]
     fn detail_prefers_detail_then_title_then_text() {
-        assert_eq!(detail_of(r#"{"title":"T","detail":"D"}"#), "D");
-        assert_eq!(detail_of(r#"{"title":"T"}"#), "T");
-        assert_eq!(detail_of("plain\ntext"), "plain text");
-        assert_eq!(detail_of(&"x".repeat(500)).len(), 200);
-        assert_eq!(detail_of(""), "");
+        assert_eq!(detail_of(r#"{"title":"T","detail":"D"}"#, 500), "D");
+        assert_eq!(detail_of(r#"{"title":"T"}"#, 500), "T");
+        assert_eq!(detail_of("plain\ntext", 500), "plain text");
+        assert_eq!(detail_of(&"x".repeat(500), 500).len(), 200);
+        assert_eq!(detail_of("", 500), "");
+    }
+
+    #[test]
+    fn a_problem_status_other_than_the_http_status_is_kept_as_the_mep_code() {
+        let eg = r#"{"title":"Bad Request","status":4,"detail":"app instance has other operation in progress"}"#;
+        assert_eq!(
+            detail_of(eg, 403),
+            "app instance has other operation in progress (MEP code 4)"
+        );
+        assert_eq!(
+            detail_of(r#"{"status":"E40001","detail":"duplicate dns entry"}"#, 400),
+            "duplicate dns entry (MEP code E40001)"
+        );
+        // RFC 7807 usage: the same as the HTTP status, not repeated.
+        assert_eq!(detail_of(r#"{"status":404,"detail":"gone"}"#, 404), "gone");
+        // A code alone is no detail: the answer's text is shown.
+        assert_eq!(detail_of(r#"{"status":7}"#, 500), r#"{"status":7}"#);
     }
 
     #[test]
@@ -386,5 +577,151 @@ mod tests {
         let client = MepClient::new(&mep("http://u:p@127.0.0.1:1/", 100));
         assert_eq!(client.base_url(), "http://u:p@127.0.0.1:1");
         assert!(!format!("{client:?}").contains(":p@"));
+    }
+
+    fn with_token(url: &str, token: &str) -> MepConfig {
+        let mut m = mep(url, 3000);
+        m.token = Some(crate::config::Secret::new(token.to_string()));
+        m
+    }
+
+    #[test]
+    fn the_token_is_sent_as_a_bearer_header_and_never_shown() {
+        let token = "s3cr3t-T0ken.value";
+        let (url, server) =
+            one_shot("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+        let client = MepClient::new(&with_token(&url, token));
+        client.send("GET", &client.url("/x"), None).unwrap();
+        let raw = server.join().unwrap();
+        assert!(
+            raw.lines()
+                .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {token}"))),
+            "{raw}"
+        );
+        let shown = format!("{client:?}");
+        assert!(!shown.contains(token), "{shown}");
+        assert!(shown.contains("token: \"set\""), "{shown}");
+
+        // Nor in errors.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let client = MepClient::new(&with_token(&closed, token));
+        let e = client
+            .send("POST", &client.url("/r"), Some("{}"))
+            .unwrap_err();
+        assert!(!format!("{e} {e:?}").contains(token));
+    }
+
+    #[test]
+    fn without_a_token_no_authorization_header_is_sent() {
+        let (url, server) =
+            one_shot("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+        let client = MepClient::new(&mep(&url, 3000));
+        client.send("GET", &client.url("/x"), None).unwrap();
+        let raw = server.join().unwrap().to_ascii_lowercase();
+        assert!(!raw.contains("authorization"), "{raw}");
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_a_header_fails_every_call_without_showing_it() {
+        let client = MepClient::new(&with_token("http://127.0.0.1:1", "jeton\u{7f}x"));
+        let e = client.send("GET", &client.url("/x"), None).unwrap_err();
+        assert!(matches!(e, MepError::Unreachable { .. }), "{e:?}");
+        assert!(e.to_string().contains("token"), "{e}");
+        assert!(!format!("{e} {e:?} {client:?}").contains("jeton"));
+    }
+
+    #[test]
+    fn extra_headers_are_sent_and_the_etag_is_returned() {
+        let (url, server) = one_shot(
+            "HTTP/1.1 200 OK\r\nETag: \"v7\"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        );
+        let client = MepClient::new(&mep(&url, 3000));
+        let answer = client
+            .send_with(
+                "PUT",
+                &client.url("/r"),
+                Some("{}"),
+                &[("If-Match", "\"v6\""), ("X-AppinstanceID", "app-1")],
+            )
+            .unwrap();
+        assert_eq!(
+            answer,
+            Answer {
+                status: 200,
+                body: "{}".into(),
+                etag: Some("\"v7\"".into())
+            }
+        );
+        let raw = server.join().unwrap().to_ascii_lowercase();
+        assert!(raw.contains("if-match: \"v6\"\r\n"), "{raw}");
+        assert!(raw.contains("x-appinstanceid: app-1\r\n"), "{raw}");
+    }
+
+    #[test]
+    fn an_invalid_extra_header_is_an_error_not_a_call() {
+        let client = MepClient::new(&mep("http://127.0.0.1:1", 500));
+        let e = client
+            .send_with("GET", &client.url("/x"), None, &[("X-Bad", "a\nb")])
+            .unwrap_err();
+        assert!(e.to_string().contains("invalid request"), "{e}");
+    }
+
+    fn ca_pem(names: &[&str]) -> String {
+        names
+            .iter()
+            .map(|n| {
+                rcgen::generate_simple_self_signed(vec![n.to_string()])
+                    .unwrap()
+                    .cert
+                    .pem()
+            })
+            .collect()
+    }
+
+    fn trusted(client: &MepClient) -> Option<usize> {
+        let tls = client.agent_config().tls_config();
+        assert!(!tls.disable_verification());
+        match tls.root_certs() {
+            RootCerts::Specific(certs) => Some(certs.len()),
+            RootCerts::WebPki => None,
+            other => panic!("unexpected roots {other:?}"),
+        }
+    }
+
+    #[test]
+    fn https_trusts_the_public_roots_or_exactly_the_private_ca() {
+        let public = MepClient::new(&mep("https://mep.example:8443", 500));
+        assert_eq!(public.trust(), Trust::PublicRoots);
+        assert_eq!(trusted(&public), None);
+
+        let mut config = mep("https://mep.example:8443", 500);
+        config.ca_pem = Some(ca_pem(&["a.example", "b.example"]).into_bytes());
+        let private = MepClient::new(&config);
+        assert_eq!(private.trust(), Trust::PrivateCa { certificates: 2 });
+        assert_eq!(trusted(&private), Some(2));
+        assert!(format!("{private:?}").contains("PrivateCa"));
+    }
+
+    #[test]
+    fn a_ca_file_without_a_usable_certificate_trusts_nothing() {
+        let mut config = mep("https://mep.example:8443", 500);
+        config.ca_pem =
+            Some(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_vec());
+        let client = MepClient::new(&config);
+        assert_eq!(client.trust(), Trust::PrivateCa { certificates: 0 });
+        assert_eq!(trusted(&client), Some(0), "never the public roots instead");
+    }
+
+    #[test]
+    fn private_roots_skip_other_pem_blocks_and_count_unreadable_certificates() {
+        let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let pem = format!(
+            "{}{key}-----BEGIN CERTIFICATE-----\n####\n-----END CERTIFICATE-----\n",
+            ca_pem(&["a.example"])
+        );
+        let (certificates, unreadable) = private_roots(pem.as_bytes());
+        assert_eq!((certificates.len(), unreadable), (1, 1));
     }
 }

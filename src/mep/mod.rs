@@ -12,6 +12,8 @@ use crate::config::{DriverKind, MepConfig};
 use crate::model::CreationRequest;
 
 pub mod agent;
+pub mod edgegallery;
+pub mod etsi;
 pub mod llmec;
 pub mod simulated;
 
@@ -118,8 +120,7 @@ pub fn build(region_id: &str, mep: &MepConfig) -> Arc<dyn Driver> {
     match mep.driver {
         DriverKind::Llmec => Arc::new(llmec::LlMec::new(mep)),
         DriverKind::Simulated => Arc::new(simulated::Simulated::new(region_id)),
-        DriverKind::Edgegallery | DriverKind::EtsiMec011 => {
-            unimplemented!("driver {} is not built yet", mep.driver.name())
-        }
+        DriverKind::EtsiMec011 => Arc::new(etsi::EtsiMec011::new(mep)),
+        DriverKind::Edgegallery => Arc::new(edgegallery::EdgeGallery::new(mep)),
     }
 }

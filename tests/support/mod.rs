@@ -171,3 +171,8 @@ impl Reply {
 pub fn example(name: &str) -> String {
     std::fs::read_to_string(format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
+
+pub mod fake_etsi;
+
+pub mod fake_edgegallery;
+pub mod tls;

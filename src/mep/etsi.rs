@@ -1,0 +1,1199 @@
+//! The ETSI GS MEC 011 dialect (`driver = "etsi-mec011"`): the rules API of the MEC
+//! application support service, base `{url}/mec_app_support/v1`.
+//!
+//! On such a platform the rules of an application instance come from its descriptor: this API
+//! cannot create or delete them, only read them and switch their `state`. Applying a request
+//! therefore means *activating* each of its rules, removing it *deactivating* them:
+//!
+//! | step | apply | remove |
+//! | --- | --- | --- |
+//! | one per DNS rule | `PUT /applications/{app}/dns_rules/{dnsRuleId}` with `state: ACTIVE` | the same `PUT` with `state: INACTIVE` |
+//! | one per traffic rule | `PUT /applications/{app}/traffic_rules/{trafficRuleId}` with `state: ACTIVE` | the same `PUT` with `state: INACTIVE` |
+//!
+//! DNS rules come first, then traffic rules, each in request order. `{app}` is the request's
+//! `appInstanceId` extension field when present, else its RequestId. Every id placed in a path
+//! is percent-encoded (everything but the unreserved characters `A-Z a-z 0-9 - . _ ~`; an id
+//! that is only dots is encoded entirely), so an id such as `../../x` or `a b` is always one
+//! path segment and can never change which resource is called. A step's `target` is that
+//! encoded path (relative to the region's URL) and its `body` the full MEC 011 rule with
+//! `state: ACTIVE`; the removal body is derived from it, identical but for `state: INACTIVE`.
+//!
+//! Every call carries `X-AppinstanceID: {app}` (EdgeGallery's implementation requires it equal
+//! to the path's id; the driver decodes it back from the step's target). An `appInstanceId`
+//! that cannot travel verbatim in a header (other than visible ASCII and inner spaces) is
+//! refused before anything is sent.
+//!
+//! **Conditional updates.** Before each `PUT` the driver `GET`s the rule. This costs one extra
+//! call per rule but (1) tells "the platform does not know this rule" apart before anything is
+//! written, and (2) gives the rule's `ETag` on platforms that have one: the `PUT` then carries
+//! `If-Match: <etag>`, so a change made on the platform in between is never overwritten
+//! blindly. On `412 Precondition Failed` the driver reads the rule again and retries the `PUT`
+//! once with the new ETag; a second 412 is a refusal. A platform without ETags, or with weak
+//! ones (`W/"..."`, which `If-Match` never matches), gets the `PUT` without `If-Match`. Each
+//! call is bounded by the region's `timeout`, so one step takes at most four of them (GET,
+//! PUT, GET, PUT).
+//!
+//! **Answers.** A 404 when applying (on the `GET` or the `PUT`) is a refusal naming the rule
+//! and the application: the platform only knows the rules of the application's descriptor. A
+//! 404 when removing counts as removed. Other error answers are refusals carrying the
+//! ProblemDetails `detail` (or `title`) of the answer.
+//!
+//! **Field mapping** (northbound MEC 010-2 → MEC 011 `TrafficRule`): `trafficRuleId`,
+//! `filterType` and `priority` as they are (priority 0–255, as MEC 011 requires; integral
+//! decimals such as `2.0` are written `2`); filters: `srcAddress`, `dstAddress`, `srcPort`,
+//! `dstPort` as they are, `Protocol` → `protocol`, `Token` → `token`, `srcTunnelAddress`,
+//! `dstTunnelAddress` → `tgtTunnelAddress`, `srcTunnelPort`, `dstTunnelPort`, `qci` → `qCI`,
+//! `dscp` → `dSCP`, `tc` → `tC`; actions: `FORWARD` and `DECAPSULATED` → `FORWARD_DECAPSULATED`
+//! (the contract's enum is MEC 010-2 v1's `FORWARD_DECAPSULATED` split in two; traffic
+//! forwarded to an application leaves the GTP-U tunnel), `DUPLICATED_DECAPSULATED` →
+//! `DUPLICATE_DECAPSULATED` (a misspelling of it), `DROP`, `FORWARD_AS_IS`, `PASSTHROUGH` and
+//! `DUPLICATE_AS_IS` as they are; `dstInterface` is a single object in MEC 011: `dstInterface[0]`
+//! is sent, a rule with two interfaces is refused; interface `interfaceType` as is,
+//! `tunnelInfo.tunnelType` `GTP-U` → `GTP_U` (`GRE` as is), `srcMACAddress` → `srcMacAddress`,
+//! `dstMACAddress` → `dstMacAddress` (written with `:`), `dstIPAddress` → `dstIpAddress`;
+//! `tunnelSpecificData` has no MEC 011 form and is refused. DNS rules (`DnsRule`):
+//! `dnsRuleId`, `domainName`, `ipAddressType`, `ipAddress`, `ttl` as they are.
+//!
+//! **Caveat.** The platform keys a rule by (application, rule id), the plugin a step by its
+//! target and body: two requests that activate the same rule of the same application with the
+//! same content share it (the rule stays active until the last of them is deleted), but with
+//! different contents they do not, and deleting either deactivates the rule.
+
+use std::fmt;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use serde::Serialize;
+use serde_json::Number;
+
+use super::agent::MepClient;
+use super::{Driver, MepError, Refusal, Step};
+use crate::config::{DriverKind, MepConfig};
+use crate::model::{
+    Action, CreationRequest, DnsRule, FilterType, InterfaceDescriptor, InterfaceType,
+    IpAddressType, TrafficFilter, TrafficRule, TunnelType,
+};
+
+/// Base path of the MEC 011 API, relative to the region's URL.
+pub const BASE: &str = "/mec_app_support/v1";
+
+/// The header carrying the application instance id on every call.
+pub const APP_INSTANCE_HEADER: &str = "X-AppinstanceID";
+
+/// Highest MEC 011 traffic rule priority.
+const MAX_PRIORITY: u64 = 255;
+
+/// Everything but the unreserved characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// An id as one URL path segment: percent-encoded, and never a dot segment (`.` or `..`,
+/// which a URL resolver would interpret).
+pub fn path_segment(id: &str) -> String {
+    let encoded = utf8_percent_encode(id, SEGMENT).to_string();
+    if encoded.bytes().all(|b| b == b'.') {
+        encoded.replace('.', "%2E")
+    } else {
+        encoded
+    }
+}
+
+/// The two kinds of rules of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    Dns,
+    Traffic,
+}
+
+impl RuleKind {
+    /// The collection's path segment.
+    pub fn collection(self) -> &'static str {
+        match self {
+            RuleKind::Dns => "dns_rules",
+            RuleKind::Traffic => "traffic_rules",
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            RuleKind::Dns => "DNS rule",
+            RuleKind::Traffic => "traffic rule",
+        }
+    }
+
+    fn from_collection(segment: &str) -> Option<RuleKind> {
+        match segment {
+            "dns_rules" => Some(RuleKind::Dns),
+            "traffic_rules" => Some(RuleKind::Traffic),
+            _ => None,
+        }
+    }
+}
+
+/// `{BASE}/applications/{app}/{collection}/{rule}`, every id encoded.
+pub fn rule_target(app_instance_id: &str, kind: RuleKind, rule_id: &str) -> String {
+    format!(
+        "{BASE}/applications/{}/{}/{}",
+        path_segment(app_instance_id),
+        kind.collection(),
+        path_segment(rule_id)
+    )
+}
+
+/// A step's target read back: which rule of which application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RulePath {
+    app: String,
+    kind: RuleKind,
+    rule: String,
+}
+
+impl RulePath {
+    fn parse(target: &str) -> Option<RulePath> {
+        let rest = target.strip_prefix(BASE)?.strip_prefix("/applications/")?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let [app, collection, rule] = parts[..] else {
+            return None;
+        };
+        let decode = |s: &str| {
+            percent_decode_str(s)
+                .decode_utf8()
+                .ok()
+                .map(|c| c.into_owned())
+                .filter(|d| !d.is_empty())
+        };
+        Some(RulePath {
+            app: decode(app)?,
+            kind: RuleKind::from_collection(collection)?,
+            rule: decode(rule)?,
+        })
+    }
+}
+
+impl fmt::Display for RulePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} '{}' of application '{}'",
+            self.kind.noun(),
+            self.rule,
+            self.app
+        )
+    }
+}
+
+/// What the driver needs from HTTP: one call with extra request headers. Implemented by
+/// [`MepClient`]; unit tests script it.
+pub trait Transport: Send + Sync {
+    /// `target` appended to the platform's base URL.
+    fn url(&self, target: &str) -> String;
+
+    /// Sends one call. A 2xx answer gives its `ETag` header, if any; any other status is
+    /// [`MepError::Refused`] (with the ProblemDetails `detail` of the answer).
+    fn call(
+        &self,
+        method: &str,
+        url: &str,
+        json_body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Option<String>, MepError>;
+}
+
+impl Transport for MepClient {
+    fn url(&self, target: &str) -> String {
+        MepClient::url(self, target)
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        url: &str,
+        json_body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Option<String>, MepError> {
+        self.send_with(method, url, json_body, headers)
+            .map(|answer| answer.etag)
+    }
+}
+
+/// The ETSI MEC 011 driver of one region.
+pub struct EtsiMec011 {
+    transport: Box<dyn Transport>,
+}
+
+impl fmt::Debug for EtsiMec011 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtsiMec011").finish_non_exhaustive()
+    }
+}
+
+impl EtsiMec011 {
+    pub fn new(mep: &MepConfig) -> EtsiMec011 {
+        EtsiMec011::with_transport(Box::new(MepClient::new(mep)))
+    }
+
+    /// The driver over another transport (tests).
+    pub fn with_transport(transport: Box<dyn Transport>) -> EtsiMec011 {
+        EtsiMec011 { transport }
+    }
+
+    /// Sets the rule at `step.target` to `body`: GET (for the ETag), then PUT with `If-Match`
+    /// when there is one, re-reading and retrying once on 412. A 404 is `unknown`'s answer.
+    fn put_rule(
+        &self,
+        step: &Step,
+        body: &str,
+        unknown: impl Fn(&RulePath, MepError) -> Result<(), MepError>,
+    ) -> Result<(), MepError> {
+        let url = self.transport.url(&step.target);
+        let Some(rule) = RulePath::parse(&step.target) else {
+            return Err(MepError::Unreachable {
+                url,
+                reason: format!(
+                    "'{}' is not a MEC 011 rule path: this step was planned by another driver (was the region's driver changed?)",
+                    step.target
+                ),
+            });
+        };
+        let app_header = (APP_INSTANCE_HEADER, rule.app.as_str());
+        // A weak ETag (`W/"..."`) never satisfies `If-Match` (RFC 9110 §13.1.1 compares
+        // strongly): sending it would only earn two 412s, so it counts as none.
+        let read = || {
+            self.transport
+                .call("GET", &url, None, &[app_header])
+                .map(|etag| etag.filter(|tag| !tag.starts_with("W/")))
+        };
+
+        let mut etag = match read() {
+            Ok(etag) => etag,
+            Err(e @ MepError::Refused { status: 404, .. }) => return unknown(&rule, e),
+            Err(e) => return Err(e),
+        };
+        let mut retried = false;
+        loop {
+            let mut headers = vec![app_header];
+            if let Some(tag) = etag.as_deref() {
+                headers.push(("If-Match", tag));
+            }
+            match self.transport.call("PUT", &url, Some(body), &headers) {
+                Ok(_) => return Ok(()),
+                Err(e @ MepError::Refused { status: 404, .. }) => return unknown(&rule, e),
+                Err(MepError::Refused { status: 412, .. }) if !retried => {
+                    retried = true;
+                    etag = match read() {
+                        Ok(etag) => etag,
+                        Err(e @ MepError::Refused { status: 404, .. }) => {
+                            return unknown(&rule, e);
+                        }
+                        Err(e) => return Err(e),
+                    };
+                }
+                Err(MepError::Refused {
+                    url,
+                    status: 412,
+                    detail,
+                }) => {
+                    return Err(MepError::Refused {
+                        url,
+                        status: 412,
+                        detail: with_platform_detail(
+                            format!(
+                                "{rule} changed on the platform twice while it was being updated (412 Precondition Failed after re-reading it); retry later"
+                            ),
+                            &detail,
+                        ),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// `ours`, followed by what the platform said when it said something.
+fn with_platform_detail(ours: String, platform: &str) -> String {
+    if platform.is_empty() {
+        ours
+    } else {
+        format!("{ours} (platform: {platform})")
+    }
+}
+
+impl Driver for EtsiMec011 {
+    fn kind(&self) -> DriverKind {
+        DriverKind::EtsiMec011
+    }
+
+    fn plan(&self, request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
+        plan(request_id, request)
+    }
+
+    fn apply(&self, step: &Step) -> Result<(), MepError> {
+        self.put_rule(step, &step.body, |rule, e| match e {
+            MepError::Refused {
+                url,
+                status,
+                detail,
+            } => Err(MepError::Refused {
+                url,
+                status,
+                detail: with_platform_detail(
+                    format!("the platform does not know {rule}: rules must come from the application's descriptor"),
+                    &detail,
+                ),
+            }),
+            other => Err(other),
+        })
+    }
+
+    fn remove(&self, step: &Step) -> Result<(), MepError> {
+        self.put_rule(step, &inactive(&step.body), |_, _| Ok(()))
+    }
+}
+
+const ACTIVE_END: &str = r#""state":"ACTIVE"}"#;
+const INACTIVE_END: &str = r#""state":"INACTIVE"}"#;
+
+/// The removal body of an apply body: the same rule with `state: INACTIVE`.
+fn inactive(active: &str) -> String {
+    if let Some(start) = active.strip_suffix(ACTIVE_END) {
+        return format!("{start}{INACTIVE_END}");
+    }
+    // Not written by `plan` (which puts `state` last): set the field in a parsed copy.
+    match serde_json::from_str::<serde_json::Value>(active) {
+        Ok(serde_json::Value::Object(mut rule)) => {
+            rule.insert("state".into(), "INACTIVE".into());
+            serde_json::Value::Object(rule).to_string()
+        }
+        _ => active.to_string(),
+    }
+}
+
+/// MEC 011 `DnsRule` (field order is the wire order).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MecDnsRule<'a> {
+    dns_rule_id: &'a str,
+    domain_name: &'a str,
+    ip_address_type: IpAddressType,
+    ip_address: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<u64>,
+    state: &'static str,
+}
+
+/// MEC 011 `TrafficRule` (field order is the wire order).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MecTrafficRule<'a> {
+    traffic_rule_id: &'a str,
+    filter_type: FilterType,
+    priority: u64,
+    traffic_filter: Vec<MecTrafficFilter<'a>>,
+    action: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_interface: Option<MecInterface<'a>>,
+    state: &'static str,
+}
+
+/// MEC 011 `TrafficFilter`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MecTrafficFilter<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_address: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_address: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_port: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_port: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_tunnel_address: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tgt_tunnel_address: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_tunnel_port: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_tunnel_port: Option<&'a [String]>,
+    #[serde(rename = "qCI", skip_serializing_if = "Option::is_none")]
+    qci: Option<u64>,
+    #[serde(rename = "dSCP", skip_serializing_if = "Option::is_none")]
+    dscp: Option<u64>,
+    #[serde(rename = "tC", skip_serializing_if = "Option::is_none")]
+    tc: Option<u64>,
+}
+
+/// MEC 011 `InterfaceDescriptor`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MecInterface<'a> {
+    interface_type: InterfaceType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tunnel_info: Option<MecTunnelInfo<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_mac_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_mac_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_ip_address: Option<&'a str>,
+}
+
+/// MEC 011 `TunnelInfo`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MecTunnelInfo<'a> {
+    tunnel_type: &'static str,
+    tunnel_dst_address: &'a str,
+    tunnel_src_address: &'a str,
+}
+
+fn refuse(rule: String, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        rule,
+        reason: reason.into(),
+    }
+}
+
+fn to_json(body: &impl Serialize) -> String {
+    serde_json::to_string(body).expect("a struct of strings and integers serialises")
+}
+
+/// A non-negative integer (integral decimals such as `2.0` included), at most `max`.
+fn uint(n: &Number, max: u64) -> Option<u64> {
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+                .map(|f| f as u64)
+        })
+        .filter(|v| *v <= max)
+}
+
+/// The steps for a request: DNS rules first, then traffic rules, each in request order.
+fn plan(request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
+    let app = match request.app_instance_id.as_deref() {
+        Some(app) => {
+            check_app_instance_id(app)?;
+            app
+        }
+        None => request_id,
+    };
+    let mut steps = Vec::new();
+    for (i, rule) in request.dns_rules().iter().enumerate() {
+        steps.push(dns_step(app, i, rule)?);
+    }
+    for (i, rule) in request.traffic_rules().iter().enumerate() {
+        steps.push(traffic_step(app, i, rule)?);
+    }
+    Ok(steps)
+}
+
+/// The id travels verbatim in the `X-AppinstanceID` header, which must equal the path's id:
+/// visible ASCII and inner spaces only (header parsers trim outer spaces and may refuse or
+/// mangle other bytes).
+fn check_app_instance_id(app: &str) -> Result<(), Refusal> {
+    let header_safe = app.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    if !header_safe || app.trim() != app {
+        return Err(refuse(
+            "appInstanceId".to_string(),
+            format!(
+                "'{app}' cannot be sent in the X-AppinstanceID header MEC 011 platforms require: use visible ASCII characters without leading or trailing spaces"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn dns_step(app: &str, i: usize, rule: &DnsRule) -> Result<Step, Refusal> {
+    let at = format!("appDNSRule[{i}] '{}'", rule.dns_rule_id);
+    let ttl = match &rule.ttl {
+        None => None,
+        Some(n) => Some(uint(n, u32::MAX as u64).ok_or_else(|| {
+            refuse(
+                format!("{at} ttl"),
+                format!("{n} is not an integer in 0..={}", u32::MAX),
+            )
+        })?),
+    };
+    let body = MecDnsRule {
+        dns_rule_id: &rule.dns_rule_id,
+        domain_name: &rule.domain_name,
+        ip_address_type: rule.ip_address_type,
+        ip_address: &rule.ip_address,
+        ttl,
+        state: "ACTIVE",
+    };
+    Ok(Step {
+        label: format!("DNS rule '{}' ({})", rule.dns_rule_id, rule.domain_name),
+        target: rule_target(app, RuleKind::Dns, &rule.dns_rule_id),
+        body: to_json(&body),
+    })
+}
+
+/// The MEC 011 spelling of a northbound action.
+fn action(action: Action) -> &'static str {
+    match action {
+        Action::Drop => "DROP",
+        Action::Forward | Action::Decapsulated => "FORWARD_DECAPSULATED",
+        Action::ForwardAsIs => "FORWARD_AS_IS",
+        Action::Passthrough => "PASSTHROUGH",
+        Action::DuplicatedDecapsulated => "DUPLICATE_DECAPSULATED",
+        Action::DuplicateAsIs => "DUPLICATE_AS_IS",
+    }
+}
+
+fn traffic_step(app: &str, i: usize, rule: &TrafficRule) -> Result<Step, Refusal> {
+    let at = format!("appTrafficRule[{i}] '{}'", rule.traffic_rule_id);
+    let priority = uint(&rule.priority, MAX_PRIORITY).ok_or_else(|| {
+        refuse(
+            format!("{at} priority"),
+            format!(
+                "{} is out of the MEC 011 range 0..={MAX_PRIORITY}",
+                rule.priority
+            ),
+        )
+    })?;
+    let traffic_filter = rule
+        .traffic_filter
+        .iter()
+        .enumerate()
+        .map(|(j, f)| filter(&format!("{at} trafficFilter[{j}]"), f))
+        .collect::<Result<Vec<_>, _>>()?;
+    let interfaces = rule.dst_interface.as_deref().unwrap_or(&[]);
+    if interfaces.len() > 1 {
+        return Err(refuse(
+            format!("{at} dstInterface[1]"),
+            "a MEC 011 traffic rule has a single destination interface; only one dstInterface can be given",
+        ));
+    }
+    let dst_interface = match interfaces.first() {
+        Some(interface) => Some(destination(&format!("{at} dstInterface[0]"), interface)?),
+        None => None,
+    };
+    let body = MecTrafficRule {
+        traffic_rule_id: &rule.traffic_rule_id,
+        filter_type: rule.filter_type,
+        priority,
+        traffic_filter,
+        action: action(rule.action),
+        dst_interface,
+        state: "ACTIVE",
+    };
+    Ok(Step {
+        label: format!("traffic rule '{}'", rule.traffic_rule_id),
+        target: rule_target(app, RuleKind::Traffic, &rule.traffic_rule_id),
+        body: to_json(&body),
+    })
+}
+
+fn filter<'a>(at: &str, f: &'a TrafficFilter) -> Result<MecTrafficFilter<'a>, Refusal> {
+    let number = |n: &Option<Number>, key: &str, max: u64| match n {
+        None => Ok(None),
+        Some(v) => uint(v, max).map(Some).ok_or_else(|| {
+            refuse(
+                format!("{at}.{key}"),
+                format!("{v} is not an integer in 0..={max}"),
+            )
+        }),
+    };
+    Ok(MecTrafficFilter {
+        src_address: f.src_address.as_deref(),
+        dst_address: f.dst_address.as_deref(),
+        src_port: f.src_port.as_deref(),
+        dst_port: f.dst_port.as_deref(),
+        protocol: f.protocol.as_deref(),
+        token: f.token.as_deref(),
+        src_tunnel_address: f.src_tunnel_address.as_deref(),
+        tgt_tunnel_address: f.dst_tunnel_address.as_deref(),
+        src_tunnel_port: f.src_tunnel_port.as_deref(),
+        dst_tunnel_port: f.dst_tunnel_port.as_deref(),
+        qci: number(&f.qci, "qci", 255)?,
+        dscp: number(&f.dscp, "dscp", 63)?,
+        tc: number(&f.tc, "tc", 255)?,
+    })
+}
+
+fn destination<'a>(at: &str, i: &'a InterfaceDescriptor) -> Result<MecInterface<'a>, Refusal> {
+    let tunnel_info = match &i.tunnel_info {
+        None => None,
+        Some(t) => {
+            if t.tunnel_specific_data.is_some() {
+                return Err(refuse(
+                    format!("{at}.tunnelInfo.tunnelSpecificData"),
+                    "MEC 011 has no field for tunnel-specific data; remove it",
+                ));
+            }
+            Some(MecTunnelInfo {
+                tunnel_type: match t.tunnel_type {
+                    TunnelType::GtpU => "GTP_U",
+                    TunnelType::Gre => "GRE",
+                },
+                tunnel_dst_address: &t.tunnel_dst_address,
+                tunnel_src_address: &t.tunnel_src_address,
+            })
+        }
+    };
+    Ok(MecInterface {
+        interface_type: i.interface_type,
+        tunnel_info,
+        src_mac_address: i.src_mac_address.as_deref().map(colon_mac),
+        dst_mac_address: i.dst_mac_address.as_deref().map(colon_mac),
+        dst_ip_address: i.dst_ip_address.as_deref(),
+    })
+}
+
+/// A MAC address written with `:` (the contract also accepts `-`).
+fn colon_mac(mac: &str) -> String {
+    mac.replace('-', ":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::parse_creation;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    /// The rules of `seed-examples/trafficrule.json`.
+    const SEED: &str = r#"{
+      "RegionId": "2",
+      "appTrafficRule": [{
+          "trafficRuleId": "tr1", "filterType": "FLOW", "priority": 0,
+          "trafficFilter": [{"srcAddress": ["208930100001114"], "dstAddress": ["195.251.255.142"],
+                             "dstPort": ["80"], "Protocol": ["tcp"]}],
+          "action": "FORWARD",
+          "dstInterface": [{"interfaceType": "IP", "dstMACAddress": "00:11:22:33:44:55",
+                            "dstIPAddress": "172.16.0.111"}]
+      }],
+      "appDNSRule": [{"dnsRuleId": "111", "domainName": "pfrag.gr", "ipAddressType": "IP_V4",
+                      "ipAddress": "172.24.248.5", "ttl": 0}]
+    }"#;
+
+    const DNS_ACTIVE: &str = r#"{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V4","ipAddress":"172.24.248.5","ttl":0,"state":"ACTIVE"}"#;
+    const TRAFFIC_ACTIVE: &str = r#"{"trafficRuleId":"tr1","filterType":"FLOW","priority":0,"trafficFilter":[{"srcAddress":["208930100001114"],"dstAddress":["195.251.255.142"],"dstPort":["80"],"protocol":["tcp"]}],"action":"FORWARD_DECAPSULATED","dstInterface":{"interfaceType":"IP","dstMacAddress":"00:11:22:33:44:55","dstIpAddress":"172.16.0.111"},"state":"ACTIVE"}"#;
+
+    fn seed() -> serde_json::Value {
+        serde_json::from_str(SEED).unwrap()
+    }
+
+    fn plan_of(v: &serde_json::Value) -> Result<Vec<Step>, Refusal> {
+        let request = parse_creation(v.to_string().as_bytes()).unwrap();
+        plan("req-1", &request)
+    }
+
+    fn refusal(v: &serde_json::Value) -> Refusal {
+        plan_of(v).unwrap_err()
+    }
+
+    #[test]
+    fn seed_example_gives_exact_bodies_dns_first() {
+        let steps = plan_of(&seed()).unwrap();
+        assert_eq!(
+            steps,
+            vec![
+                Step {
+                    label: "DNS rule '111' (pfrag.gr)".into(),
+                    target: "/mec_app_support/v1/applications/req-1/dns_rules/111".into(),
+                    body: DNS_ACTIVE.into(),
+                },
+                Step {
+                    label: "traffic rule 'tr1'".into(),
+                    target: "/mec_app_support/v1/applications/req-1/traffic_rules/tr1".into(),
+                    body: TRAFFIC_ACTIVE.into(),
+                },
+            ]
+        );
+        assert_eq!(
+            inactive(DNS_ACTIVE),
+            DNS_ACTIVE.replace(r#""state":"ACTIVE""#, r#""state":"INACTIVE""#)
+        );
+        assert_eq!(
+            inactive(TRAFFIC_ACTIVE),
+            TRAFFIC_ACTIVE.replace(r#""state":"ACTIVE""#, r#""state":"INACTIVE""#)
+        );
+    }
+
+    #[test]
+    fn the_app_instance_id_extension_names_the_application() {
+        let mut v = seed();
+        v["appInstanceId"] = "5abe4782-2c70-4e47-9a4e-0ee3a1a0fd1f".into();
+        let steps = plan_of(&v).unwrap();
+        assert_eq!(
+            steps[0].target,
+            "/mec_app_support/v1/applications/5abe4782-2c70-4e47-9a4e-0ee3a1a0fd1f/dns_rules/111"
+        );
+        assert_eq!(
+            steps[1].target,
+            "/mec_app_support/v1/applications/5abe4782-2c70-4e47-9a4e-0ee3a1a0fd1f/traffic_rules/tr1"
+        );
+    }
+
+    #[test]
+    fn every_field_is_mapped() {
+        let mut v = seed();
+        v["appDNSRule"][0]["ipAddressType"] = "IP_V6".into();
+        v["appDNSRule"][0]["ipAddress"] = "2001:db8::5".into();
+        v["appDNSRule"][0].as_object_mut().unwrap().remove("ttl");
+        v["appTrafficRule"][0] = serde_json::json!({
+            "trafficRuleId": "tr2", "filterType": "PACKET", "priority": 2.0,
+            "trafficFilter": [{
+                "srcAddress": ["10.0.0.0/8"], "dstAddress": ["192.168.1.1"], "srcPort": ["1000-2000"],
+                "dstPort": ["8080"], "protocol": ["udp"], "token": ["t1"],
+                "srcTunnelAddress": ["10.1.1.1"], "dstTunnelAddress": ["10.2.2.2"],
+                "srcTunnelPort": ["2152"], "dstTunnelPort": ["2153"], "qci": 9, "dscp": 46, "tc": 1
+            }, {"dstAddress": ["192.168.1.2"]}],
+            "action": "DUPLICATED_DECAPSULATED",
+            "dstInterface": [{"interfaceType": "TUNNEL",
+                "tunnelInfo": {"tunnelType": "GTP-U", "tunnelDstAddress": "10.3.3.3", "tunnelSrcAddress": "10.4.4.4"},
+                "srcMACAddress": "aa-bb-cc-dd-ee-ff", "dstMACAddress": "00:11:22:33:44:55", "dstIPAddress": "10.5.5.5"}]
+        });
+        let steps = plan_of(&v).unwrap();
+        assert_eq!(
+            steps[0].body,
+            r#"{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V6","ipAddress":"2001:db8::5","state":"ACTIVE"}"#
+        );
+        assert_eq!(
+            steps[1].body,
+            concat!(
+                r#"{"trafficRuleId":"tr2","filterType":"PACKET","priority":2,"trafficFilter":["#,
+                r#"{"srcAddress":["10.0.0.0/8"],"dstAddress":["192.168.1.1"],"srcPort":["1000-2000"],"dstPort":["8080"],"#,
+                r#""protocol":["udp"],"token":["t1"],"srcTunnelAddress":["10.1.1.1"],"tgtTunnelAddress":["10.2.2.2"],"#,
+                r#""srcTunnelPort":["2152"],"dstTunnelPort":["2153"],"qCI":9,"dSCP":46,"tC":1},"#,
+                r#"{"dstAddress":["192.168.1.2"]}],"action":"DUPLICATE_DECAPSULATED","#,
+                r#""dstInterface":{"interfaceType":"TUNNEL","tunnelInfo":{"tunnelType":"GTP_U","tunnelDstAddress":"10.3.3.3","tunnelSrcAddress":"10.4.4.4"},"#,
+                r#""srcMacAddress":"aa:bb:cc:dd:ee:ff","dstMacAddress":"00:11:22:33:44:55","dstIpAddress":"10.5.5.5"},"state":"ACTIVE"}"#
+            )
+        );
+        assert!(inactive(&steps[1].body).ends_with(r#","state":"INACTIVE"}"#));
+    }
+
+    #[test]
+    fn actions_map_to_mec011_spellings() {
+        for (northbound, mec011) in [
+            ("DROP", "DROP"),
+            ("FORWARD", "FORWARD_DECAPSULATED"),
+            ("DECAPSULATED", "FORWARD_DECAPSULATED"),
+            ("FORWARD_AS_IS", "FORWARD_AS_IS"),
+            ("PASSTHROUGH", "PASSTHROUGH"),
+            ("DUPLICATED_DECAPSULATED", "DUPLICATE_DECAPSULATED"),
+            ("DUPLICATE_AS_IS", "DUPLICATE_AS_IS"),
+        ] {
+            let mut v = seed();
+            v["appTrafficRule"][0]["action"] = northbound.into();
+            let body = &plan_of(&v).unwrap()[1].body;
+            assert!(
+                body.contains(&format!(r#""action":"{mec011}","#)),
+                "{northbound}: {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_interface_sends_none_and_gre_is_kept() {
+        let mut v = seed();
+        v["appTrafficRule"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("dstInterface");
+        assert!(!plan_of(&v).unwrap()[1].body.contains("dstInterface"));
+        v["appTrafficRule"][0]["dstInterface"] = serde_json::json!([]);
+        assert!(!plan_of(&v).unwrap()[1].body.contains("dstInterface"));
+        v["appTrafficRule"][0]["dstInterface"] = serde_json::json!([{"interfaceType": "TUNNEL",
+            "tunnelInfo": {"tunnelType": "GRE", "tunnelDstAddress": "1.1.1.1", "tunnelSrcAddress": "2.2.2.2"}}]);
+        assert!(
+            plan_of(&v).unwrap()[1]
+                .body
+                .contains(r#""dstInterface":{"interfaceType":"TUNNEL","tunnelInfo":{"tunnelType":"GRE","tunnelDstAddress":"1.1.1.1","tunnelSrcAddress":"2.2.2.2"}}"#)
+        );
+    }
+
+    #[test]
+    fn inexpressible_rules_are_refused_naming_the_field() {
+        let mut v = seed();
+        let second = v["appTrafficRule"][0]["dstInterface"][0].clone();
+        v["appTrafficRule"][0]["dstInterface"]
+            .as_array_mut()
+            .unwrap()
+            .push(second);
+        let r = refusal(&v);
+        assert_eq!(r.rule, "appTrafficRule[0] 'tr1' dstInterface[1]");
+        assert!(r.reason.contains("single destination interface"), "{r}");
+
+        let mut v = seed();
+        v["appTrafficRule"][0]["priority"] = 256.into();
+        let r = refusal(&v);
+        assert_eq!(r.rule, "appTrafficRule[0] 'tr1' priority");
+        assert!(r.reason.contains("0..=255"), "{r}");
+
+        let mut v = seed();
+        v["appTrafficRule"][0]["dstInterface"][0] = serde_json::json!({"interfaceType": "TUNNEL",
+            "tunnelInfo": {"tunnelType": "GTP-U", "tunnelDstAddress": "1.1.1.1", "tunnelSrcAddress": "2.2.2.2",
+                           "tunnelSpecificData": {"teid": 1}}});
+        assert_eq!(
+            refusal(&v).rule,
+            "appTrafficRule[0] 'tr1' dstInterface[0].tunnelInfo.tunnelSpecificData"
+        );
+
+        for bad in [" lead", "trail ", "caf\u{e9}", "tab\there"] {
+            let mut v = seed();
+            v["appInstanceId"] = bad.into();
+            let Ok(request) = parse_creation(v.to_string().as_bytes()) else {
+                continue; // refused earlier by validation (control characters)
+            };
+            let r = plan("req-1", &request).unwrap_err();
+            assert_eq!(r.rule, "appInstanceId", "{bad:?}");
+            assert!(r.reason.contains("X-AppinstanceID"), "{r}");
+        }
+    }
+
+    #[test]
+    fn ids_are_percent_encoded_and_never_change_the_path() {
+        assert_eq!(path_segment("tr1"), "tr1");
+        assert_eq!(path_segment("a-b.c_d~e"), "a-b.c_d~e");
+        assert_eq!(path_segment("../../x"), "..%2F..%2Fx");
+        assert_eq!(path_segment("a b"), "a%20b");
+        assert_eq!(path_segment(".."), "%2E%2E");
+        assert_eq!(path_segment("."), "%2E");
+        assert_eq!(path_segment("a?b#c%d"), "a%3Fb%23c%25d");
+        assert_eq!(path_segment("caf\u{e9}"), "caf%C3%A9");
+        assert_eq!(path_segment("a\\b;c"), "a%5Cb%3Bc");
+
+        for (app, rule) in [
+            ("../../x", "tr1"),
+            ("a b", "../dns_rules/1"),
+            ("..", ".."),
+            ("x/traffic_rules/y", "%2F"),
+            ("app?x=1#f", "r/../../.."),
+        ] {
+            let target = rule_target(app, RuleKind::Traffic, rule);
+            let segments: Vec<&str> = target.split('/').collect();
+            assert_eq!(segments.len(), 7, "{target}");
+            assert_eq!(
+                &segments[..4],
+                ["", "mec_app_support", "v1", "applications"]
+            );
+            assert_eq!(segments[5], "traffic_rules");
+            for s in [segments[4], segments[6]] {
+                assert!(s != "." && s != "..", "{target}");
+                assert!(
+                    s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)),
+                    "{target}"
+                );
+            }
+            let back = RulePath::parse(&target).unwrap();
+            assert_eq!(
+                (back.app.as_str(), back.kind, back.rule.as_str()),
+                (app, RuleKind::Traffic, rule)
+            );
+        }
+
+        let mut v = seed();
+        v["appInstanceId"] = "../../x".into();
+        v["appDNSRule"][0]["dnsRuleId"] = "a b".into();
+        let steps = plan_of(&v).unwrap();
+        assert_eq!(
+            steps[0].target,
+            "/mec_app_support/v1/applications/..%2F..%2Fx/dns_rules/a%20b"
+        );
+        assert!(
+            steps[0].body.contains(r#""dnsRuleId":"a b""#),
+            "the body keeps the id as is"
+        );
+    }
+
+    // ---- apply/remove against a scripted transport ----
+
+    /// One call the scripted transport received.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Sent {
+        method: String,
+        url: String,
+        body: Option<String>,
+        headers: Vec<(String, String)>,
+    }
+
+    /// A scripted answer: the ETag of a 2xx, or an error.
+    type Scripted = Result<Option<String>, MepError>;
+
+    /// Answers calls from a script, in order; records them.
+    #[derive(Default, Clone)]
+    struct Script {
+        answers: Arc<Mutex<VecDeque<Scripted>>>,
+        sent: Arc<Mutex<Vec<Sent>>>,
+    }
+
+    impl Script {
+        fn new(answers: Vec<Scripted>) -> Script {
+            Script {
+                answers: Arc::new(Mutex::new(answers.into())),
+                sent: Arc::default(),
+            }
+        }
+
+        fn sent(&self) -> Vec<Sent> {
+            self.sent.lock().unwrap().clone()
+        }
+
+        fn driver(&self) -> EtsiMec011 {
+            EtsiMec011::with_transport(Box::new(self.clone()))
+        }
+    }
+
+    impl Transport for Script {
+        fn url(&self, target: &str) -> String {
+            format!("http://mep{target}")
+        }
+
+        fn call(
+            &self,
+            method: &str,
+            url: &str,
+            json_body: Option<&str>,
+            headers: &[(&str, &str)],
+        ) -> Result<Option<String>, MepError> {
+            self.sent.lock().unwrap().push(Sent {
+                method: method.into(),
+                url: url.into(),
+                body: json_body.map(str::to_string),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            });
+            self.answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a call the script did not expect")
+        }
+    }
+
+    fn ok(etag: Option<&str>) -> Scripted {
+        Ok(etag.map(str::to_string))
+    }
+
+    fn refused(status: u16, detail: &str) -> Scripted {
+        Err(MepError::Refused {
+            url: "http://mep/x".into(),
+            status,
+            detail: detail.into(),
+        })
+    }
+
+    fn seed_steps_for(app: &str) -> Vec<Step> {
+        let mut v = seed();
+        v["appInstanceId"] = app.into();
+        plan_of(&v).unwrap()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const TRAFFIC_URL: &str =
+        "http://mep/mec_app_support/v1/applications/app%201/traffic_rules/tr1";
+
+    #[test]
+    fn apply_reads_then_puts_with_the_etag_and_the_app_header() {
+        let steps = seed_steps_for("app 1");
+        let script = Script::new(vec![ok(Some("\"v7\"")), ok(Some("\"v8\""))]);
+        script.driver().apply(&steps[1]).unwrap();
+        assert_eq!(
+            script.sent(),
+            vec![
+                Sent {
+                    method: "GET".into(),
+                    url: TRAFFIC_URL.into(),
+                    body: None,
+                    headers: headers(&[("X-AppinstanceID", "app 1")]),
+                },
+                Sent {
+                    method: "PUT".into(),
+                    url: TRAFFIC_URL.into(),
+                    body: Some(steps[1].body.clone()),
+                    headers: headers(&[("X-AppinstanceID", "app 1"), ("If-Match", "\"v7\"")]),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn without_an_etag_the_put_has_no_if_match() {
+        let steps = seed_steps_for("app 1");
+        let script = Script::new(vec![ok(None), ok(None)]);
+        script.driver().remove(&steps[0]).unwrap();
+        let sent = script.sent();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[1].method, "PUT");
+        assert_eq!(
+            sent[1].headers,
+            headers(&[("X-AppinstanceID", "app 1")]),
+            "no If-Match"
+        );
+        assert_eq!(sent[1].body.as_deref(), Some(inactive(DNS_ACTIVE).as_str()));
+    }
+
+    #[test]
+    fn a_weak_etag_is_not_sent_as_if_match() {
+        let steps = seed_steps_for("app 1");
+        let script = Script::new(vec![ok(Some("W/\"v1\"")), ok(None)]);
+        script.driver().apply(&steps[0]).unwrap();
+        assert_eq!(
+            script.sent()[1].headers,
+            headers(&[("X-AppinstanceID", "app 1")])
+        );
+    }
+
+    #[test]
+    fn a_412_is_read_again_and_retried_once_with_the_new_etag() {
+        let steps = seed_steps_for("app 1");
+        let script = Script::new(vec![
+            ok(Some("\"v1\"")),
+            refused(412, "stale"),
+            ok(Some("\"v2\"")),
+            ok(Some("\"v3\"")),
+        ]);
+        script.driver().apply(&steps[1]).unwrap();
+        let sent = script.sent();
+        let shape: Vec<(&str, Option<&str>)> = sent
+            .iter()
+            .map(|s| {
+                (
+                    s.method.as_str(),
+                    s.headers
+                        .iter()
+                        .find(|(k, _)| k == "If-Match")
+                        .map(|(_, v)| v.as_str()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("GET", None),
+                ("PUT", Some("\"v1\"")),
+                ("GET", None),
+                ("PUT", Some("\"v2\""))
+            ]
+        );
+        assert!(sent.iter().all(|s| {
+            s.headers
+                .contains(&("X-AppinstanceID".into(), "app 1".into()))
+        }));
+    }
+
+    #[test]
+    fn a_second_412_is_a_refusal() {
+        let steps = seed_steps_for("app 1");
+        let script = Script::new(vec![
+            ok(Some("\"v1\"")),
+            refused(412, ""),
+            ok(Some("\"v2\"")),
+            refused(412, "etag mismatch"),
+        ]);
+        let e = script.driver().apply(&steps[1]).unwrap_err();
+        let MepError::Refused { status, detail, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*status, 412);
+        assert!(
+            detail.contains(
+                "traffic rule 'tr1' of application 'app 1' changed on the platform twice"
+            ) && detail.contains("(platform: etag mismatch)"),
+            "{detail}"
+        );
+        assert!(!e.is_ambiguous());
+        assert_eq!(script.sent().len(), 4, "no third attempt");
+    }
+
+    #[test]
+    fn an_unknown_rule_is_a_clear_refusal_on_apply_and_success_on_removal() {
+        let steps = seed_steps_for("app 1");
+        // Unknown on the GET: nothing is written.
+        let script = Script::new(vec![refused(404, "no such rule")]);
+        let e = script.driver().apply(&steps[1]).unwrap_err();
+        let MepError::Refused { status, detail, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(*status, 404);
+        assert_eq!(
+            detail,
+            "the platform does not know traffic rule 'tr1' of application 'app 1': rules must come from the application's descriptor (platform: no such rule)"
+        );
+        assert_eq!(script.sent().len(), 1);
+
+        // Gone between the GET and the PUT.
+        let script = Script::new(vec![ok(None), refused(404, "")]);
+        let e = script.driver().apply(&steps[0]).unwrap_err();
+        assert!(
+            e.to_string().ends_with(
+                "the platform does not know DNS rule '111' of application 'app 1': rules must come from the application's descriptor"
+            ),
+            "{e}"
+        );
+
+        // Removal: 404 on the GET or the PUT is success.
+        let script = Script::new(vec![refused(404, "")]);
+        script.driver().remove(&steps[1]).unwrap();
+        assert_eq!(script.sent().len(), 1, "no PUT for a rule that is gone");
+        let script = Script::new(vec![ok(None), refused(404, "")]);
+        script.driver().remove(&steps[1]).unwrap();
+        let script = Script::new(vec![ok(Some("a")), refused(412, ""), refused(404, "")]);
+        script.driver().remove(&steps[1]).unwrap();
+    }
+
+    #[test]
+    fn other_failures_pass_through_unchanged() {
+        let steps = seed_steps_for("app 1");
+        let script = Script::new(vec![refused(503, "maintenance")]);
+        assert_eq!(
+            script.driver().apply(&steps[0]),
+            refused(503, "maintenance").map(|_| ())
+        );
+        let timeout = MepError::Timeout {
+            url: TRAFFIC_URL.into(),
+        };
+        let script = Script::new(vec![ok(None), Err(timeout.clone())]);
+        assert_eq!(script.driver().remove(&steps[1]), Err(timeout.clone()));
+        let script = Script::new(vec![ok(None), refused(412, ""), Err(timeout.clone())]);
+        assert_eq!(script.driver().apply(&steps[1]), Err(timeout));
+        let script = Script::new(vec![ok(None), refused(400, "X-AppinstanceID mismatch")]);
+        assert_eq!(
+            script.driver().apply(&steps[1]),
+            refused(400, "X-AppinstanceID mismatch").map(|_| ())
+        );
+    }
+
+    #[test]
+    fn a_step_of_another_driver_is_not_sent() {
+        let script = Script::new(vec![]);
+        let step = Step {
+            label: "DNS rule '111' (pfrag.gr)".into(),
+            target: "/api/mp1/traffic/all".into(),
+            body: "{}".into(),
+        };
+        let e = script.driver().remove(&step).unwrap_err();
+        assert!(e.to_string().contains("planned by another driver"), "{e}");
+        assert!(script.sent().is_empty());
+    }
+
+    #[test]
+    fn inactive_body_of_a_foreign_body_sets_the_state() {
+        assert_eq!(
+            inactive(r#"{"state":"ACTIVE","dnsRuleId":"1"}"#),
+            r#"{"dnsRuleId":"1","state":"INACTIVE"}"#
+        );
+        assert_eq!(inactive("not json"), "not json");
+    }
+}

@@ -1,0 +1,469 @@
+//! The `etsi-mec011` driver end to end: the real server on 127.0.0.1:0 against the fake MEC 011
+//! platform: activation and deactivation with exact paths, bodies and headers, the
+//! `appInstanceId` extension, unknown rules, ETags and 412, a platform failing removals, and
+//! hostile ids.
+
+mod support;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::fake_etsi::{Call, DNS, FakeEtsi, TRAFFIC};
+use support::tls::{TestPki, TlsFront};
+use support::{Plugin, Reply, example, server_section};
+
+/// A `[[region]]` driven by a MEC 011 platform at `url`.
+fn etsi_region(id: &str, url: &str, timeout_ms: u64) -> String {
+    format!(
+        "[[region]]\nid = \"{id}\"\nlatitude = 43.6\nlongitude = 7.06\nrange_km = 10.0\n[region.mep]\ndriver = \"etsi-mec011\"\nurl = \"{url}\"\ntimeout_ms = {timeout_ms}\n"
+    )
+}
+
+fn plugin(mep: &FakeEtsi) -> Plugin {
+    Plugin::start(&format!(
+        "{}{}",
+        server_section(""),
+        etsi_region("2", &mep.url(), 1000)
+    ))
+}
+
+/// The rules of `examples/traffic-and-dns.json` as the platform knows them from the
+/// application's descriptor (MEC 011 spelling; stored INACTIVE).
+fn descriptor_traffic() -> Value {
+    json!({"trafficRuleId": "tr-video", "filterType": "FLOW", "priority": 1,
+           "trafficFilter": [{"srcAddress": ["208930100001114"], "dstAddress": ["195.251.255.142"],
+                              "dstPort": ["80"], "protocol": ["tcp"]}],
+           "action": "FORWARD_DECAPSULATED",
+           "dstInterface": {"interfaceType": "IP", "dstMacAddress": "00:11:22:33:44:55",
+                            "dstIpAddress": "172.16.0.111"}})
+}
+
+fn descriptor_dns() -> Value {
+    json!({"dnsRuleId": "dns-video", "domainName": "video.example.org", "ipAddressType": "IP_V4",
+           "ipAddress": "172.16.0.111", "ttl": 30})
+}
+
+/// What the plugin sends for the example's rules, `state` aside.
+const DNS_ACTIVE: &str = r#"{"dnsRuleId":"dns-video","domainName":"video.example.org","ipAddressType":"IP_V4","ipAddress":"172.16.0.111","ttl":30,"state":"ACTIVE"}"#;
+const TRAFFIC_ACTIVE: &str = r#"{"trafficRuleId":"tr-video","filterType":"FLOW","priority":1,"trafficFilter":[{"srcAddress":["208930100001114"],"dstAddress":["195.251.255.142"],"dstPort":["80"],"protocol":["tcp"]}],"action":"FORWARD_DECAPSULATED","dstInterface":{"interfaceType":"IP","dstMacAddress":"00:11:22:33:44:55","dstIpAddress":"172.16.0.111"},"state":"ACTIVE"}"#;
+
+fn inactive(active: &str) -> String {
+    active.replace(r#""state":"ACTIVE""#, r#""state":"INACTIVE""#)
+}
+
+/// The example request, with `appInstanceId` when given.
+fn request(app: Option<&str>) -> String {
+    let mut v: Value = serde_json::from_str(&example("traffic-and-dns.json")).unwrap();
+    if let Some(app) = app {
+        v["appInstanceId"] = app.into();
+    }
+    v.to_string()
+}
+
+fn preload(mep: &FakeEtsi, app: &str) {
+    mep.preload(app, &[descriptor_traffic()], &[descriptor_dns()]);
+}
+
+fn rule_path(app_segment: &str, collection: &str, id: &str) -> String {
+    format!("/mec_app_support/v1/applications/{app_segment}/{collection}/{id}")
+}
+
+fn created_id(reply: &Reply) -> String {
+    assert_eq!(reply.status, 201, "{:?}", reply.json);
+    reply.json["RequestId"].as_str().unwrap().to_string()
+}
+
+/// (method, path) of each call.
+fn shape(calls: &[Call]) -> Vec<(String, String)> {
+    calls
+        .iter()
+        .map(|c| (c.method.clone(), c.path.clone()))
+        .collect()
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    expected
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect()
+}
+
+/// Polls until `done` holds, for at most `limit`.
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+#[test]
+fn a_creation_activates_each_rule_with_exact_paths_bodies_and_headers() {
+    let mep = FakeEtsi::start();
+    preload(&mep, "app-1");
+    let p = plugin(&mep);
+    created_id(&p.post(&request(Some("app-1"))));
+
+    let dns = rule_path("app-1", DNS, "dns-video");
+    let traffic = rule_path("app-1", TRAFFIC, "tr-video");
+    let calls = mep.calls();
+    assert_eq!(
+        shape(&calls),
+        pairs(&[
+            ("GET", &dns),
+            ("PUT", &dns),
+            ("GET", &traffic),
+            ("PUT", &traffic)
+        ]),
+        "DNS first, each rule read then written"
+    );
+    assert_eq!(calls[1].body, DNS_ACTIVE);
+    assert_eq!(calls[3].body, TRAFFIC_ACTIVE);
+    for call in &calls {
+        assert_eq!(call.header("X-AppinstanceID"), Some("app-1"), "{call:?}");
+        assert_eq!(call.header("If-Match"), None, "the platform gave no ETag");
+    }
+    for put in &calls[1..] {
+        if put.method == "PUT" {
+            assert_eq!(put.header("Content-Type"), Some("application/json"));
+        }
+    }
+    assert_eq!(
+        mep.state("app-1", DNS, "dns-video").as_deref(),
+        Some("ACTIVE")
+    );
+    assert_eq!(
+        mep.state("app-1", TRAFFIC, "tr-video").as_deref(),
+        Some("ACTIVE")
+    );
+}
+
+#[test]
+fn without_app_instance_id_the_request_id_names_the_application() {
+    let mep = FakeEtsi::start();
+    mep.preload_any(&[descriptor_traffic()], &[descriptor_dns()]);
+    let p = plugin(&mep);
+    let id = created_id(&p.post(&request(None)));
+    let puts = mep.puts();
+    assert_eq!(puts.len(), 2);
+    assert_eq!(puts[0].path, rule_path(&id, DNS, "dns-video"));
+    assert_eq!(puts[1].path, rule_path(&id, TRAFFIC, "tr-video"));
+    assert!(
+        puts.iter()
+            .all(|c| c.header("X-AppinstanceID") == Some(&id))
+    );
+    assert_eq!(
+        mep.state(&id, TRAFFIC, "tr-video").as_deref(),
+        Some("ACTIVE")
+    );
+}
+
+#[test]
+fn an_unknown_rule_is_502_naming_it_and_the_earlier_rules_are_deactivated() {
+    let mep = FakeEtsi::start();
+    // The descriptor has the DNS rule only.
+    mep.preload("app-1", &[], &[descriptor_dns()]);
+    let p = plugin(&mep);
+    let r = p.post(&request(Some("app-1")));
+    let detail = r.problem(502);
+    assert!(
+        detail.contains("the platform does not know traffic rule 'tr-video' of application 'app-1': rules must come from the application's descriptor"),
+        "{detail}"
+    );
+    let dns = rule_path("app-1", DNS, "dns-video");
+    let traffic = rule_path("app-1", TRAFFIC, "tr-video");
+    let calls = mep.calls();
+    assert_eq!(
+        shape(&calls),
+        pairs(&[
+            ("GET", &dns),
+            ("PUT", &dns),
+            ("GET", &traffic),
+            ("GET", &dns),
+            ("PUT", &dns)
+        ])
+    );
+    assert_eq!(calls[1].body, DNS_ACTIVE);
+    assert_eq!(
+        calls[4].body,
+        inactive(DNS_ACTIVE),
+        "undone: set back INACTIVE"
+    );
+    assert_eq!(
+        mep.state("app-1", DNS, "dns-video").as_deref(),
+        Some("INACTIVE")
+    );
+    let id = r.json["RequestId"].as_str().unwrap();
+    assert_eq!(
+        p.get(&format!("/service/requests/{id}")).json["status"],
+        "FAILED"
+    );
+}
+
+#[test]
+fn delete_deactivates_in_reverse_order_then_answers_201() {
+    let mep = FakeEtsi::start();
+    preload(&mep, "app-1");
+    let p = plugin(&mep);
+    let id = created_id(&p.post(&request(Some("app-1"))));
+    mep.clear_calls();
+    let r = p.delete(&id);
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(r.json["status"], "DELETED");
+    let puts = mep.puts();
+    assert_eq!(
+        shape(&puts),
+        pairs(&[
+            ("PUT", &rule_path("app-1", TRAFFIC, "tr-video")),
+            ("PUT", &rule_path("app-1", DNS, "dns-video"))
+        ])
+    );
+    assert_eq!(puts[0].body, inactive(TRAFFIC_ACTIVE));
+    assert_eq!(puts[1].body, inactive(DNS_ACTIVE));
+    assert!(
+        mep.calls()
+            .iter()
+            .all(|c| c.header("X-AppinstanceID") == Some("app-1"))
+    );
+    assert!(mep.active().is_empty(), "{:?}", mep.active());
+    // The rules stay known to the platform: only their state changed.
+    assert!(mep.rule("app-1", TRAFFIC, "tr-video").is_some());
+    p.get(&format!("/service/requests/{id}")).problem(404);
+}
+
+#[test]
+fn etags_are_sent_as_if_match_and_a_412_is_read_again_and_retried_once() {
+    let mep = FakeEtsi::start();
+    preload(&mep, "app-1");
+    mep.require_if_match();
+    mep.concurrent_change("app-1", TRAFFIC, "tr-video", 1);
+    let p = plugin(&mep);
+    let id = created_id(&p.post(&request(Some("app-1"))));
+
+    let traffic = rule_path("app-1", TRAFFIC, "tr-video");
+    let calls: Vec<Call> = mep
+        .calls()
+        .into_iter()
+        .filter(|c| c.path == traffic)
+        .collect();
+    let seen: Vec<(&str, Option<&str>)> = calls
+        .iter()
+        .map(|c| (c.method.as_str(), c.header("If-Match")))
+        .collect();
+    // Preloaded at version 1; the concurrent change after the first GET makes it 2.
+    assert_eq!(
+        seen,
+        vec![
+            ("GET", None),
+            ("PUT", Some("\"1\"")),
+            ("GET", None),
+            ("PUT", Some("\"2\""))
+        ]
+    );
+    assert_eq!(
+        mep.state("app-1", TRAFFIC, "tr-video").as_deref(),
+        Some("ACTIVE")
+    );
+    assert_eq!(p.delete(&id).status, 201);
+    assert!(mep.active().is_empty());
+}
+
+#[test]
+fn a_second_412_is_502_and_the_applied_rules_are_undone() {
+    let mep = FakeEtsi::start();
+    preload(&mep, "app-1");
+    mep.enable_etags();
+    mep.concurrent_change("app-1", TRAFFIC, "tr-video", 2);
+    let p = plugin(&mep);
+    let detail = p.post(&request(Some("app-1"))).problem(502);
+    assert!(
+        detail.contains("412")
+            && detail.contains(
+                "traffic rule 'tr-video' of application 'app-1' changed on the platform twice"
+            ),
+        "{detail}"
+    );
+    let traffic_puts = mep
+        .puts()
+        .iter()
+        .filter(|c| c.path.contains(TRAFFIC))
+        .count();
+    assert_eq!(traffic_puts, 2, "one retry, no more");
+    assert!(mep.active().is_empty(), "{:?}", mep.active());
+}
+
+#[test]
+fn a_removal_the_platform_fails_is_202_and_finished_by_the_reconciler_once_healed() {
+    let mep = FakeEtsi::start();
+    preload(&mep, "app-1");
+    let p = plugin(&mep);
+    let id = created_id(&p.post(&request(Some("app-1"))));
+    mep.fail_all(503);
+    let r = p.delete(&id);
+    assert_eq!(r.status, 202, "{:?}", r.json);
+    assert_eq!(r.json["status"], "DELETING");
+    let detail = r.json["statusDetail"].as_str().unwrap();
+    assert!(
+        detail.contains("503") && detail.contains("injected fault"),
+        "{detail}"
+    );
+    assert_eq!(
+        mep.active().len(),
+        2,
+        "still active while the platform fails"
+    );
+    mep.heal();
+    assert!(
+        eventually(Duration::from_secs(5), || p
+            .get(&format!("/service/requests/{id}"))
+            .status
+            == 404),
+        "the reconciler deactivates them once the platform recovers"
+    );
+    assert!(mep.active().is_empty(), "{:?}", mep.active());
+}
+
+#[test]
+fn hostile_app_instance_ids_are_one_encoded_path_segment() {
+    let mep = FakeEtsi::start();
+    // Rules of the same ids under the applications a path traversal could reach.
+    preload(&mep, "x");
+    preload(&mep, "../../x");
+    preload(&mep, "a b");
+    let p = plugin(&mep);
+    for (app, segment) in [("../../x", "..%2F..%2Fx"), ("a b", "a%20b")] {
+        mep.clear_calls();
+        let id = created_id(&p.post(&request(Some(app))));
+        let calls = mep.calls();
+        assert_eq!(calls.len(), 4, "{calls:?}");
+        for call in &calls {
+            assert!(
+                call.path
+                    .starts_with(&format!("/mec_app_support/v1/applications/{segment}/")),
+                "{call:?}"
+            );
+            assert_eq!(call.header("X-AppinstanceID"), Some(app));
+        }
+        assert_eq!(
+            mep.state(app, TRAFFIC, "tr-video").as_deref(),
+            Some("ACTIVE")
+        );
+        assert_eq!(p.delete(&id).status, 201);
+    }
+    assert!(mep.active().is_empty(), "{:?}", mep.active());
+    assert!(
+        mep.calls().iter().all(|c| !c.path.contains("/x/")),
+        "application 'x' was never called"
+    );
+}
+
+#[test]
+fn a_rule_mec011_cannot_express_is_422_and_nothing_is_sent() {
+    let mep = FakeEtsi::start();
+    preload(&mep, "app-1");
+    let p = plugin(&mep);
+    let mut v: Value = serde_json::from_str(&request(Some("app-1"))).unwrap();
+    let second = v["appTrafficRule"][0]["dstInterface"][0].clone();
+    v["appTrafficRule"][0]["dstInterface"]
+        .as_array_mut()
+        .unwrap()
+        .push(second);
+    let detail = p.post(&v.to_string()).problem(422);
+    assert!(
+        detail.contains("appTrafficRule[0] 'tr-video' dstInterface[1]")
+            && detail.contains("etsi-mec011"),
+        "{detail}"
+    );
+    assert!(mep.calls().is_empty());
+}
+
+#[test]
+fn a_hanging_platform_is_504_within_the_timeout() {
+    let mep = FakeEtsi::start();
+    preload(&mep, "app-1");
+    let p = Plugin::start(&format!(
+        "{}{}",
+        server_section(""),
+        etsi_region("2", &mep.url(), 300)
+    ));
+    mep.delay(Duration::from_secs(2));
+    let started = Instant::now();
+    p.post(&request(Some("app-1"))).problem(504);
+    let took = started.elapsed();
+    // The GET of the first rule times out, then its undo's GET does.
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    mep.delay(Duration::ZERO);
+}
+
+#[test]
+fn the_fake_refuses_a_put_without_the_app_header_with_problem_details() {
+    use mec_plugin::config::{DriverKind, MepConfig};
+    use mec_plugin::mep::MepError;
+    use mec_plugin::mep::agent::MepClient;
+
+    let mep = FakeEtsi::start();
+    preload(&mep, "app-1");
+    let client = MepClient::new(&MepConfig::new(
+        DriverKind::EtsiMec011,
+        &mep.url(),
+        Duration::from_secs(2),
+    ));
+    let url = client.url(&rule_path("app-1", DNS, "dns-video"));
+    let e = client.send("PUT", &url, Some(DNS_ACTIVE)).unwrap_err();
+    let MepError::Refused { status, detail, .. } = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(status, 400);
+    assert!(detail.contains("X-AppinstanceID"), "{detail}");
+    let e = client
+        .send(
+            "GET",
+            &client.url(&rule_path("app-1", TRAFFIC, "nope")),
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&e, MepError::Refused { status: 404, detail, .. } if detail.contains("no rule 'nope'")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn over_https_with_the_region_ca_the_rules_are_activated_and_deactivated() {
+    let mep = FakeEtsi::start();
+    preload(&mep, "app-1");
+    let pki = TestPki::generate("etsi");
+    let front = TlsFront::start(&pki, mep.addr());
+    let url = format!("https://127.0.0.1:{}", front.port());
+    // Region 2 trusts the test CA; region 3 does not (public roots only).
+    let p = Plugin::start(&format!(
+        "{}{}ca_file = \"{}\"\n{}",
+        server_section(""),
+        etsi_region("2", &url, 3000),
+        pki.ca_file.display(),
+        etsi_region("3", &url, 3000)
+    ));
+
+    let mut untrusted: Value = serde_json::from_str(&request(Some("app-1"))).unwrap();
+    untrusted["RegionId"] = "3".into();
+    let detail = p.post(&untrusted.to_string()).problem(502);
+    assert!(detail.contains("unreachable"), "{detail}");
+    assert!(mep.calls().is_empty(), "nothing reached the platform");
+
+    let id = created_id(&p.post(&request(Some("app-1"))));
+    let puts = mep.puts();
+    assert_eq!(puts.len(), 2);
+    assert_eq!(puts[0].body, DNS_ACTIVE);
+    assert_eq!(puts[1].body, TRAFFIC_ACTIVE);
+    assert!(
+        puts.iter()
+            .all(|c| c.header("X-AppinstanceID") == Some("app-1"))
+    );
+    assert_eq!(mep.active().len(), 2);
+    assert_eq!(p.delete(&id).status, 201);
+    assert!(mep.active().is_empty());
+}
