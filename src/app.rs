@@ -7,16 +7,18 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use log::info;
+use log::{info, warn};
 
 use crate::api;
 use crate::config::{Config, ConfigError};
 use crate::server::{self, Server};
 use crate::service::Service;
 use crate::store::StoreError;
+use crate::systemd;
 
 /// Command-line overrides of the configuration file.
 #[derive(Debug, Default, Clone)]
@@ -50,7 +52,7 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::State(e) => write!(f, "cannot use the state: {e}"),
-            StartError::Listen(e) => write!(f, "cannot listen: {e}"),
+            StartError::Listen(e) => write!(f, "cannot start serving: {e}"),
         }
     }
 }
@@ -121,21 +123,92 @@ impl App {
     }
 }
 
-/// Runs the plugin until it is asked to stop.
+/// Runs the plugin until SIGTERM or SIGINT, telling systemd (`NOTIFY_SOCKET`) when it is ready
+/// and when it stops; see [`crate::systemd`]. The shutdown stops accepting, lets requests in
+/// flight finish (up to 4 s), stops the reconciler, and returns within 4.5 s.
 pub fn run(config: &Config) -> Result<(), StartError> {
+    /// How long requests in flight get to finish once a shutdown begins.
+    const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+    /// Bound on the whole shutdown (server, then reconciler): past it the process exits
+    /// anyway, which is safe (every change is on disk before it is acknowledged, and a start-up
+    /// recovers from an interrupted one as from a crash). Under 5 s, half the unit's
+    /// `TimeoutStopSec=10`.
+    const SHUTDOWN_BOUND: Duration = Duration::from_millis(4500);
+    // Before starting, so that a SIGTERM during a long state replay is not lost.
+    let termination = match systemd::Termination::watch() {
+        Ok(termination) => Some(termination),
+        Err(e) => {
+            warn!("cannot handle SIGTERM and SIGINT ({e}): they will end the process at once");
+            None
+        }
+    };
     for line in config.summary() {
         info!("{line}");
     }
     let app = App::start(config)?;
+    let addr = app.local_addr();
     info!(
-        "mec-plugin {} ready: API at http://{}{} (api_style {:?}, state in {})",
+        "mec-plugin {} ready: API at {}://{addr}{} (api_style {:?}, state in {})",
         env!("CARGO_PKG_VERSION"),
-        app.local_addr(),
+        app.server.scheme(),
         api::BASE,
         config.server.api_style,
         config.server.state_dir.display()
     );
+    let shutdown = app.server.shutdown_handle();
+    if let Some(termination) = &termination {
+        termination.arm(shutdown.clone());
+    }
+    if !shutdown.is_triggered() {
+        // Listening, and the state is replayed: what systemd waits for before it starts the
+        // units ordered after this one.
+        let records = app.service.list_len();
+        let backlog = app.service.backlog();
+        let pending = if backlog > 0 {
+            format!(", {backlog} removal(s) pending")
+        } else {
+            String::new()
+        };
+        systemd::notify(&format!(
+            "READY=1\nSTATUS=serving on {}://{addr}{}, {records} record(s){pending}",
+            app.server.scheme(),
+            api::BASE
+        ));
+    }
+
     app.server.wait();
-    app.stop(Duration::from_secs(4));
+    let began = Instant::now();
+    let reason = termination
+        .as_ref()
+        .and_then(systemd::Termination::received)
+        .unwrap_or("a shutdown request");
+    systemd::notify(&format!("STOPPING=1\nSTATUS=stopping ({reason})"));
+    info!(
+        "stopping: no new connections; requests in flight get up to {} ms, then the reconciler \
+         stops",
+        SHUTDOWN_GRACE.as_millis()
+    );
+    let (stopped, watched) = mpsc::channel::<()>();
+    let watchdog = thread::Builder::new()
+        .name("stop-watchdog".into())
+        .spawn(move || {
+            if let Err(RecvTimeoutError::Timeout) = watched.recv_timeout(SHUTDOWN_BOUND) {
+                warn!(
+                    "still stopping after {} ms (a platform call of the reconciler?): exiting \
+                     now; the state on disk is consistent",
+                    SHUTDOWN_BOUND.as_millis()
+                );
+                std::process::exit(0);
+            }
+        });
+    if let Err(e) = &watchdog {
+        warn!("cannot bound the shutdown ({e}); stopping without a time limit");
+    }
+    app.stop(SHUTDOWN_GRACE);
+    drop(stopped);
+    if let Ok(watchdog) = watchdog {
+        let _ = watchdog.join();
+    }
+    info!("mec-plugin stopped in {} ms", began.elapsed().as_millis());
     Ok(())
 }

@@ -19,4 +19,5 @@ pub mod model;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod systemd;
 pub mod util;

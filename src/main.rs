@@ -56,11 +56,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    simple_logger::SimpleLogger::new()
-        .with_level(log::LevelFilter::Info)
-        .env()
-        .init()
-        .expect("the logger is set up once");
+    init_logging();
     match app::run(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -68,4 +64,83 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to standard output at the level of `RUST_LOG` (default `info`). Under systemd, when
+/// standard output is the journal, each line starts with its syslog priority (`<3>` ... `<7>`,
+/// which journald turns into the entry's priority, so `journalctl -p warning` works) and has no
+/// timestamp (journald stamps every entry); elsewhere lines are timestamped.
+fn init_logging() {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<log::LevelFilter>().ok())
+        .unwrap_or(log::LevelFilter::Info);
+    if stdout_is_the_journal() {
+        log::set_max_level(level);
+        log::set_logger(&JournalLogger).expect("the logger is set up once");
+    } else {
+        let mut logger = simple_logger::SimpleLogger::new().with_level(level);
+        for target in QUIET_TARGETS {
+            logger = logger.with_module_level(target, level.min(log::LevelFilter::Info));
+        }
+        logger.init().expect("the logger is set up once");
+    }
+}
+
+/// Whether systemd connected standard output to the journal: `JOURNAL_STREAM` (set by systemd)
+/// names the device and inode of that stream, which must be our standard output's (it is not
+/// if the output was redirected, or if the variable was inherited from a parent service).
+fn stdout_is_the_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stdout) = std::io::stdout().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    let Ok(meta) = std::fs::File::from(stdout).metadata() else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", meta.dev(), meta.ino())
+}
+
+/// Crates whose debug and trace output may show request headers — the bearer tokens sent to
+/// platforms among them — and are therefore never logged below info.
+const QUIET_TARGETS: [&str; 3] = ["ureq", "ureq_proto", "rustls"];
+
+/// One line per record with a syslog priority prefix that journald understands.
+struct JournalLogger;
+
+impl log::Log for JournalLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        let quiet = QUIET_TARGETS
+            .iter()
+            .any(|t| metadata.target() == *t || metadata.target().starts_with(&format!("{t}::")));
+        metadata.level() <= log::max_level() && !(quiet && metadata.level() > log::Level::Info)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let priority = match record.level() {
+            log::Level::Error => 3,
+            log::Level::Warn => 4,
+            log::Level::Info => 6,
+            log::Level::Debug | log::Level::Trace => 7,
+        };
+        // Under the stdout lock, so lines of threads do not interleave; an error (journald
+        // restarting: EPIPE) loses the line instead of panicking like println! would.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "<{priority}>{:<5} [{}] {}",
+            record.level(),
+            record.target(),
+            record.args()
+        );
+    }
+
+    fn flush(&self) {}
 }

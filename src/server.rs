@@ -39,7 +39,38 @@
 //! idle (woken but not yet running), queues a new connection instead of starting a thread; a
 //! queued connection then waits until some other connection ends. A burst of N simultaneous
 //! keep-alive connections is served at once only if `min_threads` >= N; larger bursts wait at
-//! most until idle connections time out (`read_timeout`).
+//! most until idle connections time out (`read_timeout`). What counts is the pool threads free
+//! when the burst arrives: connections held open (idle keep-alive, stalled clients) occupy
+//! threads, so a burst larger than the free threads can leave a few connections queued until an
+//! open connection ends (seen on 2 cores with 400 connections held open, the default 128
+//! threads and a burst of 64 TLS connections: 6 queued, in about one run in five).
+//!
+//! **Backlog.** std listens with a backlog of 128; a flood of connections faster than the accept
+//! loop overflows it and the kernel drops handshakes, which costs the clients a 1 s SYN
+//! retransmission. The backlog is raised to [`LISTEN_BACKLOG`] (capped by
+//! `net.core.somaxconn`).
+//!
+//! **TLS.** With [`Options::tls`] the listener speaks HTTPS only, through the crate's rustls
+//! support and the same accept loop. `accept_connection` only wraps the accepted socket in a
+//! rustls server connection (no I/O); the handshake happens at the first read, on the
+//! connection thread, under the socket timeouts inherited from the listener. A client that never
+//! sends its ClientHello, or stops half-way through it, therefore holds only its own connection
+//! thread, and for at most about 3 × `read_timeout` (the read that times out, then the crate's
+//! attempt to answer 400, which rustls turns into more handshake reads under the same timeout);
+//! one that trickles its handshake byte by byte is bounded per read, not in total, exactly like
+//! one trickling a plain request head. Plain HTTP on the TLS port fails the handshake: the client
+//! gets a TLS alert and the connection is closed within `read_timeout`. After the handshake
+//! every defence above applies unchanged: the reaper and the shutdown cut connections with
+//! `shutdown(2)` on the TCP socket found in `/proc/self/fd`, which works under TLS and never
+//! waits for the lock rustls streams share between their read and write halves. Unlike plain
+//! ones, the crate reads a TLS connection's next request only once the previous one has been
+//! answered, and a TLS connection costs one descriptor instead of two. The crate panics on a
+//! key it cannot parse, so [`Server::start`] first checks the key with the very parser the crate
+//! unwraps, then the chain and the key together with the rustls configuration the crate builds
+//! (which rejects a key that is not the certificate's); any problem is an error naming
+//! `tls_cert` or `tls_key`. Two rustls crypto providers are compiled in (ring through ureq,
+//! aws-lc-rs through tiny_http_fork), between which rustls will not choose, so ring is installed
+//! as the process-wide provider first.
 //!
 //! **Shutdown.** Stops the accept loop and shuts the listening socket (new connections are
 //! refused at once), lets workers finish the requests they have and the ones already queued
@@ -56,10 +87,12 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tiny_http_fork::util::{MessagesQueue, TaskPool};
-use tiny_http_fork::{Header, Headers, Listener, Message, SslContextWrap, StatusCode};
+use tiny_http_fork::{Header, Headers, Listener, Message, SslConfig, SslContextWrap, StatusCode};
 
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, TlsFiles};
 use crate::error::ApiError;
 use crate::http::{Request, Response};
 use crate::model::ApiStyle;
@@ -76,6 +109,8 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Smallest socket timeout we set (zero would mean "no timeout" to the kernel).
 const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// Connections the kernel queues for the accept loop (see "Backlog" in the module docs).
+pub const LISTEN_BACKLOG: libc::c_int = 1024;
 /// Size of one body read.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -94,6 +129,9 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// Spelling of the problem responses this module builds.
     pub api_style: ApiStyle,
+    /// Certificate chain and key: when set, the listener speaks HTTPS only (see "TLS" in the
+    /// module docs); checked by [`Server::start`].
+    pub tls: Option<TlsFiles>,
 }
 
 impl Options {
@@ -106,6 +144,7 @@ impl Options {
             read_timeout: c.read_timeout,
             max_body_bytes: c.max_body_bytes,
             api_style: c.api_style,
+            tls: c.tls.clone(),
         }
     }
 }
@@ -121,6 +160,7 @@ pub struct Server {
     shutdown: ShutdownHandle,
     threads: Vec<JoinHandle<()>>,
     workers: usize,
+    tls: bool,
 }
 
 /// Asks a [`Server`] to shut down: makes [`Server::wait`] return. Cheap to clone and send.
@@ -154,6 +194,7 @@ impl fmt::Debug for Server {
         f.debug_struct("Server")
             .field("local_addr", &self.shared.local_addr)
             .field("workers", &self.workers)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -175,10 +216,15 @@ struct Shared {
 }
 
 impl Server {
-    /// Binds, starts accepting and `workers` handler threads; returns once listening.
+    /// Binds, starts accepting and `workers` handler threads; returns once listening. With
+    /// [`Options::tls`], the certificate chain and key are checked first: an unusable one is an
+    /// `InvalidInput` error naming `tls_cert` or `tls_key`.
     pub fn start(options: Options, handler: Handler) -> io::Result<Server> {
         let workers = options.workers.max(1);
         let read_timeout = options.read_timeout.max(MIN_TIMEOUT);
+        // Before binding: a certificate or key problem is reported without ever listening.
+        let ssl = tls_context(options.tls.as_ref())?;
+        let tls = options.tls.is_some();
         let listener = TcpListener::bind(options.listen)?;
         set_listener_options(&listener, read_timeout)?;
         let local_addr = listener.local_addr()?;
@@ -207,11 +253,12 @@ impl Server {
             },
             threads: Vec::with_capacity(workers + 2),
             workers,
+            tls,
         };
         // On an error below, dropping `server` stops whatever was started.
         server.spawn("http-accept".into(), {
             let shared = Arc::clone(&shared);
-            move || accept_loop(&shared, accept_listener, pool, connection_threads)
+            move || accept_loop(&shared, accept_listener, &ssl, pool, connection_threads)
         })?;
         server.spawn("http-reaper".into(), {
             let shared = Arc::clone(&shared);
@@ -224,8 +271,9 @@ impl Server {
             })?;
         }
         log::info!(
-            "listening on http://{local_addr} ({workers} workers, \
+            "listening on {}://{local_addr} ({workers} workers, \
              {connection_threads} connection threads, read timeout {} ms, body limit {} bytes)",
+            server.scheme(),
             read_timeout.as_millis(),
             options.max_body_bytes
         );
@@ -235,6 +283,11 @@ impl Server {
     /// The real bound address (port 0 resolved).
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// `"https"` when the server speaks TLS ([`Options::tls`]), else `"http"`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
     }
 
     /// A handle that makes [`Server::wait`] return, usable from any thread.
@@ -350,21 +403,22 @@ fn new_pool(min_threads: usize) -> io::Result<TaskPool> {
 
 /// Accepts connections until `stopping`, handing each to a pool thread that parses requests
 /// into `shared.queue`. Never ends because of an accept error.
-fn accept_loop(shared: &Shared, listener: TcpListener, mut pool: TaskPool, min_threads: usize) {
+fn accept_loop(
+    shared: &Shared,
+    listener: TcpListener,
+    ssl: &SslContextWrap,
+    mut pool: TaskPool,
+    min_threads: usize,
+) {
     let listener = Listener::from(listener);
-    let ssl = match SslContextWrap::build_ssl_capabilities(None) {
-        Ok(ssl) => ssl,
-        Err(e) => {
-            log::error!("cannot set up the HTTP listener: {e}");
-            return;
-        }
-    };
     let sender = shared.queue.create_sender();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut exhausted = false; // inside an episode of resource exhaustion (logged once)
     while !shared.stopping.is_set() {
         let accepted = panic::catch_unwind(AssertUnwindSafe(|| {
-            tiny_http_fork::Server::accept_connection(&listener, &ssl)
+            // With TLS this only wraps the socket (no I/O): the handshake happens on the
+            // connection thread, at its first read.
+            tiny_http_fork::Server::accept_connection(&listener, ssl)
         }));
         let pause = match accepted {
             Ok(Ok(Some(client))) => {
@@ -470,6 +524,78 @@ fn classify_accept_error(e: &io::Error) -> AcceptError {
         ) => AcceptError::Retry,
         _ => AcceptError::Other,
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+/// The crate's TLS context: none for plain HTTP, else one built from `tls` once we have checked
+/// it ourselves. The crate parses the key with `unwrap` (a key it cannot read would panic), so
+/// the key is first run through that very parser (`PrivateKeyDer::from_pem_slice`), then the
+/// chain and the key through the rustls configuration the crate builds, which also rejects a
+/// key that is not the certificate's.
+fn tls_context(tls: Option<&TlsFiles>) -> io::Result<SslContextWrap> {
+    let Some(tls) = tls else {
+        return SslContextWrap::build_ssl_capabilities(None).map_err(io::Error::other);
+    };
+    install_crypto_provider();
+    let key = tls.key_pem.expose().as_bytes();
+    let chain = CertificateDer::pem_slice_iter(&tls.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            bad_tls(format!(
+                "[server] tls_cert: the PEM certificate chain cannot be read: {e}"
+            ))
+        })?;
+    if chain.is_empty() {
+        return Err(bad_tls("[server] tls_cert: no PEM certificate".into()));
+    }
+    let private_key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+        bad_tls(format!(
+            "[server] tls_key: no usable private key (PEM PKCS#8, PKCS#1 or SEC1 expected): {e}"
+        ))
+    })?;
+    if let Some(provider) = rustls::crypto::CryptoProvider::get_default() {
+        provider
+            .key_provider
+            .load_private_key(private_key.clone_key())
+            .map_err(|e| bad_tls(format!("[server] tls_key: unusable private key: {e}")))?;
+    }
+    rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => bad_tls(
+                "[server] tls_key is not the key of the first certificate in tls_cert".into(),
+            ),
+            e => bad_tls(format!(
+                "[server] tls_cert and tls_key cannot be used together: {e}"
+            )),
+        })?;
+    let config = SslConfig {
+        certificate: tls.cert_pem.clone(),
+        private_key: key.to_vec(), // zeroized by the crate when dropped
+    };
+    // Checked above, so neither an error nor a panic is expected; both are reported anyway.
+    match panic::catch_unwind(|| SslContextWrap::build_ssl_capabilities(Some(config))) {
+        Ok(Ok(ssl)) => Ok(ssl),
+        Ok(Err(e)) => Err(bad_tls(format!("[server] tls_cert/tls_key: {e}"))),
+        Err(_) => Err(bad_tls(
+            "[server] tls_cert/tls_key: the TLS set-up failed".into(),
+        )),
+    }
+}
+
+/// Makes ring the process-wide rustls crypto provider. Two providers are compiled in (ring
+/// through ureq, aws-lc-rs through tiny_http_fork's rustls), and with two rustls cannot choose
+/// one: building any configuration without an installed provider panics. A provider installed
+/// earlier (by anyone) is kept.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn bad_tls(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -943,9 +1069,15 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage, len: usize) -> Option<Socke
 // ---------------------------------------------------------------------------------------------
 // Socket options
 
-/// Read and write timeouts (inherited by accepted sockets on Linux) and `TCP_NODELAY`.
+/// Read and write timeouts (inherited by accepted sockets on Linux), `TCP_NODELAY`, and the
+/// backlog.
 fn set_listener_options(listener: &TcpListener, timeout: Duration) -> io::Result<()> {
     let fd = listener.as_raw_fd();
+    // Listening again on a listening socket only changes its backlog (Linux). Best effort.
+    // SAFETY: `fd` is an open socket; listen(2) takes no pointers.
+    if unsafe { libc::listen(fd, LISTEN_BACKLOG) } != 0 {
+        log::debug!("listen backlog not raised: {}", io::Error::last_os_error());
+    }
     let tv = libc::timeval {
         tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
         tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
@@ -1278,6 +1410,47 @@ mod tests {
         assert_eq!(o.read_timeout, c.read_timeout);
         assert_eq!(o.max_body_bytes, c.max_body_bytes);
         assert_eq!(o.api_style, c.api_style);
+        assert!(o.tls.is_none());
+    }
+
+    fn tls_files(cert_pem: &str, key_pem: &str) -> TlsFiles {
+        TlsFiles {
+            cert_pem: cert_pem.as_bytes().to_vec(),
+            key_pem: crate::config::Secret::new(key_pem.to_string()),
+        }
+    }
+
+    #[test]
+    fn a_certificate_with_its_key_makes_a_tls_context_and_a_bad_key_is_an_error_naming_tls_key() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        assert!(tls_context(Some(&tls_files(&cert, &key.serialize_pem()))).is_ok());
+        assert!(tls_context(None).is_ok());
+
+        let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        for key in [
+            // Not base64: the crate's own parse would panic on this one.
+            "-----BEGIN PRIVATE KEY-----\nnot a key!\n-----END PRIVATE KEY-----\n",
+            // Base64, but not a key.
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            // A key, but not the certificate's.
+            other_key.as_str(),
+            "no PEM at all",
+        ] {
+            let e = tls_context(Some(&tls_files(&cert, key))).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+            assert!(e.to_string().contains("tls_key"), "{e}");
+        }
+        let e = tls_context(Some(&tls_files(
+            "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+            &key.serialize_pem(),
+        )))
+        .unwrap_err();
+        assert!(e.to_string().contains("tls_cert"), "{e}");
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub fn options(read_timeout_ms: u64, workers: usize) -> Options {
         read_timeout: Duration::from_millis(read_timeout_ms),
         max_body_bytes: MAX_BODY,
         api_style: ApiStyle::Spec,
+        tls: None,
     }
 }
 
