@@ -28,12 +28,15 @@ enum Route<'a> {
     Request(&'a str),
     Health,
     Metrics,
+    /// This API's OpenAPI 2.0 document.
+    OpenApi,
 }
 
 impl Route<'_> {
     fn allow(&self) -> &'static str {
         match self {
             Route::Regions | Route::Region(_) | Route::Health | Route::Metrics => "GET, HEAD",
+            Route::OpenApi => "GET, HEAD",
             Route::Requests => "GET, HEAD, POST",
             Route::Request(_) => "GET, HEAD, DELETE",
         }
@@ -48,6 +51,7 @@ impl Route<'_> {
             Route::Request(_) => "/MEC/v1/service/requests/{RequestId}",
             Route::Health => "/healthz",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/MEC/v1/swagger.json",
         }
     }
 
@@ -61,6 +65,7 @@ fn route(path: &str) -> Option<Route<'_>> {
     match path {
         "/healthz" => return Some(Route::Health),
         "/metrics" => return Some(Route::Metrics),
+        "/MEC/v1/swagger.json" => return Some(Route::OpenApi),
         _ => {}
     }
     let rest = path.strip_prefix(BASE)?.strip_prefix("/service/")?;
@@ -148,6 +153,7 @@ impl Api {
             ("DELETE", Route::Request(id)) => delete_request(service, style, id),
             ("GET", Route::Health) => Ok(health(service)),
             ("GET", Route::Metrics) => Ok(metrics(service)),
+            ("GET", Route::OpenApi) => Ok(Response::json(200, OPENAPI.as_bytes().to_vec())),
             _ => Err(ApiError::MethodNotAllowed {
                 path: request.path().to_string(),
                 allow: route.allow(),
@@ -155,6 +161,9 @@ impl Api {
         }
     }
 }
+
+/// This API's OpenAPI 2.0 document, served at `GET /MEC/v1/swagger.json`.
+const OPENAPI: &str = include_str!("../openapi/mec-plugin.json");
 
 /// Compares two byte strings in time that depends only on their lengths.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

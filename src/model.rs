@@ -88,6 +88,8 @@ pub struct CreationRequest {
     pub(crate) _created_at: Option<IgnoredAny>,
     #[serde(rename = "lastModified", default, skip_serializing)]
     pub(crate) _last_modified: Option<IgnoredAny>,
+    #[serde(rename = "statusDetail", default, skip_serializing)]
+    pub(crate) _status_detail: Option<IgnoredAny>,
 }
 
 impl CreationRequest {
@@ -181,8 +183,11 @@ pub enum Serializers {
     Json,
     #[serde(rename = "XML")]
     Xml,
-    #[serde(rename = "PROBOBUF3", alias = "PROTOBUF3")]
+    #[serde(rename = "PROTOBUF3")]
     Protobuf3,
+    /// The misspelling found in some MEC data models and generated clients, kept as sent.
+    #[serde(rename = "PROBOBUF3")]
+    Probobuf3,
 }
 
 /// `TrafficRuleDescriptor`.
@@ -508,8 +513,11 @@ fn check_id(id: &str, at: &str) -> Result<(), String> {
     if id.trim().is_empty() {
         return Err(format!("{at} must not be empty"));
     }
-    if id.len() > 256 || id.chars().any(char::is_control) {
-        return Err(format!("{at} must be at most 256 printable characters"));
+    if id.len() > 256 {
+        return Err(format!("{at} must be at most 256 characters"));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(format!("{at} must not contain control characters"));
     }
     Ok(())
 }
@@ -532,8 +540,12 @@ fn check_uint(n: &Number, max: u64, at: &str) -> Result<(), String> {
 const MAX_FREE_FORM_DEPTH: usize = 32;
 
 /// Free-form objects are kept verbatim without being parsed into a tree, so serde_json's
-/// recursion limit does not apply to them: their nesting is bounded here instead.
+/// recursion limit does not apply to them: their nesting is bounded here instead. The
+/// contract types them as objects.
 fn check_depth(raw: &RawValue, at: &str) -> Result<(), String> {
+    if !raw.get().starts_with('{') {
+        return Err(format!("{at} must be a JSON object"));
+    }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for b in raw.get().bytes() {
         match (in_string, escaped, b) {
@@ -731,6 +743,27 @@ mod tests {
     }
 
     #[test]
+    fn free_form_fields_must_be_objects() {
+        let body = r#"{"RegionId":"2","transportDependencies":[{"transport":{"type":"RPC","protocol":"p","version":"1","security":5},"serializers":"PROTOBUF3","labels":[]}]}"#;
+        assert!(
+            err(body).contains("transportDependencies[0].transport.security must be a JSON object")
+        );
+        let ok =
+            parse_creation(body.replace("\"security\":5", "\"security\":{}").as_bytes()).unwrap();
+        let out = serde_json::to_string(&ok).unwrap();
+        assert!(
+            out.contains("\"serializers\":\"PROTOBUF3\""),
+            "kept as sent: {out}"
+        );
+    }
+
+    #[test]
+    fn a_stored_request_can_be_sent_again() {
+        let body = r#"{"RegionId":"2","RequestId":"x","status":"FAILED","statusDetail":"why","createdAt":"t","lastModified":"t"}"#;
+        assert!(parse_creation(body.as_bytes()).is_ok());
+    }
+
+    #[test]
     fn ports_must_be_ports_or_ranges() {
         assert!(check_port("80").is_ok());
         assert!(check_port("1000-2000").is_ok());
@@ -744,7 +777,7 @@ mod tests {
         assert!(err("{").contains("invalid body"));
         assert!(err("[]").contains("invalid body"));
         let deep = format!(
-            r#"{{"RegionId":"2","appServiceRequired":[{{"serName":"s","version":"1","requestedPermissions":{}1{}}}]}}"#,
+            r#"{{"RegionId":"2","appServiceRequired":[{{"serName":"s","version":"1","requestedPermissions":{{"a":{}1{}}}}}]}}"#,
             "[".repeat(100_000),
             "]".repeat(100_000)
         );
