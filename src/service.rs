@@ -493,7 +493,7 @@ impl Service {
         for k in (0..applied).rev() {
             if self
                 .store
-                .release_if_shared(id, k, now_millis())
+                .release_if_shared(id, k, now_millis(), |a, b| region.driver.same_rule(a, b))
                 .map_err(Undo::State)?
             {
                 continue;

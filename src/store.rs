@@ -233,11 +233,18 @@ impl Store {
     }
 
     /// Lowers record `id`'s applied count to `k` without a platform call if another record of
-    /// the same region also holds `steps[k]` (an identical rule — LL-MEC keys rules by body, so
-    /// removing it would take it from the other request too). Returns whether it did. Check and
+    /// the same region also holds the platform rule of `steps[k]` (`same_rule` says when two
+    /// steps are one rule on the platform: LL-MEC keys rules by body, MEC 011 by path), since
+    /// removing it would take it from the other request too. Returns whether it did. Check and
     /// release are one step under the lock, so of two requests sharing a rule exactly one
     /// removes it from the platform.
-    pub fn release_if_shared(&self, id: &str, k: usize, now: i64) -> Result<bool, StoreError> {
+    pub fn release_if_shared(
+        &self,
+        id: &str,
+        k: usize,
+        now: i64,
+        same_rule: impl Fn(&Step, &Step) -> bool,
+    ) -> Result<bool, StoreError> {
         let seq = {
             let mut records = self.lock();
             let Some(record) = records.get(id) else {
@@ -245,7 +252,11 @@ impl Store {
             };
             let step = &record.steps[k];
             let shared = records.values().any(|r| {
-                r.id != id && r.region_id == record.region_id && r.steps[..r.applied].contains(step)
+                r.id != id
+                    && r.region_id == record.region_id
+                    && r.steps[..r.applied]
+                        .iter()
+                        .any(|other| same_rule(step, other))
             });
             if !shared {
                 return Ok(false);
@@ -401,17 +412,17 @@ mod tests {
             s.insert(r).unwrap();
         }
         assert!(
-            s.release_if_shared("a", 0, 2).unwrap(),
+            s.release_if_shared("a", 0, 2, |a, b| a == b).unwrap(),
             "b holds the same step in region 1"
         );
         assert_eq!(s.get("a").unwrap().applied, 0);
         assert!(
-            !s.release_if_shared("b", 0, 2).unwrap(),
+            !s.release_if_shared("b", 0, 2, |a, b| a == b).unwrap(),
             "a released it: b must remove it"
         );
         assert_eq!(s.get("b").unwrap().applied, 1);
         assert!(
-            !s.release_if_shared("c", 0, 2).unwrap(),
+            !s.release_if_shared("c", 0, 2, |a, b| a == b).unwrap(),
             "region 2 shares nothing with region 1"
         );
     }

@@ -467,3 +467,32 @@ fn over_https_with_the_region_ca_the_rules_are_activated_and_deactivated() {
     assert_eq!(p.delete(&id).status, 201);
     assert!(mep.active().is_empty());
 }
+
+#[test]
+fn a_rule_activated_by_two_requests_stays_active_until_the_last_one_is_deleted() {
+    let mep = FakeEtsi::start();
+    preload(&mep, "app-1");
+    let p = plugin(&mep);
+    let first = created_id(&p.post(&request(Some("app-1"))));
+    // the same rules, with a different TTL: one rule on the platform all the same
+    let second = created_id(&p.post(&request(Some("app-1")).replace("\"ttl\":30", "\"ttl\":60")));
+    assert_eq!(p.delete(&first).status, 201);
+    assert_eq!(
+        mep.state("app-1", DNS, "dns-video").as_deref(),
+        Some("ACTIVE"),
+        "still needed"
+    );
+    assert_eq!(
+        mep.state("app-1", TRAFFIC, "tr-video").as_deref(),
+        Some("ACTIVE")
+    );
+    assert_eq!(p.delete(&second).status, 201);
+    assert_eq!(
+        mep.state("app-1", DNS, "dns-video").as_deref(),
+        Some("INACTIVE")
+    );
+    assert_eq!(
+        mep.state("app-1", TRAFFIC, "tr-video").as_deref(),
+        Some("INACTIVE")
+    );
+}

@@ -326,6 +326,12 @@ impl Driver for EtsiMec011 {
         DriverKind::EtsiMec011
     }
 
+    /// A MEC 011 rule is identified by its path (application and rule id), whatever the
+    /// content two requests gave it: deactivating it affects every request that activated it.
+    fn same_rule(&self, a: &Step, b: &Step) -> bool {
+        a.target == b.target
+    }
+
     fn plan(&self, request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
         plan(request_id, request)
     }

@@ -113,6 +113,12 @@ pub trait Driver: Send + Sync {
     /// Removes one previously planned step. A platform that no longer has it (404) counts as
     /// success: removal is idempotent.
     fn remove(&self, step: &Step) -> Result<(), MepError>;
+
+    /// Whether two steps set the same rule on the platform, so that removing one removes the
+    /// other. By default: identical calls (LL-MEC keys a rule by its body).
+    fn same_rule(&self, a: &Step, b: &Step) -> bool {
+        a == b
+    }
 }
 
 /// Builds the driver a region's `[region.mep]` section asks for.
