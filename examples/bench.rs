@@ -1,123 +1,562 @@
-//! Load benchmark: starts the plugin in-process on 127.0.0.1:0 with simulated platforms and
-//! drives it over keep-alive loopback connections, printing requests per second and latency
-//! percentiles. Bounded in time and count.
+//! Load and start-up benchmark of the plugin, in-process and on loopback only. Not a test:
+//! it measures and prints, bounded in time and count. See BENCHMARKS.md.
 //!
-//!     cargo run --release --example bench -- [--seconds 5] [--connections 1,8]
+//!     cargo run --release --example bench -- [throughput|replay|all] [options]
+//!
+//! `throughput` (the default) first probes what a durable POST is made of: `fdatasync` of a
+//! small write on the state directory's file system (appended, and over a preallocated file),
+//! and platform calls through the plugin's own outbound client and through ureq agents set up
+//! like it with one change at a time. Then it starts the plugin on 127.0.0.1:0 once per
+//! scenario, each time on a fresh temporary `state_dir`, and drives it over keep-alive loopback
+//! connections:
+//!
+//! - `get`, `post`: `GET /MEC/v1/service/regions` and `POST /MEC/v1/service/requests` (the
+//!   `examples/` bodies in turn) against the simulated driver, at `--connections` (default 1,8);
+//! - `durable`: `POST` of `examples/dns-only.json` (exactly one LL-MEC call, a DNS redirect)
+//!   against a local fake LL-MEC platform (a minimal keep-alive HTTP/1.1 responder answering
+//!   `200 {}`, a thread per connection), at `--durable-connections` (default 1,8,32), with
+//!   `fsync = true` and again with `fsync = false`;
+//! - `whatif`: the durable POST at 8 connections once more, with the LL-MEC driver's calls made
+//!   by a bench-side agent carrying the two fixes the probes point at (a connection pool as
+//!   large as the workers, no resolver thread per call); everything else is the product's.
+//!
+//! Each scenario line gives req/s, latency percentiles, and what explains them: the CPU time of
+//! the process per request (plugin, load generator and fake platform share the machine), the
+//! CPU other programs used meanwhile, journal entries and disk cache flushes per request, and
+//! for the LL-MEC scenarios the platform calls and new platform connections.
+//!
+//! `replay` writes `--records` (default 100,000) records into a state directory through the
+//! real store, the way the service records a creation of `examples/traffic-and-dns.json`
+//! against LL-MEC (PENDING with its first step, one update per further step, CREATED), then
+//! times their replay by `Store::open` in fresh child processes (median of 3), which also
+//! report their resident memory before and after; then the same after a compaction (snapshot).
+//! `all` runs both.
+//!
+//! Options: `--seconds S` (per scenario, default 5), `--connections 1,8`,
+//! `--durable-connections 1,8,32`, `--fsync both|true|false`, `--workers N` (default 8),
+//! `--only get,post,durable,whatif` (subset of scenarios; the probes always run),
+//! `--records N`, `--dir PATH` (where the temporary state directories go; default the system
+//! temp dir), `--keep true` (keep the replay state directory, e.g. to profile
+//! `bench replay-child <dir>`), `--compact false` (skip the replay after a compaction).
 
+use std::collections::HashMap;
+use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use mec_plugin::app::App;
-use mec_plugin::config::Config;
+use mec_plugin::config::{Config, DriverKind, MepConfig, RegionConfig};
+use mec_plugin::mep::agent::MepClient;
+use mec_plugin::mep::{Driver, MepError, Refusal, Step};
+use mec_plugin::model::{CreationRequest, Status, parse_creation};
+use mec_plugin::service::{Region, Service};
+use mec_plugin::store::{Record, Store};
+use mec_plugin::util::{new_uuid, now_millis};
 
 /// Hard cap on requests per connection per scenario, whatever the duration.
 const MAX_REQUESTS_PER_CONNECTION: usize = 2_000_000;
+/// Hard cap on `--records`.
+const MAX_RECORDS: usize = 2_000_000;
+/// Fresh processes timing each replay (the median is reported).
+const REPLAY_RUNS: usize = 3;
+/// Samples of each probe.
+const PROBE_SAMPLES: usize = 500;
+
+const BODIES: [&str; 3] = [
+    "dns-only.json",
+    "traffic-and-dns.json",
+    "traffic-and-dns-camel.json",
+];
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-            .unwrap_or_else(|| default.to_string())
-    };
-    let seconds: f64 = arg("--seconds", "5")
-        .parse()
-        .expect("--seconds is a number");
-    let connections: Vec<usize> = arg("--connections", "1,8")
-        .split(',')
-        .map(|c| c.parse().expect("--connections is a list of numbers"))
-        .collect();
-    let duration = Duration::from_secs_f64(seconds.clamp(0.1, 120.0));
-
-    let config = Config::parse(CONFIG, "bench.toml").expect("bench config");
-    let app = App::start(&config).expect("plugin starts");
-    let addr = app.local_addr();
-    let bodies: Arc<Vec<String>> = Arc::new(
-        [
-            "dns-only.json",
-            "traffic-and-dns.json",
-            "traffic-and-dns-camel.json",
-        ]
-        .iter()
-        .map(|f| {
-            std::fs::read_to_string(format!("{}/examples/{f}", env!("CARGO_MANIFEST_DIR")))
-                .expect("example bodies")
-        })
-        .collect(),
+    if args.get(1).map(String::as_str) == Some("replay-child") {
+        replay_child(Path::new(args.get(2).expect("replay-child <dir>")));
+        return;
+    }
+    let options = Options::parse(&args[1..]);
+    let started = Instant::now();
+    println!(
+        "mec-plugin bench, {}, nproc {}, state dirs under {}",
+        utc_now(),
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        options.dir.display()
     );
     println!(
-        "mec-plugin bench: simulated platforms, {seconds} s per scenario, keep-alive connections on {addr}"
+        "load average at start: {} (other programs running distort the numbers; see 'other %')",
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
+    let mut goals = Vec::new();
+    match options.command.as_str() {
+        "throughput" => throughput(&options, &mut goals),
+        "replay" => replay(&options, &mut goals),
+        "all" => {
+            throughput(&options, &mut goals);
+            replay(&options, &mut goals);
+        }
+        other => {
+            eprintln!("unknown command '{other}': throughput, replay or all");
+            std::process::exit(2);
+        }
+    }
+    if !goals.is_empty() {
+        println!();
+        println!("goals");
+        for g in &goals {
+            println!("  {g}");
+        }
+    }
+    println!();
     println!(
-        "{:<34} {:>5} {:>10} {:>9} {:>9} {:>9}",
-        "scenario", "conns", "req/s", "p50 ms", "p99 ms", "errors"
+        "finished in {:.1} s; command: cargo run --release --example bench --{}",
+        started.elapsed().as_secs_f64(),
+        args[1..]
+            .iter()
+            .map(|a| format!(" {a}"))
+            .collect::<String>()
     );
-    for &c in &connections {
-        run("GET /MEC/v1/service/regions", addr, c, duration, None);
-    }
-    for &c in &connections {
-        run(
-            "POST /MEC/v1/service/requests",
-            addr,
-            c,
-            duration,
-            Some(bodies.clone()),
-        );
-    }
-    app.server.shutdown(Duration::from_secs(2));
 }
 
-const CONFIG: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-workers = 8
-[[region]]
-id = "2"
-latitude = 43.6143899
-longitude = 7.068931
-range_km = 10.0
-[region.mep]
-driver = "simulated"
-"#;
+struct Options {
+    command: String,
+    duration: Duration,
+    connections: Vec<usize>,
+    durable_connections: Vec<usize>,
+    fsync: Vec<bool>,
+    workers: usize,
+    only: Vec<String>,
+    records: usize,
+    dir: PathBuf,
+    keep: bool,
+    compact: bool,
+}
 
-fn run(
-    scenario: &str,
+impl Options {
+    fn parse(args: &[String]) -> Options {
+        let mut command = "throughput".to_string();
+        let mut values: HashMap<&str, &str> = HashMap::new();
+        let mut i = 0;
+        while i < args.len() {
+            let a = args[i].as_str();
+            if let Some(name) = a.strip_prefix("--") {
+                let value = args.get(i + 1).unwrap_or_else(|| {
+                    eprintln!("--{name} needs a value");
+                    std::process::exit(2)
+                });
+                values.insert(name, value);
+                i += 2;
+            } else {
+                command = a.to_string();
+                i += 1;
+            }
+        }
+        let get = |name: &str, default: &'static str| -> String {
+            values.get(name).copied().unwrap_or(default).to_string()
+        };
+        let list = |name: &str, default: &'static str| -> Vec<usize> {
+            get(name, default)
+                .split(',')
+                .map(|c| {
+                    c.trim()
+                        .parse::<usize>()
+                        .unwrap_or_else(|_| panic!("--{name} is a list of numbers"))
+                        .clamp(1, 256)
+                })
+                .collect()
+        };
+        let seconds: f64 = get("seconds", "5").parse().expect("--seconds is a number");
+        for known in values.keys() {
+            let names = [
+                "seconds",
+                "connections",
+                "durable-connections",
+                "fsync",
+                "workers",
+                "only",
+                "records",
+                "dir",
+                "keep",
+                "compact",
+            ];
+            if !names.contains(known) {
+                eprintln!("unknown option --{known}");
+                std::process::exit(2);
+            }
+        }
+        Options {
+            command,
+            duration: Duration::from_secs_f64(seconds.clamp(0.1, 120.0)),
+            connections: list("connections", "1,8"),
+            durable_connections: list("durable-connections", "1,8,32"),
+            fsync: match get("fsync", "both").as_str() {
+                "both" => vec![true, false],
+                "true" => vec![true],
+                "false" => vec![false],
+                other => panic!("--fsync is both, true or false, not {other}"),
+            },
+            workers: get("workers", "8").parse().expect("--workers is a number"),
+            only: get("only", "get,post,durable,whatif")
+                .split(',')
+                .map(str::to_string)
+                .collect(),
+            records: get("records", "100000")
+                .parse::<usize>()
+                .expect("--records is a number")
+                .clamp(1, MAX_RECORDS),
+            dir: values
+                .get("dir")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir),
+            keep: get("keep", "false") == "true",
+            compact: get("compact", "true") == "true",
+        }
+    }
+
+    fn runs(&self, scenario: &str) -> bool {
+        self.only.iter().any(|o| o == scenario)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// throughput
+
+/// One scenario's measurements.
+struct Outcome {
+    requests: usize,
+    errors: usize,
+    elapsed: f64,
+    latencies: Vec<Duration>,
+    cpu: f64,
+    /// CPU seconds other processes used meanwhile (the machine's busy time minus ours).
+    others: f64,
+}
+
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed
+    }
+
+    fn pct(&self, p: f64) -> f64 {
+        let l = &self.latencies;
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    }
+}
+
+fn throughput(options: &Options, goals: &mut Vec<String>) {
+    let bodies: Arc<Vec<String>> = Arc::new(BODIES.iter().map(|f| example(f)).collect());
+    let dns_only: Arc<Vec<String>> = Arc::new(vec![example("dns-only.json")]);
+    let platform = FakeMep::start();
+
+    println!();
+    println!("probes (what a durable POST with one platform call is made of)");
+    for (preallocated, what) in [
+        (false, "appended to a file"),
+        (true, "written over a preallocated file"),
+    ] {
+        let (p50, p99, flushes) = probe_fsync(&options.dir, preallocated);
+        println!(
+            "  fdatasync of 300 bytes {what:<33} p50 {p50:.3} ms, p99 {p99:.3} ms, {} disk flushes each ({PROBE_SAMPLES} samples in {})",
+            flushes.map_or("n/a".into(), |f| format!("{f:.2}")),
+            options.dir.display()
+        );
+    }
+    probe_platform_calls(&platform, options.workers);
+
+    println!();
+    println!(
+        "throughput: {:.1} s per scenario, {} server workers, keep-alive loopback connections, fresh state_dir each",
+        options.duration.as_secs_f64(),
+        options.workers
+    );
+    println!(
+        "{:<30} {:<11} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>7} {:>7} {:>6} {:>9}",
+        "scenario",
+        "platform",
+        "fsync",
+        "conns",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "cpu/req",
+        "cpu %",
+        "other %",
+        "jnl/req",
+        "fl/req",
+        "mep/req"
+    );
+    let header_note = [
+        "cpu/req  µs of CPU of this process per request (plugin, load generator and fake platform)",
+        "cpu %    CPU of this process, % of one core; other %: CPU of other processes meanwhile",
+        "jnl/req  journal entries written per request; fl/req: disk cache flushes per request",
+        "mep/req  platform calls per request, +N new platform connections opened in the scenario",
+    ];
+
+    let simulated_fsync = options.fsync.first().copied().unwrap_or(true);
+    if options.runs("get") {
+        for &c in &options.connections {
+            scenario(
+                options,
+                "GET /MEC/v1/service/regions",
+                None,
+                simulated_fsync,
+                c,
+                None,
+                false,
+            );
+        }
+    }
+    if options.runs("post") {
+        for &c in &options.connections {
+            scenario(
+                options,
+                "POST /MEC/v1/service/requests",
+                None,
+                simulated_fsync,
+                c,
+                Some(bodies.clone()),
+                false,
+            );
+        }
+    }
+    let mut durable: Vec<(bool, usize, Outcome)> = Vec::new();
+    if options.runs("durable") {
+        for &fsync in &options.fsync {
+            for &c in &options.durable_connections {
+                let o = scenario(
+                    options,
+                    "POST dns-only (1 LL-MEC call)",
+                    Some(&platform),
+                    fsync,
+                    c,
+                    Some(dns_only.clone()),
+                    false,
+                );
+                durable.push((fsync, c, o));
+            }
+        }
+    }
+    let mut what_if = Vec::new();
+    if options.runs("whatif") {
+        for &fsync in &options.fsync {
+            let o = scenario(
+                options,
+                "what-if: agent fixed (1 call)",
+                Some(&platform),
+                fsync,
+                8,
+                Some(dns_only.clone()),
+                true,
+            );
+            what_if.push((fsync, o));
+        }
+    }
+    for line in header_note {
+        println!("  {line}");
+    }
+
+    let find = |fsync: bool, c: usize| durable.iter().find(|d| d.0 == fsync && d.1 == c);
+    if let Some((_, _, o)) = find(true, 8) {
+        let (rate, p99) = (o.rate(), o.pct(0.99));
+        goals.push(format!(
+            "durable POST, 1 platform call, 8 connections: {rate:.0} req/s (goal >= 5000) {}, p99 {p99:.2} ms (goal <= 5) {}{}",
+            verdict(rate >= 5000.0),
+            verdict(p99 <= 5.0),
+            find(false, 8).map_or(String::new(), |(_, _, n)| format!(
+                "; same server with fsync off: {:.0} req/s, p99 {:.2} ms",
+                n.rate(),
+                n.pct(0.99)
+            ))
+        ));
+    }
+    for (fsync, o) in &what_if {
+        goals.push(format!(
+            "what-if (agent fixed, bench-side driver), fsync {fsync}, 8 connections: {:.0} req/s, p99 {:.2} ms",
+            o.rate(),
+            o.pct(0.99)
+        ));
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "MET" } else { "MISSED" }
+}
+
+/// Runs one scenario against a freshly started plugin and prints its line.
+fn scenario(
+    options: &Options,
+    name: &str,
+    platform: Option<&FakeMep>,
+    fsync: bool,
+    connections: usize,
+    bodies: Option<Arc<Vec<String>>>,
+    fixed_agent: bool,
+) -> Outcome {
+    let dir = fresh_dir(&options.dir, "throughput");
+    let mep = match platform {
+        Some(p) => format!("driver = \"llmec\"\nurl = \"http://{}\"", p.addr),
+        None => "driver = \"simulated\"".to_string(),
+    };
+    let config = Config::parse(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {}\nstate_dir = '{}'\nfsync = {fsync}\n\
+             [[region]]\nid = \"2\"\nlatitude = 43.6143899\nlongitude = 7.068931\nrange_km = 10.0\n\
+             [region.mep]\n{mep}\n",
+            options.workers,
+            dir.display()
+        ),
+        "bench.toml",
+    )
+    .expect("bench config");
+    let app = if fixed_agent {
+        // The same service and store, with the LL-MEC driver's calls made by a fixed agent.
+        let (store, _) = Store::open(&dir, fsync).expect("state dir opens");
+        let regions = config
+            .regions
+            .iter()
+            .map(|r| Region {
+                config: r.clone(),
+                driver: Arc::new(FixedAgentDriver::new(r, options.workers)),
+            })
+            .collect();
+        let service = Service::with_store(regions, store, config.server.retry);
+        App::start_with(&config, Arc::new(service)).expect("plugin starts")
+    } else {
+        App::start(&config).expect("plugin starts")
+    };
+    let (calls, conns) = platform.map_or((0, 0), |p| {
+        (
+            p.calls.load(Ordering::Relaxed),
+            p.connections.load(Ordering::Relaxed),
+        )
+    });
+    let flushes = disk_flushes(&dir);
+    let outcome = drive(
+        app.local_addr(),
+        if bodies.is_some() { "POST" } else { "GET" },
+        if bodies.is_some() {
+            "/MEC/v1/service/requests"
+        } else {
+            "/MEC/v1/service/regions"
+        },
+        connections,
+        options.duration,
+        bodies,
+    );
+    let flushes = flushes.zip(disk_flushes(&dir)).map(|(a, b)| b - a);
+    let platform_use = platform.map(|p| {
+        (
+            p.calls.load(Ordering::Relaxed) - calls,
+            p.connections.load(Ordering::Relaxed) - conns,
+        )
+    });
+    app.stop(Duration::from_secs(2));
+    let entries = journal_entries(&dir);
+    let _ = fs::remove_dir_all(&dir);
+
+    let per_request = |x: f64| x / outcome.requests.max(1) as f64;
+    println!(
+        "{:<30} {:<11} {:>5} {:>5} {:>8.0} {:>8.3} {:>8.3} {:>8.2} {:>6} {:>7.0} {:>6.0} {:>7.0} {:>7.2} {:>6} {:>9}",
+        name,
+        if platform.is_some() {
+            "fake LL-MEC"
+        } else {
+            "simulated"
+        },
+        fsync,
+        connections,
+        outcome.rate(),
+        outcome.pct(0.50),
+        outcome.pct(0.99),
+        outcome
+            .latencies
+            .last()
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        outcome.errors,
+        per_request(outcome.cpu * 1e6),
+        outcome.cpu / outcome.elapsed * 100.0,
+        outcome.others / outcome.elapsed * 100.0,
+        per_request(entries as f64),
+        flushes.map_or("n/a".to_string(), |f| format!(
+            "{:.2}",
+            per_request(f as f64)
+        )),
+        platform_use.map_or("-".to_string(), |(calls, new)| format!(
+            "{:.2}+{new}",
+            per_request(calls as f64)
+        )),
+    );
+    outcome
+}
+
+/// Drives `connections` keep-alive connections for `duration`.
+fn drive(
     addr: SocketAddr,
+    method: &str,
+    path: &str,
     connections: usize,
     duration: Duration,
     bodies: Option<Arc<Vec<String>>>,
-) {
-    let (method, path) = scenario.split_once(' ').unwrap();
+) -> Outcome {
+    let cpu = process_cpu_seconds();
+    let busy = machine_busy_seconds();
     let started = Instant::now();
+    let deadline = started + duration;
     let threads: Vec<_> = (0..connections)
         .map(|t| {
             let (method, path, bodies) = (method.to_string(), path.to_string(), bodies.clone());
             thread::spawn(move || {
-                let stream = TcpStream::connect(addr).expect("connect");
-                stream.set_nodelay(true).unwrap();
-                stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut writer = stream;
-                let (mut latencies, mut errors) = (Vec::new(), 0usize);
-                let deadline = Instant::now() + duration;
+                let mut latencies = Vec::new();
+                let mut errors = 0usize;
                 let mut i = t;
-                while Instant::now() < deadline && latencies.len() < MAX_REQUESTS_PER_CONNECTION {
-                    let body = bodies.as_ref().map(|b| b[i % b.len()].as_str()).unwrap_or("");
+                let mut connection = None;
+                while Instant::now() < deadline && latencies.len() < MAX_REQUESTS_PER_CONNECTION
+                {
+                    let (reader, writer) = match &mut connection {
+                        Some(c) => c,
+                        None => match connect(addr) {
+                            Ok(c) => connection.insert(c),
+                            Err(_) => {
+                                errors += 1;
+                                thread::sleep(Duration::from_millis(10));
+                                continue;
+                            }
+                        },
+                    };
+                    let body = bodies.as_ref().map_or("", |b| b[i % b.len()].as_str());
                     i += 1;
                     let request = format!(
                         "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
                     );
                     let sent = Instant::now();
-                    writer.write_all(request.as_bytes()).expect("send");
-                    let status = read_response(&mut reader).expect("response");
-                    latencies.push(sent.elapsed());
-                    if !(200..300).contains(&status) {
-                        errors += 1;
+                    let status = writer
+                        .write_all(request.as_bytes())
+                        .and_then(|_| read_response(reader));
+                    match status {
+                        Ok(status) => {
+                            latencies.push(sent.elapsed());
+                            if !(200..300).contains(&status) {
+                                errors += 1;
+                            }
+                        }
+                        Err(_) => {
+                            errors += 1;
+                            connection = None;
+                        }
                     }
                 }
                 (latencies, errors)
@@ -132,27 +571,32 @@ fn run(
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu;
+    let others = (machine_busy_seconds() - busy - cpu).max(0.0);
     latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
-    println!(
-        "{:<34} {:>5} {:>10.0} {:>9.3} {:>9.3} {:>9}",
-        scenario,
-        connections,
-        latencies.len() as f64 / elapsed,
-        pct(0.50),
-        pct(0.99),
-        errors
-    );
+    Outcome {
+        requests: latencies.len(),
+        errors,
+        elapsed,
+        latencies,
+        cpu,
+        others,
+    }
+}
+
+fn connect(addr: SocketAddr) -> std::io::Result<(BufReader<TcpStream>, TcpStream)> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok((BufReader::new(stream.try_clone()?), stream))
 }
 
 /// Reads one HTTP/1.1 response with a Content-Length body; returns its status.
 fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
     let mut line = String::new();
-    reader.read_line(&mut line)?;
+    if reader.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     let status = line.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
     let mut length = 0usize;
     loop {
@@ -170,4 +614,784 @@ fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<u16> {
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
     Ok(status)
+}
+
+/// A minimal LL-MEC platform: keep-alive HTTP/1.1 on loopback, a thread per connection,
+/// answers every request `200 {}` after reading its body. Counts calls and connections.
+struct FakeMep {
+    addr: SocketAddr,
+    calls: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
+}
+
+impl FakeMep {
+    fn start() -> FakeMep {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("fake platform binds");
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
+        let (c, n) = (calls.clone(), connections.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                n.fetch_add(1, Ordering::Relaxed);
+                let c = c.clone();
+                thread::spawn(move || {
+                    let _ = serve_platform(stream, &c);
+                });
+            }
+        });
+        FakeMep {
+            addr,
+            calls,
+            connections,
+        }
+    }
+}
+
+fn serve_platform(stream: TcpStream, calls: &AtomicU64) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    // Idle connections end with the plugin's pool or after this; nothing outlives the run.
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = String::new();
+    let mut body = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let (mut length, mut chunked, mut close) = (0usize, false, false);
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                let value = value.trim();
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.parse().unwrap_or(0);
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = value.eq_ignore_ascii_case("chunked");
+                } else if name.eq_ignore_ascii_case("connection") {
+                    close = value.eq_ignore_ascii_case("close");
+                }
+            }
+        }
+        if chunked {
+            loop {
+                line.clear();
+                reader.read_line(&mut line)?;
+                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                    .unwrap_or(0);
+                body.resize(size + 2, 0);
+                reader.read_exact(&mut body)?;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            body.resize(length, 0);
+            reader.read_exact(&mut body)?;
+        }
+        calls.fetch_add(1, Ordering::Relaxed);
+        writer.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+        )?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+/// p50 and p99 (ms) of `fdatasync` after writing 300 bytes on the file system of `dir`, and the
+/// disk cache flushes per `fdatasync`: appended at the end of the file (what the journal does:
+/// the file's size changes every time), or written over a preallocated, zero-filled and
+/// already synced file (its size and block map do not change).
+fn probe_fsync(dir: &Path, preallocated: bool) -> (f64, f64, Option<f64>) {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(format!("mec-bench-{}-fsync-probe", std::process::id()));
+    let file = fs::File::create(&path).expect("fsync probe file");
+    let line = [b'x'; 300];
+    if preallocated {
+        file.write_all_at(&vec![0; line.len() * PROBE_SAMPLES], 0)
+            .unwrap();
+        file.sync_all().unwrap();
+    }
+    let flushes = disk_flushes(dir);
+    let mut samples: Vec<Duration> = (0..PROBE_SAMPLES)
+        .map(|i| {
+            file.write_all_at(&line, (i * line.len()) as u64).unwrap();
+            let t = Instant::now();
+            file.sync_data().unwrap();
+            t.elapsed()
+        })
+        .collect();
+    let flushes = flushes
+        .zip(disk_flushes(dir))
+        .map(|(a, b)| (b - a) as f64 / PROBE_SAMPLES as f64);
+    let _ = fs::remove_file(&path);
+    let (p50, p99) = percentiles(&mut samples);
+    (p50, p99, flushes)
+}
+
+/// What one run of platform calls cost.
+struct CallProbe {
+    p50: f64,
+    p99: f64,
+    rate: f64,
+    cpu_us: f64,
+    new_connections: f64,
+    threads_started: f64,
+}
+
+/// `call` after `call` from `threads` threads at once (after one warm-up call each).
+fn probe_calls(platform: &FakeMep, threads: usize, call: Arc<dyn Fn() + Send + Sync>) -> CallProbe {
+    let run = |calls: usize| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let call = call.clone();
+                thread::spawn(move || {
+                    (0..calls)
+                        .map(|_| {
+                            let t = Instant::now();
+                            call();
+                            t.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    };
+    run(1);
+    let connections = platform.connections.load(Ordering::Relaxed);
+    let clones = threads_started_system_wide();
+    let (cpu, started) = (process_cpu_seconds(), Instant::now());
+    let mut samples = run(PROBE_SAMPLES);
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu;
+    // The probe's own `threads` threads are not the client's doing.
+    let clones = threads_started_system_wide().saturating_sub(clones + threads as u64);
+    let new = platform.connections.load(Ordering::Relaxed) - connections;
+    let n = samples.len() as f64;
+    let (p50, p99) = percentiles(&mut samples);
+    CallProbe {
+        p50,
+        p99,
+        rate: n / elapsed,
+        cpu_us: cpu * 1e6 / n,
+        new_connections: new as f64 / n,
+        threads_started: clones as f64 / n,
+    }
+}
+
+const DNS_BODY: &str = r#"{"url":"app.example.org","mec-ipaddr":"172.24.248.5","mec-macaddr":"00:00:00:00:00:00","type":1}"#;
+
+/// Platform calls through the plugin's own client, and, for comparison, through ureq agents
+/// set up like it (src/mep/agent.rs: no proxy, no redirects, statuses as values,
+/// `timeout_global` and `timeout_connect`) with one change at a time.
+fn probe_platform_calls(platform: &FakeMep, workers: usize) {
+    let mep = llmec_config(&platform.addr.to_string());
+    let url = format!("http://{}/api/mp1/traffic/all", platform.addr);
+    let plugin = Arc::new(MepClient::new(&mep));
+    let agent = |pool: Option<usize>, literal: bool| {
+        let mut builder = ureq::Agent::config_builder()
+            .proxy(None)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(mep.timeout))
+            .timeout_connect(Some(mep.timeout));
+        if let Some(n) = pool {
+            builder = builder
+                .max_idle_connections(n.max(10))
+                .max_idle_connections_per_host(n);
+        }
+        let config = builder.build();
+        Arc::new(if literal {
+            ureq::Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::default(),
+                LiteralResolver,
+            )
+        } else {
+            ureq::Agent::new_with_config(config)
+        })
+    };
+    let via_agent = |agent: Arc<ureq::Agent>| -> Arc<dyn Fn() + Send + Sync> {
+        let url = url.clone();
+        Arc::new(move || {
+            let mut answer = agent
+                .post(&url)
+                .header("content-type", "application/json")
+                .send(DNS_BODY)
+                .expect("fake platform answers");
+            answer.body_mut().read_to_vec().expect("answer body");
+        })
+    };
+    let variants: Vec<(String, Arc<dyn Fn() + Send + Sync>)> = vec![
+        ("plugin's MepClient (as shipped)".into(), {
+            let (plugin, url) = (plugin.clone(), url.clone());
+            Arc::new(move || {
+                plugin
+                    .send("POST", &url, Some(DNS_BODY))
+                    .expect("fake platform answers");
+            })
+        }),
+        (
+            "ureq as the plugin sets it up".into(),
+            via_agent(agent(None, false)),
+        ),
+        (
+            format!("  + max_idle_connections_per_host({workers})"),
+            via_agent(agent(Some(workers), false)),
+        ),
+        (
+            "  + resolver without a thread".into(),
+            via_agent(agent(Some(workers), true)),
+        ),
+    ];
+    println!(
+        "  {:<44} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "platform calls (DNS redirect) through",
+        "threads",
+        "calls/s",
+        "p50 ms",
+        "p99 ms",
+        "cpu µs",
+        "new conn",
+        "threads"
+    );
+    for (name, call) in variants {
+        for threads in [1, workers] {
+            let p = probe_calls(platform, threads, call.clone());
+            println!(
+                "  {:<44} {:>7} {:>8.0} {:>8.3} {:>8.3} {:>8.0} {:>9.3} {:>9.2}",
+                name, threads, p.rate, p.p50, p.p99, p.cpu_us, p.new_connections, p.threads_started
+            );
+        }
+    }
+    println!(
+        "  (per call: cpu µs of this process, fake platform included; new platform connections; threads started, system-wide count)"
+    );
+}
+
+/// The LL-MEC driver (its own plan, the same calls) with its calls made by an agent set up like
+/// the plugin's plus the two fixes measured above: a pool that keeps a connection per worker
+/// and a resolver that starts no thread. Only for the `what-if` scenario.
+struct FixedAgentDriver {
+    llmec: Arc<dyn Driver>,
+    agent: ureq::Agent,
+    base_url: String,
+}
+
+impl FixedAgentDriver {
+    fn new(region: &RegionConfig, workers: usize) -> FixedAgentDriver {
+        let config = ureq::Agent::config_builder()
+            .proxy(None)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(region.mep.timeout))
+            .timeout_connect(Some(region.mep.timeout))
+            .max_idle_connections(workers.max(10))
+            .max_idle_connections_per_host(workers)
+            .build();
+        FixedAgentDriver {
+            llmec: mec_plugin::mep::build(&region.id, &region.mep),
+            agent: ureq::Agent::with_parts(
+                config,
+                ureq::unversioned::transport::DefaultConnector::default(),
+                LiteralResolver,
+            ),
+            base_url: region.mep.url.trim_end_matches('/').to_string(),
+        }
+    }
+
+    fn call(&self, method: &str, step: &Step) -> Result<(), MepError> {
+        let url = format!("{}{}", self.base_url, step.target);
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("content-type", "application/json")
+            .body(step.body.clone())
+            .expect("valid request");
+        let mut answer = self.agent.run(request).map_err(|e| MepError::Unreachable {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let status = answer.status().as_u16();
+        let _ = answer.body_mut().read_to_vec();
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(MepError::Refused {
+                url,
+                status,
+                detail: String::new(),
+            })
+        }
+    }
+}
+
+impl Driver for FixedAgentDriver {
+    fn kind(&self) -> DriverKind {
+        self.llmec.kind()
+    }
+
+    fn plan(&self, request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
+        self.llmec.plan(request_id, request)
+    }
+
+    fn apply(&self, step: &Step) -> Result<(), MepError> {
+        self.call("POST", step)
+    }
+
+    fn remove(&self, step: &Step) -> Result<(), MepError> {
+        self.call("DELETE", step)
+    }
+}
+
+/// Resolves IP-literal hosts without a lookup (ureq's default resolver starts a thread for
+/// every call once a global timeout is set, pooled connection or not); names go to ureq's.
+#[derive(Debug)]
+struct LiteralResolver;
+
+impl ureq::unversioned::resolver::Resolver for LiteralResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        if let Some(authority) = uri.authority() {
+            if let (Ok(ip), Some(port)) = (
+                authority.host().parse::<std::net::IpAddr>(),
+                authority.port_u16(),
+            ) {
+                let mut addrs = self.empty();
+                addrs.push(SocketAddr::new(ip, port));
+                return Ok(addrs);
+            }
+        }
+        ureq::unversioned::resolver::DefaultResolver::default().resolve(uri, config, timeout)
+    }
+}
+
+fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    let at = |p: f64| {
+        samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)].as_secs_f64() * 1000.0
+    };
+    (at(0.50), at(0.99))
+}
+
+/// The `[region.mep]` of an LL-MEC region at `addr`, built through the configuration parser.
+fn llmec_config(addr: &str) -> MepConfig {
+    Config::parse(
+        &format!(
+            "[[region]]\nid = \"2\"\nlatitude = 43.6\nlongitude = 7.0\nrange_km = 10.0\n\
+             [region.mep]\ndriver = \"llmec\"\nurl = \"http://{addr}\"\n"
+        ),
+        "bench.toml",
+    )
+    .expect("bench config")
+    .regions
+    .remove(0)
+    .mep
+}
+
+// ---------------------------------------------------------------------------------------------
+// replay
+
+fn replay(options: &Options, goals: &mut Vec<String>) {
+    let n = options.records;
+    let dir = fresh_dir(&options.dir, "replay");
+    let body = example("traffic-and-dns.json");
+    let request = parse_creation(body.as_bytes()).expect("example request is valid");
+    let text: Arc<str> = Arc::from(serde_json::to_string(&request).expect("request serialises"));
+    // Unreachable: planning sends nothing.
+    let driver = mec_plugin::mep::build("2", &llmec_config("127.0.0.1:9"));
+    let compact = text.len() * n;
+
+    println!();
+    println!(
+        "replay: {n} records of examples/traffic-and-dns.json as recorded against LL-MEC ({} bytes of compact request each, {} steps), in {}",
+        text.len(),
+        driver.plan("x", &request).map_or(0, |s| s.len()),
+        dir.display()
+    );
+    let t = Instant::now();
+    {
+        let (store, _) = Store::open(&dir, false).expect("state dir opens");
+        for _ in 0..n {
+            let id = new_uuid();
+            let steps: Arc<Vec<Step>> = Arc::new(driver.plan(&id, &request).expect("plannable"));
+            let first = usize::from(!steps.is_empty());
+            store
+                .insert(Record::new(
+                    id.clone(),
+                    "2".into(),
+                    text.clone(),
+                    Status::Pending,
+                    steps.clone(),
+                    first,
+                    now_millis(),
+                ))
+                .expect("insert");
+            for k in 1..steps.len() {
+                store.update(&id, |r| r.applied = k + 1).expect("update");
+            }
+            store
+                .update(&id, |r| {
+                    r.status = Status::Created;
+                    r.last_modified = now_millis();
+                })
+                .expect("update");
+        }
+    }
+    let (files, bytes, entries) = state_files(&dir);
+    println!(
+        "  written through Store (fsync off) in {:.2} s: {entries} journal entries, {:.1} MB in {files}",
+        t.elapsed().as_secs_f64(),
+        bytes as f64 / 1e6
+    );
+    let target_kb = (2 * compact + (8 << 20)) / 1024;
+    println!(
+        "  compact size of the stored requests: {:.1} MB; RSS target 2 x compact + 8 MB = {:.1} MB",
+        compact as f64 / 1e6,
+        target_kb as f64 * 1024.0 / 1e6
+    );
+    println!(
+        "  {:<22} {:>9} {:>9} {:>11} {:>11} {:>11} {:>11}   (median of {REPLAY_RUNS} fresh processes)",
+        "replay of", "records", "ms", "records/s", "RSS before", "RSS delta", "RSS peak"
+    );
+    let journal = replay_in_child(&dir, "journal", n, compact);
+
+    // A compaction, as the reconciler would do it once the journal passes its bound.
+    let compacted = options.compact && {
+        let (store, _) = Store::open(&dir, false).expect("state dir opens");
+        store.compact_if_needed().expect("compaction")
+    };
+    let snapshot = if compacted {
+        let (files, bytes, _) = state_files(&dir);
+        let r = replay_in_child(&dir, "snapshot", n, compact);
+        println!(
+            "  (after compaction: {:.1} MB in {files})",
+            bytes as f64 / 1e6
+        );
+        Some(r)
+    } else {
+        println!("  (no compaction: the journal is below the store's compaction bound)");
+        None
+    };
+    if options.keep {
+        println!("  (kept {})", dir.display());
+    } else {
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    for (what, r) in [("journal", Some(journal)), ("snapshot", snapshot)] {
+        let Some(r) = r else { continue };
+        goals.push(format!(
+            "replay of {n} records from the {what}: {:.0} ms (goal <= 1000 ms for 100,000) {}; RSS delta {:.1} MB (goal <= {:.1} MB) {}",
+            r.ms,
+            verdict(r.ms * 100_000.0 / n as f64 <= 1000.0),
+            r.delta_kb as f64 * 1024.0 / 1e6,
+            target_kb as f64 * 1024.0 / 1e6,
+            verdict(r.delta_kb <= target_kb as u64)
+        ));
+    }
+}
+
+struct ChildReplay {
+    ms: f64,
+    delta_kb: u64,
+}
+
+/// Replays `dir` in a fresh process and prints its line.
+fn replay_in_child(dir: &Path, what: &str, n: usize, compact: usize) -> ChildReplay {
+    let mut runs: Vec<(f64, String)> = (0..REPLAY_RUNS)
+        .map(|_| {
+            let out = Command::new(std::env::current_exe().expect("own path"))
+                .arg("replay-child")
+                .arg(dir)
+                .output()
+                .expect("child runs");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if !out.status.success() {
+                panic!(
+                    "replay child failed: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let ms = text
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("ms=")?.parse().ok())
+                .expect("child reports ms");
+            (ms, text)
+        })
+        .collect();
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (fastest, slowest) = (runs[0].0, runs[runs.len() - 1].0);
+    let text = runs.swap_remove(runs.len() / 2).1;
+    let field = |name: &str| -> f64 {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("child output lacks {name}: {text}"))
+    };
+    let (ms, records) = (field("ms"), field("records") as usize);
+    let (before, after, peak) = (
+        field("rss_before_kb"),
+        field("rss_after_kb"),
+        field("hwm_kb"),
+    );
+    assert_eq!(records, n, "every record is replayed");
+    let delta_kb = (after - before).max(0.0) as u64;
+    println!(
+        "  {:<22} {:>9} {:>9.0} {:>11.0} {:>8.1} MB {:>8.1} MB {:>8.1} MB   ({:.2} x compact; {fastest:.0}-{slowest:.0} ms)",
+        format!("{what} ({:.0} entries)", field("entries")),
+        records,
+        ms,
+        records as f64 / (ms / 1000.0),
+        before * 1024.0 / 1e6,
+        delta_kb as f64 * 1024.0 / 1e6,
+        peak * 1024.0 / 1e6,
+        delta_kb as f64 * 1024.0 / compact as f64,
+    );
+    let per = |name: &str| field(name) / records.max(1) as f64;
+    println!(
+        "  {:<22} per record: RSS {:.0} B, malloc'd {:.0} B; string data: request {:.0} B, steps {:.0} B (labels {:.0}, targets {:.0}, bodies {:.0}), id {:.0} B; sizes: Record {} B + String key {} B in the map, Step {} B",
+        "",
+        delta_kb as f64 * 1024.0 / records.max(1) as f64,
+        (field("heap_after") - field("heap_before")) / records.max(1) as f64,
+        per("request_bytes"),
+        per("label_bytes") + per("target_bytes") + per("body_bytes"),
+        per("label_bytes"),
+        per("target_bytes"),
+        per("body_bytes"),
+        per("id_bytes"),
+        std::mem::size_of::<Record>(),
+        std::mem::size_of::<String>(),
+        std::mem::size_of::<Step>(),
+    );
+    let (read, crc, decode) = replay_breakdown(dir);
+    println!(
+        "  {:<22} where the time goes (same files, this process): reading lines {read:.0} ms, + CRC {:.0} ms, + JSON decoding {:.0} ms; the rest, applying entries to the map, ~{:.0} ms",
+        "",
+        crc - read,
+        decode - crc,
+        (ms - decode).max(0.0)
+    );
+    ChildReplay { ms, delta_kb }
+}
+
+/// Milliseconds to go through the state files of `dir` the way a replay does: reading the lines;
+/// reading and checking their CRC; reading, checking and decoding them into journal entries
+/// (without applying them).
+fn replay_breakdown(dir: &Path) -> (f64, f64, f64) {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    files.sort();
+    let pass = |level: u8| {
+        let t = Instant::now();
+        let mut count = 0usize;
+        for path in &files {
+            let mut reader = BufReader::with_capacity(1 << 20, fs::File::open(path).unwrap());
+            let mut line = Vec::new();
+            while reader.read_until(b'\n', &mut line).unwrap() > 0 {
+                if level >= 1 {
+                    let text = std::str::from_utf8(&line[..line.len() - 1]).expect("UTF-8");
+                    let mut parts = text.splitn(3, ' ');
+                    let (crc, _version, json) = (
+                        parts.next().unwrap(),
+                        parts.next().unwrap(),
+                        parts.next().unwrap(),
+                    );
+                    assert_eq!(
+                        u32::from_str_radix(crc, 16).ok(),
+                        Some(crc32fast::hash(json.as_bytes()))
+                    );
+                    if level >= 2 {
+                        let entry: mec_plugin::journal::Entry =
+                            serde_json::from_str(json).expect("journal entry");
+                        std::hint::black_box(entry);
+                    }
+                }
+                count += 1;
+                line.clear();
+            }
+        }
+        std::hint::black_box(count);
+        t.elapsed().as_secs_f64() * 1000.0
+    };
+    (pass(0), pass(1), pass(2))
+}
+
+/// The hidden `replay-child <dir>` command: opens the store once and reports.
+fn replay_child(dir: &Path) {
+    heap_in_use();
+    let before = status_kb("VmRSS");
+    let t = Instant::now();
+    let (store, stats) = Store::open(dir, true).expect("replay");
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let after = status_kb("VmRSS");
+    let hwm = status_kb("VmHWM");
+    let heap = heap_in_use();
+    // What the records hold, in bytes of string data (measured after the RSS).
+    let (mut request, mut ids, mut labels, mut targets, mut bodies) = (0, 0, 0, 0, 0);
+    for r in store.list(None) {
+        request += r.request.len();
+        ids += r.id.len();
+        for s in r.steps.iter() {
+            labels += s.label.len();
+            targets += s.target.len();
+            bodies += s.body.len();
+        }
+    }
+    println!(
+        "ms={ms:.1} records={} entries={} rss_before_kb={before} rss_after_kb={after} hwm_kb={hwm} \
+         heap_before={} heap_after={} request_bytes={request} id_bytes={ids} label_bytes={labels} \
+         target_bytes={targets} body_bytes={bodies}",
+        store.len(),
+        stats.entries,
+        heap.0,
+        heap.1,
+    );
+    drop(store);
+}
+
+/// Bytes malloc holds for the program (arena chunks in use + mmapped chunks), at the start of
+/// the child and now; zeros where glibc's `mallinfo2` is not available.
+fn heap_in_use() -> (u64, u64) {
+    static START: AtomicU64 = AtomicU64::new(u64::MAX);
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    let now = {
+        // SAFETY: mallinfo2 only reads malloc's own counters.
+        let m = unsafe { libc::mallinfo2() };
+        (m.uordblks + m.hblkhd) as u64
+    };
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let now = 0;
+    let _ = START.compare_exchange(u64::MAX, now, Ordering::Relaxed, Ordering::Relaxed);
+    (START.load(Ordering::Relaxed), now)
+}
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+fn example(name: &str) -> String {
+    fs::read_to_string(format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR")))
+        .expect("example bodies")
+}
+
+fn fresh_dir(base: &Path, what: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = base.join(format!(
+        "mec-bench-{}-{what}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("state dir");
+    dir
+}
+
+/// Files, bytes and lines of the journals and snapshots in `dir`.
+fn state_files(dir: &Path) -> (String, u64, usize) {
+    let mut names = Vec::new();
+    let (mut bytes, mut lines) = (0, 0);
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".jsonl") {
+            let data = fs::read(e.path()).unwrap_or_default();
+            bytes += data.len() as u64;
+            lines += data.iter().filter(|&&b| b == b'\n').count();
+            names.push(name);
+        }
+    }
+    names.sort();
+    (names.join(", "), bytes, lines)
+}
+
+fn journal_entries(dir: &Path) -> usize {
+    state_files(dir).2
+}
+
+/// Cache flushes completed by the block device holding `dir` (`/sys/dev/block/M:m/stat`
+/// field 16), when the kernel reports them.
+fn disk_flushes(dir: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(dir).ok()?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let stat = fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
+    stat.split_whitespace().nth(15)?.parse().ok()
+}
+
+/// Threads and processes started on the whole machine since boot (`processes` in
+/// `/proc/stat`): other programs add to it too, so per-call figures are approximate.
+fn threads_started_system_wide() -> u64 {
+    fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("processes ")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of this process so far.
+fn process_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we pass; no other memory is touched.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Busy CPU seconds of the whole machine so far (all but idle and iowait in `/proc/stat`).
+fn machine_busy_seconds() -> f64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let total: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).unwrap_or(&0.0) + ticks.get(4).unwrap_or(&0.0);
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (total - idle) / hz
+}
+
+/// A `/proc/self/status` field in kB.
+fn status_kb(field: &str) -> u64 {
+    fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .strip_prefix(':')?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+fn utc_now() -> String {
+    mec_plugin::util::rfc3339(now_millis())
 }
