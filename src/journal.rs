@@ -84,25 +84,46 @@ pub struct UpdateEntry {
 pub struct StepEntry {
     pub label: String,
     pub target: String,
-    pub body: String,
+    /// The body, embedded as JSON when it is JSON (every driver's is): replay then only checks
+    /// it instead of unescaping a string (measured: a third of the decoding time)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json: Option<Box<RawValue>>,
+    /// ... or as a string when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 impl From<&Step> for StepEntry {
     fn from(s: &Step) -> Self {
+        // Embedded only when it reads back byte for byte (removal replays the exact body).
+        let json = RawValue::from_string(s.body.clone())
+            .ok()
+            .filter(|j| j.get() == s.body);
+        let body = if json.is_some() {
+            None
+        } else {
+            Some(s.body.clone())
+        };
         StepEntry {
             label: s.label.clone(),
             target: s.target.clone(),
-            body: s.body.clone(),
+            json,
+            body,
         }
     }
 }
 
 impl From<StepEntry> for Step {
     fn from(s: StepEntry) -> Self {
+        let body = match (s.json, s.body) {
+            (Some(json), _) => Box::<str>::from(json).into_string(),
+            (None, Some(body)) => body,
+            (None, None) => String::new(),
+        };
         Step {
             label: s.label,
             target: s.target,
-            body: s.body,
+            body,
         }
     }
 }
@@ -633,11 +654,11 @@ mod tests {
                 r#"{"appLatency":{"timeUnit":"ms","latency":1}}"#.into(),
             )
             .unwrap(),
-            steps: vec![StepEntry {
+            steps: vec![StepEntry::from(&Step {
                 label: "l".into(),
                 target: "/t".into(),
                 body: "{}".into(),
-            }],
+            })],
             applied: 1,
             status: StatusEntry::Pending,
             detail: None,
@@ -655,6 +676,32 @@ mod tests {
         })?;
         drop(journal);
         Ok(seen)
+    }
+
+    #[test]
+    fn step_bodies_come_back_byte_for_byte_json_or_not() {
+        for body in [
+            r#"{"url":"a.b","type":1}"#,
+            "not json",
+            " {\"padded\": true} ",
+            "",
+        ] {
+            let step = Step {
+                label: "l".into(),
+                target: "/t".into(),
+                body: body.into(),
+            };
+            let line = serde_json::to_string(&StepEntry::from(&step)).unwrap();
+            let back: StepEntry = serde_json::from_str(&line).unwrap();
+            assert_eq!(Step::from(back), step, "{line}");
+        }
+        let embedded = serde_json::to_string(&StepEntry::from(&Step {
+            label: "l".into(),
+            target: "/t".into(),
+            body: r#"{"a":1}"#.into(),
+        }))
+        .unwrap();
+        assert!(embedded.contains(r#""json":{"a":1}"#), "{embedded}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! changes — and is on disk before the call that made it returns. Each record says which of
 //! its planned steps may be on the platform.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -131,8 +131,13 @@ impl Store {
     /// are written but not forced to disk (they survive a crash of the process, not of the
     /// machine): for benchmarks only.
     pub fn open(dir: &Path, fsync: bool) -> Result<(Store, ReplayStats), StoreError> {
-        let mut records = BTreeMap::new();
-        let (journal, stats) = Journal::open(dir, fsync, |entry| replay(&mut records, entry))?;
+        // Replayed into a hash map (each entry is one lookup by id), then built into the
+        // ordered map in one pass from sorted entries, which also packs its nodes full.
+        let mut replayed = HashMap::new();
+        let (journal, stats) = Journal::open(dir, fsync, |entry| replay(&mut replayed, entry))?;
+        let mut sorted: Vec<(String, Record)> = replayed.into_iter().collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let records: BTreeMap<String, Record> = sorted.into_iter().collect();
         Ok((
             Store {
                 records: Mutex::new(records),
@@ -328,7 +333,7 @@ impl Store {
 }
 
 /// Applies one replayed journal entry to the map.
-fn replay(records: &mut BTreeMap<String, Record>, entry: Entry) {
+fn replay(records: &mut HashMap<String, Record>, entry: Entry) {
     match entry {
         Entry::Put(r) => {
             let request: Box<str> = r.request.into();
