@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::fake_llmec::FakeLlMec;
-use support::{Plugin, example, llmec_region, server_section, simulated_region};
+use support::{Plugin, eventually, example, llmec_region, server_section, simulated_region};
 
 const DNS: &str = r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V4","ipAddress":"172.24.248.5","ttl":0}]}"#;
 
@@ -283,18 +283,6 @@ fn delete_removes_the_rules_then_answers_201() {
     assert!(mep.installed().is_empty());
     p.get(&format!("/service/requests/{id}")).problem(404);
     p.delete(&id).problem(404);
-}
-
-/// Polls until `done` holds, for at most `limit`.
-fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    done()
 }
 
 #[test]

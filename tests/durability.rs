@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use support::fake_llmec::{DNS_PATH, FakeLlMec};
-use support::{example, llmec_region, temp_dir};
+use support::{eventually, example, llmec_region, temp_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mec-plugin");
 
@@ -290,18 +290,6 @@ fn clean_up(config: &Path, state: &Path) {
         let _ = std::fs::remove_dir_all(dir);
     }
     let _ = std::fs::remove_dir_all(state);
-}
-
-/// Polls until `done` holds, for at most `limit`.
-fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    done()
 }
 
 /// The newest `journal-*.jsonl` of a state directory.

@@ -17,7 +17,7 @@ use mec_plugin::mep::{Driver, MepError};
 use mec_plugin::model::parse_creation;
 use support::fake_edgegallery::{CODE_IN_PROGRESS, CODE_INVALID, FakeEdgeGallery};
 use support::tls::TestPki;
-use support::{Plugin, Reply, example, server_section, temp_dir};
+use support::{Plugin, Reply, eventually, example, server_section, temp_dir};
 
 const TOKEN: &str = "eg-T0ken-5ecret";
 
@@ -110,18 +110,6 @@ fn failed_id(reply: &Reply) -> String {
         .as_str()
         .expect("the error carries the RequestId")
         .to_string()
-}
-
-/// Polls until `done` holds, for at most `limit`.
-fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(25));
-    }
-    done()
 }
 
 #[test]

@@ -5,13 +5,12 @@
 
 mod support;
 
-use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::fake_etsi::{Call, DNS, FakeEtsi, TRAFFIC};
 use support::tls::{TestPki, TlsFront};
-use support::{Plugin, Reply, example, server_section};
+use support::{Plugin, Reply, eventually, example, server_section};
 
 /// A `[[region]]` driven by a MEC 011 platform at `url`.
 fn etsi_region(id: &str, url: &str, timeout_ms: u64) -> String {
@@ -87,18 +86,6 @@ fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect()
-}
-
-/// Polls until `done` holds, for at most `limit`.
-fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    done()
 }
 
 #[test]

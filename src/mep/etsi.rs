@@ -667,26 +667,11 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::{Arc, Mutex};
 
-    /// The rules of `seed-examples/trafficrule.json`.
-    const SEED: &str = r#"{
-      "RegionId": "2",
-      "appTrafficRule": [{
-          "trafficRuleId": "tr1", "filterType": "FLOW", "priority": 0,
-          "trafficFilter": [{"srcAddress": ["208930100001114"], "dstAddress": ["195.251.255.142"],
-                             "dstPort": ["80"], "Protocol": ["tcp"]}],
-          "action": "FORWARD",
-          "dstInterface": [{"interfaceType": "IP", "dstMACAddress": "00:11:22:33:44:55",
-                            "dstIPAddress": "172.16.0.111"}]
-      }],
-      "appDNSRule": [{"dnsRuleId": "111", "domainName": "pfrag.gr", "ipAddressType": "IP_V4",
-                      "ipAddress": "172.24.248.5", "ttl": 0}]
-    }"#;
-
     const DNS_ACTIVE: &str = r#"{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V4","ipAddress":"172.24.248.5","ttl":0,"state":"ACTIVE"}"#;
     const TRAFFIC_ACTIVE: &str = r#"{"trafficRuleId":"tr1","filterType":"FLOW","priority":0,"trafficFilter":[{"srcAddress":["208930100001114"],"dstAddress":["195.251.255.142"],"dstPort":["80"],"protocol":["tcp"]}],"action":"FORWARD_DECAPSULATED","dstInterface":{"interfaceType":"IP","dstMacAddress":"00:11:22:33:44:55","dstIpAddress":"172.16.0.111"},"state":"ACTIVE"}"#;
 
     fn seed() -> serde_json::Value {
-        serde_json::from_str(SEED).unwrap()
+        serde_json::from_str(crate::mep::fixtures::SEED).unwrap()
     }
 
     fn plan_of(v: &serde_json::Value) -> Result<Vec<Step>, Refusal> {

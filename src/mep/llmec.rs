@@ -457,23 +457,8 @@ mod tests {
     use super::*;
     use crate::model::parse_creation;
 
-    /// The rules of `seed-examples/trafficrule.json`.
-    const SEED: &str = r#"{
-      "RegionId": "2",
-      "appTrafficRule": [{
-          "trafficRuleId": "tr1", "filterType": "FLOW", "priority": 0,
-          "trafficFilter": [{"srcAddress": ["208930100001114"], "dstAddress": ["195.251.255.142"],
-                             "dstPort": ["80"], "Protocol": ["tcp"]}],
-          "action": "FORWARD",
-          "dstInterface": [{"interfaceType": "IP", "dstMACAddress": "00:11:22:33:44:55",
-                            "dstIPAddress": "172.16.0.111"}]
-      }],
-      "appDNSRule": [{"dnsRuleId": "111", "domainName": "pfrag.gr", "ipAddressType": "IP_V4",
-                      "ipAddress": "172.24.248.5", "ttl": 0}]
-    }"#;
-
     fn seed() -> serde_json::Value {
-        serde_json::from_str(SEED).unwrap()
+        serde_json::from_str(crate::mep::fixtures::SEED).unwrap()
     }
 
     fn plan_of(v: &serde_json::Value) -> Result<Vec<Step>, Refusal> {

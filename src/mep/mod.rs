@@ -130,3 +130,22 @@ pub fn build(region_id: &str, mep: &MepConfig) -> Arc<dyn Driver> {
         DriverKind::Edgegallery => Arc::new(edgegallery::EdgeGallery::new(mep)),
     }
 }
+
+/// Requests shared by the drivers' unit tests.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    /// The rules of the seed deployment's `trafficrule.json` example.
+    pub const SEED: &str = r#"{
+      "RegionId": "2",
+      "appTrafficRule": [{
+          "trafficRuleId": "tr1", "filterType": "FLOW", "priority": 0,
+          "trafficFilter": [{"srcAddress": ["208930100001114"], "dstAddress": ["195.251.255.142"],
+                             "dstPort": ["80"], "Protocol": ["tcp"]}],
+          "action": "FORWARD",
+          "dstInterface": [{"interfaceType": "IP", "dstMACAddress": "00:11:22:33:44:55",
+                            "dstIPAddress": "172.16.0.111"}]
+      }],
+      "appDNSRule": [{"dnsRuleId": "111", "domainName": "pfrag.gr", "ipAddressType": "IP_V4",
+                      "ipAddress": "172.24.248.5", "ttl": 0}]
+    }"#;
+}

@@ -2,7 +2,10 @@
 //! configuration text, a small HTTP client, and the fake platforms.
 #![allow(dead_code)]
 
+pub mod fake_edgegallery;
+pub mod fake_etsi;
 pub mod fake_llmec;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -167,12 +170,19 @@ impl Reply {
     }
 }
 
+/// Polls `done` every 20 ms until it holds, for at most `limit`; returns whether it held.
+pub fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
 /// The example body files, read from `examples/`.
 pub fn example(name: &str) -> String {
     std::fs::read_to_string(format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
-
-pub mod fake_etsi;
-
-pub mod fake_edgegallery;
-pub mod tls;
