@@ -1,19 +1,19 @@
 //! The LL-MEC driver end to end against the fake LL-MEC platform: exact calls and bodies,
 //! error answers, timeouts, outages, and the proxy environment being ignored.
 
-#[path = "support/fake_llmec.rs"]
-mod fake_llmec;
+mod support;
 
 use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fake_llmec::{Call, DNS_PATH, FakeLlMec, TRAFFIC_PATH};
 use mec_plugin::config::{DriverKind, MepConfig};
 use mec_plugin::mep::agent::MepClient;
 use mec_plugin::mep::llmec::LlMec;
 use mec_plugin::mep::{Driver, MepError, Step};
 use mec_plugin::model::parse_creation;
+use support::Call;
+use support::fake_llmec::{DNS_PATH, FakeLlMec, TRAFFIC_PATH};
 
 /// The rules of `seed-examples/trafficrule.json`.
 const SEED: &str = r#"{
@@ -49,6 +49,7 @@ fn seed_steps(driver: &LlMec) -> Vec<Step> {
 
 fn call(method: &str, path: &str, body: &str) -> Call {
     Call {
+        headers: Vec::new(),
         method: method.into(),
         path: path.into(),
         body: body.into(),

@@ -62,27 +62,7 @@ pub const RECORDED_HEADERS: [&str; 7] = [
 ];
 const TICK: Duration = Duration::from_millis(5);
 
-/// One call the fake received, in arrival order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call {
-    pub method: String,
-    /// Path as requested, still percent-encoded.
-    pub path: String,
-    /// The [`RECORDED_HEADERS`] present, names in lower case.
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Call {
-    /// The value of a header (name in any case).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
+pub use super::Call;
 
 /// An answer injected in place of the normal one.
 #[derive(Debug, Clone)]

@@ -59,27 +59,7 @@ const RECORDED_HEADERS: [&str; 7] = [
 const MAX_BODY: u64 = 1024 * 1024;
 const TICK: Duration = Duration::from_millis(10);
 
-/// One call the fake received, in arrival order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call {
-    pub method: String,
-    /// Path as requested, not decoded.
-    pub path: String,
-    /// The headers of [`RECORDED_HEADERS`] the call had, names in lower case.
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Call {
-    /// The value of a header (name case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
+pub use super::Call;
 
 /// Key of a rule: application, collection, rule id (all decoded).
 type Key = (String, &'static str, String);

@@ -41,14 +41,7 @@ const MAX_BODY: u64 = 1024 * 1024;
 /// How often idle loops look at their stop flag.
 const TICK: Duration = Duration::from_millis(10);
 
-/// One call the fake received, in arrival order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call {
-    pub method: String,
-    /// Path as requested (query included, if any).
-    pub path: String,
-    pub body: String,
-}
+pub use super::Call;
 
 /// A fake LL-MEC platform. Shuts everything down when dropped.
 pub struct FakeLlMec {
@@ -406,6 +399,7 @@ fn handle(mut request: Request, shared: &Shared) {
         state.calls.push(Call {
             method: method.clone(),
             path: path.clone(),
+            headers: Vec::new(),
             body: body.clone(),
         });
         let injected = if method == "POST" {

@@ -170,6 +170,28 @@ impl Reply {
     }
 }
 
+/// One call the fake received, in arrival order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub method: String,
+    /// Path as requested, still percent-encoded.
+    pub path: String,
+    /// The recorded headers present, names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Call {
+    /// The value of a header (name in any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// Polls `done` every 20 ms until it holds, for at most `limit`; returns whether it held.
 pub fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;
