@@ -525,15 +525,20 @@ fn check_id(id: &str, at: &str) -> Result<(), String> {
 /// A non-negative integer up to `max`. Integral decimals such as `1.0` count: Java clients
 /// may serialise a BigDecimal or float that way.
 fn check_uint(n: &Number, max: u64, at: &str) -> Result<(), String> {
-    let integral = n.as_u64().or_else(|| {
-        n.as_f64()
-            .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-            .map(|f| f as u64)
-    });
-    match integral {
+    match integral(n) {
         Some(v) if v <= max => Ok(()),
         _ => Err(format!("{at} = {n} must be an integer in 0..={max}")),
     }
+}
+
+/// The value of a non-negative integer, integral decimals such as `2.0` included (Java clients
+/// may write a BigDecimal or a float that way); drivers send it as a plain integer.
+pub fn integral(n: &Number) -> Option<u64> {
+    n.as_u64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
+            .map(|f| f as u64)
+    })
 }
 
 /// Deepest nesting accepted inside a free-form object.

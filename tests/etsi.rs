@@ -322,7 +322,7 @@ fn hostile_app_instance_ids_are_one_encoded_path_segment() {
     preload(&mep, "../../x");
     preload(&mep, "a b");
     let p = plugin(&mep);
-    for (app, segment) in [("../../x", "..%2F..%2Fx"), ("a b", "a%20b")] {
+    for (app, segment) in [("../../x", "%2E%2E%2F%2E%2E%2Fx"), ("a b", "a%20b")] {
         mep.clear_calls();
         let id = created_id(&p.post(&request(Some(app))));
         let calls = mep.calls();

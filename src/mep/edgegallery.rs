@@ -96,16 +96,17 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::debug;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
-use serde_json::Number;
 
 use super::agent::{Answer, MepClient, one_line};
+use super::wire::{action_name, path_segment, tunnel_type_name};
 use super::{Driver, MepError, Refusal, Step};
 use crate::config::{DriverKind, MepConfig};
+use crate::model::integral;
 use crate::model::{
-    Action, CreationRequest, DnsRule, FilterType, InterfaceDescriptor, InterfaceType,
-    IpAddressType, TrafficFilter, TrafficRule, TunnelType,
+    CreationRequest, DnsRule, FilterType, InterfaceDescriptor, InterfaceType, IpAddressType,
+    TrafficFilter, TrafficRule,
 };
 
 /// Base path of the Mm5 application configuration API, relative to the MEP URL.
@@ -130,9 +131,6 @@ pub const MAX_ID_CHARS: usize = 63;
 pub const MAX_DOMAIN_CHARS: usize = 255;
 pub const MAX_APP_NAME_CHARS: usize = 63;
 pub const MAX_BODY_BYTES: usize = 32 * 1024;
-
-/// Characters written as themselves in a path segment: letters, digits, `-`, `_`, `~`.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'~');
 
 /// The EdgeGallery driver of one region.
 #[derive(Debug)]
@@ -285,26 +283,6 @@ impl TaskProgress {
     }
 }
 
-/// The northbound action's EdgeGallery name.
-pub fn action_name(action: Action) -> &'static str {
-    match action {
-        Action::Drop => "DROP",
-        Action::Forward | Action::Decapsulated => "FORWARD_DECAPSULATED",
-        Action::ForwardAsIs => "FORWARD_AS_IS",
-        Action::Passthrough => "PASSTHROUGH",
-        Action::DuplicatedDecapsulated => "DUPLICATE_DECAPSULATED",
-        Action::DuplicateAsIs => "DUPLICATE_AS_IS",
-    }
-}
-
-/// The northbound tunnel type's EdgeGallery name.
-pub fn tunnel_type_name(tunnel: TunnelType) -> &'static str {
-    match tunnel {
-        TunnelType::GtpU => "GTP_U",
-        TunnelType::Gre => "GRE",
-    }
-}
-
 fn filter_type_name(filter: FilterType) -> &'static str {
     match filter {
         FilterType::Flow => "FLOW",
@@ -327,25 +305,17 @@ fn ip_type_name(t: IpAddressType) -> &'static str {
     }
 }
 
-/// An id as one percent-encoded path segment.
-pub fn encode_segment(id: &str) -> String {
-    utf8_percent_encode(id, SEGMENT).to_string()
-}
-
 /// Path of an application instance's configuration, relative to the MEP URL.
 pub fn config_target(app_instance_id: &str) -> String {
     format!(
         "{BASE}/applications/{}/appd_configuration",
-        encode_segment(app_instance_id)
+        path_segment(app_instance_id)
     )
 }
 
 /// Path of a configuration task, relative to the MEP URL.
 pub fn task_target(task_id: &str) -> String {
-    format!(
-        "{BASE}/tasks/{}/appd_configuration",
-        encode_segment(task_id)
-    )
+    format!("{BASE}/tasks/{}/appd_configuration", path_segment(task_id))
 }
 
 /// The application instance id of a configuration path, decoded.
@@ -717,16 +687,6 @@ fn refuse(rule: impl Into<String>, reason: impl Into<String>) -> Refusal {
     }
 }
 
-/// A non-negative integer (integral decimals such as `2.0` included). EdgeGallery reads
-/// integers only.
-fn integer(n: &Number) -> Option<u64> {
-    n.as_u64().or_else(|| {
-        n.as_f64()
-            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
-            .map(|f| f as u64)
-    })
-}
-
 fn check_id(at: &str, key: &str, id: &str) -> Result<(), Refusal> {
     let n = id.chars().count();
     if n > MAX_ID_CHARS {
@@ -741,7 +701,7 @@ fn check_id(at: &str, key: &str, id: &str) -> Result<(), Refusal> {
 fn traffic_rule(i: usize, rule: &TrafficRule) -> Result<EgTrafficRule<'_>, Refusal> {
     let at = format!("appTrafficRule[{i}] '{}'", rule.traffic_rule_id);
     check_id(&at, "trafficRuleId", &rule.traffic_rule_id)?;
-    let priority = integer(&rule.priority)
+    let priority = integral(&rule.priority)
         .filter(|p| (1..=255).contains(p))
         .ok_or_else(|| {
             refuse(
@@ -880,7 +840,7 @@ fn filter<'r>(at: &str, f: &'r TrafficFilter) -> Result<EgFilter<'r>, Refusal> {
             .zip([("qci", &f.qci), ("dscp", &f.dscp), ("tc", &f.tc)])
     {
         let Some(n) = value else { continue };
-        match integer(n) {
+        match integral(n) {
             Some(0) => {
                 return Err(refuse(
                     format!("{at}.{key}"),
@@ -990,7 +950,7 @@ fn dns_rules(rules: &[DnsRule]) -> Result<Vec<EgDnsRule<'_>>, Refusal> {
         let ttl = match &rule.ttl {
             None => None,
             Some(t) => Some(
-                integer(t)
+                integral(t)
                     .filter(|t| *t <= u64::from(u32::MAX))
                     .ok_or_else(|| {
                         refuse(
@@ -1015,6 +975,7 @@ fn dns_rules(rules: &[DnsRule]) -> Result<Vec<EgDnsRule<'_>>, Refusal> {
 mod tests {
     use super::*;
     use crate::model::parse_creation;
+    use crate::model::{Action, TunnelType};
     use serde_json::{Value, json};
 
     const ID: &str = "5f0c3f0e-8a53-4a8e-9d1c-3f2b1a0e9c77";

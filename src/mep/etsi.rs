@@ -12,8 +12,8 @@
 //!
 //! DNS rules come first, then traffic rules, each in request order. `{app}` is the request's
 //! `appInstanceId` extension field when present, else its RequestId. Every id placed in a path
-//! is percent-encoded (everything but the unreserved characters `A-Z a-z 0-9 - . _ ~`; an id
-//! that is only dots is encoded entirely), so an id such as `../../x` or `a b` is always one
+//! is percent-encoded by [`wire::path_segment`](super::wire::path_segment) (everything but
+//! `A-Z a-z 0-9 - _ ~`, dots included), so an id such as `../../x` or `a b` is always one
 //! path segment and can never change which resource is called. A step's `target` is that
 //! encoded path (relative to the region's URL) and its `body` the full MEC 011 rule with
 //! `state: ACTIVE`; the removal body is derived from it, identical but for `state: INACTIVE`.
@@ -61,16 +61,18 @@
 
 use std::fmt;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::percent_decode_str;
 use serde::Serialize;
 use serde_json::Number;
 
 use super::agent::MepClient;
+use super::wire::{action_name, path_segment, tunnel_type_name};
 use super::{Driver, MepError, Refusal, Step};
 use crate::config::{DriverKind, MepConfig};
+use crate::model::integral;
 use crate::model::{
-    Action, CreationRequest, DnsRule, FilterType, InterfaceDescriptor, InterfaceType,
-    IpAddressType, TrafficFilter, TrafficRule, TunnelType,
+    CreationRequest, DnsRule, FilterType, InterfaceDescriptor, InterfaceType, IpAddressType,
+    TrafficFilter, TrafficRule,
 };
 
 /// Base path of the MEC 011 API, relative to the region's URL.
@@ -81,24 +83,6 @@ pub const APP_INSTANCE_HEADER: &str = "X-AppinstanceID";
 
 /// Highest MEC 011 traffic rule priority.
 const MAX_PRIORITY: u64 = 255;
-
-/// Everything but the unreserved characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// An id as one URL path segment: percent-encoded, and never a dot segment (`.` or `..`,
-/// which a URL resolver would interpret).
-pub fn path_segment(id: &str) -> String {
-    let encoded = utf8_percent_encode(id, SEGMENT).to_string();
-    if encoded.bytes().all(|b| b == b'.') {
-        encoded.replace('.', "%2E")
-    } else {
-        encoded
-    }
-}
 
 /// The two kinds of rules of the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -473,13 +457,7 @@ fn to_json(body: &impl Serialize) -> String {
 
 /// A non-negative integer (integral decimals such as `2.0` included), at most `max`.
 fn uint(n: &Number, max: u64) -> Option<u64> {
-    n.as_u64()
-        .or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
-                .map(|f| f as u64)
-        })
-        .filter(|v| *v <= max)
+    integral(n).filter(|v| *v <= max)
 }
 
 /// The steps for a request: DNS rules first, then traffic rules, each in request order.
@@ -543,18 +521,6 @@ fn dns_step(app: &str, i: usize, rule: &DnsRule) -> Result<Step, Refusal> {
     })
 }
 
-/// The MEC 011 spelling of a northbound action.
-fn action(action: Action) -> &'static str {
-    match action {
-        Action::Drop => "DROP",
-        Action::Forward | Action::Decapsulated => "FORWARD_DECAPSULATED",
-        Action::ForwardAsIs => "FORWARD_AS_IS",
-        Action::Passthrough => "PASSTHROUGH",
-        Action::DuplicatedDecapsulated => "DUPLICATE_DECAPSULATED",
-        Action::DuplicateAsIs => "DUPLICATE_AS_IS",
-    }
-}
-
 fn traffic_step(app: &str, i: usize, rule: &TrafficRule) -> Result<Step, Refusal> {
     let at = format!("appTrafficRule[{i}] '{}'", rule.traffic_rule_id);
     let priority = uint(&rule.priority, MAX_PRIORITY).ok_or_else(|| {
@@ -588,7 +554,7 @@ fn traffic_step(app: &str, i: usize, rule: &TrafficRule) -> Result<Step, Refusal
         filter_type: rule.filter_type,
         priority,
         traffic_filter,
-        action: action(rule.action),
+        action: action_name(rule.action),
         dst_interface,
         state: "ACTIVE",
     };
@@ -637,10 +603,7 @@ fn destination<'a>(at: &str, i: &'a InterfaceDescriptor) -> Result<MecInterface<
                 ));
             }
             Some(MecTunnelInfo {
-                tunnel_type: match t.tunnel_type {
-                    TunnelType::GtpU => "GTP_U",
-                    TunnelType::Gre => "GRE",
-                },
+                tunnel_type: tunnel_type_name(t.tunnel_type),
                 tunnel_dst_address: &t.tunnel_dst_address,
                 tunnel_src_address: &t.tunnel_src_address,
             })
@@ -846,16 +809,6 @@ mod tests {
 
     #[test]
     fn ids_are_percent_encoded_and_never_change_the_path() {
-        assert_eq!(path_segment("tr1"), "tr1");
-        assert_eq!(path_segment("a-b.c_d~e"), "a-b.c_d~e");
-        assert_eq!(path_segment("../../x"), "..%2F..%2Fx");
-        assert_eq!(path_segment("a b"), "a%20b");
-        assert_eq!(path_segment(".."), "%2E%2E");
-        assert_eq!(path_segment("."), "%2E");
-        assert_eq!(path_segment("a?b#c%d"), "a%3Fb%23c%25d");
-        assert_eq!(path_segment("caf\u{e9}"), "caf%C3%A9");
-        assert_eq!(path_segment("a\\b;c"), "a%5Cb%3Bc");
-
         for (app, rule) in [
             ("../../x", "tr1"),
             ("a b", "../dns_rules/1"),
@@ -892,7 +845,7 @@ mod tests {
         let steps = plan_of(&v).unwrap();
         assert_eq!(
             steps[0].target,
-            "/mec_app_support/v1/applications/..%2F..%2Fx/dns_rules/a%20b"
+            "/mec_app_support/v1/applications/%2E%2E%2F%2E%2E%2Fx/dns_rules/a%20b"
         );
         assert!(
             steps[0].body.contains(r#""dnsRuleId":"a b""#),

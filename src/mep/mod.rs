@@ -16,6 +16,7 @@ pub mod edgegallery;
 pub mod etsi;
 pub mod llmec;
 pub mod simulated;
+pub mod wire;
 
 /// One call's worth of work on a platform, recorded before it is applied so that the plugin
 /// always knows what may be on the platform, and replayed verbatim to remove it.
