@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
@@ -22,6 +22,8 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, ServerName};
+use support::raw::read_status_and_text;
+use support::tls::rustls_client;
 use support::{Plugin, simulated_region, temp_dir};
 
 const MS: Duration = Duration::from_millis(1);
@@ -85,20 +87,6 @@ fn tls_files(dir: &std::path::Path) -> (CertificateDer<'static>, String) {
         key_file.display()
     );
     (ca.der().clone(), lines)
-}
-
-fn rustls_client(ca: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
 }
 
 /// The plugin with a token, metrics (always on), one simulated region, and TLS if `tls`; its
@@ -188,37 +176,6 @@ fn get_text(path: &str, token: Option<&str>, close: bool) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{connection}\r\n")
 }
 
-/// Reads one response (status and a `Content-Length` body).
-fn read_response<R: BufRead>(r: &mut R) -> io::Result<(u16, String)> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("status {line:?}")))?;
-    let mut length = 0;
-    loop {
-        let mut header = String::new();
-        r.read_line(&mut header)?;
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        match header.split_once(':') {
-            Some((name, value)) if name.eq_ignore_ascii_case("content-length") => {
-                length = value.trim().parse().unwrap_or(0);
-            }
-            _ => {}
-        }
-    }
-    let mut body = vec![0; length];
-    r.read_exact(&mut body)?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
 /// One request on a new connection, bounded by `limit`; status, body and time taken.
 fn request_within(
     addr: SocketAddr,
@@ -230,7 +187,7 @@ fn request_within(
     let started = Instant::now();
     let answer = Conn::open(addr, tls, limit).and_then(|mut c| {
         c.write_all(get_text(path, token, true).as_bytes())?;
-        read_response(&mut BufReader::new(&mut c))
+        read_status_and_text(&mut BufReader::new(&mut c))
     });
     let took = started.elapsed();
     let (status, body) = answer.unwrap_or_else(|e| panic!("GET {path}: {e} after {took:?}"));
@@ -379,7 +336,7 @@ fn idle_and_trickling_connections_do_not_delay_requests_and_a_burst_is_served(tl
                 let answer = answer.and_then(|c| {
                     let path = format!("/MEC/v1/service/regions/3?burst={i}");
                     c.write_all(get_text(&path, Some(TOKEN), false).as_bytes())?;
-                    read_response(&mut BufReader::new(c))
+                    read_status_and_text(&mut BufReader::new(c))
                 });
                 let took = started.elapsed();
                 hold.wait(); // keep the connection open until every client has its answer

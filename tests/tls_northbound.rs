@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +21,8 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, ServerName};
+use support::raw::{get_text, read_status_and_text};
+use support::tls::rustls_client;
 use support::{Plugin, simulated_region, temp_dir};
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
@@ -107,20 +109,6 @@ fn agent_trusting(ca: &CertificateDer<'static>) -> ureq::Agent {
         .new_agent()
 }
 
-fn rustls_client(ca: &CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.clone()).unwrap();
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
-}
-
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 fn tcp(addr: SocketAddr) -> TcpStream {
@@ -155,42 +143,6 @@ fn client_hello(config: &Arc<rustls::ClientConfig>) -> Vec<u8> {
     hello
 }
 
-fn get_text(path: &str, close: bool) -> String {
-    let connection = if close { "Connection: close\r\n" } else { "" };
-    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{connection}\r\n")
-}
-
-/// Reads one response (status and a `Content-Length` body); returns status and body.
-fn read_response<R: BufRead>(r: &mut R) -> io::Result<(u16, String)> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    let status = line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("status {line:?}")))?;
-    let mut length = 0;
-    loop {
-        let mut header = String::new();
-        r.read_line(&mut header)?;
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        match header.split_once(':') {
-            Some((name, value)) if name.eq_ignore_ascii_case("content-length") => {
-                length = value.trim().parse().unwrap_or(0);
-            }
-            _ => {}
-        }
-    }
-    let mut body = vec![0; length];
-    r.read_exact(&mut body)?;
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
 /// A GET over a new TLS connection that must be answered within `limit`.
 fn tls_get_within(
     addr: SocketAddr,
@@ -204,7 +156,7 @@ fn tls_get_within(
     stream
         .write_all(get_text(path, true).as_bytes())
         .expect("send");
-    let answer = read_response(&mut BufReader::new(&mut stream))
+    let answer = read_status_and_text(&mut BufReader::new(&mut stream))
         .unwrap_or_else(|e| panic!("GET {path} not answered within {limit:?}: {e}"));
     let took = started.elapsed();
     assert!(took <= limit, "GET {path} took {took:?}");
@@ -264,7 +216,7 @@ fn keep_alive_over_tls_serves_several_requests_on_one_connection() {
         stream
             .write_all(get_text(REGIONS, close).as_bytes())
             .unwrap();
-        let (status, _) = read_response(&mut BufReader::new(&mut stream)).unwrap();
+        let (status, _) = read_status_and_text(&mut BufReader::new(&mut stream)).unwrap();
         assert_eq!(status, 200, "request {i}");
     }
 }
@@ -451,7 +403,7 @@ fn refused_and_trickled_bodies_over_tls_get_413_and_408_and_their_connections_ar
     // server cuts it once its drain has lasted a read timeout.
     let mut huge = tls_connect(addr, &config);
     huge.write_all(post(1_000_000_000_000).as_bytes()).unwrap();
-    let (status, body) = read_response(&mut BufReader::new(&mut huge)).unwrap();
+    let (status, body) = read_status_and_text(&mut BufReader::new(&mut huge)).unwrap();
     assert_eq!(status, 413, "{body}");
     let huge_socket = huge.sock.try_clone().unwrap();
     let huge_closed = time_until_closed(&mut huge, &huge_socket, 3000 * MS);
@@ -531,7 +483,9 @@ fn shutdown_closes_idle_tls_connections_at_once() {
     let mut idle = tls_connect(addr, &config);
     idle.write_all(get_text(REGIONS, false).as_bytes()).unwrap();
     assert_eq!(
-        read_response(&mut BufReader::new(&mut idle)).unwrap().0,
+        read_status_and_text(&mut BufReader::new(&mut idle))
+            .unwrap()
+            .0,
         200
     );
     let mut half = tcp(addr);

@@ -106,21 +106,7 @@ impl FakeEtsi {
     /// Starts the fake (plain HTTP) on a free port of 127.0.0.1. For HTTPS, put a
     /// `tls::TlsFront` before [`addr`](Self::addr).
     pub fn start() -> FakeEtsi {
-        let http = Arc::new(
-            Server::new(
-                // tiny_http serves each keep-alive connection on one thread for its whole life and
-                // queues new connections when it believes threads are free: with its default of 4
-                // threads, the plugin's pooled connections would starve one another.
-                tiny_http_fork::ServerConfig::new_http("127.0.0.1:0")
-                    .expect("loopback address")
-                    .set_min_threads(64),
-            )
-            .expect("fake MEC 011: listener"),
-        );
-        let addr = *http
-            .server_addr()
-            .to_ip()
-            .expect("fake MEC 011: listener has an IP address");
+        let (http, addr) = super::fake_platform_server("MEC 011");
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             closing: AtomicBool::new(false),

@@ -87,21 +87,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl FakeLlMec {
     /// Starts the fake on a free port of 127.0.0.1.
     pub fn start() -> FakeLlMec {
-        let http = Arc::new(
-            Server::new(
-                // tiny_http serves each keep-alive connection on one thread for its whole life and
-                // queues new connections when it believes threads are free: with its default of 4
-                // threads, the plugin's pooled connections would starve one another.
-                tiny_http_fork::ServerConfig::new_http("127.0.0.1:0")
-                    .expect("loopback address")
-                    .set_min_threads(64),
-            )
-            .expect("fake LL-MEC: internal listener"),
-        );
-        let http_addr = *http
-            .server_addr()
-            .to_ip()
-            .expect("fake LL-MEC: internal listener has an IP address");
+        let (http, http_addr) = super::fake_platform_server("LL-MEC");
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             closing: AtomicBool::new(false),

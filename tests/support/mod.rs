@@ -5,9 +5,12 @@
 pub mod fake_edgegallery;
 pub mod fake_etsi;
 pub mod fake_llmec;
+pub mod raw;
 pub mod tls;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -190,6 +193,24 @@ impl Call {
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// The HTTP server of a fake platform on a free port of 127.0.0.1, and its address.
+pub fn fake_platform_server(name: &str) -> (Arc<tiny_http_fork::Server>, SocketAddr) {
+    let http = tiny_http_fork::Server::new(
+        // tiny_http serves each keep-alive connection on one thread for its whole life and
+        // queues new connections when it believes threads are free: with its default of 4
+        // threads, the plugin's pooled connections would starve one another.
+        tiny_http_fork::ServerConfig::new_http("127.0.0.1:0")
+            .expect("loopback address")
+            .set_min_threads(64),
+    )
+    .unwrap_or_else(|e| panic!("fake {name}: listener: {e}"));
+    let addr = *http
+        .server_addr()
+        .to_ip()
+        .unwrap_or_else(|| panic!("fake {name}: the listener has no IP address"));
+    (Arc::new(http), addr)
 }
 
 /// Polls `done` every 20 ms until it holds, for at most `limit`; returns whether it held.

@@ -175,6 +175,14 @@ pub fn read_response<R: BufRead>(r: &mut R) -> io::Result<RawResponse> {
     }
 }
 
+/// Reads one response; its status and its body as text.
+pub fn read_status_and_text<R: BufRead>(r: &mut R) -> io::Result<(u16, String)> {
+    read_response(r).map(|response| {
+        let text = String::from_utf8_lossy(&response.body).into_owned();
+        (response.status, text)
+    })
+}
+
 /// Sends `text` on a new connection and reads one response.
 pub fn exchange(addr: SocketAddr, text: &str) -> io::Result<RawResponse> {
     let mut stream = connect(addr);

@@ -193,3 +193,20 @@ impl Drop for TlsFront {
         let _ = self.child.wait();
     }
 }
+
+/// A rustls client configuration that trusts exactly `ca`.
+pub fn rustls_client(
+    ca: &rustls::pki_types::CertificateDer<'static>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
