@@ -100,7 +100,7 @@ use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 
 use super::agent::{Answer, MepClient, one_line};
-use super::wire::{action_name, path_segment, tunnel_type_name};
+use super::wire::{Filter, TokenKey, Tunnel, action_name, path_segment};
 use super::{Driver, MepError, Refusal, Step};
 use crate::config::{DriverKind, MepConfig};
 use crate::model::integral;
@@ -169,40 +169,10 @@ struct EgTrafficRule<'a> {
     traffic_rule_id: &'a str,
     filter_type: &'static str,
     priority: u64,
-    traffic_filter: Vec<EgFilter<'a>>,
+    traffic_filter: Vec<Filter<'a>>,
     action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     dst_interface: Option<Vec<EgInterface<'a>>>,
-}
-
-#[derive(Serialize)]
-struct EgFilter<'a> {
-    #[serde(rename = "srcAddress", skip_serializing_if = "Option::is_none")]
-    src_address: Option<&'a [String]>,
-    #[serde(rename = "dstAddress", skip_serializing_if = "Option::is_none")]
-    dst_address: Option<&'a [String]>,
-    #[serde(rename = "srcPort", skip_serializing_if = "Option::is_none")]
-    src_port: Option<&'a [String]>,
-    #[serde(rename = "dstPort", skip_serializing_if = "Option::is_none")]
-    dst_port: Option<&'a [String]>,
-    #[serde(rename = "protocol", skip_serializing_if = "Option::is_none")]
-    protocol: Option<&'a [String]>,
-    #[serde(rename = "tag", skip_serializing_if = "Option::is_none")]
-    tag: Option<&'a [String]>,
-    #[serde(rename = "srcTunnelAddress", skip_serializing_if = "Option::is_none")]
-    src_tunnel_address: Option<&'a [String]>,
-    #[serde(rename = "tgtTunnelAddress", skip_serializing_if = "Option::is_none")]
-    tgt_tunnel_address: Option<&'a [String]>,
-    #[serde(rename = "srcTunnelPort", skip_serializing_if = "Option::is_none")]
-    src_tunnel_port: Option<&'a [String]>,
-    #[serde(rename = "dstTunnelPort", skip_serializing_if = "Option::is_none")]
-    dst_tunnel_port: Option<&'a [String]>,
-    #[serde(rename = "qCI", skip_serializing_if = "Option::is_none")]
-    qci: Option<u64>,
-    #[serde(rename = "dSCP", skip_serializing_if = "Option::is_none")]
-    dscp: Option<u64>,
-    #[serde(rename = "tC", skip_serializing_if = "Option::is_none")]
-    tc: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -210,21 +180,13 @@ struct EgFilter<'a> {
 struct EgInterface<'a> {
     interface_type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tunnel_info: Option<EgTunnel<'a>>,
+    tunnel_info: Option<Tunnel<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     src_mac_address: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dst_mac_address: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dst_ip_address: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct EgTunnel<'a> {
-    tunnel_type: &'static str,
-    tunnel_dst_address: &'a str,
-    tunnel_src_address: &'a str,
 }
 
 #[derive(Serialize)]
@@ -756,7 +718,7 @@ fn traffic_rule(i: usize, rule: &TrafficRule) -> Result<EgTrafficRule<'_>, Refus
     })
 }
 
-fn filter<'r>(at: &str, f: &'r TrafficFilter) -> Result<EgFilter<'r>, Refusal> {
+fn filter<'r>(at: &str, f: &'r TrafficFilter) -> Result<Filter<'r>, Refusal> {
     for (key, list) in [
         ("srcAddress", &f.src_address),
         ("dstAddress", &f.dst_address),
@@ -857,21 +819,7 @@ fn filter<'r>(at: &str, f: &'r TrafficFilter) -> Result<EgFilter<'r>, Refusal> {
         }
     }
     let [qci, dscp, tc] = numbers;
-    Ok(EgFilter {
-        src_address: f.src_address.as_deref(),
-        dst_address: f.dst_address.as_deref(),
-        src_port: f.src_port.as_deref(),
-        dst_port: f.dst_port.as_deref(),
-        protocol: f.protocol.as_deref(),
-        tag: f.token.as_deref(),
-        src_tunnel_address: f.src_tunnel_address.as_deref(),
-        tgt_tunnel_address: f.dst_tunnel_address.as_deref(),
-        src_tunnel_port: f.src_tunnel_port.as_deref(),
-        dst_tunnel_port: f.dst_tunnel_port.as_deref(),
-        qci,
-        dscp,
-        tc,
-    })
+    Ok(Filter::new(f, TokenKey::Tag, [qci, dscp, tc]))
 }
 
 fn interface<'r>(at: &str, d: &'r InterfaceDescriptor) -> Result<EgInterface<'r>, Refusal> {
@@ -895,11 +843,7 @@ fn interface<'r>(at: &str, d: &'r InterfaceDescriptor) -> Result<EgInterface<'r>
                     ));
                 }
             }
-            Some(EgTunnel {
-                tunnel_type: tunnel_type_name(t.tunnel_type),
-                tunnel_dst_address: &t.tunnel_dst_address,
-                tunnel_src_address: &t.tunnel_src_address,
-            })
+            Some(Tunnel::new(t))
         }
     };
     Ok(EgInterface {
@@ -974,8 +918,8 @@ fn dns_rules(rules: &[DnsRule]) -> Result<Vec<EgDnsRule<'_>>, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Action;
     use crate::model::parse_creation;
-    use crate::model::{Action, TunnelType};
     use serde_json::{Value, json};
 
     const ID: &str = "5f0c3f0e-8a53-4a8e-9d1c-3f2b1a0e9c77";
@@ -1125,8 +1069,6 @@ mod tests {
             let body = &plan_of(&v).unwrap()[0].body;
             assert!(body.contains(&format!(r#""action":"{name}""#)), "{body}");
         }
-        assert_eq!(tunnel_type_name(TunnelType::GtpU), "GTP_U");
-        assert_eq!(tunnel_type_name(TunnelType::Gre), "GRE");
     }
 
     #[test]

@@ -66,7 +66,7 @@ use serde::Serialize;
 use serde_json::Number;
 
 use super::agent::MepClient;
-use super::wire::{action_name, path_segment, tunnel_type_name};
+use super::wire::{Filter, TokenKey, Tunnel, action_name, path_segment};
 use super::{Driver, MepError, Refusal, Step};
 use crate::config::{DriverKind, MepConfig};
 use crate::model::integral;
@@ -381,43 +381,11 @@ struct MecTrafficRule<'a> {
     traffic_rule_id: &'a str,
     filter_type: FilterType,
     priority: u64,
-    traffic_filter: Vec<MecTrafficFilter<'a>>,
+    traffic_filter: Vec<Filter<'a>>,
     action: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     dst_interface: Option<MecInterface<'a>>,
     state: &'static str,
-}
-
-/// MEC 011 `TrafficFilter`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MecTrafficFilter<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    src_address: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dst_address: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    src_port: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dst_port: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    protocol: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    token: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    src_tunnel_address: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tgt_tunnel_address: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    src_tunnel_port: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dst_tunnel_port: Option<&'a [String]>,
-    #[serde(rename = "qCI", skip_serializing_if = "Option::is_none")]
-    qci: Option<u64>,
-    #[serde(rename = "dSCP", skip_serializing_if = "Option::is_none")]
-    dscp: Option<u64>,
-    #[serde(rename = "tC", skip_serializing_if = "Option::is_none")]
-    tc: Option<u64>,
 }
 
 /// MEC 011 `InterfaceDescriptor`.
@@ -426,22 +394,13 @@ struct MecTrafficFilter<'a> {
 struct MecInterface<'a> {
     interface_type: InterfaceType,
     #[serde(skip_serializing_if = "Option::is_none")]
-    tunnel_info: Option<MecTunnelInfo<'a>>,
+    tunnel_info: Option<Tunnel<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     src_mac_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dst_mac_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     dst_ip_address: Option<&'a str>,
-}
-
-/// MEC 011 `TunnelInfo`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct MecTunnelInfo<'a> {
-    tunnel_type: &'static str,
-    tunnel_dst_address: &'a str,
-    tunnel_src_address: &'a str,
 }
 
 fn refuse(rule: String, reason: impl Into<String>) -> Refusal {
@@ -565,7 +524,7 @@ fn traffic_step(app: &str, i: usize, rule: &TrafficRule) -> Result<Step, Refusal
     })
 }
 
-fn filter<'a>(at: &str, f: &'a TrafficFilter) -> Result<MecTrafficFilter<'a>, Refusal> {
+fn filter<'a>(at: &str, f: &'a TrafficFilter) -> Result<Filter<'a>, Refusal> {
     let number = |n: &Option<Number>, key: &str, max: u64| match n {
         None => Ok(None),
         Some(v) => uint(v, max).map(Some).ok_or_else(|| {
@@ -575,21 +534,12 @@ fn filter<'a>(at: &str, f: &'a TrafficFilter) -> Result<MecTrafficFilter<'a>, Re
             )
         }),
     };
-    Ok(MecTrafficFilter {
-        src_address: f.src_address.as_deref(),
-        dst_address: f.dst_address.as_deref(),
-        src_port: f.src_port.as_deref(),
-        dst_port: f.dst_port.as_deref(),
-        protocol: f.protocol.as_deref(),
-        token: f.token.as_deref(),
-        src_tunnel_address: f.src_tunnel_address.as_deref(),
-        tgt_tunnel_address: f.dst_tunnel_address.as_deref(),
-        src_tunnel_port: f.src_tunnel_port.as_deref(),
-        dst_tunnel_port: f.dst_tunnel_port.as_deref(),
-        qci: number(&f.qci, "qci", 255)?,
-        dscp: number(&f.dscp, "dscp", 63)?,
-        tc: number(&f.tc, "tc", 255)?,
-    })
+    let qos = [
+        number(&f.qci, "qci", 255)?,
+        number(&f.dscp, "dscp", 63)?,
+        number(&f.tc, "tc", 255)?,
+    ];
+    Ok(Filter::new(f, TokenKey::Token, qos))
 }
 
 fn destination<'a>(at: &str, i: &'a InterfaceDescriptor) -> Result<MecInterface<'a>, Refusal> {
@@ -602,11 +552,7 @@ fn destination<'a>(at: &str, i: &'a InterfaceDescriptor) -> Result<MecInterface<
                     "MEC 011 has no field for tunnel-specific data; remove it",
                 ));
             }
-            Some(MecTunnelInfo {
-                tunnel_type: tunnel_type_name(t.tunnel_type),
-                tunnel_dst_address: &t.tunnel_dst_address,
-                tunnel_src_address: &t.tunnel_src_address,
-            })
+            Some(Tunnel::new(t))
         }
     };
     Ok(MecInterface {

@@ -1,9 +1,96 @@
-//! Spellings shared by the dialects whose rule types come from ETSI GS MEC 011 (EdgeGallery's
-//! Mm5 configuration reuses them): action and tunnel names, and ids as safe URL path segments.
+//! Wire types and spellings shared by the dialects whose rule types come from ETSI GS MEC 011
+//! (EdgeGallery's Mm5 configuration reuses them): traffic filters, tunnel information, action
+//! and tunnel names, and ids as safe URL path segments.
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Serialize;
 
-use crate::model::{Action, TunnelType};
+use crate::model::{self, Action, TunnelType};
+
+/// Which key carries a filter's tokens: MEC 011's `token` or EdgeGallery's `tag`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKey {
+    Token,
+    Tag,
+}
+
+/// A MEC 011 `TrafficFilter` (northbound `Protocol`/`Token` → `protocol` and `token` or
+/// `tag`, `dstTunnelAddress` → `tgtTunnelAddress`, `qci`/`dscp`/`tc` → `qCI`/`dSCP`/`tC`).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Filter<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_address: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_address: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_port: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_port: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tag: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_tunnel_address: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tgt_tunnel_address: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    src_tunnel_port: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dst_tunnel_port: Option<&'a [String]>,
+    #[serde(rename = "qCI", skip_serializing_if = "Option::is_none")]
+    qci: Option<u64>,
+    #[serde(rename = "dSCP", skip_serializing_if = "Option::is_none")]
+    dscp: Option<u64>,
+    #[serde(rename = "tC", skip_serializing_if = "Option::is_none")]
+    tc: Option<u64>,
+}
+
+impl<'a> Filter<'a> {
+    /// The filter `f` with the QoS values the driver checked (`qci`, `dscp`, `tc`).
+    pub fn new(f: &'a model::TrafficFilter, tokens: TokenKey, qos: [Option<u64>; 3]) -> Self {
+        let token = f.token.as_deref();
+        let [qci, dscp, tc] = qos;
+        Filter {
+            src_address: f.src_address.as_deref(),
+            dst_address: f.dst_address.as_deref(),
+            src_port: f.src_port.as_deref(),
+            dst_port: f.dst_port.as_deref(),
+            protocol: f.protocol.as_deref(),
+            token: token.filter(|_| tokens == TokenKey::Token),
+            tag: token.filter(|_| tokens == TokenKey::Tag),
+            src_tunnel_address: f.src_tunnel_address.as_deref(),
+            tgt_tunnel_address: f.dst_tunnel_address.as_deref(),
+            src_tunnel_port: f.src_tunnel_port.as_deref(),
+            dst_tunnel_port: f.dst_tunnel_port.as_deref(),
+            qci,
+            dscp,
+            tc,
+        }
+    }
+}
+
+/// A MEC 011 `TunnelInfo` (without `tunnelSpecificData`, which neither dialect has).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tunnel<'a> {
+    tunnel_type: &'static str,
+    tunnel_dst_address: &'a str,
+    tunnel_src_address: &'a str,
+}
+
+impl<'a> Tunnel<'a> {
+    pub fn new(t: &'a model::TunnelInfo) -> Self {
+        Tunnel {
+            tunnel_type: tunnel_type_name(t.tunnel_type),
+            tunnel_dst_address: &t.tunnel_dst_address,
+            tunnel_src_address: &t.tunnel_src_address,
+        }
+    }
+}
 
 /// Characters written as themselves in a path segment: letters, digits, `-`, `_`, `~`. Dots
 /// are encoded too, so no id can ever be read as a `.` or `..` segment.
