@@ -140,6 +140,7 @@ struct Options {
     dir: PathBuf,
     keep: bool,
     compact: bool,
+    probes: bool,
 }
 
 impl Options {
@@ -188,6 +189,7 @@ impl Options {
                 "dir",
                 "keep",
                 "compact",
+                "probes",
             ];
             if !names.contains(known) {
                 eprintln!("unknown option --{known}");
@@ -220,6 +222,7 @@ impl Options {
                 .unwrap_or_else(std::env::temp_dir),
             keep: get("keep", "false") == "true",
             compact: get("compact", "true") == "true",
+            probes: get("probes", "true") == "true",
         }
     }
 
@@ -259,20 +262,9 @@ fn throughput(options: &Options, goals: &mut Vec<String>) {
     let dns_only: Arc<Vec<String>> = Arc::new(vec![example("dns-only.json")]);
     let platform = FakeMep::start();
 
-    println!();
-    println!("probes (what a durable POST with one platform call is made of)");
-    for (preallocated, what) in [
-        (false, "appended to a file"),
-        (true, "written over a preallocated file"),
-    ] {
-        let (p50, p99, flushes) = probe_fsync(&options.dir, preallocated);
-        println!(
-            "  fdatasync of 300 bytes {what:<33} p50 {p50:.3} ms, p99 {p99:.3} ms, {} disk flushes each ({PROBE_SAMPLES} samples in {})",
-            flushes.map_or("n/a".into(), |f| format!("{f:.2}")),
-            options.dir.display()
-        );
+    if options.probes {
+        probes(options, &platform);
     }
-    probe_platform_calls(&platform, options.workers);
 
     println!();
     println!(
@@ -390,6 +382,25 @@ fn throughput(options: &Options, goals: &mut Vec<String>) {
         ));
     }
 }
+
+/// What a durable POST with one platform call is made of: fsyncs and platform calls alone.
+fn probes(options: &Options, platform: &FakeMep) {
+    println!();
+    println!("probes (what a durable POST with one platform call is made of)");
+    for (preallocated, what) in [
+        (false, "appended to a file"),
+        (true, "written over a preallocated file"),
+    ] {
+        let (p50, p99, flushes) = probe_fsync(&options.dir, preallocated);
+        println!(
+            "  fdatasync of 300 bytes {what:<33} p50 {p50:.3} ms, p99 {p99:.3} ms, {} disk flushes each ({PROBE_SAMPLES} samples in {})",
+            flushes.map_or("n/a".into(), |f| format!("{f:.2}")),
+            options.dir.display()
+        );
+    }
+    probe_platform_calls(platform, options.workers);
+}
+
 
 fn verdict(met: bool) -> &'static str {
     if met { "MET" } else { "MISSED" }
@@ -1210,6 +1221,9 @@ fn replay_breakdown(dir: &Path) -> (f64, f64, f64) {
             let mut reader = BufReader::with_capacity(1 << 20, fs::File::open(path).unwrap());
             let mut line = Vec::new();
             while reader.read_until(b'\n', &mut line).unwrap() > 0 {
+                if line[0] == 0 {
+                    break; // the journal's preallocated zeros
+                }
                 if level >= 1 {
                     let text = std::str::from_utf8(&line[..line.len() - 1]).expect("UTF-8");
                     let mut parts = text.splitn(3, ' ');
@@ -1314,7 +1328,9 @@ fn state_files(dir: &Path) -> (String, u64, usize) {
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(".jsonl") {
-            let data = fs::read(e.path()).unwrap_or_default();
+            let mut data = fs::read(e.path()).unwrap_or_default();
+            // a journal's entries end where its preallocated zeros begin
+            data.truncate(data.iter().position(|&b| b == 0).unwrap_or(data.len()));
             bytes += data.len() as u64;
             lines += data.iter().filter(|&&b| b == b'\n').count();
             names.push(name);

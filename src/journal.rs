@@ -10,15 +10,18 @@
 //!   to a `.tmp` file, fsynced, then renamed, so it exists only when complete.
 //! - `journal-<gen>.jsonl` — changes since that snapshot.
 //!
-//! Every line is `<crc32 of the JSON, 8 hex digits> <format version> <JSON entry>\n`. On start
-//! the newest snapshot is loaded and the journals from its generation on are replayed in order.
-//! A bad last line of the last journal is a write torn by a crash: it is logged and cut off.
-//! Anything else that does not check out stops the start with the file and byte offset, and
-//! the file is left as it is.
+//! Every line is `<crc32 of the JSON, 8 hex digits> <format version> <JSON entry>\n`. A journal
+//! file is extended ahead of its entries with zero bytes ([`PREALLOCATE_BYTES`] at a time), and
+//! its entries end where the zeros begin. On start the newest snapshot is loaded and the
+//! journals from its generation on are replayed in order. A bad last line of the last journal
+//! is a write torn by a crash: it is logged and cut off. Anything else that does not check out
+//! (zeros followed by data included) stops the start with the file and byte offset, and the
+//! file is left as it is.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -37,6 +40,13 @@ const FORMAT_VERSION: u32 = 1;
 /// replay reads the snapshot and the journal, so this bounds start-up time to about 1.25 times
 /// that of the snapshot alone, for at most five times the writes.
 const COMPACT_MIN_BYTES: u64 = 16 << 20;
+
+/// Journal files grow by this many zero bytes at a time, ahead of the entries written into
+/// them. An `fdatasync` after an entry then writes only that entry's pages: the file's size and
+/// block map are unchanged, so there is no file-system metadata to commit with it (measured
+/// with `examples/bench.rs`: p50 0.28 → 0.21 ms alone, and fewer, shorter flushes under load).
+/// The zeros cost one longer flush per extension (about 8 ms for 8 MiB here).
+pub const PREALLOCATE_BYTES: u64 = 8 << 20;
 
 /// One change of the records, externally tagged (`{"put": {...}}`: an internally tagged enum
 /// would buffer its content, which `RawValue` cannot come from). These are the journal's own types: the API types may change
@@ -225,8 +235,10 @@ struct Writer {
     generation: u64,
     /// Sequence number of the last entry written.
     written: u64,
-    /// Bytes in the current journal file.
+    /// Bytes of entries in the current journal file (where the next one is written).
     bytes: u64,
+    /// Length of the current journal file: entries, then zeros up to here.
+    allocated: u64,
     /// Bytes of the snapshot the current journal follows.
     snapshot_bytes: u64,
     /// A compaction is running (only one at a time).
@@ -278,20 +290,21 @@ impl Journal {
         let mut snapshot_bytes = 0;
         if base > 0 {
             let path = dir.join(snapshot_name(base));
-            let (n, len, torn) = replay_file(&path, false, &mut apply)?;
-            debug_assert!(!torn);
-            stats.entries += n;
-            snapshot_bytes = len;
+            let replayed = replay_file(&path, false, &mut apply)?;
+            debug_assert!(!replayed.torn);
+            stats.entries += replayed.entries;
+            snapshot_bytes = replayed.valid;
         }
         let live: Vec<u64> = journals.iter().copied().filter(|&g| g >= base).collect();
-        let mut last_len = 0;
+        let (mut last_len, mut last_allocated) = (0, 0);
         for (i, &g) in live.iter().enumerate() {
             let path = dir.join(journal_name(g));
             let is_last = i + 1 == live.len();
-            let (n, len, torn) = replay_file(&path, is_last, &mut apply)?;
-            stats.entries += n;
-            stats.torn_tail |= torn;
-            last_len = len;
+            let replayed = replay_file(&path, is_last, &mut apply)?;
+            stats.entries += replayed.entries;
+            stats.torn_tail |= replayed.torn;
+            last_len = replayed.valid;
+            last_allocated = replayed.total;
         }
         // Files older than the snapshot are no longer needed.
         for &g in journals.iter().filter(|&&g| g < base) {
@@ -303,11 +316,7 @@ impl Journal {
 
         let generation = live.last().copied().unwrap_or(base.max(1));
         let path = dir.join(journal_name(generation));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = open_journal(&path)?;
         if live.is_empty() {
             sync_dir(dir)?;
         }
@@ -315,11 +324,12 @@ impl Journal {
             dir: dir.to_path_buf(),
             fsync,
             writer: Mutex::new(Writer {
-                file: Arc::new(file),
+                file,
                 path,
                 generation,
                 written: 0,
                 bytes: last_len,
+                allocated: last_allocated,
                 snapshot_bytes,
                 compacting: false,
             }),
@@ -350,10 +360,20 @@ impl Journal {
     pub fn append(&self, entry: &Entry) -> Result<u64, JournalError> {
         let line = encode(entry);
         let mut w = self.writer();
-        (&*w.file)
-            .write_all(line.as_bytes())
-            .map_err(io_err(&w.path))?;
-        w.bytes += line.len() as u64;
+        let end = w.bytes + line.len() as u64;
+        if end > w.allocated {
+            // to the next multiple of the step past the entry
+            let to = (end + PREALLOCATE_BYTES) / PREALLOCATE_BYTES * PREALLOCATE_BYTES;
+            write_zeros(&w.file, w.allocated, to).map_err(io_err(&w.path))?;
+            w.allocated = to;
+        }
+        // Over the zeros; a failed write is zeroed again (as far as that works) and the next
+        // entry is written in its place.
+        if let Err(e) = w.file.write_all_at(line.as_bytes(), w.bytes) {
+            let _ = write_zeros(&w.file, w.bytes, end);
+            return Err(io_err(&w.path)(e));
+        }
+        w.bytes = end;
         w.written += 1;
         Ok(w.written)
     }
@@ -417,19 +437,16 @@ impl Journal {
         w.file.sync_data().map_err(io_err(&w.path))?;
         let generation = w.generation + 1;
         let path = self.dir.join(journal_name(generation));
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let file = open_journal(&path)?;
         sync_dir(&self.dir)?;
         let upto = w.written;
         *w = Writer {
-            file: Arc::new(file),
+            file,
             path,
             generation,
             written: upto,
             bytes: 0,
+            allocated: 0,
             snapshot_bytes: w.snapshot_bytes,
             compacting: true,
         };
@@ -535,25 +552,43 @@ enum BadLine {
     Unreadable(String),
 }
 
-/// Replays one file; returns (entries, valid length in bytes, whether a torn tail was cut).
+/// What replaying one file found.
+struct Replayed {
+    entries: usize,
+    /// Bytes of entries: where the next one goes.
+    valid: u64,
+    /// Length of the file (entries, then zeros).
+    total: u64,
+    /// A torn last entry was cut off.
+    torn: bool,
+}
+
+/// Replays one file: its entries end at its end or where its zeros begin.
 fn replay_file(
     path: &Path,
     may_be_torn: bool,
     apply: &mut impl FnMut(Entry),
-) -> Result<(usize, u64, bool), JournalError> {
+) -> Result<Replayed, JournalError> {
     let file = File::open(path).map_err(io_err(path))?;
     let total = file.metadata().map_err(io_err(path))?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::new();
-    let (mut offset, mut count) = (0u64, 0usize);
+    let (mut offset, mut entries) = (0u64, 0usize);
     loop {
         line.clear();
         let n = reader.read_until(b'\n', &mut line).map_err(io_err(path))?;
-        if n == 0 {
-            return Ok((count, offset, false));
+        let at_end = offset + n as u64 == total;
+        if n == 0 || (line[0] == 0 && at_end && line.iter().all(|&b| b == 0)) {
+            return Ok(Replayed {
+                entries,
+                valid: offset,
+                total,
+                torn: false,
+            });
         }
-        let complete = line.last() == Some(&b'\n');
-        let parsed = if complete {
+        let parsed = if line[0] == 0 {
+            Err(BadLine::Damaged("zero bytes followed by data".into()))
+        } else if line.last() == Some(&b'\n') {
             decode(&line[..n - 1])
         } else {
             Err(BadLine::Damaged("line without its end".into()))
@@ -561,10 +596,10 @@ fn replay_file(
         match parsed {
             Ok(entry) => {
                 apply(entry);
-                count += 1;
+                entries += 1;
                 offset += n as u64;
             }
-            Err(BadLine::Damaged(reason)) if may_be_torn && offset + n as u64 == total => {
+            Err(BadLine::Damaged(reason)) if may_be_torn && at_end => {
                 warn!(
                     "{}: the last record (byte offset {offset}) was torn by a crash ({reason}); ignoring it",
                     path.display()
@@ -575,7 +610,12 @@ fn replay_file(
                     .map_err(io_err(path))?;
                 file.set_len(offset).map_err(io_err(path))?;
                 file.sync_all().map_err(io_err(path))?;
-                return Ok((count, offset, true));
+                return Ok(Replayed {
+                    entries,
+                    valid: offset,
+                    total: offset,
+                    torn: true,
+                });
             }
             Err(BadLine::Damaged(reason) | BadLine::Unreadable(reason)) => {
                 return Err(JournalError::Corrupt {
@@ -586,6 +626,30 @@ fn replay_file(
             }
         }
     }
+}
+
+/// Opens a journal file for writing at chosen offsets, creating it if needed.
+fn open_journal(path: &Path) -> Result<Arc<File>, JournalError> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(Arc::new)
+        .map_err(io_err(path))
+}
+
+/// Writes zero bytes over `from..to` of `file`.
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let zeros = vec![0u8; CHUNK.min((to - from) as usize)];
+    let mut at = from;
+    while at < to {
+        let n = zeros.len().min((to - at) as usize);
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 fn snapshot_name(generation: u64) -> String {
@@ -667,6 +731,15 @@ mod tests {
         })
     }
 
+    /// Writes `bytes` where the entries of the journal file end, as the next write would.
+    fn write_after_entries(path: &Path, bytes: &[u8]) -> u64 {
+        let data = fs::read(path).unwrap();
+        let end = data.iter().position(|&b| b == 0).unwrap_or(data.len()) as u64;
+        let f = OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(bytes, end).unwrap();
+        end
+    }
+
     fn ids(dir: &Path) -> Result<Vec<String>, JournalError> {
         let mut seen = Vec::new();
         let (journal, _) = Journal::open(dir, true, |e| match e {
@@ -728,10 +801,9 @@ mod tests {
         }
         let path = dir.join(journal_name(1));
         let whole = encode(&put("b"));
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(&whole.as_bytes()[..whole.len() / 2]).unwrap();
-        drop(f);
+        let end = write_after_entries(&path, &whole.as_bytes()[..whole.len() / 2]);
         assert_eq!(ids(&dir).unwrap(), ["a"]);
+        assert_eq!(fs::metadata(&path).unwrap().len(), end, "cut where it began");
         let (j, stats) = Journal::open(&dir, true, |_| {}).unwrap();
         assert!(!stats.torn_tail, "cut off the first time");
         j.wait(j.append(&put("c")).unwrap()).unwrap();
@@ -780,16 +852,64 @@ mod tests {
         let path = dir.join(journal_name(1));
         let json = r#"{"put":{"id":"b"}}"#;
         let line = format!("{:08x} 2 {json}\n", crc32fast::hash(json.as_bytes()));
-        OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap()
-            .write_all(line.as_bytes())
-            .unwrap();
+        write_after_entries(&path, line.as_bytes());
         let before = fs::read(&path).unwrap();
         let err = ids(&dir).unwrap_err().to_string();
         assert!(err.contains("format version 2 is not supported"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), before, "nothing is cut off");
+    }
+
+    #[test]
+    fn journals_are_preallocated_and_entries_end_where_the_zeros_begin() {
+        let dir = temp_dir("zeros");
+        let path = dir.join(journal_name(1));
+        let line_len = encode(&put("a")).len() as u64;
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            j.wait(j.append(&put("a")).unwrap()).unwrap();
+            assert_eq!(fs::metadata(&path).unwrap().len(), PREALLOCATE_BYTES);
+        }
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            j.wait(j.append(&put("b")).unwrap()).unwrap();
+        }
+        let data = fs::read(&path).unwrap();
+        assert_eq!(data.len() as u64, PREALLOCATE_BYTES, "not extended again");
+        assert!(data[..2 * line_len as usize].iter().all(|&b| b != 0));
+        assert!(data[2 * line_len as usize..].iter().all(|&b| b == 0));
+        assert_eq!(ids(&dir).unwrap(), ["a", "b"]);
+
+        // An entry larger than what is left extends the file by another step.
+        let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+        let big = Entry::Remove {
+            id: "x".repeat(PREALLOCATE_BYTES as usize),
+        };
+        j.wait(j.append(&big).unwrap()).unwrap();
+        drop(j);
+        let len = fs::metadata(&path).unwrap().len();
+        assert_eq!(len, 2 * PREALLOCATE_BYTES);
+        assert_eq!(ids(&dir).unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn data_after_zeros_that_are_not_the_end_refuses_to_start() {
+        let dir = temp_dir("holes");
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            j.wait(j.append(&put("a")).unwrap()).unwrap();
+        }
+        let path = dir.join(journal_name(1));
+        let line = encode(&put("b"));
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let end = line.len() as u64;
+        // a whole entry 100 bytes after the end of the entries, then more zeros
+        f.write_all_at(line.as_bytes(), end + 100).unwrap();
+        drop(f);
+        let before = fs::read(&path).unwrap();
+        let err = ids(&dir).unwrap_err().to_string();
+        assert!(err.contains(&format!("damaged at byte offset {end}")), "{err}");
+        assert!(err.contains("zero bytes followed by data"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), before, "left untouched");
     }
 
     #[test]

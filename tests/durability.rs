@@ -6,6 +6,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -290,6 +291,11 @@ fn clean_up(config: &Path, state: &Path) {
         let _ = std::fs::remove_dir_all(dir);
     }
     let _ = std::fs::remove_dir_all(state);
+}
+
+/// Where a journal's entries end and its preallocated zeros begin.
+fn entries_end(journal: &[u8]) -> usize {
+    journal.iter().position(|&b| b == 0).unwrap_or(journal.len())
 }
 
 /// The newest `journal-*.jsonl` of a state directory.
@@ -732,12 +738,15 @@ fn a_torn_last_journal_record_is_ignored_and_the_plugin_starts() {
     binary.kill();
     let journal = newest_journal(&state);
     let before = std::fs::read(&journal).unwrap();
+    let end = entries_end(&before);
+    assert!(end < before.len(), "the journal is preallocated with zeros");
+    // A crash in the middle of writing the next entry leaves its beginning over the zeros.
     let torn = br#"deadbeef 1 {"put":{"id":"x""#;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
+    let f = std::fs::OpenOptions::new()
+        .write(true)
         .open(&journal)
         .unwrap();
-    f.write_all(torn).unwrap();
+    f.write_all_at(torn, end as u64).unwrap();
     drop(f);
 
     let binary = Binary::start(&config, &state);
@@ -751,12 +760,12 @@ fn a_torn_last_journal_record_is_ignored_and_the_plugin_starts() {
     assert!(
         log.lines().any(|l| l.contains("torn")
             && l.contains(&name)
-            && l.contains(&format!("byte offset {}", before.len()))),
+            && l.contains(&format!("byte offset {end}"))),
         "the log names the torn record: {log}"
     );
     let after = std::fs::read(&journal).unwrap();
     assert!(
-        after.starts_with(&before) && !after.windows(torn.len()).any(|w| w == torn),
+        after.starts_with(&before[..end]) && !after.windows(torn.len()).any(|w| w == torn),
         "the torn bytes are cut off and nothing before them is changed"
     );
     // What is appended after the cut is readable, and the cut is not reported again.
@@ -793,7 +802,7 @@ fn a_corrupted_journal_middle_refuses_to_start_and_names_file_and_offset() {
     let second = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
     let second_end = second + bytes[second..].iter().position(|&b| b == b'\n').unwrap();
     assert!(
-        bytes[second_end + 1..].contains(&b'\n'),
+        bytes[second_end + 1..entries_end(&bytes)].contains(&b'\n'),
         "the second line is not the last"
     );
     let at = second + 20;
