@@ -222,11 +222,31 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
 pub struct Journal {
     dir: PathBuf,
     fsync: bool,
-    writer: Mutex<Writer>,
-    sync: Mutex<SyncState>,
-    synced: Condvar,
+    shared: Arc<Shared>,
+    /// The thread that makes written entries durable (none with `fsync = false`).
+    flusher: Option<std::thread::JoinHandle<()>>,
     /// Held for the life of the process (flock is released when it is closed).
     _lock: File,
+}
+
+/// What the callers and the flusher thread share.
+struct Shared {
+    writer: Mutex<Writer>,
+    sync: Mutex<SyncState>,
+    /// Signalled when an entry waits to be made durable (or the journal closes).
+    wanted: Condvar,
+    /// Signalled after each `fsync`.
+    synced: Condvar,
+}
+
+impl Shared {
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sync_state(&self) -> MutexGuard<'_, SyncState> {
+        self.sync.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 struct Writer {
@@ -246,9 +266,12 @@ struct Writer {
 }
 
 struct SyncState {
+    /// Entries up to this sequence number are on disk.
     synced: u64,
-    leader: bool,
+    /// The highest sequence number a caller waits for.
+    wanted: u64,
     failed: Option<String>,
+    closing: bool,
 }
 
 /// What a start-up replay found.
@@ -320,9 +343,7 @@ impl Journal {
         if live.is_empty() {
             sync_dir(dir)?;
         }
-        let journal = Journal {
-            dir: dir.to_path_buf(),
-            fsync,
+        let shared = Arc::new(Shared {
             writer: Mutex::new(Writer {
                 file,
                 path,
@@ -335,21 +356,38 @@ impl Journal {
             }),
             sync: Mutex::new(SyncState {
                 synced: 0,
-                leader: false,
+                wanted: 0,
                 failed: None,
+                closing: false,
             }),
+            wanted: Condvar::new(),
             synced: Condvar::new(),
+        });
+        let flusher = if fsync {
+            let shared = shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("journal-flush".into())
+                .spawn(move || flush_loop(&shared));
+            Some(spawned.map_err(io_err(dir))?)
+        } else {
+            None
+        };
+        let journal = Journal {
+            dir: dir.to_path_buf(),
+            fsync,
+            shared,
+            flusher,
             _lock: lock,
         };
         Ok((journal, stats))
     }
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.writer()
     }
 
     fn sync_state(&self) -> MutexGuard<'_, SyncState> {
-        self.sync.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.sync_state()
     }
 
     /// Writes one entry (not yet durable) and returns its sequence number for [`wait`].
@@ -378,8 +416,9 @@ impl Journal {
         Ok(w.written)
     }
 
-    /// Returns once entry `seq` is on disk. Concurrent callers share `fsync`s: one of them
-    /// syncs everything written so far while the others wait for it (group commit).
+    /// Returns once entry `seq` is on disk. Concurrent callers share `fsync`s (group commit):
+    /// the flusher thread syncs everything written so far, and starts the next `fsync` as
+    /// soon as one ends if anyone waits for more, without waiting to be woken.
     pub fn wait(&self, seq: u64) -> Result<(), JournalError> {
         if !self.fsync {
             return Ok(());
@@ -395,27 +434,15 @@ impl Journal {
             if state.synced >= seq {
                 return Ok(());
             }
-            if state.leader {
-                state = self.synced.wait(state).unwrap_or_else(|p| p.into_inner());
-                continue;
+            if state.wanted < seq {
+                state.wanted = seq;
+                self.shared.wanted.notify_one();
             }
-            state.leader = true;
-            drop(state);
-            let (file, path, upto) = {
-                let w = self.writer();
-                (w.file.clone(), w.path.clone(), w.written)
-            };
-            let result = file.sync_data();
-            state = self.sync_state();
-            state.leader = false;
-            match result {
-                Ok(()) => state.synced = state.synced.max(upto),
-                // After a failed fsync the page cache may have dropped the data: nothing
-                // written since can be trusted to be durable, so the service stops taking
-                // changes rather than acknowledging what may be lost.
-                Err(e) => state.failed = Some(format!("fsync of {} failed: {e}", path.display())),
-            }
-            self.synced.notify_all();
+            state = self
+                .shared
+                .synced
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -453,6 +480,7 @@ impl Journal {
         drop(w);
         let mut state = self.sync_state();
         state.synced = state.synced.max(upto);
+        self.shared.synced.notify_all();
         Ok(Some(generation))
     }
 
@@ -510,6 +538,52 @@ impl Journal {
         sync_dir(&self.dir)?;
         info!("state compacted into {} ({bytes} bytes)", path.display());
         Ok(bytes)
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.sync_state().closing = true;
+        self.shared.wanted.notify_one();
+        if let Some(flusher) = self.flusher.take() {
+            let _ = flusher.join();
+        }
+    }
+}
+
+/// The flusher thread: while callers wait for entries, `fsync`s everything written so far and
+/// wakes them. Ends when the journal closes, or after a failed `fsync` (after which the page
+/// cache may have dropped the data: nothing written since can be trusted to be durable, so
+/// every caller gets the error and the service stops taking changes rather than
+/// acknowledging what may be lost).
+fn flush_loop(shared: &Shared) {
+    let mut state = shared.sync_state();
+    loop {
+        while state.wanted <= state.synced && !state.closing {
+            state = shared
+                .wanted
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        if state.wanted <= state.synced {
+            return; // closing, nothing owed
+        }
+        drop(state);
+        let (file, path, upto) = {
+            let w = shared.writer();
+            (w.file.clone(), w.path.clone(), w.written)
+        };
+        let result = file.sync_data();
+        state = shared.sync_state();
+        let failed = result.is_err();
+        match result {
+            Ok(()) => state.synced = state.synced.max(upto),
+            Err(e) => state.failed = Some(format!("fsync of {} failed: {e}", path.display())),
+        }
+        shared.synced.notify_all();
+        if failed {
+            return;
+        }
     }
 }
 
