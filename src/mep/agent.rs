@@ -34,7 +34,9 @@ use ureq::Agent;
 use ureq::http::{self, HeaderValue, Method};
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport,
+};
 
 use super::MepError;
 use crate::config::MepConfig;
@@ -101,6 +103,95 @@ impl fmt::Debug for MepClient {
 
 /// Idle keep-alive connections kept per platform (each region has its own client).
 const IDLE_CONNECTIONS_PER_MEP: usize = 32;
+
+/// Wraps every platform connection in a [`Coalesced`] transport.
+#[derive(Debug)]
+struct Coalescing;
+
+impl Connector<Box<dyn Transport>> for Coalescing {
+    type Out = Coalesced;
+
+    fn connect(
+        &self,
+        _: &ConnectionDetails,
+        chained: Option<Box<dyn Transport>>,
+    ) -> Result<Option<Coalesced>, ureq::Error> {
+        Ok(chained.map(|inner| Coalesced {
+            inner,
+            pending: Vec::new(),
+        }))
+    }
+}
+
+/// Holds what ureq transmits until it waits for the answer, then sends it in one write. ureq
+/// transmits a request's head and its body separately: two segments, and a platform that
+/// reads the head, sleeps and is woken again for the body (measured with the bench: one
+/// `sendto` in five per durable POST, and their costliest part, loopback delivery).
+struct Coalesced {
+    inner: Box<dyn Transport>,
+    pending: Vec<u8>,
+}
+
+/// Held bytes beyond which they are sent without waiting for the rest of the request.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+impl Coalesced {
+    fn send_pending(&mut self, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        let mut sent = 0;
+        while sent < self.pending.len() {
+            let output = self.inner.buffers().output();
+            let n = output.len().min(self.pending.len() - sent);
+            output[..n].copy_from_slice(&self.pending[sent..sent + n]);
+            self.inner.transmit_output(n, timeout)?;
+            sent += n;
+        }
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Coalesced {
+    // Not the held bytes: they may carry the bearer token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coalesced")
+            .field("inner", &self.inner)
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl Transport for Coalesced {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        self.inner.buffers()
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        let output = &self.inner.buffers().output()[..amount];
+        self.pending.extend_from_slice(output);
+        if self.pending.len() >= COALESCE_BYTES {
+            self.send_pending(timeout)?;
+        }
+        Ok(())
+    }
+
+    fn maybe_await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        self.send_pending(timeout)?;
+        self.inner.maybe_await_input(timeout)
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        self.send_pending(timeout)?;
+        self.inner.await_input(timeout)
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.inner.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.inner.is_tls()
+    }
+}
 
 /// Resolves IP-literal hosts without a lookup. ureq resolves the host of every call before it
 /// looks into its connection pool, and with a timeout set its default resolver does that on a
@@ -200,7 +291,11 @@ impl MepClient {
             .max_idle_connections(IDLE_CONNECTIONS_PER_MEP)
             .build();
         MepClient {
-            agent: Agent::with_parts(config, DefaultConnector::default(), LiteralResolver),
+            agent: Agent::with_parts(
+                config,
+                DefaultConnector::default().chain(Coalescing),
+                LiteralResolver,
+            ),
             base_url,
             timeout: mep.timeout,
             trust,
@@ -455,6 +550,72 @@ mod tests {
 
     fn mep(url: &str, timeout_ms: u64) -> MepConfig {
         MepConfig::new(DriverKind::Llmec, url, Duration::from_millis(timeout_ms))
+    }
+
+    /// A transport that records what it is asked to transmit.
+    #[derive(Debug)]
+    struct Recorder {
+        buffers: ureq::unversioned::transport::LazyBuffers,
+        sent: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Transport for Recorder {
+        fn buffers(&mut self) -> &mut dyn Buffers {
+            &mut self.buffers
+        }
+        fn transmit_output(&mut self, amount: usize, _: NextTimeout) -> Result<(), ureq::Error> {
+            let bytes = self.buffers.output()[..amount].to_vec();
+            self.sent.lock().unwrap().push(bytes);
+            Ok(())
+        }
+        fn await_input(&mut self, _: NextTimeout) -> Result<bool, ureq::Error> {
+            Ok(false)
+        }
+        fn is_open(&mut self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_request_is_transmitted_in_one_write_when_the_answer_is_awaited() {
+        let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorder = Recorder {
+            buffers: ureq::unversioned::transport::LazyBuffers::new(1024, 1024),
+            sent: sent.clone(),
+        };
+        let mut t = Coalesced {
+            inner: Box::new(recorder),
+            pending: Vec::new(),
+        };
+        let timeout = NextTimeout {
+            after: Duration::from_secs(1).into(),
+            reason: ureq::Timeout::Global,
+            per_read: None,
+            per_write: None,
+        };
+        for part in [&b"POST / HTTP/1.1\r\n\r\n"[..], b"{\"a\":1}"] {
+            t.buffers().output()[..part.len()].copy_from_slice(part);
+            t.transmit_output(part.len(), timeout).unwrap();
+        }
+        assert!(sent.lock().unwrap().is_empty(), "held until the answer is awaited");
+        assert!(!format!("{t:?}").contains("POST"), "Debug shows no held bytes");
+        t.await_input(timeout).unwrap();
+        assert_eq!(
+            *sent.lock().unwrap(),
+            [b"POST / HTTP/1.1\r\n\r\n{\"a\":1}".to_vec()]
+        );
+
+        // Large bodies are not held whole: at most COALESCE_BYTES, in output-sized writes.
+        sent.lock().unwrap().clear();
+        let chunk = vec![b'x'; 1024];
+        for _ in 0..(COALESCE_BYTES / 1024) {
+            t.buffers().output()[..1024].copy_from_slice(&chunk);
+            t.transmit_output(1024, timeout).unwrap();
+        }
+        let writes = sent.lock().unwrap().len();
+        assert_eq!(writes, COALESCE_BYTES / 1024, "sent once the limit was reached");
+        t.maybe_await_input(timeout).unwrap();
+        assert_eq!(sent.lock().unwrap().len(), writes, "nothing left to send");
     }
 
     /// A one-shot server answering `answer` (raw HTTP) to the first connection; returns the
