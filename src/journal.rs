@@ -343,6 +343,12 @@ impl Journal {
         if live.is_empty() {
             sync_dir(dir)?;
         }
+        // Room for the first entries now rather than in the first request's time.
+        if last_allocated < last_len + PREALLOCATE_BYTES / 2 {
+            last_allocated = extend(&file, last_allocated, last_len + PREALLOCATE_BYTES / 2)
+                .and_then(|to| file.sync_data().map(|()| to))
+                .map_err(io_err(&path))?;
+        }
         let shared = Arc::new(Shared {
             writer: Mutex::new(Writer {
                 file,
@@ -400,10 +406,7 @@ impl Journal {
         let mut w = self.writer();
         let end = w.bytes + line.len() as u64;
         if end > w.allocated {
-            // to the next multiple of the step past the entry
-            let to = (end + PREALLOCATE_BYTES) / PREALLOCATE_BYTES * PREALLOCATE_BYTES;
-            write_zeros(&w.file, w.allocated, to).map_err(io_err(&w.path))?;
-            w.allocated = to;
+            w.allocated = extend(&w.file, w.allocated, end).map_err(io_err(&w.path))?;
         }
         // Over the zeros; a failed write is zeroed again (as far as that works) and the next
         // entry is written in its place.
@@ -713,6 +716,14 @@ fn open_journal(path: &Path) -> Result<Arc<File>, JournalError> {
         .map_err(io_err(path))
 }
 
+/// Writes zeros from `allocated` to the first multiple of [`PREALLOCATE_BYTES`] past `end`;
+/// returns that length.
+fn extend(file: &File, allocated: u64, end: u64) -> io::Result<u64> {
+    let to = (end + PREALLOCATE_BYTES) / PREALLOCATE_BYTES * PREALLOCATE_BYTES;
+    write_zeros(file, allocated, to)?;
+    Ok(to)
+}
+
 /// Writes zero bytes over `from..to` of `file`.
 fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
     const CHUNK: usize = 1 << 20;
@@ -877,7 +888,11 @@ mod tests {
         let whole = encode(&put("b"));
         let end = write_after_entries(&path, &whole.as_bytes()[..whole.len() / 2]);
         assert_eq!(ids(&dir).unwrap(), ["a"]);
-        assert_eq!(fs::metadata(&path).unwrap().len(), end, "cut where it began");
+        let data = fs::read(&path).unwrap();
+        assert!(
+            data[end as usize..].iter().all(|&b| b == 0),
+            "cut where it began (and zeros written after it again)"
+        );
         let (j, stats) = Journal::open(&dir, true, |_| {}).unwrap();
         assert!(!stats.torn_tail, "cut off the first time");
         j.wait(j.append(&put("c")).unwrap()).unwrap();
