@@ -34,7 +34,7 @@
 //!
 //! Options: `--seconds S` (per scenario, default 5), `--connections 1,8`,
 //! `--durable-connections 1,8,32`, `--fsync both|true|false`, `--workers N` (default 8),
-//! `--only get,post,durable,whatif` (subset of scenarios; the probes always run),
+//! `--only get,post,durable,whatif` (subset of scenarios), `--probes false` (skip the probes),
 //! `--records N`, `--dir PATH` (where the temporary state directories go; default the system
 //! temp dir), `--keep true` (keep the replay state directory, e.g. to profile
 //! `bench replay-child <dir>`), `--compact false` (skip the replay after a compaction).
