@@ -401,7 +401,6 @@ fn probes(options: &Options, platform: &FakeMep) {
     probe_platform_calls(platform, options.workers);
 }
 
-
 fn verdict(met: bool) -> &'static str {
     if met { "MET" } else { "MISSED" }
 }
@@ -925,12 +924,12 @@ impl FixedAgentDriver {
     }
 
     fn call(&self, method: &str, step: &Step) -> Result<(), MepError> {
-        let url = format!("{}{}", self.base_url, step.target);
+        let url = format!("{}{}", self.base_url, step.target());
         let request = ureq::http::Request::builder()
             .method(method)
             .uri(&url)
             .header("content-type", "application/json")
-            .body(step.body.clone())
+            .body(step.body().to_string())
             .expect("valid request");
         let mut answer = self.agent.run(request).map_err(|e| MepError::Unreachable {
             url: url.clone(),
@@ -1268,9 +1267,9 @@ fn replay_child(dir: &Path) {
         request += r.request.len();
         ids += r.id.len();
         for s in r.steps.iter() {
-            labels += s.label.len();
-            targets += s.target.len();
-            bodies += s.body.len();
+            labels += s.label().len();
+            targets += s.target().len();
+            bodies += s.body().len();
         }
     }
     println!(

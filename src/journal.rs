@@ -106,35 +106,31 @@ pub struct StepEntry {
 impl From<&Step> for StepEntry {
     fn from(s: &Step) -> Self {
         // Embedded only when it reads back byte for byte (removal replays the exact body).
-        let json = RawValue::from_string(s.body.clone())
+        let json = RawValue::from_string(s.body().to_string())
             .ok()
-            .filter(|j| j.get() == s.body);
+            .filter(|j| j.get() == s.body());
         let body = if json.is_some() {
             None
         } else {
-            Some(s.body.clone())
+            Some(s.body().to_string())
         };
         StepEntry {
-            label: s.label.clone(),
-            target: s.target.clone(),
+            label: s.label().to_string(),
+            target: s.target().to_string(),
             json,
             body,
         }
     }
 }
 
-impl From<StepEntry> for Step {
-    fn from(s: StepEntry) -> Self {
-        let body = match (s.json, s.body) {
-            (Some(json), _) => Box::<str>::from(json).into_string(),
+impl From<&StepEntry> for Step {
+    fn from(s: &StepEntry) -> Self {
+        let body = match (&s.json, &s.body) {
+            (Some(json), _) => json.get(),
             (None, Some(body)) => body,
-            (None, None) => String::new(),
+            (None, None) => "",
         };
-        Step {
-            label: s.label,
-            target: s.target,
-            body,
-        }
+        Step::new(&s.label, &s.target, body)
     }
 }
 
@@ -718,11 +714,7 @@ mod tests {
                 r#"{"appLatency":{"timeUnit":"ms","latency":1}}"#.into(),
             )
             .unwrap(),
-            steps: vec![StepEntry::from(&Step {
-                label: "l".into(),
-                target: "/t".into(),
-                body: "{}".into(),
-            })],
+            steps: vec![StepEntry::from(&Step::new("l", "/t", "{}"))],
             applied: 1,
             status: StatusEntry::Pending,
             detail: None,
@@ -759,21 +751,13 @@ mod tests {
             " {\"padded\": true} ",
             "",
         ] {
-            let step = Step {
-                label: "l".into(),
-                target: "/t".into(),
-                body: body.into(),
-            };
+            let step = Step::new("l", "/t", body);
             let line = serde_json::to_string(&StepEntry::from(&step)).unwrap();
             let back: StepEntry = serde_json::from_str(&line).unwrap();
-            assert_eq!(Step::from(back), step, "{line}");
+            assert_eq!(Step::from(&back), step, "{line}");
         }
-        let embedded = serde_json::to_string(&StepEntry::from(&Step {
-            label: "l".into(),
-            target: "/t".into(),
-            body: r#"{"a":1}"#.into(),
-        }))
-        .unwrap();
+        let embedded =
+            serde_json::to_string(&StepEntry::from(&Step::new("l", "/t", r#"{"a":1}"#))).unwrap();
         assert!(embedded.contains(r#""json":{"a":1}"#), "{embedded}");
     }
 
@@ -803,7 +787,11 @@ mod tests {
         let whole = encode(&put("b"));
         let end = write_after_entries(&path, &whole.as_bytes()[..whole.len() / 2]);
         assert_eq!(ids(&dir).unwrap(), ["a"]);
-        assert_eq!(fs::metadata(&path).unwrap().len(), end, "cut where it began");
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            end,
+            "cut where it began"
+        );
         let (j, stats) = Journal::open(&dir, true, |_| {}).unwrap();
         assert!(!stats.torn_tail, "cut off the first time");
         j.wait(j.append(&put("c")).unwrap()).unwrap();
@@ -907,7 +895,10 @@ mod tests {
         drop(f);
         let before = fs::read(&path).unwrap();
         let err = ids(&dir).unwrap_err().to_string();
-        assert!(err.contains(&format!("damaged at byte offset {end}")), "{err}");
+        assert!(
+            err.contains(&format!("damaged at byte offset {end}")),
+            "{err}"
+        );
         assert!(err.contains("zero bytes followed by data"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), before, "left untouched");
     }

@@ -244,12 +244,13 @@ impl Service {
 
         warn!(
             "request {id}: {} failed in region {}: {error}; undoing",
-            failed_step.label, region.config.id
+            failed_step.label(),
+            region.config.id
         );
         let detail = match self.undo(&id, region, &steps) {
             Ok(()) => format!(
                 "{} failed: {error}; every rule applied before it was removed again",
-                failed_step.label
+                failed_step.label()
             ),
             Err(Undo::Platform {
                 left,
@@ -257,7 +258,8 @@ impl Service {
                 error: undo_error,
             }) => format!(
                 "{} failed: {error}; then removing {} failed: {undo_error}; {left} rule call(s) may remain on the platform and are removed in the background",
-                failed_step.label, step.label
+                failed_step.label(),
+                step.label()
             ),
             Err(Undo::State(e)) => return Err(state_error(e)),
         };
@@ -344,7 +346,7 @@ impl Service {
                 let delay = self.retry.delay(1);
                 let detail = format!(
                     "removing {} failed: {error}; {left} rule call(s) still on the platform; retrying in the background",
-                    step.label
+                    step.label()
                 );
                 warn!(
                     "request {id}: {detail} (next attempt in {} ms)",
@@ -441,7 +443,7 @@ impl Service {
                 let detail = format!(
                     "{}; removal attempt {attempts} failed at {}: {error}; {left} rule call(s) still on the platform; next attempt in {} s",
                     reason(&record.detail),
-                    step.label,
+                    step.label(),
                     delay.as_secs().max(1)
                 );
                 warn!("request {id}: {detail}");
@@ -618,33 +620,29 @@ mod tests {
                 .map(|t| t.traffic_rule_id.clone());
             Ok(dns
                 .chain(traffic)
-                .map(|label| Step {
-                    label,
-                    target: "/x".into(),
-                    body: "{}".into(),
-                })
+                .map(|label| Step::new(&label, "/x", "{}"))
                 .collect())
         }
         fn apply(&self, step: &Step) -> Result<(), MepError> {
             if let Some((label, e)) = self.fail_apply.lock().unwrap().clone() {
-                if label == step.label {
+                if label == step.label() {
                     if e.is_ambiguous() {
-                        self.on.lock().unwrap().insert(step.label.clone());
+                        self.on.lock().unwrap().insert(step.label().to_string());
                     }
                     return Err(e);
                 }
             }
-            self.on.lock().unwrap().insert(step.label.clone());
+            self.on.lock().unwrap().insert(step.label().to_string());
             Ok(())
         }
         fn remove(&self, step: &Step) -> Result<(), MepError> {
-            if self.fail_remove.lock().unwrap().as_deref() == Some(step.label.as_str()) {
+            if self.fail_remove.lock().unwrap().as_deref() == Some(step.label()) {
                 return Err(MepError::Unreachable {
                     url: "u".into(),
                     reason: "down".into(),
                 });
             }
-            self.on.lock().unwrap().remove(&step.label);
+            self.on.lock().unwrap().remove(step.label());
             Ok(())
         }
     }

@@ -342,7 +342,7 @@ fn replay(records: &mut HashMap<String, Record>, entry: Entry) {
                 r.region,
                 Arc::from(request),
                 r.status.into(),
-                Arc::new(r.steps.into_iter().map(Step::from).collect()),
+                Arc::new(r.steps.iter().map(Step::from).collect()),
                 r.applied,
                 r.created,
             );
@@ -405,11 +405,7 @@ mod tests {
     #[test]
     fn a_step_held_by_another_record_of_the_region_is_released_without_removal() {
         let s = Store::in_memory();
-        let step = Step {
-            label: "l".into(),
-            target: "/t".into(),
-            body: "{}".into(),
-        };
+        let step = Step::new("l", "/t", "{}");
         for (id, region) in [("a", "1"), ("b", "1"), ("c", "2")] {
             let mut r = record(id, region);
             r.steps = Arc::new(vec![step.clone()]);
@@ -457,11 +453,7 @@ mod tests {
             let (s, _) = Store::open(&dir, true).unwrap();
             let mut r = record("a", "1");
             r.request = Arc::from(r#"{"appLatency":{"timeUnit":"ms","latency":2.50}}"#);
-            r.steps = Arc::new(vec![Step {
-                label: "l".into(),
-                target: "/t".into(),
-                body: "{\"x\":1}".into(),
-            }]);
+            r.steps = Arc::new(vec![Step::new("l", "/t", "{\"x\":1}")]);
             s.insert(r).unwrap();
             s.insert(record("b", "1")).unwrap();
             s.update("a", |r| {
@@ -486,7 +478,7 @@ mod tests {
             &*a.request,
             r#"{"appLatency":{"timeUnit":"ms","latency":2.50}}"#
         );
-        assert_eq!(a.steps[0].body, "{\"x\":1}");
+        assert_eq!(a.steps[0].body(), "{\"x\":1}");
         assert!(s.get("b").is_none());
     }
 
