@@ -1041,7 +1041,7 @@ fn replay(options: &Options, goals: &mut Vec<String>) {
         let (store, _) = Store::open(&dir, false).expect("state dir opens");
         for _ in 0..n {
             let id = new_uuid();
-            let steps: Arc<Vec<Step>> = Arc::new(driver.plan(&id, &request).expect("plannable"));
+            let steps: Arc<[Step]> = Arc::from(driver.plan(&id, &request).expect("plannable"));
             let first = usize::from(!steps.is_empty());
             store
                 .insert(Record::new(

@@ -203,7 +203,7 @@ impl Service {
                 detail: refusal.to_string(),
             })?;
         let text = serde_json::to_string(&request).expect("a request serialises");
-        let steps = Arc::new(steps);
+        let steps: Arc<[Step]> = Arc::from(steps);
         // Recorded with the first step already counted: it may be on the platform as soon as
         // it is sent, and the record is durable before that.
         let first = usize::from(!steps.is_empty());

@@ -31,7 +31,7 @@ pub struct Record {
     pub created_at: i64,
     pub last_modified: i64,
     /// What will be (or was) sent to the platform, in apply order.
-    pub steps: Arc<Vec<Step>>,
+    pub steps: Arc<[Step]>,
     /// `steps[..applied]` may be on the platform; `steps[applied..]` certainly are not.
     pub applied: usize,
     /// Not journaled: an operation on this record is in flight.
@@ -50,7 +50,7 @@ impl Record {
         region_id: String,
         request: Arc<str>,
         status: Status,
-        steps: Arc<Vec<Step>>,
+        steps: Arc<[Step]>,
         applied: usize,
         now: i64,
     ) -> Record {
@@ -342,7 +342,7 @@ fn replay(records: &mut HashMap<String, Record>, entry: Entry) {
                 r.region,
                 Arc::from(request),
                 r.status.into(),
-                Arc::new(r.steps.iter().map(Step::from).collect()),
+                r.steps.iter().map(Step::from).collect(),
                 r.applied,
                 r.created,
             );
@@ -374,7 +374,7 @@ mod tests {
             region.into(),
             Arc::from("{}"),
             Status::Pending,
-            Arc::new(Vec::new()),
+            Arc::from([]),
             0,
             1,
         )
@@ -408,7 +408,7 @@ mod tests {
         let step = Step::new("l", "/t", "{}");
         for (id, region) in [("a", "1"), ("b", "1"), ("c", "2")] {
             let mut r = record(id, region);
-            r.steps = Arc::new(vec![step.clone()]);
+            r.steps = Arc::from([step.clone()]);
             r.applied = 1;
             s.insert(r).unwrap();
         }
@@ -453,7 +453,7 @@ mod tests {
             let (s, _) = Store::open(&dir, true).unwrap();
             let mut r = record("a", "1");
             r.request = Arc::from(r#"{"appLatency":{"timeUnit":"ms","latency":2.50}}"#);
-            r.steps = Arc::new(vec![Step::new("l", "/t", "{\"x\":1}")]);
+            r.steps = Arc::from([Step::new("l", "/t", "{\"x\":1}")]);
             s.insert(r).unwrap();
             s.insert(record("b", "1")).unwrap();
             s.update("a", |r| {
