@@ -1045,7 +1045,7 @@ fn replay(options: &Options, goals: &mut Vec<String>) {
             let first = usize::from(!steps.is_empty());
             store
                 .insert(Record::new(
-                    id.clone(),
+                    Arc::from(id.as_str()),
                     "2".into(),
                     text.clone(),
                     Status::Pending,
@@ -1176,7 +1176,7 @@ fn replay_in_child(dir: &Path, what: &str, n: usize, compact: usize) -> ChildRep
     );
     let per = |name: &str| field(name) / records.max(1) as f64;
     println!(
-        "  {:<22} per record: RSS {:.0} B, malloc'd {:.0} B; string data: request {:.0} B, steps {:.0} B (labels {:.0}, targets {:.0}, bodies {:.0}), id {:.0} B; sizes: Record {} B + String key {} B in the map, Step {} B",
+        "  {:<22} per record: RSS {:.0} B, malloc'd {:.0} B; string data: request {:.0} B, steps {:.0} B (labels {:.0}, targets {:.0}, bodies {:.0}), id {:.0} B; sizes: Record {} B + Arc<str> key {} B in the map, Step {} B",
         "",
         delta_kb as f64 * 1024.0 / records.max(1) as f64,
         (field("heap_after") - field("heap_before")) / records.max(1) as f64,
@@ -1187,7 +1187,7 @@ fn replay_in_child(dir: &Path, what: &str, n: usize, compact: usize) -> ChildRep
         per("body_bytes"),
         per("id_bytes"),
         std::mem::size_of::<Record>(),
-        std::mem::size_of::<String>(),
+        std::mem::size_of::<Arc<str>>(),
         std::mem::size_of::<Step>(),
     );
     let (read, crc, decode) = replay_breakdown(dir);

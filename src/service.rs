@@ -173,7 +173,7 @@ impl Service {
             warn!("request {}: {detail}", record.id);
             self.store.update(&record.id, |r| {
                 r.status = Status::Failed;
-                r.detail = Some(detail);
+                r.detail = Some(detail.into());
                 r.last_modified = now;
             })?;
         }
@@ -208,8 +208,8 @@ impl Service {
         // it is sent, and the record is durable before that.
         let first = usize::from(!steps.is_empty());
         let record = Record::new(
-            id.clone(),
-            region.config.id.clone(),
+            Arc::from(id.as_str()),
+            Arc::from(region.config.id.as_str()),
             Arc::from(text),
             Status::Pending,
             steps.clone(),
@@ -267,7 +267,7 @@ impl Service {
         self.store
             .update(&id, |r| {
                 r.status = Status::Failed;
-                r.detail = Some(detail);
+                r.detail = Some(detail.into());
                 r.last_modified = now_millis();
                 r.next_attempt = retry_at;
             })
@@ -356,7 +356,7 @@ impl Service {
                     .store
                     .update(id, |r| {
                         r.busy = false;
-                        r.detail = Some(detail);
+                        r.detail = Some(detail.into());
                         r.last_modified = now_millis();
                         r.attempts = 1;
                         r.next_attempt = now_millis() + delay.as_millis() as i64;
@@ -405,7 +405,7 @@ impl Service {
             let next = now_millis() + self.retry.max.as_millis() as i64;
             self.store.update(id, |r| {
                 r.busy = false;
-                r.detail = Some(detail);
+                r.detail = Some(detail.into());
                 r.next_attempt = next;
             })?;
             return Ok(());
@@ -429,7 +429,7 @@ impl Service {
                 self.store.update(id, |r| {
                     r.busy = false;
                     r.attempts = 0;
-                    r.detail = Some(detail);
+                    r.detail = Some(detail.into());
                     r.last_modified = now_millis();
                 })?;
                 info!(
@@ -451,7 +451,7 @@ impl Service {
                     r.busy = false;
                     r.attempts = attempts;
                     r.next_attempt = now_millis() + delay.as_millis() as i64;
-                    r.detail = Some(detail);
+                    r.detail = Some(detail.into());
                     r.last_modified = now_millis();
                 })?;
             }
@@ -560,7 +560,7 @@ impl Service {
         self.store
             .update(id, |r| {
                 r.status = status;
-                r.detail = detail;
+                r.detail = detail.map(String::into_boxed_str);
                 r.last_modified = now_millis();
             })
             .map(|_| ())
@@ -569,7 +569,7 @@ impl Service {
 
 /// The first clause of a status detail: why the request got where it is, kept at the front
 /// while the reconciler reports its attempts after it.
-fn reason(detail: &Option<String>) -> &str {
+fn reason(detail: &Option<Box<str>>) -> &str {
     detail
         .as_deref()
         .and_then(|d| d.split("; ").next())

@@ -4,7 +4,7 @@
 //! changes — and is on disk before the call that made it returns. Each record says which of
 //! its planned steps may be on the platform.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -17,16 +17,21 @@ use crate::mep::Step;
 use crate::model::Status;
 
 /// One rule request and what the plugin knows about its rules on the platform.
+///
+/// Kept small because every request not yet deleted stays in memory: the id is shared with
+/// the key of the store's map, the region id with the other records of the region, and the
+/// request and steps with every copy handed out.
 #[derive(Debug, Clone)]
 pub struct Record {
-    pub id: String,
-    pub region_id: String,
+    pub id: Arc<str>,
+    /// Shared with the other records of the region (the store interns it).
+    pub region_id: Arc<str>,
     /// What the caller sent, as compact JSON (without `RegionId`); kept as text because that
     /// is ten times smaller than a parsed tree.
     pub request: Arc<str>,
     pub status: Status,
     /// Why the request is FAILED, or what a removal is waiting for.
-    pub detail: Option<String>,
+    pub detail: Option<Box<str>>,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
     pub last_modified: i64,
@@ -46,8 +51,8 @@ impl Record {
     /// A new record with no runtime state.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        id: String,
-        region_id: String,
+        id: Arc<str>,
+        region_id: Arc<str>,
         request: Arc<str>,
         status: Status,
         steps: Arc<[Step]>,
@@ -80,14 +85,14 @@ impl Record {
 
     fn to_entry(&self) -> Entry {
         Entry::Put(RecordEntry {
-            id: self.id.clone(),
-            region: self.region_id.clone(),
+            id: self.id.to_string(),
+            region: self.region_id.to_string(),
             request: RawValue::from_string(self.request.to_string())
                 .expect("stored requests are JSON"),
             steps: self.steps.iter().map(StepEntry::from).collect(),
             applied: self.applied,
             status: self.status.into(),
-            detail: self.detail.clone(),
+            detail: self.detail.as_deref().map(str::to_string),
             created: self.created_at,
             modified: self.last_modified,
         })
@@ -95,16 +100,16 @@ impl Record {
 
     fn update_entry(&self) -> Entry {
         Entry::Update(UpdateEntry {
-            id: self.id.clone(),
+            id: self.id.to_string(),
             applied: self.applied,
             status: self.status.into(),
-            detail: self.detail.clone(),
+            detail: self.detail.as_deref().map(str::to_string),
             modified: self.last_modified,
         })
     }
 
     /// The journaled part of the record, to tell whether a change must be written.
-    fn durable_state(&self) -> (Status, &Option<String>, usize, i64) {
+    fn durable_state(&self) -> (Status, &Option<Box<str>>, usize, i64) {
         (self.status, &self.detail, self.applied, self.last_modified)
     }
 }
@@ -112,10 +117,30 @@ impl Record {
 /// The state could not be made durable.
 pub type StoreError = JournalError;
 
-/// All records, keyed by request id.
+/// All records, keyed by request id (the key is the record's own `id`, not a copy).
 pub struct Store {
-    records: Mutex<BTreeMap<String, Record>>,
+    records: Mutex<BTreeMap<Arc<str>, Record>>,
+    /// One copy of each region id for all the records of the region. Region ids are few and
+    /// come from the configuration (or from a journal written with an older one), so they are
+    /// never forgotten.
+    regions: Mutex<Regions>,
     journal: Option<Journal>,
+}
+
+/// The region ids the records share.
+#[derive(Default)]
+struct Regions(HashSet<Arc<str>>);
+
+impl Regions {
+    /// The shared copy of region id `id`.
+    fn intern(&mut self, id: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(id) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(id);
+        self.0.insert(shared.clone());
+        shared
+    }
 }
 
 impl Store {
@@ -123,6 +148,7 @@ impl Store {
     pub fn in_memory() -> Store {
         Store {
             records: Mutex::default(),
+            regions: Mutex::default(),
             journal: None,
         }
     }
@@ -134,20 +160,24 @@ impl Store {
         // Replayed into a hash map (each entry is one lookup by id), then built into the
         // ordered map in one pass from sorted entries, which also packs its nodes full.
         let mut replayed = HashMap::new();
-        let (journal, stats) = Journal::open(dir, fsync, |entry| replay(&mut replayed, entry))?;
-        let mut sorted: Vec<(String, Record)> = replayed.into_iter().collect();
+        let mut regions = Regions::default();
+        let (journal, stats) = Journal::open(dir, fsync, |entry| {
+            replay(&mut replayed, &mut regions, entry)
+        })?;
+        let mut sorted: Vec<(Arc<str>, Record)> = replayed.into_iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let records: BTreeMap<String, Record> = sorted.into_iter().collect();
+        let records: BTreeMap<Arc<str>, Record> = sorted.into_iter().collect();
         Ok((
             Store {
                 records: Mutex::new(records),
+                regions: Mutex::new(regions),
                 journal: Some(journal),
             },
             stats,
         ))
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Record>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<Arc<str>, Record>> {
         // Every mutation is journaled then applied as plain assignments, so a panic while
         // holding the lock cannot leave a half-changed record: a poisoned lock is usable.
         self.records.lock().unwrap_or_else(|p| p.into_inner())
@@ -171,7 +201,12 @@ impl Store {
 
     /// Adds a new record; returns once it is durable. Ids are fresh UUIDs, so an existing one
     /// is never replaced.
-    pub fn insert(&self, record: Record) -> Result<(), StoreError> {
+    pub fn insert(&self, mut record: Record) -> Result<(), StoreError> {
+        record.region_id = self
+            .regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .intern(&record.region_id);
         let seq = {
             let mut records = self.lock();
             let seq = self.write(&record.to_entry())?;
@@ -191,7 +226,7 @@ impl Store {
     pub fn list(&self, region_id: Option<&str>) -> Vec<Record> {
         self.lock()
             .values()
-            .filter(|r| region_id.is_none_or(|id| r.region_id == id))
+            .filter(|r| region_id.is_none_or(|id| *r.region_id == *id))
             .cloned()
             .collect()
     }
@@ -257,7 +292,7 @@ impl Store {
             };
             let step = &record.steps[k];
             let shared = records.values().any(|r| {
-                r.id != id
+                *r.id != *id
                     && r.region_id == record.region_id
                     && r.steps[..r.applied]
                         .iter()
@@ -333,33 +368,32 @@ impl Store {
 }
 
 /// Applies one replayed journal entry to the map.
-fn replay(records: &mut HashMap<String, Record>, entry: Entry) {
+fn replay(records: &mut HashMap<Arc<str>, Record>, regions: &mut Regions, entry: Entry) {
     match entry {
         Entry::Put(r) => {
-            let request: Box<str> = r.request.into();
             let mut record = Record::new(
-                r.id,
-                r.region,
-                Arc::from(request),
+                Arc::from(r.id),
+                regions.intern(&r.region),
+                Arc::from(r.request.get()),
                 r.status.into(),
                 r.steps.iter().map(Step::from).collect(),
                 r.applied,
                 r.created,
             );
-            record.detail = r.detail;
+            record.detail = r.detail.map(String::into_boxed_str);
             record.last_modified = r.modified;
             records.insert(record.id.clone(), record);
         }
         Entry::Update(u) => {
-            if let Some(record) = records.get_mut(&u.id) {
+            if let Some(record) = records.get_mut(u.id.as_str()) {
                 record.applied = u.applied.min(record.steps.len());
                 record.status = u.status.into();
-                record.detail = u.detail;
+                record.detail = u.detail.map(String::into_boxed_str);
                 record.last_modified = u.modified;
             }
         }
         Entry::Remove { id } => {
-            records.remove(&id);
+            records.remove(id.as_str());
         }
     }
 }
@@ -392,10 +426,7 @@ mod tests {
         s.insert(record("b", "1")).unwrap();
         s.insert(record("a", "2")).unwrap();
         assert_eq!(
-            s.list(None)
-                .iter()
-                .map(|r| r.id.as_str())
-                .collect::<Vec<_>>(),
+            s.list(None).iter().map(|r| &*r.id).collect::<Vec<_>>(),
             ["a", "b"]
         );
         assert_eq!(s.list(Some("1")).len(), 1);
@@ -503,10 +534,7 @@ mod tests {
         }
         let (s, _) = Store::open(&dir, true).unwrap();
         assert_eq!(
-            s.list(None)
-                .iter()
-                .map(|r| r.id.as_str())
-                .collect::<Vec<_>>(),
+            s.list(None).iter().map(|r| &*r.id).collect::<Vec<_>>(),
             ["r0", "r2"]
         );
     }
