@@ -4,11 +4,10 @@
 //! changes — and is on disk before the call that made it returns. Each record says which of
 //! its planned steps may be on the platform.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use serde_json::value::RawValue;
 
 use crate::journal::{
     Entry, Journal, JournalError, RecordEntry, ReplayStats, StepEntry, UpdateEntry,
@@ -83,27 +82,26 @@ impl Record {
                 || (self.status == Status::Failed && self.applied > 0))
     }
 
-    fn to_entry(&self) -> Entry {
+    fn to_entry(&self) -> Entry<'_> {
         Entry::Put(RecordEntry {
-            id: self.id.to_string(),
-            region: self.region_id.to_string(),
-            request: RawValue::from_string(self.request.to_string())
-                .expect("stored requests are JSON"),
+            id: Cow::Borrowed(&self.id),
+            region: Cow::Borrowed(&self.region_id),
+            request: serde_json::from_str(&self.request).expect("stored requests are JSON"),
             steps: self.steps.iter().map(StepEntry::from).collect(),
             applied: self.applied,
             status: self.status.into(),
-            detail: self.detail.as_deref().map(str::to_string),
+            detail: self.detail.as_deref().map(Cow::Borrowed),
             created: self.created_at,
             modified: self.last_modified,
         })
     }
 
-    fn update_entry(&self) -> Entry {
+    fn update_entry(&self) -> Entry<'_> {
         Entry::Update(UpdateEntry {
-            id: self.id.to_string(),
+            id: Cow::Borrowed(&self.id),
             applied: self.applied,
             status: self.status.into(),
-            detail: self.detail.as_deref().map(str::to_string),
+            detail: self.detail.as_deref().map(Cow::Borrowed),
             modified: self.last_modified,
         })
     }
@@ -317,7 +315,7 @@ impl Store {
             if !records.contains_key(id) {
                 return Ok(None);
             }
-            let seq = self.write(&Entry::Remove { id: id.to_string() })?;
+            let seq = self.write(&Entry::Remove { id: id.into() })?;
             (records.remove(id), seq)
         };
         self.durable(seq)?;
@@ -368,11 +366,13 @@ impl Store {
 }
 
 /// Applies one replayed journal entry to the map.
-fn replay(records: &mut HashMap<Arc<str>, Record>, regions: &mut Regions, entry: Entry) {
+/// Strings are copied from the entry (which borrows them from its line) straight into the
+/// record's own allocations.
+fn replay(records: &mut HashMap<Arc<str>, Record>, regions: &mut Regions, entry: Entry<'_>) {
     match entry {
         Entry::Put(r) => {
             let mut record = Record::new(
-                Arc::from(r.id),
+                Arc::from(&*r.id),
                 regions.intern(&r.region),
                 Arc::from(r.request.get()),
                 r.status.into(),
@@ -380,20 +380,20 @@ fn replay(records: &mut HashMap<Arc<str>, Record>, regions: &mut Regions, entry:
                 r.applied,
                 r.created,
             );
-            record.detail = r.detail.map(String::into_boxed_str);
+            record.detail = r.detail.map(Box::from);
             record.last_modified = r.modified;
             records.insert(record.id.clone(), record);
         }
         Entry::Update(u) => {
-            if let Some(record) = records.get_mut(u.id.as_str()) {
+            if let Some(record) = records.get_mut(&*u.id) {
                 record.applied = u.applied.min(record.steps.len());
                 record.status = u.status.into();
-                record.detail = u.detail.map(String::into_boxed_str);
+                record.detail = u.detail.map(Box::from);
                 record.last_modified = u.modified;
             }
         }
         Entry::Remove { id } => {
-            records.remove(id.as_str());
+            records.remove(&*id);
         }
     }
 }
