@@ -401,7 +401,6 @@ fn probes(options: &Options, platform: &FakeMep) {
     probe_platform_calls(platform, options.workers);
 }
 
-
 fn verdict(met: bool) -> &'static str {
     if met { "MET" } else { "MISSED" }
 }
@@ -925,12 +924,12 @@ impl FixedAgentDriver {
     }
 
     fn call(&self, method: &str, step: &Step) -> Result<(), MepError> {
-        let url = format!("{}{}", self.base_url, step.target);
+        let url = format!("{}{}", self.base_url, step.target());
         let request = ureq::http::Request::builder()
             .method(method)
             .uri(&url)
             .header("content-type", "application/json")
-            .body(step.body.clone())
+            .body(step.body().to_string())
             .expect("valid request");
         let mut answer = self.agent.run(request).map_err(|e| MepError::Unreachable {
             url: url.clone(),
@@ -1042,11 +1041,11 @@ fn replay(options: &Options, goals: &mut Vec<String>) {
         let (store, _) = Store::open(&dir, false).expect("state dir opens");
         for _ in 0..n {
             let id = new_uuid();
-            let steps: Arc<Vec<Step>> = Arc::new(driver.plan(&id, &request).expect("plannable"));
+            let steps: Arc<[Step]> = Arc::from(driver.plan(&id, &request).expect("plannable"));
             let first = usize::from(!steps.is_empty());
             store
                 .insert(Record::new(
-                    id.clone(),
+                    Arc::from(id.as_str()),
                     "2".into(),
                     text.clone(),
                     Status::Pending,
@@ -1177,7 +1176,7 @@ fn replay_in_child(dir: &Path, what: &str, n: usize, compact: usize) -> ChildRep
     );
     let per = |name: &str| field(name) / records.max(1) as f64;
     println!(
-        "  {:<22} per record: RSS {:.0} B, malloc'd {:.0} B; string data: request {:.0} B, steps {:.0} B (labels {:.0}, targets {:.0}, bodies {:.0}), id {:.0} B; sizes: Record {} B + String key {} B in the map, Step {} B",
+        "  {:<22} per record: RSS {:.0} B, malloc'd {:.0} B; string data: request {:.0} B, steps {:.0} B (labels {:.0}, targets {:.0}, bodies {:.0}), id {:.0} B; sizes: Record {} B + Arc<str> key {} B in the map, Step {} B",
         "",
         delta_kb as f64 * 1024.0 / records.max(1) as f64,
         (field("heap_after") - field("heap_before")) / records.max(1) as f64,
@@ -1188,7 +1187,7 @@ fn replay_in_child(dir: &Path, what: &str, n: usize, compact: usize) -> ChildRep
         per("body_bytes"),
         per("id_bytes"),
         std::mem::size_of::<Record>(),
-        std::mem::size_of::<String>(),
+        std::mem::size_of::<Arc<str>>(),
         std::mem::size_of::<Step>(),
     );
     let (read, crc, decode) = replay_breakdown(dir);
@@ -1268,9 +1267,9 @@ fn replay_child(dir: &Path) {
         request += r.request.len();
         ids += r.id.len();
         for s in r.steps.iter() {
-            labels += s.label.len();
-            targets += s.target.len();
-            bodies += s.body.len();
+            labels += s.label().len();
+            targets += s.target().len();
+            bodies += s.body().len();
         }
     }
     println!(

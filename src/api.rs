@@ -482,7 +482,7 @@ impl<'a> RecordView<'a> {
             serde_json::from_str(&record.request).map_err(|e| ApiError::Internal {
                 detail: format!("stored request {} cannot be read: {e}", record.id),
             })?;
-        let (id, region) = (Some(record.id.as_str()), Some(record.region_id.as_str()));
+        let (id, region) = (Some(&*record.id), Some(&*record.region_id));
         let (request_id_spec, request_id_camel, region_id_spec, region_id_camel) = match style {
             ApiStyle::Spec => (id, None, region, None),
             ApiStyle::Camel => (None, id, None, region),

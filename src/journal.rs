@@ -18,6 +18,7 @@
 //! (zeros followed by data included) stops the start with the file and byte offset, and the
 //! file is left as it is.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
@@ -49,92 +50,102 @@ const COMPACT_MIN_BYTES: u64 = 16 << 20;
 pub const PREALLOCATE_BYTES: u64 = 8 << 20;
 
 /// One change of the records, externally tagged (`{"put": {...}}`: an internally tagged enum
-/// would buffer its content, which `RawValue` cannot come from). These are the journal's own types: the API types may change
-/// without changing what is on disk.
+/// would buffer its content, which `RawValue` cannot come from). These are the journal's own
+/// types: the API types may change without changing what is on disk.
+///
+/// Strings are borrowed where they can be: an entry being written borrows from the record it
+/// describes, and one being replayed from its line (ids, labels, targets, the request and
+/// JSON bodies), so neither direction copies them into short-lived `String`s.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Entry {
+pub enum Entry<'a> {
     /// A whole record: a creation, or a record of a snapshot.
-    Put(RecordEntry),
+    Put(#[serde(borrow)] RecordEntry<'a>),
     /// The mutable part of a record changed.
-    Update(UpdateEntry),
+    Update(#[serde(borrow)] UpdateEntry<'a>),
     /// A record was removed.
-    Remove { id: String },
+    Remove {
+        #[serde(borrow)]
+        id: Cow<'a, str>,
+    },
 }
 
 /// A whole record on disk.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct RecordEntry {
-    pub id: String,
-    pub region: String,
+pub struct RecordEntry<'a> {
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub region: Cow<'a, str>,
     /// The caller's request, compact JSON, stored verbatim.
-    pub request: Box<RawValue>,
-    pub steps: Vec<StepEntry>,
+    #[serde(borrow)]
+    pub request: &'a RawValue,
+    #[serde(borrow)]
+    pub steps: Vec<StepEntry<'a>>,
     pub applied: usize,
     pub status: StatusEntry,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    pub detail: Option<Cow<'a, str>>,
     pub created: i64,
     pub modified: i64,
 }
 
 /// A change of a record's status, detail or applied count.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct UpdateEntry {
-    pub id: String,
+pub struct UpdateEntry<'a> {
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
     pub applied: usize,
     pub status: StatusEntry,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    pub detail: Option<Cow<'a, str>>,
     pub modified: i64,
 }
 
 /// A planned platform call on disk.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct StepEntry {
-    pub label: String,
-    pub target: String,
+pub struct StepEntry<'a> {
+    #[serde(borrow)]
+    pub label: Cow<'a, str>,
+    #[serde(borrow)]
+    pub target: Cow<'a, str>,
     /// The body, embedded as JSON when it is JSON (every driver's is): replay then only checks
     /// it instead of unescaping a string (measured: a third of the decoding time)...
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub json: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub json: Option<&'a RawValue>,
     /// ... or as a string when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
+    pub body: Option<Cow<'a, str>>,
 }
 
-impl From<&Step> for StepEntry {
-    fn from(s: &Step) -> Self {
-        // Embedded only when it reads back byte for byte (removal replays the exact body).
-        let json = RawValue::from_string(s.body.clone())
+impl<'a> From<&'a Step> for StepEntry<'a> {
+    fn from(s: &'a Step) -> Self {
+        // Embedded only when it reads back byte for byte (removal replays the exact body):
+        // parsing accepts surrounding whitespace, which an embedded value would lose.
+        let json = serde_json::from_str::<&RawValue>(s.body())
             .ok()
-            .filter(|j| j.get() == s.body);
-        let body = if json.is_some() {
-            None
-        } else {
-            Some(s.body.clone())
+            .filter(|j| j.get() == s.body());
+        let body = match json {
+            Some(_) => None,
+            None => Some(Cow::Borrowed(s.body())),
         };
         StepEntry {
-            label: s.label.clone(),
-            target: s.target.clone(),
+            label: Cow::Borrowed(s.label()),
+            target: Cow::Borrowed(s.target()),
             json,
             body,
         }
     }
 }
 
-impl From<StepEntry> for Step {
-    fn from(s: StepEntry) -> Self {
-        let body = match (s.json, s.body) {
-            (Some(json), _) => Box::<str>::from(json).into_string(),
+impl From<&StepEntry<'_>> for Step {
+    fn from(s: &StepEntry<'_>) -> Self {
+        let body = match (s.json, &s.body) {
+            (Some(json), _) => json.get(),
             (None, Some(body)) => body,
-            (None, None) => String::new(),
+            (None, None) => "",
         };
-        Step {
-            label: s.label,
-            target: s.target,
-            body,
-        }
+        Step::new(&s.label, &s.target, body)
     }
 }
 
@@ -287,7 +298,7 @@ impl Journal {
     pub fn open(
         dir: &Path,
         fsync: bool,
-        mut apply: impl FnMut(Entry),
+        mut apply: impl FnMut(Entry<'_>),
     ) -> Result<(Journal, ReplayStats), JournalError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock = take_lock(dir)?;
@@ -490,10 +501,10 @@ impl Journal {
     /// Second half of a compaction, without any lock: writes the snapshot of generation
     /// `generation` (the records as of its rotation), then removes the files it replaces. A
     /// crash at any point leaves either the old files or the new snapshot complete.
-    pub fn write_snapshot(
+    pub fn write_snapshot<'e>(
         &self,
         generation: u64,
-        records: impl Iterator<Item = Entry>,
+        records: impl Iterator<Item = Entry<'e>>,
     ) -> Result<(), JournalError> {
         let result = self.write_snapshot_files(generation, records);
         let mut w = self.writer();
@@ -504,10 +515,10 @@ impl Journal {
         result.map(|_| ())
     }
 
-    fn write_snapshot_files(
+    fn write_snapshot_files<'e>(
         &self,
         generation: u64,
-        records: impl Iterator<Item = Entry>,
+        records: impl Iterator<Item = Entry<'e>>,
     ) -> Result<u64, JournalError> {
         let tmp = self.dir.join(format!("{}.tmp", snapshot_name(generation)));
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
@@ -563,10 +574,7 @@ fn flush_loop(shared: &Shared) {
     let mut state = shared.sync_state();
     loop {
         while state.wanted <= state.synced && !state.closing {
-            state = shared
-                .wanted
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
+            state = shared.wanted.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         if state.wanted <= state.synced {
             return; // closing, nothing owed
@@ -600,7 +608,7 @@ pub fn encode(entry: &Entry) -> String {
 }
 
 /// Checks and parses one line (without its newline).
-fn decode(line: &[u8]) -> Result<Entry, BadLine> {
+fn decode(line: &[u8]) -> Result<Entry<'_>, BadLine> {
     let damaged = |why: &str| BadLine::Damaged(why.to_string());
     let text = std::str::from_utf8(line).map_err(|_| damaged("not UTF-8"))?;
     let mut parts = text.splitn(3, ' ');
@@ -644,7 +652,7 @@ struct Replayed {
 fn replay_file(
     path: &Path,
     may_be_torn: bool,
-    apply: &mut impl FnMut(Entry),
+    apply: &mut impl FnMut(Entry<'_>),
 ) -> Result<Replayed, JournalError> {
     let file = File::open(path).map_err(io_err(path))?;
     let total = file.metadata().map_err(io_err(path))?.len();
@@ -795,19 +803,18 @@ mod tests {
         dir
     }
 
-    fn put(id: &str) -> Entry {
+    fn put(id: &str) -> Entry<'_> {
         Entry::Put(RecordEntry {
             id: id.into(),
             region: "2".into(),
-            request: RawValue::from_string(
-                r#"{"appLatency":{"timeUnit":"ms","latency":1}}"#.into(),
-            )
-            .unwrap(),
-            steps: vec![StepEntry::from(&Step {
+            request: serde_json::from_str(r#"{"appLatency":{"timeUnit":"ms","latency":1}}"#)
+                .unwrap(),
+            steps: vec![StepEntry {
                 label: "l".into(),
                 target: "/t".into(),
-                body: "{}".into(),
-            })],
+                json: Some(serde_json::from_str("{}").unwrap()),
+                body: None,
+            }],
             applied: 1,
             status: StatusEntry::Pending,
             detail: None,
@@ -828,7 +835,7 @@ mod tests {
     fn ids(dir: &Path) -> Result<Vec<String>, JournalError> {
         let mut seen = Vec::new();
         let (journal, _) = Journal::open(dir, true, |e| match e {
-            Entry::Put(r) => seen.push(r.id),
+            Entry::Put(r) => seen.push(r.id.into_owned()),
             Entry::Remove { id } => seen.retain(|x| *x != id),
             Entry::Update(_) => {}
         })?;
@@ -844,22 +851,40 @@ mod tests {
             " {\"padded\": true} ",
             "",
         ] {
-            let step = Step {
-                label: "l".into(),
-                target: "/t".into(),
-                body: body.into(),
-            };
+            let step = Step::new("l", "/t", body);
             let line = serde_json::to_string(&StepEntry::from(&step)).unwrap();
             let back: StepEntry = serde_json::from_str(&line).unwrap();
-            assert_eq!(Step::from(back), step, "{line}");
+            assert_eq!(Step::from(&back), step, "{line}");
         }
-        let embedded = serde_json::to_string(&StepEntry::from(&Step {
-            label: "l".into(),
-            target: "/t".into(),
-            body: r#"{"a":1}"#.into(),
-        }))
-        .unwrap();
+        let embedded =
+            serde_json::to_string(&StepEntry::from(&Step::new("l", "/t", r#"{"a":1}"#))).unwrap();
         assert!(embedded.contains(r#""json":{"a":1}"#), "{embedded}");
+    }
+
+    #[test]
+    fn escaped_and_non_ascii_strings_read_back_as_written() {
+        // Borrowed from the line when they can be, unescaped into their own copy when not.
+        let step = Step::new("rule \"q\" ü\\", "/t/\u{1}é", "not \"json\"\n");
+        let detail = "why: \"this\"\tü";
+        let entry = Entry::Put(RecordEntry {
+            id: "i\"d".into(),
+            region: "ré\\gion".into(),
+            request: serde_json::from_str(r#"{"a":"\"ü\u0041"}"#).unwrap(),
+            steps: vec![StepEntry::from(&step)],
+            applied: 1,
+            status: StatusEntry::Failed,
+            detail: Some(detail.into()),
+            created: 1,
+            modified: 2,
+        });
+        let line = encode(&entry);
+        let Ok(Entry::Put(back)) = decode(line.trim_end().as_bytes()) else {
+            panic!("{line}");
+        };
+        assert_eq!((&*back.id, &*back.region), ("i\"d", "ré\\gion"));
+        assert_eq!(back.request.get(), r#"{"a":"\"ü\u0041"}"#);
+        assert_eq!(Step::from(&back.steps[0]), step);
+        assert_eq!(back.detail.as_deref(), Some(detail));
     }
 
     #[test]
@@ -971,7 +996,7 @@ mod tests {
         // An entry larger than what is left extends the file by another step.
         let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
         let big = Entry::Remove {
-            id: "x".repeat(PREALLOCATE_BYTES as usize),
+            id: "x".repeat(PREALLOCATE_BYTES as usize).into(),
         };
         j.wait(j.append(&big).unwrap()).unwrap();
         drop(j);
@@ -996,7 +1021,10 @@ mod tests {
         drop(f);
         let before = fs::read(&path).unwrap();
         let err = ids(&dir).unwrap_err().to_string();
-        assert!(err.contains(&format!("damaged at byte offset {end}")), "{err}");
+        assert!(
+            err.contains(&format!("damaged at byte offset {end}")),
+            "{err}"
+        );
         assert!(err.contains("zero bytes followed by data"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), before, "left untouched");
     }

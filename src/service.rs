@@ -173,7 +173,7 @@ impl Service {
             warn!("request {}: {detail}", record.id);
             self.store.update(&record.id, |r| {
                 r.status = Status::Failed;
-                r.detail = Some(detail);
+                r.detail = Some(detail.into());
                 r.last_modified = now;
             })?;
         }
@@ -203,13 +203,13 @@ impl Service {
                 detail: refusal.to_string(),
             })?;
         let text = serde_json::to_string(&request).expect("a request serialises");
-        let steps = Arc::new(steps);
+        let steps: Arc<[Step]> = Arc::from(steps);
         // Recorded with the first step already counted: it may be on the platform as soon as
         // it is sent, and the record is durable before that.
         let first = usize::from(!steps.is_empty());
         let record = Record::new(
-            id.clone(),
-            region.config.id.clone(),
+            Arc::from(id.as_str()),
+            Arc::from(region.config.id.as_str()),
             Arc::from(text),
             Status::Pending,
             steps.clone(),
@@ -244,12 +244,13 @@ impl Service {
 
         warn!(
             "request {id}: {} failed in region {}: {error}; undoing",
-            failed_step.label, region.config.id
+            failed_step.label(),
+            region.config.id
         );
         let detail = match self.undo(&id, region, &steps) {
             Ok(()) => format!(
                 "{} failed: {error}; every rule applied before it was removed again",
-                failed_step.label
+                failed_step.label()
             ),
             Err(Undo::Platform {
                 left,
@@ -257,7 +258,8 @@ impl Service {
                 error: undo_error,
             }) => format!(
                 "{} failed: {error}; then removing {} failed: {undo_error}; {left} rule call(s) may remain on the platform and are removed in the background",
-                failed_step.label, step.label
+                failed_step.label(),
+                step.label()
             ),
             Err(Undo::State(e)) => return Err(state_error(e)),
         };
@@ -265,7 +267,7 @@ impl Service {
         self.store
             .update(&id, |r| {
                 r.status = Status::Failed;
-                r.detail = Some(detail);
+                r.detail = Some(detail.into());
                 r.last_modified = now_millis();
                 r.next_attempt = retry_at;
             })
@@ -344,7 +346,7 @@ impl Service {
                 let delay = self.retry.delay(1);
                 let detail = format!(
                     "removing {} failed: {error}; {left} rule call(s) still on the platform; retrying in the background",
-                    step.label
+                    step.label()
                 );
                 warn!(
                     "request {id}: {detail} (next attempt in {} ms)",
@@ -354,7 +356,7 @@ impl Service {
                     .store
                     .update(id, |r| {
                         r.busy = false;
-                        r.detail = Some(detail);
+                        r.detail = Some(detail.into());
                         r.last_modified = now_millis();
                         r.attempts = 1;
                         r.next_attempt = now_millis() + delay.as_millis() as i64;
@@ -403,7 +405,7 @@ impl Service {
             let next = now_millis() + self.retry.max.as_millis() as i64;
             self.store.update(id, |r| {
                 r.busy = false;
-                r.detail = Some(detail);
+                r.detail = Some(detail.into());
                 r.next_attempt = next;
             })?;
             return Ok(());
@@ -427,7 +429,7 @@ impl Service {
                 self.store.update(id, |r| {
                     r.busy = false;
                     r.attempts = 0;
-                    r.detail = Some(detail);
+                    r.detail = Some(detail.into());
                     r.last_modified = now_millis();
                 })?;
                 info!(
@@ -441,7 +443,7 @@ impl Service {
                 let detail = format!(
                     "{}; removal attempt {attempts} failed at {}: {error}; {left} rule call(s) still on the platform; next attempt in {} s",
                     reason(&record.detail),
-                    step.label,
+                    step.label(),
                     delay.as_secs().max(1)
                 );
                 warn!("request {id}: {detail}");
@@ -449,7 +451,7 @@ impl Service {
                     r.busy = false;
                     r.attempts = attempts;
                     r.next_attempt = now_millis() + delay.as_millis() as i64;
-                    r.detail = Some(detail);
+                    r.detail = Some(detail.into());
                     r.last_modified = now_millis();
                 })?;
             }
@@ -558,7 +560,7 @@ impl Service {
         self.store
             .update(id, |r| {
                 r.status = status;
-                r.detail = detail;
+                r.detail = detail.map(String::into_boxed_str);
                 r.last_modified = now_millis();
             })
             .map(|_| ())
@@ -567,7 +569,7 @@ impl Service {
 
 /// The first clause of a status detail: why the request got where it is, kept at the front
 /// while the reconciler reports its attempts after it.
-fn reason(detail: &Option<String>) -> &str {
+fn reason(detail: &Option<Box<str>>) -> &str {
     detail
         .as_deref()
         .and_then(|d| d.split("; ").next())
@@ -618,33 +620,29 @@ mod tests {
                 .map(|t| t.traffic_rule_id.clone());
             Ok(dns
                 .chain(traffic)
-                .map(|label| Step {
-                    label,
-                    target: "/x".into(),
-                    body: "{}".into(),
-                })
+                .map(|label| Step::new(&label, "/x", "{}"))
                 .collect())
         }
         fn apply(&self, step: &Step) -> Result<(), MepError> {
             if let Some((label, e)) = self.fail_apply.lock().unwrap().clone() {
-                if label == step.label {
+                if label == step.label() {
                     if e.is_ambiguous() {
-                        self.on.lock().unwrap().insert(step.label.clone());
+                        self.on.lock().unwrap().insert(step.label().to_string());
                     }
                     return Err(e);
                 }
             }
-            self.on.lock().unwrap().insert(step.label.clone());
+            self.on.lock().unwrap().insert(step.label().to_string());
             Ok(())
         }
         fn remove(&self, step: &Step) -> Result<(), MepError> {
-            if self.fail_remove.lock().unwrap().as_deref() == Some(step.label.as_str()) {
+            if self.fail_remove.lock().unwrap().as_deref() == Some(step.label()) {
                 return Err(MepError::Unreachable {
                     url: "u".into(),
                     reason: "down".into(),
                 });
             }
-            self.on.lock().unwrap().remove(&step.label);
+            self.on.lock().unwrap().remove(step.label());
             Ok(())
         }
     }

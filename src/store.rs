@@ -4,11 +4,10 @@
 //! changes — and is on disk before the call that made it returns. Each record says which of
 //! its planned steps may be on the platform.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use serde_json::value::RawValue;
 
 use crate::journal::{
     Entry, Journal, JournalError, RecordEntry, ReplayStats, StepEntry, UpdateEntry,
@@ -17,21 +16,26 @@ use crate::mep::Step;
 use crate::model::Status;
 
 /// One rule request and what the plugin knows about its rules on the platform.
+///
+/// Kept small because every request not yet deleted stays in memory: the id is shared with
+/// the key of the store's map, the region id with the other records of the region, and the
+/// request and steps with every copy handed out.
 #[derive(Debug, Clone)]
 pub struct Record {
-    pub id: String,
-    pub region_id: String,
+    pub id: Arc<str>,
+    /// Shared with the other records of the region (the store interns it).
+    pub region_id: Arc<str>,
     /// What the caller sent, as compact JSON (without `RegionId`); kept as text because that
     /// is ten times smaller than a parsed tree.
     pub request: Arc<str>,
     pub status: Status,
     /// Why the request is FAILED, or what a removal is waiting for.
-    pub detail: Option<String>,
+    pub detail: Option<Box<str>>,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
     pub last_modified: i64,
     /// What will be (or was) sent to the platform, in apply order.
-    pub steps: Arc<Vec<Step>>,
+    pub steps: Arc<[Step]>,
     /// `steps[..applied]` may be on the platform; `steps[applied..]` certainly are not.
     pub applied: usize,
     /// Not journaled: an operation on this record is in flight.
@@ -46,11 +50,11 @@ impl Record {
     /// A new record with no runtime state.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        id: String,
-        region_id: String,
+        id: Arc<str>,
+        region_id: Arc<str>,
         request: Arc<str>,
         status: Status,
-        steps: Arc<Vec<Step>>,
+        steps: Arc<[Step]>,
         applied: usize,
         now: i64,
     ) -> Record {
@@ -78,33 +82,32 @@ impl Record {
                 || (self.status == Status::Failed && self.applied > 0))
     }
 
-    fn to_entry(&self) -> Entry {
+    fn to_entry(&self) -> Entry<'_> {
         Entry::Put(RecordEntry {
-            id: self.id.clone(),
-            region: self.region_id.clone(),
-            request: RawValue::from_string(self.request.to_string())
-                .expect("stored requests are JSON"),
+            id: Cow::Borrowed(&self.id),
+            region: Cow::Borrowed(&self.region_id),
+            request: serde_json::from_str(&self.request).expect("stored requests are JSON"),
             steps: self.steps.iter().map(StepEntry::from).collect(),
             applied: self.applied,
             status: self.status.into(),
-            detail: self.detail.clone(),
+            detail: self.detail.as_deref().map(Cow::Borrowed),
             created: self.created_at,
             modified: self.last_modified,
         })
     }
 
-    fn update_entry(&self) -> Entry {
+    fn update_entry(&self) -> Entry<'_> {
         Entry::Update(UpdateEntry {
-            id: self.id.clone(),
+            id: Cow::Borrowed(&self.id),
             applied: self.applied,
             status: self.status.into(),
-            detail: self.detail.clone(),
+            detail: self.detail.as_deref().map(Cow::Borrowed),
             modified: self.last_modified,
         })
     }
 
     /// The journaled part of the record, to tell whether a change must be written.
-    fn durable_state(&self) -> (Status, &Option<String>, usize, i64) {
+    fn durable_state(&self) -> (Status, &Option<Box<str>>, usize, i64) {
         (self.status, &self.detail, self.applied, self.last_modified)
     }
 }
@@ -112,10 +115,30 @@ impl Record {
 /// The state could not be made durable.
 pub type StoreError = JournalError;
 
-/// All records, keyed by request id.
+/// All records, keyed by request id (the key is the record's own `id`, not a copy).
 pub struct Store {
-    records: Mutex<BTreeMap<String, Record>>,
+    records: Mutex<BTreeMap<Arc<str>, Record>>,
+    /// One copy of each region id for all the records of the region. Region ids are few and
+    /// come from the configuration (or from a journal written with an older one), so they are
+    /// never forgotten.
+    regions: Mutex<Regions>,
     journal: Option<Journal>,
+}
+
+/// The region ids the records share.
+#[derive(Default)]
+struct Regions(HashSet<Arc<str>>);
+
+impl Regions {
+    /// The shared copy of region id `id`.
+    fn intern(&mut self, id: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(id) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(id);
+        self.0.insert(shared.clone());
+        shared
+    }
 }
 
 impl Store {
@@ -123,6 +146,7 @@ impl Store {
     pub fn in_memory() -> Store {
         Store {
             records: Mutex::default(),
+            regions: Mutex::default(),
             journal: None,
         }
     }
@@ -134,20 +158,24 @@ impl Store {
         // Replayed into a hash map (each entry is one lookup by id), then built into the
         // ordered map in one pass from sorted entries, which also packs its nodes full.
         let mut replayed = HashMap::new();
-        let (journal, stats) = Journal::open(dir, fsync, |entry| replay(&mut replayed, entry))?;
-        let mut sorted: Vec<(String, Record)> = replayed.into_iter().collect();
+        let mut regions = Regions::default();
+        let (journal, stats) = Journal::open(dir, fsync, |entry| {
+            replay(&mut replayed, &mut regions, entry)
+        })?;
+        let mut sorted: Vec<(Arc<str>, Record)> = replayed.into_iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let records: BTreeMap<String, Record> = sorted.into_iter().collect();
+        let records: BTreeMap<Arc<str>, Record> = sorted.into_iter().collect();
         Ok((
             Store {
                 records: Mutex::new(records),
+                regions: Mutex::new(regions),
                 journal: Some(journal),
             },
             stats,
         ))
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Record>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<Arc<str>, Record>> {
         // Every mutation is journaled then applied as plain assignments, so a panic while
         // holding the lock cannot leave a half-changed record: a poisoned lock is usable.
         self.records.lock().unwrap_or_else(|p| p.into_inner())
@@ -171,7 +199,12 @@ impl Store {
 
     /// Adds a new record; returns once it is durable. Ids are fresh UUIDs, so an existing one
     /// is never replaced.
-    pub fn insert(&self, record: Record) -> Result<(), StoreError> {
+    pub fn insert(&self, mut record: Record) -> Result<(), StoreError> {
+        record.region_id = self
+            .regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .intern(&record.region_id);
         let seq = {
             let mut records = self.lock();
             let seq = self.write(&record.to_entry())?;
@@ -191,7 +224,7 @@ impl Store {
     pub fn list(&self, region_id: Option<&str>) -> Vec<Record> {
         self.lock()
             .values()
-            .filter(|r| region_id.is_none_or(|id| r.region_id == id))
+            .filter(|r| region_id.is_none_or(|id| *r.region_id == *id))
             .cloned()
             .collect()
     }
@@ -257,7 +290,7 @@ impl Store {
             };
             let step = &record.steps[k];
             let shared = records.values().any(|r| {
-                r.id != id
+                *r.id != *id
                     && r.region_id == record.region_id
                     && r.steps[..r.applied]
                         .iter()
@@ -282,7 +315,7 @@ impl Store {
             if !records.contains_key(id) {
                 return Ok(None);
             }
-            let seq = self.write(&Entry::Remove { id: id.to_string() })?;
+            let seq = self.write(&Entry::Remove { id: id.into() })?;
             (records.remove(id), seq)
         };
         self.durable(seq)?;
@@ -333,33 +366,34 @@ impl Store {
 }
 
 /// Applies one replayed journal entry to the map.
-fn replay(records: &mut HashMap<String, Record>, entry: Entry) {
+/// Strings are copied from the entry (which borrows them from its line) straight into the
+/// record's own allocations.
+fn replay(records: &mut HashMap<Arc<str>, Record>, regions: &mut Regions, entry: Entry<'_>) {
     match entry {
         Entry::Put(r) => {
-            let request: Box<str> = r.request.into();
             let mut record = Record::new(
-                r.id,
-                r.region,
-                Arc::from(request),
+                Arc::from(&*r.id),
+                regions.intern(&r.region),
+                Arc::from(r.request.get()),
                 r.status.into(),
-                Arc::new(r.steps.into_iter().map(Step::from).collect()),
+                r.steps.iter().map(Step::from).collect(),
                 r.applied,
                 r.created,
             );
-            record.detail = r.detail;
+            record.detail = r.detail.map(Box::from);
             record.last_modified = r.modified;
             records.insert(record.id.clone(), record);
         }
         Entry::Update(u) => {
-            if let Some(record) = records.get_mut(&u.id) {
+            if let Some(record) = records.get_mut(&*u.id) {
                 record.applied = u.applied.min(record.steps.len());
                 record.status = u.status.into();
-                record.detail = u.detail;
+                record.detail = u.detail.map(Box::from);
                 record.last_modified = u.modified;
             }
         }
         Entry::Remove { id } => {
-            records.remove(&id);
+            records.remove(&*id);
         }
     }
 }
@@ -374,7 +408,7 @@ mod tests {
             region.into(),
             Arc::from("{}"),
             Status::Pending,
-            Arc::new(Vec::new()),
+            Arc::from([]),
             0,
             1,
         )
@@ -392,10 +426,7 @@ mod tests {
         s.insert(record("b", "1")).unwrap();
         s.insert(record("a", "2")).unwrap();
         assert_eq!(
-            s.list(None)
-                .iter()
-                .map(|r| r.id.as_str())
-                .collect::<Vec<_>>(),
+            s.list(None).iter().map(|r| &*r.id).collect::<Vec<_>>(),
             ["a", "b"]
         );
         assert_eq!(s.list(Some("1")).len(), 1);
@@ -405,14 +436,10 @@ mod tests {
     #[test]
     fn a_step_held_by_another_record_of_the_region_is_released_without_removal() {
         let s = Store::in_memory();
-        let step = Step {
-            label: "l".into(),
-            target: "/t".into(),
-            body: "{}".into(),
-        };
+        let step = Step::new("l", "/t", "{}");
         for (id, region) in [("a", "1"), ("b", "1"), ("c", "2")] {
             let mut r = record(id, region);
-            r.steps = Arc::new(vec![step.clone()]);
+            r.steps = Arc::from([step.clone()]);
             r.applied = 1;
             s.insert(r).unwrap();
         }
@@ -457,11 +484,7 @@ mod tests {
             let (s, _) = Store::open(&dir, true).unwrap();
             let mut r = record("a", "1");
             r.request = Arc::from(r#"{"appLatency":{"timeUnit":"ms","latency":2.50}}"#);
-            r.steps = Arc::new(vec![Step {
-                label: "l".into(),
-                target: "/t".into(),
-                body: "{\"x\":1}".into(),
-            }]);
+            r.steps = Arc::from([Step::new("l", "/t", "{\"x\":1}")]);
             s.insert(r).unwrap();
             s.insert(record("b", "1")).unwrap();
             s.update("a", |r| {
@@ -486,7 +509,7 @@ mod tests {
             &*a.request,
             r#"{"appLatency":{"timeUnit":"ms","latency":2.50}}"#
         );
-        assert_eq!(a.steps[0].body, "{\"x\":1}");
+        assert_eq!(a.steps[0].body(), "{\"x\":1}");
         assert!(s.get("b").is_none());
     }
 
@@ -511,10 +534,7 @@ mod tests {
         }
         let (s, _) = Store::open(&dir, true).unwrap();
         assert_eq!(
-            s.list(None)
-                .iter()
-                .map(|r| r.id.as_str())
-                .collect::<Vec<_>>(),
+            s.list(None).iter().map(|r| &*r.id).collect::<Vec<_>>(),
             ["r0", "r2"]
         );
     }

@@ -295,7 +295,10 @@ fn clean_up(config: &Path, state: &Path) {
 
 /// Where a journal's entries end and its preallocated zeros begin.
 fn entries_end(journal: &[u8]) -> usize {
-    journal.iter().position(|&b| b == 0).unwrap_or(journal.len())
+    journal
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(journal.len())
 }
 
 /// The newest `journal-*.jsonl` of a state directory.

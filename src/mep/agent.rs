@@ -597,8 +597,14 @@ mod tests {
             t.buffers().output()[..part.len()].copy_from_slice(part);
             t.transmit_output(part.len(), timeout).unwrap();
         }
-        assert!(sent.lock().unwrap().is_empty(), "held until the answer is awaited");
-        assert!(!format!("{t:?}").contains("POST"), "Debug shows no held bytes");
+        assert!(
+            sent.lock().unwrap().is_empty(),
+            "held until the answer is awaited"
+        );
+        assert!(
+            !format!("{t:?}").contains("POST"),
+            "Debug shows no held bytes"
+        );
         t.await_input(timeout).unwrap();
         assert_eq!(
             *sent.lock().unwrap(),
@@ -613,7 +619,11 @@ mod tests {
             t.transmit_output(1024, timeout).unwrap();
         }
         let writes = sent.lock().unwrap().len();
-        assert_eq!(writes, COALESCE_BYTES / 1024, "sent once the limit was reached");
+        assert_eq!(
+            writes,
+            COALESCE_BYTES / 1024,
+            "sent once the limit was reached"
+        );
         t.maybe_await_input(timeout).unwrap();
         assert_eq!(sent.lock().unwrap().len(), writes, "nothing left to send");
     }

@@ -458,15 +458,15 @@ impl Driver for EdgeGallery {
     }
 
     fn apply(&self, step: &Step) -> Result<(), MepError> {
-        let url = self.client.url(&step.target);
-        let Some(instance) = instance_of(&step.target) else {
-            return Err(not_a_config_path(url, &step.target));
+        let url = self.client.url(step.target());
+        let Some(instance) = instance_of(step.target()) else {
+            return Err(not_a_config_path(url, step.target()));
         };
         let headers = [(APP_INSTANCE_HEADER, instance.as_str())];
         let since = Instant::now();
         let answer = match self
             .client
-            .send_with("POST", &url, Some(&step.body), &headers)
+            .send_with("POST", &url, Some(step.body()), &headers)
         {
             Ok(answer) => answer,
             // A gateway in front of the MEP gave up waiting for it: like our own timeout.
@@ -474,28 +474,28 @@ impl Driver for EdgeGallery {
                 url, status: 504, ..
             }) => {
                 self.unsettled()
-                    .insert(step.target.clone(), Unsettled { task: None, since });
+                    .insert(step.target().to_string(), Unsettled { task: None, since });
                 return Err(MepError::Timeout { url });
             }
             Err(e) => {
                 if e.is_ambiguous() {
                     self.unsettled()
-                        .insert(step.target.clone(), Unsettled { task: None, since });
+                        .insert(step.target().to_string(), Unsettled { task: None, since });
                 }
                 return Err(e);
             }
         };
         match self.follow(&answer, &url) {
             Ok(()) => {
-                self.unsettled().remove(&step.target);
+                self.unsettled().remove(step.target());
                 Ok(())
             }
             Err((task, e)) => {
                 if e.is_ambiguous() {
                     self.unsettled()
-                        .insert(step.target.clone(), Unsettled { task, since });
+                        .insert(step.target().to_string(), Unsettled { task, since });
                 } else {
-                    self.unsettled().remove(&step.target);
+                    self.unsettled().remove(step.target());
                 }
                 Err(e)
             }
@@ -503,15 +503,15 @@ impl Driver for EdgeGallery {
     }
 
     fn remove(&self, step: &Step) -> Result<(), MepError> {
-        let url = self.client.url(&step.target);
-        let Some(instance) = instance_of(&step.target) else {
-            return Err(not_a_config_path(url, &step.target));
+        let url = self.client.url(step.target());
+        let Some(instance) = instance_of(step.target()) else {
+            return Err(not_a_config_path(url, step.target()));
         };
         let headers = [(APP_INSTANCE_HEADER, instance.as_str())];
 
         // A creation whose task may still be running: a DELETE would be answered 404 now and
         // the configuration committed later.
-        let unsettled = self.unsettled().get(&step.target).cloned();
+        let unsettled = self.unsettled().get(step.target()).cloned();
         if let Some(Unsettled {
             task: Some(task),
             since,
@@ -529,12 +529,12 @@ impl Driver for EdgeGallery {
                 }
                 // Ended: a 404 from now on means absent.
                 Some(_) => {
-                    self.unsettled().remove(&step.target);
+                    self.unsettled().remove(step.target());
                 }
                 // The MEP no longer knows the task: as if the POST answer had been lost.
                 None => {
                     self.unsettled().insert(
-                        step.target.clone(),
+                        step.target().to_string(),
                         Unsettled {
                             task: None,
                             since: *since,
@@ -546,7 +546,7 @@ impl Driver for EdgeGallery {
 
         match self.client.send_with("DELETE", &url, None, &headers) {
             Err(MepError::Refused { status: 404, .. }) => {
-                let pending = self.unsettled().get(&step.target).cloned();
+                let pending = self.unsettled().get(step.target()).cloned();
                 if let Some(Unsettled { since, .. }) = pending {
                     if since.elapsed() < self.settle_window() {
                         return Err(MepError::Refused {
@@ -556,13 +556,13 @@ impl Driver for EdgeGallery {
                         });
                     }
                 }
-                self.unsettled().remove(&step.target);
+                self.unsettled().remove(step.target());
                 Ok(())
             }
             Err(e) => Err(e),
             Ok(answer) => {
                 // The configuration was committed: its creation is settled.
-                self.unsettled().remove(&step.target);
+                self.unsettled().remove(step.target());
                 self.follow(&answer, &url).map_err(|(_, e)| e)
             }
         }
@@ -631,15 +631,15 @@ fn plan(
             ),
         ));
     }
-    Ok(vec![Step {
-        label: format!(
+    Ok(vec![Step::new(
+        &format!(
             "EdgeGallery configuration of application instance '{request_id}' ({} traffic rule(s), {} DNS rule(s))",
             traffic.len(),
             dns.len()
         ),
-        target: config_target(request_id),
-        body,
-    }])
+        &config_target(request_id),
+        &body,
+    )])
 }
 
 fn refuse(rule: impl Into<String>, reason: impl Into<String>) -> Refusal {
@@ -972,15 +972,15 @@ mod tests {
         let steps = plan_of(&valid()).unwrap();
         assert_eq!(
             steps,
-            vec![Step {
-                label: format!(
+            vec![Step::new(
+                &format!(
                     "EdgeGallery configuration of application instance '{ID}' (1 traffic rule(s), 1 DNS rule(s))"
                 ),
-                target: format!("/mepcfg/app_lcm/v1/applications/{ID}/appd_configuration"),
-                body: format!(
+                &format!("/mepcfg/app_lcm/v1/applications/{ID}/appd_configuration"),
+                &format!(
                     r#"{{"appName":"mecplugin-{ID}","appSupportMp1":true,"appTrafficRule":[{{"trafficRuleId":"tr1","filterType":"FLOW","priority":1,"trafficFilter":[{{"srcAddress":["208930100001114"],"dstAddress":["195.251.255.142"],"dstPort":["80"],"protocol":["tcp"]}}],"action":"FORWARD_DECAPSULATED","dstInterface":[{{"interfaceType":"IP","dstMacAddress":"00:11:22:33:44:55","dstIpAddress":"172.16.0.111"}}]}}],"appDNSRule":[{{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V4","ipAddress":"172.24.248.5","ttl":0}}]}}"#
-                ),
-            }]
+                )
+            )]
         );
     }
 
@@ -991,7 +991,7 @@ mod tests {
         let steps = plan(Some("video-app"), ID, &request).unwrap();
         assert_eq!(steps.len(), 1);
         assert_eq!(
-            steps[0].body,
+            steps[0].body(),
             r#"{"appName":"video-app","appSupportMp1":true,"appTrafficRule":[{"trafficRuleId":"tr-video","filterType":"FLOW","priority":1,"trafficFilter":[{"srcAddress":["208930100001114"],"dstAddress":["195.251.255.142"],"dstPort":["80"],"protocol":["tcp"]}],"action":"FORWARD_DECAPSULATED","dstInterface":[{"interfaceType":"IP","dstMacAddress":"00:11:22:33:44:55","dstIpAddress":"172.16.0.111"}]}],"appDNSRule":[{"dnsRuleId":"dns-video","domainName":"video.example.org","ipAddressType":"IP_V4","ipAddress":"172.16.0.111","ttl":30}]}"#
         );
     }
@@ -1021,7 +1021,7 @@ mod tests {
           "appDNSRule": [{"dnsRuleId": "v6", "domainName": "v6.example.org",
                           "ipAddressType": "IP_V6", "ipAddress": "2001:db8::7"}]
         });
-        let body: Value = serde_json::from_str(&plan_of(&v).unwrap()[0].body).unwrap();
+        let body: Value = serde_json::from_str(plan_of(&v).unwrap()[0].body()).unwrap();
         assert_eq!(
             body,
             json!({
@@ -1066,7 +1066,7 @@ mod tests {
             assert_eq!(action_name(action), name, "{action:?}");
             let mut v = valid();
             v["appTrafficRule"][0]["action"] = action.name().into();
-            let body = &plan_of(&v).unwrap()[0].body;
+            let body = plan_of(&v).unwrap()[0].body().to_string();
             assert!(body.contains(&format!(r#""action":"{name}""#)), "{body}");
         }
     }
@@ -1093,7 +1093,7 @@ mod tests {
         }
         let steps = plan(None, "../../x", &request(&valid())).unwrap();
         assert_eq!(
-            steps[0].target,
+            steps[0].target(),
             "/mepcfg/app_lcm/v1/applications/%2E%2E%2F%2E%2E%2Fx/appd_configuration"
         );
         assert_eq!(instance_of("/api/mp1/traffic/all"), None);
@@ -1106,7 +1106,7 @@ mod tests {
     #[test]
     fn app_name_is_the_configured_one_or_derived_within_63_characters() {
         let steps = plan(Some("my-app"), ID, &request(&valid())).unwrap();
-        assert!(steps[0].body.starts_with(r#"{"appName":"my-app","#));
+        assert!(steps[0].body().starts_with(r#"{"appName":"my-app","#));
         assert_eq!(derived_app_name(ID), format!("mecplugin-{ID}"));
         assert_eq!(derived_app_name(&"x".repeat(100)).chars().count(), 63);
     }

@@ -223,7 +223,7 @@ impl EtsiMec011 {
         EtsiMec011 { transport }
     }
 
-    /// Sets the rule at `step.target` to `body`: GET (for the ETag), then PUT with `If-Match`
+    /// Sets the rule at `step.target()` to `body`: GET (for the ETag), then PUT with `If-Match`
     /// when there is one, re-reading and retrying once on 412. A 404 is `unknown`'s answer.
     fn put_rule(
         &self,
@@ -231,13 +231,13 @@ impl EtsiMec011 {
         body: &str,
         unknown: impl Fn(&RulePath, MepError) -> Result<(), MepError>,
     ) -> Result<(), MepError> {
-        let url = self.transport.url(&step.target);
-        let Some(rule) = RulePath::parse(&step.target) else {
+        let url = self.transport.url(step.target());
+        let Some(rule) = RulePath::parse(step.target()) else {
             return Err(MepError::Unreachable {
                 url,
                 reason: format!(
                     "'{}' is not a MEC 011 rule path: this step was planned by another driver (was the region's driver changed?)",
-                    step.target
+                    step.target()
                 ),
             });
         };
@@ -313,7 +313,7 @@ impl Driver for EtsiMec011 {
     /// A MEC 011 rule is identified by its path (application and rule id), whatever the
     /// content two requests gave it: deactivating it affects every request that activated it.
     fn same_rule(&self, a: &Step, b: &Step) -> bool {
-        a.target == b.target
+        a.target() == b.target()
     }
 
     fn plan(&self, request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
@@ -321,7 +321,7 @@ impl Driver for EtsiMec011 {
     }
 
     fn apply(&self, step: &Step) -> Result<(), MepError> {
-        self.put_rule(step, &step.body, |rule, e| match e {
+        self.put_rule(step, step.body(), |rule, e| match e {
             MepError::Refused {
                 url,
                 status,
@@ -339,7 +339,7 @@ impl Driver for EtsiMec011 {
     }
 
     fn remove(&self, step: &Step) -> Result<(), MepError> {
-        self.put_rule(step, &inactive(&step.body), |_, _| Ok(()))
+        self.put_rule(step, &inactive(step.body()), |_, _| Ok(()))
     }
 }
 
@@ -473,11 +473,11 @@ fn dns_step(app: &str, i: usize, rule: &DnsRule) -> Result<Step, Refusal> {
         ttl,
         state: "ACTIVE",
     };
-    Ok(Step {
-        label: format!("DNS rule '{}' ({})", rule.dns_rule_id, rule.domain_name),
-        target: rule_target(app, RuleKind::Dns, &rule.dns_rule_id),
-        body: to_json(&body),
-    })
+    Ok(Step::new(
+        &format!("DNS rule '{}' ({})", rule.dns_rule_id, rule.domain_name),
+        &rule_target(app, RuleKind::Dns, &rule.dns_rule_id),
+        &to_json(&body),
+    ))
 }
 
 fn traffic_step(app: &str, i: usize, rule: &TrafficRule) -> Result<Step, Refusal> {
@@ -517,11 +517,11 @@ fn traffic_step(app: &str, i: usize, rule: &TrafficRule) -> Result<Step, Refusal
         dst_interface,
         state: "ACTIVE",
     };
-    Ok(Step {
-        label: format!("traffic rule '{}'", rule.traffic_rule_id),
-        target: rule_target(app, RuleKind::Traffic, &rule.traffic_rule_id),
-        body: to_json(&body),
-    })
+    Ok(Step::new(
+        &format!("traffic rule '{}'", rule.traffic_rule_id),
+        &rule_target(app, RuleKind::Traffic, &rule.traffic_rule_id),
+        &to_json(&body),
+    ))
 }
 
 fn filter<'a>(at: &str, f: &'a TrafficFilter) -> Result<Filter<'a>, Refusal> {
@@ -598,16 +598,16 @@ mod tests {
         assert_eq!(
             steps,
             vec![
-                Step {
-                    label: "DNS rule '111' (pfrag.gr)".into(),
-                    target: "/mec_app_support/v1/applications/req-1/dns_rules/111".into(),
-                    body: DNS_ACTIVE.into(),
-                },
-                Step {
-                    label: "traffic rule 'tr1'".into(),
-                    target: "/mec_app_support/v1/applications/req-1/traffic_rules/tr1".into(),
-                    body: TRAFFIC_ACTIVE.into(),
-                },
+                Step::new(
+                    "DNS rule '111' (pfrag.gr)",
+                    "/mec_app_support/v1/applications/req-1/dns_rules/111",
+                    DNS_ACTIVE
+                ),
+                Step::new(
+                    "traffic rule 'tr1'",
+                    "/mec_app_support/v1/applications/req-1/traffic_rules/tr1",
+                    TRAFFIC_ACTIVE
+                ),
             ]
         );
         assert_eq!(
@@ -626,11 +626,11 @@ mod tests {
         v["appInstanceId"] = "5abe4782-2c70-4e47-9a4e-0ee3a1a0fd1f".into();
         let steps = plan_of(&v).unwrap();
         assert_eq!(
-            steps[0].target,
+            steps[0].target(),
             "/mec_app_support/v1/applications/5abe4782-2c70-4e47-9a4e-0ee3a1a0fd1f/dns_rules/111"
         );
         assert_eq!(
-            steps[1].target,
+            steps[1].target(),
             "/mec_app_support/v1/applications/5abe4782-2c70-4e47-9a4e-0ee3a1a0fd1f/traffic_rules/tr1"
         );
     }
@@ -656,11 +656,11 @@ mod tests {
         });
         let steps = plan_of(&v).unwrap();
         assert_eq!(
-            steps[0].body,
+            steps[0].body(),
             r#"{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V6","ipAddress":"2001:db8::5","state":"ACTIVE"}"#
         );
         assert_eq!(
-            steps[1].body,
+            steps[1].body(),
             concat!(
                 r#"{"trafficRuleId":"tr2","filterType":"PACKET","priority":2,"trafficFilter":["#,
                 r#"{"srcAddress":["10.0.0.0/8"],"dstAddress":["192.168.1.1"],"srcPort":["1000-2000"],"dstPort":["8080"],"#,
@@ -671,7 +671,7 @@ mod tests {
                 r#""srcMacAddress":"aa:bb:cc:dd:ee:ff","dstMacAddress":"00:11:22:33:44:55","dstIpAddress":"10.5.5.5"},"state":"ACTIVE"}"#
             )
         );
-        assert!(inactive(&steps[1].body).ends_with(r#","state":"INACTIVE"}"#));
+        assert!(inactive(steps[1].body()).ends_with(r#","state":"INACTIVE"}"#));
     }
 
     #[test]
@@ -687,7 +687,7 @@ mod tests {
         ] {
             let mut v = seed();
             v["appTrafficRule"][0]["action"] = northbound.into();
-            let body = &plan_of(&v).unwrap()[1].body;
+            let body = plan_of(&v).unwrap()[1].body().to_string();
             assert!(
                 body.contains(&format!(r#""action":"{mec011}","#)),
                 "{northbound}: {body}"
@@ -702,14 +702,14 @@ mod tests {
             .as_object_mut()
             .unwrap()
             .remove("dstInterface");
-        assert!(!plan_of(&v).unwrap()[1].body.contains("dstInterface"));
+        assert!(!plan_of(&v).unwrap()[1].body().contains("dstInterface"));
         v["appTrafficRule"][0]["dstInterface"] = serde_json::json!([]);
-        assert!(!plan_of(&v).unwrap()[1].body.contains("dstInterface"));
+        assert!(!plan_of(&v).unwrap()[1].body().contains("dstInterface"));
         v["appTrafficRule"][0]["dstInterface"] = serde_json::json!([{"interfaceType": "TUNNEL",
             "tunnelInfo": {"tunnelType": "GRE", "tunnelDstAddress": "1.1.1.1", "tunnelSrcAddress": "2.2.2.2"}}]);
         assert!(
             plan_of(&v).unwrap()[1]
-                .body
+                .body()
                 .contains(r#""dstInterface":{"interfaceType":"TUNNEL","tunnelInfo":{"tunnelType":"GRE","tunnelDstAddress":"1.1.1.1","tunnelSrcAddress":"2.2.2.2"}}"#)
         );
     }
@@ -790,11 +790,11 @@ mod tests {
         v["appDNSRule"][0]["dnsRuleId"] = "a b".into();
         let steps = plan_of(&v).unwrap();
         assert_eq!(
-            steps[0].target,
+            steps[0].target(),
             "/mec_app_support/v1/applications/%2E%2E%2F%2E%2E%2Fx/dns_rules/a%20b"
         );
         assert!(
-            steps[0].body.contains(r#""dnsRuleId":"a b""#),
+            steps[0].body().contains(r#""dnsRuleId":"a b""#),
             "the body keeps the id as is"
         );
     }
@@ -911,7 +911,7 @@ mod tests {
                 Sent {
                     method: "PUT".into(),
                     url: TRAFFIC_URL.into(),
-                    body: Some(steps[1].body.clone()),
+                    body: Some(steps[1].body().to_string()),
                     headers: headers(&[("X-AppinstanceID", "app 1"), ("If-Match", "\"v7\"")]),
                 },
             ]
@@ -1068,11 +1068,7 @@ mod tests {
     #[test]
     fn a_step_of_another_driver_is_not_sent() {
         let script = Script::new(vec![]);
-        let step = Step {
-            label: "DNS rule '111' (pfrag.gr)".into(),
-            target: "/api/mp1/traffic/all".into(),
-            body: "{}".into(),
-        };
+        let step = Step::new("DNS rule '111' (pfrag.gr)", "/api/mp1/traffic/all", "{}");
         let e = script.driver().remove(&step).unwrap_err();
         assert!(e.to_string().contains("planned by another driver"), "{e}");
         assert!(script.sent().is_empty());

@@ -125,14 +125,14 @@ impl Driver for LlMec {
 
     fn apply(&self, step: &Step) -> Result<(), MepError> {
         self.client
-            .send("POST", &self.client.url(&step.target), Some(&step.body))
+            .send("POST", &self.client.url(step.target()), Some(step.body()))
             .map(|_| ())
     }
 
     fn remove(&self, step: &Step) -> Result<(), MepError> {
         match self
             .client
-            .send("DELETE", &self.client.url(&step.target), Some(&step.body))
+            .send("DELETE", &self.client.url(step.target()), Some(step.body()))
         {
             Ok(_) | Err(MepError::Refused { status: 404, .. }) => Ok(()),
             Err(e) => Err(e),
@@ -151,7 +151,7 @@ fn plan(request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
         traffic_steps(i, rule, &mut budget, &mut steps)?;
     }
     let mut seen = HashSet::new();
-    steps.retain(|s| seen.insert((s.target.clone(), s.body.clone())));
+    steps.retain(|s| seen.insert((s.target().to_string(), s.body().to_string())));
     Ok(steps)
 }
 
@@ -186,11 +186,11 @@ fn dns_step(i: usize, rule: &DnsRule) -> Result<Step, Refusal> {
         mec_macaddr: NO_MAC,
         kind: 1,
     };
-    Ok(Step {
-        label: format!("DNS rule '{}' ({})", rule.dns_rule_id, rule.domain_name),
-        target: DNS_TARGET.to_string(),
-        body: to_json(&body),
-    })
+    Ok(Step::new(
+        &format!("DNS rule '{}' ({})", rule.dns_rule_id, rule.domain_name),
+        DNS_TARGET,
+        &to_json(&body),
+    ))
 }
 
 fn traffic_steps(
@@ -252,15 +252,15 @@ fn traffic_steps(
                         mec_macaddr: &mec_mac,
                         kind: 2,
                     };
-                    steps.push(Step {
-                        label: format!(
+                    steps.push(Step::new(
+                        &format!(
                             "traffic rule '{}' filter {j} ({address}:{port}/{})",
                             rule.traffic_rule_id,
                             transport.name()
                         ),
-                        target: TRAFFIC_TARGET.to_string(),
-                        body: to_json(&body),
-                    });
+                        TRAFFIC_TARGET,
+                        &to_json(&body),
+                    ));
                 }
             }
         }
@@ -486,16 +486,16 @@ mod tests {
         assert_eq!(
             steps,
             vec![
-                Step {
-                    label: "DNS rule '111' (pfrag.gr)".into(),
-                    target: "/api/mp1/traffic/all".into(),
-                    body: r#"{"url":"pfrag.gr","mec-ipaddr":"172.24.248.5","mec-macaddr":"00:00:00:00:00:00","type":1}"#.into(),
-                },
-                Step {
-                    label: "traffic rule 'tr1' filter 0 (195.251.255.142:80/tcp)".into(),
-                    target: "/api/mp1/traffic/imsi".into(),
-                    body: r#"{"ue_list":["208930100001114"],"service_ip":"195.251.255.142","port":"80","transport":1,"mec_ipaddr":"172.16.0.111","mec_macaddr":"00:11:22:33:44:55","type":2}"#.into(),
-                },
+                Step::new(
+                    "DNS rule '111' (pfrag.gr)",
+                    "/api/mp1/traffic/all",
+                    r#"{"url":"pfrag.gr","mec-ipaddr":"172.24.248.5","mec-macaddr":"00:00:00:00:00:00","type":1}"#
+                ),
+                Step::new(
+                    "traffic rule 'tr1' filter 0 (195.251.255.142:80/tcp)",
+                    "/api/mp1/traffic/imsi",
+                    r#"{"ue_list":["208930100001114"],"service_ip":"195.251.255.142","port":"80","transport":1,"mec_ipaddr":"172.16.0.111","mec_macaddr":"00:11:22:33:44:55","type":2}"#
+                ),
             ]
         );
     }
@@ -511,7 +511,7 @@ mod tests {
         v["appTrafficRule"][0]["trafficFilter"] = serde_json::json!([f0, f1]);
         let steps = plan_of(&v).unwrap();
         assert_eq!(steps.len(), 16);
-        let labels: Vec<&str> = steps.iter().map(|s| s.label.as_str()).collect();
+        let labels: Vec<&str> = steps.iter().map(|s| s.label()).collect();
         assert_eq!(labels[0], "traffic rule 'tr1' filter 0 (10.0.0.1:80/tcp)");
         assert_eq!(labels[1], "traffic rule 'tr1' filter 0 (10.0.0.1:80/udp)");
         assert_eq!(labels[2], "traffic rule 'tr1' filter 0 (10.0.0.1:443/tcp)");
@@ -522,13 +522,13 @@ mod tests {
             "traffic rule 'tr1' filter 1 (10.0.0.4:5353/any)"
         );
         assert_eq!(
-            steps[15].body,
+            steps[15].body(),
             r#"{"ue_list":["208930100001116"],"service_ip":"10.0.0.4","port":"5353","transport":0,"mec_ipaddr":"172.16.0.111","mec_macaddr":"00:11:22:33:44:55","type":2}"#
         );
-        assert!(steps[0].body.starts_with(
+        assert!(steps[0].body().starts_with(
             r#"{"ue_list":["208930100001114","208930100001115"],"service_ip":"10.0.0.1","port":"80","transport":1,"#
         ));
-        let distinct: HashSet<&str> = steps.iter().map(|s| s.body.as_str()).collect();
+        let distinct: HashSet<&str> = steps.iter().map(|s| s.body()).collect();
         assert_eq!(distinct.len(), 16);
     }
 
@@ -544,11 +544,11 @@ mod tests {
         let steps = plan_of(&v).unwrap();
         assert_eq!(steps.len(), 2);
         assert_eq!(
-            steps[1].body,
+            steps[1].body(),
             r#"{"ue_list":["208930100001114"],"service_ip":"195.251.255.142","port":"80","transport":0,"mec_ipaddr":"172.16.0.111","mec_macaddr":"00:00:00:00:00:00","type":2}"#
         );
         assert_eq!(
-            steps[1].label,
+            steps[1].label(),
             "traffic rule 'tr1' filter 0 (195.251.255.142:80/any)"
         );
     }
@@ -665,7 +665,7 @@ mod tests {
         v["appTrafficRule"][0]["dstInterface"][0]["dstMACAddress"] = "00-11-22-33-44-55".into();
         assert!(
             plan_of(&v).unwrap()[1]
-                .body
+                .body()
                 .contains(r#""mec_macaddr":"00:11:22:33:44:55""#)
         );
     }

@@ -6,8 +6,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::{DriverKind, MepConfig};
 use crate::model::CreationRequest;
 
@@ -20,15 +18,65 @@ pub mod wire;
 
 /// One call's worth of work on a platform, recorded before it is applied so that the plugin
 /// always knows what may be on the platform, and replayed verbatim to remove it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Its label, target and body are kept back to back in one allocation rather than as three
+/// `String`s: every stored record holds its steps for its whole life, and the two allocations
+/// and 48 bytes of `String` headers saved per step are about 300 bytes of a record replayed
+/// with two steps (`examples/bench.rs replay`). Two steps are equal when their labels, targets
+/// and bodies are.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Step {
-    /// Which rule this step comes from, for messages: e.g. `DNS rule '111'` or
-    /// `traffic rule 'tr1' filter 0 (195.251.255.142:80/tcp)`.
-    pub label: String,
-    /// Path relative to the MEP URL, e.g. `/api/mp1/traffic/all`.
-    pub target: String,
-    /// The exact JSON body sent to apply it (and, for LL-MEC, to remove it).
-    pub body: String,
+    /// `label`, `target` and `body` concatenated.
+    text: Box<str>,
+    /// Where the label ends and the target begins in `text`.
+    label_end: u32,
+    /// Where the target ends and the body begins in `text`.
+    target_end: u32,
+}
+
+impl Step {
+    /// A step with its `label` (which rule it comes from, for messages: e.g. `DNS rule '111'`
+    /// or `traffic rule 'tr1' filter 0 (195.251.255.142:80/tcp)`), `target` (path relative to
+    /// the MEP URL, e.g. `/api/mp1/traffic/all`) and `body` (the exact JSON body sent to apply
+    /// it and, for LL-MEC, to remove it).
+    pub fn new(label: &str, target: &str, body: &str) -> Step {
+        let mut text = String::with_capacity(label.len() + target.len() + body.len());
+        text.push_str(label);
+        text.push_str(target);
+        text.push_str(body);
+        // Labels and paths are short; only the body may be large, and it needs no offset.
+        let offset = |n: usize| u32::try_from(n).expect("a step's label and target are short");
+        Step {
+            text: text.into_boxed_str(),
+            label_end: offset(label.len()),
+            target_end: offset(label.len() + target.len()),
+        }
+    }
+
+    /// Which rule this step comes from, for messages.
+    pub fn label(&self) -> &str {
+        &self.text[..self.label_end as usize]
+    }
+
+    /// Path relative to the MEP URL.
+    pub fn target(&self) -> &str {
+        &self.text[self.label_end as usize..self.target_end as usize]
+    }
+
+    /// The exact body sent to apply it (and, for LL-MEC, to remove it).
+    pub fn body(&self) -> &str {
+        &self.text[self.target_end as usize..]
+    }
+}
+
+impl fmt::Debug for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Step")
+            .field("label", &self.label())
+            .field("target", &self.target())
+            .field("body", &self.body())
+            .finish()
+    }
 }
 
 /// Why a platform call failed.
@@ -129,6 +177,47 @@ pub fn build(region_id: &str, mep: &MepConfig) -> Arc<dyn Driver> {
         DriverKind::Simulated => Arc::new(simulated::Simulated::new(region_id)),
         DriverKind::EtsiMec011 => Arc::new(etsi::EtsiMec011::new(mep)),
         DriverKind::Edgegallery => Arc::new(edgegallery::EdgeGallery::new(mep)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_gives_back_its_label_target_and_body() {
+        for (label, target, body) in [
+            (
+                "DNS rule '111' (pfrag.gr)",
+                "/api/mp1/traffic/all",
+                r#"{"type":1}"#,
+            ),
+            ("", "", ""),
+            ("", "/t", ""),
+            ("l", "", "{}"),
+            ("règle 'é✓'", "/règles/ü", "{\"x\":\"日本\"}"),
+        ] {
+            let step = Step::new(label, target, body);
+            assert_eq!(
+                (step.label(), step.target(), step.body()),
+                (label, target, body)
+            );
+            assert_eq!(step.clone(), step);
+        }
+    }
+
+    #[test]
+    fn steps_are_equal_when_their_three_parts_are() {
+        let step = Step::new("ab", "c", "d");
+        assert_eq!(step, Step::new("ab", "c", "d"));
+        // Same concatenated text, other boundaries: other steps.
+        assert_ne!(step, Step::new("a", "bc", "d"));
+        assert_ne!(step, Step::new("ab", "", "cd"));
+        assert_ne!(step, Step::new("ab", "c", "e"));
+        assert_eq!(
+            format!("{step:?}"),
+            r#"Step { label: "ab", target: "c", body: "d" }"#
+        );
     }
 }
 

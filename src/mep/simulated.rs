@@ -33,11 +33,7 @@ impl Simulated {
     pub fn installed(&self) -> Vec<Step> {
         self.lock()
             .iter()
-            .map(|((target, body), label)| Step {
-                label: label.clone(),
-                target: target.clone(),
-                body: body.clone(),
-            })
+            .map(|((target, body), label)| Step::new(label, target, body))
             .collect()
     }
 
@@ -57,29 +53,32 @@ impl Driver for Simulated {
         with_style(ApiStyle::Spec, || {
             let mut steps = Vec::new();
             for rule in request.dns_rules() {
-                steps.push(Step {
-                    label: format!("DNS rule '{}' ({})", rule.dns_rule_id, rule.domain_name),
-                    target: format!("/dns_rules/{}", encode(&rule.dns_rule_id)),
-                    body: serde_json::to_string(rule).expect("a DNS rule serialises"),
-                });
+                steps.push(Step::new(
+                    &format!("DNS rule '{}' ({})", rule.dns_rule_id, rule.domain_name),
+                    &format!("/dns_rules/{}", encode(&rule.dns_rule_id)),
+                    &serde_json::to_string(rule).expect("a DNS rule serialises"),
+                ));
             }
             for rule in request.traffic_rules() {
-                steps.push(Step {
-                    label: format!("traffic rule '{}'", rule.traffic_rule_id),
-                    target: format!("/traffic_rules/{}", encode(&rule.traffic_rule_id)),
-                    body: serde_json::to_string(rule).expect("a traffic rule serialises"),
-                });
+                steps.push(Step::new(
+                    &format!("traffic rule '{}'", rule.traffic_rule_id),
+                    &format!("/traffic_rules/{}", encode(&rule.traffic_rule_id)),
+                    &serde_json::to_string(rule).expect("a traffic rule serialises"),
+                ));
             }
             Ok(steps)
         })
     }
 
     fn apply(&self, step: &Step) -> Result<(), MepError> {
-        self.lock()
-            .insert((step.target.clone(), step.body.clone()), step.label.clone());
+        self.lock().insert(
+            (step.target().to_string(), step.body().to_string()),
+            step.label().to_string(),
+        );
         info!(
             "simulated MEP of region {}: applied {}",
-            self.region_id, step.label
+            self.region_id,
+            step.label()
         );
         Ok(())
     }
@@ -87,17 +86,19 @@ impl Driver for Simulated {
     fn remove(&self, step: &Step) -> Result<(), MepError> {
         let removed = self
             .lock()
-            .remove(&(step.target.clone(), step.body.clone()))
+            .remove(&(step.target().to_string(), step.body().to_string()))
             .is_some();
         if removed {
             info!(
                 "simulated MEP of region {}: removed {}",
-                self.region_id, step.label
+                self.region_id,
+                step.label()
             );
         } else {
             info!(
                 "simulated MEP of region {}: {} was not installed (nothing to remove)",
-                self.region_id, step.label
+                self.region_id,
+                step.label()
             );
         }
         Ok(())
@@ -141,16 +142,16 @@ mod tests {
         assert_eq!(
             steps,
             vec![
-                Step {
-                    label: "DNS rule '111' (pfrag.gr)".into(),
-                    target: "/dns_rules/111".into(),
-                    body: r#"{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V6","ipAddress":"2001:db8::1","ttl":30}"#.into(),
-                },
-                Step {
-                    label: "traffic rule 'tr1'".into(),
-                    target: "/traffic_rules/tr1".into(),
-                    body: r#"{"trafficRuleId":"tr1","filterType":"PACKET","priority":3,"trafficFilter":[{"srcAddress":["10.0.0.0/8"],"Protocol":["sctp"],"qci":9}],"action":"DUPLICATE_AS_IS"}"#.into(),
-                },
+                Step::new(
+                    "DNS rule '111' (pfrag.gr)",
+                    "/dns_rules/111",
+                    r#"{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V6","ipAddress":"2001:db8::1","ttl":30}"#
+                ),
+                Step::new(
+                    "traffic rule 'tr1'",
+                    "/traffic_rules/tr1",
+                    r#"{"trafficRuleId":"tr1","filterType":"PACKET","priority":3,"trafficFilter":[{"srcAddress":["10.0.0.0/8"],"Protocol":["sctp"],"qci":9}],"action":"DUPLICATE_AS_IS"}"#
+                ),
             ]
         );
         assert_eq!(sim.kind(), DriverKind::Simulated);
@@ -190,15 +191,8 @@ mod tests {
     #[test]
     fn same_target_with_another_body_is_another_rule() {
         let sim = Simulated::new("2");
-        let a = Step {
-            label: "a".into(),
-            target: "/dns_rules/1".into(),
-            body: "{\"x\":1}".into(),
-        };
-        let b = Step {
-            body: "{\"x\":2}".into(),
-            ..a.clone()
-        };
+        let a = Step::new("a", "/dns_rules/1", "{\"x\":1}");
+        let b = Step::new(a.label(), a.target(), "{\"x\":2}");
         sim.apply(&a).unwrap();
         sim.apply(&b).unwrap();
         sim.remove(&a).unwrap();
