@@ -661,9 +661,16 @@ fn replay_file(
     let (mut offset, mut entries) = (0u64, 0usize);
     loop {
         line.clear();
-        let n = reader.read_until(b'\n', &mut line).map_err(io_err(path))?;
+        let zeros = reader.fill_buf().map_err(io_err(path))?.first() == Some(&0);
+        // The zeros are scanned, not read into `line`: they are megabytes long.
+        let (n, only_zeros) = if zeros {
+            skip_line(&mut reader).map_err(io_err(path))?
+        } else {
+            let n = reader.read_until(b'\n', &mut line).map_err(io_err(path))?;
+            (n, false)
+        };
         let at_end = offset + n as u64 == total;
-        if n == 0 || (line[0] == 0 && at_end && line.iter().all(|&b| b == 0)) {
+        if n == 0 || (only_zeros && at_end) {
             return Ok(Replayed {
                 entries,
                 valid: offset,
@@ -671,7 +678,7 @@ fn replay_file(
                 torn: false,
             });
         }
-        let parsed = if line[0] == 0 {
+        let parsed = if zeros {
             Err(BadLine::Damaged("zero bytes followed by data".into()))
         } else if line.last() == Some(&b'\n') {
             decode(&line[..n - 1])
@@ -709,6 +716,28 @@ fn replay_file(
                     reason,
                 });
             }
+        }
+    }
+}
+
+/// Consumes one line (up to and including its newline, or to the end of the file) without
+/// keeping it; returns its length and whether it was all zero bytes.
+fn skip_line(reader: &mut impl BufRead) -> io::Result<(usize, bool)> {
+    let (mut n, mut only_zeros) = (0, true);
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok((n, only_zeros));
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        only_zeros &= buf[..take].iter().all(|&b| b == 0);
+        reader.consume(take);
+        n += take;
+        if done {
+            return Ok((n, only_zeros));
         }
     }
 }
