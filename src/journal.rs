@@ -246,8 +246,9 @@ struct Shared {
     sync: Mutex<SyncState>,
     /// Signalled when an entry waits to be made durable (or the journal closes).
     wanted: Condvar,
-    /// Signalled after each `fsync`.
-    synced: Condvar,
+    /// Signalled when an `fsync` ends: flush `g` signals `synced[g % 2]`, which only the
+    /// callers it covers wait on (waking the others would only put them back to sleep).
+    synced: [Condvar; 2],
 }
 
 impl Shared {
@@ -281,6 +282,9 @@ struct SyncState {
     synced: u64,
     /// The highest sequence number a caller waits for.
     wanted: u64,
+    /// Flushes started so far; the last one covers entries up to `flushing`.
+    flushes: u64,
+    flushing: u64,
     failed: Option<String>,
     closing: bool,
 }
@@ -374,11 +378,13 @@ impl Journal {
             sync: Mutex::new(SyncState {
                 synced: 0,
                 wanted: 0,
+                flushes: 0,
+                flushing: 0,
                 failed: None,
                 closing: false,
             }),
             wanted: Condvar::new(),
-            synced: Condvar::new(),
+            synced: [Condvar::new(), Condvar::new()],
         });
         let flusher = if fsync {
             let shared = shared.clone();
@@ -452,9 +458,13 @@ impl Journal {
                 state.wanted = seq;
                 self.shared.wanted.notify_one();
             }
-            state = self
-                .shared
-                .synced
+            // Covered by the flush in progress, or by the next one.
+            let flush = if state.flushing >= seq {
+                state.flushes
+            } else {
+                state.flushes + 1
+            };
+            state = self.shared.synced[(flush % 2) as usize]
                 .wait(state)
                 .unwrap_or_else(|p| p.into_inner());
         }
@@ -494,7 +504,7 @@ impl Journal {
         drop(w);
         let mut state = self.sync_state();
         state.synced = state.synced.max(upto);
-        self.shared.synced.notify_all();
+        self.shared.synced.iter().for_each(Condvar::notify_all);
         Ok(Some(generation))
     }
 
@@ -579,21 +589,27 @@ fn flush_loop(shared: &Shared) {
         if state.wanted <= state.synced {
             return; // closing, nothing owed
         }
-        drop(state);
+        // Under the sync lock: every caller waiting for the next flush is covered by this one.
         let (file, path, upto) = {
             let w = shared.writer();
             (w.file.clone(), w.path.clone(), w.written)
         };
+        state.flushes += 1;
+        state.flushing = upto;
+        let flush = state.flushes;
+        drop(state);
         let result = file.sync_data();
         state = shared.sync_state();
-        let failed = result.is_err();
         match result {
-            Ok(()) => state.synced = state.synced.max(upto),
-            Err(e) => state.failed = Some(format!("fsync of {} failed: {e}", path.display())),
-        }
-        shared.synced.notify_all();
-        if failed {
-            return;
+            Ok(()) => {
+                state.synced = state.synced.max(upto);
+                shared.synced[(flush % 2) as usize].notify_all();
+            }
+            Err(e) => {
+                state.failed = Some(format!("fsync of {} failed: {e}", path.display()));
+                shared.synced.iter().for_each(Condvar::notify_all);
+                return;
+            }
         }
     }
 }
