@@ -1075,6 +1075,36 @@ mod tests {
     }
 
     #[test]
+    fn zeros_then_the_beginning_of_an_entry_at_the_end_are_a_torn_write() {
+        // What a power cut can leave: the page with the start of the next entry written, an
+        // earlier page of zeros not. Nothing after the zeros was acknowledged.
+        let dir = temp_dir("zeros-torn");
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            j.wait(j.append(&put("a")).unwrap()).unwrap();
+        }
+        let path = dir.join(journal_name(1));
+        let len = fs::metadata(&path).unwrap().len();
+        let whole = encode(&put("b"));
+        let partial = &whole.as_bytes()[..whole.len() / 2];
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(partial, len - partial.len() as u64).unwrap();
+        drop(f);
+        let (j, stats) = Journal::open(&dir, true, |_| {}).unwrap();
+        assert!(stats.torn_tail);
+        j.wait(j.append(&put("c")).unwrap()).unwrap();
+        drop(j);
+        assert_eq!(ids(&dir).unwrap(), ["a", "c"]);
+        let data = fs::read(&path).unwrap();
+        let entries = encode(&put("a")) + &encode(&put("c"));
+        assert_eq!(&data[..entries.len()], entries.as_bytes());
+        assert!(
+            data[entries.len()..].iter().all(|&b| b == 0),
+            "the torn bytes are gone"
+        );
+    }
+
+    #[test]
     fn a_second_process_on_the_same_directory_is_refused() {
         let dir = temp_dir("lock");
         let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
