@@ -16,19 +16,7 @@ use support::Call;
 use support::fake_llmec::{DNS_PATH, FakeLlMec, TRAFFIC_PATH};
 
 /// The rules of `seed-examples/trafficrule.json`.
-const SEED: &str = r#"{
-  "RegionId": "2",
-  "appTrafficRule": [{
-      "trafficRuleId": "tr1", "filterType": "FLOW", "priority": 0,
-      "trafficFilter": [{"srcAddress": ["208930100001114"], "dstAddress": ["195.251.255.142"],
-                         "dstPort": ["80"], "Protocol": ["tcp"]}],
-      "action": "FORWARD",
-      "dstInterface": [{"interfaceType": "IP", "dstMACAddress": "00:11:22:33:44:55",
-                        "dstIPAddress": "172.16.0.111"}]
-  }],
-  "appDNSRule": [{"dnsRuleId": "111", "domainName": "pfrag.gr", "ipAddressType": "IP_V4",
-                  "ipAddress": "172.24.248.5", "ttl": 0}]
-}"#;
+const SEED: &str = include_str!("data/seed-trafficrule.json");
 
 const DNS_BODY: &str =
     r#"{"url":"pfrag.gr","mec-ipaddr":"172.24.248.5","mec-macaddr":"00:00:00:00:00:00","type":1}"#;

@@ -224,18 +224,7 @@ mod tests {
 /// Requests shared by the drivers' unit tests.
 #[cfg(test)]
 pub(crate) mod fixtures {
-    /// The rules of the seed deployment's `trafficrule.json` example.
-    pub const SEED: &str = r#"{
-      "RegionId": "2",
-      "appTrafficRule": [{
-          "trafficRuleId": "tr1", "filterType": "FLOW", "priority": 0,
-          "trafficFilter": [{"srcAddress": ["208930100001114"], "dstAddress": ["195.251.255.142"],
-                             "dstPort": ["80"], "Protocol": ["tcp"]}],
-          "action": "FORWARD",
-          "dstInterface": [{"interfaceType": "IP", "dstMACAddress": "00:11:22:33:44:55",
-                            "dstIPAddress": "172.16.0.111"}]
-      }],
-      "appDNSRule": [{"dnsRuleId": "111", "domainName": "pfrag.gr", "ipAddressType": "IP_V4",
-                      "ipAddress": "172.24.248.5", "ttl": 0}]
-    }"#;
+    /// The rules of the seed deployment's `trafficrule.json` example (shared with the
+    /// integration tests).
+    pub const SEED: &str = include_str!("../../tests/data/seed-trafficrule.json");
 }
