@@ -11,8 +11,8 @@
 //! - `journal-<gen>.jsonl` — changes since that snapshot.
 //!
 //! Every line is `<crc32 of the JSON, 8 hex digits> <format version> <JSON entry>\n`. A journal
-//! file is extended ahead of its entries with zero bytes ([`PREALLOCATE_BYTES`] at a time), and
-//! its entries end where the zeros begin. On start the newest snapshot is loaded and the
+//! file is kept extended ahead of its entries with zero bytes (by the flusher thread, off the
+//! records lock), and its entries end where the zeros begin. On start the newest snapshot is loaded and the
 //! journals from its generation on are replayed in order. A bad last line of the last journal
 //! is a write torn by a crash: it is logged and cut off. Anything else that does not check out
 //! (zeros followed by data included) stops the start with the file and byte offset, and the
@@ -42,11 +42,12 @@ const FORMAT_VERSION: u32 = 1;
 /// that of the snapshot alone, for at most five times the writes.
 const COMPACT_MIN_BYTES: u64 = 16 << 20;
 
-/// Journal files grow by this many zero bytes at a time, ahead of the entries written into
-/// them. An `fdatasync` after an entry then writes only that entry's pages: the file's size and
-/// block map are unchanged, so there is no file-system metadata to commit with it (measured
-/// with `examples/bench.rs`: p50 0.28 → 0.21 ms alone, and fewer, shorter flushes under load).
-/// The zeros cost one longer flush per extension (about 8 ms for 8 MiB here).
+/// Journal files hold zero bytes ahead of the entries written into them: this many when a file
+/// is opened (or an append finds too little room), at least half of it afterwards (the flusher
+/// adds [`EXTEND_AHEAD_BYTES`] at a time). An `fdatasync` after an entry then writes only that
+/// entry's pages: the file's size and block map are unchanged, so there is no file-system
+/// metadata to commit with it (measured with `examples/bench.rs`: p50 0.28 → 0.21 ms alone,
+/// and fewer, shorter flushes under load). The zeros cost one longer flush per extension.
 pub const PREALLOCATE_BYTES: u64 = 8 << 20;
 
 /// One change of the records, externally tagged (`{"put": {...}}`: an internally tagged enum
@@ -246,6 +247,8 @@ struct Shared {
     sync: Mutex<SyncState>,
     /// Signalled when an entry waits to be made durable (or the journal closes).
     wanted: Condvar,
+    /// Signalled (with the writer lock) when the flusher ends an extension.
+    extended: Condvar,
     /// Signalled when an `fsync` ends: flush `g` signals `synced[g % 2]`, which only the
     /// callers it covers wait on (waking the others would only put them back to sleep).
     synced: [Condvar; 2],
@@ -275,6 +278,8 @@ struct Writer {
     snapshot_bytes: u64,
     /// A compaction is running (only one at a time).
     compacting: bool,
+    /// The flusher is writing zeros past `allocated` (see [`extend_ahead`]).
+    extending: bool,
 }
 
 struct SyncState {
@@ -374,6 +379,7 @@ impl Journal {
                 allocated: last_allocated,
                 snapshot_bytes,
                 compacting: false,
+                extending: false,
             }),
             sync: Mutex::new(SyncState {
                 synced: 0,
@@ -384,6 +390,7 @@ impl Journal {
                 closing: false,
             }),
             wanted: Condvar::new(),
+            extended: Condvar::new(),
             synced: [Condvar::new(), Condvar::new()],
         });
         let flusher = if fsync {
@@ -422,7 +429,17 @@ impl Journal {
         let line = encode(entry);
         let mut w = self.writer();
         let end = w.bytes + line.len() as u64;
-        if end > w.allocated {
+        // The flusher keeps room ahead (off the records lock); this is for an entry larger
+        // than the room, or one that outruns it.
+        while end > w.allocated {
+            if w.extending {
+                w = self
+                    .shared
+                    .extended
+                    .wait(w)
+                    .unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
             w.allocated = extend(&w.file, w.allocated, end).map_err(io_err(&w.path))?;
         }
         // Over the zeros; a failed write is zeroed again (as far as that works) and the next
@@ -500,6 +517,7 @@ impl Journal {
             allocated: 0,
             snapshot_bytes: w.snapshot_bytes,
             compacting: true,
+            extending: false,
         };
         drop(w);
         let mut state = self.sync_state();
@@ -616,7 +634,38 @@ fn flush_loop(shared: &Shared) {
                 return;
             }
         }
+        drop(state);
+        extend_ahead(shared);
+        state = shared.sync_state();
     }
+}
+
+/// What [`extend_ahead`] adds at a time: short enough not to hold up the next flush for long.
+const EXTEND_AHEAD_BYTES: u64 = 1 << 20;
+
+/// Run by the flusher between flushes: when less than half a [`PREALLOCATE_BYTES`] of zeros
+/// is left ahead of the entries, writes [`EXTEND_AHEAD_BYTES`] more past them, outside every
+/// lock, so that appends (made under the records lock) do not have to.
+fn extend_ahead(shared: &Shared) {
+    let (file, from) = {
+        let mut w = shared.writer();
+        if w.extending || w.allocated - w.bytes >= PREALLOCATE_BYTES / 2 {
+            return;
+        }
+        w.extending = true;
+        (w.file.clone(), w.allocated)
+    };
+    // Nothing else writes past `allocated` while `extending` is set.
+    let written = write_zeros(&file, from, from + EXTEND_AHEAD_BYTES);
+    let mut w = shared.writer();
+    // A compaction may have started a new file meanwhile: the zeros then went to the old one.
+    if Arc::ptr_eq(&w.file, &file) {
+        if written.is_ok() {
+            w.allocated = from + EXTEND_AHEAD_BYTES;
+        }
+        w.extending = false;
+    }
+    shared.extended.notify_all();
 }
 
 /// Serialises one entry as a journal line.
@@ -1073,6 +1122,34 @@ mod tests {
         let len = fs::metadata(&path).unwrap().len();
         assert_eq!(len, 2 * PREALLOCATE_BYTES);
         assert_eq!(ids(&dir).unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn the_flusher_adds_room_ahead_once_less_than_half_a_step_is_left() {
+        let dir = temp_dir("ahead");
+        let path = dir.join(journal_name(1));
+        let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), PREALLOCATE_BYTES);
+        // Leaves less than half a step of zeros, without the append extending the file.
+        let big = Entry::Remove {
+            id: "x".repeat(PREALLOCATE_BYTES as usize * 5 / 8).into(),
+        };
+        j.wait(j.append(&big).unwrap()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while fs::metadata(&path).unwrap().len() == PREALLOCATE_BYTES {
+            assert!(std::time::Instant::now() < deadline, "no room added");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(j);
+        // One flusher step, not the append's own 8 MiB.
+        assert_eq!(
+            fs::metadata(&path).unwrap().len(),
+            PREALLOCATE_BYTES + EXTEND_AHEAD_BYTES
+        );
+        let data = fs::read(&path).unwrap();
+        let end = encode(&big).len();
+        assert!(data[end..].iter().all(|&b| b == 0));
+        assert!(ids(&dir).unwrap().is_empty(), "the entry replays");
     }
 
     #[test]
