@@ -155,10 +155,19 @@ impl Service {
 
     /// Start-up: a request caught PENDING by a crash was never acknowledged, so it is rolled
     /// back: it becomes FAILED and the reconciler removes what the journal says may have been
-    /// applied. A request caught DELETING is finished by the reconciler.
+    /// applied. A request caught DELETING is finished by the reconciler. The drivers are told
+    /// which steps of PENDING and FAILED requests may have been sent without their outcome
+    /// being seen (see [`Driver::outcome_unknown_after_restart`]).
     fn recover(&self) -> Result<(), StoreError> {
         let now = now_millis();
         for record in self.store.list(None) {
+            if matches!(record.status, Status::Pending | Status::Failed) {
+                if let Some(region) = self.region(&record.region_id) {
+                    for step in record.steps.iter().take(record.applied) {
+                        region.driver.outcome_unknown_after_restart(step);
+                    }
+                }
+            }
             if record.status != Status::Pending {
                 continue;
             }

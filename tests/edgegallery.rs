@@ -265,6 +265,62 @@ fn a_lost_post_answer_is_504_and_a_configuration_committed_later_is_removed() {
 }
 
 #[test]
+fn after_a_restart_a_404_is_not_taken_as_absence_while_the_creation_may_still_run() {
+    let fake = FakeEdgeGallery::start();
+    fake.require_token(TOKEN);
+    let dir = temp_dir("eg-restart");
+    let config = format!(
+        "{}{}",
+        server_section(""),
+        eg_region(
+            &fake.url(),
+            1000,
+            &format!("token_file = \"{}\"\n", token_file().display())
+        )
+    );
+    let p = Plugin::start_in(&config, &dir);
+    fake.stick();
+    let r = p.post(&traffic_and_dns());
+    r.problem(504);
+    let id = failed_id(&r);
+    // What this run saw of the creation (its task) goes with it.
+    p.stop();
+
+    let p = Plugin::start_in(&config, &dir);
+    let detail = |p: &Plugin| {
+        p.get(&format!("/service/requests/{id}")).json["statusDetail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // The MEP answers 404 while the task runs; the reconciler keeps coming back instead of
+    // believing it.
+    assert!(eventually(Duration::from_secs(3), || {
+        fake.calls().iter().filter(|c| c.method == "DELETE").count() >= 2
+    }));
+    assert!(
+        !detail(&p).contains("removed from the platform"),
+        "{}",
+        detail(&p)
+    );
+    assert!(fake.committed().is_empty());
+
+    fake.unstick();
+    assert_eq!(
+        fake.committed().len(),
+        1,
+        "the MEP finished the creation after all"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || fake.committed().is_empty()),
+        "and the plugin removes it: {:?}",
+        fake.calls()
+    );
+    assert!(eventually(Duration::from_secs(2), || detail(&p)
+        .contains("removed from the platform")));
+}
+
+#[test]
 fn a_problem_details_answer_is_502_with_its_detail_and_mep_code() {
     let fake = FakeEdgeGallery::start();
     let p = plugin(&fake);

@@ -27,8 +27,10 @@
 //! creation whose outcome it could not see — the `POST` answer was lost, or its task was still
 //! PROCESSING — and when removing it: first asks that task once (still PROCESSING: the removal
 //! fails now and the reconciler retries later), and takes a 404 as "absent" only after
-//! `2 × (timeout + poll_interval × poll_attempts)` since the creation was sent. A restart of
-//! the plugin forgets this; then a 404 is taken as absent at once.
+//! `2 × (timeout + poll_interval × poll_attempts)` since the creation was sent. The memory is
+//! rebuilt at start-up from the journal: every step of a request left PENDING or FAILED by the
+//! previous run is taken as such a creation sent at the restart (its task is not known), so a
+//! restart delays trusting a 404 by one window instead of trusting it at once.
 //!
 //! **Answers.** Error answers are refusals whose detail is the ProblemDetails `detail` with
 //! EdgeGallery's own code (its `status` member) when it differs from the HTTP status; `403`
@@ -500,6 +502,16 @@ impl Driver for EdgeGallery {
                 Err(e)
             }
         }
+    }
+
+    fn outcome_unknown_after_restart(&self, step: &Step) {
+        // Counted from now: the earlier run may have sent the POST up to its last moment.
+        self.unsettled()
+            .entry(step.target().to_string())
+            .or_insert(Unsettled {
+                task: None,
+                since: Instant::now(),
+            });
     }
 
     fn remove(&self, step: &Step) -> Result<(), MepError> {

@@ -168,6 +168,14 @@ pub trait Driver: Send + Sync {
     fn same_rule(&self, a: &Step, b: &Step) -> bool {
         a == b
     }
+
+    /// Start-up: `step` may have been sent by an earlier run of the plugin that ended before
+    /// it saw the outcome (a request caught PENDING, or FAILED with the step possibly applied),
+    /// and is about to be removed. For a platform that may still be working on it, a removal
+    /// must not trust an absence too early. Nothing to do by default.
+    fn outcome_unknown_after_restart(&self, step: &Step) {
+        let _ = step;
+    }
 }
 
 /// Builds the driver a region's `[region.mep]` section asks for.
