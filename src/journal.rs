@@ -487,6 +487,13 @@ impl Journal {
         }
     }
 
+    /// Stops the journal for good: every caller waiting, and every later one, gets `reason`.
+    fn fail(&self, reason: String) {
+        let mut state = self.sync_state();
+        state.failed.get_or_insert(reason);
+        self.shared.synced.iter().for_each(Condvar::notify_all);
+    }
+
     /// True when the journal has grown enough to be worth compacting.
     pub fn wants_compaction(&self) -> bool {
         let w = self.writer();
@@ -502,7 +509,14 @@ impl Journal {
         if w.compacting {
             return Ok(None);
         }
-        w.file.sync_data().map_err(io_err(&w.path))?;
+        if let Err(e) = sync_data(&w.file) {
+            // As after a failed flush: what the page cache held may be lost, and a later
+            // fsync of the same file would not say so.
+            let path = w.path.clone();
+            drop(w);
+            self.fail(format!("fsync of {} failed: {e}", path.display()));
+            return Err(io_err(&path)(e));
+        }
         let generation = w.generation + 1;
         let path = self.dir.join(journal_name(generation));
         let file = open_journal(&path)?;
@@ -621,7 +635,7 @@ fn flush_loop(shared: &Shared) {
         state.flushing = upto;
         let flush = state.flushes;
         drop(state);
-        let result = file.sync_data();
+        let result = sync_data(&file);
         state = shared.sync_state();
         match result {
             Ok(()) => {
@@ -638,6 +652,15 @@ fn flush_loop(shared: &Shared) {
         extend_ahead(shared);
         state = shared.sync_state();
     }
+}
+
+/// `fdatasync` of a journal file. Tests can make the next one fail.
+fn sync_data(file: &File) -> io::Result<()> {
+    #[cfg(test)]
+    if tests::FAIL_NEXT_SYNC.with(|fail| fail.replace(false)) {
+        return Err(io::Error::other("injected fsync failure"));
+    }
+    file.sync_data()
 }
 
 /// What [`extend_ahead`] adds at a time: short enough not to hold up the next flush for long.
@@ -915,6 +938,11 @@ fn take_lock(dir: &Path) -> Result<File, JournalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Makes the next [`sync_data`] called on this thread fail.
+        pub(super) static FAIL_NEXT_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("mec-journal-{name}-{}", std::process::id()));
@@ -1286,6 +1314,23 @@ mod tests {
             !dir.join(journal_name(1)).exists(),
             "the replaced journal is cleaned up"
         );
+    }
+
+    #[test]
+    fn a_failed_fsync_at_the_start_of_a_compaction_stops_the_journal() {
+        let dir = temp_dir("rotate-fails");
+        let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+        j.wait(j.append(&put("a")).unwrap()).unwrap();
+        let b = j.append(&put("b")).unwrap();
+        // The rotation's fsync (on this thread) fails; the flusher's own would succeed.
+        FAIL_NEXT_SYNC.with(|fail| fail.set(true));
+        let err = j.rotate().unwrap_err().to_string();
+        assert!(err.contains("injected fsync failure"), "{err}");
+        // What that fsync should have made durable is never acknowledged, nor anything later.
+        let err = j.wait(b).unwrap_err().to_string();
+        assert!(err.contains("injected fsync failure"), "{err}");
+        let err = j.wait(j.append(&put("c")).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("fsync"), "{err}");
     }
 
     #[test]
