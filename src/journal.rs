@@ -42,9 +42,12 @@ const FORMAT_VERSION: u32 = 1;
 /// that of the snapshot alone, for at most five times the writes.
 const COMPACT_MIN_BYTES: u64 = 16 << 20;
 
-/// Journal files hold zero bytes ahead of the entries written into them: this many when a file
-/// is opened (or an append finds too little room), at least half of it afterwards (the flusher
-/// adds [`EXTEND_AHEAD_BYTES`] at a time). An `fdatasync` after an entry then writes only that
+/// Journal files hold zero bytes ahead of the entries written into them: this many when the
+/// journal is opened at start-up, then the flusher keeps at least half of it ahead, adding
+/// [`EXTEND_AHEAD_BYTES`] after a flush when less is left. A file started by a compaction, or an
+/// entry larger than the room, grows the file by itself until then: zeros are never written
+/// under the records lock (8 MiB of them there, then in the next flush, made the compactions'
+/// latency spikes: max latency 32–56 → 21–32 ms, p99 3.32 → 2.91 ms mean, 5 pairs of 12-s runs). An `fdatasync` after an entry then writes only that
 /// entry's pages: the file's size and block map are unchanged, so there is no file-system
 /// metadata to commit with it (measured with `examples/bench.rs`: p50 0.28 → 0.21 ms alone,
 /// and fewer, shorter flushes under load). The zeros cost one longer flush per extension.
@@ -440,7 +443,9 @@ impl Journal {
                     .unwrap_or_else(|p| p.into_inner());
                 continue;
             }
-            w.allocated = extend(&w.file, w.allocated, end).map_err(io_err(&w.path))?;
+            // The entry grows the file by itself (no zeros written under the records lock);
+            // the flusher adds room ahead again after its next flush.
+            w.allocated = end;
         }
         // Over the zeros; a failed write is zeroed again (as far as that works) and the next
         // entry is written in its place.
@@ -1140,15 +1145,18 @@ mod tests {
         assert!(data[2 * line_len as usize..].iter().all(|&b| b == 0));
         assert_eq!(ids(&dir).unwrap(), ["a", "b"]);
 
-        // An entry larger than what is left extends the file by another step.
+        // An entry larger than what is left grows the file by itself, without writing a step
+        // of zeros under the records lock; the flusher adds room after it.
         let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
         let big = Entry::Remove {
             id: "x".repeat(PREALLOCATE_BYTES as usize).into(),
         };
         j.wait(j.append(&big).unwrap()).unwrap();
         drop(j);
-        let len = fs::metadata(&path).unwrap().len();
-        assert_eq!(len, 2 * PREALLOCATE_BYTES);
+        let data = fs::read(&path).unwrap();
+        let end = 2 * line_len as usize + encode(&big).len();
+        assert!(data.len() >= end && data.len() <= end + EXTEND_AHEAD_BYTES as usize);
+        assert!(data[end..].iter().all(|&b| b == 0));
         assert_eq!(ids(&dir).unwrap(), ["a", "b"]);
     }
 
