@@ -272,9 +272,11 @@ fn after_a_restart_a_404_is_not_taken_as_absence_while_the_creation_may_still_ru
     let config = format!(
         "{}{}",
         server_section(""),
+        // A long timeout only widens the settle window (2 × (3 s + 5 × 20 ms)): the test
+        // must see the MEP commit inside it even on a slow machine.
         eg_region(
             &fake.url(),
-            1000,
+            3000,
             &format!("token_file = \"{}\"\n", token_file().display())
         )
     );
