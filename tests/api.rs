@@ -286,6 +286,26 @@ fn delete_removes_the_rules_then_answers_201() {
 }
 
 #[test]
+fn a_rule_two_requests_share_under_other_rule_ids_stays_until_the_last_one_is_deleted() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let first = created_id(&p.post(DNS));
+    // The same redirect (domain and address) under another rule id: one rule on LL-MEC,
+    // which keys rules by their body.
+    let second = created_id(&p.post(&DNS.replace(r#""111""#, r#""222""#)));
+    assert_eq!(mep.installed().len(), 1, "{:?}", mep.installed());
+    assert_eq!(p.delete(&first).status, 201);
+    assert_eq!(
+        mep.installed().len(),
+        1,
+        "the second request still needs it: {:?}",
+        mep.calls()
+    );
+    assert_eq!(p.delete(&second).status, 201);
+    assert!(mep.installed().is_empty(), "{:?}", mep.installed());
+}
+
+#[test]
 fn a_delete_the_platform_refuses_is_accepted_and_finished_by_the_reconciler() {
     let mep = FakeLlMec::start();
     let p = plugin_with(&mep, 500, "");

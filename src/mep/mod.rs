@@ -164,9 +164,11 @@ pub trait Driver: Send + Sync {
     fn remove(&self, step: &Step) -> Result<(), MepError>;
 
     /// Whether two steps set the same rule on the platform, so that removing one removes the
-    /// other. By default: identical calls (LL-MEC keys a rule by its body).
+    /// other. By default: identical calls, i.e. the same target and body (LL-MEC keys a rule
+    /// by its body). The labels do not count: they name the request's own rule ids, and two
+    /// requests may send the same redirect under different ids.
     fn same_rule(&self, a: &Step, b: &Step) -> bool {
-        a == b
+        a.target() == b.target() && a.body() == b.body()
     }
 
     /// Start-up: `step` may have been sent by an earlier run of the plugin that ended before
