@@ -28,7 +28,8 @@
 //! `replay` writes `--records` (default 100,000) records into a state directory through the
 //! real store, the way the service records a creation of `examples/traffic-and-dns.json`
 //! against LL-MEC (PENDING with its first step, one update per further step, CREATED), then
-//! times their replay by `Store::open` in fresh child processes (median of 3), which also
+//! times their replay by `Store::open` (and the index of platform rules the service builds
+//! next) in fresh child processes (median of 3), which also
 //! report their resident memory before and after; then the same after a compaction (snapshot).
 //! `all` runs both.
 //!
@@ -55,7 +56,7 @@ use std::time::{Duration, Instant};
 use mec_plugin::app::App;
 use mec_plugin::config::{Config, DriverKind, MepConfig, RegionConfig};
 use mec_plugin::mep::agent::MepClient;
-use mec_plugin::mep::{Driver, MepError, Refusal, Step};
+use mec_plugin::mep::{Driver, MepError, Refusal, RuleIdentity, Step};
 use mec_plugin::model::{CreationRequest, Status, parse_creation};
 use mec_plugin::service::{Region, Service};
 use mec_plugin::store::{Record, Store};
@@ -1292,6 +1293,8 @@ fn replay_child(dir: &Path) {
     let before = status_kb("VmRSS");
     let t = Instant::now();
     let (store, stats) = Store::open(dir, true).expect("replay");
+    // As the service does before it serves: the index of the platform rules the records hold.
+    store.index_rules([("2", RuleIdentity::Call)]);
     let ms = t.elapsed().as_secs_f64() * 1000.0;
     let after = status_kb("VmRSS");
     let hwm = status_kb("VmHWM");

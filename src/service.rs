@@ -117,6 +117,11 @@ impl Service {
     }
 
     pub fn with_store(regions: Vec<Region>, store: Store, retry: RetryPolicy) -> Service {
+        store.index_rules(
+            regions
+                .iter()
+                .map(|r| (r.config.id.as_str(), r.driver.rule_identity())),
+        );
         Service {
             regions,
             store,
@@ -504,7 +509,7 @@ impl Service {
         for k in (0..applied).rev() {
             if self
                 .store
-                .release_if_shared(id, k, now_millis(), |a, b| region.driver.same_rule(a, b))
+                .release_if_shared(id, k, now_millis(), region.driver.rule_identity())
                 .map_err(Undo::State)?
             {
                 continue;

@@ -67,7 +67,7 @@ use serde_json::Number;
 
 use super::agent::MepClient;
 use super::wire::{Filter, TokenKey, Tunnel, action_name, path_segment};
-use super::{Driver, MepError, Refusal, Step};
+use super::{Driver, MepError, Refusal, RuleIdentity, Step};
 use crate::config::{DriverKind, MepConfig};
 use crate::model::integral;
 use crate::model::{
@@ -312,8 +312,8 @@ impl Driver for EtsiMec011 {
 
     /// A MEC 011 rule is identified by its path (application and rule id), whatever the
     /// content two requests gave it: deactivating it affects every request that activated it.
-    fn same_rule(&self, a: &Step, b: &Step) -> bool {
-        a.target() == b.target()
+    fn rule_identity(&self) -> RuleIdentity {
+        RuleIdentity::Target
     }
 
     fn plan(&self, request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal> {

@@ -163,12 +163,10 @@ pub trait Driver: Send + Sync {
     /// success: removal is idempotent.
     fn remove(&self, step: &Step) -> Result<(), MepError>;
 
-    /// Whether two steps set the same rule on the platform, so that removing one removes the
-    /// other. By default: identical calls, i.e. the same target and body (LL-MEC keys a rule
-    /// by its body). The labels do not count: they name the request's own rule ids, and two
-    /// requests may send the same redirect under different ids.
-    fn same_rule(&self, a: &Step, b: &Step) -> bool {
-        a.target() == b.target() && a.body() == b.body()
+    /// What makes two steps the same rule on the platform, so that removing one removes the
+    /// other. By default: the same call ([`RuleIdentity::Call`]).
+    fn rule_identity(&self) -> RuleIdentity {
+        RuleIdentity::Call
     }
 
     /// Start-up: `step` may have been sent by an earlier run of the plugin that ended before
@@ -177,6 +175,25 @@ pub trait Driver: Send + Sync {
     /// must not trust an absence too early. Nothing to do by default.
     fn outcome_unknown_after_restart(&self, step: &Step) {
         let _ = step;
+    }
+}
+
+/// What makes two steps of a region one rule on its platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleIdentity {
+    /// The same call: target and body (LL-MEC keys a rule by its body). The labels do not
+    /// count: they name the request's own rule ids, and two requests may send the same
+    /// redirect under different ids.
+    Call,
+    /// The same target, whatever the body (a MEC 011 rule is its path: deactivating it
+    /// affects every request that activated it).
+    Target,
+}
+
+impl RuleIdentity {
+    /// Whether `a` and `b` are one rule on the platform.
+    pub fn same(self, a: &Step, b: &Step) -> bool {
+        a.target() == b.target() && (self == RuleIdentity::Target || a.body() == b.body())
     }
 }
 
