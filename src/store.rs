@@ -133,10 +133,14 @@ pub struct Store {
 /// makes two steps one rule there ([`RuleIdentity`]): [`Store::release_if_shared`] asks it
 /// instead of scanning every record (10–16 ms under the lock for 100,000 records). A count no
 /// larger than the record's own steps proves that no other record holds the rule; anything
-/// more (a shared rule, or two fingerprints that collide) is checked by the scan. Off until
-/// [`Store::index_rules`] gives the regions' identities.
+/// more (a shared rule, or two fingerprints that collide) is checked by the scan. Known once
+/// [`Store::index_rules`] gives the regions' identities; counted when first needed (counting
+/// 100,000 records takes ~60 ms, which start-up does not wait for).
 #[derive(Default)]
 struct RuleIndex {
+    /// The identities are known.
+    known: bool,
+    /// `counts` holds every applied step.
     on: bool,
     identities: HashMap<Arc<str>, RuleIdentity>,
     counts: HashMap<u64, u32>,
@@ -152,13 +156,7 @@ impl RuleIndex {
     }
 
     fn key(&self, region: &str, step: &Step) -> u64 {
-        let mut h = DefaultHasher::new();
-        region.hash(&mut h);
-        step.target().hash(&mut h);
-        if self.identity(region) == RuleIdentity::Call {
-            step.body().hash(&mut h);
-        }
-        h.finish()
+        key(region, self.identity(region), step)
     }
 
     /// `record.steps[range]` became applied (`add`) or stopped being applied.
@@ -166,8 +164,9 @@ impl RuleIndex {
         if !self.on {
             return;
         }
+        let identity = self.identity(&record.region_id);
         for step in &record.steps[range] {
-            let key = self.key(&record.region_id, step);
+            let key = key(&record.region_id, identity, step);
             if add {
                 *self.counts.entry(key).or_default() += 1;
             } else if let Some(n) = self.counts.get_mut(&key) {
@@ -205,6 +204,29 @@ impl RuleIndex {
             .count();
         total > own
     }
+}
+
+/// Counts the rules of all `records` into `rules`, unless done or not possible yet.
+fn count_all(records: &BTreeMap<Arc<str>, Record>, rules: &mut RuleIndex) {
+    if !rules.known || rules.on {
+        return;
+    }
+    rules.on = true;
+    rules.counts = HashMap::with_capacity(records.values().map(|r| r.applied).sum());
+    for record in records.values() {
+        rules.count(record, 0..record.applied, true);
+    }
+}
+
+/// The fingerprint of the platform rule `step` sets in `region`.
+fn key(region: &str, identity: RuleIdentity, step: &Step) -> u64 {
+    let mut h = DefaultHasher::new();
+    region.hash(&mut h);
+    step.target().hash(&mut h);
+    if identity == RuleIdentity::Call {
+        step.body().hash(&mut h);
+    }
+    h.finish()
 }
 
 /// The region ids the records share.
@@ -259,23 +281,30 @@ impl Store {
         ))
     }
 
-    /// Counts the rules of every record from now on, given what makes two steps one rule in
-    /// each region (regions not listed count as [`RuleIdentity::Call`]). Called once the
-    /// drivers are known.
+    /// Says what makes two steps one rule in each region (regions not listed count as
+    /// [`RuleIdentity::Call`]), so that the rules the records hold can be counted (at the
+    /// first [`release_if_shared`](Store::release_if_shared), or [`count_rules`]). Called once
+    /// the drivers are known.
+    ///
+    /// [`count_rules`]: Store::count_rules
     pub fn index_rules<'a>(&self, identities: impl IntoIterator<Item = (&'a str, RuleIdentity)>) {
-        let records = self.lock();
-        let mut rules = self.rules();
-        *rules = RuleIndex {
-            on: true,
+        let _records = self.lock();
+        *self.rules() = RuleIndex {
+            known: true,
+            on: false,
             identities: identities
                 .into_iter()
                 .map(|(region, identity)| (Arc::from(region), identity))
                 .collect(),
             counts: HashMap::new(),
         };
-        for record in records.values() {
-            rules.count(record, 0..record.applied, true);
-        }
+    }
+
+    /// Counts the rules every record holds now, if [`index_rules`](Store::index_rules) was
+    /// called and they are not counted yet.
+    pub fn count_rules(&self) {
+        let records = self.lock();
+        count_all(&records, &mut self.rules());
     }
 
     /// The rule index; taken only with the records lock held.
@@ -403,6 +432,7 @@ impl Store {
         let seq = {
             let mut records = self.lock();
             let mut rules = self.rules();
+            count_all(&records, &mut rules);
             let Some(record) = records.get(id) else {
                 return Ok(false);
             };
@@ -597,6 +627,7 @@ mod tests {
     fn the_rule_index_tells_shared_rules_by_the_regions_identity() {
         let s = Store::in_memory();
         s.index_rules([("call", RuleIdentity::Call), ("path", RuleIdentity::Target)]);
+        s.count_rules();
         // Same target, other body, other label: one rule by path, two calls.
         let (x, y) = (
             Step::new("rule x", "/t", "1"),
@@ -650,6 +681,7 @@ mod tests {
     fn the_rule_index_stays_equal_to_a_recount_through_every_kind_of_change() {
         let s = Store::in_memory();
         s.index_rules([("1", RuleIdentity::Call), ("2", RuleIdentity::Target)]);
+        s.count_rules();
         let steps: Vec<Step> = (0..4)
             .map(|i| Step::new(&format!("l{i}"), &format!("/t{}", i % 2), &format!("b{i}")))
             .collect();
