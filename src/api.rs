@@ -367,7 +367,7 @@ fn check_json_content_type(request: &Request) -> Result<(), ApiError> {
     }
 }
 
-fn records_response(records: &[Record], style: ApiStyle) -> Result<Response, ApiError> {
+fn records_response(records: &[Arc<Record>], style: ApiStyle) -> Result<Response, ApiError> {
     let views = records
         .iter()
         .map(|r| RecordView::new(r, style))

@@ -144,7 +144,7 @@ impl Service {
         self.store.get(id)
     }
 
-    pub fn list(&self, region_id: Option<&str>) -> Vec<Record> {
+    pub fn list(&self, region_id: Option<&str>) -> Vec<Arc<Record>> {
         self.store.list(region_id)
     }
 

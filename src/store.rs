@@ -119,7 +119,10 @@ pub type StoreError = JournalError;
 
 /// All records, keyed by request id (the key is the record's own `id`, not a copy).
 pub struct Store {
-    records: Mutex<BTreeMap<Arc<str>, Record>>,
+    /// Each record behind its own `Arc`, so that a listing or a compaction copies pointers
+    /// under the lock, not records (a change replaces the `Arc`, or copies a record still
+    /// shared with a listing).
+    records: Mutex<BTreeMap<Arc<str>, Arc<Record>>>,
     /// One copy of each region id for all the records of the region. Region ids are few and
     /// come from the configuration (or from a journal written with an older one), so they are
     /// never forgotten.
@@ -207,7 +210,7 @@ impl RuleIndex {
 }
 
 /// Counts the rules of all `records` into `rules`, unless done or not possible yet.
-fn count_all(records: &BTreeMap<Arc<str>, Record>, rules: &mut RuleIndex) {
+fn count_all(records: &BTreeMap<Arc<str>, Arc<Record>>, rules: &mut RuleIndex) {
     if !rules.known || rules.on {
         return;
     }
@@ -269,7 +272,10 @@ impl Store {
         })?;
         let mut sorted: Vec<(Arc<str>, Record)> = replayed.into_iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let records: BTreeMap<Arc<str>, Record> = sorted.into_iter().collect();
+        let records: BTreeMap<Arc<str>, Arc<Record>> = sorted
+            .into_iter()
+            .map(|(id, record)| (id, Arc::new(record)))
+            .collect();
         Ok((
             Store {
                 records: Mutex::new(records),
@@ -312,7 +318,7 @@ impl Store {
         self.rules.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<Arc<str>, Record>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<Arc<str>, Arc<Record>>> {
         // Every mutation is journaled then applied as plain assignments, so a panic while
         // holding the lock cannot leave a half-changed record: a poisoned lock is usable.
         self.records.lock().unwrap_or_else(|p| p.into_inner())
@@ -346,7 +352,7 @@ impl Store {
             let mut records = self.lock();
             let seq = self.write(&record.to_entry())?;
             self.rules().count(&record, 0..record.applied, true);
-            records.insert(record.id.clone(), record);
+            records.insert(record.id.clone(), Arc::new(record));
             seq
         };
         self.durable(seq)
@@ -354,12 +360,12 @@ impl Store {
 
     /// A copy of one record (cheap: the request and steps are shared).
     pub fn get(&self, id: &str) -> Option<Record> {
-        self.lock().get(id).cloned()
+        self.lock().get(id).map(|r| Record::clone(r))
     }
 
-    /// Copies of all records, or of one region's, in id order. The lock is released before
-    /// the caller serialises them.
-    pub fn list(&self, region_id: Option<&str>) -> Vec<Record> {
+    /// All records, or one region's, in id order: shared, not copied (one pointer each under
+    /// the lock). The lock is released before the caller serialises them.
+    pub fn list(&self, region_id: Option<&str>) -> Vec<Arc<Record>> {
         self.lock()
             .values()
             .filter(|r| region_id.is_none_or(|id| *r.region_id == *id))
@@ -375,6 +381,7 @@ impl Store {
             .values_mut()
             .filter(|r| pick(r))
             .map(|r| {
+                let r = Arc::make_mut(r);
                 let applied = r.applied;
                 mark(r);
                 debug_assert_eq!(applied, r.applied, "claim changed what {} holds", r.id);
@@ -396,7 +403,7 @@ impl Store {
             let Some(record) = records.get_mut(id) else {
                 return Ok(None);
             };
-            let mut changed = record.clone();
+            let mut changed = Record::clone(record);
             let result = change(&mut changed);
             debug_assert!(
                 Arc::ptr_eq(&changed.steps, &record.steps)
@@ -409,7 +416,7 @@ impl Store {
                 0
             };
             self.rules().moved(&changed, record.applied);
-            *record = changed;
+            *record = Arc::new(changed);
             (result, seq)
         };
         self.durable(seq)?;
@@ -448,7 +455,7 @@ impl Store {
             if !shared {
                 return Ok(false);
             }
-            let record = records.get_mut(id).expect("looked up above");
+            let record = Arc::make_mut(records.get_mut(id).expect("looked up above"));
             let before = record.applied;
             record.applied = k;
             record.last_modified = now;
@@ -471,7 +478,7 @@ impl Store {
             if let Some(r) = &record {
                 self.rules().count(r, 0..r.applied, false);
             }
-            (record, seq)
+            (record.map(Arc::unwrap_or_clone), seq)
         };
         self.durable(seq)?;
         Ok(record)
@@ -488,7 +495,11 @@ impl Store {
         pick: impl Fn(&Record) -> bool,
         key: impl Fn(&Record) -> i64,
     ) -> Option<i64> {
-        self.lock().values().filter(|r| pick(r)).map(key).min()
+        self.lock()
+            .values()
+            .filter(|r| pick(r))
+            .map(|r| key(r))
+            .min()
     }
 
     pub fn len(&self) -> usize {
@@ -515,7 +526,7 @@ impl Store {
             };
             (generation, records.values().cloned().collect::<Vec<_>>())
         };
-        journal.write_snapshot(generation, copy.iter().map(Record::to_entry))?;
+        journal.write_snapshot(generation, copy.iter().map(|r| r.to_entry()))?;
         Ok(true)
     }
 }
@@ -799,7 +810,7 @@ mod tests {
             };
             s.remove("r1").unwrap();
             journal
-                .write_snapshot(generation, s.list(None).iter().map(Record::to_entry))
+                .write_snapshot(generation, s.list(None).iter().map(|r| r.to_entry()))
                 .unwrap();
         }
         let (s, _) = Store::open(&dir, true).unwrap();
