@@ -509,7 +509,7 @@ impl Service {
         for k in (0..applied).rev() {
             if self
                 .store
-                .release_if_shared(id, k, now_millis(), region.driver.rule_identity())
+                .release_if_shared(id, k, now_millis())
                 .map_err(Undo::State)?
             {
                 continue;

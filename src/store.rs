@@ -193,10 +193,10 @@ impl RuleIndex {
         }
     }
 
-    /// Whether steps of records other than `record` may hold the rule of `step` by `identity`
-    /// (false is certain; true is to be checked).
-    fn may_be_shared(&self, record: &Record, step: &Step, identity: RuleIdentity) -> bool {
-        if !self.on || self.identity(&record.region_id) != identity {
+    /// Whether steps of records other than `record` may hold the rule of `step` (false is
+    /// certain; true is to be checked).
+    fn may_be_shared(&self, record: &Record, step: &Step) -> bool {
+        if !self.on {
             return true;
         }
         let key = self.key(&record.region_id, step);
@@ -424,18 +424,13 @@ impl Store {
     }
 
     /// Lowers record `id`'s applied count to `k` without a platform call if another record of
-    /// the same region also holds the platform rule of `steps[k]` (`same_rule` says when two
-    /// steps are one rule on the platform: LL-MEC keys rules by body, MEC 011 by path), since
+    /// the same region also holds the platform rule of `steps[k]` (the region's
+    /// [`RuleIdentity`], given to [`index_rules`](Store::index_rules), says when two steps are
+    /// one rule on the platform: LL-MEC keys rules by body, MEC 011 by path), since
     /// removing it would take it from the other request too. Returns whether it did. Check and
     /// release are one step under the lock, so of two requests sharing a rule exactly one
     /// removes it from the platform.
-    pub fn release_if_shared(
-        &self,
-        id: &str,
-        k: usize,
-        now: i64,
-        identity: RuleIdentity,
-    ) -> Result<bool, StoreError> {
+    pub fn release_if_shared(&self, id: &str, k: usize, now: i64) -> Result<bool, StoreError> {
         let seq = {
             let mut records = self.lock();
             let mut rules = self.rules();
@@ -444,7 +439,8 @@ impl Store {
                 return Ok(false);
             };
             let step = &record.steps[k];
-            let shared = rules.may_be_shared(record, step, identity)
+            let identity = rules.identity(&record.region_id);
+            let shared = rules.may_be_shared(record, step)
                 && records.values().any(|r| {
                     *r.id != *id
                         && r.region_id == record.region_id
@@ -619,17 +615,17 @@ mod tests {
             s.insert(r).unwrap();
         }
         assert!(
-            s.release_if_shared("a", 0, 2, RuleIdentity::Call).unwrap(),
+            s.release_if_shared("a", 0, 2).unwrap(),
             "b holds the same step in region 1"
         );
         assert_eq!(s.get("a").unwrap().applied, 0);
         assert!(
-            !s.release_if_shared("b", 0, 2, RuleIdentity::Call).unwrap(),
+            !s.release_if_shared("b", 0, 2).unwrap(),
             "a released it: b must remove it"
         );
         assert_eq!(s.get("b").unwrap().applied, 1);
         assert!(
-            !s.release_if_shared("c", 0, 2, RuleIdentity::Call).unwrap(),
+            !s.release_if_shared("c", 0, 2).unwrap(),
             "region 2 shares nothing with region 1"
         );
     }
@@ -655,22 +651,16 @@ mod tests {
             r.applied = 1;
             s.insert(r).unwrap();
         }
-        assert!(!s.release_if_shared("a", 0, 2, RuleIdentity::Call).unwrap());
-        assert!(
-            s.release_if_shared("c", 0, 2, RuleIdentity::Target)
-                .unwrap()
-        );
-        assert!(
-            !s.release_if_shared("d", 0, 2, RuleIdentity::Target)
-                .unwrap()
-        );
+        assert!(!s.release_if_shared("a", 0, 2).unwrap());
+        assert!(s.release_if_shared("c", 0, 2).unwrap());
+        assert!(!s.release_if_shared("d", 0, 2).unwrap());
         // Same call under another label: shared.
         let mut r = record("e", "call");
         r.steps = Arc::from([Step::new("rule x again", "/t", "1")]);
         r.applied = 1;
         s.insert(r).unwrap();
-        assert!(s.release_if_shared("e", 0, 2, RuleIdentity::Call).unwrap());
-        assert!(!s.release_if_shared("a", 0, 2, RuleIdentity::Call).unwrap());
+        assert!(s.release_if_shared("e", 0, 2).unwrap());
+        assert!(!s.release_if_shared("a", 0, 2).unwrap());
         let expected = counted(&s);
         assert_eq!(s.rules().counts, expected);
     }
@@ -726,9 +716,7 @@ mod tests {
                 }
                 3 => {
                     if let Some(r) = s.get(&id).filter(|r| r.applied > 0) {
-                        let identity = s.rules().identity(&r.region_id);
-                        s.release_if_shared(&id, r.applied - 1, round, identity)
-                            .unwrap();
+                        s.release_if_shared(&id, r.applied - 1, round).unwrap();
                     }
                 }
                 _ => {
