@@ -12,8 +12,9 @@
 //!
 //! Every line is `<crc32 of the JSON, 8 hex digits> <format version> <JSON entry>\n`. A journal
 //! file is kept extended ahead of its entries with zero bytes (by the flusher thread, off the
-//! records lock), and its entries end where the zeros begin. On start the newest snapshot is loaded and the
-//! journals from its generation on are replayed in order. A bad last line of the last journal
+//! records lock), and its entries end where the zeros begin (or at the end of the file). On
+//! start the newest snapshot is loaded and the journals from its generation on are replayed in
+//! order. A bad last line of the last journal
 //! is a write torn by a crash: it is logged and cut off. Anything else that does not check out
 //! (zeros followed by data included) stops the start with the file and byte offset, and the
 //! file is left as it is.
@@ -44,13 +45,16 @@ const COMPACT_MIN_BYTES: u64 = 16 << 20;
 
 /// Journal files hold zero bytes ahead of the entries written into them: this many when the
 /// journal is opened at start-up, then the flusher keeps at least half of it ahead, adding
-/// [`EXTEND_AHEAD_BYTES`] after a flush when less is left. A file started by a compaction, or an
-/// entry larger than the room, grows the file by itself until then: zeros are never written
-/// under the records lock (8 MiB of them there, then in the next flush, made the compactions'
-/// latency spikes: max latency 32–56 → 21–32 ms, p99 3.32 → 2.91 ms mean, 5 pairs of 12-s runs). An `fdatasync` after an entry then writes only that
-/// entry's pages: the file's size and block map are unchanged, so there is no file-system
-/// metadata to commit with it (measured with `examples/bench.rs`: p50 0.28 → 0.21 ms alone,
-/// and fewer, shorter flushes under load). The zeros cost one longer flush per extension.
+/// [`EXTEND_AHEAD_BYTES`] after a flush when less is left. An `fdatasync` after an entry then
+/// writes only that entry's pages: the file's size and block map are unchanged, so there is no
+/// file-system metadata to commit with it (measured with `examples/bench.rs`: p50 0.28 → 0.21
+/// ms alone, and fewer, shorter flushes under load). The zeros cost one longer flush per
+/// extension.
+///
+/// A file started by a compaction, or an entry larger than the room, grows the file by itself
+/// until the flusher adds room: zeros are never written under the records lock (8 MiB of them
+/// there, written out by the next flush, made the compactions' latency spikes: max latency
+/// 32–56 → 21–32 ms, p99 mean 3.32 → 2.91 ms, 5 pairs of 12-s runs).
 pub const PREALLOCATE_BYTES: u64 = 8 << 20;
 
 /// One change of the records, externally tagged (`{"put": {...}}`: an internally tagged enum
@@ -265,6 +269,15 @@ impl Shared {
     fn sync_state(&self) -> MutexGuard<'_, SyncState> {
         self.sync.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Stops the journal for good after a failed `fsync`: the page cache may have dropped
+    /// what it held, and a later `fsync` of the same file would not say so. Every caller
+    /// waiting, and every later one, gets `reason`.
+    fn fail(&self, reason: String) {
+        let mut state = self.sync_state();
+        state.failed.get_or_insert(reason);
+        self.synced.iter().for_each(Condvar::notify_all);
+    }
 }
 
 struct Writer {
@@ -369,7 +382,7 @@ impl Journal {
         // Room for the first entries now rather than in the first request's time.
         if last_allocated < last_len + PREALLOCATE_BYTES / 2 {
             last_allocated = extend(&file, last_allocated, last_len + PREALLOCATE_BYTES / 2)
-                .and_then(|to| file.sync_data().map(|()| to))
+                .and_then(|to| sync_data(&file).map(|()| to))
                 .map_err(io_err(&path))?;
         }
         let shared = Arc::new(Shared {
@@ -432,21 +445,17 @@ impl Journal {
         let line = encode(entry);
         let mut w = self.writer();
         let end = w.bytes + line.len() as u64;
-        // The flusher keeps room ahead (off the records lock); this is for an entry larger
-        // than the room, or one that outruns it.
-        while end > w.allocated {
-            if w.extending {
-                w = self
-                    .shared
-                    .extended
-                    .wait(w)
-                    .unwrap_or_else(|p| p.into_inner());
-                continue;
-            }
-            // The entry grows the file by itself (no zeros written under the records lock);
-            // the flusher adds room ahead again after its next flush.
-            w.allocated = end;
+        // The flusher keeps room ahead (off the records lock). An entry larger than the room,
+        // or one that outruns it, grows the file by itself (no zeros written under the records
+        // lock), once the flusher is not writing zeros there.
+        while end > w.allocated && w.extending {
+            w = self
+                .shared
+                .extended
+                .wait(w)
+                .unwrap_or_else(|p| p.into_inner());
         }
+        w.allocated = w.allocated.max(end);
         // Over the zeros; a failed write is zeroed again (as far as that works) and the next
         // entry is written in its place.
         if let Err(e) = w.file.write_all_at(line.as_bytes(), w.bytes) {
@@ -492,13 +501,6 @@ impl Journal {
         }
     }
 
-    /// Stops the journal for good: every caller waiting, and every later one, gets `reason`.
-    fn fail(&self, reason: String) {
-        let mut state = self.sync_state();
-        state.failed.get_or_insert(reason);
-        self.shared.synced.iter().for_each(Condvar::notify_all);
-    }
-
     /// True when the journal has grown enough to be worth compacting.
     pub fn wants_compaction(&self) -> bool {
         let w = self.writer();
@@ -515,11 +517,10 @@ impl Journal {
             return Ok(None);
         }
         if let Err(e) = sync_data(&w.file) {
-            // As after a failed flush: what the page cache held may be lost, and a later
-            // fsync of the same file would not say so.
             let path = w.path.clone();
             drop(w);
-            self.fail(format!("fsync of {} failed: {e}", path.display()));
+            self.shared
+                .fail(format!("fsync of {} failed: {e}", path.display()));
             return Err(io_err(&path)(e));
         }
         let generation = w.generation + 1;
@@ -640,19 +641,13 @@ fn flush_loop(shared: &Shared) {
         state.flushing = upto;
         let flush = state.flushes;
         drop(state);
-        let result = sync_data(&file);
-        state = shared.sync_state();
-        match result {
-            Ok(()) => {
-                state.synced = state.synced.max(upto);
-                shared.synced[(flush % 2) as usize].notify_all();
-            }
-            Err(e) => {
-                state.failed = Some(format!("fsync of {} failed: {e}", path.display()));
-                shared.synced.iter().for_each(Condvar::notify_all);
-                return;
-            }
+        if let Err(e) = sync_data(&file) {
+            shared.fail(format!("fsync of {} failed: {e}", path.display()));
+            return;
         }
+        state = shared.sync_state();
+        state.synced = state.synced.max(upto);
+        shared.synced[(flush % 2) as usize].notify_all();
         drop(state);
         extend_ahead(shared);
         state = shared.sync_state();
@@ -984,6 +979,14 @@ mod tests {
         end
     }
 
+    /// Opens the journal in `dir`, makes a record of each id durable, and closes it.
+    fn write_ids(dir: &Path, ids: &[&str]) {
+        let (j, _) = Journal::open(dir, true, |_| {}).unwrap();
+        for id in ids {
+            j.wait(j.append(&put(id)).unwrap()).unwrap();
+        }
+    }
+
     fn ids(dir: &Path) -> Result<Vec<String>, JournalError> {
         let mut seen = Vec::new();
         let (journal, _) = Journal::open(dir, true, |e| match e {
@@ -1057,10 +1060,7 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_ignored_and_cut_off() {
         let dir = temp_dir("torn");
-        {
-            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
-            j.wait(j.append(&put("a")).unwrap()).unwrap();
-        }
+        write_ids(&dir, &["a"]);
         let path = dir.join(journal_name(1));
         let whole = encode(&put("b"));
         let end = write_after_entries(&path, &whole.as_bytes()[..whole.len() / 2]);
@@ -1084,12 +1084,7 @@ mod tests {
     #[test]
     fn a_corrupted_middle_refuses_to_start_naming_file_and_offset_and_leaves_it() {
         let dir = temp_dir("corrupt");
-        {
-            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
-            for id in ["a", "b", "c"] {
-                j.wait(j.append(&put(id)).unwrap()).unwrap();
-            }
-        }
+        write_ids(&dir, &["a", "b", "c"]);
         let path = dir.join(journal_name(1));
         let mut bytes = fs::read(&path).unwrap();
         let second = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
@@ -1111,10 +1106,7 @@ mod tests {
     #[test]
     fn a_whole_last_line_this_build_cannot_read_is_refused_not_cut_off() {
         let dir = temp_dir("newer");
-        {
-            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
-            j.wait(j.append(&put("a")).unwrap()).unwrap();
-        }
+        write_ids(&dir, &["a"]);
         let path = dir.join(journal_name(1));
         let json = r#"{"put":{"id":"b"}}"#;
         let line = format!("{:08x} 2 {json}\n", crc32fast::hash(json.as_bytes()));
@@ -1135,10 +1127,7 @@ mod tests {
             j.wait(j.append(&put("a")).unwrap()).unwrap();
             assert_eq!(fs::metadata(&path).unwrap().len(), PREALLOCATE_BYTES);
         }
-        {
-            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
-            j.wait(j.append(&put("b")).unwrap()).unwrap();
-        }
+        write_ids(&dir, &["b"]);
         let data = fs::read(&path).unwrap();
         assert_eq!(data.len() as u64, PREALLOCATE_BYTES, "not extended again");
         assert!(data[..2 * line_len as usize].iter().all(|&b| b != 0));
@@ -1191,10 +1180,7 @@ mod tests {
     #[test]
     fn data_after_zeros_that_are_not_the_end_refuses_to_start() {
         let dir = temp_dir("holes");
-        {
-            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
-            j.wait(j.append(&put("a")).unwrap()).unwrap();
-        }
+        write_ids(&dir, &["a"]);
         let path = dir.join(journal_name(1));
         let line = encode(&put("b"));
         let f = OpenOptions::new().write(true).open(&path).unwrap();
@@ -1217,10 +1203,7 @@ mod tests {
         // What a power cut can leave: the page with the start of the next entry written, an
         // earlier page of zeros not. Nothing after the zeros was acknowledged.
         let dir = temp_dir("zeros-torn");
-        {
-            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
-            j.wait(j.append(&put("a")).unwrap()).unwrap();
-        }
+        write_ids(&dir, &["a"]);
         let path = dir.join(journal_name(1));
         let len = fs::metadata(&path).unwrap().len();
         let whole = encode(&put("b"));
