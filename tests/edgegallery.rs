@@ -105,6 +105,35 @@ fn created_id(reply: &Reply) -> String {
     reply.json["RequestId"].as_str().unwrap().to_string()
 }
 
+/// The `statusDetail` of request `id` ("" when it has none).
+fn status_detail(p: &Plugin, id: &str) -> String {
+    p.get(&format!("/service/requests/{id}")).json["statusDetail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Removed from the MEP (the fake has nothing committed) and shown so on request `id`.
+fn removed_in_the_end(fake: &FakeEdgeGallery, p: &Plugin, id: &str) {
+    assert!(
+        eventually(Duration::from_secs(5), || fake.committed().is_empty()),
+        "the reconciler removes it: {:?}",
+        fake.calls()
+    );
+    assert!(eventually(Duration::from_secs(2), || status_detail(p, id)
+        .contains("removed from the platform")));
+}
+
+/// The stuck creation task ends: the MEP commits the configuration after all.
+fn commit_late(fake: &FakeEdgeGallery) {
+    fake.unstick();
+    assert_eq!(
+        fake.committed().len(),
+        1,
+        "the MEP finished the creation after all"
+    );
+}
+
 fn failed_id(reply: &Reply) -> String {
     reply.json["RequestId"]
         .as_str()
@@ -205,21 +234,8 @@ fn a_task_stuck_processing_is_504_and_its_configuration_is_removed_once_the_mep_
     assert!(fake.calls().iter().all(|c| c.method != "DELETE"));
     assert!(fake.calls().iter().filter(|c| c.method == "GET").count() > 5);
 
-    fake.unstick();
-    assert_eq!(
-        fake.committed().len(),
-        1,
-        "the MEP finished the creation after all"
-    );
-    assert!(
-        eventually(Duration::from_secs(5), || fake.committed().is_empty()),
-        "the reconciler removes it"
-    );
-    assert!(eventually(Duration::from_secs(2), || {
-        p.get(&format!("/service/requests/{id}")).json["statusDetail"]
-            .as_str()
-            .is_some_and(|d| d.contains("removed from the platform"))
-    }));
+    commit_late(&fake);
+    removed_in_the_end(&fake, &p, &id);
     assert!(
         fake.calls()
             .iter()
@@ -251,16 +267,7 @@ fn a_lost_post_answer_is_504_and_a_configuration_committed_later_is_removed() {
             .contains_key(&id)),
         "the MEP took the late POST"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || fake.committed().is_empty()),
-        "the late configuration is removed too: {:?}",
-        fake.calls()
-    );
-    assert!(eventually(Duration::from_secs(2), || {
-        p.get(&format!("/service/requests/{id}")).json["statusDetail"]
-            .as_str()
-            .is_some_and(|d| d.contains("removed from the platform"))
-    }));
+    removed_in_the_end(&fake, &p, &id);
     assert_eq!(p.delete(&id).status, 201);
 }
 
@@ -289,37 +296,17 @@ fn after_a_restart_a_404_is_not_taken_as_absence_while_the_creation_may_still_ru
     p.stop();
 
     let p = Plugin::start_in(&config, &dir);
-    let detail = |p: &Plugin| {
-        p.get(&format!("/service/requests/{id}")).json["statusDetail"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
     // The MEP answers 404 while the task runs; the reconciler keeps coming back instead of
     // believing it.
     assert!(eventually(Duration::from_secs(3), || {
         fake.calls().iter().filter(|c| c.method == "DELETE").count() >= 2
     }));
-    assert!(
-        !detail(&p).contains("removed from the platform"),
-        "{}",
-        detail(&p)
-    );
+    let detail = status_detail(&p, &id);
+    assert!(!detail.contains("removed from the platform"), "{detail}");
     assert!(fake.committed().is_empty());
 
-    fake.unstick();
-    assert_eq!(
-        fake.committed().len(),
-        1,
-        "the MEP finished the creation after all"
-    );
-    assert!(
-        eventually(Duration::from_secs(5), || fake.committed().is_empty()),
-        "and the plugin removes it: {:?}",
-        fake.calls()
-    );
-    assert!(eventually(Duration::from_secs(2), || detail(&p)
-        .contains("removed from the platform")));
+    commit_late(&fake);
+    removed_in_the_end(&fake, &p, &id);
 }
 
 #[test]
