@@ -303,7 +303,7 @@ fn throughput(options: &Options, goals: &mut Vec<String>) {
     let header_note = [
         "cpu/req  µs of CPU of this process per request (plugin, load generator and fake platform)",
         "cpu %    CPU of this process, % of one core; other %: CPU of other processes meanwhile",
-        "jnl/req  journal entries written per request; fl/req: disk cache flushes per request",
+        "jnl/req  state-file lines per request (~1 if it compacted); fl/req: disk cache flushes per request",
         "mep/req  platform calls per request, +N new platform connections opened in the scenario",
     ];
 
