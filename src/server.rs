@@ -368,7 +368,10 @@ impl Server {
 
         let mut detached = 0;
         for handle in self.threads.drain(..) {
-            if handle.is_finished() {
+            // Once all ended, every thread is past its handler but may still hold the
+            // handler (and through it the service and its state directory) for a moment:
+            // joined, so that the state is released when this returns.
+            if all_ended || handle.is_finished() {
                 let _ = handle.join();
             } else {
                 detached += 1; // still inside a handler past the grace period
