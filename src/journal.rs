@@ -26,6 +26,7 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use log::{info, warn};
@@ -259,6 +260,8 @@ struct Shared {
     /// Signalled when an `fsync` ends: flush `g` signals `synced[g % 2]`, which only the
     /// callers it covers wait on (waking the others would only put them back to sleep).
     synced: [Condvar; 2],
+    /// Set with `SyncState::failed`, read by appends without taking the sync lock.
+    stopped: AtomicBool,
 }
 
 impl Shared {
@@ -276,7 +279,17 @@ impl Shared {
     fn fail(&self, reason: String) {
         let mut state = self.sync_state();
         state.failed.get_or_insert(reason);
+        self.stopped.store(true, Ordering::Release);
         self.synced.iter().for_each(Condvar::notify_all);
+    }
+
+    /// The error every caller gets once the journal is stopped.
+    fn stopped_error(&self, dir: &Path) -> Option<JournalError> {
+        let reason = self.sync_state().failed.clone()?;
+        Some(JournalError::Io {
+            path: dir.to_path_buf(),
+            error: io::Error::other(reason),
+        })
     }
 }
 
@@ -408,6 +421,7 @@ impl Journal {
             wanted: Condvar::new(),
             extended: Condvar::new(),
             synced: [Condvar::new(), Condvar::new()],
+            stopped: AtomicBool::new(false),
         });
         let flusher = if fsync {
             let shared = shared.clone();
@@ -442,6 +456,19 @@ impl Journal {
     ///
     /// [`wait`]: Journal::wait
     pub fn append(&self, entry: &Entry) -> Result<u64, JournalError> {
+        // Nothing more is written once stopped: after a failed start of a compaction the next
+        // journal may exist, and only the last journal may end with a torn entry.
+        if self.shared.stopped.load(Ordering::Acquire) {
+            if let Some(e) = self.shared.stopped_error(&self.dir) {
+                return Err(e);
+            }
+        }
+        #[cfg(test)]
+        if FAIL_APPEND_IN.with(|n| n.replace(n.get().saturating_sub(1)) == 1) {
+            return Err(io_err(&self.dir)(io::Error::other(
+                "injected write failure",
+            )));
+        }
         let line = encode(entry);
         let mut w = self.writer();
         let end = w.bytes + line.len() as u64;
@@ -476,11 +503,9 @@ impl Journal {
         }
         let mut state = self.sync_state();
         loop {
-            if let Some(reason) = &state.failed {
-                return Err(JournalError::Io {
-                    path: self.dir.clone(),
-                    error: io::Error::other(reason.clone()),
-                });
+            if state.failed.is_some() {
+                drop(state);
+                return Err(self.shared.stopped_error(&self.dir).expect("failed"));
             }
             if state.synced >= seq {
                 return Ok(());
@@ -525,8 +550,17 @@ impl Journal {
         }
         let generation = w.generation + 1;
         let path = self.dir.join(journal_name(generation));
-        let file = open_journal(&path)?;
-        sync_dir(&self.dir)?;
+        // Entries must not go on into this journal once the next one may exist on disk: a
+        // torn entry is accepted only at the end of the last journal.
+        let file = match open_journal(&path).and_then(|file| sync_dir(&self.dir).map(|()| file)) {
+            Ok(file) => file,
+            Err(e) => {
+                drop(w);
+                self.shared
+                    .fail(format!("starting {} failed: {e}", path.display()));
+                return Err(e);
+            }
+        };
         let upto = w.written;
         *w = Writer {
             file,
@@ -652,6 +686,12 @@ fn flush_loop(shared: &Shared) {
         extend_ahead(shared);
         state = shared.sync_state();
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: the `n`th next append made on this thread fails as a full disk would (0: none).
+    pub(crate) static FAIL_APPEND_IN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// `fdatasync` of a journal file. Tests can make the next one fail.
@@ -903,6 +943,12 @@ fn generation_of(name: &str, prefix: &str) -> Option<u64> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    #[cfg(test)]
+    if tests::FAIL_NEXT_DIR_SYNC.with(|fail| fail.replace(false)) {
+        return Err(io_err(dir)(io::Error::other(
+            "injected directory fsync failure",
+        )));
+    }
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
@@ -942,6 +988,8 @@ mod tests {
     thread_local! {
         /// Makes the next [`sync_data`] called on this thread fail.
         pub(super) static FAIL_NEXT_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// Makes the next [`sync_dir`] called on this thread fail.
+        pub(super) static FAIL_NEXT_DIR_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -1320,8 +1368,31 @@ mod tests {
         // What that fsync should have made durable is never acknowledged, nor anything later.
         let err = j.wait(b).unwrap_err().to_string();
         assert!(err.contains("injected fsync failure"), "{err}");
-        let err = j.wait(j.append(&put("c")).unwrap()).unwrap_err();
+        let err = j.append(&put("c")).unwrap_err();
         assert!(err.to_string().contains("fsync"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_directory_fsync_at_the_start_of_a_compaction_stops_the_journal() {
+        let dir = temp_dir("rotate-dir-fails");
+        let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+        j.wait(j.append(&put("a")).unwrap()).unwrap();
+        FAIL_NEXT_DIR_SYNC.with(|fail| fail.set(true));
+        let err = j.rotate().unwrap_err().to_string();
+        assert!(err.contains("injected directory fsync failure"), "{err}");
+        // The next journal may exist on disk: nothing more is written to this one (a torn
+        // entry there would no longer be at the end of the last journal).
+        let err = j.append(&put("b")).unwrap_err();
+        assert!(err.to_string().contains("directory fsync"), "{err}");
+        drop(j);
+        let mut ids = Vec::new();
+        let (_, stats) = Journal::open(&dir, true, |e| {
+            if let Entry::Put(r) = e {
+                ids.push(r.id.to_string());
+            }
+        })
+        .unwrap();
+        assert_eq!(ids, ["a"], "{stats:?}");
     }
 
     #[test]
