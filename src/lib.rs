@@ -4,8 +4,8 @@
 //! The modules are the architecture (see ARCHITECTURE.md):
 //! [`config`] reads `regions.toml`, [`model`] is the northbound request model and its two
 //! JSON spellings, [`store`] keeps the records, [`mep`] holds the platform drivers,
-//! [`service`] applies and removes a request's rules atomically, [`api`] routes HTTP requests
-//! to it, [`server`] is the hardened HTTP front end, and [`app`] wires them together.
+//! [`service`] applies and removes a request's rules atomically (taking [`turns`] on the
+//! platform rules it calls for), [`api`] routes HTTP requests to it, [`server`] is the hardened HTTP front end, and [`app`] wires them together.
 
 pub mod api;
 pub mod app;
@@ -20,4 +20,5 @@ pub mod server;
 pub mod service;
 pub mod store;
 pub mod systemd;
+pub mod turns;
 pub mod util;

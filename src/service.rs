@@ -2,7 +2,8 @@
 //! recorded PENDING, its steps are applied in order (DNS first, then traffic), and if one fails
 //! the ones applied are undone in reverse order. Each step is recorded as possibly applied
 //! before it is sent. Removals a platform refuses are retried by the reconciler with
-//! exponential backoff until they succeed. No lock is held while a platform is called.
+//! exponential backoff until they succeed. No lock is held while a platform is called; each
+//! call holds a [turn](crate::turns) on its platform rule.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -16,6 +17,7 @@ use crate::mep::{self, Driver, MepError, Step};
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::model::{CreationRequest, Status};
 use crate::store::{Record, Store, StoreError};
+use crate::turns::{Turn, Turns};
 use crate::util::{new_uuid, now_millis, random_fraction};
 
 /// A configured region and the driver of its platform.
@@ -71,6 +73,8 @@ pub struct Service {
     retry: RetryPolicy,
     /// Set to wake the reconciler before its next due time.
     wake: (Mutex<bool>, Condvar),
+    /// Applies and removals of one platform rule do not cross (see [`crate::turns`]).
+    turns: Turns,
 }
 
 fn state_error(e: StoreError) -> ApiError {
@@ -129,6 +133,7 @@ impl Service {
             started: Instant::now(),
             retry,
             wake: (Mutex::new(false), Condvar::new()),
+            turns: Turns::default(),
         }
     }
 
@@ -161,12 +166,16 @@ impl Service {
     /// Start-up: a request caught PENDING by a crash was never acknowledged, so it is rolled
     /// back: it becomes FAILED and the reconciler removes what the journal says may have been
     /// applied. A request caught DELETING is finished by the reconciler. The drivers are told
-    /// which steps of PENDING and FAILED requests may have been sent without their outcome
-    /// being seen (see [`Driver::outcome_unknown_after_restart`]).
+    /// which steps of PENDING, FAILED and DELETING requests may have been sent without their
+    /// outcome being seen (see [`Driver::outcome_unknown_after_restart`]): a DELETING request
+    /// may have been FAILED, with a creation the platform never answered, before its DELETE.
     fn recover(&self) -> Result<(), StoreError> {
         let now = now_millis();
         for record in self.store.list(None) {
-            if matches!(record.status, Status::Pending | Status::Failed) {
+            if matches!(
+                record.status,
+                Status::Pending | Status::Failed | Status::Deleting
+            ) {
                 if let Some(region) = self.region(&record.region_id) {
                     for step in record.steps.iter().take(record.applied) {
                         region.driver.outcome_unknown_after_restart(step);
@@ -176,14 +185,7 @@ impl Service {
             if record.status != Status::Pending {
                 continue;
             }
-            let detail = if record.applied == 0 {
-                "interrupted by a restart before any rule was applied".to_string()
-            } else {
-                format!(
-                    "interrupted by a restart while being applied (never acknowledged), so rolled back; {} rule call(s) may be on the platform and are being removed",
-                    record.applied
-                )
-            };
+            let detail = rolled_back("a restart", record.applied);
             warn!("request {}: {detail}", record.id);
             self.store.update(&record.id, |r| {
                 r.status = Status::Failed;
@@ -221,7 +223,7 @@ impl Service {
         // Recorded with the first step already counted: it may be on the platform as soon as
         // it is sent, and the record is durable before that.
         let first = usize::from(!steps.is_empty());
-        let record = Record::new(
+        let mut record = Record::new(
             Arc::from(id.as_str()),
             Arc::from(region.config.id.as_str()),
             Arc::from(text),
@@ -230,30 +232,56 @@ impl Service {
             first,
             now_millis(),
         );
+        // Until the creation ends, a DELETE is refused and the reconciler leaves it alone.
+        record.busy = true;
+        // The first step's turn is taken before the record says the step may be applied.
+        let turn = steps.first().map(|step| self.apply_turn(region, step));
         self.store.insert(record).map_err(state_error)?;
+        self.apply_all(&id, region, &steps, turn)
+            .map_err(|e| self.abandon(&id, e))?
+            .map(|()| id)
+    }
 
+    /// Applies the steps of the PENDING request `id` in order (the first one's turn is
+    /// `turn`), undoing them if one fails, and records the outcome.
+    fn apply_all(
+        &self,
+        id: &str,
+        region: &Region,
+        steps: &[Step],
+        mut turn: Option<Turn<'_>>,
+    ) -> Result<Result<(), ApiError>, StoreError> {
+        let driver = &region.driver;
         let mut failure = None;
         for (k, step) in steps.iter().enumerate() {
-            if k > 0 {
-                self.set_applied(&id, k + 1).map_err(state_error)?;
-            }
+            let _turn = match turn.take() {
+                Some(first) => first,
+                None => {
+                    let next = self.apply_turn(region, step);
+                    self.set_applied(id, k + 1)?;
+                    next
+                }
+            };
             if let Err(error) = self.call(&region.config.id, "apply", || driver.apply(step)) {
                 if !error.is_ambiguous() {
-                    self.set_applied(&id, k).map_err(state_error)?;
+                    self.set_applied(id, k)?;
                 }
                 failure = Some((step, error));
                 break;
             }
         }
         let Some((failed_step, error)) = failure else {
-            self.finish(&id, Status::Created, None)
-                .map_err(state_error)?;
+            self.store.update(id, |r| {
+                r.status = Status::Created;
+                r.last_modified = now_millis();
+                r.busy = false;
+            })?;
             info!(
                 "request {id}: {} rule call(s) applied in region {}",
                 steps.len(),
                 region.config.id
             );
-            return Ok(id);
+            return Ok(Ok(()));
         };
 
         warn!(
@@ -261,7 +289,7 @@ impl Service {
             failed_step.label(),
             region.config.id
         );
-        let detail = match self.undo(&id, region, &steps) {
+        let detail = match self.undo(id, region, steps) {
             Ok(()) => format!(
                 "{} failed: {error}; every rule applied before it was removed again",
                 failed_step.label()
@@ -275,22 +303,46 @@ impl Service {
                 failed_step.label(),
                 step.label()
             ),
-            Err(Undo::State(e)) => return Err(state_error(e)),
+            Err(Undo::State(e)) => return Err(e),
         };
         let retry_at = now_millis() + self.retry.delay(1).as_millis() as i64;
-        self.store
-            .update(&id, |r| {
-                r.status = Status::Failed;
-                r.detail = Some(detail.into());
-                r.last_modified = now_millis();
-                r.next_attempt = retry_at;
-            })
-            .map_err(state_error)?;
-        Err(ApiError::Mep {
+        self.store.update(id, |r| {
+            r.status = Status::Failed;
+            r.detail = Some(detail.into());
+            r.last_modified = now_millis();
+            r.next_attempt = retry_at;
+            r.busy = false;
+        })?;
+        Ok(Err(ApiError::Mep {
             region_id: region.config.id.clone(),
-            request_id: Some(id),
+            request_id: Some(id.to_string()),
             error,
-        })
+        }))
+    }
+
+    /// A creation or removal that stopped because its state could not be recorded: it is
+    /// left to the reconciler (a PENDING creation is rolled back, as a restart would), which
+    /// tries again after a backoff. Only runtime fields change, so this writes nothing.
+    fn abandon(&self, id: &str, e: StoreError) -> ApiError {
+        let retry_at = now_millis() + self.retry.delay(1).as_millis() as i64;
+        let _ = self.store.update(id, |r| {
+            r.busy = false;
+            r.next_attempt = retry_at;
+        });
+        state_error(e)
+    }
+
+    /// The turn to apply `step` in `region`.
+    fn apply_turn(&self, region: &Region, step: &Step) -> Turn<'_> {
+        self.turns.apply(self.rule_of(region, step))
+    }
+
+    /// The fingerprint of the platform rule `step` sets in `region`.
+    fn rule_of(&self, region: &Region, step: &Step) -> u64 {
+        region
+            .driver
+            .rule_identity()
+            .fingerprint(&region.config.id, step)
     }
 
     /// Removes every rule of a request from its platform, then forgets the request
@@ -331,29 +383,34 @@ impl Service {
             }
             Claim::Mine(record) => record,
         };
-        let Some(region) = self.region(&record.region_id) else {
-            let detail = format!(
-                "region '{}' is no longer configured; its rules cannot be removed",
-                record.region_id
-            );
-            self.store
-                .update(id, |r| r.busy = false)
-                .map_err(state_error)?;
-            return Err(ApiError::Internal { detail });
+        // A request with nothing on its platform needs no region (it may be gone from the
+        // configuration).
+        let undone = match self.region(&record.region_id) {
+            Some(region) => self.undo(id, region, &record.steps),
+            None if record.applied == 0 => Ok(()),
+            None => {
+                let detail = format!(
+                    "region '{}' is no longer configured; its rules cannot be removed",
+                    record.region_id
+                );
+                self.store
+                    .update(id, |r| r.busy = false)
+                    .map_err(state_error)?;
+                return Err(ApiError::Internal { detail });
+            }
         };
-
-        match self.undo(id, region, &record.steps) {
+        match undone {
             Ok(()) => {
                 let mut record = self
                     .store
                     .remove(id)
-                    .map_err(state_error)?
+                    .map_err(|e| self.abandon(id, e))?
                     .unwrap_or(record);
                 record.status = Status::Deleted;
                 record.applied = 0;
                 record.busy = false;
                 record.last_modified = now_millis();
-                info!("request {id}: removed from region {}", region.config.id);
+                info!("request {id}: removed from region {}", record.region_id);
                 Ok(Removal::Done(record))
             }
             Err(Undo::Platform { left, step, error }) => {
@@ -376,12 +433,12 @@ impl Service {
                         r.next_attempt = now_millis() + delay.as_millis() as i64;
                         r.clone()
                     })
-                    .map_err(state_error)?
+                    .map_err(|e| self.abandon(id, e))?
                     .unwrap_or(record);
                 self.wake_reconciler();
                 Ok(Removal::Accepted(record))
             }
-            Err(Undo::State(e)) => Err(state_error(e)),
+            Err(Undo::State(e)) => Err(self.abandon(id, e)),
         }
     }
 
@@ -395,11 +452,19 @@ impl Service {
         );
         for record in due {
             if let Err(e) = self.reconcile(&record) {
+                let attempts = record.attempts + 1;
+                let delay = self.retry.delay(attempts);
                 error!(
-                    "request {}: the state could not be made durable: {e}",
-                    record.id
+                    "request {}: the state could not be made durable: {e}; next attempt in {} ms",
+                    record.id,
+                    delay.as_millis()
                 );
-                let _ = self.store.update(&record.id, |r| r.busy = false);
+                let next = now_millis() + delay.as_millis() as i64;
+                let _ = self.store.update(&record.id, |r| {
+                    r.busy = false;
+                    r.attempts = attempts;
+                    r.next_attempt = next;
+                });
             }
         }
         let now = now_millis();
@@ -408,32 +473,53 @@ impl Service {
             .map(|at| Duration::from_millis((at - now).max(0) as u64))
     }
 
-    fn reconcile(&self, record: &Record) -> Result<(), StoreError> {
-        let id = &record.id;
-        let Some(region) = self.region(&record.region_id) else {
-            let detail = format!(
-                "region '{}' is no longer configured; its rules cannot be removed",
-                record.region_id
-            );
-            error!("request {id}: {detail}");
-            let next = now_millis() + self.retry.max.as_millis() as i64;
-            self.store.update(id, |r| {
-                r.busy = false;
+    fn reconcile(&self, claimed: &Record) -> Result<(), StoreError> {
+        let id = &claimed.id;
+        let mut record = claimed.clone();
+        if record.status == Status::Pending {
+            let detail = rolled_back("a failure to record its state", record.applied);
+            warn!("request {id}: {detail}");
+            if let Some(now) = self.store.update(id, |r| {
+                r.status = Status::Failed;
                 r.detail = Some(detail.into());
-                r.next_attempt = next;
-            })?;
-            return Ok(());
+                r.last_modified = now_millis();
+                r.clone()
+            })? {
+                record = now;
+            }
+        }
+        // A request with nothing on its platform needs no region (it may be gone from the
+        // configuration).
+        let undone = match self.region(&record.region_id) {
+            Some(region) => {
+                info!(
+                    "request {id}: removing {} rule call(s) from region {} (attempt {})",
+                    record.applied,
+                    region.config.id,
+                    record.attempts + 1
+                );
+                self.undo(id, region, &record.steps)
+            }
+            None if record.applied == 0 => Ok(()),
+            None => {
+                let detail = format!(
+                    "region '{}' is no longer configured; its rules cannot be removed",
+                    record.region_id
+                );
+                error!("request {id}: {detail}");
+                let next = now_millis() + self.retry.max.as_millis() as i64;
+                self.store.update(id, |r| {
+                    r.busy = false;
+                    r.detail = Some(detail.into());
+                    r.next_attempt = next;
+                })?;
+                return Ok(());
+            }
         };
-        info!(
-            "request {id}: removing {} rule call(s) from region {} (attempt {})",
-            record.applied,
-            region.config.id,
-            record.attempts + 1
-        );
-        match self.undo(id, region, &record.steps) {
+        match undone {
             Ok(()) if record.status == Status::Deleting => {
                 self.store.remove(id)?;
-                info!("request {id}: removed from region {}", region.config.id);
+                info!("request {id}: removed from region {}", record.region_id);
             }
             Ok(()) => {
                 let detail = format!(
@@ -448,7 +534,7 @@ impl Service {
                 })?;
                 info!(
                     "request {id}: every rule removed from region {}",
-                    region.config.id
+                    record.region_id
                 );
             }
             Err(Undo::Platform { left, step, error }) => {
@@ -507,6 +593,7 @@ impl Service {
     fn undo<'a>(&self, id: &str, region: &Region, steps: &'a [Step]) -> Result<(), Undo<'a>> {
         let applied = self.store.get(id).map_or(0, |r| r.applied);
         for k in (0..applied).rev() {
+            let _turn = self.turns.remove(self.rule_of(region, &steps[k]));
             if self
                 .store
                 .release_if_shared(id, k, now_millis())
@@ -569,15 +656,16 @@ impl Service {
     fn set_applied(&self, id: &str, applied: usize) -> Result<(), StoreError> {
         self.store.update(id, |r| r.applied = applied).map(|_| ())
     }
+}
 
-    fn finish(&self, id: &str, status: Status, detail: Option<String>) -> Result<(), StoreError> {
-        self.store
-            .update(id, |r| {
-                r.status = status;
-                r.detail = detail.map(String::into_boxed_str);
-                r.last_modified = now_millis();
-            })
-            .map(|_| ())
+/// The detail of a creation that `cause` interrupted, rolled back.
+fn rolled_back(cause: &str, applied: usize) -> String {
+    if applied == 0 {
+        format!("interrupted by {cause} before any rule was applied")
+    } else {
+        format!(
+            "interrupted by {cause} while being applied (never acknowledged), so rolled back; {applied} rule call(s) may be on the platform and are being removed"
+        )
     }
 }
 
@@ -606,7 +694,7 @@ enum Undo<'a> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
-    use std::sync::Mutex;
+    use std::sync::{Mutex, mpsc};
     use std::time::Duration;
 
     use super::*;
@@ -614,12 +702,60 @@ mod tests {
     use crate::mep::Refusal;
     use crate::model::parse_creation;
 
-    /// A platform that keeps steps by label and fails the calls it is told to.
+    /// A platform that keeps steps by label and fails the calls it is told to. Every step it
+    /// plans is one platform rule for the service (same target and body), so two requests
+    /// with a label in common share that rule.
     #[derive(Default)]
     struct Scripted {
         on: Mutex<BTreeSet<String>>,
         fail_apply: Mutex<Option<(String, MepError)>>,
         fail_remove: Mutex<Option<String>>,
+        /// The next apply (or removal) says it has started, then waits to be let go.
+        apply_gate: Mutex<Option<Gate>>,
+        remove_gate: Mutex<Option<Gate>>,
+    }
+
+    /// Tells `entered` that a call started, waits on `release`, then answers (refusing when
+    /// `refuse`).
+    struct Gate {
+        entered: mpsc::Sender<()>,
+        release: mpsc::Receiver<()>,
+        refuse: bool,
+    }
+
+    impl Gate {
+        /// A gate, the receiver of its "entered" and the sender that lets the call go.
+        fn new(refuse: bool) -> (Gate, mpsc::Receiver<()>, mpsc::Sender<()>) {
+            let (entered, entered_rx) = mpsc::channel();
+            let (release_tx, release) = mpsc::channel();
+            (
+                Gate {
+                    entered,
+                    release,
+                    refuse,
+                },
+                entered_rx,
+                release_tx,
+            )
+        }
+
+        /// Passes the gate; whether the call is refused.
+        fn pass(gate: &Mutex<Option<Gate>>) -> bool {
+            let Some(gate) = gate.lock().unwrap().take() else {
+                return false;
+            };
+            gate.entered.send(()).unwrap();
+            gate.release.recv().unwrap();
+            gate.refuse
+        }
+    }
+
+    fn unavailable() -> MepError {
+        MepError::Refused {
+            url: "u".into(),
+            status: 503,
+            detail: String::new(),
+        }
     }
 
     impl Driver for Scripted {
@@ -638,6 +774,9 @@ mod tests {
                 .collect())
         }
         fn apply(&self, step: &Step) -> Result<(), MepError> {
+            if Gate::pass(&self.apply_gate) {
+                return Err(unavailable());
+            }
             if let Some((label, e)) = self.fail_apply.lock().unwrap().clone() {
                 if label == step.label() {
                     if e.is_ambiguous() {
@@ -650,6 +789,9 @@ mod tests {
             Ok(())
         }
         fn remove(&self, step: &Step) -> Result<(), MepError> {
+            if Gate::pass(&self.remove_gate) {
+                return Err(unavailable());
+            }
             if self.fail_remove.lock().unwrap().as_deref() == Some(step.label()) {
                 return Err(MepError::Unreachable {
                     url: "u".into(),
@@ -662,6 +804,10 @@ mod tests {
     }
 
     fn service() -> (Service, Arc<Scripted>) {
+        service_with(Store::in_memory())
+    }
+
+    fn service_with(store: Store) -> (Service, Arc<Scripted>) {
         let driver = Arc::new(Scripted::default());
         let config = RegionConfig {
             id: "2".into(),
@@ -672,13 +818,43 @@ mod tests {
             range_km: 1.0,
             mep: MepConfig::new(DriverKind::Simulated, "simulated:", Duration::from_secs(1)),
         };
+        let regions = vec![Region {
+            config,
+            driver: driver.clone(),
+        }];
         (
-            Service::with_regions(vec![Region {
-                config,
-                driver: driver.clone(),
-            }]),
+            Service::with_store(regions, store, RetryPolicy::default()),
             driver,
         )
+    }
+
+    /// Records and the rules held on the platform agree: every rule on it is covered by a
+    /// record's applied steps, and every CREATED record's rules are on it.
+    fn agree(s: &Service, d: &Scripted) {
+        let records = s.list(None);
+        for label in on(d) {
+            assert!(
+                records.iter().any(|r| r.applied > 0),
+                "rule {label} is on the platform, but no record holds it: {records:?}"
+            );
+        }
+        for r in records.iter().filter(|r| r.status == Status::Created) {
+            assert_eq!(on(d).len(), 1, "{} is CREATED but its rule is gone", r.id);
+        }
+    }
+
+    /// A durable service in a fresh state directory.
+    fn durable(name: &str) -> (Service, Arc<Scripted>, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("mec-service-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (store, _) = Store::open(&dir, true).unwrap();
+        let (s, d) = service_with(store);
+        (s, d, dir)
+    }
+
+    /// Makes the `n`th next journal append on this thread fail.
+    fn fail_append_in(n: u32) {
+        crate::journal::FAIL_APPEND_IN.with(|c| c.set(n));
     }
 
     fn request(dns_ids: &[&str]) -> CreationRequest {
@@ -732,11 +908,21 @@ mod tests {
 
     #[test]
     fn an_ambiguous_failure_also_removes_the_step_that_may_have_been_applied() {
-        let (s, d) = service();
-        *d.fail_apply.lock().unwrap() = Some(("b".into(), MepError::Timeout { url: "u".into() }));
-        let e = s.create(request(&["a", "b"])).unwrap_err();
-        assert_eq!(e.status(), 504);
-        assert!(on(&d).is_empty(), "the timed-out step must be removed too");
+        let gateway_timeout = MepError::Refused {
+            url: "u".into(),
+            status: 504,
+            detail: String::new(),
+        };
+        for (error, status) in [
+            (MepError::Timeout { url: "u".into() }, 504),
+            (gateway_timeout, 502),
+        ] {
+            let (s, d) = service();
+            *d.fail_apply.lock().unwrap() = Some(("b".into(), error.clone()));
+            let e = s.create(request(&["a", "b"])).unwrap_err();
+            assert_eq!(e.status(), status, "{error}");
+            assert!(on(&d).is_empty(), "{error}: the step must be removed too");
+        }
     }
 
     #[test]
@@ -853,6 +1039,129 @@ mod tests {
         assert_eq!(on(&d), ["same"], "the second request still needs it");
         s.delete(&second).unwrap();
         assert!(on(&d).is_empty());
+    }
+
+    #[test]
+    fn a_removal_waits_for_a_creation_in_flight_of_the_same_rule_and_sees_its_outcome() {
+        let (s, d) = service();
+        let s = Arc::new(s);
+        let first = s.create(request(&["same"])).unwrap();
+        // A second request's call for the same rule is in flight...
+        let (gate, entered, release) = Gate::new(true);
+        *d.apply_gate.lock().unwrap() = Some(gate);
+        let s2 = s.clone();
+        let second = std::thread::spawn(move || s2.create(request(&["same"])));
+        entered.recv().unwrap();
+        // ...when the first is deleted: its removal must not count on the second.
+        let s3 = s.clone();
+        let delete = std::thread::spawn(move || s3.delete(&first).map(|_| ()));
+        std::thread::sleep(Duration::from_millis(50));
+        release.send(()).unwrap();
+        assert_eq!(second.join().unwrap().unwrap_err().status(), 502);
+        delete.join().unwrap().unwrap();
+        assert!(
+            on(&d).is_empty(),
+            "the second was refused, so the first's removal takes the rule off"
+        );
+        agree(&s, &d);
+    }
+
+    #[test]
+    fn a_creation_waits_for_a_removal_in_flight_of_the_same_rule() {
+        let (s, d) = service();
+        let s = Arc::new(s);
+        let first = s.create(request(&["same"])).unwrap();
+        let (gate, entered, release) = Gate::new(false);
+        *d.remove_gate.lock().unwrap() = Some(gate);
+        let s2 = s.clone();
+        let delete = std::thread::spawn(move || s2.delete(&first).map(|_| ()));
+        entered.recv().unwrap();
+        // A new request with the same rule, while the first one's removal is in flight.
+        let s3 = s.clone();
+        let second = std::thread::spawn(move || s3.create(request(&["same"])));
+        std::thread::sleep(Duration::from_millis(100));
+        release.send(()).unwrap();
+        delete.join().unwrap().unwrap();
+        let second = second.join().unwrap().unwrap();
+        assert_eq!(s.get(&second).unwrap().status, Status::Created);
+        assert_eq!(on(&d), ["same"], "applied after the removal, not before");
+        agree(&s, &d);
+    }
+
+    #[test]
+    fn a_removal_whose_state_could_not_be_written_is_retried_by_the_reconciler() {
+        let (s, d, dir) = durable("delete-write-fails");
+        let id = s.create(request(&["a"])).unwrap();
+        // The DELETE records DELETING, removes the rule, then cannot record that.
+        fail_append_in(2);
+        assert_eq!(s.delete(&id).unwrap_err().status(), 500);
+        let r = s.get(&id).unwrap();
+        assert_eq!(
+            (r.status, r.busy),
+            (Status::Deleting, false),
+            "left to the reconciler"
+        );
+        assert_eq!(s.backlog(), 1);
+        s.store.update(&id, |r| r.next_attempt = 0).unwrap();
+        s.reconcile_once();
+        assert!(s.get(&id).is_none(), "finished by the reconciler");
+        assert!(on(&d).is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_creation_whose_state_could_not_be_written_is_rolled_back_by_the_reconciler() {
+        let (s, d, dir) = durable("create-write-fails");
+        // Recorded PENDING, applied, then CREATED cannot be recorded: never acknowledged.
+        fail_append_in(2);
+        assert_eq!(s.create(request(&["a"])).unwrap_err().status(), 500);
+        let r = s.list(None)[0].clone();
+        assert_eq!((r.status, r.busy, r.applied), (Status::Pending, false, 1));
+        assert_eq!(on(&d), ["a"]);
+        // The reconciler rolls it back, as a restart would.
+        s.store.update(&r.id, |r| r.next_attempt = 0).unwrap();
+        s.reconcile_once();
+        let r = s.get(&r.id).unwrap();
+        assert_eq!((r.status, r.busy, r.applied), (Status::Failed, false, 0));
+        assert!(r.detail.unwrap().contains("failure to record its state"));
+        assert!(on(&d).is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_reconciler_that_cannot_record_its_progress_backs_off() {
+        let (s, _, dir) = durable("reconcile-write-fails");
+        let id = s.create(request(&["a"])).unwrap();
+        s.store
+            .update(&id, |r| {
+                r.status = Status::Deleting;
+                r.next_attempt = 0;
+            })
+            .unwrap();
+        fail_append_in(1);
+        let next = s.reconcile_once().expect("still to do");
+        assert!(
+            next >= Duration::from_millis(400),
+            "retried after a backoff: {next:?}"
+        );
+        let r = s.get(&id).unwrap();
+        assert_eq!((r.status, r.busy, r.attempts), (Status::Deleting, false, 1));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_deleting_request_of_a_region_no_longer_configured_with_nothing_applied_is_forgotten() {
+        let (s, _) = service();
+        let id = s.create(request(&["a"])).unwrap();
+        s.store
+            .update(&id, |r| {
+                r.applied = 0;
+                r.status = Status::Failed;
+            })
+            .unwrap();
+        let gone = Service::with_store(Vec::new(), s.store, RetryPolicy::default());
+        assert!(matches!(gone.delete(&id).unwrap(), Removal::Done(_)));
+        assert!(gone.get(&id).is_none());
     }
 
     #[test]

@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -77,10 +76,12 @@ impl Record {
     }
 
     /// Whether the background reconciler has work on it: rules that must come off the
-    /// platform and nobody is working on it.
+    /// platform and nobody is working on it. A PENDING record nobody works on is a creation
+    /// abandoned because its state could not be recorded: it is rolled back.
     pub fn needs_removal(&self) -> bool {
         !self.busy
             && (self.status == Status::Deleting
+                || self.status == Status::Pending
                 || (self.status == Status::Failed && self.applied > 0))
     }
 
@@ -159,7 +160,7 @@ impl RuleIndex {
     }
 
     fn key(&self, region: &str, step: &Step) -> u64 {
-        key(region, self.identity(region), step)
+        self.identity(region).fingerprint(region, step)
     }
 
     /// `record.steps[range]` became applied (`add`) or stopped being applied.
@@ -169,7 +170,7 @@ impl RuleIndex {
         }
         let identity = self.identity(&record.region_id);
         for step in &record.steps[range] {
-            let key = key(&record.region_id, identity, step);
+            let key = identity.fingerprint(&record.region_id, step);
             if add {
                 *self.counts.entry(key).or_default() += 1;
             } else if let Some(n) = self.counts.get_mut(&key) {
@@ -219,17 +220,6 @@ fn count_all(records: &BTreeMap<Arc<str>, Arc<Record>>, rules: &mut RuleIndex) {
     for record in records.values() {
         rules.count(record, 0..record.applied, true);
     }
-}
-
-/// The fingerprint of the platform rule `step` sets in `region`.
-fn key(region: &str, identity: RuleIdentity, step: &Step) -> u64 {
-    let mut h = DefaultHasher::new();
-    region.hash(&mut h);
-    step.target().hash(&mut h);
-    if identity == RuleIdentity::Call {
-        step.body().hash(&mut h);
-    }
-    h.finish()
 }
 
 /// The region ids the records share.

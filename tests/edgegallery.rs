@@ -310,6 +310,53 @@ fn after_a_restart_a_404_is_not_taken_as_absence_while_the_creation_may_still_ru
 }
 
 #[test]
+fn after_a_restart_a_deleting_request_whose_creation_may_still_run_is_not_forgotten_early() {
+    let fake = FakeEdgeGallery::start();
+    fake.require_token(TOKEN);
+    let dir = temp_dir("eg-restart-deleting");
+    let config = format!(
+        "{}{}",
+        server_section(""),
+        eg_region(
+            &fake.url(),
+            3000,
+            &format!("token_file = \"{}\"\n", token_file().display())
+        )
+    );
+    let p = Plugin::start_in(&config, &dir);
+    fake.stick();
+    let id = failed_id(&p.post(&traffic_and_dns()));
+    // Deleted while its creation task still runs (409 while the reconciler is at it).
+    let path = format!("/service/requests/{id}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut reply = p.delete(&id);
+    while reply.status == 409 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+        reply = p.delete(&id);
+    }
+    assert_eq!(reply.status, 202, "{:?}", reply.json);
+    assert_eq!(reply.json["status"], "DELETING");
+    p.stop();
+
+    // A DELETING request may have been a FAILED one whose creation was never answered: the
+    // new run does not take the MEP's 404 for its absence while the task may still commit.
+    let p = Plugin::start_in(&config, &dir);
+    assert!(eventually(Duration::from_secs(3), || {
+        fake.calls().iter().filter(|c| c.method == "DELETE").count() >= 2
+    }));
+    assert_eq!(p.get(&path).status, 200, "still recorded");
+    assert!(fake.committed().is_empty());
+
+    commit_late(&fake);
+    assert!(
+        eventually(Duration::from_secs(8), || fake.committed().is_empty()
+            && p.get(&path).status == 404),
+        "removed from the MEP, then forgotten: {:?}",
+        fake.calls()
+    );
+}
+
+#[test]
 fn a_problem_details_answer_is_502_with_its_detail_and_mep_code() {
     let fake = FakeEdgeGallery::start();
     let p = plugin(&fake);

@@ -4,6 +4,7 @@
 //! never touch the store.
 
 use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use crate::config::{DriverKind, MepConfig};
@@ -100,9 +101,11 @@ impl MepError {
     }
 
     /// True when the platform may have applied the call although we saw no success (the
-    /// answer was lost): the step must then be treated as possibly applied.
+    /// answer was lost): the step must then be treated as possibly applied. A 502 or 504
+    /// comes from a gateway in front of the platform that lost the platform's answer (or
+    /// never got one), so the call may have been applied behind it.
     pub fn is_ambiguous(&self) -> bool {
-        !matches!(self, MepError::Refused { .. })
+        !matches!(self, MepError::Refused { status, .. } if !matches!(status, 502 | 504))
     }
 }
 
@@ -170,8 +173,8 @@ pub trait Driver: Send + Sync {
     }
 
     /// Start-up: `step` may have been sent by an earlier run of the plugin that ended before
-    /// it saw the outcome (a request caught PENDING, or FAILED with the step possibly applied),
-    /// and is about to be removed. For a platform that may still be working on it, a removal
+    /// it saw the outcome (a request caught PENDING, or FAILED or DELETING with the step
+    /// possibly applied), and is about to be removed. For a platform that may still be working on it, a removal
     /// must not trust an absence too early. Nothing to do by default.
     fn outcome_unknown_after_restart(&self, step: &Step) {
         let _ = step;
@@ -195,6 +198,18 @@ impl RuleIdentity {
     pub fn same(self, a: &Step, b: &Step) -> bool {
         a.target() == b.target() && (self == RuleIdentity::Target || a.body() == b.body())
     }
+
+    /// A fingerprint of the platform rule `step` sets in region `region`: equal for steps
+    /// that are one rule there (two different rules may collide, rarely).
+    pub fn fingerprint(self, region: &str, step: &Step) -> u64 {
+        let mut h = DefaultHasher::new();
+        region.hash(&mut h);
+        step.target().hash(&mut h);
+        if self == RuleIdentity::Call {
+            step.body().hash(&mut h);
+        }
+        h.finish()
+    }
 }
 
 /// Builds the driver a region's `[region.mep]` section asks for.
@@ -210,6 +225,29 @@ pub fn build(region_id: &str, mep: &MepConfig) -> Arc<dyn Driver> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_platform_s_own_refusal_is_a_definite_failure() {
+        let refused = |status| MepError::Refused {
+            url: "u".into(),
+            status,
+            detail: String::new(),
+        };
+        for status in [400, 404, 409, 412, 500, 503] {
+            assert!(!refused(status).is_ambiguous(), "{status}");
+        }
+        for status in [502, 504] {
+            assert!(refused(status).is_ambiguous(), "{status}: from a gateway");
+        }
+        assert!(MepError::Timeout { url: "u".into() }.is_ambiguous());
+        assert!(
+            MepError::Unreachable {
+                url: "u".into(),
+                reason: "reset".into()
+            }
+            .is_ambiguous()
+        );
+    }
 
     #[test]
     fn a_step_gives_back_its_label_target_and_body() {

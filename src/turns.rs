@@ -1,0 +1,200 @@
+//! Turns on platform rules: the calls that apply one platform rule may run together, a call
+//! that removes it runs alone. The service takes a turn around each step's platform call and
+//! the record change that goes with it, so that a removal's "does another request still hold
+//! this rule?" is never answered while another request's call for that rule is in flight (its
+//! outcome would change the answer), and an apply never overtakes a removal of the same rule
+//! (the removal would take away what the apply just put there).
+//!
+//! A turn is held by one thread for one call, never two at once, so turns cannot deadlock;
+//! a wait lasts at most as long as the calls ahead of it, which the platform timeout bounds.
+//! A waiting removal makes later applies of its rule wait too, so a steady stream of
+//! creations cannot starve it.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// The rules with calls in flight, by fingerprint ([`crate::mep::RuleIdentity::fingerprint`]):
+/// two rules with the same fingerprint only share turns, which costs waiting, never
+/// correctness.
+#[derive(Default)]
+pub struct Turns {
+    rules: Mutex<HashMap<u64, Rule>>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Rule {
+    applying: u32,
+    removing: bool,
+    /// Removals waiting for their turn: applies arriving now wait behind them.
+    removals_waiting: u32,
+    /// Threads waiting for a turn on this rule.
+    waiting: u32,
+}
+
+impl Rule {
+    fn idle(&self) -> bool {
+        self.applying == 0 && !self.removing && self.removals_waiting == 0 && self.waiting == 0
+    }
+}
+
+/// A turn on one rule, given back when dropped.
+#[must_use = "the turn ends when this is dropped"]
+pub struct Turn<'a> {
+    turns: &'a Turns,
+    key: u64,
+    removal: bool,
+}
+
+impl Turns {
+    /// Waits until no removal of rule `key` runs or waits, then returns a turn to apply it.
+    pub fn apply(&self, key: u64) -> Turn<'_> {
+        self.take(key, false)
+    }
+
+    /// Waits until nothing else runs on rule `key`, then returns a turn to remove it.
+    pub fn remove(&self, key: u64) -> Turn<'_> {
+        self.take(key, true)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Rule>> {
+        // Only counters change under this lock, each in one statement: usable after a panic.
+        self.rules.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self, key: u64, removal: bool) -> Turn<'_> {
+        let mut rules = self.lock();
+        if removal {
+            rules.entry(key).or_default().removals_waiting += 1;
+        }
+        loop {
+            let rule = rules.entry(key).or_default();
+            if removal && !rule.removing && rule.applying == 0 {
+                rule.removals_waiting -= 1;
+                rule.removing = true;
+                break;
+            }
+            if !removal && !rule.removing && rule.removals_waiting == 0 {
+                rule.applying += 1;
+                break;
+            }
+            rule.waiting += 1;
+            rules = self.changed.wait(rules).unwrap_or_else(|p| p.into_inner());
+            rules.entry(key).or_default().waiting -= 1;
+        }
+        Turn {
+            turns: self,
+            key,
+            removal,
+        }
+    }
+
+    /// How many rules have a call in flight or waiting (tests).
+    #[cfg(test)]
+    fn busy_rules(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut rules = self.turns.lock();
+        let Some(rule) = rules.get_mut(&self.key) else {
+            return;
+        };
+        if self.removal {
+            rule.removing = false;
+        } else {
+            rule.applying -= 1;
+        }
+        let wake = rule.waiting > 0;
+        if rule.idle() {
+            rules.remove(&self.key);
+        }
+        drop(rules);
+        if wake {
+            self.turns.changed.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::Duration;
+
+    use super::*;
+
+    const SHORT: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn applies_of_one_rule_run_together_and_other_rules_are_not_held_up() {
+        let t = Turns::default();
+        let a = t.apply(1);
+        let b = t.apply(1);
+        let other = t.remove(2);
+        drop((a, b, other));
+        assert_eq!(t.busy_rules(), 0, "idle rules are forgotten");
+    }
+
+    /// Runs `second` on another thread while `first` is held; returns whether it got its
+    /// turn before `first` was dropped, and whether it got it at all afterwards.
+    fn waits(t: &Arc<Turns>, first: Turn<'_>, second: fn(&Turns) -> Turn<'_>) -> (bool, bool) {
+        let (tx, rx) = mpsc::channel();
+        let t2 = t.clone();
+        let h = thread::spawn(move || {
+            let _turn = second(&t2);
+            tx.send(()).unwrap();
+        });
+        let early = rx.recv_timeout(SHORT).is_ok();
+        drop(first);
+        let late = early || rx.recv_timeout(Duration::from_secs(5)).is_ok();
+        h.join().unwrap();
+        (early, late)
+    }
+
+    #[test]
+    fn a_removal_waits_for_the_applies_in_flight_and_an_apply_for_the_removal() {
+        let t = Arc::new(Turns::default());
+        assert_eq!(waits(&t, t.apply(7), |t| t.remove(7)), (false, true));
+        assert_eq!(waits(&t, t.remove(7), |t| t.apply(7)), (false, true));
+        assert_eq!(waits(&t, t.remove(7), |t| t.remove(7)), (false, true));
+        assert_eq!(waits(&t, t.apply(7), |t| t.apply(7)), (true, true));
+        assert_eq!(t.busy_rules(), 0);
+    }
+
+    #[test]
+    fn a_waiting_removal_holds_up_later_applies_so_it_is_not_starved() {
+        let t = Arc::new(Turns::default());
+        let first = t.apply(3);
+        let (removed_tx, removed_rx) = mpsc::channel();
+        let t2 = t.clone();
+        let remover = thread::spawn(move || {
+            let _turn = t2.remove(3);
+            removed_tx.send(()).unwrap();
+            thread::sleep(SHORT);
+        });
+        // Wait until the removal is queued.
+        while t.lock().get(&3).is_none_or(|r| r.removals_waiting == 0) {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let (applied_tx, applied_rx) = mpsc::channel();
+        let t3 = t.clone();
+        let applier = thread::spawn(move || {
+            let _turn = t3.apply(3);
+            applied_tx.send(()).unwrap();
+        });
+        assert!(
+            applied_rx.recv_timeout(SHORT).is_err(),
+            "queued behind the removal"
+        );
+        drop(first);
+        removed_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        applied_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        remover.join().unwrap();
+        applier.join().unwrap();
+        assert_eq!(t.busy_rules(), 0);
+    }
+}
