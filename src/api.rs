@@ -151,7 +151,7 @@ impl Api {
             ("POST", Route::Requests) => create_request(service, style, request),
             ("GET", Route::Request(id)) => get_request(service, style, id),
             ("DELETE", Route::Request(id)) => delete_request(service, style, id),
-            ("GET", Route::Health) => Ok(health(service)),
+            ("GET", Route::Health) => health(service),
             ("GET", Route::Metrics) => Ok(metrics(service)),
             ("GET", Route::OpenApi) => Ok(Response::json(200, OPENAPI.as_bytes().to_vec())),
             _ => Err(ApiError::MethodNotAllowed {
@@ -174,8 +174,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// `GET /healthz`: the plugin is serving and its state is loaded (it only starts serving then).
-fn health(service: &Service) -> Response {
+/// `GET /healthz`: the plugin is serving and its state is loaded (it only starts serving then);
+/// 503 once its state can no longer be written (a restart is needed).
+fn health(service: &Service) -> Result<Response, ApiError> {
+    if let Some(reason) = service.state_failure() {
+        return Err(ApiError::StateUnavailable {
+            detail: format!("the journal in state_dir stopped: {reason}"),
+        });
+    }
     let body = serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
@@ -183,7 +189,7 @@ fn health(service: &Service) -> Response {
         "requests": service.list_len(),
         "reconcilerBacklog": service.backlog(),
     });
-    Response::json(200, body.to_string().into_bytes())
+    Ok(Response::json(200, body.to_string().into_bytes()))
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -519,6 +525,25 @@ mod tests {
         assert_eq!(route("/MEC/v1/service"), None);
         assert_eq!(route("/MEC/v2/service/regions"), None);
         assert_eq!(route("/"), None);
+    }
+
+    #[test]
+    fn health_is_503_once_the_state_can_no_longer_be_written() {
+        let dir = std::env::temp_dir().join(format!("mec-api-health-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (store, _) = crate::store::Store::open(&dir, true).unwrap();
+        let service =
+            Service::with_store(Vec::new(), store, crate::service::RetryPolicy::default());
+        assert_eq!(health(&service).unwrap().status, 200);
+        service.stop_journal("fsync of journal-1 failed: EIO");
+        let e = health(&service).unwrap_err();
+        assert_eq!(e.status(), 503);
+        let detail = e.to_string();
+        assert!(
+            detail.contains("fsync of journal-1 failed: EIO") && detail.contains("restart"),
+            "{detail}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

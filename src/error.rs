@@ -49,6 +49,9 @@ pub enum ApiError {
     Unauthorized,
     /// A bug or an unexpected local failure (e.g. the state could not be written).
     Internal { detail: String },
+    /// The state can no longer be made durable (the journal stopped after a failed `fsync`):
+    /// nothing more can be acknowledged until a restart.
+    StateUnavailable { detail: String },
 }
 
 impl ApiError {
@@ -69,6 +72,7 @@ impl ApiError {
             ApiError::Mep { error, .. } if error.is_timeout() => 504,
             ApiError::Mep { .. } => 502,
             ApiError::Internal { .. } => 500,
+            ApiError::StateUnavailable { .. } => 503,
         }
     }
 
@@ -90,6 +94,7 @@ impl ApiError {
             ApiError::Mep { .. } => "MEC platform error",
             ApiError::Unauthorized => "Unauthorized",
             ApiError::Internal { .. } => "Internal error",
+            ApiError::StateUnavailable { .. } => "State not writable",
         }
     }
 
@@ -115,6 +120,7 @@ impl ApiError {
             ApiError::Mep { .. } => "urn:mec-plugin:problem:mep-error",
             ApiError::Unauthorized => "urn:mec-plugin:problem:unauthorized",
             ApiError::Internal { .. } => "urn:mec-plugin:problem:internal",
+            ApiError::StateUnavailable { .. } => "urn:mec-plugin:problem:state-unavailable",
         }
     }
 
@@ -228,6 +234,10 @@ impl fmt::Display for ApiError {
                 f.write_str("a valid 'Authorization: Bearer <token>' header is required")
             }
             ApiError::Internal { detail } => f.write_str(detail),
+            ApiError::StateUnavailable { detail } => write!(
+                f,
+                "{detail}; nothing more can be recorded or acknowledged: restart the service (it reloads what is on disk)"
+            ),
         }
     }
 }

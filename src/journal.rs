@@ -526,6 +526,17 @@ impl Journal {
         }
     }
 
+    /// Why the journal stopped, if it did (after a failed `fsync`).
+    pub fn failure(&self) -> Option<String> {
+        self.shared.sync_state().failed.clone()
+    }
+
+    /// Tests: stops the journal as a failed `fsync` would.
+    #[cfg(test)]
+    pub(crate) fn stop(&self, reason: &str) {
+        self.shared.fail(reason.to_string());
+    }
+
     /// True when the journal has grown enough to be worth compacting.
     pub fn wants_compaction(&self) -> bool {
         let w = self.writer();

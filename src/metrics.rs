@@ -94,6 +94,8 @@ pub struct Gauges {
     pub reconciler_backlog: usize,
     /// Seconds since the process started.
     pub uptime_seconds: f64,
+    /// Changes can still be made durable (false once the journal stopped).
+    pub state_writable: bool,
 }
 
 impl Metrics {
@@ -227,6 +229,16 @@ impl Metrics {
             out,
             "mec_plugin_reconciler_backlog {}",
             gauges.reconciler_backlog
+        );
+        let _ = writeln!(
+            out,
+            "# HELP mec_plugin_state_writable 1 while changes can be made durable; 0 once the journal stopped after a failed fsync (restart needed)."
+        );
+        let _ = writeln!(out, "# TYPE mec_plugin_state_writable gauge");
+        let _ = writeln!(
+            out,
+            "mec_plugin_state_writable {}",
+            u8::from(gauges.state_writable)
         );
         out
     }

@@ -158,6 +158,18 @@ impl Service {
         self.store.len()
     }
 
+    /// Why changes can no longer be made durable, if so (the journal stopped after a failed
+    /// `fsync`; only a restart helps).
+    pub fn state_failure(&self) -> Option<String> {
+        self.store.failure()
+    }
+
+    /// Test hook: stops the journal as a failed `fsync` would.
+    #[cfg(test)]
+    pub(crate) fn stop_journal(&self, reason: &str) {
+        self.store.stop_journal(reason);
+    }
+
     /// Requests whose rules the reconciler still has to remove.
     pub fn backlog(&self) -> usize {
         self.store.count(Record::needs_removal)
@@ -638,6 +650,7 @@ impl Service {
     pub fn gauges(&self) -> Gauges {
         let mut gauges = Gauges {
             reconciler_backlog: self.backlog(),
+            state_writable: self.state_failure().is_none(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             ..Gauges::default()
         };

@@ -470,6 +470,19 @@ impl Store {
         Ok(record)
     }
 
+    /// Why the journal stopped, if it did: nothing more can be made durable.
+    pub fn failure(&self) -> Option<String> {
+        self.journal.as_ref().and_then(Journal::failure)
+    }
+
+    /// Tests: stops the journal as a failed `fsync` would.
+    #[cfg(test)]
+    pub(crate) fn stop_journal(&self, reason: &str) {
+        if let Some(j) = &self.journal {
+            j.stop(reason);
+        }
+    }
+
     /// How many records `pick` selects.
     pub fn count(&self, pick: impl Fn(&Record) -> bool) -> usize {
         self.lock().values().filter(|r| pick(r)).count()

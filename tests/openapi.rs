@@ -365,6 +365,7 @@ fn every_error() -> Vec<ApiError> {
         },
         ApiError::Unauthorized,
         ApiError::Internal { detail: s() },
+        ApiError::StateUnavailable { detail: s() },
     ]
 }
 
@@ -386,6 +387,7 @@ fn variant(e: &ApiError) -> usize {
         ApiError::Mep { .. } => 11,
         ApiError::Unauthorized => 12,
         ApiError::Internal { .. } => 13,
+        ApiError::StateUnavailable { .. } => 14,
     }
 }
 
@@ -395,7 +397,7 @@ fn every_documented_status_is_one_the_api_produces_and_every_error_is_documented
     let listed: BTreeSet<usize> = errors.iter().map(variant).collect();
     assert_eq!(
         listed,
-        (0..14).collect(),
+        (0..15).collect(),
         "every ApiError variant is listed"
     );
     let error_codes: BTreeSet<u16> = errors.iter().map(ApiError::status).collect();

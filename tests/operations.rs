@@ -80,6 +80,7 @@ fn metrics_count_requests_platform_calls_and_records_after_traffic() {
         "mec_plugin_requests{status=\"CREATED\"} 1",
         "mec_plugin_requests{status=\"FAILED\"} 1",
         "mec_plugin_reconciler_backlog 0",
+        "mec_plugin_state_writable 1",
         "mec_plugin_build_info{version=",
     ] {
         assert!(text.contains(needle), "missing {needle} in\n{text}");
