@@ -1,7 +1,7 @@
 //! The northbound request model (ETSI MEC 010-2 fields of the API contract) and its two JSON
 //! spellings. Bodies in either spelling are accepted; responses are written in the spelling of
-//! `[server] api_style`. Free-form objects are kept as the exact compact JSON the caller sent,
-//! and numbers exactly as sent.
+//! `[server] api_style`. Free-form objects are kept as the JSON the caller sent, compacted (the
+//! whitespace between tokens removed, nothing else changed), and numbers exactly as sent.
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -102,8 +102,58 @@ impl CreationRequest {
     }
 }
 
-/// A free-form JSON object kept as the compact text the caller sent.
-pub type FreeForm = Box<RawValue>;
+/// A free-form JSON object kept as the text the caller sent, without the whitespace between
+/// its tokens: a record's request is one line of the journal, so a pretty-printed object must
+/// not bring its newlines along (the start after would read a damaged journal).
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct FreeForm(Box<RawValue>);
+
+impl std::ops::Deref for FreeForm {
+    type Target = RawValue;
+
+    fn deref(&self) -> &RawValue {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for FreeForm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        if !raw.get().bytes().any(is_json_whitespace) {
+            return Ok(FreeForm(raw));
+        }
+        RawValue::from_string(compact(raw.get()))
+            .map(FreeForm)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn is_json_whitespace(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Valid JSON text without the whitespace between its tokens (strings are left as they are).
+fn compact(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for c in json.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c.is_ascii() && is_json_whitespace(c as u8) {
+            continue;
+        } else if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+    }
+    out
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -390,7 +440,7 @@ impl Status {
 /// Parses a creation body. The error names the JSON path of the offending field.
 pub fn parse_creation(body: &[u8]) -> Result<CreationRequest, String> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    let request: CreationRequest = serde_path_to_error::deserialize(de).map_err(|e| {
+    let request: CreationRequest = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." || path.is_empty() {
@@ -399,6 +449,8 @@ pub fn parse_creation(body: &[u8]) -> Result<CreationRequest, String> {
             format!("invalid body at '{path}': {inner}")
         }
     })?;
+    de.end()
+        .map_err(|e| format!("invalid body: data after the JSON object: {e}"))?;
     validate(&request)?;
     Ok(request)
 }
@@ -811,7 +863,7 @@ mod tests {
         let r = parse_creation(body.as_bytes()).unwrap();
         let out = serde_json::to_string(&r).unwrap();
         assert!(out.contains(r#""latency":100}"#), "{out}");
-        assert!(out.contains(r#""security":{"a" : [1, 2.50]}"#), "{out}");
+        assert!(out.contains(r#""security":{"a":[1,2.50]}"#), "{out}");
         assert!(out.contains(r#""priority":0,"#), "{out}");
         assert!(err(&body.replace("\"priority\":0", "\"priority\":0.5")).contains("priority"));
         let integral = body.replace("\"priority\":0", "\"priority\":2.0");
@@ -819,6 +871,32 @@ mod tests {
         assert!(
             kept.contains(r#""priority":2.0,"#),
             "an integral decimal is accepted and kept as sent: {kept}"
+        );
+    }
+
+    #[test]
+    fn pretty_printed_free_form_objects_are_compacted_but_their_strings_kept() {
+        let body = "{\"RegionId\":\"2\",\"transportDependencies\":[{\"transport\":{\"type\":\"REST_HTTP\",\"protocol\":\"HTTP\",\"version\":\"2\",\"security\":{\n\t\"a b\" : [ 1,\r\n 2.50 ],\n  \"q\": \"x \\\" \\\\ \\n y\"\n}},\"serializers\":\"JSON\",\"labels\":[]}]}";
+        let r = parse_creation(body.as_bytes()).unwrap();
+        let out = serde_json::to_string(&r).unwrap();
+        assert!(!out.contains('\n'), "one journal line: {out}");
+        assert!(
+            out.contains(r#""security":{"a b":[1,2.50],"q":"x \" \\ \n y"}"#),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn data_after_the_body_is_refused() {
+        for body in [
+            r#"{"RegionId":"2"}{"RegionId":"3"}"#,
+            r#"{"RegionId":"2"} garbage"#,
+        ] {
+            assert!(err(body).contains("data after the JSON object"), "{body}");
+        }
+        assert!(
+            parse_creation(b"{\"RegionId\":\"2\"} \r\n").is_ok(),
+            "whitespace is fine"
         );
     }
 

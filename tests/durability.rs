@@ -890,23 +890,36 @@ fn records_survive_a_clean_restart_with_their_fields_intact() {
     let config = config_file(&mep.url());
     let state = temp_dir("durability-fields");
     let binary = Binary::start(&config, &state);
-    let before: Vec<(String, Value)> = [
-        "dns-only.json",
-        "traffic-and-dns.json",
-        "traffic-and-dns-camel.json",
-    ]
-    .iter()
-    .map(|name| {
-        let id = binary.api.create(&example(name));
-        let (status, json) = binary.api.get(&id);
-        assert_eq!(
-            (status, status_of(&json)),
-            (200, "CREATED"),
-            "{name}: {json}"
-        );
-        (id, json)
-    })
-    .collect();
+    // A free-form object pretty-printed over several lines (as swagger-ui and indented files
+    // send it) is kept compact: a record is one journal line.
+    let pretty = example("traffic-and-dns.json").replacen(
+        r#""security": {}"#,
+        "\"security\": {\n  \"oauth2Info\": {\n    \"grantTypes\": [\"OAUTH2_CLIENT_CREDENTIALS\"]\n  }\n}",
+        1,
+    );
+    assert!(pretty.contains("oauth2Info"));
+    let bodies = [
+        ("dns-only.json", example("dns-only.json")),
+        ("traffic-and-dns.json", example("traffic-and-dns.json")),
+        (
+            "traffic-and-dns-camel.json",
+            example("traffic-and-dns-camel.json"),
+        ),
+        ("a pretty-printed security object", pretty),
+    ];
+    let before: Vec<(String, Value)> = bodies
+        .iter()
+        .map(|(name, body)| {
+            let id = binary.api.create(body);
+            let (status, json) = binary.api.get(&id);
+            assert_eq!(
+                (status, status_of(&json)),
+                (200, "CREATED"),
+                "{name}: {json}"
+            );
+            (id, json)
+        })
+        .collect();
     let list_before = binary.api.records();
     binary.kill();
 
