@@ -33,7 +33,9 @@
 //!   dialect has no "any port", and ranges are refused), `Protocol` optional (`tcp`, `udp`,
 //!   `any`, case-insensitive; absent = any). `srcPort`, `Token`, the four tunnel fields, `qci`,
 //!   `dscp` and `tc` are refused when present and non-empty.
-//! - At most [`MAX_STEPS`] calls per request; identical calls within a request are sent once.
+//! - At most [`MAX_STEPS`] calls per request, holding at most [`MAX_IMSI_BYTES`] of IMSI lists
+//!   in all (each call repeats its filter's list, and every call is kept with the request);
+//!   identical calls within a request are sent once.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -54,6 +56,16 @@ pub const DNS_TARGET: &str = "/api/mp1/traffic/all";
 pub const TRAFFIC_TARGET: &str = "/api/mp1/traffic/imsi";
 /// Most calls one request may expand to (filters × addresses × ports × protocols).
 pub const MAX_STEPS: usize = 1024;
+/// Most bytes of IMSI lists the calls of one request may carry together: each call repeats
+/// its filter's whole list, so a 1 MiB body could otherwise expand to a gigabyte of calls held
+/// in memory and in the journal.
+pub const MAX_IMSI_BYTES: usize = 4 << 20;
+
+/// What the traffic rules of a request may still expand to.
+struct Budget {
+    calls: usize,
+    imsi_bytes: usize,
+}
 
 const NO_MAC: &str = "00:00:00:00:00:00";
 
@@ -146,7 +158,10 @@ fn plan(request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
     for (i, rule) in request.dns_rules().iter().enumerate() {
         steps.push(dns_step(i, rule)?);
     }
-    let mut budget = MAX_STEPS.saturating_sub(steps.len());
+    let mut budget = Budget {
+        calls: MAX_STEPS.saturating_sub(steps.len()),
+        imsi_bytes: MAX_IMSI_BYTES,
+    };
     for (i, rule) in request.traffic_rules().iter().enumerate() {
         traffic_steps(i, rule, &mut budget, &mut steps)?;
     }
@@ -196,7 +211,7 @@ fn dns_step(i: usize, rule: &DnsRule) -> Result<Step, Refusal> {
 fn traffic_steps(
     i: usize,
     rule: &TrafficRule,
-    budget: &mut usize,
+    budget: &mut Budget,
     steps: &mut Vec<Step>,
 ) -> Result<(), Refusal> {
     let at = format!("appTrafficRule[{i}] '{}'", rule.traffic_rule_id);
@@ -227,7 +242,7 @@ fn traffic_steps(
             .len()
             .saturating_mul(f.ports.len())
             .saturating_mul(f.transports.len());
-        if calls > *budget {
+        if calls > budget.calls {
             return Err(refuse(
                 format!("{at} trafficFilter[{j}]"),
                 format!(
@@ -235,7 +250,19 @@ fn traffic_steps(
                 ),
             ));
         }
-        *budget -= calls;
+        // Each IMSI is written as "...", in every call of the filter.
+        let list: usize = f.imsis.iter().map(|imsi| imsi.len() + 3).sum();
+        let imsi_bytes = calls.saturating_mul(list);
+        if imsi_bytes > budget.imsi_bytes {
+            return Err(refuse(
+                format!("{at} trafficFilter[{j}]"),
+                format!(
+                    "the request expands to LL-MEC calls carrying more than {MAX_IMSI_BYTES} bytes of IMSI lists (each call for a destination address, port and protocol repeats the filter's srcAddress list); split it"
+                ),
+            ));
+        }
+        budget.calls -= calls;
+        budget.imsi_bytes -= imsi_bytes;
         checked.push(f);
     }
 
@@ -785,5 +812,28 @@ mod tests {
         let mut v = v;
         v["appDNSRule"] = serde_json::json!([]);
         assert_eq!(plan_of(&v).unwrap().len(), MAX_STEPS);
+    }
+
+    #[test]
+    fn imsi_lists_repeated_in_every_call_are_bounded_in_total() {
+        // 57,000 IMSIs (under 1 MiB of body) × 512 calls would be a gigabyte of calls.
+        let imsis: Vec<String> = (0..57_000u64)
+            .map(|i| (208_930_100_000_000 + i).to_string())
+            .collect();
+        let addresses: Vec<String> = (0..32).map(|i| format!("10.0.0.{i}")).collect();
+        let ports: Vec<String> = (1..=16).map(|p| p.to_string()).collect();
+        let v = with_filter(|f| {
+            f["srcAddress"] = serde_json::json!(imsis);
+            f["dstAddress"] = serde_json::json!(addresses);
+            f["dstPort"] = serde_json::json!(ports);
+        });
+        let r = refusal(&v);
+        assert_eq!(r.rule, "appTrafficRule[0] 'tr1' trafficFilter[0]");
+        assert!(r.reason.contains("bytes of IMSI lists"), "{r}");
+        // The same list in one call is fine: what is bounded is the repetition.
+        let v = with_filter(|f| f["srcAddress"] = serde_json::json!(imsis));
+        let steps = plan_of(&v).unwrap();
+        let bytes: usize = steps.iter().map(|s| s.body().len()).sum();
+        assert!(bytes < MAX_IMSI_BYTES, "{bytes}");
     }
 }
