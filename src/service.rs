@@ -248,7 +248,10 @@ impl Service {
         record.busy = true;
         // The first step's turn is taken before the record says the step may be applied.
         let turn = steps.first().map(|step| self.apply_turn(region, step));
-        self.store.insert(record).map_err(state_error)?;
+        // Written but not durable (the journal stopped): left to the reconciler like the rest.
+        self.store
+            .insert(record)
+            .map_err(|e| self.abandon(&id, e))?;
         self.apply_all(&id, region, &steps, turn)
             .map_err(|e| self.abandon(&id, e))?
             .map(|()| id)

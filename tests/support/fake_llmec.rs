@@ -15,6 +15,7 @@
 //! let driver = LlMec::new(&MepConfig::new(DriverKind::Llmec, &mep.url(), timeout));
 //! mep.fail_nth_post(2, 500); // the 2nd POST from now answers 500 and installs nothing
 //! mep.delay(Duration::from_secs(5)); // every call waits 5 s before being handled
+//! mep.chaos(Chaos { fail_percent: 20, statuses: &[503, 504], max_delay, seed }); // random faults
 //! mep.stop(); // connection refused ... mep.restart();
 //! assert_eq!(mep.installed(), vec![(path, body)]);
 //! ```
@@ -71,6 +72,34 @@ struct State {
     failing_posts: BTreeMap<u64, u16>,
     fail_all: Option<u16>,
     delay: Duration,
+    chaos: Option<Chaos>,
+    /// State of the random generator of `chaos` (xorshift64, never 0).
+    rng: u64,
+}
+
+/// Random faults (see [`FakeLlMec::chaos`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Chaos {
+    /// Percentage of the POSTs and DELETEs answered with a fault.
+    pub fail_percent: u64,
+    /// The statuses of the faults, picked at random. A 503 changes nothing; a 502 or 504 (a
+    /// gateway that lost the platform's answer) changes nothing or is carried out, at random.
+    pub statuses: &'static [u16],
+    /// Every call waits a random time up to this before being handled.
+    pub max_delay: Duration,
+    pub seed: u64,
+}
+
+impl State {
+    /// A random number below `n` (`n` > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x % n
+    }
 }
 
 /// The public side while listening: the relay's accept loop and its open connections.
@@ -162,11 +191,19 @@ impl FakeLlMec {
         lock(&self.shared.state).fail_all = Some(status);
     }
 
-    /// Clears every injected fault: `fail_all`, pending `fail_nth_post`s and the delay. Does
-    /// not undo [`stop`](Self::stop): that is [`restart`](Self::restart).
+    /// Random faults and delays on the calls from now on, until [`heal`](Self::heal).
+    pub fn chaos(&self, chaos: Chaos) {
+        let mut state = lock(&self.shared.state);
+        state.rng = chaos.seed | 1;
+        state.chaos = Some(chaos);
+    }
+
+    /// Clears every injected fault: `fail_all`, pending `fail_nth_post`s, `chaos` and the
+    /// delay. Does not undo [`stop`](Self::stop): that is [`restart`](Self::restart).
     pub fn heal(&self) {
         let mut state = lock(&self.shared.state);
         state.fail_all = None;
+        state.chaos = None;
         state.failing_posts.clear();
         state.delay = Duration::ZERO;
     }
@@ -380,7 +417,7 @@ fn handle(mut request: Request, shared: &Shared) {
     let body = String::from_utf8_lossy(&body).into_owned();
     let known = path == DNS_PATH || path == TRAFFIC_PATH;
 
-    let (plan, delay) = {
+    let (plan, delay, lost) = {
         let mut state = lock(&shared.state);
         state.calls.push(Call {
             method: method.clone(),
@@ -396,13 +433,29 @@ fn handle(mut request: Request, shared: &Shared) {
         } else {
             state.fail_all
         };
-        let plan = match (injected, method.as_str(), known) {
+        let mut plan = match (injected, method.as_str(), known) {
             (Some(status), _, _) => Plan::Fail(status),
             (None, "POST", true) => Plan::Install,
             (None, "DELETE", true) => Plan::Uninstall,
             _ => Plan::NotFound,
         };
-        (plan, state.delay)
+        // Chaos: a random delay, and maybe a fault (a lost answer: carried out, then `lost`).
+        let (mut delay, mut lost) = (state.delay, None);
+        if let Some(chaos) = state.chaos {
+            delay += Duration::from_micros(state.below(chaos.max_delay.as_micros() as u64 + 1));
+            if matches!(plan, Plan::Install | Plan::Uninstall)
+                && !chaos.statuses.is_empty()
+                && state.below(100) < chaos.fail_percent
+            {
+                let status = chaos.statuses[state.below(chaos.statuses.len() as u64) as usize];
+                if matches!(status, 502 | 504) && state.below(2) == 0 {
+                    lost = Some(status);
+                } else {
+                    plan = Plan::Fail(status);
+                }
+            }
+        }
+        (plan, delay, lost)
     };
 
     let deadline = Instant::now() + delay;
@@ -413,7 +466,7 @@ fn handle(mut request: Request, shared: &Shared) {
         thread::sleep(TICK.min(deadline.saturating_duration_since(Instant::now())));
     }
 
-    let (status, answer) = match plan {
+    let (mut status, mut answer) = match plan {
         Plan::Fail(status) => (
             status,
             format!(r#"{{"detail":"injected fault: HTTP {status}"}}"#),
@@ -431,6 +484,10 @@ fn handle(mut request: Request, shared: &Shared) {
         }
         Plan::NotFound => (404, r#"{"detail":"not found"}"#.to_string()),
     };
+    if let Some(lost) = lost {
+        status = lost;
+        answer = format!(r#"{{"detail":"injected fault: answer lost, HTTP {lost}"}}"#);
+    }
     let response = Response::from_string(answer)
         .with_status_code(status)
         .with_header(
