@@ -637,8 +637,31 @@ fn check_url(url: &str) -> Result<String, String> {
     if uri.host().is_none_or(str::is_empty) {
         return Err("has no host".into());
     }
-    if uri.query().is_some() {
+    // The parser drops a fragment and an empty query without a word, and keeps a port it
+    // cannot read as none (the scheme's default): look at the text itself.
+    if uri.query().is_some() || url.contains('?') {
         return Err("must not have a query string".into());
+    }
+    if url.contains('#') {
+        return Err("must not have a fragment ('#...'): calls would all go to its path".into());
+    }
+    if let Some(authority) = uri.authority() {
+        let host_port = authority
+            .as_str()
+            .rsplit_once('@')
+            .map_or(authority.as_str(), |(_, h)| h);
+        // An IPv6 literal's colons are inside its brackets.
+        let after_host = match host_port.rfind(']') {
+            Some(end) => &host_port[end + 1..],
+            None => host_port,
+        };
+        if let Some((_, port)) = after_host.rsplit_once(':') {
+            let valid = port.bytes().all(|b| b.is_ascii_digit())
+                && matches!(port.parse::<u16>(), Ok(p) if p > 0);
+            if !valid {
+                return Err(format!("has port '{port}': a port is a number 1..65535"));
+            }
+        }
     }
     Ok(url.trim_end_matches('/').to_string())
 }
@@ -735,6 +758,46 @@ url = "http://127.0.0.1:13000/"
         assert!(e.contains("line 9: region '2': mep.url"), "{e}");
         let e = parse_err(&MINIMAL.replace("http://127.0.0.1:13000/", "ftp://127.0.0.1/"));
         assert!(e.contains("http:// or https://"), "{e}");
+    }
+
+    #[test]
+    fn a_url_with_a_query_or_a_fragment_is_refused() {
+        for (url, needle) in [
+            ("http://127.0.0.1:13001/#frag", "must not have a fragment"),
+            ("http://127.0.0.1:13001/api#", "must not have a fragment"),
+            ("http://127.0.0.1:13001/?x=1", "must not have a query"),
+            ("http://127.0.0.1:13001/?", "must not have a query"),
+        ] {
+            let e = parse_err(&MINIMAL.replace("http://127.0.0.1:13000/", url));
+            assert!(e.contains("line 9: region '2': mep.url"), "{url}: {e}");
+            assert!(e.contains(needle), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_url_with_an_invalid_port_is_refused() {
+        for url in [
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:65536/api",
+            "http://127.0.0.1:0",
+            "http://127.0.0.1:/",
+            "http://127.0.0.1:+80",
+            "http://[::1]:70000",
+        ] {
+            let e = parse_err(&MINIMAL.replace("http://127.0.0.1:13000/", url));
+            assert!(e.contains("line 9: region '2': mep.url"), "{url}: {e}");
+            assert!(e.contains("a port is a number 1..65535"), "{url}: {e}");
+        }
+        for (url, kept) in [
+            ("http://127.0.0.1:65535/", "http://127.0.0.1:65535"),
+            ("https://[::1]:8443/api/", "https://[::1]:8443/api"),
+            ("http://mep.example", "http://mep.example"),
+            ("http://[::1]/", "http://[::1]"),
+        ] {
+            let c = Config::parse(&MINIMAL.replace("http://127.0.0.1:13000/", url), "f")
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(c.regions[0].mep.url, kept);
+        }
     }
 
     #[test]
