@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use crate::model::ApiStyle;
 use crate::service::RetryPolicy;
+use crate::util::redact;
 
 /// Validated configuration.
 #[derive(Debug, Clone)]
@@ -445,7 +446,7 @@ impl Config {
             let url = match (mep.driver, mep.url) {
                 (_, Some(u)) => {
                     let checked = check_url(u.get_ref()).map_err(|why| {
-                        bad(u.span(), "mep.url", format!("= '{}' {why}", u.get_ref()))
+                        bad(u.span(), "mep.url", format!("= '{}' {why}", redact(u.get_ref())))
                     })?;
                     if mep.driver == DriverKind::Simulated {
                         u.get_ref().clone()
@@ -532,7 +533,7 @@ impl Config {
         Ok(Config { server, regions })
     }
 
-    /// One line per region for `--check` and the start-up log.
+    /// One line per region for `--check` and the start-up log (credentials in a URL masked).
     pub fn summary(&self) -> Vec<String> {
         self.regions
             .iter()
@@ -545,7 +546,7 @@ impl Config {
                     r.altitude,
                     r.range_km,
                     r.mep.driver.name(),
-                    r.mep.url
+                    redact(&r.mep.url)
                 )
             })
             .collect()
@@ -797,6 +798,27 @@ url = "http://127.0.0.1:13000/"
             let c = Config::parse(&MINIMAL.replace("http://127.0.0.1:13000/", url), "f")
                 .unwrap_or_else(|e| panic!("{url}: {e}"));
             assert_eq!(c.regions[0].mep.url, kept);
+        }
+    }
+
+    #[test]
+    fn credentials_in_a_url_are_masked_in_the_summary_and_in_errors() {
+        let text = MINIMAL.replace(
+            "http://127.0.0.1:13000/",
+            "http://admin:s3cret@127.0.0.1:13002",
+        );
+        let c = Config::parse(&text, "f").unwrap();
+        assert_eq!(c.regions[0].mep.url, "http://admin:s3cret@127.0.0.1:13002");
+        let summary = c.summary().join("\n");
+        assert!(summary.contains("MEP http://***@127.0.0.1:13002"), "{summary}");
+        assert!(!summary.contains("s3cret"), "{summary}");
+        for url in [
+            "http://admin:s3cret@127.0.0.1:13002/#x",
+            "http://admin:s3cret@127.0.0.1:99999",
+        ] {
+            let e = parse_err(&MINIMAL.replace("http://127.0.0.1:13000/", url));
+            assert!(e.contains("mep.url = 'http://***@127.0.0.1:"), "{e}");
+            assert!(!e.contains("s3cret") && !e.contains("admin"), "{e}");
         }
     }
 

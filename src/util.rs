@@ -1,4 +1,5 @@
-//! Small helpers with no better home: request identifiers (UUID v4) and RFC 3339 timestamps.
+//! Small helpers with no better home: request identifiers (UUID v4), RFC 3339 timestamps, and
+//! the masking of credentials in URLs.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -45,6 +46,19 @@ pub fn rfc3339(millis: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The URL with any `user:password@` masked as `***@`, for logs, errors and the configuration
+/// summary (the one place URLs are masked).
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +76,15 @@ mod tests {
     fn timestamps_are_rfc3339_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_masked() {
+        assert_eq!(
+            redact("http://user:secret@mep:8080/api?x=@y"),
+            "http://***@mep:8080/api?x=@y"
+        );
+        assert_eq!(redact("http://mep/a@b"), "http://mep/a@b");
+        assert_eq!(redact("simulated:"), "simulated:");
     }
 }
