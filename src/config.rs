@@ -446,7 +446,11 @@ impl Config {
             let url = match (mep.driver, mep.url) {
                 (_, Some(u)) => {
                     let checked = check_url(u.get_ref()).map_err(|why| {
-                        bad(u.span(), "mep.url", format!("= '{}' {why}", redact(u.get_ref())))
+                        bad(
+                            u.span(),
+                            "mep.url",
+                            format!("= '{}' {why}", redact(u.get_ref())),
+                        )
                     })?;
                     if mep.driver == DriverKind::Simulated {
                         u.get_ref().clone()
@@ -596,7 +600,9 @@ fn read_file(
     })
 }
 
-/// Reads a file holding one bearer token.
+/// Reads a file holding one bearer token: visible ASCII only (0x21..=0x7E), what an HTTP header
+/// carries on both sides (the server answers a bare 400 to any other byte, the client refuses
+/// to send it).
 fn read_token(
     text: &str,
     file: &str,
@@ -606,11 +612,11 @@ fn read_token(
     let bytes = read_file(text, file, value, what)?;
     let token = String::from_utf8(bytes).unwrap_or_default();
     let token = token.trim();
-    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if token.is_empty() || !token.bytes().all(|b| (0x21..=0x7E).contains(&b)) {
         return Err(ConfigError {
             file: file.to_string(),
             message: format!(
-                "line {}: {what} = '{}' must hold one token: non-empty UTF-8, no spaces or control characters",
+                "line {}: {what} = '{}' must hold one token of visible ASCII characters (no spaces, control or non-ASCII characters such as 'é'): an HTTP header cannot carry others",
                 line_of(text, value.span().start),
                 value.get_ref()
             ),
@@ -810,7 +816,10 @@ url = "http://127.0.0.1:13000/"
         let c = Config::parse(&text, "f").unwrap();
         assert_eq!(c.regions[0].mep.url, "http://admin:s3cret@127.0.0.1:13002");
         let summary = c.summary().join("\n");
-        assert!(summary.contains("MEP http://***@127.0.0.1:13002"), "{summary}");
+        assert!(
+            summary.contains("MEP http://***@127.0.0.1:13002"),
+            "{summary}"
+        );
         assert!(!summary.contains("s3cret"), "{summary}");
         for url in [
             "http://admin:s3cret@127.0.0.1:13002/#x",
@@ -891,6 +900,40 @@ url = "http://127.0.0.1:13000/"
         .unwrap_err()
         .to_string();
         assert!(e.contains("holds no PEM certificate"), "{e}");
+    }
+
+    #[test]
+    fn tokens_must_be_visible_ascii() {
+        let dir = std::env::temp_dir().join(format!("mec-config-ascii-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("regions.toml").display().to_string();
+        let server = |name: &str| format!("[server]\ntoken_file = \"{name}\"\n{MINIMAL}");
+        let region =
+            |name: &str| MINIMAL.replace("url = ", &format!("token_file = \"{name}\"\nurl = "));
+        std::fs::write(dir.join("good"), "A-z0~9!._\n").unwrap();
+        for text in [server("good"), region("good")] {
+            Config::parse(&text, &file).unwrap();
+        }
+        for (name, content) in [
+            ("accent", "j\u{e9}ton\n".as_bytes()),
+            ("nbsp", "to\u{a0}ken".as_bytes()),
+            ("latin1", b"j\xe9ton".as_slice()),
+            ("space", b"to ken".as_slice()),
+            ("tab", b"to\tken".as_slice()),
+            ("del", b"to\x7fken".as_slice()),
+            ("empty", b" \n".as_slice()),
+        ] {
+            std::fs::write(dir.join(name), content).unwrap();
+            for (text, key) in [
+                (server(name), "[server] token_file"),
+                (region(name), "region '2': mep.token_file"),
+            ] {
+                let e = Config::parse(&text, &file).unwrap_err().to_string();
+                assert!(e.contains(key), "{name}: {e}");
+                assert!(e.contains("visible ASCII"), "{name}: {e}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

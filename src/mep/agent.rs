@@ -71,7 +71,7 @@ enum Credential {
     None,
     /// `Bearer <token>`, marked sensitive.
     Bearer(HeaderValue),
-    /// The token cannot be written in a header (control characters); every call fails saying
+    /// The token cannot be written in a header (not visible ASCII); every call fails saying
     /// so. (The configuration refuses such tokens; this is a second line of defence.)
     Unusable,
 }
@@ -270,7 +270,7 @@ impl MepClient {
                 }
                 Err(_) => {
                     error!(
-                        "MEP {shown}: the token cannot be sent in an HTTP header (it holds control characters): every call to this MEP will fail"
+                        "MEP {shown}: the token cannot be sent in an HTTP header (it holds characters other than visible ASCII): every call to this MEP will fail"
                     );
                     Credential::Unusable
                 }
@@ -395,7 +395,7 @@ impl MepClient {
             }
             Credential::Unusable => {
                 return Err(invalid(
-                    "the configured token cannot be sent in an HTTP header (it holds control characters)".into(),
+                    "the configured token cannot be sent in an HTTP header (it holds characters other than visible ASCII)".into(),
                 ));
             }
         }
@@ -529,7 +529,6 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect()
 }
-
 
 #[cfg(test)]
 mod tests {
