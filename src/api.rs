@@ -123,15 +123,7 @@ impl Api {
         let Some(token) = &self.token else {
             return true;
         };
-        let presented = request
-            .authorization
-            .as_deref()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .unwrap_or("");
+        let presented = request.authorization.as_deref().map_or("", bearer_token);
         constant_time_eq(presented.as_bytes(), token.expose().as_bytes())
     }
 
@@ -164,6 +156,15 @@ impl Api {
 
 /// This API's OpenAPI 2.0 document, served at `GET /MEC/v1/swagger.json`.
 const OPENAPI: &str = include_str!("../openapi/mec-plugin.json");
+
+/// The token of an `Authorization: Bearer <token>` value, or "" for any other scheme; the scheme
+/// name is case-insensitive (RFC 7235 §2.1: `bearer`, `BEARER`, ...).
+fn bearer_token(authorization: &str) -> &str {
+    match authorization.trim_start().split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("Bearer") => token.trim(),
+        _ => "",
+    }
+}
 
 /// Compares two byte strings in time that depends only on their lengths.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -544,6 +545,22 @@ mod tests {
             "{detail}"
         );
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_whatever_its_case() {
+        for header in [
+            "Bearer t0k",
+            "bearer t0k",
+            "BEARER t0k",
+            "bEaReR t0k",
+            "Bearer  t0k ",
+        ] {
+            assert_eq!(bearer_token(header), "t0k", "{header}");
+        }
+        for header in ["Basic t0k", "Bearert0k", "Bearer", "t0k", "", "Bear t0k"] {
+            assert_eq!(bearer_token(header), "", "{header}");
+        }
     }
 
     #[test]

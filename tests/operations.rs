@@ -124,6 +124,18 @@ fn with_a_token_the_api_and_metrics_need_it_and_healthz_does_not() {
         200
     );
     assert_eq!(raw_get(&p, "/metrics", Some("Bearer t0ken-abc")).0, 200);
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        assert_eq!(
+            raw_get(
+                &p,
+                "/MEC/v1/service/regions",
+                Some(&format!("{scheme} t0ken-abc"))
+            )
+            .0,
+            200,
+            "the scheme is case-insensitive (RFC 7235): {scheme}"
+        );
+    }
     assert_eq!(
         raw_get(&p, "/MEC/v1/service/requests/x", Some("Bearer t0ken-abc")).0,
         404
