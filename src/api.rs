@@ -211,7 +211,7 @@ struct Position {
     longitude: f64,
 }
 
-/// Parses the query of `GET /service/regions`: nothing, or both coordinates.
+/// Parses the query of `GET /service/regions`: nothing, or both coordinates, each once.
 fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
     let bad = |detail: String| ApiError::BadRequest { detail };
     let (mut latitude, mut longitude) = (None, None);
@@ -227,6 +227,11 @@ fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
                 )));
             }
         };
+        if slot.is_some() {
+            return Err(bad(format!(
+                "query parameter '{key}' is given more than once"
+            )));
+        }
         let number: f64 = value
             .trim()
             .parse()
@@ -591,6 +596,14 @@ mod tests {
             ("latitude=1&longitude=-180.1", "out of range"),
             ("latitude=NaN&longitude=1", "not a number"),
             ("lat=1&longitude=1", "unknown query parameter 'lat'"),
+            (
+                "latitude=1&longitude=2&latitude=3",
+                "'latitude' is given more than once",
+            ),
+            (
+                "longitude=2&latitude=1&longitude=2",
+                "'longitude' is given more than once",
+            ),
         ] {
             let e = parse_position(Some(query)).unwrap_err().to_string();
             assert!(e.contains(needle), "{query}: {e}");

@@ -190,6 +190,10 @@ fn a_bad_position_query_is_400() {
         ("latitude=100&longitude=7", "out of range"),
         ("latitude=43&longitude=181", "out of range"),
         ("lat=43&lon=7", "unknown query parameter"),
+        (
+            "latitude=43.6&longitude=7.06&latitude=45.07",
+            "'latitude' is given more than once",
+        ),
     ] {
         let d = p.get(&format!("/service/regions?{query}")).problem(400);
         assert!(d.contains(needle), "{query}: {d}");
