@@ -8,7 +8,8 @@
 pub struct Request {
     /// Upper-case method name as sent (`GET`, `POST`, ...).
     pub method: String,
-    /// Request target as sent: path plus optional `?query`.
+    /// Request target as sent: path plus optional `?query` (origin form), or the same after
+    /// `scheme://authority` (absolute form, e.g. from a proxy).
     pub target: String,
     /// `Content-Type` header value, if any.
     pub content_type: Option<String>,
@@ -37,15 +38,34 @@ impl Request {
         }
     }
 
-    /// The path part of the target, without the query string.
+    /// The path part of the target, without the query string. An absolute-form target
+    /// (`http://host:port/path?query`, which RFC 9112 §3.2.2 says servers must accept) loses its
+    /// `scheme://authority`; its path is `/` when it has none. Routing only ever sees this.
     pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
+        let path = self.target.split('?').next().unwrap_or("");
+        match absolute_form_rest(path) {
+            Some(rest) => match rest.find('/') {
+                Some(slash) => &rest[slash..],
+                None => "/",
+            },
+            None => path,
+        }
     }
 
     /// The query string (after `?`), if any.
     pub fn query(&self) -> Option<&str> {
         self.target.split_once('?').map(|(_, q)| q)
     }
+}
+
+/// What follows `scheme://` when `target` is in absolute form (a target in origin form starts
+/// with `/`, and a scheme is a letter followed by letters, digits, `+`, `-` or `.`).
+fn absolute_form_rest(target: &str) -> Option<&str> {
+    let (scheme, rest) = target.split_once("://")?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    valid.then_some(rest)
 }
 
 /// A response to be written by the server.
@@ -99,5 +119,26 @@ mod tests {
         assert_eq!(r.path(), "/MEC/v1/service/regions");
         assert_eq!(r.query(), Some("latitude=1&x=?"));
         assert_eq!(Request::new("GET", "/a").query(), None);
+    }
+
+    #[test]
+    fn an_absolute_form_target_is_routed_by_its_path_and_keeps_its_query() {
+        let r = Request::new(
+            "GET",
+            "http://127.0.0.1:8082/MEC/v1/service/regions?latitude=1&longitude=2",
+        );
+        assert_eq!(r.path(), "/MEC/v1/service/regions");
+        assert_eq!(r.query(), Some("latitude=1&longitude=2"));
+        assert_eq!(
+            Request::new("GET", "HTTPS://user@[::1]:443/healthz").path(),
+            "/healthz"
+        );
+        assert_eq!(Request::new("GET", "http://host").path(), "/");
+        assert_eq!(Request::new("GET", "http://host?x=1").path(), "/");
+        assert_eq!(Request::new("GET", "http://host?x=1").query(), Some("x=1"));
+        // Origin form is left alone, even with "://" further on.
+        assert_eq!(Request::new("GET", "/a/http://b/c").path(), "/a/http://b/c");
+        assert_eq!(Request::new("GET", "/a?u=http://b/c").path(), "/a");
+        assert_eq!(Request::new("GET", "1x://host/p").path(), "1x://host/p");
     }
 }

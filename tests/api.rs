@@ -57,6 +57,34 @@ fn regions_are_listed_with_their_circles() {
 }
 
 #[test]
+fn an_absolute_form_request_target_is_served_like_its_path() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let addr = p.app.local_addr();
+    let get = |target: &str| {
+        let text = format!("GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        support::raw::exchange(addr, &text).expect("answered")
+    };
+    let r = get(&format!("http://{addr}/MEC/v1/service/regions"));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["Regions"].as_array().unwrap().len(), 2);
+    // The query survives: Sophia-Antipolis (region 2) only.
+    let r = get(&format!(
+        "http://{addr}/MEC/v1/service/regions?latitude=43.6&longitude=7.06"
+    ));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["Regions"][0]["MECRegionInfo"]["RegionId"], "2");
+    // Still routed by the path: an unknown one is 404 naming the path, not the whole URL.
+    let r = get(&format!("http://{addr}/MEC/v1/service/nothing"));
+    assert_eq!(r.status, 404);
+    let detail = r.json()["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("/MEC/v1/service/nothing") && !detail.contains("http://"),
+        "{detail}"
+    );
+}
+
+#[test]
 fn a_creation_answers_201_only_after_every_rule_is_on_the_platform() {
     let mep = FakeLlMec::start();
     let p = plugin(&mep);
