@@ -3,7 +3,7 @@
 //! the configured spelling. Pure functions of request and service: no sockets here.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
@@ -12,6 +12,7 @@ use crate::config::Secret;
 use crate::error::ApiError;
 use crate::http::{Request, Response};
 use crate::model::{self, ApiStyle, CreationRequest, Status};
+use crate::server::RequestHandler;
 use crate::service::{Region, Removal, Service};
 use crate::store::Record;
 use crate::util::rfc3339;
@@ -87,37 +88,37 @@ pub struct Api {
     pub token: Option<Secret>,
 }
 
-impl Api {
-    /// Answers one request, counting it in the metrics.
-    pub fn handle(&self, request: &Request) -> Response {
-        let started = Instant::now();
+/// The server calls [`handle`](RequestHandler::handle) for a request read in full, and
+/// [`answered`](RequestHandler::answered) for every request answered (its own refusals and a
+/// panic's 500 included): the metrics count each answered request there, once.
+impl RequestHandler for Api {
+    /// Answers one request.
+    fn handle(&self, request: &Request) -> Response {
         let path = request.path();
-        let found = route(path);
-        let response = match &found {
+        match route(path) {
             None if path.starts_with(BASE) && !self.authorized(request) => ApiError::Unauthorized,
             None => ApiError::NoRoute {
                 path: path.to_string(),
             },
-            Some(route) => match self.dispatch(route, request) {
-                Ok(response) => {
-                    self.record(route.template(), request, response.status, started);
-                    return response;
-                }
+            Some(route) => match self.dispatch(&route, request) {
+                Ok(response) => return response,
                 Err(e) => e,
             },
         }
-        .to_response(self.style);
-        let template = found.as_ref().map_or("other", Route::template);
-        self.record(template, request, response.status, started);
-        response
+        .to_response(self.style)
     }
 
-    fn record(&self, template: &'static str, request: &Request, status: u16, started: Instant) {
+    /// Counts an answered request in the metrics, under its route's template (`other` for a
+    /// path that is no route), whoever answered it.
+    fn answered(&self, request: &Request, status: u16, took: Duration) {
+        let template = route(request.path()).map_or("other", |r| r.template());
         self.service
             .metrics
-            .northbound(template, &request.method, status, started.elapsed());
+            .northbound(template, &request.method, status, took);
     }
+}
 
+impl Api {
     /// True when no token is configured or the request carries it (compared in constant time).
     fn authorized(&self, request: &Request) -> bool {
         let Some(token) = &self.token else {

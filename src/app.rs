@@ -90,7 +90,7 @@ impl App {
             style: config.server.api_style,
             token: config.server.token.clone(),
         };
-        let handler: server::Handler = Arc::new(move |request| api.handle(request));
+        let handler: server::Handler = Arc::new(api);
         let server = Server::start(server::Options::from_config(&config.server), handler)
             .map_err(StartError::Listen)?;
         Ok(App {

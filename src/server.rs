@@ -32,7 +32,11 @@
 //! pair in `/proc/self/fd`) once it has drained for `read_timeout`, which makes the crate's
 //! drain read EOF and end. So a drain, on whatever thread, lasts at most about `read_timeout`
 //! plus one reaper tick. (`Connection: close` cannot be added: the crate drops any `Connection`
-//! header from responses; the cut connection has the same effect.)
+//! header from responses; the cut connection has the same effect.) Refused or not, every
+//! answered request gets one log line and is reported once to the handler
+//! ([`RequestHandler::answered`], where the API counts its metrics), before its response is
+//! written. (Bodies of at most 1 KiB are read by the crate before it hands the request over;
+//! when one of those is cut short, the crate answers a bare 400 itself and we never see it.)
 //!
 //! **Bursts.** `connection_threads` is the pool's `min_threads`. The legacy pool serves each
 //! connection on one thread for its whole keep-alive life and, when it believes threads are
@@ -149,8 +153,33 @@ impl Options {
     }
 }
 
-/// What answers requests: a pure function of the request (the body already read).
-pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
+/// What answers requests: a pure function of the request (the body already read), told of every
+/// request the server answers. A closure `Fn(&Request) -> Response` is one that ignores the
+/// news.
+pub trait RequestHandler: Send + Sync {
+    /// The response to a request whose body was read in full.
+    fn handle(&self, request: &Request) -> Response;
+
+    /// Called exactly once for every request answered, just before its response is written:
+    /// those [`handle`](Self::handle) answered and those the server answered itself (a body
+    /// refused with 413, 408 or 400, whose `request.body` is then empty; a panic of `handle`,
+    /// answered 500). `took` runs from the request head to the response being ready.
+    fn answered(&self, request: &Request, status: u16, took: Duration) {
+        let _ = (request, status, took);
+    }
+}
+
+impl<F> RequestHandler for F
+where
+    F: Fn(&Request) -> Response + Send + Sync,
+{
+    fn handle(&self, request: &Request) -> Response {
+        self(request)
+    }
+}
+
+/// The handler a [`Server`] shares between its workers.
+pub type Handler = Arc<dyn RequestHandler>;
 
 /// A running server; see the module docs. Dropping it stops it with no grace period.
 pub struct Server {
@@ -638,7 +667,8 @@ fn worker_loop(shared: &Arc<Shared>) {
     }
 }
 
-/// Reads the body under the bounds, calls the handler, writes the response, logs one line.
+/// Reads the body under the bounds, calls the handler, writes the response; every request
+/// answered is logged and told to the handler once, in [`answered`].
 fn handle(shared: &Arc<Shared>, mut rq: TinyRequest) {
     let started = Instant::now();
     let mut request = request_head(&rq);
@@ -652,7 +682,7 @@ fn handle(shared: &Arc<Shared>, mut rq: TinyRequest) {
         Ok(body) => {
             request.body = body;
             let response = call_handler(&shared.handler, &request, shared.api_style);
-            let status = response.status;
+            answered(shared, &request, response.status, started);
             if let Err(e) = rq.respond(to_tiny_response(response)) {
                 log::debug!(
                     "{} {}: response not delivered: {e}",
@@ -660,24 +690,28 @@ fn handle(shared: &Arc<Shared>, mut rq: TinyRequest) {
                     request.path()
                 );
             }
-            log_request(&request, status, started);
         }
         Err(error) => {
             let response = error.to_response(shared.api_style);
-            log_request(&request, response.status, started);
+            answered(shared, &request, response.status, started);
             refuse(shared, rq, to_tiny_response(response));
         }
     }
 }
 
-fn log_request(request: &Request, status: u16, started: Instant) {
+/// Logs one line for an answered request and tells the handler (which counts it in the
+/// metrics). Before the response is written, so that a client that has read it finds it
+/// counted.
+fn answered(shared: &Shared, request: &Request, status: u16, started: Instant) {
+    let took = started.elapsed();
     log::info!(
         "{} {} {} {} ms",
         request.method,
         request.path(),
         status,
-        started.elapsed().as_millis()
+        took.as_millis()
     );
+    shared.handler.answered(request, status, took);
 }
 
 /// The request line and the headers the API uses; the body is read separately.
@@ -694,7 +728,7 @@ fn request_head(rq: &TinyRequest) -> Request {
 
 /// Calls the handler; a panic becomes a logged 500 problem response.
 fn call_handler(handler: &Handler, request: &Request, style: ApiStyle) -> Response {
-    match panic::catch_unwind(AssertUnwindSafe(|| handler(request))) {
+    match panic::catch_unwind(AssertUnwindSafe(|| handler.handle(request))) {
         Ok(response) => response,
         Err(payload) => {
             let what = payload
@@ -1393,7 +1427,7 @@ mod tests {
 
     #[test]
     fn a_panicking_handler_becomes_a_500_problem() {
-        let handler: Handler = Arc::new(|_| panic!("boom"));
+        let handler: Handler = Arc::new(|_: &Request| -> Response { panic!("boom") });
         let response = call_handler(&handler, &Request::new("GET", "/x"), ApiStyle::Spec);
         assert_eq!(response.status, 500);
         assert_eq!(response.content_type, crate::http::PROBLEM_JSON);

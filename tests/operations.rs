@@ -89,6 +89,26 @@ fn metrics_count_requests_platform_calls_and_records_after_traffic() {
 }
 
 #[test]
+fn metrics_count_the_requests_the_server_refuses_itself_under_their_route() {
+    let config = format!(
+        "{}{}",
+        server_section("max_body_bytes = 1024"),
+        simulated_region("3")
+    );
+    let p = Plugin::start(&config);
+    let big = DNS.replace("a.example.org", &format!("{}.org", "a".repeat(2048)));
+    p.post(&big).problem(413);
+    let (status, text, _) = raw_get(&p, "/metrics", None);
+    assert_eq!(status, 200);
+    for needle in [
+        "mec_plugin_http_requests_total{route=\"/MEC/v1/service/requests\",method=\"POST\",status=\"413\"} 1",
+        "mec_plugin_http_request_duration_seconds_count{route=\"/MEC/v1/service/requests\"} 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+}
+
+#[test]
 fn with_a_token_the_api_and_metrics_need_it_and_healthz_does_not() {
     let dir = temp_dir("token");
     std::fs::write(dir.join("token"), "t0ken-abc\n").unwrap();

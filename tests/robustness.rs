@@ -9,11 +9,12 @@ mod raw;
 
 use std::io::{BufReader, Write};
 use std::net::TcpStream;
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mec_plugin::server::Server;
+use mec_plugin::http::{Request, Response};
+use mec_plugin::server::{RequestHandler, Server};
 use raw::*;
 
 const MS: Duration = Duration::from_millis(1);
@@ -22,9 +23,74 @@ fn assert_problem(response: &RawResponse, status: u16) {
     assert_eq!(response.status, status, "{response:?}");
     assert_eq!(
         response.header("Content-Type"),
-        Some("application/problem+json")
+        Some("application/problem+json"),
+        "{response:?}"
     );
     assert_eq!(response.json()["status"], status);
+}
+
+/// The echo handler, keeping what the server tells it of every answered request.
+#[derive(Default)]
+struct Recorder {
+    answered: Mutex<Vec<(String, String, u16)>>,
+}
+
+impl RequestHandler for Recorder {
+    fn handle(&self, request: &Request) -> Response {
+        echo_handler().handle(request)
+    }
+
+    fn answered(&self, request: &Request, status: u16, _took: Duration) {
+        let entry = (request.method.clone(), request.path().to_string(), status);
+        self.answered.lock().unwrap().push(entry);
+    }
+}
+
+#[test]
+fn every_answered_request_is_told_to_the_handler_once_refusals_and_panics_included() {
+    let recorder = Arc::new(Recorder::default());
+    let server = Server::start(options(300, 2), recorder.clone()).expect("the server starts");
+    let addr = server.local_addr();
+
+    assert_eq!(get_within(addr, "/ok", 1000 * MS).status, 200);
+    // 413: declared over the limit, and sent over the limit without a length (chunked).
+    let too_large = exchange(addr, &post_head("/big", MAX_BODY as u64 + 1)).unwrap();
+    assert_problem(&too_large, 413);
+    let chunk = "x".repeat(MAX_BODY + 1);
+    let chunked = format!(
+        "POST /chunked HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    assert_problem(&exchange(addr, &chunked).unwrap(), 413);
+    // 400: the client ends its side after 3 of 2000 declared bytes. (The crate reads bodies
+    // of at most 1 KiB itself before handing the request over: those are declared larger.)
+    let mut cut = connect(addr);
+    cut.write_all(format!("{}abc", post_head("/cut", 2000)).as_bytes())
+        .unwrap();
+    cut.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_problem(&read_response(&mut BufReader::new(&cut)).unwrap(), 400);
+    // 408: the body stalls past read_timeout.
+    let mut stalled = connect(addr);
+    stalled
+        .write_all(format!("{}{{", post_head("/stalled", 2000)).as_bytes())
+        .unwrap();
+    assert_problem(&read_response(&mut BufReader::new(&stalled)).unwrap(), 408);
+    // 500: the handler panicked.
+    assert_problem(&get_within(addr, "/panic", 1000 * MS), 500);
+
+    let mut answered = recorder.answered.lock().unwrap().clone();
+    answered.sort();
+    let expected = [
+        ("GET", "/ok", 200),
+        ("GET", "/panic", 500),
+        ("POST", "/big", 413),
+        ("POST", "/chunked", 413),
+        ("POST", "/cut", 400),
+        ("POST", "/stalled", 408),
+    ]
+    .map(|(m, p, s)| (m.to_string(), p.to_string(), s));
+    assert_eq!(answered, expected);
+    server.shutdown(100 * MS);
 }
 
 #[test]
