@@ -137,47 +137,43 @@ impl Metrics {
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(8 * 1024);
-        let _ = writeln!(
-            out,
-            "# HELP mec_plugin_build_info Version of the running plugin."
+        header(
+            &mut out,
+            "mec_plugin_build_info",
+            "gauge",
+            "Version of the running plugin.",
         );
-        let _ = writeln!(out, "# TYPE mec_plugin_build_info gauge");
         let _ = writeln!(
             out,
             "mec_plugin_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         );
-        let _ = writeln!(
-            out,
-            "# HELP mec_plugin_uptime_seconds Seconds since the plugin started."
-        );
-        let _ = writeln!(out, "# TYPE mec_plugin_uptime_seconds gauge");
-        let _ = writeln!(
-            out,
-            "mec_plugin_uptime_seconds {:.3}",
-            gauges.uptime_seconds
+        single(
+            &mut out,
+            "mec_plugin_uptime_seconds",
+            "Seconds since the plugin started.",
+            format_args!("{:.3}", gauges.uptime_seconds),
         );
 
         {
             let n = self.northbound.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = writeln!(
-                out,
-                "# HELP mec_plugin_http_requests_total Northbound requests by route, method and status."
+            header(
+                &mut out,
+                "mec_plugin_http_requests_total",
+                "counter",
+                "Northbound requests by route, method and status.",
             );
-            let _ = writeln!(out, "# TYPE mec_plugin_http_requests_total counter");
             for ((route, method, status), count) in &n.requests {
                 let _ = writeln!(
                     out,
                     "mec_plugin_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}"
                 );
             }
-            let _ = writeln!(
-                out,
-                "# HELP mec_plugin_http_request_duration_seconds Northbound request handling time by route."
-            );
-            let _ = writeln!(
-                out,
-                "# TYPE mec_plugin_http_request_duration_seconds histogram"
+            header(
+                &mut out,
+                "mec_plugin_http_request_duration_seconds",
+                "histogram",
+                "Northbound request handling time by route.",
             );
             for (route, h) in &n.latency {
                 h.write(
@@ -189,11 +185,12 @@ impl Metrics {
         }
         {
             let s = self.southbound.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = writeln!(
-                out,
-                "# HELP mec_plugin_mep_calls_total Platform calls by region, operation and outcome."
+            header(
+                &mut out,
+                "mec_plugin_mep_calls_total",
+                "counter",
+                "Platform calls by region, operation and outcome.",
             );
-            let _ = writeln!(out, "# TYPE mec_plugin_mep_calls_total counter");
             for ((region, operation, outcome), count) in &s.calls {
                 let _ = writeln!(
                     out,
@@ -202,46 +199,52 @@ impl Metrics {
                     outcome.name()
                 );
             }
-            let _ = writeln!(
-                out,
-                "# HELP mec_plugin_mep_call_duration_seconds Platform call time by region and operation."
+            header(
+                &mut out,
+                "mec_plugin_mep_call_duration_seconds",
+                "histogram",
+                "Platform call time by region and operation.",
             );
-            let _ = writeln!(out, "# TYPE mec_plugin_mep_call_duration_seconds histogram");
             for ((region, operation), h) in &s.latency {
                 let labels = format!("region=\"{}\",operation=\"{operation}\"", escape(region));
                 h.write(&mut out, "mec_plugin_mep_call_duration_seconds", &labels);
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP mec_plugin_requests Stored rule requests by status."
+        header(
+            &mut out,
+            "mec_plugin_requests",
+            "gauge",
+            "Stored rule requests by status.",
         );
-        let _ = writeln!(out, "# TYPE mec_plugin_requests gauge");
         for (status, count) in &gauges.requests_by_status {
             let _ = writeln!(out, "mec_plugin_requests{{status=\"{status}\"}} {count}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP mec_plugin_reconciler_backlog Requests whose rules the reconciler still has to remove."
+        single(
+            &mut out,
+            "mec_plugin_reconciler_backlog",
+            "Requests whose rules the reconciler still has to remove.",
+            gauges.reconciler_backlog,
         );
-        let _ = writeln!(out, "# TYPE mec_plugin_reconciler_backlog gauge");
-        let _ = writeln!(
-            out,
-            "mec_plugin_reconciler_backlog {}",
-            gauges.reconciler_backlog
-        );
-        let _ = writeln!(
-            out,
-            "# HELP mec_plugin_state_writable 1 while changes can be made durable; 0 once the journal stopped after a failed fsync (restart needed)."
-        );
-        let _ = writeln!(out, "# TYPE mec_plugin_state_writable gauge");
-        let _ = writeln!(
-            out,
-            "mec_plugin_state_writable {}",
-            u8::from(gauges.state_writable)
+        single(
+            &mut out,
+            "mec_plugin_state_writable",
+            "1 while changes can be made durable; 0 once the journal stopped after a failed fsync (restart needed).",
+            u8::from(gauges.state_writable),
         );
         out
     }
+}
+
+/// The `# HELP` and `# TYPE` lines of metric `name`.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A gauge without labels: its header and its one sample.
+fn single(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// Escapes a label value (backslash, quote, newline).
