@@ -740,19 +740,20 @@ mod tests {
     }
 
     impl Gate {
-        /// A gate, the receiver of its "entered" and the sender that lets the call go.
-        fn new(refuse: bool) -> (Gate, mpsc::Receiver<()>, mpsc::Sender<()>) {
+        /// Puts a gate in `slot`; returns the receiver of its "entered" and the sender that
+        /// lets the call go.
+        fn install(
+            slot: &Mutex<Option<Gate>>,
+            refuse: bool,
+        ) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
             let (entered, entered_rx) = mpsc::channel();
             let (release_tx, release) = mpsc::channel();
-            (
-                Gate {
-                    entered,
-                    release,
-                    refuse,
-                },
-                entered_rx,
-                release_tx,
-            )
+            *slot.lock().unwrap() = Some(Gate {
+                entered,
+                release,
+                refuse,
+            });
+            (entered_rx, release_tx)
         }
 
         /// Passes the gate; whether the call is refused.
@@ -842,6 +843,15 @@ mod tests {
             Service::with_store(regions, store, RetryPolicy::default()),
             driver,
         )
+    }
+
+    /// Runs `f` on the service on another thread.
+    fn on_thread<T: Send + 'static>(
+        s: &Arc<Service>,
+        f: impl FnOnce(&Service) -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let s = s.clone();
+        std::thread::spawn(move || f(&s))
     }
 
     /// Records and the rules held on the platform agree: every rule on it is covered by a
@@ -1063,14 +1073,11 @@ mod tests {
         let s = Arc::new(s);
         let first = s.create(request(&["same"])).unwrap();
         // A second request's call for the same rule is in flight...
-        let (gate, entered, release) = Gate::new(true);
-        *d.apply_gate.lock().unwrap() = Some(gate);
-        let s2 = s.clone();
-        let second = std::thread::spawn(move || s2.create(request(&["same"])));
+        let (entered, release) = Gate::install(&d.apply_gate, true);
+        let second = on_thread(&s, |s| s.create(request(&["same"])));
         entered.recv().unwrap();
         // ...when the first is deleted: its removal must not count on the second.
-        let s3 = s.clone();
-        let delete = std::thread::spawn(move || s3.delete(&first).map(|_| ()));
+        let delete = on_thread(&s, move |s| s.delete(&first).map(|_| ()));
         std::thread::sleep(Duration::from_millis(50));
         release.send(()).unwrap();
         assert_eq!(second.join().unwrap().unwrap_err().status(), 502);
@@ -1087,14 +1094,11 @@ mod tests {
         let (s, d) = service();
         let s = Arc::new(s);
         let first = s.create(request(&["same"])).unwrap();
-        let (gate, entered, release) = Gate::new(false);
-        *d.remove_gate.lock().unwrap() = Some(gate);
-        let s2 = s.clone();
-        let delete = std::thread::spawn(move || s2.delete(&first).map(|_| ()));
+        let (entered, release) = Gate::install(&d.remove_gate, false);
+        let delete = on_thread(&s, move |s| s.delete(&first).map(|_| ()));
         entered.recv().unwrap();
         // A new request with the same rule, while the first one's removal is in flight.
-        let s3 = s.clone();
-        let second = std::thread::spawn(move || s3.create(request(&["same"])));
+        let second = on_thread(&s, |s| s.create(request(&["same"])));
         std::thread::sleep(Duration::from_millis(100));
         release.send(()).unwrap();
         delete.join().unwrap().unwrap();
