@@ -134,6 +134,26 @@ fn commit_late(fake: &FakeEdgeGallery) {
     );
 }
 
+/// A configuration for the tests that restart the plugin on its state directory. A long
+/// timeout only widens the settle window (2 × (3 s + 5 × 20 ms)): the tests must see the MEP
+/// commit inside it even on a slow machine.
+fn restart_config(fake: &FakeEdgeGallery) -> String {
+    format!(
+        "{}{}",
+        server_section(""),
+        eg_region(
+            &fake.url(),
+            3000,
+            &format!("token_file = \"{}\"\n", token_file().display())
+        )
+    )
+}
+
+/// How many DELETEs the MEP received.
+fn deletes(fake: &FakeEdgeGallery) -> usize {
+    fake.calls().iter().filter(|c| c.method == "DELETE").count()
+}
+
 fn failed_id(reply: &Reply) -> String {
     reply.json["RequestId"]
         .as_str()
@@ -276,17 +296,7 @@ fn after_a_restart_a_404_is_not_taken_as_absence_while_the_creation_may_still_ru
     let fake = FakeEdgeGallery::start();
     fake.require_token(TOKEN);
     let dir = temp_dir("eg-restart");
-    let config = format!(
-        "{}{}",
-        server_section(""),
-        // A long timeout only widens the settle window (2 × (3 s + 5 × 20 ms)): the test
-        // must see the MEP commit inside it even on a slow machine.
-        eg_region(
-            &fake.url(),
-            3000,
-            &format!("token_file = \"{}\"\n", token_file().display())
-        )
-    );
+    let config = restart_config(&fake);
     let p = Plugin::start_in(&config, &dir);
     fake.stick();
     let r = p.post(&traffic_and_dns());
@@ -298,9 +308,7 @@ fn after_a_restart_a_404_is_not_taken_as_absence_while_the_creation_may_still_ru
     let p = Plugin::start_in(&config, &dir);
     // The MEP answers 404 while the task runs; the reconciler keeps coming back instead of
     // believing it.
-    assert!(eventually(Duration::from_secs(3), || {
-        fake.calls().iter().filter(|c| c.method == "DELETE").count() >= 2
-    }));
+    assert!(eventually(Duration::from_secs(3), || deletes(&fake) >= 2));
     let detail = status_detail(&p, &id);
     assert!(!detail.contains("removed from the platform"), "{detail}");
     assert!(fake.committed().is_empty());
@@ -314,15 +322,7 @@ fn after_a_restart_a_deleting_request_whose_creation_may_still_run_is_not_forgot
     let fake = FakeEdgeGallery::start();
     fake.require_token(TOKEN);
     let dir = temp_dir("eg-restart-deleting");
-    let config = format!(
-        "{}{}",
-        server_section(""),
-        eg_region(
-            &fake.url(),
-            3000,
-            &format!("token_file = \"{}\"\n", token_file().display())
-        )
-    );
+    let config = restart_config(&fake);
     let p = Plugin::start_in(&config, &dir);
     fake.stick();
     let id = failed_id(&p.post(&traffic_and_dns()));
@@ -341,9 +341,7 @@ fn after_a_restart_a_deleting_request_whose_creation_may_still_run_is_not_forgot
     // A DELETING request may have been a FAILED one whose creation was never answered: the
     // new run does not take the MEP's 404 for its absence while the task may still commit.
     let p = Plugin::start_in(&config, &dir);
-    assert!(eventually(Duration::from_secs(3), || {
-        fake.calls().iter().filter(|c| c.method == "DELETE").count() >= 2
-    }));
+    assert!(eventually(Duration::from_secs(3), || deletes(&fake) >= 2));
     assert_eq!(p.get(&path).status, 200, "still recorded");
     assert!(fake.committed().is_empty());
 
