@@ -398,21 +398,13 @@ impl Service {
             }
             Claim::Mine(record) => record,
         };
-        // A request with nothing on its platform needs no region (it may be gone from the
-        // configuration).
-        let undone = match self.region(&record.region_id) {
-            Some(region) => self.undo(id, region, &record.steps),
-            None if record.applied == 0 => Ok(()),
-            None => {
-                let detail = format!(
-                    "region '{}' is no longer configured; its rules cannot be removed",
-                    record.region_id
-                );
-                self.store
-                    .update(id, |r| r.busy = false)
-                    .map_err(state_error)?;
-                return Err(ApiError::Internal { detail });
-            }
+        let Some(undone) = self.undo_record(&record) else {
+            self.store
+                .update(id, |r| r.busy = false)
+                .map_err(state_error)?;
+            return Err(ApiError::Internal {
+                detail: region_gone(&record.region_id),
+            });
         };
         match undone {
             Ok(()) => {
@@ -503,33 +495,22 @@ impl Service {
                 record = now;
             }
         }
-        // A request with nothing on its platform needs no region (it may be gone from the
-        // configuration).
-        let undone = match self.region(&record.region_id) {
-            Some(region) => {
-                info!(
-                    "request {id}: removing {} rule call(s) from region {} (attempt {})",
-                    record.applied,
-                    region.config.id,
-                    record.attempts + 1
-                );
-                self.undo(id, region, &record.steps)
-            }
-            None if record.applied == 0 => Ok(()),
-            None => {
-                let detail = format!(
-                    "region '{}' is no longer configured; its rules cannot be removed",
-                    record.region_id
-                );
-                error!("request {id}: {detail}");
-                let next = now_millis() + self.retry.max.as_millis() as i64;
-                self.store.update(id, |r| {
-                    r.busy = false;
-                    r.detail = Some(detail.into());
-                    r.next_attempt = next;
-                })?;
-                return Ok(());
-            }
+        info!(
+            "request {id}: removing {} rule call(s) from region {} (attempt {})",
+            record.applied,
+            record.region_id,
+            record.attempts + 1
+        );
+        let Some(undone) = self.undo_record(&record) else {
+            let detail = region_gone(&record.region_id);
+            error!("request {id}: {detail}");
+            let next = now_millis() + self.retry.max.as_millis() as i64;
+            self.store.update(id, |r| {
+                r.busy = false;
+                r.detail = Some(detail.into());
+                r.next_attempt = next;
+            })?;
+            return Ok(());
         };
         match undone {
             Ok(()) if record.status == Status::Deleting => {
@@ -602,6 +583,17 @@ impl Service {
         condvar.notify_all();
     }
 
+    /// Undoes `record`'s applied steps on its region's platform; `None` when the region is no
+    /// longer configured and steps may be on its platform (a record with nothing applied needs
+    /// no region).
+    fn undo_record<'a>(&self, record: &'a Record) -> Option<Result<(), Undo<'a>>> {
+        match self.region(&record.region_id) {
+            Some(region) => Some(self.undo(&record.id, region, &record.steps)),
+            None if record.applied == 0 => Some(Ok(())),
+            None => None,
+        }
+    }
+
     /// Removes the applied steps of a request in reverse order, recording each removal; a step
     /// another request of the region also holds stays on the platform. On a platform failure,
     /// says how many steps may remain and which removal failed.
@@ -672,6 +664,11 @@ impl Service {
     fn set_applied(&self, id: &str, applied: usize) -> Result<(), StoreError> {
         self.store.update(id, |r| r.applied = applied).map(|_| ())
     }
+}
+
+/// Why the rules of a request in region `region_id` cannot be removed.
+fn region_gone(region_id: &str) -> String {
+    format!("region '{region_id}' is no longer configured; its rules cannot be removed")
 }
 
 /// The detail of a creation that `cause` interrupted, rolled back.
