@@ -14,10 +14,12 @@
 //! file is kept extended ahead of its entries with zero bytes (by the flusher thread, off the
 //! records lock), and its entries end where the zeros begin (or at the end of the file). On
 //! start the newest snapshot is loaded and the journals from its generation on are replayed in
-//! order. A bad last line of the last journal
-//! is a write torn by a crash: it is logged and cut off. Anything else that does not check out
-//! (zeros followed by data included) stops the start with the file and byte offset, and the
-//! file is left as it is.
+//! order. In the last journal, bytes after the last valid entry that do not check out (a
+//! partial line, a line failing its checksum, garbage before or among the zeros) with no valid
+//! entry after them are a write torn by a crash or power cut: logged (file, offset, bytes
+//! dropped), zeroed, and the start goes on. Damage followed by a valid entry, or inside an
+//! earlier journal or a snapshot, stops the start with the file, the byte offset and how many
+//! valid entries follow it, and the file is left as it is.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -196,11 +198,14 @@ impl From<StatusEntry> for Status {
 pub enum JournalError {
     /// Another process holds the directory.
     Locked { dir: PathBuf, holder: String },
-    /// A file is damaged at this offset; it was left untouched.
+    /// A file is damaged at this offset and it is not a torn write; it was left untouched.
     Corrupt {
         file: PathBuf,
         offset: u64,
         reason: String,
+        /// Whole entries found after the damage (`None`: the damaged line itself was written
+        /// whole but cannot be read by this build).
+        entries_after: Option<usize>,
     },
     /// Reading or writing failed.
     Io { path: PathBuf, error: io::Error },
@@ -219,12 +224,30 @@ impl fmt::Display for JournalError {
                 file,
                 offset,
                 reason,
-            } => write!(
-                f,
-                "{} is damaged at byte offset {offset}: {reason}; the file was left untouched \
-                 (move it away to start without its records, or restore a backup)",
-                file.display()
-            ),
+                entries_after,
+            } => {
+                write!(
+                    f,
+                    "{} is damaged at byte offset {offset}: {reason}",
+                    file.display()
+                )?;
+                match entries_after {
+                    Some(n) => write!(
+                        f,
+                        "; {n} valid entr{} follow{} the damage, so it is not a write torn by a \
+                         crash",
+                        if *n == 1 { "y" } else { "ies" },
+                        if *n == 1 { "s" } else { "" }
+                    )?,
+                    None => f.write_str("; the line was written whole")?,
+                }
+                write!(
+                    f,
+                    ". The file was left untouched: restore it from a backup. Cutting it at \
+                     byte offset {offset} would start without every change recorded from there \
+                     on, acknowledged ones included"
+                )
+            }
             JournalError::Io { path, error } => write!(f, "{}: {error}", path.display()),
         }
     }
@@ -800,7 +823,11 @@ struct Replayed {
     torn: bool,
 }
 
-/// Replays one file: its entries end at its end or where its zeros begin.
+/// Replays one file: its entries end at its end or where its zeros begin. In the last journal
+/// (`may_be_torn`), damage with no valid entry after it is a write torn by a power cut or a
+/// crash (a partial line, a line failing its checksum, garbage before or among the zeros): it
+/// is logged and zeroed, and the file is used up to it. Damage with a valid entry after it,
+/// or in any other file, is refused, naming how many valid entries follow it.
 fn replay_file(
     path: &Path,
     may_be_torn: bool,
@@ -811,18 +838,24 @@ fn replay_file(
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::new();
     let (mut offset, mut entries) = (0u64, 0usize);
-    loop {
+    let reason = loop {
         line.clear();
         let zeros = reader.fill_buf().map_err(io_err(path))?.first() == Some(&0);
-        // The zeros are scanned, not read into `line`: they are megabytes long.
-        let (n, only_zeros) = if zeros {
-            skip_line(&mut reader).map_err(io_err(path))?
-        } else {
-            let n = reader.read_until(b'\n', &mut line).map_err(io_err(path))?;
-            (n, false)
-        };
-        let at_end = offset + n as u64 == total;
-        if n == 0 || (only_zeros && at_end) {
+        if zeros {
+            // The zeros are scanned, not read into `line`: they are megabytes long.
+            let (n, only_zeros) = skip_zeros(&mut reader).map_err(io_err(path))?;
+            if only_zeros && offset + n == total {
+                return Ok(Replayed {
+                    entries,
+                    valid: offset,
+                    total,
+                    torn: false,
+                });
+            }
+            break "zero bytes followed by data".to_string();
+        }
+        let (n, ended) = read_line_until_nul(&mut reader, &mut line).map_err(io_err(path))?;
+        if n == 0 {
             return Ok(Replayed {
                 entries,
                 valid: offset,
@@ -830,52 +863,115 @@ fn replay_file(
                 torn: false,
             });
         }
-        let parsed = if zeros {
-            Err(BadLine::Damaged("zero bytes followed by data".into()))
-        } else if line.last() == Some(&b'\n') {
-            decode(&line[..n - 1])
-        } else {
-            Err(BadLine::Damaged("line without its end".into()))
-        };
-        match parsed {
+        if !ended {
+            break "line without its end".to_string();
+        }
+        match decode(&line[..n - 1]) {
             Ok(entry) => {
                 apply(entry);
                 entries += 1;
                 offset += n as u64;
             }
-            Err(BadLine::Damaged(reason)) if may_be_torn && at_end => {
-                warn!(
-                    "{}: the last record (byte offset {offset}) was torn by a crash ({reason}); ignoring it",
-                    path.display()
-                );
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io_err(path))?;
-                file.set_len(offset).map_err(io_err(path))?;
-                file.sync_all().map_err(io_err(path))?;
-                return Ok(Replayed {
-                    entries,
-                    valid: offset,
-                    total: offset,
-                    torn: true,
-                });
-            }
-            Err(BadLine::Damaged(reason) | BadLine::Unreadable(reason)) => {
+            Err(BadLine::Damaged(reason)) => break reason,
+            // Written whole, but this build cannot read it: never a torn write.
+            Err(BadLine::Unreadable(reason)) => {
                 return Err(JournalError::Corrupt {
                     file: path.to_path_buf(),
                     offset,
                     reason,
+                    entries_after: None,
                 });
+            }
+        }
+    };
+    drop(reader);
+    let after = scan_after(path, offset)?;
+    if !may_be_torn || after.entries > 0 {
+        return Err(JournalError::Corrupt {
+            file: path.to_path_buf(),
+            offset,
+            reason,
+            entries_after: Some(after.entries),
+        });
+    }
+    let dropped = after.data_end.saturating_sub(offset);
+    warn!(
+        "{}: the last record (byte offset {offset}) was torn by a crash or power cut ({reason}); \
+         no valid entry follows it: {dropped} byte(s) dropped (zeroed) and the start goes on",
+        path.display()
+    );
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    write_zeros(&file, offset, after.data_end).map_err(io_err(path))?;
+    sync_data(&file).map_err(io_err(path))?;
+    Ok(Replayed {
+        entries,
+        valid: offset,
+        total,
+        torn: true,
+    })
+}
+
+/// What follows a damaged byte offset of a file.
+struct After {
+    /// Complete lines there that pass their checksum (whatever precedes them on their line,
+    /// up to a zero byte): entries that were written whole after the damage.
+    entries: usize,
+    /// One past the last byte that is not zero (the damage's own offset if none is).
+    data_end: u64,
+}
+
+/// Scans `path` from `from` on for whole entries. A line is a candidate from its start or
+/// from just after a zero byte (entries never contain one: JSON escapes control characters),
+/// up to its newline. Reads the file a buffer at a time: the zeros may be megabytes.
+fn scan_after(path: &Path, from: u64) -> Result<After, JournalError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path).map_err(io_err(path))?;
+    file.seek(SeekFrom::Start(from)).map_err(io_err(path))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut candidate = Vec::new();
+    let mut after = After {
+        entries: 0,
+        data_end: from,
+    };
+    let mut at = from;
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            return Ok(after);
+        }
+        for &b in &buf[..n] {
+            at += 1;
+            match b {
+                0 => candidate.clear(),
+                b'\n' => {
+                    after.data_end = at;
+                    if checks_out(&candidate) {
+                        after.entries += 1;
+                    }
+                    candidate.clear();
+                }
+                _ => {
+                    after.data_end = at;
+                    candidate.push(b);
+                }
             }
         }
     }
 }
 
-/// Consumes one line (up to and including its newline, or to the end of the file) without
-/// keeping it; returns its length and whether it was all zero bytes.
-fn skip_line(reader: &mut impl BufRead) -> io::Result<(usize, bool)> {
-    let (mut n, mut only_zeros) = (0, true);
+/// Whether `line` (without its newline) is a whole entry as written: its checksum matches.
+fn checks_out(line: &[u8]) -> bool {
+    !matches!(decode(line), Err(BadLine::Damaged(_)))
+}
+
+/// Consumes a run of zero bytes and what follows it on the same line (up to and including its
+/// newline, or to the end of the file) without keeping it; returns its length and whether it
+/// was all zero bytes.
+fn skip_zeros(reader: &mut impl BufRead) -> io::Result<(u64, bool)> {
+    let (mut n, mut only_zeros) = (0u64, true);
     loop {
         let buf = reader.fill_buf()?;
         if buf.is_empty() {
@@ -887,9 +983,38 @@ fn skip_line(reader: &mut impl BufRead) -> io::Result<(usize, bool)> {
         };
         only_zeros &= buf[..take].iter().all(|&b| b == 0);
         reader.consume(take);
-        n += take;
-        if done {
+        n += take as u64;
+        if done || !only_zeros {
             return Ok((n, only_zeros));
+        }
+    }
+}
+
+/// Reads one line into `line`, up to and including its newline; stops before a zero byte
+/// (which no entry contains) or at the end of the file. Returns its length and whether it
+/// ended with a newline.
+fn read_line_until_nul(reader: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<(usize, bool)> {
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok((line.len(), false));
+        }
+        match buf.iter().position(|&b| b == b'\n' || b == 0) {
+            Some(i) if buf[i] == b'\n' => {
+                line.extend_from_slice(&buf[..=i]);
+                reader.consume(i + 1);
+                return Ok((line.len(), true));
+            }
+            Some(i) => {
+                line.extend_from_slice(&buf[..i]);
+                reader.consume(i);
+                return Ok((line.len(), false));
+            }
+            None => {
+                let len = buf.len();
+                line.extend_from_slice(buf);
+                reader.consume(len);
+            }
         }
     }
 }
@@ -1290,6 +1415,107 @@ mod tests {
             data[entries.len()..].iter().all(|&b| b == 0),
             "the torn bytes are gone"
         );
+    }
+
+    /// The journal file's bytes after `damage`, then a reopen: the ids it holds.
+    fn damage_last_entry(
+        name: &str,
+        damage: impl FnOnce(&mut Vec<u8>, usize),
+    ) -> (PathBuf, Vec<u8>, usize) {
+        let dir = temp_dir(name);
+        write_ids(&dir, &["a", "b"]);
+        let path = dir.join(journal_name(1));
+        let mut bytes = fs::read(&path).unwrap();
+        let last = encode(&put("a")).len();
+        damage(&mut bytes, last);
+        fs::write(&path, &bytes).unwrap();
+        (dir, bytes, last)
+    }
+
+    /// Changes the bytes of a journal file whose first entry ends at the given offset.
+    type Damage = fn(&mut Vec<u8>, usize);
+
+    #[test]
+    fn a_last_entry_with_a_flipped_byte_or_zeroed_start_is_a_torn_write_zeroed_at_start() {
+        let damages: [(&str, Damage); 3] = [
+            ("torn-flip", |b, last| b[last + 30] ^= 0x20),
+            ("torn-zeroed-start", |b, last| b[last..last + 12].fill(0)),
+            ("torn-garbage-among-zeros", |b, last| {
+                // the last entry's page lost, and stray bytes further on among the zeros
+                let len = encode(&put("b")).len();
+                b[last..last + len].fill(0);
+                b[last + 5000..last + 5010].copy_from_slice(b"0123456789");
+                b[last + 70_000..last + 70_003].copy_from_slice(b"{\n}");
+            }),
+        ];
+        for (name, damage) in damages {
+            let (dir, _, last) = damage_last_entry(name, damage);
+            let (j, stats) = Journal::open(&dir, true, |_| {}).unwrap();
+            assert!(stats.torn_tail, "{name}");
+            j.wait(j.append(&put("c")).unwrap()).unwrap();
+            drop(j);
+            assert_eq!(ids(&dir).unwrap(), ["a", "c"], "{name}");
+            let data = fs::read(dir.join(journal_name(1))).unwrap();
+            let end = last + encode(&put("c")).len();
+            assert!(
+                data[end..].iter().all(|&b| b == 0),
+                "{name}: the torn bytes are zeroed"
+            );
+        }
+    }
+
+    #[test]
+    fn damage_followed_by_a_valid_entry_refuses_and_says_how_many_follow() {
+        let (dir, bytes, _) = damage_last_entry("followed", |b, _| {
+            // the first entry damaged: the second, whole, follows it
+            b[30] ^= 0x20;
+        });
+        let err = ids(&dir).unwrap_err().to_string();
+        assert!(err.contains("damaged at byte offset 0"), "{err}");
+        assert!(err.contains("1 valid entry follows the damage"), "{err}");
+        assert!(
+            err.contains("acknowledged ones included"),
+            "says what cutting would drop: {err}"
+        );
+        assert_eq!(fs::read(dir.join(journal_name(1))).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_damaged_end_of_an_earlier_journal_or_of_a_snapshot_refuses_the_start() {
+        // An earlier journal: its end was made durable before the next one was started.
+        let dir = temp_dir("earlier");
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            j.wait(j.append(&put("a")).unwrap()).unwrap();
+            j.rotate().unwrap().unwrap();
+            j.wait(j.append(&put("b")).unwrap()).unwrap();
+        }
+        let first = dir.join(journal_name(1));
+        write_after_entries(&first, b"0000 1 {");
+        let err = ids(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains(&journal_name(1)) && err.contains("0 valid entries follow"),
+            "{err}"
+        );
+        // A snapshot: written whole before it was renamed into place.
+        let dir = temp_dir("snapshot-end");
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            j.wait(j.append(&put("a")).unwrap()).unwrap();
+            let g = j.rotate().unwrap().unwrap();
+            j.write_snapshot(g, [put("a")].into_iter()).unwrap();
+        }
+        let snapshot = dir.join(snapshot_name(2));
+        let mut bytes = fs::read(&snapshot).unwrap();
+        let n = bytes.len();
+        bytes[n - 3] ^= 0x20;
+        fs::write(&snapshot, &bytes).unwrap();
+        let err = ids(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains(&snapshot_name(2)) && err.contains("checksum"),
+            "{err}"
+        );
+        assert_eq!(fs::read(&snapshot).unwrap(), bytes, "left untouched");
     }
 
     #[test]
