@@ -2,10 +2,11 @@
 //! API, handlers named after their routes, and the JSON views of regions and stored requests in
 //! the configured spelling. Pure functions of request and service: no sockets here.
 
+use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use percent_encoding::percent_decode_str;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde::Serialize;
 
 use crate::config::Secret;
@@ -13,12 +14,17 @@ use crate::error::ApiError;
 use crate::http::{Request, Response};
 use crate::model::{self, ApiStyle, CreationRequest, Status};
 use crate::server::RequestHandler;
-use crate::service::{Region, Removal, Service};
+use crate::service::{Region, Removal, Service, StateProblem};
 use crate::store::Record;
 use crate::util::rfc3339;
 
 /// Base path of the API.
 pub const BASE: &str = "/MEC/v1";
+
+/// The path of stored request `id` (its `Location`).
+pub fn request_location(id: &str) -> String {
+    format!("{BASE}/service/requests/{id}")
+}
 
 /// The resources served.
 #[derive(Debug, PartialEq, Eq)]
@@ -139,8 +145,8 @@ impl Api {
         };
         match (method, route) {
             ("GET", Route::Regions) => list_regions(service, style, request.query()),
-            ("GET", Route::Region(id)) => list_region_requests(service, style, id),
-            ("GET", Route::Requests) => list_requests(service, style),
+            ("GET", Route::Region(id)) => list_region_requests(service, style, id, request.query()),
+            ("GET", Route::Requests) => list_requests(service, style, request.query()),
             ("POST", Route::Requests) => create_request(service, style, request),
             ("GET", Route::Request(id)) => get_request(service, style, id),
             ("DELETE", Route::Request(id)) => delete_request(service, style, id),
@@ -177,12 +183,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `GET /healthz`: the plugin is serving and its state is loaded (it only starts serving then);
-/// 503 once its state can no longer be written (a restart is needed).
+/// 503 while its state cannot be written: for good once the journal stopped (a restart is
+/// needed), or while the state directory is full (until it has room again).
 fn health(service: &Service) -> Result<Response, ApiError> {
-    if let Some(reason) = service.state_failure() {
-        return Err(ApiError::StateUnavailable {
-            detail: format!("the journal in state_dir stopped: {reason}"),
-        });
+    match service.state_problem() {
+        Some(StateProblem::Stopped(reason)) => {
+            return Err(ApiError::StateUnavailable {
+                detail: format!("the journal in state_dir stopped: {reason}"),
+            });
+        }
+        Some(StateProblem::NoSpace(reason)) => {
+            return Err(ApiError::StateFull { detail: reason });
+        }
+        None => {}
     }
     let body = serde_json::json!({
         "status": "ok",
@@ -311,17 +324,162 @@ fn list_region_requests(
     service: &Service,
     style: ApiStyle,
     id: &str,
+    query: Option<&str>,
 ) -> Result<Response, ApiError> {
     if service.region(id).is_none() {
         return Err(ApiError::RegionNotFound {
             region_id: id.to_string(),
         });
     }
-    records_response(&service.list(Some(id)), style)
+    let path = format!("{BASE}/service/regions/{id}");
+    listing(service, style, Some(id), &path, query)
 }
 
-fn list_requests(service: &Service, style: ApiStyle) -> Result<Response, ApiError> {
-    records_response(&service.list(None), style)
+fn list_requests(
+    service: &Service,
+    style: ApiStyle,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    listing(
+        service,
+        style,
+        None,
+        &format!("{BASE}/service/requests"),
+        query,
+    )
+}
+
+/// What a query value keeps unencoded (RFC 3986 unreserved characters).
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Largest `limit` of a listing page.
+pub const MAX_PAGE: usize = 1_000_000;
+
+/// A listing's query: `limit` (1..=[`MAX_PAGE`]; none: every record) and `after` (a
+/// RequestId), each at most once.
+#[derive(Debug, Default, PartialEq)]
+struct Paging {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+fn parse_paging(query: Option<&str>) -> Result<Paging, ApiError> {
+    let bad = |detail: String| ApiError::BadRequest { detail };
+    let mut paging = Paging::default();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode_str(value).decode_utf8_lossy();
+        let repeated = || bad(format!("query parameter '{key}' is given more than once"));
+        match key {
+            "limit" => {
+                if paging.limit.is_some() {
+                    return Err(repeated());
+                }
+                let limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "query parameter 'limit' = '{value}' is not an integer in 1..={MAX_PAGE}"
+                        ))
+                    })?;
+                paging.limit = Some(limit);
+            }
+            "after" => {
+                if paging.after.is_some() {
+                    return Err(repeated());
+                }
+                if value.is_empty() {
+                    return Err(bad(
+                        "query parameter 'after' is empty; give a RequestId".into()
+                    ));
+                }
+                paging.after = Some(value.into_owned());
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter '{other}'; a listing takes 'limit' and 'after'"
+                )));
+            }
+        }
+    }
+    Ok(paging)
+}
+
+/// A listing (all requests, or one region's, at `path`): the page the query asks for, in
+/// creation order, with `Link: <...>; rel="next"` when more follow.
+fn listing(
+    service: &Service,
+    style: ApiStyle,
+    region_id: Option<&str>,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let paging = parse_paging(query)?;
+    let page = service
+        .page(
+            region_id,
+            paging.after.as_deref(),
+            paging.limit.unwrap_or(usize::MAX),
+        )
+        .ok_or_else(|| ApiError::BadRequest {
+            detail: format!(
+                "query parameter 'after' = '{}' names no stored request (deleted since?); list \
+                 again from the start",
+                paging.after.as_deref().unwrap_or("")
+            ),
+        })?;
+    let next = match (page.more, page.records.last(), paging.limit) {
+        (true, Some(last), Some(limit)) => Some(format!(
+            "<{path}?limit={limit}&after={}>; rel=\"next\"",
+            utf8_percent_encode(&last.id, QUERY_VALUE)
+        )),
+        _ => None,
+    };
+    let records = page.records;
+    // Serialised record by record from the pointers taken under the lock. Until the server
+    // can stream a body, into one buffer; then this line becomes a streamed body calling
+    // `write_listing` on the connection.
+    let body = listing_body(&records, style)?;
+    let response = Response::json(200, body);
+    Ok(match next {
+        Some(link) => response.with_header("Link", link),
+        None => response,
+    })
+}
+
+/// The listing's JSON array in one buffer.
+fn listing_body(records: &[Arc<Record>], style: ApiStyle) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    write_listing(&mut body, records, style).map_err(|e| ApiError::Internal {
+        detail: e.to_string(),
+    })?;
+    Ok(body)
+}
+
+/// Writes the JSON array of `records` (views in `style`) to `out` record by record: only one
+/// record's view is in memory at a time, whatever the length of the listing. A stored request
+/// that cannot be read (a bug) stops it with an error, after what was written so far.
+pub fn write_listing(
+    out: &mut dyn Write,
+    records: &[Arc<Record>],
+    style: ApiStyle,
+) -> io::Result<()> {
+    out.write_all(b"[")?;
+    for (i, record) in records.iter().enumerate() {
+        if i > 0 {
+            out.write_all(b",")?;
+        }
+        let view = RecordView::new(record, style).map_err(|e| io::Error::other(e.to_string()))?;
+        model::with_style(style, || serde_json::to_writer(&mut *out, &view))
+            .map_err(io::Error::from)?;
+    }
+    out.write_all(b"]")
 }
 
 fn create_request(
@@ -338,7 +496,7 @@ fn create_request(
         ApiStyle::Camel => serde_json::json!({ "requestId": id }),
     };
     Ok(Response::json(201, body.to_string().into_bytes())
-        .with_header("Location", format!("{BASE}/service/requests/{id}")))
+        .with_header("Location", request_location(&id)))
 }
 
 fn get_request(service: &Service, style: ApiStyle, id: &str) -> Result<Response, ApiError> {
@@ -378,15 +536,6 @@ fn check_json_content_type(request: &Request) -> Result<(), ApiError> {
             content_type: ct.clone(),
         })
     }
-}
-
-fn records_response(records: &[Arc<Record>], style: ApiStyle) -> Result<Response, ApiError> {
-    let views = records
-        .iter()
-        .map(|r| RecordView::new(r, style))
-        .collect::<Result<Vec<_>, _>>()?;
-    let body = model::with_style(style, || serde_json::to_vec(&views)).expect("records serialise");
-    Ok(Response::json(200, body))
 }
 
 fn record_json(record: &Record, style: ApiStyle) -> Result<Vec<u8>, ApiError> {

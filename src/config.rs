@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub token: Option<Secret>,
     /// Northbound TLS certificate chain and key (PEM, read from `tls_cert` / `tls_key`).
     pub tls: Option<TlsFiles>,
+    /// Requests kept at most: a creation beyond is refused with 507 (default 100,000).
+    pub max_requests: usize,
 }
 
 /// PEM contents of the northbound certificate chain and private key.
@@ -205,6 +207,7 @@ struct RawServer {
     token_file: Option<Spanned<String>>,
     tls_cert: Option<Spanned<String>>,
     tls_key: Option<Spanned<String>>,
+    max_requests: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +314,8 @@ impl Config {
                         128,
                     )? as usize,
                     fsync: s.fsync.unwrap_or(true),
+                    max_requests: int(s.max_requests, "max_requests", 1, 100_000_000, 100_000)?
+                        as usize,
                     retry: RetryPolicy {
                         initial: Duration::from_millis(int(
                             s.retry_initial_ms,
@@ -571,6 +576,7 @@ impl Default for ServerConfig {
             retry: RetryPolicy::default(),
             token: None,
             tls: None,
+            max_requests: 100_000,
         }
     }
 }
@@ -698,6 +704,7 @@ url = "http://127.0.0.1:13000/"
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8082");
         assert_eq!(c.server.workers, 8);
         assert_eq!(c.server.max_body_bytes, 1 << 20);
+        assert_eq!(c.server.max_requests, 100_000);
         assert_eq!(c.server.api_style, ApiStyle::Spec);
         assert_eq!(c.regions[0].mep.url, "http://127.0.0.1:13000");
         assert_eq!(c.regions[0].mep.timeout, Duration::from_secs(3));
@@ -707,9 +714,10 @@ url = "http://127.0.0.1:13000/"
     #[test]
     fn full_server_section_is_read() {
         let text = format!(
-            "[server]\nlisten = \"0.0.0.0:9000\"\nstate_dir = \"/var/lib/x\"\nworkers = 3\napi_style = \"camel\"\nmax_body_bytes = 4096\nread_timeout_ms = 700\nconnection_threads = 16\n{MINIMAL}"
+            "[server]\nlisten = \"0.0.0.0:9000\"\nstate_dir = \"/var/lib/x\"\nworkers = 3\napi_style = \"camel\"\nmax_body_bytes = 4096\nread_timeout_ms = 700\nconnection_threads = 16\nmax_requests = 5\n{MINIMAL}"
         );
         let c = Config::parse(&text, "f").unwrap();
+        assert_eq!(c.server.max_requests, 5);
         assert_eq!(c.server.listen.port(), 9000);
         assert_eq!(c.server.workers, 3);
         assert_eq!(c.server.api_style, ApiStyle::Camel);

@@ -47,8 +47,21 @@ pub enum ApiError {
     },
     /// Authentication is required and missing or wrong.
     Unauthorized,
-    /// A bug or an unexpected local failure (e.g. the state could not be written).
+    /// A bug or an unexpected local failure.
     Internal { detail: String },
+    /// A change could not be made durable. `no_space`: the state directory is full (507;
+    /// writes resume once there is room), otherwise a write or `fsync` failed (500).
+    /// `request_id`: the request the change was about, when its record may stay.
+    StateWrite {
+        detail: String,
+        no_space: bool,
+        request_id: Option<String>,
+    },
+    /// The state directory is full: changes cannot be recorded until it has room (health).
+    StateFull { detail: String },
+    /// `[server] max_requests` requests are kept already: a creation is refused before
+    /// anything is recorded or sent.
+    RequestLimit { limit: usize },
     /// The state can no longer be made durable (the journal stopped after a failed `fsync`):
     /// nothing more can be acknowledged until a restart.
     StateUnavailable { detail: String },
@@ -72,7 +85,9 @@ impl ApiError {
             ApiError::Mep { error, .. } if error.is_timeout() => 504,
             ApiError::Mep { .. } => 502,
             ApiError::Internal { .. } => 500,
-            ApiError::StateUnavailable { .. } => 503,
+            ApiError::StateWrite { no_space: true, .. } | ApiError::RequestLimit { .. } => 507,
+            ApiError::StateWrite { .. } => 500,
+            ApiError::StateUnavailable { .. } | ApiError::StateFull { .. } => 503,
         }
     }
 
@@ -94,7 +109,10 @@ impl ApiError {
             ApiError::Mep { .. } => "MEC platform error",
             ApiError::Unauthorized => "Unauthorized",
             ApiError::Internal { .. } => "Internal error",
-            ApiError::StateUnavailable { .. } => "State not writable",
+            ApiError::StateWrite { no_space: true, .. } => "Insufficient storage",
+            ApiError::StateWrite { .. } => "State not written",
+            ApiError::RequestLimit { .. } => "Request limit reached",
+            ApiError::StateUnavailable { .. } | ApiError::StateFull { .. } => "State not writable",
         }
     }
 
@@ -120,12 +138,30 @@ impl ApiError {
             ApiError::Mep { .. } => "urn:mec-plugin:problem:mep-error",
             ApiError::Unauthorized => "urn:mec-plugin:problem:unauthorized",
             ApiError::Internal { .. } => "urn:mec-plugin:problem:internal",
+            ApiError::StateWrite { no_space: true, .. } => {
+                "urn:mec-plugin:problem:insufficient-storage"
+            }
+            ApiError::StateWrite { .. } => "urn:mec-plugin:problem:state-not-written",
+            ApiError::RequestLimit { .. } => "urn:mec-plugin:problem:request-limit",
             ApiError::StateUnavailable { .. } => "urn:mec-plugin:problem:state-unavailable",
+            ApiError::StateFull { .. } => "urn:mec-plugin:problem:state-full",
+        }
+    }
+
+    /// The request whose record may stay after this error (a creation the platform refused,
+    /// a change that could not be recorded): the answer names it and its `Location`.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            ApiError::Mep { request_id, .. } | ApiError::StateWrite { request_id, .. } => {
+                request_id.as_deref()
+            }
+            _ => None,
         }
     }
 
     /// The problem+json response for this error. `style` picks the spelling of the
-    /// `RequestId` extension member carried by platform errors of a creation.
+    /// `RequestId` extension member carried by errors after which a record may stay (see
+    /// [`request_id`](ApiError::request_id)), which also get its `Location`.
     pub fn to_response(&self, style: ApiStyle) -> Response {
         #[derive(Serialize)]
         struct Problem<'a> {
@@ -139,10 +175,7 @@ impl ApiError {
             #[serde(rename = "requestId", skip_serializing_if = "Option::is_none")]
             request_id_camel: Option<&'a str>,
         }
-        let request_id = match self {
-            ApiError::Mep { request_id, .. } => request_id.as_deref(),
-            _ => None,
-        };
+        let request_id = self.request_id();
         let (request_id_spec, request_id_camel) = match style {
             ApiStyle::Spec => (request_id, None),
             ApiStyle::Camel => (None, request_id),
@@ -170,6 +203,9 @@ impl ApiError {
                 response = response.with_header("WWW-Authenticate", "Bearer realm=\"mec-plugin\"");
             }
             _ => {}
+        }
+        if let Some(id) = request_id {
+            response = response.with_header("Location", crate::api::request_location(id));
         }
         response
     }
@@ -234,6 +270,34 @@ impl fmt::Display for ApiError {
                 f.write_str("a valid 'Authorization: Bearer <token>' header is required")
             }
             ApiError::Internal { detail } => f.write_str(detail),
+            ApiError::StateWrite {
+                detail,
+                no_space,
+                request_id,
+            } => {
+                write!(f, "the change could not be recorded: {detail}")?;
+                if *no_space {
+                    f.write_str("; reads keep working and changes resume once it has room")?;
+                }
+                if let Some(id) = request_id {
+                    write!(
+                        f,
+                        "; request {id} may stay recorded (see its Location) and is finished by \
+                         the reconciler"
+                    )?;
+                }
+                Ok(())
+            }
+            ApiError::RequestLimit { limit } => write!(
+                f,
+                "{limit} requests are stored, the limit set by [server] max_requests; delete \
+                 requests before creating more (nothing was recorded or sent)"
+            ),
+            ApiError::StateFull { detail } => write!(
+                f,
+                "{detail}; reads keep working, changes answer 507 until the state directory has \
+                 room again (free space there; no restart needed)"
+            ),
             ApiError::StateUnavailable { detail } => write!(
                 f,
                 "{detail}; nothing more can be recorded or acknowledged: restart the service (it reloads what is on disk)"

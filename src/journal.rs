@@ -209,6 +209,45 @@ pub enum JournalError {
     },
     /// Reading or writing failed.
     Io { path: PathBuf, error: io::Error },
+    /// The file system of the state directory has no room (ENOSPC) or the quota is used up
+    /// (EDQUOT): nothing was left half-written; writes resume once there is room.
+    NoSpace {
+        dir: PathBuf,
+        path: PathBuf,
+        error: io::Error,
+    },
+}
+
+impl JournalError {
+    /// Whether the state directory is out of space (writes resume once it has room again).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, JournalError::NoSpace { .. })
+    }
+}
+
+/// The name of the errno of a full file system, if `error` is one.
+fn no_space_errno(error: &io::Error) -> Option<&'static str> {
+    match error.raw_os_error() {
+        Some(libc::ENOSPC) => Some("ENOSPC"),
+        Some(libc::EDQUOT) => Some("EDQUOT"),
+        _ => None,
+    }
+}
+
+/// Maps a failed write of `path` in state directory `dir`: a full file system is
+/// [`JournalError::NoSpace`].
+fn write_err<'a>(dir: &'a Path, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {
+    move |error| match no_space_errno(&error) {
+        Some(_) => JournalError::NoSpace {
+            dir: dir.to_path_buf(),
+            path: path.to_path_buf(),
+            error,
+        },
+        None => JournalError::Io {
+            path: path.to_path_buf(),
+            error,
+        },
+    }
 }
 
 impl fmt::Display for JournalError {
@@ -249,6 +288,13 @@ impl fmt::Display for JournalError {
                 )
             }
             JournalError::Io { path, error } => write!(f, "{}: {error}", path.display()),
+            JournalError::NoSpace { dir, path, error } => write!(
+                f,
+                "state_dir {} is full: writing {} failed: {error} ({})",
+                dir.display(),
+                path.display(),
+                no_space_errno(error).unwrap_or("no space")
+            ),
         }
     }
 }
@@ -286,6 +332,11 @@ struct Shared {
     synced: [Condvar; 2],
     /// Set with `SyncState::failed`, read by appends without taking the sync lock.
     stopped: AtomicBool,
+    /// Why the last append could not be written for want of space (cleared by the next one
+    /// written, or by [`Journal::no_space`] finding room again).
+    full: Mutex<Option<String>>,
+    /// `full` is set: read by appends without taking its lock.
+    is_full: AtomicBool,
 }
 
 impl Shared {
@@ -305,6 +356,13 @@ impl Shared {
         state.failed.get_or_insert(reason);
         self.stopped.store(true, Ordering::Release);
         self.synced.iter().for_each(Condvar::notify_all);
+    }
+
+    /// Records that the state directory is full (`Some`) or has room again (`None`).
+    fn set_full(&self, why: Option<String>) {
+        let mut full = self.full.lock().unwrap_or_else(|p| p.into_inner());
+        self.is_full.store(why.is_some(), Ordering::Release);
+        *full = why;
     }
 
     /// The error every caller gets once the journal is stopped.
@@ -331,6 +389,9 @@ struct Writer {
     snapshot_bytes: u64,
     /// A compaction is running (only one at a time).
     compacting: bool,
+    /// Compactions failed in a row, and when to try again (with back-off).
+    compaction_failures: u32,
+    retry_compaction_at: Option<std::time::Instant>,
     /// The flusher is writing zeros past `allocated` (see [`extend_ahead`]).
     extending: bool,
 }
@@ -432,6 +493,8 @@ impl Journal {
                 allocated: last_allocated,
                 snapshot_bytes,
                 compacting: false,
+                compaction_failures: 0,
+                retry_compaction_at: None,
                 extending: false,
             }),
             sync: Mutex::new(SyncState {
@@ -446,6 +509,8 @@ impl Journal {
             extended: Condvar::new(),
             synced: [Condvar::new(), Condvar::new()],
             stopped: AtomicBool::new(false),
+            full: Mutex::new(None),
+            is_full: AtomicBool::new(false),
         });
         let flusher = if fsync {
             let shared = shared.clone();
@@ -516,13 +581,33 @@ impl Journal {
         w.allocated = w.allocated.max(end);
         // Over the zeros; a failed write is zeroed again (as far as that works) and the next
         // entry is written in its place.
-        if let Err(e) = w.file.write_all_at(line.as_bytes(), w.bytes) {
+        #[cfg(test)]
+        let injected = FAIL_APPEND_NO_SPACE.with(|fail| fail.get());
+        #[cfg(not(test))]
+        let injected = false;
+        let written = if injected {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        } else {
+            w.file.write_all_at(line.as_bytes(), w.bytes)
+        };
+        if let Err(e) = written {
             let _ = write_zeros(&w.file, w.bytes, end);
-            return Err(io_err(&w.path)(e));
+            let path = w.path.clone();
+            drop(w);
+            let error = write_err(&self.dir, &path)(e);
+            if error.is_no_space() {
+                self.shared.set_full(Some(error.to_string()));
+            }
+            return Err(error);
         }
         w.bytes = end;
         w.written += 1;
-        Ok(w.written)
+        let seq = w.written;
+        drop(w);
+        if self.shared.is_full.load(Ordering::Acquire) {
+            self.shared.set_full(None);
+        }
+        Ok(seq)
     }
 
     /// Returns once entry `seq` is on disk. Concurrent callers share `fsync`s (group commit):
@@ -531,6 +616,11 @@ impl Journal {
     pub fn wait(&self, seq: u64) -> Result<(), JournalError> {
         if !self.fsync {
             return Ok(());
+        }
+        #[cfg(test)]
+        if FAIL_WAIT_IN.with(|n| n.replace(n.get().saturating_sub(1)) == 1) {
+            // As a failed fsync covering this entry would: the journal stops for good.
+            self.shared.fail("injected fsync failure".into());
         }
         let mut state = self.sync_state();
         loop {
@@ -562,6 +652,60 @@ impl Journal {
         self.shared.sync_state().failed.clone()
     }
 
+    /// Why changes cannot be written now for want of space (the last append failed with
+    /// ENOSPC or EDQUOT), if so. Looks for room again first: writes [`PROBE_BYTES`] of zeros
+    /// ahead of the entries (room the next entries use); if that works, space is back.
+    pub fn no_space(&self) -> Option<String> {
+        if !self.shared.is_full.load(Ordering::Acquire) {
+            return None;
+        }
+        let (file, from) = {
+            let mut w = self.writer();
+            if w.extending {
+                drop(w);
+                return self
+                    .shared
+                    .full
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+            }
+            w.extending = true;
+            (w.file.clone(), w.allocated)
+        };
+        #[cfg(test)]
+        let written = if FAIL_APPEND_NO_SPACE.with(|fail| fail.get()) {
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        } else {
+            write_zeros(&file, from, from + PROBE_BYTES)
+        };
+        #[cfg(not(test))]
+        let written = write_zeros(&file, from, from + PROBE_BYTES);
+        {
+            let mut w = self.writer();
+            if Arc::ptr_eq(&w.file, &file) {
+                if written.is_ok() {
+                    w.allocated = w.allocated.max(from + PROBE_BYTES);
+                }
+                w.extending = false;
+            }
+            self.shared.extended.notify_all();
+        }
+        match written {
+            Ok(()) => {
+                info!("state_dir {} has room again", self.dir.display());
+                self.shared.set_full(None);
+                None
+            }
+            Err(_) => self
+                .shared
+                .full
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
     /// Tests: stops the journal as a failed `fsync` would.
     #[cfg(test)]
     pub(crate) fn stop(&self, reason: &str) {
@@ -571,7 +715,14 @@ impl Journal {
     /// True when the journal has grown enough to be worth compacting.
     pub fn wants_compaction(&self) -> bool {
         let w = self.writer();
-        !w.compacting && w.bytes > COMPACT_MIN_BYTES.max(w.snapshot_bytes / 4)
+        if w.compacting {
+            return false;
+        }
+        match w.retry_compaction_at {
+            // A failed one is tried again after its back-off, whatever the journal's size.
+            Some(at) => std::time::Instant::now() >= at,
+            None => w.bytes > COMPACT_MIN_BYTES.max(w.snapshot_bytes / 4),
+        }
     }
 
     /// First half of a compaction, called under the caller's lock together with taking a
@@ -613,6 +764,8 @@ impl Journal {
             allocated: 0,
             snapshot_bytes: w.snapshot_bytes,
             compacting: true,
+            compaction_failures: w.compaction_failures,
+            retry_compaction_at: None,
             extending: false,
         };
         drop(w);
@@ -633,8 +786,26 @@ impl Journal {
         let result = self.write_snapshot_files(generation, records);
         let mut w = self.writer();
         w.compacting = false;
-        if let Ok(bytes) = &result {
-            w.snapshot_bytes = *bytes;
+        match &result {
+            Ok(bytes) => {
+                w.snapshot_bytes = *bytes;
+                w.compaction_failures = 0;
+                w.retry_compaction_at = None;
+            }
+            Err(e) => {
+                // The files it replaces are all still there: nothing is lost. It is tried
+                // again after a back-off (the journal may never reach its bound again).
+                w.compaction_failures += 1;
+                let delay = COMPACTION_RETRY_INITIAL
+                    .saturating_mul(1 << (w.compaction_failures - 1).min(10))
+                    .min(COMPACTION_RETRY_MAX);
+                w.retry_compaction_at = Some(std::time::Instant::now() + delay);
+                warn!(
+                    "compaction into generation {generation} failed ({e}); the journal keeps \
+                     every change; next attempt in {} s",
+                    delay.as_secs()
+                );
+            }
         }
         result.map(|_| ())
     }
@@ -645,24 +816,13 @@ impl Journal {
         records: impl Iterator<Item = Entry<'e>>,
     ) -> Result<u64, JournalError> {
         let tmp = self.dir.join(format!("{}.tmp", snapshot_name(generation)));
-        let file = File::create(&tmp).map_err(io_err(&tmp))?;
-        let mut out = io::BufWriter::with_capacity(1 << 20, file);
-        let (mut bytes, mut paced) = (0u64, 0u64);
-        for entry in records {
-            let line = encode(&entry);
-            bytes += line.len() as u64;
-            out.write_all(line.as_bytes()).map_err(io_err(&tmp))?;
-            let in_file = bytes - out.buffer().len() as u64;
-            if in_file - paced >= SNAPSHOT_PACE_BYTES {
-                write_out(out.get_ref(), paced, in_file);
-                paced = in_file;
-            }
+        let written = self.write_snapshot_tmp(&tmp, records);
+        if written.is_err() {
+            // No partial file is left behind (on a full disk it holds the room the journal
+            // needs): the journals it would have replaced are intact.
+            let _ = fs::remove_file(&tmp);
         }
-        let file = out.into_inner().map_err(|e| JournalError::Io {
-            path: tmp.clone(),
-            error: e.into_error(),
-        })?;
-        file.sync_all().map_err(io_err(&tmp))?;
+        let bytes = written?;
         let path = self.dir.join(snapshot_name(generation));
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         sync_dir(&self.dir)?;
@@ -680,6 +840,39 @@ impl Journal {
         }
         sync_dir(&self.dir)?;
         info!("state compacted into {} ({bytes} bytes)", path.display());
+        Ok(bytes)
+    }
+
+    /// Writes the snapshot's lines into `tmp` and makes them durable; returns their size.
+    fn write_snapshot_tmp<'e>(
+        &self,
+        tmp: &Path,
+        records: impl Iterator<Item = Entry<'e>>,
+    ) -> Result<u64, JournalError> {
+        let file = File::create(tmp).map_err(write_err(&self.dir, tmp))?;
+        let mut out = io::BufWriter::with_capacity(1 << 20, file);
+        let (mut bytes, mut paced) = (0u64, 0u64);
+        for entry in records {
+            let line = encode(&entry);
+            bytes += line.len() as u64;
+            #[cfg(test)]
+            if tests::FAIL_SNAPSHOT_AFTER.with(|n| n.get() > 0 && bytes > n.get()) {
+                return Err(write_err(&self.dir, tmp)(io::Error::from_raw_os_error(
+                    libc::ENOSPC,
+                )));
+            }
+            out.write_all(line.as_bytes())
+                .map_err(write_err(&self.dir, tmp))?;
+            let in_file = bytes - out.buffer().len() as u64;
+            if in_file - paced >= SNAPSHOT_PACE_BYTES {
+                write_out(out.get_ref(), paced, in_file);
+                paced = in_file;
+            }
+        }
+        let file = out
+            .into_inner()
+            .map_err(|e| write_err(&self.dir, tmp)(e.into_error()))?;
+        file.sync_all().map_err(write_err(&self.dir, tmp))?;
         Ok(bytes)
     }
 }
@@ -734,6 +927,11 @@ fn flush_loop(shared: &Shared) {
 thread_local! {
     /// Tests: the `n`th next append made on this thread fails as a full disk would (0: none).
     pub(crate) static FAIL_APPEND_IN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Tests: the `n`th next wait for durability on this thread fails as a failed `fsync`
+    /// would, after its entry was written (0: none).
+    pub(crate) static FAIL_WAIT_IN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Tests: while set, appends (and the probe for room) made on this thread fail with ENOSPC.
+    pub(crate) static FAIL_APPEND_NO_SPACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// `fdatasync` of a journal file. Tests can make the next one fail.
@@ -744,6 +942,14 @@ fn sync_data(file: &File) -> io::Result<()> {
     }
     file.sync_data()
 }
+
+/// What [`Journal::no_space`] writes to find out whether the state directory has room again.
+const PROBE_BYTES: u64 = 64 << 10;
+
+/// First delay before a failed compaction is tried again; it doubles per failure up to
+/// [`COMPACTION_RETRY_MAX`].
+const COMPACTION_RETRY_INITIAL: std::time::Duration = std::time::Duration::from_secs(1);
+const COMPACTION_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What [`extend_ahead`] adds at a time: short enough not to hold up the next flush for long.
 const EXTEND_AHEAD_BYTES: u64 = 1 << 20;
@@ -1134,6 +1340,8 @@ mod tests {
         pub(super) static FAIL_NEXT_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
         /// Makes the next [`sync_dir`] called on this thread fail.
         pub(super) static FAIL_NEXT_DIR_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        /// Snapshots written on this thread fail with ENOSPC once past this many bytes (0: never).
+        pub(super) static FAIL_SNAPSHOT_AFTER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
 
     fn temp_dir(name: &str) -> PathBuf {

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::mep::{self, Driver, MepError, Step};
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::model::{CreationRequest, Status};
-use crate::store::{Record, Store, StoreError};
+use crate::store::{Page, Record, Store, StoreError};
 use crate::turns::{Turn, Turns};
 use crate::util::{new_uuid, now_millis, random_fraction};
 
@@ -53,6 +53,15 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Why changes cannot be made durable now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateProblem {
+    /// The journal stopped after a failed `fsync`: only a restart helps.
+    Stopped(String),
+    /// The state directory is full: writes resume once it has room.
+    NoSpace(String),
+}
+
 /// How a DELETE ended.
 #[derive(Debug)]
 pub enum Removal {
@@ -75,12 +84,18 @@ pub struct Service {
     wake: (Mutex<bool>, Condvar),
     /// Applies and removals of one platform rule do not cross (see [`crate::turns`]).
     turns: Turns,
+    /// `[server] max_requests`: a creation beyond is refused before anything is recorded.
+    max_requests: usize,
 }
 
-fn state_error(e: StoreError) -> ApiError {
+/// The answer to a change that could not be made durable; `request_id` when the request's
+/// record may stay (the answer then names it).
+fn state_error(e: StoreError, request_id: Option<&str>) -> ApiError {
     error!("the state could not be made durable: {e}");
-    ApiError::Internal {
-        detail: format!("the state could not be made durable: {e}"),
+    ApiError::StateWrite {
+        detail: e.to_string(),
+        no_space: e.is_no_space(),
+        request_id: request_id.map(str::to_string),
     }
 }
 
@@ -110,7 +125,8 @@ impl Service {
                 driver: mep::build(&r.id, &r.mep),
             })
             .collect();
-        let service = Service::with_store(regions, store, config.server.retry);
+        let mut service = Service::with_store(regions, store, config.server.retry);
+        service.max_requests = config.server.max_requests;
         service.recover()?;
         Ok(service)
     }
@@ -134,7 +150,14 @@ impl Service {
             retry,
             wake: (Mutex::new(false), Condvar::new()),
             turns: Turns::default(),
+            max_requests: usize::MAX,
         }
+    }
+
+    /// Refuses creations (507) once `max` requests are kept.
+    pub fn limit_requests(mut self, max: usize) -> Service {
+        self.max_requests = max;
+        self
     }
 
     pub fn regions(&self) -> &[Region] {
@@ -153,6 +176,12 @@ impl Service {
         self.store.list(region_id)
     }
 
+    /// Up to `limit` requests (all, or one region's) in creation order after request `after`;
+    /// `None` when `after` names no request.
+    pub fn page(&self, region_id: Option<&str>, after: Option<&str>, limit: usize) -> Option<Page> {
+        self.store.page(region_id, after, limit)
+    }
+
     /// How many requests are recorded.
     pub fn list_len(&self) -> usize {
         self.store.len()
@@ -162,6 +191,15 @@ impl Service {
     /// `fsync`; only a restart helps).
     pub fn state_failure(&self) -> Option<String> {
         self.store.failure()
+    }
+
+    /// Why changes cannot be made durable now, if so: the journal stopped for good, or the
+    /// state directory is full (looked at again first: this ends once it has room).
+    pub fn state_problem(&self) -> Option<StateProblem> {
+        if let Some(reason) = self.store.failure() {
+            return Some(StateProblem::Stopped(reason));
+        }
+        self.store.no_space().map(StateProblem::NoSpace)
     }
 
     /// Test hook: stops the journal as a failed `fsync` would.
@@ -249,9 +287,15 @@ impl Service {
         // The first step's turn is taken before the record says the step may be applied.
         let turn = steps.first().map(|step| self.apply_turn(region, step));
         // Written but not durable (the journal stopped): left to the reconciler like the rest.
-        self.store
-            .insert(record)
+        let inserted = self
+            .store
+            .insert_within(record, self.max_requests)
             .map_err(|e| self.abandon(&id, e))?;
+        if !inserted {
+            return Err(ApiError::RequestLimit {
+                limit: self.max_requests,
+            });
+        }
         self.apply_all(&id, region, &steps, turn)
             .map_err(|e| self.abandon(&id, e))?
             .map(|()| id)
@@ -337,14 +381,21 @@ impl Service {
 
     /// A creation or removal that stopped because its state could not be recorded: it is
     /// left to the reconciler (a PENDING creation is rolled back, as a restart would), which
-    /// tries again after a backoff. Only runtime fields change, so this writes nothing.
+    /// tries again after a backoff. Only runtime fields change, so this writes nothing. The
+    /// answer names the request when its record stays (a creation whose first entry was not
+    /// written leaves none).
     fn abandon(&self, id: &str, e: StoreError) -> ApiError {
         let retry_at = now_millis() + self.retry.delay(1).as_millis() as i64;
-        let _ = self.store.update(id, |r| {
-            r.busy = false;
-            r.next_attempt = retry_at;
-        });
-        state_error(e)
+        let stays = self
+            .store
+            .update(id, |r| {
+                r.busy = false;
+                r.next_attempt = retry_at;
+            })
+            .ok()
+            .flatten()
+            .is_some();
+        state_error(e, stays.then_some(id))
     }
 
     /// The turn to apply `step` in `region`.
@@ -389,7 +440,7 @@ impl Service {
                 r.last_modified = now;
                 Ok(Claim::Mine(r.clone()))
             })
-            .map_err(state_error)?
+            .map_err(|e| self.abandon(id, e))?
             .ok_or_else(|| ApiError::RequestNotFound { request_id: id.to_string() })??;
         let record = match claim {
             Claim::Queued(record) => {
@@ -401,7 +452,7 @@ impl Service {
         let Some(undone) = self.undo_record(&record) else {
             self.store
                 .update(id, |r| r.busy = false)
-                .map_err(state_error)?;
+                .map_err(|e| self.abandon(id, e))?;
             return Err(ApiError::Internal {
                 detail: region_gone(&record.region_id),
             });
@@ -645,7 +696,7 @@ impl Service {
     pub fn gauges(&self) -> Gauges {
         let mut gauges = Gauges {
             reconciler_backlog: self.backlog(),
-            state_writable: self.state_failure().is_none(),
+            state_writable: self.state_problem().is_none(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             ..Gauges::default()
         };
@@ -1111,7 +1162,8 @@ mod tests {
         let id = s.create(request(&["a"])).unwrap();
         // The DELETE records DELETING, removes the rule, then cannot record that.
         fail_append_in(2);
-        assert_eq!(s.delete(&id).unwrap_err().status(), 500);
+        let e = s.delete(&id).unwrap_err();
+        assert_eq!((e.status(), e.request_id()), (500, Some(id.as_str())));
         let r = s.get(&id).unwrap();
         assert_eq!(
             (r.status, r.busy),
@@ -1131,8 +1183,13 @@ mod tests {
         let (s, d, dir) = durable("create-write-fails");
         // Recorded PENDING, applied, then CREATED cannot be recorded: never acknowledged.
         fail_append_in(2);
-        assert_eq!(s.create(request(&["a"])).unwrap_err().status(), 500);
+        let e = s.create(request(&["a"])).unwrap_err();
         let r = s.list(None)[0].clone();
+        assert_eq!(
+            (e.status(), e.request_id()),
+            (500, Some(&*r.id)),
+            "names the record"
+        );
         assert_eq!((r.status, r.busy, r.applied), (Status::Pending, false, 1));
         assert_eq!(on(&d), ["a"]);
         // The reconciler rolls it back, as a restart would.
@@ -1142,6 +1199,83 @@ mod tests {
         assert_eq!((r.status, r.busy, r.applied), (Status::Failed, false, 0));
         assert!(r.detail.unwrap().contains("failure to record its state"));
         assert!(on(&d).is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_failed_fsync_after_the_final_created_update_answers_with_the_request_id() {
+        let (s, _, dir) = durable("created-fsync-fails");
+        // The PENDING record is durable; the CREATED update is written, then its fsync fails.
+        crate::journal::FAIL_WAIT_IN.with(|c| c.set(2));
+        let e = s.create(request(&["a"])).unwrap_err();
+        let r = s.list(None)[0].clone();
+        assert_eq!(r.status, Status::Created, "in memory, maybe on disk");
+        assert_eq!((e.status(), e.request_id()), (500, Some(&*r.id)));
+        let response = e.to_response(crate::model::ApiStyle::Spec);
+        assert_eq!(
+            response.header("Location"),
+            Some(format!("/MEC/v1/service/requests/{}", r.id).as_str())
+        );
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(body["RequestId"], *r.id);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_creation_whose_first_entry_was_not_written_names_no_request() {
+        let (s, d, dir) = durable("insert-fails");
+        fail_append_in(1);
+        let e = s.create(request(&["a"])).unwrap_err();
+        assert_eq!((e.status(), e.request_id()), (500, None));
+        assert!(s.list(None).is_empty() && on(&d).is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_full_state_directory_answers_507_naming_it_and_the_request() {
+        let (s, d, dir) = durable("no-space");
+        let id = s.create(request(&["a"])).unwrap();
+        crate::journal::FAIL_APPEND_NO_SPACE.with(|c| c.set(true));
+        let e = s.create(request(&["b"])).unwrap_err();
+        assert_eq!(
+            (e.status(), e.request_id()),
+            (507, None),
+            "nothing recorded: {e}"
+        );
+        let detail = e.to_string();
+        assert!(
+            detail.contains(&dir.display().to_string()) && detail.contains("ENOSPC"),
+            "{detail}"
+        );
+        let e = s.delete(&id).unwrap_err();
+        assert_eq!((e.status(), e.request_id()), (507, Some(id.as_str())));
+        assert_eq!(
+            on(&d),
+            ["a"],
+            "nothing sent for the creation, nothing removed"
+        );
+        assert!(matches!(s.state_problem(), Some(StateProblem::NoSpace(_))));
+        assert!(!s.gauges().state_writable);
+        assert_eq!(s.get(&id).unwrap().status, Status::Created, "reads work");
+        // Room again: found by the probe, and writes resume without a restart.
+        crate::journal::FAIL_APPEND_NO_SPACE.with(|c| c.set(false));
+        assert_eq!(s.state_problem(), None);
+        assert!(s.gauges().state_writable);
+        assert!(matches!(s.delete(&id).unwrap(), Removal::Done(_)));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_creation_beyond_max_requests_is_refused_with_507_and_nothing_sent() {
+        let (s, d, dir) = durable("max-requests");
+        let s = s.limit_requests(2);
+        s.create(request(&["a"])).unwrap();
+        s.create(request(&["b"])).unwrap();
+        let e = s.create(request(&["c"])).unwrap_err();
+        assert_eq!(e.status(), 507);
+        assert!(e.to_string().contains("max_requests"), "{e}");
+        assert_eq!(on(&d), ["a", "b"]);
+        assert_eq!(s.list_len(), 2);
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -5,8 +5,8 @@
 //! its planned steps may be on the platform.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ops::Range;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::{Bound, Range};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -120,10 +120,7 @@ pub type StoreError = JournalError;
 
 /// All records, keyed by request id (the key is the record's own `id`, not a copy).
 pub struct Store {
-    /// Each record behind its own `Arc`, so that a listing or a compaction copies pointers
-    /// under the lock, not records (a change replaces the `Arc`, or copies a record still
-    /// shared with a listing).
-    records: Mutex<BTreeMap<Arc<str>, Arc<Record>>>,
+    records: Mutex<Records>,
     /// One copy of each region id for all the records of the region. Region ids are few and
     /// come from the configuration (or from a journal written with an older one), so they are
     /// never forgotten.
@@ -131,6 +128,61 @@ pub struct Store {
     /// Taken only while `records` is held, and kept in step with it.
     rules: Mutex<RuleIndex>,
     journal: Option<Journal>,
+}
+
+/// A record's place in the creation order: its creation time, then its id (two records
+/// created in the same millisecond are ordered by id). Neither ever changes.
+type Created = (i64, Arc<str>);
+
+/// The records and the index of each region's requests in creation order, kept in step under
+/// one lock: a region's listing reads its own requests only.
+#[derive(Default)]
+struct Records {
+    /// Each record behind its own `Arc`, so that a listing or a compaction copies pointers
+    /// under the lock, not records (a change replaces the `Arc`, or copies a record still
+    /// shared with a listing).
+    by_id: BTreeMap<Arc<str>, Arc<Record>>,
+    /// Per region, its records in creation order (a region's entry goes when it is empty).
+    by_region: HashMap<Arc<str>, BTreeSet<Created>>,
+}
+
+impl Records {
+    fn insert(&mut self, record: Arc<Record>) {
+        self.by_region
+            .entry(record.region_id.clone())
+            .or_default()
+            .insert((record.created_at, record.id.clone()));
+        if let Some(old) = self.by_id.insert(record.id.clone(), record) {
+            debug_assert!(false, "record {} inserted twice", old.id);
+        }
+    }
+
+    fn remove(&mut self, id: &str) -> Option<Arc<Record>> {
+        let record = self.by_id.remove(id)?;
+        if let Some(set) = self.by_region.get_mut(&*record.region_id) {
+            set.remove(&(record.created_at, record.id.clone()));
+            if set.is_empty() {
+                self.by_region.remove(&*record.region_id);
+            }
+        }
+        Some(record)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Arc<Record>> {
+        self.by_id.values()
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
+/// One page of a listing, in creation order.
+pub struct Page {
+    /// Pointers to the records (the lock was released once they were taken).
+    pub records: Vec<Arc<Record>>,
+    /// More records follow the last one.
+    pub more: bool,
 }
 
 /// How many applied steps of each region hold each platform rule, by a fingerprint of what
@@ -211,7 +263,7 @@ impl RuleIndex {
 }
 
 /// Counts the rules of all `records` into `rules`, unless done or not possible yet.
-fn count_all(records: &BTreeMap<Arc<str>, Arc<Record>>, rules: &mut RuleIndex) {
+fn count_all(records: &Records, rules: &mut RuleIndex) {
     if !rules.known || rules.on {
         return;
     }
@@ -262,7 +314,15 @@ impl Store {
         })?;
         let mut sorted: Vec<(Arc<str>, Record)> = replayed.into_iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let records: BTreeMap<Arc<str>, Arc<Record>> = sorted
+        let mut records = Records::default();
+        for (_, record) in &sorted {
+            records
+                .by_region
+                .entry(record.region_id.clone())
+                .or_default()
+                .insert((record.created_at, record.id.clone()));
+        }
+        records.by_id = sorted
             .into_iter()
             .map(|(id, record)| (id, Arc::new(record)))
             .collect();
@@ -308,7 +368,7 @@ impl Store {
         self.rules.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<Arc<str>, Arc<Record>>> {
+    fn lock(&self) -> MutexGuard<'_, Records> {
         // Every mutation is journaled then applied as plain assignments, so a panic while
         // holding the lock cannot leave a half-changed record: a poisoned lock is usable.
         self.records.lock().unwrap_or_else(|p| p.into_inner())
@@ -332,7 +392,14 @@ impl Store {
 
     /// Adds a new record; returns once it is durable. Ids are fresh UUIDs, so an existing one
     /// is never replaced.
-    pub fn insert(&self, mut record: Record) -> Result<(), StoreError> {
+    pub fn insert(&self, record: Record) -> Result<(), StoreError> {
+        self.insert_within(record, usize::MAX).map(|_| ())
+    }
+
+    /// Adds a new record unless `max` records are kept already (`Ok(false)`: nothing was
+    /// written); returns once it is durable. Checked and inserted under one lock, so
+    /// concurrent creations cannot pass the bound together.
+    pub fn insert_within(&self, mut record: Record, max: usize) -> Result<bool, StoreError> {
         record.region_id = self
             .regions
             .lock()
@@ -340,27 +407,74 @@ impl Store {
             .intern(&record.region_id);
         let seq = {
             let mut records = self.lock();
+            if records.len() >= max {
+                return Ok(false);
+            }
             let seq = self.write(&record.to_entry())?;
             self.rules().count(&record, 0..record.applied, true);
-            records.insert(record.id.clone(), Arc::new(record));
+            records.insert(Arc::new(record));
             seq
         };
-        self.durable(seq)
+        self.durable(seq)?;
+        Ok(true)
     }
 
     /// A copy of one record (cheap: the request and steps are shared).
     pub fn get(&self, id: &str) -> Option<Record> {
-        self.lock().get(id).map(|r| Record::clone(r))
+        self.lock().by_id.get(id).map(|r| Record::clone(r))
     }
 
-    /// All records, or one region's, in id order: shared, not copied (one pointer each under
-    /// the lock). The lock is released before the caller serialises them.
+    /// All records, or one region's, in creation order: shared, not copied (one pointer each
+    /// under the lock). The lock is released before the caller serialises them.
     pub fn list(&self, region_id: Option<&str>) -> Vec<Arc<Record>> {
-        self.lock()
-            .values()
-            .filter(|r| region_id.is_none_or(|id| *r.region_id == *id))
-            .cloned()
-            .collect()
+        self.page(region_id, None, usize::MAX)
+            .expect("no cursor to miss")
+            .records
+    }
+
+    /// Up to `limit` records, all or one region's, in creation order, after the record `after`
+    /// (which need not be of that region); `None` when `after` names no record. A region's
+    /// page reads only that region's index; the whole list merges the regions' indexes (few:
+    /// they come from the configuration).
+    pub fn page(&self, region_id: Option<&str>, after: Option<&str>, limit: usize) -> Option<Page> {
+        let records = self.lock();
+        let from: Bound<Created> = match after {
+            Some(id) => {
+                let r = records.by_id.get(id)?;
+                Bound::Excluded((r.created_at, r.id.clone()))
+            }
+            None => Bound::Unbounded,
+        };
+        let sets: Vec<&BTreeSet<Created>> = match region_id {
+            Some(region) => records.by_region.get(region).into_iter().collect(),
+            None => records.by_region.values().collect(),
+        };
+        let mut heads: Vec<_> = sets
+            .into_iter()
+            .map(|set| set.range((from.clone(), Bound::Unbounded)).peekable())
+            .collect();
+        let mut page = Page {
+            records: Vec::new(),
+            more: false,
+        };
+        loop {
+            // The region whose next record was created first.
+            let next = heads
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, h)| h.peek().map(|key| (i, *key)))
+                .min_by(|a, b| a.1.cmp(b.1))
+                .map(|(i, _)| i);
+            let Some(i) = next else {
+                return Some(page);
+            };
+            if page.records.len() == limit {
+                page.more = true;
+                return Some(page);
+            }
+            let (_, id) = heads[i].next().expect("peeked");
+            page.records.push(records.by_id[id].clone());
+        }
     }
 
     /// Copies of the records `pick` selects, after `mark` was applied to each under the lock
@@ -368,6 +482,7 @@ impl Store {
     pub fn claim(&self, pick: impl Fn(&Record) -> bool, mark: impl Fn(&mut Record)) -> Vec<Record> {
         let mut records = self.lock();
         records
+            .by_id
             .values_mut()
             .filter(|r| pick(r))
             .map(|r| {
@@ -390,7 +505,7 @@ impl Store {
     ) -> Result<Option<T>, StoreError> {
         let (result, seq) = {
             let mut records = self.lock();
-            let Some(record) = records.get_mut(id) else {
+            let Some(record) = records.by_id.get_mut(id) else {
                 return Ok(None);
             };
             let mut changed = Record::clone(record);
@@ -425,7 +540,7 @@ impl Store {
             let mut records = self.lock();
             let mut rules = self.rules();
             count_all(&records, &mut rules);
-            let Some(record) = records.get(id) else {
+            let Some(record) = records.by_id.get(id) else {
                 return Ok(false);
             };
             let step = &record.steps[k];
@@ -441,7 +556,7 @@ impl Store {
             if !shared {
                 return Ok(false);
             }
-            let record = Arc::make_mut(records.get_mut(id).expect("looked up above"));
+            let record = Arc::make_mut(records.by_id.get_mut(id).expect("looked up above"));
             let before = record.applied;
             record.applied = k;
             record.last_modified = now;
@@ -456,7 +571,7 @@ impl Store {
     pub fn remove(&self, id: &str) -> Result<Option<Record>, StoreError> {
         let (record, seq) = {
             let mut records = self.lock();
-            if !records.contains_key(id) {
+            if !records.by_id.contains_key(id) {
                 return Ok(None);
             }
             let seq = self.write(&Entry::Remove { id: id.into() })?;
@@ -473,6 +588,11 @@ impl Store {
     /// Why the journal stopped, if it did: nothing more can be made durable.
     pub fn failure(&self) -> Option<String> {
         self.journal.as_ref().and_then(Journal::failure)
+    }
+
+    /// Why changes cannot be written now for want of space, if so (looks for room first).
+    pub fn no_space(&self) -> Option<String> {
+        self.journal.as_ref().and_then(Journal::no_space)
     }
 
     /// Tests: stops the journal as a failed `fsync` would.
@@ -708,6 +828,8 @@ mod tests {
                         .collect::<Vec<_>>()
                         .into();
                     r.applied = next(n as u64 + 1) as usize;
+                    // Few distinct times: records created in the same millisecond.
+                    r.created_at = next(4) as i64;
                     if s.get(&id).is_none() {
                         s.insert(r).unwrap();
                     }
@@ -728,7 +850,94 @@ mod tests {
             }
             let expected = counted(&s);
             assert_eq!(s.rules().counts, expected, "after round {round}");
+            let recounted = regions_recounted(&s);
+            assert_eq!(
+                s.lock().by_region,
+                recounted,
+                "region index after round {round}"
+            );
         }
+    }
+
+    /// The per-region index recomputed from the records.
+    fn regions_recounted(s: &Store) -> HashMap<Arc<str>, BTreeSet<Created>> {
+        let mut by_region: HashMap<Arc<str>, BTreeSet<Created>> = HashMap::new();
+        for r in s.lock().values() {
+            by_region
+                .entry(r.region_id.clone())
+                .or_default()
+                .insert((r.created_at, r.id.clone()));
+        }
+        by_region
+    }
+
+    #[test]
+    fn pages_follow_the_creation_order_across_regions_and_per_region() {
+        let s = Store::in_memory();
+        // (id, region, created): ids out of creation order, a tie broken by id
+        for (id, region, created) in [
+            ("e", "1", 1),
+            ("d", "2", 2),
+            ("c", "1", 3),
+            ("a", "2", 3),
+            ("b", "3", 5),
+        ] {
+            let mut r = record(id, region);
+            r.created_at = created;
+            s.insert(r).unwrap();
+        }
+        let ids = |p: &Page| {
+            p.records
+                .iter()
+                .map(|r| r.id.to_string())
+                .collect::<Vec<_>>()
+        };
+        let all = s.page(None, None, usize::MAX).unwrap();
+        assert_eq!(
+            (ids(&all), all.more),
+            (
+                vec!["e", "d", "a", "c", "b"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+                false
+            )
+        );
+        let first = s.page(None, None, 2).unwrap();
+        assert_eq!(
+            (ids(&first), first.more),
+            (vec!["e".to_string(), "d".into()], true)
+        );
+        let next = s.page(None, Some("d"), 2).unwrap();
+        assert_eq!(
+            (ids(&next), next.more),
+            (vec!["a".to_string(), "c".into()], true)
+        );
+        let last = s.page(None, Some("c"), 2).unwrap();
+        assert_eq!((ids(&last), last.more), (vec!["b".to_string()], false));
+        let region = s.page(Some("1"), Some("e"), 1).unwrap();
+        assert_eq!((ids(&region), region.more), (vec!["c".to_string()], false));
+        // A cursor from another region still places the page.
+        assert_eq!(ids(&s.page(Some("1"), Some("d"), 5).unwrap()), ["c"]);
+        assert!(s.page(Some("9"), None, 5).unwrap().records.is_empty());
+        assert!(s.page(None, Some("zz"), 5).is_none(), "unknown cursor");
+        s.remove("c").unwrap();
+        assert_eq!(ids(&s.page(Some("1"), None, 5).unwrap()), ["e"]);
+        s.remove("e").unwrap();
+        assert!(
+            !s.lock().by_region.contains_key("1"),
+            "an emptied region is forgotten"
+        );
+    }
+
+    #[test]
+    fn a_creation_beyond_the_bound_writes_nothing() {
+        let s = Store::in_memory();
+        assert!(s.insert_within(record("a", "1"), 2).unwrap());
+        assert!(s.insert_within(record("b", "1"), 2).unwrap());
+        assert!(!s.insert_within(record("c", "1"), 2).unwrap());
+        assert_eq!(s.len(), 2);
+        assert!(s.get("c").is_none());
     }
 
     #[test]

@@ -366,6 +366,18 @@ fn every_error() -> Vec<ApiError> {
         ApiError::Unauthorized,
         ApiError::Internal { detail: s() },
         ApiError::StateUnavailable { detail: s() },
+        ApiError::StateWrite {
+            detail: s(),
+            no_space: true,
+            request_id: None,
+        },
+        ApiError::StateWrite {
+            detail: s(),
+            no_space: false,
+            request_id: None,
+        },
+        ApiError::StateFull { detail: s() },
+        ApiError::RequestLimit { limit: 1 },
     ]
 }
 
@@ -388,6 +400,9 @@ fn variant(e: &ApiError) -> usize {
         ApiError::Unauthorized => 12,
         ApiError::Internal { .. } => 13,
         ApiError::StateUnavailable { .. } => 14,
+        ApiError::StateWrite { .. } => 15,
+        ApiError::StateFull { .. } => 16,
+        ApiError::RequestLimit { .. } => 17,
     }
 }
 
@@ -397,7 +412,7 @@ fn every_documented_status_is_one_the_api_produces_and_every_error_is_documented
     let listed: BTreeSet<usize> = errors.iter().map(variant).collect();
     assert_eq!(
         listed,
-        (0..15).collect(),
+        (0..18).collect(),
         "every ApiError variant is listed"
     );
     let error_codes: BTreeSet<u16> = errors.iter().map(ApiError::status).collect();
