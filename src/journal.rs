@@ -1809,6 +1809,45 @@ mod tests {
     }
 
     #[test]
+    fn a_compaction_that_runs_out_of_space_leaves_no_partial_file_and_is_retried_later() {
+        let dir = temp_dir("snapshot-full");
+        let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+        for id in ["a", "b"] {
+            j.wait(j.append(&put(id)).unwrap()).unwrap();
+        }
+        let g = j.rotate().unwrap().unwrap();
+        FAIL_SNAPSHOT_AFTER.with(|n| n.set(10));
+        let err = j
+            .write_snapshot(g, [put("a"), put("b")].into_iter())
+            .unwrap_err();
+        FAIL_SNAPSHOT_AFTER.with(|n| n.set(0));
+        assert!(err.is_no_space(), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&dir.display().to_string()) && text.contains("ENOSPC"),
+            "{text}"
+        );
+        let tmp: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(tmp.is_empty(), "the partial snapshot is removed: {tmp:?}");
+        assert!(!j.wants_compaction(), "not again before its back-off");
+        j.writer().retry_compaction_at = Some(std::time::Instant::now());
+        assert!(
+            j.wants_compaction(),
+            "again after it, however small the journal"
+        );
+        let g = j.rotate().unwrap().unwrap();
+        j.write_snapshot(g, [put("a"), put("b")].into_iter())
+            .unwrap();
+        assert!(!j.wants_compaction(), "done: back to the size bound");
+        drop(j);
+        assert_eq!(ids(&dir).unwrap(), ["a", "b"]);
+    }
+
+    #[test]
     fn a_failed_fsync_at_the_start_of_a_compaction_stops_the_journal() {
         let dir = temp_dir("rotate-fails");
         let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();

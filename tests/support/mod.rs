@@ -111,6 +111,7 @@ impl Plugin {
         };
         let content_type = header("content-type").unwrap_or_default();
         let allow = header("allow");
+        let (link, location) = (header("link"), header("location"));
         let text = response.body_mut().read_to_string().unwrap_or_default();
         let json = if text.is_empty() {
             Value::Null
@@ -121,6 +122,8 @@ impl Plugin {
             status,
             content_type,
             allow,
+            link,
+            location,
             json,
         }
     }
@@ -149,6 +152,8 @@ pub struct Reply {
     pub status: u16,
     pub content_type: String,
     pub allow: Option<String>,
+    pub link: Option<String>,
+    pub location: Option<String>,
     pub json: Value,
 }
 
