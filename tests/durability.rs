@@ -1,5 +1,6 @@
 //! Durability of the real binary: acknowledged changes survive `kill -9` at any moment, crashes
-//! are rolled back or finished at start-up, a torn journal tail is cut off, a damaged journal
+//! are rolled back or finished at start-up, a torn journal tail is cut off (50 simulated power
+//! cuts never refuse the start), a damaged journal
 //! stops the start naming file and offset, and a state directory serves one process at a time.
 
 mod support;
@@ -930,6 +931,179 @@ fn records_survive_a_clean_restart_with_their_fields_intact() {
         assert_eq!(&after, json, "{id} changed across the restart");
     }
     assert_eq!(binary.api.records(), list_before);
+    drop(binary);
+    clean_up(&config, &state);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. power cuts: kill -9, then the unacknowledged tail damaged as a lost page-cache write
+// ---------------------------------------------------------------------------------------------
+
+/// Where the entry that acknowledged the last change of `ledger` ends in `journal` (0 when
+/// none is there): a creation answered 201 by its `created` update, a removal answered 201 or
+/// 202 by its `deleting` update or its `remove`. Every entry an acknowledged change needed
+/// comes before it, so a power cut may damage only what follows.
+fn acknowledged_end(journal: &[u8], ledger: &Ledger) -> usize {
+    let mut end = 0;
+    let mut at = 0;
+    for line in journal[..entries_end(journal)].split_inclusive(|&b| b == b'\n') {
+        at += line.len();
+        let Some(json) = std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| l.splitn(3, ' ').nth(2))
+            .and_then(|j| serde_json::from_str::<Value>(j).ok())
+        else {
+            continue;
+        };
+        let acknowledges = if let Some(u) = json.get("update") {
+            let id = u["id"].as_str().unwrap_or("");
+            (u["status"] == "created" && ledger.created.contains(id))
+                || (u["status"] == "deleting" && ledger.removed.contains(id))
+        } else if let Some(r) = json.get("remove") {
+            ledger.removed.contains(r["id"].as_str().unwrap_or(""))
+        } else {
+            false
+        };
+        if acknowledges {
+            end = at;
+        }
+    }
+    end
+}
+
+/// A number in `lo..=hi`.
+fn pick(rng: &mut Rng, lo: usize, hi: usize) -> usize {
+    lo + rng.below((hi - lo + 1) as u64) as usize
+}
+
+/// Damages `journal` after byte `from` as a power cut could: the pages written after the last
+/// ones made durable are lost (zeros, or the file cut short), half written (garbage) or
+/// written without an earlier one (the start of an entry among the zeros). The damage runs to
+/// the end of the entries: a whole entry after damage is real damage, which refuses the start
+/// (see the journal's doc); says what it did.
+fn damage_tail(journal: &Path, from: usize, rng: &mut Rng) -> String {
+    let mut bytes = std::fs::read(journal).unwrap();
+    let end = entries_end(&bytes);
+    let at = pick(rng, from, end);
+    let what = match rng.below(4) {
+        0 => {
+            bytes.truncate(at);
+            format!("cut at {at} (entries ended at {end})")
+        }
+        1 => {
+            bytes[at..end].fill(0);
+            format!("zeroed {at}..{end}")
+        }
+        2 => {
+            let to = (end + pick(rng, 1, 4096)).min(bytes.len()).max(at);
+            for b in &mut bytes[at..to] {
+                *b = (rng.next() & 0xff) as u8;
+            }
+            format!("garbled {at}..{to}")
+        }
+        _ => {
+            bytes[at..end].fill(0);
+            let sample = br#"c0ffee00 1 {"put":{"id":"00000000-torn","region":"2","request":{"#;
+            let n = pick(rng, 1, sample.len());
+            let start = at + pick(rng, 0, 8192);
+            if bytes.len() < start + n {
+                bytes.resize(start + n, 0);
+            }
+            bytes[start..start + n].copy_from_slice(&sample[..n]);
+            format!("lost {at}..{end}, then {n} bytes of an entry at {start}")
+        }
+    };
+    std::fs::write(journal, &bytes).unwrap();
+    what
+}
+
+#[test]
+fn power_cuts_that_damage_only_the_unacknowledged_tail_never_refuse_the_start() {
+    let mep = FakeLlMec::start();
+    let config = config_file(&mep.url());
+    let state = temp_dir("durability-power-cut");
+    let (mut rng, seed) = Rng::seeded();
+    eprintln!("seed {seed} (DURABILITY_SEED={seed} repeats this run)");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut problems = Vec::new();
+    let mut damages = Vec::new();
+    let mut torn = 0;
+    let started = Instant::now();
+
+    for cycle in 0..50 {
+        // Never refused: Binary::start panics with the log if the binary exits.
+        let binary = Binary::start(&config, &state);
+        if binary.logs.text().contains("torn by a crash") {
+            torn += 1;
+        }
+        if cycle > 0 {
+            let mut l = ledger.lock().unwrap();
+            problems.extend(check_promises(
+                &binary.api,
+                &mut l,
+                &format!("after power cut {cycle} ({})", damages[cycle - 1]),
+            ));
+        }
+        let mut live = ledger.lock().unwrap().live();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..3)
+            .map(|t| {
+                let own: Vec<String> = live.drain(..live.len() / (3 - t)).collect();
+                let api = Api::new(&binary.addr, Duration::from_secs(5));
+                let (stop, ledger) = (stop.clone(), ledger.clone());
+                let thread_seed = rng.next();
+                thread::spawn(move || {
+                    client_loop(
+                        api,
+                        stop,
+                        ledger,
+                        own,
+                        format!("p{cycle}-t{t}"),
+                        thread_seed,
+                    )
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(40 + rng.below(160)));
+        stop.store(true, Ordering::SeqCst);
+        binary.kill();
+        for t in threads {
+            t.join().expect("client thread");
+        }
+        let journal = newest_journal(&state);
+        let from = acknowledged_end(&std::fs::read(&journal).unwrap(), &ledger.lock().unwrap());
+        damages.push(damage_tail(&journal, from, &mut rng));
+    }
+
+    let binary = Binary::start(&config, &state);
+    if binary.logs.text().contains("torn by a crash") {
+        torn += 1;
+    }
+    let mut l = ledger.lock().unwrap();
+    problems.extend(check_promises(
+        &binary.api,
+        &mut l,
+        "after the last power cut",
+    ));
+    eprintln!(
+        "50 power cuts in {} ms: {} created, {} removed, {torn} torn tails cut off",
+        started.elapsed().as_millis(),
+        l.created.len(),
+        l.removed.len()
+    );
+    assert!(
+        l.created.len() >= 50,
+        "the load did too little to mean anything"
+    );
+    assert!(
+        torn >= 10,
+        "the damage was seldom seen as a torn tail: {damages:?}"
+    );
+    assert!(
+        problems.is_empty() && l.unexpected.is_empty(),
+        "seed {seed}\nbroken promises: {problems:#?}\nunexpected answers: {:#?}\ndamages: {damages:#?}",
+        l.unexpected
+    );
     drop(binary);
     clean_up(&config, &state);
 }
