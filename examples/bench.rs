@@ -32,7 +32,14 @@
 //! report their resident memory before and after (the index of platform rules the service
 //! counts at its first removal included, and timed apart); then the same after a compaction
 //! (snapshot).
-//! `all` runs both.
+//! `listings` measures what a listing costs: the server time of a full listing of
+//! `--listing-records` (default 10,000) DNS-only requests (`Api::handle` in-process, median and
+//! max of 20); the growth of the process's resident memory while 4 connections list 20 stored
+//! requests of 1 MB each at once (sampled every millisecond; the bench's clients discard what
+//! they read); and `GET /service/regions/{RegionId}` of an empty region at 8 connections for
+//! `--seconds` while another region holds `--region-records` (default 160,000) requests,
+//! written through the store before the plugin starts.
+//! `all` runs the three.
 //!
 //! Options: `--seconds S` (per scenario, default 5), `--connections 1,8`,
 //! `--durable-connections 1,8,32`, `--fsync both|true|false`, `--workers N` (default 8),
@@ -41,7 +48,10 @@
 //! goals on the median run: the host's speed drifts by ±20 % within minutes; at most 20),
 //! `--records N`, `--dir PATH` (where the temporary state directories go; default the system
 //! temp dir), `--keep true` (keep the replay state directory, e.g. to profile
-//! `bench replay-child <dir>`), `--compact false` (skip the replay after a compaction).
+//! `bench replay-child <dir>`), `--compact false` (skip the replay after a compaction),
+//! `--listing-records N`, `--region-records N`. A short bounded run of the listings:
+//! `cargo run --release --example bench -- listings --seconds 1 --listing-records 1000
+//! --region-records 5000`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -105,12 +115,14 @@ fn main() {
     match options.command.as_str() {
         "throughput" => throughput(&options, &mut goals),
         "replay" => replay(&options, &mut goals),
+        "listings" => listings(&options, &mut goals),
         "all" => {
             throughput(&options, &mut goals);
             replay(&options, &mut goals);
+            listings(&options, &mut goals);
         }
         other => {
-            eprintln!("unknown command '{other}': throughput, replay or all");
+            eprintln!("unknown command '{other}': throughput, replay, listings or all");
             std::process::exit(2);
         }
     }
@@ -146,6 +158,8 @@ struct Options {
     compact: bool,
     probes: bool,
     repeat: usize,
+    listing_records: usize,
+    region_records: usize,
 }
 
 impl Options {
@@ -196,6 +210,8 @@ impl Options {
                 "compact",
                 "probes",
                 "repeat",
+                "listing-records",
+                "region-records",
             ];
             if !names.contains(known) {
                 eprintln!("unknown option --{known}");
@@ -233,6 +249,14 @@ impl Options {
                 .parse::<usize>()
                 .expect("--repeat is a number")
                 .clamp(1, 20),
+            listing_records: get("listing-records", "10000")
+                .parse::<usize>()
+                .expect("--listing-records is a number")
+                .clamp(1, MAX_RECORDS),
+            region_records: get("region-records", "160000")
+                .parse::<usize>()
+                .expect("--region-records is a number")
+                .clamp(1, MAX_RECORDS),
         }
     }
 
@@ -1154,6 +1178,224 @@ fn replay(options: &Options, goals: &mut Vec<String>) {
             verdict(r.delta_kb <= target_kb as u64)
         ));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// listings
+
+fn listings(options: &Options, goals: &mut Vec<String>) {
+    println!();
+    println!("listings");
+    full_listing_server_time(options, goals);
+    listing_memory(options, goals);
+    empty_region_listing(options, goals);
+}
+
+/// A configuration of simulated regions "2" and "3" on `dir`.
+fn simulated_config(dir: &Path, workers: usize, extra: &str) -> Config {
+    Config::parse(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {workers}\nstate_dir = '{}'\nfsync = false\n{extra}\n\
+             [[region]]\nid = \"2\"\nlatitude = 43.6\nlongitude = 7.06\nrange_km = 10.0\n\
+             [region.mep]\ndriver = \"simulated\"\n\
+             [[region]]\nid = \"3\"\nlatitude = 45.07\nlongitude = 7.68\nrange_km = 10.0\n\
+             [region.mep]\ndriver = \"simulated\"\n",
+            dir.display()
+        ),
+        "bench.toml",
+    )
+    .expect("bench config")
+}
+
+/// Writes `n` CREATED DNS-only requests of region "2" into `dir` through the store, as the
+/// service records them (fsync off).
+fn write_dns_records(dir: &Path, n: usize) {
+    let request = parse_creation(example("dns-only.json").as_bytes()).expect("valid example");
+    let text: Arc<str> = Arc::from(serde_json::to_string(&request).expect("serialises"));
+    let (store, _) = Store::open(dir, false).expect("state dir opens");
+    for _ in 0..n {
+        let id = new_uuid();
+        let steps: Arc<[Step]> = Arc::from([Step::new(
+            "DNS rule dns-1",
+            "/api/mp1/traffic/all",
+            r#"{"url":"app.example.org","mec-ipaddr":"172.24.248.5","mec-macaddr":"00:00:00:00:00:00","type":1}"#,
+        )]);
+        let mut record = Record::new(
+            Arc::from(id.as_str()),
+            "2".into(),
+            text.clone(),
+            Status::Created,
+            steps,
+            1,
+            now_millis(),
+        );
+        record.last_modified = now_millis();
+        store.insert(record).expect("insert");
+    }
+}
+
+/// Server time of `GET /MEC/v1/service/requests` over `--listing-records` DNS-only requests:
+/// the API's handler called in-process (no socket), so only the server's own work is timed.
+fn full_listing_server_time(options: &Options, goals: &mut Vec<String>) {
+    use mec_plugin::api::Api;
+    use mec_plugin::http::Request;
+    use mec_plugin::model::ApiStyle;
+    use mec_plugin::server::RequestHandler;
+    let n = options.listing_records;
+    let dir = fresh_dir(&options.dir, "listing");
+    write_dns_records(&dir, n);
+    let config = simulated_config(&dir, options.workers, "");
+    let service = Arc::new(Service::open(&config).expect("service opens"));
+    let api = Api {
+        service,
+        style: ApiStyle::Spec,
+        token: None,
+    };
+    let request = Request::new("GET", "/MEC/v1/service/requests");
+    let mut times = Vec::new();
+    let mut bytes = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for _ in 0..20 {
+        let t = Instant::now();
+        let response = api.handle(&request);
+        times.push(t.elapsed());
+        assert_eq!(response.status, 200);
+        bytes = response.body.len();
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    times.sort();
+    let median = times[times.len() / 2].as_secs_f64() * 1000.0;
+    let max = times.last().unwrap().as_secs_f64() * 1000.0;
+    println!(
+        "  full listing of {n} DNS-only requests ({:.1} MB): server time median {median:.2} ms, max {max:.2} ms ({} runs)",
+        bytes as f64 / 1e6,
+        times.len()
+    );
+    goals.push(format!(
+        "full listing of {n} DNS-only requests: {median:.2} ms server time (goal <= 15 ms for 10,000) {}",
+        verdict(median * 10_000.0 / n as f64 <= 15.0)
+    ));
+    drop(api);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// Growth of the resident memory while 4 connections list 20 requests of 1 MB at once.
+fn listing_memory(options: &Options, goals: &mut Vec<String>) {
+    let dir = fresh_dir(&options.dir, "listing-memory");
+    let config = simulated_config(&dir, options.workers, "max_body_bytes = 2097152");
+    let app = App::start(&config).expect("plugin starts");
+    let addr = app.local_addr();
+    let pad = "x".repeat(1 << 20);
+    for n in 0..20 {
+        let body = format!(
+            r#"{{"RegionId":"2","transportDependencies":[{{"transport":{{"type":"RPC","protocol":"p","version":"1","security":{{"pad":"{pad}"}}}},"serializers":"PROTOBUF3","labels":[]}}],"appDNSRule":[{{"dnsRuleId":"d{n}","domainName":"n{n}.bench.test","ipAddressType":"IP_V4","ipAddress":"10.0.0.1"}}]}}"#
+        );
+        let (mut reader, mut writer) = connect(addr).expect("connects");
+        let request = format!(
+            "POST /MEC/v1/service/requests HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        writer.write_all(request.as_bytes()).expect("sends");
+        assert_eq!(read_response(&mut reader).expect("answer"), 201);
+    }
+    drop(pad);
+    // Let what the creations allocated settle before the baseline.
+    thread::sleep(Duration::from_millis(200));
+    let before = status_kb("VmRSS");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let mut peak = 0;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                peak = peak.max(status_kb("VmRSS"));
+                thread::sleep(Duration::from_millis(1));
+            }
+            peak
+        })
+    };
+    let started = Instant::now();
+    let listers: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn(move || {
+                // Read to the end in small pieces and dropped: only the server's memory grows.
+                let mut stream = TcpStream::connect(addr).expect("connects");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                stream
+                    .write_all(
+                        b"GET /MEC/v1/service/requests HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n",
+                    )
+                    .expect("sends");
+                let mut buf = vec![0u8; 64 << 10];
+                let mut total = 0usize;
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                total
+            })
+        })
+        .collect();
+    let read: Vec<usize> = listers.into_iter().map(|t| t.join().unwrap()).collect();
+    let took = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    app.stop(Duration::from_secs(2));
+    let _ = fs::remove_dir_all(&dir);
+    let growth_mb = peak.saturating_sub(before) as f64 * 1024.0 / 1e6;
+    println!(
+        "  4 concurrent listings of 20 x 1 MB requests ({:.1} MB each) in {} ms: RSS {:.1} MB before, peak {:.1} MB, growth {growth_mb:.1} MB",
+        read.iter().max().copied().unwrap_or(0) as f64 / 1e6,
+        took.as_millis(),
+        before as f64 * 1024.0 / 1e6,
+        peak as f64 * 1024.0 / 1e6
+    );
+    goals.push(format!(
+        "RSS growth during 4 concurrent listings of 20 x 1 MB requests: {growth_mb:.1} MB (goal <= 8 MB) {}",
+        verdict(growth_mb <= 8.0)
+    ));
+}
+
+/// `GET /service/regions/3` (no request) at 8 connections while region "2" holds
+/// `--region-records` requests.
+fn empty_region_listing(options: &Options, goals: &mut Vec<String>) {
+    let n = options.region_records;
+    let dir = fresh_dir(&options.dir, "region-listing");
+    let t = Instant::now();
+    write_dns_records(&dir, n);
+    let written = t.elapsed();
+    let config = simulated_config(&dir, options.workers, "max_requests = 2000000");
+    let app = App::start(&config).expect("plugin starts");
+    let outcome = drive(
+        app.local_addr(),
+        "GET",
+        "/MEC/v1/service/regions/3",
+        8,
+        options.duration,
+        None,
+    );
+    app.stop(Duration::from_secs(2));
+    let _ = fs::remove_dir_all(&dir);
+    println!(
+        "  empty region's listing, 8 connections, {n} requests in another region (written in {:.1} s): {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
+        written.as_secs_f64(),
+        outcome.rate(),
+        outcome.pct(0.50),
+        outcome.pct(0.99),
+        outcome.errors
+    );
+    goals.push(format!(
+        "empty region's listing at 8 connections with {n} requests elsewhere: {:.0} req/s (goal >= 20,000 with 160,000) {}",
+        outcome.rate(),
+        verdict(outcome.rate() >= 20_000.0 && outcome.errors == 0)
+    ));
 }
 
 struct ChildReplay {

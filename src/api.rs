@@ -703,6 +703,66 @@ mod tests {
     }
 
     #[test]
+    fn a_listing_written_record_by_record_is_the_json_array_of_the_views_in_both_spellings() {
+        let records: Vec<Arc<Record>> = (0..3)
+            .map(|i| {
+                let mut r = Record::new(
+                    format!("id-{i}").into(),
+                    "2".into(),
+                    format!(r#"{{"appDNSRule":[{{"dnsRuleId":"d{i}","domainName":"a.b","ipAddressType":"IP_V4","ipAddress":"1.2.3.4"}}],"appLatency":{{"timeUnit":"ms","latency":2.50}}}}"#).into(),
+                    Status::Created,
+                    Arc::from([]),
+                    0,
+                    1_700_000_000_000 + i,
+                );
+                r.detail = (i == 1).then(|| "why \"so\"".into());
+                Arc::new(r)
+            })
+            .collect();
+        for style in [ApiStyle::Spec, ApiStyle::Camel] {
+            let mut streamed = Vec::new();
+            write_listing(&mut streamed, &records, style).unwrap();
+            let views: Vec<RecordView<'_>> = records
+                .iter()
+                .map(|r| RecordView::new(r, style).unwrap())
+                .collect();
+            let whole = model::with_style(style, || serde_json::to_vec(&views)).unwrap();
+            assert_eq!(
+                String::from_utf8(streamed).unwrap(),
+                String::from_utf8(whole).unwrap(),
+                "{style:?}"
+            );
+        }
+        let mut empty = Vec::new();
+        write_listing(&mut empty, &[], ApiStyle::Spec).unwrap();
+        assert_eq!(empty, b"[]");
+    }
+
+    #[test]
+    fn a_listing_query_is_a_limit_and_a_cursor_each_once() {
+        assert_eq!(parse_paging(None).unwrap(), Paging::default());
+        assert_eq!(
+            parse_paging(Some("limit=5&after=a%2Db")).unwrap(),
+            Paging {
+                limit: Some(5),
+                after: Some("a-b".into())
+            }
+        );
+        for (query, needle) in [
+            ("limit=0", "1..=1000000"),
+            ("limit=1000001", "1..=1000000"),
+            ("limit=-1", "'limit'"),
+            ("after=", "'after' is empty"),
+            ("limit=1&limit=1", "more than once"),
+            ("after=a&after=b", "more than once"),
+            ("offset=3", "unknown query parameter 'offset'"),
+        ] {
+            let e = parse_paging(Some(query)).unwrap_err().to_string();
+            assert!(e.contains(needle), "{query}: {e}");
+        }
+    }
+
+    #[test]
     fn the_bearer_scheme_is_matched_whatever_its_case() {
         for header in [
             "Bearer t0k",
