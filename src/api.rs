@@ -472,11 +472,52 @@ pub fn write_listing(
         if i > 0 {
             out.write_all(b",")?;
         }
-        let view = RecordView::new(record, style).map_err(|e| io::Error::other(e.to_string()))?;
-        model::with_style(style, || serde_json::to_writer(&mut *out, &view))
-            .map_err(io::Error::from)?;
+        match style {
+            ApiStyle::Spec => write_record_spec(out, record)?,
+            ApiStyle::Camel => {
+                let view =
+                    RecordView::new(record, style).map_err(|e| io::Error::other(e.to_string()))?;
+                model::with_style(style, || serde_json::to_writer(&mut *out, &view))
+                    .map_err(io::Error::from)?;
+            }
+        }
     }
     out.write_all(b"]")
+}
+
+/// Writes the spec-spelling view of `record` (what [`RecordView`] serialises to) without
+/// parsing its request: the request is kept as the compact JSON of its spec spelling, so its
+/// members are copied between the view's own (a listing reads every record: parsing each one
+/// back into a `CreationRequest` was most of its time). The camelCase view renames keys deep
+/// inside the request, so it goes through [`RecordView`].
+fn write_record_spec(out: &mut dyn Write, record: &Record) -> io::Result<()> {
+    let members = record
+        .request
+        .strip_prefix('{')
+        .and_then(|r| r.strip_suffix('}'))
+        .ok_or_else(|| {
+            io::Error::other(format!("stored request {} is not a JSON object", record.id))
+        })?;
+    out.write_all(b"{\"RequestId\":")?;
+    serde_json::to_writer(&mut *out, &*record.id)?;
+    out.write_all(b",\"RegionId\":")?;
+    serde_json::to_writer(&mut *out, &*record.region_id)?;
+    if !members.is_empty() {
+        out.write_all(b",")?;
+        out.write_all(members.as_bytes())?;
+    }
+    out.write_all(b",\"status\":")?;
+    serde_json::to_writer(&mut *out, &record.status)?;
+    if let Some(detail) = &record.detail {
+        out.write_all(b",\"statusDetail\":")?;
+        serde_json::to_writer(&mut *out, &**detail)?;
+    }
+    write!(
+        out,
+        ",\"createdAt\":\"{}\",\"lastModified\":\"{}\"}}",
+        rfc3339(record.created_at),
+        rfc3339(record.last_modified)
+    )
 }
 
 fn create_request(
@@ -701,6 +742,11 @@ mod tests {
 
     #[test]
     fn a_listing_written_record_by_record_is_the_json_array_of_the_views_in_both_spellings() {
+        let traffic = model::parse_creation(
+            include_str!("../examples/traffic-and-dns-camel.json").as_bytes(),
+        )
+        .unwrap();
+        let stored = [serde_json::to_string(&traffic).unwrap(), "{}".to_string()];
         let records: Vec<Arc<Record>> = (0..3)
             .map(|i| {
                 let mut r = Record::new(
@@ -715,6 +761,17 @@ mod tests {
                 r.detail = (i == 1).then(|| "why \"so\"".into());
                 Arc::new(r)
             })
+            .chain(stored.iter().enumerate().map(|(i, text)| {
+                Arc::new(Record::new(
+                    format!("stored-{i}").into(),
+                    "3".into(),
+                    text.as_str().into(),
+                    Status::Failed,
+                    Arc::from([]),
+                    0,
+                    1_700_000_000_000,
+                ))
+            }))
             .collect();
         for style in [ApiStyle::Spec, ApiStyle::Camel] {
             let mut streamed = Vec::new();
