@@ -440,10 +440,9 @@ fn listing(
     };
     let records = page.records;
     // Serialised record by record from the pointers taken under the lock. Until the server
-    // can stream a body, into one buffer; then this line becomes a streamed body calling
-    // `write_listing` on the connection.
-    let body = listing_body(&records, style)?;
-    let response = Response::json(200, body);
+    // can stream a body, into one buffer; once it can, this one line becomes the streamed
+    // body, e.g. `Response::streamed(200, move |out| write_listing(out, &records, style))`.
+    let response = Response::json(200, listing_body(&records, style)?);
     Ok(match next {
         Some(link) => response.with_header("Link", link),
         None => response,
