@@ -824,7 +824,10 @@ impl Journal {
         }
         let bytes = written?;
         let path = self.dir.join(snapshot_name(generation));
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(write_err(&self.dir, &path)(e));
+        }
         sync_dir(&self.dir)?;
         for item in fs::read_dir(&self.dir)
             .map_err(io_err(&self.dir))?

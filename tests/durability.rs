@@ -825,6 +825,11 @@ fn a_corrupted_journal_middle_refuses_to_start_and_names_file_and_offset() {
         output.contains(&format!("byte offset {second}")),
         "names offset {second}: {output}"
     );
+    assert!(
+        output.contains("valid entries follow the damage")
+            && output.contains("acknowledged ones included"),
+        "says how many valid entries follow and what cutting the file would drop: {output}"
+    );
     assert_eq!(
         std::fs::read(&journal).unwrap(),
         bytes,
