@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use log::debug;
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
 
@@ -212,7 +213,9 @@ struct Position {
     longitude: f64,
 }
 
-/// Parses the query of `GET /service/regions`: nothing, or both coordinates, each once.
+/// Parses the query of `GET /service/regions`: nothing, or both coordinates, each once. Other
+/// parameters (such as the `_=<time>` cache buster some HTTP clients add) are ignored, as by
+/// the original plugin, and logged at debug level.
 fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
     let bad = |detail: String| ApiError::BadRequest { detail };
     let (mut latitude, mut longitude) = (None, None);
@@ -223,9 +226,8 @@ fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
             "latitude" => (&mut latitude, 90.0),
             "longitude" => (&mut longitude, 180.0),
             other => {
-                return Err(bad(format!(
-                    "unknown query parameter '{other}'; the regions list takes 'latitude' and 'longitude'"
-                )));
+                debug!("query parameter '{other}' ignored: the regions list takes 'latitude' and 'longitude'");
+                continue;
             }
         };
         if slot.is_some() {
@@ -596,7 +598,7 @@ mod tests {
             ("latitude=91&longitude=1", "out of range"),
             ("latitude=1&longitude=-180.1", "out of range"),
             ("latitude=NaN&longitude=1", "not a number"),
-            ("lat=1&longitude=1", "unknown query parameter 'lat'"),
+            ("lat=1&longitude=1", "'latitude' is missing"),
             (
                 "latitude=1&longitude=2&latitude=3",
                 "'latitude' is given more than once",
@@ -609,6 +611,16 @@ mod tests {
             let e = parse_position(Some(query)).unwrap_err().to_string();
             assert!(e.contains(needle), "{query}: {e}");
         }
+        // Unknown parameters (a client's cache buster) are ignored; known ones still checked.
+        assert_eq!(parse_position(Some("_=1&x")).unwrap(), None);
+        assert_eq!(
+            parse_position(Some("_=1&latitude=1&longitude=2")).unwrap(),
+            Some(Position {
+                latitude: 1.0,
+                longitude: 2.0
+            })
+        );
+        assert!(parse_position(Some("_=1&latitude=x&longitude=2")).is_err());
     }
 
     #[test]
