@@ -46,8 +46,8 @@
 //! `dscp` → `dSCP`, `tc` → `tC`; actions: `FORWARD` and `DECAPSULATED` → `FORWARD_DECAPSULATED`
 //! (the contract's enum is MEC 010-2 v1's `FORWARD_DECAPSULATED` split in two; traffic
 //! forwarded to an application leaves the GTP-U tunnel), `DUPLICATED_DECAPSULATED` →
-//! `DUPLICATE_DECAPSULATED` (a misspelling of it), `DROP`, `FORWARD_AS_IS`, `PASSTHROUGH` and
-//! `DUPLICATE_AS_IS` as they are; `dstInterface` is a single object in MEC 011: `dstInterface[0]`
+//! `DUPLICATE_DECAPSULATED` (a misspelling of it), `DROP` and `PASSTHROUGH` as they are;
+//! `FORWARD_AS_IS` and `DUPLICATE_AS_IS` are refused (see [`v2_action`]); `dstInterface` is a single object in MEC 011: `dstInterface[0]`
 //! is sent, a rule with two interfaces is refused; interface `interfaceType` as is,
 //! `tunnelInfo.tunnelType` `GTP-U` → `GTP_U` (`GRE` as is), `srcMACAddress` → `srcMacAddress`,
 //! `dstMACAddress` → `dstMacAddress` (written with `:`), `dstIPAddress` → `dstIpAddress`;
@@ -71,7 +71,7 @@ use super::{Driver, MepError, Refusal, RuleIdentity, Step};
 use crate::config::{DriverKind, MepConfig};
 use crate::model::integral;
 use crate::model::{
-    CreationRequest, DnsRule, FilterType, InterfaceDescriptor, InterfaceType, IpAddressType,
+    Action, CreationRequest, DnsRule, FilterType, InterfaceDescriptor, InterfaceType, IpAddressType,
     TrafficFilter, TrafficRule,
 };
 
@@ -513,7 +513,7 @@ fn traffic_step(app: &str, i: usize, rule: &TrafficRule) -> Result<Step, Refusal
         filter_type: rule.filter_type,
         priority,
         traffic_filter,
-        action: action_name(rule.action),
+        action: v2_action(&at, rule.action)?,
         dst_interface,
         state: "ACTIVE",
     };
@@ -522,6 +522,27 @@ fn traffic_step(app: &str, i: usize, rule: &TrafficRule) -> Result<Step, Refusal
         &rule_target(app, RuleKind::Traffic, &rule.traffic_rule_id),
         &to_json(&body),
     ))
+}
+
+/// The MEC 011 v2.1.1 name of `action` (the version whose `TrafficRule.Action` enum is `DROP,
+/// FORWARD_DECAPSULATED, FORWARD_ENCAPSULATED, PASSTHROUGH, DUPLICATE_DECAPSULATED,
+/// DUPLICATE_ENCAPSULATED`). v1.1.1's `FORWARD_AS_IS` and `DUPLICATE_AS_IS` are not in it, and
+/// nothing in v2.1.1 keeps their meaning: "as is" leaves a packet as it arrived, whereas
+/// `*_ENCAPSULATED` has the platform wrap it into the tunnel of `dstInterface.tunnelInfo`, and
+/// `*_DECAPSULATED` strips the tunnel; mapping either would change what the rule does to the
+/// traffic. So such a rule is refused (422, naming it) rather than sent with a name a v2.1.1
+/// platform rejects or a meaning the caller did not ask for.
+fn v2_action(at: &str, action: Action) -> Result<&'static str, Refusal> {
+    match action {
+        Action::ForwardAsIs | Action::DuplicateAsIs => Err(refuse(
+            format!("{at} action"),
+            format!(
+                "'{}' is a MEC 011 v1.1.1 action that v2.1.1 (the version this driver speaks) does not have, and none of its actions keeps packets as they are (FORWARD_ENCAPSULATED/DUPLICATE_ENCAPSULATED add a tunnel, *_DECAPSULATED remove it); choose one of those",
+                action_name(action)
+            ),
+        )),
+        other => Ok(action_name(other)),
+    }
 }
 
 fn filter<'a>(at: &str, f: &'a TrafficFilter) -> Result<Filter<'a>, Refusal> {
@@ -680,10 +701,8 @@ mod tests {
             ("DROP", "DROP"),
             ("FORWARD", "FORWARD_DECAPSULATED"),
             ("DECAPSULATED", "FORWARD_DECAPSULATED"),
-            ("FORWARD_AS_IS", "FORWARD_AS_IS"),
             ("PASSTHROUGH", "PASSTHROUGH"),
             ("DUPLICATED_DECAPSULATED", "DUPLICATE_DECAPSULATED"),
-            ("DUPLICATE_AS_IS", "DUPLICATE_AS_IS"),
         ] {
             let mut v = seed();
             v["appTrafficRule"][0]["action"] = northbound.into();
@@ -692,6 +711,19 @@ mod tests {
                 body.contains(&format!(r#""action":"{mec011}","#)),
                 "{northbound}: {body}"
             );
+        }
+    }
+
+    #[test]
+    fn v1_actions_missing_from_v2_1_1_are_refused_naming_the_rule() {
+        for northbound in ["FORWARD_AS_IS", "DUPLICATE_AS_IS"] {
+            let mut v = seed();
+            v["appTrafficRule"][0]["action"] = northbound.into();
+            let refusal = plan_of(&v).unwrap_err();
+            assert!(refusal.rule.contains("appTrafficRule[0]"), "{refusal}");
+            assert!(refusal.rule.ends_with("action"), "{refusal}");
+            assert!(refusal.reason.contains(northbound), "{refusal}");
+            assert!(refusal.reason.contains("v2.1.1"), "{refusal}");
         }
     }
 
