@@ -5,6 +5,7 @@
 //! exponential backoff until they succeed. No lock is held while a platform is called; each
 //! call holds a [turn](crate::turns) on its platform rule.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -75,6 +76,21 @@ pub struct Service {
     wake: (Mutex<bool>, Condvar),
     /// Applies and removals of one platform rule do not cross (see [`crate::turns`]).
     turns: Turns,
+    /// Requests with a step whose apply outcome is unknown, and until when it may still land
+    /// on the platform (see [`Unsettled`]). Not journaled: rebuilt at start-up.
+    unsettled: Mutex<HashMap<Arc<str>, Unsettled>>,
+}
+
+/// A step whose apply was sent but whose outcome was not seen (timeout, broken exchange, a
+/// gateway's 502/504): the platform may still carry it out until `until` (its region's
+/// `settle_ms` after it was sent). A removal of it sent before then proves nothing (the
+/// platform may answer 200 or 404 and apply the late call afterwards), so the step stays
+/// "possibly applied" until a removal is sent after `until`. Only the last step a creation
+/// sent can be in that state: each step is sent only after the one before it succeeded.
+#[derive(Debug, Clone, Copy)]
+struct Unsettled {
+    step: usize,
+    until: Instant,
 }
 
 fn state_error(e: StoreError) -> ApiError {
@@ -134,6 +150,7 @@ impl Service {
             retry,
             wake: (Mutex::new(false), Condvar::new()),
             turns: Turns::default(),
+            unsettled: Mutex::new(HashMap::new()),
         }
     }
 
@@ -192,6 +209,10 @@ impl Service {
                     for step in record.steps.iter().take(record.applied) {
                         region.driver.outcome_unknown_after_restart(step);
                     }
+                    // The earlier run may have sent the last applied step up to its end.
+                    if record.applied > 0 {
+                        self.note_unsettled(&record.id, record.applied - 1, region);
+                    }
                 }
             }
             if record.status != Status::Pending {
@@ -230,6 +251,17 @@ impl Service {
                 driver: driver.kind().name(),
                 detail: refusal.to_string(),
             })?;
+        let max_calls = region.config.mep.max_calls;
+        if steps.len() > max_calls {
+            return Err(ApiError::Unsupported {
+                region_id: region.config.id.clone(),
+                driver: driver.kind().name(),
+                detail: format!(
+                    "the request needs {} rule calls on the platform, more than the region's max_calls ({max_calls}); split it",
+                    steps.len()
+                ),
+            });
+        }
         let text = serde_json::to_string(&request).expect("a request serialises");
         let steps: Arc<[Step]> = Arc::from(steps);
         // Recorded with the first step already counted: it may be on the platform as soon as
@@ -278,7 +310,9 @@ impl Service {
                 }
             };
             if let Err(error) = self.call(&region.config.id, "apply", || driver.apply(step)) {
-                if !error.is_ambiguous() {
+                if error.is_ambiguous() {
+                    self.note_unsettled(id, k, region);
+                } else {
                     self.set_applied(id, k)?;
                 }
                 failure = Some((step, error));
@@ -318,9 +352,17 @@ impl Service {
                 failed_step.label(),
                 step.label()
             ),
+            Err(Undo::Settling { left, step, until }) => format!(
+                "{} failed: {error}; {}; {left} rule call(s) may remain on the platform until then",
+                failed_step.label(),
+                settling(step, until)
+            ),
             Err(Undo::State(e)) => return Err(e),
         };
-        let retry_at = now_millis() + self.retry.delay(1).as_millis() as i64;
+        let retry_at = match self.unsettled_until(id) {
+            Some(until) => epoch_millis(until),
+            None => now_millis() + self.retry.delay(1).as_millis() as i64,
+        };
         self.store.update(id, |r| {
             r.status = Status::Failed;
             r.detail = Some(detail.into());
@@ -445,6 +487,26 @@ impl Service {
                 self.wake_reconciler();
                 Ok(Removal::Accepted(record))
             }
+            Err(Undo::Settling { left, step, until }) => {
+                let detail = format!(
+                    "{}; {left} rule call(s) may remain on the platform until then",
+                    settling(step, until)
+                );
+                info!("request {id}: {detail}");
+                let record = self
+                    .store
+                    .update(id, |r| {
+                        r.busy = false;
+                        r.detail = Some(detail.into());
+                        r.last_modified = now_millis();
+                        r.next_attempt = epoch_millis(until);
+                        r.clone()
+                    })
+                    .map_err(|e| self.abandon(id, e))?
+                    .unwrap_or(record);
+                self.wake_reconciler();
+                Ok(Removal::Accepted(record))
+            }
             Err(Undo::State(e)) => Err(self.abandon(id, e)),
         }
     }
@@ -551,6 +613,16 @@ impl Service {
                     r.last_modified = now_millis();
                 })?;
             }
+            Err(Undo::Settling { step, until, .. }) => {
+                let detail = format!("{}; {}", reason(&record.detail), settling(step, until));
+                info!("request {id}: {detail}");
+                self.store.update(id, |r| {
+                    r.busy = false;
+                    r.next_attempt = epoch_millis(until);
+                    r.detail = Some(detail.into());
+                    r.last_modified = now_millis();
+                })?;
+            }
             Err(Undo::State(e)) => return Err(e),
         }
         Ok(())
@@ -608,6 +680,7 @@ impl Service {
             {
                 continue;
             }
+            let sent = Instant::now();
             self.call(&region.config.id, "remove", || {
                 region.driver.remove(&steps[k])
             })
@@ -616,9 +689,54 @@ impl Service {
                 step: &steps[k],
                 error,
             })?;
+            if let Some(until) = self.settles_after(id, k, sent) {
+                return Err(Undo::Settling {
+                    left: k + 1,
+                    step: &steps[k],
+                    until,
+                });
+            }
             self.set_applied(id, k).map_err(Undo::State)?;
         }
+        self.lock_unsettled().remove(id);
         Ok(())
+    }
+
+    fn lock_unsettled(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Unsettled>> {
+        // Every change is one insert or remove: consistent even after a panic elsewhere.
+        self.unsettled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Step `k` of request `id` was sent now (or, at start-up, may have been sent up to now)
+    /// and its outcome is unknown: it may land on `region`'s platform for `settle_ms`.
+    fn note_unsettled(&self, id: &str, k: usize, region: &Region) {
+        let until = Instant::now() + region.config.mep.settle;
+        self.lock_unsettled()
+            .insert(Arc::from(id), Unsettled { step: k, until });
+    }
+
+    /// Until when a step of request `id` may still land on its platform, if one may.
+    fn unsettled_until(&self, id: &str) -> Option<Instant> {
+        self.lock_unsettled()
+            .get(id)
+            .map(|u| u.until)
+            .filter(|until| *until > Instant::now())
+    }
+
+    /// A removal of step `k` of request `id`, sent at `sent`, succeeded: if it was sent while
+    /// that step's apply could still land, when to send it again; else `None` (and the step
+    /// is settled).
+    fn settles_after(&self, id: &str, k: usize, sent: Instant) -> Option<Instant> {
+        let mut unsettled = self.lock_unsettled();
+        let entry = *unsettled.get(id)?;
+        if k != entry.step {
+            return None;
+        }
+        if sent < entry.until {
+            return Some(entry.until);
+        }
+        unsettled.remove(id);
+        None
     }
 
     /// Makes one platform call, counting it in the metrics.
@@ -633,7 +751,7 @@ impl Service {
         let outcome = match &result {
             Ok(()) => Outcome::Ok,
             Err(MepError::Refused { .. }) => Outcome::Refused,
-            Err(MepError::Unreachable { .. }) => Outcome::Unreachable,
+            Err(MepError::Unreachable { .. } | MepError::NotSent { .. }) => Outcome::Unreachable,
             Err(MepError::Timeout { .. }) => Outcome::Timeout,
         };
         self.metrics
@@ -692,6 +810,20 @@ fn reason(detail: &Option<Box<str>>) -> &str {
         .unwrap_or("failed")
 }
 
+/// What the detail of a request says while `step`'s removal waits for the settle window.
+fn settling(step: &Step, until: Instant) -> String {
+    format!(
+        "removing {} was answered before its apply could no longer land (its outcome is unknown; the platform may still carry it out), so the removal is sent again after the settle window, in {} ms",
+        step.label(),
+        until.saturating_duration_since(Instant::now()).as_millis()
+    )
+}
+
+/// `at` in milliseconds since the Unix epoch.
+fn epoch_millis(at: Instant) -> i64 {
+    now_millis() + at.saturating_duration_since(Instant::now()).as_millis() as i64
+}
+
 /// Why an undo stopped.
 enum Undo<'a> {
     /// The platform failed to remove `step`; `left` steps may remain.
@@ -699,6 +831,13 @@ enum Undo<'a> {
         left: usize,
         step: &'a Step,
         error: MepError,
+    },
+    /// `step`'s removal succeeded before its apply (whose outcome is unknown) settled: it is
+    /// sent again after `until`; `left` steps may remain until then.
+    Settling {
+        left: usize,
+        step: &'a Step,
+        until: Instant,
     },
     /// A removal could not be recorded.
     State(StoreError),
@@ -822,7 +961,14 @@ mod tests {
     }
 
     fn service_with(store: Store) -> (Service, Arc<Scripted>) {
+        service_settling(store, Duration::ZERO)
+    }
+
+    /// A service whose region's settle window is `settle`.
+    fn service_settling(store: Store, settle: Duration) -> (Service, Arc<Scripted>) {
         let driver = Arc::new(Scripted::default());
+        let mut mep = MepConfig::new(DriverKind::Simulated, "simulated:", Duration::from_secs(1));
+        mep.settle = settle;
         let config = RegionConfig {
             id: "2".into(),
             description: String::new(),
@@ -830,7 +976,7 @@ mod tests {
             longitude: 0.0,
             altitude: 0.0,
             range_km: 1.0,
-            mep: MepConfig::new(DriverKind::Simulated, "simulated:", Duration::from_secs(1)),
+            mep,
         };
         let regions = vec![Region {
             config,
@@ -946,6 +1092,69 @@ mod tests {
             assert_eq!(e.status(), status, "{error}");
             assert!(on(&d).is_empty(), "{error}: the step must be removed too");
         }
+    }
+
+    #[test]
+    fn a_removal_sent_within_the_settle_window_is_sent_again_after_it() {
+        let settle = Duration::from_millis(300);
+        let (s, d) = service_settling(Store::in_memory(), settle);
+        *d.fail_apply.lock().unwrap() = Some(("b".into(), MepError::Timeout { url: "u".into() }));
+        let started = Instant::now();
+        let e = s.create(request(&["a", "b"])).unwrap_err();
+        assert_eq!(e.status(), 504);
+        let ApiError::Mep {
+            request_id: Some(id),
+            ..
+        } = e
+        else {
+            panic!("{e:?}")
+        };
+        // The early removal of "b" was answered; the record still counts it, and "a".
+        let r = s.get(&id).unwrap();
+        assert_eq!((r.status, r.applied), (Status::Failed, 2));
+        let detail = r.detail.unwrap();
+        assert!(detail.contains("settle window"), "{detail}");
+        // The late apply lands after the early removal.
+        d.on.lock().unwrap().insert("b".into());
+        if started.elapsed() < settle {
+            s.reconcile_once();
+            assert!(
+                on(&d).contains(&"b".to_string()),
+                "not due before the window"
+            );
+        }
+        std::thread::sleep(settle.saturating_sub(started.elapsed()) + Duration::from_millis(20));
+        s.reconcile_once();
+        assert!(on(&d).is_empty(), "{:?}", on(&d));
+        let r = s.get(&id).unwrap();
+        assert_eq!((r.status, r.applied), (Status::Failed, 0));
+        assert!(r.detail.unwrap().contains("has since been removed"));
+    }
+
+    #[test]
+    fn a_delete_within_the_settle_window_is_accepted_and_finished_after_it() {
+        let settle = Duration::from_millis(300);
+        let (s, d) = service_settling(Store::in_memory(), settle);
+        *d.fail_apply.lock().unwrap() = Some(("a".into(), MepError::Timeout { url: "u".into() }));
+        let started = Instant::now();
+        let ApiError::Mep {
+            request_id: Some(id),
+            ..
+        } = s.create(request(&["a"])).unwrap_err()
+        else {
+            panic!()
+        };
+        d.on.lock().unwrap().insert("a".into());
+        if started.elapsed() < settle {
+            let Removal::Accepted(r) = s.delete(&id).unwrap() else {
+                panic!("a DELETE within the window cannot say the rule is gone")
+            };
+            assert_eq!(r.status, Status::Deleting);
+        }
+        std::thread::sleep(settle.saturating_sub(started.elapsed()) + Duration::from_millis(20));
+        s.reconcile_once();
+        assert!(on(&d).is_empty());
+        assert!(s.get(&id).is_none() || s.get(&id).unwrap().applied == 0);
     }
 
     #[test]

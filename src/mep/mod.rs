@@ -91,6 +91,9 @@ pub enum MepError {
     },
     /// The platform could not be reached or the exchange broke off.
     Unreachable { url: String, reason: String },
+    /// The call failed before any byte of it was written (connection refused, name
+    /// resolution, TLS handshake, connect timeout): the platform cannot have acted on it.
+    NotSent { url: String, reason: String },
     /// The platform did not answer within `timeout_ms`.
     Timeout { url: String },
 }
@@ -103,9 +106,23 @@ impl MepError {
     /// True when the platform may have applied the call although we saw no success (the
     /// answer was lost): the step must then be treated as possibly applied. A 502 or 504
     /// comes from a gateway in front of the platform that lost the platform's answer (or
-    /// never got one), so the call may have been applied behind it.
+    /// never got one), so the call may have been applied behind it. A call that was never
+    /// written ([`MepError::NotSent`]) is not.
     pub fn is_ambiguous(&self) -> bool {
-        !matches!(self, MepError::Refused { status, .. } if !matches!(status, 502 | 504))
+        match self {
+            MepError::Refused { status, .. } => matches!(status, 502 | 504),
+            MepError::NotSent { .. } => false,
+            MepError::Unreachable { .. } | MepError::Timeout { .. } => true,
+        }
+    }
+
+    /// The same failure of a call that was part of an exchange already under way (a task
+    /// poll after its POST): never "not sent", since the exchange as a whole was.
+    pub fn within_exchange(self) -> MepError {
+        match self {
+            MepError::NotSent { url, reason } => MepError::Unreachable { url, reason },
+            other => other,
+        }
     }
 }
 
@@ -128,6 +145,9 @@ impl fmt::Display for MepError {
             }
             MepError::Unreachable { url, reason } => {
                 write!(f, "MEP at {url} unreachable: {reason}")
+            }
+            MepError::NotSent { url, reason } => {
+                write!(f, "MEP at {url} unreachable (nothing was sent): {reason}")
             }
             MepError::Timeout { url } => write!(f, "MEP at {url} did not answer in time"),
         }
@@ -240,6 +260,12 @@ mod tests {
             assert!(refused(status).is_ambiguous(), "{status}: from a gateway");
         }
         assert!(MepError::Timeout { url: "u".into() }.is_ambiguous());
+        let not_sent = MepError::NotSent {
+            url: "u".into(),
+            reason: "connection refused".into(),
+        };
+        assert!(!not_sent.is_ambiguous(), "never written: not applied");
+        assert!(not_sent.within_exchange().is_ambiguous());
         assert!(
             MepError::Unreachable {
                 url: "u".into(),
