@@ -1095,6 +1095,59 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_held_only_by_a_request_whose_removal_is_pending_is_removed_not_released() {
+        let (s, d) = service();
+        // B applies "x", fails at "y" and cannot remove "x": FAILED, removal pending.
+        *d.fail_apply.lock().unwrap() = Some((
+            "y".into(),
+            MepError::Refused {
+                url: "u".into(),
+                status: 400,
+                detail: String::new(),
+            },
+        ));
+        *d.fail_remove.lock().unwrap() = Some("x".into());
+        let ApiError::Mep {
+            request_id: Some(b),
+            ..
+        } = s.create(request(&["x", "y"])).unwrap_err()
+        else {
+            panic!()
+        };
+        assert_eq!(s.get(&b).unwrap().applied, 1);
+        // A activates the same rule and is deleted while B's removal still fails: A's DELETE
+        // cannot say "removed" (201) while the rule is on the platform.
+        *d.fail_apply.lock().unwrap() = None;
+        let a = s.create(request(&["x"])).unwrap();
+        let Removal::Accepted(r) = s.delete(&a).unwrap() else {
+            panic!("201 while the rule is still on the platform")
+        };
+        assert_eq!(r.status, Status::Deleting);
+        assert_eq!(on(&d), ["x"]);
+        // Once the platform removes it, both requests are done.
+        *d.fail_remove.lock().unwrap() = None;
+        for _ in 0..3 {
+            s.store.update(&a, |r| r.next_attempt = 0).unwrap();
+            s.store.update(&b, |r| r.next_attempt = 0).unwrap();
+            s.reconcile_once();
+        }
+        assert!(on(&d).is_empty());
+        assert!(s.get(&a).is_none());
+        assert_eq!(s.get(&b).unwrap().applied, 0);
+    }
+
+    #[test]
+    fn a_rule_held_by_another_created_request_is_released_and_the_delete_answers_201() {
+        let (s, d) = service();
+        let a = s.create(request(&["x"])).unwrap();
+        let b = s.create(request(&["x"])).unwrap();
+        assert!(matches!(s.delete(&a).unwrap(), Removal::Done(_)));
+        assert_eq!(on(&d), ["x"], "still held by B");
+        assert!(matches!(s.delete(&b).unwrap(), Removal::Done(_)));
+        assert!(on(&d).is_empty());
+    }
+
+    #[test]
     fn a_removal_sent_within_the_settle_window_is_sent_again_after_it() {
         let settle = Duration::from_millis(300);
         let (s, d) = service_settling(Store::in_memory(), settle);

@@ -413,8 +413,8 @@ impl Store {
         Ok(Some(result))
     }
 
-    /// Lowers record `id`'s applied count to `k` without a platform call if another record of
-    /// the same region also holds the platform rule of `steps[k]` (the region's
+    /// Lowers record `id`'s applied count to `k` without a platform call if another CREATED
+    /// (or PENDING) record of the same region also holds the platform rule of `steps[k]` (the region's
     /// [`RuleIdentity`], given to [`index_rules`](Store::index_rules), says when two steps are
     /// one rule on the platform: LL-MEC keys rules by body, MEC 011 by path), since
     /// removing it would take it from the other request too. Returns whether it did. Check and
@@ -430,9 +430,16 @@ impl Store {
             };
             let step = &record.steps[k];
             let identity = rules.identity(&record.region_id);
+            // Only a request that keeps its rules counts: one whose own removal is pending
+            // (FAILED, DELETING) would leave the rule on the platform after this request
+            // said it was removed, so the rule is removed here instead (removals are
+            // idempotent). A PENDING one is counted: its apply of this rule was answered
+            // (the turn says no call for it is in flight), and it either becomes CREATED or
+            // removes the rule itself.
             let shared = rules.may_be_shared(record, step)
                 && records.values().any(|r| {
                     *r.id != *id
+                        && matches!(r.status, Status::Created | Status::Pending)
                         && r.region_id == record.region_id
                         && r.steps[..r.applied]
                             .iter()
