@@ -144,7 +144,7 @@ impl Api {
             ("GET", Route::Requests) => list_requests(service, style),
             ("POST", Route::Requests) => create_request(service, style, request),
             ("GET", Route::Request(id)) => get_request(service, style, id),
-            ("DELETE", Route::Request(id)) => delete_request(service, style, id),
+            ("DELETE", Route::Request(id)) => delete_request(service, style, id, request.query()),
             ("GET", Route::Health) => health(service),
             ("GET", Route::Metrics) => Ok(metrics(service)),
             ("GET", Route::OpenApi) => Ok(Response::json(200, OPENAPI.as_bytes().to_vec())),
@@ -226,7 +226,9 @@ fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
             "latitude" => (&mut latitude, 90.0),
             "longitude" => (&mut longitude, 180.0),
             other => {
-                debug!("query parameter '{other}' ignored: the regions list takes 'latitude' and 'longitude'");
+                debug!(
+                    "query parameter '{other}' ignored: the regions list takes 'latitude' and 'longitude'"
+                );
                 continue;
             }
         };
@@ -265,6 +267,37 @@ fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
             "query parameter 'longitude' is missing (give both or neither)".into(),
         )),
     }
+}
+
+/// Parses the query of `DELETE /service/requests/{id}`: `forget=true|false`, at most once;
+/// other parameters are ignored (debug log).
+fn parse_forget(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut forget = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "forget" {
+            debug!("query parameter '{key}' ignored: a DELETE takes 'forget'");
+            continue;
+        }
+        if forget.is_some() {
+            return Err(ApiError::BadRequest {
+                detail: "query parameter 'forget' is given more than once".into(),
+            });
+        }
+        forget = Some(match value {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(ApiError::BadRequest {
+                    detail: format!(
+                        "query parameter 'forget' = '{}' must be true or false",
+                        percent_decode_str(other).decode_utf8_lossy()
+                    ),
+                });
+            }
+        });
+    }
+    Ok(forget.unwrap_or(false))
 }
 
 /// Great-circle distance in km (haversine, mean Earth radius).
@@ -353,8 +386,17 @@ fn get_request(service: &Service, style: ApiStyle, id: &str) -> Result<Response,
 /// The contract answers a successful removal with 201; the body is the final state of the
 /// request (status DELETED). When the platform cannot remove the rules now, the removal is
 /// accepted (202) and finished by the reconciler; the body shows the request DELETING.
-fn delete_request(service: &Service, style: ApiStyle, id: &str) -> Result<Response, ApiError> {
-    match service.delete(id)? {
+///
+/// `?forget=true` drops the record of a request whose region is no longer configured (which is
+/// otherwise refused with 409), leaving its rules on that platform.
+fn delete_request(
+    service: &Service,
+    style: ApiStyle,
+    id: &str,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let forget = parse_forget(query)?;
+    match service.delete(id, forget)? {
         Removal::Done(record) => Ok(Response::json(201, record_json(&record, style)?)),
         Removal::Accepted(record) => Ok(Response::json(202, record_json(&record, style)?)),
     }
@@ -578,6 +620,17 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abcd"));
         assert!(!constant_time_eq(b"", b"a"));
         assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn forget_is_true_false_or_absent() {
+        assert!(!parse_forget(None).unwrap());
+        assert!(!parse_forget(Some("_=1")).unwrap());
+        assert!(parse_forget(Some("forget=true")).unwrap());
+        assert!(!parse_forget(Some("forget=false&x=1")).unwrap());
+        for bad in ["forget=yes", "forget", "forget=true&forget=true"] {
+            assert!(parse_forget(Some(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

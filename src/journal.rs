@@ -97,6 +97,10 @@ pub struct RecordEntry<'a> {
     pub detail: Option<Cow<'a, str>>,
     pub created: i64,
     pub modified: i64,
+    /// The platform URL (credentials masked) the steps are sent to; absent in entries
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub platform: Option<Cow<'a, str>>,
 }
 
 /// A change of a record's status, detail or applied count.
@@ -1034,6 +1038,7 @@ mod tests {
             detail: None,
             created: 1,
             modified: 1,
+            platform: None,
         })
     }
 
@@ -1098,6 +1103,7 @@ mod tests {
             detail: Some(detail.into()),
             created: 1,
             modified: 2,
+            platform: Some("http://mep:1".into()),
         });
         let line = encode(&entry);
         let Ok(Entry::Put(back)) = decode(line.trim_end().as_bytes()) else {

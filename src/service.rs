@@ -19,7 +19,7 @@ use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::model::{CreationRequest, Status};
 use crate::store::{Record, Store, StoreError};
 use crate::turns::{Turn, Turns};
-use crate::util::{new_uuid, now_millis, random_fraction};
+use crate::util::{new_uuid, now_millis, random_fraction, redact};
 
 /// A configured region and the driver of its platform.
 pub struct Region {
@@ -276,6 +276,7 @@ impl Service {
             first,
             now_millis(),
         );
+        record.platform = Some(Arc::from(redact(&region.config.mep.url)));
         // Until the creation ends, a DELETE is refused and the reconciler leaves it alone.
         record.busy = true;
         // The first step's turn is taken before the record says the step may be applied.
@@ -406,7 +407,23 @@ impl Service {
     /// ([`Removal::Done`]). If the platform cannot remove them now, the request stays recorded
     /// as DELETING and the reconciler retries ([`Removal::Accepted`]); a DELETE of a request
     /// already DELETING answers the same and retries at once.
-    pub fn delete(&self, id: &str) -> Result<Removal, ApiError> {
+    ///
+    /// A request whose region is no longer configured, with rules that may be on its platform,
+    /// is refused ([`ApiError::RegionGone`], the record unchanged) unless `forget` is set:
+    /// then the record is dropped and its rules are left where they are (logged, counted).
+    pub fn delete(&self, id: &str, forget: bool) -> Result<Removal, ApiError> {
+        if let Some(record) = self.store.get(id) {
+            if self.region(&record.region_id).is_none() && record.applied > 0 {
+                if !forget {
+                    return Err(ApiError::RegionGone {
+                        request_id: id.to_string(),
+                        region_id: record.region_id.to_string(),
+                        platform: record.platform.as_deref().map(str::to_string),
+                    });
+                }
+                return self.forget(id);
+            }
+        }
         enum Claim {
             Mine(Record),
             Queued(Record),
@@ -509,6 +526,45 @@ impl Service {
             }
             Err(Undo::State(e)) => Err(self.abandon(id, e)),
         }
+    }
+
+    /// Drops the record of request `id`, whose region is no longer configured, leaving its
+    /// rules where they are (`DELETE ...?forget=true`).
+    fn forget(&self, id: &str) -> Result<Removal, ApiError> {
+        let busy = self
+            .store
+            .update(id, |r| std::mem::replace(&mut r.busy, true))
+            .map_err(state_error)?
+            .ok_or_else(|| ApiError::RequestNotFound {
+                request_id: id.to_string(),
+            })?;
+        if busy {
+            return Err(ApiError::Conflict {
+                request_id: id.to_string(),
+                detail:
+                    "its rules are being applied or removed right now; retry once that finishes"
+                        .into(),
+            });
+        }
+        let mut record = self
+            .store
+            .remove(id)
+            .map_err(|e| self.abandon(id, e))?
+            .ok_or_else(|| ApiError::RequestNotFound {
+                request_id: id.to_string(),
+            })?;
+        self.lock_unsettled().remove(id);
+        self.metrics.forgotten();
+        warn!(
+            "request {id}: forgotten on request (DELETE ?forget=true); region '{}' is no longer configured and {} rule call(s) may remain on its platform {}",
+            record.region_id,
+            record.applied,
+            record.platform.as_deref().unwrap_or("(URL not recorded)")
+        );
+        record.status = Status::Deleted;
+        record.busy = false;
+        record.last_modified = now_millis();
+        Ok(Removal::Done(record))
     }
 
     /// One pass of the reconciler: retries every removal that is due. Returns how long until
@@ -1119,7 +1175,7 @@ mod tests {
         // cannot say "removed" (201) while the rule is on the platform.
         *d.fail_apply.lock().unwrap() = None;
         let a = s.create(request(&["x"])).unwrap();
-        let Removal::Accepted(r) = s.delete(&a).unwrap() else {
+        let Removal::Accepted(r) = s.delete(&a, false).unwrap() else {
             panic!("201 while the rule is still on the platform")
         };
         assert_eq!(r.status, Status::Deleting);
@@ -1141,9 +1197,9 @@ mod tests {
         let (s, d) = service();
         let a = s.create(request(&["x"])).unwrap();
         let b = s.create(request(&["x"])).unwrap();
-        assert!(matches!(s.delete(&a).unwrap(), Removal::Done(_)));
+        assert!(matches!(s.delete(&a, false).unwrap(), Removal::Done(_)));
         assert_eq!(on(&d), ["x"], "still held by B");
-        assert!(matches!(s.delete(&b).unwrap(), Removal::Done(_)));
+        assert!(matches!(s.delete(&b, false).unwrap(), Removal::Done(_)));
         assert!(on(&d).is_empty());
     }
 
@@ -1199,7 +1255,7 @@ mod tests {
         };
         d.on.lock().unwrap().insert("a".into());
         if started.elapsed() < settle {
-            let Removal::Accepted(r) = s.delete(&id).unwrap() else {
+            let Removal::Accepted(r) = s.delete(&id, false).unwrap() else {
                 panic!("a DELETE within the window cannot say the rule is gone")
             };
             assert_eq!(r.status, Status::Deleting);
@@ -1251,24 +1307,24 @@ mod tests {
             "listed FAILED until deleted"
         );
         assert!(on(&d).is_empty());
-        assert!(matches!(s.delete(&id).unwrap(), Removal::Done(_)));
+        assert!(matches!(s.delete(&id, false).unwrap(), Removal::Done(_)));
         assert!(s.get(&id).is_none());
     }
 
     #[test]
     fn delete_of_an_unknown_or_busy_request_is_refused() {
         let (s, _) = service();
-        assert_eq!(s.delete("nope").unwrap_err().status(), 404);
+        assert_eq!(s.delete("nope", false).unwrap_err().status(), 404);
         let id = s.create(request(&["a"])).unwrap();
         s.store.update(&id, |r| r.status = Status::Pending).unwrap();
-        assert_eq!(s.delete(&id).unwrap_err().status(), 409);
+        assert_eq!(s.delete(&id, false).unwrap_err().status(), 409);
         s.store
             .update(&id, |r| {
                 r.status = Status::Created;
                 r.busy = true;
             })
             .unwrap();
-        assert_eq!(s.delete(&id).unwrap_err().status(), 409);
+        assert_eq!(s.delete(&id, false).unwrap_err().status(), 409);
     }
 
     #[test]
@@ -1276,13 +1332,16 @@ mod tests {
         let (s, d) = service();
         let id = s.create(request(&["a", "b"])).unwrap();
         *d.fail_remove.lock().unwrap() = Some("a".into());
-        let Removal::Accepted(r) = s.delete(&id).unwrap() else {
+        let Removal::Accepted(r) = s.delete(&id, false).unwrap() else {
             panic!("accepted")
         };
         assert_eq!((r.status, r.applied), (Status::Deleting, 1));
         assert!(r.detail.unwrap().contains("retrying in the background"));
         // a second DELETE answers the same
-        assert!(matches!(s.delete(&id).unwrap(), Removal::Accepted(_)));
+        assert!(matches!(
+            s.delete(&id, false).unwrap(),
+            Removal::Accepted(_)
+        ));
         *d.fail_remove.lock().unwrap() = None;
         s.reconcile_once();
         assert!(
@@ -1320,9 +1379,9 @@ mod tests {
         let (s, d) = service();
         let first = s.create(request(&["same"])).unwrap();
         let second = s.create(request(&["same"])).unwrap();
-        s.delete(&first).unwrap();
+        s.delete(&first, false).unwrap();
         assert_eq!(on(&d), ["same"], "the second request still needs it");
-        s.delete(&second).unwrap();
+        s.delete(&second, false).unwrap();
         assert!(on(&d).is_empty());
     }
 
@@ -1336,7 +1395,7 @@ mod tests {
         let second = on_thread(&s, |s| s.create(request(&["same"])));
         entered.recv().unwrap();
         // ...when the first is deleted: its removal must not count on the second.
-        let delete = on_thread(&s, move |s| s.delete(&first).map(|_| ()));
+        let delete = on_thread(&s, move |s| s.delete(&first, false).map(|_| ()));
         std::thread::sleep(Duration::from_millis(50));
         release.send(()).unwrap();
         assert_eq!(second.join().unwrap().unwrap_err().status(), 502);
@@ -1354,7 +1413,7 @@ mod tests {
         let s = Arc::new(s);
         let first = s.create(request(&["same"])).unwrap();
         let (entered, release) = Gate::install(&d.remove_gate, false);
-        let delete = on_thread(&s, move |s| s.delete(&first).map(|_| ()));
+        let delete = on_thread(&s, move |s| s.delete(&first, false).map(|_| ()));
         entered.recv().unwrap();
         // A new request with the same rule, while the first one's removal is in flight.
         let second = on_thread(&s, |s| s.create(request(&["same"])));
@@ -1373,7 +1432,7 @@ mod tests {
         let id = s.create(request(&["a"])).unwrap();
         // The DELETE records DELETING, removes the rule, then cannot record that.
         fail_append_in(2);
-        assert_eq!(s.delete(&id).unwrap_err().status(), 500);
+        assert_eq!(s.delete(&id, false).unwrap_err().status(), 500);
         let r = s.get(&id).unwrap();
         assert_eq!(
             (r.status, r.busy),
@@ -1439,8 +1498,39 @@ mod tests {
             })
             .unwrap();
         let gone = Service::with_store(Vec::new(), s.store, RetryPolicy::default());
-        assert!(matches!(gone.delete(&id).unwrap(), Removal::Done(_)));
+        assert!(matches!(gone.delete(&id, false).unwrap(), Removal::Done(_)));
         assert!(gone.get(&id).is_none());
+    }
+
+    #[test]
+    fn a_delete_in_a_region_no_longer_configured_is_refused_until_forgotten_deliberately() {
+        let (s, d) = service();
+        let id = s.create(request(&["a"])).unwrap();
+        let gone = Service::with_store(Vec::new(), s.store, RetryPolicy::default());
+        let before = gone.get(&id).unwrap();
+        let e = gone.delete(&id, false).unwrap_err();
+        assert_eq!(e.status(), 409);
+        let text = e.to_string();
+        assert!(text.contains("region '2'"), "{text}");
+        assert!(text.contains("simulated:"), "the platform URL: {text}");
+        assert!(text.contains("forget=true"), "{text}");
+        let after = gone.get(&id).unwrap();
+        assert_eq!(
+            (after.status, after.applied, after.busy, &after.detail),
+            (before.status, before.applied, false, &before.detail),
+            "the record is unchanged"
+        );
+        let Removal::Done(r) = gone.delete(&id, true).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.status, Status::Deleted);
+        assert!(gone.get(&id).is_none());
+        assert_eq!(on(&d), ["a"], "left on the platform, as asked");
+        assert!(
+            gone.metrics
+                .render(&Gauges::default())
+                .contains("mec_plugin_requests_forgotten_total 1")
+        );
     }
 
     #[test]

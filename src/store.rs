@@ -39,6 +39,9 @@ pub struct Record {
     pub steps: Arc<[Step]>,
     /// `steps[..applied]` may be on the platform; `steps[applied..]` certainly are not.
     pub applied: usize,
+    /// The platform URL (credentials masked) the steps are sent to, shared with the other
+    /// records of the platform; `None` for a record journaled before it was recorded.
+    pub platform: Option<Arc<str>>,
     /// Not journaled: an operation on this record is in flight.
     pub busy: bool,
     /// Not journaled: failed background removal attempts so far.
@@ -69,6 +72,7 @@ impl Record {
             last_modified: now,
             steps,
             applied,
+            platform: None,
             busy: false,
             attempts: 0,
             next_attempt: 0,
@@ -96,6 +100,7 @@ impl Record {
             detail: self.detail.as_deref().map(Cow::Borrowed),
             created: self.created_at,
             modified: self.last_modified,
+            platform: self.platform.as_deref().map(Cow::Borrowed),
         })
     }
 
@@ -554,6 +559,7 @@ fn replay(records: &mut HashMap<Arc<str>, Record>, regions: &mut Regions, entry:
             );
             record.detail = r.detail.map(Box::from);
             record.last_modified = r.modified;
+            record.platform = r.platform.map(|p| regions.intern(&p));
             records.insert(record.id.clone(), record);
         }
         Entry::Update(u) => {
@@ -590,6 +596,47 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mec-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    /// Writes `entries` as the first journal of `dir`, in the journal's line format.
+    fn write_journal(dir: &std::path::Path, entries: &[&str]) {
+        std::fs::create_dir_all(dir).unwrap();
+        let lines: String = entries
+            .iter()
+            .map(|json| format!("{:08x} 1 {json}\n", crc32fast::hash(json.as_bytes())))
+            .collect();
+        std::fs::write(dir.join(format!("journal-{:020}.jsonl", 1)), lines).unwrap();
+    }
+
+    #[test]
+    fn a_journal_written_before_the_platform_url_was_recorded_still_replays() {
+        let dir = temp_dir("old-format");
+        write_journal(
+            &dir,
+            &[
+                r#"{"put":{"id":"a","region":"2","request":{},"steps":[{"label":"l","target":"/t","json":{"x":1}}],"applied":1,"status":"created","created":1,"modified":1}}"#,
+                r#"{"update":{"id":"a","applied":1,"status":"deleting","modified":2}}"#,
+            ],
+        );
+        let (s, _) = Store::open(&dir, false).unwrap();
+        let r = s.get("a").unwrap();
+        assert_eq!(
+            (r.status, r.applied, r.platform),
+            (Status::Deleting, 1, None)
+        );
+        // Written again with the new field, it reads back.
+        let mut b = record("b", "2");
+        b.platform = Some(Arc::from("http://mep:1"));
+        s.insert(b).unwrap();
+        drop(s);
+        let (s, _) = Store::open(&dir, false).unwrap();
+        assert_eq!(
+            s.get("b").unwrap().platform.as_deref(),
+            Some("http://mep:1")
+        );
+        assert_eq!(s.get("a").unwrap().platform, None);
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

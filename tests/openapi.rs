@@ -349,6 +349,11 @@ fn every_error() -> Vec<ApiError> {
             request_id: s(),
             detail: s(),
         },
+        ApiError::RegionGone {
+            request_id: s(),
+            region_id: s(),
+            platform: None,
+        },
         ApiError::Mep {
             region_id: s(),
             request_id: None,
@@ -388,6 +393,7 @@ fn variant(e: &ApiError) -> usize {
         ApiError::Unauthorized => 12,
         ApiError::Internal { .. } => 13,
         ApiError::StateUnavailable { .. } => 14,
+        ApiError::RegionGone { .. } => 15,
     }
 }
 
@@ -397,7 +403,7 @@ fn every_documented_status_is_one_the_api_produces_and_every_error_is_documented
     let listed: BTreeSet<usize> = errors.iter().map(variant).collect();
     assert_eq!(
         listed,
-        (0..15).collect(),
+        (0..16).collect(),
         "every ApiError variant is listed"
     );
     let error_codes: BTreeSet<u16> = errors.iter().map(ApiError::status).collect();

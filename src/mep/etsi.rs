@@ -71,8 +71,8 @@ use super::{Driver, MepError, Refusal, RuleIdentity, Step};
 use crate::config::{DriverKind, MepConfig};
 use crate::model::integral;
 use crate::model::{
-    Action, CreationRequest, DnsRule, FilterType, InterfaceDescriptor, InterfaceType, IpAddressType,
-    TrafficFilter, TrafficRule,
+    Action, CreationRequest, DnsRule, FilterType, InterfaceDescriptor, InterfaceType,
+    IpAddressType, TrafficFilter, TrafficRule,
 };
 
 /// Base path of the MEC 011 API, relative to the region's URL.

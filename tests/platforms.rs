@@ -1,6 +1,7 @@
-//! What the plugin believes about calls whose outcome it did not see, end to end: a late
-//! answer never orphans a rule (the settle window), a call that was never written is not
-//! applied, and the bound on the calls one request may cause.
+//! What the plugin believes is on its platforms stays true, end to end: a late answer never
+//! orphans a rule (the settle window), a call that was never written is not applied, the
+//! bound on the calls one request may cause, and the DELETE of a request whose region is no
+//! longer configured.
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::fake_llmec::{DNS_PATH, FakeLlMec};
-use support::{Plugin, eventually, llmec_region, server_section};
+use support::{Plugin, eventually, llmec_region, server_section, simulated_region, temp_dir};
 
 /// The seed example's traffic rule alone (one LL-MEC call).
 fn traffic_only() -> String {
@@ -141,4 +142,55 @@ fn a_request_may_cause_max_calls_platform_calls_and_not_one_more() {
     );
     assert!(fake.calls().is_empty(), "{:?}", fake.calls());
     assert!(fake.installed().iter().all(|(path, _)| path == DNS_PATH));
+}
+
+#[test]
+fn a_delete_in_a_region_no_longer_configured_is_409_until_forgotten_deliberately() {
+    let fake = FakeLlMec::start();
+    let dir = temp_dir("region-gone");
+    let p = Plugin::start_in(
+        &format!(
+            "{}{}{}",
+            server_section(""),
+            llmec_region("2", &fake.url(), 1000),
+            simulated_region("3")
+        ),
+        &dir,
+    );
+    let r = p.post(&traffic_only());
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let id = r.json["RequestId"].as_str().unwrap().to_string();
+    p.stop();
+
+    // Region 2 removed from the configuration.
+    let p = Plugin::start_in(
+        &format!("{}{}", server_section(""), simulated_region("3")),
+        &dir,
+    );
+    let path = format!("/service/requests/{id}");
+    let before = p.get(&path).json;
+    let detail = p.delete(&id).problem(409);
+    assert!(detail.contains("region '2'"), "{detail}");
+    assert!(
+        detail.contains(&fake.url()),
+        "names the platform URL: {detail}"
+    );
+    assert_eq!(p.get(&path).json, before, "the record is unchanged");
+    assert_eq!(fake.installed().len(), 1);
+
+    let r = p.call("DELETE", &format!("{path}?forget=true"), None);
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(r.json["status"], "DELETED");
+    assert_eq!(p.get(&path).status, 404);
+    assert_eq!(fake.installed().len(), 1, "left on the platform, as asked");
+    let metrics = ureq::get(format!("http://{}/metrics", p.app.local_addr()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("mec_plugin_requests_forgotten_total 1"),
+        "{metrics}"
+    );
 }
