@@ -101,6 +101,11 @@ pub struct RecordEntry<'a> {
     /// written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
     pub platform: Option<Cow<'a, str>>,
+    /// Indices of the applied steps whose rule the platform already had in place before
+    /// the request (their prior state: a MEC 011 rule already ACTIVE), which its removal
+    /// leaves as they are; absent when none (and in entries written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<Vec<usize>>,
 }
 
 /// A change of a record's status, detail or applied count.
@@ -113,6 +118,9 @@ pub struct UpdateEntry<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Cow<'a, str>>,
     pub modified: i64,
+    /// As [`RecordEntry::kept`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<Vec<usize>>,
 }
 
 /// A planned platform call on disk.
@@ -1039,6 +1047,7 @@ mod tests {
             created: 1,
             modified: 1,
             platform: None,
+            kept: None,
         })
     }
 
@@ -1104,6 +1113,7 @@ mod tests {
             created: 1,
             modified: 2,
             platform: Some("http://mep:1".into()),
+            kept: Some(vec![0]),
         });
         let line = encode(&entry);
         let Ok(Entry::Put(back)) = decode(line.trim_end().as_bytes()) else {

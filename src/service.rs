@@ -14,7 +14,7 @@ use log::{error, info, warn};
 
 use crate::config::{Config, RegionConfig};
 use crate::error::ApiError;
-use crate::mep::{self, Driver, MepError, Step};
+use crate::mep::{self, Applied, Driver, MepError, Step};
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::model::{CreationRequest, Status};
 use crate::store::{Record, Store, StoreError};
@@ -310,14 +310,28 @@ impl Service {
                     next
                 }
             };
-            if let Err(error) = self.call(&region.config.id, "apply", || driver.apply(step)) {
-                if error.is_ambiguous() {
-                    self.note_unsettled(id, k, region);
-                } else {
-                    self.set_applied(id, k)?;
+            match self.call(&region.config.id, "apply", || driver.apply_with_prior(step)) {
+                Ok(Applied::Changed) => {}
+                Ok(Applied::AlreadyInPlace) => {
+                    if self
+                        .store
+                        .keep_unless_changed_by_another(id, k, now_millis())?
+                    {
+                        info!(
+                            "request {id}: {} was already in place on the platform; its removal will leave it so",
+                            step.label()
+                        );
+                    }
                 }
-                failure = Some((step, error));
-                break;
+                Err(error) => {
+                    if error.is_ambiguous() {
+                        self.note_unsettled(id, k, region);
+                    } else {
+                        self.set_applied(id, k)?;
+                    }
+                    failure = Some((step, error));
+                    break;
+                }
             }
         }
         let Some((failed_step, error)) = failure else {
@@ -726,9 +740,16 @@ impl Service {
     /// another request of the region also holds stays on the platform. On a platform failure,
     /// says how many steps may remain and which removal failed.
     fn undo<'a>(&self, id: &str, region: &Region, steps: &'a [Step]) -> Result<(), Undo<'a>> {
-        let applied = self.store.get(id).map_or(0, |r| r.applied);
-        for k in (0..applied).rev() {
+        let Some(record) = self.store.get(id) else {
+            return Ok(());
+        };
+        for k in (0..record.applied).rev() {
             let _turn = self.turns.remove(self.rule_of(region, &steps[k]));
+            // In place before this request: left as it was.
+            if record.is_kept(k) {
+                self.set_applied(id, k).map_err(Undo::State)?;
+                continue;
+            }
             if self
                 .store
                 .release_if_shared(id, k, now_millis())
@@ -796,16 +817,16 @@ impl Service {
     }
 
     /// Makes one platform call, counting it in the metrics.
-    fn call(
+    fn call<T>(
         &self,
         region: &str,
         operation: &'static str,
-        f: impl FnOnce() -> Result<(), MepError>,
-    ) -> Result<(), MepError> {
+        f: impl FnOnce() -> Result<T, MepError>,
+    ) -> Result<T, MepError> {
         let started = Instant::now();
         let result = f();
         let outcome = match &result {
-            Ok(()) => Outcome::Ok,
+            Ok(_) => Outcome::Ok,
             Err(MepError::Refused { .. }) => Outcome::Refused,
             Err(MepError::Unreachable { .. } | MepError::NotSent { .. }) => Outcome::Unreachable,
             Err(MepError::Timeout { .. }) => Outcome::Timeout,

@@ -42,6 +42,10 @@ pub struct Record {
     /// The platform URL (credentials masked) the steps are sent to, shared with the other
     /// records of the platform; `None` for a record journaled before it was recorded.
     pub platform: Option<Arc<str>>,
+    /// Applied steps whose rule the platform already had in place before this request (a
+    /// MEC 011 rule already ACTIVE): this request did not change it, so its removal leaves
+    /// it as it was (no platform call). `None` when there is none.
+    pub kept: Option<Arc<[usize]>>,
     /// Not journaled: an operation on this record is in flight.
     pub busy: bool,
     /// Not journaled: failed background removal attempts so far.
@@ -73,6 +77,7 @@ impl Record {
             steps,
             applied,
             platform: None,
+            kept: None,
             busy: false,
             attempts: 0,
             next_attempt: 0,
@@ -101,6 +106,7 @@ impl Record {
             created: self.created_at,
             modified: self.last_modified,
             platform: self.platform.as_deref().map(Cow::Borrowed),
+            kept: self.kept.as_deref().map(<[usize]>::to_vec),
         })
     }
 
@@ -111,12 +117,25 @@ impl Record {
             status: self.status.into(),
             detail: self.detail.as_deref().map(Cow::Borrowed),
             modified: self.last_modified,
+            kept: self.kept.as_deref().map(<[usize]>::to_vec),
         })
     }
 
     /// The journaled part of the record, to tell whether a change must be written.
-    fn durable_state(&self) -> (Status, &Option<Box<str>>, usize, i64) {
-        (self.status, &self.detail, self.applied, self.last_modified)
+    #[allow(clippy::type_complexity)]
+    fn durable_state(&self) -> (Status, &Option<Box<str>>, usize, i64, Option<&[usize]>) {
+        (
+            self.status,
+            &self.detail,
+            self.applied,
+            self.last_modified,
+            self.kept.as_deref(),
+        )
+    }
+
+    /// Whether step `k` found its rule already in place (see [`Record::kept`]).
+    pub fn is_kept(&self, k: usize) -> bool {
+        self.kept.as_deref().is_some_and(|kept| kept.contains(&k))
     }
 }
 
@@ -464,6 +483,48 @@ impl Store {
         Ok(true)
     }
 
+    /// Step `k` of record `id` found its platform rule already in place: records it as kept
+    /// (its removal will leave the rule as it was) unless another record of the region holds
+    /// the rule as one it changed itself (not kept), in which case the rule is in place
+    /// because of that request and this one shares it like any other. Returns whether it
+    /// was kept. Check and change are one step under the lock.
+    pub fn keep_unless_changed_by_another(
+        &self,
+        id: &str,
+        k: usize,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let seq = {
+            let mut records = self.lock();
+            let rules = self.rules();
+            let Some(record) = records.get(id) else {
+                return Ok(false);
+            };
+            let step = &record.steps[k];
+            let identity = rules.identity(&record.region_id);
+            drop(rules);
+            let changed_by_another = records.values().any(|r| {
+                *r.id != *id
+                    && r.region_id == record.region_id
+                    && r.steps[..r.applied]
+                        .iter()
+                        .enumerate()
+                        .any(|(j, other)| identity.same(step, other) && !r.is_kept(j))
+            });
+            if changed_by_another {
+                return Ok(false);
+            }
+            let record = Arc::make_mut(records.get_mut(id).expect("looked up above"));
+            let mut kept = record.kept.as_deref().unwrap_or(&[]).to_vec();
+            kept.push(k);
+            record.kept = Some(Arc::from(kept));
+            record.last_modified = now;
+            self.write(&record.update_entry())?
+        };
+        self.durable(seq)?;
+        Ok(true)
+    }
+
     /// Removes a record once durable, returning it.
     pub fn remove(&self, id: &str) -> Result<Option<Record>, StoreError> {
         let (record, seq) = {
@@ -560,6 +621,7 @@ fn replay(records: &mut HashMap<Arc<str>, Record>, regions: &mut Regions, entry:
             record.detail = r.detail.map(Box::from);
             record.last_modified = r.modified;
             record.platform = r.platform.map(|p| regions.intern(&p));
+            record.kept = r.kept.map(Arc::from);
             records.insert(record.id.clone(), record);
         }
         Entry::Update(u) => {
@@ -568,6 +630,7 @@ fn replay(records: &mut HashMap<Arc<str>, Record>, regions: &mut Regions, entry:
                 record.status = u.status.into();
                 record.detail = u.detail.map(Box::from);
                 record.last_modified = u.modified;
+                record.kept = u.kept.map(Arc::from);
             }
         }
         Entry::Remove { id } => {

@@ -61,13 +61,16 @@
 
 use std::fmt;
 
+use log::debug;
 use percent_encoding::percent_decode_str;
-use serde::Serialize;
-use serde_json::Number;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Number, Value};
 
 use super::agent::MepClient;
 use super::wire::{Filter, TokenKey, Tunnel, action_name, path_segment};
-use super::{Driver, MepError, Refusal, RuleIdentity, Step};
+use super::{Applied, Driver, MepError, Refusal, RuleIdentity, Step};
 use crate::config::{DriverKind, MepConfig};
 use crate::model::integral;
 use crate::model::{
@@ -174,15 +177,15 @@ pub trait Transport: Send + Sync {
     /// `target` appended to the platform's base URL.
     fn url(&self, target: &str) -> String;
 
-    /// Sends one call. A 2xx answer gives its `ETag` header, if any; any other status is
-    /// [`MepError::Refused`] (with the ProblemDetails `detail` of the answer).
+    /// Sends one call. A 2xx answer gives its `ETag` header, if any, and its body; any other
+    /// status is [`MepError::Refused`] (with the ProblemDetails `detail` of the answer).
     fn call(
         &self,
         method: &str,
         url: &str,
         json_body: Option<&str>,
         headers: &[(&str, &str)],
-    ) -> Result<Option<String>, MepError>;
+    ) -> Result<(Option<String>, String), MepError>;
 }
 
 impl Transport for MepClient {
@@ -196,9 +199,9 @@ impl Transport for MepClient {
         url: &str,
         json_body: Option<&str>,
         headers: &[(&str, &str)],
-    ) -> Result<Option<String>, MepError> {
+    ) -> Result<(Option<String>, String), MepError> {
         self.send_with(method, url, json_body, headers)
-            .map(|answer| answer.etag)
+            .map(|answer| (answer.etag, answer.body))
     }
 }
 
@@ -223,14 +226,53 @@ impl EtsiMec011 {
         EtsiMec011 { transport }
     }
 
-    /// Sets the rule at `step.target()` to `body`: GET (for the ETag), then PUT with `If-Match`
-    /// when there is one, re-reading and retrying once on 412. A 404 is `unknown`'s answer.
-    fn put_rule(
+    /// Reads the rule at `url`: its ETag (strong ones only) and, when the answer is a JSON
+    /// object, the rule as the platform holds it. A 403 ("not allowed given the current
+    /// status of the resource", which MEC 011 lists for GET) gives neither: the caller then
+    /// falls back to the body built from the request.
+    fn read(&self, url: &str, rule: &RulePath) -> Result<Current, MepError> {
+        let app_header = (APP_INSTANCE_HEADER, rule.app.as_str());
+        match self.transport.call("GET", url, None, &[app_header]) {
+            // A weak ETag (`W/"..."`) never satisfies `If-Match` (RFC 9110 §13.1.1 compares
+            // strongly): sending it would only earn two 412s, so it counts as none.
+            Ok((etag, body)) => Ok(Current {
+                etag: etag.filter(|tag| !tag.starts_with("W/")),
+                rule: match serde_json::from_str::<RawObject>(&body) {
+                    Ok(rule) => Some(rule),
+                    Err(_) => {
+                        debug!(
+                            "{rule}: the GET answer is not a rule object; the PUT carries the body built from the request"
+                        );
+                        None
+                    }
+                },
+            }),
+            Err(MepError::Refused { status: 403, .. }) => {
+                debug!(
+                    "{rule}: the platform refused to read it (403); the PUT carries the body built from the request"
+                );
+                Ok(Current {
+                    etag: None,
+                    rule: None,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the `state` of the rule at `step.target()` to `want` by read-modify-write: GET the
+    /// rule, PUT back exactly what the platform returned with only `state` changed (with
+    /// `If-Match` when it gave an ETag), re-reading and retrying once on 412. A rule already
+    /// in `want` is left alone ([`Applied::AlreadyInPlace`]). When the rule cannot be read
+    /// (403, or an answer that is not a rule), the PUT carries `fallback`, the body built from
+    /// the request. A 404 is `unknown`'s answer.
+    fn set_state(
         &self,
         step: &Step,
-        body: &str,
-        unknown: impl Fn(&RulePath, MepError) -> Result<(), MepError>,
-    ) -> Result<(), MepError> {
+        want: &str,
+        fallback: &str,
+        unknown: impl Fn(&RulePath, MepError) -> Result<Applied, MepError>,
+    ) -> Result<Applied, MepError> {
         let url = self.transport.url(step.target());
         let Some(rule) = RulePath::parse(step.target()) else {
             return Err(MepError::Unreachable {
@@ -242,38 +284,30 @@ impl EtsiMec011 {
             });
         };
         let app_header = (APP_INSTANCE_HEADER, rule.app.as_str());
-        // A weak ETag (`W/"..."`) never satisfies `If-Match` (RFC 9110 §13.1.1 compares
-        // strongly): sending it would only earn two 412s, so it counts as none.
-        let read = || {
-            self.transport
-                .call("GET", &url, None, &[app_header])
-                .map(|etag| etag.filter(|tag| !tag.starts_with("W/")))
-        };
-
-        let mut etag = match read() {
-            Ok(etag) => etag,
-            Err(e @ MepError::Refused { status: 404, .. }) => return unknown(&rule, e),
-            Err(e) => return Err(e),
-        };
         let mut retried = false;
         loop {
+            let current = match self.read(&url, &rule) {
+                Ok(current) => current,
+                Err(e @ MepError::Refused { status: 404, .. }) => return unknown(&rule, e),
+                Err(e) => return Err(e),
+            };
+            let body = match current.rule {
+                Some(platform_rule) => {
+                    if platform_rule.state().as_deref() == Some(want) {
+                        return Ok(Applied::AlreadyInPlace);
+                    }
+                    platform_rule.with_state(want)
+                }
+                None => fallback.to_string(),
+            };
             let mut headers = vec![app_header];
-            if let Some(tag) = etag.as_deref() {
+            if let Some(tag) = current.etag.as_deref() {
                 headers.push(("If-Match", tag));
             }
-            match self.transport.call("PUT", &url, Some(body), &headers) {
-                Ok(_) => return Ok(()),
+            match self.transport.call("PUT", &url, Some(&body), &headers) {
+                Ok(_) => return Ok(Applied::Changed),
                 Err(e @ MepError::Refused { status: 404, .. }) => return unknown(&rule, e),
-                Err(MepError::Refused { status: 412, .. }) if !retried => {
-                    retried = true;
-                    etag = match read() {
-                        Ok(etag) => etag,
-                        Err(e @ MepError::Refused { status: 404, .. }) => {
-                            return unknown(&rule, e);
-                        }
-                        Err(e) => return Err(e),
-                    };
-                }
+                Err(MepError::Refused { status: 412, .. }) if !retried => retried = true,
                 Err(MepError::Refused {
                     url,
                     status: 412,
@@ -293,6 +327,77 @@ impl EtsiMec011 {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// A rule as read from the platform.
+struct Current {
+    etag: Option<String>,
+    /// `None` when it could not be read (403) or the answer was not a rule.
+    rule: Option<RawObject>,
+}
+
+/// A JSON object as the platform wrote it: its members in their order, each value exactly
+/// as written (numbers, nested objects and fields the plugin does not know included), so
+/// that the rule is put back as it was read with only `state` changed.
+struct RawObject(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for RawObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = RawObject;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, Box<RawValue>>()? {
+                    members.push(member);
+                }
+                Ok(RawObject(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+impl RawObject {
+    /// The `state` member, when it is a string.
+    fn state(&self) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(key, _)| key == "state")
+            .and_then(|(_, value)| serde_json::from_str(value.get()).ok())
+    }
+
+    /// The object written back with `state` set to `state` (added at the end if absent).
+    fn with_state(&self, state: &str) -> String {
+        let state = Value::from(state).to_string();
+        let mut out = String::from("{");
+        let mut found = false;
+        for (key, value) in &self.0 {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&Value::from(key.as_str()).to_string());
+            out.push(':');
+            if key == "state" {
+                found = true;
+                out.push_str(&state);
+            } else {
+                out.push_str(value.get());
+            }
+        }
+        if !found {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(r#""state":"#);
+            out.push_str(&state);
+        }
+        out.push('}');
+        out
     }
 }
 
@@ -321,7 +426,13 @@ impl Driver for EtsiMec011 {
     }
 
     fn apply(&self, step: &Step) -> Result<(), MepError> {
-        self.put_rule(step, step.body(), |rule, e| match e {
+        self.apply_with_prior(step).map(|_| ())
+    }
+
+    /// Activates the rule unless it is ACTIVE already ([`Applied::AlreadyInPlace`]: the
+    /// request then did not change it, and its removal leaves it ACTIVE).
+    fn apply_with_prior(&self, step: &Step) -> Result<Applied, MepError> {
+        self.set_state(step, "ACTIVE", step.body(), |rule, e| match e {
             MepError::Refused {
                 url,
                 status,
@@ -339,7 +450,10 @@ impl Driver for EtsiMec011 {
     }
 
     fn remove(&self, step: &Step) -> Result<(), MepError> {
-        self.put_rule(step, &inactive(step.body()), |_, _| Ok(()))
+        self.set_state(step, "INACTIVE", &inactive(step.body()), |_, _| {
+            Ok(Applied::Changed)
+        })
+        .map(|_| ())
     }
 }
 
@@ -843,7 +957,7 @@ mod tests {
     }
 
     /// A scripted answer: the ETag of a 2xx, or an error.
-    type Scripted = Result<Option<String>, MepError>;
+    type Scripted = Result<(Option<String>, String), MepError>;
 
     /// Answers calls from a script, in order; records them.
     #[derive(Default, Clone)]
@@ -880,7 +994,7 @@ mod tests {
             url: &str,
             json_body: Option<&str>,
             headers: &[(&str, &str)],
-        ) -> Result<Option<String>, MepError> {
+        ) -> Result<(Option<String>, String), MepError> {
             self.sent.lock().unwrap().push(Sent {
                 method: method.into(),
                 url: url.into(),
@@ -898,8 +1012,14 @@ mod tests {
         }
     }
 
+    /// A 2xx answer without a body (a GET answered so gives no rule to modify).
     fn ok(etag: Option<&str>) -> Scripted {
-        Ok(etag.map(str::to_string))
+        Ok((etag.map(str::to_string), String::new()))
+    }
+
+    /// A GET answered with `rule`.
+    fn rule(etag: Option<&str>, rule: &str) -> Scripted {
+        Ok((etag.map(str::to_string), rule.to_string()))
     }
 
     fn refused(status: u16, detail: &str) -> Scripted {
@@ -947,6 +1067,109 @@ mod tests {
                     headers: headers(&[("X-AppinstanceID", "app 1"), ("If-Match", "\"v7\"")]),
                 },
             ]
+        );
+    }
+
+    /// The platform's own traffic rule `tr1` (from its descriptor): priority 5, a field the
+    /// plugin does not know, and `state`.
+    fn platform_rule(state: &str) -> String {
+        format!(
+            r#"{{"trafficRuleId":"tr1","filterType":"FLOW","priority":5,"trafficFilter":[{{"dstAddress":["10.0.0.1"]}}],"action":"DROP","vendorExtension":{{"k":[1,2]}},"state":"{state}"}}"#
+        )
+    }
+
+    /// `rule` with its `state` replaced, as a JSON value.
+    fn with_state(rule: &str, state: &str) -> serde_json::Value {
+        let mut v: serde_json::Value = serde_json::from_str(rule).unwrap();
+        v["state"] = state.into();
+        v
+    }
+
+    #[test]
+    fn activation_puts_back_the_platform_s_rule_with_only_its_state_changed() {
+        let steps = seed_steps_for("app 1");
+        let inactive_rule = platform_rule("INACTIVE");
+        let script = Script::new(vec![rule(Some("\"v7\""), &inactive_rule), ok(None)]);
+        assert_eq!(
+            script.driver().apply_with_prior(&steps[1]),
+            Ok(Applied::Changed)
+        );
+        let sent = script.sent();
+        assert_eq!(sent.len(), 2);
+        let body: serde_json::Value =
+            serde_json::from_str(sent[1].body.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            body,
+            with_state(&inactive_rule, "ACTIVE"),
+            "priority 5 and extras kept"
+        );
+        assert_eq!(
+            sent[1].headers,
+            headers(&[("X-AppinstanceID", "app 1"), ("If-Match", "\"v7\"")])
+        );
+    }
+
+    #[test]
+    fn a_rule_already_active_is_not_put_and_counts_as_in_place() {
+        let steps = seed_steps_for("app 1");
+        let script = Script::new(vec![rule(None, &platform_rule("ACTIVE"))]);
+        assert_eq!(
+            script.driver().apply_with_prior(&steps[1]),
+            Ok(Applied::AlreadyInPlace)
+        );
+        assert_eq!(script.sent().len(), 1, "only the GET");
+    }
+
+    #[test]
+    fn deactivation_puts_back_the_platform_s_rule_with_only_its_state_changed() {
+        let steps = seed_steps_for("app 1");
+        let active_rule = platform_rule("ACTIVE");
+        let script = Script::new(vec![rule(None, &active_rule), ok(None)]);
+        script.driver().remove(&steps[1]).unwrap();
+        let sent = script.sent();
+        let body: serde_json::Value =
+            serde_json::from_str(sent[1].body.as_deref().unwrap()).unwrap();
+        assert_eq!(body, with_state(&active_rule, "INACTIVE"));
+        // Already inactive: nothing to put.
+        let script = Script::new(vec![rule(None, &platform_rule("INACTIVE"))]);
+        script.driver().remove(&steps[1]).unwrap();
+        assert_eq!(script.sent().len(), 1);
+    }
+
+    #[test]
+    fn a_get_refused_with_403_falls_back_to_the_body_built_from_the_request() {
+        let steps = seed_steps_for("app 1");
+        let script = Script::new(vec![refused(403, "not allowed now"), ok(None)]);
+        assert_eq!(
+            script.driver().apply_with_prior(&steps[0]),
+            Ok(Applied::Changed)
+        );
+        let sent = script.sent();
+        assert_eq!(sent[1].method, "PUT");
+        assert_eq!(sent[1].body.as_deref(), Some(steps[0].body()));
+        assert_eq!(sent[1].headers, headers(&[("X-AppinstanceID", "app 1")]));
+    }
+
+    #[test]
+    fn after_a_412_the_rule_read_again_is_the_one_put_back() {
+        let steps = seed_steps_for("app 1");
+        let first = platform_rule("INACTIVE");
+        let changed = first.replace(r#""priority":5"#, r#""priority":9"#);
+        let script = Script::new(vec![
+            rule(Some("\"1\""), &first),
+            refused(412, ""),
+            rule(Some("\"2\""), &changed),
+            ok(None),
+        ]);
+        script.driver().apply(&steps[1]).unwrap();
+        let sent = script.sent();
+        assert_eq!(sent.len(), 4);
+        let body: serde_json::Value =
+            serde_json::from_str(sent[3].body.as_deref().unwrap()).unwrap();
+        assert_eq!(body, with_state(&changed, "ACTIVE"));
+        assert_eq!(
+            sent[3].headers[1],
+            ("If-Match".to_string(), "\"2\"".to_string())
         );
     }
 

@@ -156,6 +156,16 @@ impl fmt::Display for MepError {
 
 impl std::error::Error for MepError {}
 
+/// What an apply found on the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The call changed the platform: the removal undoes it.
+    Changed,
+    /// The platform already had the rule in place before the request (a MEC 011 rule
+    /// already ACTIVE): nothing was changed, and the removal must leave it as it was.
+    AlreadyInPlace,
+}
+
 /// A rule the platform's dialect cannot express; nothing is sent for the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -181,6 +191,13 @@ pub trait Driver: Send + Sync {
 
     /// Applies one step. Returns only once the platform confirmed it.
     fn apply(&self, step: &Step) -> Result<(), MepError>;
+
+    /// [`apply`](Driver::apply), also saying whether the platform had the rule in place
+    /// already (what the service records as the step's prior state). By default every
+    /// apply changes the platform.
+    fn apply_with_prior(&self, step: &Step) -> Result<Applied, MepError> {
+        self.apply(step).map(|()| Applied::Changed)
+    }
 
     /// Removes one previously planned step. A platform that no longer has it (404) counts as
     /// success: removal is idempotent.
