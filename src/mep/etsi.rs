@@ -1,5 +1,5 @@
-//! The ETSI GS MEC 011 dialect (`driver = "etsi-mec011"`): the rules API of the MEC
-//! application support service, base `{url}/mec_app_support/v1`.
+//! The ETSI GS MEC 011 v2.1.1 dialect (`driver = "etsi-mec011"`): the rules API of the MEC
+//! application support service, base `{url}/mec_app_support/v1` (`url` is the apiRoot).
 //!
 //! On such a platform the rules of an application instance come from its descriptor: this API
 //! cannot create or delete them, only read them and switch their `state`. Applying a request
@@ -15,20 +15,28 @@
 //! is percent-encoded by [`wire::path_segment`](super::wire::path_segment) (everything but
 //! `A-Z a-z 0-9 - _ ~`, dots included), so an id such as `../../x` or `a b` is always one
 //! path segment and can never change which resource is called. A step's `target` is that
-//! encoded path (relative to the region's URL) and its `body` the full MEC 011 rule with
-//! `state: ACTIVE`; the removal body is derived from it, identical but for `state: INACTIVE`.
+//! encoded path (relative to the region's URL) and its `body` the full MEC 011 rule built from
+//! the request with `state: ACTIVE` (the removal's fallback body is identical but for
+//! `state: INACTIVE`): what is sent when the platform's own rule cannot be read (see below).
 //!
 //! Every call carries `X-AppinstanceID: {app}` (EdgeGallery's implementation requires it equal
 //! to the path's id; the driver decodes it back from the step's target). An `appInstanceId`
 //! that cannot travel verbatim in a header (other than visible ASCII and inner spaces) is
 //! refused before anything is sent.
 //!
-//! **Conditional updates.** Before each `PUT` the driver `GET`s the rule. This costs one extra
-//! call per rule but (1) tells "the platform does not know this rule" apart before anything is
-//! written, and (2) gives the rule's `ETag` on platforms that have one: the `PUT` then carries
+//! **Read-modify-write.** Before each `PUT` the driver `GET`s the rule and puts back exactly
+//! what the platform returned (members in its order, values as written, fields the plugin
+//! does not know included) with only `state` changed: MEC 011's PUT carries "updated
+//! attributes that are allowed to be changed", and `state` is the one that "may be updated
+//! using HTTP PUT method". A rule already in the wanted state is not written: on activation
+//! that is [`Applied::AlreadyInPlace`], which the service records so that the removal leaves
+//! the rule ACTIVE. A `GET` refused with 403 (or answered with something that is not a rule)
+//! falls back to the body built from the request (the step's body, logged at debug level).
+//! The `GET` also tells "the platform does not know this rule" apart before anything is
+//! written, and gives the rule's `ETag` on platforms that have one: the `PUT` then carries
 //! `If-Match: <etag>`, so a change made on the platform in between is never overwritten
 //! blindly. On `412 Precondition Failed` the driver reads the rule again and retries the `PUT`
-//! once with the new ETag; a second 412 is a refusal. A platform without ETags, or with weak
+//! once with what it read; a second 412 is a refusal. A platform without ETags, or with weak
 //! ones (`W/"..."`, which `If-Match` never matches), gets the `PUT` without `If-Match`. Each
 //! call is bounded by the region's `timeout`, so one step takes at most four of them (GET,
 //! PUT, GET, PUT).
