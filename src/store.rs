@@ -683,6 +683,7 @@ mod tests {
         );
         let (s, _) = Store::open(&dir, false).unwrap();
         let r = s.get("a").unwrap();
+        assert!(r.kept.is_none() && !r.is_kept(0));
         assert_eq!(
             (r.status, r.applied, r.platform),
             (Status::Deleting, 1, None)
@@ -698,6 +699,38 @@ mod tests {
             Some("http://mep:1")
         );
         assert_eq!(s.get("a").unwrap().platform, None);
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_step_is_kept_unless_another_request_changed_its_rule_and_kept_survives_a_restart() {
+        let dir = temp_dir("kept");
+        let (s, _) = Store::open(&dir, false).unwrap();
+        s.index_rules([("2", RuleIdentity::Target)]);
+        let with_step = |id: &str| {
+            let mut r = record(id, "2");
+            r.steps = Arc::from([Step::new("r", "/rules/r1", r#"{"state":"ACTIVE"}"#)]);
+            r.applied = 1;
+            r.status = Status::Created;
+            r
+        };
+        // Nobody else holds the rule: it was in place before the request.
+        s.insert(with_step("a")).unwrap();
+        assert!(s.keep_unless_changed_by_another("a", 0, 2).unwrap());
+        assert!(s.get("a").unwrap().is_kept(0));
+        // Held by a request that only kept it too: kept again.
+        s.insert(with_step("b")).unwrap();
+        assert!(s.keep_unless_changed_by_another("b", 0, 2).unwrap());
+        // Held by a request that changed it (activated it): shared, not kept.
+        s.insert(with_step("c")).unwrap();
+        s.insert(with_step("d")).unwrap();
+        assert!(!s.keep_unless_changed_by_another("d", 0, 2).unwrap());
+        assert!(!s.get("d").unwrap().is_kept(0));
+        drop(s);
+        let (s, _) = Store::open(&dir, false).unwrap();
+        assert!(s.get("a").unwrap().is_kept(0), "journaled");
+        assert!(!s.get("c").unwrap().is_kept(0));
         drop(s);
         let _ = std::fs::remove_dir_all(dir);
     }
