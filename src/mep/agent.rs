@@ -11,6 +11,12 @@
 //! - it never follows redirects (a 3xx is a refusal): credentials must not travel to another
 //!   host, and a POST must not silently become a GET;
 //! - it reads at most [`MAX_ANSWER_BYTES`] of an answer;
+//! - it tells a failure before any byte of the request was written (connection refused, name
+//!   resolution, TLS handshake, connect timeout: [`MepError::NotSent`], which the platform
+//!   cannot have acted on) from one after (`Unreachable`, `Timeout`: the outcome is unknown).
+//!   ureq's errors do not say which it was, so every byte goes through `Coalesced`, which
+//!   notes on the calling thread that the request started to be written; conservative: a byte
+//!   handed to a failing write counts as written;
 //! - `https://` is verified, always: against exactly the certificates of the region's
 //!   `ca_file` when one is configured (the public web roots are then *not* trusted), else
 //!   against the public web roots (Mozilla's, built in). There is no setting that skips
