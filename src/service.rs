@@ -79,6 +79,8 @@ pub struct Service {
     /// Requests with a step whose apply outcome is unknown, and until when it may still land
     /// on the platform (see [`Unsettled`]). Not journaled: rebuilt at start-up.
     unsettled: Mutex<HashMap<Arc<str>, Unsettled>>,
+    /// Each region's platform URL (credentials masked), shared by its records.
+    platforms: HashMap<String, Arc<str>>,
 }
 
 /// A step whose apply was sent but whose outcome was not seen (timeout, broken exchange, a
@@ -142,6 +144,10 @@ impl Service {
                 .iter()
                 .map(|r| (r.config.id.as_str(), r.driver.rule_identity())),
         );
+        let platforms = regions
+            .iter()
+            .map(|r| (r.config.id.clone(), Arc::from(redact(&r.config.mep.url))))
+            .collect();
         Service {
             regions,
             store,
@@ -151,6 +157,7 @@ impl Service {
             wake: (Mutex::new(false), Condvar::new()),
             turns: Turns::default(),
             unsettled: Mutex::new(HashMap::new()),
+            platforms,
         }
     }
 
@@ -276,7 +283,7 @@ impl Service {
             first,
             now_millis(),
         );
-        record.platform = Some(Arc::from(redact(&region.config.mep.url)));
+        record.platform = self.platforms.get(&region.config.id).cloned();
         // Until the creation ends, a DELETE is refused and the reconciler leaves it alone.
         record.busy = true;
         // The first step's turn is taken before the record says the step may be applied.
