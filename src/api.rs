@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
+use log::debug;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde::Serialize;
 
@@ -149,7 +150,7 @@ impl Api {
             ("GET", Route::Requests) => list_requests(service, style, request.query()),
             ("POST", Route::Requests) => create_request(service, style, request),
             ("GET", Route::Request(id)) => get_request(service, style, id),
-            ("DELETE", Route::Request(id)) => delete_request(service, style, id),
+            ("DELETE", Route::Request(id)) => delete_request(service, style, id, request.query()),
             ("GET", Route::Health) => health(service),
             ("GET", Route::Metrics) => Ok(metrics(service)),
             ("GET", Route::OpenApi) => Ok(Response::json(200, OPENAPI.as_bytes().to_vec())),
@@ -225,7 +226,9 @@ struct Position {
     longitude: f64,
 }
 
-/// Parses the query of `GET /service/regions`: nothing, or both coordinates, each once.
+/// Parses the query of `GET /service/regions`: nothing, or both coordinates, each once. Other
+/// parameters (such as the `_=<time>` cache buster some HTTP clients add) are ignored, as by
+/// the original plugin, and logged at debug level.
 fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
     let bad = |detail: String| ApiError::BadRequest { detail };
     let (mut latitude, mut longitude) = (None, None);
@@ -236,9 +239,10 @@ fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
             "latitude" => (&mut latitude, 90.0),
             "longitude" => (&mut longitude, 180.0),
             other => {
-                return Err(bad(format!(
-                    "unknown query parameter '{other}'; the regions list takes 'latitude' and 'longitude'"
-                )));
+                debug!(
+                    "query parameter '{other}' ignored: the regions list takes 'latitude' and 'longitude'"
+                );
+                continue;
             }
         };
         if slot.is_some() {
@@ -276,6 +280,37 @@ fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
             "query parameter 'longitude' is missing (give both or neither)".into(),
         )),
     }
+}
+
+/// Parses the query of `DELETE /service/requests/{id}`: `forget=true|false`, at most once;
+/// other parameters are ignored (debug log).
+fn parse_forget(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut forget = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "forget" {
+            debug!("query parameter '{key}' ignored: a DELETE takes 'forget'");
+            continue;
+        }
+        if forget.is_some() {
+            return Err(ApiError::BadRequest {
+                detail: "query parameter 'forget' is given more than once".into(),
+            });
+        }
+        forget = Some(match value {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(ApiError::BadRequest {
+                    detail: format!(
+                        "query parameter 'forget' = '{}' must be true or false",
+                        percent_decode_str(other).decode_utf8_lossy()
+                    ),
+                });
+            }
+        });
+    }
+    Ok(forget.unwrap_or(false))
 }
 
 /// Great-circle distance in km (haversine, mean Earth radius).
@@ -546,8 +581,17 @@ fn get_request(service: &Service, style: ApiStyle, id: &str) -> Result<Response,
 /// The contract answers a successful removal with 201; the body is the final state of the
 /// request (status DELETED). When the platform cannot remove the rules now, the removal is
 /// accepted (202) and finished by the reconciler; the body shows the request DELETING.
-fn delete_request(service: &Service, style: ApiStyle, id: &str) -> Result<Response, ApiError> {
-    match service.delete(id)? {
+///
+/// `?forget=true` drops the record of a request whose region is no longer configured (which is
+/// otherwise refused with 409), leaving its rules on that platform.
+fn delete_request(
+    service: &Service,
+    style: ApiStyle,
+    id: &str,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
+    let forget = parse_forget(query)?;
+    match service.delete(id, forget)? {
         Removal::Done(record) => Ok(Response::json(201, record_json(&record, style)?)),
         Removal::Accepted(record) => Ok(Response::json(202, record_json(&record, style)?)),
     }
@@ -845,6 +889,17 @@ mod tests {
     }
 
     #[test]
+    fn forget_is_true_false_or_absent() {
+        assert!(!parse_forget(None).unwrap());
+        assert!(!parse_forget(Some("_=1")).unwrap());
+        assert!(parse_forget(Some("forget=true")).unwrap());
+        assert!(!parse_forget(Some("forget=false&x=1")).unwrap());
+        for bad in ["forget=yes", "forget", "forget=true&forget=true"] {
+            assert!(parse_forget(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_position_query_is_both_coordinates_or_none() {
         assert_eq!(parse_position(None).unwrap(), None);
         assert_eq!(parse_position(Some("")).unwrap(), None);
@@ -862,7 +917,7 @@ mod tests {
             ("latitude=91&longitude=1", "out of range"),
             ("latitude=1&longitude=-180.1", "out of range"),
             ("latitude=NaN&longitude=1", "not a number"),
-            ("lat=1&longitude=1", "unknown query parameter 'lat'"),
+            ("lat=1&longitude=1", "'latitude' is missing"),
             (
                 "latitude=1&longitude=2&latitude=3",
                 "'latitude' is given more than once",
@@ -875,6 +930,16 @@ mod tests {
             let e = parse_position(Some(query)).unwrap_err().to_string();
             assert!(e.contains(needle), "{query}: {e}");
         }
+        // Unknown parameters (a client's cache buster) are ignored; known ones still checked.
+        assert_eq!(parse_position(Some("_=1&x")).unwrap(), None);
+        assert_eq!(
+            parse_position(Some("_=1&latitude=1&longitude=2")).unwrap(),
+            Some(Position {
+                latitude: 1.0,
+                longitude: 2.0
+            })
+        );
+        assert!(parse_position(Some("_=1&latitude=x&longitude=2")).is_err());
     }
 
     #[test]

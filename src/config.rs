@@ -83,6 +83,9 @@ pub struct RegionConfig {
     pub mep: MepConfig,
 }
 
+/// Default of `[region.mep] max_calls`.
+pub const DEFAULT_MAX_CALLS: usize = 1024;
+
 /// `[region.mep]`: how to reach the region's MEC platform.
 #[derive(Debug, Clone)]
 pub struct MepConfig {
@@ -103,6 +106,13 @@ pub struct MepConfig {
     pub poll_interval: Duration,
     /// ... and how many polls before the task counts as timed out (default 30).
     pub poll_attempts: u32,
+    /// Most rule calls one request may cause on the platform (default 1024): LL-MEC calls,
+    /// MEC 011 rules, EdgeGallery configurations; reads and task polls are not counted.
+    pub max_calls: usize,
+    /// How long after an apply whose outcome is unknown (timeout, broken exchange, 502/504)
+    /// it may still land on the platform (default 2 × `timeout`): a removal sent earlier is
+    /// sent again once this has passed.
+    pub settle: Duration,
 }
 
 impl MepConfig {
@@ -117,6 +127,8 @@ impl MepConfig {
             app_name: None,
             poll_interval: Duration::from_secs(1),
             poll_attempts: 30,
+            max_calls: DEFAULT_MAX_CALLS,
+            settle: timeout * 2,
         }
     }
 }
@@ -235,6 +247,8 @@ struct RawMep {
     app_name: Option<Spanned<String>>,
     poll_interval_ms: Option<Spanned<i64>>,
     poll_attempts: Option<Spanned<i64>>,
+    max_calls: Option<Spanned<i64>>,
+    settle_ms: Option<Spanned<i64>>,
 }
 
 impl Config {
@@ -523,6 +537,26 @@ impl Config {
                     ));
                 }
                 mep_config.poll_attempts = *v.get_ref() as u32;
+            }
+            if let Some(v) = &mep.max_calls {
+                if !(1..=100_000).contains(v.get_ref()) {
+                    return Err(bad(
+                        v.span(),
+                        "mep.max_calls",
+                        format!("= {} is out of range 1..=100000", v.get_ref()),
+                    ));
+                }
+                mep_config.max_calls = *v.get_ref() as usize;
+            }
+            if let Some(v) = &mep.settle_ms {
+                if !(0..=3_600_000).contains(v.get_ref()) {
+                    return Err(bad(
+                        v.span(),
+                        "mep.settle_ms",
+                        format!("= {} is out of range 0..=3600000", v.get_ref()),
+                    ));
+                }
+                mep_config.settle = Duration::from_millis(*v.get_ref() as u64);
             }
             regions.push(RegionConfig {
                 id,
@@ -965,6 +999,29 @@ url = "http://127.0.0.1:13000/"
             parse_err(&MINIMAL.replace("url = ", &format!("app_name = \"{long}\"\nurl = ")))
                 .contains("1-63")
         );
+    }
+
+    #[test]
+    fn max_calls_and_settle_window_are_read_and_bounded() {
+        let mep = Config::parse(MINIMAL, "f").unwrap().regions[0].mep.clone();
+        assert_eq!(mep.max_calls, DEFAULT_MAX_CALLS);
+        assert_eq!(mep.settle, mep.timeout * 2, "default: twice the timeout");
+        let text = MINIMAL.replace(
+            "url = ",
+            "timeout_ms = 300\nmax_calls = 7\nsettle_ms = 1500\nurl = ",
+        );
+        let mep = Config::parse(&text, "f").unwrap().regions[0].mep.clone();
+        assert_eq!(
+            (mep.max_calls, mep.settle),
+            (7, Duration::from_millis(1500))
+        );
+        let text = MINIMAL.replace("url = ", "timeout_ms = 300\nurl = ");
+        let mep = Config::parse(&text, "f").unwrap().regions[0].mep.clone();
+        assert_eq!(mep.settle, Duration::from_millis(600));
+        for bad in ["max_calls = 0", "max_calls = 100001", "settle_ms = -1"] {
+            let e = parse_err(&MINIMAL.replace("url = ", &format!("{bad}\nurl = ")));
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -39,6 +39,14 @@ pub enum ApiError {
     },
     /// Another operation on this request is in progress.
     Conflict { request_id: String, detail: String },
+    /// A DELETE of a request whose region is no longer configured while rules of it may be
+    /// on that region's platform.
+    RegionGone {
+        request_id: String,
+        region_id: String,
+        /// The platform URL the rules were applied on (credentials masked), if recorded.
+        platform: Option<String>,
+    },
     /// The platform refused, failed, was unreachable or timed out.
     Mep {
         region_id: String,
@@ -78,7 +86,7 @@ impl ApiError {
             | ApiError::RegionNotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::BodyTimeout => 408,
-            ApiError::Conflict { .. } => 409,
+            ApiError::Conflict { .. } | ApiError::RegionGone { .. } => 409,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::UnsupportedMediaType { .. } => 415,
             ApiError::UnknownRegion { .. } | ApiError::Unsupported { .. } => 422,
@@ -105,6 +113,7 @@ impl ApiError {
             ApiError::UnknownRegion { .. } => "Unknown region",
             ApiError::Unsupported { .. } => "Rule not supported by the region's platform",
             ApiError::Conflict { .. } => "Operation in progress",
+            ApiError::RegionGone { .. } => "Region no longer configured",
             ApiError::Mep { error, .. } if error.is_timeout() => "MEC platform timed out",
             ApiError::Mep { .. } => "MEC platform error",
             ApiError::Unauthorized => "Unauthorized",
@@ -132,6 +141,7 @@ impl ApiError {
             ApiError::UnknownRegion { .. } => "urn:mec-plugin:problem:unknown-region",
             ApiError::Unsupported { .. } => "urn:mec-plugin:problem:unsupported-rule",
             ApiError::Conflict { .. } => "urn:mec-plugin:problem:conflict",
+            ApiError::RegionGone { .. } => "urn:mec-plugin:problem:region-gone",
             ApiError::Mep { error, .. } if error.is_timeout() => {
                 "urn:mec-plugin:problem:mep-timeout"
             }
@@ -252,6 +262,15 @@ impl fmt::Display for ApiError {
             ApiError::Conflict { request_id, detail } => {
                 write!(f, "request '{request_id}': {detail}")
             }
+            ApiError::RegionGone {
+                request_id,
+                region_id,
+                platform,
+            } => write!(
+                f,
+                "request '{request_id}' has rules that may be on the platform {} of region '{region_id}', which is no longer configured, so they cannot be removed; configure the region again to remove them, or DELETE with ?forget=true to drop the record and leave them there",
+                platform.as_deref().unwrap_or("(URL not recorded)")
+            ),
             ApiError::Mep {
                 region_id,
                 request_id,

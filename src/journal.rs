@@ -99,6 +99,15 @@ pub struct RecordEntry<'a> {
     pub detail: Option<Cow<'a, str>>,
     pub created: i64,
     pub modified: i64,
+    /// The platform URL (credentials masked) the steps are sent to; absent in entries
+    /// written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub platform: Option<Cow<'a, str>>,
+    /// Indices of the applied steps whose rule the platform already had in place before
+    /// the request (their prior state: a MEC 011 rule already ACTIVE), which its removal
+    /// leaves as they are; absent when none (and in entries written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<Vec<usize>>,
 }
 
 /// A change of a record's status, detail or applied count.
@@ -111,6 +120,9 @@ pub struct UpdateEntry<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<Cow<'a, str>>,
     pub modified: i64,
+    /// As [`RecordEntry::kept`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<Vec<usize>>,
 }
 
 /// A planned platform call on disk.
@@ -1370,6 +1382,8 @@ mod tests {
             detail: None,
             created: 1,
             modified: 1,
+            platform: None,
+            kept: None,
         })
     }
 
@@ -1434,6 +1448,8 @@ mod tests {
             detail: Some(detail.into()),
             created: 1,
             modified: 2,
+            platform: Some("http://mep:1".into()),
+            kept: Some(vec![0]),
         });
         let line = encode(&entry);
         let Ok(Entry::Put(back)) = decode(line.trim_end().as_bytes()) else {

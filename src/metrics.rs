@@ -83,6 +83,8 @@ struct Southbound {
 pub struct Metrics {
     northbound: Mutex<Northbound>,
     southbound: Mutex<Southbound>,
+    /// Records dropped by `DELETE ...?forget=true` with their rules possibly left behind.
+    forgotten: std::sync::atomic::AtomicU64,
 }
 
 /// Point-in-time values read when the metrics are scraped.
@@ -132,6 +134,12 @@ impl Metrics {
             .entry((region.to_string(), operation))
             .or_default()
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts one record dropped by `DELETE ...?forget=true`.
+    pub fn forgotten(&self) {
+        self.forgotten
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -210,6 +218,17 @@ impl Metrics {
                 h.write(&mut out, "mec_plugin_mep_call_duration_seconds", &labels);
             }
         }
+        header(
+            &mut out,
+            "mec_plugin_requests_forgotten_total",
+            "counter",
+            "Requests of a region no longer configured dropped by DELETE ?forget=true, their rules possibly left on the platform.",
+        );
+        let _ = writeln!(
+            out,
+            "mec_plugin_requests_forgotten_total {}",
+            self.forgotten.load(std::sync::atomic::Ordering::Relaxed)
+        );
         header(
             &mut out,
             "mec_plugin_requests",

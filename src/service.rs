@@ -5,6 +5,7 @@
 //! exponential backoff until they succeed. No lock is held while a platform is called; each
 //! call holds a [turn](crate::turns) on its platform rule.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -13,12 +14,12 @@ use log::{error, info, warn};
 
 use crate::config::{Config, RegionConfig};
 use crate::error::ApiError;
-use crate::mep::{self, Driver, MepError, Step};
+use crate::mep::{self, Applied, Driver, MepError, Step};
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::model::{CreationRequest, Status};
 use crate::store::{Page, Record, Store, StoreError};
 use crate::turns::{Turn, Turns};
-use crate::util::{new_uuid, now_millis, random_fraction};
+use crate::util::{new_uuid, now_millis, random_fraction, redact};
 
 /// A configured region and the driver of its platform.
 pub struct Region {
@@ -86,6 +87,23 @@ pub struct Service {
     turns: Turns,
     /// `[server] max_requests`: a creation beyond is refused before anything is recorded.
     max_requests: usize,
+    /// Requests with a step whose apply outcome is unknown, and until when it may still land
+    /// on the platform (see [`Unsettled`]). Not journaled: rebuilt at start-up.
+    unsettled: Mutex<HashMap<Arc<str>, Unsettled>>,
+    /// Each region's platform URL (credentials masked), shared by its records.
+    platforms: HashMap<String, Arc<str>>,
+}
+
+/// A step whose apply was sent but whose outcome was not seen (timeout, broken exchange, a
+/// gateway's 502/504): the platform may still carry it out until `until` (its region's
+/// `settle_ms` after it was sent). A removal of it sent before then proves nothing (the
+/// platform may answer 200 or 404 and apply the late call afterwards), so the step stays
+/// "possibly applied" until a removal is sent after `until`. Only the last step a creation
+/// sent can be in that state: each step is sent only after the one before it succeeded.
+#[derive(Debug, Clone, Copy)]
+struct Unsettled {
+    step: usize,
+    until: Instant,
 }
 
 /// The answer to a change that could not be made durable; `request_id` when the request's
@@ -142,6 +160,10 @@ impl Service {
                 .iter()
                 .map(|r| (r.config.id.as_str(), r.driver.rule_identity())),
         );
+        let platforms = regions
+            .iter()
+            .map(|r| (r.config.id.clone(), Arc::from(redact(&r.config.mep.url))))
+            .collect();
         Service {
             regions,
             store,
@@ -151,6 +173,8 @@ impl Service {
             wake: (Mutex::new(false), Condvar::new()),
             turns: Turns::default(),
             max_requests: usize::MAX,
+            unsettled: Mutex::new(HashMap::new()),
+            platforms,
         }
     }
 
@@ -230,6 +254,10 @@ impl Service {
                     for step in record.steps.iter().take(record.applied) {
                         region.driver.outcome_unknown_after_restart(step);
                     }
+                    // The earlier run may have sent the last applied step up to its end.
+                    if record.applied > 0 {
+                        self.note_unsettled(&record.id, record.applied - 1, region);
+                    }
                 }
             }
             if record.status != Status::Pending {
@@ -268,6 +296,17 @@ impl Service {
                 driver: driver.kind().name(),
                 detail: refusal.to_string(),
             })?;
+        let max_calls = region.config.mep.max_calls;
+        if steps.len() > max_calls {
+            return Err(ApiError::Unsupported {
+                region_id: region.config.id.clone(),
+                driver: driver.kind().name(),
+                detail: format!(
+                    "the request needs {} rule calls on the platform, more than the region's max_calls ({max_calls}); split it",
+                    steps.len()
+                ),
+            });
+        }
         let text = serde_json::to_string(&request).expect("a request serialises");
         let steps: Arc<[Step]> = Arc::from(steps);
         // Recorded with the first step already counted: it may be on the platform as soon as
@@ -282,6 +321,7 @@ impl Service {
             first,
             now_millis(),
         );
+        record.platform = self.platforms.get(&region.config.id).cloned();
         // Until the creation ends, a DELETE is refused and the reconciler leaves it alone.
         record.busy = true;
         // The first step's turn is taken before the record says the step may be applied.
@@ -321,12 +361,28 @@ impl Service {
                     next
                 }
             };
-            if let Err(error) = self.call(&region.config.id, "apply", || driver.apply(step)) {
-                if !error.is_ambiguous() {
-                    self.set_applied(id, k)?;
+            match self.call(&region.config.id, "apply", || driver.apply_with_prior(step)) {
+                Ok(Applied::Changed) => {}
+                Ok(Applied::AlreadyInPlace) => {
+                    if self
+                        .store
+                        .keep_unless_changed_by_another(id, k, now_millis())?
+                    {
+                        info!(
+                            "request {id}: {} was already in place on the platform; its removal will leave it so",
+                            step.label()
+                        );
+                    }
                 }
-                failure = Some((step, error));
-                break;
+                Err(error) => {
+                    if error.is_ambiguous() {
+                        self.note_unsettled(id, k, region);
+                    } else {
+                        self.set_applied(id, k)?;
+                    }
+                    failure = Some((step, error));
+                    break;
+                }
             }
         }
         let Some((failed_step, error)) = failure else {
@@ -362,9 +418,17 @@ impl Service {
                 failed_step.label(),
                 step.label()
             ),
+            Err(Undo::Settling { left, step, until }) => format!(
+                "{} failed: {error}; {}; {left} rule call(s) may remain on the platform until then",
+                failed_step.label(),
+                settling(step, until)
+            ),
             Err(Undo::State(e)) => return Err(e),
         };
-        let retry_at = now_millis() + self.retry.delay(1).as_millis() as i64;
+        let retry_at = match self.unsettled_until(id) {
+            Some(until) => epoch_millis(until),
+            None => now_millis() + self.retry.delay(1).as_millis() as i64,
+        };
         self.store.update(id, |r| {
             r.status = Status::Failed;
             r.detail = Some(detail.into());
@@ -415,7 +479,23 @@ impl Service {
     /// ([`Removal::Done`]). If the platform cannot remove them now, the request stays recorded
     /// as DELETING and the reconciler retries ([`Removal::Accepted`]); a DELETE of a request
     /// already DELETING answers the same and retries at once.
-    pub fn delete(&self, id: &str) -> Result<Removal, ApiError> {
+    ///
+    /// A request whose region is no longer configured, with rules that may be on its platform,
+    /// is refused ([`ApiError::RegionGone`], the record unchanged) unless `forget` is set:
+    /// then the record is dropped and its rules are left where they are (logged, counted).
+    pub fn delete(&self, id: &str, forget: bool) -> Result<Removal, ApiError> {
+        if let Some(record) = self.store.get(id) {
+            if self.region(&record.region_id).is_none() && record.applied > 0 {
+                if !forget {
+                    return Err(ApiError::RegionGone {
+                        request_id: id.to_string(),
+                        region_id: record.region_id.to_string(),
+                        platform: record.platform.as_deref().map(str::to_string),
+                    });
+                }
+                return self.forget(id);
+            }
+        }
         enum Claim {
             Mine(Record),
             Queued(Record),
@@ -496,8 +576,67 @@ impl Service {
                 self.wake_reconciler();
                 Ok(Removal::Accepted(record))
             }
+            Err(Undo::Settling { left, step, until }) => {
+                let detail = format!(
+                    "{}; {left} rule call(s) may remain on the platform until then",
+                    settling(step, until)
+                );
+                info!("request {id}: {detail}");
+                let record = self
+                    .store
+                    .update(id, |r| {
+                        r.busy = false;
+                        r.detail = Some(detail.into());
+                        r.last_modified = now_millis();
+                        r.next_attempt = epoch_millis(until);
+                        r.clone()
+                    })
+                    .map_err(|e| self.abandon(id, e))?
+                    .unwrap_or(record);
+                self.wake_reconciler();
+                Ok(Removal::Accepted(record))
+            }
             Err(Undo::State(e)) => Err(self.abandon(id, e)),
         }
+    }
+
+    /// Drops the record of request `id`, whose region is no longer configured, leaving its
+    /// rules where they are (`DELETE ...?forget=true`).
+    fn forget(&self, id: &str) -> Result<Removal, ApiError> {
+        let busy = self
+            .store
+            .update(id, |r| std::mem::replace(&mut r.busy, true))
+            .map_err(|e| state_error(e, Some(id)))?
+            .ok_or_else(|| ApiError::RequestNotFound {
+                request_id: id.to_string(),
+            })?;
+        if busy {
+            return Err(ApiError::Conflict {
+                request_id: id.to_string(),
+                detail:
+                    "its rules are being applied or removed right now; retry once that finishes"
+                        .into(),
+            });
+        }
+        let mut record = self
+            .store
+            .remove(id)
+            .map_err(|e| self.abandon(id, e))?
+            .ok_or_else(|| ApiError::RequestNotFound {
+                request_id: id.to_string(),
+            })?;
+        self.lock_unsettled().remove(id);
+        self.metrics.forgotten();
+        warn!(
+            "request {id}: forgotten on request (DELETE ?forget=true); region '{}' is no longer configured and {} rule call(s) may remain on its platform {}",
+            record.region_id,
+            record.applied,
+            record.platform.as_deref().unwrap_or("(URL not recorded)")
+        );
+        record.status = Status::Deleted;
+        record.busy = false;
+        record.last_modified = now_millis();
+        Ok(Removal::Done(record))
     }
 
     /// One pass of the reconciler: retries every removal that is due. Returns how long until
@@ -602,6 +741,16 @@ impl Service {
                     r.last_modified = now_millis();
                 })?;
             }
+            Err(Undo::Settling { step, until, .. }) => {
+                let detail = format!("{}; {}", reason(&record.detail), settling(step, until));
+                info!("request {id}: {detail}");
+                self.store.update(id, |r| {
+                    r.busy = false;
+                    r.next_attempt = epoch_millis(until);
+                    r.detail = Some(detail.into());
+                    r.last_modified = now_millis();
+                })?;
+            }
             Err(Undo::State(e)) => return Err(e),
         }
         Ok(())
@@ -649,9 +798,16 @@ impl Service {
     /// another request of the region also holds stays on the platform. On a platform failure,
     /// says how many steps may remain and which removal failed.
     fn undo<'a>(&self, id: &str, region: &Region, steps: &'a [Step]) -> Result<(), Undo<'a>> {
-        let applied = self.store.get(id).map_or(0, |r| r.applied);
-        for k in (0..applied).rev() {
+        let Some(record) = self.store.get(id) else {
+            return Ok(());
+        };
+        for k in (0..record.applied).rev() {
             let _turn = self.turns.remove(self.rule_of(region, &steps[k]));
+            // In place before this request: left as it was.
+            if record.is_kept(k) {
+                self.set_applied(id, k).map_err(Undo::State)?;
+                continue;
+            }
             if self
                 .store
                 .release_if_shared(id, k, now_millis())
@@ -659,6 +815,7 @@ impl Service {
             {
                 continue;
             }
+            let sent = Instant::now();
             self.call(&region.config.id, "remove", || {
                 region.driver.remove(&steps[k])
             })
@@ -667,24 +824,69 @@ impl Service {
                 step: &steps[k],
                 error,
             })?;
+            if let Some(until) = self.settles_after(id, k, sent) {
+                return Err(Undo::Settling {
+                    left: k + 1,
+                    step: &steps[k],
+                    until,
+                });
+            }
             self.set_applied(id, k).map_err(Undo::State)?;
         }
+        self.lock_unsettled().remove(id);
         Ok(())
     }
 
+    fn lock_unsettled(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Unsettled>> {
+        // Every change is one insert or remove: consistent even after a panic elsewhere.
+        self.unsettled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Step `k` of request `id` was sent now (or, at start-up, may have been sent up to now)
+    /// and its outcome is unknown: it may land on `region`'s platform for `settle_ms`.
+    fn note_unsettled(&self, id: &str, k: usize, region: &Region) {
+        let until = Instant::now() + region.config.mep.settle;
+        self.lock_unsettled()
+            .insert(Arc::from(id), Unsettled { step: k, until });
+    }
+
+    /// Until when a step of request `id` may still land on its platform, if one may.
+    fn unsettled_until(&self, id: &str) -> Option<Instant> {
+        self.lock_unsettled()
+            .get(id)
+            .map(|u| u.until)
+            .filter(|until| *until > Instant::now())
+    }
+
+    /// A removal of step `k` of request `id`, sent at `sent`, succeeded: if it was sent while
+    /// that step's apply could still land, when to send it again; else `None` (and the step
+    /// is settled).
+    fn settles_after(&self, id: &str, k: usize, sent: Instant) -> Option<Instant> {
+        let mut unsettled = self.lock_unsettled();
+        let entry = *unsettled.get(id)?;
+        if k != entry.step {
+            return None;
+        }
+        if sent < entry.until {
+            return Some(entry.until);
+        }
+        unsettled.remove(id);
+        None
+    }
+
     /// Makes one platform call, counting it in the metrics.
-    fn call(
+    fn call<T>(
         &self,
         region: &str,
         operation: &'static str,
-        f: impl FnOnce() -> Result<(), MepError>,
-    ) -> Result<(), MepError> {
+        f: impl FnOnce() -> Result<T, MepError>,
+    ) -> Result<T, MepError> {
         let started = Instant::now();
         let result = f();
         let outcome = match &result {
-            Ok(()) => Outcome::Ok,
+            Ok(_) => Outcome::Ok,
             Err(MepError::Refused { .. }) => Outcome::Refused,
-            Err(MepError::Unreachable { .. }) => Outcome::Unreachable,
+            Err(MepError::Unreachable { .. } | MepError::NotSent { .. }) => Outcome::Unreachable,
             Err(MepError::Timeout { .. }) => Outcome::Timeout,
         };
         self.metrics
@@ -743,6 +945,20 @@ fn reason(detail: &Option<Box<str>>) -> &str {
         .unwrap_or("failed")
 }
 
+/// What the detail of a request says while `step`'s removal waits for the settle window.
+fn settling(step: &Step, until: Instant) -> String {
+    format!(
+        "removing {} was answered before its apply could no longer land (its outcome is unknown; the platform may still carry it out), so the removal is sent again after the settle window, in {} ms",
+        step.label(),
+        until.saturating_duration_since(Instant::now()).as_millis()
+    )
+}
+
+/// `at` in milliseconds since the Unix epoch.
+fn epoch_millis(at: Instant) -> i64 {
+    now_millis() + at.saturating_duration_since(Instant::now()).as_millis() as i64
+}
+
 /// Why an undo stopped.
 enum Undo<'a> {
     /// The platform failed to remove `step`; `left` steps may remain.
@@ -750,6 +966,13 @@ enum Undo<'a> {
         left: usize,
         step: &'a Step,
         error: MepError,
+    },
+    /// `step`'s removal succeeded before its apply (whose outcome is unknown) settled: it is
+    /// sent again after `until`; `left` steps may remain until then.
+    Settling {
+        left: usize,
+        step: &'a Step,
+        until: Instant,
     },
     /// A removal could not be recorded.
     State(StoreError),
@@ -873,7 +1096,14 @@ mod tests {
     }
 
     fn service_with(store: Store) -> (Service, Arc<Scripted>) {
+        service_settling(store, Duration::ZERO)
+    }
+
+    /// A service whose region's settle window is `settle`.
+    fn service_settling(store: Store, settle: Duration) -> (Service, Arc<Scripted>) {
         let driver = Arc::new(Scripted::default());
+        let mut mep = MepConfig::new(DriverKind::Simulated, "simulated:", Duration::from_secs(1));
+        mep.settle = settle;
         let config = RegionConfig {
             id: "2".into(),
             description: String::new(),
@@ -881,7 +1111,7 @@ mod tests {
             longitude: 0.0,
             altitude: 0.0,
             range_km: 1.0,
-            mep: MepConfig::new(DriverKind::Simulated, "simulated:", Duration::from_secs(1)),
+            mep,
         };
         let regions = vec![Region {
             config,
@@ -1000,6 +1230,122 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_held_only_by_a_request_whose_removal_is_pending_is_removed_not_released() {
+        let (s, d) = service();
+        // B applies "x", fails at "y" and cannot remove "x": FAILED, removal pending.
+        *d.fail_apply.lock().unwrap() = Some((
+            "y".into(),
+            MepError::Refused {
+                url: "u".into(),
+                status: 400,
+                detail: String::new(),
+            },
+        ));
+        *d.fail_remove.lock().unwrap() = Some("x".into());
+        let ApiError::Mep {
+            request_id: Some(b),
+            ..
+        } = s.create(request(&["x", "y"])).unwrap_err()
+        else {
+            panic!()
+        };
+        assert_eq!(s.get(&b).unwrap().applied, 1);
+        // A activates the same rule and is deleted while B's removal still fails: A's DELETE
+        // cannot say "removed" (201) while the rule is on the platform.
+        *d.fail_apply.lock().unwrap() = None;
+        let a = s.create(request(&["x"])).unwrap();
+        let Removal::Accepted(r) = s.delete(&a, false).unwrap() else {
+            panic!("201 while the rule is still on the platform")
+        };
+        assert_eq!(r.status, Status::Deleting);
+        assert_eq!(on(&d), ["x"]);
+        // Once the platform removes it, both requests are done.
+        *d.fail_remove.lock().unwrap() = None;
+        for _ in 0..3 {
+            s.store.update(&a, |r| r.next_attempt = 0).unwrap();
+            s.store.update(&b, |r| r.next_attempt = 0).unwrap();
+            s.reconcile_once();
+        }
+        assert!(on(&d).is_empty());
+        assert!(s.get(&a).is_none());
+        assert_eq!(s.get(&b).unwrap().applied, 0);
+    }
+
+    #[test]
+    fn a_rule_held_by_another_created_request_is_released_and_the_delete_answers_201() {
+        let (s, d) = service();
+        let a = s.create(request(&["x"])).unwrap();
+        let b = s.create(request(&["x"])).unwrap();
+        assert!(matches!(s.delete(&a, false).unwrap(), Removal::Done(_)));
+        assert_eq!(on(&d), ["x"], "still held by B");
+        assert!(matches!(s.delete(&b, false).unwrap(), Removal::Done(_)));
+        assert!(on(&d).is_empty());
+    }
+
+    #[test]
+    fn a_removal_sent_within_the_settle_window_is_sent_again_after_it() {
+        let settle = Duration::from_millis(300);
+        let (s, d) = service_settling(Store::in_memory(), settle);
+        *d.fail_apply.lock().unwrap() = Some(("b".into(), MepError::Timeout { url: "u".into() }));
+        let started = Instant::now();
+        let e = s.create(request(&["a", "b"])).unwrap_err();
+        assert_eq!(e.status(), 504);
+        let ApiError::Mep {
+            request_id: Some(id),
+            ..
+        } = e
+        else {
+            panic!("{e:?}")
+        };
+        // The early removal of "b" was answered; the record still counts it, and "a".
+        let r = s.get(&id).unwrap();
+        assert_eq!((r.status, r.applied), (Status::Failed, 2));
+        let detail = r.detail.unwrap();
+        assert!(detail.contains("settle window"), "{detail}");
+        // The late apply lands after the early removal.
+        d.on.lock().unwrap().insert("b".into());
+        if started.elapsed() < settle {
+            s.reconcile_once();
+            assert!(
+                on(&d).contains(&"b".to_string()),
+                "not due before the window"
+            );
+        }
+        std::thread::sleep(settle.saturating_sub(started.elapsed()) + Duration::from_millis(20));
+        s.reconcile_once();
+        assert!(on(&d).is_empty(), "{:?}", on(&d));
+        let r = s.get(&id).unwrap();
+        assert_eq!((r.status, r.applied), (Status::Failed, 0));
+        assert!(r.detail.unwrap().contains("has since been removed"));
+    }
+
+    #[test]
+    fn a_delete_within_the_settle_window_is_accepted_and_finished_after_it() {
+        let settle = Duration::from_millis(300);
+        let (s, d) = service_settling(Store::in_memory(), settle);
+        *d.fail_apply.lock().unwrap() = Some(("a".into(), MepError::Timeout { url: "u".into() }));
+        let started = Instant::now();
+        let ApiError::Mep {
+            request_id: Some(id),
+            ..
+        } = s.create(request(&["a"])).unwrap_err()
+        else {
+            panic!()
+        };
+        d.on.lock().unwrap().insert("a".into());
+        if started.elapsed() < settle {
+            let Removal::Accepted(r) = s.delete(&id, false).unwrap() else {
+                panic!("a DELETE within the window cannot say the rule is gone")
+            };
+            assert_eq!(r.status, Status::Deleting);
+        }
+        std::thread::sleep(settle.saturating_sub(started.elapsed()) + Duration::from_millis(20));
+        s.reconcile_once();
+        assert!(on(&d).is_empty());
+        assert!(s.get(&id).is_none() || s.get(&id).unwrap().applied == 0);
+    }
+
+    #[test]
     fn a_failed_undo_is_finished_by_the_reconciler_once_the_platform_recovers() {
         let (s, d) = service();
         *d.fail_apply.lock().unwrap() = Some((
@@ -1040,24 +1386,24 @@ mod tests {
             "listed FAILED until deleted"
         );
         assert!(on(&d).is_empty());
-        assert!(matches!(s.delete(&id).unwrap(), Removal::Done(_)));
+        assert!(matches!(s.delete(&id, false).unwrap(), Removal::Done(_)));
         assert!(s.get(&id).is_none());
     }
 
     #[test]
     fn delete_of_an_unknown_or_busy_request_is_refused() {
         let (s, _) = service();
-        assert_eq!(s.delete("nope").unwrap_err().status(), 404);
+        assert_eq!(s.delete("nope", false).unwrap_err().status(), 404);
         let id = s.create(request(&["a"])).unwrap();
         s.store.update(&id, |r| r.status = Status::Pending).unwrap();
-        assert_eq!(s.delete(&id).unwrap_err().status(), 409);
+        assert_eq!(s.delete(&id, false).unwrap_err().status(), 409);
         s.store
             .update(&id, |r| {
                 r.status = Status::Created;
                 r.busy = true;
             })
             .unwrap();
-        assert_eq!(s.delete(&id).unwrap_err().status(), 409);
+        assert_eq!(s.delete(&id, false).unwrap_err().status(), 409);
     }
 
     #[test]
@@ -1065,13 +1411,16 @@ mod tests {
         let (s, d) = service();
         let id = s.create(request(&["a", "b"])).unwrap();
         *d.fail_remove.lock().unwrap() = Some("a".into());
-        let Removal::Accepted(r) = s.delete(&id).unwrap() else {
+        let Removal::Accepted(r) = s.delete(&id, false).unwrap() else {
             panic!("accepted")
         };
         assert_eq!((r.status, r.applied), (Status::Deleting, 1));
         assert!(r.detail.unwrap().contains("retrying in the background"));
         // a second DELETE answers the same
-        assert!(matches!(s.delete(&id).unwrap(), Removal::Accepted(_)));
+        assert!(matches!(
+            s.delete(&id, false).unwrap(),
+            Removal::Accepted(_)
+        ));
         *d.fail_remove.lock().unwrap() = None;
         s.reconcile_once();
         assert!(
@@ -1109,9 +1458,9 @@ mod tests {
         let (s, d) = service();
         let first = s.create(request(&["same"])).unwrap();
         let second = s.create(request(&["same"])).unwrap();
-        s.delete(&first).unwrap();
+        s.delete(&first, false).unwrap();
         assert_eq!(on(&d), ["same"], "the second request still needs it");
-        s.delete(&second).unwrap();
+        s.delete(&second, false).unwrap();
         assert!(on(&d).is_empty());
     }
 
@@ -1125,7 +1474,7 @@ mod tests {
         let second = on_thread(&s, |s| s.create(request(&["same"])));
         entered.recv().unwrap();
         // ...when the first is deleted: its removal must not count on the second.
-        let delete = on_thread(&s, move |s| s.delete(&first).map(|_| ()));
+        let delete = on_thread(&s, move |s| s.delete(&first, false).map(|_| ()));
         std::thread::sleep(Duration::from_millis(50));
         release.send(()).unwrap();
         assert_eq!(second.join().unwrap().unwrap_err().status(), 502);
@@ -1143,7 +1492,7 @@ mod tests {
         let s = Arc::new(s);
         let first = s.create(request(&["same"])).unwrap();
         let (entered, release) = Gate::install(&d.remove_gate, false);
-        let delete = on_thread(&s, move |s| s.delete(&first).map(|_| ()));
+        let delete = on_thread(&s, move |s| s.delete(&first, false).map(|_| ()));
         entered.recv().unwrap();
         // A new request with the same rule, while the first one's removal is in flight.
         let second = on_thread(&s, |s| s.create(request(&["same"])));
@@ -1162,7 +1511,7 @@ mod tests {
         let id = s.create(request(&["a"])).unwrap();
         // The DELETE records DELETING, removes the rule, then cannot record that.
         fail_append_in(2);
-        let e = s.delete(&id).unwrap_err();
+        let e = s.delete(&id, false).unwrap_err();
         assert_eq!((e.status(), e.request_id()), (500, Some(id.as_str())));
         let r = s.get(&id).unwrap();
         assert_eq!(
@@ -1247,7 +1596,7 @@ mod tests {
             detail.contains(&dir.display().to_string()) && detail.contains("ENOSPC"),
             "{detail}"
         );
-        let e = s.delete(&id).unwrap_err();
+        let e = s.delete(&id, false).unwrap_err();
         assert_eq!((e.status(), e.request_id()), (507, Some(id.as_str())));
         assert_eq!(
             on(&d),
@@ -1261,7 +1610,7 @@ mod tests {
         crate::journal::FAIL_APPEND_NO_SPACE.with(|c| c.set(false));
         assert_eq!(s.state_problem(), None);
         assert!(s.gauges().state_writable);
-        assert!(matches!(s.delete(&id).unwrap(), Removal::Done(_)));
+        assert!(matches!(s.delete(&id, false).unwrap(), Removal::Done(_)));
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -1311,8 +1660,39 @@ mod tests {
             })
             .unwrap();
         let gone = Service::with_store(Vec::new(), s.store, RetryPolicy::default());
-        assert!(matches!(gone.delete(&id).unwrap(), Removal::Done(_)));
+        assert!(matches!(gone.delete(&id, false).unwrap(), Removal::Done(_)));
         assert!(gone.get(&id).is_none());
+    }
+
+    #[test]
+    fn a_delete_in_a_region_no_longer_configured_is_refused_until_forgotten_deliberately() {
+        let (s, d) = service();
+        let id = s.create(request(&["a"])).unwrap();
+        let gone = Service::with_store(Vec::new(), s.store, RetryPolicy::default());
+        let before = gone.get(&id).unwrap();
+        let e = gone.delete(&id, false).unwrap_err();
+        assert_eq!(e.status(), 409);
+        let text = e.to_string();
+        assert!(text.contains("region '2'"), "{text}");
+        assert!(text.contains("simulated:"), "the platform URL: {text}");
+        assert!(text.contains("forget=true"), "{text}");
+        let after = gone.get(&id).unwrap();
+        assert_eq!(
+            (after.status, after.applied, after.busy, &after.detail),
+            (before.status, before.applied, false, &before.detail),
+            "the record is unchanged"
+        );
+        let Removal::Done(r) = gone.delete(&id, true).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.status, Status::Deleted);
+        assert!(gone.get(&id).is_none());
+        assert_eq!(on(&d), ["a"], "left on the platform, as asked");
+        assert!(
+            gone.metrics
+                .render(&Gauges::default())
+                .contains("mec_plugin_requests_forgotten_total 1")
+        );
     }
 
     #[test]

@@ -39,6 +39,13 @@ pub struct Record {
     pub steps: Arc<[Step]>,
     /// `steps[..applied]` may be on the platform; `steps[applied..]` certainly are not.
     pub applied: usize,
+    /// The platform URL (credentials masked) the steps are sent to, shared with the other
+    /// records of the platform; `None` for a record journaled before it was recorded.
+    pub platform: Option<Arc<str>>,
+    /// Applied steps whose rule the platform already had in place before this request (a
+    /// MEC 011 rule already ACTIVE): this request did not change it, so its removal leaves
+    /// it as it was (no platform call). `None` when there is none.
+    pub kept: Option<Arc<[usize]>>,
     /// Not journaled: an operation on this record is in flight.
     pub busy: bool,
     /// Not journaled: failed background removal attempts so far.
@@ -69,6 +76,8 @@ impl Record {
             last_modified: now,
             steps,
             applied,
+            platform: None,
+            kept: None,
             busy: false,
             attempts: 0,
             next_attempt: 0,
@@ -96,6 +105,8 @@ impl Record {
             detail: self.detail.as_deref().map(Cow::Borrowed),
             created: self.created_at,
             modified: self.last_modified,
+            platform: self.platform.as_deref().map(Cow::Borrowed),
+            kept: self.kept.as_deref().map(<[usize]>::to_vec),
         })
     }
 
@@ -106,12 +117,25 @@ impl Record {
             status: self.status.into(),
             detail: self.detail.as_deref().map(Cow::Borrowed),
             modified: self.last_modified,
+            kept: self.kept.as_deref().map(<[usize]>::to_vec),
         })
     }
 
     /// The journaled part of the record, to tell whether a change must be written.
-    fn durable_state(&self) -> (Status, &Option<Box<str>>, usize, i64) {
-        (self.status, &self.detail, self.applied, self.last_modified)
+    #[allow(clippy::type_complexity)]
+    fn durable_state(&self) -> (Status, &Option<Box<str>>, usize, i64, Option<&[usize]>) {
+        (
+            self.status,
+            &self.detail,
+            self.applied,
+            self.last_modified,
+            self.kept.as_deref(),
+        )
+    }
+
+    /// Whether step `k` found its rule already in place (see [`Record::kept`]).
+    pub fn is_kept(&self, k: usize) -> bool {
+        self.kept.as_deref().is_some_and(|kept| kept.contains(&k))
     }
 }
 
@@ -170,6 +194,15 @@ impl Records {
 
     fn values(&self) -> impl Iterator<Item = &Arc<Record>> {
         self.by_id.values()
+    }
+
+    /// The records of `region`, in creation order.
+    fn in_region(&self, region: &str) -> impl Iterator<Item = &Arc<Record>> {
+        self.by_region
+            .get(region)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, id)| self.by_id.get(id))
     }
 
     fn len(&self) -> usize {
@@ -528,8 +561,8 @@ impl Store {
         Ok(Some(result))
     }
 
-    /// Lowers record `id`'s applied count to `k` without a platform call if another record of
-    /// the same region also holds the platform rule of `steps[k]` (the region's
+    /// Lowers record `id`'s applied count to `k` without a platform call if another CREATED
+    /// (or PENDING) record of the same region also holds the platform rule of `steps[k]` (the region's
     /// [`RuleIdentity`], given to [`index_rules`](Store::index_rules), says when two steps are
     /// one rule on the platform: LL-MEC keys rules by body, MEC 011 by path), since
     /// removing it would take it from the other request too. Returns whether it did. Check and
@@ -545,9 +578,16 @@ impl Store {
             };
             let step = &record.steps[k];
             let identity = rules.identity(&record.region_id);
+            // Only a request that keeps its rules counts: one whose own removal is pending
+            // (FAILED, DELETING) would leave the rule on the platform after this request
+            // said it was removed, so the rule is removed here instead (removals are
+            // idempotent). A PENDING one is counted: its apply of this rule was answered
+            // (the turn says no call for it is in flight), and it either becomes CREATED or
+            // removes the rule itself.
             let shared = rules.may_be_shared(record, step)
                 && records.values().any(|r| {
                     *r.id != *id
+                        && matches!(r.status, Status::Created | Status::Pending)
                         && r.region_id == record.region_id
                         && r.steps[..r.applied]
                             .iter()
@@ -561,6 +601,47 @@ impl Store {
             record.applied = k;
             record.last_modified = now;
             rules.moved(record, before);
+            self.write(&record.update_entry())?
+        };
+        self.durable(seq)?;
+        Ok(true)
+    }
+
+    /// Step `k` of record `id` found its platform rule already in place: records it as kept
+    /// (its removal will leave the rule as it was) unless another record of the region holds
+    /// the rule as one it changed itself (not kept), in which case the rule is in place
+    /// because of that request and this one shares it like any other. Returns whether it
+    /// was kept. Check and change are one step under the lock.
+    pub fn keep_unless_changed_by_another(
+        &self,
+        id: &str,
+        k: usize,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let seq = {
+            let mut records = self.lock();
+            let rules = self.rules();
+            let Some(record) = records.by_id.get(id) else {
+                return Ok(false);
+            };
+            let step = &record.steps[k];
+            let identity = rules.identity(&record.region_id);
+            drop(rules);
+            let changed_by_another = records.in_region(&record.region_id).any(|r| {
+                *r.id != *id
+                    && r.steps[..r.applied]
+                        .iter()
+                        .enumerate()
+                        .any(|(j, other)| identity.same(step, other) && !r.is_kept(j))
+            });
+            if changed_by_another {
+                return Ok(false);
+            }
+            let record = Arc::make_mut(records.by_id.get_mut(id).expect("looked up above"));
+            let mut kept = record.kept.as_deref().unwrap_or(&[]).to_vec();
+            kept.push(k);
+            record.kept = Some(Arc::from(kept));
+            record.last_modified = now;
             self.write(&record.update_entry())?
         };
         self.durable(seq)?;
@@ -667,6 +748,8 @@ fn replay(records: &mut HashMap<Arc<str>, Record>, regions: &mut Regions, entry:
             );
             record.detail = r.detail.map(Box::from);
             record.last_modified = r.modified;
+            record.platform = r.platform.map(|p| regions.intern(&p));
+            record.kept = r.kept.map(Arc::from);
             records.insert(record.id.clone(), record);
         }
         Entry::Update(u) => {
@@ -675,6 +758,7 @@ fn replay(records: &mut HashMap<Arc<str>, Record>, regions: &mut Regions, entry:
                 record.status = u.status.into();
                 record.detail = u.detail.map(Box::from);
                 record.last_modified = u.modified;
+                record.kept = u.kept.map(Arc::from);
             }
         }
         Entry::Remove { id } => {
@@ -703,6 +787,80 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mec-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    /// Writes `entries` as the first journal of `dir`, in the journal's line format.
+    fn write_journal(dir: &std::path::Path, entries: &[&str]) {
+        std::fs::create_dir_all(dir).unwrap();
+        let lines: String = entries
+            .iter()
+            .map(|json| format!("{:08x} 1 {json}\n", crc32fast::hash(json.as_bytes())))
+            .collect();
+        std::fs::write(dir.join(format!("journal-{:020}.jsonl", 1)), lines).unwrap();
+    }
+
+    #[test]
+    fn a_journal_written_before_the_platform_url_was_recorded_still_replays() {
+        let dir = temp_dir("old-format");
+        write_journal(
+            &dir,
+            &[
+                r#"{"put":{"id":"a","region":"2","request":{},"steps":[{"label":"l","target":"/t","json":{"x":1}}],"applied":1,"status":"created","created":1,"modified":1}}"#,
+                r#"{"update":{"id":"a","applied":1,"status":"deleting","modified":2}}"#,
+            ],
+        );
+        let (s, _) = Store::open(&dir, false).unwrap();
+        let r = s.get("a").unwrap();
+        assert!(r.kept.is_none() && !r.is_kept(0));
+        assert_eq!(
+            (r.status, r.applied, r.platform),
+            (Status::Deleting, 1, None)
+        );
+        // Written again with the new field, it reads back.
+        let mut b = record("b", "2");
+        b.platform = Some(Arc::from("http://mep:1"));
+        s.insert(b).unwrap();
+        drop(s);
+        let (s, _) = Store::open(&dir, false).unwrap();
+        assert_eq!(
+            s.get("b").unwrap().platform.as_deref(),
+            Some("http://mep:1")
+        );
+        assert_eq!(s.get("a").unwrap().platform, None);
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_step_is_kept_unless_another_request_changed_its_rule_and_kept_survives_a_restart() {
+        let dir = temp_dir("kept");
+        let (s, _) = Store::open(&dir, false).unwrap();
+        s.index_rules([("2", RuleIdentity::Target)]);
+        let with_step = |id: &str| {
+            let mut r = record(id, "2");
+            r.steps = Arc::from([Step::new("r", "/rules/r1", r#"{"state":"ACTIVE"}"#)]);
+            r.applied = 1;
+            r.status = Status::Created;
+            r
+        };
+        // Nobody else holds the rule: it was in place before the request.
+        s.insert(with_step("a")).unwrap();
+        assert!(s.keep_unless_changed_by_another("a", 0, 2).unwrap());
+        assert!(s.get("a").unwrap().is_kept(0));
+        // Held by a request that only kept it too: kept again.
+        s.insert(with_step("b")).unwrap();
+        assert!(s.keep_unless_changed_by_another("b", 0, 2).unwrap());
+        // Held by a request that changed it (activated it): shared, not kept.
+        s.insert(with_step("c")).unwrap();
+        s.insert(with_step("d")).unwrap();
+        assert!(!s.keep_unless_changed_by_another("d", 0, 2).unwrap());
+        assert!(!s.get("d").unwrap().is_kept(0));
+        drop(s);
+        let (s, _) = Store::open(&dir, false).unwrap();
+        assert!(s.get("a").unwrap().is_kept(0), "journaled");
+        assert!(!s.get("c").unwrap().is_kept(0));
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

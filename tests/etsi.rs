@@ -47,6 +47,15 @@ fn descriptor_dns() -> Value {
 const DNS_ACTIVE: &str = r#"{"dnsRuleId":"dns-video","domainName":"video.example.org","ipAddressType":"IP_V4","ipAddress":"172.16.0.111","ttl":30,"state":"ACTIVE"}"#;
 const TRAFFIC_ACTIVE: &str = r#"{"trafficRuleId":"tr-video","filterType":"FLOW","priority":1,"trafficFilter":[{"srcAddress":["208930100001114"],"dstAddress":["195.251.255.142"],"dstPort":["80"],"protocol":["tcp"]}],"action":"FORWARD_DECAPSULATED","dstInterface":{"interfaceType":"IP","dstMacAddress":"00:11:22:33:44:55","dstIpAddress":"172.16.0.111"},"state":"ACTIVE"}"#;
 
+/// Asserts that two JSON texts are the same value (the platform keeps a rule's members in its
+/// own order: the plugin puts back what it read, with only `state` changed).
+fn same_json(actual: &str, expected: &str) {
+    let parse = |text: &str| -> Value {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    };
+    assert_eq!(parse(actual), parse(expected), "{actual}");
+}
+
 fn inactive(active: &str) -> String {
     active.replace(r#""state":"ACTIVE""#, r#""state":"INACTIVE""#)
 }
@@ -108,8 +117,8 @@ fn a_creation_activates_each_rule_with_exact_paths_bodies_and_headers() {
         ]),
         "DNS first, each rule read then written"
     );
-    assert_eq!(calls[1].body, DNS_ACTIVE);
-    assert_eq!(calls[3].body, TRAFFIC_ACTIVE);
+    same_json(&calls[1].body, DNS_ACTIVE);
+    same_json(&calls[3].body, TRAFFIC_ACTIVE);
     for call in &calls {
         assert_eq!(call.header("X-AppinstanceID"), Some("app-1"), "{call:?}");
         assert_eq!(call.header("If-Match"), None, "the platform gave no ETag");
@@ -174,12 +183,8 @@ fn an_unknown_rule_is_502_naming_it_and_the_earlier_rules_are_deactivated() {
             ("PUT", &dns)
         ])
     );
-    assert_eq!(calls[1].body, DNS_ACTIVE);
-    assert_eq!(
-        calls[4].body,
-        inactive(DNS_ACTIVE),
-        "undone: set back INACTIVE"
-    );
+    same_json(&calls[1].body, DNS_ACTIVE);
+    same_json(&calls[4].body, &inactive(DNS_ACTIVE));
     assert_eq!(
         mep.state("app-1", DNS, "dns-video").as_deref(),
         Some("INACTIVE")
@@ -209,8 +214,8 @@ fn delete_deactivates_in_reverse_order_then_answers_201() {
             ("PUT", &rule_path("app-1", DNS, "dns-video"))
         ])
     );
-    assert_eq!(puts[0].body, inactive(TRAFFIC_ACTIVE));
-    assert_eq!(puts[1].body, inactive(DNS_ACTIVE));
+    same_json(&puts[0].body, &inactive(TRAFFIC_ACTIVE));
+    same_json(&puts[1].body, &inactive(DNS_ACTIVE));
     assert!(
         mep.calls()
             .iter()
@@ -444,8 +449,8 @@ fn over_https_with_the_region_ca_the_rules_are_activated_and_deactivated() {
     let id = created_id(&p.post(&request(Some("app-1"))));
     let puts = mep.puts();
     assert_eq!(puts.len(), 2);
-    assert_eq!(puts[0].body, DNS_ACTIVE);
-    assert_eq!(puts[1].body, TRAFFIC_ACTIVE);
+    same_json(&puts[0].body, DNS_ACTIVE);
+    same_json(&puts[1].body, TRAFFIC_ACTIVE);
     assert!(
         puts.iter()
             .all(|c| c.header("X-AppinstanceID") == Some("app-1"))
@@ -480,6 +485,116 @@ fn a_rule_activated_by_two_requests_stays_active_until_the_last_one_is_deleted()
     );
     assert_eq!(
         mep.state("app-1", TRAFFIC, "tr-video").as_deref(),
+        Some("INACTIVE")
+    );
+}
+
+/// The example's rules as a platform's descriptor may set them: priority 5 (the request says
+/// 1) and a field the plugin does not know.
+fn preload_own_data(mep: &FakeEtsi, app: &str) {
+    let mut traffic = descriptor_traffic();
+    traffic["priority"] = 5.into();
+    traffic["vendorExtension"] = json!({"queue": 3, "tags": ["a", "b"]});
+    let mut dns = descriptor_dns();
+    dns["vendorExtension"] = json!({"view": "edge"});
+    mep.preload(app, &[traffic], &[dns]);
+}
+
+#[test]
+fn activation_and_deactivation_put_back_the_platform_s_own_rule_with_only_its_state_changed() {
+    let mep = FakeEtsi::start();
+    preload_own_data(&mep, "app-1");
+    mep.enable_etags();
+    let p = plugin(&mep);
+    let before = mep.rule("app-1", TRAFFIC, "tr-video").unwrap();
+    let id = created_id(&p.post(&request(Some("app-1"))));
+    // The fake refuses (400) any PUT changing more than `state`: both were accepted.
+    let active = mep.rule("app-1", TRAFFIC, "tr-video").unwrap();
+    assert_eq!(active["priority"], 5, "the descriptor's priority is kept");
+    assert_eq!(active["vendorExtension"], before["vendorExtension"]);
+    assert_eq!(active["state"], "ACTIVE");
+    assert_eq!(
+        mep.state("app-1", DNS, "dns-video").as_deref(),
+        Some("ACTIVE")
+    );
+    assert!(
+        mep.puts()
+            .iter()
+            .all(|put| put.header("If-Match").is_some()),
+        "each PUT carries the ETag of its GET"
+    );
+    assert_eq!(p.delete(&id).status, 201);
+    let inactive = mep.rule("app-1", TRAFFIC, "tr-video").unwrap();
+    assert_eq!(inactive["priority"], 5, "and after the deactivation");
+    assert_eq!(inactive["state"], "INACTIVE");
+    assert_eq!(
+        mep.state("app-1", DNS, "dns-video").as_deref(),
+        Some("INACTIVE")
+    );
+}
+
+#[test]
+fn a_rule_active_before_the_request_stays_active_after_its_delete_even_across_a_restart() {
+    let mep = FakeEtsi::start();
+    preload_own_data(&mep, "app-1");
+    // The DNS rule was activated by its descriptor, before any request.
+    mep.set_state("app-1", DNS, "dns-video", "ACTIVE");
+    let dir = support::temp_dir("etsi-prior-state");
+    let config = format!(
+        "{}{}",
+        server_section(""),
+        etsi_region("2", &mep.url(), 1000)
+    );
+    let p = Plugin::start_in(&config, &dir);
+    let id = created_id(&p.post(&request(Some("app-1"))));
+    let dns = rule_path("app-1", DNS, "dns-video");
+    let traffic = rule_path("app-1", TRAFFIC, "tr-video");
+    assert_eq!(
+        shape(&mep.calls()),
+        pairs(&[("GET", &dns), ("GET", &traffic), ("PUT", &traffic)]),
+        "an ACTIVE rule is read, not written"
+    );
+    // The prior state is journaled: a restart does not forget it.
+    p.stop();
+    let p = Plugin::start_in(&config, &dir);
+    mep.clear_calls();
+    assert_eq!(p.delete(&id).status, 201);
+    assert_eq!(
+        shape(&mep.calls()),
+        pairs(&[("GET", &traffic), ("PUT", &traffic)]),
+        "only the rule this request activated is deactivated"
+    );
+    assert_eq!(
+        mep.state("app-1", DNS, "dns-video").as_deref(),
+        Some("ACTIVE")
+    );
+    assert_eq!(
+        mep.state("app-1", TRAFFIC, "tr-video").as_deref(),
+        Some("INACTIVE")
+    );
+}
+
+#[test]
+fn a_rule_whose_get_is_refused_with_403_is_switched_with_the_body_built_from_the_request() {
+    let mep = FakeEtsi::start();
+    preload(&mep, "app-1");
+    mep.forbid_get("app-1", DNS, "dns-video");
+    let p = plugin(&mep);
+    let id = created_id(&p.post(&request(Some("app-1"))));
+    assert_eq!(
+        mep.state("app-1", DNS, "dns-video").as_deref(),
+        Some("ACTIVE")
+    );
+    let dns = rule_path("app-1", DNS, "dns-video");
+    let put = mep
+        .puts()
+        .into_iter()
+        .find(|c| c.path == dns)
+        .expect("the DNS rule was written");
+    same_json(&put.body, DNS_ACTIVE);
+    assert_eq!(p.delete(&id).status, 201);
+    assert_eq!(
+        mep.state("app-1", DNS, "dns-video").as_deref(),
         Some("INACTIVE")
     );
 }

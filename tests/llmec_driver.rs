@@ -196,15 +196,16 @@ fn a_stopped_platform_is_unreachable_and_comes_back_on_restart() {
     assert!(TcpStream::connect(("127.0.0.1", fake.port())).is_err());
     let started = Instant::now();
     let e = llmec.apply(&steps[1]).unwrap_err();
-    assert!(matches!(e, MepError::Unreachable { .. }), "{e:?}");
-    assert!(e.is_ambiguous());
+    // Refused at connect: nothing was written, so nothing can have been applied.
+    assert!(matches!(e, MepError::NotSent { .. }), "{e:?}");
+    assert!(!e.is_ambiguous());
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
     let e = llmec.remove(&steps[0]).unwrap_err();
-    assert!(matches!(e, MepError::Unreachable { .. }), "{e:?}");
+    assert!(matches!(e, MepError::NotSent { .. }), "{e:?}");
 
     fake.restart();
     llmec.apply(&steps[1]).unwrap();

@@ -349,6 +349,11 @@ fn every_error() -> Vec<ApiError> {
             request_id: s(),
             detail: s(),
         },
+        ApiError::RegionGone {
+            request_id: s(),
+            region_id: s(),
+            platform: None,
+        },
         ApiError::Mep {
             region_id: s(),
             request_id: None,
@@ -403,6 +408,7 @@ fn variant(e: &ApiError) -> usize {
         ApiError::StateWrite { .. } => 15,
         ApiError::StateFull { .. } => 16,
         ApiError::RequestLimit { .. } => 17,
+        ApiError::RegionGone { .. } => 18,
     }
 }
 
@@ -412,7 +418,7 @@ fn every_documented_status_is_one_the_api_produces_and_every_error_is_documented
     let listed: BTreeSet<usize> = errors.iter().map(variant).collect();
     assert_eq!(
         listed,
-        (0..18).collect(),
+        (0..19).collect(),
         "every ApiError variant is listed"
     );
     let error_codes: BTreeSet<u16> = errors.iter().map(ApiError::status).collect();

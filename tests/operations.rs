@@ -209,7 +209,7 @@ fn a_bad_position_query_is_400() {
         ("latitude=abc&longitude=7", "not a number"),
         ("latitude=100&longitude=7", "out of range"),
         ("latitude=43&longitude=181", "out of range"),
-        ("lat=43&lon=7", "unknown query parameter"),
+        ("lat=43&longitude=7", "'latitude' is missing"),
         (
             "latitude=43.6&longitude=7.06&latitude=45.07",
             "'latitude' is given more than once",
@@ -218,4 +218,25 @@ fn a_bad_position_query_is_400() {
         let d = p.get(&format!("/service/regions?{query}")).problem(400);
         assert!(d.contains(needle), "{query}: {d}");
     }
+}
+
+#[test]
+fn unknown_query_parameters_of_get_routes_are_ignored() {
+    let mep = FakeLlMec::start();
+    let p = Plugin::start(&three_regions(&mep));
+    let all = p.get("/service/regions");
+    for path in [
+        "/service/regions?_=1733500000000",
+        "/service/regions?_=1&cache=no",
+    ] {
+        let r = p.get(path);
+        assert_eq!(r.status, 200, "{path}: {:?}", r.json);
+        assert_eq!(r.json, all.json, "{path}");
+    }
+    for path in ["/service/requests?_=1", "/service/regions/2?_=1"] {
+        assert_eq!(p.get(path).status, 200, "{path}");
+    }
+    // Known parameters are still validated beside an unknown one.
+    p.get("/service/regions?_=1&latitude=x&longitude=7")
+        .problem(400);
 }

@@ -11,6 +11,12 @@
 //! - it never follows redirects (a 3xx is a refusal): credentials must not travel to another
 //!   host, and a POST must not silently become a GET;
 //! - it reads at most [`MAX_ANSWER_BYTES`] of an answer;
+//! - it tells a failure before any byte of the request was written (connection refused, name
+//!   resolution, TLS handshake, connect timeout: [`MepError::NotSent`], which the platform
+//!   cannot have acted on) from one after (`Unreachable`, `Timeout`: the outcome is unknown).
+//!   ureq's errors do not say which it was, so every byte goes through `Coalesced`, which
+//!   notes on the calling thread that the request started to be written; conservative: a byte
+//!   handed to a failing write counts as written;
 //! - `https://` is verified, always: against exactly the certificates of the region's
 //!   `ca_file` when one is configured (the public web roots are then *not* trusted), else
 //!   against the public web roots (Mozilla's, built in). There is no setting that skips
@@ -124,6 +130,15 @@ impl Connector<Box<dyn Transport>> for Coalescing {
     }
 }
 
+thread_local! {
+    /// Whether the call running on this thread has written any byte of its request to a
+    /// connection (set by [`Coalesced`], through which every byte goes; reset by
+    /// [`MepClient::send_with`]). ureq runs a call's I/O on the calling thread, and opens the
+    /// connection (TCP connect, TLS handshake) before any byte reaches a [`Coalesced`]: a
+    /// failure while this is false happened before the request was written.
+    static WRITTEN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Holds what ureq transmits until it waits for the answer, then sends it in one write. ureq
 /// transmits a request's head and its body separately: two segments, and a platform that
 /// reads the head, sleeps and is woken again for the body (measured with the bench: one
@@ -138,6 +153,10 @@ const COALESCE_BYTES: usize = 64 * 1024;
 
 impl Coalesced {
     fn send_pending(&mut self, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        if !self.pending.is_empty() {
+            // Before the write: a write that fails part-way may still have reached the peer.
+            WRITTEN.set(true);
+        }
         let mut sent = 0;
         while sent < self.pending.len() {
             let output = self.inner.buffers().output();
@@ -378,7 +397,7 @@ impl MepClient {
         headers: &[(&str, &str)],
         shown: &str,
     ) -> Result<Answer, MepError> {
-        let invalid = |reason: String| MepError::Unreachable {
+        let invalid = |reason: String| MepError::NotSent {
             url: shown.to_string(),
             reason,
         };
@@ -399,6 +418,7 @@ impl MepClient {
                 ));
             }
         }
+        WRITTEN.set(false);
         let sent = match json_body {
             Some(body) => {
                 let request = builder
@@ -414,7 +434,7 @@ impl MepClient {
                 self.agent.run(request)
             }
         };
-        let mut response = sent.map_err(|e| classify(e, shown))?;
+        let mut response = sent.map_err(|e| classify(e, shown, WRITTEN.get()))?;
         let status = response.status().as_u16();
         let etag = response
             .headers()
@@ -429,7 +449,7 @@ impl MepClient {
         if (200..300).contains(&status) {
             // The platform said yes; an answer we cannot read leaves the outcome uncertain,
             // which `Unreachable`/`Timeout` (both "ambiguous") convey.
-            let body = body.map_err(|e| classify(e, shown))?;
+            let body = body.map_err(|e| classify(e, shown, true))?;
             Ok(Answer {
                 status,
                 body: String::from_utf8_lossy(&body).into_owned(),
@@ -464,9 +484,18 @@ fn private_roots(pem: &[u8]) -> (Vec<Certificate<'static>>, usize) {
     (certificates, unreadable)
 }
 
-/// Maps a transport error: time limits to `Timeout`, everything else to `Unreachable`.
-fn classify(e: ureq::Error, url: &str) -> MepError {
+/// Maps a transport error: one before any byte of the request was `written` to `NotSent`,
+/// else time limits to `Timeout` and everything else to `Unreachable`. Conservative: a byte
+/// handed to the socket counts as written even if the write then failed.
+fn classify(e: ureq::Error, url: &str, written: bool) -> MepError {
     let url = url.to_string();
+    if !written {
+        let reason = match e {
+            ureq::Error::Timeout(_) => "no connection within the timeout".to_string(),
+            other => one_line(&other.to_string(), MAX_DETAIL_CHARS),
+        };
+        return MepError::NotSent { url, reason };
+    }
     match e {
         ureq::Error::Timeout(_) => MepError::Timeout { url },
         ureq::Error::Io(ref io)
@@ -716,7 +745,7 @@ mod tests {
     }
 
     #[test]
-    fn refused_connection_is_unreachable() {
+    fn a_refused_connection_is_not_sent() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         drop(listener);
@@ -724,8 +753,55 @@ mod tests {
         let e = client
             .send("POST", &client.url("/r"), Some("{}"))
             .unwrap_err();
+        assert!(matches!(e, MepError::NotSent { .. }), "{e:?}");
+        assert!(!e.is_ambiguous(), "nothing was written: not applied");
+    }
+
+    #[test]
+    fn an_unresolvable_name_is_not_sent() {
+        // `.invalid` never resolves (RFC 6761); no query leaves the machine for it.
+        let client = MepClient::new(&mep("http://mep.invalid:8080", 2000));
+        let e = client
+            .send("POST", &client.url("/r"), Some("{}"))
+            .unwrap_err();
+        assert!(matches!(e, MepError::NotSent { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_failed_tls_handshake_is_not_sent() {
+        // A plain-text server behind an https:// URL: the handshake fails before the request.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            std::thread::sleep(Duration::from_millis(100));
+        });
+        let client = MepClient::new(&mep(&url, 2000));
+        let e = client
+            .send("POST", &client.url("/r"), Some("{}"))
+            .unwrap_err();
+        server.join().unwrap();
+        assert!(matches!(e, MepError::NotSent { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn a_connection_cut_after_the_request_was_written_is_ambiguous() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            // Read the request, then hang up without an answer.
+        });
+        let client = MepClient::new(&mep(&url, 2000));
+        let e = client
+            .send("POST", &client.url("/r"), Some("{}"))
+            .unwrap_err();
+        server.join().unwrap();
         assert!(matches!(e, MepError::Unreachable { .. }), "{e:?}");
-        assert!(e.is_ambiguous());
+        assert!(e.is_ambiguous(), "the platform may have acted on it");
     }
 
     #[test]
@@ -825,7 +901,7 @@ mod tests {
     fn a_token_that_cannot_be_a_header_fails_every_call_without_showing_it() {
         let client = MepClient::new(&with_token("http://127.0.0.1:1", "jeton\u{7f}x"));
         let e = client.send("GET", &client.url("/x"), None).unwrap_err();
-        assert!(matches!(e, MepError::Unreachable { .. }), "{e:?}");
+        assert!(matches!(e, MepError::NotSent { .. }), "{e:?}");
         assert!(e.to_string().contains("token"), "{e}");
         assert!(!format!("{e} {e:?} {client:?}").contains("jeton"));
     }

@@ -405,7 +405,8 @@ impl EdgeGallery {
                         })
                     }
                 },
-                Err(e) => last_error = Some(e),
+                // The POST was sent: a poll that could not be is no proof of anything.
+                Err(e) => last_error = Some(e.within_exchange()),
             }
         }
         debug!(

@@ -1,5 +1,5 @@
-//! The ETSI GS MEC 011 dialect (`driver = "etsi-mec011"`): the rules API of the MEC
-//! application support service, base `{url}/mec_app_support/v1`.
+//! The ETSI GS MEC 011 v2.1.1 dialect (`driver = "etsi-mec011"`): the rules API of the MEC
+//! application support service, base `{url}/mec_app_support/v1` (`url` is the apiRoot).
 //!
 //! On such a platform the rules of an application instance come from its descriptor: this API
 //! cannot create or delete them, only read them and switch their `state`. Applying a request
@@ -15,20 +15,28 @@
 //! is percent-encoded by [`wire::path_segment`](super::wire::path_segment) (everything but
 //! `A-Z a-z 0-9 - _ ~`, dots included), so an id such as `../../x` or `a b` is always one
 //! path segment and can never change which resource is called. A step's `target` is that
-//! encoded path (relative to the region's URL) and its `body` the full MEC 011 rule with
-//! `state: ACTIVE`; the removal body is derived from it, identical but for `state: INACTIVE`.
+//! encoded path (relative to the region's URL) and its `body` the full MEC 011 rule built from
+//! the request with `state: ACTIVE` (the removal's fallback body is identical but for
+//! `state: INACTIVE`): what is sent when the platform's own rule cannot be read (see below).
 //!
 //! Every call carries `X-AppinstanceID: {app}` (EdgeGallery's implementation requires it equal
 //! to the path's id; the driver decodes it back from the step's target). An `appInstanceId`
 //! that cannot travel verbatim in a header (other than visible ASCII and inner spaces) is
 //! refused before anything is sent.
 //!
-//! **Conditional updates.** Before each `PUT` the driver `GET`s the rule. This costs one extra
-//! call per rule but (1) tells "the platform does not know this rule" apart before anything is
-//! written, and (2) gives the rule's `ETag` on platforms that have one: the `PUT` then carries
+//! **Read-modify-write.** Before each `PUT` the driver `GET`s the rule and puts back exactly
+//! what the platform returned (members in its order, values as written, fields the plugin
+//! does not know included) with only `state` changed: MEC 011's PUT carries "updated
+//! attributes that are allowed to be changed", and `state` is the one that "may be updated
+//! using HTTP PUT method". A rule already in the wanted state is not written: on activation
+//! that is [`Applied::AlreadyInPlace`], which the service records so that the removal leaves
+//! the rule ACTIVE. A `GET` refused with 403 (or answered with something that is not a rule)
+//! falls back to the body built from the request (the step's body, logged at debug level).
+//! The `GET` also tells "the platform does not know this rule" apart before anything is
+//! written, and gives the rule's `ETag` on platforms that have one: the `PUT` then carries
 //! `If-Match: <etag>`, so a change made on the platform in between is never overwritten
 //! blindly. On `412 Precondition Failed` the driver reads the rule again and retries the `PUT`
-//! once with the new ETag; a second 412 is a refusal. A platform without ETags, or with weak
+//! once with what it read; a second 412 is a refusal. A platform without ETags, or with weak
 //! ones (`W/"..."`, which `If-Match` never matches), gets the `PUT` without `If-Match`. Each
 //! call is bounded by the region's `timeout`, so one step takes at most four of them (GET,
 //! PUT, GET, PUT).
@@ -46,8 +54,8 @@
 //! `dscp` → `dSCP`, `tc` → `tC`; actions: `FORWARD` and `DECAPSULATED` → `FORWARD_DECAPSULATED`
 //! (the contract's enum is MEC 010-2 v1's `FORWARD_DECAPSULATED` split in two; traffic
 //! forwarded to an application leaves the GTP-U tunnel), `DUPLICATED_DECAPSULATED` →
-//! `DUPLICATE_DECAPSULATED` (a misspelling of it), `DROP`, `FORWARD_AS_IS`, `PASSTHROUGH` and
-//! `DUPLICATE_AS_IS` as they are; `dstInterface` is a single object in MEC 011: `dstInterface[0]`
+//! `DUPLICATE_DECAPSULATED` (a misspelling of it), `DROP` and `PASSTHROUGH` as they are;
+//! `FORWARD_AS_IS` and `DUPLICATE_AS_IS` are refused (see [`v2_action`]); `dstInterface` is a single object in MEC 011: `dstInterface[0]`
 //! is sent, a rule with two interfaces is refused; interface `interfaceType` as is,
 //! `tunnelInfo.tunnelType` `GTP-U` → `GTP_U` (`GRE` as is), `srcMACAddress` → `srcMacAddress`,
 //! `dstMACAddress` → `dstMacAddress` (written with `:`), `dstIPAddress` → `dstIpAddress`;
@@ -61,18 +69,21 @@
 
 use std::fmt;
 
+use log::debug;
 use percent_encoding::percent_decode_str;
-use serde::Serialize;
-use serde_json::Number;
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Number, Value};
 
 use super::agent::MepClient;
 use super::wire::{Filter, TokenKey, Tunnel, action_name, path_segment};
-use super::{Driver, MepError, Refusal, RuleIdentity, Step};
+use super::{Applied, Driver, MepError, Refusal, RuleIdentity, Step};
 use crate::config::{DriverKind, MepConfig};
 use crate::model::integral;
 use crate::model::{
-    CreationRequest, DnsRule, FilterType, InterfaceDescriptor, InterfaceType, IpAddressType,
-    TrafficFilter, TrafficRule,
+    Action, CreationRequest, DnsRule, FilterType, InterfaceDescriptor, InterfaceType,
+    IpAddressType, TrafficFilter, TrafficRule,
 };
 
 /// Base path of the MEC 011 API, relative to the region's URL.
@@ -174,15 +185,15 @@ pub trait Transport: Send + Sync {
     /// `target` appended to the platform's base URL.
     fn url(&self, target: &str) -> String;
 
-    /// Sends one call. A 2xx answer gives its `ETag` header, if any; any other status is
-    /// [`MepError::Refused`] (with the ProblemDetails `detail` of the answer).
+    /// Sends one call. A 2xx answer gives its `ETag` header, if any, and its body; any other
+    /// status is [`MepError::Refused`] (with the ProblemDetails `detail` of the answer).
     fn call(
         &self,
         method: &str,
         url: &str,
         json_body: Option<&str>,
         headers: &[(&str, &str)],
-    ) -> Result<Option<String>, MepError>;
+    ) -> Result<(Option<String>, String), MepError>;
 }
 
 impl Transport for MepClient {
@@ -196,9 +207,9 @@ impl Transport for MepClient {
         url: &str,
         json_body: Option<&str>,
         headers: &[(&str, &str)],
-    ) -> Result<Option<String>, MepError> {
+    ) -> Result<(Option<String>, String), MepError> {
         self.send_with(method, url, json_body, headers)
-            .map(|answer| answer.etag)
+            .map(|answer| (answer.etag, answer.body))
     }
 }
 
@@ -223,14 +234,53 @@ impl EtsiMec011 {
         EtsiMec011 { transport }
     }
 
-    /// Sets the rule at `step.target()` to `body`: GET (for the ETag), then PUT with `If-Match`
-    /// when there is one, re-reading and retrying once on 412. A 404 is `unknown`'s answer.
-    fn put_rule(
+    /// Reads the rule at `url`: its ETag (strong ones only) and, when the answer is a JSON
+    /// object, the rule as the platform holds it. A 403 ("not allowed given the current
+    /// status of the resource", which MEC 011 lists for GET) gives neither: the caller then
+    /// falls back to the body built from the request.
+    fn read(&self, url: &str, rule: &RulePath) -> Result<Current, MepError> {
+        let app_header = (APP_INSTANCE_HEADER, rule.app.as_str());
+        match self.transport.call("GET", url, None, &[app_header]) {
+            // A weak ETag (`W/"..."`) never satisfies `If-Match` (RFC 9110 §13.1.1 compares
+            // strongly): sending it would only earn two 412s, so it counts as none.
+            Ok((etag, body)) => Ok(Current {
+                etag: etag.filter(|tag| !tag.starts_with("W/")),
+                rule: match serde_json::from_str::<RawObject>(&body) {
+                    Ok(rule) => Some(rule),
+                    Err(_) => {
+                        debug!(
+                            "{rule}: the GET answer is not a rule object; the PUT carries the body built from the request"
+                        );
+                        None
+                    }
+                },
+            }),
+            Err(MepError::Refused { status: 403, .. }) => {
+                debug!(
+                    "{rule}: the platform refused to read it (403); the PUT carries the body built from the request"
+                );
+                Ok(Current {
+                    etag: None,
+                    rule: None,
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the `state` of the rule at `step.target()` to `want` by read-modify-write: GET the
+    /// rule, PUT back exactly what the platform returned with only `state` changed (with
+    /// `If-Match` when it gave an ETag), re-reading and retrying once on 412. A rule already
+    /// in `want` is left alone ([`Applied::AlreadyInPlace`]). When the rule cannot be read
+    /// (403, or an answer that is not a rule), the PUT carries `fallback`, the body built from
+    /// the request. A 404 is `unknown`'s answer.
+    fn set_state(
         &self,
         step: &Step,
-        body: &str,
-        unknown: impl Fn(&RulePath, MepError) -> Result<(), MepError>,
-    ) -> Result<(), MepError> {
+        want: &str,
+        fallback: &str,
+        unknown: impl Fn(&RulePath, MepError) -> Result<Applied, MepError>,
+    ) -> Result<Applied, MepError> {
         let url = self.transport.url(step.target());
         let Some(rule) = RulePath::parse(step.target()) else {
             return Err(MepError::Unreachable {
@@ -242,38 +292,30 @@ impl EtsiMec011 {
             });
         };
         let app_header = (APP_INSTANCE_HEADER, rule.app.as_str());
-        // A weak ETag (`W/"..."`) never satisfies `If-Match` (RFC 9110 §13.1.1 compares
-        // strongly): sending it would only earn two 412s, so it counts as none.
-        let read = || {
-            self.transport
-                .call("GET", &url, None, &[app_header])
-                .map(|etag| etag.filter(|tag| !tag.starts_with("W/")))
-        };
-
-        let mut etag = match read() {
-            Ok(etag) => etag,
-            Err(e @ MepError::Refused { status: 404, .. }) => return unknown(&rule, e),
-            Err(e) => return Err(e),
-        };
         let mut retried = false;
         loop {
+            let current = match self.read(&url, &rule) {
+                Ok(current) => current,
+                Err(e @ MepError::Refused { status: 404, .. }) => return unknown(&rule, e),
+                Err(e) => return Err(e),
+            };
+            let body = match current.rule {
+                Some(platform_rule) => {
+                    if platform_rule.state().as_deref() == Some(want) {
+                        return Ok(Applied::AlreadyInPlace);
+                    }
+                    platform_rule.with_state(want)
+                }
+                None => fallback.to_string(),
+            };
             let mut headers = vec![app_header];
-            if let Some(tag) = etag.as_deref() {
+            if let Some(tag) = current.etag.as_deref() {
                 headers.push(("If-Match", tag));
             }
-            match self.transport.call("PUT", &url, Some(body), &headers) {
-                Ok(_) => return Ok(()),
+            match self.transport.call("PUT", &url, Some(&body), &headers) {
+                Ok(_) => return Ok(Applied::Changed),
                 Err(e @ MepError::Refused { status: 404, .. }) => return unknown(&rule, e),
-                Err(MepError::Refused { status: 412, .. }) if !retried => {
-                    retried = true;
-                    etag = match read() {
-                        Ok(etag) => etag,
-                        Err(e @ MepError::Refused { status: 404, .. }) => {
-                            return unknown(&rule, e);
-                        }
-                        Err(e) => return Err(e),
-                    };
-                }
+                Err(MepError::Refused { status: 412, .. }) if !retried => retried = true,
                 Err(MepError::Refused {
                     url,
                     status: 412,
@@ -293,6 +335,77 @@ impl EtsiMec011 {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// A rule as read from the platform.
+struct Current {
+    etag: Option<String>,
+    /// `None` when it could not be read (403) or the answer was not a rule.
+    rule: Option<RawObject>,
+}
+
+/// A JSON object as the platform wrote it: its members in their order, each value exactly
+/// as written (numbers, nested objects and fields the plugin does not know included), so
+/// that the rule is put back as it was read with only `state` changed.
+struct RawObject(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for RawObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = RawObject;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawObject, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<String, Box<RawValue>>()? {
+                    members.push(member);
+                }
+                Ok(RawObject(members))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
+}
+
+impl RawObject {
+    /// The `state` member, when it is a string.
+    fn state(&self) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(key, _)| key == "state")
+            .and_then(|(_, value)| serde_json::from_str(value.get()).ok())
+    }
+
+    /// The object written back with `state` set to `state` (added at the end if absent).
+    fn with_state(&self, state: &str) -> String {
+        let state = Value::from(state).to_string();
+        let mut out = String::from("{");
+        let mut found = false;
+        for (key, value) in &self.0 {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&Value::from(key.as_str()).to_string());
+            out.push(':');
+            if key == "state" {
+                found = true;
+                out.push_str(&state);
+            } else {
+                out.push_str(value.get());
+            }
+        }
+        if !found {
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(r#""state":"#);
+            out.push_str(&state);
+        }
+        out.push('}');
+        out
     }
 }
 
@@ -321,7 +434,13 @@ impl Driver for EtsiMec011 {
     }
 
     fn apply(&self, step: &Step) -> Result<(), MepError> {
-        self.put_rule(step, step.body(), |rule, e| match e {
+        self.apply_with_prior(step).map(|_| ())
+    }
+
+    /// Activates the rule unless it is ACTIVE already ([`Applied::AlreadyInPlace`]: the
+    /// request then did not change it, and its removal leaves it ACTIVE).
+    fn apply_with_prior(&self, step: &Step) -> Result<Applied, MepError> {
+        self.set_state(step, "ACTIVE", step.body(), |rule, e| match e {
             MepError::Refused {
                 url,
                 status,
@@ -339,7 +458,10 @@ impl Driver for EtsiMec011 {
     }
 
     fn remove(&self, step: &Step) -> Result<(), MepError> {
-        self.put_rule(step, &inactive(step.body()), |_, _| Ok(()))
+        self.set_state(step, "INACTIVE", &inactive(step.body()), |_, _| {
+            Ok(Applied::Changed)
+        })
+        .map(|_| ())
     }
 }
 
@@ -513,7 +635,7 @@ fn traffic_step(app: &str, i: usize, rule: &TrafficRule) -> Result<Step, Refusal
         filter_type: rule.filter_type,
         priority,
         traffic_filter,
-        action: action_name(rule.action),
+        action: v2_action(&at, rule.action)?,
         dst_interface,
         state: "ACTIVE",
     };
@@ -522,6 +644,27 @@ fn traffic_step(app: &str, i: usize, rule: &TrafficRule) -> Result<Step, Refusal
         &rule_target(app, RuleKind::Traffic, &rule.traffic_rule_id),
         &to_json(&body),
     ))
+}
+
+/// The MEC 011 v2.1.1 name of `action` (the version whose `TrafficRule.Action` enum is `DROP,
+/// FORWARD_DECAPSULATED, FORWARD_ENCAPSULATED, PASSTHROUGH, DUPLICATE_DECAPSULATED,
+/// DUPLICATE_ENCAPSULATED`). v1.1.1's `FORWARD_AS_IS` and `DUPLICATE_AS_IS` are not in it, and
+/// nothing in v2.1.1 keeps their meaning: "as is" leaves a packet as it arrived, whereas
+/// `*_ENCAPSULATED` has the platform wrap it into the tunnel of `dstInterface.tunnelInfo`, and
+/// `*_DECAPSULATED` strips the tunnel; mapping either would change what the rule does to the
+/// traffic. So such a rule is refused (422, naming it) rather than sent with a name a v2.1.1
+/// platform rejects or a meaning the caller did not ask for.
+fn v2_action(at: &str, action: Action) -> Result<&'static str, Refusal> {
+    match action {
+        Action::ForwardAsIs | Action::DuplicateAsIs => Err(refuse(
+            format!("{at} action"),
+            format!(
+                "'{}' is a MEC 011 v1.1.1 action that v2.1.1 (the version this driver speaks) does not have, and none of its actions keeps packets as they are (FORWARD_ENCAPSULATED/DUPLICATE_ENCAPSULATED add a tunnel, *_DECAPSULATED remove it); choose one of those",
+                action_name(action)
+            ),
+        )),
+        other => Ok(action_name(other)),
+    }
 }
 
 fn filter<'a>(at: &str, f: &'a TrafficFilter) -> Result<Filter<'a>, Refusal> {
@@ -680,10 +823,8 @@ mod tests {
             ("DROP", "DROP"),
             ("FORWARD", "FORWARD_DECAPSULATED"),
             ("DECAPSULATED", "FORWARD_DECAPSULATED"),
-            ("FORWARD_AS_IS", "FORWARD_AS_IS"),
             ("PASSTHROUGH", "PASSTHROUGH"),
             ("DUPLICATED_DECAPSULATED", "DUPLICATE_DECAPSULATED"),
-            ("DUPLICATE_AS_IS", "DUPLICATE_AS_IS"),
         ] {
             let mut v = seed();
             v["appTrafficRule"][0]["action"] = northbound.into();
@@ -692,6 +833,19 @@ mod tests {
                 body.contains(&format!(r#""action":"{mec011}","#)),
                 "{northbound}: {body}"
             );
+        }
+    }
+
+    #[test]
+    fn v1_actions_missing_from_v2_1_1_are_refused_naming_the_rule() {
+        for northbound in ["FORWARD_AS_IS", "DUPLICATE_AS_IS"] {
+            let mut v = seed();
+            v["appTrafficRule"][0]["action"] = northbound.into();
+            let refusal = plan_of(&v).unwrap_err();
+            assert!(refusal.rule.contains("appTrafficRule[0]"), "{refusal}");
+            assert!(refusal.rule.ends_with("action"), "{refusal}");
+            assert!(refusal.reason.contains(northbound), "{refusal}");
+            assert!(refusal.reason.contains("v2.1.1"), "{refusal}");
         }
     }
 
@@ -811,7 +965,7 @@ mod tests {
     }
 
     /// A scripted answer: the ETag of a 2xx, or an error.
-    type Scripted = Result<Option<String>, MepError>;
+    type Scripted = Result<(Option<String>, String), MepError>;
 
     /// Answers calls from a script, in order; records them.
     #[derive(Default, Clone)]
@@ -848,7 +1002,7 @@ mod tests {
             url: &str,
             json_body: Option<&str>,
             headers: &[(&str, &str)],
-        ) -> Result<Option<String>, MepError> {
+        ) -> Result<(Option<String>, String), MepError> {
             self.sent.lock().unwrap().push(Sent {
                 method: method.into(),
                 url: url.into(),
@@ -866,8 +1020,14 @@ mod tests {
         }
     }
 
+    /// A 2xx answer without a body (a GET answered so gives no rule to modify).
     fn ok(etag: Option<&str>) -> Scripted {
-        Ok(etag.map(str::to_string))
+        Ok((etag.map(str::to_string), String::new()))
+    }
+
+    /// A GET answered with `rule`.
+    fn rule(etag: Option<&str>, rule: &str) -> Scripted {
+        Ok((etag.map(str::to_string), rule.to_string()))
     }
 
     fn refused(status: u16, detail: &str) -> Scripted {
@@ -915,6 +1075,109 @@ mod tests {
                     headers: headers(&[("X-AppinstanceID", "app 1"), ("If-Match", "\"v7\"")]),
                 },
             ]
+        );
+    }
+
+    /// The platform's own traffic rule `tr1` (from its descriptor): priority 5, a field the
+    /// plugin does not know, and `state`.
+    fn platform_rule(state: &str) -> String {
+        format!(
+            r#"{{"trafficRuleId":"tr1","filterType":"FLOW","priority":5,"trafficFilter":[{{"dstAddress":["10.0.0.1"]}}],"action":"DROP","vendorExtension":{{"k":[1,2]}},"state":"{state}"}}"#
+        )
+    }
+
+    /// `rule` with its `state` replaced, as a JSON value.
+    fn with_state(rule: &str, state: &str) -> serde_json::Value {
+        let mut v: serde_json::Value = serde_json::from_str(rule).unwrap();
+        v["state"] = state.into();
+        v
+    }
+
+    #[test]
+    fn activation_puts_back_the_platform_s_rule_with_only_its_state_changed() {
+        let steps = seed_steps_for("app 1");
+        let inactive_rule = platform_rule("INACTIVE");
+        let script = Script::new(vec![rule(Some("\"v7\""), &inactive_rule), ok(None)]);
+        assert_eq!(
+            script.driver().apply_with_prior(&steps[1]),
+            Ok(Applied::Changed)
+        );
+        let sent = script.sent();
+        assert_eq!(sent.len(), 2);
+        let body: serde_json::Value =
+            serde_json::from_str(sent[1].body.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            body,
+            with_state(&inactive_rule, "ACTIVE"),
+            "priority 5 and extras kept"
+        );
+        assert_eq!(
+            sent[1].headers,
+            headers(&[("X-AppinstanceID", "app 1"), ("If-Match", "\"v7\"")])
+        );
+    }
+
+    #[test]
+    fn a_rule_already_active_is_not_put_and_counts_as_in_place() {
+        let steps = seed_steps_for("app 1");
+        let script = Script::new(vec![rule(None, &platform_rule("ACTIVE"))]);
+        assert_eq!(
+            script.driver().apply_with_prior(&steps[1]),
+            Ok(Applied::AlreadyInPlace)
+        );
+        assert_eq!(script.sent().len(), 1, "only the GET");
+    }
+
+    #[test]
+    fn deactivation_puts_back_the_platform_s_rule_with_only_its_state_changed() {
+        let steps = seed_steps_for("app 1");
+        let active_rule = platform_rule("ACTIVE");
+        let script = Script::new(vec![rule(None, &active_rule), ok(None)]);
+        script.driver().remove(&steps[1]).unwrap();
+        let sent = script.sent();
+        let body: serde_json::Value =
+            serde_json::from_str(sent[1].body.as_deref().unwrap()).unwrap();
+        assert_eq!(body, with_state(&active_rule, "INACTIVE"));
+        // Already inactive: nothing to put.
+        let script = Script::new(vec![rule(None, &platform_rule("INACTIVE"))]);
+        script.driver().remove(&steps[1]).unwrap();
+        assert_eq!(script.sent().len(), 1);
+    }
+
+    #[test]
+    fn a_get_refused_with_403_falls_back_to_the_body_built_from_the_request() {
+        let steps = seed_steps_for("app 1");
+        let script = Script::new(vec![refused(403, "not allowed now"), ok(None)]);
+        assert_eq!(
+            script.driver().apply_with_prior(&steps[0]),
+            Ok(Applied::Changed)
+        );
+        let sent = script.sent();
+        assert_eq!(sent[1].method, "PUT");
+        assert_eq!(sent[1].body.as_deref(), Some(steps[0].body()));
+        assert_eq!(sent[1].headers, headers(&[("X-AppinstanceID", "app 1")]));
+    }
+
+    #[test]
+    fn after_a_412_the_rule_read_again_is_the_one_put_back() {
+        let steps = seed_steps_for("app 1");
+        let first = platform_rule("INACTIVE");
+        let changed = first.replace(r#""priority":5"#, r#""priority":9"#);
+        let script = Script::new(vec![
+            rule(Some("\"1\""), &first),
+            refused(412, ""),
+            rule(Some("\"2\""), &changed),
+            ok(None),
+        ]);
+        script.driver().apply(&steps[1]).unwrap();
+        let sent = script.sent();
+        assert_eq!(sent.len(), 4);
+        let body: serde_json::Value =
+            serde_json::from_str(sent[3].body.as_deref().unwrap()).unwrap();
+        assert_eq!(body, with_state(&changed, "ACTIVE"));
+        assert_eq!(
+            sent[3].headers[1],
+            ("If-Match".to_string(), "\"2\"".to_string())
         );
     }
 

@@ -33,7 +33,8 @@
 //!   dialect has no "any port", and ranges are refused), `Protocol` optional (`tcp`, `udp`,
 //!   `any`, case-insensitive; absent = any). `srcPort`, `Token`, the four tunnel fields, `qci`,
 //!   `dscp` and `tc` are refused when present and non-empty.
-//! - At most [`MAX_STEPS`] calls per request, holding at most [`MAX_IMSI_BYTES`] of IMSI lists
+//! - At most the region's `max_calls` calls per request (DNS and traffic together; expansion
+//!   stops as soon as a request goes past it), holding at most [`MAX_IMSI_BYTES`] of IMSI lists
 //!   in all (each call repeats its filter's list, and every call is kept with the request);
 //!   identical calls within a request are sent once.
 
@@ -54,8 +55,6 @@ use crate::model::{
 pub const DNS_TARGET: &str = "/api/mp1/traffic/all";
 /// Path of traffic redirects.
 pub const TRAFFIC_TARGET: &str = "/api/mp1/traffic/imsi";
-/// Most calls one request may expand to (filters × addresses × ports × protocols).
-pub const MAX_STEPS: usize = 1024;
 /// Most bytes of IMSI lists the calls of one request may carry together: each call repeats
 /// its filter's whole list, so a 1 MiB body could otherwise expand to a gigabyte of calls held
 /// in memory and in the journal.
@@ -64,6 +63,8 @@ pub const MAX_IMSI_BYTES: usize = 4 << 20;
 /// What the traffic rules of a request may still expand to.
 struct Budget {
     calls: usize,
+    /// The bound `calls` started from, for messages.
+    max_calls: usize,
     imsi_bytes: usize,
 }
 
@@ -73,6 +74,8 @@ const NO_MAC: &str = "00:00:00:00:00:00";
 #[derive(Debug)]
 pub struct LlMec {
     client: MepClient,
+    /// The region's `max_calls`: what one request may expand to.
+    max_calls: usize,
 }
 
 /// Body of `/api/mp1/traffic/all` (field order is the wire order).
@@ -122,6 +125,7 @@ impl LlMec {
     pub fn new(mep: &MepConfig) -> LlMec {
         LlMec {
             client: MepClient::new(mep),
+            max_calls: mep.max_calls,
         }
     }
 }
@@ -132,7 +136,7 @@ impl Driver for LlMec {
     }
 
     fn plan(&self, _request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
-        plan(request)
+        plan(request, self.max_calls)
     }
 
     fn apply(&self, step: &Step) -> Result<(), MepError> {
@@ -153,13 +157,23 @@ impl Driver for LlMec {
 }
 
 /// The steps for a request: DNS rules first, then traffic rules, each in request order.
-fn plan(request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
+fn plan(request: &CreationRequest, max_calls: usize) -> Result<Vec<Step>, Refusal> {
     let mut steps = Vec::new();
     for (i, rule) in request.dns_rules().iter().enumerate() {
         steps.push(dns_step(i, rule)?);
     }
+    if steps.len() > max_calls {
+        return Err(refuse(
+            "appDNSRule".to_string(),
+            format!(
+                "the request needs {} LL-MEC calls for its DNS rules alone, more than the region's max_calls ({max_calls}); split it",
+                steps.len()
+            ),
+        ));
+    }
     let mut budget = Budget {
-        calls: MAX_STEPS.saturating_sub(steps.len()),
+        calls: max_calls - steps.len(),
+        max_calls,
         imsi_bytes: MAX_IMSI_BYTES,
     };
     for (i, rule) in request.traffic_rules().iter().enumerate() {
@@ -246,7 +260,8 @@ fn traffic_steps(
             return Err(refuse(
                 format!("{at} trafficFilter[{j}]"),
                 format!(
-                    "the request expands to more than {MAX_STEPS} LL-MEC calls (one per destination address, port and protocol); split it"
+                    "the request expands to more than the region's max_calls ({}) LL-MEC calls (one per destination address, port and protocol); split it",
+                    budget.max_calls
                 ),
             ));
         }
@@ -490,7 +505,7 @@ mod tests {
 
     fn plan_of(v: &serde_json::Value) -> Result<Vec<Step>, Refusal> {
         let request = parse_creation(v.to_string().as_bytes()).unwrap();
-        plan(&request)
+        plan(&request, crate::config::DEFAULT_MAX_CALLS)
     }
 
     /// The seed with a change to its traffic filter 0.
@@ -811,7 +826,7 @@ mod tests {
         // Exactly at the cap: accepted.
         let mut v = v;
         v["appDNSRule"] = serde_json::json!([]);
-        assert_eq!(plan_of(&v).unwrap().len(), MAX_STEPS);
+        assert_eq!(plan_of(&v).unwrap().len(), 1024);
     }
 
     #[test]

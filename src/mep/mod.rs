@@ -91,6 +91,9 @@ pub enum MepError {
     },
     /// The platform could not be reached or the exchange broke off.
     Unreachable { url: String, reason: String },
+    /// The call failed before any byte of it was written (connection refused, name
+    /// resolution, TLS handshake, connect timeout): the platform cannot have acted on it.
+    NotSent { url: String, reason: String },
     /// The platform did not answer within `timeout_ms`.
     Timeout { url: String },
 }
@@ -103,9 +106,23 @@ impl MepError {
     /// True when the platform may have applied the call although we saw no success (the
     /// answer was lost): the step must then be treated as possibly applied. A 502 or 504
     /// comes from a gateway in front of the platform that lost the platform's answer (or
-    /// never got one), so the call may have been applied behind it.
+    /// never got one), so the call may have been applied behind it. A call that was never
+    /// written ([`MepError::NotSent`]) is not.
     pub fn is_ambiguous(&self) -> bool {
-        !matches!(self, MepError::Refused { status, .. } if !matches!(status, 502 | 504))
+        match self {
+            MepError::Refused { status, .. } => matches!(status, 502 | 504),
+            MepError::NotSent { .. } => false,
+            MepError::Unreachable { .. } | MepError::Timeout { .. } => true,
+        }
+    }
+
+    /// The same failure of a call that was part of an exchange already under way (a task
+    /// poll after its POST): never "not sent", since the exchange as a whole was.
+    pub fn within_exchange(self) -> MepError {
+        match self {
+            MepError::NotSent { url, reason } => MepError::Unreachable { url, reason },
+            other => other,
+        }
     }
 }
 
@@ -129,12 +146,25 @@ impl fmt::Display for MepError {
             MepError::Unreachable { url, reason } => {
                 write!(f, "MEP at {url} unreachable: {reason}")
             }
+            MepError::NotSent { url, reason } => {
+                write!(f, "MEP at {url} unreachable (nothing was sent): {reason}")
+            }
             MepError::Timeout { url } => write!(f, "MEP at {url} did not answer in time"),
         }
     }
 }
 
 impl std::error::Error for MepError {}
+
+/// What an apply found on the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The call changed the platform: the removal undoes it.
+    Changed,
+    /// The platform already had the rule in place before the request (a MEC 011 rule
+    /// already ACTIVE): nothing was changed, and the removal must leave it as it was.
+    AlreadyInPlace,
+}
 
 /// A rule the platform's dialect cannot express; nothing is sent for the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +191,13 @@ pub trait Driver: Send + Sync {
 
     /// Applies one step. Returns only once the platform confirmed it.
     fn apply(&self, step: &Step) -> Result<(), MepError>;
+
+    /// [`apply`](Driver::apply), also saying whether the platform had the rule in place
+    /// already (what the service records as the step's prior state). By default every
+    /// apply changes the platform.
+    fn apply_with_prior(&self, step: &Step) -> Result<Applied, MepError> {
+        self.apply(step).map(|()| Applied::Changed)
+    }
 
     /// Removes one previously planned step. A platform that no longer has it (404) counts as
     /// success: removal is idempotent.
@@ -240,6 +277,12 @@ mod tests {
             assert!(refused(status).is_ambiguous(), "{status}: from a gateway");
         }
         assert!(MepError::Timeout { url: "u".into() }.is_ambiguous());
+        let not_sent = MepError::NotSent {
+            url: "u".into(),
+            reason: "connection refused".into(),
+        };
+        assert!(!not_sent.is_ambiguous(), "never written: not applied");
+        assert!(not_sent.within_exchange().is_ambiguous());
         assert!(
             MepError::Unreachable {
                 url: "u".into(),

@@ -7,7 +7,13 @@
 //! What it checks like a real platform would:
 //! - `PUT` needs `X-AppinstanceID` equal to the (decoded) application id of the path, a JSON
 //!   object whose `trafficRuleId`/`dnsRuleId` is the path's rule id and whose `state` is
-//!   `ACTIVE` or `INACTIVE`; otherwise 400 ProblemDetails;
+//!   `ACTIVE` or `INACTIVE`, and which is the rule as the platform holds it with only `state`
+//!   changed (MEC 011: `state` is the attribute a PUT may update); otherwise 400
+//!   ProblemDetails. The platform's rules have their own data (priority, fields the plugin
+//!   does not know), `INACTIVE` or `ACTIVE` beforehand ([`set_state`](FakeEtsi::set_state));
+//! - a rule whose `GET` is forbidden ([`forbid_get`](FakeEtsi::forbid_get)) answers it 403
+//!   ProblemDetails, and takes only the `state` of a `PUT` (whose other fields it cannot
+//!   expect the client to know);
 //! - an application or rule it does not know is 404 ProblemDetails;
 //! - with [`enable_etags`](FakeEtsi::enable_etags), answers carry `ETag: "<version>"` and a
 //!   `PUT` whose `If-Match` differs is 412 (with [`require_if_match`](FakeEtsi::require_if_match)
@@ -83,6 +89,8 @@ struct State {
     delay: Duration,
     /// Rules every application instance has (see `preload_any`).
     template: Option<(Vec<Value>, Vec<Value>)>,
+    /// Rules whose GET answers 403.
+    forbidden: std::collections::HashSet<Key>,
 }
 
 struct Shared {
@@ -191,6 +199,24 @@ impl FakeEtsi {
         lock(&self.shared.state)
             .concurrent
             .insert(key(app, collection, id), times);
+    }
+
+    /// Sets the stored `state` of a rule (e.g. ACTIVE beforehand, as its descriptor may say).
+    pub fn set_state(&self, app: &str, collection: &str, id: &str, state: &str) {
+        let mut s = lock(&self.shared.state);
+        let rule = s
+            .rules
+            .get_mut(&key(app, collection, id))
+            .unwrap_or_else(|| panic!("no rule {app}/{collection}/{id} preloaded"));
+        rule.body["state"] = state.into();
+        rule.version += 1;
+    }
+
+    /// The `GET` of this rule answers 403 from now on.
+    pub fn forbid_get(&self, app: &str, collection: &str, id: &str) {
+        lock(&self.shared.state)
+            .forbidden
+            .insert(key(app, collection, id));
     }
 
     /// Every call received so far, in arrival order (faults included).
@@ -457,15 +483,25 @@ fn answer(call: &Call, state: &mut State) -> Answer {
     let rule_key = (app.clone(), collection, id.clone());
     let etags = state.etags;
     let require_if_match = state.require_if_match;
-    let Some(rule) = state.rules.get_mut(&rule_key) else {
+    if !state.rules.contains_key(&rule_key) {
         return problem(
             404,
             "Not Found",
             format!("application instance '{app}' has no rule '{id}' in {collection}"),
             path,
         );
+    }
+    let forbidden = state.forbidden.contains(&rule_key);
+    let Some(rule) = state.rules.get_mut(&rule_key) else {
+        unreachable!("looked up above")
     };
     match call.method.as_str() {
+        "GET" if forbidden => problem(
+            403,
+            "Forbidden",
+            "the operation is not allowed given the current status of the resource".into(),
+            path,
+        ),
         "GET" => {
             let answer = Answer {
                 status: 200,
@@ -547,7 +583,29 @@ fn answer(call: &Call, state: &mut State) -> Answer {
                     path,
                 );
             }
-            rule.body = new;
+            let without_state = |v: &Value| {
+                let mut v = v.clone();
+                if let Some(object) = v.as_object_mut() {
+                    object.remove("state");
+                }
+                v
+            };
+            if forbidden {
+                // It could not be read: only its state is taken.
+                rule.body["state"] = new["state"].clone();
+            } else if without_state(&new) != without_state(&rule.body) {
+                return problem(
+                    400,
+                    "Bad Request",
+                    format!(
+                        "only state may be updated: the body {new} differs from the rule {} in other fields",
+                        rule.body
+                    ),
+                    path,
+                );
+            } else {
+                rule.body = new;
+            }
             rule.version += 1;
             Answer {
                 status: 200,

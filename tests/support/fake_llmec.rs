@@ -72,6 +72,10 @@ struct State {
     failing_posts: BTreeMap<u64, u16>,
     fail_all: Option<u16>,
     delay: Duration,
+    /// Extra wait of every POST (see [`FakeLlMec::late_posts`]).
+    post_delay: Duration,
+    /// A DELETE of a rule not installed answers 200 instead of 404.
+    absent_delete_ok: bool,
     chaos: Option<Chaos>,
     /// State of the random generator of `chaos` (xorshift64, never 0).
     rng: u64,
@@ -213,6 +217,19 @@ impl FakeLlMec {
     /// platform). Other connections are served meanwhile. `Duration::ZERO` removes it.
     pub fn delay(&self, delay: Duration) {
         lock(&self.shared.state).delay = delay;
+    }
+
+    /// Every POST received from now on is answered only after `delay` and then installs its
+    /// rule, whether or not the client is still waiting (a late answer). Other calls are not
+    /// delayed. `Duration::ZERO` removes it.
+    pub fn late_posts(&self, delay: Duration) {
+        lock(&self.shared.state).post_delay = delay;
+    }
+
+    /// A DELETE of a rule that is not installed answers 200 (as a platform may: removing
+    /// flows that are absent is not an error there) when `ok`, else 404 (the default).
+    pub fn absent_delete_ok(&self, ok: bool) {
+        lock(&self.shared.state).absent_delete_ok = ok;
     }
 
     /// Outage: closes the listener (new connections are refused) and resets every open
@@ -441,6 +458,9 @@ fn handle(mut request: Request, shared: &Shared) {
         };
         // Chaos: a random delay, and maybe a fault (a lost answer: carried out, then `lost`).
         let (mut delay, mut lost) = (state.delay, None);
+        if method == "POST" {
+            delay += state.post_delay;
+        }
         if let Some(chaos) = state.chaos {
             delay += Duration::from_micros(state.below(chaos.max_delay.as_micros() as u64 + 1));
             if matches!(plan, Plan::Install | Plan::Uninstall)
@@ -476,7 +496,8 @@ fn handle(mut request: Request, shared: &Shared) {
             (200, "{}".to_string())
         }
         Plan::Uninstall => {
-            if lock(&shared.state).installed.remove(&(path, body)) {
+            let mut state = lock(&shared.state);
+            if state.installed.remove(&(path, body)) || state.absent_delete_ok {
                 (200, "{}".to_string())
             } else {
                 (404, r#"{"detail":"no such rule"}"#.to_string())

@@ -1,0 +1,196 @@
+//! What the plugin believes is on its platforms stays true, end to end: a late answer never
+//! orphans a rule (the settle window), a call that was never written is not applied, the
+//! bound on the calls one request may cause, and the DELETE of a request whose region is no
+//! longer configured.
+
+mod support;
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::fake_llmec::{DNS_PATH, FakeLlMec};
+use support::{Plugin, eventually, llmec_region, server_section, simulated_region, temp_dir};
+
+/// The seed example's traffic rule alone (one LL-MEC call).
+fn traffic_only() -> String {
+    let mut v: Value = serde_json::from_str(include_str!("data/seed-trafficrule.json")).unwrap();
+    v.as_object_mut().unwrap().remove("appDNSRule");
+    v.to_string()
+}
+
+/// `n` DNS rules (one LL-MEC call each).
+fn dns_rules(n: usize) -> String {
+    let rules: Vec<Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({"dnsRuleId": format!("d{i}"), "domainName": format!("n{i}.example.org"),
+                "ipAddressType": "IP_V4", "ipAddress": "172.24.248.5"})
+        })
+        .collect();
+    serde_json::json!({"RegionId": "2", "appDNSRule": rules}).to_string()
+}
+
+fn status_detail(p: &Plugin, id: &str) -> String {
+    p.get(&format!("/service/requests/{id}")).json["statusDetail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The differential case: the platform answers the rule's POST only after 800 ms (timeout
+/// 300 ms), then installs it. The undo's DELETE reaches it first and is answered `absent`
+/// (200 when `absent_ok`, else 404), which proves nothing: the removal is sent again once the
+/// settle window (1.5 s here) has passed, and nothing stays on the platform.
+fn a_late_apply_is_removed_after_the_settle_window(absent_ok: bool) {
+    let fake = FakeLlMec::start();
+    let settle = Duration::from_millis(1500);
+    let p = Plugin::start(&format!(
+        "{}{}settle_ms = {}\n",
+        server_section(""),
+        llmec_region("2", &fake.url(), 300),
+        settle.as_millis()
+    ));
+    fake.late_posts(Duration::from_millis(800));
+    fake.absent_delete_ok(absent_ok);
+    let started = Instant::now();
+    let r = p.post(&traffic_only());
+    r.problem(504);
+    let id = r.json["RequestId"].as_str().unwrap().to_string();
+    // The early removal was answered, the late POST then landed: the record still covers it.
+    assert!(
+        eventually(Duration::from_secs(5), || !fake.installed().is_empty()),
+        "the late POST installs the rule"
+    );
+    if started.elapsed() < settle {
+        let detail = status_detail(&p, &id);
+        assert!(detail.contains("settle window"), "{detail}");
+    }
+    // Within the settle window plus one retry, nothing is left and the record says so.
+    assert!(
+        eventually(Duration::from_secs(8), || fake.installed().is_empty()),
+        "the removal is repeated after the window: {:?}",
+        fake.calls()
+    );
+    assert!(started.elapsed() >= settle, "not removed before the window");
+    let deletes = fake.calls().iter().filter(|c| c.method == "DELETE").count();
+    assert!(deletes >= 2, "the early removal, then one after the window");
+    assert!(eventually(Duration::from_secs(3), || status_detail(
+        &p, &id
+    )
+    .contains("has since been removed from the platform")));
+    let detail = status_detail(&p, &id);
+    assert!(detail.contains("did not answer in time"), "{detail}");
+    // Nothing left: the DELETE of the request answers 201 without a platform call.
+    fake.clear_calls();
+    assert_eq!(p.delete(&id).status, 201);
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+}
+
+#[test]
+fn a_late_apply_after_an_early_removal_answered_200_is_removed_after_the_settle_window() {
+    a_late_apply_is_removed_after_the_settle_window(true);
+}
+
+#[test]
+fn a_late_apply_after_an_early_removal_answered_404_is_removed_after_the_settle_window() {
+    a_late_apply_is_removed_after_the_settle_window(false);
+}
+
+#[test]
+fn a_platform_that_refuses_connections_applied_nothing_and_its_request_is_deleted_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let p = Plugin::start(&format!(
+        "{}{}",
+        server_section(""),
+        llmec_region("2", &url, 1000)
+    ));
+    let r = p.post(&traffic_only());
+    let detail = r.problem(502);
+    assert!(detail.contains("nothing was sent"), "{detail}");
+    let id = r.json["RequestId"].as_str().unwrap().to_string();
+    let record = p.get(&format!("/service/requests/{id}"));
+    assert_eq!(record.json["status"], "FAILED");
+    let detail = status_detail(&p, &id);
+    assert!(!detail.contains("may remain"), "{detail}");
+    let started = Instant::now();
+    let d = p.delete(&id);
+    assert_eq!(d.status, 201, "{:?}", d.json);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(p.get(&format!("/service/requests/{id}")).status, 404);
+}
+
+#[test]
+fn a_request_may_cause_max_calls_platform_calls_and_not_one_more() {
+    let fake = FakeLlMec::start();
+    let p = Plugin::start(&format!(
+        "{}{}max_calls = 3\n",
+        server_section(""),
+        llmec_region("2", &fake.url(), 1000)
+    ));
+    // At the bound: accepted.
+    let r = p.post(&dns_rules(3));
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(fake.installed().len(), 3);
+    // Just past it (DNS calls count too): refused naming the count, nothing sent.
+    fake.clear_calls();
+    let detail = p.post(&dns_rules(4)).problem(422);
+    assert!(
+        detail.contains('4') && detail.contains("max_calls (3)"),
+        "{detail}"
+    );
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+    assert!(fake.installed().iter().all(|(path, _)| path == DNS_PATH));
+}
+
+#[test]
+fn a_delete_in_a_region_no_longer_configured_is_409_until_forgotten_deliberately() {
+    let fake = FakeLlMec::start();
+    let dir = temp_dir("region-gone");
+    let p = Plugin::start_in(
+        &format!(
+            "{}{}{}",
+            server_section(""),
+            llmec_region("2", &fake.url(), 1000),
+            simulated_region("3")
+        ),
+        &dir,
+    );
+    let r = p.post(&traffic_only());
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let id = r.json["RequestId"].as_str().unwrap().to_string();
+    p.stop();
+
+    // Region 2 removed from the configuration.
+    let p = Plugin::start_in(
+        &format!("{}{}", server_section(""), simulated_region("3")),
+        &dir,
+    );
+    let path = format!("/service/requests/{id}");
+    let before = p.get(&path).json;
+    let detail = p.delete(&id).problem(409);
+    assert!(detail.contains("region '2'"), "{detail}");
+    assert!(
+        detail.contains(&fake.url()),
+        "names the platform URL: {detail}"
+    );
+    assert_eq!(p.get(&path).json, before, "the record is unchanged");
+    assert_eq!(fake.installed().len(), 1);
+
+    let r = p.call("DELETE", &format!("{path}?forget=true"), None);
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(r.json["status"], "DELETED");
+    assert_eq!(p.get(&path).status, 404);
+    assert_eq!(fake.installed().len(), 1, "left on the platform, as asked");
+    let metrics = ureq::get(format!("http://{}/metrics", p.app.local_addr()))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("mec_plugin_requests_forgotten_total 1"),
+        "{metrics}"
+    );
+}
