@@ -550,8 +550,21 @@ fn worker_loop(shared: &Arc<Shared>) {
             }
         };
         let Some(job) = job else { break };
+        let (token, serial) = (job.token, job.serial);
         if panic::catch_unwind(AssertUnwindSafe(|| serve(shared, job))).is_err() {
+            // E.g. `answered` panicked: the connection still gets an answer, and is closed.
             log::error!("request handling failed outside the handler");
+            let error = ApiError::Internal {
+                detail: "an internal error occurred while handling the request".into(),
+            };
+            let out = render(&error.to_response(shared.api_style), false, true);
+            shared.tell(News::Response {
+                token,
+                serial,
+                out,
+                pipe: None,
+                close: true,
+            });
         }
     }
 }
@@ -2206,6 +2219,31 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
         assert!(text.contains("Content-Length: "), "{text}");
         assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
+    }
+
+    /// Its `answered` panics.
+    struct BadCounter;
+
+    impl RequestHandler for BadCounter {
+        fn handle(&self, _: &Request) -> Response {
+            Response::json(200, b"{}".to_vec())
+        }
+
+        fn answered(&self, _: &Request, _: u16, _: Duration) {
+            panic!("the counter failed");
+        }
+    }
+
+    #[test]
+    fn a_panic_outside_the_handler_still_answers_500_and_closes() {
+        let server = Server::start(options(1), Arc::new(BadCounter)).unwrap();
+        for _ in 0..2 {
+            let mut s = connect(&server);
+            s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+            let text = read_all(s);
+            assert!(text.starts_with("HTTP/1.1 500 "), "{text}");
+            assert!(text.contains("Connection: close"), "{text}");
+        }
     }
 
     #[test]
