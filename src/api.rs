@@ -115,6 +115,15 @@ impl RequestHandler for Api {
         .to_response(self.style)
     }
 
+    /// Refuses from the head alone, before any body byte is read, a request that lacks the
+    /// token where one is needed: the same 401 [`handle`](RequestHandler::handle) would give.
+    fn admit(&self, head: &Request) -> Option<Response> {
+        let path = head.path();
+        let protected = route(path).map_or(path.starts_with(BASE), |r| r.protected());
+        (protected && !self.authorized(head))
+            .then(|| ApiError::Unauthorized.to_response(self.style))
+    }
+
     /// Counts an answered request in the metrics, under its route's template (`other` for a
     /// path that is no route), whoever answered it.
     fn answered(&self, request: &Request, status: u16, took: Duration) {
@@ -216,6 +225,7 @@ fn metrics(service: &Service) -> Response {
         content_type: "text/plain; version=0.0.4; charset=utf-8",
         headers: Vec::new(),
         body: text.into_bytes(),
+        stream: None,
     }
 }
 
@@ -474,23 +484,16 @@ fn listing(
         _ => None,
     };
     let records = page.records;
-    // Serialised record by record from the pointers taken under the lock. Until the server
-    // can stream a body, into one buffer; once it can, this one line becomes the streamed
-    // body, e.g. `Response::streamed(200, move |out| write_listing(out, &records, style))`.
-    let response = Response::json(200, listing_body(&records, style)?);
+    // Streamed record by record from the pointers taken under the lock: a listing holds one
+    // record's view at a time, whatever its length. A stored request that cannot be read (a
+    // bug) cuts the connection, since the status line is already out.
+    let response = Response::stream(200, crate::http::JSON, move |out| {
+        write_listing(out, &records, style)
+    });
     Ok(match next {
         Some(link) => response.with_header("Link", link),
         None => response,
     })
-}
-
-/// The listing's JSON array in one buffer.
-fn listing_body(records: &[Arc<Record>], style: ApiStyle) -> Result<Vec<u8>, ApiError> {
-    let mut body = Vec::new();
-    write_listing(&mut body, records, style).map_err(|e| ApiError::Internal {
-        detail: e.to_string(),
-    })?;
-    Ok(body)
 }
 
 /// Writes the JSON array of `records` (views in `style`) to `out` record by record: only one

@@ -39,8 +39,16 @@ pub struct ServerConfig {
     /// Bound on each socket read and write, and on receiving a whole request body; an idle
     /// keep-alive connection is closed after it (default 5 s).
     pub read_timeout: Duration,
-    /// Connection threads kept ready for bursts of new connections (default 128).
+    /// Accepted and ignored since connections no longer have threads (default 128).
     pub connection_threads: usize,
+    /// An idle keep-alive connection is closed, silently, after this (default 5 s).
+    pub idle_timeout: Duration,
+    /// Largest request head: request line plus header fields (default 16384 bytes).
+    pub max_head_bytes: usize,
+    /// Most header fields in a request head (default 100).
+    pub max_headers: usize,
+    /// Most connections served at once; one more gets 503 (default 1024).
+    pub max_connections: usize,
     /// Force every change to disk before acknowledging it (default true; false only for
     /// benchmarks: changes then survive a crash of the process but not of the machine).
     pub fsync: bool,
@@ -213,6 +221,10 @@ struct RawServer {
     max_body_bytes: Option<Spanned<i64>>,
     read_timeout_ms: Option<Spanned<i64>>,
     connection_threads: Option<Spanned<i64>>,
+    idle_timeout_ms: Option<Spanned<i64>>,
+    max_head_bytes: Option<Spanned<i64>>,
+    max_headers: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
     fsync: Option<bool>,
     retry_initial_ms: Option<Spanned<i64>>,
     retry_max_ms: Option<Spanned<i64>>,
@@ -321,12 +333,31 @@ impl Config {
                         5000,
                     )? as u64),
                     connection_threads: int(
-                        s.connection_threads,
+                        s.connection_threads.inspect(|v| {
+                            log::warn!(
+                                "line {}: [server] connection_threads is accepted and ignored: \
+                                 connections no longer have threads of their own (see \
+                                 max_connections)",
+                                at(v.span())
+                            )
+                        }),
                         "connection_threads",
                         4,
                         4096,
                         128,
                     )? as usize,
+                    idle_timeout: Duration::from_millis(int(
+                        s.idle_timeout_ms,
+                        "idle_timeout_ms",
+                        100,
+                        3_600_000,
+                        5000,
+                    )? as u64),
+                    max_head_bytes: int(s.max_head_bytes, "max_head_bytes", 1024, 1 << 20, 16384)?
+                        as usize,
+                    max_headers: int(s.max_headers, "max_headers", 8, 1000, 100)? as usize,
+                    max_connections: int(s.max_connections, "max_connections", 1, 65536, 1024)?
+                        as usize,
                     fsync: s.fsync.unwrap_or(true),
                     max_requests: int(s.max_requests, "max_requests", 1, 100_000_000, 100_000)?
                         as usize,
@@ -606,6 +637,10 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             read_timeout: Duration::from_secs(5),
             connection_threads: 128,
+            idle_timeout: Duration::from_secs(5),
+            max_head_bytes: 16384,
+            max_headers: 100,
+            max_connections: 1024,
             fsync: true,
             retry: RetryPolicy::default(),
             token: None,
@@ -759,6 +794,42 @@ url = "http://127.0.0.1:13000/"
         assert_eq!(c.server.read_timeout, Duration::from_millis(700));
         assert_eq!(c.server.connection_threads, 16);
         assert_eq!(c.server.state_dir, PathBuf::from("/var/lib/x"));
+    }
+
+    #[test]
+    fn the_front_end_bounds_are_read_with_their_defaults_and_ranges() {
+        let c = Config::parse(MINIMAL, "f").unwrap();
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(5));
+        assert_eq!(
+            (
+                c.server.max_head_bytes,
+                c.server.max_headers,
+                c.server.max_connections
+            ),
+            (16384, 100, 1024)
+        );
+        let text = format!(
+            "[server]\nidle_timeout_ms = 1500\nmax_head_bytes = 4096\nmax_headers = 20\nmax_connections = 7\n{MINIMAL}"
+        );
+        let c = Config::parse(&text, "f").unwrap();
+        assert_eq!(c.server.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(
+            (
+                c.server.max_head_bytes,
+                c.server.max_headers,
+                c.server.max_connections
+            ),
+            (4096, 20, 7)
+        );
+        for bad in [
+            "max_head_bytes = 100",
+            "max_headers = 0",
+            "max_connections = 0",
+            "idle_timeout_ms = 1",
+        ] {
+            let e = parse_err(&format!("[server]\n{bad}\n{MINIMAL}"));
+            assert!(e.contains("out of range"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -383,6 +383,12 @@ fn every_error() -> Vec<ApiError> {
         },
         ApiError::StateFull { detail: s() },
         ApiError::RequestLimit { limit: 1 },
+        ApiError::HeadTimeout,
+        ApiError::UriTooLong { limit: 1 },
+        ApiError::HeadersTooLarge { detail: s() },
+        ApiError::ExpectationFailed { expect: s() },
+        ApiError::VersionNotSupported,
+        ApiError::TooManyConnections { limit: 1 },
     ]
 }
 
@@ -409,6 +415,12 @@ fn variant(e: &ApiError) -> usize {
         ApiError::StateFull { .. } => 16,
         ApiError::RequestLimit { .. } => 17,
         ApiError::RegionGone { .. } => 18,
+        ApiError::HeadTimeout => 19,
+        ApiError::UriTooLong { .. } => 20,
+        ApiError::HeadersTooLarge { .. } => 21,
+        ApiError::ExpectationFailed { .. } => 22,
+        ApiError::VersionNotSupported => 23,
+        ApiError::TooManyConnections { .. } => 24,
     }
 }
 
@@ -418,7 +430,7 @@ fn every_documented_status_is_one_the_api_produces_and_every_error_is_documented
     let listed: BTreeSet<usize> = errors.iter().map(variant).collect();
     assert_eq!(
         listed,
-        (0..19).collect(),
+        (0..25).collect(),
         "every ApiError variant is listed"
     );
     let error_codes: BTreeSet<u16> = errors.iter().map(ApiError::status).collect();
