@@ -459,10 +459,21 @@ impl Service {
         };
         match undone {
             Ok(()) => {
+                // Whether or not its removal was written, the record may be read back at the
+                // next start (a removal not made durable): the answer names it.
                 let mut record = self
                     .store
                     .remove(id)
-                    .map_err(|e| self.abandon(id, e))?
+                    .map_err(|e| match self.abandon(id, e) {
+                        ApiError::StateWrite {
+                            detail, no_space, ..
+                        } => ApiError::StateWrite {
+                            detail,
+                            no_space,
+                            request_id: Some(id.to_string()),
+                        },
+                        error => error,
+                    })?
                     .unwrap_or(record);
                 record.status = Status::Deleted;
                 record.applied = 0;
@@ -1218,6 +1229,23 @@ mod tests {
         );
         let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
         assert_eq!(body["RequestId"], *r.id);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_removal_written_but_not_made_durable_answers_with_the_request_id() {
+        let (s, _, dir) = durable("remove-fsync-fails");
+        let id = s.create(request(&["a"])).unwrap();
+        // DELETING (1), the rule's removal (2), then the removal of the record is written and
+        // its fsync fails: gone from memory, but it may be read back at the next start.
+        crate::journal::FAIL_WAIT_IN.with(|c| c.set(3));
+        let e = s.delete(&id).unwrap_err();
+        assert!(s.get(&id).is_none(), "the removal was applied in memory");
+        assert_eq!(
+            (e.status(), e.request_id()),
+            (500, Some(id.as_str())),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 
