@@ -1157,7 +1157,7 @@ fn scan_after(path: &Path, from: u64) -> Result<After, JournalError> {
                 0 => candidate.clear(),
                 b'\n' => {
                     after.data_end = at;
-                    if checks_out(&candidate) {
+                    if checks_out(&candidate) || ends_with_entry(&candidate) {
                         after.entries += 1;
                     }
                     candidate.clear();
@@ -1174,6 +1174,25 @@ fn scan_after(path: &Path, from: u64) -> Result<After, JournalError> {
 /// Whether `line` (without its newline) is a whole entry as written: its checksum matches.
 fn checks_out(line: &[u8]) -> bool {
     !matches!(decode(line), Err(BadLine::Damaged(_)))
+}
+
+/// Whether a whole entry ends `line` after bytes that are not one (the previous line's
+/// newline was damaged: both read as one line). An entry starts with its checksum, its
+/// version and `{"`, which never occur together inside an entry (compact JSON has no spaces
+/// outside strings, and `"` is escaped inside them), so only real starts are checked.
+fn ends_with_entry(line: &[u8]) -> bool {
+    (1..line.len()).any(|i| {
+        let rest = &line[i..];
+        let version = rest
+            .get(9..)
+            .map_or(0, |v| v.iter().take_while(|b| b.is_ascii_digit()).count());
+        rest.len() > 12 + version
+            && version > 0
+            && rest[..8].iter().all(u8::is_ascii_hexdigit)
+            && rest[8] == b' '
+            && rest[9 + version..].starts_with(b" {\"")
+            && checks_out(rest)
+    })
 }
 
 /// Consumes a run of zero bytes and what follows it on the same line (up to and including its
@@ -1689,6 +1708,23 @@ mod tests {
             "says what cutting would drop: {err}"
         );
         assert_eq!(fs::read(dir.join(journal_name(1))).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_damaged_line_end_that_joins_the_last_entry_to_the_one_before_refuses_the_start() {
+        // "a", then "b" whose newline is damaged: "b" and the whole entry "c" read as one line
+        // failing its checksum, but "c" was written whole after the damage.
+        let dir = temp_dir("joined");
+        write_ids(&dir, &["a", "b", "c"]);
+        let path = dir.join(journal_name(1));
+        let mut bytes = fs::read(&path).unwrap();
+        let newline = encode(&put("a")).len() + encode(&put("b")).len() - 1;
+        assert_eq!(bytes[newline], b'\n');
+        bytes[newline] = b'x';
+        fs::write(&path, &bytes).unwrap();
+        let err = ids(&dir).unwrap_err().to_string();
+        assert!(err.contains("1 valid entry follows the damage"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), bytes, "left untouched");
     }
 
     #[test]
