@@ -478,10 +478,28 @@ impl Journal {
             sync_dir(dir)?;
         }
         // Room for the first entries now rather than in the first request's time.
+        let mut full = None;
         if last_allocated < last_len + PREALLOCATE_BYTES / 2 {
-            last_allocated = extend(&file, last_allocated, last_len + PREALLOCATE_BYTES / 2)
-                .and_then(|to| sync_data(&file).map(|()| to))
-                .map_err(io_err(&path))?;
+            #[cfg(test)]
+            let extended = if FAIL_APPEND_NO_SPACE.with(|fail| fail.get()) {
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            } else {
+                extend(&file, last_allocated, last_len + PREALLOCATE_BYTES / 2)
+            };
+            #[cfg(not(test))]
+            let extended = extend(&file, last_allocated, last_len + PREALLOCATE_BYTES / 2);
+            match extended.and_then(|to| sync_data(&file).map(|()| to)) {
+                Ok(to) => last_allocated = to,
+                // A full state directory does not refuse the start: reads need no room, and
+                // changes answer 507 until there is room again (as at run time).
+                Err(e) => match write_err(dir, &path)(e) {
+                    error @ JournalError::NoSpace { .. } => {
+                        warn!("{error}; starting without room ahead of the entries");
+                        full = Some(error.to_string());
+                    }
+                    error => return Err(error),
+                },
+            }
         }
         let shared = Arc::new(Shared {
             writer: Mutex::new(Writer {
@@ -509,8 +527,8 @@ impl Journal {
             extended: Condvar::new(),
             synced: [Condvar::new(), Condvar::new()],
             stopped: AtomicBool::new(false),
-            full: Mutex::new(None),
-            is_full: AtomicBool::new(false),
+            is_full: AtomicBool::new(full.is_some()),
+            full: Mutex::new(full),
         });
         let flusher = if fsync {
             let shared = shared.clone();
@@ -1882,6 +1900,29 @@ mod tests {
         j.write_snapshot(g, [put("a"), put("b")].into_iter())
             .unwrap();
         assert!(!j.wants_compaction(), "done: back to the size bound");
+        drop(j);
+        assert_eq!(ids(&dir).unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_start_on_a_full_state_directory_goes_on_and_writes_resume_once_it_has_room() {
+        let dir = temp_dir("start-full");
+        write_ids(&dir, &["a"]);
+        // No zeros ahead of the entries (a journal that outgrew them): room is asked for at
+        // start, and the disk has none.
+        let path = dir.join(journal_name(1));
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(encode(&put("a")).len() as u64).unwrap();
+        drop(file);
+        FAIL_APPEND_NO_SPACE.with(|fail| fail.set(true));
+        let opened = Journal::open(&dir, true, |_| {});
+        let (j, _) = opened.expect("the start goes on: reads need no room");
+        let reason = j.no_space().expect("full, said by health");
+        assert!(reason.contains("ENOSPC"), "{reason}");
+        assert!(j.append(&put("b")).unwrap_err().is_no_space());
+        FAIL_APPEND_NO_SPACE.with(|fail| fail.set(false));
+        assert_eq!(j.no_space(), None, "room again");
+        j.wait(j.append(&put("b")).unwrap()).unwrap();
         drop(j);
         assert_eq!(ids(&dir).unwrap(), ["a", "b"]);
     }

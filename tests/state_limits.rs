@@ -290,3 +290,55 @@ fn a_full_state_dir_answers_507_keeps_reads_and_resumes_once_it_has_room() {
     plugin.stop();
     drop(fs);
 }
+
+#[test]
+fn a_restart_on_a_full_state_dir_serves_reads_and_resumes_writes_once_it_has_room() {
+    let fs = match Tmpfs::mount("state-full-restart", "12m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            return skip(
+                "a_restart_on_a_full_state_dir_serves_reads_and_resumes_writes_once_it_has_room",
+                &why,
+            );
+        }
+    };
+    let state = fs.0.join("state");
+    let config = format!(
+        "{}{}",
+        server_section("max_body_bytes = 4194304"),
+        simulated_region("2")
+    );
+    let plugin = Plugin::start_in(&config, &state);
+    let ballast = fs.0.join("ballast");
+    fill(&ballast);
+    let mut kept = Vec::new();
+    for n in 0..40 {
+        let r = plugin.post(&big(n, 512 << 10));
+        match r.status {
+            201 => kept.push(r.json["RequestId"].as_str().unwrap().to_string()),
+            507 => break,
+            other => panic!("{other}: {}", r.json["detail"]),
+        }
+    }
+    plugin.stop();
+
+    // A restart (systemd's, after anything) while the disk is still full: the start asks
+    // for room ahead of the entries, and must not be refused for want of it.
+    let plugin = Plugin::start_in(&config, &state);
+    assert_eq!(ids(&plugin.get("/service/requests").json), kept);
+    let (status, body) = get_root(&plugin, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("ENOSPC"), "{body}");
+
+    std::fs::remove_file(&ballast).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || get_root(&plugin, "/healthz").0
+            == 200),
+        "{:?}",
+        get_root(&plugin, "/healthz")
+    );
+    let created = plugin.post(&big(99, 1024));
+    assert_eq!(created.status, 201, "{}", created.json["detail"]);
+    plugin.stop();
+    drop(fs);
+}
