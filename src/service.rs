@@ -440,7 +440,16 @@ impl Service {
                 r.last_modified = now;
                 Ok(Claim::Mine(r.clone()))
             })
-            .map_err(|e| self.abandon(id, e))?
+            .map_err(|e| {
+                // Only a failed fsync (which stops the journal) leaves the claim made: one
+                // that was not written leaves the record as it was, maybe claimed by another
+                // caller since, so it is not released here.
+                if self.store.failure().is_some() {
+                    self.abandon(id, e)
+                } else {
+                    state_error(e, Some(id))
+                }
+            })?
             .ok_or_else(|| ApiError::RequestNotFound { request_id: id.to_string() })??;
         let record = match claim {
             Claim::Queued(record) => {
@@ -1245,6 +1254,29 @@ mod tests {
             (e.status(), e.request_id()),
             (500, Some(id.as_str())),
             "{e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_delete_whose_claim_was_not_written_leaves_the_record_as_it_was() {
+        let (s, _, dir) = durable("claim-not-written");
+        let id = s.create(request(&["a"])).unwrap();
+        s.store.update(&id, |r| r.next_attempt = 7).unwrap();
+        // The DELETING entry is not written: the record was not claimed by this DELETE, and
+        // by the time it answers it may be another caller's (the reconciler's, another
+        // DELETE's) whose busy flag and schedule are not this one's to reset.
+        fail_append_in(1);
+        let e = s.delete(&id).unwrap_err();
+        assert_eq!(
+            (e.status(), e.request_id()),
+            (500, Some(id.as_str())),
+            "{e}"
+        );
+        let r = s.get(&id).unwrap();
+        assert_eq!(
+            (r.status, r.busy, r.next_attempt),
+            (Status::Created, false, 7)
         );
         let _ = std::fs::remove_dir_all(dir);
     }
