@@ -396,6 +396,19 @@ struct Writer {
     extending: bool,
 }
 
+impl Writer {
+    /// Counts a failed compaction and sets when to try again (doubling back-off); returns
+    /// the delay.
+    fn compaction_failed(&mut self) -> std::time::Duration {
+        self.compaction_failures += 1;
+        let delay = COMPACTION_RETRY_INITIAL
+            .saturating_mul(1 << (self.compaction_failures - 1).min(10))
+            .min(COMPACTION_RETRY_MAX);
+        self.retry_compaction_at = Some(std::time::Instant::now() + delay);
+        delay
+    }
+}
+
 struct SyncState {
     /// Entries up to this sequence number are on disk.
     synced: u64,
@@ -761,9 +774,24 @@ impl Journal {
         }
         let generation = w.generation + 1;
         let path = self.dir.join(journal_name(generation));
+        // Not created for want of space (or inodes): this journal stays the last one and
+        // takes the entries; tried again after a back-off, as a failed snapshot is.
+        let opened = match open_journal(&path) {
+            Err(JournalError::Io { error, .. }) if no_space_errno(&error).is_some() => {
+                let error = write_err(&self.dir, &path)(error);
+                let delay = w.compaction_failed();
+                warn!(
+                    "compaction into generation {generation} not started ({error}); the journal \
+                     keeps every change; next attempt in {} s",
+                    delay.as_secs()
+                );
+                return Err(error);
+            }
+            opened => opened,
+        };
         // Entries must not go on into this journal once the next one may exist on disk: a
         // torn entry is accepted only at the end of the last journal.
-        let file = match open_journal(&path).and_then(|file| sync_dir(&self.dir).map(|()| file)) {
+        let file = match opened.and_then(|file| sync_dir(&self.dir).map(|()| file)) {
             Ok(file) => file,
             Err(e) => {
                 drop(w);
@@ -813,11 +841,7 @@ impl Journal {
             Err(e) => {
                 // The files it replaces are all still there: nothing is lost. It is tried
                 // again after a back-off (the journal may never reach its bound again).
-                w.compaction_failures += 1;
-                let delay = COMPACTION_RETRY_INITIAL
-                    .saturating_mul(1 << (w.compaction_failures - 1).min(10))
-                    .min(COMPACTION_RETRY_MAX);
-                w.retry_compaction_at = Some(std::time::Instant::now() + delay);
+                let delay = w.compaction_failed();
                 warn!(
                     "compaction into generation {generation} failed ({e}); the journal keeps \
                      every change; next attempt in {} s",

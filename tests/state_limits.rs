@@ -342,3 +342,66 @@ fn a_restart_on_a_full_state_dir_serves_reads_and_resumes_writes_once_it_has_roo
     plugin.stop();
     drop(fs);
 }
+
+#[test]
+fn a_compaction_that_cannot_create_its_journal_for_want_of_inodes_does_not_stop_writes() {
+    // Room for the data, but every inode taken: starting the next journal of a compaction
+    // fails with ENOSPC, which is a full disk (writes go on, it is tried again), not a failed
+    // fsync (the journal stopped for good).
+    let fs = match Tmpfs::mount("state-no-inodes", "64m,nr_inodes=64") {
+        Ok(fs) => fs,
+        Err(why) => {
+            return skip(
+                "a_compaction_that_cannot_create_its_journal_for_want_of_inodes_does_not_stop_writes",
+                &why,
+            );
+        }
+    };
+    let state = fs.0.join("state");
+    let plugin = Plugin::start_in(
+        &format!(
+            "{}{}",
+            server_section("max_body_bytes = 4194304"),
+            simulated_region("2")
+        ),
+        &state,
+    );
+    let ballast = fs.0.join("ballast");
+    std::fs::create_dir(&ballast).unwrap();
+    for n in 0..1000 {
+        if std::fs::File::create(ballast.join(n.to_string())).is_err() {
+            break;
+        }
+    }
+    // Past the journal's compaction bound (16 MiB).
+    for n in 0..36 {
+        let r = plugin.post(&big(n, 512 << 10));
+        assert_eq!(r.status, 201, "{}", r.json["detail"]);
+    }
+    // The reconciler tries the compaction within a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, body) = get_root(&plugin, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    let r = plugin.post(&big(99, 1024));
+    assert_eq!(r.status, 201, "{}", r.json["detail"]);
+
+    // Inodes again: the compaction is tried again (after its back-off) and succeeds.
+    std::fs::remove_dir_all(&ballast).unwrap();
+    let snapshots = || {
+        std::fs::read_dir(&state)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("snapshot-") && name.ends_with(".jsonl")
+            })
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || snapshots() == 1),
+        "compacted once it could"
+    );
+    assert_eq!(plugin.post(&big(100, 1024)).status, 201);
+    plugin.stop();
+    drop(fs);
+}
