@@ -408,6 +408,19 @@ struct Writer {
     extending: bool,
 }
 
+impl Writer {
+    /// Counts a failed compaction and sets when to try again (doubling back-off); returns
+    /// the delay.
+    fn compaction_failed(&mut self) -> std::time::Duration {
+        self.compaction_failures += 1;
+        let delay = COMPACTION_RETRY_INITIAL
+            .saturating_mul(1 << (self.compaction_failures - 1).min(10))
+            .min(COMPACTION_RETRY_MAX);
+        self.retry_compaction_at = Some(std::time::Instant::now() + delay);
+        delay
+    }
+}
+
 struct SyncState {
     /// Entries up to this sequence number are on disk.
     synced: u64,
@@ -490,10 +503,28 @@ impl Journal {
             sync_dir(dir)?;
         }
         // Room for the first entries now rather than in the first request's time.
+        let mut full = None;
         if last_allocated < last_len + PREALLOCATE_BYTES / 2 {
-            last_allocated = extend(&file, last_allocated, last_len + PREALLOCATE_BYTES / 2)
-                .and_then(|to| sync_data(&file).map(|()| to))
-                .map_err(io_err(&path))?;
+            #[cfg(test)]
+            let extended = if FAIL_APPEND_NO_SPACE.with(|fail| fail.get()) {
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            } else {
+                extend(&file, last_allocated, last_len + PREALLOCATE_BYTES / 2)
+            };
+            #[cfg(not(test))]
+            let extended = extend(&file, last_allocated, last_len + PREALLOCATE_BYTES / 2);
+            match extended.and_then(|to| sync_data(&file).map(|()| to)) {
+                Ok(to) => last_allocated = to,
+                // A full state directory does not refuse the start: reads need no room, and
+                // changes answer 507 until there is room again (as at run time).
+                Err(e) => match write_err(dir, &path)(e) {
+                    error @ JournalError::NoSpace { .. } => {
+                        warn!("{error}; starting without room ahead of the entries");
+                        full = Some(error.to_string());
+                    }
+                    error => return Err(error),
+                },
+            }
         }
         let shared = Arc::new(Shared {
             writer: Mutex::new(Writer {
@@ -521,8 +552,8 @@ impl Journal {
             extended: Condvar::new(),
             synced: [Condvar::new(), Condvar::new()],
             stopped: AtomicBool::new(false),
-            full: Mutex::new(None),
-            is_full: AtomicBool::new(false),
+            is_full: AtomicBool::new(full.is_some()),
+            full: Mutex::new(full),
         });
         let flusher = if fsync {
             let shared = shared.clone();
@@ -755,9 +786,24 @@ impl Journal {
         }
         let generation = w.generation + 1;
         let path = self.dir.join(journal_name(generation));
+        // Not created for want of space (or inodes): this journal stays the last one and
+        // takes the entries; tried again after a back-off, as a failed snapshot is.
+        let opened = match open_journal(&path) {
+            Err(JournalError::Io { error, .. }) if no_space_errno(&error).is_some() => {
+                let error = write_err(&self.dir, &path)(error);
+                let delay = w.compaction_failed();
+                warn!(
+                    "compaction into generation {generation} not started ({error}); the journal \
+                     keeps every change; next attempt in {} s",
+                    delay.as_secs()
+                );
+                return Err(error);
+            }
+            opened => opened,
+        };
         // Entries must not go on into this journal once the next one may exist on disk: a
         // torn entry is accepted only at the end of the last journal.
-        let file = match open_journal(&path).and_then(|file| sync_dir(&self.dir).map(|()| file)) {
+        let file = match opened.and_then(|file| sync_dir(&self.dir).map(|()| file)) {
             Ok(file) => file,
             Err(e) => {
                 drop(w);
@@ -807,11 +853,7 @@ impl Journal {
             Err(e) => {
                 // The files it replaces are all still there: nothing is lost. It is tried
                 // again after a back-off (the journal may never reach its bound again).
-                w.compaction_failures += 1;
-                let delay = COMPACTION_RETRY_INITIAL
-                    .saturating_mul(1 << (w.compaction_failures - 1).min(10))
-                    .min(COMPACTION_RETRY_MAX);
-                w.retry_compaction_at = Some(std::time::Instant::now() + delay);
+                let delay = w.compaction_failed();
                 warn!(
                     "compaction into generation {generation} failed ({e}); the journal keeps \
                      every change; next attempt in {} s",
@@ -1169,7 +1211,7 @@ fn scan_after(path: &Path, from: u64) -> Result<After, JournalError> {
                 0 => candidate.clear(),
                 b'\n' => {
                     after.data_end = at;
-                    if checks_out(&candidate) {
+                    if checks_out(&candidate) || ends_with_entry(&candidate) {
                         after.entries += 1;
                     }
                     candidate.clear();
@@ -1186,6 +1228,25 @@ fn scan_after(path: &Path, from: u64) -> Result<After, JournalError> {
 /// Whether `line` (without its newline) is a whole entry as written: its checksum matches.
 fn checks_out(line: &[u8]) -> bool {
     !matches!(decode(line), Err(BadLine::Damaged(_)))
+}
+
+/// Whether a whole entry ends `line` after bytes that are not one (the previous line's
+/// newline was damaged: both read as one line). An entry starts with its checksum, its
+/// version and `{"`, which never occur together inside an entry (compact JSON has no spaces
+/// outside strings, and `"` is escaped inside them), so only real starts are checked.
+fn ends_with_entry(line: &[u8]) -> bool {
+    (1..line.len()).any(|i| {
+        let rest = &line[i..];
+        let version = rest
+            .get(9..)
+            .map_or(0, |v| v.iter().take_while(|b| b.is_ascii_digit()).count());
+        rest.len() > 12 + version
+            && version > 0
+            && rest[..8].iter().all(u8::is_ascii_hexdigit)
+            && rest[8] == b' '
+            && rest[9 + version..].starts_with(b" {\"")
+            && checks_out(rest)
+    })
 }
 
 /// Consumes a run of zero bytes and what follows it on the same line (up to and including its
@@ -1708,6 +1769,23 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_line_end_that_joins_the_last_entry_to_the_one_before_refuses_the_start() {
+        // "a", then "b" whose newline is damaged: "b" and the whole entry "c" read as one line
+        // failing its checksum, but "c" was written whole after the damage.
+        let dir = temp_dir("joined");
+        write_ids(&dir, &["a", "b", "c"]);
+        let path = dir.join(journal_name(1));
+        let mut bytes = fs::read(&path).unwrap();
+        let newline = encode(&put("a")).len() + encode(&put("b")).len() - 1;
+        assert_eq!(bytes[newline], b'\n');
+        bytes[newline] = b'x';
+        fs::write(&path, &bytes).unwrap();
+        let err = ids(&dir).unwrap_err().to_string();
+        assert!(err.contains("1 valid entry follows the damage"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), bytes, "left untouched");
+    }
+
+    #[test]
     fn a_damaged_end_of_an_earlier_journal_or_of_a_snapshot_refuses_the_start() {
         // An earlier journal: its end was made durable before the next one was started.
         let dir = temp_dir("earlier");
@@ -1862,6 +1940,29 @@ mod tests {
         j.write_snapshot(g, [put("a"), put("b")].into_iter())
             .unwrap();
         assert!(!j.wants_compaction(), "done: back to the size bound");
+        drop(j);
+        assert_eq!(ids(&dir).unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_start_on_a_full_state_directory_goes_on_and_writes_resume_once_it_has_room() {
+        let dir = temp_dir("start-full");
+        write_ids(&dir, &["a"]);
+        // No zeros ahead of the entries (a journal that outgrew them): room is asked for at
+        // start, and the disk has none.
+        let path = dir.join(journal_name(1));
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(encode(&put("a")).len() as u64).unwrap();
+        drop(file);
+        FAIL_APPEND_NO_SPACE.with(|fail| fail.set(true));
+        let opened = Journal::open(&dir, true, |_| {});
+        let (j, _) = opened.expect("the start goes on: reads need no room");
+        let reason = j.no_space().expect("full, said by health");
+        assert!(reason.contains("ENOSPC"), "{reason}");
+        assert!(j.append(&put("b")).unwrap_err().is_no_space());
+        FAIL_APPEND_NO_SPACE.with(|fail| fail.set(false));
+        assert_eq!(j.no_space(), None, "room again");
+        j.wait(j.append(&put("b")).unwrap()).unwrap();
         drop(j);
         assert_eq!(ids(&dir).unwrap(), ["a", "b"]);
     }

@@ -520,7 +520,16 @@ impl Service {
                 r.last_modified = now;
                 Ok(Claim::Mine(r.clone()))
             })
-            .map_err(|e| self.abandon(id, e))?
+            .map_err(|e| {
+                // Only a failed fsync (which stops the journal) leaves the claim made: one
+                // that was not written leaves the record as it was, maybe claimed by another
+                // caller since, so it is not released here.
+                if self.store.failure().is_some() {
+                    self.abandon(id, e)
+                } else {
+                    state_error(e, Some(id))
+                }
+            })?
             .ok_or_else(|| ApiError::RequestNotFound { request_id: id.to_string() })??;
         let record = match claim {
             Claim::Queued(record) => {
@@ -539,10 +548,21 @@ impl Service {
         };
         match undone {
             Ok(()) => {
+                // Whether or not its removal was written, the record may be read back at the
+                // next start (a removal not made durable): the answer names it.
                 let mut record = self
                     .store
                     .remove(id)
-                    .map_err(|e| self.abandon(id, e))?
+                    .map_err(|e| match self.abandon(id, e) {
+                        ApiError::StateWrite {
+                            detail, no_space, ..
+                        } => ApiError::StateWrite {
+                            detail,
+                            no_space,
+                            request_id: Some(id.to_string()),
+                        },
+                        error => error,
+                    })?
                     .unwrap_or(record);
                 record.status = Status::Deleted;
                 record.applied = 0;
@@ -1567,6 +1587,46 @@ mod tests {
         );
         let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
         assert_eq!(body["RequestId"], *r.id);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_removal_written_but_not_made_durable_answers_with_the_request_id() {
+        let (s, _, dir) = durable("remove-fsync-fails");
+        let id = s.create(request(&["a"])).unwrap();
+        // DELETING (1), the rule's removal (2), then the removal of the record is written and
+        // its fsync fails: gone from memory, but it may be read back at the next start.
+        crate::journal::FAIL_WAIT_IN.with(|c| c.set(3));
+        let e = s.delete(&id, false).unwrap_err();
+        assert!(s.get(&id).is_none(), "the removal was applied in memory");
+        assert_eq!(
+            (e.status(), e.request_id()),
+            (500, Some(id.as_str())),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_delete_whose_claim_was_not_written_leaves_the_record_as_it_was() {
+        let (s, _, dir) = durable("claim-not-written");
+        let id = s.create(request(&["a"])).unwrap();
+        s.store.update(&id, |r| r.next_attempt = 7).unwrap();
+        // The DELETING entry is not written: the record was not claimed by this DELETE, and
+        // by the time it answers it may be another caller's (the reconciler's, another
+        // DELETE's) whose busy flag and schedule are not this one's to reset.
+        fail_append_in(1);
+        let e = s.delete(&id, false).unwrap_err();
+        assert_eq!(
+            (e.status(), e.request_id()),
+            (500, Some(id.as_str())),
+            "{e}"
+        );
+        let r = s.get(&id).unwrap();
+        assert_eq!(
+            (r.status, r.busy, r.next_attempt),
+            (Status::Created, false, 7)
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

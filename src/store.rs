@@ -5,7 +5,7 @@
 //! its planned steps may be on the platform.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::{Bound, Range};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -168,7 +168,15 @@ struct Records {
     by_id: BTreeMap<Arc<str>, Arc<Record>>,
     /// Per region, its records in creation order (a region's entry goes when it is empty).
     by_region: HashMap<Arc<str>, BTreeSet<Created>>,
+    /// The places of the last [`REMOVED_CURSORS`] removed records, oldest first: a page
+    /// asked for after a request deleted since (a client deleting what it lists) goes on
+    /// where that request stood instead of being refused.
+    removed: VecDeque<Created>,
+    removed_at: HashMap<Arc<str>, i64>,
 }
+
+/// How many removed records a listing's `after` can still name (about 100 bytes each).
+const REMOVED_CURSORS: usize = 10_000;
 
 impl Records {
     fn insert(&mut self, record: Arc<Record>) {
@@ -189,6 +197,14 @@ impl Records {
                 self.by_region.remove(&*record.region_id);
             }
         }
+        if self.removed.len() == REMOVED_CURSORS {
+            if let Some((_, old)) = self.removed.pop_front() {
+                self.removed_at.remove(&old);
+            }
+        }
+        self.removed
+            .push_back((record.created_at, record.id.clone()));
+        self.removed_at.insert(record.id.clone(), record.created_at);
         Some(record)
     }
 
@@ -466,16 +482,16 @@ impl Store {
     }
 
     /// Up to `limit` records, all or one region's, in creation order, after the record `after`
-    /// (which need not be of that region); `None` when `after` names no record. A region's
-    /// page reads only that region's index; the whole list merges the regions' indexes (few:
-    /// they come from the configuration).
+    /// (which need not be of that region, and may have been removed lately); `None` when `after`
+    /// names no record. A region's page reads only that region's index; the whole list merges
+    /// the regions' indexes (few: they come from the configuration).
     pub fn page(&self, region_id: Option<&str>, after: Option<&str>, limit: usize) -> Option<Page> {
         let records = self.lock();
         let from: Bound<Created> = match after {
-            Some(id) => {
-                let r = records.by_id.get(id)?;
-                Bound::Excluded((r.created_at, r.id.clone()))
-            }
+            Some(id) => match records.by_id.get(id) {
+                Some(r) => Bound::Excluded((r.created_at, r.id.clone())),
+                None => Bound::Excluded((*records.removed_at.get(id)?, Arc::from(id))),
+            },
             None => Bound::Unbounded,
         };
         let sets: Vec<&BTreeSet<Created>> = match region_id {
@@ -1085,6 +1101,35 @@ mod tests {
         assert!(
             !s.lock().by_region.contains_key("1"),
             "an emptied region is forgotten"
+        );
+    }
+
+    #[test]
+    fn a_page_after_a_request_deleted_since_goes_on_where_it_stood() {
+        // A client that deletes what it lists, then asks for the next page after the last
+        // request it deleted.
+        let s = Store::in_memory();
+        for (id, region, created) in [("a", "1", 1), ("b", "2", 2), ("c", "1", 3), ("d", "2", 4)] {
+            let mut r = record(id, region);
+            r.created_at = created;
+            s.insert(r).unwrap();
+        }
+        let first = s.page(None, None, 2).unwrap();
+        assert!(first.more);
+        for r in &first.records {
+            s.remove(&r.id).unwrap();
+        }
+        let ids = |p: Page| {
+            p.records
+                .iter()
+                .map(|r| r.id.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(s.page(None, Some("b"), 2).unwrap()), ["c", "d"]);
+        assert_eq!(ids(s.page(Some("1"), Some("b"), 2).unwrap()), ["c"]);
+        assert!(
+            s.page(None, Some("never"), 2).is_none(),
+            "an unknown cursor"
         );
     }
 

@@ -290,3 +290,118 @@ fn a_full_state_dir_answers_507_keeps_reads_and_resumes_once_it_has_room() {
     plugin.stop();
     drop(fs);
 }
+
+#[test]
+fn a_restart_on_a_full_state_dir_serves_reads_and_resumes_writes_once_it_has_room() {
+    let fs = match Tmpfs::mount("state-full-restart", "12m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            return skip(
+                "a_restart_on_a_full_state_dir_serves_reads_and_resumes_writes_once_it_has_room",
+                &why,
+            );
+        }
+    };
+    let state = fs.0.join("state");
+    let config = format!(
+        "{}{}",
+        server_section("max_body_bytes = 4194304"),
+        simulated_region("2")
+    );
+    let plugin = Plugin::start_in(&config, &state);
+    let ballast = fs.0.join("ballast");
+    fill(&ballast);
+    let mut kept = Vec::new();
+    for n in 0..40 {
+        let r = plugin.post(&big(n, 512 << 10));
+        match r.status {
+            201 => kept.push(r.json["RequestId"].as_str().unwrap().to_string()),
+            507 => break,
+            other => panic!("{other}: {}", r.json["detail"]),
+        }
+    }
+    plugin.stop();
+
+    // A restart (systemd's, after anything) while the disk is still full: the start asks
+    // for room ahead of the entries, and must not be refused for want of it.
+    let plugin = Plugin::start_in(&config, &state);
+    assert_eq!(ids(&plugin.get("/service/requests").json), kept);
+    let (status, body) = get_root(&plugin, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("ENOSPC"), "{body}");
+
+    std::fs::remove_file(&ballast).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || get_root(&plugin, "/healthz").0
+            == 200),
+        "{:?}",
+        get_root(&plugin, "/healthz")
+    );
+    let created = plugin.post(&big(99, 1024));
+    assert_eq!(created.status, 201, "{}", created.json["detail"]);
+    plugin.stop();
+    drop(fs);
+}
+
+#[test]
+fn a_compaction_that_cannot_create_its_journal_for_want_of_inodes_does_not_stop_writes() {
+    // Room for the data, but every inode taken: starting the next journal of a compaction
+    // fails with ENOSPC, which is a full disk (writes go on, it is tried again), not a failed
+    // fsync (the journal stopped for good).
+    let fs = match Tmpfs::mount("state-no-inodes", "64m,nr_inodes=64") {
+        Ok(fs) => fs,
+        Err(why) => {
+            return skip(
+                "a_compaction_that_cannot_create_its_journal_for_want_of_inodes_does_not_stop_writes",
+                &why,
+            );
+        }
+    };
+    let state = fs.0.join("state");
+    let plugin = Plugin::start_in(
+        &format!(
+            "{}{}",
+            server_section("max_body_bytes = 4194304"),
+            simulated_region("2")
+        ),
+        &state,
+    );
+    let ballast = fs.0.join("ballast");
+    std::fs::create_dir(&ballast).unwrap();
+    for n in 0..1000 {
+        if std::fs::File::create(ballast.join(n.to_string())).is_err() {
+            break;
+        }
+    }
+    // Past the journal's compaction bound (16 MiB).
+    for n in 0..36 {
+        let r = plugin.post(&big(n, 512 << 10));
+        assert_eq!(r.status, 201, "{}", r.json["detail"]);
+    }
+    // The reconciler tries the compaction within a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (status, body) = get_root(&plugin, "/healthz");
+    assert_eq!(status, 200, "{body}");
+    let r = plugin.post(&big(99, 1024));
+    assert_eq!(r.status, 201, "{}", r.json["detail"]);
+
+    // Inodes again: the compaction is tried again (after its back-off) and succeeds.
+    std::fs::remove_dir_all(&ballast).unwrap();
+    let snapshots = || {
+        std::fs::read_dir(&state)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("snapshot-") && name.ends_with(".jsonl")
+            })
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || snapshots() == 1),
+        "compacted once it could"
+    );
+    assert_eq!(plugin.post(&big(100, 1024)).status, 201);
+    plugin.stop();
+    drop(fs);
+}
