@@ -15,6 +15,7 @@ mod child;
 #[path = "support/raw.rs"]
 mod raw;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -255,11 +256,11 @@ fn mutate(request: &[u8], rng: &mut Rng) -> Vec<u8> {
     b
 }
 
-/// What went wrong with one case, or `None`.
-fn run_case(addr: SocketAddr, bytes: &[u8]) -> Option<String> {
+/// What went wrong with one case (`Err`), or the statuses answered (none: closed silently).
+fn run_case(addr: SocketAddr, bytes: &[u8]) -> Result<Vec<u16>, String> {
     let mut s = match TcpStream::connect_timeout(&addr, CASE_LIMIT) {
         Ok(s) => s,
-        Err(e) => return Some(format!("cannot connect: {e}")),
+        Err(e) => return Err(format!("cannot connect: {e}")),
     };
     s.set_write_timeout(Some(CASE_LIMIT)).unwrap();
     // The server may answer and close before reading everything: a write error is fine.
@@ -267,15 +268,19 @@ fn run_case(addr: SocketAddr, bytes: &[u8]) -> Option<String> {
     let _ = s.shutdown(Shutdown::Write);
     let (all, closed) = read_until_closed(&mut s, CASE_LIMIT);
     if !closed {
-        return Some(format!(
+        return Err(format!(
             "neither answered and closed within {CASE_LIMIT:?} of the client's end of input; read {:?}",
             String::from_utf8_lossy(&all)
         ));
     }
-    let responses = match responses_in(&all, bytes.starts_with(b"HEAD ")) {
+    // A HEAD answered normally has no body; one the front end refuses (it may not have parsed
+    // the method) may carry its problem: both are well-formed, since the refusal closes.
+    let parsed = responses_in(&all, bytes.starts_with(b"HEAD "))
+        .or_else(|e| responses_in(&all, false).map_err(|_| e));
+    let responses = match parsed {
         Ok(r) => r,
         Err(e) => {
-            return Some(format!(
+            return Err(format!(
                 "not a well-formed HTTP/1.1 response ({e}): {:?}",
                 String::from_utf8_lossy(&all)
             ));
@@ -292,23 +297,23 @@ fn run_case(addr: SocketAddr, bytes: &[u8]) -> Option<String> {
             )
         };
         if r.version != "HTTP/1.1" {
-            return Some(format!("not HTTP/1.1: {}", problem()));
+            return Err(format!("not HTTP/1.1: {}", problem()));
         }
         if r.status >= 500 && r.status != 505 {
-            return Some(format!("a 5xx: {}", problem()));
+            return Err(format!("a 5xx: {}", problem()));
         }
         if !(100..600).contains(&r.status) {
-            return Some(format!("status out of range: {}", problem()));
+            return Err(format!("status out of range: {}", problem()));
         }
         if r.header("Server") != Some("mec-plugin") {
-            return Some(format!("no Server: mec-plugin: {}", problem()));
+            return Err(format!("no Server: mec-plugin: {}", problem()));
         }
         if r.header("Content-Length").is_none() && r.header("Transfer-Encoding").is_none() {
-            return Some(format!("no framing: {}", problem()));
+            return Err(format!("no framing: {}", problem()));
         }
         if r.status >= 400 {
             if r.header("Content-Type") != Some("application/problem+json") {
-                return Some(format!("an error not in problem+json: {}", problem()));
+                return Err(format!("an error not in problem+json: {}", problem()));
             }
             let ok = serde_json::from_slice::<serde_json::Value>(&r.body).is_ok_and(|j| {
                 ["type", "title", "status", "detail"]
@@ -317,11 +322,11 @@ fn run_case(addr: SocketAddr, bytes: &[u8]) -> Option<String> {
                     && j["status"] == r.status
             });
             if !ok && !bytes.starts_with(b"HEAD ") {
-                return Some(format!("a malformed problem: {}", problem()));
+                return Err(format!("a malformed problem: {}", problem()));
             }
         }
     }
-    None
+    Ok(responses.iter().map(|r| r.status).collect())
 }
 
 /// Shows bytes as a Rust byte-string literal, cut at 600.
@@ -358,11 +363,18 @@ fn ten_thousand_mutated_heads_never_cause_a_panic_a_5xx_or_a_malformed_answer() 
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let failures = Arc::new(Mutex::new(Vec::<(usize, String, Vec<u8>)>::new()));
+    // Answers by status (0: closed without an answer).
+    let tally = Arc::new(Mutex::new(BTreeMap::<u16, usize>::new()));
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let (corpus, next, done, failures) =
-                (corpus.clone(), next.clone(), done.clone(), failures.clone());
+            let (corpus, next, done, failures, tally) = (
+                corpus.clone(),
+                next.clone(),
+                done.clone(),
+                failures.clone(),
+                tally.clone(),
+            );
             thread::spawn(move || {
                 loop {
                     let case = next.fetch_add(1, Ordering::Relaxed);
@@ -372,8 +384,17 @@ fn ten_thousand_mutated_heads_never_cause_a_panic_a_5xx_or_a_malformed_answer() 
                     let mut rng = Rng::new(seed, case as u64);
                     let original = &corpus[rng.below(corpus.len())];
                     let bytes = mutate(original, &mut rng);
-                    if let Some(what) = run_case(addr, &bytes) {
-                        failures.lock().unwrap().push((case, what, bytes));
+                    match run_case(addr, &bytes) {
+                        Ok(statuses) => {
+                            let mut tally = tally.lock().unwrap();
+                            if statuses.is_empty() {
+                                *tally.entry(0).or_insert(0) += 1;
+                            }
+                            for status in statuses {
+                                *tally.entry(status).or_insert(0) += 1;
+                            }
+                        }
+                        Err(what) => failures.lock().unwrap().push((case, what, bytes)),
                     }
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -385,7 +406,11 @@ fn ten_thousand_mutated_heads_never_cause_a_panic_a_5xx_or_a_malformed_answer() 
     }
     let took = started.elapsed();
     let done = done.load(Ordering::Relaxed);
-    eprintln!("{done} mutated requests (seed {seed:#x}) in {took:?}");
+    eprintln!(
+        "{done} mutated requests (seed {seed:#x}) in {took:?}; answers by status (0: closed \
+         without one): {:?}",
+        tally.lock().unwrap()
+    );
 
     let panics: Vec<String> = plugin
         .logs()

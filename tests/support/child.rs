@@ -1,7 +1,9 @@
 //! The real binary (`mec-plugin`) as a child process on a loopback port, for black-box tests of
 //! the front end: its configuration written to a file, its log lines collected, its threads and
 //! memory read from `/proc/<pid>/status`. Included with `#[path = "support/child.rs"] mod child;`
-//! next to `support/raw.rs`. The child is killed when the value is dropped.
+//! next to `support/raw.rs`. The child is killed when the value is dropped. `MEC_PLUGIN_BIN`
+//! runs another build of the binary instead (a `dist` build, another branch's), for the same
+//! tests.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -92,7 +94,7 @@ impl Child {
         );
         let path = dir.join("regions.toml");
         std::fs::write(&path, config).unwrap();
-        Child::spawn(&path, &[], dir, port)
+        Child::spawn(&path, &[], dir, port, server_extra.contains("tls_cert"))
     }
 
     /// [`Child::start`] with `token_file` holding [`TOKEN`].
@@ -118,11 +120,14 @@ impl Child {
             "--state-dir".to_string(),
             state.display().to_string(),
         ];
-        Child::spawn(Path::new(SHIPPED), &args, dir, port)
+        Child::spawn(Path::new(SHIPPED), &args, dir, port, false)
     }
 
-    fn spawn(config: &Path, args: &[String], dir: PathBuf, port: u16) -> Child {
-        let mut process = Command::new(BIN)
+    /// Starts the binary and waits until it serves: `GET /healthz` answers 200, or (`tls`) the
+    /// port accepts connections.
+    fn spawn(config: &Path, args: &[String], dir: PathBuf, port: u16, tls: bool) -> Child {
+        let binary = std::env::var_os("MEC_PLUGIN_BIN").unwrap_or_else(|| BIN.into());
+        let mut process = Command::new(binary)
             .arg("--config")
             .arg(config)
             .args(args)
@@ -153,7 +158,12 @@ impl Child {
                     child.logs().join("\n")
                 );
             }
-            if healthz_ok(addr) {
+            let serving = if tls {
+                TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
+            } else {
+                healthz_ok(addr)
+            };
+            if serving {
                 return child;
             }
             assert!(
