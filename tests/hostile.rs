@@ -855,6 +855,41 @@ fn expect_100_continue_only_after_the_checks_and_417_otherwise() {
         "{}",
         String::from_utf8_lossy(&all)
     );
+    // HTTP/1.0: the expectation is ignored (RFC 9110 §10.1.1): no 100, the body is awaited.
+    let mut s = connect(plugin.addr);
+    s.write_all(
+        format!(
+            "POST {REQUESTS} HTTP/1.0\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.set_read_timeout(Some(500 * MS)).unwrap();
+    let mut early = [0u8; 64];
+    match s.read(&mut early) {
+        Ok(n) => panic!(
+            "answered an HTTP/1.0 Expect before its body: {:?}",
+            String::from_utf8_lossy(&early[..n])
+        ),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{e}"
+        ),
+    }
+    s.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let (all, _) = read_until_closed(&mut s, 3000 * MS);
+    let responses = responses_in(&all, false).unwrap();
+    assert_eq!(
+        responses.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [201],
+        "{:?}",
+        String::from_utf8_lossy(&all)
+    );
     // Another expectation: 417.
     refused_and_closed(
         plugin.addr,
@@ -955,6 +990,24 @@ fn pipelined_requests_are_answered_in_order() {
         }
     }
     assert_eq!(statuses, [201, 200, 404, 200, 404]);
+
+    // A malformed request in the middle of a pipeline: the requests before it are answered in
+    // order, it gets a closing 400, and what follows it is never answered.
+    let text = format!(
+        "{}GET /MEC/v1/service/regions/2 HTTP/1.1\r\nHost: t\r\n\r\nBAD REQUEST LINE\r\n\r\n{}",
+        get_text("/healthz", false),
+        get_text("/healthz", false)
+    );
+    let (responses, closed) = send_and_collect(plugin.addr, text.as_bytes(), false, 5000 * MS);
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 400],
+        "{:?}",
+        responses.iter().map(show).collect::<Vec<_>>()
+    );
+    assert_closing_refusal(&responses[2], 400);
+    assert!(closed);
 }
 
 /// Item 3: a response sent before its request's body was read in full closes the connection
