@@ -326,6 +326,47 @@ fn max_headers_fields_are_accepted_one_more_and_200000_get_431() {
     refused_and_closed(plugin.addr, head_with_fields(11).as_bytes(), 431);
 }
 
+/// Item 1: memory per connection is bounded by the head limits whatever the clients send: 200
+/// connections each holding a head one byte short of `max_head_bytes` (never finished) add at
+/// most 64 KiB each to the peak resident memory, and each then gets 431 once it sends more.
+#[test]
+fn memory_per_connection_is_bounded_by_the_head_limit() {
+    child::raise_fd_limit(4096);
+    let plugin = Child::start(
+        "per-connection",
+        "read_timeout_ms = 30000\nidle_timeout_ms = 30000\n",
+    );
+    for _ in 0..5 {
+        assert_eq!(get(plugin.addr, "/healthz").status, 200);
+    }
+    let before = peak_kb(&plugin);
+    let almost = head_of_size(16384);
+    let almost = &almost.as_bytes()[..16383 - 2];
+    let mut held: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = connect(plugin.addr);
+            s.write_all(almost).unwrap();
+            s
+        })
+        .collect();
+    // Until the server has read them all: a request on a new connection is then answered after
+    // them, in the readiness loop's order or not, so give it a moment as well.
+    assert_eq!(get(plugin.addr, "/healthz").status, 200);
+    thread::sleep(500 * MS);
+    let after = peak_kb(&plugin);
+    eprintln!("peak RSS {before} kB → {after} kB with 200 heads of 16 KiB pending");
+    assert!(
+        after <= before + 200 * 64,
+        "200 pending heads of 16 KiB: peak RSS {before} kB → {after} kB"
+    );
+    for s in held.iter_mut().take(3) {
+        s.write_all(b"ppppp\r\n\r\n").unwrap();
+        let response = read_response(&mut BufReader::new(&*s)).unwrap();
+        assert_closing_refusal(&response, 431);
+    }
+    drop(held);
+}
+
 /// Row 1 and item 1: log lines cut the target at 256 bytes (a 1 MB path is not one log line of
 /// 1 MB).
 #[test]
