@@ -1477,8 +1477,11 @@ fn a_trickled_tls_handshake_is_cut_and_head_bounds_apply_after_it() {
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
         let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
         let mut stream = rustls::StreamOwned::new(conn, connect(plugin.addr));
-        stream.write_all(head_of_size(size).as_bytes()).unwrap();
-        let response = read_response(&mut BufReader::new(&mut stream)).unwrap();
+        stream
+            .write_all(head_of_size(size).as_bytes())
+            .unwrap_or_else(|e| panic!("TLS handshake: {e}; {:#?}", plugin.logs()));
+        let response = read_response(&mut BufReader::new(&mut stream))
+            .unwrap_or_else(|e| panic!("TLS, head of {size} bytes: {e}"));
         if status == 200 {
             assert_eq!(response.status, 200, "{}", show(&response));
         } else {
