@@ -108,6 +108,15 @@ impl RequestHandler for Api {
         .to_response(self.style)
     }
 
+    /// Refuses from the head alone, before any body byte is read, a request that lacks the
+    /// token where one is needed: the same 401 [`handle`](RequestHandler::handle) would give.
+    fn admit(&self, head: &Request) -> Option<Response> {
+        let path = head.path();
+        let protected = route(path).map_or(path.starts_with(BASE), |r| r.protected());
+        (protected && !self.authorized(head))
+            .then(|| ApiError::Unauthorized.to_response(self.style))
+    }
+
     /// Counts an answered request in the metrics, under its route's template (`other` for a
     /// path that is no route), whoever answered it.
     fn answered(&self, request: &Request, status: u16, took: Duration) {
@@ -202,6 +211,7 @@ fn metrics(service: &Service) -> Response {
         content_type: "text/plain; version=0.0.4; charset=utf-8",
         headers: Vec::new(),
         body: text.into_bytes(),
+        stream: None,
     }
 }
 

@@ -39,8 +39,16 @@ pub struct ServerConfig {
     /// Bound on each socket read and write, and on receiving a whole request body; an idle
     /// keep-alive connection is closed after it (default 5 s).
     pub read_timeout: Duration,
-    /// Connection threads kept ready for bursts of new connections (default 128).
+    /// Accepted and ignored since connections no longer have threads (default 128).
     pub connection_threads: usize,
+    /// An idle keep-alive connection is closed, silently, after this (default 5 s).
+    pub idle_timeout: Duration,
+    /// Largest request head: request line plus header fields (default 16384 bytes).
+    pub max_head_bytes: usize,
+    /// Most header fields in a request head (default 100).
+    pub max_headers: usize,
+    /// Most connections served at once; one more gets 503 (default 1024).
+    pub max_connections: usize,
     /// Force every change to disk before acknowledging it (default true; false only for
     /// benchmarks: changes then survive a crash of the process but not of the machine).
     pub fsync: bool,
@@ -199,6 +207,10 @@ struct RawServer {
     max_body_bytes: Option<Spanned<i64>>,
     read_timeout_ms: Option<Spanned<i64>>,
     connection_threads: Option<Spanned<i64>>,
+    idle_timeout_ms: Option<Spanned<i64>>,
+    max_head_bytes: Option<Spanned<i64>>,
+    max_headers: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
     fsync: Option<bool>,
     retry_initial_ms: Option<Spanned<i64>>,
     retry_max_ms: Option<Spanned<i64>>,
@@ -310,6 +322,18 @@ impl Config {
                         4096,
                         128,
                     )? as usize,
+                    idle_timeout: Duration::from_millis(int(
+                        s.idle_timeout_ms,
+                        "idle_timeout_ms",
+                        100,
+                        3_600_000,
+                        5000,
+                    )? as u64),
+                    max_head_bytes: int(s.max_head_bytes, "max_head_bytes", 1024, 1 << 20, 16384)?
+                        as usize,
+                    max_headers: int(s.max_headers, "max_headers", 8, 1000, 100)? as usize,
+                    max_connections: int(s.max_connections, "max_connections", 1, 65536, 1024)?
+                        as usize,
                     fsync: s.fsync.unwrap_or(true),
                     retry: RetryPolicy {
                         initial: Duration::from_millis(int(
@@ -567,6 +591,10 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             read_timeout: Duration::from_secs(5),
             connection_threads: 128,
+            idle_timeout: Duration::from_secs(5),
+            max_head_bytes: 16384,
+            max_headers: 100,
+            max_connections: 1024,
             fsync: true,
             retry: RetryPolicy::default(),
             token: None,

@@ -29,6 +29,19 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     /// The client did not send its body within the read bound.
     BodyTimeout,
+    /// The client did not send its request head within the read bound.
+    HeadTimeout,
+    /// The request line alone exceeds `max_head_bytes`.
+    UriTooLong { limit: usize },
+    /// The head exceeds `max_head_bytes` or `max_headers` (or a chunked body's size lines or
+    /// trailers do).
+    HeadersTooLarge { detail: String },
+    /// An `Expect` other than `100-continue`.
+    ExpectationFailed { expect: String },
+    /// An HTTP major version other than 1.
+    VersionNotSupported,
+    /// `max_connections` connections are open.
+    TooManyConnections { limit: usize },
     /// The creation request names a region this plugin does not manage.
     UnknownRegion { region_id: String },
     /// The region's platform cannot express a rule (checked before the platform is called).
@@ -64,7 +77,12 @@ impl ApiError {
             | ApiError::RequestNotFound { .. }
             | ApiError::RegionNotFound { .. } => 404,
             ApiError::MethodNotAllowed { .. } => 405,
-            ApiError::BodyTimeout => 408,
+            ApiError::BodyTimeout | ApiError::HeadTimeout => 408,
+            ApiError::UriTooLong { .. } => 414,
+            ApiError::ExpectationFailed { .. } => 417,
+            ApiError::HeadersTooLarge { .. } => 431,
+            ApiError::VersionNotSupported => 505,
+            ApiError::TooManyConnections { .. } => 503,
             ApiError::Conflict { .. } => 409,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::UnsupportedMediaType { .. } => 415,
@@ -87,6 +105,12 @@ impl ApiError {
             ApiError::UnsupportedMediaType { .. } => "Unsupported media type",
             ApiError::PayloadTooLarge { .. } => "Body too large",
             ApiError::BodyTimeout => "Body not received in time",
+            ApiError::HeadTimeout => "Request not received in time",
+            ApiError::UriTooLong { .. } => "Request target too long",
+            ApiError::HeadersTooLarge { .. } => "Request head too large",
+            ApiError::ExpectationFailed { .. } => "Expectation not supported",
+            ApiError::VersionNotSupported => "HTTP version not supported",
+            ApiError::TooManyConnections { .. } => "Too many connections",
             ApiError::UnknownRegion { .. } => "Unknown region",
             ApiError::Unsupported { .. } => "Rule not supported by the region's platform",
             ApiError::Conflict { .. } => "Operation in progress",
@@ -111,6 +135,12 @@ impl ApiError {
             }
             ApiError::PayloadTooLarge { .. } => "urn:mec-plugin:problem:body-too-large",
             ApiError::BodyTimeout => "urn:mec-plugin:problem:body-timeout",
+            ApiError::HeadTimeout => "urn:mec-plugin:problem:request-timeout",
+            ApiError::UriTooLong { .. } => "urn:mec-plugin:problem:uri-too-long",
+            ApiError::HeadersTooLarge { .. } => "urn:mec-plugin:problem:head-too-large",
+            ApiError::ExpectationFailed { .. } => "urn:mec-plugin:problem:expectation-failed",
+            ApiError::VersionNotSupported => "urn:mec-plugin:problem:http-version",
+            ApiError::TooManyConnections { .. } => "urn:mec-plugin:problem:too-many-connections",
             ApiError::UnknownRegion { .. } => "urn:mec-plugin:problem:unknown-region",
             ApiError::Unsupported { .. } => "urn:mec-plugin:problem:unsupported-rule",
             ApiError::Conflict { .. } => "urn:mec-plugin:problem:conflict",
@@ -161,6 +191,7 @@ impl ApiError {
             content_type: PROBLEM_JSON,
             headers: Vec::new(),
             body,
+            stream: None,
         };
         match self {
             ApiError::MethodNotAllowed { allow, .. } => {
@@ -168,6 +199,9 @@ impl ApiError {
             }
             ApiError::Unauthorized => {
                 response = response.with_header("WWW-Authenticate", "Bearer realm=\"mec-plugin\"");
+            }
+            ApiError::TooManyConnections { .. } => {
+                response = response.with_header("Retry-After", "1");
             }
             _ => {}
         }
@@ -201,6 +235,25 @@ impl fmt::Display for ApiError {
                 )
             }
             ApiError::BodyTimeout => f.write_str("the request body was not received in time"),
+            ApiError::HeadTimeout => {
+                f.write_str("the request head was not received in time (read_timeout_ms)")
+            }
+            ApiError::UriTooLong { limit } => write!(
+                f,
+                "the request line exceeds the head limit of {limit} bytes (max_head_bytes)"
+            ),
+            ApiError::HeadersTooLarge { detail } => {
+                write!(f, "{detail} (max_head_bytes, max_headers)")
+            }
+            ApiError::ExpectationFailed { expect } => {
+                let shown: String = expect.chars().take(64).collect();
+                write!(f, "Expect '{shown}' is not supported; only 100-continue is")
+            }
+            ApiError::VersionNotSupported => f.write_str("only HTTP/1.0 and HTTP/1.1 are served"),
+            ApiError::TooManyConnections { limit } => write!(
+                f,
+                "{limit} connections are open (max_connections); retry later"
+            ),
             ApiError::UnknownRegion { region_id } => write!(
                 f,
                 "RegionId '{region_id}' is not a region of this plugin; GET /MEC/v1/service/regions lists them"

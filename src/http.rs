@@ -2,6 +2,10 @@
 //! does the I/O) and the [`api`](crate::api) (which decides what to answer). No sockets here,
 //! so routing and handlers are testable as pure functions.
 
+use std::fmt;
+use std::io::{self, Write};
+use std::sync::{Arc, Mutex, PoisonError};
+
 /// A request as the API sees it: method, target, the headers it cares about, and the body,
 /// already read in full under the configured size and time bounds.
 #[derive(Debug, Clone, Default)]
@@ -75,7 +79,41 @@ pub struct Response {
     pub content_type: &'static str,
     /// Extra headers (e.g. `Allow`, `WWW-Authenticate`).
     pub headers: Vec<(&'static str, String)>,
+    /// The body, when it is known in full (sent with `Content-Length`).
     pub body: Vec<u8>,
+    /// A body written piece by piece instead (then `body` is ignored): sent with
+    /// `Transfer-Encoding: chunked` to HTTP/1.1 clients, delimited by the end of the
+    /// connection for HTTP/1.0 ones, and not produced at all for `HEAD`.
+    pub stream: Option<BodyStream>,
+}
+
+/// What writes a streamed body: called once, on the request worker, with a writer that
+/// forwards each piece to the connection. The writer blocks while the client is slow to read
+/// and fails once the client read nothing for `read_timeout` or went away; the function should
+/// then return that error (the connection is closed, so the client sees an incomplete body).
+pub type StreamFn = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
+
+/// A streamed body (see [`Response::stream`]); taken by the server when it writes it.
+#[derive(Clone)]
+pub struct BodyStream(Arc<Mutex<Option<StreamFn>>>);
+
+impl BodyStream {
+    /// The writing function, once (`None` if it was already taken).
+    pub fn take(&self) -> Option<StreamFn> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+impl fmt::Debug for BodyStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BodyStream")
+    }
+}
+
+impl PartialEq for BodyStream {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// Media type of successful JSON bodies.
@@ -91,6 +129,23 @@ impl Response {
             content_type: JSON,
             headers: Vec::new(),
             body,
+            stream: None,
+        }
+    }
+
+    /// A response whose body `write` produces piece by piece (see [`BodyStream`]), e.g. a
+    /// long listing written record by record without holding it all in memory.
+    pub fn stream(
+        status: u16,
+        content_type: &'static str,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
+    ) -> Self {
+        Response {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body: Vec::new(),
+            stream: Some(BodyStream(Arc::new(Mutex::new(Some(Box::new(write)))))),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod http1;
 pub mod journal;
 pub mod mep;
 pub mod metrics;

@@ -366,6 +366,12 @@ fn every_error() -> Vec<ApiError> {
         ApiError::Unauthorized,
         ApiError::Internal { detail: s() },
         ApiError::StateUnavailable { detail: s() },
+        ApiError::HeadTimeout,
+        ApiError::UriTooLong { limit: 1 },
+        ApiError::HeadersTooLarge { detail: s() },
+        ApiError::ExpectationFailed { expect: s() },
+        ApiError::VersionNotSupported,
+        ApiError::TooManyConnections { limit: 1 },
     ]
 }
 
@@ -388,6 +394,12 @@ fn variant(e: &ApiError) -> usize {
         ApiError::Unauthorized => 12,
         ApiError::Internal { .. } => 13,
         ApiError::StateUnavailable { .. } => 14,
+        ApiError::HeadTimeout => 15,
+        ApiError::UriTooLong { .. } => 16,
+        ApiError::HeadersTooLarge { .. } => 17,
+        ApiError::ExpectationFailed { .. } => 18,
+        ApiError::VersionNotSupported => 19,
+        ApiError::TooManyConnections { .. } => 20,
     }
 }
 
@@ -397,7 +409,7 @@ fn every_documented_status_is_one_the_api_produces_and_every_error_is_documented
     let listed: BTreeSet<usize> = errors.iter().map(variant).collect();
     assert_eq!(
         listed,
-        (0..15).collect(),
+        (0..21).collect(),
         "every ApiError variant is listed"
     );
     let error_codes: BTreeSet<u16> = errors.iter().map(ApiError::status).collect();

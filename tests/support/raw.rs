@@ -23,11 +23,13 @@ pub fn options(read_timeout_ms: u64, workers: usize) -> Options {
     Options {
         listen: "127.0.0.1:0".parse().unwrap(),
         workers,
-        connection_threads: 8,
         read_timeout: Duration::from_millis(read_timeout_ms),
+        // Idle keep-alive connections are closed as soon as stalled ones here.
+        idle_timeout: Duration::from_millis(read_timeout_ms),
         max_body_bytes: MAX_BODY,
         api_style: ApiStyle::Spec,
         tls: None,
+        ..Options::default()
     }
 }
 

@@ -1,0 +1,802 @@
+//! HTTP/1.1 message syntax for the [`server`](crate::server) (RFC 9112), free of I/O so that it
+//! is tested byte by byte: the bounded request-head parser (on `httparse`), the body framing
+//! decision (§6.1–6.3), the bounded chunked decoder (§7.1) and the response head writer.
+
+use std::fmt::Write as _;
+
+use crate::error::ApiError;
+
+/// Bounds on what one request may make the server hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Request line plus header fields (and, for a chunked body, each chunk-size line and the
+    /// trailer section).
+    pub max_head_bytes: usize,
+    /// Header fields in a head (and trailer fields after a chunked body).
+    pub max_headers: usize,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+}
+
+/// How the body of a request is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `Content-Length` (0 when neither it nor `Transfer-Encoding` is present).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed request head: what the API needs and what the server needs to frame and answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    pub target: String,
+    /// `HTTP/1.x` minor version: 0 or 1.
+    pub minor: u8,
+    pub content_type: Option<String>,
+    pub authorization: Option<String>,
+    pub framing: Framing,
+    /// The client asked for the connection to be closed after this exchange (`Connection:
+    /// close`, or HTTP/1.0 without `Connection: keep-alive`).
+    pub close: bool,
+    /// `Expect: 100-continue` on an HTTP/1.1 request.
+    pub expect_continue: bool,
+}
+
+/// Why a head was not accepted; each maps to the status the server answers before closing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadError {
+    /// 400: the syntax or the framing is invalid.
+    Bad(String),
+    /// 414: the request line alone does not fit in the head bound.
+    UriTooLong,
+    /// 431: the head exceeds its byte bound or its field count.
+    HeadersTooLarge(String),
+    /// 417: an expectation other than `100-continue`.
+    Expectation(String),
+    /// 505: a major version other than 1.
+    Version,
+}
+
+impl HeadError {
+    /// The problem the server answers with.
+    pub fn into_api_error(self, limits: &Limits) -> ApiError {
+        match self {
+            HeadError::Bad(detail) => ApiError::BadRequest { detail },
+            HeadError::UriTooLong => ApiError::UriTooLong {
+                limit: limits.max_head_bytes,
+            },
+            HeadError::HeadersTooLarge(detail) => ApiError::HeadersTooLarge { detail },
+            HeadError::Expectation(expect) => ApiError::ExpectationFailed { expect },
+            HeadError::Version => ApiError::VersionNotSupported,
+        }
+    }
+}
+
+/// Where a request head ends in `buf`: the index just past its empty line, if it arrived.
+/// `from` is where the previous search stopped (so a trickled head is scanned once in all).
+pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    let mut i = start;
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + p;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            _ => {}
+        }
+        i = nl + 1;
+    }
+    None
+}
+
+/// Number of empty lines (CRLF or LF) before a request line, which RFC 9112 §2.2 lets a server
+/// ignore.
+pub fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut i = 0;
+    loop {
+        if buf[i..].starts_with(b"\r\n") {
+            i += 2;
+        } else if buf[i..].starts_with(b"\n") {
+            i += 1;
+        } else {
+            return i;
+        }
+    }
+}
+
+/// What to answer when `max_head_bytes` arrived without the end of the head: 414 when not even
+/// the request line ended, else 431.
+pub fn oversized_head(buf: &[u8]) -> HeadError {
+    if buf.contains(&b'\n') {
+        HeadError::HeadersTooLarge("the request head exceeds its size limit".into())
+    } else {
+        HeadError::UriTooLong
+    }
+}
+
+/// Parses a complete head (`buf` ends with its empty line) under `limits`.
+pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, HeadError> {
+    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut request = httparse::Request::new(&mut fields);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HeadError::Bad("incomplete head".into())),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HeadError::HeadersTooLarge(format!(
+                "more than {} header fields",
+                limits.max_headers
+            )));
+        }
+        Err(httparse::Error::Version) if version_major_not_1(buf) => {
+            return Err(HeadError::Version);
+        }
+        Err(e) => return Err(HeadError::Bad(format!("malformed request head: {e}"))),
+    }
+    let method = request.method.unwrap_or_default().to_string();
+    let target = request.path.unwrap_or_default().to_string();
+    let minor = request.version.unwrap_or(1);
+    let mut content_length: Option<u64> = None;
+    let mut codings: Vec<String> = Vec::new();
+    let mut hosts = 0;
+    let mut content_type = None;
+    let mut authorization = None;
+    let mut close = minor == 0;
+    let mut expect: Option<String> = None;
+    for field in request.headers.iter() {
+        let name = field.name;
+        let value = field.value;
+        if name.eq_ignore_ascii_case("content-length") {
+            for part in list(value) {
+                let n = parse_length(part).ok_or_else(|| {
+                    HeadError::Bad(format!(
+                        "invalid Content-Length {:?}",
+                        String::from_utf8_lossy(part)
+                    ))
+                })?;
+                if content_length.is_some_and(|seen| seen != n) {
+                    return Err(HeadError::Bad("differing Content-Length values".into()));
+                }
+                content_length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            for part in list(value) {
+                codings.push(String::from_utf8_lossy(part).to_ascii_lowercase());
+            }
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("content-type") {
+            content_type = Some(text(value));
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(text(value));
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in list(value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
+                    close = false;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            expect = Some(text(value));
+        }
+    }
+    if minor == 1 && hosts != 1 {
+        return Err(HeadError::Bad(if hosts == 0 {
+            "an HTTP/1.1 request needs a Host header".into()
+        } else {
+            "more than one Host header".into()
+        }));
+    }
+    let framing = match (codings.is_empty(), content_length) {
+        (true, length) => Framing::Length(length.unwrap_or(0)),
+        (false, Some(_)) => {
+            return Err(HeadError::Bad(
+                "both Transfer-Encoding and Content-Length".into(),
+            ));
+        }
+        (false, None) if minor == 0 => {
+            return Err(HeadError::Bad(
+                "Transfer-Encoding in an HTTP/1.0 request".into(),
+            ));
+        }
+        (false, None) if codings == ["chunked"] => Framing::Chunked,
+        (false, None) => {
+            return Err(HeadError::Bad(format!(
+                "Transfer-Encoding {:?}: only a single chunked coding is accepted",
+                codings.join(", ")
+            )));
+        }
+    };
+    let expect_continue = match expect {
+        None => false,
+        Some(_) if minor == 0 => false, // RFC 9110 §10.1.1: ignored in HTTP/1.0
+        Some(e) if e.trim().eq_ignore_ascii_case("100-continue") => true,
+        Some(e) => return Err(HeadError::Expectation(e)),
+    };
+    Ok(Head {
+        method,
+        target,
+        minor,
+        content_type,
+        authorization,
+        framing,
+        close,
+        expect_continue,
+    })
+}
+
+/// Whether the request line ends in `HTTP/x.y` with x other than 1 (a 505, not a 400).
+fn version_major_not_1(buf: &[u8]) -> bool {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let line = buf[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..line_end]);
+    let Some(space) = line.iter().rposition(|&b| b == b' ') else {
+        return false;
+    };
+    match &line[space + 1..] {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] => {
+            major.is_ascii_digit() && minor.is_ascii_digit() && *major != b'1'
+        }
+        [b'H', b'T', b'T', b'P', b'/', major] => major.is_ascii_digit() && *major != b'1',
+        _ => false,
+    }
+}
+
+/// The elements of a comma-separated field value, trimmed of whitespace; empty ones dropped.
+fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(trim)
+        .filter(|p| !p.is_empty())
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// `1*DIGIT` that fits a u64.
+fn parse_length(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+fn text(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chunked bodies
+
+/// Why a chunked body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChunkError {
+    /// 400: not the chunked syntax.
+    Bad(String),
+    /// 413: the decoded body exceeds `max_body_bytes`.
+    TooLarge,
+    /// 431: a chunk-size line or the trailer section exceeds the head bounds.
+    TooLong(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading a chunk-size line (size, optional extensions, CRLF).
+    Size,
+    /// Copying `n` more data bytes.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// Reading trailer lines after the last chunk, until an empty line.
+    Trailers,
+    Done,
+}
+
+/// Decodes `Transfer-Encoding: chunked` incrementally: feed it what arrived, it appends the data
+/// to the body and says how much input it used. Lines (chunk sizes, trailers) are kept only up
+/// to the head bounds, so its memory is bounded whatever the client sends.
+#[derive(Debug)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    /// The current line so far (chunk-size or trailer line).
+    line: Vec<u8>,
+    trailer_bytes: usize,
+    trailer_fields: usize,
+}
+
+impl Default for ChunkedDecoder {
+    fn default() -> Self {
+        ChunkedDecoder {
+            state: ChunkState::Size,
+            line: Vec::new(),
+            trailer_bytes: 0,
+            trailer_fields: 0,
+        }
+    }
+}
+
+impl ChunkedDecoder {
+    /// Whether the last chunk and the trailers were read.
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Consumes a prefix of `input`, appending decoded data to `body`; returns the bytes
+    /// consumed (all of `input` unless the body ended inside it).
+    pub fn feed(
+        &mut self,
+        input: &[u8],
+        body: &mut Vec<u8>,
+        limits: &Limits,
+    ) -> Result<usize, ChunkError> {
+        let mut i = 0;
+        while i < input.len() {
+            match self.state {
+                ChunkState::Done => break,
+                ChunkState::Data(n) => {
+                    let take = (input.len() - i).min(usize::try_from(n).unwrap_or(usize::MAX));
+                    if body.len() + take > limits.max_body_bytes {
+                        return Err(ChunkError::TooLarge);
+                    }
+                    body.extend_from_slice(&input[i..i + take]);
+                    i += take;
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left)
+                    };
+                }
+                ChunkState::Size | ChunkState::DataEnd | ChunkState::Trailers => {
+                    let b = input[i];
+                    i += 1;
+                    if b != b'\n' {
+                        if self.line.len() >= limits.max_head_bytes {
+                            return Err(ChunkError::TooLong(
+                                "a chunk-size or trailer line exceeds the head size limit".into(),
+                            ));
+                        }
+                        self.line.push(b);
+                        continue;
+                    }
+                    let line = std::mem::take(&mut self.line);
+                    let line = line.strip_suffix(b"\r").unwrap_or(&line);
+                    self.end_line(line, body, limits)?;
+                }
+            }
+        }
+        Ok(i)
+    }
+
+    fn end_line(&mut self, line: &[u8], body: &[u8], limits: &Limits) -> Result<(), ChunkError> {
+        match self.state {
+            ChunkState::DataEnd => {
+                if !line.is_empty() {
+                    return Err(ChunkError::Bad("chunk data longer than its size".into()));
+                }
+                self.state = ChunkState::Size;
+            }
+            ChunkState::Size => {
+                let size = line.split(|&b| b == b';').next().unwrap_or_default();
+                let size = trim(size);
+                let valid =
+                    !size.is_empty() && size.len() <= 16 && size.iter().all(u8::is_ascii_hexdigit);
+                let n = valid
+                    .then(|| std::str::from_utf8(size).ok())
+                    .flatten()
+                    .and_then(|s| u64::from_str_radix(s, 16).ok())
+                    .ok_or_else(|| {
+                        ChunkError::Bad(format!(
+                            "invalid chunk size {:?}",
+                            String::from_utf8_lossy(&line[..line.len().min(32)])
+                        ))
+                    })?;
+                if n == 0 {
+                    self.state = ChunkState::Trailers;
+                } else if body.len() as u64 + n > limits.max_body_bytes as u64 {
+                    return Err(ChunkError::TooLarge);
+                } else {
+                    self.state = ChunkState::Data(n);
+                }
+            }
+            ChunkState::Trailers => {
+                if line.is_empty() {
+                    self.state = ChunkState::Done;
+                    return Ok(());
+                }
+                self.trailer_bytes += line.len() + 2;
+                self.trailer_fields += 1;
+                if self.trailer_bytes > limits.max_head_bytes
+                    || self.trailer_fields > limits.max_headers
+                {
+                    return Err(ChunkError::TooLong(
+                        "the trailer section exceeds the head limits".into(),
+                    ));
+                }
+                if !line.contains(&b':') {
+                    return Err(ChunkError::Bad("malformed trailer field".into()));
+                }
+            }
+            ChunkState::Data(_) | ChunkState::Done => {}
+        }
+        Ok(())
+    }
+}
+
+impl ChunkError {
+    pub fn into_api_error(self, limits: &Limits) -> ApiError {
+        match self {
+            ChunkError::Bad(detail) => ApiError::BadRequest { detail },
+            ChunkError::TooLarge => ApiError::PayloadTooLarge {
+                limit: limits.max_body_bytes,
+            },
+            ChunkError::TooLong(detail) => ApiError::HeadersTooLarge { detail },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// The reason phrase of a status (any text is valid; these are the usual ones).
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
+        422 => "Unprocessable Content",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// Whether a header can be written as is: a token name and a value without control
+/// characters (so no CR/LF can split the response).
+pub fn safe_header(name: &str, value: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && value
+            .bytes()
+            .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// How the body of a response is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    /// `Content-Length`.
+    Fixed(usize),
+    /// `Transfer-Encoding: chunked` (HTTP/1.1).
+    Chunked,
+    /// Ends with the connection (HTTP/1.0 streaming).
+    UntilClose,
+    /// No body and no length (1xx, 204, 304).
+    None,
+}
+
+/// Writes a response head into `out`.
+pub fn write_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    headers: &[(&'static str, String)],
+    length: BodyLength,
+    close: bool,
+    date: &str,
+) {
+    let mut s = String::with_capacity(160);
+    let _ = write!(
+        s,
+        "HTTP/1.1 {status} {}\r\nServer: mec-plugin\r\nDate: {date}\r\n",
+        reason(status)
+    );
+    if length != BodyLength::None {
+        let _ = write!(s, "Content-Type: {content_type}\r\n");
+    }
+    for (name, value) in headers {
+        if is_framing_header(name) {
+            continue;
+        }
+        if safe_header(name, value) {
+            let _ = write!(s, "{name}: {value}\r\n");
+        } else {
+            log::warn!("response header {name} dropped: not a valid header");
+        }
+    }
+    match length {
+        BodyLength::Fixed(n) => {
+            let _ = write!(s, "Content-Length: {n}\r\n");
+        }
+        BodyLength::Chunked => s.push_str("Transfer-Encoding: chunked\r\n"),
+        BodyLength::UntilClose | BodyLength::None => {}
+    }
+    if close {
+        s.push_str("Connection: close\r\n");
+    }
+    s.push_str("\r\n");
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Headers the server writes itself and a handler may not set.
+fn is_framing_header(name: &str) -> bool {
+    [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "server",
+        "date",
+        "content-type",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// The log form of a request target: at most 256 bytes (cut at a character boundary, marked
+/// with `...`), so that a long target cannot make a long log line.
+pub fn log_target(target: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 256;
+    if target.len() <= MAX {
+        return target.into();
+    }
+    let mut end = MAX;
+    while !target.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &target[..end]).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_head_bytes: 1024,
+        max_headers: 8,
+        max_body_bytes: 100,
+    };
+
+    fn parse(text: &str) -> Result<Head, HeadError> {
+        parse_head(text.as_bytes(), &LIMITS)
+    }
+
+    fn bad(text: &str) -> String {
+        match parse(text) {
+            Err(HeadError::Bad(detail)) => detail,
+            other => panic!("{text:?} gave {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_end_of_a_head_is_found_with_crlf_or_lf_and_only_once_scanned() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nrest", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\nA: b\n\nrest", 0), Some(21));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n", 0), None);
+        // Resumed from where the last search stopped, across the boundary.
+        let full = b"GET / HTTP/1.1\r\n\r\n";
+        assert_eq!(head_end(full, 16), Some(18));
+        assert_eq!(leading_empty_lines(b"\r\n\nGET"), 3);
+    }
+
+    #[test]
+    fn a_head_gives_method_target_version_and_the_api_headers() {
+        let head = parse(
+            "POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Authorization: Bearer t\r\nContent-Length: 5\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(head.method, "POST");
+        assert_eq!(head.target, "/a?b=1");
+        assert_eq!(head.minor, 1);
+        assert_eq!(head.content_type.as_deref(), Some("application/json"));
+        assert_eq!(head.authorization.as_deref(), Some("Bearer t"));
+        assert_eq!(head.framing, Framing::Length(5));
+        assert!(!head.close && !head.expect_continue);
+    }
+
+    #[test]
+    fn content_length_must_be_digits_and_duplicates_must_agree() {
+        assert!(bad("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 88x\r\n\r\n").contains("88x"));
+        bad("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 34\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\n");
+        let same =
+            parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3, 3\r\n\r\n");
+        assert_eq!(same.unwrap().framing, Framing::Length(3));
+    }
+
+    #[test]
+    fn transfer_encoding_must_be_a_single_final_chunked_without_content_length() {
+        let chunked = parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert_eq!(chunked.unwrap().framing, Framing::Chunked);
+        bad("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n");
+        bad("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n");
+        bad("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        bad(
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert!(
+            bad("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n")
+                .contains("both")
+        );
+        bad("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
+    }
+
+    #[test]
+    fn http_1_1_needs_exactly_one_host_and_http_1_0_closes_unless_kept_alive() {
+        bad("GET / HTTP/1.1\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+        assert!(parse("GET / HTTP/1.0\r\n\r\n").unwrap().close);
+        assert!(
+            !parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .unwrap()
+                .close
+        );
+        assert!(
+            parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, close\r\n\r\n")
+                .unwrap()
+                .close
+        );
+    }
+
+    #[test]
+    fn expectations_other_than_100_continue_are_refused() {
+        let head = parse("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\n\r\n").unwrap();
+        assert!(head.expect_continue);
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n"),
+            Err(HeadError::Expectation("200-ok".into()))
+        );
+        assert!(
+            !parse("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n")
+                .unwrap()
+                .expect_continue
+        );
+    }
+
+    #[test]
+    fn too_many_fields_is_431_a_long_request_line_414_and_another_version_505() {
+        let mut text = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+        for i in 0..8 {
+            text.push_str(&format!("X-{i}: y\r\n"));
+        }
+        text.push_str("\r\n");
+        assert!(matches!(parse(&text), Err(HeadError::HeadersTooLarge(_))));
+        assert_eq!(oversized_head(b"GET /aaaaaaaa"), HeadError::UriTooLong);
+        assert!(matches!(
+            oversized_head(b"GET / HTTP/1.1\r\nX: aaaa"),
+            HeadError::HeadersTooLarge(_)
+        ));
+        assert_eq!(parse("GET / HTTP/2.0\r\n\r\n"), Err(HeadError::Version));
+        assert_eq!(parse("GET / HTTP/3\r\n\r\n"), Err(HeadError::Version));
+        bad("GET / HTTX/1.1\r\n\r\n");
+        bad("GET  / HTTP/1.1\r\nHost: x\r\n\r\n");
+        bad("GET / HTTP/1.1\r\nHost : x\r\n\r\n");
+    }
+
+    fn decode(input: &[u8], pieces: usize) -> Result<(Vec<u8>, usize), ChunkError> {
+        let mut decoder = ChunkedDecoder::default();
+        let mut body = Vec::new();
+        let mut used = 0;
+        let step = input.len().div_ceil(pieces.max(1)).max(1);
+        for piece in input.chunks(step) {
+            used += decoder.feed(piece, &mut body, &LIMITS)?;
+            if decoder.is_done() {
+                return Ok((body, used));
+            }
+        }
+        Err(ChunkError::Bad("unfinished".into()))
+    }
+
+    #[test]
+    fn a_chunked_body_decodes_whole_or_byte_by_byte_and_stops_at_its_end() {
+        let input = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\nGET /next";
+        for pieces in [1, 3, input.len()] {
+            let (body, used) = decode(input, pieces).unwrap();
+            assert_eq!(body, b"hello world");
+            assert_eq!(&input[used..], b"GET /next");
+        }
+        assert_eq!(decode(b"0\n\n", 1).unwrap().0, b"");
+    }
+
+    #[test]
+    fn chunked_errors_are_400_413_and_431() {
+        assert!(matches!(decode(b"zz\r\n", 1), Err(ChunkError::Bad(_))));
+        assert!(matches!(decode(b"\r\n", 1), Err(ChunkError::Bad(_))));
+        assert!(matches!(
+            decode(b"3\r\nabcd\r\n", 1),
+            Err(ChunkError::Bad(_))
+        ));
+        assert!(matches!(decode(b"65\r\n", 1), Err(ChunkError::TooLarge)));
+        assert!(matches!(
+            decode(b"ffffffffffffffffff\r\n", 1),
+            Err(ChunkError::Bad(_))
+        ));
+        let long_line = format!("1;{}\r\n", "e".repeat(2000));
+        assert!(matches!(
+            decode(long_line.as_bytes(), 7),
+            Err(ChunkError::TooLong(_))
+        ));
+        let many = format!("0\r\n{}\r\n", "T: x\r\n".repeat(9));
+        assert!(matches!(
+            decode(many.as_bytes(), 1),
+            Err(ChunkError::TooLong(_))
+        ));
+        assert!(matches!(
+            decode(b"0\r\nnocolon\r\n\r\n", 1),
+            Err(ChunkError::Bad(_))
+        ));
+        // Exactly the limit is fine, split over chunks.
+        let mut exact = String::new();
+        for _ in 0..4 {
+            exact.push_str(&format!("19\r\n{}\r\n", "x".repeat(25)));
+        }
+        exact.push_str("0\r\n\r\n");
+        assert_eq!(decode(exact.as_bytes(), 5).unwrap().0.len(), 100);
+    }
+
+    #[test]
+    fn the_response_head_has_status_server_length_and_drops_unsafe_headers() {
+        let mut out = Vec::new();
+        let headers = [
+            ("Allow", "GET".to_string()),
+            ("X-Bad", "a\r\nInjected: 1".to_string()),
+            ("Content-Length", "7".to_string()),
+        ];
+        write_head(
+            &mut out,
+            405,
+            "application/json",
+            &headers,
+            BodyLength::Fixed(2),
+            true,
+            "D",
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 405 Method Not Allowed\r\nServer: mec-plugin\r\nDate: D\r\n\
+             Content-Type: application/json\r\nAllow: GET\r\nContent-Length: 2\r\n\
+             Connection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn log_targets_are_cut_at_256_bytes_on_a_character_boundary() {
+        assert_eq!(log_target("/short"), "/short");
+        let long = format!("/{}", "é".repeat(300));
+        let cut = log_target(&long);
+        assert!(cut.len() <= 259 && cut.ends_with("..."), "{}", cut.len());
+    }
+}
