@@ -495,6 +495,90 @@ fn slow_clients_trickling_bodies_hold_no_worker() {
     }
 }
 
+/// Row 3 and items 1-2, the other direction: `workers = 4`; 8 connections each pipeline 200
+/// requests for the 53 KB OpenAPI document and never read an answer. A client that does not
+/// read holds no worker either (`/healthz` p99 ≤ 100 ms meanwhile, a valid POST ≤ 1 s), and
+/// the answers it does not read are not piled up in memory (peak RSS +32 MiB at most, where
+/// all of them would be 80 MB).
+#[test]
+fn clients_that_never_read_hold_no_worker_and_no_memory() {
+    let plugin = Child::start("no-reader", "workers = 4\nread_timeout_ms = 2000\n");
+    let addr = plugin.addr;
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/healthz").status, 200);
+    }
+    let before = peak_kb(&plugin);
+    let pipeline = "GET /MEC/v1/swagger.json HTTP/1.1\r\nHost: t\r\n\r\n".repeat(200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (pipeline, stop) = (pipeline.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut s = connect(addr);
+                s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+                let _ = s.write_all(pipeline.as_bytes());
+                // Holds the connection, reading nothing, until the test ends.
+                let started = Instant::now();
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30) {
+                    thread::sleep(50 * MS);
+                }
+            })
+        })
+        .collect();
+    thread::sleep(1000 * MS);
+    let body = example("dns-only.json");
+    let mut probes = Vec::new();
+    let mut posts = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) && probes.len() < 300 {
+        let sent = Instant::now();
+        assert_eq!(get_within(addr, "/healthz", 5000 * MS).status, 200);
+        probes.push(sent.elapsed());
+        if probes.len() % 40 == 0 {
+            let sent = Instant::now();
+            let (responses, _) = send_and_collect(
+                addr,
+                format!(
+                    "POST {REQUESTS} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+                false,
+                5000 * MS,
+            );
+            assert_eq!(responses[0].status, 201, "{}", show(&responses[0]));
+            posts.push(sent.elapsed());
+        }
+        thread::sleep(40 * MS);
+    }
+    let after = peak_kb(&plugin);
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let _ = w.join();
+    }
+    probes.sort();
+    let p99 = probes[(probes.len() * 99 / 100).min(probes.len() - 1)];
+    eprintln!(
+        "{} probes, p99 {p99:?}; POSTs {posts:?}; peak RSS {before} kB → {after} kB",
+        probes.len()
+    );
+    assert!(probes.len() >= 60, "only {} probes in 6 s", probes.len());
+    assert!(
+        p99 <= 100 * MS,
+        "/healthz p99 {p99:?} while 8 clients do not read"
+    );
+    for took in &posts {
+        assert!(
+            *took <= 1000 * MS,
+            "a valid POST took {took:?} while 8 clients do not read"
+        );
+    }
+    assert!(
+        after <= before + 32 * 1024,
+        "unread answers piled up: peak RSS {before} kB → {after} kB"
+    );
+}
+
 /// One attacker: a POST declaring 100,000 bytes, then 1 byte/s; a new connection whenever the
 /// server answers or closes (after 250 ms). At most 100 connections, until `stop`.
 fn trickle_attacker(addr: SocketAddr, stop: &AtomicBool, attacks: &AtomicUsize) {
@@ -766,6 +850,40 @@ fn chunked(body: &str, pieces: usize) -> String {
         out.push_str("\r\n");
     }
     out
+}
+
+/// Item 1's rule for every limit, applied to `max_body_bytes`: a body of exactly the limit is
+/// read and handled, one byte more gets 413 (declared, and sent chunked).
+#[test]
+fn a_body_of_max_body_bytes_is_accepted_and_one_byte_more_gets_413() {
+    let plugin = Child::start("body-limit", "max_body_bytes = 4096\n");
+    let body = example("dns-only.json");
+    let exact = format!("{body}{}", " ".repeat(4096 - body.len()));
+    let over = format!("{exact} ");
+    let post = |body: &str| {
+        format!(
+            "POST {REQUESTS} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let (responses, _) = send_and_collect(plugin.addr, post(&exact).as_bytes(), true, 5000 * MS);
+    assert_eq!(responses[0].status, 201, "{}", show(&responses[0]));
+    refused_and_closed(plugin.addr, post(&over).as_bytes(), 413);
+    let post_chunked = |body: &str| {
+        format!(
+            "POST {REQUESTS} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n\r\n",
+            chunked(body, 7)
+        )
+    };
+    let (responses, _) = send_and_collect(
+        plugin.addr,
+        post_chunked(&exact).as_bytes(),
+        true,
+        5000 * MS,
+    );
+    assert_eq!(responses[0].status, 201, "{}", show(&responses[0]));
+    refused_and_closed(plugin.addr, post_chunked(&over).as_bytes(), 413);
+    assert_eq!(plugin.stored_requests(), 2);
 }
 
 /// Item 3: chunked bodies are accepted (extensions, trailers, keep-alive after them).
