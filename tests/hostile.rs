@@ -828,6 +828,11 @@ fn smuggling_attempts_get_400_close_and_nothing_else_runs() {
         "Transfer-Encoding: chunked, gzip\r\n".to_string(),
         "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n".to_string(),
         "Transfer-Encoding: xchunked\r\n".to_string(),
+        // Obsolete line folding and whitespace before the colon (RFC 9112 §5.1, §5.2).
+        format!("Transfer-Encoding:\r\n chunked\r\nContent-Length: {n}\r\n"),
+        format!("Transfer-Encoding : chunked\r\nContent-Length: {n}\r\n"),
+        format!("Content-Length : 0\r\nContent-Length: {n}\r\n"),
+        format!("Content-Length: 0\r\n {n}\r\n"),
     ] {
         assert_framing_refused(&plugin, &framing, &inner);
     }
@@ -884,6 +889,55 @@ fn a_body_of_max_body_bytes_is_accepted_and_one_byte_more_gets_413() {
     assert_eq!(responses[0].status, 201, "{}", show(&responses[0]));
     refused_and_closed(plugin.addr, post_chunked(&over).as_bytes(), 413);
     assert_eq!(plugin.stored_requests(), 2);
+}
+
+/// Shutdown (SIGTERM) with hostile connections open: 50 trickling heads, 50 trickling bodies and
+/// 50 idle keep-alive connections hold no request in flight, so they do not hold the shutdown's
+/// grace period (4 s) either: the shutdown completes by itself (not by the watchdog of
+/// `app::run`) within 2 s. (Answers a client does not read are in flight: they get the grace.)
+#[test]
+fn sigterm_ends_the_process_promptly_whatever_the_clients_hold() {
+    let mut plugin = Child::start(
+        "sigterm",
+        "workers = 4\nread_timeout_ms = 30000\nidle_timeout_ms = 30000\n",
+    );
+    let addr = plugin.addr;
+    let mut held = Vec::new();
+    for i in 0..150 {
+        let mut s = connect(addr);
+        match i % 3 {
+            0 => s
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+                .unwrap(),
+            1 => s
+                .write_all(format!("{}{{", post_head(REQUESTS, 100_000)).as_bytes())
+                .unwrap(),
+            _ => {
+                s.write_all(get_text("/healthz", false).as_bytes()).unwrap();
+                assert_eq!(read_response(&mut BufReader::new(&s)).unwrap().status, 200);
+            }
+        }
+        held.push(s);
+    }
+    thread::sleep(300 * MS);
+    // SAFETY: a signal to our own child process, which has not been waited for.
+    unsafe { libc::kill(plugin.pid() as libc::pid_t, libc::SIGTERM) };
+    let started = Instant::now();
+    while plugin.alive() && started.elapsed() < Duration::from_secs(10) {
+        thread::sleep(20 * MS);
+    }
+    let took = started.elapsed();
+    assert!(!plugin.alive(), "still running 10 s after SIGTERM");
+    thread::sleep(100 * MS);
+    let logs = plugin.logs();
+    eprintln!("exited {took:?} after SIGTERM");
+    assert!(took <= 2000 * MS, "exited {took:?} after SIGTERM");
+    // Through the graceful path, not the watchdog that exits the process at 4.5 s.
+    assert!(
+        logs.iter().any(|l| l.contains("mec-plugin stopped in")),
+        "the shutdown did not complete by itself: {logs:#?}"
+    );
+    drop(held);
 }
 
 /// Item 3: chunked bodies are accepted (extensions, trailers, keep-alive after them).
