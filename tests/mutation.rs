@@ -5,6 +5,10 @@
 //! HTTP/1.1 response (`Server: mec-plugin`, a complete body, problem+json for every error) or a
 //! close, and the plugin serves normally afterwards.
 //!
+//! Every other case is followed on its connection by a valid request that asks to close: only
+//! the last answer may then say `Connection: close`, and the last one must (framing holds:
+//! nothing is read past a refused request).
+//!
 //! Deterministic: case `i` is mutated by a generator seeded with (seed, i), whatever thread runs
 //! it. `MEC_PLUGIN_MUTATION_SEED` overrides the seed, `MEC_PLUGIN_MUTATIONS` the count (at most
 //! 1,000,000); a failure prints the seed, the case and the bytes sent. Bounded: 16 client
@@ -107,6 +111,10 @@ fn corpus() -> Vec<Vec<u8>> {
     .map(String::into_bytes)
     .collect()
 }
+
+/// Appended to every other case: a valid request that asks to close, so that a connection the
+/// mutated request left open ends with an answer saying `Connection: close`.
+const SENTINEL: &[u8] = b"GET /healthz?sentinel HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n";
 
 /// Bytes that make parsers stumble.
 const PALETTE: &[u8] = b"\r\n: \t\0\x7f\x80\xff,;=\"/?%09afAFxX-+.HTP";
@@ -257,7 +265,8 @@ fn mutate(request: &[u8], rng: &mut Rng) -> Vec<u8> {
 }
 
 /// What went wrong with one case (`Err`), or the statuses answered (none: closed silently).
-fn run_case(addr: SocketAddr, bytes: &[u8]) -> Result<Vec<u16>, String> {
+/// `sentinel`: the bytes end with a valid request asking to close (see [`SENTINEL`]).
+fn run_case(addr: SocketAddr, bytes: &[u8], sentinel: bool) -> Result<Vec<u16>, String> {
     let mut s = match TcpStream::connect_timeout(&addr, CASE_LIMIT) {
         Ok(s) => s,
         Err(e) => return Err(format!("cannot connect: {e}")),
@@ -326,6 +335,30 @@ fn run_case(addr: SocketAddr, bytes: &[u8]) -> Result<Vec<u16>, String> {
             }
         }
     }
+    // Framing holds: only the last answer may close the connection, and the connection ends
+    // with one that says so (the sentinel asks for it; a refusal says it too). An answer
+    // after a "close" would be a request read past the end of the one refused (smuggling).
+    if sentinel && !responses.is_empty() {
+        let closes = |r: &raw::RawResponse| {
+            r.header("Connection")
+                .is_some_and(|v| v.to_ascii_lowercase().contains("close"))
+        };
+        let last = responses.len() - 1;
+        if let Some(i) = responses[..last].iter().position(closes) {
+            return Err(format!(
+                "answer {} of {} said Connection: close, yet more followed: {:?}",
+                i + 1,
+                responses.len(),
+                String::from_utf8_lossy(&all)
+            ));
+        }
+        if !closes(&responses[last]) {
+            return Err(format!(
+                "the connection ended without an answer saying Connection: close: {:?}",
+                String::from_utf8_lossy(&all)
+            ));
+        }
+    }
     Ok(responses.iter().map(|r| r.status).collect())
 }
 
@@ -383,8 +416,12 @@ fn ten_thousand_mutated_heads_never_cause_a_panic_a_5xx_or_a_malformed_answer() 
                     }
                     let mut rng = Rng::new(seed, case as u64);
                     let original = &corpus[rng.below(corpus.len())];
-                    let bytes = mutate(original, &mut rng);
-                    match run_case(addr, &bytes) {
+                    let mut bytes = mutate(original, &mut rng);
+                    let sentinel = case % 2 == 0;
+                    if sentinel {
+                        bytes.extend_from_slice(SENTINEL);
+                    }
+                    match run_case(addr, &bytes, sentinel) {
                         Ok(statuses) => {
                             let mut tally = tally.lock().unwrap();
                             if statuses.is_empty() {
@@ -421,6 +458,11 @@ fn ten_thousand_mutated_heads_never_cause_a_panic_a_5xx_or_a_malformed_answer() 
     let healthy = alive && plugin.stored_requests() < u64::MAX;
     let mut failures = failures.lock().unwrap().clone();
     failures.sort_by_key(|f| f.0);
+    let mut kinds = BTreeMap::<String, usize>::new();
+    for (_, what, _) in &failures {
+        let kind: String = what.split([':', '(']).next().unwrap_or("").to_string();
+        *kinds.entry(kind).or_insert(0) += 1;
+    }
     let shown: Vec<String> = failures
         .iter()
         .take(15)
@@ -429,7 +471,7 @@ fn ten_thousand_mutated_heads_never_cause_a_panic_a_5xx_or_a_malformed_answer() 
     assert!(
         failures.is_empty() && panics.is_empty() && healthy && done == cases,
         "seed {seed:#x} (MEC_PLUGIN_MUTATION_SEED), {done} of {cases} cases run in {took:?}; \
-         plugin alive: {alive}; {} failing cases; panics logged: {panics:?}\n{}",
+         plugin alive: {alive}; {} failing cases {kinds:?}; panics logged: {panics:?}\n{}",
         failures.len(),
         shown.join("\n")
     );
