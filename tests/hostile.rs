@@ -624,8 +624,28 @@ fn trickle_attacker(addr: SocketAddr, stop: &AtomicBool, attacks: &AtomicUsize) 
 /// arrive within `read_timeout_ms` in total: the connection is cut (at most a 408) after it.
 #[test]
 fn a_trickled_head_is_cut_after_read_timeout_in_total() {
-    let plugin = Child::start("head-deadline", "read_timeout_ms = 1000\n");
-    let mut s = connect(plugin.addr);
+    let plugin = Child::start(
+        "head-deadline",
+        "read_timeout_ms = 1000\nidle_timeout_ms = 5000\n",
+    );
+    // On a new connection, and as the second request of a keep-alive connection.
+    for second in [false, true] {
+        let mut s = connect(plugin.addr);
+        if second {
+            s.write_all(get_text("/healthz", false).as_bytes()).unwrap();
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            assert_eq!(read_response(&mut reader).unwrap().status, 200);
+        }
+        let cut = trickle_head(&mut s);
+        assert!(
+            cut <= 2500 * MS,
+            "head trickle cut after {cut:?} (read_timeout_ms = 1000, second request: {second})"
+        );
+    }
+}
+
+/// Trickles a head on `s`, one byte per 100 ms; how long until the server cut it (408 or close).
+fn trickle_head(s: &mut TcpStream) -> Duration {
     let head = format!(
         "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: {}\r\n\r\n",
         "s".repeat(200)
@@ -664,11 +684,7 @@ fn a_trickled_head_is_cut_after_read_timeout_in_total() {
             break;
         }
     }
-    let cut = cut.expect("a head trickled for 10+ s was never cut");
-    assert!(
-        cut <= 2500 * MS,
-        "head trickle cut after {cut:?} (read_timeout_ms = 1000)"
-    );
+    cut.expect("a head trickled for 10+ s was never cut")
 }
 
 /// Item 2: a body trickled byte by byte (one per 100 ms) must arrive within `read_timeout_ms`
@@ -1241,6 +1257,34 @@ fn pipelined_requests_are_answered_in_order() {
     );
     assert_closing_refusal(&responses[2], 400);
     assert!(closed);
+}
+
+/// Item 3: 2,000 requests pipelined in one write (while the client reads) are all answered, in
+/// order, and the connection stays usable.
+#[test]
+fn two_thousand_pipelined_requests_are_all_answered_in_order() {
+    let plugin = Child::start("pipeline-bomb", "");
+    let s = connect(plugin.addr);
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let mut text = String::new();
+        for i in 0..2000 {
+            let path = if i % 2 == 0 { "/healthz" } else { "/nowhere" };
+            text.push_str(&format!("GET {path}?i={i} HTTP/1.1\r\nHost: t\r\n\r\n"));
+        }
+        w.write_all(text.as_bytes())
+    });
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    for i in 0..2000 {
+        let response = read_response(&mut reader)
+            .unwrap_or_else(|e| panic!("answer {i} of 2000 pipelined: {e}"));
+        let expected = if i % 2 == 0 { 200 } else { 404 };
+        assert_eq!(response.status, expected, "answer {i}: {}", show(&response));
+    }
+    writer.join().unwrap().unwrap();
+    let mut w = s.try_clone().unwrap();
+    w.write_all(get_text("/healthz", true).as_bytes()).unwrap();
+    assert_eq!(read_response(&mut reader).unwrap().status, 200);
 }
 
 /// Item 3: a response sent before its request's body was read in full closes the connection
