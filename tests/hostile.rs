@@ -1724,6 +1724,44 @@ fn a_trickled_tls_handshake_is_cut_and_head_bounds_apply_after_it() {
             assert_closing_refusal(&response, status);
         }
     }
+
+    // After a handshake, a head trickled one byte per 100 ms (one TLS record each) is still cut
+    // within read_timeout_ms in total.
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, connect(plugin.addr));
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .expect("TLS handshake");
+    }
+    let started = Instant::now();
+    let mut cut = None;
+    for b in head_of_size(300).bytes() {
+        if stream.write_all(&[b]).and_then(|_| stream.flush()).is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        stream.sock.set_read_timeout(Some(100 * MS)).unwrap();
+        let mut buf = [0u8; 1024];
+        match stream.read(&mut buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            _ => {
+                cut = Some(started.elapsed());
+                break;
+            }
+        }
+    }
+    let cut = cut.expect("a head trickled over TLS for 30 s was never cut");
+    assert!(
+        cut <= 2500 * MS,
+        "head trickled over TLS cut after {cut:?} (read_timeout_ms = 1000)"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
