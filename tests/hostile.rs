@@ -579,6 +579,66 @@ fn clients_that_never_read_hold_no_worker_and_no_memory() {
     );
 }
 
+/// Row 3, many at once: 400 connections trickle their heads (a byte each per 200 ms, 2,000
+/// bytes a second in all, under `read_timeout_ms = 30000`) while `/healthz` keeps p99 ≤ 100 ms.
+#[test]
+fn four_hundred_trickled_heads_do_not_slow_other_requests() {
+    child::raise_fd_limit(4096);
+    let plugin = Child::start(
+        "slowloris",
+        "workers = 4\nread_timeout_ms = 30000\nidle_timeout_ms = 30000\n",
+    );
+    let addr = plugin.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let trickler = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut conns: Vec<TcpStream> = (0..400).map(|_| connect(addr)).collect();
+            let head = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ";
+            let started = Instant::now();
+            let mut round = 0usize;
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30) {
+                let byte = if round < head.len() {
+                    head[round]
+                } else {
+                    b's'
+                };
+                conns.retain_mut(|s| s.write_all(&[byte]).is_ok());
+                round += 1;
+                thread::sleep(200 * MS);
+            }
+            conns.len()
+        })
+    };
+    thread::sleep(1000 * MS);
+    let mut probes = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) && probes.len() < 300 {
+        let sent = Instant::now();
+        assert_eq!(get_within(addr, "/healthz", 5000 * MS).status, 200);
+        probes.push(sent.elapsed());
+        thread::sleep(30 * MS);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let still_open = trickler.join().unwrap();
+    probes.sort();
+    let p99 = probes[(probes.len() * 99 / 100).min(probes.len() - 1)];
+    eprintln!(
+        "{} probes, p50 {:?}, p99 {p99:?} with {still_open} trickled heads open",
+        probes.len(),
+        probes[probes.len() / 2]
+    );
+    assert_eq!(
+        still_open, 400,
+        "trickled heads were cut before read_timeout_ms"
+    );
+    assert!(probes.len() >= 60, "only {} probes in 6 s", probes.len());
+    assert!(
+        p99 <= 100 * MS,
+        "/healthz p99 {p99:?} with 400 trickled heads"
+    );
+}
+
 /// One attacker: a POST declaring 100,000 bytes, then 1 byte/s; a new connection whenever the
 /// server answers or closes (after 250 ms). At most 100 connections, until `stop`.
 fn trickle_attacker(addr: SocketAddr, stop: &AtomicBool, attacks: &AtomicUsize) {
