@@ -316,7 +316,14 @@ impl Config {
                         5000,
                     )? as u64),
                     connection_threads: int(
-                        s.connection_threads,
+                        s.connection_threads.inspect(|v| {
+                            log::warn!(
+                                "line {}: [server] connection_threads is accepted and ignored: \
+                                 connections no longer have threads of their own (see \
+                                 max_connections)",
+                                at(v.span())
+                            )
+                        }),
                         "connection_threads",
                         4,
                         4096,
@@ -745,6 +752,42 @@ url = "http://127.0.0.1:13000/"
         assert_eq!(c.server.read_timeout, Duration::from_millis(700));
         assert_eq!(c.server.connection_threads, 16);
         assert_eq!(c.server.state_dir, PathBuf::from("/var/lib/x"));
+    }
+
+    #[test]
+    fn the_front_end_bounds_are_read_with_their_defaults_and_ranges() {
+        let c = Config::parse(MINIMAL, "f").unwrap();
+        assert_eq!(c.server.idle_timeout, Duration::from_secs(5));
+        assert_eq!(
+            (
+                c.server.max_head_bytes,
+                c.server.max_headers,
+                c.server.max_connections
+            ),
+            (16384, 100, 1024)
+        );
+        let text = format!(
+            "[server]\nidle_timeout_ms = 1500\nmax_head_bytes = 4096\nmax_headers = 20\nmax_connections = 7\n{MINIMAL}"
+        );
+        let c = Config::parse(&text, "f").unwrap();
+        assert_eq!(c.server.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(
+            (
+                c.server.max_head_bytes,
+                c.server.max_headers,
+                c.server.max_connections
+            ),
+            (4096, 20, 7)
+        );
+        for bad in [
+            "max_head_bytes = 100",
+            "max_headers = 0",
+            "max_connections = 0",
+            "idle_timeout_ms = 1",
+        ] {
+            let e = parse_err(&format!("[server]\n{bad}\n{MINIMAL}"));
+            assert!(e.contains("out of range"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -37,8 +37,9 @@ pub struct Head {
     pub content_type: Option<String>,
     pub authorization: Option<String>,
     pub framing: Framing,
-    /// The client asked for the connection to be closed after this exchange (`Connection:
-    /// close`, or HTTP/1.0 without `Connection: keep-alive`).
+    /// The connection is closed after this exchange: the client asked for it (`Connection:
+    /// close`), or it speaks HTTP/1.0 (whose keep-alive extension is not offered: the answer
+    /// says `Connection: close` and a persistent HTTP/1.0 client simply reconnects).
     pub close: bool,
     /// `Expect: 100-continue` on an HTTP/1.1 request.
     pub expect_continue: bool,
@@ -106,6 +107,24 @@ pub fn leading_empty_lines(buf: &[u8]) -> usize {
     }
 }
 
+/// The method and target of a request line as far as they can be read from a head that was
+/// refused (`-` for what cannot): for the log line, the metrics and a `HEAD` answer.
+pub fn request_line(buf: &[u8]) -> (String, String) {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let mut parts = buf[..line_end].split(|&b| b == b' ');
+    let token = |p: Option<&[u8]>, valid: fn(u8) -> bool| match p {
+        Some(p) if !p.is_empty() && p.iter().all(|&b| valid(b)) => {
+            String::from_utf8_lossy(p).into_owned()
+        }
+        _ => "-".to_string(),
+    };
+    let method = token(parts.next(), |b| {
+        b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    });
+    let target = token(parts.next(), |b| b.is_ascii_graphic());
+    (method, target)
+}
+
 /// What to answer when `max_head_bytes` arrived without the end of the head: 414 when not even
 /// the request line ended, else 431.
 pub fn oversized_head(buf: &[u8]) -> HeadError {
@@ -171,12 +190,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, HeadError> {
         } else if name.eq_ignore_ascii_case("authorization") {
             authorization = Some(text(value));
         } else if name.eq_ignore_ascii_case("connection") {
-            for token in list(value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && minor == 0 {
-                    close = false;
-                }
+            if list(value).any(|token| token.eq_ignore_ascii_case(b"close")) {
+                close = true;
             }
         } else if name.eq_ignore_ascii_case("expect") {
             expect = Some(text(value));
@@ -654,12 +669,17 @@ mod tests {
     }
 
     #[test]
-    fn http_1_1_needs_exactly_one_host_and_http_1_0_closes_unless_kept_alive() {
+    fn http_1_1_needs_exactly_one_host_and_http_1_0_always_closes() {
         bad("GET / HTTP/1.1\r\n\r\n");
         bad("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
         assert!(parse("GET / HTTP/1.0\r\n\r\n").unwrap().close);
         assert!(
-            !parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+            parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")
+                .unwrap()
+                .close
+        );
+        assert!(
+            !parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
                 .unwrap()
                 .close
         );
@@ -790,6 +810,18 @@ mod tests {
              Content-Type: application/json\r\nAllow: GET\r\nContent-Length: 2\r\n\
              Connection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn the_request_line_of_a_refused_head_is_read_as_far_as_it_goes() {
+        let line = |b: &[u8]| request_line(b);
+        assert_eq!(
+            line(b"HEAD /a?b HTTP/1.1\r\nHost: a"),
+            ("HEAD".into(), "/a?b".into())
+        );
+        assert_eq!(line(b"GET /aaaa"), ("GET".into(), "/aaaa".into()));
+        assert_eq!(line(b"G\x01T / HTTP/1.1"), ("-".into(), "/".into()));
+        assert_eq!(line(b"\xff"), ("-".into(), "-".into()));
     }
 
     #[test]

@@ -1382,10 +1382,12 @@ impl IoLoop {
         }
         conn.out.clear();
         conn.out_pos = 0;
-        if close || stopping || conn.eof {
+        if close || stopping {
             self.linger(token);
             return true;
         }
+        // After a half-close too: the complete requests already received are answered in
+        // order, then the connection closes (see `process`).
         conn.phase = Phase::Head { idle: true };
         self.set_deadline(token, idle_timeout);
         let _ = read_timeout;
@@ -1529,24 +1531,33 @@ impl IoLoop {
                 match http1::head_end(&conn.inbuf, from) {
                     Some(end) if end <= limits.max_head_bytes => {
                         let parsed = http1::parse_head(&conn.inbuf[..end], &limits);
+                        let line = parsed
+                            .is_err()
+                            .then(|| http1::request_line(&conn.inbuf[..end]));
                         conn.inbuf.drain(..end);
                         conn.scanned = 0;
-                        self.on_head(token, parsed);
+                        match parsed {
+                            Ok(head) => self.on_head(token, head),
+                            Err(e) => self.refuse_head(token, e, line),
+                        }
                         true
                     }
                     Some(_) => {
-                        let e = http1::oversized_head(&conn.inbuf[..limits.max_head_bytes]);
-                        self.refuse_head(token, e);
+                        let head = &conn.inbuf[..limits.max_head_bytes];
+                        let (e, line) = (http1::oversized_head(head), http1::request_line(head));
+                        self.refuse_head(token, e, Some(line));
                         true
                     }
                     None if conn.inbuf.len() > limits.max_head_bytes => {
-                        let e = http1::oversized_head(&conn.inbuf[..limits.max_head_bytes]);
-                        self.refuse_head(token, e);
+                        let head = &conn.inbuf[..limits.max_head_bytes];
+                        let (e, line) = (http1::oversized_head(head), http1::request_line(head));
+                        self.refuse_head(token, e, Some(line));
                         true
                     }
                     None if conn.eof => {
+                        let line = http1::request_line(&conn.inbuf);
                         let e = HeadError::Bad("the connection ended inside a request head".into());
-                        self.refuse_head(token, e);
+                        self.refuse_head(token, e, Some(line));
                         true
                     }
                     None => {
@@ -1637,18 +1648,17 @@ impl IoLoop {
         }
     }
 
-    fn refuse_head(&mut self, token: Token, error: HeadError) {
+    /// Refuses a head that could not be accepted; `line` is its method and target as far as
+    /// they could be read (for the log, the metrics and `HEAD`).
+    fn refuse_head(&mut self, token: Token, error: HeadError, line: Option<(String, String)>) {
         let error = error.into_api_error(&self.shared.limits);
-        self.refuse(token, error, None, Instant::now());
+        let request = line.map(|(method, target)| Request::new(&method, &target));
+        self.refuse(token, error, request, Instant::now());
     }
 
     /// A complete head: admit it, then read its body or hand it to a worker.
-    fn on_head(&mut self, token: Token, parsed: Result<Head, HeadError>) {
+    fn on_head(&mut self, token: Token, head: Head) {
         let started = Instant::now();
-        let head = match parsed {
-            Ok(head) => head,
-            Err(e) => return self.refuse_head(token, e),
-        };
         let request = Request {
             method: head.method.clone(),
             target: head.target.clone(),
@@ -2164,6 +2174,38 @@ mod tests {
             reader.read_exact(&mut body).unwrap();
             assert_eq!(String::from_utf8(body).unwrap(), format!("/p{i} {i}"));
         }
+    }
+
+    #[test]
+    fn requests_received_before_a_half_close_are_all_answered_in_order() {
+        let server = Server::start(options(2), Arc::new(Guarded)).unwrap();
+        for _ in 0..20 {
+            let mut s = connect(&server);
+            s.write_all(
+                b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\nGET /thr",
+            )
+            .unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let text = read_all(s);
+            let one = text.find("/one 0").expect("the first answer");
+            let two = text.find("/two 0").expect("the second answer");
+            assert!(one < two, "{text}");
+            // The incomplete third head is refused, then the connection closes.
+            assert!(text.contains("HTTP/1.1 400 "), "{text}");
+            assert_eq!(text.matches("HTTP/1.1 ").count(), 3, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_refused_head_request_gets_the_head_of_the_problem_only() {
+        let server = Server::start(options(1), Arc::new(Guarded)).unwrap();
+        let mut s = connect(&server);
+        s.write_all(b"HEAD /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+            .unwrap();
+        let text = read_all(s);
+        assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+        assert!(text.contains("Content-Length: "), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
     }
 
     #[test]

@@ -317,9 +317,8 @@ fn idle_and_trickling_connections_do_not_delay_requests_and_a_burst_is_served(tl
     drop(idle);
     thread::sleep(300 * MS);
 
-    // A burst of 64 new keep-alive connections. (Not while the 400 are open: they occupy the
-    // connection threads, and a burst larger than the threads left free can have a few
-    // connections queued until one ends; see "Bursts" in the server's module docs.)
+    // A burst of 64 new keep-alive connections. (Run after the 400 are closed, as it was when
+    // each connection had a thread; connections no longer do, so the order no longer matters.)
     let start_line = Arc::new(Barrier::new(BURST));
     let hold = Arc::new(Barrier::new(BURST + 1));
     let burst: Vec<_> = (0..BURST)

@@ -62,8 +62,7 @@ fn every_answered_request_is_told_to_the_handler_once_refusals_and_panics_includ
         chunk.len()
     );
     assert_problem(&exchange(addr, &chunked).unwrap(), 413);
-    // 400: the client ends its side after 3 of 2000 declared bytes. (The crate reads bodies
-    // of at most 1 KiB itself before handing the request over: those are declared larger.)
+    // 400: the client ends its side after 3 of 2000 declared bytes.
     let mut cut = connect(addr);
     cut.write_all(format!("{}abc", post_head("/cut", 2000)).as_bytes())
         .unwrap();
