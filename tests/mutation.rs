@@ -116,6 +116,26 @@ fn corpus() -> Vec<Vec<u8>> {
 /// mutated request left open ends with an answer saying `Connection: close`.
 const SENTINEL: &[u8] = b"GET /healthz?sentinel HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n";
 
+/// Whether `bytes` hold a head declaring a body (a `Content-Length`, or `chunked`) that is not
+/// all there, so that bytes sent after them would be read as that body.
+fn body_unfinished(bytes: &[u8]) -> bool {
+    let Some(end) = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+    else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+    let body = &bytes[end..];
+    if head.contains("transfer-encoding") && head.contains("chunked") {
+        return !body.ends_with(b"0\r\n\r\n");
+    }
+    head.lines()
+        .filter_map(|l| l.strip_prefix("content-length:"))
+        .any(|v| v.trim().parse::<usize>().is_ok_and(|n| n > body.len()))
+}
+
 /// Bytes that make parsers stumble.
 const PALETTE: &[u8] = b"\r\n: \t\0\x7f\x80\xff,;=\"/?%09afAFxX-+.HTP";
 
@@ -284,8 +304,9 @@ fn run_case(addr: SocketAddr, bytes: &[u8], sentinel: bool) -> Result<Vec<u16>, 
     }
     // A HEAD answered normally has no body; one the front end refuses (it may not have parsed
     // the method) may carry its problem: both are well-formed, since the refusal closes.
-    let parsed = responses_in(&all, bytes.starts_with(b"HEAD "))
-        .or_else(|e| responses_in(&all, false).map_err(|_| e));
+    // (A cut request that starts with "HEAD" may be taken for a HEAD or not.)
+    let head = bytes.starts_with(b"HEAD");
+    let parsed = responses_in(&all, head).or_else(|e| responses_in(&all, !head).map_err(|_| e));
     let responses = match parsed {
         Ok(r) => r,
         Err(e) => {
@@ -330,7 +351,8 @@ fn run_case(addr: SocketAddr, bytes: &[u8], sentinel: bool) -> Result<Vec<u16>, 
                     .all(|k| j.get(k).is_some())
                     && j["status"] == r.status
             });
-            if !ok && !bytes.starts_with(b"HEAD ") {
+            let bodiless_head = head && r.body.is_empty();
+            if !ok && !bodiless_head {
                 return Err(format!("a malformed problem: {}", problem()));
             }
         }
@@ -417,7 +439,9 @@ fn ten_thousand_mutated_heads_never_cause_a_panic_a_5xx_or_a_malformed_answer() 
                     let mut rng = Rng::new(seed, case as u64);
                     let original = &corpus[rng.below(corpus.len())];
                     let mut bytes = mutate(original, &mut rng);
-                    let sentinel = case % 2 == 0;
+                    // Not after a request whose body is unfinished: its body would swallow
+                    // the sentinel's bytes, and the server rightly never answers them.
+                    let sentinel = case % 2 == 0 && !body_unfinished(&bytes);
                     if sentinel {
                         bytes.extend_from_slice(SENTINEL);
                     }
