@@ -550,8 +550,21 @@ fn worker_loop(shared: &Arc<Shared>) {
             }
         };
         let Some(job) = job else { break };
+        let (token, serial) = (job.token, job.serial);
         if panic::catch_unwind(AssertUnwindSafe(|| serve(shared, job))).is_err() {
+            // E.g. `answered` panicked: the connection still gets an answer, and is closed.
             log::error!("request handling failed outside the handler");
+            let error = ApiError::Internal {
+                detail: "an internal error occurred while handling the request".into(),
+            };
+            let out = render(&error.to_response(shared.api_style), false, true);
+            shared.tell(News::Response {
+                token,
+                serial,
+                out,
+                pipe: None,
+                close: true,
+            });
         }
     }
 }
@@ -2206,6 +2219,126 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
         assert!(text.contains("Content-Length: "), "{text}");
         assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
+    }
+
+    #[test]
+    fn heads_over_their_bounds_get_431_or_414_and_the_connection_closes() {
+        let mut o = options(1);
+        o.max_head_bytes = 1024;
+        o.max_headers = 8;
+        let server = Server::start(o, Arc::new(Guarded)).unwrap();
+        let ask = |text: String| {
+            let mut s = connect(&server);
+            let _ = s.write_all(text.as_bytes());
+            read_all(s)
+        };
+        let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "t".repeat(2000));
+        let answer = ask(long_target);
+        assert!(answer.starts_with("HTTP/1.1 414 "), "{answer:.200}");
+        let big_field = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "v".repeat(1100)
+        );
+        let answer = ask(big_field);
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:.200}");
+        let many = format!("GET / HTTP/1.1\r\nHost: a\r\n{}\r\n", "X: v\r\n".repeat(8));
+        let answer = ask(many);
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:.200}");
+        let fits = ask("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".into());
+        assert!(fits.starts_with("HTTP/1.1 200 "), "{fits:.200}");
+        let refusal = ask(format!("GET /{} HTTP/1.1\r\n", "t".repeat(2000)));
+        assert!(refusal.contains("Server: mec-plugin\r\n"), "{refusal}");
+        assert!(refusal.contains("Connection: close\r\n"), "{refusal}");
+        assert!(refusal.contains("application/problem+json"), "{refusal}");
+    }
+
+    #[test]
+    fn past_max_connections_a_new_connection_gets_503_with_retry_after() {
+        let mut o = options(1);
+        o.max_connections = 2;
+        let server = Server::start(o, Arc::new(Guarded)).unwrap();
+        let held: Vec<TcpStream> = (0..2).map(|_| connect(&server)).collect();
+        std::thread::sleep(Duration::from_millis(100));
+        let answer = read_all(connect(&server));
+        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+        assert!(answer.contains("Retry-After: 1\r\n"), "{answer}");
+        drop(held);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut s = connect(&server);
+        s.write_all(b"GET /again HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        assert!(read_all(s).starts_with("HTTP/1.1 200 "));
+    }
+
+    #[test]
+    fn an_idle_keep_alive_connection_is_closed_without_a_byte_written() {
+        let mut o = options(1);
+        o.idle_timeout = Duration::from_millis(200);
+        let server = Server::start(o, Arc::new(Guarded)).unwrap();
+        let mut s = connect(&server);
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line, "HTTP/1.1 200 OK\r\n");
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        let rest = String::from_utf8_lossy(&rest);
+        // The rest of the first answer, then nothing: no second status line.
+        assert!(rest.ends_with("/a 0"), "{rest}");
+        assert!(!rest.contains("HTTP/1.1"), "{rest}");
+        assert!(started.elapsed() < 3 * SECOND);
+    }
+
+    #[test]
+    fn framing_conflicts_are_refused_and_nothing_smuggled_is_executed() {
+        let server = Server::start(options(1), Arc::new(Guarded)).unwrap();
+        for framing in [
+            "Content-Length: 0\r\nContent-Length: 34",
+            "Content-Length: 88x",
+            "Transfer-Encoding: chunked\r\nContent-Length: 34",
+            "Transfer-Encoding: gzip",
+        ] {
+            let mut s = connect(&server);
+            let text = format!(
+                "POST /first HTTP/1.1\r\nHost: a\r\n{framing}\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+            );
+            s.write_all(text.as_bytes()).unwrap();
+            let answer = read_all(s);
+            assert!(answer.starts_with("HTTP/1.1 400 "), "{framing}: {answer}");
+            assert_eq!(
+                answer.matches("HTTP/1.1 ").count(),
+                1,
+                "{framing}: {answer}"
+            );
+            assert!(!answer.contains("/smuggled"), "{framing}: {answer}");
+        }
+    }
+
+    /// Its `answered` panics.
+    struct BadCounter;
+
+    impl RequestHandler for BadCounter {
+        fn handle(&self, _: &Request) -> Response {
+            Response::json(200, b"{}".to_vec())
+        }
+
+        fn answered(&self, _: &Request, _: u16, _: Duration) {
+            panic!("the counter failed");
+        }
+    }
+
+    #[test]
+    fn a_panic_outside_the_handler_still_answers_500_and_closes() {
+        let server = Server::start(options(1), Arc::new(BadCounter)).unwrap();
+        for _ in 0..2 {
+            let mut s = connect(&server);
+            s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+            let text = read_all(s);
+            assert!(text.starts_with("HTTP/1.1 500 "), "{text}");
+            assert!(text.contains("Connection: close"), "{text}");
+        }
     }
 
     #[test]
