@@ -1824,6 +1824,51 @@ fn a_trickled_tls_handshake_is_cut_and_head_bounds_apply_after_it() {
     );
 }
 
+/// Items 5 and 7: past `max_connections` on an HTTPS listener, the 503 problem+json (with
+/// `Retry-After`) is answered inside TLS, never as plain text on the TLS port.
+#[test]
+fn past_max_connections_over_tls_the_503_is_sent_inside_tls() {
+    let pki = tls::TestPki::generate("hostile-max");
+    let plugin = Child::start(
+        "tls-max",
+        &format!(
+            "max_connections = 2\nidle_timeout_ms = 30000\nread_timeout_ms = 5000\ntls_cert = '{}'\ntls_key = '{}'\n",
+            pki.cert_file.display(),
+            pki.key_file.display()
+        ),
+    );
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap();
+    let config = tls::rustls_client(&ca);
+    let open = || {
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        rustls::StreamOwned::new(conn, connect(plugin.addr))
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = open();
+        stream
+            .write_all(get_text("/healthz", false).as_bytes())
+            .unwrap();
+        let response = read_response(&mut BufReader::new(&mut stream)).unwrap();
+        assert_eq!(response.status, 200);
+        held.push(stream);
+    }
+    let mut third = open();
+    third
+        .write_all(get_text("/healthz", false).as_bytes())
+        .unwrap_or_else(|e| panic!("the third TLS connection: {e}"));
+    let response = read_response(&mut BufReader::new(&mut third))
+        .unwrap_or_else(|e| panic!("the third TLS connection, no 503 inside TLS: {e}"));
+    assert_closing_refusal(&response, 503);
+    assert!(
+        response.header("Retry-After").is_some(),
+        "{}",
+        show(&response)
+    );
+    drop(held);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. Footprint
 
