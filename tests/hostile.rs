@@ -1476,6 +1476,80 @@ fn past_max_connections_a_new_connection_gets_503_with_retry_after() {
     assert!(served, "no connection served after one of 8 closed");
 }
 
+/// Item 5: connections that end badly give their place back. With `max_connections = 16`, 400
+/// connections are reset by the client (`SO_LINGER` 0) in every state: before sending, in the
+/// middle of a head, of a body, of pipelined requests whose answers they do not read, and
+/// after a refusal. Then 16 keep-alive connections at once are all served (none gets a 503).
+#[test]
+fn connections_reset_in_any_state_give_their_place_back() {
+    let plugin = Child::start(
+        "resets",
+        "max_connections = 16\nmax_body_bytes = 4096\nidle_timeout_ms = 30000\nread_timeout_ms = 30000\n",
+    );
+    let addr = plugin.addr;
+    let pipeline = "GET /MEC/v1/swagger.json HTTP/1.1\r\nHost: t\r\n\r\n".repeat(20);
+    for i in 0..400 {
+        let mut s = connect(addr);
+        let _ = match i % 5 {
+            0 => Ok(()),
+            1 => s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Half: "),
+            2 => s.write_all(format!("{}{{\"a\":", post_head(REQUESTS, 2000)).as_bytes()),
+            3 => s.write_all(pipeline.as_bytes()),
+            _ => s.write_all(post_head(REQUESTS, 100_000).as_bytes()),
+        };
+        if i % 5 == 4 {
+            let _ = read_response(&mut BufReader::new(&s));
+        }
+        if i % 50 == 0 {
+            thread::sleep(20 * MS);
+        }
+        reset(s);
+    }
+    // Every place is free again once the server has seen the resets.
+    let mut last = String::new();
+    let served = (0..50).any(|_| {
+        thread::sleep(100 * MS);
+        let mut conns = Vec::new();
+        for _ in 0..16 {
+            let mut s = connect(addr);
+            if s.write_all(get_text("/healthz", false).as_bytes()).is_err() {
+                return false;
+            }
+            conns.push(s);
+        }
+        let statuses: Vec<u16> = conns
+            .iter()
+            .map(|s| read_response(&mut BufReader::new(s)).map_or(0, |r| r.status))
+            .collect();
+        last = format!("{statuses:?}");
+        statuses.iter().all(|&st| st == 200)
+    });
+    assert!(
+        served,
+        "16 connections after 400 resets with max_connections = 16: {last}"
+    );
+}
+
+/// Closes `s` with a reset (`SO_LINGER` 0) instead of an orderly close.
+fn reset(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a value of the size we pass.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(s);
+}
+
 /// Item 5: a burst of 256 new keep-alive connections, each sending one GET at once, is served
 /// within 1 s (best of 3 bursts, so that one scheduling hiccup of a loaded machine does not
 /// decide).
