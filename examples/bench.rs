@@ -1653,18 +1653,27 @@ struct Nginx {
 impl Nginx {
     /// `None` (after saying why) when nginx is missing or does not start.
     fn start(dir: &Path, body: &[u8]) -> Option<Nginx> {
-        let binary = std::env::var_os("NGINX").map(PathBuf::from).or_else(|| {
-            ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.exists())
-        });
+        let binary = std::env::var_os("NGINX")
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .or_else(|| {
+                ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.exists())
+            });
         let Some(binary) = binary else {
             println!(
                 "  nginx is missing (apt-get install -y nginx, or NGINX=/path/to/nginx): skipping the side-by-side part"
             );
             return None;
         };
+        let version = Command::new(&binary)
+            .arg("-v")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+            .unwrap_or_default();
+        println!("  {}: {version}", binary.display());
         let text = String::from_utf8_lossy(body);
         if text.contains('$') {
             println!("  the body contains '$', which nginx's return would expand: skipping nginx");
