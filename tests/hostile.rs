@@ -377,11 +377,25 @@ fn log_lines_cut_the_target_at_256_bytes() {
     assert_eq!(get(plugin.addr, &long).status, 404);
     let (response, _) = stream_huge(plugin.addr, "GET /", b'M', 1 << 20, 10_000 * MS);
     assert_eq!(response.map(|r| r.status), Some(414));
+    // Cut inside a multi-byte character, at every offset: answered, and no panic.
+    for pad in 0..4 {
+        for c in ["é", "€", "😀"] {
+            let path = format!("/{}{}", "a".repeat(pad), c.repeat(300));
+            let response = exchange(
+                plugin.addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+            )
+            .unwrap_or_else(|e| panic!("GET /{pad} x {c}: {e}"));
+            assert_eq!(response.status, 404, "{}", show(&response));
+        }
+    }
     assert!(child_eventually(&plugin, |logs| logs
         .iter()
         .any(|l| l.contains("LLLL"))));
     thread::sleep(200 * MS);
+    assert_eq!(get(plugin.addr, "/healthz").status, 200);
     for line in plugin.logs() {
+        assert!(!line.contains("panicked"), "{line}");
         let run = longest_run(&line, b'L').max(longest_run(&line, b'M'));
         assert!(
             run <= 256,
