@@ -1,7 +1,7 @@
 //! Load and start-up benchmark of the plugin, in-process and on loopback only. Not a test:
 //! it measures and prints, bounded in time and count. See BENCHMARKS.md.
 //!
-//!     cargo run --release --example bench -- [throughput|replay|all] [options]
+//!     cargo run --release --example bench -- [throughput|replay|all|versus-nginx|baseline] [options]
 //!
 //! `throughput` (the default) first probes what a durable POST is made of: `fdatasync` of a
 //! small write on the state directory's file system (appended, and over a preallocated file),
@@ -41,6 +41,18 @@
 //! written through the store before the plugin starts.
 //! `all` runs the three.
 //!
+//! `versus-nginx` (issue 11, "no loss of speed") serves `GET /MEC/v1/service/regions` from the
+//! plugin and the same bytes from Debian's nginx (`return 200` in a generated configuration on
+//! a loopback port; `NGINX=/path` picks the binary) in one run, alternating them `--repeat`
+//! times at `--connections` (default 8 for this command), and prints req/s, p50, p99 and the
+//! ratio (goal >= 0.85, judged on the median). When nginx is missing it says so and skips.
+//!
+//! `baseline --baseline-binary PATH` runs the durable POST with one LL-MEC call against two
+//! builds of the binary as child processes on the same configuration, alternating: this one
+//! (`--binary`, default `target/release/mec-plugin`, next to the bench executable's directory)
+//! and PATH (the previous commit built beside it; `.ci/bench-baseline [REV]` builds REV and
+//! runs this). Goal: the median ratio >= 0.95.
+//!
 //! Options: `--seconds S` (per scenario, default 5), `--connections 1,8`,
 //! `--durable-connections 1,8,32`, `--fsync both|true|false`, `--workers N` (default 8),
 //! `--only get,post,durable,whatif` (subset of scenarios), `--probes false` (skip the probes),
@@ -49,7 +61,8 @@
 //! `--records N`, `--dir PATH` (where the temporary state directories go; default the system
 //! temp dir), `--keep true` (keep the replay state directory, e.g. to profile
 //! `bench replay-child <dir>`), `--compact false` (skip the replay after a compaction),
-//! `--listing-records N`, `--region-records N`. A short bounded run of the listings:
+//! `--listing-records N`, `--region-records N`, `--binary PATH` and
+//! `--baseline-binary PATH` (the `baseline` command). A short bounded run of the listings:
 //! `cargo run --release --example bench -- listings --seconds 1 --listing-records 1000
 //! --region-records 5000`.
 
@@ -121,8 +134,13 @@ fn main() {
             replay(&options, &mut goals);
             listings(&options, &mut goals);
         }
+        "versus-nginx" => versus_nginx(&options, &mut goals),
+        "baseline" => baseline(&options, &mut goals),
         other => {
-            eprintln!("unknown command '{other}': throughput, replay, listings or all");
+            eprintln!(
+                "unknown command '{other}': throughput, replay, listings, all, versus-nginx or \
+                 baseline"
+            );
             std::process::exit(2);
         }
     }
@@ -160,6 +178,12 @@ struct Options {
     repeat: usize,
     listing_records: usize,
     region_records: usize,
+    /// Whether `--connections` / `--durable-connections` were given (the side-by-side
+    /// commands default to 8 instead).
+    connections_given: bool,
+    durable_given: bool,
+    binary: Option<PathBuf>,
+    baseline_binary: Option<PathBuf>,
 }
 
 impl Options {
@@ -212,6 +236,8 @@ impl Options {
                 "repeat",
                 "listing-records",
                 "region-records",
+                "binary",
+                "baseline-binary",
             ];
             if !names.contains(known) {
                 eprintln!("unknown option --{known}");
@@ -257,6 +283,10 @@ impl Options {
                 .parse::<usize>()
                 .expect("--region-records is a number")
                 .clamp(1, MAX_RECORDS),
+            connections_given: values.contains_key("connections"),
+            durable_given: values.contains_key("durable-connections"),
+            binary: values.get("binary").map(PathBuf::from),
+            baseline_binary: values.get("baseline-binary").map(PathBuf::from),
         }
     }
 
@@ -1705,4 +1735,414 @@ fn status_kb(field: &str) -> u64 {
 
 fn utc_now() -> String {
     mec_plugin::util::rfc3339(now_millis())
+}
+
+// ---------------------------------------------------------------------------------------------
+// side by side: nginx, and the previous build
+
+/// `versus-nginx`: `GET /MEC/v1/service/regions` from the plugin (in this process, as in the
+/// `get` scenario) and the same bytes from Debian's nginx (`return 200`, on a loopback port,
+/// started from a generated configuration in a temporary directory), at each of
+/// `--connections` (default 8 here), alternated `--repeat` times; the goal is judged on the
+/// median ratio. Without nginx, says so and skips.
+fn versus_nginx(options: &Options, goals: &mut Vec<String>) {
+    println!();
+    println!(
+        "versus nginx: GET /MEC/v1/service/regions, {:.1} s per run, {} server workers",
+        options.duration.as_secs_f64(),
+        options.workers
+    );
+    let dir = fresh_dir(&options.dir, "nginx");
+    let config = Config::parse(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nworkers = {}\nstate_dir = '{}'\nfsync = false\n\
+             [[region]]\nid = \"2\"\nlatitude = 43.6143899\nlongitude = 7.068931\nrange_km = 10.0\n\
+             [region.mep]\ndriver = \"simulated\"\n",
+            options.workers,
+            dir.join("state").display()
+        ),
+        "bench.toml",
+    )
+    .expect("bench config");
+    let app = App::start(&config).expect("plugin starts");
+    let plugin_addr = app.local_addr();
+    let (plugin_head, body) = fetch(plugin_addr, "/MEC/v1/service/regions").expect("GET regions");
+    println!("  plugin answers: {}", plugin_head.replace("\r\n", " | "));
+    let Some(nginx) = Nginx::start(&dir, &body) else {
+        app.stop(Duration::from_secs(2));
+        let _ = fs::remove_dir_all(&dir);
+        return;
+    };
+    let (nginx_head, nginx_body) =
+        fetch(nginx.addr, "/MEC/v1/service/regions").expect("nginx answers");
+    println!("  nginx answers:  {}", nginx_head.replace("\r\n", " | "));
+    if nginx_body != body {
+        println!("  WARNING: nginx's body differs from the plugin's");
+    }
+    println!(
+        "  {:<8} {:>5} {:>9} {:>8} {:>8} {:>6}   {:>9} {:>8} {:>8} {:>6}   {:>6}",
+        "run",
+        "conns",
+        "plugin/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "nginx/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "ratio"
+    );
+    let connections = if options.connections_given {
+        options.connections.clone()
+    } else {
+        vec![8]
+    };
+    for &c in &connections {
+        let mut ratios = Vec::new();
+        for run in 0..options.repeat {
+            let (plugin, nginx_run) = if run % 2 == 0 {
+                let p = drive(
+                    plugin_addr,
+                    "GET",
+                    "/MEC/v1/service/regions",
+                    c,
+                    options.duration,
+                    None,
+                );
+                let n = drive(
+                    nginx.addr,
+                    "GET",
+                    "/MEC/v1/service/regions",
+                    c,
+                    options.duration,
+                    None,
+                );
+                (p, n)
+            } else {
+                let n = drive(
+                    nginx.addr,
+                    "GET",
+                    "/MEC/v1/service/regions",
+                    c,
+                    options.duration,
+                    None,
+                );
+                let p = drive(
+                    plugin_addr,
+                    "GET",
+                    "/MEC/v1/service/regions",
+                    c,
+                    options.duration,
+                    None,
+                );
+                (p, n)
+            };
+            let ratio = plugin.rate() / nginx_run.rate().max(1.0);
+            ratios.push(ratio);
+            println!(
+                "  {:<8} {:>5} {:>9.0} {:>8.3} {:>8.3} {:>6}   {:>9.0} {:>8.3} {:>8.3} {:>6}   {:>6.2}",
+                run + 1,
+                c,
+                plugin.rate(),
+                plugin.pct(0.50),
+                plugin.pct(0.99),
+                plugin.errors,
+                nginx_run.rate(),
+                nginx_run.pct(0.50),
+                nginx_run.pct(0.99),
+                nginx_run.errors,
+                ratio
+            );
+        }
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        goals.push(format!(
+            "GET regions at {c} connections: plugin/nginx = {median:.2} (median of {} runs; goal >= 0.85) {}",
+            ratios.len(),
+            verdict(median >= 0.85)
+        ));
+    }
+    drop(nginx);
+    app.stop(Duration::from_secs(2));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// One GET on a new connection: the response head and body.
+fn fetch(addr: SocketAddr, path: &str) -> std::io::Result<(String, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut all = Vec::new();
+    s.read_to_end(&mut all)?;
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no response head"))?;
+    let head = String::from_utf8_lossy(&all[..split]).into_owned();
+    Ok((head, all[split + 4..].to_vec()))
+}
+
+/// Debian's nginx serving `body` with `return 200` at `/MEC/v1/service/regions`, from a
+/// configuration in `dir`; stopped (SIGTERM to its master, which stops its workers) on drop.
+struct Nginx {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Nginx {
+    /// `None` (after saying why) when nginx is missing or does not start.
+    fn start(dir: &Path, body: &[u8]) -> Option<Nginx> {
+        let binary = std::env::var_os("NGINX")
+            .map(PathBuf::from)
+            .filter(|p| p.exists())
+            .or_else(|| {
+                ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| p.exists())
+            });
+        let Some(binary) = binary else {
+            println!(
+                "  nginx is missing (apt-get install -y nginx, or NGINX=/path/to/nginx): skipping the side-by-side part"
+            );
+            return None;
+        };
+        let version = Command::new(&binary)
+            .arg("-v")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+            .unwrap_or_default();
+        println!("  {}: {version}", binary.display());
+        let text = String::from_utf8_lossy(body);
+        if text.contains('$') {
+            println!("  the body contains '$', which nginx's return would expand: skipping nginx");
+            return None;
+        }
+        let quoted = text.replace('\\', "\\\\").replace('\'', "\\'");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let root = dir.join("nginx");
+        fs::create_dir_all(root.join("tmp")).expect("nginx dir");
+        let r = root.display();
+        // What a packaged nginx does by default (worker_processes auto, keep-alive), minus logs.
+        let conf = format!(
+            "daemon off;\nworker_processes auto;\npid {r}/nginx.pid;\nerror_log {r}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  server_tokens off;\n  keepalive_requests 10000000;\n\
+             client_body_temp_path {r}/tmp/body;\n  proxy_temp_path {r}/tmp/proxy;\n\
+             fastcgi_temp_path {r}/tmp/fastcgi;\n  uwsgi_temp_path {r}/tmp/uwsgi;\n\
+             scgi_temp_path {r}/tmp/scgi;\n\
+             server {{\n    listen 127.0.0.1:{port};\n\
+             location = /MEC/v1/service/regions {{\n      default_type application/json;\n\
+             return 200 '{quoted}';\n    }}\n  }}\n}}\n"
+        );
+        let conf_path = root.join("nginx.conf");
+        fs::write(&conf_path, conf).expect("nginx.conf");
+        let child = Command::new(&binary)
+            .arg("-p")
+            .arg(&root)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(root.join("error.log"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                println!("  cannot start {}: {e}: skipping nginx", binary.display());
+                return None;
+            }
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                println!(
+                    "  nginx exited ({status}): {}; skipping nginx",
+                    fs::read_to_string(root.join("error.log"))
+                        .unwrap_or_default()
+                        .trim()
+                );
+                return None;
+            }
+            if fetch(addr, "/MEC/v1/service/regions").is_ok() {
+                return Some(Nginx { child, addr });
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        println!("  nginx did not answer within 5 s: skipping nginx");
+        stop_child(&mut child);
+        None
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+/// SIGTERM, then SIGKILL after 3 s; waits for the process.
+fn stop_child(child: &mut std::process::Child) {
+    // SAFETY: a signal to our own child, whose id is valid until we wait for it.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `baseline`: the durable POST with one LL-MEC call (`examples/dns-only.json` against the
+/// bench's fake LL-MEC, fsync on) served by two builds of the binary side by side, each a child
+/// process on the same configuration: this build (`--binary`, default `mec-plugin` next to the
+/// `examples/` directory of this executable, i.e. `target/release/mec-plugin`) and
+/// `--baseline-binary PATH` (the previous commit built beside it, see `.ci/bench-baseline`).
+/// Runs alternate, `--repeat` times each (default 1; use 5 or more), at
+/// `--durable-connections` (default 8 here); the goal (no slower than the baseline, ±5 %) is
+/// judged on the median ratio.
+fn baseline(options: &Options, goals: &mut Vec<String>) {
+    let Some(baseline) = options.baseline_binary.clone() else {
+        eprintln!("baseline needs --baseline-binary PATH (see .ci/bench-baseline)");
+        std::process::exit(2);
+    };
+    let current = options.binary.clone().unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("current executable");
+        exe.parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("mec-plugin"))
+            .expect("target directory")
+    });
+    for (what, path) in [("--binary", &current), ("--baseline-binary", &baseline)] {
+        if !path.exists() {
+            eprintln!(
+                "{what} {} does not exist (cargo build --release builds target/release/mec-plugin)",
+                path.display()
+            );
+            std::process::exit(2);
+        }
+    }
+    let platform = FakeMep::start();
+    let bodies = Arc::new(vec![example("dns-only.json")]);
+    let connections = if options.durable_given {
+        options.durable_connections.clone()
+    } else {
+        vec![8]
+    };
+    println!();
+    println!(
+        "baseline: durable POST dns-only (1 LL-MEC call), fsync on, {:.1} s per run, {} workers",
+        options.duration.as_secs_f64(),
+        options.workers
+    );
+    println!("  this build: {}", current.display());
+    println!("  baseline:   {}", baseline.display());
+    println!(
+        "  {:<5} {:>5} {:<9} {:>8} {:>8} {:>8} {:>6}",
+        "run", "conns", "build", "req/s", "p50 ms", "p99 ms", "errors"
+    );
+    for &c in &connections {
+        let mut ratios = Vec::new();
+        for run in 0..options.repeat {
+            let order: [(&str, &Path); 2] = if run % 2 == 0 {
+                [("this", &current), ("baseline", &baseline)]
+            } else {
+                [("baseline", &baseline), ("this", &current)]
+            };
+            let mut rates = [0.0f64; 2];
+            for (name, binary) in order {
+                let o = drive_binary(options, binary, &platform, c, bodies.clone());
+                println!(
+                    "  {:<5} {:>5} {:<9} {:>8.0} {:>8.3} {:>8.3} {:>6}",
+                    run + 1,
+                    c,
+                    name,
+                    o.rate(),
+                    o.pct(0.50),
+                    o.pct(0.99),
+                    o.errors
+                );
+                rates[usize::from(name == "baseline")] = o.rate();
+            }
+            ratios.push(rates[0] / rates[1].max(1.0));
+        }
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios[ratios.len() / 2];
+        goals.push(format!(
+            "durable POST at {c} connections: this build / baseline = {median:.3} (median of {} pairs; goal >= 0.95) {}",
+            ratios.len(),
+            verdict(median >= 0.95)
+        ));
+    }
+}
+
+/// Starts `binary` as a child on a fresh state directory against `platform`, drives it, stops it.
+fn drive_binary(
+    options: &Options,
+    binary: &Path,
+    platform: &FakeMep,
+    connections: usize,
+    bodies: Arc<Vec<String>>,
+) -> Outcome {
+    let dir = fresh_dir(&options.dir, "baseline");
+    settle(&dir);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let config = dir.join("regions.toml");
+    fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\nstate_dir = '{}'\nfsync = true\n\
+             [[region]]\nid = \"2\"\nlatitude = 43.6143899\nlongitude = 7.068931\nrange_km = 10.0\n\
+             [region.mep]\ndriver = \"llmec\"\nurl = \"http://{}\"\n",
+            options.workers,
+            dir.join("state").display(),
+            platform.addr
+        ),
+    )
+    .expect("config file");
+    let mut child = Command::new(binary)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fetch(addr, "/healthz").is_err() {
+        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            stop_child(&mut child);
+            panic!("{} did not start serving", binary.display());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let outcome = drive(
+        addr,
+        "POST",
+        "/MEC/v1/service/requests",
+        connections,
+        options.duration,
+        Some(bodies),
+    );
+    stop_child(&mut child);
+    let _ = fs::remove_dir_all(&dir);
+    outcome
 }

@@ -86,6 +86,8 @@ pub fn post_head(path: &str, content_length: u64) -> String {
 /// A response as read off the wire.
 #[derive(Debug)]
 pub struct RawResponse {
+    /// The protocol of the status line (`HTTP/1.1`).
+    pub version: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -123,6 +125,53 @@ fn read_line<R: BufRead>(r: &mut R) -> io::Result<String> {
 
 /// Reads one final response (skipping `100 Continue`), with a `Content-Length` or chunked body.
 pub fn read_response<R: BufRead>(r: &mut R) -> io::Result<RawResponse> {
+    read_response_to(r, false)
+}
+
+/// Reads one final response to a `HEAD` request: its head only (no body follows it).
+pub fn read_head_response<R: BufRead>(r: &mut R) -> io::Result<RawResponse> {
+    read_response_to(r, true)
+}
+
+/// Reads every response in `bytes` (all of what a connection sent until it closed); an error
+/// names what is not a well-formed response. `head_only`: the first is the answer to a HEAD.
+pub fn responses_in(bytes: &[u8], head_only: bool) -> io::Result<Vec<RawResponse>> {
+    let mut cursor = io::Cursor::new(bytes);
+    let mut responses = Vec::new();
+    while (cursor.position() as usize) < bytes.len() {
+        let first = responses.is_empty();
+        responses.push(read_response_to(&mut cursor, head_only && first)?);
+    }
+    Ok(responses)
+}
+
+/// Reads everything the peer sends until it closes (end-of-file or reset) or `limit` passes;
+/// the bytes, and whether it closed.
+pub fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while started.elapsed() < limit {
+        let left = limit
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return (all, true),
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return (all, true),
+        }
+    }
+    (all, false)
+}
+
+fn read_response_to<R: BufRead>(r: &mut R, head_only: bool) -> io::Result<RawResponse> {
     loop {
         let status_line = read_line(r)?;
         let status = status_line
@@ -145,10 +194,14 @@ pub fn read_response<R: BufRead>(r: &mut R) -> io::Result<RawResponse> {
             continue;
         }
         let mut response = RawResponse {
+            version: status_line.split(' ').next().unwrap_or("").to_string(),
             status,
             headers,
             body: Vec::new(),
         };
+        if head_only {
+            return Ok(response);
+        }
         if let Some(length) = response.header("Content-Length") {
             let length: usize = length
                 .parse()
