@@ -52,6 +52,12 @@ pub struct Record {
     pub attempts: u32,
     /// Not journaled: when the reconciler may next try (ms since the epoch).
     pub next_attempt: i64,
+    /// Not journaled: the record's place in the creation order, given when it is inserted
+    /// under the records lock (at start-up: the order of the snapshot, which is written in
+    /// this order, then of the journal). Unique and never changed, so two requests created in
+    /// the same millisecond keep their order, and one created while a client pages is never
+    /// placed before a page already served.
+    pub seq: u64,
 }
 
 impl Record {
@@ -81,6 +87,7 @@ impl Record {
             busy: false,
             attempts: 0,
             next_attempt: 0,
+            seq: 0,
         }
     }
 
@@ -154,9 +161,8 @@ pub struct Store {
     journal: Option<Journal>,
 }
 
-/// A record's place in the creation order: its creation time, then its id (two records
-/// created in the same millisecond are ordered by id). Neither ever changes.
-type Created = (i64, Arc<str>);
+/// A record's place in the creation order ([`Record::seq`]), and its id.
+type Created = (u64, Arc<str>);
 
 /// The records and the index of each region's requests in creation order, kept in step under
 /// one lock: a region's listing reads its own requests only.
@@ -172,19 +178,24 @@ struct Records {
     /// asked for after a request deleted since (a client deleting what it lists) goes on
     /// where that request stood instead of being refused.
     removed: VecDeque<Created>,
-    removed_at: HashMap<Arc<str>, i64>,
+    removed_at: HashMap<Arc<str>, u64>,
+    /// The [`Record::seq`] of the next record inserted.
+    next_seq: u64,
 }
 
 /// How many removed records a listing's `after` can still name (about 100 bytes each).
 const REMOVED_CURSORS: usize = 10_000;
 
 impl Records {
-    fn insert(&mut self, record: Arc<Record>) {
+    /// Inserts a new record last in the creation order.
+    fn insert(&mut self, mut record: Record) {
+        record.seq = self.next_seq;
+        self.next_seq += 1;
         self.by_region
             .entry(record.region_id.clone())
             .or_default()
-            .insert((record.created_at, record.id.clone()));
-        if let Some(old) = self.by_id.insert(record.id.clone(), record) {
+            .insert((record.seq, record.id.clone()));
+        if let Some(old) = self.by_id.insert(record.id.clone(), Arc::new(record)) {
             debug_assert!(false, "record {} inserted twice", old.id);
         }
     }
@@ -192,7 +203,7 @@ impl Records {
     fn remove(&mut self, id: &str) -> Option<Arc<Record>> {
         let record = self.by_id.remove(id)?;
         if let Some(set) = self.by_region.get_mut(&*record.region_id) {
-            set.remove(&(record.created_at, record.id.clone()));
+            set.remove(&(record.seq, record.id.clone()));
             if set.is_empty() {
                 self.by_region.remove(&*record.region_id);
             }
@@ -202,9 +213,8 @@ impl Records {
                 self.removed_at.remove(&old);
             }
         }
-        self.removed
-            .push_back((record.created_at, record.id.clone()));
-        self.removed_at.insert(record.id.clone(), record.created_at);
+        self.removed.push_back((record.seq, record.id.clone()));
+        self.removed_at.insert(record.id.clone(), record.seq);
         Some(record)
     }
 
@@ -358,18 +368,22 @@ impl Store {
         // ordered map in one pass from sorted entries, which also packs its nodes full.
         let mut replayed = HashMap::new();
         let mut regions = Regions::default();
+        let mut next_seq = 0;
         let (journal, stats) = Journal::open(dir, fsync, |entry| {
-            replay(&mut replayed, &mut regions, entry)
+            replay(&mut replayed, &mut regions, &mut next_seq, entry)
         })?;
         let mut sorted: Vec<(Arc<str>, Record)> = replayed.into_iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut records = Records::default();
+        let mut records = Records {
+            next_seq,
+            ..Records::default()
+        };
         for (_, record) in &sorted {
             records
                 .by_region
                 .entry(record.region_id.clone())
                 .or_default()
-                .insert((record.created_at, record.id.clone()));
+                .insert((record.seq, record.id.clone()));
         }
         records.by_id = sorted
             .into_iter()
@@ -461,7 +475,7 @@ impl Store {
             }
             let seq = self.write(&record.to_entry())?;
             self.rules().count(&record, 0..record.applied, true);
-            records.insert(Arc::new(record));
+            records.insert(record);
             seq
         };
         self.durable(seq)?;
@@ -489,7 +503,7 @@ impl Store {
         let records = self.lock();
         let from: Bound<Created> = match after {
             Some(id) => match records.by_id.get(id) {
-                Some(r) => Bound::Excluded((r.created_at, r.id.clone())),
+                Some(r) => Bound::Excluded((r.seq, r.id.clone())),
                 None => Bound::Excluded((*records.removed_at.get(id)?, Arc::from(id))),
             },
             None => Bound::Unbounded,
@@ -735,6 +749,11 @@ impl Store {
         if !journal.wants_compaction() {
             return Ok(false);
         }
+        self.compact(journal)
+    }
+
+    /// Starts the next generation and writes the snapshot of the records at its start.
+    fn compact(&self, journal: &Journal) -> Result<bool, StoreError> {
         let (generation, copy) = {
             let records = self.lock();
             let Some(generation) = journal.rotate()? else {
@@ -742,6 +761,9 @@ impl Store {
             };
             (generation, records.values().cloned().collect::<Vec<_>>())
         };
+        // In creation order, which the next start gives the records back (off the lock).
+        let mut copy = copy;
+        copy.sort_unstable_by_key(|r| r.seq);
         journal.write_snapshot(generation, copy.iter().map(|r| r.to_entry()))?;
         Ok(true)
     }
@@ -750,7 +772,12 @@ impl Store {
 /// Applies one replayed journal entry to the map.
 /// Strings are copied from the entry (which borrows them from its line) straight into the
 /// record's own allocations.
-fn replay(records: &mut HashMap<Arc<str>, Record>, regions: &mut Regions, entry: Entry<'_>) {
+fn replay(
+    records: &mut HashMap<Arc<str>, Record>,
+    regions: &mut Regions,
+    next_seq: &mut u64,
+    entry: Entry<'_>,
+) {
     match entry {
         Entry::Put(r) => {
             let mut record = Record::new(
@@ -766,6 +793,8 @@ fn replay(records: &mut HashMap<Arc<str>, Record>, regions: &mut Regions, entry:
             record.last_modified = r.modified;
             record.platform = r.platform.map(|p| regions.intern(&p));
             record.kept = r.kept.map(Arc::from);
+            record.seq = *next_seq;
+            *next_seq += 1;
             records.insert(record.id.clone(), record);
         }
         Entry::Update(u) => {
@@ -886,7 +915,8 @@ mod tests {
         s.insert(record("a", "2")).unwrap();
         assert_eq!(
             s.list(None).iter().map(|r| &*r.id).collect::<Vec<_>>(),
-            ["a", "b"]
+            ["b", "a"],
+            "in creation order"
         );
         assert_eq!(s.list(Some("1")).len(), 1);
         assert!(s.list(Some("3")).is_empty());
@@ -1040,7 +1070,7 @@ mod tests {
             by_region
                 .entry(r.region_id.clone())
                 .or_default()
-                .insert((r.created_at, r.id.clone()));
+                .insert((r.seq, r.id.clone()));
         }
         by_region
     }
@@ -1048,13 +1078,14 @@ mod tests {
     #[test]
     fn pages_follow_the_creation_order_across_regions_and_per_region() {
         let s = Store::in_memory();
-        // (id, region, created): ids out of creation order, a tie broken by id
+        // (id, region, created): ids out of creation order, creation times out of the order
+        // of insertion (a clock stepped back) and tied: insertion order is what counts.
         for (id, region, created) in [
             ("e", "1", 1),
-            ("d", "2", 2),
+            ("d", "2", 3),
             ("c", "1", 3),
-            ("a", "2", 3),
-            ("b", "3", 5),
+            ("a", "2", 2),
+            ("b", "3", 3),
         ] {
             let mut r = record(id, region);
             r.created_at = created;
@@ -1070,7 +1101,7 @@ mod tests {
         assert_eq!(
             (ids(&all), all.more),
             (
-                vec!["e", "d", "a", "c", "b"]
+                vec!["e", "d", "c", "a", "b"]
                     .into_iter()
                     .map(String::from)
                     .collect(),
@@ -1085,9 +1116,9 @@ mod tests {
         let next = s.page(None, Some("d"), 2).unwrap();
         assert_eq!(
             (ids(&next), next.more),
-            (vec!["a".to_string(), "c".into()], true)
+            (vec!["c".to_string(), "a".into()], true)
         );
-        let last = s.page(None, Some("c"), 2).unwrap();
+        let last = s.page(None, Some("a"), 2).unwrap();
         assert_eq!((ids(&last), last.more), (vec!["b".to_string()], false));
         let region = s.page(Some("1"), Some("e"), 1).unwrap();
         assert_eq!((ids(&region), region.more), (vec!["c".to_string()], false));
@@ -1220,6 +1251,35 @@ mod tests {
         assert_eq!(
             s.list(None).iter().map(|r| &*r.id).collect::<Vec<_>>(),
             ["r0", "r2"]
+        );
+    }
+
+    #[test]
+    fn the_creation_order_survives_a_compaction_and_a_restart() {
+        let dir = temp_dir("order");
+        let order = ["z", "a", "m", "b"];
+        {
+            let (s, _) = Store::open(&dir, false).unwrap();
+            // Same millisecond, ids out of order; two before the snapshot, two after it.
+            for id in &order[..2] {
+                s.insert(record(id, "1")).unwrap();
+            }
+            assert!(s.compact(s.journal.as_ref().unwrap()).unwrap());
+            for id in &order[2..] {
+                s.insert(record(id, "1")).unwrap();
+            }
+        }
+        let (s, _) = Store::open(&dir, true).unwrap();
+        let page = s.page(None, None, usize::MAX).unwrap();
+        assert_eq!(
+            page.records.iter().map(|r| &*r.id).collect::<Vec<_>>(),
+            order
+        );
+        s.insert(record("c", "1")).unwrap();
+        let last = s.page(Some("1"), Some("b"), 5).unwrap();
+        assert_eq!(
+            last.records.iter().map(|r| &*r.id).collect::<Vec<_>>(),
+            ["c"]
         );
     }
 }
