@@ -828,6 +828,18 @@ impl Service {
                 self.set_applied(id, k).map_err(Undo::State)?;
                 continue;
             }
+            // This request's apply of it may still land: another request's hold does not
+            // cover that (it may be removed before the late apply lands), so this one keeps
+            // the step until the window has passed. Holders cannot change under the turn.
+            if let Some(until) = self.unsettled_step_until(id, k) {
+                if self.store.is_shared(id, k) {
+                    return Err(Undo::Settling {
+                        left: k + 1,
+                        step: &steps[k],
+                        until,
+                    });
+                }
+            }
             if self
                 .store
                 .release_if_shared(id, k, now_millis())
@@ -876,6 +888,14 @@ impl Service {
             .get(id)
             .map(|u| u.until)
             .filter(|until| *until > Instant::now())
+    }
+
+    /// Until when step `k` of request `id` may still land on its platform, if it may.
+    fn unsettled_step_until(&self, id: &str, k: usize) -> Option<Instant> {
+        self.lock_unsettled()
+            .get(id)
+            .filter(|u| u.step == k && u.until > Instant::now())
+            .map(|u| u.until)
     }
 
     /// A removal of step `k` of request `id`, sent at `sent`, succeeded: if it was sent while
@@ -968,7 +988,7 @@ fn reason(detail: &Option<Box<str>>) -> &str {
 /// What the detail of a request says while `step`'s removal waits for the settle window.
 fn settling(step: &Step, until: Instant) -> String {
     format!(
-        "removing {} was answered before its apply could no longer land (its outcome is unknown; the platform may still carry it out), so the removal is sent again after the settle window, in {} ms",
+        "the apply of {} may still land on the platform (its outcome is unknown; the platform may still carry it out), so it is removed (again) after the settle window, in {} ms",
         step.label(),
         until.saturating_duration_since(Instant::now()).as_millis()
     )
@@ -987,8 +1007,9 @@ enum Undo<'a> {
         step: &'a Step,
         error: MepError,
     },
-    /// `step`'s removal succeeded before its apply (whose outcome is unknown) settled: it is
-    /// sent again after `until`; `left` steps may remain until then.
+    /// `step`'s removal succeeded before its apply (whose outcome is unknown) settled, or was
+    /// held back since another request holds its rule: it is sent again (or released) after
+    /// `until`; `left` steps may remain until then.
     Settling {
         left: usize,
         step: &'a Step,
@@ -1337,6 +1358,41 @@ mod tests {
         let r = s.get(&id).unwrap();
         assert_eq!((r.status, r.applied), (Status::Failed, 0));
         assert!(r.detail.unwrap().contains("has since been removed"));
+    }
+
+    #[test]
+    fn an_apply_that_may_still_land_is_not_released_to_another_request_within_the_window() {
+        let settle = Duration::from_millis(300);
+        let (s, d) = service_settling(Store::in_memory(), settle);
+        // B holds "x"; A's apply of the same rule times out (it may land later).
+        let b = s.create(request(&["x"])).unwrap();
+        *d.fail_apply.lock().unwrap() = Some(("x".into(), MepError::Timeout { url: "u".into() }));
+        let started = Instant::now();
+        let ApiError::Mep {
+            request_id: Some(a),
+            ..
+        } = s.create(request(&["x"])).unwrap_err()
+        else {
+            panic!()
+        };
+        *d.fail_apply.lock().unwrap() = None;
+        if started.elapsed() >= settle {
+            return; // too slow a machine to be within the window
+        }
+        // Within A's window, B is deleted: "x" is removed from the platform...
+        s.delete(&b, false).unwrap();
+        // ...and then A's late apply lands.
+        d.on.lock().unwrap().insert("x".into());
+        std::thread::sleep(settle.saturating_sub(started.elapsed()) + Duration::from_millis(20));
+        for _ in 0..3 {
+            s.store.update(&a, |r| r.next_attempt = 0).unwrap();
+            s.reconcile_once();
+        }
+        assert!(
+            on(&d).is_empty(),
+            "A let go of a rule its late apply put back: orphan {:?}",
+            on(&d)
+        );
     }
 
     #[test]

@@ -333,6 +333,26 @@ fn count_all(records: &Records, rules: &mut RuleIndex) {
     }
 }
 
+/// Whether a record other than `record` holds the platform rule of `record.steps[k]` and
+/// keeps it. Only a request that keeps its rules counts: one whose own removal is pending
+/// (FAILED, DELETING) would leave the rule on the platform after this request said it was
+/// removed, so the rule is removed here instead (removals are idempotent). A PENDING one is
+/// counted: its apply of this rule was answered (the turn says no call for it is in flight),
+/// and it either becomes CREATED or removes the rule itself.
+fn shared_by_another(records: &Records, rules: &RuleIndex, record: &Record, k: usize) -> bool {
+    let step = &record.steps[k];
+    let identity = rules.identity(&record.region_id);
+    rules.may_be_shared(record, step)
+        && records.values().any(|r| {
+            *r.id != *record.id
+                && matches!(r.status, Status::Created | Status::Pending)
+                && r.region_id == record.region_id
+                && r.steps[..r.applied]
+                    .iter()
+                    .any(|other| identity.same(step, other))
+        })
+}
+
 /// The region ids the records share.
 #[derive(Default)]
 struct Regions(HashSet<Arc<str>>);
@@ -606,24 +626,7 @@ impl Store {
             let Some(record) = records.by_id.get(id) else {
                 return Ok(false);
             };
-            let step = &record.steps[k];
-            let identity = rules.identity(&record.region_id);
-            // Only a request that keeps its rules counts: one whose own removal is pending
-            // (FAILED, DELETING) would leave the rule on the platform after this request
-            // said it was removed, so the rule is removed here instead (removals are
-            // idempotent). A PENDING one is counted: its apply of this rule was answered
-            // (the turn says no call for it is in flight), and it either becomes CREATED or
-            // removes the rule itself.
-            let shared = rules.may_be_shared(record, step)
-                && records.values().any(|r| {
-                    *r.id != *id
-                        && matches!(r.status, Status::Created | Status::Pending)
-                        && r.region_id == record.region_id
-                        && r.steps[..r.applied]
-                            .iter()
-                            .any(|other| identity.same(step, other))
-                });
-            if !shared {
+            if !shared_by_another(&records, &rules, record, k) {
                 return Ok(false);
             }
             let record = Arc::make_mut(records.by_id.get_mut(id).expect("looked up above"));
@@ -635,6 +638,18 @@ impl Store {
         };
         self.durable(seq)?;
         Ok(true)
+    }
+
+    /// Whether another CREATED (or PENDING) record holds the platform rule of step `k` of
+    /// record `id`, so that [`release_if_shared`](Store::release_if_shared) would release it.
+    pub fn is_shared(&self, id: &str, k: usize) -> bool {
+        let records = self.lock();
+        let mut rules = self.rules();
+        count_all(&records, &mut rules);
+        records
+            .by_id
+            .get(id)
+            .is_some_and(|record| shared_by_another(&records, &rules, record, k))
     }
 
     /// Step `k` of record `id` found its platform rule already in place: records it as kept
