@@ -329,8 +329,11 @@ fn distance_km(a: Position, b: Position) -> f64 {
     let (lat1, lat2) = (a.latitude.to_radians(), b.latitude.to_radians());
     let dlat = lat2 - lat1;
     let dlon = (b.longitude - a.longitude).to_radians();
-    let h = (dlat / 2.0).sin().powi(2) + lat1.cos() * lat2.cos() * (dlon / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
+    // libm's functions, not `f64::sin` & co., which would link the C library's libm.so
+    // (see Cargo.toml).
+    let h = libm::sin(dlat / 2.0).powi(2)
+        + libm::cos(lat1) * libm::cos(lat2) * libm::sin(dlon / 2.0).powi(2);
+    2.0 * EARTH_RADIUS_KM * libm::asin(h.sqrt().min(1.0))
 }
 
 /// `GET /service/regions`, optionally only those whose circle covers a position, nearest

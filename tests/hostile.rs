@@ -1990,6 +1990,22 @@ fn the_idle_binary_on_the_shipped_configuration_has_at_most_16_threads() {
     );
 }
 
+/// Item 8: the binary does not load the C library's libm.so. Its three functions the region
+/// distance used cost ~220 kB of idle VmRSS (the library's pages and its IFUNC resolvers run at
+/// load); the `libm` crate computes them instead (Cargo.toml). A new `f64::sin` & co. in the
+/// code would bring the library back, and this test says so.
+#[test]
+fn the_binary_does_not_load_the_c_math_library() {
+    let plugin = Child::start_shipped("no-libm");
+    assert_eq!(get(plugin.addr, REGIONS).status, 200);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", plugin.pid())).unwrap();
+    let libm: Vec<&str> = maps.lines().filter(|l| l.contains("/libm.so")).collect();
+    assert!(
+        libm.is_empty(),
+        "libm.so is mapped; use the libm crate instead of f64's functions: {libm:?}"
+    );
+}
+
 /// The ring provider only: the dependency tree has no aws-lc-rs (item 7 and row 8).
 #[test]
 fn only_the_ring_crypto_provider_is_in_the_lock_file() {
