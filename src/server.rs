@@ -599,9 +599,8 @@ fn serve(shared: &Arc<Shared>, job: Job) {
         });
         return;
     };
-    let length = if job.head_only {
-        BodyLength::Chunked
-    } else if job.http10 {
+    // HTTP/1.0 first: no Transfer-Encoding in a response to it, HEAD included (RFC 9112 §6.1).
+    let length = if job.http10 {
         BodyLength::UntilClose
     } else {
         BodyLength::Chunked
@@ -2112,6 +2111,19 @@ mod tests {
         assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
         // The HEAD answer has no body: the GET answer follows at once.
         assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{rest:.80}");
+    }
+
+    #[test]
+    fn a_head_request_over_http_1_0_to_a_stream_gets_no_transfer_encoding() {
+        // RFC 9112 §6.1: no Transfer-Encoding in a response to an HTTP/1.0 request.
+        let server = Server::start(options(1), streaming(3)).unwrap();
+        let mut s = connect(&server);
+        s.write_all(b"HEAD /list HTTP/1.0\r\n\r\n").unwrap();
+        let text = read_all(s);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("Connection: close"), "{text}");
+        assert!(!text.contains("Transfer-Encoding"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
     }
 
     #[test]
