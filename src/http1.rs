@@ -418,7 +418,7 @@ impl ChunkedDecoder {
                     })?;
                 if n == 0 {
                     self.state = ChunkState::Trailers;
-                } else if body.len() as u64 + n > limits.max_body_bytes as u64 {
+                } else if n > (limits.max_body_bytes as u64).saturating_sub(body.len() as u64) {
                     return Err(ChunkError::TooLarge);
                 } else {
                     self.state = ChunkState::Data(n);
@@ -784,6 +784,15 @@ mod tests {
         }
         exact.push_str("0\r\n\r\n");
         assert_eq!(decode(exact.as_bytes(), 5).unwrap().0.len(), 100);
+    }
+
+    #[test]
+    fn a_chunk_size_near_u64_max_after_some_data_is_413_not_an_overflow() {
+        // body.len() + size must not wrap (release) nor panic (debug, overflow checks).
+        let input = b"1\r\na\r\nffffffffffffffff\r\nxx";
+        assert!(matches!(decode(input, 1), Err(ChunkError::TooLarge)));
+        let input = b"1\r\na\r\nFFFFFFFFFFFFFFFF\r\n";
+        assert!(matches!(decode(input, 3), Err(ChunkError::TooLarge)));
     }
 
     #[test]

@@ -265,8 +265,12 @@ struct Shared {
     /// News for the I/O loop from the workers and the pipes; followed by a wake-up.
     news: Mutex<Vec<News>>,
     waker: Waker,
-    /// Set once by `stop`: the loop stops accepting, workers leave when the queue is empty.
+    /// Set once by `stop`: the loop stops accepting and queues no new request.
     stopping: AtomicBool,
+    /// Set by the I/O loop once it queues no more requests (its shutdown began, or it ended):
+    /// workers leave when the queue is empty. Not `stopping`, which the loop sees only at its
+    /// next turn: a head it read meanwhile is still queued, and needs a worker.
+    jobs_closed: AtomicBool,
     /// Set by `stop` when the grace period is over: the loop closes everything and ends.
     abort: AtomicBool,
     /// Threads of this server still running (I/O loop and workers).
@@ -283,6 +287,13 @@ impl Shared {
 
     fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// No request will be queued any more: the workers leave once the queue is empty.
+    fn close_jobs(&self) {
+        self.jobs_closed.store(true, Ordering::Release);
+        let _jobs = lock(&self.jobs);
+        self.job_ready.notify_all();
     }
 }
 
@@ -351,6 +362,7 @@ impl Server {
             news: Mutex::new(Vec::new()),
             waker,
             stopping: AtomicBool::new(false),
+            jobs_closed: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             running: Counter::default(),
         });
@@ -540,7 +552,7 @@ fn worker_loop(shared: &Arc<Shared>) {
                 if let Some(job) = jobs.pop_front() {
                     break Some(job);
                 }
-                if shared.stopping() {
+                if shared.jobs_closed.load(Ordering::Acquire) {
                     break None;
                 }
                 jobs = shared
@@ -587,9 +599,8 @@ fn serve(shared: &Arc<Shared>, job: Job) {
         });
         return;
     };
-    let length = if job.head_only {
-        BodyLength::Chunked
-    } else if job.http10 {
+    // HTTP/1.0 first: no Transfer-Encoding in a response to it, HEAD included (RFC 9112 §6.1).
+    let length = if job.http10 {
         BodyLength::UntilClose
     } else {
         BodyLength::Chunked
@@ -1089,6 +1100,8 @@ impl IoLoop {
                 self.close(token);
             }
         }
+        // No connection left can read another request: the workers finish the queue and leave.
+        self.shared.close_jobs();
     }
 
     // --- accepting
@@ -1904,6 +1917,13 @@ fn classify_accept_error(e: &io::Error) -> AcceptError {
     }
 }
 
+impl Drop for IoLoop {
+    /// However the loop ends (even by a panic), the workers are not left waiting for requests.
+    fn drop(&mut self) {
+        self.shared.close_jobs();
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Small synchronisation helpers
 
@@ -2091,6 +2111,19 @@ mod tests {
         assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
         // The HEAD answer has no body: the GET answer follows at once.
         assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{rest:.80}");
+    }
+
+    #[test]
+    fn a_head_request_over_http_1_0_to_a_stream_gets_no_transfer_encoding() {
+        // RFC 9112 §6.1: no Transfer-Encoding in a response to an HTTP/1.0 request.
+        let server = Server::start(options(1), streaming(3)).unwrap();
+        let mut s = connect(&server);
+        s.write_all(b"HEAD /list HTTP/1.0\r\n\r\n").unwrap();
+        let text = read_all(s);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("Connection: close"), "{text}");
+        assert!(!text.contains("Transfer-Encoding"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
     }
 
     #[test]
@@ -2327,6 +2360,43 @@ mod tests {
         fn answered(&self, _: &Request, _: u16, _: Duration) {
             panic!("the counter failed");
         }
+    }
+
+    /// Holds the I/O loop in `admit` (the head is read, not yet queued) while the test begins
+    /// a shutdown.
+    struct SlowAdmit(Mutex<std::sync::mpsc::Sender<()>>);
+
+    impl RequestHandler for SlowAdmit {
+        fn handle(&self, _: &Request) -> Response {
+            Response::json(200, b"{}".to_vec())
+        }
+
+        fn admit(&self, _: &Request) -> Option<Response> {
+            let _ = lock(&self.0).send(());
+            thread::sleep(Duration::from_millis(300));
+            None
+        }
+    }
+
+    #[test]
+    fn a_request_queued_as_the_shutdown_begins_is_still_answered_and_does_not_hold_it() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = Server::start(options(2), Arc::new(SlowAdmit(Mutex::new(tx)))).unwrap();
+        let mut s = connect(&server);
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        rx.recv_timeout(5 * SECOND).expect("the head reached admit");
+        // The workers see the stop with an empty queue; the request is queued just after.
+        let started = Instant::now();
+        let stopper = thread::spawn(move || server.shutdown(10 * SECOND));
+        let text = read_all(s);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("Connection: close"), "{text}");
+        stopper.join().unwrap();
+        assert!(
+            started.elapsed() < 5 * SECOND,
+            "the shutdown waited {:?} for a request no worker would take",
+            started.elapsed()
+        );
     }
 
     #[test]
