@@ -1369,15 +1369,17 @@ impl IoLoop {
         if conn.out_pos < conn.out.len() {
             return false;
         }
-        match pipe.take() {
-            Some(piece) => {
-                conn.out.clear();
-                conn.out_pos = 0;
-                conn.out.extend_from_slice(&piece);
-                true
-            }
-            None => false,
-        }
+        let Some(piece) = pipe.take() else {
+            return false;
+        };
+        conn.out.clear();
+        conn.out_pos = 0;
+        conn.out.extend_from_slice(&piece);
+        // The client must now take it: `after_write` cleared the deadline while the pipe was
+        // empty, and a socket that is full when the piece comes would otherwise never arm it
+        // again (a client that reads nothing would hold its connection for good).
+        self.set_deadline(token, self.shared.read_timeout);
+        true
     }
 
     /// When the response is out: close, or wait for the next request.
