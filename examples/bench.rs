@@ -1826,42 +1826,23 @@ fn versus_nginx(options: &Options, goals: &mut Vec<String>) {
     for &c in &connections {
         let mut ratios = Vec::new();
         for run in 0..options.repeat {
+            // The two alternate which goes first.
+            let regions = |addr| {
+                drive(
+                    addr,
+                    "GET",
+                    "/MEC/v1/service/regions",
+                    c,
+                    options.duration,
+                    None,
+                )
+            };
             let (plugin, nginx_run) = if run % 2 == 0 {
-                let p = drive(
-                    plugin_addr,
-                    "GET",
-                    "/MEC/v1/service/regions",
-                    c,
-                    options.duration,
-                    None,
-                );
-                let n = drive(
-                    nginx.addr,
-                    "GET",
-                    "/MEC/v1/service/regions",
-                    c,
-                    options.duration,
-                    None,
-                );
-                (p, n)
+                let p = regions(plugin_addr);
+                (p, regions(nginx.addr))
             } else {
-                let n = drive(
-                    nginx.addr,
-                    "GET",
-                    "/MEC/v1/service/regions",
-                    c,
-                    options.duration,
-                    None,
-                );
-                let p = drive(
-                    plugin_addr,
-                    "GET",
-                    "/MEC/v1/service/regions",
-                    c,
-                    options.duration,
-                    None,
-                );
-                (p, n)
+                let n = regions(nginx.addr);
+                (regions(plugin_addr), n)
             };
             let ratio = plugin.rate() / nginx_run.rate().max(1.0);
             ratios.push(ratio);

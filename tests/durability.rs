@@ -3,13 +3,15 @@
 //! cuts never refuse the start), a damaged journal
 //! stops the start naming file and offset, and a state directory serves one process at a time.
 
+#[path = "support/child.rs"]
+mod child;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -84,15 +86,9 @@ impl Logs {
 
 /// Starts the binary on `config` and `state` listening on a free loopback port.
 fn spawn(config: &Path, state: &Path) -> (Child, Logs) {
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
+    let mut child = child::command(BIN, config)
         .args(["--listen", "127.0.0.1:0", "--state-dir"])
         .arg(state)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("the binary starts");
     let logs = Logs::default();
@@ -393,6 +389,29 @@ impl Ledger {
     }
 }
 
+/// `n` client threads on `binary` until `stop`, the live requests shared out among them, each
+/// labelled `{tag}-t<its number>`.
+fn start_clients(
+    n: usize,
+    binary: &Binary,
+    ledger: &Arc<Mutex<Ledger>>,
+    stop: &Arc<AtomicBool>,
+    tag: &str,
+    rng: &mut Rng,
+) -> Vec<thread::JoinHandle<()>> {
+    let mut live = ledger.lock().unwrap().live();
+    (0..n)
+        .map(|t| {
+            let own: Vec<String> = live.drain(..live.len() / (n - t)).collect();
+            let api = Api::new(&binary.addr, Duration::from_secs(5));
+            let (stop, ledger) = (stop.clone(), ledger.clone());
+            let thread_seed = rng.next();
+            let label = format!("{tag}-t{t}");
+            thread::spawn(move || client_loop(api, stop, ledger, own, label, thread_seed))
+        })
+        .collect()
+}
+
 /// One client thread of a cycle: POSTs unique DNS rules and DELETEs ids it owns, until `stop`.
 fn client_loop(
     api: Api,
@@ -538,26 +557,8 @@ fn acknowledged_changes_survive_kill_9_at_random_moments() {
                 &format!("after kill {cycle}"),
             ));
         }
-        let mut live = ledger.lock().unwrap().live();
         let stop = Arc::new(AtomicBool::new(false));
-        let threads: Vec<_> = (0..8)
-            .map(|t| {
-                let own: Vec<String> = live.drain(..live.len() / (8 - t)).collect();
-                let api = Api::new(&binary.addr, Duration::from_secs(5));
-                let (stop, ledger) = (stop.clone(), ledger.clone());
-                let thread_seed = rng.next();
-                thread::spawn(move || {
-                    client_loop(
-                        api,
-                        stop,
-                        ledger,
-                        own,
-                        format!("c{cycle}-t{t}"),
-                        thread_seed,
-                    )
-                })
-            })
-            .collect();
+        let threads = start_clients(8, &binary, &ledger, &stop, &format!("c{cycle}"), &mut rng);
         let run = Duration::from_millis(150 + rng.below(451));
         thread::sleep(run);
         // Threads are in the middle of requests: the kill cuts them off.
@@ -1049,26 +1050,8 @@ fn power_cuts_that_damage_only_the_unacknowledged_tail_never_refuse_the_start() 
                 &format!("after power cut {cycle} ({})", damages[cycle - 1]),
             ));
         }
-        let mut live = ledger.lock().unwrap().live();
         let stop = Arc::new(AtomicBool::new(false));
-        let threads: Vec<_> = (0..3)
-            .map(|t| {
-                let own: Vec<String> = live.drain(..live.len() / (3 - t)).collect();
-                let api = Api::new(&binary.addr, Duration::from_secs(5));
-                let (stop, ledger) = (stop.clone(), ledger.clone());
-                let thread_seed = rng.next();
-                thread::spawn(move || {
-                    client_loop(
-                        api,
-                        stop,
-                        ledger,
-                        own,
-                        format!("p{cycle}-t{t}"),
-                        thread_seed,
-                    )
-                })
-            })
-            .collect();
+        let threads = start_clients(3, &binary, &ledger, &stop, &format!("p{cycle}"), &mut rng);
         thread::sleep(Duration::from_millis(40 + rng.below(160)));
         stop.store(true, Ordering::SeqCst);
         binary.kill();

@@ -681,11 +681,7 @@ fn trickle_attacker(addr: SocketAddr, stop: &AtomicBool, attacks: &AtomicUsize) 
             s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
             match s.read(&mut buf) {
                 Ok(_) => break,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if timed_out(&e) => {}
                 Err(_) => break,
             }
         }
@@ -744,11 +740,7 @@ fn trickle_head(s: &mut TcpStream) -> Duration {
                 cut = Some(started.elapsed());
                 break;
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if timed_out(&e) => {}
             Err(_) => {
                 cut = Some(started.elapsed());
                 break;
@@ -789,11 +781,7 @@ fn a_trickled_body_gets_408_after_read_timeout_in_total() {
                 closed = c;
                 break;
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if timed_out(&e) => {}
             Err(_) => break,
         }
     }
@@ -1175,13 +1163,7 @@ fn expect_100_continue_only_after_the_checks_and_417_otherwise() {
             "answered an HTTP/1.0 Expect before its body: {:?}",
             String::from_utf8_lossy(&early[..n])
         ),
-        Err(e) => assert!(
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ),
-            "{e}"
-        ),
+        Err(e) => assert!(timed_out(&e), "{e}"),
     }
     s.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
     s.write_all(body.as_bytes()).unwrap();
@@ -1807,19 +1789,55 @@ fn every_refusal_of_the_front_end_is_problem_json_logged_once_and_counted() {
 // ---------------------------------------------------------------------------------------------
 // 7. TLS
 
-/// Item 7: a client trickling its ClientHello (one byte per 100 ms, so no single read stalls)
-/// is cut within about `read_timeout_ms` in total; after a handshake the head bounds apply.
-#[test]
-fn a_trickled_tls_handshake_is_cut_and_head_bounds_apply_after_it() {
-    let pki = tls::TestPki::generate("hostile");
+/// The plugin on HTTPS with a fresh PKI: `config` (whole lines), then its certificate and key.
+fn start_tls(name: &str, config: &str) -> (tls::TestPki, Child) {
+    let pki = tls::TestPki::generate(&format!("hostile-{name}"));
     let plugin = Child::start(
-        "tls",
+        name,
         &format!(
-            "read_timeout_ms = 1000\nmax_head_bytes = 4096\ntls_cert = '{}'\ntls_key = '{}'\n",
+            "{config}tls_cert = '{}'\ntls_key = '{}'\n",
             pki.cert_file.display(),
             pki.key_file.display()
         ),
     );
+    (pki, plugin)
+}
+
+/// A rustls client configuration trusting `pki`'s CA.
+fn tls_client(pki: &tls::TestPki) -> Arc<rustls::ClientConfig> {
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap();
+    tls::rustls_client(&ca)
+}
+
+/// A TLS stream to `addr` as 127.0.0.1 (the handshake happens on first use).
+fn tls_stream(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
+    rustls::StreamOwned::new(conn, connect(addr))
+}
+
+/// Whether a read with a short timeout says the server answered or closed the connection,
+/// rather than still waiting for the rest.
+fn answered_or_closed(read: std::io::Result<usize>) -> bool {
+    !matches!(read, Err(ref e) if timed_out(e))
+}
+
+/// Whether a read with a timeout failed only for want of data in time.
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Item 7: a client trickling its ClientHello (one byte per 100 ms, so no single read stalls)
+/// is cut within about `read_timeout_ms` in total; after a handshake the head bounds apply.
+#[test]
+fn a_trickled_tls_handshake_is_cut_and_head_bounds_apply_after_it() {
+    let (pki, plugin) = start_tls("tls", "read_timeout_ms = 1000\nmax_head_bytes = 4096\n");
     // A TLS record header announcing a 512-byte handshake message, then its bytes, slowly.
     let mut s = connect(plugin.addr);
     s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
@@ -1832,20 +1850,9 @@ fn a_trickled_tls_handshake_is_cut_and_head_bounds_apply_after_it() {
         }
         s.set_read_timeout(Some(100 * MS)).unwrap();
         let mut buf = [0u8; 1024];
-        match s.read(&mut buf) {
-            Ok(_) => {
-                cut = Some(started.elapsed());
-                break;
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => {
-                cut = Some(started.elapsed());
-                break;
-            }
+        if answered_or_closed(s.read(&mut buf)) {
+            cut = Some(started.elapsed());
+            break;
         }
     }
     let cut = cut.expect("a ClientHello trickled for 20 s was never cut");
@@ -1855,12 +1862,9 @@ fn a_trickled_tls_handshake_is_cut_and_head_bounds_apply_after_it() {
     );
 
     // After a handshake: 431 for a head one byte past the bound, 200 at it.
-    let ca = rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap();
-    let config = tls::rustls_client(&ca);
+    let config = tls_client(&pki);
     for (size, status) in [(4096, 200), (4097, 431)] {
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
-        let mut stream = rustls::StreamOwned::new(conn, connect(plugin.addr));
+        let mut stream = tls_stream(&config, plugin.addr);
         stream
             .write_all(head_of_size(size).as_bytes())
             .unwrap_or_else(|e| panic!("TLS handshake: {e}; {:#?}", plugin.logs()));
@@ -1875,9 +1879,7 @@ fn a_trickled_tls_handshake_is_cut_and_head_bounds_apply_after_it() {
 
     // After a handshake, a head trickled one byte per 100 ms (one TLS record each) is still cut
     // within read_timeout_ms in total.
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
-    let mut stream = rustls::StreamOwned::new(conn, connect(plugin.addr));
+    let mut stream = tls_stream(&config, plugin.addr);
     while stream.conn.is_handshaking() {
         stream
             .conn
@@ -1893,16 +1895,9 @@ fn a_trickled_tls_handshake_is_cut_and_head_bounds_apply_after_it() {
         }
         stream.sock.set_read_timeout(Some(100 * MS)).unwrap();
         let mut buf = [0u8; 1024];
-        match stream.read(&mut buf) {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            _ => {
-                cut = Some(started.elapsed());
-                break;
-            }
+        if answered_or_closed(stream.read(&mut buf)) {
+            cut = Some(started.elapsed());
+            break;
         }
     }
     let cut = cut.expect("a head trickled over TLS for 30 s was never cut");
@@ -1916,22 +1911,12 @@ fn a_trickled_tls_handshake_is_cut_and_head_bounds_apply_after_it() {
 /// `Retry-After`) is answered inside TLS, never as plain text on the TLS port.
 #[test]
 fn past_max_connections_over_tls_the_503_is_sent_inside_tls() {
-    let pki = tls::TestPki::generate("hostile-max");
-    let plugin = Child::start(
+    let (pki, plugin) = start_tls(
         "tls-max",
-        &format!(
-            "max_connections = 2\nidle_timeout_ms = 30000\nread_timeout_ms = 5000\ntls_cert = '{}'\ntls_key = '{}'\n",
-            pki.cert_file.display(),
-            pki.key_file.display()
-        ),
+        "max_connections = 2\nidle_timeout_ms = 30000\nread_timeout_ms = 5000\n",
     );
-    let ca = rustls::pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap();
-    let config = tls::rustls_client(&ca);
-    let open = || {
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-        let conn = rustls::ClientConnection::new(config.clone(), name).unwrap();
-        rustls::StreamOwned::new(conn, connect(plugin.addr))
-    };
+    let config = tls_client(&pki);
+    let open = || tls_stream(&config, plugin.addr);
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut stream = open();

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::fake_llmec::FakeLlMec;
-use support::{Plugin, eventually, llmec_region, server_section, simulated_region, skip, temp_dir};
+use support::{
+    Plugin, Reply, eventually, llmec_region, server_section, simulated_region, skip, temp_dir,
+};
 
 fn dns(region: &str, n: usize) -> String {
     format!(
@@ -181,27 +183,52 @@ fn big(n: usize, bytes: usize) -> String {
     )
 }
 
-/// GET of a path outside `/MEC/v1` (health, metrics): status and body.
-fn get_root(plugin: &Plugin, path: &str) -> (u16, String) {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .new_agent();
-    let url = format!("http://{}{path}", plugin.app.local_addr());
-    let mut r = agent
-        .get(&url)
-        .call()
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
-    (
-        r.status().as_u16(),
-        r.body_mut().read_to_string().unwrap_or_default(),
+/// The tmpfs `name` mounted with `options`, or `None` once `test` is reported skipped.
+fn tmpfs_or_skip(test: &str, name: &str, options: &str) -> Option<Tmpfs> {
+    match Tmpfs::mount(name, options) {
+        Ok(fs) => Some(fs),
+        Err(why) => {
+            skip(test, &why);
+            None
+        }
+    }
+}
+
+/// One simulated region and bodies up to 4 MiB.
+fn big_body_config() -> String {
+    format!(
+        "{}{}",
+        server_section("max_body_bytes = 4194304"),
+        simulated_region("2")
     )
 }
 
+/// Posts requests of 512 KiB (at most 40) until one answers 507: the ids kept, and the 507.
+fn post_until_507(plugin: &Plugin) -> (Vec<String>, Option<Reply>) {
+    let mut kept = Vec::new();
+    for n in 0..40 {
+        let r = plugin.post(&big(n, 512 << 10));
+        match r.status {
+            201 => kept.push(r.json["RequestId"].as_str().unwrap().to_string()),
+            507 => return (kept, Some(r)),
+            other => panic!("{other}: {}", r.json["detail"]),
+        }
+    }
+    (kept, None)
+}
+
+/// Health answers 200 within 5 s.
+fn assert_health_recovers(plugin: &Plugin) {
+    assert!(
+        eventually(Duration::from_secs(5), || plugin.get_root("/healthz").0
+            == 200),
+        "{:?}",
+        plugin.get_root("/healthz")
+    );
+}
+
 fn writable_gauge(plugin: &Plugin) -> String {
-    let (_, text) = get_root(plugin, "/metrics");
+    let (_, text) = plugin.get_root("/metrics");
     text.lines()
         .find(|l| l.starts_with("mec_plugin_state_writable "))
         .unwrap_or_else(|| panic!("no gauge: {text}"))
@@ -210,40 +237,19 @@ fn writable_gauge(plugin: &Plugin) -> String {
 
 #[test]
 fn a_full_state_dir_answers_507_keeps_reads_and_resumes_once_it_has_room() {
-    let fs = match Tmpfs::mount("state-full", "12m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            return skip(
-                "a_full_state_dir_answers_507_keeps_reads_and_resumes_once_it_has_room",
-                &why,
-            );
-        }
+    let Some(fs) = tmpfs_or_skip(
+        "a_full_state_dir_answers_507_keeps_reads_and_resumes_once_it_has_room",
+        "state-full",
+        "12m",
+    ) else {
+        return;
     };
     let state = fs.0.join("state");
-    let plugin = Plugin::start_in(
-        &format!(
-            "{}{}",
-            server_section("max_body_bytes = 4194304"),
-            simulated_region("2")
-        ),
-        &state,
-    );
+    let plugin = Plugin::start_in(&big_body_config(), &state);
     let ballast = fs.0.join("ballast");
     fill(&ballast);
     // The journal's preallocated zeros take entries until they run out.
-    let mut kept = Vec::new();
-    let mut refused = None;
-    for n in 0..40 {
-        let r = plugin.post(&big(n, 512 << 10));
-        match r.status {
-            201 => kept.push(r.json["RequestId"].as_str().unwrap().to_string()),
-            507 => {
-                refused = Some(r);
-                break;
-            }
-            other => panic!("{other}: {}", r.json["detail"]),
-        }
-    }
+    let (kept, refused) = post_until_507(&plugin);
     let refused = refused.expect("the disk fills up");
     let detail = refused.problem(507);
     assert!(
@@ -258,7 +264,7 @@ fn a_full_state_dir_answers_507_keeps_reads_and_resumes_once_it_has_room() {
         plugin.get(&format!("/service/requests/{}", kept[0])).status,
         200
     );
-    let (status, body) = get_root(&plugin, "/healthz");
+    let (status, body) = plugin.get_root("/healthz");
     assert_eq!(status, 503, "{body}");
     assert!(
         body.contains("state-full") && body.contains("ENOSPC"),
@@ -276,12 +282,7 @@ fn a_full_state_dir_answers_507_keeps_reads_and_resumes_once_it_has_room() {
 
     // Room again: health recovers and writes resume, without a restart.
     std::fs::remove_file(&ballast).unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || get_root(&plugin, "/healthz").0
-            == 200),
-        "{:?}",
-        get_root(&plugin, "/healthz")
-    );
+    assert_health_recovers(&plugin);
     assert!(writable_gauge(&plugin).ends_with(" 1"));
     let created = plugin.post(&big(99, 1024));
     assert_eq!(created.status, 201, "{}", created.json["detail"]);
@@ -293,50 +294,31 @@ fn a_full_state_dir_answers_507_keeps_reads_and_resumes_once_it_has_room() {
 
 #[test]
 fn a_restart_on_a_full_state_dir_serves_reads_and_resumes_writes_once_it_has_room() {
-    let fs = match Tmpfs::mount("state-full-restart", "12m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            return skip(
-                "a_restart_on_a_full_state_dir_serves_reads_and_resumes_writes_once_it_has_room",
-                &why,
-            );
-        }
+    let Some(fs) = tmpfs_or_skip(
+        "a_restart_on_a_full_state_dir_serves_reads_and_resumes_writes_once_it_has_room",
+        "state-full-restart",
+        "12m",
+    ) else {
+        return;
     };
     let state = fs.0.join("state");
-    let config = format!(
-        "{}{}",
-        server_section("max_body_bytes = 4194304"),
-        simulated_region("2")
-    );
+    let config = big_body_config();
     let plugin = Plugin::start_in(&config, &state);
     let ballast = fs.0.join("ballast");
     fill(&ballast);
-    let mut kept = Vec::new();
-    for n in 0..40 {
-        let r = plugin.post(&big(n, 512 << 10));
-        match r.status {
-            201 => kept.push(r.json["RequestId"].as_str().unwrap().to_string()),
-            507 => break,
-            other => panic!("{other}: {}", r.json["detail"]),
-        }
-    }
+    let (kept, _) = post_until_507(&plugin);
     plugin.stop();
 
     // A restart (systemd's, after anything) while the disk is still full: the start asks
     // for room ahead of the entries, and must not be refused for want of it.
     let plugin = Plugin::start_in(&config, &state);
     assert_eq!(ids(&plugin.get("/service/requests").json), kept);
-    let (status, body) = get_root(&plugin, "/healthz");
+    let (status, body) = plugin.get_root("/healthz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("ENOSPC"), "{body}");
 
     std::fs::remove_file(&ballast).unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || get_root(&plugin, "/healthz").0
-            == 200),
-        "{:?}",
-        get_root(&plugin, "/healthz")
-    );
+    assert_health_recovers(&plugin);
     let created = plugin.post(&big(99, 1024));
     assert_eq!(created.status, 201, "{}", created.json["detail"]);
     plugin.stop();
@@ -348,24 +330,15 @@ fn a_compaction_that_cannot_create_its_journal_for_want_of_inodes_does_not_stop_
     // Room for the data, but every inode taken: starting the next journal of a compaction
     // fails with ENOSPC, which is a full disk (writes go on, it is tried again), not a failed
     // fsync (the journal stopped for good).
-    let fs = match Tmpfs::mount("state-no-inodes", "64m,nr_inodes=64") {
-        Ok(fs) => fs,
-        Err(why) => {
-            return skip(
-                "a_compaction_that_cannot_create_its_journal_for_want_of_inodes_does_not_stop_writes",
-                &why,
-            );
-        }
+    let Some(fs) = tmpfs_or_skip(
+        "a_compaction_that_cannot_create_its_journal_for_want_of_inodes_does_not_stop_writes",
+        "state-no-inodes",
+        "64m,nr_inodes=64",
+    ) else {
+        return;
     };
     let state = fs.0.join("state");
-    let plugin = Plugin::start_in(
-        &format!(
-            "{}{}",
-            server_section("max_body_bytes = 4194304"),
-            simulated_region("2")
-        ),
-        &state,
-    );
+    let plugin = Plugin::start_in(&big_body_config(), &state);
     let ballast = fs.0.join("ballast");
     std::fs::create_dir(&ballast).unwrap();
     for n in 0..1000 {
@@ -380,7 +353,7 @@ fn a_compaction_that_cannot_create_its_journal_for_want_of_inodes_does_not_stop_
     }
     // The reconciler tries the compaction within a second.
     std::thread::sleep(Duration::from_millis(2500));
-    let (status, body) = get_root(&plugin, "/healthz");
+    let (status, body) = plugin.get_root("/healthz");
     assert_eq!(status, 200, "{body}");
     let r = plugin.post(&big(99, 1024));
     assert_eq!(r.status, 201, "{}", r.json["detail"]);

@@ -29,6 +29,20 @@ pub struct Child {
     logs: Arc<Mutex<Vec<String>>>,
 }
 
+/// `binary --config <config>`, logging at info, with stdin closed and stdout and stderr piped;
+/// the caller adds the other arguments and spawns it.
+pub fn command(binary: impl AsRef<std::ffi::OsStr>, config: &Path) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
 /// A fresh, empty directory under the system's temporary directory.
 pub fn temp_dir(name: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -127,14 +141,8 @@ impl Child {
     /// port accepts connections.
     fn spawn(config: &Path, args: &[String], dir: PathBuf, port: u16, tls: bool) -> Child {
         let binary = std::env::var_os("MEC_PLUGIN_BIN").unwrap_or_else(|| BIN.into());
-        let mut process = Command::new(binary)
-            .arg("--config")
-            .arg(config)
+        let mut process = command(binary, config)
             .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
             .expect("the binary starts");
         let logs = Arc::new(Mutex::new(Vec::new()));

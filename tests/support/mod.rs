@@ -144,6 +144,20 @@ impl Plugin {
     pub fn delete(&self, id: &str) -> Reply {
         self.call("DELETE", &format!("/service/requests/{id}"), None)
     }
+
+    /// GET of a path outside `/MEC/v1` (health, metrics): status and body.
+    pub fn get_root(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.app.local_addr());
+        let mut r = self
+            .agent
+            .get(&url)
+            .call()
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().unwrap_or_default(),
+        )
+    }
 }
 
 /// What the plugin answered.
