@@ -2039,6 +2039,13 @@ mod tests {
         String::from_utf8_lossy(&text).into_owned()
     }
 
+    /// Sends `bytes` on a new connection, then reads everything until the server closes.
+    fn exchange(server: &Server, bytes: &[u8]) -> String {
+        let mut s = connect(server);
+        s.write_all(bytes).unwrap();
+        read_all(s)
+    }
+
     /// Streams `pieces` lines of 1 KiB each.
     fn streaming(pieces: usize) -> Handler {
         Arc::new(move |_: &Request| {
@@ -2078,10 +2085,10 @@ mod tests {
     #[test]
     fn a_streamed_body_arrives_intact_in_chunks_over_http_1_1() {
         let server = Server::start(options(1), streaming(100)).unwrap();
-        let mut s = connect(&server);
-        s.write_all(b"GET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let text = read_all(s);
+        let text = exchange(
+            &server,
+            b"GET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
@@ -2097,18 +2104,13 @@ mod tests {
     #[test]
     fn a_streamed_body_to_http_1_0_ends_with_the_connection_and_head_gets_none() {
         let server = Server::start(options(1), streaming(20)).unwrap();
-        let mut s = connect(&server);
-        s.write_all(b"GET /list HTTP/1.0\r\n\r\n").unwrap();
-        let text = read_all(s);
+        let text = exchange(&server, b"GET /list HTTP/1.0\r\n\r\n");
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("Connection: close"), "{head}");
         assert!(!head.contains("Transfer-Encoding"), "{head}");
         assert_eq!(body, expected_lines(20));
 
-        let mut s = connect(&server);
-        s.write_all(b"HEAD /list HTTP/1.1\r\nHost: t\r\n\r\nGET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let text = read_all(s);
+        let text = exchange(&server, b"HEAD /list HTTP/1.1\r\nHost: t\r\n\r\nGET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
         let (head, rest) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
         // The HEAD answer has no body: the GET answer follows at once.
@@ -2119,9 +2121,7 @@ mod tests {
     fn a_head_request_over_http_1_0_to_a_stream_gets_no_transfer_encoding() {
         // RFC 9112 §6.1: no Transfer-Encoding in a response to an HTTP/1.0 request.
         let server = Server::start(options(1), streaming(3)).unwrap();
-        let mut s = connect(&server);
-        s.write_all(b"HEAD /list HTTP/1.0\r\n\r\n").unwrap();
-        let text = read_all(s);
+        let text = exchange(&server, b"HEAD /list HTTP/1.0\r\n\r\n");
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.contains("Connection: close"), "{text}");
         assert!(!text.contains("Transfer-Encoding"), "{text}");
@@ -2247,10 +2247,7 @@ mod tests {
     #[test]
     fn a_refused_head_request_gets_the_head_of_the_problem_only() {
         let server = Server::start(options(1), Arc::new(Guarded)).unwrap();
-        let mut s = connect(&server);
-        s.write_all(b"HEAD /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-            .unwrap();
-        let text = read_all(s);
+        let text = exchange(&server, b"HEAD /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
         assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
         assert!(text.contains("Content-Length: "), "{text}");
         assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
@@ -2405,9 +2402,7 @@ mod tests {
     fn a_panic_outside_the_handler_still_answers_500_and_closes() {
         let server = Server::start(options(1), Arc::new(BadCounter)).unwrap();
         for _ in 0..2 {
-            let mut s = connect(&server);
-            s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-            let text = read_all(s);
+            let text = exchange(&server, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
             assert!(text.starts_with("HTTP/1.1 500 "), "{text}");
             assert!(text.contains("Connection: close"), "{text}");
         }
