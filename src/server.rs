@@ -566,10 +566,7 @@ fn worker_loop(shared: &Arc<Shared>) {
         if panic::catch_unwind(AssertUnwindSafe(|| serve(shared, job))).is_err() {
             // E.g. `answered` panicked: the connection still gets an answer, and is closed.
             log::error!("request handling failed outside the handler");
-            let error = ApiError::Internal {
-                detail: "an internal error occurred while handling the request".into(),
-            };
-            let out = render(&error.to_response(shared.api_style), false, true);
+            let out = render(&panic_response(shared.api_style), false, true);
             shared.tell(News::Response {
                 token,
                 serial,
@@ -709,12 +706,17 @@ fn call_handler(handler: &Handler, request: &Request, style: ApiStyle) -> Respon
                 request.method,
                 http1::log_target(request.path())
             );
-            ApiError::Internal {
-                detail: "an internal error occurred while handling the request".into(),
-            }
-            .to_response(style)
+            panic_response(style)
         }
     }
+}
+
+/// The 500 answered for a request whose handling panicked (in the handler or around it).
+fn panic_response(style: ApiStyle) -> Response {
+    ApiError::Internal {
+        detail: "an internal error occurred while handling the request".into(),
+    }
+    .to_response(style)
 }
 
 /// The bytes of a response with a body known in full.
