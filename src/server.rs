@@ -584,16 +584,18 @@ fn serve(shared: &Arc<Shared>, job: Job) {
     let mut response = call_handler(&shared.handler, &job.request, shared.api_style);
     answered(shared, &job.request, response.status, job.started);
     let close = job.close || shared.stopping();
-    let stream = response.stream.take().and_then(|s| s.take());
-    let Some(stream) = stream else {
-        let out = render(&response, job.head_only, close);
+    let respond = |out, pipe, close| {
         shared.tell(News::Response {
             token: job.token,
             serial: job.serial,
             out,
-            pipe: None,
+            pipe,
             close,
-        });
+        })
+    };
+    let stream = response.stream.take().and_then(|s| s.take());
+    let Some(stream) = stream else {
+        respond(render(&response, job.head_only, close), None, close);
         return;
     };
     // HTTP/1.0 first: no Transfer-Encoding in a response to it, HEAD included (RFC 9112 §6.1).
@@ -614,23 +616,11 @@ fn serve(shared: &Arc<Shared>, job: Job) {
         &http_date(),
     );
     if job.head_only {
-        shared.tell(News::Response {
-            token: job.token,
-            serial: job.serial,
-            out,
-            pipe: None,
-            close,
-        });
+        respond(out, None, close);
         return;
     }
     let pipe = Arc::new(Pipe::new(job.token, job.serial, shared.read_timeout));
-    shared.tell(News::Response {
-        token: job.token,
-        serial: job.serial,
-        out,
-        pipe: Some(Arc::clone(&pipe)),
-        close,
-    });
+    respond(out, Some(Arc::clone(&pipe)), close);
     write_stream(shared, &pipe, stream, length == BodyLength::Chunked, &job);
 }
 
