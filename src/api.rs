@@ -236,14 +236,24 @@ struct Position {
     longitude: f64,
 }
 
+/// The `key=value` pairs of a query, as written (not percent-decoded); an empty pair is
+/// skipped and a pair without `=` has an empty value. The one splitter of the listings',
+/// regions' and removal's query parsers.
+fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
 /// Parses the query of `GET /service/regions`: nothing, or both coordinates, each once. Other
 /// parameters (such as the `_=<time>` cache buster some HTTP clients add) are ignored, as by
 /// the original plugin, and logged at debug level.
 fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
     let bad = |detail: String| ApiError::BadRequest { detail };
     let (mut latitude, mut longitude) = (None, None);
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in query_pairs(query) {
         let value = percent_decode_str(value).decode_utf8_lossy();
         let (slot, range) = match key {
             "latitude" => (&mut latitude, 90.0),
@@ -296,8 +306,7 @@ fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
 /// other parameters are ignored (debug log).
 fn parse_forget(query: Option<&str>) -> Result<bool, ApiError> {
     let mut forget = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in query_pairs(query) {
         if key != "forget" {
             debug!("query parameter '{key}' ignored: a DELETE takes 'forget'");
             continue;
@@ -419,8 +428,7 @@ struct Paging {
 fn parse_paging(query: Option<&str>) -> Result<Paging, ApiError> {
     let bad = |detail: String| ApiError::BadRequest { detail };
     let mut paging = Paging::default();
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in query_pairs(query) {
         let value = percent_decode_str(value).decode_utf8_lossy();
         let repeated = || bad(format!("query parameter '{key}' is given more than once"));
         match key {

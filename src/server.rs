@@ -566,10 +566,7 @@ fn worker_loop(shared: &Arc<Shared>) {
         if panic::catch_unwind(AssertUnwindSafe(|| serve(shared, job))).is_err() {
             // E.g. `answered` panicked: the connection still gets an answer, and is closed.
             log::error!("request handling failed outside the handler");
-            let error = ApiError::Internal {
-                detail: "an internal error occurred while handling the request".into(),
-            };
-            let out = render(&error.to_response(shared.api_style), false, true);
+            let out = render(&panic_response(shared.api_style), false, true);
             shared.tell(News::Response {
                 token,
                 serial,
@@ -587,16 +584,18 @@ fn serve(shared: &Arc<Shared>, job: Job) {
     let mut response = call_handler(&shared.handler, &job.request, shared.api_style);
     answered(shared, &job.request, response.status, job.started);
     let close = job.close || shared.stopping();
-    let stream = response.stream.take().and_then(|s| s.take());
-    let Some(stream) = stream else {
-        let out = render(&response, job.head_only, close);
+    let respond = |out, pipe, close| {
         shared.tell(News::Response {
             token: job.token,
             serial: job.serial,
             out,
-            pipe: None,
+            pipe,
             close,
-        });
+        })
+    };
+    let stream = response.stream.take().and_then(|s| s.take());
+    let Some(stream) = stream else {
+        respond(render(&response, job.head_only, close), None, close);
         return;
     };
     // HTTP/1.0 first: no Transfer-Encoding in a response to it, HEAD included (RFC 9112 §6.1).
@@ -617,23 +616,11 @@ fn serve(shared: &Arc<Shared>, job: Job) {
         &http_date(),
     );
     if job.head_only {
-        shared.tell(News::Response {
-            token: job.token,
-            serial: job.serial,
-            out,
-            pipe: None,
-            close,
-        });
+        respond(out, None, close);
         return;
     }
     let pipe = Arc::new(Pipe::new(job.token, job.serial, shared.read_timeout));
-    shared.tell(News::Response {
-        token: job.token,
-        serial: job.serial,
-        out,
-        pipe: Some(Arc::clone(&pipe)),
-        close,
-    });
+    respond(out, Some(Arc::clone(&pipe)), close);
     write_stream(shared, &pipe, stream, length == BodyLength::Chunked, &job);
 }
 
@@ -709,12 +696,17 @@ fn call_handler(handler: &Handler, request: &Request, style: ApiStyle) -> Respon
                 request.method,
                 http1::log_target(request.path())
             );
-            ApiError::Internal {
-                detail: "an internal error occurred while handling the request".into(),
-            }
-            .to_response(style)
+            panic_response(style)
         }
     }
+}
+
+/// The 500 answered for a request whose handling panicked (in the handler or around it).
+fn panic_response(style: ApiStyle) -> Response {
+    ApiError::Internal {
+        detail: "an internal error occurred while handling the request".into(),
+    }
+    .to_response(style)
 }
 
 /// The bytes of a response with a body known in full.
@@ -2039,6 +2031,13 @@ mod tests {
         String::from_utf8_lossy(&text).into_owned()
     }
 
+    /// Sends `bytes` on a new connection, then reads everything until the server closes.
+    fn exchange(server: &Server, bytes: &[u8]) -> String {
+        let mut s = connect(server);
+        s.write_all(bytes).unwrap();
+        read_all(s)
+    }
+
     /// Streams `pieces` lines of 1 KiB each.
     fn streaming(pieces: usize) -> Handler {
         Arc::new(move |_: &Request| {
@@ -2078,10 +2077,10 @@ mod tests {
     #[test]
     fn a_streamed_body_arrives_intact_in_chunks_over_http_1_1() {
         let server = Server::start(options(1), streaming(100)).unwrap();
-        let mut s = connect(&server);
-        s.write_all(b"GET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let text = read_all(s);
+        let text = exchange(
+            &server,
+            b"GET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
@@ -2097,18 +2096,13 @@ mod tests {
     #[test]
     fn a_streamed_body_to_http_1_0_ends_with_the_connection_and_head_gets_none() {
         let server = Server::start(options(1), streaming(20)).unwrap();
-        let mut s = connect(&server);
-        s.write_all(b"GET /list HTTP/1.0\r\n\r\n").unwrap();
-        let text = read_all(s);
+        let text = exchange(&server, b"GET /list HTTP/1.0\r\n\r\n");
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("Connection: close"), "{head}");
         assert!(!head.contains("Transfer-Encoding"), "{head}");
         assert_eq!(body, expected_lines(20));
 
-        let mut s = connect(&server);
-        s.write_all(b"HEAD /list HTTP/1.1\r\nHost: t\r\n\r\nGET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let text = read_all(s);
+        let text = exchange(&server, b"HEAD /list HTTP/1.1\r\nHost: t\r\n\r\nGET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
         let (head, rest) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
         // The HEAD answer has no body: the GET answer follows at once.
@@ -2119,9 +2113,7 @@ mod tests {
     fn a_head_request_over_http_1_0_to_a_stream_gets_no_transfer_encoding() {
         // RFC 9112 §6.1: no Transfer-Encoding in a response to an HTTP/1.0 request.
         let server = Server::start(options(1), streaming(3)).unwrap();
-        let mut s = connect(&server);
-        s.write_all(b"HEAD /list HTTP/1.0\r\n\r\n").unwrap();
-        let text = read_all(s);
+        let text = exchange(&server, b"HEAD /list HTTP/1.0\r\n\r\n");
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
         assert!(text.contains("Connection: close"), "{text}");
         assert!(!text.contains("Transfer-Encoding"), "{text}");
@@ -2247,10 +2239,7 @@ mod tests {
     #[test]
     fn a_refused_head_request_gets_the_head_of_the_problem_only() {
         let server = Server::start(options(1), Arc::new(Guarded)).unwrap();
-        let mut s = connect(&server);
-        s.write_all(b"HEAD /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-            .unwrap();
-        let text = read_all(s);
+        let text = exchange(&server, b"HEAD /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
         assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
         assert!(text.contains("Content-Length: "), "{text}");
         assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
@@ -2405,9 +2394,7 @@ mod tests {
     fn a_panic_outside_the_handler_still_answers_500_and_closes() {
         let server = Server::start(options(1), Arc::new(BadCounter)).unwrap();
         for _ in 0..2 {
-            let mut s = connect(&server);
-            s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-            let text = read_all(s);
+            let text = exchange(&server, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
             assert!(text.starts_with("HTTP/1.1 500 "), "{text}");
             assert!(text.contains("Connection: close"), "{text}");
         }
