@@ -370,9 +370,15 @@ impl Shared {
         self.synced.iter().for_each(Condvar::notify_all);
     }
 
+    /// Why the state directory is full, if it is (set by plain assignment: a poisoned lock
+    /// is usable).
+    fn full(&self) -> MutexGuard<'_, Option<String>> {
+        self.full.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records that the state directory is full (`Some`) or has room again (`None`).
     fn set_full(&self, why: Option<String>) {
-        let mut full = self.full.lock().unwrap_or_else(|p| p.into_inner());
+        let mut full = self.full();
         self.is_full.store(why.is_some(), Ordering::Release);
         *full = why;
     }
@@ -693,12 +699,7 @@ impl Journal {
             let mut w = self.writer();
             if w.extending {
                 drop(w);
-                return self
-                    .shared
-                    .full
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
+                return self.shared.full().clone();
             }
             w.extending = true;
             (w.file.clone(), w.allocated)
@@ -720,12 +721,7 @@ impl Journal {
                 self.shared.set_full(None);
                 None
             }
-            Err(_) => self
-                .shared
-                .full
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            Err(_) => self.shared.full().clone(),
         }
     }
 
