@@ -370,9 +370,15 @@ impl Shared {
         self.synced.iter().for_each(Condvar::notify_all);
     }
 
+    /// Why the state directory is full, if it is (set by plain assignment: a poisoned lock
+    /// is usable).
+    fn full(&self) -> MutexGuard<'_, Option<String>> {
+        self.full.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records that the state directory is full (`Some`) or has room again (`None`).
     fn set_full(&self, why: Option<String>) {
-        let mut full = self.full.lock().unwrap_or_else(|p| p.into_inner());
+        let mut full = self.full();
         self.is_full.store(why.is_some(), Ordering::Release);
         *full = why;
     }
@@ -505,14 +511,9 @@ impl Journal {
         // Room for the first entries now rather than in the first request's time.
         let mut full = None;
         if last_allocated < last_len + PREALLOCATE_BYTES / 2 {
-            #[cfg(test)]
-            let extended = if FAIL_APPEND_NO_SPACE.with(|fail| fail.get()) {
-                Err(io::Error::from_raw_os_error(libc::ENOSPC))
-            } else {
+            let extended = space_permitting(|| {
                 extend(&file, last_allocated, last_len + PREALLOCATE_BYTES / 2)
-            };
-            #[cfg(not(test))]
-            let extended = extend(&file, last_allocated, last_len + PREALLOCATE_BYTES / 2);
+            });
             match extended.and_then(|to| sync_data(&file).map(|()| to)) {
                 Ok(to) => last_allocated = to,
                 // A full state directory does not refuse the start: reads need no room, and
@@ -624,15 +625,7 @@ impl Journal {
         w.allocated = w.allocated.max(end);
         // Over the zeros; a failed write is zeroed again (as far as that works) and the next
         // entry is written in its place.
-        #[cfg(test)]
-        let injected = FAIL_APPEND_NO_SPACE.with(|fail| fail.get());
-        #[cfg(not(test))]
-        let injected = false;
-        let written = if injected {
-            Err(io::Error::from_raw_os_error(libc::ENOSPC))
-        } else {
-            w.file.write_all_at(line.as_bytes(), w.bytes)
-        };
+        let written = space_permitting(|| w.file.write_all_at(line.as_bytes(), w.bytes));
         if let Err(e) = written {
             let _ = write_zeros(&w.file, w.bytes, end);
             let path = w.path.clone();
@@ -706,24 +699,12 @@ impl Journal {
             let mut w = self.writer();
             if w.extending {
                 drop(w);
-                return self
-                    .shared
-                    .full
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
+                return self.shared.full().clone();
             }
             w.extending = true;
             (w.file.clone(), w.allocated)
         };
-        #[cfg(test)]
-        let written = if FAIL_APPEND_NO_SPACE.with(|fail| fail.get()) {
-            Err(io::Error::from_raw_os_error(libc::ENOSPC))
-        } else {
-            write_zeros(&file, from, from + PROBE_BYTES)
-        };
-        #[cfg(not(test))]
-        let written = write_zeros(&file, from, from + PROBE_BYTES);
+        let written = space_permitting(|| write_zeros(&file, from, from + PROBE_BYTES));
         {
             let mut w = self.writer();
             if Arc::ptr_eq(&w.file, &file) {
@@ -740,12 +721,7 @@ impl Journal {
                 self.shared.set_full(None);
                 None
             }
-            Err(_) => self
-                .shared
-                .full
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            Err(_) => self.shared.full().clone(),
         }
     }
 
@@ -989,6 +965,16 @@ thread_local! {
     pub(crate) static FAIL_WAIT_IN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
     /// Tests: while set, appends (and the probe for room) made on this thread fail with ENOSPC.
     pub(crate) static FAIL_APPEND_NO_SPACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `write`, a write that takes room in the state directory. Tests can make it fail with
+/// ENOSPC instead (`FAIL_APPEND_NO_SPACE`).
+fn space_permitting<T>(write: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    #[cfg(test)]
+    if FAIL_APPEND_NO_SPACE.with(|fail| fail.get()) {
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    write()
 }
 
 /// `fdatasync` of a journal file. Tests can make the next one fail.

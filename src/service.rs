@@ -1217,6 +1217,18 @@ mod tests {
         d.on.lock().unwrap().iter().cloned().collect()
     }
 
+    /// The id of the request a failed creation recorded (its error names it).
+    fn recorded_id(e: ApiError) -> String {
+        let ApiError::Mep {
+            request_id: Some(id),
+            ..
+        } = e
+        else {
+            panic!("{e:?}")
+        };
+        id
+    }
+
     #[test]
     fn a_creation_applies_every_step_and_is_recorded_created() {
         let (s, d) = service();
@@ -1238,13 +1250,7 @@ mod tests {
             },
         ));
         let e = s.create(request(&["a", "b", "c"])).unwrap_err();
-        let ApiError::Mep {
-            request_id: Some(id),
-            ..
-        } = e
-        else {
-            panic!("{e:?}")
-        };
+        let id = recorded_id(e);
         let r = s.get(&id).unwrap();
         assert_eq!((r.status, r.applied), (Status::Failed, 0));
         assert!(r.detail.unwrap().contains("removed again"));
@@ -1283,13 +1289,7 @@ mod tests {
             },
         ));
         *d.fail_remove.lock().unwrap() = Some("x".into());
-        let ApiError::Mep {
-            request_id: Some(b),
-            ..
-        } = s.create(request(&["x", "y"])).unwrap_err()
-        else {
-            panic!()
-        };
+        let b = recorded_id(s.create(request(&["x", "y"])).unwrap_err());
         assert_eq!(s.get(&b).unwrap().applied, 1);
         // A activates the same rule and is deleted while B's removal still fails: A's DELETE
         // cannot say "removed" (201) while the rule is on the platform.
@@ -1331,13 +1331,7 @@ mod tests {
         let started = Instant::now();
         let e = s.create(request(&["a", "b"])).unwrap_err();
         assert_eq!(e.status(), 504);
-        let ApiError::Mep {
-            request_id: Some(id),
-            ..
-        } = e
-        else {
-            panic!("{e:?}")
-        };
+        let id = recorded_id(e);
         // The early removal of "b" was answered; the record still counts it, and "a".
         let r = s.get(&id).unwrap();
         assert_eq!((r.status, r.applied), (Status::Failed, 2));
@@ -1368,13 +1362,7 @@ mod tests {
         let b = s.create(request(&["x"])).unwrap();
         *d.fail_apply.lock().unwrap() = Some(("x".into(), MepError::Timeout { url: "u".into() }));
         let started = Instant::now();
-        let ApiError::Mep {
-            request_id: Some(a),
-            ..
-        } = s.create(request(&["x"])).unwrap_err()
-        else {
-            panic!()
-        };
+        let a = recorded_id(s.create(request(&["x"])).unwrap_err());
         *d.fail_apply.lock().unwrap() = None;
         if started.elapsed() >= settle {
             return; // too slow a machine to be within the window
@@ -1401,13 +1389,7 @@ mod tests {
         let (s, d) = service_settling(Store::in_memory(), settle);
         *d.fail_apply.lock().unwrap() = Some(("a".into(), MepError::Timeout { url: "u".into() }));
         let started = Instant::now();
-        let ApiError::Mep {
-            request_id: Some(id),
-            ..
-        } = s.create(request(&["a"])).unwrap_err()
-        else {
-            panic!()
-        };
+        let id = recorded_id(s.create(request(&["a"])).unwrap_err());
         d.on.lock().unwrap().insert("a".into());
         if started.elapsed() < settle {
             let Removal::Accepted(r) = s.delete(&id, false).unwrap() else {
@@ -1433,13 +1415,7 @@ mod tests {
             },
         ));
         *d.fail_remove.lock().unwrap() = Some("a".into());
-        let Err(ApiError::Mep {
-            request_id: Some(id),
-            ..
-        }) = s.create(request(&["a", "b", "c"]))
-        else {
-            panic!()
-        };
+        let id = recorded_id(s.create(request(&["a", "b", "c"])).unwrap_err());
         let r = s.get(&id).unwrap();
         assert_eq!((r.status, r.applied), (Status::Failed, 1));
         assert_eq!(on(&d), ["a"]);

@@ -191,10 +191,7 @@ impl Records {
     fn insert(&mut self, mut record: Record) {
         record.seq = self.next_seq;
         self.next_seq += 1;
-        self.by_region
-            .entry(record.region_id.clone())
-            .or_default()
-            .insert((record.seq, record.id.clone()));
+        index_region(&mut self.by_region, &record);
         if let Some(old) = self.by_id.insert(record.id.clone(), Arc::new(record)) {
             debug_assert!(false, "record {} inserted twice", old.id);
         }
@@ -234,6 +231,14 @@ impl Records {
     fn len(&self) -> usize {
         self.by_id.len()
     }
+}
+
+/// Adds `record` to its region's entry of [`Records::by_region`].
+fn index_region(by_region: &mut HashMap<Arc<str>, BTreeSet<Created>>, record: &Record) {
+    by_region
+        .entry(record.region_id.clone())
+        .or_default()
+        .insert((record.seq, record.id.clone()));
 }
 
 /// One page of a listing, in creation order.
@@ -399,11 +404,7 @@ impl Store {
             ..Records::default()
         };
         for (_, record) in &sorted {
-            records
-                .by_region
-                .entry(record.region_id.clone())
-                .or_default()
-                .insert((record.seq, record.id.clone()));
+            index_region(&mut records.by_region, record);
         }
         records.by_id = sorted
             .into_iter()
@@ -1082,10 +1083,7 @@ mod tests {
     fn regions_recounted(s: &Store) -> HashMap<Arc<str>, BTreeSet<Created>> {
         let mut by_region: HashMap<Arc<str>, BTreeSet<Created>> = HashMap::new();
         for r in s.lock().values() {
-            by_region
-                .entry(r.region_id.clone())
-                .or_default()
-                .insert((r.seq, r.id.clone()));
+            index_region(&mut by_region, r);
         }
         by_region
     }
