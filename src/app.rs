@@ -1,20 +1,21 @@
-//! Wiring: the validated configuration becomes a [`Service`] behind the hardened HTTP
-//! [`Server`]. `main` parses the command line and calls [`run`] or [`check`].
+//! Wiring: the validated configuration becomes a [`Service`], recovered and with its
+//! [`Reconciler`], behind the hardened HTTP [`Server`]. `main` parses the command line,
+//! [`load`]s the configuration and calls [`run`].
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
 use crate::api;
 use crate::config::{Config, ConfigError};
+use crate::reconciler::{self, Reconciler};
 use crate::server::{self, Server};
 use crate::service::Service;
 use crate::store::StoreError;
@@ -46,6 +47,8 @@ pub enum StartError {
     State(StoreError),
     /// The listener could not be set up.
     Listen(io::Error),
+    /// The reconciler thread could not be started.
+    Reconciler(io::Error),
 }
 
 impl fmt::Display for StartError {
@@ -53,6 +56,7 @@ impl fmt::Display for StartError {
         match self {
             StartError::State(e) => write!(f, "cannot use the state: {e}"),
             StartError::Listen(e) => write!(f, "cannot start serving: {e}"),
+            StartError::Reconciler(e) => write!(f, "cannot start the reconciler thread: {e}"),
         }
     }
 }
@@ -63,41 +67,35 @@ impl std::error::Error for StartError {}
 pub struct App {
     pub service: Arc<Service>,
     pub server: Server,
-    stop: Arc<AtomicBool>,
-    reconciler: Option<JoinHandle<()>>,
+    reconciler: Reconciler,
 }
 
 impl App {
-    /// Opens the state, builds the service from the configuration and starts serving.
+    /// Opens the state, builds the service from the configuration, resolves what a crash left
+    /// half-done ([`reconciler::recover`]) and starts serving.
     pub fn start(config: &Config) -> Result<App, StartError> {
         let service = Service::open(config).map_err(StartError::State)?;
+        reconciler::recover(&service).map_err(StartError::State)?;
         App::start_with(config, Arc::new(service))
     }
 
     /// Starts the reconciler and the server for a given service (tests inject drivers this
     /// way).
     pub fn start_with(config: &Config, service: Arc<Service>) -> Result<App, StartError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let reconciler = {
-            let (service, stop) = (service.clone(), stop.clone());
-            thread::Builder::new()
-                .name("reconciler".into())
-                .spawn(move || service.run_reconciler(&stop))
-                .map_err(StartError::Listen)?
-        };
+        let reconciler = Reconciler::start(service.clone()).map_err(StartError::Reconciler)?;
         let api = api::Api {
             service: service.clone(),
             style: config.server.api_style,
             token: config.server.token.clone(),
         };
         let handler: server::Handler = Arc::new(api);
+        // On an error the reconciler is dropped, which stops it.
         let server = Server::start(server::Options::from_config(&config.server), handler)
             .map_err(StartError::Listen)?;
         Ok(App {
             service,
             server,
-            stop,
-            reconciler: Some(reconciler),
+            reconciler,
         })
     }
 
@@ -106,20 +104,9 @@ impl App {
     }
 
     /// Stops serving (requests in flight get `grace` to finish), then the reconciler.
-    pub fn stop(mut self, grace: Duration) {
-        let reconciler = self.reconciler.take();
-        let App {
-            service,
-            server,
-            stop,
-            ..
-        } = self;
-        server.shutdown(grace);
-        stop.store(true, Ordering::Relaxed);
-        service.wake_reconciler();
-        if let Some(handle) = reconciler {
-            let _ = handle.join();
-        }
+    pub fn stop(self, grace: Duration) {
+        self.server.shutdown(grace);
+        self.reconciler.stop();
     }
 }
 
