@@ -110,17 +110,18 @@ impl App {
     }
 }
 
+/// How long requests in flight get to finish once a shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// Bound on the whole shutdown (server, then reconciler): past it the process exits anyway,
+/// which is safe (every change is on disk before it is acknowledged, and a start-up recovers
+/// from an interrupted one as from a crash). Under 5 s, half the unit's `TimeoutStopSec=10`.
+const SHUTDOWN_BOUND: Duration = Duration::from_millis(4500);
+
 /// Runs the plugin until SIGTERM or SIGINT, telling systemd (`NOTIFY_SOCKET`) when it is ready
 /// and when it stops; see [`crate::systemd`]. The shutdown stops accepting, lets requests in
 /// flight finish (up to 4 s), stops the reconciler, and returns within 4.5 s.
 pub fn run(config: &Config) -> Result<(), StartError> {
-    /// How long requests in flight get to finish once a shutdown begins.
-    const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
-    /// Bound on the whole shutdown (server, then reconciler): past it the process exits
-    /// anyway, which is safe (every change is on disk before it is acknowledged, and a start-up
-    /// recovers from an interrupted one as from a crash). Under 5 s, half the unit's
-    /// `TimeoutStopSec=10`.
-    const SHUTDOWN_BOUND: Duration = Duration::from_millis(4500);
     // Before starting, so that a SIGTERM during a long state replay is not lost.
     let termination = match systemd::Termination::watch() {
         Ok(termination) => Some(termination),
@@ -133,11 +134,11 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         info!("{line}");
     }
     let app = App::start(config)?;
-    let addr = app.local_addr();
     info!(
-        "mec-plugin {} ready: API at {}://{addr}{} (api_style {:?}, state in {})",
+        "mec-plugin {} ready: API at {}://{}{} (api_style {:?}, state in {})",
         env!("CARGO_PKG_VERSION"),
         app.server.scheme(),
+        app.local_addr(),
         api::BASE,
         config.server.api_style,
         config.server.state_dir.display()
@@ -147,20 +148,7 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         termination.arm(shutdown.clone());
     }
     if !shutdown.is_triggered() {
-        // Listening, and the state is replayed: what systemd waits for before it starts the
-        // units ordered after this one.
-        let records = app.service.list_len();
-        let backlog = app.service.backlog();
-        let pending = if backlog > 0 {
-            format!(", {backlog} removal(s) pending")
-        } else {
-            String::new()
-        };
-        systemd::notify(&format!(
-            "READY=1\nSTATUS=serving on {}://{addr}{}, {records} record(s){pending}",
-            app.server.scheme(),
-            api::BASE
-        ));
+        notify_ready(&app);
     }
 
     app.server.wait();
@@ -175,6 +163,32 @@ pub fn run(config: &Config) -> Result<(), StartError> {
          stops",
         SHUTDOWN_GRACE.as_millis()
     );
+    stop_within_bound(app);
+    info!("mec-plugin stopped in {} ms", began.elapsed().as_millis());
+    Ok(())
+}
+
+/// Tells systemd the plugin is ready: listening, and the state is replayed (what it waits for
+/// before it starts the units ordered after this one).
+fn notify_ready(app: &App) {
+    let records = app.service.list_len();
+    let backlog = app.service.backlog();
+    let pending = if backlog > 0 {
+        format!(", {backlog} removal(s) pending")
+    } else {
+        String::new()
+    };
+    systemd::notify(&format!(
+        "READY=1\nSTATUS=serving on {}://{}{}, {records} record(s){pending}",
+        app.server.scheme(),
+        app.local_addr(),
+        api::BASE
+    ));
+}
+
+/// Stops `app` ([`SHUTDOWN_GRACE`] for the requests in flight); a watchdog thread ends the
+/// process if that takes longer than [`SHUTDOWN_BOUND`].
+fn stop_within_bound(app: App) {
     let (stopped, watched) = mpsc::channel::<()>();
     let watchdog = thread::Builder::new()
         .name("stop-watchdog".into())
@@ -196,6 +210,4 @@ pub fn run(config: &Config) -> Result<(), StartError> {
     if let Ok(watchdog) = watchdog {
         let _ = watchdog.join();
     }
-    info!("mec-plugin stopped in {} ms", began.elapsed().as_millis());
-    Ok(())
 }

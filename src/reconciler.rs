@@ -269,6 +269,45 @@ mod tests {
     use crate::store::Store;
 
     #[test]
+    fn recovery_rolls_back_a_creation_caught_pending_and_the_reconciler_removes_its_steps() {
+        let (s, d) = service();
+        let id = s.create(request(&["a", "b"])).unwrap();
+        // As a crash leaves it: PENDING, nobody on it (`busy` is not journaled).
+        s.store.update(&id, |r| r.status = Status::Pending).unwrap();
+        recover(&s).unwrap();
+        let r = s.get(&id).unwrap();
+        assert_eq!((r.status, r.applied, r.busy), (Status::Failed, 2, false));
+        assert!(r.detail.unwrap().contains("interrupted by a restart"));
+        assert_eq!(s.backlog(), 1);
+        reconcile_once(&s);
+        assert!(on(&d).is_empty());
+        assert_eq!(s.get(&id).unwrap().applied, 0);
+    }
+
+    #[test]
+    fn the_reconciler_thread_finishes_an_accepted_delete_and_stops_when_asked() {
+        let (s, d) = service();
+        let s = Arc::new(s);
+        let reconciler = Reconciler::start(s.clone()).unwrap();
+        let id = s.create(request(&["a"])).unwrap();
+        *d.fail_remove.lock().unwrap() = Some("a".into());
+        assert!(matches!(
+            s.delete(&id, false).unwrap(),
+            Removal::Accepted(_)
+        ));
+        *d.fail_remove.lock().unwrap() = None;
+        // A second DELETE makes it due now and wakes the thread.
+        s.delete(&id, false).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while s.get(&id).is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(s.get(&id).is_none(), "finished by the thread");
+        assert!(on(&d).is_empty());
+        reconciler.stop();
+    }
+
+    #[test]
     fn a_rule_held_only_by_a_request_whose_removal_is_pending_is_removed_not_released() {
         let (s, d) = service();
         // B applies "x", fails at "y" and cannot remove "x": FAILED, removal pending.

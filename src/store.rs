@@ -1035,6 +1035,177 @@ mod tests {
         )
     }
 
+    /// A record as a creation leaves it: `status`, `applied` steps of three, nobody on it.
+    fn at(status: Status, applied: usize) -> Record {
+        let steps: Arc<[Step]> = (0..3)
+            .map(|i| Step::new(&i.to_string(), "/t", "{}"))
+            .collect();
+        Record::new(
+            "r".into(),
+            "1".into(),
+            "{}".into(),
+            status,
+            steps,
+            applied,
+            1,
+        )
+    }
+
+    #[test]
+    fn a_claimed_record_is_refused_to_every_other_operation_until_released() {
+        let mut r = at(Status::Created, 3);
+        assert!(r.claim());
+        assert!(!r.claim(), "one operation at a time");
+        assert_eq!(r.claim_removal(5), RemovalClaim::InUse);
+        assert_eq!((r.status, r.last_modified), (Status::Created, 1));
+        assert!(!r.needs_removal(), "not the reconciler's either");
+        r.release();
+        assert!(r.claim());
+    }
+
+    #[test]
+    fn claim_removal_takes_a_created_or_failed_record_and_refuses_a_pending_one() {
+        for status in [Status::Created, Status::Failed] {
+            let mut r = at(status, 2);
+            r.detail = Some("why".into());
+            assert_eq!(r.claim_removal(5), RemovalClaim::Claimed);
+            assert_eq!(
+                (
+                    r.status,
+                    r.busy,
+                    r.detail.is_none(),
+                    r.last_modified,
+                    r.applied
+                ),
+                (Status::Deleting, true, true, 5, 2)
+            );
+        }
+        let mut pending = at(Status::Pending, 1);
+        assert_eq!(pending.claim_removal(5), RemovalClaim::InUse);
+        assert_eq!((pending.status, pending.busy), (Status::Pending, false));
+    }
+
+    #[test]
+    fn claim_removal_of_a_deleting_record_makes_it_due_without_taking_it() {
+        let mut r = at(Status::Deleting, 2);
+        r.next_attempt = 99;
+        assert_eq!(r.claim_removal(5), RemovalClaim::Queued);
+        assert_eq!((r.next_attempt, r.busy, r.last_modified), (0, false, 1));
+        assert!(r.needs_removal(), "the reconciler takes it now");
+    }
+
+    #[test]
+    fn applied_rises_before_each_send_and_falls_only_step_by_step() {
+        let mut r = at(Status::Pending, 1);
+        r.sending(1);
+        r.sending(2);
+        assert_eq!(r.applied, 3);
+        r.step_off(2);
+        r.step_off(1);
+        assert_eq!(r.applied, 1);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "in order")]
+    fn a_step_sent_out_of_order_is_a_bug() {
+        at(Status::Pending, 1).sending(2);
+    }
+
+    #[test]
+    fn a_creation_ends_created_or_failed_and_gives_the_record_back() {
+        let mut r = at(Status::Pending, 3);
+        assert!(r.claim());
+        r.created(7);
+        assert_eq!(
+            (r.status, r.busy, r.last_modified),
+            (Status::Created, false, 7)
+        );
+
+        let mut r = at(Status::Pending, 2);
+        assert!(r.claim());
+        r.failed("b failed", 50, 7);
+        assert_eq!(
+            (r.status, r.busy, r.applied, r.next_attempt, r.last_modified),
+            (Status::Failed, false, 2, 50, 7),
+            "what may be on the platform stays counted"
+        );
+        assert_eq!(r.detail.as_deref(), Some("b failed"));
+        assert!(r.needs_removal());
+    }
+
+    #[test]
+    fn an_interrupted_creation_is_failed_with_its_steps_counted_and_its_claim_kept() {
+        let mut r = at(Status::Pending, 2);
+        assert!(r.claim());
+        r.interrupted("a restart", 7);
+        assert_eq!((r.status, r.applied, r.busy), (Status::Failed, 2, true));
+    }
+
+    #[test]
+    fn a_removal_that_must_wait_keeps_its_steps_and_gives_the_record_back() {
+        for status in [Status::Failed, Status::Deleting] {
+            let mut r = at(status, 2);
+            assert!(r.claim());
+            r.retry(3, 40, "attempt 3 failed", 7);
+            assert_eq!(
+                (
+                    r.status,
+                    r.applied,
+                    r.busy,
+                    r.attempts,
+                    r.next_attempt,
+                    r.last_modified
+                ),
+                (status, 2, false, 3, 40, 7)
+            );
+            assert!(r.claim());
+            r.settling(60, "settling", 8);
+            assert_eq!((r.applied, r.busy, r.next_attempt), (2, false, 60));
+            assert!(r.claim());
+            r.stuck("region gone", 90);
+            assert_eq!(
+                (r.applied, r.busy, r.next_attempt, r.last_modified),
+                (2, false, 90, 8)
+            );
+            assert!(r.claim());
+            r.back_off(4, 95);
+            assert_eq!((r.busy, r.attempts, r.next_attempt), (false, 4, 95));
+            assert!(r.claim());
+            r.leave_to_reconciler(97);
+            assert_eq!((r.busy, r.attempts, r.next_attempt), (false, 4, 97));
+        }
+    }
+
+    #[test]
+    fn a_failed_request_with_its_steps_removed_has_nothing_left_for_the_reconciler() {
+        let mut r = at(Status::Failed, 1);
+        assert!(r.claim());
+        r.retry(2, 40, "attempt 2 failed", 7);
+        assert!(r.claim());
+        r.step_off(0);
+        r.undone("every rule removed", 9);
+        assert_eq!(
+            (r.status, r.applied, r.busy, r.attempts),
+            (Status::Failed, 0, false, 0)
+        );
+        assert!(!r.needs_removal());
+    }
+
+    #[test]
+    fn a_removed_request_holds_nothing_and_a_forgotten_one_says_what_it_left() {
+        let mut r = at(Status::Deleting, 0);
+        r.removed(9);
+        assert_eq!(
+            (r.status, r.applied, r.last_modified),
+            (Status::Deleted, 0, 9)
+        );
+        let mut r = at(Status::Created, 2);
+        assert!(r.claim());
+        r.forgotten(9);
+        assert_eq!((r.status, r.applied, r.busy), (Status::Deleted, 2, false));
+    }
+
     fn temp_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("mec-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
