@@ -823,7 +823,7 @@ impl Store {
             }
             let record = Arc::make_mut(records.by_id.get_mut(id).expect("looked up above"));
             let before = record.applied;
-            record.applied = k;
+            record.step_off(k);
             record.last_modified = now;
             rules.moved(record, before);
             self.write(&record.update_entry())?
