@@ -469,6 +469,7 @@ impl Service {
         }
         let record = match self.claim_removal(id)? {
             (RemovalClaim::Claimed, record) => record,
+            // Queued: already DELETING, now due for the reconciler (`InUse` was refused).
             (_, record) => {
                 self.wake_reconciler();
                 return Ok(Removal::Accepted(record));
