@@ -13,7 +13,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::ApiStyle;
-use crate::service::RetryPolicy;
+use crate::retry::RetryPolicy;
 use crate::util::redact;
 
 /// Validated configuration.

@@ -35,9 +35,6 @@ use log::{info, warn};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::mep::Step;
-use crate::model::Status;
-
 /// Version written in every line; lines of other versions are refused.
 const FORMAT_VERSION: u32 = 1;
 
@@ -141,38 +138,6 @@ pub struct StepEntry<'a> {
     pub body: Option<Cow<'a, str>>,
 }
 
-impl<'a> From<&'a Step> for StepEntry<'a> {
-    fn from(s: &'a Step) -> Self {
-        // Embedded only when it reads back byte for byte (removal replays the exact body):
-        // parsing accepts surrounding whitespace, which an embedded value would lose.
-        // And only without a line break, which would split the journal line.
-        let json = serde_json::from_str::<&RawValue>(s.body())
-            .ok()
-            .filter(|j| j.get() == s.body() && !s.body().contains('\n'));
-        let body = match json {
-            Some(_) => None,
-            None => Some(Cow::Borrowed(s.body())),
-        };
-        StepEntry {
-            label: Cow::Borrowed(s.label()),
-            target: Cow::Borrowed(s.target()),
-            json,
-            body,
-        }
-    }
-}
-
-impl From<&StepEntry<'_>> for Step {
-    fn from(s: &StepEntry<'_>) -> Self {
-        let body = match (s.json, &s.body) {
-            (Some(json), _) => json.get(),
-            (None, Some(body)) => body,
-            (None, None) => "",
-        };
-        Step::new(&s.label, &s.target, body)
-    }
-}
-
 /// Statuses on disk (`DELETED` is never stored: a deleted record is removed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -181,28 +146,6 @@ pub enum StatusEntry {
     Created,
     Failed,
     Deleting,
-}
-
-impl From<Status> for StatusEntry {
-    fn from(s: Status) -> Self {
-        match s {
-            Status::Pending => StatusEntry::Pending,
-            Status::Created => StatusEntry::Created,
-            Status::Failed => StatusEntry::Failed,
-            Status::Deleting | Status::Deleted => StatusEntry::Deleting,
-        }
-    }
-}
-
-impl From<StatusEntry> for Status {
-    fn from(s: StatusEntry) -> Self {
-        match s {
-            StatusEntry::Pending => Status::Pending,
-            StatusEntry::Created => Status::Created,
-            StatusEntry::Failed => Status::Failed,
-            StatusEntry::Deleting => Status::Deleting,
-        }
-    }
 }
 
 /// Why the journal cannot be used.
@@ -1463,33 +1406,20 @@ mod tests {
     }
 
     #[test]
-    fn step_bodies_come_back_byte_for_byte_json_or_not() {
-        for body in [
-            r#"{"url":"a.b","type":1}"#,
-            "not json",
-            " {\"padded\": true} ",
-            "",
-        ] {
-            let step = Step::new("l", "/t", body);
-            let line = serde_json::to_string(&StepEntry::from(&step)).unwrap();
-            let back: StepEntry = serde_json::from_str(&line).unwrap();
-            assert_eq!(Step::from(&back), step, "{line}");
-        }
-        let embedded =
-            serde_json::to_string(&StepEntry::from(&Step::new("l", "/t", r#"{"a":1}"#))).unwrap();
-        assert!(embedded.contains(r#""json":{"a":1}"#), "{embedded}");
-    }
-
-    #[test]
     fn escaped_and_non_ascii_strings_read_back_as_written() {
         // Borrowed from the line when they can be, unescaped into their own copy when not.
-        let step = Step::new("rule \"q\" ü\\", "/t/\u{1}é", "not \"json\"\n");
+        let (label, target, body) = ("rule \"q\" ü\\", "/t/\u{1}é", "not \"json\"\n");
         let detail = "why: \"this\"\tü";
         let entry = Entry::Put(RecordEntry {
             id: "i\"d".into(),
             region: "ré\\gion".into(),
             request: serde_json::from_str(r#"{"a":"\"ü\u0041"}"#).unwrap(),
-            steps: vec![StepEntry::from(&step)],
+            steps: vec![StepEntry {
+                label: label.into(),
+                target: target.into(),
+                json: None,
+                body: Some(body.into()),
+            }],
             applied: 1,
             status: StatusEntry::Failed,
             detail: Some(detail.into()),
@@ -1504,7 +1434,9 @@ mod tests {
         };
         assert_eq!((&*back.id, &*back.region), ("i\"d", "ré\\gion"));
         assert_eq!(back.request.get(), r#"{"a":"\"ü\u0041"}"#);
-        assert_eq!(Step::from(&back.steps[0]), step);
+        let step = &back.steps[0];
+        assert_eq!((&*step.label, &*step.target), (label, target));
+        assert_eq!(step.body.as_deref(), Some(body));
         assert_eq!(back.detail.as_deref(), Some(detail));
     }
 
