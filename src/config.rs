@@ -1293,14 +1293,15 @@ url = "http://127.0.0.1:13000/"
         rows
     }
 
-    #[test]
-    fn the_readme_table_shows_every_key_with_its_default() {
+    /// Every key README's table must list, with the default it must show: from
+    /// [`defaults`], as README spells it, or `–` for keys that have none.
+    fn expected_defaults() -> Vec<(&'static str, String)> {
         let code = |v: &dyn fmt::Display| format!("`{v}`");
         let quoted = |v: &dyn fmt::Display| format!("`\"{v}\"`");
         let ms = |d: Duration| code(&d.as_millis());
         let none = "–".to_string();
         let required = "– (required)".to_string();
-        let expected: Vec<(&str, String)> = vec![
+        vec![
             ("server.listen", quoted(&defaults::LISTEN)),
             ("server.state_dir", quoted(&defaults::STATE_DIR)),
             ("server.workers", code(&defaults::WORKERS)),
@@ -1350,7 +1351,12 @@ url = "http://127.0.0.1:13000/"
                 "region.mep.settle_ms",
                 format!("{} × `timeout_ms`", defaults::SETTLE_TIMEOUTS),
             ),
-        ];
+        ]
+    }
+
+    #[test]
+    fn the_readme_table_shows_every_key_with_its_default() {
+        let expected = expected_defaults();
         let readme = readme_defaults();
         for (key, default) in &expected {
             let row = readme.iter().find(|(k, _)| k == key);
