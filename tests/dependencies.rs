@@ -5,7 +5,8 @@
 //! A module is a file `src/x.rs` or the files under `src/x/`; it depends on every module of
 //! the crate that a `crate::` path in its code names (in `use` lines or inline, grouped
 //! `crate::{a, b::c}` included). Comments, string and character literals, and items marked
-//! `#[cfg(test)]` are not code it depends on: tests may reach across the layers.
+//! `#[cfg(test)]` are not code it depends on: tests may reach across the layers. (A
+//! `super::super::x` path out of a nested module is not read: the crate uses `crate::`.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
