@@ -18,6 +18,7 @@ pub mod journal;
 pub mod mep;
 pub mod metrics;
 pub mod model;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod store;
