@@ -1,11 +1,16 @@
 //! `regions.toml`: the raw serde shape (unknown keys refused) and its one-time conversion into
 //! a validated [`Config`] that the rest of the program only reads. Every error names the file,
 //! the line, the region and the key.
+//!
+//! The conversion goes table by table (`[server]`, each `[[region]]`, its `[region.mep]`),
+//! reading each value with the one check of its kind (a count, milliseconds, a number in a
+//! range, an address, a file, a PEM file, a token); every default is a constant of
+//! [`defaults`].
 
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,7 +18,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::model::ApiStyle;
-use crate::service::RetryPolicy;
+use crate::retry::RetryPolicy;
 use crate::util::redact;
 
 /// Validated configuration.
@@ -26,39 +31,46 @@ pub struct Config {
 /// `[server]`: the northbound side.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Northbound listen address (default `127.0.0.1:8082`).
+    /// Northbound listen address (default [`defaults::LISTEN`]).
     pub listen: SocketAddr,
-    /// Directory for durable state (default `state`).
+    /// Directory for durable state (default [`defaults::STATE_DIR`]).
     pub state_dir: PathBuf,
-    /// Request-handling threads (default 8).
+    /// Request-handling threads (default [`defaults::WORKERS`]).
     pub workers: usize,
-    /// Spelling of response keys (default `spec`).
+    /// Spelling of response keys (default [`defaults::API_STYLE`]).
     pub api_style: ApiStyle,
-    /// Largest accepted request body (default 1 MiB).
+    /// Largest accepted request body (default [`defaults::MAX_BODY_BYTES`]).
     pub max_body_bytes: usize,
     /// Bound on each socket read and write, and on receiving a whole request body; an idle
-    /// keep-alive connection is closed after it (default 5 s).
+    /// keep-alive connection is closed after it (default [`defaults::READ_TIMEOUT`]).
     pub read_timeout: Duration,
-    /// Accepted and ignored since connections no longer have threads (default 128).
+    /// Accepted and ignored since connections no longer have threads (default
+    /// [`defaults::CONNECTION_THREADS`]).
     pub connection_threads: usize,
-    /// An idle keep-alive connection is closed, silently, after this (default 5 s).
+    /// An idle keep-alive connection is closed, silently, after this (default
+    /// [`defaults::IDLE_TIMEOUT`]).
     pub idle_timeout: Duration,
-    /// Largest request head: request line plus header fields (default 16384 bytes).
+    /// Largest request head: request line plus header fields (default
+    /// [`defaults::MAX_HEAD_BYTES`]).
     pub max_head_bytes: usize,
-    /// Most header fields in a request head (default 100).
+    /// Most header fields in a request head (default [`defaults::MAX_HEADERS`]).
     pub max_headers: usize,
-    /// Most connections served at once; one more gets 503 (default 1024).
+    /// Most connections served at once; one more gets 503 (default
+    /// [`defaults::MAX_CONNECTIONS`]).
     pub max_connections: usize,
-    /// Force every change to disk before acknowledging it (default true; false only for
-    /// benchmarks: changes then survive a crash of the process but not of the machine).
+    /// Force every change to disk before acknowledging it ([`defaults::FSYNC`] by default;
+    /// false only for benchmarks: changes then survive a crash of the process but not of the
+    /// machine).
     pub fsync: bool,
-    /// Backoff of background removals (defaults 1 s doubling up to 60 s).
+    /// Backoff of background removals (defaults [`defaults::RETRY_INITIAL`] doubling up to
+    /// [`defaults::RETRY_MAX`]).
     pub retry: RetryPolicy,
     /// Bearer token required on `/MEC/v1` and `/metrics` (read from `token_file`).
     pub token: Option<Secret>,
     /// Northbound TLS certificate chain and key (PEM, read from `tls_cert` / `tls_key`).
     pub tls: Option<TlsFiles>,
-    /// Requests kept at most: a creation beyond is refused with 507 (default 100,000).
+    /// Requests kept at most: a creation beyond is refused with 507 (default
+    /// [`defaults::MAX_REQUESTS`]).
     pub max_requests: usize,
 }
 
@@ -91,17 +103,76 @@ pub struct RegionConfig {
     pub mep: MepConfig,
 }
 
+/// The default of every optional key, each written once: [`ServerConfig::default`] and
+/// [`MepConfig::new`] (and so [`Config::parse`]) take them from here, and a test checks
+/// README's configuration table against them.
+pub mod defaults {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use std::time::Duration;
+
+    use crate::model::ApiStyle;
+    use crate::retry::RetryPolicy;
+
+    /// `[server] listen`.
+    pub const LISTEN: SocketAddr =
+        SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 8082));
+    /// `[server] state_dir`.
+    pub const STATE_DIR: &str = "state";
+    /// `[server] workers`.
+    pub const WORKERS: usize = 8;
+    /// `[server] api_style`.
+    pub const API_STYLE: ApiStyle = ApiStyle::Spec;
+    /// `[server] max_body_bytes`.
+    pub const MAX_BODY_BYTES: usize = 1 << 20;
+    /// `[server] read_timeout_ms`.
+    pub const READ_TIMEOUT: Duration = Duration::from_millis(5000);
+    /// `[server] connection_threads` (accepted and ignored).
+    pub const CONNECTION_THREADS: usize = 128;
+    /// `[server] idle_timeout_ms`.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_millis(5000);
+    /// `[server] max_head_bytes`.
+    pub const MAX_HEAD_BYTES: usize = 16384;
+    /// `[server] max_headers`.
+    pub const MAX_HEADERS: usize = 100;
+    /// `[server] max_connections`.
+    pub const MAX_CONNECTIONS: usize = 1024;
+    /// `[server] fsync`.
+    pub const FSYNC: bool = true;
+    /// `[server] retry_initial_ms` (the retry policy's own default).
+    pub const RETRY_INITIAL: Duration = RetryPolicy::DEFAULT_INITIAL;
+    /// `[server] retry_max_ms` (the retry policy's own default).
+    pub const RETRY_MAX: Duration = RetryPolicy::DEFAULT_MAX;
+    /// `[server] max_requests`.
+    pub const MAX_REQUESTS: usize = 100_000;
+    /// `[[region]] description`.
+    pub const DESCRIPTION: &str = "";
+    /// `[[region]] altitude`.
+    pub const ALTITUDE: f64 = 0.0;
+    /// `[region.mep] url` of the simulated driver, for which it is only a label.
+    pub const SIMULATED_URL: &str = "simulated:";
+    /// `[region.mep] timeout_ms`.
+    pub const TIMEOUT: Duration = Duration::from_millis(3000);
+    /// `[region.mep] poll_interval_ms`.
+    pub const POLL_INTERVAL: Duration = Duration::from_millis(1000);
+    /// `[region.mep] poll_attempts`.
+    pub const POLL_ATTEMPTS: u32 = 30;
+    /// `[region.mep] max_calls`.
+    pub const MAX_CALLS: usize = 1024;
+    /// `[region.mep] settle_ms` is this many times the region's `timeout_ms`.
+    pub const SETTLE_TIMEOUTS: u32 = 2;
+}
+
 /// Default of `[region.mep] max_calls`.
-pub const DEFAULT_MAX_CALLS: usize = 1024;
+pub use defaults::MAX_CALLS as DEFAULT_MAX_CALLS;
 
 /// `[region.mep]`: how to reach the region's MEC platform.
 #[derive(Debug, Clone)]
 pub struct MepConfig {
     pub driver: DriverKind,
     /// Base URL (`http://` or `https://`), without a trailing slash. For the simulated
-    /// driver it is only a label and defaults to `simulated:`.
+    /// driver it is only a label and defaults to [`defaults::SIMULATED_URL`].
     pub url: String,
-    /// Bound on each platform call, connect included (default 3 s).
+    /// Bound on each platform call, connect included (default [`defaults::TIMEOUT`]).
     pub timeout: Duration,
     /// PEM certificates of a private CA to trust for `https://` (in addition to none: when
     /// set, only these are trusted), read from `ca_file` at start-up.
@@ -110,16 +181,19 @@ pub struct MepConfig {
     pub token: Option<Secret>,
     /// EdgeGallery `appName` (1-63 characters); derived from the request id when absent.
     pub app_name: Option<String>,
-    /// Polling of asynchronous platform tasks (EdgeGallery): interval (default 1 s) ...
+    /// Polling of asynchronous platform tasks (EdgeGallery): interval (default
+    /// [`defaults::POLL_INTERVAL`]) ...
     pub poll_interval: Duration,
-    /// ... and how many polls before the task counts as timed out (default 30).
+    /// ... and how many polls before the task counts as timed out (default
+    /// [`defaults::POLL_ATTEMPTS`]).
     pub poll_attempts: u32,
-    /// Most rule calls one request may cause on the platform (default 1024): LL-MEC calls,
-    /// MEC 011 rules, EdgeGallery configurations; reads and task polls are not counted.
+    /// Most rule calls one request may cause on the platform (default
+    /// [`defaults::MAX_CALLS`]): LL-MEC calls, MEC 011 rules, EdgeGallery configurations;
+    /// reads and task polls are not counted.
     pub max_calls: usize,
     /// How long after an apply whose outcome is unknown (timeout, broken exchange, 502/504)
-    /// it may still land on the platform (default 2 × `timeout`): a removal sent earlier is
-    /// sent again once this has passed.
+    /// it may still land on the platform (default [`defaults::SETTLE_TIMEOUTS`] ×
+    /// `timeout`): a removal sent earlier is sent again once this has passed.
     pub settle: Duration,
 }
 
@@ -133,10 +207,10 @@ impl MepConfig {
             ca_pem: None,
             token: None,
             app_name: None,
-            poll_interval: Duration::from_secs(1),
-            poll_attempts: 30,
-            max_calls: DEFAULT_MAX_CALLS,
-            settle: timeout * 2,
+            poll_interval: defaults::POLL_INTERVAL,
+            poll_attempts: defaults::POLL_ATTEMPTS,
+            max_calls: defaults::MAX_CALLS,
+            settle: timeout * defaults::SETTLE_TIMEOUTS,
         }
     }
 }
@@ -238,12 +312,10 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawRegion {
     id: Spanned<String>,
-    #[serde(default)]
-    description: String,
+    description: Option<String>,
     latitude: Spanned<f64>,
     longitude: Spanned<f64>,
-    #[serde(default)]
-    altitude: f64,
+    altitude: Option<f64>,
     range_km: Spanned<f64>,
     mep: Spanned<RawMep>,
 }
@@ -276,333 +348,30 @@ impl Config {
 
     /// Parses and validates configuration text; `file` only names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let err = |message: String| ConfigError {
-            file: file.to_string(),
-            message,
-        };
-        let at = |span: Range<usize>| line_of(text, span.start);
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| format!("line {}: ", line_of(text, s.start)))
                 .unwrap_or_default();
-            err(format!("{line}{}", e.message()))
-        })?;
-
-        let server = match raw.server {
-            Some(s) => {
-                let s = s.into_inner();
-                let listen = match s.listen {
-                    Some(l) => l.get_ref().parse::<SocketAddr>().map_err(|_| {
-                        err(format!(
-                            "line {}: [server] listen = '{}' is not an address:port such as 127.0.0.1:8082",
-                            at(l.span()),
-                            l.get_ref()
-                        ))
-                    })?,
-                    None => default_listen(),
-                };
-                let int = |v: Option<Spanned<i64>>, key: &str, min: i64, max: i64, default: i64| {
-                    match v {
-                        None => Ok(default),
-                        Some(v) if (min..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
-                        Some(v) => Err(err(format!(
-                            "line {}: [server] {key} = {} is out of range {min}..={max}",
-                            at(v.span()),
-                            v.get_ref()
-                        ))),
-                    }
-                };
-                ServerConfig {
-                    listen,
-                    state_dir: PathBuf::from(s.state_dir.unwrap_or_else(|| "state".into())),
-                    workers: int(s.workers, "workers", 1, 1024, 8)? as usize,
-                    api_style: s.api_style.unwrap_or(ApiStyle::Spec),
-                    max_body_bytes: int(
-                        s.max_body_bytes,
-                        "max_body_bytes",
-                        1024,
-                        64 << 20,
-                        1 << 20,
-                    )? as usize,
-                    read_timeout: Duration::from_millis(int(
-                        s.read_timeout_ms,
-                        "read_timeout_ms",
-                        100,
-                        600_000,
-                        5000,
-                    )? as u64),
-                    connection_threads: int(
-                        s.connection_threads.inspect(|v| {
-                            log::warn!(
-                                "line {}: [server] connection_threads is accepted and ignored: \
-                                 connections no longer have threads of their own (see \
-                                 max_connections)",
-                                at(v.span())
-                            )
-                        }),
-                        "connection_threads",
-                        4,
-                        4096,
-                        128,
-                    )? as usize,
-                    idle_timeout: Duration::from_millis(int(
-                        s.idle_timeout_ms,
-                        "idle_timeout_ms",
-                        100,
-                        3_600_000,
-                        5000,
-                    )? as u64),
-                    max_head_bytes: int(s.max_head_bytes, "max_head_bytes", 1024, 1 << 20, 16384)?
-                        as usize,
-                    max_headers: int(s.max_headers, "max_headers", 8, 1000, 100)? as usize,
-                    max_connections: int(s.max_connections, "max_connections", 1, 65536, 1024)?
-                        as usize,
-                    fsync: s.fsync.unwrap_or(true),
-                    max_requests: int(s.max_requests, "max_requests", 1, 100_000_000, 100_000)?
-                        as usize,
-                    retry: RetryPolicy {
-                        initial: Duration::from_millis(int(
-                            s.retry_initial_ms,
-                            "retry_initial_ms",
-                            10,
-                            3_600_000,
-                            1000,
-                        )? as u64),
-                        max: Duration::from_millis(int(
-                            s.retry_max_ms,
-                            "retry_max_ms",
-                            10,
-                            86_400_000,
-                            60_000,
-                        )? as u64),
-                    },
-                    token: match &s.token_file {
-                        Some(t) => Some(read_token(text, file, t, "[server] token_file")?),
-                        None => None,
-                    },
-                    tls: match (&s.tls_cert, &s.tls_key) {
-                        (None, None) => None,
-                        (Some(cert), Some(key)) => {
-                            let cert_pem = read_file(text, file, cert, "[server] tls_cert")?;
-                            if !String::from_utf8_lossy(&cert_pem)
-                                .contains("-----BEGIN CERTIFICATE-----")
-                            {
-                                return Err(err(format!(
-                                    "line {}: [server] tls_cert = '{}' holds no PEM certificate",
-                                    at(cert.span()),
-                                    cert.get_ref()
-                                )));
-                            }
-                            let key_pem = read_file(text, file, key, "[server] tls_key")?;
-                            if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY-----") {
-                                return Err(err(format!(
-                                    "line {}: [server] tls_key = '{}' holds no PEM private key",
-                                    at(key.span()),
-                                    key.get_ref()
-                                )));
-                            }
-                            let key_pem =
-                                Secret::new(String::from_utf8_lossy(&key_pem).into_owned());
-                            Some(TlsFiles { cert_pem, key_pem })
-                        }
-                        (Some(v), None) | (None, Some(v)) => {
-                            return Err(err(format!(
-                                "line {}: [server] tls_cert and tls_key must be given together",
-                                at(v.span())
-                            )));
-                        }
-                    },
-                }
+            ConfigError {
+                file: file.to_string(),
+                message: format!("{line}{}", e.message()),
             }
+        })?;
+        let server = match raw.server {
+            Some(s) => server_table(&Table::new(text, file, "[server] "), s.into_inner())?,
             None => ServerConfig::default(),
         };
-
         let mut regions = Vec::new();
         let mut seen = HashSet::new();
         for (i, r) in raw.region.into_iter().enumerate() {
-            let region_line = at(r.span());
-            let r = r.into_inner();
-            let id = r.id.get_ref().clone();
-            let name = if id.is_empty() {
-                format!("#{}", i + 1)
-            } else {
-                format!("'{id}'")
-            };
-            let bad = |span: Range<usize>, key: &str, what: String| {
-                err(format!("line {}: region {name}: {key} {what}", at(span)))
-            };
-            if id.trim().is_empty() {
-                return Err(bad(r.id.span(), "id", "must not be empty".into()));
-            }
-            if id.len() > 63
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return Err(bad(
-                    r.id.span(),
-                    "id",
-                    "must be 1-63 characters of letters, digits, '-', '_' or '.'".into(),
-                ));
-            }
-            if !seen.insert(id.clone()) {
-                return Err(bad(
-                    r.id.span(),
-                    "id",
-                    "is used by another region (ids must be unique)".into(),
-                ));
-            }
-            let range_check = |v: &Spanned<f64>, key: &str, lo: f64, hi: f64| {
-                let x = *v.get_ref();
-                if x.is_finite() && (lo..=hi).contains(&x) {
-                    Ok(x)
-                } else {
-                    Err(bad(
-                        v.span(),
-                        key,
-                        format!("= {x} is out of range {lo}..{hi}"),
-                    ))
-                }
-            };
-            let latitude = range_check(&r.latitude, "latitude", -90.0, 90.0)?;
-            let longitude = range_check(&r.longitude, "longitude", -180.0, 180.0)?;
-            if !r.altitude.is_finite() {
-                return Err(err(format!(
-                    "line {region_line}: region {name}: altitude must be a finite number"
-                )));
-            }
-            let range_km = *r.range_km.get_ref();
-            if !(range_km.is_finite() && range_km > 0.0) {
-                return Err(bad(
-                    r.range_km.span(),
-                    "range_km",
-                    format!("= {range_km} must be greater than 0"),
-                ));
-            }
-            let mep_span = r.mep.span();
-            let mep = r.mep.into_inner();
-            let timeout_ms = match mep.timeout_ms {
-                None => 3000,
-                Some(t) if (1..=600_000).contains(t.get_ref()) => *t.get_ref(),
-                Some(t) => {
-                    return Err(bad(
-                        t.span(),
-                        "mep.timeout_ms",
-                        format!("= {} is out of range 1..=600000", t.get_ref()),
-                    ));
-                }
-            };
-            let url = match (mep.driver, mep.url) {
-                (_, Some(u)) => {
-                    let checked = check_url(u.get_ref()).map_err(|why| {
-                        bad(
-                            u.span(),
-                            "mep.url",
-                            format!("= '{}' {why}", redact(u.get_ref())),
-                        )
-                    })?;
-                    if mep.driver == DriverKind::Simulated {
-                        u.get_ref().clone()
-                    } else {
-                        checked
-                    }
-                }
-                (DriverKind::Simulated, None) => "simulated:".to_string(),
-                (_, None) => {
-                    return Err(bad(
-                        mep_span,
-                        "mep.url",
-                        "is required for this driver".into(),
-                    ));
-                }
-            };
-            let mut mep_config =
-                MepConfig::new(mep.driver, &url, Duration::from_millis(timeout_ms as u64));
-            if let Some(ca) = &mep.ca_file {
-                let pem = read_file(text, file, ca, &format!("region {name}: mep.ca_file"))?;
-                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-                    return Err(bad(
-                        ca.span(),
-                        "mep.ca_file",
-                        format!("= '{}' holds no PEM certificate", ca.get_ref()),
-                    ));
-                }
-                mep_config.ca_pem = Some(pem);
-            }
-            if let Some(t) = &mep.token_file {
-                mep_config.token = Some(read_token(
-                    text,
-                    file,
-                    t,
-                    &format!("region {name}: mep.token_file"),
-                )?);
-            }
-            if let Some(name) = &mep.app_name {
-                let n = name.get_ref();
-                if n.is_empty() || n.chars().count() > 63 {
-                    return Err(bad(
-                        name.span(),
-                        "mep.app_name",
-                        "must be 1-63 characters".into(),
-                    ));
-                }
-                mep_config.app_name = Some(n.clone());
-            }
-            if let Some(v) = &mep.poll_interval_ms {
-                if !(10..=60_000).contains(v.get_ref()) {
-                    return Err(bad(
-                        v.span(),
-                        "mep.poll_interval_ms",
-                        format!("= {} is out of range 10..=60000", v.get_ref()),
-                    ));
-                }
-                mep_config.poll_interval = Duration::from_millis(*v.get_ref() as u64);
-            }
-            if let Some(v) = &mep.poll_attempts {
-                if !(1..=10_000).contains(v.get_ref()) {
-                    return Err(bad(
-                        v.span(),
-                        "mep.poll_attempts",
-                        format!("= {} is out of range 1..=10000", v.get_ref()),
-                    ));
-                }
-                mep_config.poll_attempts = *v.get_ref() as u32;
-            }
-            if let Some(v) = &mep.max_calls {
-                if !(1..=100_000).contains(v.get_ref()) {
-                    return Err(bad(
-                        v.span(),
-                        "mep.max_calls",
-                        format!("= {} is out of range 1..=100000", v.get_ref()),
-                    ));
-                }
-                mep_config.max_calls = *v.get_ref() as usize;
-            }
-            if let Some(v) = &mep.settle_ms {
-                if !(0..=3_600_000).contains(v.get_ref()) {
-                    return Err(bad(
-                        v.span(),
-                        "mep.settle_ms",
-                        format!("= {} is out of range 0..=3600000", v.get_ref()),
-                    ));
-                }
-                mep_config.settle = Duration::from_millis(*v.get_ref() as u64);
-            }
-            regions.push(RegionConfig {
-                id,
-                description: r.description,
-                latitude,
-                longitude,
-                altitude: r.altitude,
-                range_km,
-                mep: mep_config,
-            });
+            regions.push(region_table(text, file, i, r, &mut seen)?);
         }
         if regions.is_empty() {
-            return Err(err(
-                "no [[region]] is configured; at least one is needed".into()
-            ));
+            return Err(ConfigError {
+                file: file.to_string(),
+                message: "no [[region]] is configured; at least one is needed".into(),
+            });
         }
         Ok(Config { server, regions })
     }
@@ -630,74 +399,457 @@ impl Config {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: default_listen(),
-            state_dir: PathBuf::from("state"),
-            workers: 8,
-            api_style: ApiStyle::Spec,
-            max_body_bytes: 1 << 20,
-            read_timeout: Duration::from_secs(5),
-            connection_threads: 128,
-            idle_timeout: Duration::from_secs(5),
-            max_head_bytes: 16384,
-            max_headers: 100,
-            max_connections: 1024,
-            fsync: true,
-            retry: RetryPolicy::default(),
+            listen: defaults::LISTEN,
+            state_dir: PathBuf::from(defaults::STATE_DIR),
+            workers: defaults::WORKERS,
+            api_style: defaults::API_STYLE,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            read_timeout: defaults::READ_TIMEOUT,
+            connection_threads: defaults::CONNECTION_THREADS,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            max_head_bytes: defaults::MAX_HEAD_BYTES,
+            max_headers: defaults::MAX_HEADERS,
+            max_connections: defaults::MAX_CONNECTIONS,
+            fsync: defaults::FSYNC,
+            retry: RetryPolicy {
+                initial: defaults::RETRY_INITIAL,
+                max: defaults::RETRY_MAX,
+            },
             token: None,
             tls: None,
-            max_requests: 100_000,
+            max_requests: defaults::MAX_REQUESTS,
         }
     }
 }
 
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8082))
+/// Where values are read from, for errors and relative paths: the file's text (line numbers),
+/// its name, and the table's prefix in messages (`[server] `, `region 'x': `,
+/// `region 'x': mep.`). Its methods are the one check of each kind of value; every error they
+/// return reads `line N: <prefix><key> ...`.
+struct Table<'a> {
+    text: &'a str,
+    file: &'a str,
+    prefix: String,
 }
 
-/// Reads a file named in the configuration, relative to the configuration file's directory;
-/// errors name the file, line and key (`what`).
-fn read_file(
-    text: &str,
-    file: &str,
-    value: &Spanned<String>,
-    what: &str,
-) -> Result<Vec<u8>, ConfigError> {
-    let base = Path::new(file).parent().unwrap_or(Path::new(""));
-    let path = base.join(value.get_ref());
-    std::fs::read(&path).map_err(|e| ConfigError {
-        file: file.to_string(),
-        message: format!(
-            "line {}: {what} = '{}': cannot read {}: {e}",
-            line_of(text, value.span().start),
-            value.get_ref(),
-            path.display()
-        ),
+impl<'a> Table<'a> {
+    fn new(text: &'a str, file: &'a str, prefix: impl Into<String>) -> Table<'a> {
+        Table {
+            text,
+            file,
+            prefix: prefix.into(),
+        }
+    }
+
+    /// `line N: <prefix><key> <what>`, N the line of byte `at`.
+    fn error(&self, at: usize, key: &str, what: impl fmt::Display) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            message: format!(
+                "line {}: {}{key} {what}",
+                line_of(self.text, at),
+                self.prefix
+            ),
+        }
+    }
+
+    /// An integer key within `range`, as a `T` (`into`), or `default` when absent.
+    fn int<T>(
+        &self,
+        value: &Option<Spanned<i64>>,
+        key: &str,
+        range: RangeInclusive<i64>,
+        default: T,
+        into: fn(i64) -> T,
+    ) -> Result<T, ConfigError> {
+        let Some(v) = value else {
+            return Ok(default);
+        };
+        if !range.contains(v.get_ref()) {
+            let (min, max) = (range.start(), range.end());
+            return Err(self.error(
+                v.span().start,
+                key,
+                format_args!("= {} is out of range {min}..={max}", v.get_ref()),
+            ));
+        }
+        Ok(into(*v.get_ref()))
+    }
+
+    /// A count (threads, bytes, calls): an integer key within `range`.
+    fn count(
+        &self,
+        value: &Option<Spanned<i64>>,
+        key: &str,
+        range: RangeInclusive<i64>,
+        default: usize,
+    ) -> Result<usize, ConfigError> {
+        self.int(value, key, range, default, |v| v as usize)
+    }
+
+    /// A duration in milliseconds (the `*_ms` keys): an integer key within `range`.
+    fn millis(
+        &self,
+        value: &Option<Spanned<i64>>,
+        key: &str,
+        range: RangeInclusive<i64>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        self.int(value, key, range, default, |v| {
+            Duration::from_millis(v as u64)
+        })
+    }
+
+    /// A socket address (`ip:port`), or `default` when absent.
+    fn address(
+        &self,
+        value: &Option<Spanned<String>>,
+        key: &str,
+        default: SocketAddr,
+    ) -> Result<SocketAddr, ConfigError> {
+        let Some(v) = value else {
+            return Ok(default);
+        };
+        v.get_ref().parse().map_err(|_| {
+            self.error(
+                v.span().start,
+                key,
+                format_args!(
+                    "= '{}' is not an address:port such as {}",
+                    v.get_ref(),
+                    defaults::LISTEN
+                ),
+            )
+        })
+    }
+
+    /// A finite number within `range` (shown as `lo..hi` in errors).
+    fn float(
+        &self,
+        value: &Spanned<f64>,
+        key: &str,
+        range: RangeInclusive<f64>,
+    ) -> Result<f64, ConfigError> {
+        let x = *value.get_ref();
+        if x.is_finite() && range.contains(&x) {
+            return Ok(x);
+        }
+        let (lo, hi) = (range.start(), range.end());
+        Err(self.error(
+            value.span().start,
+            key,
+            format_args!("= {x} is out of range {lo}..{hi}"),
+        ))
+    }
+
+    /// The contents of a file named by a key, relative to the configuration file's directory.
+    fn file(&self, value: &Spanned<String>, key: &str) -> Result<Vec<u8>, ConfigError> {
+        let base = Path::new(self.file).parent().unwrap_or(Path::new(""));
+        let path = base.join(value.get_ref());
+        std::fs::read(&path).map_err(|e| {
+            self.error(
+                value.span().start,
+                key,
+                format_args!(
+                    "= '{}': cannot read {}: {e}",
+                    value.get_ref(),
+                    path.display()
+                ),
+            )
+        })
+    }
+
+    /// A PEM file that must contain `marker`; `holds` names what it must hold in the error.
+    fn pem(
+        &self,
+        value: &Spanned<String>,
+        key: &str,
+        marker: &str,
+        holds: &str,
+    ) -> Result<Vec<u8>, ConfigError> {
+        let pem = self.file(value, key)?;
+        if !String::from_utf8_lossy(&pem).contains(marker) {
+            return Err(self.error(
+                value.span().start,
+                key,
+                format_args!("= '{}' holds no {holds}", value.get_ref()),
+            ));
+        }
+        Ok(pem)
+    }
+
+    /// A file holding one bearer token: visible ASCII only (0x21..=0x7E), what an HTTP header
+    /// carries on both sides (the server answers a bare 400 to any other byte, the client
+    /// refuses to send it).
+    fn token(&self, value: &Spanned<String>, key: &str) -> Result<Secret, ConfigError> {
+        let bytes = self.file(value, key)?;
+        let token = String::from_utf8(bytes).unwrap_or_default();
+        let token = token.trim();
+        if token.is_empty() || !token.bytes().all(|b| (0x21..=0x7E).contains(&b)) {
+            return Err(self.error(
+                value.span().start,
+                key,
+                format_args!(
+                    "= '{}' must hold one token of visible ASCII characters (no spaces, control or non-ASCII characters such as 'é'): an HTTP header cannot carry others",
+                    value.get_ref()
+                ),
+            ));
+        }
+        Ok(Secret::new(token.to_string()))
+    }
+}
+
+/// `[server]`.
+fn server_table(t: &Table, s: RawServer) -> Result<ServerConfig, ConfigError> {
+    if let Some(v) = &s.connection_threads {
+        log::warn!(
+            "line {}: [server] connection_threads is accepted and ignored: connections no \
+             longer have threads of their own (see max_connections)",
+            line_of(t.text, v.span().start)
+        );
+    }
+    Ok(ServerConfig {
+        listen: t.address(&s.listen, "listen", defaults::LISTEN)?,
+        state_dir: PathBuf::from(s.state_dir.as_deref().unwrap_or(defaults::STATE_DIR)),
+        workers: t.count(&s.workers, "workers", 1..=1024, defaults::WORKERS)?,
+        api_style: s.api_style.unwrap_or(defaults::API_STYLE),
+        max_body_bytes: t.count(
+            &s.max_body_bytes,
+            "max_body_bytes",
+            1024..=64 << 20,
+            defaults::MAX_BODY_BYTES,
+        )?,
+        read_timeout: t.millis(
+            &s.read_timeout_ms,
+            "read_timeout_ms",
+            100..=600_000,
+            defaults::READ_TIMEOUT,
+        )?,
+        connection_threads: t.count(
+            &s.connection_threads,
+            "connection_threads",
+            4..=4096,
+            defaults::CONNECTION_THREADS,
+        )?,
+        idle_timeout: t.millis(
+            &s.idle_timeout_ms,
+            "idle_timeout_ms",
+            100..=3_600_000,
+            defaults::IDLE_TIMEOUT,
+        )?,
+        max_head_bytes: t.count(
+            &s.max_head_bytes,
+            "max_head_bytes",
+            1024..=1 << 20,
+            defaults::MAX_HEAD_BYTES,
+        )?,
+        max_headers: t.count(
+            &s.max_headers,
+            "max_headers",
+            8..=1000,
+            defaults::MAX_HEADERS,
+        )?,
+        max_connections: t.count(
+            &s.max_connections,
+            "max_connections",
+            1..=65536,
+            defaults::MAX_CONNECTIONS,
+        )?,
+        fsync: s.fsync.unwrap_or(defaults::FSYNC),
+        max_requests: t.count(
+            &s.max_requests,
+            "max_requests",
+            1..=100_000_000,
+            defaults::MAX_REQUESTS,
+        )?,
+        retry: retry_policy(t, &s)?,
+        token: match &s.token_file {
+            Some(v) => Some(t.token(v, "token_file")?),
+            None => None,
+        },
+        tls: tls_files(t, &s.tls_cert, &s.tls_key)?,
     })
 }
 
-/// Reads a file holding one bearer token: visible ASCII only (0x21..=0x7E), what an HTTP header
-/// carries on both sides (the server answers a bare 400 to any other byte, the client refuses
-/// to send it).
-fn read_token(
+/// `[server] retry_initial_ms` and `retry_max_ms`.
+fn retry_policy(t: &Table, s: &RawServer) -> Result<RetryPolicy, ConfigError> {
+    Ok(RetryPolicy {
+        initial: t.millis(
+            &s.retry_initial_ms,
+            "retry_initial_ms",
+            10..=3_600_000,
+            defaults::RETRY_INITIAL,
+        )?,
+        max: t.millis(
+            &s.retry_max_ms,
+            "retry_max_ms",
+            10..=86_400_000,
+            defaults::RETRY_MAX,
+        )?,
+    })
+}
+
+/// `[server] tls_cert` and `tls_key`: both or neither.
+fn tls_files(
+    t: &Table,
+    cert: &Option<Spanned<String>>,
+    key: &Option<Spanned<String>>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            let cert_pem = t.pem(
+                cert,
+                "tls_cert",
+                "-----BEGIN CERTIFICATE-----",
+                "PEM certificate",
+            )?;
+            let key_pem = t.pem(key, "tls_key", "PRIVATE KEY-----", "PEM private key")?;
+            let key_pem = Secret::new(String::from_utf8_lossy(&key_pem).into_owned());
+            Ok(Some(TlsFiles { cert_pem, key_pem }))
+        }
+        (Some(v), None) | (None, Some(v)) => Err(t.error(
+            v.span().start,
+            "tls_cert",
+            "and tls_key must be given together",
+        )),
+    }
+}
+
+/// The `i`-th `[[region]]`; `seen` holds the ids of the regions before it.
+fn region_table(
     text: &str,
     file: &str,
-    value: &Spanned<String>,
-    what: &str,
-) -> Result<Secret, ConfigError> {
-    let bytes = read_file(text, file, value, what)?;
-    let token = String::from_utf8(bytes).unwrap_or_default();
-    let token = token.trim();
-    if token.is_empty() || !token.bytes().all(|b| (0x21..=0x7E).contains(&b)) {
-        return Err(ConfigError {
-            file: file.to_string(),
-            message: format!(
-                "line {}: {what} = '{}' must hold one token of visible ASCII characters (no spaces, control or non-ASCII characters such as 'é'): an HTTP header cannot carry others",
-                line_of(text, value.span().start),
-                value.get_ref()
-            ),
-        });
+    i: usize,
+    r: Spanned<RawRegion>,
+    seen: &mut HashSet<String>,
+) -> Result<RegionConfig, ConfigError> {
+    let region_at = r.span().start;
+    let r = r.into_inner();
+    let id = r.id.get_ref().clone();
+    let name = if id.is_empty() {
+        format!("#{}", i + 1)
+    } else {
+        format!("'{id}'")
+    };
+    let t = Table::new(text, file, format!("region {name}: "));
+    let id_at = r.id.span().start;
+    if id.trim().is_empty() {
+        return Err(t.error(id_at, "id", "must not be empty"));
     }
-    Ok(Secret::new(token.to_string()))
+    if id.len() > 63
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(t.error(
+            id_at,
+            "id",
+            "must be 1-63 characters of letters, digits, '-', '_' or '.'",
+        ));
+    }
+    if !seen.insert(id.clone()) {
+        return Err(t.error(
+            id_at,
+            "id",
+            "is used by another region (ids must be unique)",
+        ));
+    }
+    let latitude = t.float(&r.latitude, "latitude", -90.0..=90.0)?;
+    let longitude = t.float(&r.longitude, "longitude", -180.0..=180.0)?;
+    let altitude = r.altitude.unwrap_or(defaults::ALTITUDE);
+    if !altitude.is_finite() {
+        return Err(t.error(region_at, "altitude", "must be a finite number"));
+    }
+    let range_km = *r.range_km.get_ref();
+    if !(range_km.is_finite() && range_km > 0.0) {
+        return Err(t.error(
+            r.range_km.span().start,
+            "range_km",
+            format_args!("= {range_km} must be greater than 0"),
+        ));
+    }
+    let mep = mep_table(
+        &Table::new(text, file, format!("region {name}: mep.")),
+        r.mep,
+    )?;
+    Ok(RegionConfig {
+        id,
+        description: r
+            .description
+            .unwrap_or_else(|| defaults::DESCRIPTION.into()),
+        latitude,
+        longitude,
+        altitude,
+        range_km,
+        mep,
+    })
+}
+
+/// `[region.mep]`.
+fn mep_table(t: &Table, mep: Spanned<RawMep>) -> Result<MepConfig, ConfigError> {
+    let mep_at = mep.span().start;
+    let mep = mep.into_inner();
+    let timeout = t.millis(
+        &mep.timeout_ms,
+        "timeout_ms",
+        1..=600_000,
+        defaults::TIMEOUT,
+    )?;
+    let url = match (mep.driver, &mep.url) {
+        (_, Some(u)) => {
+            let checked = check_url(u.get_ref()).map_err(|why| {
+                t.error(
+                    u.span().start,
+                    "url",
+                    format_args!("= '{}' {why}", redact(u.get_ref())),
+                )
+            })?;
+            if mep.driver == DriverKind::Simulated {
+                u.get_ref().clone()
+            } else {
+                checked
+            }
+        }
+        (DriverKind::Simulated, None) => defaults::SIMULATED_URL.to_string(),
+        (_, None) => return Err(t.error(mep_at, "url", "is required for this driver")),
+    };
+    let mut config = MepConfig::new(mep.driver, &url, timeout);
+    if let Some(ca) = &mep.ca_file {
+        let pem = t.pem(
+            ca,
+            "ca_file",
+            "-----BEGIN CERTIFICATE-----",
+            "PEM certificate",
+        )?;
+        config.ca_pem = Some(pem);
+    }
+    if let Some(v) = &mep.token_file {
+        config.token = Some(t.token(v, "token_file")?);
+    }
+    if let Some(name) = &mep.app_name {
+        let n = name.get_ref();
+        if n.is_empty() || n.chars().count() > 63 {
+            return Err(t.error(name.span().start, "app_name", "must be 1-63 characters"));
+        }
+        config.app_name = Some(n.clone());
+    }
+    config.poll_interval = t.millis(
+        &mep.poll_interval_ms,
+        "poll_interval_ms",
+        10..=60_000,
+        config.poll_interval,
+    )?;
+    config.poll_attempts = t.int(
+        &mep.poll_attempts,
+        "poll_attempts",
+        1..=10_000,
+        config.poll_attempts,
+        |v| v as u32,
+    )?;
+    config.max_calls = t.count(&mep.max_calls, "max_calls", 1..=100_000, config.max_calls)?;
+    config.settle = t.millis(&mep.settle_ms, "settle_ms", 0..=3_600_000, config.settle)?;
+    Ok(config)
 }
 
 /// 1-based line number of a byte offset.
@@ -1093,6 +1245,144 @@ url = "http://127.0.0.1:13000/"
             let e = parse_err(&MINIMAL.replace("url = ", &format!("{bad}\nurl = ")));
             assert!(e.contains(bad.split(' ').next().unwrap()), "{bad}: {e}");
         }
+    }
+
+    /// The keys a table accepts, as its "unknown field" error lists them.
+    fn accepted_keys(table: &str, prefix: &str) -> Vec<String> {
+        let e = parse_err(&table.replace("@", "zz_unknown = 1"));
+        let (_, list) = e
+            .split_once("expected one of ")
+            .unwrap_or_else(|| panic!("{e}"));
+        list.split(", ")
+            .map(|k| format!("{prefix}{}", k.trim_matches('`')))
+            .collect()
+    }
+
+    /// README's configuration table: (key, default) per row; a row naming two keys
+    /// (`a` / `b`, the second maybe relative to the first's table) gives one for each, the
+    /// default split the same way when it is.
+    fn readme_defaults() -> Vec<(String, String)> {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md is readable");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .expect("README has a Configuration section");
+        let section = section.split("\n## ").next().unwrap();
+        let mut rows = Vec::new();
+        for line in section.lines().filter(|l| l.starts_with("| `")) {
+            let mut cells = line.trim_start_matches("| ").splitn(3, " | ");
+            let (keys, default) = (cells.next().unwrap(), cells.next().unwrap());
+            let keys: Vec<&str> = keys.split(" / ").map(|k| k.trim_matches('`')).collect();
+            let defaults: Vec<&str> = default.split(" / ").collect();
+            for (i, key) in keys.iter().enumerate() {
+                let key = if key.contains('.') {
+                    key.to_string()
+                } else {
+                    let table = keys[0].rsplit_once('.').unwrap().0;
+                    format!("{table}.{key}")
+                };
+                let default = if defaults.len() == keys.len() {
+                    defaults[i]
+                } else {
+                    default
+                };
+                rows.push((key, default.to_string()));
+            }
+        }
+        rows
+    }
+
+    /// Every key README's table must list, with the default it must show: from
+    /// [`defaults`], as README spells it, or `–` for keys that have none.
+    fn expected_defaults() -> Vec<(&'static str, String)> {
+        let code = |v: &dyn fmt::Display| format!("`{v}`");
+        let quoted = |v: &dyn fmt::Display| format!("`\"{v}\"`");
+        let ms = |d: Duration| code(&d.as_millis());
+        let none = "–".to_string();
+        let required = "– (required)".to_string();
+        vec![
+            ("server.listen", quoted(&defaults::LISTEN)),
+            ("server.state_dir", quoted(&defaults::STATE_DIR)),
+            ("server.workers", code(&defaults::WORKERS)),
+            (
+                "server.api_style",
+                quoted(&format!("{:?}", defaults::API_STYLE).to_lowercase()),
+            ),
+            ("server.max_body_bytes", code(&defaults::MAX_BODY_BYTES)),
+            ("server.read_timeout_ms", ms(defaults::READ_TIMEOUT)),
+            ("server.idle_timeout_ms", ms(defaults::IDLE_TIMEOUT)),
+            ("server.max_head_bytes", code(&defaults::MAX_HEAD_BYTES)),
+            ("server.max_headers", code(&defaults::MAX_HEADERS)),
+            ("server.max_connections", code(&defaults::MAX_CONNECTIONS)),
+            (
+                "server.connection_threads",
+                code(&defaults::CONNECTION_THREADS),
+            ),
+            ("server.fsync", code(&defaults::FSYNC)),
+            ("server.retry_initial_ms", ms(defaults::RETRY_INITIAL)),
+            ("server.retry_max_ms", ms(defaults::RETRY_MAX)),
+            ("server.token_file", none.clone()),
+            ("server.tls_cert", none.clone()),
+            ("server.tls_key", none.clone()),
+            ("server.max_requests", code(&defaults::MAX_REQUESTS)),
+            ("region.id", required.clone()),
+            (
+                "region.description",
+                format!("`{:?}`", defaults::DESCRIPTION),
+            ),
+            ("region.latitude", required.clone()),
+            ("region.longitude", required.clone()),
+            ("region.altitude", format!("`{:?}`", defaults::ALTITUDE)),
+            ("region.range_km", required.clone()),
+            ("region.mep.driver", required.clone()),
+            ("region.mep.url", "– (required but for `simulated`)".into()),
+            ("region.mep.timeout_ms", ms(defaults::TIMEOUT)),
+            ("region.mep.ca_file", none.clone()),
+            ("region.mep.token_file", none.clone()),
+            ("region.mep.poll_interval_ms", ms(defaults::POLL_INTERVAL)),
+            ("region.mep.poll_attempts", code(&defaults::POLL_ATTEMPTS)),
+            (
+                "region.mep.app_name",
+                format!("`{}<RequestId>`", crate::mep::edgegallery::APP_NAME_PREFIX),
+            ),
+            ("region.mep.max_calls", code(&defaults::MAX_CALLS)),
+            (
+                "region.mep.settle_ms",
+                format!("{} × `timeout_ms`", defaults::SETTLE_TIMEOUTS),
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_readme_table_shows_every_key_with_its_default() {
+        let expected = expected_defaults();
+        let readme = readme_defaults();
+        for (key, default) in &expected {
+            let row = readme.iter().find(|(k, _)| k == key);
+            let Some((_, shown)) = row else {
+                panic!("README's configuration table has no row for {key}");
+            };
+            assert_eq!(shown, default, "README's default of {key}");
+        }
+        let mut documented: Vec<&str> = readme.iter().map(|(k, _)| k.as_str()).collect();
+        let mut listed: Vec<&str> = expected.iter().map(|(k, _)| *k).collect();
+        let mut accepted = accepted_keys(&format!("[server]\n@\n{MINIMAL}"), "server.");
+        accepted.extend(accepted_keys(
+            &MINIMAL.replace("range_km = 10.0", "range_km = 10.0\n@"),
+            "region.",
+        ));
+        accepted.extend(accepted_keys(
+            &MINIMAL.replace("url = ", "@\nurl = "),
+            "region.mep.",
+        ));
+        accepted.retain(|k| k != "region.mep");
+        let mut accepted: Vec<&str> = accepted.iter().map(String::as_str).collect();
+        for keys in [&mut documented, &mut listed, &mut accepted] {
+            keys.sort_unstable();
+        }
+        assert_eq!(documented, accepted, "README documents every key, once");
+        assert_eq!(listed, accepted, "this test checks every key's default");
     }
 
     #[test]

@@ -35,9 +35,6 @@ use log::{info, warn};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::mep::Step;
-use crate::model::Status;
-
 /// Version written in every line; lines of other versions are refused.
 const FORMAT_VERSION: u32 = 1;
 
@@ -141,38 +138,6 @@ pub struct StepEntry<'a> {
     pub body: Option<Cow<'a, str>>,
 }
 
-impl<'a> From<&'a Step> for StepEntry<'a> {
-    fn from(s: &'a Step) -> Self {
-        // Embedded only when it reads back byte for byte (removal replays the exact body):
-        // parsing accepts surrounding whitespace, which an embedded value would lose.
-        // And only without a line break, which would split the journal line.
-        let json = serde_json::from_str::<&RawValue>(s.body())
-            .ok()
-            .filter(|j| j.get() == s.body() && !s.body().contains('\n'));
-        let body = match json {
-            Some(_) => None,
-            None => Some(Cow::Borrowed(s.body())),
-        };
-        StepEntry {
-            label: Cow::Borrowed(s.label()),
-            target: Cow::Borrowed(s.target()),
-            json,
-            body,
-        }
-    }
-}
-
-impl From<&StepEntry<'_>> for Step {
-    fn from(s: &StepEntry<'_>) -> Self {
-        let body = match (s.json, &s.body) {
-            (Some(json), _) => json.get(),
-            (None, Some(body)) => body,
-            (None, None) => "",
-        };
-        Step::new(&s.label, &s.target, body)
-    }
-}
-
 /// Statuses on disk (`DELETED` is never stored: a deleted record is removed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -181,28 +146,6 @@ pub enum StatusEntry {
     Created,
     Failed,
     Deleting,
-}
-
-impl From<Status> for StatusEntry {
-    fn from(s: Status) -> Self {
-        match s {
-            Status::Pending => StatusEntry::Pending,
-            Status::Created => StatusEntry::Created,
-            Status::Failed => StatusEntry::Failed,
-            Status::Deleting | Status::Deleted => StatusEntry::Deleting,
-        }
-    }
-}
-
-impl From<StatusEntry> for Status {
-    fn from(s: StatusEntry) -> Self {
-        match s {
-            StatusEntry::Pending => Status::Pending,
-            StatusEntry::Created => Status::Created,
-            StatusEntry::Failed => Status::Failed,
-            StatusEntry::Deleting => Status::Deleting,
-        }
-    }
 }
 
 /// Why the journal cannot be used.
@@ -352,6 +295,28 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state shared with the flusher, around `writer`; `full` says why the state
+    /// directory is full, if it is.
+    fn new(writer: Writer, full: Option<String>) -> Shared {
+        Shared {
+            writer: Mutex::new(writer),
+            sync: Mutex::new(SyncState {
+                synced: 0,
+                wanted: 0,
+                flushes: 0,
+                flushing: 0,
+                failed: None,
+                closing: false,
+            }),
+            wanted: Condvar::new(),
+            extended: Condvar::new(),
+            synced: [Condvar::new(), Condvar::new()],
+            stopped: AtomicBool::new(false),
+            is_full: AtomicBool::new(full.is_some()),
+            full: Mutex::new(full),
+        }
+    }
+
     fn writer(&self) -> MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -456,106 +421,30 @@ impl Journal {
     ) -> Result<(Journal, ReplayStats), JournalError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let lock = take_lock(dir)?;
-
-        let mut snapshots = Vec::new();
-        let mut journals = Vec::new();
-        for item in fs::read_dir(dir).map_err(io_err(dir))? {
-            let item = item.map_err(io_err(dir))?;
-            let name = item.file_name().to_string_lossy().into_owned();
-            if let Some(g) = generation_of(&name, "snapshot-") {
-                snapshots.push(g);
-            } else if let Some(g) = generation_of(&name, "journal-") {
-                journals.push(g);
-            } else if name.starts_with("snapshot-") && name.ends_with(".tmp") {
-                // An interrupted compaction: the journals it would have replaced are intact.
-                let _ = fs::remove_file(item.path());
-            }
-        }
-        snapshots.sort_unstable();
-        journals.sort_unstable();
-        let base = snapshots.last().copied().unwrap_or(0);
-        let mut stats = ReplayStats::default();
-        let mut snapshot_bytes = 0;
-        if base > 0 {
-            let path = dir.join(snapshot_name(base));
-            let replayed = replay_file(&path, false, &mut apply)?;
-            debug_assert!(!replayed.torn);
-            stats.entries += replayed.entries;
-            snapshot_bytes = replayed.valid;
-        }
-        let live: Vec<u64> = journals.iter().copied().filter(|&g| g >= base).collect();
-        let (mut last_len, mut last_allocated) = (0, 0);
-        for (i, &g) in live.iter().enumerate() {
-            let path = dir.join(journal_name(g));
-            let is_last = i + 1 == live.len();
-            let replayed = replay_file(&path, is_last, &mut apply)?;
-            stats.entries += replayed.entries;
-            stats.torn_tail |= replayed.torn;
-            last_len = replayed.valid;
-            last_allocated = replayed.total;
-        }
-        // Files older than the snapshot are no longer needed.
-        for &g in journals.iter().filter(|&&g| g < base) {
-            let _ = fs::remove_file(dir.join(journal_name(g)));
-        }
-        for &g in snapshots.iter().filter(|&&g| g < base) {
-            let _ = fs::remove_file(dir.join(snapshot_name(g)));
-        }
-
-        let generation = live.last().copied().unwrap_or(base.max(1));
-        let path = dir.join(journal_name(generation));
+        let (snapshots, journals) = generations(dir)?;
+        let loaded = replay_all(dir, &snapshots, &journals, &mut apply)?;
+        let path = dir.join(journal_name(loaded.generation));
         let file = open_journal(&path)?;
-        if live.is_empty() {
+        if loaded.fresh {
             sync_dir(dir)?;
         }
-        // Room for the first entries now rather than in the first request's time.
-        let mut full = None;
-        if last_allocated < last_len + PREALLOCATE_BYTES / 2 {
-            let extended = space_permitting(|| {
-                extend(&file, last_allocated, last_len + PREALLOCATE_BYTES / 2)
-            });
-            match extended.and_then(|to| sync_data(&file).map(|()| to)) {
-                Ok(to) => last_allocated = to,
-                // A full state directory does not refuse the start: reads need no room, and
-                // changes answer 507 until there is room again (as at run time).
-                Err(e) => match write_err(dir, &path)(e) {
-                    error @ JournalError::NoSpace { .. } => {
-                        warn!("{error}; starting without room ahead of the entries");
-                        full = Some(error.to_string());
-                    }
-                    error => return Err(error),
-                },
-            }
-        }
-        let shared = Arc::new(Shared {
-            writer: Mutex::new(Writer {
+        let (allocated, full) = room_ahead(dir, &path, &file, loaded.bytes, loaded.allocated)?;
+        let shared = Arc::new(Shared::new(
+            Writer {
                 file,
                 path,
-                generation,
+                generation: loaded.generation,
                 written: 0,
-                bytes: last_len,
-                allocated: last_allocated,
-                snapshot_bytes,
+                bytes: loaded.bytes,
+                allocated,
+                snapshot_bytes: loaded.snapshot_bytes,
                 compacting: false,
                 compaction_failures: 0,
                 retry_compaction_at: None,
                 extending: false,
-            }),
-            sync: Mutex::new(SyncState {
-                synced: 0,
-                wanted: 0,
-                flushes: 0,
-                flushing: 0,
-                failed: None,
-                closing: false,
-            }),
-            wanted: Condvar::new(),
-            extended: Condvar::new(),
-            synced: [Condvar::new(), Condvar::new()],
-            stopped: AtomicBool::new(false),
-            is_full: AtomicBool::new(full.is_some()),
-            full: Mutex::new(full),
-        });
+            },
+            full,
+        ));
         let flusher = if fsync {
             let shared = shared.clone();
             let spawned = std::thread::Builder::new()
@@ -572,7 +461,7 @@ impl Journal {
             flusher,
             _lock: lock,
         };
-        Ok((journal, stats))
+        Ok((journal, loaded.stats))
     }
 
     fn writer(&self) -> MutexGuard<'_, Writer> {
@@ -997,6 +886,113 @@ const COMPACTION_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs
 /// What [`extend_ahead`] adds at a time: short enough not to hold up the next flush for long.
 const EXTEND_AHEAD_BYTES: u64 = 1 << 20;
 
+/// The generations of the snapshots and of the journals in `dir`, oldest first; removes
+/// the `.tmp` of an interrupted compaction (the journals it would have replaced are intact).
+fn generations(dir: &Path) -> Result<(Vec<u64>, Vec<u64>), JournalError> {
+    let mut snapshots = Vec::new();
+    let mut journals = Vec::new();
+    for item in fs::read_dir(dir).map_err(io_err(dir))? {
+        let item = item.map_err(io_err(dir))?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        if let Some(g) = generation_of(&name, "snapshot-") {
+            snapshots.push(g);
+        } else if let Some(g) = generation_of(&name, "journal-") {
+            journals.push(g);
+        } else if name.starts_with("snapshot-") && name.ends_with(".tmp") {
+            let _ = fs::remove_file(item.path());
+        }
+    }
+    snapshots.sort_unstable();
+    journals.sort_unstable();
+    Ok((snapshots, journals))
+}
+
+/// What a start found on disk, and where the journal goes on.
+struct Loaded {
+    stats: ReplayStats,
+    /// Bytes of the newest snapshot (0: none).
+    snapshot_bytes: u64,
+    /// The journal written from now on: the last one replayed, or a new one (`fresh`).
+    generation: u64,
+    fresh: bool,
+    /// Bytes of entries in that journal, and its length (entries, then zeros).
+    bytes: u64,
+    allocated: u64,
+}
+
+/// Replays the newest snapshot and the journals from its generation on, in order, then
+/// removes the files older than that snapshot.
+fn replay_all(
+    dir: &Path,
+    snapshots: &[u64],
+    journals: &[u64],
+    apply: &mut impl FnMut(Entry<'_>),
+) -> Result<Loaded, JournalError> {
+    let base = snapshots.last().copied().unwrap_or(0);
+    let mut stats = ReplayStats::default();
+    let mut snapshot_bytes = 0;
+    if base > 0 {
+        let path = dir.join(snapshot_name(base));
+        let replayed = replay_file(&path, false, apply)?;
+        debug_assert!(!replayed.torn);
+        stats.entries += replayed.entries;
+        snapshot_bytes = replayed.valid;
+    }
+    let live: Vec<u64> = journals.iter().copied().filter(|&g| g >= base).collect();
+    let (mut bytes, mut allocated) = (0, 0);
+    for (i, &g) in live.iter().enumerate() {
+        let path = dir.join(journal_name(g));
+        let is_last = i + 1 == live.len();
+        let replayed = replay_file(&path, is_last, apply)?;
+        stats.entries += replayed.entries;
+        stats.torn_tail |= replayed.torn;
+        bytes = replayed.valid;
+        allocated = replayed.total;
+    }
+    // Files older than the snapshot are no longer needed.
+    for &g in journals.iter().filter(|&&g| g < base) {
+        let _ = fs::remove_file(dir.join(journal_name(g)));
+    }
+    for &g in snapshots.iter().filter(|&&g| g < base) {
+        let _ = fs::remove_file(dir.join(snapshot_name(g)));
+    }
+    Ok(Loaded {
+        stats,
+        snapshot_bytes,
+        generation: live.last().copied().unwrap_or(base.max(1)),
+        fresh: live.is_empty(),
+        bytes,
+        allocated,
+    })
+}
+
+/// Makes room for the first entries at start-up rather than in the first request's time:
+/// zeros up to half a [`PREALLOCATE_BYTES`] past the entries. Returns the file's new length,
+/// and why the state directory is full if there was no room: that does not refuse the start
+/// (reads need no room, and changes answer 507 until there is room again, as at run time).
+fn room_ahead(
+    dir: &Path,
+    path: &Path,
+    file: &File,
+    bytes: u64,
+    allocated: u64,
+) -> Result<(u64, Option<String>), JournalError> {
+    if allocated >= bytes + PREALLOCATE_BYTES / 2 {
+        return Ok((allocated, None));
+    }
+    let extended = space_permitting(|| extend(file, allocated, bytes + PREALLOCATE_BYTES / 2));
+    match extended.and_then(|to| sync_data(file).map(|()| to)) {
+        Ok(to) => Ok((to, None)),
+        Err(e) => match write_err(dir, path)(e) {
+            error @ JournalError::NoSpace { .. } => {
+                warn!("{error}; starting without room ahead of the entries");
+                Ok((allocated, Some(error.to_string())))
+            }
+            error => Err(error),
+        },
+    }
+}
+
 /// Run by the flusher between flushes: when less than half a [`PREALLOCATE_BYTES`] of zeros
 /// is left ahead of the entries, writes [`EXTEND_AHEAD_BYTES`] more past them, outside every
 /// lock, so that appends (made under the records lock) do not have to.
@@ -1084,56 +1080,15 @@ fn replay_file(
 ) -> Result<Replayed, JournalError> {
     let file = File::open(path).map_err(io_err(path))?;
     let total = file.metadata().map_err(io_err(path))?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut line = Vec::new();
-    let (mut offset, mut entries) = (0u64, 0usize);
-    let reason = loop {
-        line.clear();
-        let zeros = reader.fill_buf().map_err(io_err(path))?.first() == Some(&0);
-        if zeros {
-            // The zeros are scanned, not read into `line`: they are megabytes long.
-            let (n, only_zeros) = skip_zeros(&mut reader).map_err(io_err(path))?;
-            if only_zeros && offset + n == total {
-                return Ok(Replayed {
-                    entries,
-                    valid: offset,
-                    total,
-                    torn: false,
-                });
-            }
-            break "zero bytes followed by data".to_string();
-        }
-        let (n, ended) = read_line_until_nul(&mut reader, &mut line).map_err(io_err(path))?;
-        if n == 0 {
-            return Ok(Replayed {
-                entries,
-                valid: offset,
-                total,
-                torn: false,
-            });
-        }
-        if !ended {
-            break "line without its end".to_string();
-        }
-        match decode(&line[..n - 1]) {
-            Ok(entry) => {
-                apply(entry);
-                entries += 1;
-                offset += n as u64;
-            }
-            Err(BadLine::Damaged(reason)) => break reason,
-            // Written whole, but this build cannot read it: never a torn write.
-            Err(BadLine::Unreadable(reason)) => {
-                return Err(JournalError::Corrupt {
-                    file: path.to_path_buf(),
-                    offset,
-                    reason,
-                    entries_after: None,
-                });
-            }
-        }
+    let (entries, offset, damage) = read_entries(path, file, total, apply)?;
+    let Some(reason) = damage else {
+        return Ok(Replayed {
+            entries,
+            valid: offset,
+            total,
+            torn: false,
+        });
     };
-    drop(reader);
     let after = scan_after(path, offset)?;
     if !may_be_torn || after.entries > 0 {
         return Err(JournalError::Corrupt {
@@ -1161,6 +1116,57 @@ fn replay_file(
         total,
         torn: true,
     })
+}
+
+/// Applies the entries of `file` (of length `total`) in order, up to its end, the zeros after
+/// its entries, or the first line that does not check out. Returns how many were applied, the
+/// offset where they end and, when they end at damage, what it is. A line written whole that
+/// this build cannot read is refused: never a torn write.
+fn read_entries(
+    path: &Path,
+    file: File,
+    total: u64,
+    apply: &mut impl FnMut(Entry<'_>),
+) -> Result<(usize, u64, Option<String>), JournalError> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::new();
+    let (mut offset, mut entries) = (0u64, 0usize);
+    loop {
+        line.clear();
+        let zeros = reader.fill_buf().map_err(io_err(path))?.first() == Some(&0);
+        if zeros {
+            // The zeros are scanned, not read into `line`: they are megabytes long.
+            let (n, only_zeros) = skip_zeros(&mut reader).map_err(io_err(path))?;
+            if only_zeros && offset + n == total {
+                return Ok((entries, offset, None));
+            }
+            let damage = "zero bytes followed by data".to_string();
+            return Ok((entries, offset, Some(damage)));
+        }
+        let (n, ended) = read_line_until_nul(&mut reader, &mut line).map_err(io_err(path))?;
+        if n == 0 {
+            return Ok((entries, offset, None));
+        }
+        if !ended {
+            return Ok((entries, offset, Some("line without its end".to_string())));
+        }
+        match decode(&line[..n - 1]) {
+            Ok(entry) => {
+                apply(entry);
+                entries += 1;
+                offset += n as u64;
+            }
+            Err(BadLine::Damaged(reason)) => return Ok((entries, offset, Some(reason))),
+            Err(BadLine::Unreadable(reason)) => {
+                return Err(JournalError::Corrupt {
+                    file: path.to_path_buf(),
+                    offset,
+                    reason,
+                    entries_after: None,
+                });
+            }
+        }
+    }
 }
 
 /// What follows a damaged byte offset of a file.
@@ -1463,33 +1469,20 @@ mod tests {
     }
 
     #[test]
-    fn step_bodies_come_back_byte_for_byte_json_or_not() {
-        for body in [
-            r#"{"url":"a.b","type":1}"#,
-            "not json",
-            " {\"padded\": true} ",
-            "",
-        ] {
-            let step = Step::new("l", "/t", body);
-            let line = serde_json::to_string(&StepEntry::from(&step)).unwrap();
-            let back: StepEntry = serde_json::from_str(&line).unwrap();
-            assert_eq!(Step::from(&back), step, "{line}");
-        }
-        let embedded =
-            serde_json::to_string(&StepEntry::from(&Step::new("l", "/t", r#"{"a":1}"#))).unwrap();
-        assert!(embedded.contains(r#""json":{"a":1}"#), "{embedded}");
-    }
-
-    #[test]
     fn escaped_and_non_ascii_strings_read_back_as_written() {
         // Borrowed from the line when they can be, unescaped into their own copy when not.
-        let step = Step::new("rule \"q\" ü\\", "/t/\u{1}é", "not \"json\"\n");
+        let (label, target, body) = ("rule \"q\" ü\\", "/t/\u{1}é", "not \"json\"\n");
         let detail = "why: \"this\"\tü";
         let entry = Entry::Put(RecordEntry {
             id: "i\"d".into(),
             region: "ré\\gion".into(),
             request: serde_json::from_str(r#"{"a":"\"ü\u0041"}"#).unwrap(),
-            steps: vec![StepEntry::from(&step)],
+            steps: vec![StepEntry {
+                label: label.into(),
+                target: target.into(),
+                json: None,
+                body: Some(body.into()),
+            }],
             applied: 1,
             status: StatusEntry::Failed,
             detail: Some(detail.into()),
@@ -1504,7 +1497,9 @@ mod tests {
         };
         assert_eq!((&*back.id, &*back.region), ("i\"d", "ré\\gion"));
         assert_eq!(back.request.get(), r#"{"a":"\"ü\u0041"}"#);
-        assert_eq!(Step::from(&back.steps[0]), step);
+        let step = &back.steps[0];
+        assert_eq!((&*step.label, &*step.target), (label, target));
+        assert_eq!(step.body.as_deref(), Some(body));
         assert_eq!(back.detail.as_deref(), Some(detail));
     }
 

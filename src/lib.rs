@@ -20,6 +20,7 @@ pub mod mep;
 pub mod metrics;
 pub mod model;
 pub mod reconciler;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -162,62 +162,8 @@ impl Metrics {
             "Seconds since the plugin started.",
             format_args!("{:.3}", gauges.uptime_seconds),
         );
-
-        {
-            let n = self.northbound.lock().unwrap_or_else(|p| p.into_inner());
-            header(
-                &mut out,
-                "mec_plugin_http_requests_total",
-                "counter",
-                "Northbound requests by route, method and status.",
-            );
-            for ((route, method, status), count) in &n.requests {
-                let _ = writeln!(
-                    out,
-                    "mec_plugin_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}"
-                );
-            }
-            header(
-                &mut out,
-                "mec_plugin_http_request_duration_seconds",
-                "histogram",
-                "Northbound request handling time by route.",
-            );
-            for (route, h) in &n.latency {
-                h.write(
-                    &mut out,
-                    "mec_plugin_http_request_duration_seconds",
-                    &format!("route=\"{route}\""),
-                );
-            }
-        }
-        {
-            let s = self.southbound.lock().unwrap_or_else(|p| p.into_inner());
-            header(
-                &mut out,
-                "mec_plugin_mep_calls_total",
-                "counter",
-                "Platform calls by region, operation and outcome.",
-            );
-            for ((region, operation, outcome), count) in &s.calls {
-                let _ = writeln!(
-                    out,
-                    "mec_plugin_mep_calls_total{{region=\"{}\",operation=\"{operation}\",outcome=\"{}\"}} {count}",
-                    escape(region),
-                    outcome.name()
-                );
-            }
-            header(
-                &mut out,
-                "mec_plugin_mep_call_duration_seconds",
-                "histogram",
-                "Platform call time by region and operation.",
-            );
-            for ((region, operation), h) in &s.latency {
-                let labels = format!("region=\"{}\",operation=\"{operation}\"", escape(region));
-                h.write(&mut out, "mec_plugin_mep_call_duration_seconds", &labels);
-            }
-        }
+        self.render_northbound(&mut out);
+        self.render_southbound(&mut out);
         header(
             &mut out,
             "mec_plugin_requests_forgotten_total",
@@ -229,29 +175,93 @@ impl Metrics {
             "mec_plugin_requests_forgotten_total {}",
             self.forgotten.load(std::sync::atomic::Ordering::Relaxed)
         );
-        header(
-            &mut out,
-            "mec_plugin_requests",
-            "gauge",
-            "Stored rule requests by status.",
-        );
-        for (status, count) in &gauges.requests_by_status {
-            let _ = writeln!(out, "mec_plugin_requests{{status=\"{status}\"}} {count}");
-        }
-        single(
-            &mut out,
-            "mec_plugin_reconciler_backlog",
-            "Requests whose rules the reconciler still has to remove.",
-            gauges.reconciler_backlog,
-        );
-        single(
-            &mut out,
-            "mec_plugin_state_writable",
-            "1 while changes can be made durable; 0 once the journal stopped after a failed fsync (restart needed).",
-            u8::from(gauges.state_writable),
-        );
+        render_gauges(&mut out, gauges);
         out
     }
+
+    /// The northbound requests' counts and latencies.
+    fn render_northbound(&self, out: &mut String) {
+        let n = self.northbound.lock().unwrap_or_else(|p| p.into_inner());
+        header(
+            out,
+            "mec_plugin_http_requests_total",
+            "counter",
+            "Northbound requests by route, method and status.",
+        );
+        for ((route, method, status), count) in &n.requests {
+            let _ = writeln!(
+                out,
+                "mec_plugin_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {count}"
+            );
+        }
+        header(
+            out,
+            "mec_plugin_http_request_duration_seconds",
+            "histogram",
+            "Northbound request handling time by route.",
+        );
+        for (route, h) in &n.latency {
+            h.write(
+                out,
+                "mec_plugin_http_request_duration_seconds",
+                &format!("route=\"{route}\""),
+            );
+        }
+    }
+
+    /// The platform calls' counts and latencies.
+    fn render_southbound(&self, out: &mut String) {
+        let s = self.southbound.lock().unwrap_or_else(|p| p.into_inner());
+        header(
+            out,
+            "mec_plugin_mep_calls_total",
+            "counter",
+            "Platform calls by region, operation and outcome.",
+        );
+        for ((region, operation, outcome), count) in &s.calls {
+            let _ = writeln!(
+                out,
+                "mec_plugin_mep_calls_total{{region=\"{}\",operation=\"{operation}\",outcome=\"{}\"}} {count}",
+                escape(region),
+                outcome.name()
+            );
+        }
+        header(
+            out,
+            "mec_plugin_mep_call_duration_seconds",
+            "histogram",
+            "Platform call time by region and operation.",
+        );
+        for ((region, operation), h) in &s.latency {
+            let labels = format!("region=\"{}\",operation=\"{operation}\"", escape(region));
+            h.write(out, "mec_plugin_mep_call_duration_seconds", &labels);
+        }
+    }
+}
+
+/// The values read when the metrics are scraped.
+fn render_gauges(out: &mut String, gauges: &Gauges) {
+    header(
+        out,
+        "mec_plugin_requests",
+        "gauge",
+        "Stored rule requests by status.",
+    );
+    for (status, count) in &gauges.requests_by_status {
+        let _ = writeln!(out, "mec_plugin_requests{{status=\"{status}\"}} {count}");
+    }
+    single(
+        out,
+        "mec_plugin_reconciler_backlog",
+        "Requests whose rules the reconciler still has to remove.",
+        gauges.reconciler_backlog,
+    );
+    single(
+        out,
+        "mec_plugin_state_writable",
+        "1 while changes can be made durable; 0 once the journal stopped after a failed fsync (restart needed).",
+        u8::from(gauges.state_writable),
+    );
 }
 
 /// The `# HELP` and `# TYPE` lines of metric `name`.

@@ -17,41 +17,15 @@ use crate::error::ApiError;
 use crate::mep::{self, Applied, Driver, MepError, Step};
 use crate::metrics::{Gauges, Metrics, Outcome};
 use crate::model::{CreationRequest, Status};
+pub use crate::retry::RetryPolicy;
 use crate::store::{Page, Record, RemovalClaim, Store, StoreError};
 use crate::turns::{Turn, Turns};
-use crate::util::{new_uuid, now_millis, random_fraction, redact};
+use crate::util::{new_uuid, now_millis, redact};
 
 /// A configured region and the driver of its platform.
 pub struct Region {
     pub config: RegionConfig,
     pub driver: Arc<dyn Driver>,
-}
-
-/// Backoff of background removals: `initial`, doubling per failed attempt up to `max`, each
-/// delay drawn uniformly from its upper half (jitter).
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl RetryPolicy {
-    /// The delay before the attempt after `failures` failed ones.
-    pub fn delay(&self, failures: u32) -> Duration {
-        let doubled = self
-            .initial
-            .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
-        doubled.min(self.max).mul_f64(0.5 + 0.5 * random_fraction())
-    }
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        }
-    }
 }
 
 /// Why changes cannot be made durable now.
@@ -842,15 +816,6 @@ pub(crate) enum Undo<'a> {
     },
     /// A removal could not be recorded.
     State(StoreError),
-}
-
-// The lead folds this into `retry.rs`, where `RetryPolicy` moves.
-impl RetryPolicy {
-    /// When the attempt after `failures` failed ones is due, in ms since the Unix epoch (see
-    /// [`RetryPolicy::delay`]).
-    pub fn next_at(&self, failures: u32) -> i64 {
-        now_millis() + self.delay(failures).as_millis() as i64
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::journal::{
-    Entry, Journal, JournalError, RecordEntry, ReplayStats, StepEntry, UpdateEntry,
+    Entry, Journal, JournalError, RecordEntry, ReplayStats, StatusEntry, StepEntry, UpdateEntry,
 };
 use crate::mep::{RuleIdentity, Step};
 use crate::model::Status;
@@ -1019,6 +1019,63 @@ fn replay(
     }
 }
 
+// The journal's step and status types are the on-disk form of the record's: the two
+// directions of each live here, with the rest of the Record <-> Entry mapping.
+
+impl<'a> From<&'a Step> for StepEntry<'a> {
+    fn from(s: &'a Step) -> Self {
+        // Embedded only when it reads back byte for byte (removal replays the exact body):
+        // parsing accepts surrounding whitespace, which an embedded value would lose.
+        // And only without a line break, which would split the journal line.
+        let json = serde_json::from_str::<&serde_json::value::RawValue>(s.body())
+            .ok()
+            .filter(|j| j.get() == s.body() && !s.body().contains('\n'));
+        let body = match json {
+            Some(_) => None,
+            None => Some(Cow::Borrowed(s.body())),
+        };
+        StepEntry {
+            label: Cow::Borrowed(s.label()),
+            target: Cow::Borrowed(s.target()),
+            json,
+            body,
+        }
+    }
+}
+
+impl From<&StepEntry<'_>> for Step {
+    fn from(s: &StepEntry<'_>) -> Self {
+        let body = match (s.json, &s.body) {
+            (Some(json), _) => json.get(),
+            (None, Some(body)) => body,
+            (None, None) => "",
+        };
+        Step::new(&s.label, &s.target, body)
+    }
+}
+
+impl From<Status> for StatusEntry {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Pending => StatusEntry::Pending,
+            Status::Created => StatusEntry::Created,
+            Status::Failed => StatusEntry::Failed,
+            Status::Deleting | Status::Deleted => StatusEntry::Deleting,
+        }
+    }
+}
+
+impl From<StatusEntry> for Status {
+    fn from(s: StatusEntry) -> Self {
+        match s {
+            StatusEntry::Pending => Status::Pending,
+            StatusEntry::Created => Status::Created,
+            StatusEntry::Failed => Status::Failed,
+            StatusEntry::Deleting => Status::Deleting,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1220,6 +1277,24 @@ mod tests {
             .map(|json| format!("{:08x} 1 {json}\n", crc32fast::hash(json.as_bytes())))
             .collect();
         std::fs::write(dir.join(format!("journal-{:020}.jsonl", 1)), lines).unwrap();
+    }
+
+    #[test]
+    fn step_bodies_come_back_byte_for_byte_json_or_not() {
+        for body in [
+            r#"{"url":"a.b","type":1}"#,
+            "not json",
+            " {\"padded\": true} ",
+            "",
+        ] {
+            let step = Step::new("l", "/t", body);
+            let line = serde_json::to_string(&StepEntry::from(&step)).unwrap();
+            let back: StepEntry = serde_json::from_str(&line).unwrap();
+            assert_eq!(Step::from(&back), step, "{line}");
+        }
+        let embedded =
+            serde_json::to_string(&StepEntry::from(&Step::new("l", "/t", r#"{"a":1}"#))).unwrap();
+        assert!(embedded.contains(r#""json":{"a":1}"#), "{embedded}");
     }
 
     #[test]
