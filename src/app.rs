@@ -1,20 +1,21 @@
-//! Wiring: the validated configuration becomes a [`Service`] behind the hardened HTTP
-//! [`Server`]. `main` parses the command line and calls [`run`] or [`check`].
+//! Wiring: the validated configuration becomes a [`Service`], recovered and with its
+//! [`Reconciler`], behind the hardened HTTP [`Server`]. `main` parses the command line,
+//! [`load`]s the configuration and calls [`run`].
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
 use crate::api;
 use crate::config::{Config, ConfigError};
+use crate::reconciler::{self, Reconciler};
 use crate::server::{self, Server};
 use crate::service::Service;
 use crate::store::StoreError;
@@ -46,6 +47,8 @@ pub enum StartError {
     State(StoreError),
     /// The listener could not be set up.
     Listen(io::Error),
+    /// The reconciler thread could not be started.
+    Reconciler(io::Error),
 }
 
 impl fmt::Display for StartError {
@@ -53,6 +56,7 @@ impl fmt::Display for StartError {
         match self {
             StartError::State(e) => write!(f, "cannot use the state: {e}"),
             StartError::Listen(e) => write!(f, "cannot start serving: {e}"),
+            StartError::Reconciler(e) => write!(f, "cannot start the reconciler thread: {e}"),
         }
     }
 }
@@ -63,41 +67,35 @@ impl std::error::Error for StartError {}
 pub struct App {
     pub service: Arc<Service>,
     pub server: Server,
-    stop: Arc<AtomicBool>,
-    reconciler: Option<JoinHandle<()>>,
+    reconciler: Reconciler,
 }
 
 impl App {
-    /// Opens the state, builds the service from the configuration and starts serving.
+    /// Opens the state, builds the service from the configuration, resolves what a crash left
+    /// half-done ([`reconciler::recover`]) and starts serving.
     pub fn start(config: &Config) -> Result<App, StartError> {
         let service = Service::open(config).map_err(StartError::State)?;
+        reconciler::recover(&service).map_err(StartError::State)?;
         App::start_with(config, Arc::new(service))
     }
 
     /// Starts the reconciler and the server for a given service (tests inject drivers this
     /// way).
     pub fn start_with(config: &Config, service: Arc<Service>) -> Result<App, StartError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let reconciler = {
-            let (service, stop) = (service.clone(), stop.clone());
-            thread::Builder::new()
-                .name("reconciler".into())
-                .spawn(move || service.run_reconciler(&stop))
-                .map_err(StartError::Listen)?
-        };
+        let reconciler = Reconciler::start(service.clone()).map_err(StartError::Reconciler)?;
         let api = api::Api {
             service: service.clone(),
             style: config.server.api_style,
             token: config.server.token.clone(),
         };
         let handler: server::Handler = Arc::new(api);
+        // On an error the reconciler is dropped, which stops it.
         let server = Server::start(server::Options::from_config(&config.server), handler)
             .map_err(StartError::Listen)?;
         Ok(App {
             service,
             server,
-            stop,
-            reconciler: Some(reconciler),
+            reconciler,
         })
     }
 
@@ -106,34 +104,24 @@ impl App {
     }
 
     /// Stops serving (requests in flight get `grace` to finish), then the reconciler.
-    pub fn stop(mut self, grace: Duration) {
-        let reconciler = self.reconciler.take();
-        let App {
-            service,
-            server,
-            stop,
-            ..
-        } = self;
-        server.shutdown(grace);
-        stop.store(true, Ordering::Relaxed);
-        service.wake_reconciler();
-        if let Some(handle) = reconciler {
-            let _ = handle.join();
-        }
+    pub fn stop(self, grace: Duration) {
+        self.server.shutdown(grace);
+        self.reconciler.stop();
     }
 }
+
+/// How long requests in flight get to finish once a shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// Bound on the whole shutdown (server, then reconciler): past it the process exits anyway,
+/// which is safe (every change is on disk before it is acknowledged, and a start-up recovers
+/// from an interrupted one as from a crash). Under 5 s, half the unit's `TimeoutStopSec=10`.
+const SHUTDOWN_BOUND: Duration = Duration::from_millis(4500);
 
 /// Runs the plugin until SIGTERM or SIGINT, telling systemd (`NOTIFY_SOCKET`) when it is ready
 /// and when it stops; see [`crate::systemd`]. The shutdown stops accepting, lets requests in
 /// flight finish (up to 4 s), stops the reconciler, and returns within 4.5 s.
 pub fn run(config: &Config) -> Result<(), StartError> {
-    /// How long requests in flight get to finish once a shutdown begins.
-    const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
-    /// Bound on the whole shutdown (server, then reconciler): past it the process exits
-    /// anyway, which is safe (every change is on disk before it is acknowledged, and a start-up
-    /// recovers from an interrupted one as from a crash). Under 5 s, half the unit's
-    /// `TimeoutStopSec=10`.
-    const SHUTDOWN_BOUND: Duration = Duration::from_millis(4500);
     // Before starting, so that a SIGTERM during a long state replay is not lost.
     let termination = match systemd::Termination::watch() {
         Ok(termination) => Some(termination),
@@ -146,11 +134,11 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         info!("{line}");
     }
     let app = App::start(config)?;
-    let addr = app.local_addr();
     info!(
-        "mec-plugin {} ready: API at {}://{addr}{} (api_style {:?}, state in {})",
+        "mec-plugin {} ready: API at {}://{}{} (api_style {:?}, state in {})",
         env!("CARGO_PKG_VERSION"),
         app.server.scheme(),
+        app.local_addr(),
         api::BASE,
         config.server.api_style,
         config.server.state_dir.display()
@@ -160,20 +148,7 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         termination.arm(shutdown.clone());
     }
     if !shutdown.is_triggered() {
-        // Listening, and the state is replayed: what systemd waits for before it starts the
-        // units ordered after this one.
-        let records = app.service.list_len();
-        let backlog = app.service.backlog();
-        let pending = if backlog > 0 {
-            format!(", {backlog} removal(s) pending")
-        } else {
-            String::new()
-        };
-        systemd::notify(&format!(
-            "READY=1\nSTATUS=serving on {}://{addr}{}, {records} record(s){pending}",
-            app.server.scheme(),
-            api::BASE
-        ));
+        notify_ready(&app);
     }
 
     app.server.wait();
@@ -188,6 +163,32 @@ pub fn run(config: &Config) -> Result<(), StartError> {
          stops",
         SHUTDOWN_GRACE.as_millis()
     );
+    stop_within_bound(app);
+    info!("mec-plugin stopped in {} ms", began.elapsed().as_millis());
+    Ok(())
+}
+
+/// Tells systemd the plugin is ready: listening, and the state is replayed (what it waits for
+/// before it starts the units ordered after this one).
+fn notify_ready(app: &App) {
+    let records = app.service.list_len();
+    let backlog = app.service.backlog();
+    let pending = if backlog > 0 {
+        format!(", {backlog} removal(s) pending")
+    } else {
+        String::new()
+    };
+    systemd::notify(&format!(
+        "READY=1\nSTATUS=serving on {}://{}{}, {records} record(s){pending}",
+        app.server.scheme(),
+        app.local_addr(),
+        api::BASE
+    ));
+}
+
+/// Stops `app` ([`SHUTDOWN_GRACE`] for the requests in flight); a watchdog thread ends the
+/// process if that takes longer than [`SHUTDOWN_BOUND`].
+fn stop_within_bound(app: App) {
     let (stopped, watched) = mpsc::channel::<()>();
     let watchdog = thread::Builder::new()
         .name("stop-watchdog".into())
@@ -209,6 +210,4 @@ pub fn run(config: &Config) -> Result<(), StartError> {
     if let Ok(watchdog) = watchdog {
         let _ = watchdog.join();
     }
-    info!("mec-plugin stopped in {} ms", began.elapsed().as_millis());
-    Ok(())
 }

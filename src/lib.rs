@@ -5,7 +5,8 @@
 //! [`config`] reads `regions.toml`, [`model`] is the northbound request model and its two
 //! JSON spellings, [`store`] keeps the records, [`mep`] holds the platform drivers,
 //! [`service`] applies and removes a request's rules atomically (taking [`turns`] on the
-//! platform rules it calls for), [`api`] routes HTTP requests to it, [`server`] is the hardened HTTP front end (its HTTP/1.1 syntax in [`http1`]), and [`app`] wires
+//! platform rules it calls for), [`reconciler`] recovers at start-up and finishes removals in
+//! the background, [`api`] routes HTTP requests to it, [`server`] is the hardened HTTP front end (its HTTP/1.1 syntax in [`http1`]), and [`app`] wires
 //! them together.
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod journal;
 pub mod mep;
 pub mod metrics;
 pub mod model;
+pub mod reconciler;
 pub mod retry;
 pub mod server;
 pub mod service;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::util::random_fraction;
+use crate::util::{now_millis, random_fraction};
 
 /// Backoff of background removals: `initial`, doubling per failed attempt up to `max`, each
 /// delay drawn uniformly from its upper half (jitter).
@@ -28,6 +28,12 @@ impl RetryPolicy {
             .saturating_mul(1u32 << failures.saturating_sub(1).min(20));
         doubled.min(self.max).mul_f64(0.5 + 0.5 * random_fraction())
     }
+
+    /// When the attempt after `failures` failed ones is due, in ms since the Unix epoch (now
+    /// plus [`delay`](RetryPolicy::delay)).
+    pub fn next_at(&self, failures: u32) -> i64 {
+        now_millis() + self.delay(failures).as_millis() as i64
+    }
 }
 
 impl Default for RetryPolicy {
@@ -36,5 +42,25 @@ impl Default for RetryPolicy {
             initial: RetryPolicy::DEFAULT_INITIAL,
             max: RetryPolicy::DEFAULT_MAX,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_attempt_is_due_after_the_delay_of_its_failures() {
+        let p = RetryPolicy {
+            initial: Duration::from_millis(1000),
+            max: Duration::from_millis(8000),
+        };
+        let before = now_millis();
+        let at = p.next_at(3);
+        let after = now_millis();
+        assert!(
+            at >= before + 2000 && at <= after + 4000,
+            "{at} not 2-4 s after {before}"
+        );
     }
 }

@@ -146,6 +146,197 @@ impl Record {
     }
 }
 
+/// What [`Record::claim_removal`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemovalClaim {
+    /// The record is now DELETING and the caller's to remove.
+    Claimed,
+    /// Already DELETING and nobody works on it: it is due for the reconciler now.
+    Queued,
+    /// A creation or another removal works on it: nothing changed.
+    InUse,
+}
+
+/// The lifecycle. Every change of a record's status, of what it says may be on the platform,
+/// and of who works on it goes through one of these transitions (`service` and `reconciler`
+/// call them inside [`Store::update`], which journals what they change). Each keeps one or
+/// both of the invariants (ARCHITECTURE.md):
+///
+/// - **covers**: a record always covers what may be on the platform: `applied` rises before a
+///   step is sent and falls only once the step is known to be off (or kept, or released);
+///   nothing else changes it.
+/// - **one operation**: one operation per request at a time: `busy` is taken by one caller
+///   (a creation, a DELETE, the reconciler, a forget) and given back by the same one.
+///
+/// ```text
+///            created                     claim_removal              (store removes it)
+///  PENDING ───────────▶ CREATED ─────────────────────────▶ DELETING ────────────▶ DELETED
+///     │ failed / interrupted                                  ▲  retry, settling, stuck
+///     ▼                            claim_removal              │  (stays DELETING)
+///  FAILED ────────────────────────────────────────────────────┘
+///     retry, settling, stuck, undone (stays FAILED; the reconciler removes what it holds)
+/// ```
+impl Record {
+    /// Takes the record for one operation; `false` (nothing changed) if another has it.
+    /// Keeps *one operation*.
+    #[must_use]
+    pub fn claim(&mut self) -> bool {
+        !std::mem::replace(&mut self.busy, true)
+    }
+
+    /// Gives the record back with nothing else changed: the operation that claimed it ends.
+    /// Keeps *one operation*.
+    pub fn release(&mut self) {
+        self.busy = false;
+    }
+
+    /// Gives the record back to the reconciler, due at `at` (ms since the epoch): its
+    /// operation stopped because its state could not be recorded. Keeps *one operation*.
+    pub fn leave_to_reconciler(&mut self, at: i64) {
+        self.busy = false;
+        self.next_attempt = at;
+    }
+
+    /// Gives the record back after the reconciler's attempt number `attempts` could not record
+    /// its progress; due again at `at`. Keeps *one operation*.
+    pub fn back_off(&mut self, attempts: u32, at: i64) {
+        self.attempts = attempts;
+        self.leave_to_reconciler(at);
+    }
+
+    /// Step `k`, the next one, is about to be sent: from now on it may be on the platform.
+    /// Made durable before the call. Keeps *covers*.
+    pub fn sending(&mut self, k: usize) {
+        debug_assert_eq!(
+            self.applied, k,
+            "request {}: steps are sent in order",
+            self.id
+        );
+        self.applied = k + 1;
+    }
+
+    /// Step `k`, the last one counted, is not on the platform (its apply was refused before
+    /// it took effect, or its removal succeeded) or is no longer this request's to remove
+    /// (kept as it was, or held by another request). Keeps *covers*.
+    pub fn step_off(&mut self, k: usize) {
+        debug_assert_eq!(
+            self.applied,
+            k + 1,
+            "request {}: removed in reverse",
+            self.id
+        );
+        self.applied = k;
+    }
+
+    /// PENDING → CREATED: every step is on the platform; the creation gives the record back.
+    /// Keeps *one operation*.
+    pub fn created(&mut self, now: i64) {
+        debug_assert_eq!(self.status, Status::Pending, "request {}", self.id);
+        self.status = Status::Created;
+        self.last_modified = now;
+        self.busy = false;
+    }
+
+    /// PENDING → FAILED: a step failed and the creation undid what it could; the steps still
+    /// counted are the reconciler's to remove from `retry_at` on. The creation gives the
+    /// record back. Keeps *covers* (`applied` unchanged) and *one operation*.
+    pub fn failed(&mut self, detail: impl Into<Box<str>>, retry_at: i64, now: i64) {
+        debug_assert_eq!(self.status, Status::Pending, "request {}", self.id);
+        self.status = Status::Failed;
+        self.detail = Some(detail.into());
+        self.last_modified = now;
+        self.next_attempt = retry_at;
+        self.busy = false;
+    }
+
+    /// PENDING → FAILED: a creation that will never finish (stopped by a restart, or by a
+    /// failure to record its state) is rolled back: what it may have applied is removed like
+    /// a failed creation's. Whoever works on it keeps it. Keeps *covers* (`applied`
+    /// unchanged).
+    pub fn interrupted(&mut self, detail: impl Into<Box<str>>, now: i64) {
+        debug_assert_eq!(self.status, Status::Pending, "request {}", self.id);
+        self.status = Status::Failed;
+        self.detail = Some(detail.into());
+        self.last_modified = now;
+    }
+
+    /// A DELETE takes the record: CREATED or FAILED → DELETING, claimed by the caller. One
+    /// already DELETING that nobody works on is due for the reconciler now (and stays
+    /// unclaimed); one in use, or still PENDING, is refused. Keeps *one operation*.
+    pub fn claim_removal(&mut self, now: i64) -> RemovalClaim {
+        if self.busy || self.status == Status::Pending {
+            return RemovalClaim::InUse;
+        }
+        if self.status == Status::Deleting {
+            self.next_attempt = 0;
+            return RemovalClaim::Queued;
+        }
+        self.busy = true;
+        self.status = Status::Deleting;
+        self.detail = None;
+        self.last_modified = now;
+        RemovalClaim::Claimed
+    }
+
+    /// Removal attempt number `attempts` failed on the platform: the steps still counted stay
+    /// (FAILED or DELETING, as it was) and are tried again at `at`. The remover gives the
+    /// record back. Keeps *covers* and *one operation*.
+    pub fn retry(&mut self, attempts: u32, at: i64, detail: impl Into<Box<str>>, now: i64) {
+        self.attempts = attempts;
+        self.next_attempt = at;
+        self.detail = Some(detail.into());
+        self.last_modified = now;
+        self.busy = false;
+    }
+
+    /// A removal waits for the settle window of a step whose apply may still land, until
+    /// `until`: the step stays counted until a removal is sent after it. The remover gives the
+    /// record back. Keeps *covers* and *one operation*.
+    pub fn settling(&mut self, until: i64, detail: impl Into<Box<str>>, now: i64) {
+        self.next_attempt = until;
+        self.detail = Some(detail.into());
+        self.last_modified = now;
+        self.busy = false;
+    }
+
+    /// The reconciler cannot remove the steps (their region is no longer configured): they
+    /// stay counted, looked at again at `at`. It gives the record back. Keeps *covers* and
+    /// *one operation*.
+    pub fn stuck(&mut self, detail: impl Into<Box<str>>, at: i64) {
+        self.detail = Some(detail.into());
+        self.next_attempt = at;
+        self.busy = false;
+    }
+
+    /// A FAILED request's steps are all off the platform: it stays listed FAILED, with nothing
+    /// left for the reconciler. It gives the record back. Keeps *one operation*.
+    pub fn undone(&mut self, detail: impl Into<Box<str>>, now: i64) {
+        debug_assert_eq!(self.applied, 0, "request {}: still holds steps", self.id);
+        self.attempts = 0;
+        self.detail = Some(detail.into());
+        self.last_modified = now;
+        self.busy = false;
+    }
+
+    /// DELETING → DELETED, on the copy the store handed back when it forgot the request:
+    /// every step is off the platform. Keeps *covers*.
+    pub fn removed(&mut self, now: i64) {
+        self.status = Status::Deleted;
+        self.applied = 0;
+        self.busy = false;
+        self.last_modified = now;
+    }
+
+    /// → DELETED, on the copy the store handed back when it forgot the request on request
+    /// (`?forget=true`): its steps are left where they are, and `applied` still says how
+    /// many may remain.
+    pub fn forgotten(&mut self, now: i64) {
+        self.status = Status::Deleted;
+        self.busy = false;
+        self.last_modified = now;
+    }
+}
+
 /// The state could not be made durable.
 pub type StoreError = JournalError;
 
@@ -632,7 +823,7 @@ impl Store {
             }
             let record = Arc::make_mut(records.by_id.get_mut(id).expect("looked up above"));
             let before = record.applied;
-            record.applied = k;
+            record.step_off(k);
             record.last_modified = now;
             rules.moved(record, before);
             self.write(&record.update_entry())?
@@ -899,6 +1090,177 @@ mod tests {
             0,
             1,
         )
+    }
+
+    /// A record as a creation leaves it: `status`, `applied` steps of three, nobody on it.
+    fn at(status: Status, applied: usize) -> Record {
+        let steps: Arc<[Step]> = (0..3)
+            .map(|i| Step::new(&i.to_string(), "/t", "{}"))
+            .collect();
+        Record::new(
+            "r".into(),
+            "1".into(),
+            "{}".into(),
+            status,
+            steps,
+            applied,
+            1,
+        )
+    }
+
+    #[test]
+    fn a_claimed_record_is_refused_to_every_other_operation_until_released() {
+        let mut r = at(Status::Created, 3);
+        assert!(r.claim());
+        assert!(!r.claim(), "one operation at a time");
+        assert_eq!(r.claim_removal(5), RemovalClaim::InUse);
+        assert_eq!((r.status, r.last_modified), (Status::Created, 1));
+        assert!(!r.needs_removal(), "not the reconciler's either");
+        r.release();
+        assert!(r.claim());
+    }
+
+    #[test]
+    fn claim_removal_takes_a_created_or_failed_record_and_refuses_a_pending_one() {
+        for status in [Status::Created, Status::Failed] {
+            let mut r = at(status, 2);
+            r.detail = Some("why".into());
+            assert_eq!(r.claim_removal(5), RemovalClaim::Claimed);
+            assert_eq!(
+                (
+                    r.status,
+                    r.busy,
+                    r.detail.is_none(),
+                    r.last_modified,
+                    r.applied
+                ),
+                (Status::Deleting, true, true, 5, 2)
+            );
+        }
+        let mut pending = at(Status::Pending, 1);
+        assert_eq!(pending.claim_removal(5), RemovalClaim::InUse);
+        assert_eq!((pending.status, pending.busy), (Status::Pending, false));
+    }
+
+    #[test]
+    fn claim_removal_of_a_deleting_record_makes_it_due_without_taking_it() {
+        let mut r = at(Status::Deleting, 2);
+        r.next_attempt = 99;
+        assert_eq!(r.claim_removal(5), RemovalClaim::Queued);
+        assert_eq!((r.next_attempt, r.busy, r.last_modified), (0, false, 1));
+        assert!(r.needs_removal(), "the reconciler takes it now");
+    }
+
+    #[test]
+    fn applied_rises_before_each_send_and_falls_only_step_by_step() {
+        let mut r = at(Status::Pending, 1);
+        r.sending(1);
+        r.sending(2);
+        assert_eq!(r.applied, 3);
+        r.step_off(2);
+        r.step_off(1);
+        assert_eq!(r.applied, 1);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "in order")]
+    fn a_step_sent_out_of_order_is_a_bug() {
+        at(Status::Pending, 1).sending(2);
+    }
+
+    #[test]
+    fn a_creation_ends_created_or_failed_and_gives_the_record_back() {
+        let mut r = at(Status::Pending, 3);
+        assert!(r.claim());
+        r.created(7);
+        assert_eq!(
+            (r.status, r.busy, r.last_modified),
+            (Status::Created, false, 7)
+        );
+
+        let mut r = at(Status::Pending, 2);
+        assert!(r.claim());
+        r.failed("b failed", 50, 7);
+        assert_eq!(
+            (r.status, r.busy, r.applied, r.next_attempt, r.last_modified),
+            (Status::Failed, false, 2, 50, 7),
+            "what may be on the platform stays counted"
+        );
+        assert_eq!(r.detail.as_deref(), Some("b failed"));
+        assert!(r.needs_removal());
+    }
+
+    #[test]
+    fn an_interrupted_creation_is_failed_with_its_steps_counted_and_its_claim_kept() {
+        let mut r = at(Status::Pending, 2);
+        assert!(r.claim());
+        r.interrupted("a restart", 7);
+        assert_eq!((r.status, r.applied, r.busy), (Status::Failed, 2, true));
+    }
+
+    #[test]
+    fn a_removal_that_must_wait_keeps_its_steps_and_gives_the_record_back() {
+        for status in [Status::Failed, Status::Deleting] {
+            let mut r = at(status, 2);
+            assert!(r.claim());
+            r.retry(3, 40, "attempt 3 failed", 7);
+            assert_eq!(
+                (
+                    r.status,
+                    r.applied,
+                    r.busy,
+                    r.attempts,
+                    r.next_attempt,
+                    r.last_modified
+                ),
+                (status, 2, false, 3, 40, 7)
+            );
+            assert!(r.claim());
+            r.settling(60, "settling", 8);
+            assert_eq!((r.applied, r.busy, r.next_attempt), (2, false, 60));
+            assert!(r.claim());
+            r.stuck("region gone", 90);
+            assert_eq!(
+                (r.applied, r.busy, r.next_attempt, r.last_modified),
+                (2, false, 90, 8)
+            );
+            assert!(r.claim());
+            r.back_off(4, 95);
+            assert_eq!((r.busy, r.attempts, r.next_attempt), (false, 4, 95));
+            assert!(r.claim());
+            r.leave_to_reconciler(97);
+            assert_eq!((r.busy, r.attempts, r.next_attempt), (false, 4, 97));
+        }
+    }
+
+    #[test]
+    fn a_failed_request_with_its_steps_removed_has_nothing_left_for_the_reconciler() {
+        let mut r = at(Status::Failed, 1);
+        assert!(r.claim());
+        r.retry(2, 40, "attempt 2 failed", 7);
+        assert!(r.claim());
+        r.step_off(0);
+        r.undone("every rule removed", 9);
+        assert_eq!(
+            (r.status, r.applied, r.busy, r.attempts),
+            (Status::Failed, 0, false, 0)
+        );
+        assert!(!r.needs_removal());
+    }
+
+    #[test]
+    fn a_removed_request_holds_nothing_and_a_forgotten_one_says_what_it_left() {
+        let mut r = at(Status::Deleting, 0);
+        r.removed(9);
+        assert_eq!(
+            (r.status, r.applied, r.last_modified),
+            (Status::Deleted, 0, 9)
+        );
+        let mut r = at(Status::Created, 2);
+        assert!(r.claim());
+        r.forgotten(9);
+        assert_eq!((r.status, r.applied, r.busy), (Status::Deleted, 2, false));
     }
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
