@@ -849,6 +849,150 @@ mod tests {
         assert_eq!(empty, b"[]");
     }
 
+    /// Two regions of the simulated platform (one with a position filter to cut).
+    const GOLDEN_REGIONS: &str = "[[region]]\nid = \"2\"\nlatitude = 43.6143899\nlongitude = 7.068931\naltitude = 0.0\nrange_km = 10.0\n[region.mep]\ndriver = \"simulated\"\n[[region]]\nid = \"3\"\nlatitude = 45.0703\nlongitude = 7.6869\naltitude = 12.5\nrange_km = 2.5\n[region.mep]\ndriver = \"simulated\"\n";
+
+    /// Records of every shape a view shows: a DNS-only request, one with traffic filters
+    /// (whose `Protocol` and `Token` the camel spelling renames), free-form objects whose
+    /// keys are spelled like renamed ones (kept as sent), a detail to escape, an empty one.
+    fn golden_records() -> Vec<Arc<Record>> {
+        let traffic = model::parse_creation(
+            include_str!("../examples/traffic-and-dns-camel.json")
+                .replace(
+                    "\"protocol\": [\"tcp\"]",
+                    "\"protocol\": [\"tcp\"], \"token\": [\"t\"]",
+                )
+                .as_bytes(),
+        )
+        .unwrap();
+        let free_form = model::parse_creation(
+            br#"{"RegionId":"3","transportDependencies":[{"transport":{"type":"RPC","protocol":"p","version":"1","security":{"Protocol":["x"],"RequestId":"y","Regions":{"Token":1}}},"serializers":"JSON","labels":[]}]}"#,
+        )
+        .unwrap();
+        let requests = [
+            include_str!("../examples/dns-only.json"),
+            &serde_json::to_string(&traffic).unwrap(),
+            &serde_json::to_string(&free_form).unwrap(),
+            "{}",
+        ]
+        .map(|text| {
+            let parsed = model::parse_creation(text.as_bytes()).ok();
+            parsed.map_or_else(|| text.to_string(), |r| serde_json::to_string(&r).unwrap())
+        });
+        requests
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let status = [
+                    Status::Created,
+                    Status::Failed,
+                    Status::Deleting,
+                    Status::Deleted,
+                ][i];
+                let mut r = Record::new(
+                    format!("id-{i}").into(),
+                    ["2", "2", "3", "3"][i].into(),
+                    text.as_str().into(),
+                    status,
+                    Arc::from([]),
+                    0,
+                    1_700_000_000_000 + i as i64 * 1_234,
+                );
+                r.last_modified += 60_000;
+                r.detail = (i == 1).then(|| "why \"so\" \u{e9}\n".into());
+                Arc::new(r)
+            })
+            .collect()
+    }
+
+    /// Every view the API renders, in one text: regions, records, listings, problems and the
+    /// creation's answer, each in both spellings.
+    fn every_view_in_both_spellings() -> String {
+        let config = crate::config::Config::parse(GOLDEN_REGIONS, "golden.toml").unwrap();
+        let regions = config
+            .regions
+            .iter()
+            .map(|r| Region {
+                config: r.clone(),
+                driver: crate::mep::build(&r.id, &r.mep),
+            })
+            .collect();
+        let service = Arc::new(Service::with_regions(regions));
+        let records = golden_records();
+        let mut out = String::new();
+        let mut section = |name: String, bytes: &[u8]| {
+            out.push_str(&format!("== {name}\n{}\n", String::from_utf8_lossy(bytes)));
+        };
+        for style in [ApiStyle::Spec, ApiStyle::Camel] {
+            for query in [None, Some("latitude=45.07&longitude=7.68")] {
+                let r = list_regions(&service, style, query).unwrap();
+                section(format!("{style:?} regions {query:?}"), &r.body);
+            }
+            for record in &records {
+                let body = record_json(record, style).unwrap();
+                section(format!("{style:?} record {}", record.id), &body);
+            }
+            let mut listing = Vec::new();
+            write_listing(&mut listing, &records, style).unwrap();
+            section(format!("{style:?} listing"), &listing);
+            let errors = [
+                ApiError::Mep {
+                    region_id: "2".into(),
+                    request_id: Some("id-1".into()),
+                    error: crate::mep::MepError::Timeout {
+                        url: "http://127.0.0.1:1/x".into(),
+                    },
+                },
+                ApiError::RequestNotFound {
+                    request_id: "nope".into(),
+                },
+            ];
+            for e in errors {
+                section(
+                    format!("{style:?} problem {}", e.status()),
+                    &e.to_response(style).body,
+                );
+            }
+            let api = Api {
+                service: service.clone(),
+                style,
+                token: None,
+            };
+            let created = api.handle(&Request::json(
+                "POST",
+                "/MEC/v1/service/requests",
+                include_str!("../examples/dns-only.json"),
+            ));
+            let text = String::from_utf8(created.body).unwrap();
+            let id = created
+                .headers
+                .iter()
+                .find(|(n, _)| *n == "Location")
+                .unwrap()
+                .1
+                .clone();
+            let id = id.rsplit('/').next().unwrap();
+            section(
+                format!("{style:?} created"),
+                text.replace(id, "<id>").as_bytes(),
+            );
+        }
+        out
+    }
+
+    /// The golden file holds what the views rendered before both spellings were written by one
+    /// serialiser (commit "api: golden bytes of every view"); the API must not change a byte.
+    #[test]
+    fn every_view_renders_the_bytes_it_always_did_in_both_spellings() {
+        let expected = include_str!("../tests/golden/views-in-both-spellings.txt");
+        let got = every_view_in_both_spellings();
+        // Line by line first, for a readable failure.
+        for (e, g) in expected.lines().zip(got.lines()) {
+            assert_eq!(e, g);
+        }
+        assert_eq!(expected, got);
+    }
+
     #[test]
     fn a_listing_query_is_a_limit_and_a_cursor_each_once() {
         assert_eq!(parse_paging(None).unwrap(), Paging::default());
