@@ -366,15 +366,14 @@ fn list_regions(
         .filter(|(distance, r)| position.is_none() || *distance <= r.config.range_km)
         .collect();
     regions.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let regions: Vec<RegionView<'_>> = regions
-        .into_iter()
-        .map(|(_, r)| RegionView::new(r, style))
-        .collect();
-    let body = match style {
-        ApiStyle::Spec => serde_json::to_vec(&RegionsSpec { regions }),
-        ApiStyle::Camel => serde_json::to_vec(&RegionsCamel { regions }),
+    let view = RegionsView {
+        regions: regions
+            .into_iter()
+            .map(|(_, r)| RegionView::new(r))
+            .collect(),
     };
-    Ok(Response::json(200, body.expect("regions serialise")))
+    let body = style.to_vec(&view).expect("regions serialise");
+    Ok(Response::json(200, body))
 }
 
 fn list_region_requests(
@@ -520,25 +519,22 @@ pub fn write_listing(
         if i > 0 {
             out.write_all(b",")?;
         }
-        match style {
-            ApiStyle::Spec => write_record_spec(out, record)?,
-            ApiStyle::Camel => {
-                let view =
-                    RecordView::new(record, style).map_err(|e| io::Error::other(e.to_string()))?;
-                model::with_style(style, || serde_json::to_writer(&mut *out, &view))
-                    .map_err(io::Error::from)?;
-            }
+        if style.may_rename(&record.request) {
+            let view = RecordView::new(record).map_err(|e| io::Error::other(e.to_string()))?;
+            style.to_writer(&mut *out, &view)?;
+        } else {
+            write_record_as_stored(out, record, style)?;
         }
     }
     out.write_all(b"]")
 }
 
-/// Writes the spec-spelling view of `record` (what [`RecordView`] serialises to) without
-/// parsing its request: the request is kept as the compact JSON of its spec spelling, so its
-/// members are copied between the view's own (a listing reads every record: parsing each one
-/// back into a `CreationRequest` was most of its time). The camelCase view renames keys deep
-/// inside the request, so it goes through [`RecordView`].
-fn write_record_spec(out: &mut dyn Write, record: &Record) -> io::Result<()> {
+/// Writes what [`RecordView`] serialises to in `style` without parsing the record's request,
+/// when the style renames no key of it (always in the spec spelling): the request is kept as
+/// the compact JSON of its spec spelling, so its members are copied between the view's own (a
+/// listing reads every record: parsing each one back into a `CreationRequest` was most of its
+/// time). The view's own keys are the same as [`RecordView`]'s, in `style`.
+fn write_record_as_stored(out: &mut dyn Write, record: &Record, style: ApiStyle) -> io::Result<()> {
     let members = record
         .request
         .strip_prefix('{')
@@ -546,9 +542,9 @@ fn write_record_spec(out: &mut dyn Write, record: &Record) -> io::Result<()> {
         .ok_or_else(|| {
             io::Error::other(format!("stored request {} is not a JSON object", record.id))
         })?;
-    out.write_all(b"{\"RequestId\":")?;
+    write!(out, "{{\"{}\":", style.key("RequestId"))?;
     serde_json::to_writer(&mut *out, &*record.id)?;
-    out.write_all(b",\"RegionId\":")?;
+    write!(out, ",\"{}\":", style.key("RegionId"))?;
     serde_json::to_writer(&mut *out, &*record.region_id)?;
     if !members.is_empty() {
         out.write_all(b",")?;
@@ -577,12 +573,10 @@ fn create_request(
     let creation: CreationRequest =
         model::parse_creation(&request.body).map_err(|detail| ApiError::BadRequest { detail })?;
     let id = service.create(creation)?;
-    let body = match style {
-        ApiStyle::Spec => serde_json::json!({ "RequestId": id }),
-        ApiStyle::Camel => serde_json::json!({ "requestId": id }),
-    };
-    Ok(Response::json(201, body.to_string().into_bytes())
-        .with_header("Location", request_location(&id)))
+    let body = style
+        .to_vec(&Created { request_id: &id })
+        .expect("an id serialises");
+    Ok(Response::json(201, body).with_header("Location", request_location(&id)))
 }
 
 fn get_request(service: &Service, style: ApiStyle, id: &str) -> Result<Response, ApiError> {
@@ -634,44 +628,40 @@ fn check_json_content_type(request: &Request) -> Result<(), ApiError> {
 }
 
 fn record_json(record: &Record, style: ApiStyle) -> Result<Vec<u8>, ApiError> {
-    let view = RecordView::new(record, style)?;
-    Ok(model::with_style(style, || serde_json::to_vec(&view)).expect("a record serialises"))
+    let view = RecordView::new(record)?;
+    Ok(style.to_vec(&view).expect("a record serialises"))
 }
 
+// The views: each serialises once, with the contract's keys; `ApiStyle` writes them in the
+// configured spelling (`model::spelling`).
+
+/// The answer to a creation.
 #[derive(Serialize)]
-struct RegionsSpec<'a> {
+struct Created<'a> {
+    #[serde(rename = "RequestId")]
+    request_id: &'a str,
+}
+
+/// The regions list: `{"Regions": [{"MECRegionInfo": {"RegionId", "LocationInfo"}}]}`.
+#[derive(Serialize)]
+struct RegionsView<'a> {
     #[serde(rename = "Regions")]
     regions: Vec<RegionView<'a>>,
 }
 
-#[derive(Serialize)]
-struct RegionsCamel<'a> {
-    regions: Vec<RegionView<'a>>,
-}
-
-/// One item of the regions list: `{"MECRegionInfo": {"RegionId", "LocationInfo"}}` or its
-/// camelCase twin.
+/// One item of the regions list.
 #[derive(Serialize)]
 struct RegionView<'a> {
-    #[serde(rename = "MECRegionInfo", skip_serializing_if = "Option::is_none")]
-    spec: Option<RegionInfoSpec<'a>>,
-    #[serde(rename = "mecRegionInfo", skip_serializing_if = "Option::is_none")]
-    camel: Option<RegionInfoCamel<'a>>,
+    #[serde(rename = "MECRegionInfo")]
+    info: RegionInfo<'a>,
 }
 
 #[derive(Serialize)]
-struct RegionInfoSpec<'a> {
+struct RegionInfo<'a> {
     #[serde(rename = "RegionId")]
     region_id: &'a str,
     #[serde(rename = "LocationInfo")]
     location: Location,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RegionInfoCamel<'a> {
-    region_id: &'a str,
-    location_info: Location,
 }
 
 #[derive(Serialize)]
@@ -683,44 +673,30 @@ struct Location {
 }
 
 impl<'a> RegionView<'a> {
-    fn new(region: &'a Region, style: ApiStyle) -> Self {
+    fn new(region: &'a Region) -> Self {
         let c = &region.config;
-        let location = Location {
-            latitude: c.latitude,
-            longitude: c.longitude,
-            altitude: c.altitude,
-            range: c.range_km,
-        };
-        match style {
-            ApiStyle::Spec => RegionView {
-                spec: Some(RegionInfoSpec {
-                    region_id: &c.id,
-                    location,
-                }),
-                camel: None,
-            },
-            ApiStyle::Camel => RegionView {
-                spec: None,
-                camel: Some(RegionInfoCamel {
-                    region_id: &c.id,
-                    location_info: location,
-                }),
+        RegionView {
+            info: RegionInfo {
+                region_id: &c.id,
+                location: Location {
+                    latitude: c.latitude,
+                    longitude: c.longitude,
+                    altitude: c.altitude,
+                    range: c.range_km,
+                },
             },
         }
     }
 }
 
 /// A stored request as the API shows it: what the caller sent, plus identity and status.
+/// [`write_record_as_stored`] writes the same bytes without parsing the request.
 #[derive(Serialize)]
 struct RecordView<'a> {
-    #[serde(rename = "RequestId", skip_serializing_if = "Option::is_none")]
-    request_id_spec: Option<&'a str>,
-    #[serde(rename = "requestId", skip_serializing_if = "Option::is_none")]
-    request_id_camel: Option<&'a str>,
-    #[serde(rename = "RegionId", skip_serializing_if = "Option::is_none")]
-    region_id_spec: Option<&'a str>,
-    #[serde(rename = "regionId", skip_serializing_if = "Option::is_none")]
-    region_id_camel: Option<&'a str>,
+    #[serde(rename = "RequestId")]
+    request_id: &'a str,
+    #[serde(rename = "RegionId")]
+    region_id: &'a str,
     #[serde(flatten)]
     request: CreationRequest,
     status: Status,
@@ -734,21 +710,14 @@ struct RecordView<'a> {
 
 impl<'a> RecordView<'a> {
     /// The view of a record; its request is read back from the compact text it is kept as.
-    fn new(record: &'a Record, style: ApiStyle) -> Result<Self, ApiError> {
+    fn new(record: &'a Record) -> Result<Self, ApiError> {
         let request: CreationRequest =
             serde_json::from_str(&record.request).map_err(|e| ApiError::Internal {
                 detail: format!("stored request {} cannot be read: {e}", record.id),
             })?;
-        let (id, region) = (Some(&*record.id), Some(&*record.region_id));
-        let (request_id_spec, request_id_camel, region_id_spec, region_id_camel) = match style {
-            ApiStyle::Spec => (id, None, region, None),
-            ApiStyle::Camel => (None, id, None, region),
-        };
         Ok(RecordView {
-            request_id_spec,
-            request_id_camel,
-            region_id_spec,
-            region_id_camel,
+            request_id: &record.id,
+            region_id: &record.region_id,
             request,
             status: record.status,
             detail: record.detail.as_deref(),
@@ -835,9 +804,9 @@ mod tests {
             write_listing(&mut streamed, &records, style).unwrap();
             let views: Vec<RecordView<'_>> = records
                 .iter()
-                .map(|r| RecordView::new(r, style).unwrap())
+                .map(|r| RecordView::new(r).unwrap())
                 .collect();
-            let whole = model::with_style(style, || serde_json::to_vec(&views)).unwrap();
+            let whole = style.to_vec(&views).unwrap();
             assert_eq!(
                 String::from_utf8(streamed).unwrap(),
                 String::from_utf8(whole).unwrap(),

@@ -1,55 +1,20 @@
 //! The northbound request model (ETSI MEC 010-2 fields of the API contract) and its two JSON
-//! spellings. Bodies in either spelling are accepted; responses are written in the spelling of
-//! `[server] api_style`. Free-form objects are kept as the JSON the caller sent, compacted (the
+//! spellings. Bodies in either spelling are accepted (the camel keys are serde aliases);
+//! responses are written in the spelling of `[server] api_style` by [`ApiStyle`]
+//! (`spelling`: the one table of renamed keys). Free-form objects are kept as the JSON the caller sent, compacted (the
 //! whitespace between tokens removed, nothing else changed), and numbers exactly as sent.
 
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::de::IgnoredAny;
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Number;
 use serde_json::value::RawValue;
 
-/// Which spelling responses use. Requests are accepted in both, always.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ApiStyle {
-    /// The keys of the API contract (`RequestId`, `Regions`, `MECRegionInfo`, `Protocol`, ...).
-    Spec,
-    /// The keys the MTP's Java client reads (`requestId`, `regions`, `mecRegionInfo`, ...).
-    Camel,
-}
+mod spelling;
 
-impl ApiStyle {
-    /// Picks the key for this spelling.
-    pub fn key(self, spec: &'static str, camel: &'static str) -> &'static str {
-        match self {
-            ApiStyle::Spec => spec,
-            ApiStyle::Camel => camel,
-        }
-    }
-}
-
-thread_local! {
-    static OUTPUT_STYLE: Cell<ApiStyle> = const { Cell::new(ApiStyle::Spec) };
-}
-
-/// Serialises `f`'s output with `style` spelling for the keys that differ deep inside a request
-/// (`Protocol`/`Token` of traffic filters). Serde gives nested `Serialize` impls no context, so
-/// the spelling travels in a thread-local for the duration of the call.
-pub fn with_style<R>(style: ApiStyle, f: impl FnOnce() -> R) -> R {
-    let previous = OUTPUT_STYLE.with(|s| s.replace(style));
-    let result = f();
-    OUTPUT_STYLE.with(|s| s.set(previous));
-    result
-}
-
-fn output_style() -> ApiStyle {
-    OUTPUT_STYLE.with(Cell::get)
-}
+pub use spelling::{ApiStyle, CAMEL};
 
 /// A creation request as the caller sent it (`MECTrafficServiceCreationRequest`): the region
 /// and the MEC application's requirements. Serialising it writes the application part only;
@@ -288,54 +253,43 @@ impl Action {
 }
 
 /// `TrafficFilter`. `Protocol` and `Token` are spelled `protocol`/`token` by the MTP client.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficFilter {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub src_address: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_address: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub src_port: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_port: Option<Vec<String>>,
-    #[serde(rename = "Protocol", alias = "protocol")]
+    #[serde(
+        rename = "Protocol",
+        alias = "protocol",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub protocol: Option<Vec<String>>,
-    #[serde(rename = "Token", alias = "token")]
+    #[serde(
+        rename = "Token",
+        alias = "token",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub token: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub src_tunnel_address: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_tunnel_address: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub src_tunnel_port: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_tunnel_port: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub qci: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dscp: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tc: Option<Number>,
-}
-
-impl Serialize for TrafficFilter {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let style = output_style();
-        let mut map = serializer.serialize_map(None)?;
-        let lists = [
-            ("srcAddress", &self.src_address),
-            ("dstAddress", &self.dst_address),
-            ("srcPort", &self.src_port),
-            ("dstPort", &self.dst_port),
-            (style.key("Protocol", "protocol"), &self.protocol),
-            (style.key("Token", "token"), &self.token),
-            ("srcTunnelAddress", &self.src_tunnel_address),
-            ("dstTunnelAddress", &self.dst_tunnel_address),
-            ("srcTunnelPort", &self.src_tunnel_port),
-            ("dstTunnelPort", &self.dst_tunnel_port),
-        ];
-        for (key, value) in lists {
-            if let Some(v) = value {
-                map.serialize_entry(key, v)?;
-            }
-        }
-        for (key, value) in [("qci", &self.qci), ("dscp", &self.dscp), ("tc", &self.tc)] {
-            if let Some(v) = value {
-                map.serialize_entry(key, v)?;
-            }
-        }
-        map.end()
-    }
 }
 
 /// `InterfaceDescriptor`.
@@ -907,9 +861,9 @@ mod tests {
             token: Some(vec!["t".into()]),
             ..Default::default()
         };
-        let spec = with_style(ApiStyle::Spec, || serde_json::to_string(&f).unwrap());
-        assert_eq!(spec, r#"{"Protocol":["tcp"],"Token":["t"]}"#);
-        let camel = with_style(ApiStyle::Camel, || serde_json::to_string(&f).unwrap());
-        assert_eq!(camel, r#"{"protocol":["tcp"],"token":["t"]}"#);
+        let spec = ApiStyle::Spec.to_vec(&f).unwrap();
+        assert_eq!(spec, br#"{"Protocol":["tcp"],"Token":["t"]}"#);
+        let camel = ApiStyle::Camel.to_vec(&f).unwrap();
+        assert_eq!(camel, br#"{"protocol":["tcp"],"token":["t"]}"#);
     }
 }

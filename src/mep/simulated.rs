@@ -11,7 +11,7 @@ use log::info;
 
 use super::{Driver, MepError, Refusal, Step};
 use crate::config::DriverKind;
-use crate::model::{ApiStyle, CreationRequest, with_style};
+use crate::model::CreationRequest;
 
 /// The simulated platform of one region.
 #[derive(Debug)]
@@ -50,24 +50,22 @@ impl Driver for Simulated {
     }
 
     fn plan(&self, _request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
-        with_style(ApiStyle::Spec, || {
-            let mut steps = Vec::new();
-            for rule in request.dns_rules() {
-                steps.push(Step::new(
-                    &format!("DNS rule '{}' ({})", rule.dns_rule_id, rule.domain_name),
-                    &format!("/dns_rules/{}", encode(&rule.dns_rule_id)),
-                    &serde_json::to_string(rule).expect("a DNS rule serialises"),
-                ));
-            }
-            for rule in request.traffic_rules() {
-                steps.push(Step::new(
-                    &format!("traffic rule '{}'", rule.traffic_rule_id),
-                    &format!("/traffic_rules/{}", encode(&rule.traffic_rule_id)),
-                    &serde_json::to_string(rule).expect("a traffic rule serialises"),
-                ));
-            }
-            Ok(steps)
-        })
+        let mut steps = Vec::new();
+        for rule in request.dns_rules() {
+            steps.push(Step::new(
+                &format!("DNS rule '{}' ({})", rule.dns_rule_id, rule.domain_name),
+                &format!("/dns_rules/{}", encode(&rule.dns_rule_id)),
+                &serde_json::to_string(rule).expect("a DNS rule serialises"),
+            ));
+        }
+        for rule in request.traffic_rules() {
+            steps.push(Step::new(
+                &format!("traffic rule '{}'", rule.traffic_rule_id),
+                &format!("/traffic_rules/{}", encode(&rule.traffic_rule_id)),
+                &serde_json::to_string(rule).expect("a traffic rule serialises"),
+            ));
+        }
+        Ok(steps)
     }
 
     fn apply(&self, step: &Step) -> Result<(), MepError> {
@@ -155,13 +153,6 @@ mod tests {
             ]
         );
         assert_eq!(sim.kind(), DriverKind::Simulated);
-    }
-
-    #[test]
-    fn body_spelling_does_not_depend_on_the_caller_style() {
-        let sim = Simulated::new("2");
-        let camel = with_style(ApiStyle::Camel, || sim.plan("r1", &request()).unwrap());
-        assert_eq!(camel, sim.plan("r1", &request()).unwrap());
     }
 
     #[test]
