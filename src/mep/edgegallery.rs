@@ -110,6 +110,7 @@ use crate::model::{
     CreationRequest, DnsRule, FilterType, InterfaceDescriptor, InterfaceType, IpAddressType,
     TrafficFilter, TrafficRule,
 };
+use crate::util::lock;
 
 /// Base path of the Mm5 application configuration API, relative to the MEP URL.
 pub const BASE: &str = "/mepcfg/app_lcm/v1";
@@ -316,7 +317,7 @@ impl EdgeGallery {
 
     fn unsettled(&self) -> MutexGuard<'_, HashMap<String, Unsettled>> {
         // Every change is one insert or remove: consistent even after a panic elsewhere.
-        self.unsettled.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.unsettled)
     }
 
     /// How long after a creation was sent a 404 is believed: its longest possible run.

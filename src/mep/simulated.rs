@@ -5,13 +5,14 @@
 //! only: a restart of the plugin empties the platform.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use log::info;
 
 use super::{Driver, MepError, Refusal, Step};
 use crate::config::DriverKind;
 use crate::model::CreationRequest;
+use crate::util::lock;
 
 /// The simulated platform of one region.
 #[derive(Debug)]
@@ -31,16 +32,10 @@ impl Simulated {
 
     /// The steps currently installed, sorted by target then body.
     pub fn installed(&self) -> Vec<Step> {
-        self.lock()
+        lock(&self.rules)
             .iter()
             .map(|((target, body), label)| Step::new(label, target, body))
             .collect()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<(String, String), String>> {
-        // The map stays consistent even if a holder panicked: every change is one insert or
-        // one remove.
-        self.rules.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -69,7 +64,7 @@ impl Driver for Simulated {
     }
 
     fn apply(&self, step: &Step) -> Result<(), MepError> {
-        self.lock().insert(
+        lock(&self.rules).insert(
             (step.target().to_string(), step.body().to_string()),
             step.label().to_string(),
         );
@@ -82,8 +77,7 @@ impl Driver for Simulated {
     }
 
     fn remove(&self, step: &Step) -> Result<(), MepError> {
-        let removed = self
-            .lock()
+        let removed = lock(&self.rules)
             .remove(&(step.target().to_string(), step.body().to_string()))
             .is_some();
         if removed {
