@@ -963,6 +963,22 @@ mod tests {
     }
 
     #[test]
+    fn a_record_shown_in_either_spelling_can_be_sent_again_as_it_was() {
+        for record in golden_records().iter().filter(|r| r.request.len() > 2) {
+            for style in [ApiStyle::Spec, ApiStyle::Camel] {
+                let shown = record_json(record, style).unwrap();
+                let again = model::parse_creation(&shown).unwrap();
+                assert_eq!(&*again.region_id, &*record.region_id, "{style:?}");
+                assert_eq!(
+                    serde_json::to_string(&again).unwrap(),
+                    &*record.request,
+                    "{style:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_listing_query_is_a_limit_and_a_cursor_each_once() {
         assert_eq!(parse_paging(None).unwrap(), Paging::default());
         assert_eq!(
