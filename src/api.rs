@@ -542,10 +542,16 @@ fn write_record_as_stored(out: &mut dyn Write, record: &Record, style: ApiStyle)
         .ok_or_else(|| {
             io::Error::other(format!("stored request {} is not a JSON object", record.id))
         })?;
-    write!(out, "{{\"{}\":", style.key("RequestId"))?;
-    serde_json::to_writer(&mut *out, &*record.id)?;
-    write!(out, ",\"{}\":", style.key("RegionId"))?;
-    serde_json::to_writer(&mut *out, &*record.region_id)?;
+    let identity = [
+        ("{\"", "RequestId", &*record.id),
+        (",\"", "RegionId", &*record.region_id),
+    ];
+    for (before, key, value) in identity {
+        out.write_all(before.as_bytes())?;
+        out.write_all(style.key(key).as_bytes())?;
+        out.write_all(b"\":")?;
+        serde_json::to_writer(&mut *out, value)?;
+    }
     if !members.is_empty() {
         out.write_all(b",")?;
         out.write_all(members.as_bytes())?;
