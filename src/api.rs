@@ -514,27 +514,45 @@ pub fn write_listing(
     records: &[Arc<Record>],
     style: ApiStyle,
 ) -> io::Result<()> {
+    // `{"RequestId":` and `,"RegionId":` in `style`, once per listing.
+    let identity = ["{\"", ",\""]
+        .into_iter()
+        .zip(["RequestId", "RegionId"])
+        .map(|(before, key)| format!("{before}{}\":", style.key(key)))
+        .collect::<Vec<_>>();
     out.write_all(b"[")?;
     for (i, record) in records.iter().enumerate() {
         if i > 0 {
             out.write_all(b",")?;
         }
         if style.may_rename(&record.request) {
-            let view = RecordView::new(record).map_err(|e| io::Error::other(e.to_string()))?;
-            style.to_writer(&mut *out, &view)?;
+            write_record_view(out, record, style)?;
         } else {
-            write_record_as_stored(out, record, style)?;
+            write_record_as_stored(out, record, [&identity[0], &identity[1]])?;
         }
     }
     out.write_all(b"]")
 }
 
-/// Writes what [`RecordView`] serialises to in `style` without parsing the record's request,
-/// when the style renames no key of it (always in the spec spelling): the request is kept as
-/// the compact JSON of its spec spelling, so its members are copied between the view's own (a
-/// listing reads every record: parsing each one back into a `CreationRequest` was most of its
-/// time). The view's own keys are the same as [`RecordView`]'s, in `style`.
-fn write_record_as_stored(out: &mut dyn Write, record: &Record, style: ApiStyle) -> io::Result<()> {
+/// Writes [`RecordView`] of `record` in `style` (its request parsed back). Kept out of line so
+/// that the listing's loop stays small around its usual, unparsed path.
+#[inline(never)]
+fn write_record_view(out: &mut dyn Write, record: &Record, style: ApiStyle) -> io::Result<()> {
+    let view = RecordView::new(record).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(style.to_writer(out, &view)?)
+}
+
+/// Writes what [`RecordView`] serialises to without parsing the record's request, when the
+/// listing's spelling renames no key of it (always in the spec spelling): the request is kept
+/// as the compact JSON of its spec spelling, so its members are copied between the view's own
+/// (a listing reads every record: parsing each one back into a `CreationRequest` was most of
+/// its time). `identity`: what comes before the id and the region id, `{"RequestId":` and
+/// `,"RegionId":` in the listing's spelling.
+fn write_record_as_stored(
+    out: &mut dyn Write,
+    record: &Record,
+    identity: [&str; 2],
+) -> io::Result<()> {
     let members = record
         .request
         .strip_prefix('{')
@@ -542,16 +560,10 @@ fn write_record_as_stored(out: &mut dyn Write, record: &Record, style: ApiStyle)
         .ok_or_else(|| {
             io::Error::other(format!("stored request {} is not a JSON object", record.id))
         })?;
-    let identity = [
-        ("{\"", "RequestId", &*record.id),
-        (",\"", "RegionId", &*record.region_id),
-    ];
-    for (before, key, value) in identity {
-        out.write_all(before.as_bytes())?;
-        out.write_all(style.key(key).as_bytes())?;
-        out.write_all(b"\":")?;
-        serde_json::to_writer(&mut *out, value)?;
-    }
+    out.write_all(identity[0].as_bytes())?;
+    serde_json::to_writer(&mut *out, &*record.id)?;
+    out.write_all(identity[1].as_bytes())?;
+    serde_json::to_writer(&mut *out, &*record.region_id)?;
     if !members.is_empty() {
         out.write_all(b",")?;
         out.write_all(members.as_bytes())?;

@@ -31,7 +31,13 @@ pub const CAMEL: [(&str, &str); 7] = [
     ("Token", "token"),
 ];
 
+/// The camel spelling of `spec`, if the table renames it. Every key of the table starts with
+/// an upper-case letter and nearly every other key with a lower-case one: those are passed
+/// over at their first byte.
 fn camel(spec: &str) -> Option<&'static str> {
+    if !spec.as_bytes().first().is_some_and(u8::is_ascii_uppercase) {
+        return None;
+    }
     CAMEL.iter().find(|(s, _)| *s == spec).map(|(_, c)| *c)
 }
 
@@ -45,9 +51,18 @@ impl ApiStyle {
     }
 
     /// Whether JSON text written in the spec spelling may hold a key this spelling renames
-    /// (conservatively: any occurrence of one counts).
+    /// (conservatively: any string equal to one counts, a value or a free-form key too). One
+    /// pass over the text: only strings that start with an upper-case letter, as every key of
+    /// the table does, are compared with it.
     pub fn may_rename(self, spec_json: &str) -> bool {
-        self == ApiStyle::Camel && CAMEL.iter().any(|(spec, _)| spec_json.contains(spec))
+        self == ApiStyle::Camel
+            && spec_json.match_indices('"').any(|(at, _)| {
+                let rest = &spec_json.as_bytes()[at + 1..];
+                rest.first().is_some_and(u8::is_ascii_uppercase)
+                    && CAMEL.iter().any(|(spec, _)| {
+                        rest.starts_with(spec.as_bytes()) && rest.get(spec.len()) == Some(&b'"')
+                    })
+            })
     }
 
     /// Writes `value`'s JSON in this spelling.
@@ -459,6 +474,10 @@ mod tests {
     #[test]
     fn every_key_of_the_table_is_renamed_and_no_other() {
         for (spec, camel) in CAMEL {
+            assert!(
+                spec.as_bytes()[0].is_ascii_uppercase(),
+                "see camel(): {spec}"
+            );
             assert_eq!(ApiStyle::Camel.key(spec), camel);
             assert_eq!(ApiStyle::Spec.key(spec), spec);
             assert!(ApiStyle::Camel.may_rename(&format!("{{\"{spec}\":1}}")));
@@ -466,5 +485,10 @@ mod tests {
         }
         assert_eq!(ApiStyle::Camel.key("appDNSRule"), "appDNSRule");
         assert!(!ApiStyle::Camel.may_rename(r#"{"appDNSRule":[]}"#));
+        assert!(!ApiStyle::Camel.may_rename(r#"{"a":"Protocols","b":"Tok","c":"IP_V4"}"#));
+        assert!(
+            ApiStyle::Camel.may_rename(r#"{"a":"Token"}"#),
+            "a value counts too"
+        );
     }
 }
