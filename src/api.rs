@@ -366,15 +366,14 @@ fn list_regions(
         .filter(|(distance, r)| position.is_none() || *distance <= r.config.range_km)
         .collect();
     regions.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let regions: Vec<RegionView<'_>> = regions
-        .into_iter()
-        .map(|(_, r)| RegionView::new(r, style))
-        .collect();
-    let body = match style {
-        ApiStyle::Spec => serde_json::to_vec(&RegionsSpec { regions }),
-        ApiStyle::Camel => serde_json::to_vec(&RegionsCamel { regions }),
+    let view = RegionsView {
+        regions: regions
+            .into_iter()
+            .map(|(_, r)| RegionView::new(r))
+            .collect(),
     };
-    Ok(Response::json(200, body.expect("regions serialise")))
+    let body = style.to_vec(&view).expect("regions serialise");
+    Ok(Response::json(200, body))
 }
 
 fn list_region_requests(
@@ -515,30 +514,45 @@ pub fn write_listing(
     records: &[Arc<Record>],
     style: ApiStyle,
 ) -> io::Result<()> {
+    // `{"RequestId":` and `,"RegionId":` in `style`, once per listing.
+    let identity = ["{\"", ",\""]
+        .into_iter()
+        .zip(["RequestId", "RegionId"])
+        .map(|(before, key)| format!("{before}{}\":", style.key(key)))
+        .collect::<Vec<_>>();
     out.write_all(b"[")?;
     for (i, record) in records.iter().enumerate() {
         if i > 0 {
             out.write_all(b",")?;
         }
-        match style {
-            ApiStyle::Spec => write_record_spec(out, record)?,
-            ApiStyle::Camel => {
-                let view =
-                    RecordView::new(record, style).map_err(|e| io::Error::other(e.to_string()))?;
-                model::with_style(style, || serde_json::to_writer(&mut *out, &view))
-                    .map_err(io::Error::from)?;
-            }
+        if style.may_rename(&record.request) {
+            write_record_view(out, record, style)?;
+        } else {
+            write_record_as_stored(out, record, [&identity[0], &identity[1]])?;
         }
     }
     out.write_all(b"]")
 }
 
-/// Writes the spec-spelling view of `record` (what [`RecordView`] serialises to) without
-/// parsing its request: the request is kept as the compact JSON of its spec spelling, so its
-/// members are copied between the view's own (a listing reads every record: parsing each one
-/// back into a `CreationRequest` was most of its time). The camelCase view renames keys deep
-/// inside the request, so it goes through [`RecordView`].
-fn write_record_spec(out: &mut dyn Write, record: &Record) -> io::Result<()> {
+/// Writes [`RecordView`] of `record` in `style` (its request parsed back). Kept out of line so
+/// that the listing's loop stays small around its usual, unparsed path.
+#[inline(never)]
+fn write_record_view(out: &mut dyn Write, record: &Record, style: ApiStyle) -> io::Result<()> {
+    let view = RecordView::new(record).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(style.to_writer(out, &view)?)
+}
+
+/// Writes what [`RecordView`] serialises to without parsing the record's request, when the
+/// listing's spelling renames no key of it (always in the spec spelling): the request is kept
+/// as the compact JSON of its spec spelling, so its members are copied between the view's own
+/// (a listing reads every record: parsing each one back into a `CreationRequest` was most of
+/// its time). `identity`: what comes before the id and the region id, `{"RequestId":` and
+/// `,"RegionId":` in the listing's spelling.
+fn write_record_as_stored(
+    out: &mut dyn Write,
+    record: &Record,
+    identity: [&str; 2],
+) -> io::Result<()> {
     let members = record
         .request
         .strip_prefix('{')
@@ -546,9 +560,9 @@ fn write_record_spec(out: &mut dyn Write, record: &Record) -> io::Result<()> {
         .ok_or_else(|| {
             io::Error::other(format!("stored request {} is not a JSON object", record.id))
         })?;
-    out.write_all(b"{\"RequestId\":")?;
+    out.write_all(identity[0].as_bytes())?;
     serde_json::to_writer(&mut *out, &*record.id)?;
-    out.write_all(b",\"RegionId\":")?;
+    out.write_all(identity[1].as_bytes())?;
     serde_json::to_writer(&mut *out, &*record.region_id)?;
     if !members.is_empty() {
         out.write_all(b",")?;
@@ -577,12 +591,10 @@ fn create_request(
     let creation: CreationRequest =
         model::parse_creation(&request.body).map_err(|detail| ApiError::BadRequest { detail })?;
     let id = service.create(creation)?;
-    let body = match style {
-        ApiStyle::Spec => serde_json::json!({ "RequestId": id }),
-        ApiStyle::Camel => serde_json::json!({ "requestId": id }),
-    };
-    Ok(Response::json(201, body.to_string().into_bytes())
-        .with_header("Location", request_location(&id)))
+    let body = style
+        .to_vec(&Created { request_id: &id })
+        .expect("an id serialises");
+    Ok(Response::json(201, body).with_header("Location", request_location(&id)))
 }
 
 fn get_request(service: &Service, style: ApiStyle, id: &str) -> Result<Response, ApiError> {
@@ -634,44 +646,40 @@ fn check_json_content_type(request: &Request) -> Result<(), ApiError> {
 }
 
 fn record_json(record: &Record, style: ApiStyle) -> Result<Vec<u8>, ApiError> {
-    let view = RecordView::new(record, style)?;
-    Ok(model::with_style(style, || serde_json::to_vec(&view)).expect("a record serialises"))
+    let view = RecordView::new(record)?;
+    Ok(style.to_vec(&view).expect("a record serialises"))
 }
 
+// The views: each serialises once, with the contract's keys; `ApiStyle` writes them in the
+// configured spelling (`model::spelling`).
+
+/// The answer to a creation.
 #[derive(Serialize)]
-struct RegionsSpec<'a> {
+struct Created<'a> {
+    #[serde(rename = "RequestId")]
+    request_id: &'a str,
+}
+
+/// The regions list: `{"Regions": [{"MECRegionInfo": {"RegionId", "LocationInfo"}}]}`.
+#[derive(Serialize)]
+struct RegionsView<'a> {
     #[serde(rename = "Regions")]
     regions: Vec<RegionView<'a>>,
 }
 
-#[derive(Serialize)]
-struct RegionsCamel<'a> {
-    regions: Vec<RegionView<'a>>,
-}
-
-/// One item of the regions list: `{"MECRegionInfo": {"RegionId", "LocationInfo"}}` or its
-/// camelCase twin.
+/// One item of the regions list.
 #[derive(Serialize)]
 struct RegionView<'a> {
-    #[serde(rename = "MECRegionInfo", skip_serializing_if = "Option::is_none")]
-    spec: Option<RegionInfoSpec<'a>>,
-    #[serde(rename = "mecRegionInfo", skip_serializing_if = "Option::is_none")]
-    camel: Option<RegionInfoCamel<'a>>,
+    #[serde(rename = "MECRegionInfo")]
+    info: RegionInfo<'a>,
 }
 
 #[derive(Serialize)]
-struct RegionInfoSpec<'a> {
+struct RegionInfo<'a> {
     #[serde(rename = "RegionId")]
     region_id: &'a str,
     #[serde(rename = "LocationInfo")]
     location: Location,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct RegionInfoCamel<'a> {
-    region_id: &'a str,
-    location_info: Location,
 }
 
 #[derive(Serialize)]
@@ -683,44 +691,30 @@ struct Location {
 }
 
 impl<'a> RegionView<'a> {
-    fn new(region: &'a Region, style: ApiStyle) -> Self {
+    fn new(region: &'a Region) -> Self {
         let c = &region.config;
-        let location = Location {
-            latitude: c.latitude,
-            longitude: c.longitude,
-            altitude: c.altitude,
-            range: c.range_km,
-        };
-        match style {
-            ApiStyle::Spec => RegionView {
-                spec: Some(RegionInfoSpec {
-                    region_id: &c.id,
-                    location,
-                }),
-                camel: None,
-            },
-            ApiStyle::Camel => RegionView {
-                spec: None,
-                camel: Some(RegionInfoCamel {
-                    region_id: &c.id,
-                    location_info: location,
-                }),
+        RegionView {
+            info: RegionInfo {
+                region_id: &c.id,
+                location: Location {
+                    latitude: c.latitude,
+                    longitude: c.longitude,
+                    altitude: c.altitude,
+                    range: c.range_km,
+                },
             },
         }
     }
 }
 
 /// A stored request as the API shows it: what the caller sent, plus identity and status.
+/// [`write_record_as_stored`] writes the same bytes without parsing the request.
 #[derive(Serialize)]
 struct RecordView<'a> {
-    #[serde(rename = "RequestId", skip_serializing_if = "Option::is_none")]
-    request_id_spec: Option<&'a str>,
-    #[serde(rename = "requestId", skip_serializing_if = "Option::is_none")]
-    request_id_camel: Option<&'a str>,
-    #[serde(rename = "RegionId", skip_serializing_if = "Option::is_none")]
-    region_id_spec: Option<&'a str>,
-    #[serde(rename = "regionId", skip_serializing_if = "Option::is_none")]
-    region_id_camel: Option<&'a str>,
+    #[serde(rename = "RequestId")]
+    request_id: &'a str,
+    #[serde(rename = "RegionId")]
+    region_id: &'a str,
     #[serde(flatten)]
     request: CreationRequest,
     status: Status,
@@ -734,21 +728,14 @@ struct RecordView<'a> {
 
 impl<'a> RecordView<'a> {
     /// The view of a record; its request is read back from the compact text it is kept as.
-    fn new(record: &'a Record, style: ApiStyle) -> Result<Self, ApiError> {
+    fn new(record: &'a Record) -> Result<Self, ApiError> {
         let request: CreationRequest =
             serde_json::from_str(&record.request).map_err(|e| ApiError::Internal {
                 detail: format!("stored request {} cannot be read: {e}", record.id),
             })?;
-        let (id, region) = (Some(&*record.id), Some(&*record.region_id));
-        let (request_id_spec, request_id_camel, region_id_spec, region_id_camel) = match style {
-            ApiStyle::Spec => (id, None, region, None),
-            ApiStyle::Camel => (None, id, None, region),
-        };
         Ok(RecordView {
-            request_id_spec,
-            request_id_camel,
-            region_id_spec,
-            region_id_camel,
+            request_id: &record.id,
+            region_id: &record.region_id,
             request,
             status: record.status,
             detail: record.detail.as_deref(),
@@ -835,9 +822,9 @@ mod tests {
             write_listing(&mut streamed, &records, style).unwrap();
             let views: Vec<RecordView<'_>> = records
                 .iter()
-                .map(|r| RecordView::new(r, style).unwrap())
+                .map(|r| RecordView::new(r).unwrap())
                 .collect();
-            let whole = model::with_style(style, || serde_json::to_vec(&views)).unwrap();
+            let whole = style.to_vec(&views).unwrap();
             assert_eq!(
                 String::from_utf8(streamed).unwrap(),
                 String::from_utf8(whole).unwrap(),
@@ -847,6 +834,166 @@ mod tests {
         let mut empty = Vec::new();
         write_listing(&mut empty, &[], ApiStyle::Spec).unwrap();
         assert_eq!(empty, b"[]");
+    }
+
+    /// Two regions of the simulated platform (one with a position filter to cut).
+    const GOLDEN_REGIONS: &str = "[[region]]\nid = \"2\"\nlatitude = 43.6143899\nlongitude = 7.068931\naltitude = 0.0\nrange_km = 10.0\n[region.mep]\ndriver = \"simulated\"\n[[region]]\nid = \"3\"\nlatitude = 45.0703\nlongitude = 7.6869\naltitude = 12.5\nrange_km = 2.5\n[region.mep]\ndriver = \"simulated\"\n";
+
+    /// Records of every shape a view shows: a DNS-only request, one with traffic filters
+    /// (whose `Protocol` and `Token` the camel spelling renames), free-form objects whose
+    /// keys are spelled like renamed ones (kept as sent), a detail to escape, an empty one.
+    fn golden_records() -> Vec<Arc<Record>> {
+        let traffic = model::parse_creation(
+            include_str!("../examples/traffic-and-dns-camel.json")
+                .replace(
+                    "\"protocol\": [\"tcp\"]",
+                    "\"protocol\": [\"tcp\"], \"token\": [\"t\"]",
+                )
+                .as_bytes(),
+        )
+        .unwrap();
+        let free_form = model::parse_creation(
+            br#"{"RegionId":"3","transportDependencies":[{"transport":{"type":"RPC","protocol":"p","version":"1","security":{"Protocol":["x"],"RequestId":"y","Regions":{"Token":1}}},"serializers":"JSON","labels":[]}]}"#,
+        )
+        .unwrap();
+        let requests = [
+            include_str!("../examples/dns-only.json"),
+            &serde_json::to_string(&traffic).unwrap(),
+            &serde_json::to_string(&free_form).unwrap(),
+            "{}",
+        ]
+        .map(|text| {
+            let parsed = model::parse_creation(text.as_bytes()).ok();
+            parsed.map_or_else(|| text.to_string(), |r| serde_json::to_string(&r).unwrap())
+        });
+        requests
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let status = [
+                    Status::Created,
+                    Status::Failed,
+                    Status::Deleting,
+                    Status::Deleted,
+                ][i];
+                let mut r = Record::new(
+                    format!("id-{i}").into(),
+                    ["2", "2", "3", "3"][i].into(),
+                    text.as_str().into(),
+                    status,
+                    Arc::from([]),
+                    0,
+                    1_700_000_000_000 + i as i64 * 1_234,
+                );
+                r.last_modified += 60_000;
+                r.detail = (i == 1).then(|| "why \"so\" \u{e9}\n".into());
+                Arc::new(r)
+            })
+            .collect()
+    }
+
+    /// Every view the API renders, in one text: regions, records, listings, problems and the
+    /// creation's answer, each in both spellings.
+    fn every_view_in_both_spellings() -> String {
+        let config = crate::config::Config::parse(GOLDEN_REGIONS, "golden.toml").unwrap();
+        let regions = config
+            .regions
+            .iter()
+            .map(|r| Region {
+                config: r.clone(),
+                driver: crate::mep::build(&r.id, &r.mep),
+            })
+            .collect();
+        let service = Arc::new(Service::with_regions(regions));
+        let records = golden_records();
+        let mut out = String::new();
+        let mut section = |name: String, bytes: &[u8]| {
+            out.push_str(&format!("== {name}\n{}\n", String::from_utf8_lossy(bytes)));
+        };
+        for style in [ApiStyle::Spec, ApiStyle::Camel] {
+            for query in [None, Some("latitude=45.07&longitude=7.68")] {
+                let r = list_regions(&service, style, query).unwrap();
+                section(format!("{style:?} regions {query:?}"), &r.body);
+            }
+            for record in &records {
+                let body = record_json(record, style).unwrap();
+                section(format!("{style:?} record {}", record.id), &body);
+            }
+            let mut listing = Vec::new();
+            write_listing(&mut listing, &records, style).unwrap();
+            section(format!("{style:?} listing"), &listing);
+            let errors = [
+                ApiError::Mep {
+                    region_id: "2".into(),
+                    request_id: Some("id-1".into()),
+                    error: crate::mep::MepError::Timeout {
+                        url: "http://127.0.0.1:1/x".into(),
+                    },
+                },
+                ApiError::RequestNotFound {
+                    request_id: "nope".into(),
+                },
+            ];
+            for e in errors {
+                section(
+                    format!("{style:?} problem {}", e.status()),
+                    &e.to_response(style).body,
+                );
+            }
+            let api = Api {
+                service: service.clone(),
+                style,
+                token: None,
+            };
+            let created = api.handle(&Request::json(
+                "POST",
+                "/MEC/v1/service/requests",
+                include_str!("../examples/dns-only.json"),
+            ));
+            let text = String::from_utf8(created.body).unwrap();
+            let id = created
+                .headers
+                .iter()
+                .find(|(n, _)| *n == "Location")
+                .unwrap()
+                .1
+                .clone();
+            let id = id.rsplit('/').next().unwrap();
+            section(
+                format!("{style:?} created"),
+                text.replace(id, "<id>").as_bytes(),
+            );
+        }
+        out
+    }
+
+    /// The golden file holds what the views rendered before both spellings were written by one
+    /// serialiser (commit "api: golden bytes of every view"); the API must not change a byte.
+    #[test]
+    fn every_view_renders_the_bytes_it_always_did_in_both_spellings() {
+        let expected = include_str!("../tests/golden/views-in-both-spellings.txt");
+        let got = every_view_in_both_spellings();
+        // Line by line first, for a readable failure.
+        for (e, g) in expected.lines().zip(got.lines()) {
+            assert_eq!(e, g);
+        }
+        assert_eq!(expected, got);
+    }
+
+    #[test]
+    fn a_record_shown_in_either_spelling_can_be_sent_again_as_it_was() {
+        for record in golden_records().iter().filter(|r| r.request.len() > 2) {
+            for style in [ApiStyle::Spec, ApiStyle::Camel] {
+                let shown = record_json(record, style).unwrap();
+                let again = model::parse_creation(&shown).unwrap();
+                assert_eq!(&*again.region_id, &*record.region_id, "{style:?}");
+                assert_eq!(
+                    serde_json::to_string(&again).unwrap(),
+                    &*record.request,
+                    "{style:?}"
+                );
+            }
+        }
     }
 
     #[test]

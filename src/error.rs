@@ -211,24 +211,17 @@ impl ApiError {
             status: u16,
             detail: String,
             #[serde(rename = "RequestId", skip_serializing_if = "Option::is_none")]
-            request_id_spec: Option<&'a str>,
-            #[serde(rename = "requestId", skip_serializing_if = "Option::is_none")]
-            request_id_camel: Option<&'a str>,
+            request_id: Option<&'a str>,
         }
         let request_id = self.request_id();
-        let (request_id_spec, request_id_camel) = match style {
-            ApiStyle::Spec => (request_id, None),
-            ApiStyle::Camel => (None, request_id),
-        };
         let problem = Problem {
             type_uri: self.type_uri(),
             title: self.title(),
             status: self.status(),
             detail: self.to_string(),
-            request_id_spec,
-            request_id_camel,
+            request_id,
         };
-        let body = serde_json::to_vec(&problem).expect("a problem always serialises");
+        let body = style.to_vec(&problem).expect("a problem always serialises");
         let mut response = Response {
             status: self.status(),
             content_type: PROBLEM_JSON,

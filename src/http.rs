@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 /// A request as the API sees it: method, target, the headers it cares about, and the body,
 /// already read in full under the configured size and time bounds.
@@ -100,7 +100,7 @@ pub struct BodyStream(Arc<Mutex<Option<StreamFn>>>);
 impl BodyStream {
     /// The writing function, once (`None` if it was already taken).
     pub fn take(&self) -> Option<StreamFn> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+        crate::util::lock(&self.0).take()
     }
 }
 

@@ -7,6 +7,8 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::util::lock;
+
 /// Upper bounds (seconds) of the latency histogram buckets.
 const BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -108,7 +110,7 @@ impl Metrics {
             "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "PATCH" | "OPTIONS" => method,
             _ => "OTHER",
         };
-        let mut n = self.northbound.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = lock(&self.northbound);
         *n.requests
             .entry((route, method.to_string(), status))
             .or_default() += 1;
@@ -126,7 +128,7 @@ impl Metrics {
         outcome: Outcome,
         took: Duration,
     ) {
-        let mut s = self.southbound.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.southbound);
         *s.calls
             .entry((region.to_string(), operation, outcome))
             .or_default() += 1;
@@ -181,7 +183,7 @@ impl Metrics {
 
     /// The northbound requests' counts and latencies.
     fn render_northbound(&self, out: &mut String) {
-        let n = self.northbound.lock().unwrap_or_else(|p| p.into_inner());
+        let n = lock(&self.northbound);
         header(
             out,
             "mec_plugin_http_requests_total",
@@ -211,7 +213,7 @@ impl Metrics {
 
     /// The platform calls' counts and latencies.
     fn render_southbound(&self, out: &mut String) {
-        let s = self.southbound.lock().unwrap_or_else(|p| p.into_inner());
+        let s = lock(&self.southbound);
         header(
             out,
             "mec_plugin_mep_calls_total",

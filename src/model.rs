@@ -1,55 +1,20 @@
 //! The northbound request model (ETSI MEC 010-2 fields of the API contract) and its two JSON
-//! spellings. Bodies in either spelling are accepted; responses are written in the spelling of
-//! `[server] api_style`. Free-form objects are kept as the JSON the caller sent, compacted (the
+//! spellings. Bodies in either spelling are accepted (the camel keys are serde aliases);
+//! responses are written in the spelling of `[server] api_style` by [`ApiStyle`]
+//! (`spelling`: the one table of renamed keys). Free-form objects are kept as the JSON the caller sent, compacted (the
 //! whitespace between tokens removed, nothing else changed), and numbers exactly as sent.
 
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::de::IgnoredAny;
-use serde::ser::SerializeMap;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Number;
 use serde_json::value::RawValue;
 
-/// Which spelling responses use. Requests are accepted in both, always.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ApiStyle {
-    /// The keys of the API contract (`RequestId`, `Regions`, `MECRegionInfo`, `Protocol`, ...).
-    Spec,
-    /// The keys the MTP's Java client reads (`requestId`, `regions`, `mecRegionInfo`, ...).
-    Camel,
-}
+mod spelling;
 
-impl ApiStyle {
-    /// Picks the key for this spelling.
-    pub fn key(self, spec: &'static str, camel: &'static str) -> &'static str {
-        match self {
-            ApiStyle::Spec => spec,
-            ApiStyle::Camel => camel,
-        }
-    }
-}
-
-thread_local! {
-    static OUTPUT_STYLE: Cell<ApiStyle> = const { Cell::new(ApiStyle::Spec) };
-}
-
-/// Serialises `f`'s output with `style` spelling for the keys that differ deep inside a request
-/// (`Protocol`/`Token` of traffic filters). Serde gives nested `Serialize` impls no context, so
-/// the spelling travels in a thread-local for the duration of the call.
-pub fn with_style<R>(style: ApiStyle, f: impl FnOnce() -> R) -> R {
-    let previous = OUTPUT_STYLE.with(|s| s.replace(style));
-    let result = f();
-    OUTPUT_STYLE.with(|s| s.set(previous));
-    result
-}
-
-fn output_style() -> ApiStyle {
-    OUTPUT_STYLE.with(Cell::get)
-}
+pub use spelling::{ApiStyle, CAMEL};
 
 /// A creation request as the caller sent it (`MECTrafficServiceCreationRequest`): the region
 /// and the MEC application's requirements. Serialising it writes the application part only;
@@ -288,53 +253,85 @@ impl Action {
 }
 
 /// `TrafficFilter`. `Protocol` and `Token` are spelled `protocol`/`token` by the MTP client.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficFilter {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub src_address: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_address: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub src_port: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_port: Option<Vec<String>>,
-    #[serde(rename = "Protocol", alias = "protocol")]
+    #[serde(
+        rename = "Protocol",
+        alias = "protocol",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub protocol: Option<Vec<String>>,
-    #[serde(rename = "Token", alias = "token")]
+    #[serde(
+        rename = "Token",
+        alias = "token",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub token: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub src_tunnel_address: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_tunnel_address: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub src_tunnel_port: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dst_tunnel_port: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub qci: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dscp: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tc: Option<Number>,
 }
 
-impl Serialize for TrafficFilter {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let style = output_style();
-        let mut map = serializer.serialize_map(None)?;
-        let lists = [
-            ("srcAddress", &self.src_address),
-            ("dstAddress", &self.dst_address),
-            ("srcPort", &self.src_port),
-            ("dstPort", &self.dst_port),
-            (style.key("Protocol", "protocol"), &self.protocol),
-            (style.key("Token", "token"), &self.token),
-            ("srcTunnelAddress", &self.src_tunnel_address),
-            ("dstTunnelAddress", &self.dst_tunnel_address),
-            ("srcTunnelPort", &self.src_tunnel_port),
-            ("dstTunnelPort", &self.dst_tunnel_port),
-        ];
-        for (key, value) in lists {
-            if let Some(v) = value {
-                map.serialize_entry(key, v)?;
-            }
-        }
-        for (key, value) in [("qci", &self.qci), ("dscp", &self.dscp), ("tc", &self.tc)] {
-            if let Some(v) = value {
-                map.serialize_entry(key, v)?;
-            }
-        }
-        map.end()
+impl TrafficFilter {
+    /// The filter's list members with their keys, in the contract's order: the one place
+    /// that pairs each key with its field (validation and the drivers' checks go through it).
+    pub fn lists(&self) -> [(&'static str, Option<&[String]>); 10] {
+        [
+            ("srcAddress", self.src_address.as_deref()),
+            ("dstAddress", self.dst_address.as_deref()),
+            ("srcPort", self.src_port.as_deref()),
+            ("dstPort", self.dst_port.as_deref()),
+            ("Protocol", self.protocol.as_deref()),
+            ("Token", self.token.as_deref()),
+            ("srcTunnelAddress", self.src_tunnel_address.as_deref()),
+            ("dstTunnelAddress", self.dst_tunnel_address.as_deref()),
+            ("srcTunnelPort", self.src_tunnel_port.as_deref()),
+            ("dstTunnelPort", self.dst_tunnel_port.as_deref()),
+        ]
+    }
+
+    /// The list members whose keys are among `keys`, in the contract's order.
+    pub fn lists_of<'a>(
+        &'a self,
+        keys: &'a [&str],
+    ) -> impl Iterator<Item = (&'static str, Option<&'a [String]>)> + 'a {
+        self.lists()
+            .into_iter()
+            .filter(|(key, _)| keys.contains(key))
+    }
+
+    /// The port lists: `srcPort`, `dstPort`, `srcTunnelPort`, `dstTunnelPort`.
+    pub fn ports(&self) -> impl Iterator<Item = (&'static str, Option<&[String]>)> {
+        self.lists_of(&["srcPort", "dstPort", "srcTunnelPort", "dstTunnelPort"])
+    }
+
+    /// The numeric members with their keys: `qci`, `dscp`, `tc`.
+    pub fn numbers(&self) -> [(&'static str, Option<&Number>); 3] {
+        [
+            ("qci", self.qci.as_ref()),
+            ("dscp", self.dscp.as_ref()),
+            ("tc", self.tc.as_ref()),
+        ]
     }
 }
 
@@ -460,9 +457,9 @@ pub fn validate(request: &CreationRequest) -> Result<(), String> {
     if request.region_id.trim().is_empty() {
         return Err("'RegionId' is required and must not be empty".into());
     }
-    let rules = request;
+    // Rule ids are unique per kind within a request.
     let mut ids = HashSet::new();
-    for (i, dns) in rules.dns_rules().iter().enumerate() {
+    for (i, dns) in request.dns_rules().iter().enumerate() {
         let at = format!("appDNSRule[{i}]");
         check_id(&dns.dns_rule_id, &format!("{at}.dnsRuleId"))?;
         if !ids.insert(("dns", dns.dns_rule_id.as_str())) {
@@ -471,27 +468,9 @@ pub fn validate(request: &CreationRequest) -> Result<(), String> {
                 dns.dns_rule_id
             ));
         }
-        check_domain(&dns.domain_name)
-            .map_err(|why| format!("{at}.domainName '{}' {why}", dns.domain_name))?;
-        let ok = match dns.ip_address_type {
-            IpAddressType::IpV4 => dns.ip_address.parse::<Ipv4Addr>().is_ok(),
-            IpAddressType::IpV6 => dns.ip_address.parse::<Ipv6Addr>().is_ok(),
-        };
-        if !ok {
-            return Err(format!(
-                "{at}.ipAddress '{}' is not an {} address",
-                dns.ip_address,
-                match dns.ip_address_type {
-                    IpAddressType::IpV4 => "IPv4",
-                    IpAddressType::IpV6 => "IPv6",
-                }
-            ));
-        }
-        if let Some(ttl) = &dns.ttl {
-            check_uint(ttl, u32::MAX as u64, &format!("{at}.ttl"))?;
-        }
+        check_dns_rule(&at, dns)?;
     }
-    for (i, rule) in rules.traffic_rules().iter().enumerate() {
+    for (i, rule) in request.traffic_rules().iter().enumerate() {
         let at = format!("appTrafficRule[{i}]");
         check_id(&rule.traffic_rule_id, &format!("{at}.trafficRuleId"))?;
         if !ids.insert(("traffic", rule.traffic_rule_id.as_str())) {
@@ -500,52 +479,7 @@ pub fn validate(request: &CreationRequest) -> Result<(), String> {
                 rule.traffic_rule_id
             ));
         }
-        check_uint(&rule.priority, u32::MAX as u64, &format!("{at}.priority"))?;
-        if rule.traffic_filter.is_empty() {
-            return Err(format!("{at}.trafficFilter must have at least one filter"));
-        }
-        for (j, filter) in rule.traffic_filter.iter().enumerate() {
-            let at = format!("{at}.trafficFilter[{j}]");
-            for (key, ports) in [
-                ("srcPort", &filter.src_port),
-                ("dstPort", &filter.dst_port),
-                ("srcTunnelPort", &filter.src_tunnel_port),
-                ("dstTunnelPort", &filter.dst_tunnel_port),
-            ] {
-                for (k, port) in ports.iter().flatten().enumerate() {
-                    check_port(port).map_err(|why| format!("{at}.{key}[{k}] '{port}' {why}"))?;
-                }
-            }
-            for (key, value, max) in [
-                ("qci", &filter.qci, 255),
-                ("dscp", &filter.dscp, 63),
-                ("tc", &filter.tc, 255),
-            ] {
-                if let Some(v) = value {
-                    check_uint(v, max, &format!("{at}.{key}"))?;
-                }
-            }
-        }
-        for (j, interface) in rule.dst_interface.iter().flatten().enumerate() {
-            let at = format!("{at}.dstInterface[{j}]");
-            if let Some(ip) = &interface.dst_ip_address {
-                if ip.parse::<IpAddr>().is_err() {
-                    return Err(format!("{at}.dstIPAddress '{ip}' is not an IP address"));
-                }
-            }
-            for (key, mac) in [
-                ("srcMACAddress", &interface.src_mac_address),
-                ("dstMACAddress", &interface.dst_mac_address),
-            ] {
-                if let Some(mac) = mac {
-                    if !is_mac(mac) {
-                        return Err(format!(
-                            "{at}.{key} '{mac}' is not a MAC address like 00:11:22:33:44:55"
-                        ));
-                    }
-                }
-            }
-        }
+        check_traffic_rule(&at, rule)?;
     }
     if let Some(app) = &request.app_instance_id {
         check_id(app, "appInstanceId")?;
@@ -553,9 +487,75 @@ pub fn validate(request: &CreationRequest) -> Result<(), String> {
     for (at, raw) in free_forms(request) {
         check_depth(raw, &at)?;
     }
-    if let Some(latency) = &rules.app_latency {
+    if let Some(latency) = &request.app_latency {
         if latency.latency.as_f64().is_none_or(|l| l < 0.0) {
             return Err("appLatency.latency must not be negative".into());
+        }
+    }
+    Ok(())
+}
+
+/// A DNS rule at `at` (its id is checked by [`validate`]).
+fn check_dns_rule(at: &str, dns: &DnsRule) -> Result<(), String> {
+    check_domain(&dns.domain_name)
+        .map_err(|why| format!("{at}.domainName '{}' {why}", dns.domain_name))?;
+    let (ok, kind) = match dns.ip_address_type {
+        IpAddressType::IpV4 => (dns.ip_address.parse::<Ipv4Addr>().is_ok(), "IPv4"),
+        IpAddressType::IpV6 => (dns.ip_address.parse::<Ipv6Addr>().is_ok(), "IPv6"),
+    };
+    if !ok {
+        return Err(format!(
+            "{at}.ipAddress '{}' is not an {kind} address",
+            dns.ip_address
+        ));
+    }
+    if let Some(ttl) = &dns.ttl {
+        check_uint(ttl, u32::MAX as u64, &format!("{at}.ttl"))?;
+    }
+    Ok(())
+}
+
+/// A traffic rule at `at` (its id is checked by [`validate`]).
+fn check_traffic_rule(at: &str, rule: &TrafficRule) -> Result<(), String> {
+    check_uint(&rule.priority, u32::MAX as u64, &format!("{at}.priority"))?;
+    if rule.traffic_filter.is_empty() {
+        return Err(format!("{at}.trafficFilter must have at least one filter"));
+    }
+    for (j, filter) in rule.traffic_filter.iter().enumerate() {
+        let at = format!("{at}.trafficFilter[{j}]");
+        for (key, ports) in filter.ports() {
+            for (k, port) in ports.into_iter().flatten().enumerate() {
+                check_port(port).map_err(|why| format!("{at}.{key}[{k}] '{port}' {why}"))?;
+            }
+        }
+        for ((key, value), max) in filter.numbers().into_iter().zip([255, 63, 255]) {
+            if let Some(v) = value {
+                check_uint(v, max, &format!("{at}.{key}"))?;
+            }
+        }
+    }
+    for (j, interface) in rule.dst_interface.iter().flatten().enumerate() {
+        check_interface(&format!("{at}.dstInterface[{j}]"), interface)?;
+    }
+    Ok(())
+}
+
+fn check_interface(at: &str, interface: &InterfaceDescriptor) -> Result<(), String> {
+    if let Some(ip) = &interface.dst_ip_address {
+        if ip.parse::<IpAddr>().is_err() {
+            return Err(format!("{at}.dstIPAddress '{ip}' is not an IP address"));
+        }
+    }
+    for (key, mac) in [
+        ("srcMACAddress", &interface.src_mac_address),
+        ("dstMACAddress", &interface.dst_mac_address),
+    ] {
+        if let Some(mac) = mac {
+            if !is_mac(mac) {
+                return Err(format!(
+                    "{at}.{key} '{mac}' is not a MAC address like 00:11:22:33:44:55"
+                ));
+            }
         }
     }
     Ok(())
@@ -907,9 +907,9 @@ mod tests {
             token: Some(vec!["t".into()]),
             ..Default::default()
         };
-        let spec = with_style(ApiStyle::Spec, || serde_json::to_string(&f).unwrap());
-        assert_eq!(spec, r#"{"Protocol":["tcp"],"Token":["t"]}"#);
-        let camel = with_style(ApiStyle::Camel, || serde_json::to_string(&f).unwrap());
-        assert_eq!(camel, r#"{"protocol":["tcp"],"token":["t"]}"#);
+        let spec = ApiStyle::Spec.to_vec(&f).unwrap();
+        assert_eq!(spec, br#"{"Protocol":["tcp"],"Token":["t"]}"#);
+        let camel = ApiStyle::Camel.to_vec(&f).unwrap();
+        assert_eq!(camel, br#"{"protocol":["tcp"],"token":["t"]}"#);
     }
 }

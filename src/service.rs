@@ -7,7 +7,7 @@
 //! called; each call holds a [turn](crate::turns) on its platform rule.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
@@ -20,7 +20,7 @@ use crate::model::{CreationRequest, Status};
 pub use crate::retry::RetryPolicy;
 use crate::store::{Page, Record, RemovalClaim, Store, StoreError};
 use crate::turns::{Turn, Turns};
-use crate::util::{new_uuid, now_millis, redact};
+use crate::util::{lock, new_uuid, now_millis, redact};
 
 /// A configured region and the driver of its platform.
 pub struct Region {
@@ -578,7 +578,7 @@ impl Service {
     /// Makes the reconciler look for work now.
     pub fn wake_reconciler(&self) {
         let (flag, condvar) = &self.wake;
-        *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        *lock(flag) = true;
         condvar.notify_all();
     }
 
@@ -587,10 +587,10 @@ impl Service {
     /// next wait at once.
     pub(crate) fn wait_for_work(&self, timeout: Duration) {
         let (flag, condvar) = &self.wake;
-        let woken = flag.lock().unwrap_or_else(|p| p.into_inner());
+        let woken = lock(flag);
         let (mut woken, _) = condvar
             .wait_timeout_while(woken, timeout, |w| !*w)
-            .unwrap_or_else(|p| p.into_inner());
+            .unwrap_or_else(PoisonError::into_inner);
         *woken = false;
     }
 
@@ -662,7 +662,7 @@ impl Service {
 
     fn lock_unsettled(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Unsettled>> {
         // Every change is one insert or remove: consistent even after a panic elsewhere.
-        self.unsettled.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.unsettled)
     }
 
     /// Step `k` of request `id` was sent now (or, at start-up, may have been sent up to now)

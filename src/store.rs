@@ -15,6 +15,7 @@ use crate::journal::{
 };
 use crate::mep::{RuleIdentity, Step};
 use crate::model::Status;
+use crate::util::lock;
 
 /// One rule request and what the plugin knows about its rules on the platform.
 ///
@@ -640,13 +641,13 @@ impl Store {
 
     /// The rule index; taken only with the records lock held.
     fn rules(&self) -> MutexGuard<'_, RuleIndex> {
-        self.rules.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.rules)
     }
 
     fn lock(&self) -> MutexGuard<'_, Records> {
         // Every mutation is journaled then applied as plain assignments, so a panic while
         // holding the lock cannot leave a half-changed record: a poisoned lock is usable.
-        self.records.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.records)
     }
 
     /// Journals `entry` (under the records lock) and returns the sequence to wait for.
@@ -675,11 +676,7 @@ impl Store {
     /// written); returns once it is durable. Checked and inserted under one lock, so
     /// concurrent creations cannot pass the bound together.
     pub fn insert_within(&self, mut record: Record, max: usize) -> Result<bool, StoreError> {
-        record.region_id = self
-            .regions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .intern(&record.region_id);
+        record.region_id = lock(&self.regions).intern(&record.region_id);
         let seq = {
             let mut records = self.lock();
             if records.len() >= max {

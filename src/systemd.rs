@@ -26,13 +26,14 @@ use std::io;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::server::ShutdownHandle;
+use crate::util::lock;
 
 /// The environment variable through which systemd passes its notification socket.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
@@ -200,10 +201,6 @@ fn signal_name(signal: i32) -> &'static str {
         SIGINT => "SIGINT",
         _ => "a signal",
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@
 //! creations cannot starve it.
 
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
+
+use crate::util::{lock, wait};
 
 /// The rules with calls in flight, by fingerprint ([`crate::mep::RuleIdentity::fingerprint`]):
 /// two rules with the same fingerprint only share turns, which costs waiting, never
@@ -57,13 +59,8 @@ impl Turns {
         self.take(key, true)
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Rule>> {
-        // Only counters change under this lock, each in one statement: usable after a panic.
-        self.rules.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn take(&self, key: u64, removal: bool) -> Turn<'_> {
-        let mut rules = self.lock();
+        let mut rules = lock(&self.rules);
         if removal {
             rules.entry(key).or_default().removals_waiting += 1;
         }
@@ -79,7 +76,7 @@ impl Turns {
                 break;
             }
             rule.waiting += 1;
-            rules = self.changed.wait(rules).unwrap_or_else(|p| p.into_inner());
+            rules = wait(&self.changed, rules);
             rules.entry(key).or_default().waiting -= 1;
         }
         Turn {
@@ -92,13 +89,13 @@ impl Turns {
     /// How many rules have a call in flight or waiting (tests).
     #[cfg(test)]
     fn busy_rules(&self) -> usize {
-        self.lock().len()
+        lock(&self.rules).len()
     }
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        let mut rules = self.turns.lock();
+        let mut rules = lock(&self.turns.rules);
         let Some(rule) = rules.get_mut(&self.key) else {
             return;
         };
@@ -177,7 +174,10 @@ mod tests {
             thread::sleep(SHORT);
         });
         // Wait until the removal is queued.
-        while t.lock().get(&3).is_none_or(|r| r.removals_waiting == 0) {
+        while lock(&t.rules)
+            .get(&3)
+            .is_none_or(|r| r.removals_waiting == 0)
+        {
             thread::sleep(Duration::from_millis(1));
         }
         let (applied_tx, applied_rx) = mpsc::channel();

@@ -1,6 +1,7 @@
-//! Small helpers with no better home: request identifiers (UUID v4), RFC 3339 timestamps, and
-//! the masking of credentials in URLs.
+//! Small helpers with no better home: request identifiers (UUID v4), RFC 3339 timestamps, the
+//! masking of credentials in URLs, and locking that survives a panicked holder.
 
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use time::OffsetDateTime;
@@ -59,6 +60,19 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Locks `m`, also after a thread panicked holding it. Every lock of the crate is taken this
+/// way: what each guards is changed in steps that leave it consistent (a counter, one insert
+/// or removal, a whole value replaced), so a panic elsewhere must not take the service down
+/// with it.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Waits on `c` with `guard`, as [`lock`] does also after a thread panicked holding the lock.
+pub fn wait<'a, T>(c: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
+    c.wait(guard).unwrap_or_else(PoisonError::into_inner)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +100,19 @@ mod tests {
         );
         assert_eq!(redact("http://mep/a@b"), "http://mep/a@b");
         assert_eq!(redact("simulated:"), "simulated:");
+    }
+
+    #[test]
+    fn a_lock_a_panicked_thread_held_is_still_usable() {
+        let m = std::sync::Arc::new(Mutex::new(1));
+        let held = m.clone();
+        let _ = std::thread::spawn(move || {
+            let _guard = held.lock().unwrap();
+            panic!("poisons the lock");
+        })
+        .join();
+        assert!(m.is_poisoned());
+        *lock(&m) += 1;
+        assert_eq!(*lock(&m), 2);
     }
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use mec_plugin::util::lock;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -239,7 +240,7 @@ fn trickle(mut conns: Vec<(TcpStream, Vec<u8>)>, stop: Arc<AtomicBool>) -> usize
 // The scenario
 
 fn idle_and_trickling_connections_do_not_delay_requests_and_a_burst_is_served(tls: bool) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = lock(&SERIAL);
     let soft = ensure_descriptors();
     let (plugin, client) = start(tls);
     let client = client.as_ref();

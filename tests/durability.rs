@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use mec_plugin::util::lock;
 use serde_json::Value;
 use support::fake_llmec::{DNS_PATH, FakeLlMec};
 use support::{eventually, example, llmec_region, temp_dir};
@@ -51,7 +52,7 @@ impl Logs {
             // Ends at end of stream: when the child is gone.
             while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
                 let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                into.lock().unwrap_or_else(|p| p.into_inner()).push(text);
+                lock(&into).push(text);
                 line.clear();
             }
             open.fetch_sub(1, Ordering::SeqCst);
@@ -59,15 +60,12 @@ impl Logs {
     }
 
     fn stdout_lines(&self) -> Vec<String> {
-        self.stdout
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.stdout).clone()
     }
 
     /// Everything written so far, standard output then standard error.
     fn text(&self) -> String {
-        let err = self.stderr.lock().unwrap_or_else(|p| p.into_inner());
+        let err = lock(&self.stderr);
         format!(
             "{}\n--- stderr ---\n{}",
             self.stdout_lines().join("\n"),

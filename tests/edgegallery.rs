@@ -15,6 +15,7 @@ use mec_plugin::mep::agent::MepClient;
 use mec_plugin::mep::edgegallery::EdgeGallery;
 use mec_plugin::mep::{Driver, MepError};
 use mec_plugin::model::parse_creation;
+use mec_plugin::util::lock;
 use support::fake_edgegallery::{CODE_IN_PROGRESS, CODE_INVALID, FakeEdgeGallery};
 use support::tls::TestPki;
 use support::{Plugin, Reply, eventually, example, server_section, temp_dir};
@@ -35,7 +36,7 @@ impl log::Log for Capture {
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {
             let line = format!("{} {}: {}", record.level(), record.target(), record.args());
-            LINES.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            lock(&LINES).push(line);
         }
     }
 
@@ -52,7 +53,7 @@ fn capture_logs() {
 }
 
 fn logged() -> Vec<String> {
-    LINES.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    lock(&LINES).clone()
 }
 
 fn token_file() -> PathBuf {

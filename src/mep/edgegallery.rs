@@ -110,6 +110,7 @@ use crate::model::{
     CreationRequest, DnsRule, FilterType, InterfaceDescriptor, InterfaceType, IpAddressType,
     TrafficFilter, TrafficRule,
 };
+use crate::util::lock;
 
 /// Base path of the Mm5 application configuration API, relative to the MEP URL.
 pub const BASE: &str = "/mepcfg/app_lcm/v1";
@@ -316,7 +317,7 @@ impl EdgeGallery {
 
     fn unsettled(&self) -> MutexGuard<'_, HashMap<String, Unsettled>> {
         // Every change is one insert or remove: consistent even after a panic elsewhere.
-        self.unsettled.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.unsettled)
     }
 
     /// How long after a creation was sent a 404 is believed: its longest possible run.
@@ -731,37 +732,14 @@ fn traffic_rule(i: usize, rule: &TrafficRule) -> Result<EgTrafficRule<'_>, Refus
     })
 }
 
+/// One traffic filter, checked against EdgeGallery's limits: addresses, ports, protocols and
+/// tags, tunnel addresses, then the QoS numbers.
 fn filter<'r>(at: &str, f: &'r TrafficFilter) -> Result<Filter<'r>, Refusal> {
-    for (key, list) in [
-        ("srcAddress", &f.src_address),
-        ("dstAddress", &f.dst_address),
-    ] {
-        let list = list.as_deref().unwrap_or(&[]);
-        if list.len() > MAX_ADDRESSES {
-            return Err(refuse(
-                format!("{at}.{key}"),
-                format!(
-                    "{} addresses; EdgeGallery takes at most {MAX_ADDRESSES} per filter",
-                    list.len()
-                ),
-            ));
-        }
-        for (k, address) in list.iter().enumerate() {
-            if address.chars().count() > MAX_ADDRESS_CHARS {
-                return Err(refuse(
-                    format!("{at}.{key}[{k}]"),
-                    format!("is longer than the {MAX_ADDRESS_CHARS} characters EdgeGallery takes"),
-                ));
-            }
-        }
+    for (key, list) in f.lists_of(&["srcAddress", "dstAddress"]) {
+        check_addresses(&format!("{at}.{key}"), list.unwrap_or(&[]))?;
     }
-    for (key, list) in [
-        ("srcPort", &f.src_port),
-        ("dstPort", &f.dst_port),
-        ("srcTunnelPort", &f.src_tunnel_port),
-        ("dstTunnelPort", &f.dst_tunnel_port),
-    ] {
-        for (k, port) in list.iter().flatten().enumerate() {
+    for (key, list) in f.ports() {
+        for (k, port) in list.into_iter().flatten().enumerate() {
             if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(refuse(
                     format!("{at}.{key}[{k}]"),
@@ -770,36 +748,14 @@ fn filter<'r>(at: &str, f: &'r TrafficFilter) -> Result<Filter<'r>, Refusal> {
             }
         }
     }
-    for (key, list, max) in [
-        ("Protocol", &f.protocol, MAX_PROTOCOLS),
-        ("Token", &f.token, MAX_TAGS),
-    ] {
-        let list = list.as_deref().unwrap_or(&[]);
-        if list.len() > max {
-            return Err(refuse(
-                format!("{at}.{key}"),
-                format!(
-                    "{} entries; EdgeGallery takes at most {max} per filter",
-                    list.len()
-                ),
-            ));
-        }
-        for (k, item) in list.iter().enumerate() {
-            if !(1..=MAX_ITEM_CHARS).contains(&item.chars().count()) {
-                return Err(refuse(
-                    format!("{at}.{key}[{k}]"),
-                    format!(
-                        "'{item}' is not 1-{MAX_ITEM_CHARS} characters, as EdgeGallery requires"
-                    ),
-                ));
-            }
-        }
+    for ((key, list), max) in f
+        .lists_of(&["Protocol", "Token"])
+        .zip([MAX_PROTOCOLS, MAX_TAGS])
+    {
+        check_items(&format!("{at}.{key}"), list.unwrap_or(&[]), max)?;
     }
-    for (key, list) in [
-        ("srcTunnelAddress", &f.src_tunnel_address),
-        ("dstTunnelAddress", &f.dst_tunnel_address),
-    ] {
-        for (k, address) in list.iter().flatten().enumerate() {
+    for (key, list) in f.lists_of(&["srcTunnelAddress", "dstTunnelAddress"]) {
+        for (k, address) in list.into_iter().flatten().enumerate() {
             if address.parse::<IpAddr>().is_err() {
                 return Err(refuse(
                     format!("{at}.{key}[{k}]"),
@@ -808,12 +764,58 @@ fn filter<'r>(at: &str, f: &'r TrafficFilter) -> Result<Filter<'r>, Refusal> {
             }
         }
     }
+    Ok(Filter::new(f, TokenKey::Tag, qos(at, f)?))
+}
+
+/// An address list at `at`: at most [`MAX_ADDRESSES`], each at most [`MAX_ADDRESS_CHARS`].
+fn check_addresses(at: &str, list: &[String]) -> Result<(), Refusal> {
+    if list.len() > MAX_ADDRESSES {
+        return Err(refuse(
+            at,
+            format!(
+                "{} addresses; EdgeGallery takes at most {MAX_ADDRESSES} per filter",
+                list.len()
+            ),
+        ));
+    }
+    for (k, address) in list.iter().enumerate() {
+        if address.chars().count() > MAX_ADDRESS_CHARS {
+            return Err(refuse(
+                format!("{at}[{k}]"),
+                format!("is longer than the {MAX_ADDRESS_CHARS} characters EdgeGallery takes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A list of protocols or tags at `at`: at most `max` entries of 1-[`MAX_ITEM_CHARS`]
+/// characters.
+fn check_items(at: &str, list: &[String], max: usize) -> Result<(), Refusal> {
+    if list.len() > max {
+        return Err(refuse(
+            at,
+            format!(
+                "{} entries; EdgeGallery takes at most {max} per filter",
+                list.len()
+            ),
+        ));
+    }
+    for (k, item) in list.iter().enumerate() {
+        if !(1..=MAX_ITEM_CHARS).contains(&item.chars().count()) {
+            return Err(refuse(
+                format!("{at}[{k}]"),
+                format!("'{item}' is not 1-{MAX_ITEM_CHARS} characters, as EdgeGallery requires"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `qci`, `dscp` and `tc` as integers; 0 is refused (EdgeGallery reads it as "not set").
+fn qos(at: &str, f: &TrafficFilter) -> Result<[Option<u64>; 3], Refusal> {
     let mut numbers = [None; 3];
-    for (slot, (key, value)) in
-        numbers
-            .iter_mut()
-            .zip([("qci", &f.qci), ("dscp", &f.dscp), ("tc", &f.tc)])
-    {
+    for (slot, (key, value)) in numbers.iter_mut().zip(f.numbers()) {
         let Some(n) = value else { continue };
         match integral(n) {
             Some(0) => {
@@ -831,8 +833,7 @@ fn filter<'r>(at: &str, f: &'r TrafficFilter) -> Result<Filter<'r>, Refusal> {
             }
         }
     }
-    let [qci, dscp, tc] = numbers;
-    Ok(Filter::new(f, TokenKey::Tag, [qci, dscp, tc]))
+    Ok(numbers)
 }
 
 fn interface<'r>(at: &str, d: &'r InterfaceDescriptor) -> Result<EgInterface<'r>, Refusal> {
@@ -1131,12 +1132,33 @@ mod tests {
     /// A change to a request, for tables of cases.
     type Edit = Box<dyn Fn(&mut Value)>;
 
+    /// Applies each edit to the valid request and checks the refusal names `expected`.
+    fn assert_refused(cases: Vec<(Edit, String)>) {
+        for (edit, expected) in cases {
+            let mut v = valid();
+            edit(&mut v);
+            let r = refusal(&v);
+            assert_eq!(r.rule, expected, "{r}");
+            assert!(!r.reason.is_empty());
+        }
+    }
+
+    /// An edit setting `key` of traffic rule 0's filter 0 to `value`.
+    fn set_filter(key: &'static str, value: Value) -> Edit {
+        Box::new(move |v| v["appTrafficRule"][0]["trafficFilter"][0][key] = value.clone())
+    }
+
+    const RULE: &str = "appTrafficRule[0] 'tr1'";
+
     #[test]
-    fn what_edgegallery_would_reject_is_refused_naming_the_field() {
-        let rule = "appTrafficRule[0] 'tr1'";
-        let f = format!("{rule} trafficFilter[0]");
-        let strings = |n: usize, s: &str| -> Value { (0..n).map(|i| format!("{s}{i}")).collect() };
-        let cases: Vec<(Edit, String)> = vec![
+    fn more_than_edgegallery_takes_is_refused_naming_the_list() {
+        let copies = |path: fn(&mut Value) -> &mut Value, n: usize| -> Edit {
+            Box::new(move |v| {
+                let one = path(v)[0].clone();
+                *path(v) = vec![one; n].into();
+            })
+        };
+        assert_refused(vec![
             (
                 Box::new(|v| {
                     let r = v["appTrafficRule"][0].clone();
@@ -1160,77 +1182,70 @@ mod tests {
                 "appDNSRule".into(),
             ),
             (
-                Box::new(|v| {
-                    let f = v["appTrafficRule"][0]["trafficFilter"][0].clone();
-                    v["appTrafficRule"][0]["trafficFilter"] = vec![f; 17].into();
-                }),
-                format!("{rule} trafficFilter"),
+                copies(|v| &mut v["appTrafficRule"][0]["trafficFilter"], 17),
+                format!("{RULE} trafficFilter"),
             ),
             (
-                Box::new(move |v| {
-                    v["appTrafficRule"][0]["trafficFilter"][0]["dstAddress"] =
-                        strings(65, "10.0.0.")
+                copies(|v| &mut v["appTrafficRule"][0]["dstInterface"], 3),
+                format!("{RULE} dstInterface"),
+            ),
+            (
+                Box::new(|v| {
+                    let big: Vec<String> = (0..64)
+                        .map(|i| format!("2001:0db8:0000:0000:0000:0000:0000:{i:04x}"))
+                        .collect();
+                    let mut f = v["appTrafficRule"][0]["trafficFilter"][0].clone();
+                    f["dstAddress"] = json!(big);
+                    v["appTrafficRule"][0]["trafficFilter"] = vec![f; 16].into();
                 }),
+                "request".into(),
+            ),
+        ]);
+    }
+
+    #[test]
+    fn filter_values_edgegallery_would_reject_are_refused_naming_the_field() {
+        let f = format!("{RULE} trafficFilter[0]");
+        let strings = |n: usize, s: &str| -> Value { (0..n).map(|i| format!("{s}{i}")).collect() };
+        assert_refused(vec![
+            (
+                set_filter("dstAddress", strings(65, "10.0.0.")),
                 format!("{f}.dstAddress"),
             ),
             (
-                Box::new(|v| {
-                    v["appTrafficRule"][0]["trafficFilter"][0]["srcAddress"] =
-                        json!(["1".repeat(65)])
-                }),
+                set_filter("srcAddress", json!(["1".repeat(65)])),
                 format!("{f}.srcAddress[0]"),
             ),
             (
-                Box::new(move |v| {
-                    v["appTrafficRule"][0]["trafficFilter"][0]["Protocol"] = strings(9, "p")
-                }),
+                set_filter("Protocol", strings(9, "p")),
                 format!("{f}.Protocol"),
             ),
             (
-                Box::new(|v| {
-                    v["appTrafficRule"][0]["trafficFilter"][0]["Protocol"] =
-                        json!(["tcp", "ninechars"])
-                }),
+                set_filter("Protocol", json!(["tcp", "ninechars"])),
                 format!("{f}.Protocol[1]"),
             ),
+            (set_filter("Token", strings(9, "t")), format!("{f}.Token")),
+            (set_filter("Token", json!([""])), format!("{f}.Token[0]")),
             (
-                Box::new(move |v| {
-                    v["appTrafficRule"][0]["trafficFilter"][0]["Token"] = strings(9, "t")
-                }),
-                format!("{f}.Token"),
-            ),
-            (
-                Box::new(|v| v["appTrafficRule"][0]["trafficFilter"][0]["Token"] = json!([""])),
-                format!("{f}.Token[0]"),
-            ),
-            (
-                Box::new(|v| {
-                    v["appTrafficRule"][0]["trafficFilter"][0]["dstPort"] = json!(["1000-2000"])
-                }),
+                set_filter("dstPort", json!(["1000-2000"])),
                 format!("{f}.dstPort[0]"),
             ),
             (
-                Box::new(|v| {
-                    v["appTrafficRule"][0]["trafficFilter"][0]["dstTunnelAddress"] =
-                        json!(["10.0.0.1", "gw.example"])
-                }),
+                set_filter("dstTunnelAddress", json!(["10.0.0.1", "gw.example"])),
                 format!("{f}.dstTunnelAddress[1]"),
             ),
-            (
-                Box::new(|v| v["appTrafficRule"][0]["trafficFilter"][0]["qci"] = 0.into()),
-                format!("{f}.qci"),
-            ),
-            (
-                Box::new(|v| v["appTrafficRule"][0]["trafficFilter"][0]["dscp"] = 0.into()),
-                format!("{f}.dscp"),
-            ),
-            (
-                Box::new(|v| v["appTrafficRule"][0]["trafficFilter"][0]["tc"] = 0.into()),
-                format!("{f}.tc"),
-            ),
+            (set_filter("qci", 0.into()), format!("{f}.qci")),
+            (set_filter("dscp", 0.into()), format!("{f}.dscp")),
+            (set_filter("tc", 0.into()), format!("{f}.tc")),
+        ]);
+    }
+
+    #[test]
+    fn rule_values_edgegallery_would_reject_are_refused_naming_the_field() {
+        assert_refused(vec![
             (
                 Box::new(|v| v["appTrafficRule"][0]["priority"] = 256.into()),
-                format!("{rule} priority"),
+                format!("{RULE} priority"),
             ),
             (
                 Box::new(|v| v["appTrafficRule"][0]["trafficRuleId"] = "r".repeat(64).into()),
@@ -1250,18 +1265,11 @@ mod tests {
             ),
             (
                 Box::new(|v| {
-                    let i = v["appTrafficRule"][0]["dstInterface"][0].clone();
-                    v["appTrafficRule"][0]["dstInterface"] = vec![i; 3].into();
-                }),
-                format!("{rule} dstInterface"),
-            ),
-            (
-                Box::new(|v| {
                     v["appTrafficRule"][0]["dstInterface"][0]["tunnelInfo"] = json!({
                         "tunnelType": "GRE", "tunnelDstAddress": "10.0.0.1",
                         "tunnelSrcAddress": "10.0.0.2", "tunnelSpecificData": {"key": 7}})
                 }),
-                format!("{rule} dstInterface[0].tunnelInfo.tunnelSpecificData"),
+                format!("{RULE} dstInterface[0].tunnelInfo.tunnelSpecificData"),
             ),
             (
                 Box::new(|v| {
@@ -1269,27 +1277,9 @@ mod tests {
                         "tunnelType": "GRE", "tunnelDstAddress": "gre.example",
                         "tunnelSrcAddress": "10.0.0.2"})
                 }),
-                format!("{rule} dstInterface[0].tunnelInfo.tunnelDstAddress"),
+                format!("{RULE} dstInterface[0].tunnelInfo.tunnelDstAddress"),
             ),
-            (
-                Box::new(|v| {
-                    let big: Vec<String> = (0..64)
-                        .map(|i| format!("2001:0db8:0000:0000:0000:0000:0000:{i:04x}"))
-                        .collect();
-                    let mut f = v["appTrafficRule"][0]["trafficFilter"][0].clone();
-                    f["dstAddress"] = json!(big);
-                    v["appTrafficRule"][0]["trafficFilter"] = vec![f; 16].into();
-                }),
-                "request".into(),
-            ),
-        ];
-        for (edit, expected) in cases {
-            let mut v = valid();
-            edit(&mut v);
-            let r = refusal(&v);
-            assert_eq!(r.rule, expected, "{r}");
-            assert!(!r.reason.is_empty());
-        }
+        ]);
     }
 
     #[test]

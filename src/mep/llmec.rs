@@ -70,6 +70,41 @@ struct Budget {
 
 const NO_MAC: &str = "00:00:00:00:00:00";
 
+impl Budget {
+    /// Counts the calls filter `f` (at `at`) expands to against what is left, or refuses it
+    /// when they would exceed the region's `max_calls` or the bound on IMSI bytes.
+    fn spend(&mut self, at: &str, f: &Filter<'_>) -> Result<(), Refusal> {
+        let calls = f
+            .addresses
+            .len()
+            .saturating_mul(f.ports.len())
+            .saturating_mul(f.transports.len());
+        if calls > self.calls {
+            return Err(refuse(
+                at.to_string(),
+                format!(
+                    "the request expands to more than the region's max_calls ({}) LL-MEC calls (one per destination address, port and protocol); split it",
+                    self.max_calls
+                ),
+            ));
+        }
+        // Each IMSI is written as "...", in every call of the filter.
+        let list: usize = f.imsis.iter().map(|imsi| imsi.len() + 3).sum();
+        let imsi_bytes = calls.saturating_mul(list);
+        if imsi_bytes > self.imsi_bytes {
+            return Err(refuse(
+                at.to_string(),
+                format!(
+                    "the request expands to LL-MEC calls carrying more than {MAX_IMSI_BYTES} bytes of IMSI lists (each call for a destination address, port and protocol repeats the filter's srcAddress list); split it"
+                ),
+            ));
+        }
+        self.calls -= calls;
+        self.imsi_bytes -= imsi_bytes;
+        Ok(())
+    }
+}
+
 /// The LL-MEC driver of one region.
 #[derive(Debug)]
 pub struct LlMec {
@@ -250,37 +285,11 @@ fn traffic_steps(
     // request is refused without being expanded.
     let mut checked = Vec::with_capacity(rule.traffic_filter.len());
     for (j, filter) in rule.traffic_filter.iter().enumerate() {
-        let f = check_filter(&format!("{at} trafficFilter[{j}]"), filter)?;
-        let calls = f
-            .addresses
-            .len()
-            .saturating_mul(f.ports.len())
-            .saturating_mul(f.transports.len());
-        if calls > budget.calls {
-            return Err(refuse(
-                format!("{at} trafficFilter[{j}]"),
-                format!(
-                    "the request expands to more than the region's max_calls ({}) LL-MEC calls (one per destination address, port and protocol); split it",
-                    budget.max_calls
-                ),
-            ));
-        }
-        // Each IMSI is written as "...", in every call of the filter.
-        let list: usize = f.imsis.iter().map(|imsi| imsi.len() + 3).sum();
-        let imsi_bytes = calls.saturating_mul(list);
-        if imsi_bytes > budget.imsi_bytes {
-            return Err(refuse(
-                format!("{at} trafficFilter[{j}]"),
-                format!(
-                    "the request expands to LL-MEC calls carrying more than {MAX_IMSI_BYTES} bytes of IMSI lists (each call for a destination address, port and protocol repeats the filter's srcAddress list); split it"
-                ),
-            ));
-        }
-        budget.calls -= calls;
-        budget.imsi_bytes -= imsi_bytes;
+        let at = format!("{at} trafficFilter[{j}]");
+        let f = check_filter(&at, filter)?;
+        budget.spend(&at, &f)?;
         checked.push(f);
     }
-
     for (j, f) in checked.iter().enumerate() {
         for address in &f.addresses {
             for port in &f.ports {
@@ -372,40 +381,34 @@ struct Filter<'r> {
     transports: Vec<Transport>,
 }
 
-fn present<T>(list: &Option<Vec<T>>) -> bool {
-    list.as_ref().is_some_and(|l| !l.is_empty())
-}
+/// The lists LL-MEC can filter on; any other member of a filter is refused.
+const FILTERED_ON: [&str; 4] = ["srcAddress", "dstAddress", "dstPort", "Protocol"];
 
 fn check_filter<'r>(at: &str, filter: &'r TrafficFilter) -> Result<Filter<'r>, Refusal> {
-    let lists = [
-        ("srcPort", &filter.src_port),
-        ("Token", &filter.token),
-        ("srcTunnelAddress", &filter.src_tunnel_address),
-        ("dstTunnelAddress", &filter.dst_tunnel_address),
-        ("srcTunnelPort", &filter.src_tunnel_port),
-        ("dstTunnelPort", &filter.dst_tunnel_port),
-    ];
-    for (key, list) in lists {
-        if present(list) {
-            return Err(refuse(
-                format!("{at}.{key}"),
-                format!("LL-MEC cannot filter on {key}"),
-            ));
-        }
+    let unsupported = filter.lists().into_iter().filter_map(|(key, list)| {
+        let present = list.is_some_and(|l| !l.is_empty());
+        (present && !FILTERED_ON.contains(&key)).then_some(key)
+    });
+    let numbers = filter.numbers().into_iter();
+    if let Some(key) = unsupported
+        .chain(numbers.filter_map(|(k, v)| v.map(|_| k)))
+        .next()
+    {
+        return Err(refuse(
+            format!("{at}.{key}"),
+            format!("LL-MEC cannot filter on {key}"),
+        ));
     }
-    for (key, value) in [
-        ("qci", &filter.qci),
-        ("dscp", &filter.dscp),
-        ("tc", &filter.tc),
-    ] {
-        if value.is_some() {
-            return Err(refuse(
-                format!("{at}.{key}"),
-                format!("LL-MEC cannot filter on {key}"),
-            ));
-        }
-    }
+    Ok(Filter {
+        imsis: imsis(at, filter)?,
+        addresses: addresses(at, filter)?,
+        ports: ports(at, filter)?,
+        transports: transports(at, filter)?,
+    })
+}
 
+/// `srcAddress`: the subscribers' IMSIs, at least one.
+fn imsis<'r>(at: &str, filter: &'r TrafficFilter) -> Result<&'r [String], Refusal> {
     let imsis = filter.src_address.as_deref().unwrap_or(&[]);
     if imsis.is_empty() {
         return Err(refuse(
@@ -423,7 +426,11 @@ fn check_filter<'r>(at: &str, filter: &'r TrafficFilter) -> Result<Filter<'r>, R
             ));
         }
     }
+    Ok(imsis)
+}
 
+/// `dstAddress`: single IPv4 addresses, at least one.
+fn addresses<'r>(at: &str, filter: &'r TrafficFilter) -> Result<Vec<&'r str>, Refusal> {
     let addresses = filter.dst_address.as_deref().unwrap_or(&[]);
     if addresses.is_empty() {
         return Err(refuse(
@@ -431,7 +438,7 @@ fn check_filter<'r>(at: &str, filter: &'r TrafficFilter) -> Result<Filter<'r>, R
             "LL-MEC needs the service address whose traffic is redirected",
         ));
     }
-    let mut checked_addresses = Vec::with_capacity(addresses.len());
+    let mut checked = Vec::with_capacity(addresses.len());
     for (k, address) in addresses.iter().enumerate() {
         if address.parse::<Ipv4Addr>().is_err() {
             return Err(refuse(
@@ -441,9 +448,13 @@ fn check_filter<'r>(at: &str, filter: &'r TrafficFilter) -> Result<Filter<'r>, R
                 ),
             ));
         }
-        checked_addresses.push(address.as_str());
+        checked.push(address.as_str());
     }
+    Ok(checked)
+}
 
+/// `dstPort`: single ports, at least one.
+fn ports<'r>(at: &str, filter: &'r TrafficFilter) -> Result<Vec<&'r str>, Refusal> {
     let ports = filter.dst_port.as_deref().unwrap_or(&[]);
     if ports.is_empty() {
         return Err(refuse(
@@ -451,7 +462,7 @@ fn check_filter<'r>(at: &str, filter: &'r TrafficFilter) -> Result<Filter<'r>, R
             "LL-MEC needs a destination port (it has no 'any port')",
         ));
     }
-    let mut checked_ports = Vec::with_capacity(ports.len());
+    let mut checked = Vec::with_capacity(ports.len());
     for (k, port) in ports.iter().enumerate() {
         let p = port.trim();
         if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err() {
@@ -460,38 +471,35 @@ fn check_filter<'r>(at: &str, filter: &'r TrafficFilter) -> Result<Filter<'r>, R
                 format!("'{port}' is not a single port; LL-MEC cannot express port ranges"),
             ));
         }
-        checked_ports.push(p);
+        checked.push(p);
     }
+    Ok(checked)
+}
 
+/// `Protocol`: tcp, udp or any (none: any), each once.
+fn transports(at: &str, filter: &TrafficFilter) -> Result<Vec<Transport>, Refusal> {
     let mut transports = Vec::new();
-    match filter.protocol.as_deref() {
-        None | Some([]) => transports.push(Transport::Any),
-        Some(protocols) => {
-            for (k, protocol) in protocols.iter().enumerate() {
-                let t = match protocol.trim().to_ascii_lowercase().as_str() {
-                    "tcp" => Transport::Tcp,
-                    "udp" => Transport::Udp,
-                    "any" => Transport::Any,
-                    _ => {
-                        return Err(refuse(
-                            format!("{at}.Protocol[{k}]"),
-                            format!("'{protocol}' is not supported by LL-MEC (tcp, udp or any)"),
-                        ));
-                    }
-                };
-                if !transports.contains(&t) {
-                    transports.push(t);
-                }
+    let protocols = filter.protocol.as_deref().unwrap_or(&[]);
+    for (k, protocol) in protocols.iter().enumerate() {
+        let t = match protocol.trim().to_ascii_lowercase().as_str() {
+            "tcp" => Transport::Tcp,
+            "udp" => Transport::Udp,
+            "any" => Transport::Any,
+            _ => {
+                return Err(refuse(
+                    format!("{at}.Protocol[{k}]"),
+                    format!("'{protocol}' is not supported by LL-MEC (tcp, udp or any)"),
+                ));
             }
+        };
+        if !transports.contains(&t) {
+            transports.push(t);
         }
     }
-
-    Ok(Filter {
-        imsis,
-        addresses: checked_addresses,
-        ports: checked_ports,
-        transports,
-    })
+    if transports.is_empty() {
+        transports.push(Transport::Any);
+    }
+    Ok(transports)
 }
 
 #[cfg(test)]

@@ -5,13 +5,14 @@
 //! only: a restart of the plugin empties the platform.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use log::info;
 
 use super::{Driver, MepError, Refusal, Step};
 use crate::config::DriverKind;
-use crate::model::{ApiStyle, CreationRequest, with_style};
+use crate::model::CreationRequest;
+use crate::util::lock;
 
 /// The simulated platform of one region.
 #[derive(Debug)]
@@ -31,16 +32,10 @@ impl Simulated {
 
     /// The steps currently installed, sorted by target then body.
     pub fn installed(&self) -> Vec<Step> {
-        self.lock()
+        lock(&self.rules)
             .iter()
             .map(|((target, body), label)| Step::new(label, target, body))
             .collect()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<(String, String), String>> {
-        // The map stays consistent even if a holder panicked: every change is one insert or
-        // one remove.
-        self.rules.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -50,28 +45,26 @@ impl Driver for Simulated {
     }
 
     fn plan(&self, _request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
-        with_style(ApiStyle::Spec, || {
-            let mut steps = Vec::new();
-            for rule in request.dns_rules() {
-                steps.push(Step::new(
-                    &format!("DNS rule '{}' ({})", rule.dns_rule_id, rule.domain_name),
-                    &format!("/dns_rules/{}", encode(&rule.dns_rule_id)),
-                    &serde_json::to_string(rule).expect("a DNS rule serialises"),
-                ));
-            }
-            for rule in request.traffic_rules() {
-                steps.push(Step::new(
-                    &format!("traffic rule '{}'", rule.traffic_rule_id),
-                    &format!("/traffic_rules/{}", encode(&rule.traffic_rule_id)),
-                    &serde_json::to_string(rule).expect("a traffic rule serialises"),
-                ));
-            }
-            Ok(steps)
-        })
+        let mut steps = Vec::new();
+        for rule in request.dns_rules() {
+            steps.push(Step::new(
+                &format!("DNS rule '{}' ({})", rule.dns_rule_id, rule.domain_name),
+                &format!("/dns_rules/{}", encode(&rule.dns_rule_id)),
+                &serde_json::to_string(rule).expect("a DNS rule serialises"),
+            ));
+        }
+        for rule in request.traffic_rules() {
+            steps.push(Step::new(
+                &format!("traffic rule '{}'", rule.traffic_rule_id),
+                &format!("/traffic_rules/{}", encode(&rule.traffic_rule_id)),
+                &serde_json::to_string(rule).expect("a traffic rule serialises"),
+            ));
+        }
+        Ok(steps)
     }
 
     fn apply(&self, step: &Step) -> Result<(), MepError> {
-        self.lock().insert(
+        lock(&self.rules).insert(
             (step.target().to_string(), step.body().to_string()),
             step.label().to_string(),
         );
@@ -84,8 +77,7 @@ impl Driver for Simulated {
     }
 
     fn remove(&self, step: &Step) -> Result<(), MepError> {
-        let removed = self
-            .lock()
+        let removed = lock(&self.rules)
             .remove(&(step.target().to_string(), step.body().to_string()))
             .is_some();
         if removed {
@@ -155,13 +147,6 @@ mod tests {
             ]
         );
         assert_eq!(sim.kind(), DriverKind::Simulated);
-    }
-
-    #[test]
-    fn body_spelling_does_not_depend_on_the_caller_style() {
-        let sim = Simulated::new("2");
-        let camel = with_style(ApiStyle::Camel, || sim.plan("r1", &request()).unwrap());
-        assert_eq!(camel, sim.plan("r1", &request()).unwrap());
     }
 
     #[test]

@@ -30,9 +30,10 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use mec_plugin::util::lock;
 use percent_encoding::percent_decode_str;
 use serde_json::{Value, json};
 use tiny_http_fork::{Header, Request, Response, Server};
@@ -60,7 +61,6 @@ pub const RECORDED_HEADERS: [&str; 7] = [
     "if-match",
     "content-length",
 ];
-const TICK: Duration = Duration::from_millis(5);
 
 pub use super::Call;
 
@@ -198,8 +198,10 @@ struct Shared {
     closing: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+impl super::FakeState for Shared {
+    fn closing(&self) -> &AtomicBool {
+        &self.closing
+    }
 }
 
 /// A fake EdgeGallery MEP. Shuts down when dropped.
@@ -222,14 +224,7 @@ impl FakeEdgeGallery {
             }),
             closing: AtomicBool::new(false),
         });
-        let dispatcher = {
-            let http = Arc::clone(&http);
-            let shared = Arc::clone(&shared);
-            thread::Builder::new()
-                .name("fake-eg-dispatch".into())
-                .spawn(move || dispatch(&http, &shared))
-                .expect("fake EdgeGallery: dispatcher thread")
-        };
+        let dispatcher = super::dispatch("eg", &http, &shared, handle);
         FakeEdgeGallery {
             shared,
             http: Some(http),
@@ -378,21 +373,6 @@ impl Drop for FakeEdgeGallery {
     }
 }
 
-fn dispatch(http: &Server, shared: &Arc<Shared>) {
-    while !shared.closing.load(Ordering::SeqCst) {
-        match http.recv_timeout(Duration::from_millis(50)) {
-            Ok(Ok(Some(request))) => {
-                let shared = Arc::clone(shared);
-                let _ = thread::Builder::new()
-                    .name("fake-eg-handle".into())
-                    .spawn(move || handle(request, &shared));
-            }
-            Ok(Ok(None)) | Ok(Err(_)) => {}
-            Err(_) => thread::sleep(TICK),
-        }
-    }
-}
-
 fn problem(status: u16, code: i64, detail: &str) -> (u16, Value) {
     (
         status,
@@ -444,12 +424,8 @@ fn handle(mut request: Request, shared: &Shared) {
             state.delay
         }
     };
-    let deadline = Instant::now() + delay;
-    while Instant::now() < deadline {
-        if shared.closing.load(Ordering::SeqCst) {
-            return;
-        }
-        thread::sleep(TICK.min(deadline.saturating_duration_since(Instant::now())));
+    if !super::delay_unless_closing(&shared.closing, delay) {
+        return;
     }
     let (status, answer) = answer(&call, &mut lock(&shared.state));
     let response = Response::from_string(answer.to_string())

@@ -36,10 +36,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
+use mec_plugin::util::lock;
 use percent_encoding::percent_decode_str;
 use serde_json::{Value, json};
 use tiny_http_fork::{Header, Request, Response, Server};
@@ -63,7 +64,6 @@ const RECORDED_HEADERS: [&str; 7] = [
 ];
 
 const MAX_BODY: u64 = 1024 * 1024;
-const TICK: Duration = Duration::from_millis(10);
 
 pub use super::Call;
 
@@ -98,8 +98,10 @@ struct Shared {
     closing: AtomicBool,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+impl super::FakeState for Shared {
+    fn closing(&self) -> &AtomicBool {
+        &self.closing
+    }
 }
 
 /// A fake MEC 011 platform. Shuts down when dropped.
@@ -119,14 +121,7 @@ impl FakeEtsi {
             state: Mutex::new(State::default()),
             closing: AtomicBool::new(false),
         });
-        let dispatcher = {
-            let http = Arc::clone(&http);
-            let shared = Arc::clone(&shared);
-            thread::Builder::new()
-                .name("fake-etsi-dispatch".into())
-                .spawn(move || dispatch(&http, &shared))
-                .expect("fake MEC 011: dispatcher thread")
-        };
+        let dispatcher = super::dispatch("etsi", &http, &shared, handle);
         FakeEtsi {
             shared,
             addr,
@@ -306,21 +301,6 @@ fn key(app: &str, collection: &str, id: &str) -> Key {
     (app.to_string(), collection, id.to_string())
 }
 
-fn dispatch(http: &Server, shared: &Arc<Shared>) {
-    while !shared.closing.load(Ordering::SeqCst) {
-        match http.recv_timeout(Duration::from_millis(50)) {
-            Ok(Ok(Some(request))) => {
-                let shared = Arc::clone(shared);
-                let _ = thread::Builder::new()
-                    .name("fake-etsi-handle".into())
-                    .spawn(move || handle(request, &shared));
-            }
-            Ok(Ok(None)) | Ok(Err(_)) => {}
-            Err(_) => thread::sleep(TICK),
-        }
-    }
-}
-
 /// An answer: status, body, content type, ETag.
 struct Answer {
     status: u16,
@@ -393,12 +373,8 @@ fn handle(mut request: Request, shared: &Shared) {
         state.calls.push(call.clone());
         state.delay
     };
-    let deadline = Instant::now() + delay;
-    while Instant::now() < deadline {
-        if shared.closing.load(Ordering::SeqCst) {
-            return;
-        }
-        thread::sleep(TICK.min(deadline.saturating_duration_since(Instant::now())));
+    if !super::delay_unless_closing(&shared.closing, delay) {
+        return;
     }
 
     let answer = answer(&call, &mut lock(&shared.state));

@@ -26,10 +26,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use mec_plugin::util::lock;
 use tiny_http_fork::{Header, Request, Response, Server};
 
 /// Path of LL-MEC DNS redirects.
@@ -60,6 +61,12 @@ struct Shared {
     state: Mutex<State>,
     /// Set once, on drop.
     closing: AtomicBool,
+}
+
+impl super::FakeState for Shared {
+    fn closing(&self) -> &AtomicBool {
+        &self.closing
+    }
 }
 
 #[derive(Default)]
@@ -113,10 +120,6 @@ struct Front {
     connections: Arc<Mutex<HashMap<u64, Vec<TcpStream>>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl FakeLlMec {
     /// Starts the fake on a free port of 127.0.0.1.
     pub fn start() -> FakeLlMec {
@@ -125,14 +128,7 @@ impl FakeLlMec {
             state: Mutex::new(State::default()),
             closing: AtomicBool::new(false),
         });
-        let dispatcher = {
-            let http = Arc::clone(&http);
-            let shared = Arc::clone(&shared);
-            thread::Builder::new()
-                .name("fake-llmec-dispatch".into())
-                .spawn(move || dispatch(&http, &shared))
-                .expect("fake LL-MEC: dispatcher thread")
-        };
+        let dispatcher = super::dispatch("llmec", &http, &shared, handle);
         let listener = TcpListener::bind("127.0.0.1:0").expect("fake LL-MEC: public listener");
         let port = listener
             .local_addr()
@@ -402,22 +398,6 @@ impl Relay {
     }
 }
 
-/// Hands each request of the internal server to its own thread.
-fn dispatch(http: &Server, shared: &Arc<Shared>) {
-    while !shared.closing.load(Ordering::SeqCst) {
-        match http.recv_timeout(Duration::from_millis(50)) {
-            Ok(Ok(Some(request))) => {
-                let shared = Arc::clone(shared);
-                let _ = thread::Builder::new()
-                    .name("fake-llmec-handle".into())
-                    .spawn(move || handle(request, &shared));
-            }
-            Ok(Ok(None)) | Ok(Err(_)) => {}
-            Err(_) => thread::sleep(TICK),
-        }
-    }
-}
-
 /// What a call does to the state once its delay is over.
 enum Plan {
     Fail(u16),
@@ -478,12 +458,8 @@ fn handle(mut request: Request, shared: &Shared) {
         (plan, delay, lost)
     };
 
-    let deadline = Instant::now() + delay;
-    while Instant::now() < deadline {
-        if shared.closing.load(Ordering::SeqCst) {
-            return;
-        }
-        thread::sleep(TICK.min(deadline.saturating_duration_since(Instant::now())));
+    if !super::delay_unless_closing(&shared.closing, delay) {
+        return;
     }
 
     let (mut status, mut answer) = match plan {

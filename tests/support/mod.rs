@@ -11,8 +11,9 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use mec_plugin::app::App;
 use mec_plugin::config::Config;
@@ -230,6 +231,56 @@ pub fn fake_platform_server(name: &str) -> (Arc<tiny_http_fork::Server>, SocketA
         .to_ip()
         .unwrap_or_else(|| panic!("fake {name}: the listener has no IP address"));
     (Arc::new(http), addr)
+}
+
+/// A fake platform's state shared by its dispatcher and request threads.
+pub trait FakeState: Send + Sync + 'static {
+    /// Set when the fake is stopped: its loops and pending answers end.
+    fn closing(&self) -> &AtomicBool;
+}
+
+/// Starts the dispatch loop of a fake platform (`name`, for thread names and messages): it
+/// hands each request of `http` to a thread of its own running `handle`, until the state is
+/// closing. The one loop of the three fakes.
+pub fn dispatch<S: FakeState>(
+    name: &str,
+    http: &Arc<tiny_http_fork::Server>,
+    shared: &Arc<S>,
+    handle: fn(tiny_http_fork::Request, &S),
+) -> JoinHandle<()> {
+    let (http, shared) = (Arc::clone(http), Arc::clone(shared));
+    let thread_name = format!("fake-{name}-handle");
+    thread::Builder::new()
+        .name(format!("fake-{name}-dispatch"))
+        .spawn(move || {
+            while !shared.closing().load(Ordering::SeqCst) {
+                match http.recv_timeout(Duration::from_millis(50)) {
+                    Ok(Ok(Some(request))) => {
+                        let shared = Arc::clone(&shared);
+                        let _ = thread::Builder::new()
+                            .name(thread_name.clone())
+                            .spawn(move || handle(request, &shared));
+                    }
+                    Ok(Ok(None)) | Ok(Err(_)) => {}
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+        .unwrap_or_else(|e| panic!("fake {name}: dispatcher thread: {e}"))
+}
+
+/// Waits `delay` (an injected slowness) unless the fake closes first; returns whether the
+/// whole delay passed (false: closing, answer nothing).
+pub fn delay_unless_closing(closing: &AtomicBool, delay: Duration) -> bool {
+    let deadline = Instant::now() + delay;
+    while Instant::now() < deadline {
+        if closing.load(Ordering::SeqCst) {
+            return false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        thread::sleep(Duration::from_millis(5).min(left));
+    }
+    true
 }
 
 /// Polls `done` every 20 ms until it holds, for at most `limit`; returns whether it held.
