@@ -180,6 +180,17 @@ pub trait RequestHandler: Send + Sync {
         None
     }
 
+    /// Called on a complete request on the I/O thread, before it would go to a worker:
+    /// `Some(response)` answers it there, which saves the hop to a worker and back (two
+    /// thread wake-ups per request). Only for answers that take no lock a slow operation may
+    /// hold and do no I/O: this runs on the thread that serves every connection. `None` (the
+    /// default) hands the request to a worker, which calls [`handle`](Self::handle). A
+    /// streamed response returned here is written by a worker.
+    fn handle_inline(&self, request: &Request) -> Option<Response> {
+        let _ = request;
+        None
+    }
+
     /// Called exactly once for every request answered, just before its response is written:
     /// those [`handle`](Self::handle) answered and those the server answered itself (refusals,
     /// whose `request.body` is then empty and whose method and target are `-` when the head
@@ -279,7 +290,16 @@ struct Shared {
 
 impl Shared {
     fn tell(&self, news: News) {
-        lock(&self.news).push(news);
+        let mut queue = lock(&self.news);
+        queue.push(news);
+        // Only the first news since the loop last took them wakes it: that wake-up is still
+        // pending for the rest, and the loop takes them all at once (one write to the waker
+        // and one turn of the loop for a batch of answers).
+        let first = queue.len() == 1;
+        drop(queue);
+        if !first {
+            return;
+        }
         if let Err(e) = self.waker.wake() {
             log::error!("cannot wake the I/O loop: {e}");
         }
@@ -308,6 +328,8 @@ struct Job {
     http10: bool,
     close: bool,
     started: Instant,
+    /// Already made by [`RequestHandler::handle_inline`] (a streamed one): only written here.
+    response: Option<Response>,
 }
 
 /// What the workers and pipes tell the I/O loop.
@@ -580,8 +602,11 @@ fn worker_loop(shared: &Arc<Shared>) {
 
 /// Calls the handler for one complete request and hands the response to the I/O loop; a
 /// streamed body is then written through its pipe.
-fn serve(shared: &Arc<Shared>, job: Job) {
-    let mut response = call_handler(&shared.handler, &job.request, shared.api_style);
+fn serve(shared: &Arc<Shared>, mut job: Job) {
+    let mut response = match job.response.take() {
+        Some(response) => response,
+        None => call_handler(&shared.handler, &job.request, shared.api_style),
+    };
     answered(shared, &job.request, response.status, job.started);
     let close = job.close || shared.stopping();
     let respond = |out, pipe, close| {
@@ -683,8 +708,20 @@ fn answered(shared: &Shared, request: &Request, status: u16, started: Instant) {
 
 /// Calls the handler; a panic becomes a logged 500 problem response.
 fn call_handler(handler: &Handler, request: &Request, style: ApiStyle) -> Response {
-    match panic::catch_unwind(AssertUnwindSafe(|| handler.handle(request))) {
-        Ok(response) => response,
+    unpanicked(request, || handler.handle(request)).unwrap_or_else(|()| panic_response(style))
+}
+
+/// Asks the handler to answer on the I/O thread ([`RequestHandler::handle_inline`]); a panic
+/// becomes a logged 500 problem response.
+fn call_inline(handler: &Handler, request: &Request, style: ApiStyle) -> Option<Response> {
+    unpanicked(request, || handler.handle_inline(request))
+        .unwrap_or_else(|()| Some(panic_response(style)))
+}
+
+/// Runs a handler method for `request`; a panic is logged and becomes `Err`.
+fn unpanicked<R>(request: &Request, call: impl FnOnce() -> R) -> Result<R, ()> {
+    match panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(result) => Ok(result),
         Err(payload) => {
             let what = payload
                 .downcast_ref::<&str>()
@@ -696,7 +733,7 @@ fn call_handler(handler: &Handler, request: &Request, style: ApiStyle) -> Respon
                 request.method,
                 http1::log_target(request.path())
             );
-            panic_response(style)
+            Err(())
         }
     }
 }
@@ -949,6 +986,49 @@ enum BodyRead {
     },
 }
 
+impl BodyRead {
+    /// Moves what `inbuf` holds of the body into it: `Ok(true)` once the body is complete, an
+    /// error when it cannot be (bad chunked syntax or bounds, or the input ended: `eof`).
+    fn feed(&mut self, inbuf: &mut Vec<u8>, eof: bool, limits: &Limits) -> Result<bool, ApiError> {
+        let complete = match self {
+            BodyRead::Length { left, body } => {
+                let take = (*left).min(inbuf.len());
+                body.extend(inbuf.drain(..take));
+                *left -= take;
+                if *left > 0 && eof {
+                    return Err(ApiError::BadRequest {
+                        detail: format!(
+                            "the connection ended after {} of the {} declared body bytes",
+                            body.len(),
+                            body.len() + *left
+                        ),
+                    });
+                }
+                *left == 0
+            }
+            BodyRead::Chunked { decoder, body } => {
+                let used = decoder
+                    .feed(inbuf, body, limits)
+                    .map_err(|e| e.into_api_error(limits))?;
+                inbuf.drain(..used);
+                if !decoder.is_done() && eof {
+                    return Err(ApiError::BadRequest {
+                        detail: "the connection ended inside a chunked body".into(),
+                    });
+                }
+                decoder.is_done()
+            }
+        };
+        Ok(complete)
+    }
+
+    fn into_body(self) -> Vec<u8> {
+        match self {
+            BodyRead::Length { body, .. } | BodyRead::Chunked { body, .. } => body,
+        }
+    }
+}
+
 struct Conn {
     sock: TcpStream,
     tls: Option<Box<rustls::ServerConnection>>,
@@ -971,6 +1051,38 @@ struct Conn {
     overflow: bool,
 }
 
+/// The connection of `token` in `conns` (apart from [`IoLoop::conn`], so that the loop's
+/// other fields can be borrowed beside it).
+fn slot(conns: &mut [Option<Conn>], token: Token) -> Option<&mut Conn> {
+    conns
+        .get_mut(token.0.checked_sub(FIRST_CONN)?)
+        .and_then(Option::as_mut)
+}
+
+impl Conn {
+    /// How many bytes the phase can take now (`Some(0)`: none, but a TLS handshake goes on);
+    /// `None` when nothing is to be read.
+    fn wants(&self, limits: &Limits) -> Option<usize> {
+        if self.eof {
+            return None;
+        }
+        let want = match &self.phase {
+            Phase::Head { .. } => (limits.max_head_bytes + 1).saturating_sub(self.inbuf.len()),
+            Phase::Body {
+                body: BodyRead::Length { left, .. },
+                ..
+            } => left.saturating_sub(self.inbuf.len()),
+            Phase::Body { .. } => READ_CHUNK.saturating_sub(self.inbuf.len()),
+            Phase::Lingering { .. } => READ_CHUNK,
+            // A handshake goes on whatever the phase (a 503 to a TLS client needs it).
+            Phase::Waiting | Phase::Writing { .. } if self.handshaking => 0,
+            Phase::Waiting | Phase::Writing { .. } => return None,
+        };
+        let want = want.min(READ_CHUNK);
+        (want > 0 || self.handshaking).then_some(want)
+    }
+}
+
 struct IoLoop {
     shared: Arc<Shared>,
     poll: Poll,
@@ -987,6 +1099,10 @@ struct IoLoop {
     exhausted: bool,
     /// Earliest deadline of any connection (a sweep runs then).
     next_sweep: Option<Instant>,
+    /// Connections to drive again at the end of this turn without waiting for an event: one
+    /// that just finished an answer (its client's next request may be there already; the
+    /// socket is edge-triggered, so no new event would say so) or that made progress for long.
+    again: Vec<Token>,
     scratch: Vec<u8>,
 }
 
@@ -1013,6 +1129,7 @@ impl IoLoop {
             backoff: ACCEPT_BACKOFF_MIN,
             exhausted: false,
             next_sweep: None,
+            again: Vec::new(),
             scratch: vec![0; READ_CHUNK],
         })
     }
@@ -1036,8 +1153,11 @@ impl IoLoop {
                 .into_iter()
                 .flatten()
                 .min();
-            let timeout =
-                wake_at.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1));
+            let timeout = if self.again.is_empty() {
+                wake_at.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+            } else {
+                Some(Duration::ZERO) // new events are looked at, then `again` is driven
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("polling failed: {e}");
@@ -1053,6 +1173,9 @@ impl IoLoop {
                 }
             }
             self.take_news();
+            for token in std::mem::take(&mut self.again) {
+                self.drive(token);
+            }
             if self.accept_paused.is_some_and(|t| Instant::now() >= t) {
                 self.accept_paused = None;
                 self.accept();
@@ -1213,9 +1336,7 @@ impl IoLoop {
     }
 
     fn conn(&mut self, token: Token) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(token.0.checked_sub(FIRST_CONN)?)
-            .and_then(Option::as_mut)
+        slot(&mut self.conns, token)
     }
 
     fn set_deadline(&mut self, token: Token, after: Duration) {
@@ -1316,10 +1437,14 @@ impl IoLoop {
 
     // --- one connection
 
-    /// Makes all the progress possible on a connection: reading, parsing, writing.
+    /// Makes all the progress possible on a connection: reading, parsing, writing; up to its
+    /// next answer written, after which it waits for the other connections' turn (in
+    /// [`IoLoop::again`]), so that a client quick to send its next request does not keep the
+    /// loop to itself.
     fn drive(&mut self, token: Token) {
         for _ in 0..64 {
             let Some(conn) = self.conn(token) else { return };
+            let writing = matches!(conn.phase, Phase::Writing { .. });
             let mut progressed = false;
             match flush(conn) {
                 Ok(wrote) => {
@@ -1336,6 +1461,11 @@ impl IoLoop {
             }
             progressed |= self.pull_piece(token);
             progressed |= self.after_write(token);
+            let next = self.conn(token).map(|c| &c.phase);
+            if writing && matches!(next, Some(Phase::Head { .. })) {
+                self.again.push(token);
+                return;
+            }
             progressed |= self.read(token);
             progressed |= self.process(token);
             if !progressed {
@@ -1343,8 +1473,7 @@ impl IoLoop {
             }
         }
         // Still progressing: resume on the next turn of the loop (fairness).
-        let serial = self.conn(token).map_or(0, |c| c.serial);
-        self.shared.tell(News::Piece { token, serial });
+        self.again.push(token);
     }
 
     /// Moves a streamed piece into the output when it is empty.
@@ -1434,61 +1563,27 @@ impl IoLoop {
     /// Reads what the phase can take. Returns whether anything arrived (or the end).
     fn read(&mut self, token: Token) -> bool {
         let limits = self.shared.limits;
-        let Some(conn) = self
-            .conns
-            .get_mut(token.0 - FIRST_CONN)
-            .and_then(Option::as_mut)
-        else {
+        let read_timeout = self.shared.read_timeout;
+        let Some(conn) = slot(&mut self.conns, token) else {
             return false;
         };
-        if conn.eof {
+        let Some(want) = conn.wants(&limits) else {
             return false;
-        }
-        let want = match &conn.phase {
-            Phase::Head { .. } => (limits.max_head_bytes + 1).saturating_sub(conn.inbuf.len()),
-            Phase::Body {
-                body: BodyRead::Length { left, .. },
-                ..
-            } => left.saturating_sub(conn.inbuf.len()),
-            Phase::Body { .. } => READ_CHUNK.saturating_sub(conn.inbuf.len()),
-            Phase::Lingering { .. } => READ_CHUNK,
-            // A handshake goes on whatever the phase (a 503 to a TLS client needs it).
-            Phase::Waiting | Phase::Writing { .. } if conn.handshaking => 0,
-            Phase::Waiting | Phase::Writing { .. } => return false,
         };
-        let want = want.min(READ_CHUNK);
-        if want == 0 && !conn.handshaking {
-            return false;
-        }
-        let buf = &mut self.scratch;
-        let got = if let Some(tls) = &mut conn.tls {
-            read_tls(tls, &mut conn.sock, &mut buf[..want])
-        } else if want == 0 {
-            Ok(None)
-        } else {
-            match conn.sock.read(&mut buf[..want]) {
-                Ok(0) => Err(true),
-                Ok(n) => Ok(Some(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
-                Err(_) => Err(false),
-            }
+        let buf = &mut self.scratch[..want];
+        let got = match &mut conn.tls {
+            Some(tls) => read_tls(tls, &mut conn.sock, buf),
+            None if want == 0 => Ok(None),
+            None => read_plain(&mut conn.sock, buf),
         };
-        if let Some(tls) = &conn.tls {
-            if conn.handshaking && !tls.is_handshaking() {
-                // The handshake is done: the first head gets its own read_timeout.
-                conn.handshaking = false;
-                if matches!(conn.phase, Phase::Head { .. }) {
-                    let t = self.shared.read_timeout;
-                    self.set_deadline(token, t);
-                }
+        if conn.handshaking && conn.tls.as_ref().is_some_and(|t| !t.is_handshaking()) {
+            // The handshake is done: the first head gets its own read_timeout.
+            conn.handshaking = false;
+            if matches!(conn.phase, Phase::Head { .. }) {
+                self.set_deadline(token, read_timeout);
             }
         }
-        let Some(conn) = self
-            .conns
-            .get_mut(token.0 - FIRST_CONN)
-            .and_then(Option::as_mut)
-        else {
+        let Some(conn) = slot(&mut self.conns, token) else {
             return false;
         };
         match got {
@@ -1516,7 +1611,6 @@ impl IoLoop {
 
     /// Acts on what was read: heads, bodies, the end of the input.
     fn process(&mut self, token: Token) -> bool {
-        let limits = self.shared.limits;
         let Some(conn) = self.conn(token) else {
             return false;
         };
@@ -1527,145 +1621,112 @@ impl IoLoop {
             }
             return false;
         }
-        match &mut conn.phase {
-            Phase::Head { idle } => {
-                let skip = http1::leading_empty_lines(&conn.inbuf);
-                if skip > 0 {
-                    conn.inbuf.drain(..skip);
-                    conn.scanned = 0;
-                }
-                if conn.inbuf.is_empty() {
-                    if conn.eof {
-                        self.close(token);
-                        return true;
-                    }
-                    return false;
-                }
-                if *idle {
-                    // The first byte of a request: its head has read_timeout in total.
-                    *idle = false;
-                    self.set_deadline(token, self.shared.read_timeout);
-                    return true;
-                }
-                let from = conn.scanned;
-                match http1::head_end(&conn.inbuf, from) {
-                    Some(end) if end <= limits.max_head_bytes => {
-                        let parsed = http1::parse_head(&conn.inbuf[..end], &limits);
-                        let line = parsed
-                            .is_err()
-                            .then(|| http1::request_line(&conn.inbuf[..end]));
-                        conn.inbuf.drain(..end);
-                        conn.scanned = 0;
-                        match parsed {
-                            Ok(head) => self.on_head(token, head),
-                            Err(e) => self.refuse_head(token, e, line),
-                        }
-                        true
-                    }
-                    Some(_) => {
-                        let head = &conn.inbuf[..limits.max_head_bytes];
-                        let (e, line) = (http1::oversized_head(head), http1::request_line(head));
-                        self.refuse_head(token, e, Some(line));
-                        true
-                    }
-                    None if conn.inbuf.len() > limits.max_head_bytes => {
-                        let head = &conn.inbuf[..limits.max_head_bytes];
-                        let (e, line) = (http1::oversized_head(head), http1::request_line(head));
-                        self.refuse_head(token, e, Some(line));
-                        true
-                    }
-                    None if conn.eof => {
-                        let line = http1::request_line(&conn.inbuf);
-                        let e = HeadError::Bad("the connection ended inside a request head".into());
-                        self.refuse_head(token, e, Some(line));
-                        true
-                    }
-                    None => {
-                        conn.scanned = conn.inbuf.len();
-                        false
-                    }
-                }
-            }
-            Phase::Body { body, .. } => {
-                let result = match body {
-                    BodyRead::Length { left, body } => {
-                        let take = (*left).min(conn.inbuf.len());
-                        body.extend(conn.inbuf.drain(..take));
-                        *left -= take;
-                        if *left == 0 {
-                            Ok(true)
-                        } else if conn.eof {
-                            Err(ApiError::BadRequest {
-                                detail: format!(
-                                    "the connection ended after {} of the {} declared body bytes",
-                                    body.len(),
-                                    body.len() + *left
-                                ),
-                            })
-                        } else {
-                            Ok(take > 0)
-                        }
-                    }
-                    BodyRead::Chunked { decoder, body } => {
-                        match decoder.feed(&conn.inbuf, body, &limits) {
-                            Ok(used) => {
-                                conn.inbuf.drain(..used);
-                                if decoder.is_done() {
-                                    Ok(true)
-                                } else if conn.eof {
-                                    Err(ApiError::BadRequest {
-                                        detail: "the connection ended inside a chunked body".into(),
-                                    })
-                                } else {
-                                    Ok(used > 0)
-                                }
-                            }
-                            Err(e) => Err(e.into_api_error(&limits)),
-                        }
-                    }
-                };
-                let complete = matches!(
-                    &conn.phase,
-                    Phase::Body {
-                        body: BodyRead::Length { left: 0, .. },
-                        ..
-                    }
-                ) || matches!(
-                    &conn.phase,
-                    Phase::Body { body: BodyRead::Chunked { decoder, .. }, .. } if decoder.is_done()
-                );
-                match result {
-                    Ok(_) if complete => {
-                        let Phase::Body {
-                            mut request,
-                            head,
-                            body,
-                            started,
-                        } = std::mem::replace(&mut conn.phase, Phase::Waiting)
-                        else {
-                            unreachable!()
-                        };
-                        request.body = match body {
-                            BodyRead::Length { body, .. } | BodyRead::Chunked { body, .. } => body,
-                        };
-                        self.dispatch(token, request, &head, started);
-                        true
-                    }
-                    Ok(progressed) => progressed,
-                    Err(error) => {
-                        let Phase::Body {
-                            request, started, ..
-                        } = std::mem::replace(&mut conn.phase, Phase::Waiting)
-                        else {
-                            unreachable!()
-                        };
-                        self.refuse(token, error, Some(request), started);
-                        true
-                    }
-                }
-            }
+        match conn.phase {
+            Phase::Head { .. } => self.process_head(token),
+            Phase::Body { .. } => self.process_body(token),
             Phase::Waiting | Phase::Writing { .. } | Phase::Lingering { .. } => false,
         }
+    }
+
+    /// Waiting for a head: skips the empty lines before it, starts its clock at its first
+    /// byte, then parses it once complete, or refuses it once over its bound or cut short.
+    fn process_head(&mut self, token: Token) -> bool {
+        let limits = self.shared.limits;
+        let read_timeout = self.shared.read_timeout;
+        let Some(conn) = self.conn(token) else {
+            return false;
+        };
+        let Phase::Head { idle } = &mut conn.phase else {
+            return false;
+        };
+        let skip = http1::leading_empty_lines(&conn.inbuf);
+        if skip > 0 {
+            conn.inbuf.drain(..skip);
+            conn.scanned = 0;
+        }
+        if conn.inbuf.is_empty() {
+            if conn.eof {
+                self.close(token);
+                return true;
+            }
+            return false;
+        }
+        if *idle {
+            // The first byte of a request: its head has read_timeout in total.
+            *idle = false;
+            self.set_deadline(token, read_timeout);
+            return true;
+        }
+        let max = limits.max_head_bytes;
+        match http1::head_end(&conn.inbuf, conn.scanned) {
+            Some(end) if end <= max => {
+                let parsed = http1::parse_head(&conn.inbuf[..end], &limits);
+                let line = parsed
+                    .is_err()
+                    .then(|| http1::request_line(&conn.inbuf[..end]));
+                conn.inbuf.drain(..end);
+                conn.scanned = 0;
+                match parsed {
+                    Ok(head) => self.on_head(token, head),
+                    Err(e) => self.refuse_head(token, e, line),
+                }
+            }
+            Some(_) => self.refuse_oversized_head(token),
+            None if conn.inbuf.len() > max => self.refuse_oversized_head(token),
+            None if conn.eof => {
+                let line = http1::request_line(&conn.inbuf);
+                let e = HeadError::Bad("the connection ended inside a request head".into());
+                self.refuse_head(token, e, Some(line));
+            }
+            None => {
+                conn.scanned = conn.inbuf.len();
+                return false;
+            }
+        }
+        true
+    }
+
+    /// `max_head_bytes` arrived without the end of the head: 414 or 431.
+    fn refuse_oversized_head(&mut self, token: Token) {
+        let max = self.shared.limits.max_head_bytes;
+        let Some(conn) = self.conn(token) else { return };
+        let head = &conn.inbuf[..max];
+        let (e, line) = (http1::oversized_head(head), http1::request_line(head));
+        self.refuse_head(token, e, Some(line));
+    }
+
+    /// Reading a body: takes what arrived; hands the complete request on, or refuses it.
+    fn process_body(&mut self, token: Token) -> bool {
+        let limits = self.shared.limits;
+        let Some(conn) = self.conn(token) else {
+            return false;
+        };
+        let Phase::Body { body, .. } = &mut conn.phase else {
+            return false;
+        };
+        let before = conn.inbuf.len();
+        let result = body.feed(&mut conn.inbuf, conn.eof, &limits);
+        let progressed = conn.inbuf.len() != before;
+        if let Ok(false) = result {
+            return progressed;
+        }
+        let Phase::Body {
+            mut request,
+            head,
+            body,
+            started,
+        } = std::mem::replace(&mut conn.phase, Phase::Waiting)
+        else {
+            unreachable!("the phase was matched above")
+        };
+        match result {
+            Ok(_) => {
+                request.body = body.into_body();
+                self.dispatch(token, request, &head, started);
+            }
+            Err(error) => self.refuse(token, error, Some(request), started),
+        }
+        true
     }
 
     /// Refuses a head that could not be accepted; `line` is its method and target as far as
@@ -1731,7 +1792,7 @@ impl IoLoop {
         conn.serial = serial;
         conn.phase = Phase::Waiting;
         conn.deadline = None;
-        let job = Job {
+        let mut job = Job {
             token,
             serial,
             head_only: request.method == "HEAD",
@@ -1739,7 +1800,19 @@ impl IoLoop {
             close: head.close,
             request,
             started,
+            response: None,
         };
+        match call_inline(&self.shared.handler, &job.request, self.shared.api_style) {
+            Some(response) if response.stream.is_none() => {
+                // Answered here: no worker, no wake-up; the same log line, report and framing.
+                answered(&self.shared, &job.request, response.status, started);
+                let close = job.close || self.shared.stopping();
+                let out = render(&response, job.head_only, close);
+                return self.write_answer(token, out, close);
+            }
+            Some(streamed) => job.response = Some(streamed),
+            None => {}
+        }
         lock(&self.shared.jobs).push_back(job);
         self.shared.job_ready.notify_one();
     }
@@ -1832,6 +1905,18 @@ fn flush(conn: &mut Conn) -> io::Result<bool> {
         }
     }
     Ok(progressed)
+}
+
+/// Reads from a plain connection: `Ok(Some(n))` bytes into `buf` (0 after an interrupted
+/// read), `Ok(None)` nothing yet, `Err(clean)` the end (`clean`: the client closed).
+fn read_plain(sock: &mut TcpStream, buf: &mut [u8]) -> Result<Option<usize>, bool> {
+    match sock.read(buf) {
+        Ok(0) => Err(true),
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Some(0)),
+        Err(_) => Err(false),
+    }
 }
 
 /// Reads plaintext from a TLS connection: `Ok(Some(n))` bytes into `buf` (0 when only TLS
