@@ -1,16 +1,25 @@
-//! The HTTP/1.1 front end: one readiness loop that owns every connection (reading heads and
+//! The HTTP/1.1 front end: readiness loops that own the connections (reading heads and
 //! bodies, writing responses, driving TLS), a fixed pool of blocking request workers that only
 //! ever see complete requests, and every defence against slow, hostile or broken clients.
 //!
 //! # Design
 //!
-//! **One loop, many workers.** A single `http-io` thread waits on `mio` (epoll) for the
-//! listener and all connections, non-blocking. It parses request heads with `httparse` (see
+//! **A few loops, many workers.** One `http-io-N` thread per core (at most [`MAX_IO_LOOPS`])
+//! waits on `mio` (epoll) for its connections, non-blocking; loop 0 also accepts, and hands the
+//! new connections to the loops in turn. A loop parses request heads with `httparse` (see
 //! [`crate::http1`]), decides the body framing, reads the body, and only then queues the
 //! complete [`Request`] for the `workers` request threads, which call the blocking
-//! [`RequestHandler`] and hand the response back to the loop to write. A client that trickles,
-//! stalls or never finishes therefore costs a buffer in the loop, never a worker; a thousand
-//! idle connections cost a thousand small buffers and no thread.
+//! [`RequestHandler`] and hand the response back to the connection's loop to write. A client
+//! that trickles, stalls or never finishes therefore costs a buffer in a loop, never a worker;
+//! a thousand idle connections cost a thousand small buffers and no thread.
+//!
+//! **Answers that cannot block** are made on the loop itself: a complete request goes first to
+//! [`RequestHandler::handle_inline`], and only the requests it declines go to a worker. That
+//! saves the two thread wake-ups of the hop (worker, then loop) on the cheapest routes (the
+//! API answers its regions and its OpenAPI document there); everything else (the records
+//! lock, the disk, the platforms) stays on the workers. A loop answers one request per
+//! connection per turn, so that a client quick to send its next request does not keep the
+//! loop from the others.
 //!
 //! **Bounds.** A head (request line and header fields) is at most `max_head_bytes`
 //! (431, or 414 when the request line alone does not fit) with at most `max_headers` fields
@@ -74,7 +83,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -90,6 +99,8 @@ use crate::http::{Request, Response, StreamFn};
 use crate::http1::{self, BodyLength, ChunkedDecoder, Framing, Head, HeadError, Limits};
 use crate::model::ApiStyle;
 
+/// Most I/O loops (threads) a server runs, whatever the number of cores.
+pub const MAX_IO_LOOPS: usize = 4;
 /// Connections the kernel queues for the accept loop.
 pub const LISTEN_BACKLOG: libc::c_int = 1024;
 /// Connections past `max_connections` being answered 503 at once; more are closed unanswered.
@@ -261,7 +272,7 @@ impl fmt::Debug for Server {
     }
 }
 
-/// What the I/O loop and the workers share.
+/// What the I/O loops and the workers share.
 struct Shared {
     handler: Handler,
     api_style: ApiStyle,
@@ -273,24 +284,74 @@ struct Shared {
     /// Complete requests waiting for a worker.
     jobs: Mutex<VecDeque<Job>>,
     job_ready: Condvar,
-    /// News for the I/O loop from the workers and the pipes; followed by a wake-up.
-    news: Mutex<Vec<News>>,
-    waker: Waker,
-    /// Set once by `stop`: the loop stops accepting and queues no new request.
+    /// The I/O loops' mailboxes, by loop number.
+    loops: Vec<Mailbox>,
+    /// Connections served (by all the loops; the 503 refusals past the limit not counted).
+    open: AtomicUsize,
+    /// Set once by `stop`: the loops stop accepting and queue no new request.
     stopping: AtomicBool,
-    /// Set by the I/O loop once it queues no more requests (its shutdown began, or it ended):
-    /// workers leave when the queue is empty. Not `stopping`, which the loop sees only at its
-    /// next turn: a head it read meanwhile is still queued, and needs a worker.
+    /// I/O loops that may still queue requests (their shutdown has not begun and they did not
+    /// end). Not `stopping`, which a loop sees only at its next turn: a head it read meanwhile
+    /// is still queued, and needs a worker.
+    queueing: AtomicUsize,
+    /// Set once `queueing` reached zero: workers leave when the queue is empty.
     jobs_closed: AtomicBool,
-    /// Set by `stop` when the grace period is over: the loop closes everything and ends.
+    /// Set by `stop` when the grace period is over: the loops close everything and end.
     abort: AtomicBool,
-    /// Threads of this server still running (I/O loop and workers).
+    /// Threads of this server still running (I/O loops and workers).
     running: Counter,
 }
 
 impl Shared {
-    fn tell(&self, news: News) {
-        let mut queue = lock(&self.news);
+    fn new(
+        options: &Options,
+        handler: Handler,
+        local_addr: SocketAddr,
+        loops: Vec<Mailbox>,
+    ) -> Self {
+        Shared {
+            handler,
+            api_style: options.api_style,
+            limits: Limits {
+                max_head_bytes: options.max_head_bytes.max(256),
+                max_headers: options.max_headers.max(1),
+                max_body_bytes: options.max_body_bytes,
+            },
+            read_timeout: options.read_timeout.max(MIN_TIMEOUT),
+            idle_timeout: options.idle_timeout.max(MIN_TIMEOUT),
+            max_connections: options.max_connections.max(1),
+            local_addr,
+            jobs: Mutex::new(VecDeque::new()),
+            job_ready: Condvar::new(),
+            queueing: AtomicUsize::new(loops.len()),
+            loops,
+            open: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            jobs_closed: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+            running: Counter::default(),
+        }
+    }
+}
+
+/// How many I/O loops serve the connections: one per core (as nginx's `worker_processes
+/// auto`), at most [`MAX_IO_LOOPS`].
+fn io_loops() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get().min(MAX_IO_LOOPS))
+}
+
+/// How the workers, the pipes and the other loops reach one I/O loop.
+struct Mailbox {
+    /// News for the loop; the first since the loop last took them is followed by a wake-up.
+    news: Mutex<Vec<News>>,
+    waker: Waker,
+}
+
+impl Shared {
+    /// Hands `news` to I/O loop `io`.
+    fn tell(&self, io: usize, news: News) {
+        let mailbox = &self.loops[io];
+        let mut queue = lock(&mailbox.news);
         queue.push(news);
         // Only the first news since the loop last took them wakes it: that wake-up is still
         // pending for the rest, and the loop takes them all at once (one write to the waker
@@ -300,8 +361,15 @@ impl Shared {
         if !first {
             return;
         }
-        if let Err(e) = self.waker.wake() {
+        if let Err(e) = mailbox.waker.wake() {
             log::error!("cannot wake the I/O loop: {e}");
+        }
+    }
+
+    /// Wakes every I/O loop (to see `stopping` or `abort`).
+    fn wake_all(&self) {
+        for mailbox in &self.loops {
+            let _ = mailbox.waker.wake();
         }
     }
 
@@ -309,8 +377,12 @@ impl Shared {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// No request will be queued any more: the workers leave once the queue is empty.
+    /// One more I/O loop queues no more requests; after the last, the workers leave once the
+    /// queue is empty. Called once per loop.
     fn close_jobs(&self) {
+        if self.queueing.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
         self.jobs_closed.store(true, Ordering::Release);
         let _jobs = lock(&self.jobs);
         self.job_ready.notify_all();
@@ -319,6 +391,8 @@ impl Shared {
 
 /// A complete request for a worker.
 struct Job {
+    /// The I/O loop of the connection.
+    io: usize,
     token: Token,
     serial: u64,
     request: Request,
@@ -344,10 +418,13 @@ enum News {
     },
     /// A streamed body has more to write, or ended.
     Piece { token: Token, serial: u64 },
+    /// A connection accepted by another loop, for this one to serve (counted in
+    /// [`Shared::open`] already).
+    Adopt(TcpStream),
 }
 
 impl Server {
-    /// Binds, starts the I/O loop and `workers` handler threads; returns once listening. With
+    /// Binds, starts the I/O loops and `workers` handler threads; returns once listening. With
     /// [`Options::tls`], the certificate chain and key are checked first: an unusable one is an
     /// `InvalidInput` error naming `tls_cert` or `tls_key`.
     pub fn start(options: Options, handler: Handler) -> io::Result<Server> {
@@ -365,29 +442,18 @@ impl Server {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let kept = listener.try_clone()?;
-        let poll = Poll::new()?;
-        let waker = Waker::new(poll.registry(), WAKER)?;
-        let shared = Arc::new(Shared {
-            handler,
-            api_style: options.api_style,
-            limits: Limits {
-                max_head_bytes: options.max_head_bytes.max(256),
-                max_headers: options.max_headers.max(1),
-                max_body_bytes: options.max_body_bytes,
-            },
-            read_timeout,
-            idle_timeout: options.idle_timeout.max(MIN_TIMEOUT),
-            max_connections: options.max_connections.max(1),
-            local_addr,
-            jobs: Mutex::new(VecDeque::new()),
-            job_ready: Condvar::new(),
-            news: Mutex::new(Vec::new()),
-            waker,
-            stopping: AtomicBool::new(false),
-            jobs_closed: AtomicBool::new(false),
-            abort: AtomicBool::new(false),
-            running: Counter::default(),
-        });
+        let polls = (0..io_loops())
+            .map(|_| Poll::new())
+            .collect::<io::Result<Vec<_>>>()?;
+        let loops = polls
+            .iter()
+            .map(|poll| {
+                let waker = Waker::new(poll.registry(), WAKER)?;
+                let news = Mutex::new(Vec::new());
+                Ok(Mailbox { news, waker })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let shared = Arc::new(Shared::new(&options, handler, local_addr, loops));
         let mut server = Server {
             shared: Arc::clone(&shared),
             listener: Some(kept),
@@ -398,14 +464,18 @@ impl Server {
             workers,
             tls,
         };
-        let io_loop = IoLoop::new(
-            Arc::clone(&shared),
-            poll,
-            mio::net::TcpListener::from_std(listener),
-            tls_config,
-        )?;
-        // On an error below, dropping `server` stops whatever was started.
-        server.spawn("http-io".into(), move || io_loop.run())?;
+        let mut listener = Some(mio::net::TcpListener::from_std(listener));
+        for (io, poll) in polls.into_iter().enumerate() {
+            let io_loop = IoLoop::new(
+                Arc::clone(&shared),
+                io,
+                poll,
+                listener.take(),
+                tls_config.clone(),
+            )?;
+            // On an error below, dropping `server` stops whatever was started.
+            server.spawn(format!("http-io-{io}"), move || io_loop.run())?;
+        }
         for i in 0..workers {
             server.spawn(format!("http-worker-{i}"), {
                 let shared = Arc::clone(&shared);
@@ -413,9 +483,10 @@ impl Server {
             })?;
         }
         log::info!(
-            "listening on {}://{local_addr} ({workers} workers, read timeout {} ms, idle \
+            "listening on {}://{local_addr} ({} I/O threads, {workers} workers, read timeout {} ms, idle \
              timeout {} ms, head limit {} bytes / {} fields, body limit {} bytes, {} connections)",
             server.scheme(),
+            shared.loops.len(),
             read_timeout.as_millis(),
             shared.idle_timeout.as_millis(),
             shared.limits.max_head_bytes,
@@ -478,12 +549,12 @@ impl Server {
             let _jobs = lock(&self.shared.jobs);
             self.shared.job_ready.notify_all();
         }
-        let _ = self.shared.waker.wake();
+        self.shared.wake_all();
         let mut all_ended = self.shared.running.wait_zero_until(deadline);
         if !all_ended {
             // The grace period is over: the loop closes every connection and ends.
             self.shared.abort.store(true, Ordering::Release);
-            let _ = self.shared.waker.wake();
+            self.shared.wake_all();
             all_ended = self
                 .shared
                 .running
@@ -584,18 +655,21 @@ fn worker_loop(shared: &Arc<Shared>) {
             }
         };
         let Some(job) = job else { break };
-        let (token, serial) = (job.token, job.serial);
+        let (io, token, serial) = (job.io, job.token, job.serial);
         if panic::catch_unwind(AssertUnwindSafe(|| serve(shared, job))).is_err() {
             // E.g. `answered` panicked: the connection still gets an answer, and is closed.
             log::error!("request handling failed outside the handler");
             let out = render(&panic_response(shared.api_style), false, true);
-            shared.tell(News::Response {
-                token,
-                serial,
-                out,
-                pipe: None,
-                close: true,
-            });
+            shared.tell(
+                io,
+                News::Response {
+                    token,
+                    serial,
+                    out,
+                    pipe: None,
+                    close: true,
+                },
+            );
         }
     }
 }
@@ -610,13 +684,16 @@ fn serve(shared: &Arc<Shared>, mut job: Job) {
     answered(shared, &job.request, response.status, job.started);
     let close = job.close || shared.stopping();
     let respond = |out, pipe, close| {
-        shared.tell(News::Response {
-            token: job.token,
-            serial: job.serial,
-            out,
-            pipe,
-            close,
-        })
+        shared.tell(
+            job.io,
+            News::Response {
+                token: job.token,
+                serial: job.serial,
+                out,
+                pipe,
+                close,
+            },
+        )
     };
     let stream = response.stream.take().and_then(|s| s.take());
     let Some(stream) = stream else {
@@ -644,7 +721,12 @@ fn serve(shared: &Arc<Shared>, mut job: Job) {
         respond(out, None, close);
         return;
     }
-    let pipe = Arc::new(Pipe::new(job.token, job.serial, shared.read_timeout));
+    let pipe = Arc::new(Pipe::new(
+        job.io,
+        job.token,
+        job.serial,
+        shared.read_timeout,
+    ));
     respond(out, Some(Arc::clone(&pipe)), close);
     write_stream(shared, &pipe, stream, length == BodyLength::Chunked, &job);
 }
@@ -685,10 +767,13 @@ fn write_stream(
         }
     };
     pipe.finish(ok);
-    shared.tell(News::Piece {
-        token: pipe.token,
-        serial: pipe.serial,
-    });
+    shared.tell(
+        pipe.io,
+        News::Piece {
+            token: pipe.token,
+            serial: pipe.serial,
+        },
+    );
 }
 
 /// Logs one line for an answered request and tells the handler (which counts it in the
@@ -801,6 +886,8 @@ fn http_date() -> String {
 // Streamed bodies: a bounded pipe from a worker to the I/O loop
 
 struct Pipe {
+    /// The I/O loop of the connection.
+    io: usize,
     token: Token,
     serial: u64,
     state: Mutex<PipeState>,
@@ -821,8 +908,9 @@ struct PipeState {
 }
 
 impl Pipe {
-    fn new(token: Token, serial: u64, stall: Duration) -> Self {
+    fn new(io: usize, token: Token, serial: u64, stall: Duration) -> Self {
         Pipe {
+            io,
             token,
             serial,
             state: Mutex::new(PipeState {
@@ -925,10 +1013,13 @@ impl PipeWriter<'_> {
             piece.extend_from_slice(b"0\r\n\r\n");
         }
         self.pipe.push(piece)?;
-        self.shared.tell(News::Piece {
-            token: self.pipe.token,
-            serial: self.pipe.serial,
-        });
+        self.shared.tell(
+            self.pipe.io,
+            News::Piece {
+                token: self.pipe.token,
+                serial: self.pipe.serial,
+            },
+        );
         Ok(())
     }
 }
@@ -1083,14 +1174,22 @@ impl Conn {
     }
 }
 
+/// One I/O loop: the connections it serves, and for loop 0 the listener.
 struct IoLoop {
     shared: Arc<Shared>,
+    /// This loop's number (its mailbox in [`Shared::loops`]).
+    io: usize,
     poll: Poll,
+    /// Loop 0's: it accepts, refuses past `max_connections`, and hands the others out in turn.
     listener: Option<mio::net::TcpListener>,
+    /// The loop the next accepted connection goes to.
+    next_loop: usize,
+    /// Still queueing requests (its shutdown has not begun).
+    queueing: bool,
     tls: Option<Arc<rustls::ServerConfig>>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
-    open: usize,
+    /// 503 refusals past `max_connections` being answered by this loop.
     overflow: usize,
     serial: u64,
     /// Accepting is paused (descriptor exhaustion) until then.
@@ -1109,20 +1208,25 @@ struct IoLoop {
 impl IoLoop {
     fn new(
         shared: Arc<Shared>,
+        io: usize,
         poll: Poll,
-        mut listener: mio::net::TcpListener,
+        mut listener: Option<mio::net::TcpListener>,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> io::Result<IoLoop> {
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        if let Some(listener) = &mut listener {
+            poll.registry()
+                .register(listener, LISTENER, Interest::READABLE)?;
+        }
         Ok(IoLoop {
             shared,
+            io,
             poll,
-            listener: Some(listener),
+            listener,
+            next_loop: 0,
+            queueing: true,
             tls,
             conns: Vec::new(),
             free: Vec::new(),
-            open: 0,
             overflow: 0,
             serial: 0,
             accept_paused: None,
@@ -1141,7 +1245,7 @@ impl IoLoop {
                 break;
             }
             if self.shared.stopping() {
-                if self.listener.is_some() {
+                if self.queueing {
                     self.begin_shutdown();
                 }
                 if !self.busy() {
@@ -1184,7 +1288,7 @@ impl IoLoop {
                 self.sweep();
             }
         }
-        let remaining = self.open;
+        let remaining = self.conns.iter().flatten().count();
         for i in 0..self.conns.len() {
             self.close(Token(i + FIRST_CONN));
         }
@@ -1215,7 +1319,9 @@ impl IoLoop {
                 self.close(token);
             }
         }
-        // No connection left can read another request: the workers finish the queue and leave.
+        // No connection left can read another request: the workers finish the queue and leave
+        // (once every loop is past this point).
+        self.queueing = false;
         self.shared.close_jobs();
     }
 
@@ -1236,7 +1342,7 @@ impl IoLoop {
                         self.exhausted = false;
                     }
                     self.backoff = ACCEPT_BACKOFF_MIN;
-                    self.add(sock);
+                    self.hand_out(sock);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => match classify_accept_error(&e) {
@@ -1257,18 +1363,43 @@ impl IoLoop {
         }
     }
 
-    fn add(&mut self, mut sock: TcpStream) {
-        let overflow = self.open >= self.shared.max_connections;
-        if overflow && self.overflow >= OVERFLOW_SLOTS {
-            return; // dropped: closed unanswered
+    /// A connection just accepted: refused here past `max_connections` (at most
+    /// [`OVERFLOW_SLOTS`] refusals at once, past that closed unanswered), else served by the
+    /// next loop in turn (the connections of a few busy clients spread over the loops).
+    fn hand_out(&mut self, sock: TcpStream) {
+        let shared = Arc::clone(&self.shared);
+        if shared.open.load(Ordering::Acquire) >= shared.max_connections {
+            if self.overflow < OVERFLOW_SLOTS {
+                self.add(sock, true);
+            }
+            return;
         }
+        // Only this loop adds to the count: the check above cannot be overtaken.
+        shared.open.fetch_add(1, Ordering::AcqRel);
+        let io = self.next_loop;
+        self.next_loop = (io + 1) % shared.loops.len();
+        if io == self.io {
+            self.add(sock, false);
+        } else {
+            shared.tell(io, News::Adopt(sock));
+        }
+    }
+
+    /// Serves a connection (`overflow`: only to refuse it 503); gives up its place in
+    /// [`Shared::open`] if it cannot be watched.
+    fn add(&mut self, mut sock: TcpStream, overflow: bool) {
         let _ = sock.set_nodelay(true);
+        let give_up = |shared: &Shared| {
+            if !overflow {
+                shared.open.fetch_sub(1, Ordering::AcqRel);
+            }
+        };
         let tls = match &self.tls {
             Some(config) => match rustls::ServerConnection::new(Arc::clone(config)) {
                 Ok(c) => Some(Box::new(c)),
                 Err(e) => {
                     log::warn!("cannot set up TLS for a connection: {e}");
-                    return;
+                    return give_up(&self.shared);
                 }
             },
             None => None,
@@ -1285,7 +1416,7 @@ impl IoLoop {
         {
             log::warn!("cannot watch an accepted connection: {e}");
             self.free.push(index);
-            return;
+            return give_up(&self.shared);
         }
         let handshaking = tls.is_some();
         self.conns[index] = Some(Conn {
@@ -1309,7 +1440,6 @@ impl IoLoop {
             };
             self.refuse(token, error, None, Instant::now());
         } else {
-            self.open += 1;
             self.set_deadline(token, self.shared.read_timeout);
         }
         self.drive(token);
@@ -1330,7 +1460,7 @@ impl IoLoop {
         if conn.overflow {
             self.overflow -= 1;
         } else {
-            self.open -= 1;
+            self.shared.open.fetch_sub(1, Ordering::AcqRel);
         }
         self.free.push(index);
     }
@@ -1399,7 +1529,7 @@ impl IoLoop {
     // --- news from the workers
 
     fn take_news(&mut self) {
-        let news = std::mem::take(&mut *lock(&self.shared.news));
+        let news = std::mem::take(&mut *lock(&self.shared.loops[self.io].news));
         for item in news {
             match item {
                 News::Response {
@@ -1430,6 +1560,12 @@ impl IoLoop {
                     if self.conn(token).is_some_and(|c| c.serial == serial) {
                         self.drive(token);
                     }
+                }
+                News::Adopt(sock) if self.queueing => self.add(sock, false),
+                News::Adopt(sock) => {
+                    // Shutting down: closed like the idle connections.
+                    drop(sock);
+                    self.shared.open.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         }
@@ -1793,6 +1929,7 @@ impl IoLoop {
         conn.phase = Phase::Waiting;
         conn.deadline = None;
         let mut job = Job {
+            io: self.io,
             token,
             serial,
             head_only: request.method == "HEAD",
@@ -1999,7 +2136,10 @@ fn classify_accept_error(e: &io::Error) -> AcceptError {
 impl Drop for IoLoop {
     /// However the loop ends (even by a panic), the workers are not left waiting for requests.
     fn drop(&mut self) {
-        self.shared.close_jobs();
+        if self.queueing {
+            self.queueing = false;
+            self.shared.close_jobs();
+        }
     }
 }
 
