@@ -194,7 +194,7 @@ pub trait RequestHandler: Send + Sync {
     /// Called on a complete request on the I/O thread, before it would go to a worker:
     /// `Some(response)` answers it there, which saves the hop to a worker and back (two
     /// thread wake-ups per request). Only for answers that take no lock a slow operation may
-    /// hold and do no I/O: this runs on the thread that serves every connection. `None` (the
+    /// hold and do no I/O: this runs on a thread that serves many connections. `None` (the
     /// default) hands the request to a worker, which calls [`handle`](Self::handle). A
     /// streamed response returned here is written by a worker.
     fn handle_inline(&self, request: &Request) -> Option<Response> {
@@ -483,8 +483,9 @@ impl Server {
             })?;
         }
         log::info!(
-            "listening on {}://{local_addr} ({} I/O threads, {workers} workers, read timeout {} ms, idle \
-             timeout {} ms, head limit {} bytes / {} fields, body limit {} bytes, {} connections)",
+            "listening on {}://{local_addr} ({} I/O threads, {workers} workers, read timeout {} \
+             ms, idle timeout {} ms, head limit {} bytes / {} fields, body limit {} bytes, {} \
+             connections)",
             server.scheme(),
             shared.loops.len(),
             read_timeout.as_millis(),
