@@ -2566,6 +2566,92 @@ mod tests {
         }
     }
 
+    /// Answers `/fast` and `/stream` on the I/O loop; `/slow` on a worker, once `release` says.
+    struct Inline {
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+        answered: Mutex<Vec<(String, u16)>>,
+    }
+
+    impl RequestHandler for Inline {
+        fn handle(&self, _: &Request) -> Response {
+            let _ = lock(&self.release).recv_timeout(5 * SECOND);
+            Response::json(200, b"slow".to_vec())
+        }
+
+        fn handle_inline(&self, request: &Request) -> Option<Response> {
+            match request.path() {
+                "/fast" => Some(Response::json(200, request.target.clone().into_bytes())),
+                "/stream" => Some(streaming(3).handle(request)),
+                _ => None,
+            }
+        }
+
+        fn answered(&self, request: &Request, status: u16, _: Duration) {
+            lock(&self.answered).push((format!("{} {}", request.method, request.target), status));
+        }
+    }
+
+    #[test]
+    fn inline_answers_need_no_worker_and_keep_order_head_and_the_report() {
+        let (release, rx) = std::sync::mpsc::channel();
+        let handler = Arc::new(Inline {
+            release: Mutex::new(rx),
+            answered: Mutex::new(Vec::new()),
+        });
+        let server = Server::start(options(1), handler.clone()).unwrap();
+        // The only worker is held by /slow ...
+        let mut slow = connect(&server);
+        slow.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        thread::sleep(Duration::from_millis(100));
+        // ... while pipelined requests answered on the loop come back, in order.
+        let text = exchange(
+            &server,
+            b"GET /fast?1 HTTP/1.1\r\nHost: a\r\n\r\nHEAD /fast?2 HTTP/1.1\r\nHost: a\r\n\r\n\
+              GET /fast?3 HTTP/1.0\r\n\r\n",
+        );
+        let bodies: Vec<&str> = text
+            .split("HTTP/1.1 200 OK\r\n")
+            .skip(1)
+            .map(|answer| answer.split_once("\r\n\r\n").unwrap().1)
+            .collect();
+        assert_eq!(bodies, ["/fast?1", "", "/fast?3"], "{text}");
+        assert!(
+            text.contains("Content-Length: 7\r\n\r\nHTTP/1.1"),
+            "HEAD: {text}"
+        );
+        assert!(
+            text.ends_with("Connection: close\r\n\r\n/fast?3"),
+            "1.0: {text}"
+        );
+        release.send(()).unwrap();
+        assert!(read_all(slow).ends_with("slow"));
+        let answered = lock(&handler.answered).clone();
+        let fast: Vec<_> = answered
+            .iter()
+            .filter(|(r, _)| r.contains("fast"))
+            .collect();
+        assert_eq!(fast.len(), 3, "each answered once: {answered:?}");
+        assert_eq!(answered.last().unwrap().0, "GET /slow", "{answered:?}");
+    }
+
+    #[test]
+    fn a_streamed_answer_made_on_the_loop_is_written_by_a_worker() {
+        let (_release, rx) = std::sync::mpsc::channel();
+        let handler = Arc::new(Inline {
+            release: Mutex::new(rx),
+            answered: Mutex::new(Vec::new()),
+        });
+        let server = Server::start(options(1), handler).unwrap();
+        let text = exchange(
+            &server,
+            b"GET /stream HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+        assert_eq!(dechunk(body).0, expected_lines(3));
+    }
+
     /// Its `answered` panics.
     struct BadCounter;
 
