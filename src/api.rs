@@ -115,6 +115,15 @@ impl RequestHandler for Api {
         .to_response(self.style)
     }
 
+    /// Answers on the server's I/O thread the routes that read only the configuration: the
+    /// regions (by position too) and the OpenAPI document. The others take the records lock
+    /// (listings, `/healthz` and `/metrics` count records), may write to disk (`/healthz`'s
+    /// probe of a full state directory) or call platforms: they go to a worker.
+    fn handle_inline(&self, request: &Request) -> Option<Response> {
+        matches!(route(request.path()), Some(Route::Regions | Route::OpenApi))
+            .then(|| self.handle(request))
+    }
+
     /// Refuses from the head alone, before any body byte is read, a request that lacks the
     /// token where one is needed: the same 401 [`handle`](RequestHandler::handle) would give.
     fn admit(&self, head: &Request) -> Option<Response> {

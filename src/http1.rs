@@ -153,93 +153,109 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, HeadError> {
         }
         Err(e) => return Err(HeadError::Bad(format!("malformed request head: {e}"))),
     }
-    let method = request.method.unwrap_or_default().to_string();
-    let target = request.path.unwrap_or_default().to_string();
     let minor = request.version.unwrap_or(1);
-    let mut content_length: Option<u64> = None;
-    let mut codings: Vec<String> = Vec::new();
-    let mut hosts = 0;
-    let mut content_type = None;
-    let mut authorization = None;
-    let mut close = minor == 0;
-    let mut expect: Option<String> = None;
-    for field in request.headers.iter() {
-        let name = field.name;
-        let value = field.value;
-        if name.eq_ignore_ascii_case("content-length") {
-            for part in list(value) {
-                let n = parse_length(part).ok_or_else(|| {
-                    HeadError::Bad(format!(
-                        "invalid Content-Length {:?}",
-                        String::from_utf8_lossy(part)
-                    ))
-                })?;
-                if content_length.is_some_and(|seen| seen != n) {
-                    return Err(HeadError::Bad("differing Content-Length values".into()));
-                }
-                content_length = Some(n);
-            }
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            for part in list(value) {
-                codings.push(String::from_utf8_lossy(part).to_ascii_lowercase());
-            }
-        } else if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-        } else if name.eq_ignore_ascii_case("content-type") {
-            content_type = Some(text(value));
-        } else if name.eq_ignore_ascii_case("authorization") {
-            authorization = Some(text(value));
-        } else if name.eq_ignore_ascii_case("connection") {
-            if list(value).any(|token| token.eq_ignore_ascii_case(b"close")) {
-                close = true;
-            }
-        } else if name.eq_ignore_ascii_case("expect") {
-            expect = Some(text(value));
-        }
-    }
-    if minor == 1 && hosts != 1 {
-        return Err(HeadError::Bad(if hosts == 0 {
+    let fields = Fields::gather(request.headers)?;
+    if minor == 1 && fields.hosts != 1 {
+        return Err(HeadError::Bad(if fields.hosts == 0 {
             "an HTTP/1.1 request needs a Host header".into()
         } else {
             "more than one Host header".into()
         }));
     }
-    let framing = match (codings.is_empty(), content_length) {
-        (true, length) => Framing::Length(length.unwrap_or(0)),
-        (false, Some(_)) => {
-            return Err(HeadError::Bad(
-                "both Transfer-Encoding and Content-Length".into(),
-            ));
-        }
-        (false, None) if minor == 0 => {
-            return Err(HeadError::Bad(
-                "Transfer-Encoding in an HTTP/1.0 request".into(),
-            ));
-        }
-        (false, None) if codings == ["chunked"] => Framing::Chunked,
-        (false, None) => {
-            return Err(HeadError::Bad(format!(
-                "Transfer-Encoding {:?}: only a single chunked coding is accepted",
-                codings.join(", ")
-            )));
-        }
-    };
-    let expect_continue = match expect {
-        None => false,
-        Some(_) if minor == 0 => false, // RFC 9110 §10.1.1: ignored in HTTP/1.0
-        Some(e) if e.trim().eq_ignore_ascii_case("100-continue") => true,
-        Some(e) => return Err(HeadError::Expectation(e)),
-    };
     Ok(Head {
-        method,
-        target,
+        method: request.method.unwrap_or_default().to_string(),
+        target: request.path.unwrap_or_default().to_string(),
         minor,
-        content_type,
-        authorization,
-        framing,
-        close,
-        expect_continue,
+        framing: fields.framing(minor)?,
+        expect_continue: expect_continue(fields.expect, minor)?,
+        close: fields.close || minor == 0,
+        content_type: fields.content_type,
+        authorization: fields.authorization,
     })
+}
+
+/// The header fields of a head that the server or the API looks at.
+#[derive(Default)]
+struct Fields {
+    content_length: Option<u64>,
+    /// `Transfer-Encoding` codings in order, lower-cased.
+    codings: Vec<String>,
+    hosts: usize,
+    content_type: Option<String>,
+    authorization: Option<String>,
+    /// `Connection: close`.
+    close: bool,
+    expect: Option<String>,
+}
+
+impl Fields {
+    /// Gathers them; `Content-Length` values must be digits and agree.
+    fn gather(headers: &[httparse::Header<'_>]) -> Result<Fields, HeadError> {
+        let mut fields = Fields::default();
+        for field in headers {
+            let (name, value) = (field.name, field.value);
+            if name.eq_ignore_ascii_case("content-length") {
+                for part in list(value) {
+                    let n = parse_length(part).ok_or_else(|| {
+                        HeadError::Bad(format!(
+                            "invalid Content-Length {:?}",
+                            String::from_utf8_lossy(part)
+                        ))
+                    })?;
+                    if fields.content_length.is_some_and(|seen| seen != n) {
+                        return Err(HeadError::Bad("differing Content-Length values".into()));
+                    }
+                    fields.content_length = Some(n);
+                }
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                for part in list(value) {
+                    let coding = String::from_utf8_lossy(part).to_ascii_lowercase();
+                    fields.codings.push(coding);
+                }
+            } else if name.eq_ignore_ascii_case("host") {
+                fields.hosts += 1;
+            } else if name.eq_ignore_ascii_case("content-type") {
+                fields.content_type = Some(text(value));
+            } else if name.eq_ignore_ascii_case("authorization") {
+                fields.authorization = Some(text(value));
+            } else if name.eq_ignore_ascii_case("connection") {
+                fields.close |= list(value).any(|token| token.eq_ignore_ascii_case(b"close"));
+            } else if name.eq_ignore_ascii_case("expect") {
+                fields.expect = Some(text(value));
+            }
+        }
+        Ok(fields)
+    }
+
+    /// The body framing (RFC 9112 §6.1–6.3): a final `chunked` alone, never with
+    /// `Content-Length` nor in HTTP/1.0; else the length (0 without either).
+    fn framing(&self, minor: u8) -> Result<Framing, HeadError> {
+        match (self.codings.is_empty(), self.content_length) {
+            (true, length) => Ok(Framing::Length(length.unwrap_or(0))),
+            (false, Some(_)) => Err(HeadError::Bad(
+                "both Transfer-Encoding and Content-Length".into(),
+            )),
+            (false, None) if minor == 0 => Err(HeadError::Bad(
+                "Transfer-Encoding in an HTTP/1.0 request".into(),
+            )),
+            (false, None) if self.codings == ["chunked"] => Ok(Framing::Chunked),
+            (false, None) => Err(HeadError::Bad(format!(
+                "Transfer-Encoding {:?}: only a single chunked coding is accepted",
+                self.codings.join(", ")
+            ))),
+        }
+    }
+}
+
+/// Whether an `Expect` value asks for `100 Continue`; 417 for any other expectation. HTTP/1.0
+/// expectations are ignored (RFC 9110 §10.1.1).
+fn expect_continue(expect: Option<String>, minor: u8) -> Result<bool, HeadError> {
+    match expect {
+        None => Ok(false),
+        Some(_) if minor == 0 => Ok(false),
+        Some(e) if e.trim().eq_ignore_ascii_case("100-continue") => Ok(true),
+        Some(e) => Err(HeadError::Expectation(e)),
+    }
 }
 
 /// Whether the request line ends in `HTTP/x.y` with x other than 1 (a 505, not a 400).

@@ -1,16 +1,25 @@
-//! The HTTP/1.1 front end: one readiness loop that owns every connection (reading heads and
+//! The HTTP/1.1 front end: readiness loops that own the connections (reading heads and
 //! bodies, writing responses, driving TLS), a fixed pool of blocking request workers that only
 //! ever see complete requests, and every defence against slow, hostile or broken clients.
 //!
 //! # Design
 //!
-//! **One loop, many workers.** A single `http-io` thread waits on `mio` (epoll) for the
-//! listener and all connections, non-blocking. It parses request heads with `httparse` (see
+//! **A few loops, many workers.** One `http-io-N` thread per core (at most [`MAX_IO_LOOPS`])
+//! waits on `mio` (epoll) for its connections, non-blocking; loop 0 also accepts, and hands the
+//! new connections to the loops in turn. A loop parses request heads with `httparse` (see
 //! [`crate::http1`]), decides the body framing, reads the body, and only then queues the
 //! complete [`Request`] for the `workers` request threads, which call the blocking
-//! [`RequestHandler`] and hand the response back to the loop to write. A client that trickles,
-//! stalls or never finishes therefore costs a buffer in the loop, never a worker; a thousand
-//! idle connections cost a thousand small buffers and no thread.
+//! [`RequestHandler`] and hand the response back to the connection's loop to write. A client
+//! that trickles, stalls or never finishes therefore costs a buffer in a loop, never a worker;
+//! a thousand idle connections cost a thousand small buffers and no thread.
+//!
+//! **Answers that cannot block** are made on the loop itself: a complete request goes first to
+//! [`RequestHandler::handle_inline`], and only the requests it declines go to a worker. That
+//! saves the two thread wake-ups of the hop (worker, then loop) on the cheapest routes (the
+//! API answers its regions and its OpenAPI document there); everything else (the records
+//! lock, the disk, the platforms) stays on the workers. A loop answers one request per
+//! connection per turn, so that a client quick to send its next request does not keep the
+//! loop from the others.
 //!
 //! **Bounds.** A head (request line and header fields) is at most `max_head_bytes`
 //! (431, or 414 when the request line alone does not fit) with at most `max_headers` fields
@@ -74,8 +83,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -89,7 +98,10 @@ use crate::error::ApiError;
 use crate::http::{Request, Response, StreamFn};
 use crate::http1::{self, BodyLength, ChunkedDecoder, Framing, Head, HeadError, Limits};
 use crate::model::ApiStyle;
+use crate::util::{lock, wait};
 
+/// Most I/O loops (threads) a server runs, whatever the number of cores.
+pub const MAX_IO_LOOPS: usize = 4;
 /// Connections the kernel queues for the accept loop.
 pub const LISTEN_BACKLOG: libc::c_int = 1024;
 /// Connections past `max_connections` being answered 503 at once; more are closed unanswered.
@@ -180,6 +192,17 @@ pub trait RequestHandler: Send + Sync {
         None
     }
 
+    /// Called on a complete request on the I/O thread, before it would go to a worker:
+    /// `Some(response)` answers it there, which saves the hop to a worker and back (two
+    /// thread wake-ups per request). Only for answers that take no lock a slow operation may
+    /// hold and do no I/O: this runs on a thread that serves many connections. `None` (the
+    /// default) hands the request to a worker, which calls [`handle`](Self::handle). A
+    /// streamed response returned here is written by a worker.
+    fn handle_inline(&self, request: &Request) -> Option<Response> {
+        let _ = request;
+        None
+    }
+
     /// Called exactly once for every request answered, just before its response is written:
     /// those [`handle`](Self::handle) answered and those the server answered itself (refusals,
     /// whose `request.body` is then empty and whose method and target are `-` when the head
@@ -250,7 +273,7 @@ impl fmt::Debug for Server {
     }
 }
 
-/// What the I/O loop and the workers share.
+/// What the I/O loops and the workers share.
 struct Shared {
     handler: Handler,
     api_style: ApiStyle,
@@ -262,26 +285,92 @@ struct Shared {
     /// Complete requests waiting for a worker.
     jobs: Mutex<VecDeque<Job>>,
     job_ready: Condvar,
-    /// News for the I/O loop from the workers and the pipes; followed by a wake-up.
-    news: Mutex<Vec<News>>,
-    waker: Waker,
-    /// Set once by `stop`: the loop stops accepting and queues no new request.
+    /// The I/O loops' mailboxes, by loop number.
+    loops: Vec<Mailbox>,
+    /// Connections served (by all the loops; the 503 refusals past the limit not counted).
+    open: AtomicUsize,
+    /// Set once by `stop`: the loops stop accepting and queue no new request.
     stopping: AtomicBool,
-    /// Set by the I/O loop once it queues no more requests (its shutdown began, or it ended):
-    /// workers leave when the queue is empty. Not `stopping`, which the loop sees only at its
-    /// next turn: a head it read meanwhile is still queued, and needs a worker.
+    /// I/O loops that may still queue requests (their shutdown has not begun and they did not
+    /// end). Not `stopping`, which a loop sees only at its next turn: a head it read meanwhile
+    /// is still queued, and needs a worker.
+    queueing: AtomicUsize,
+    /// Set once `queueing` reached zero: workers leave when the queue is empty.
     jobs_closed: AtomicBool,
-    /// Set by `stop` when the grace period is over: the loop closes everything and ends.
+    /// Set by `stop` when the grace period is over: the loops close everything and end.
     abort: AtomicBool,
-    /// Threads of this server still running (I/O loop and workers).
+    /// Threads of this server still running (I/O loops and workers).
     running: Counter,
 }
 
 impl Shared {
-    fn tell(&self, news: News) {
-        lock(&self.news).push(news);
-        if let Err(e) = self.waker.wake() {
+    fn new(
+        options: &Options,
+        handler: Handler,
+        local_addr: SocketAddr,
+        loops: Vec<Mailbox>,
+    ) -> Self {
+        Shared {
+            handler,
+            api_style: options.api_style,
+            limits: Limits {
+                max_head_bytes: options.max_head_bytes.max(256),
+                max_headers: options.max_headers.max(1),
+                max_body_bytes: options.max_body_bytes,
+            },
+            read_timeout: options.read_timeout.max(MIN_TIMEOUT),
+            idle_timeout: options.idle_timeout.max(MIN_TIMEOUT),
+            max_connections: options.max_connections.max(1),
+            local_addr,
+            jobs: Mutex::new(VecDeque::new()),
+            job_ready: Condvar::new(),
+            queueing: AtomicUsize::new(loops.len()),
+            loops,
+            open: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            jobs_closed: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+            running: Counter::default(),
+        }
+    }
+}
+
+/// How many I/O loops serve the connections: one per core (as nginx's `worker_processes
+/// auto`), at most [`MAX_IO_LOOPS`].
+fn io_loops() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get().min(MAX_IO_LOOPS))
+}
+
+/// How the workers, the pipes and the other loops reach one I/O loop.
+struct Mailbox {
+    /// News for the loop; the first since the loop last took them is followed by a wake-up.
+    news: Mutex<Vec<News>>,
+    waker: Waker,
+}
+
+impl Shared {
+    /// Hands `news` to I/O loop `io`.
+    fn tell(&self, io: usize, news: News) {
+        let mailbox = &self.loops[io];
+        let mut queue = lock(&mailbox.news);
+        queue.push(news);
+        // Only the first news since the loop last took them wakes it: that wake-up is still
+        // pending for the rest, and the loop takes them all at once (one write to the waker
+        // and one turn of the loop for a batch of answers).
+        let first = queue.len() == 1;
+        drop(queue);
+        if !first {
+            return;
+        }
+        if let Err(e) = mailbox.waker.wake() {
             log::error!("cannot wake the I/O loop: {e}");
+        }
+    }
+
+    /// Wakes every I/O loop (to see `stopping` or `abort`).
+    fn wake_all(&self) {
+        for mailbox in &self.loops {
+            let _ = mailbox.waker.wake();
         }
     }
 
@@ -289,8 +378,12 @@ impl Shared {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// No request will be queued any more: the workers leave once the queue is empty.
+    /// One more I/O loop queues no more requests; after the last, the workers leave once the
+    /// queue is empty. Called once per loop.
     fn close_jobs(&self) {
+        if self.queueing.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
         self.jobs_closed.store(true, Ordering::Release);
         let _jobs = lock(&self.jobs);
         self.job_ready.notify_all();
@@ -299,6 +392,8 @@ impl Shared {
 
 /// A complete request for a worker.
 struct Job {
+    /// The I/O loop of the connection.
+    io: usize,
     token: Token,
     serial: u64,
     request: Request,
@@ -308,6 +403,8 @@ struct Job {
     http10: bool,
     close: bool,
     started: Instant,
+    /// Already made by [`RequestHandler::handle_inline`] (a streamed one): only written here.
+    response: Option<Response>,
 }
 
 /// What the workers and pipes tell the I/O loop.
@@ -322,10 +419,13 @@ enum News {
     },
     /// A streamed body has more to write, or ended.
     Piece { token: Token, serial: u64 },
+    /// A connection accepted by another loop, for this one to serve (counted in
+    /// [`Shared::open`] already).
+    Adopt(TcpStream),
 }
 
 impl Server {
-    /// Binds, starts the I/O loop and `workers` handler threads; returns once listening. With
+    /// Binds, starts the I/O loops and `workers` handler threads; returns once listening. With
     /// [`Options::tls`], the certificate chain and key are checked first: an unusable one is an
     /// `InvalidInput` error naming `tls_cert` or `tls_key`.
     pub fn start(options: Options, handler: Handler) -> io::Result<Server> {
@@ -343,29 +443,18 @@ impl Server {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let kept = listener.try_clone()?;
-        let poll = Poll::new()?;
-        let waker = Waker::new(poll.registry(), WAKER)?;
-        let shared = Arc::new(Shared {
-            handler,
-            api_style: options.api_style,
-            limits: Limits {
-                max_head_bytes: options.max_head_bytes.max(256),
-                max_headers: options.max_headers.max(1),
-                max_body_bytes: options.max_body_bytes,
-            },
-            read_timeout,
-            idle_timeout: options.idle_timeout.max(MIN_TIMEOUT),
-            max_connections: options.max_connections.max(1),
-            local_addr,
-            jobs: Mutex::new(VecDeque::new()),
-            job_ready: Condvar::new(),
-            news: Mutex::new(Vec::new()),
-            waker,
-            stopping: AtomicBool::new(false),
-            jobs_closed: AtomicBool::new(false),
-            abort: AtomicBool::new(false),
-            running: Counter::default(),
-        });
+        let polls = (0..io_loops())
+            .map(|_| Poll::new())
+            .collect::<io::Result<Vec<_>>>()?;
+        let loops = polls
+            .iter()
+            .map(|poll| {
+                let waker = Waker::new(poll.registry(), WAKER)?;
+                let news = Mutex::new(Vec::new());
+                Ok(Mailbox { news, waker })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let shared = Arc::new(Shared::new(&options, handler, local_addr, loops));
         let mut server = Server {
             shared: Arc::clone(&shared),
             listener: Some(kept),
@@ -376,14 +465,18 @@ impl Server {
             workers,
             tls,
         };
-        let io_loop = IoLoop::new(
-            Arc::clone(&shared),
-            poll,
-            mio::net::TcpListener::from_std(listener),
-            tls_config,
-        )?;
-        // On an error below, dropping `server` stops whatever was started.
-        server.spawn("http-io".into(), move || io_loop.run())?;
+        let mut listener = Some(mio::net::TcpListener::from_std(listener));
+        for (io, poll) in polls.into_iter().enumerate() {
+            let io_loop = IoLoop::new(
+                Arc::clone(&shared),
+                io,
+                poll,
+                listener.take(),
+                tls_config.clone(),
+            )?;
+            // On an error below, dropping `server` stops whatever was started.
+            server.spawn(format!("http-io-{io}"), move || io_loop.run())?;
+        }
         for i in 0..workers {
             server.spawn(format!("http-worker-{i}"), {
                 let shared = Arc::clone(&shared);
@@ -391,9 +484,11 @@ impl Server {
             })?;
         }
         log::info!(
-            "listening on {}://{local_addr} ({workers} workers, read timeout {} ms, idle \
-             timeout {} ms, head limit {} bytes / {} fields, body limit {} bytes, {} connections)",
+            "listening on {}://{local_addr} ({} I/O threads, {workers} workers, read timeout {} \
+             ms, idle timeout {} ms, head limit {} bytes / {} fields, body limit {} bytes, {} \
+             connections)",
             server.scheme(),
+            shared.loops.len(),
             read_timeout.as_millis(),
             shared.idle_timeout.as_millis(),
             shared.limits.max_head_bytes,
@@ -456,12 +551,12 @@ impl Server {
             let _jobs = lock(&self.shared.jobs);
             self.shared.job_ready.notify_all();
         }
-        let _ = self.shared.waker.wake();
+        self.shared.wake_all();
         let mut all_ended = self.shared.running.wait_zero_until(deadline);
         if !all_ended {
             // The grace period is over: the loop closes every connection and ends.
             self.shared.abort.store(true, Ordering::Release);
-            let _ = self.shared.waker.wake();
+            self.shared.wake_all();
             all_ended = self
                 .shared
                 .running
@@ -555,43 +650,49 @@ fn worker_loop(shared: &Arc<Shared>) {
                 if shared.jobs_closed.load(Ordering::Acquire) {
                     break None;
                 }
-                jobs = shared
-                    .job_ready
-                    .wait(jobs)
-                    .unwrap_or_else(PoisonError::into_inner);
+                jobs = wait(&shared.job_ready, jobs);
             }
         };
         let Some(job) = job else { break };
-        let (token, serial) = (job.token, job.serial);
+        let (io, token, serial) = (job.io, job.token, job.serial);
         if panic::catch_unwind(AssertUnwindSafe(|| serve(shared, job))).is_err() {
             // E.g. `answered` panicked: the connection still gets an answer, and is closed.
             log::error!("request handling failed outside the handler");
             let out = render(&panic_response(shared.api_style), false, true);
-            shared.tell(News::Response {
-                token,
-                serial,
-                out,
-                pipe: None,
-                close: true,
-            });
+            shared.tell(
+                io,
+                News::Response {
+                    token,
+                    serial,
+                    out,
+                    pipe: None,
+                    close: true,
+                },
+            );
         }
     }
 }
 
 /// Calls the handler for one complete request and hands the response to the I/O loop; a
 /// streamed body is then written through its pipe.
-fn serve(shared: &Arc<Shared>, job: Job) {
-    let mut response = call_handler(&shared.handler, &job.request, shared.api_style);
+fn serve(shared: &Arc<Shared>, mut job: Job) {
+    let mut response = match job.response.take() {
+        Some(response) => response,
+        None => call_handler(&shared.handler, &job.request, shared.api_style),
+    };
     answered(shared, &job.request, response.status, job.started);
     let close = job.close || shared.stopping();
     let respond = |out, pipe, close| {
-        shared.tell(News::Response {
-            token: job.token,
-            serial: job.serial,
-            out,
-            pipe,
-            close,
-        })
+        shared.tell(
+            job.io,
+            News::Response {
+                token: job.token,
+                serial: job.serial,
+                out,
+                pipe,
+                close,
+            },
+        )
     };
     let stream = response.stream.take().and_then(|s| s.take());
     let Some(stream) = stream else {
@@ -619,7 +720,12 @@ fn serve(shared: &Arc<Shared>, job: Job) {
         respond(out, None, close);
         return;
     }
-    let pipe = Arc::new(Pipe::new(job.token, job.serial, shared.read_timeout));
+    let pipe = Arc::new(Pipe::new(
+        job.io,
+        job.token,
+        job.serial,
+        shared.read_timeout,
+    ));
     respond(out, Some(Arc::clone(&pipe)), close);
     write_stream(shared, &pipe, stream, length == BodyLength::Chunked, &job);
 }
@@ -660,10 +766,13 @@ fn write_stream(
         }
     };
     pipe.finish(ok);
-    shared.tell(News::Piece {
-        token: pipe.token,
-        serial: pipe.serial,
-    });
+    shared.tell(
+        pipe.io,
+        News::Piece {
+            token: pipe.token,
+            serial: pipe.serial,
+        },
+    );
 }
 
 /// Logs one line for an answered request and tells the handler (which counts it in the
@@ -683,8 +792,20 @@ fn answered(shared: &Shared, request: &Request, status: u16, started: Instant) {
 
 /// Calls the handler; a panic becomes a logged 500 problem response.
 fn call_handler(handler: &Handler, request: &Request, style: ApiStyle) -> Response {
-    match panic::catch_unwind(AssertUnwindSafe(|| handler.handle(request))) {
-        Ok(response) => response,
+    unpanicked(request, || handler.handle(request)).unwrap_or_else(|()| panic_response(style))
+}
+
+/// Asks the handler to answer on the I/O thread ([`RequestHandler::handle_inline`]); a panic
+/// becomes a logged 500 problem response.
+fn call_inline(handler: &Handler, request: &Request, style: ApiStyle) -> Option<Response> {
+    unpanicked(request, || handler.handle_inline(request))
+        .unwrap_or_else(|()| Some(panic_response(style)))
+}
+
+/// Runs a handler method for `request`; a panic is logged and becomes `Err`.
+fn unpanicked<R>(request: &Request, call: impl FnOnce() -> R) -> Result<R, ()> {
+    match panic::catch_unwind(AssertUnwindSafe(call)) {
+        Ok(result) => Ok(result),
         Err(payload) => {
             let what = payload
                 .downcast_ref::<&str>()
@@ -696,7 +817,7 @@ fn call_handler(handler: &Handler, request: &Request, style: ApiStyle) -> Respon
                 request.method,
                 http1::log_target(request.path())
             );
-            panic_response(style)
+            Err(())
         }
     }
 }
@@ -764,6 +885,8 @@ fn http_date() -> String {
 // Streamed bodies: a bounded pipe from a worker to the I/O loop
 
 struct Pipe {
+    /// The I/O loop of the connection.
+    io: usize,
     token: Token,
     serial: u64,
     state: Mutex<PipeState>,
@@ -784,8 +907,9 @@ struct PipeState {
 }
 
 impl Pipe {
-    fn new(token: Token, serial: u64, stall: Duration) -> Self {
+    fn new(io: usize, token: Token, serial: u64, stall: Duration) -> Self {
         Pipe {
+            io,
             token,
             serial,
             state: Mutex::new(PipeState {
@@ -888,10 +1012,13 @@ impl PipeWriter<'_> {
             piece.extend_from_slice(b"0\r\n\r\n");
         }
         self.pipe.push(piece)?;
-        self.shared.tell(News::Piece {
-            token: self.pipe.token,
-            serial: self.pipe.serial,
-        });
+        self.shared.tell(
+            self.pipe.io,
+            News::Piece {
+                token: self.pipe.token,
+                serial: self.pipe.serial,
+            },
+        );
         Ok(())
     }
 }
@@ -949,6 +1076,49 @@ enum BodyRead {
     },
 }
 
+impl BodyRead {
+    /// Moves what `inbuf` holds of the body into it: `Ok(true)` once the body is complete, an
+    /// error when it cannot be (bad chunked syntax or bounds, or the input ended: `eof`).
+    fn feed(&mut self, inbuf: &mut Vec<u8>, eof: bool, limits: &Limits) -> Result<bool, ApiError> {
+        let complete = match self {
+            BodyRead::Length { left, body } => {
+                let take = (*left).min(inbuf.len());
+                body.extend(inbuf.drain(..take));
+                *left -= take;
+                if *left > 0 && eof {
+                    return Err(ApiError::BadRequest {
+                        detail: format!(
+                            "the connection ended after {} of the {} declared body bytes",
+                            body.len(),
+                            body.len() + *left
+                        ),
+                    });
+                }
+                *left == 0
+            }
+            BodyRead::Chunked { decoder, body } => {
+                let used = decoder
+                    .feed(inbuf, body, limits)
+                    .map_err(|e| e.into_api_error(limits))?;
+                inbuf.drain(..used);
+                if !decoder.is_done() && eof {
+                    return Err(ApiError::BadRequest {
+                        detail: "the connection ended inside a chunked body".into(),
+                    });
+                }
+                decoder.is_done()
+            }
+        };
+        Ok(complete)
+    }
+
+    fn into_body(self) -> Vec<u8> {
+        match self {
+            BodyRead::Length { body, .. } | BodyRead::Chunked { body, .. } => body,
+        }
+    }
+}
+
 struct Conn {
     sock: TcpStream,
     tls: Option<Box<rustls::ServerConnection>>,
@@ -971,14 +1141,54 @@ struct Conn {
     overflow: bool,
 }
 
+/// The connection of `token` in `conns` (apart from [`IoLoop::conn`], so that the loop's
+/// other fields can be borrowed beside it).
+fn slot(conns: &mut [Option<Conn>], token: Token) -> Option<&mut Conn> {
+    conns
+        .get_mut(token.0.checked_sub(FIRST_CONN)?)
+        .and_then(Option::as_mut)
+}
+
+impl Conn {
+    /// How many bytes the phase can take now (`Some(0)`: none, but a TLS handshake goes on);
+    /// `None` when nothing is to be read.
+    fn wants(&self, limits: &Limits) -> Option<usize> {
+        if self.eof {
+            return None;
+        }
+        let want = match &self.phase {
+            Phase::Head { .. } => (limits.max_head_bytes + 1).saturating_sub(self.inbuf.len()),
+            Phase::Body {
+                body: BodyRead::Length { left, .. },
+                ..
+            } => left.saturating_sub(self.inbuf.len()),
+            Phase::Body { .. } => READ_CHUNK.saturating_sub(self.inbuf.len()),
+            Phase::Lingering { .. } => READ_CHUNK,
+            // A handshake goes on whatever the phase (a 503 to a TLS client needs it).
+            Phase::Waiting | Phase::Writing { .. } if self.handshaking => 0,
+            Phase::Waiting | Phase::Writing { .. } => return None,
+        };
+        let want = want.min(READ_CHUNK);
+        (want > 0 || self.handshaking).then_some(want)
+    }
+}
+
+/// One I/O loop: the connections it serves, and for loop 0 the listener.
 struct IoLoop {
     shared: Arc<Shared>,
+    /// This loop's number (its mailbox in [`Shared::loops`]).
+    io: usize,
     poll: Poll,
+    /// Loop 0's: it accepts, refuses past `max_connections`, and hands the others out in turn.
     listener: Option<mio::net::TcpListener>,
+    /// The loop the next accepted connection goes to.
+    next_loop: usize,
+    /// Still queueing requests (its shutdown has not begun).
+    queueing: bool,
     tls: Option<Arc<rustls::ServerConfig>>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
-    open: usize,
+    /// 503 refusals past `max_connections` being answered by this loop.
     overflow: usize,
     serial: u64,
     /// Accepting is paused (descriptor exhaustion) until then.
@@ -987,32 +1197,42 @@ struct IoLoop {
     exhausted: bool,
     /// Earliest deadline of any connection (a sweep runs then).
     next_sweep: Option<Instant>,
+    /// Connections to drive again at the end of this turn without waiting for an event: one
+    /// that just finished an answer (its client's next request may be there already; the
+    /// socket is edge-triggered, so no new event would say so) or that made progress for long.
+    again: Vec<Token>,
     scratch: Vec<u8>,
 }
 
 impl IoLoop {
     fn new(
         shared: Arc<Shared>,
+        io: usize,
         poll: Poll,
-        mut listener: mio::net::TcpListener,
+        mut listener: Option<mio::net::TcpListener>,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> io::Result<IoLoop> {
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        if let Some(listener) = &mut listener {
+            poll.registry()
+                .register(listener, LISTENER, Interest::READABLE)?;
+        }
         Ok(IoLoop {
             shared,
+            io,
             poll,
-            listener: Some(listener),
+            listener,
+            next_loop: 0,
+            queueing: true,
             tls,
             conns: Vec::new(),
             free: Vec::new(),
-            open: 0,
             overflow: 0,
             serial: 0,
             accept_paused: None,
             backoff: ACCEPT_BACKOFF_MIN,
             exhausted: false,
             next_sweep: None,
+            again: Vec::new(),
             scratch: vec![0; READ_CHUNK],
         })
     }
@@ -1024,7 +1244,7 @@ impl IoLoop {
                 break;
             }
             if self.shared.stopping() {
-                if self.listener.is_some() {
+                if self.queueing {
                     self.begin_shutdown();
                 }
                 if !self.busy() {
@@ -1036,8 +1256,11 @@ impl IoLoop {
                 .into_iter()
                 .flatten()
                 .min();
-            let timeout =
-                wake_at.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1));
+            let timeout = if self.again.is_empty() {
+                wake_at.map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+            } else {
+                Some(Duration::ZERO) // new events are looked at, then `again` is driven
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("polling failed: {e}");
@@ -1053,6 +1276,9 @@ impl IoLoop {
                 }
             }
             self.take_news();
+            for token in std::mem::take(&mut self.again) {
+                self.drive(token);
+            }
             if self.accept_paused.is_some_and(|t| Instant::now() >= t) {
                 self.accept_paused = None;
                 self.accept();
@@ -1061,7 +1287,7 @@ impl IoLoop {
                 self.sweep();
             }
         }
-        let remaining = self.open;
+        let remaining = self.conns.iter().flatten().count();
         for i in 0..self.conns.len() {
             self.close(Token(i + FIRST_CONN));
         }
@@ -1092,7 +1318,9 @@ impl IoLoop {
                 self.close(token);
             }
         }
-        // No connection left can read another request: the workers finish the queue and leave.
+        // No connection left can read another request: the workers finish the queue and leave
+        // (once every loop is past this point).
+        self.queueing = false;
         self.shared.close_jobs();
     }
 
@@ -1113,7 +1341,7 @@ impl IoLoop {
                         self.exhausted = false;
                     }
                     self.backoff = ACCEPT_BACKOFF_MIN;
-                    self.add(sock);
+                    self.hand_out(sock);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => match classify_accept_error(&e) {
@@ -1134,18 +1362,43 @@ impl IoLoop {
         }
     }
 
-    fn add(&mut self, mut sock: TcpStream) {
-        let overflow = self.open >= self.shared.max_connections;
-        if overflow && self.overflow >= OVERFLOW_SLOTS {
-            return; // dropped: closed unanswered
+    /// A connection just accepted: refused here past `max_connections` (at most
+    /// [`OVERFLOW_SLOTS`] refusals at once, past that closed unanswered), else served by the
+    /// next loop in turn (the connections of a few busy clients spread over the loops).
+    fn hand_out(&mut self, sock: TcpStream) {
+        let shared = Arc::clone(&self.shared);
+        if shared.open.load(Ordering::Acquire) >= shared.max_connections {
+            if self.overflow < OVERFLOW_SLOTS {
+                self.add(sock, true);
+            }
+            return;
         }
+        // Only this loop adds to the count: the check above cannot be overtaken.
+        shared.open.fetch_add(1, Ordering::AcqRel);
+        let io = self.next_loop;
+        self.next_loop = (io + 1) % shared.loops.len();
+        if io == self.io {
+            self.add(sock, false);
+        } else {
+            shared.tell(io, News::Adopt(sock));
+        }
+    }
+
+    /// Serves a connection (`overflow`: only to refuse it 503); gives up its place in
+    /// [`Shared::open`] if it cannot be watched.
+    fn add(&mut self, mut sock: TcpStream, overflow: bool) {
         let _ = sock.set_nodelay(true);
+        let give_up = |shared: &Shared| {
+            if !overflow {
+                shared.open.fetch_sub(1, Ordering::AcqRel);
+            }
+        };
         let tls = match &self.tls {
             Some(config) => match rustls::ServerConnection::new(Arc::clone(config)) {
                 Ok(c) => Some(Box::new(c)),
                 Err(e) => {
                     log::warn!("cannot set up TLS for a connection: {e}");
-                    return;
+                    return give_up(&self.shared);
                 }
             },
             None => None,
@@ -1162,7 +1415,7 @@ impl IoLoop {
         {
             log::warn!("cannot watch an accepted connection: {e}");
             self.free.push(index);
-            return;
+            return give_up(&self.shared);
         }
         let handshaking = tls.is_some();
         self.conns[index] = Some(Conn {
@@ -1186,7 +1439,6 @@ impl IoLoop {
             };
             self.refuse(token, error, None, Instant::now());
         } else {
-            self.open += 1;
             self.set_deadline(token, self.shared.read_timeout);
         }
         self.drive(token);
@@ -1207,15 +1459,13 @@ impl IoLoop {
         if conn.overflow {
             self.overflow -= 1;
         } else {
-            self.open -= 1;
+            self.shared.open.fetch_sub(1, Ordering::AcqRel);
         }
         self.free.push(index);
     }
 
     fn conn(&mut self, token: Token) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(token.0.checked_sub(FIRST_CONN)?)
-            .and_then(Option::as_mut)
+        slot(&mut self.conns, token)
     }
 
     fn set_deadline(&mut self, token: Token, after: Duration) {
@@ -1278,7 +1528,7 @@ impl IoLoop {
     // --- news from the workers
 
     fn take_news(&mut self) {
-        let news = std::mem::take(&mut *lock(&self.shared.news));
+        let news = std::mem::take(&mut *lock(&self.shared.loops[self.io].news));
         for item in news {
             match item {
                 News::Response {
@@ -1310,16 +1560,26 @@ impl IoLoop {
                         self.drive(token);
                     }
                 }
+                News::Adopt(sock) if self.queueing => self.add(sock, false),
+                News::Adopt(sock) => {
+                    // Shutting down: closed like the idle connections.
+                    drop(sock);
+                    self.shared.open.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         }
     }
 
     // --- one connection
 
-    /// Makes all the progress possible on a connection: reading, parsing, writing.
+    /// Makes all the progress possible on a connection: reading, parsing, writing; up to its
+    /// next answer written, after which it waits for the other connections' turn (in
+    /// [`IoLoop::again`]), so that a client quick to send its next request does not keep the
+    /// loop to itself.
     fn drive(&mut self, token: Token) {
         for _ in 0..64 {
             let Some(conn) = self.conn(token) else { return };
+            let writing = matches!(conn.phase, Phase::Writing { .. });
             let mut progressed = false;
             match flush(conn) {
                 Ok(wrote) => {
@@ -1336,6 +1596,11 @@ impl IoLoop {
             }
             progressed |= self.pull_piece(token);
             progressed |= self.after_write(token);
+            let next = self.conn(token).map(|c| &c.phase);
+            if writing && matches!(next, Some(Phase::Head { .. })) {
+                self.again.push(token);
+                return;
+            }
             progressed |= self.read(token);
             progressed |= self.process(token);
             if !progressed {
@@ -1343,8 +1608,7 @@ impl IoLoop {
             }
         }
         // Still progressing: resume on the next turn of the loop (fairness).
-        let serial = self.conn(token).map_or(0, |c| c.serial);
-        self.shared.tell(News::Piece { token, serial });
+        self.again.push(token);
     }
 
     /// Moves a streamed piece into the output when it is empty.
@@ -1434,61 +1698,27 @@ impl IoLoop {
     /// Reads what the phase can take. Returns whether anything arrived (or the end).
     fn read(&mut self, token: Token) -> bool {
         let limits = self.shared.limits;
-        let Some(conn) = self
-            .conns
-            .get_mut(token.0 - FIRST_CONN)
-            .and_then(Option::as_mut)
-        else {
+        let read_timeout = self.shared.read_timeout;
+        let Some(conn) = slot(&mut self.conns, token) else {
             return false;
         };
-        if conn.eof {
+        let Some(want) = conn.wants(&limits) else {
             return false;
-        }
-        let want = match &conn.phase {
-            Phase::Head { .. } => (limits.max_head_bytes + 1).saturating_sub(conn.inbuf.len()),
-            Phase::Body {
-                body: BodyRead::Length { left, .. },
-                ..
-            } => left.saturating_sub(conn.inbuf.len()),
-            Phase::Body { .. } => READ_CHUNK.saturating_sub(conn.inbuf.len()),
-            Phase::Lingering { .. } => READ_CHUNK,
-            // A handshake goes on whatever the phase (a 503 to a TLS client needs it).
-            Phase::Waiting | Phase::Writing { .. } if conn.handshaking => 0,
-            Phase::Waiting | Phase::Writing { .. } => return false,
         };
-        let want = want.min(READ_CHUNK);
-        if want == 0 && !conn.handshaking {
-            return false;
-        }
-        let buf = &mut self.scratch;
-        let got = if let Some(tls) = &mut conn.tls {
-            read_tls(tls, &mut conn.sock, &mut buf[..want])
-        } else if want == 0 {
-            Ok(None)
-        } else {
-            match conn.sock.read(&mut buf[..want]) {
-                Ok(0) => Err(true),
-                Ok(n) => Ok(Some(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
-                Err(_) => Err(false),
-            }
+        let buf = &mut self.scratch[..want];
+        let got = match &mut conn.tls {
+            Some(tls) => read_tls(tls, &mut conn.sock, buf),
+            None if want == 0 => Ok(None),
+            None => read_plain(&mut conn.sock, buf),
         };
-        if let Some(tls) = &conn.tls {
-            if conn.handshaking && !tls.is_handshaking() {
-                // The handshake is done: the first head gets its own read_timeout.
-                conn.handshaking = false;
-                if matches!(conn.phase, Phase::Head { .. }) {
-                    let t = self.shared.read_timeout;
-                    self.set_deadline(token, t);
-                }
+        if conn.handshaking && conn.tls.as_ref().is_some_and(|t| !t.is_handshaking()) {
+            // The handshake is done: the first head gets its own read_timeout.
+            conn.handshaking = false;
+            if matches!(conn.phase, Phase::Head { .. }) {
+                self.set_deadline(token, read_timeout);
             }
         }
-        let Some(conn) = self
-            .conns
-            .get_mut(token.0 - FIRST_CONN)
-            .and_then(Option::as_mut)
-        else {
+        let Some(conn) = slot(&mut self.conns, token) else {
             return false;
         };
         match got {
@@ -1516,7 +1746,6 @@ impl IoLoop {
 
     /// Acts on what was read: heads, bodies, the end of the input.
     fn process(&mut self, token: Token) -> bool {
-        let limits = self.shared.limits;
         let Some(conn) = self.conn(token) else {
             return false;
         };
@@ -1527,145 +1756,112 @@ impl IoLoop {
             }
             return false;
         }
-        match &mut conn.phase {
-            Phase::Head { idle } => {
-                let skip = http1::leading_empty_lines(&conn.inbuf);
-                if skip > 0 {
-                    conn.inbuf.drain(..skip);
-                    conn.scanned = 0;
-                }
-                if conn.inbuf.is_empty() {
-                    if conn.eof {
-                        self.close(token);
-                        return true;
-                    }
-                    return false;
-                }
-                if *idle {
-                    // The first byte of a request: its head has read_timeout in total.
-                    *idle = false;
-                    self.set_deadline(token, self.shared.read_timeout);
-                    return true;
-                }
-                let from = conn.scanned;
-                match http1::head_end(&conn.inbuf, from) {
-                    Some(end) if end <= limits.max_head_bytes => {
-                        let parsed = http1::parse_head(&conn.inbuf[..end], &limits);
-                        let line = parsed
-                            .is_err()
-                            .then(|| http1::request_line(&conn.inbuf[..end]));
-                        conn.inbuf.drain(..end);
-                        conn.scanned = 0;
-                        match parsed {
-                            Ok(head) => self.on_head(token, head),
-                            Err(e) => self.refuse_head(token, e, line),
-                        }
-                        true
-                    }
-                    Some(_) => {
-                        let head = &conn.inbuf[..limits.max_head_bytes];
-                        let (e, line) = (http1::oversized_head(head), http1::request_line(head));
-                        self.refuse_head(token, e, Some(line));
-                        true
-                    }
-                    None if conn.inbuf.len() > limits.max_head_bytes => {
-                        let head = &conn.inbuf[..limits.max_head_bytes];
-                        let (e, line) = (http1::oversized_head(head), http1::request_line(head));
-                        self.refuse_head(token, e, Some(line));
-                        true
-                    }
-                    None if conn.eof => {
-                        let line = http1::request_line(&conn.inbuf);
-                        let e = HeadError::Bad("the connection ended inside a request head".into());
-                        self.refuse_head(token, e, Some(line));
-                        true
-                    }
-                    None => {
-                        conn.scanned = conn.inbuf.len();
-                        false
-                    }
-                }
-            }
-            Phase::Body { body, .. } => {
-                let result = match body {
-                    BodyRead::Length { left, body } => {
-                        let take = (*left).min(conn.inbuf.len());
-                        body.extend(conn.inbuf.drain(..take));
-                        *left -= take;
-                        if *left == 0 {
-                            Ok(true)
-                        } else if conn.eof {
-                            Err(ApiError::BadRequest {
-                                detail: format!(
-                                    "the connection ended after {} of the {} declared body bytes",
-                                    body.len(),
-                                    body.len() + *left
-                                ),
-                            })
-                        } else {
-                            Ok(take > 0)
-                        }
-                    }
-                    BodyRead::Chunked { decoder, body } => {
-                        match decoder.feed(&conn.inbuf, body, &limits) {
-                            Ok(used) => {
-                                conn.inbuf.drain(..used);
-                                if decoder.is_done() {
-                                    Ok(true)
-                                } else if conn.eof {
-                                    Err(ApiError::BadRequest {
-                                        detail: "the connection ended inside a chunked body".into(),
-                                    })
-                                } else {
-                                    Ok(used > 0)
-                                }
-                            }
-                            Err(e) => Err(e.into_api_error(&limits)),
-                        }
-                    }
-                };
-                let complete = matches!(
-                    &conn.phase,
-                    Phase::Body {
-                        body: BodyRead::Length { left: 0, .. },
-                        ..
-                    }
-                ) || matches!(
-                    &conn.phase,
-                    Phase::Body { body: BodyRead::Chunked { decoder, .. }, .. } if decoder.is_done()
-                );
-                match result {
-                    Ok(_) if complete => {
-                        let Phase::Body {
-                            mut request,
-                            head,
-                            body,
-                            started,
-                        } = std::mem::replace(&mut conn.phase, Phase::Waiting)
-                        else {
-                            unreachable!()
-                        };
-                        request.body = match body {
-                            BodyRead::Length { body, .. } | BodyRead::Chunked { body, .. } => body,
-                        };
-                        self.dispatch(token, request, &head, started);
-                        true
-                    }
-                    Ok(progressed) => progressed,
-                    Err(error) => {
-                        let Phase::Body {
-                            request, started, ..
-                        } = std::mem::replace(&mut conn.phase, Phase::Waiting)
-                        else {
-                            unreachable!()
-                        };
-                        self.refuse(token, error, Some(request), started);
-                        true
-                    }
-                }
-            }
+        match conn.phase {
+            Phase::Head { .. } => self.process_head(token),
+            Phase::Body { .. } => self.process_body(token),
             Phase::Waiting | Phase::Writing { .. } | Phase::Lingering { .. } => false,
         }
+    }
+
+    /// Waiting for a head: skips the empty lines before it, starts its clock at its first
+    /// byte, then parses it once complete, or refuses it once over its bound or cut short.
+    fn process_head(&mut self, token: Token) -> bool {
+        let limits = self.shared.limits;
+        let read_timeout = self.shared.read_timeout;
+        let Some(conn) = self.conn(token) else {
+            return false;
+        };
+        let Phase::Head { idle } = &mut conn.phase else {
+            return false;
+        };
+        let skip = http1::leading_empty_lines(&conn.inbuf);
+        if skip > 0 {
+            conn.inbuf.drain(..skip);
+            conn.scanned = 0;
+        }
+        if conn.inbuf.is_empty() {
+            if conn.eof {
+                self.close(token);
+                return true;
+            }
+            return false;
+        }
+        if *idle {
+            // The first byte of a request: its head has read_timeout in total.
+            *idle = false;
+            self.set_deadline(token, read_timeout);
+            return true;
+        }
+        let max = limits.max_head_bytes;
+        match http1::head_end(&conn.inbuf, conn.scanned) {
+            Some(end) if end <= max => {
+                let parsed = http1::parse_head(&conn.inbuf[..end], &limits);
+                let line = parsed
+                    .is_err()
+                    .then(|| http1::request_line(&conn.inbuf[..end]));
+                conn.inbuf.drain(..end);
+                conn.scanned = 0;
+                match parsed {
+                    Ok(head) => self.on_head(token, head),
+                    Err(e) => self.refuse_head(token, e, line),
+                }
+            }
+            Some(_) => self.refuse_oversized_head(token),
+            None if conn.inbuf.len() > max => self.refuse_oversized_head(token),
+            None if conn.eof => {
+                let line = http1::request_line(&conn.inbuf);
+                let e = HeadError::Bad("the connection ended inside a request head".into());
+                self.refuse_head(token, e, Some(line));
+            }
+            None => {
+                conn.scanned = conn.inbuf.len();
+                return false;
+            }
+        }
+        true
+    }
+
+    /// `max_head_bytes` arrived without the end of the head: 414 or 431.
+    fn refuse_oversized_head(&mut self, token: Token) {
+        let max = self.shared.limits.max_head_bytes;
+        let Some(conn) = self.conn(token) else { return };
+        let head = &conn.inbuf[..max];
+        let (e, line) = (http1::oversized_head(head), http1::request_line(head));
+        self.refuse_head(token, e, Some(line));
+    }
+
+    /// Reading a body: takes what arrived; hands the complete request on, or refuses it.
+    fn process_body(&mut self, token: Token) -> bool {
+        let limits = self.shared.limits;
+        let Some(conn) = self.conn(token) else {
+            return false;
+        };
+        let Phase::Body { body, .. } = &mut conn.phase else {
+            return false;
+        };
+        let before = conn.inbuf.len();
+        let result = body.feed(&mut conn.inbuf, conn.eof, &limits);
+        let progressed = conn.inbuf.len() != before;
+        if let Ok(false) = result {
+            return progressed;
+        }
+        let Phase::Body {
+            mut request,
+            head,
+            body,
+            started,
+        } = std::mem::replace(&mut conn.phase, Phase::Waiting)
+        else {
+            unreachable!("the phase was matched above")
+        };
+        match result {
+            Ok(_) => {
+                request.body = body.into_body();
+                self.dispatch(token, request, &head, started);
+            }
+            Err(error) => self.refuse(token, error, Some(request), started),
+        }
+        true
     }
 
     /// Refuses a head that could not be accepted; `line` is its method and target as far as
@@ -1731,7 +1927,8 @@ impl IoLoop {
         conn.serial = serial;
         conn.phase = Phase::Waiting;
         conn.deadline = None;
-        let job = Job {
+        let mut job = Job {
+            io: self.io,
             token,
             serial,
             head_only: request.method == "HEAD",
@@ -1739,7 +1936,19 @@ impl IoLoop {
             close: head.close,
             request,
             started,
+            response: None,
         };
+        match call_inline(&self.shared.handler, &job.request, self.shared.api_style) {
+            Some(response) if response.stream.is_none() => {
+                // Answered here: no worker, no wake-up; the same log line, report and framing.
+                answered(&self.shared, &job.request, response.status, started);
+                let close = job.close || self.shared.stopping();
+                let out = render(&response, job.head_only, close);
+                return self.write_answer(token, out, close);
+            }
+            Some(streamed) => job.response = Some(streamed),
+            None => {}
+        }
         lock(&self.shared.jobs).push_back(job);
         self.shared.job_ready.notify_one();
     }
@@ -1834,6 +2043,18 @@ fn flush(conn: &mut Conn) -> io::Result<bool> {
     Ok(progressed)
 }
 
+/// Reads from a plain connection: `Ok(Some(n))` bytes into `buf` (0 after an interrupted
+/// read), `Ok(None)` nothing yet, `Err(clean)` the end (`clean`: the client closed).
+fn read_plain(sock: &mut TcpStream, buf: &mut [u8]) -> Result<Option<usize>, bool> {
+    match sock.read(buf) {
+        Ok(0) => Err(true),
+        Ok(n) => Ok(Some(n)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Some(0)),
+        Err(_) => Err(false),
+    }
+}
+
 /// Reads plaintext from a TLS connection: `Ok(Some(n))` bytes into `buf` (0 when only TLS
 /// records were consumed, e.g. during the handshake), `Ok(None)` nothing yet, `Err(clean)` the
 /// end (`clean`: the client closed; else the TLS session failed).
@@ -1914,15 +2135,11 @@ fn classify_accept_error(e: &io::Error) -> AcceptError {
 impl Drop for IoLoop {
     /// However the loop ends (even by a panic), the workers are not left waiting for requests.
     fn drop(&mut self) {
-        self.shared.close_jobs();
+        if self.queueing {
+            self.queueing = false;
+            self.shared.close_jobs();
+        }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Small synchronisation helpers
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A flag that can be waited for.
@@ -1945,10 +2162,7 @@ impl Signal {
     fn wait(&self) {
         let mut set = lock(&self.set);
         while !*set {
-            set = self
-                .changed
-                .wait(set)
-                .unwrap_or_else(PoisonError::into_inner);
+            set = wait(&self.changed, set);
         }
     }
 }
@@ -2338,6 +2552,92 @@ mod tests {
             );
             assert!(!answer.contains("/smuggled"), "{framing}: {answer}");
         }
+    }
+
+    /// Answers `/fast` and `/stream` on the I/O loop; `/slow` on a worker, once `release` says.
+    struct Inline {
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+        answered: Mutex<Vec<(String, u16)>>,
+    }
+
+    impl RequestHandler for Inline {
+        fn handle(&self, _: &Request) -> Response {
+            let _ = lock(&self.release).recv_timeout(5 * SECOND);
+            Response::json(200, b"slow".to_vec())
+        }
+
+        fn handle_inline(&self, request: &Request) -> Option<Response> {
+            match request.path() {
+                "/fast" => Some(Response::json(200, request.target.clone().into_bytes())),
+                "/stream" => Some(streaming(3).handle(request)),
+                _ => None,
+            }
+        }
+
+        fn answered(&self, request: &Request, status: u16, _: Duration) {
+            lock(&self.answered).push((format!("{} {}", request.method, request.target), status));
+        }
+    }
+
+    #[test]
+    fn inline_answers_need_no_worker_and_keep_order_head_and_the_report() {
+        let (release, rx) = std::sync::mpsc::channel();
+        let handler = Arc::new(Inline {
+            release: Mutex::new(rx),
+            answered: Mutex::new(Vec::new()),
+        });
+        let server = Server::start(options(1), handler.clone()).unwrap();
+        // The only worker is held by /slow ...
+        let mut slow = connect(&server);
+        slow.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        thread::sleep(Duration::from_millis(100));
+        // ... while pipelined requests answered on the loop come back, in order.
+        let text = exchange(
+            &server,
+            b"GET /fast?1 HTTP/1.1\r\nHost: a\r\n\r\nHEAD /fast?2 HTTP/1.1\r\nHost: a\r\n\r\n\
+              GET /fast?3 HTTP/1.0\r\n\r\n",
+        );
+        let bodies: Vec<&str> = text
+            .split("HTTP/1.1 200 OK\r\n")
+            .skip(1)
+            .map(|answer| answer.split_once("\r\n\r\n").unwrap().1)
+            .collect();
+        assert_eq!(bodies, ["/fast?1", "", "/fast?3"], "{text}");
+        assert!(
+            text.contains("Content-Length: 7\r\n\r\nHTTP/1.1"),
+            "HEAD: {text}"
+        );
+        assert!(
+            text.ends_with("Connection: close\r\n\r\n/fast?3"),
+            "1.0: {text}"
+        );
+        release.send(()).unwrap();
+        assert!(read_all(slow).ends_with("slow"));
+        let answered = lock(&handler.answered).clone();
+        let fast: Vec<_> = answered
+            .iter()
+            .filter(|(r, _)| r.contains("fast"))
+            .collect();
+        assert_eq!(fast.len(), 3, "each answered once: {answered:?}");
+        assert_eq!(answered.last().unwrap().0, "GET /slow", "{answered:?}");
+    }
+
+    #[test]
+    fn a_streamed_answer_made_on_the_loop_is_written_by_a_worker() {
+        let (_release, rx) = std::sync::mpsc::channel();
+        let handler = Arc::new(Inline {
+            release: Mutex::new(rx),
+            answered: Mutex::new(Vec::new()),
+        });
+        let server = Server::start(options(1), handler).unwrap();
+        let text = exchange(
+            &server,
+            b"GET /stream HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
+        assert_eq!(dechunk(body).0, expected_lines(3));
     }
 
     /// Its `answered` panics.
