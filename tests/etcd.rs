@@ -185,8 +185,9 @@ fn raw_post(url: &str, body: &str, token: Option<&str>) -> (u16, String) {
 #[test]
 fn a_user_authenticates_and_missing_or_wrong_credentials_are_refused() {
     let test = "a_user_authenticates_and_missing_or_wrong_credentials_are_refused";
-    let Some(etcd) = etcd(test, 1) else {
-        return;
+    // Tokens that expire after 1 s unused, to see the client fetch a new one.
+    let Some(etcd) = Cluster::start_with(test, 1, &["--auth-token-ttl", "1"]) else {
+        return support::skip(test, MISSING);
     };
     let e = &etcd.endpoints()[0];
     for (path, body) in [
@@ -218,6 +219,28 @@ fn a_user_authenticates_and_missing_or_wrong_credentials_are_refused() {
     assert_eq!(value(&c, "/a"), Some(b"1".to_vec()));
     let shown = format!("{c:?}");
     assert!(!shown.contains("root-pw"), "{shown}");
+
+    // Once its token expired, the client authenticates again by itself.
+    let (status, text) = raw_post(
+        &format!("{e}/v3/auth/authenticate"),
+        r#"{"name":"root","password":"root-pw"}"#,
+        None,
+    );
+    assert_eq!(status, 200, "{text}");
+    let token: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let token = token["token"].as_str().unwrap().to_string();
+    c.put(b"/a", b"2", 0).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, text) = raw_post(
+        &format!("{e}/v3/kv/range"),
+        r#"{"key":"L2E="}"#,
+        Some(&token),
+    );
+    assert!(
+        text.contains("invalid auth token"),
+        "the token did not expire: {text}"
+    );
+    assert_eq!(value(&c, "/a"), Some(b"2".to_vec()));
 }
 
 fn settings(prefix: &str, n: usize) -> Settings {
@@ -561,4 +584,41 @@ fn with_one_member_of_three_down_work_goes_on_and_without_quorum_calls_fail_in_b
         .put(b"/q/k", b"7", 0)
         .is_ok()));
     assert_eq!(value(&c, "/q/k"), Some(b"7".to_vec()));
+}
+
+#[test]
+fn a_paused_member_costs_a_call_one_timeout_and_the_client_moves_on() {
+    let test = "a_paused_member_costs_a_call_one_timeout_and_the_client_moves_on";
+    let Some(etcd) = etcd(test, 3) else {
+        return;
+    };
+    let c = client(etcd.endpoints());
+    c.put(b"/p/k", b"0", 0).unwrap();
+    // Member 0, where every call starts, answers nothing but keeps its sockets open.
+    etcd.pause(0);
+    let mut outcomes = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let call = Instant::now();
+        let result = c.put(b"/p/k", b"1", 0);
+        let took = call.elapsed();
+        assert!(took < Duration::from_millis(1500), "{took:?}: {result:?}");
+        let ok = result.is_ok();
+        outcomes.push(result);
+        if ok {
+            break;
+        }
+    }
+    assert!(
+        matches!(outcomes.first(), Some(Err(EtcdError::NoQuorum { .. }))),
+        "the first call went to the paused member: {outcomes:?}"
+    );
+    assert!(matches!(outcomes.last(), Some(Ok(_))), "{outcomes:?}");
+    for n in 2..5 {
+        let text = format!("{n}");
+        c.put(b"/p/k", text.as_bytes(), 0).unwrap();
+        assert_eq!(value(&c, "/p/k"), Some(text.into_bytes()));
+    }
+    etcd.resume(0);
+    etcd.wait_healthy();
 }

@@ -50,6 +50,7 @@ pub struct Cluster {
     pub members: Vec<Member>,
     dir: PathBuf,
     initial_cluster: String,
+    flags: Vec<String>,
 }
 
 /// Bound on waiting for a started or restarted cluster to be healthy.
@@ -59,6 +60,11 @@ impl Cluster {
     /// `size` members started and healthy, or `None` when etcd is not installed (the caller
     /// calls `support::skip(test, MISSING)` and returns).
     pub fn start(test: &str, size: usize) -> Option<Cluster> {
+        Cluster::start_with(test, size, &[])
+    }
+
+    /// [`start`](Self::start) with more command-line flags for every member.
+    pub fn start_with(test: &str, size: usize, flags: &[&str]) -> Option<Cluster> {
         if !installed() {
             return None;
         }
@@ -89,6 +95,7 @@ impl Cluster {
             members,
             dir,
             initial_cluster,
+            flags: flags.iter().map(|f| f.to_string()).collect(),
         };
         for i in 0..size {
             cluster.spawn(i);
@@ -125,6 +132,7 @@ impl Cluster {
             // machine.
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args(["--log-level", "warn"])
+            .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
