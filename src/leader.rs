@@ -235,9 +235,13 @@ impl Election {
             if wanted(&role) || now >= deadline {
                 return role;
             }
-            // Woken by every change; the role of a leader can also lapse with time alone.
+            // Woken by every change; the role of a leader also lapses with time alone, when
+            // its lease may have run out.
             let state = self.shared.lock();
-            let pause = (deadline - now).min(Duration::from_millis(100));
+            let mut pause = (deadline - now).min(Duration::from_millis(100));
+            if state.role == Role::Leader {
+                pause = pause.min(state.valid_until.saturating_duration_since(now));
+            }
             let _ = self.shared.changed.wait_timeout(state, pause);
         }
     }
@@ -429,7 +433,11 @@ enum Renewal {
 
 /// One renewal of the leader's lease, then a check that the leader key is still its own.
 fn renew(shared: &Shared, term: Term) -> Renewal {
-    let deadline = shared.lock().valid_until;
+    let deadline = match shared.lock() {
+        // Deposed meanwhile (a fenced write found the key taken).
+        state if state.term != Some(term) => return Renewal::Lost,
+        state => state.valid_until,
+    };
     let sent = Instant::now();
     if sent >= deadline {
         return step_down(shared, "the lease could not be renewed in time");
@@ -447,9 +455,10 @@ fn renew(shared: &Shared, term: Term) -> Renewal {
                 Err(e) => debug_failure("checking the leader key", &e),
             }
             let mut state = shared.lock();
-            if state.term == Some(term) {
-                state.valid_until = until;
+            if state.term != Some(term) {
+                return Renewal::Lost;
             }
+            state.valid_until = until;
             drop(state);
             Renewal::Renewed((shared.ttl / 3).saturating_sub(sent.elapsed()))
         }

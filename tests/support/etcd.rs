@@ -157,8 +157,20 @@ impl Cluster {
     }
 
     /// Pauses member `i` (SIGSTOP): its sockets stay open, nothing answers.
+    /// Returns once every thread of it is stopped.
     pub fn pause(&self, i: usize) {
-        signal(self.pid(i), libc::SIGSTOP);
+        let pid = self.pid(i);
+        signal(pid, libc::SIGSTOP);
+        let stopped = super::eventually(Duration::from_secs(5), || {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+            tasks.map(|t| t.unwrap().path().join("stat")).all(|stat| {
+                // "<tid> (<comm>) <state> ...": the state follows the last ')'.
+                let text = std::fs::read_to_string(stat).unwrap_or_default();
+                text.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+            })
+        });
+        assert!(stopped, "member {i} (pid {pid}) did not stop");
     }
 
     /// Resumes a paused member (SIGCONT).
