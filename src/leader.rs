@@ -13,7 +13,9 @@
 //!   valid until the time the last successful keep-alive was *sent* plus the TTL etcd granted,
 //!   less 5% for clocks that do not tick at quite the same rate (etcd counts from when it
 //!   received it, later). [`Election::role`] compares with that deadline at every call, so even
-//!   a thread that is held up cannot leave a stale `Leader` visible;
+//!   a thread that is held up cannot leave a stale `Leader` visible; a term that lapsed is over
+//!   for good (a renewal answered after the deadline ends it, and the instance campaigns
+//!   again), so the terms an instance leads in never overlap or come back;
 //! - followers read the leader key every ttl/3 (linearizable), learn the leader's
 //!   `advertise_url`, and campaign when the key is gone (its lease expired or was revoked): a
 //!   dead leader is replaced within `lease_ttl_s` + ttl/3 + a round trip;
@@ -457,6 +459,14 @@ fn renew(shared: &Shared, term: Term) -> Renewal {
             let mut state = shared.lock();
             if state.term != Some(term) {
                 return Renewal::Lost;
+            }
+            if Instant::now() >= state.valid_until {
+                // `role` has said `Unknown` since: a term, once over, never comes back.
+                drop(state);
+                return step_down(
+                    shared,
+                    "the lease was renewed only after it could have run out",
+                );
             }
             state.valid_until = until;
             drop(state);
