@@ -218,7 +218,7 @@ impl Transport for Coalesced {
 /// new thread each time — a thread per platform call even for `127.0.0.1` (measured: ~11% of
 /// the CPU of a durable creation). Names still go through the default resolver.
 #[derive(Debug)]
-struct LiteralResolver;
+pub(crate) struct LiteralResolver;
 
 impl Resolver for LiteralResolver {
     fn resolve(
@@ -472,7 +472,7 @@ impl MepClient {
 
 /// The certificates of a PEM file (`ca_file`), and how many of its certificate blocks could
 /// not be read. Other PEM blocks (keys, ...) are ignored.
-fn private_roots(pem: &[u8]) -> (Vec<Certificate<'static>>, usize) {
+pub(crate) fn private_roots(pem: &[u8]) -> (Vec<Certificate<'static>>, usize) {
     let mut certificates = Vec::new();
     let mut unreadable = 0;
     for item in CertificateDer::pem_slice_iter(pem) {

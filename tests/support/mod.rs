@@ -2,6 +2,7 @@
 //! configuration text, a small HTTP client, and the fake platforms.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod fake_edgegallery;
 pub mod fake_etsi;
 pub mod fake_llmec;

@@ -1,0 +1,1321 @@
+//! A blocking etcd v3 client over etcd's JSON gateway (`/v3/kv/*`, `/v3/lease/*`,
+//! `/v3/auth/authenticate`), on ureq like every other outbound call: no async runtime, no gRPC.
+//!
+//! What it guarantees:
+//! - every call returns within the configured `timeout` per endpoint tried (connect included);
+//!   endpoints are tried in turn only while none could be connected to, so a call takes at most
+//!   `timeout` once a request was sent, and `endpoints × timeout` when none answers;
+//! - a request is sent to a second endpoint only when it could not be sent to the first
+//!   (connection refused, name not found, TLS handshake failed, connect timeout): a write that
+//!   reached etcd is never sent twice. After a timeout or an etcd that answers "unavailable",
+//!   the *next* call starts at the next endpoint (a stopped or partitioned member must not hold
+//!   the client);
+//! - reads are linearizable (the gateway's default; `serializable` is never set);
+//! - errors are typed ([`EtcdError`]): nobody answered, etcd answered but could not commit in
+//!   time (no quorum, or our timeout), a transaction's comparison failed, authentication
+//!   refused, a lease not found, an answer we cannot read, any other refusal;
+//! - keys and values are bytes (base64 in the gateway's JSON); int64s, which the gateway writes
+//!   as JSON strings, are parsed (numbers are accepted too), and a field the gateway leaves out
+//!   (proto3 omits zeros, empty lists and `false`) reads as its zero;
+//! - with `user`/`password`, a token from `/v3/auth/authenticate` is sent on every call (the
+//!   raw `Authorization` header etcd expects, marked sensitive) and fetched again once when
+//!   etcd says it is no longer valid (simple tokens expire); the password and the token appear
+//!   in no log line, error or `Debug` output;
+//! - `https://` endpoints are verified against exactly the certificates of `ca_file` when one
+//!   is given, else against the public web roots; no proxy from the environment, no redirects
+//!   (as [`crate::mep::agent`]).
+
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use log::{debug, warn};
+use serde_json::{Value, json};
+use ureq::Agent;
+use ureq::http::HeaderValue;
+use ureq::tls::{RootCerts, TlsConfig};
+use ureq::unversioned::transport::DefaultConnector;
+
+use crate::mep::agent::{LiteralResolver, one_line, private_roots};
+use crate::util::redact;
+
+/// Largest answer read from etcd (a range of a whole prefix can be large; etcd's own limit on
+/// a request is 1.5 MiB by default, not on an answer).
+pub const MAX_ANSWER_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Longest message kept from an etcd error answer, in characters.
+const MAX_MESSAGE_CHARS: usize = 200;
+
+/// Idle keep-alive connections kept per endpoint.
+const IDLE_CONNECTIONS: usize = 16;
+
+/// gRPC status codes that etcd's gateway reports (`code` of an error answer).
+mod grpc {
+    pub const UNKNOWN: i64 = 2;
+    pub const INVALID_ARGUMENT: i64 = 3;
+    pub const DEADLINE_EXCEEDED: i64 = 4;
+    pub const NOT_FOUND: i64 = 5;
+    pub const PERMISSION_DENIED: i64 = 7;
+    pub const FAILED_PRECONDITION: i64 = 9;
+    pub const UNAVAILABLE: i64 = 14;
+    pub const UNAUTHENTICATED: i64 = 16;
+}
+
+/// What went wrong with an etcd call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtcdError {
+    /// No endpoint could be connected to: nothing was sent, nothing can have changed.
+    Unreachable { endpoints: String, reason: String },
+    /// An endpoint took the request but etcd could not serve it: it has no leader or quorum
+    /// (gRPC `UNAVAILABLE`, `DEADLINE_EXCEEDED`, "context deadline exceeded"), or no answer
+    /// came within the timeout. A write's outcome is unknown.
+    NoQuorum { endpoint: String, reason: String },
+    /// A transaction's comparisons did not hold (its success branch was not run).
+    CompareFailed,
+    /// etcd refused the credentials (wrong user or password, no user where one is needed,
+    /// authentication not enabled while a user is configured) or the user's permissions.
+    AuthRefused { endpoint: String, reason: String },
+    /// The lease does not exist (any more): it expired or was revoked.
+    LeaseNotFound { id: i64 },
+    /// The answer is not what the gateway sends: not JSON, a field of the wrong type, bad
+    /// base64.
+    Malformed { endpoint: String, reason: String },
+    /// Any other refusal, with the HTTP status, the gRPC code (0 when the answer had none)
+    /// and etcd's message.
+    Refused {
+        endpoint: String,
+        status: u16,
+        code: i64,
+        message: String,
+    },
+}
+
+impl fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EtcdError::Unreachable { endpoints, reason } => {
+                write!(f, "etcd unreachable (tried {endpoints}): {reason}")
+            }
+            EtcdError::NoQuorum { endpoint, reason } => {
+                write!(f, "etcd at {endpoint} cannot commit (no quorum?): {reason}")
+            }
+            EtcdError::CompareFailed => write!(f, "etcd transaction: comparison failed"),
+            EtcdError::AuthRefused { endpoint, reason } => {
+                write!(f, "etcd at {endpoint} refused the credentials: {reason}")
+            }
+            EtcdError::LeaseNotFound { id } => write!(f, "etcd lease {id:x} not found"),
+            EtcdError::Malformed { endpoint, reason } => {
+                write!(
+                    f,
+                    "etcd at {endpoint} answered something unreadable: {reason}"
+                )
+            }
+            EtcdError::Refused {
+                endpoint,
+                status,
+                code,
+                message,
+            } => write!(
+                f,
+                "etcd at {endpoint} refused the call: HTTP {status}, gRPC code {code}: {message}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EtcdError {}
+
+/// How to reach etcd.
+#[derive(Clone)]
+pub struct Options {
+    /// Base URLs (`http://host:2379`, `https://...`), tried in turn.
+    pub endpoints: Vec<String>,
+    /// PEM certificates that `https://` endpoints are verified against (else the public roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// An etcd user and its password (both or neither).
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// The bound on one call to one endpoint, connect included.
+    pub timeout: Duration,
+}
+
+/// Written by hand so that the password cannot end up in a `{:?}`.
+impl fmt::Debug for Options {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let endpoints: Vec<String> = self.endpoints.iter().map(|e| redact(e)).collect();
+        f.debug_struct("Options")
+            .field("endpoints", &endpoints)
+            .field("ca_pem", &self.ca_pem.is_some())
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// One key and its value, as a range or a transaction reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    pub version: i64,
+    /// The lease the key is attached to (0: none).
+    pub lease: i64,
+}
+
+/// The answer to a range.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RangeResponse {
+    /// The store's revision when the range was read.
+    pub revision: i64,
+    pub kvs: Vec<KeyValue>,
+    /// Whether more keys were in the range than `limit` let through.
+    pub more: bool,
+    /// How many keys are in the range (whatever the limit).
+    pub count: i64,
+}
+
+/// A range: one key, or every key from `key` up to `range_end` (excluded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Range {
+    pub key: Vec<u8>,
+    pub range_end: Option<Vec<u8>>,
+    /// At most this many keys (0: no limit).
+    pub limit: i64,
+}
+
+impl Range {
+    /// Exactly `key`.
+    pub fn key(key: impl Into<Vec<u8>>) -> Range {
+        Range {
+            key: key.into(),
+            range_end: None,
+            limit: 0,
+        }
+    }
+
+    /// Every key starting with `prefix`.
+    pub fn prefix(prefix: impl Into<Vec<u8>>) -> Range {
+        let key = prefix.into();
+        Range {
+            range_end: Some(prefix_end(&key)),
+            key,
+            limit: 0,
+        }
+    }
+
+    /// Every key from `from` (included) to `to` (excluded).
+    pub fn between(from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>) -> Range {
+        Range {
+            key: from.into(),
+            range_end: Some(to.into()),
+            limit: 0,
+        }
+    }
+
+    /// At most `limit` keys, in key order.
+    pub fn limit(mut self, limit: i64) -> Range {
+        self.limit = limit;
+        self
+    }
+
+    fn to_json(&self) -> Value {
+        let mut request = json!({ "key": BASE64.encode(&self.key) });
+        if let Some(end) = &self.range_end {
+            request["range_end"] = json!(BASE64.encode(end));
+        }
+        if self.limit > 0 {
+            request["limit"] = json!(self.limit.to_string());
+        }
+        request
+    }
+}
+
+/// The first key after every key that starts with `prefix` (etcd's `range_end` of a prefix):
+/// the prefix with its last byte below 0xff incremented and what follows dropped; `\0` (every
+/// key) when there is none.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// What a transaction compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The revision at which the key was created (0: the key does not exist).
+    CreateRevision(i64),
+    /// The revision of the key's last change.
+    ModRevision(i64),
+    /// How many times the key was changed since its creation (0: absent).
+    Version(i64),
+    Value(Vec<u8>),
+    /// The lease the key is attached to.
+    Lease(i64),
+}
+
+/// How a comparison holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    Equal,
+    NotEqual,
+    Greater,
+    Less,
+}
+
+/// One comparison of a transaction: `key`'s `target` `cmp` the given value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compare {
+    pub key: Vec<u8>,
+    pub cmp: Cmp,
+    pub target: Target,
+}
+
+impl Compare {
+    pub fn new(key: impl Into<Vec<u8>>, cmp: Cmp, target: Target) -> Compare {
+        Compare {
+            key: key.into(),
+            cmp,
+            target,
+        }
+    }
+
+    /// Holds when `key` does not exist.
+    pub fn absent(key: impl Into<Vec<u8>>) -> Compare {
+        Compare::new(key, Cmp::Equal, Target::CreateRevision(0))
+    }
+
+    fn to_json(&self) -> Value {
+        let result = match self.cmp {
+            Cmp::Equal => "EQUAL",
+            Cmp::NotEqual => "NOT_EQUAL",
+            Cmp::Greater => "GREATER",
+            Cmp::Less => "LESS",
+        };
+        let mut compare = json!({ "key": BASE64.encode(&self.key), "result": result });
+        let (target, field, value) = match &self.target {
+            Target::CreateRevision(r) => ("CREATE", "create_revision", json!(r.to_string())),
+            Target::ModRevision(r) => ("MOD", "mod_revision", json!(r.to_string())),
+            Target::Version(v) => ("VERSION", "version", json!(v.to_string())),
+            Target::Value(v) => ("VALUE", "value", json!(BASE64.encode(v))),
+            Target::Lease(l) => ("LEASE", "lease", json!(l.to_string())),
+        };
+        compare["target"] = json!(target);
+        compare[field] = value;
+        compare
+    }
+}
+
+/// One operation of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Sets `key` to `value`, attached to `lease` (0: none).
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: i64,
+    },
+    Range(Range),
+    /// Deletes `key`, or every key up to `range_end` (excluded).
+    Delete {
+        key: Vec<u8>,
+        range_end: Option<Vec<u8>>,
+    },
+}
+
+impl Op {
+    pub fn put(key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Op {
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: 0,
+        }
+    }
+
+    pub fn delete(key: impl Into<Vec<u8>>) -> Op {
+        Op::Delete {
+            key: key.into(),
+            range_end: None,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            Op::Put { key, value, lease } => json!({ "request_put": put_json(key, value, *lease) }),
+            Op::Range(range) => json!({ "request_range": range.to_json() }),
+            Op::Delete { key, range_end } => {
+                json!({ "request_delete_range": delete_json(key, range_end.as_deref()) })
+            }
+        }
+    }
+}
+
+fn put_json(key: &[u8], value: &[u8], lease: i64) -> Value {
+    let mut put = json!({ "key": BASE64.encode(key), "value": BASE64.encode(value) });
+    if lease != 0 {
+        put["lease"] = json!(lease.to_string());
+    }
+    put
+}
+
+fn delete_json(key: &[u8], range_end: Option<&[u8]>) -> Value {
+    let mut delete = json!({ "key": BASE64.encode(key) });
+    if let Some(end) = range_end {
+        delete["range_end"] = json!(BASE64.encode(end));
+    }
+    delete
+}
+
+/// A transaction: if every comparison holds, the `success` operations, else the `failure`
+/// ones, atomically.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Txn {
+    pub compare: Vec<Compare>,
+    pub success: Vec<Op>,
+    pub failure: Vec<Op>,
+}
+
+impl Txn {
+    pub fn new() -> Txn {
+        Txn::default()
+    }
+
+    pub fn when(mut self, compare: Compare) -> Txn {
+        self.compare.push(compare);
+        self
+    }
+
+    pub fn then(mut self, op: Op) -> Txn {
+        self.success.push(op);
+        self
+    }
+
+    pub fn otherwise(mut self, op: Op) -> Txn {
+        self.failure.push(op);
+        self
+    }
+
+    fn to_json(&self) -> Value {
+        let all = |ops: &[Op]| ops.iter().map(Op::to_json).collect::<Vec<_>>();
+        json!({
+            "compare": self.compare.iter().map(Compare::to_json).collect::<Vec<_>>(),
+            "success": all(&self.success),
+            "failure": all(&self.failure),
+        })
+    }
+}
+
+/// The answer of one operation of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResponse {
+    Range(RangeResponse),
+    Put,
+    Delete { deleted: i64 },
+}
+
+/// The answer to a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnResponse {
+    /// Whether the comparisons held (the success branch ran).
+    pub succeeded: bool,
+    /// The store's revision after the transaction.
+    pub revision: i64,
+    /// One answer per operation of the branch that ran.
+    pub responses: Vec<OpResponse>,
+}
+
+impl TxnResponse {
+    /// The answer itself when the comparisons held, else [`EtcdError::CompareFailed`].
+    pub fn require_succeeded(self) -> Result<TxnResponse, EtcdError> {
+        if self.succeeded {
+            Ok(self)
+        } else {
+            Err(EtcdError::CompareFailed)
+        }
+    }
+}
+
+/// A granted lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: i64,
+    /// The TTL etcd granted, in seconds.
+    pub ttl_s: i64,
+}
+
+/// The endpoints' client. Cheap to share (`&self` everywhere); connections are pooled.
+pub struct Client {
+    agent: Agent,
+    endpoints: Vec<String>,
+    /// The endpoint the next call starts at.
+    preferred: AtomicUsize,
+    timeout: Duration,
+    credentials: Option<(String, String)>,
+    /// The current auth token (held only while it is read or replaced, never during a call).
+    token: Mutex<Option<HeaderValue>>,
+}
+
+/// Written by hand so that no credential can end up in a `{:?}`.
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.shown_endpoints())
+            .field("timeout", &self.timeout)
+            .field("user", &self.credentials.as_ref().map(|(user, _)| user))
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one attempt on one endpoint ended, when it did not end with an answer.
+enum Failure {
+    /// Nothing was sent: the next endpoint may be tried.
+    NotSent(String),
+    /// Sent, and no answer came in time (or the connection broke after the request left).
+    Lost(String),
+}
+
+impl Client {
+    /// A client of `options.endpoints`. Refuses an empty list, an endpoint that is not an
+    /// `http://` or `https://` URL, and a user without a password (or the reverse).
+    pub fn new(options: Options) -> Result<Client, String> {
+        if options.endpoints.is_empty() {
+            return Err("no etcd endpoint given".into());
+        }
+        let mut endpoints = Vec::new();
+        for endpoint in &options.endpoints {
+            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                return Err(format!(
+                    "etcd endpoint '{}' is not an http:// or https:// URL",
+                    redact(endpoint)
+                ));
+            }
+            endpoints.push(endpoint.trim_end_matches('/').to_string());
+        }
+        let credentials = match (options.user, options.password) {
+            (Some(user), Some(password)) => Some((user, password)),
+            (None, None) => None,
+            _ => return Err("an etcd user needs a password, and a password a user".into()),
+        };
+        let tls = match &options.ca_pem {
+            None => TlsConfig::builder().build(),
+            Some(pem) => {
+                let (certificates, unreadable) = private_roots(pem);
+                if unreadable > 0 || certificates.is_empty() {
+                    warn!(
+                        "etcd CA file: {} usable certificate(s), {unreadable} unreadable",
+                        certificates.len()
+                    );
+                }
+                TlsConfig::builder()
+                    .root_certs(RootCerts::new_with_certs(&certificates))
+                    .build()
+            }
+        };
+        let config = Agent::config_builder()
+            .proxy(None)
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(options.timeout))
+            .timeout_connect(Some(options.timeout))
+            .tls_config(tls)
+            .user_agent(concat!("mec-plugin/", env!("CARGO_PKG_VERSION")))
+            .accept("application/json")
+            .max_idle_connections_per_host(IDLE_CONNECTIONS)
+            .max_idle_connections(IDLE_CONNECTIONS * endpoints.len())
+            .build();
+        Ok(Client {
+            agent: Agent::with_parts(config, DefaultConnector::default(), LiteralResolver),
+            endpoints,
+            preferred: AtomicUsize::new(0),
+            timeout: options.timeout,
+            credentials,
+            token: Mutex::new(None),
+        })
+    }
+
+    /// The bound on one call to one endpoint.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The endpoints, credentials masked, for logs and `/healthz`.
+    pub fn shown_endpoints(&self) -> String {
+        let shown: Vec<String> = self.endpoints.iter().map(|e| redact(e)).collect();
+        shown.join(", ")
+    }
+
+    /// Reads a key or a range of keys (linearizable).
+    pub fn range(&self, range: &Range) -> Result<RangeResponse, EtcdError> {
+        let (endpoint, answer) = self.call("/v3/kv/range", &range.to_json(), self.timeout)?;
+        parse_range(&answer).map_err(|reason| malformed(&endpoint, reason))
+    }
+
+    /// The key's current value, if it exists.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, EtcdError> {
+        Ok(self.range(&Range::key(key))?.kvs.into_iter().next())
+    }
+
+    /// Sets `key` to `value`, attached to `lease` (0: none); returns the store's revision after.
+    pub fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, EtcdError> {
+        let (endpoint, answer) =
+            self.call("/v3/kv/put", &put_json(key, value, lease), self.timeout)?;
+        header_revision(&answer).map_err(|reason| malformed(&endpoint, reason))
+    }
+
+    /// Deletes `key`, or every key up to `range_end`; returns how many were deleted.
+    pub fn delete(&self, key: &[u8], range_end: Option<&[u8]>) -> Result<i64, EtcdError> {
+        let body = delete_json(key, range_end);
+        let (endpoint, answer) = self.call("/v3/kv/deleterange", &body, self.timeout)?;
+        int(&answer, "deleted").map_err(|reason| malformed(&endpoint, reason))
+    }
+
+    /// Runs a transaction. A comparison that does not hold is an answer (`succeeded` false),
+    /// not an error: see [`TxnResponse::require_succeeded`].
+    pub fn txn(&self, txn: &Txn) -> Result<TxnResponse, EtcdError> {
+        let (endpoint, answer) = self.call("/v3/kv/txn", &txn.to_json(), self.timeout)?;
+        parse_txn(&answer).map_err(|reason| malformed(&endpoint, reason))
+    }
+
+    /// Grants a lease of `ttl_s` seconds.
+    pub fn lease_grant(&self, ttl_s: i64) -> Result<Lease, EtcdError> {
+        let body = json!({ "TTL": ttl_s.to_string() });
+        let (endpoint, answer) = self.call("/v3/lease/grant", &body, self.timeout)?;
+        parse_lease(&answer).map_err(|reason| malformed(&endpoint, reason))
+    }
+
+    /// Renews a lease once, giving up after `timeout` (at most the client's); returns the TTL
+    /// etcd reset it to. A lease that expired or was revoked is [`EtcdError::LeaseNotFound`].
+    pub fn lease_keepalive(&self, id: i64, timeout: Duration) -> Result<i64, EtcdError> {
+        let body = json!({ "ID": id.to_string() });
+        let timeout = timeout.min(self.timeout);
+        let (endpoint, answer) = self.call("/v3/lease/keepalive", &body, timeout)?;
+        // A stream of answers, each wrapped in `result` (one here: one request was sent).
+        let result = answer.get("result").unwrap_or(&answer);
+        match int(result, "TTL") {
+            Ok(ttl) if ttl > 0 => Ok(ttl),
+            Ok(_) => Err(EtcdError::LeaseNotFound { id }),
+            Err(reason) => Err(malformed(&endpoint, reason)),
+        }
+    }
+
+    /// Revokes a lease: every key attached to it is deleted at once.
+    pub fn lease_revoke(&self, id: i64) -> Result<(), EtcdError> {
+        let body = json!({ "ID": id.to_string() });
+        match self.call("/v3/lease/revoke", &body, self.timeout) {
+            Err(EtcdError::Refused {
+                code: grpc::NOT_FOUND,
+                ..
+            }) => Err(EtcdError::LeaseNotFound { id }),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// One call: `path` with `body` on the endpoints, authenticated when a user is configured
+    /// (once more with a fresh token if etcd says the token is no longer valid). Returns the
+    /// endpoint that answered and its (2xx) JSON answer.
+    fn call(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<(String, Value), EtcdError> {
+        if self.credentials.is_none() {
+            return self.send(path, body, None, timeout);
+        }
+        let token = match self.current_token() {
+            Some(token) => token,
+            None => self.authenticate(timeout)?,
+        };
+        match self.send(path, body, Some(&token), timeout) {
+            Err(EtcdError::AuthRefused { .. }) if self.token_was(&token) => {
+                let token = self.authenticate(timeout)?;
+                self.send(path, body, Some(&token), timeout)
+            }
+            other => other,
+        }
+    }
+
+    fn current_token(&self) -> Option<HeaderValue> {
+        self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether `token` is still the current one, forgetting it if so (etcd refused it).
+    fn token_was(&self, token: &HeaderValue) -> bool {
+        let mut current = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref() == Some(token) {
+            *current = None;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Fetches a token for the configured user and keeps it for the next calls.
+    fn authenticate(&self, timeout: Duration) -> Result<HeaderValue, EtcdError> {
+        let Some((user, password)) = &self.credentials else {
+            unreachable!("authenticate is only called with credentials");
+        };
+        let body = json!({ "name": user, "password": password });
+        let (endpoint, answer) = self.send("/v3/auth/authenticate", &body, None, timeout)?;
+        let token = match answer.get("token") {
+            Some(Value::String(token)) if !token.is_empty() => token,
+            _ => return Err(malformed(&endpoint, "no token in the answer".into())),
+        };
+        let mut token = HeaderValue::from_str(token)
+            .map_err(|_| malformed(&endpoint, "a token that is not a header value".into()))?;
+        token.set_sensitive(true);
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Sends one request, starting at the preferred endpoint and going on to the next only
+    /// while nothing could be sent.
+    fn send(
+        &self,
+        path: &str,
+        body: &Value,
+        token: Option<&HeaderValue>,
+        timeout: Duration,
+    ) -> Result<(String, Value), EtcdError> {
+        let first = self.preferred.load(Ordering::Relaxed) % self.endpoints.len();
+        let mut reasons = Vec::new();
+        for n in 0..self.endpoints.len() {
+            let index = (first + n) % self.endpoints.len();
+            let endpoint = &self.endpoints[index];
+            let shown = redact(endpoint);
+            let started = Instant::now();
+            let outcome = self.attempt(&format!("{endpoint}{path}"), body, token, timeout);
+            let ms = started.elapsed().as_millis();
+            match outcome {
+                Ok((status, text)) => {
+                    debug!("etcd {path} at {shown} -> {status} in {ms} ms");
+                    let result = answer(&shown, status, &text);
+                    let unavailable = matches!(result, Err(EtcdError::NoQuorum { .. }));
+                    self.prefer(if unavailable { index + 1 } else { index });
+                    return result.map(|value| (shown, value));
+                }
+                Err(Failure::NotSent(reason)) => {
+                    debug!("etcd {path} at {shown}: not sent after {ms} ms: {reason}");
+                    reasons.push(format!("{shown}: {reason}"));
+                }
+                Err(Failure::Lost(reason)) => {
+                    debug!("etcd {path} at {shown}: no answer after {ms} ms: {reason}");
+                    self.prefer(index + 1);
+                    return Err(EtcdError::NoQuorum {
+                        endpoint: shown,
+                        reason,
+                    });
+                }
+            }
+        }
+        Err(EtcdError::Unreachable {
+            endpoints: self.shown_endpoints(),
+            reason: reasons.join("; "),
+        })
+    }
+
+    fn prefer(&self, index: usize) {
+        self.preferred
+            .store(index % self.endpoints.len(), Ordering::Relaxed);
+    }
+
+    /// One POST to one endpoint: its status and body, whatever the status.
+    fn attempt(
+        &self,
+        url: &str,
+        body: &Value,
+        token: Option<&HeaderValue>,
+        timeout: Duration,
+    ) -> Result<(u16, String), Failure> {
+        let mut request = self
+            .agent
+            .post(url)
+            .header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header("authorization", token.clone());
+        }
+        let sent = request
+            .config()
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(timeout))
+            .build()
+            .send(body.to_string());
+        let mut response = sent.map_err(classify)?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_string()
+            .map_err(|e| Failure::Lost(one_line(&e.to_string(), MAX_MESSAGE_CHARS)))?;
+        Ok((status, text))
+    }
+}
+
+/// Tells a failure before the request left (the next endpoint may be tried) from one after.
+fn classify(e: ureq::Error) -> Failure {
+    use std::io::ErrorKind;
+    use ureq::Timeout;
+    let reason = one_line(&e.to_string(), MAX_MESSAGE_CHARS);
+    match e {
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::Tls(_)
+        | ureq::Error::Rustls(_)
+        | ureq::Error::BadUri(_)
+        | ureq::Error::Timeout(Timeout::Resolve | Timeout::Connect) => Failure::NotSent(reason),
+        ureq::Error::Io(ref io)
+            if matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::AddrNotAvailable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::HostUnreachable
+            ) =>
+        {
+            Failure::NotSent(reason)
+        }
+        _ => Failure::Lost(reason),
+    }
+}
+
+fn malformed(endpoint: &str, reason: String) -> EtcdError {
+    EtcdError::Malformed {
+        endpoint: endpoint.to_string(),
+        reason,
+    }
+}
+
+/// The JSON of a 2xx answer, or the error an error answer says.
+fn answer(endpoint: &str, status: u16, text: &str) -> Result<Value, EtcdError> {
+    let parsed = serde_json::from_str::<Value>(text);
+    if (200..300).contains(&status) {
+        let value = parsed.map_err(|e| malformed(endpoint, format!("not JSON: {e}")))?;
+        // A stream (keep-alive) reports its error in a 200 answer.
+        if let Some(error @ Value::Object(_)) = value.get("error") {
+            return Err(error_of(endpoint, status, error));
+        }
+        return Ok(value);
+    }
+    match parsed {
+        Ok(value) => {
+            let error = match value.get("error") {
+                Some(error @ Value::Object(_)) => error,
+                _ => &value,
+            };
+            Err(error_of(endpoint, status, error))
+        }
+        Err(_) if status == 503 || status == 504 => Err(EtcdError::NoQuorum {
+            endpoint: endpoint.to_string(),
+            reason: format!("HTTP {status}: {}", one_line(text, MAX_MESSAGE_CHARS)),
+        }),
+        Err(_) => Err(EtcdError::Refused {
+            endpoint: endpoint.to_string(),
+            status,
+            code: 0,
+            message: one_line(text, MAX_MESSAGE_CHARS),
+        }),
+    }
+}
+
+/// The error an etcd error object names: `{"code", "message"}` (a unary call; 3.4 also writes
+/// `error`) or `{"grpc_code", "http_code", "message"}` (a stream's).
+fn error_of(endpoint: &str, status: u16, error: &Value) -> EtcdError {
+    let code = int(error, "code")
+        .ok()
+        .filter(|c| *c != 0)
+        .or_else(|| int(error, "grpc_code").ok())
+        .unwrap_or(0);
+    let message = ["message", "error"]
+        .iter()
+        .find_map(|field| error.get(*field).and_then(Value::as_str))
+        .unwrap_or("");
+    let message = one_line(message, MAX_MESSAGE_CHARS);
+    let endpoint = endpoint.to_string();
+    let auth = message.contains("authentication")
+        || message.contains("user name is empty")
+        || message.contains("permission denied");
+    match code {
+        grpc::UNAVAILABLE | grpc::DEADLINE_EXCEEDED => EtcdError::NoQuorum {
+            endpoint,
+            reason: message,
+        },
+        grpc::UNKNOWN if message.contains("deadline exceeded") => EtcdError::NoQuorum {
+            endpoint,
+            reason: message,
+        },
+        grpc::UNAUTHENTICATED | grpc::PERMISSION_DENIED => EtcdError::AuthRefused {
+            endpoint,
+            reason: message,
+        },
+        grpc::INVALID_ARGUMENT | grpc::FAILED_PRECONDITION if auth => EtcdError::AuthRefused {
+            endpoint,
+            reason: message,
+        },
+        _ => EtcdError::Refused {
+            endpoint,
+            status,
+            code,
+            message,
+        },
+    }
+}
+
+/// An int64 field: a JSON string of digits (the gateway's spelling) or a number; absent is 0
+/// (proto3 leaves zeros out).
+fn int(object: &Value, field: &str) -> Result<i64, String> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::String(text)) => text
+            .parse()
+            .map_err(|_| format!("{field}: '{}' is not an int64", one_line(text, 40))),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| format!("{field}: {n} is not an int64")),
+        Some(other) => Err(format!("{field}: {} is not an int64", kind(other))),
+    }
+}
+
+/// A bytes field (base64); absent is empty.
+fn bytes(object: &Value, field: &str) -> Result<Vec<u8>, String> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(text)) => BASE64
+            .decode(text)
+            .map_err(|e| format!("{field}: not base64: {e}")),
+        Some(other) => Err(format!("{field}: {} is not base64 text", kind(other))),
+    }
+}
+
+/// A list field; absent is empty.
+fn list<'a>(object: &'a Value, field: &str) -> Result<&'a [Value], String> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(items)) => Ok(items),
+        Some(other) => Err(format!("{field}: {} is not a list", kind(other))),
+    }
+}
+
+fn boolean(object: &Value, field: &str) -> Result<bool, String> {
+    match object.get(field) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(format!("{field}: {} is not a boolean", kind(other))),
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn header_revision(answer: &Value) -> Result<i64, String> {
+    match answer.get("header") {
+        Some(header) => int(header, "revision").map_err(|e| format!("header.{e}")),
+        None => Err("no header in the answer".into()),
+    }
+}
+
+fn parse_key_value(kv: &Value) -> Result<KeyValue, String> {
+    Ok(KeyValue {
+        key: bytes(kv, "key")?,
+        value: bytes(kv, "value")?,
+        create_revision: int(kv, "create_revision")?,
+        mod_revision: int(kv, "mod_revision")?,
+        version: int(kv, "version")?,
+        lease: int(kv, "lease")?,
+    })
+}
+
+fn parse_range(answer: &Value) -> Result<RangeResponse, String> {
+    let kvs = list(answer, "kvs")?
+        .iter()
+        .enumerate()
+        .map(|(n, kv)| parse_key_value(kv).map_err(|e| format!("kvs[{n}].{e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RangeResponse {
+        revision: header_revision(answer)?,
+        kvs,
+        more: boolean(answer, "more")?,
+        count: int(answer, "count")?,
+    })
+}
+
+fn parse_txn(answer: &Value) -> Result<TxnResponse, String> {
+    let responses = list(answer, "responses")?
+        .iter()
+        .enumerate()
+        .map(|(n, response)| parse_op_response(response).map_err(|e| format!("responses[{n}].{e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TxnResponse {
+        succeeded: boolean(answer, "succeeded")?,
+        revision: header_revision(answer)?,
+        responses,
+    })
+}
+
+fn parse_op_response(response: &Value) -> Result<OpResponse, String> {
+    if let Some(range) = response.get("response_range") {
+        let kvs = list(range, "kvs")?
+            .iter()
+            .enumerate()
+            .map(|(n, kv)| parse_key_value(kv).map_err(|e| format!("kvs[{n}].{e}")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("response_range.{e}"))?;
+        // An operation's own header carries only the revision; the transaction's counts.
+        return Ok(OpResponse::Range(RangeResponse {
+            revision: range.get("header").map_or(Ok(0), |h| int(h, "revision"))?,
+            kvs,
+            more: boolean(range, "more")?,
+            count: int(range, "count")?,
+        }));
+    }
+    if response.get("response_put").is_some() {
+        return Ok(OpResponse::Put);
+    }
+    if let Some(delete) = response.get("response_delete_range") {
+        let deleted = int(delete, "deleted").map_err(|e| format!("response_delete_range.{e}"))?;
+        return Ok(OpResponse::Delete { deleted });
+    }
+    Err("neither response_range, response_put nor response_delete_range".into())
+}
+
+fn parse_lease(answer: &Value) -> Result<Lease, String> {
+    // etcd 3.4 reports a refused grant in `error` with a 200 answer.
+    match answer.get("error") {
+        Some(Value::String(error)) if !error.is_empty() => {
+            return Err(format!("lease not granted: {}", one_line(error, 100)));
+        }
+        _ => {}
+    }
+    let lease = Lease {
+        id: int(answer, "ID")?,
+        ttl_s: int(answer, "TTL")?,
+    };
+    if lease.id == 0 {
+        return Err("no lease ID in the answer".into());
+    }
+    Ok(lease)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = r#""header":{"cluster_id":"15118495548433857066","member_id":"13668033151171901709","revision":"7","raft_term":"2"}"#;
+
+    #[test]
+    fn a_range_answer_is_read_with_its_int64_strings_and_base64() {
+        let text = format!(
+            r#"{{{HEADER},"kvs":[{{"key":"L3QvYQ==","create_revision":"2","mod_revision":"5","version":"3","value":"aGVsbG8=","lease":"7587869823484739074"}}],"count":"1"}}"#
+        );
+        let range = parse_range(&serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(range.revision, 7);
+        assert_eq!(range.count, 1);
+        assert!(!range.more);
+        assert_eq!(
+            range.kvs,
+            vec![KeyValue {
+                key: b"/t/a".to_vec(),
+                value: b"hello".to_vec(),
+                create_revision: 2,
+                mod_revision: 5,
+                version: 3,
+                lease: 7587869823484739074,
+            }]
+        );
+    }
+
+    #[test]
+    fn fields_proto3_leaves_out_read_as_zero() {
+        // What etcd answers for a key that does not exist, and a key with an empty value.
+        let empty = parse_range(&serde_json::from_str(&format!("{{{HEADER}}}")).unwrap()).unwrap();
+        assert_eq!((empty.kvs.len(), empty.count, empty.more), (0, 0, false));
+        let text = format!(r#"{{{HEADER},"kvs":[{{"key":"AA==","create_revision":"3"}}]}}"#);
+        let range = parse_range(&serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(range.kvs[0].value, b"");
+        assert_eq!(range.kvs[0].lease, 0);
+    }
+
+    #[test]
+    fn numbers_are_accepted_where_strings_are_expected() {
+        let value = json!({ "header": { "revision": 9 }, "deleted": 2 });
+        assert_eq!(header_revision(&value), Ok(9));
+        assert_eq!(int(&value, "deleted"), Ok(2));
+    }
+
+    #[test]
+    fn a_bad_field_is_named_in_the_error() {
+        let text = format!(r#"{{{HEADER},"kvs":[{{"key":"AA=="}},{{"key":"!!"}}]}}"#);
+        let e = parse_range(&serde_json::from_str(&text).unwrap()).unwrap_err();
+        assert!(e.starts_with("kvs[1].key: not base64"), "{e}");
+        let text = format!(r#"{{{HEADER},"kvs":[{{"key":"AA==","version":"x1"}}]}}"#);
+        let e = parse_range(&serde_json::from_str(&text).unwrap()).unwrap_err();
+        assert_eq!(e, "kvs[0].version: 'x1' is not an int64");
+        let e = parse_range(&json!({ "kvs": [] })).unwrap_err();
+        assert_eq!(e, "no header in the answer");
+        let e = parse_range(&json!({ "header": {}, "kvs": {} })).unwrap_err();
+        assert_eq!(e, "kvs: an object is not a list");
+    }
+
+    #[test]
+    fn a_transaction_is_written_as_the_gateway_expects() {
+        let txn = Txn::new()
+            .when(Compare::absent("/p/leader"))
+            .when(Compare::new(
+                "/p/x",
+                Cmp::NotEqual,
+                Target::Value(b"v".to_vec()),
+            ))
+            .then(Op::Put {
+                key: b"/p/leader".to_vec(),
+                value: b"http://a".to_vec(),
+                lease: 12,
+            })
+            .otherwise(Op::Range(Range::key("/p/leader")))
+            .otherwise(Op::Delete {
+                key: b"/p/".to_vec(),
+                range_end: Some(prefix_end(b"/p/")),
+            });
+        assert_eq!(
+            txn.to_json(),
+            json!({
+                "compare": [
+                    {"key": "L3AvbGVhZGVy", "result": "EQUAL", "target": "CREATE", "create_revision": "0"},
+                    {"key": "L3AveA==", "result": "NOT_EQUAL", "target": "VALUE", "value": "dg=="},
+                ],
+                "success": [{"request_put": {"key": "L3AvbGVhZGVy", "value": "aHR0cDovL2E=", "lease": "12"}}],
+                "failure": [
+                    {"request_range": {"key": "L3AvbGVhZGVy"}},
+                    {"request_delete_range": {"key": "L3Av", "range_end": "L3Aw"}},
+                ],
+            })
+        );
+    }
+
+    #[test]
+    fn a_transaction_answer_is_read_branch_by_branch() {
+        let text = format!(
+            r#"{{{HEADER},"responses":[{{"response_range":{{"header":{{"revision":"7"}},"kvs":[{{"key":"AA==","create_revision":"2","value":"aGk="}}],"count":"1"}}}}]}}"#
+        );
+        let txn = parse_txn(&serde_json::from_str(&text).unwrap()).unwrap();
+        assert!(!txn.succeeded, "succeeded is left out when false");
+        assert_eq!(txn.revision, 7);
+        let OpResponse::Range(range) = &txn.responses[0] else {
+            panic!("{txn:?}");
+        };
+        assert_eq!(range.kvs[0].value, b"hi");
+        assert_eq!(
+            txn.clone().require_succeeded(),
+            Err(EtcdError::CompareFailed)
+        );
+
+        let text = format!(
+            r#"{{{HEADER},"succeeded":true,"responses":[{{"response_put":{{"header":{{"revision":"7"}}}}}},{{"response_delete_range":{{"header":{{}},"deleted":"3"}}}}]}}"#
+        );
+        let txn = parse_txn(&serde_json::from_str(&text).unwrap()).unwrap();
+        assert!(txn.succeeded);
+        assert_eq!(
+            txn.responses,
+            vec![OpResponse::Put, OpResponse::Delete { deleted: 3 }]
+        );
+        let e =
+            parse_txn(&json!({"header": {}, "responses": [{"response_what": {}}]})).unwrap_err();
+        assert!(e.starts_with("responses[0].neither"), "{e}");
+    }
+
+    #[test]
+    fn the_end_of_a_prefix_is_its_last_byte_plus_one() {
+        assert_eq!(prefix_end(b"/mec-plugin/"), b"/mec-plugin0");
+        assert_eq!(prefix_end(b"a\xff\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
+        assert_eq!(prefix_end(b""), b"\0");
+        assert_eq!(
+            Range::prefix("/p/").limit(10).to_json(),
+            json!({"key": "L3Av", "range_end": "L3Aw", "limit": "10"})
+        );
+    }
+
+    #[test]
+    fn unary_errors_are_told_apart_by_their_grpc_code() {
+        let e = answer(
+            "http://e",
+            503,
+            r#"{"error":"etcdserver: request timed out","message":"etcdserver: request timed out","code":14}"#,
+        );
+        assert!(
+            matches!(e, Err(EtcdError::NoQuorum { ref reason, .. }) if reason == "etcdserver: request timed out"),
+            "{e:?}"
+        );
+        let e = answer(
+            "http://e",
+            500,
+            r#"{"error":"context deadline exceeded","message":"context deadline exceeded","code":2}"#,
+        );
+        assert!(matches!(e, Err(EtcdError::NoQuorum { .. })), "{e:?}");
+        let e = answer(
+            "http://e",
+            401,
+            r#"{"error":"etcdserver: invalid auth token","code":16}"#,
+        );
+        assert!(
+            matches!(e, Err(EtcdError::AuthRefused { ref reason, .. }) if reason == "etcdserver: invalid auth token"),
+            "{e:?}"
+        );
+        let e = answer(
+            "http://e",
+            400,
+            r#"{"message":"etcdserver: authentication failed, invalid user ID or password","code":3}"#,
+        );
+        assert!(matches!(e, Err(EtcdError::AuthRefused { .. })), "{e:?}");
+        let e = answer(
+            "http://e",
+            400,
+            r#"{"message":"illegal base64 data at input byte 0","code":3}"#,
+        );
+        assert_eq!(
+            e,
+            Err(EtcdError::Refused {
+                endpoint: "http://e".into(),
+                status: 400,
+                code: 3,
+                message: "illegal base64 data at input byte 0".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_streams_error_object_and_a_non_json_answer_are_read_too() {
+        let e = answer(
+            "http://e",
+            503,
+            r#"{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader","http_status":"Service Unavailable"}}"#,
+        );
+        assert!(
+            matches!(e, Err(EtcdError::NoQuorum { ref reason, .. }) if reason == "etcdserver: no leader"),
+            "{e:?}"
+        );
+        let e = answer(
+            "http://e",
+            200,
+            r#"{"error":{"grpc_code":14,"http_code":503,"message":"etcdserver: no leader"}}"#,
+        );
+        assert!(matches!(e, Err(EtcdError::NoQuorum { .. })), "{e:?}");
+        let e = answer("http://e", 404, "404 page not found\n");
+        assert!(
+            matches!(e, Err(EtcdError::Refused { status: 404, code: 0, ref message, .. }) if message == "404 page not found"),
+            "{e:?}"
+        );
+        let e = answer("http://e", 502, "<html>bad gateway</html>");
+        assert!(
+            matches!(e, Err(EtcdError::Refused { status: 502, .. })),
+            "{e:?}"
+        );
+        let e = answer("http://e", 200, "{\"header\":");
+        assert!(
+            matches!(e, Err(EtcdError::Malformed { ref reason, .. }) if reason.starts_with("not JSON")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_lease_answer_is_read_and_a_missing_id_is_malformed() {
+        let lease = parse_lease(&json!({"header": {}, "ID": "4111120489738891272", "TTL": "2"}));
+        assert_eq!(
+            lease,
+            Ok(Lease {
+                id: 4111120489738891272,
+                ttl_s: 2
+            })
+        );
+        assert!(parse_lease(&json!({"header": {}, "TTL": "2"})).is_err());
+        assert!(parse_lease(&json!({"ID": "1", "error": "too many leases"})).is_err());
+    }
+
+    #[test]
+    fn options_and_client_never_show_the_password() {
+        let options = Options {
+            endpoints: vec!["http://u:secret-pw@127.0.0.1:1".into()],
+            ca_pem: None,
+            user: Some("root".into()),
+            password: Some("secret-pw".into()),
+            timeout: Duration::from_secs(1),
+        };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("secret-pw"), "{shown}");
+        let client = Client::new(options).unwrap();
+        let shown = format!("{client:?}");
+        assert!(
+            !shown.contains("secret-pw") && shown.contains("root"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let options = |endpoints: &[&str], user: Option<&str>, password: Option<&str>| Options {
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            ca_pem: None,
+            user: user.map(str::to_string),
+            password: password.map(str::to_string),
+            timeout: Duration::from_secs(1),
+        };
+        assert!(Client::new(options(&[], None, None)).is_err());
+        let e = Client::new(options(&["127.0.0.1:2379"], None, None)).unwrap_err();
+        assert!(e.contains("'127.0.0.1:2379' is not an http"), "{e}");
+        assert!(Client::new(options(&["http://a"], Some("root"), None)).is_err());
+        assert!(Client::new(options(&["http://a"], None, Some("pw"))).is_err());
+    }
+
+    #[test]
+    fn no_endpoint_listening_is_unreachable_naming_each() {
+        // Two ports nothing listens on (bound, then closed).
+        let ports: Vec<u16> = (0..2)
+            .map(|_| {
+                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                listener.local_addr().unwrap().port()
+            })
+            .collect();
+        let endpoints: Vec<String> = ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}"))
+            .collect();
+        let client = Client::new(Options {
+            endpoints: endpoints.clone(),
+            ca_pem: None,
+            user: None,
+            password: None,
+            timeout: Duration::from_secs(2),
+        })
+        .unwrap();
+        match client.get(b"k") {
+            Err(EtcdError::Unreachable {
+                endpoints: tried,
+                reason,
+            }) => {
+                assert_eq!(tried, endpoints.join(", "));
+                assert!(
+                    reason.contains(&endpoints[0]) && reason.contains(&endpoints[1]),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
