@@ -19,13 +19,9 @@ use crate::service::{Region, Removal, Service, StateProblem};
 use crate::store::Record;
 use crate::util::rfc3339;
 
-/// Base path of the API.
-pub const BASE: &str = "/MEC/v1";
-
-/// The path of stored request `id` (its `Location`).
-pub fn request_location(id: &str) -> String {
-    format!("{BASE}/service/requests/{id}")
-}
+/// The contract's base path and a stored request's path: defined in `model`, so that
+/// `error` can name a request without depending on `api`.
+pub use crate::model::{BASE, request_location};
 
 /// The resources served.
 #[derive(Debug, PartialEq, Eq)]

@@ -242,7 +242,7 @@ impl ApiError {
             _ => {}
         }
         if let Some(id) = request_id {
-            response = response.with_header("Location", crate::api::request_location(id));
+            response = response.with_header("Location", crate::model::request_location(id));
         }
         response
     }

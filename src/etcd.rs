@@ -646,12 +646,12 @@ impl Client {
     }
 
     fn current_token(&self) -> Option<HeaderValue> {
-        self.token.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        crate::util::lock(&self.token).clone()
     }
 
     /// Whether `token` is still the current one, forgetting it if so (etcd refused it).
     fn token_was(&self, token: &HeaderValue) -> bool {
-        let mut current = self.token.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = crate::util::lock(&self.token);
         if current.as_ref() == Some(token) {
             *current = None;
             true
@@ -674,7 +674,7 @@ impl Client {
         let mut token = HeaderValue::from_str(token)
             .map_err(|_| malformed(&endpoint, "a token that is not a header value".into()))?;
         token.set_sensitive(true);
-        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
+        *crate::util::lock(&self.token) = Some(token.clone());
         Ok(token)
     }
 

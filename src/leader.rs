@@ -129,7 +129,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::util::lock(&self.state)
     }
 
     fn set(&self, role: Role, term: Option<Term>, valid_until: Instant) {

@@ -1,8 +1,10 @@
 //! The northbound request model (ETSI MEC 010-2 fields of the API contract) and its two JSON
 //! spellings. Bodies in either spelling are accepted (the camel keys are serde aliases);
 //! responses are written in the spelling of `[server] api_style` by [`ApiStyle`]
-//! (`spelling`: the one table of renamed keys). Free-form objects are kept as the JSON the caller sent, compacted (the
-//! whitespace between tokens removed, nothing else changed), and numbers exactly as sent.
+//! (`spelling`: the one table of renamed keys). Free-form objects are kept as the JSON the
+//! caller sent, compacted (the whitespace between tokens removed, nothing else changed), and
+//! numbers exactly as sent. The contract's paths ([`BASE`], [`request_location`]) are here too,
+//! below both `api` (which routes them) and `error` (whose answers may name a request).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -15,6 +17,14 @@ use serde_json::value::RawValue;
 mod spelling;
 
 pub use spelling::{ApiStyle, CAMEL};
+
+/// The API's base path (the contract's `basePath`).
+pub const BASE: &str = "/MEC/v1";
+
+/// The path of stored request `id` (its `Location`).
+pub fn request_location(id: &str) -> String {
+    format!("{BASE}/service/requests/{id}")
+}
 
 /// A creation request as the caller sent it (`MECTrafficServiceCreationRequest`): the region
 /// and the MEC application's requirements. Serialising it writes the application part only;
