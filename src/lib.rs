@@ -20,6 +20,7 @@ pub mod journal;
 pub mod leader;
 pub mod mep;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod reconciler;
 pub mod retry;
