@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::de::IgnoredAny;
 
 use crate::config::Config;
-use crate::journal::RecordEntry;
-use crate::store::{Store, StoreError};
+use crate::store::{RecordEntry, Store, StoreError};
 
 /// The fields of a line: those of [`RecordEntry`]; any other is refused (a misspelt optional
 /// field would otherwise be dropped without a word).

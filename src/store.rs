@@ -10,8 +10,11 @@ use std::ops::{Bound, Range};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// A whole record's durable form (the journal's `put` entry): also a line of an export, so that
+/// [`migrate`](crate::migrate) depends on the store, not on the journal behind it.
+pub(crate) use crate::journal::RecordEntry;
 use crate::journal::{
-    Entry, Journal, JournalError, RecordEntry, ReplayStats, StatusEntry, StepEntry, UpdateEntry,
+    Entry, Journal, JournalError, ReplayStats, StatusEntry, StepEntry, UpdateEntry,
 };
 use crate::mep::{RuleIdentity, Step};
 use crate::model::Status;
