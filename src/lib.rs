@@ -7,7 +7,7 @@
 //! [`service`] applies and removes a request's rules atomically (taking [`turns`] on the
 //! platform rules it calls for), [`reconciler`] recovers at start-up and finishes removals in
 //! the background, [`api`] routes HTTP requests to it, [`server`] is the hardened HTTP front end (its HTTP/1.1 syntax in [`http1`]), and [`app`] wires
-//! them together.
+//! them together; [`migrate`] exports and imports the records.
 
 pub mod api;
 pub mod app;
@@ -20,6 +20,7 @@ pub mod journal;
 pub mod leader;
 pub mod mep;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod reconciler;
 pub mod retry;

@@ -1,4 +1,5 @@
-//! Command line of mec-plugin: parse arguments, set up logging, then run or check.
+//! Command line of mec-plugin: parse arguments, set up logging, then run, check, or move the
+//! state ([`migrate`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,6 +7,8 @@ use std::process::ExitCode;
 
 use argh::FromArgs;
 use mec_plugin::app::{self, Overrides};
+use mec_plugin::config::Config;
+use mec_plugin::migrate;
 
 /// MEC Platform Manager: installs MEC applications' traffic and DNS rules on the MEC platforms
 /// of the regions in its configuration, on behalf of an orchestrator.
@@ -23,6 +26,14 @@ struct Args {
     /// validate the configuration, print one line per region and exit
     #[argh(switch)]
     check: bool,
+    /// write every record of the state (stopped service) to FILE as JSON Lines, `-` for
+    /// standard output, and exit
+    #[argh(option, arg_name = "FILE")]
+    export_state: Option<PathBuf>,
+    /// add the records of FILE (JSON Lines from --export-state, `-` for standard input) to an
+    /// empty state (stopped service) and exit
+    #[argh(option, arg_name = "FILE")]
+    import_state: Option<PathBuf>,
     /// print the version and exit
     #[argh(switch)]
     version: bool,
@@ -34,9 +45,18 @@ fn main() -> ExitCode {
         println!("mec-plugin {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    let actions = [
+        args.check,
+        args.export_state.is_some(),
+        args.import_state.is_some(),
+    ];
+    if actions.iter().filter(|&&a| a).count() > 1 {
+        eprintln!("mec-plugin: --check, --export-state and --import-state exclude each other");
+        return ExitCode::from(2);
+    }
     let overrides = Overrides {
         listen: args.listen,
-        state_dir: args.state_dir,
+        state_dir: args.state_dir.clone(),
     };
     let config = match app::load(&args.config, &overrides) {
         Ok(config) => config,
@@ -56,6 +76,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if args.export_state.is_some() || args.import_state.is_some() {
+        return migrate_state(&config, &args);
+    }
     init_logging();
     match app::run(&config) {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,6 +87,60 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `--export-state` or `--import-state`: a summary line, or what went wrong, on
+/// standard error (standard output may be the export). Exit code 0, 1 (the state or a file
+/// could not be used) or 2 (the input was refused: nothing was written).
+fn migrate_state(config: &Config, args: &Args) -> ExitCode {
+    // Opening the state may log (a torn write repaired): to standard error, not into an export.
+    log::set_max_level(log::LevelFilter::Info);
+    let _ = log::set_logger(&StderrLogger);
+    let (result, verb, preposition, file) = match (&args.export_state, &args.import_state) {
+        (Some(to), _) => (migrate::export(config, to), "exported", "to", to),
+        (None, Some(from)) => (migrate::import(config, from), "imported", "from", from),
+        (None, None) => unreachable!("called for an export or an import"),
+    };
+    let file = if file == std::path::Path::new("-") {
+        let stream = if verb == "exported" {
+            "output"
+        } else {
+            "input"
+        };
+        format!("standard {stream}")
+    } else {
+        file.display().to_string()
+    };
+    match result {
+        Ok(n) => {
+            eprintln!("mec-plugin: {verb} {n} records {preposition} {file}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mec-plugin: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Log lines of an export or import, on standard error: `mec-plugin: LEVEL message`.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Info
+            && !QUIET_TARGETS
+                .iter()
+                .any(|t| metadata.target().starts_with(t))
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("mec-plugin: {} {}", record.level(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 /// Logs to standard output at the level of `RUST_LOG` (default `info`). Under systemd, when

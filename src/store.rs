@@ -10,8 +10,11 @@ use std::ops::{Bound, Range};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// A whole record's durable form (the journal's `put` entry): also a line of an export, so that
+/// [`migrate`](crate::migrate) depends on the store, not on the journal behind it.
+pub(crate) use crate::journal::RecordEntry;
 use crate::journal::{
-    Entry, Journal, JournalError, RecordEntry, ReplayStats, StatusEntry, StepEntry, UpdateEntry,
+    Entry, Journal, JournalError, ReplayStats, StatusEntry, StepEntry, UpdateEntry,
 };
 use crate::mep::{RuleIdentity, Step};
 use crate::model::Status;
@@ -103,7 +106,13 @@ impl Record {
     }
 
     fn to_entry(&self) -> Entry<'_> {
-        Entry::Put(RecordEntry {
+        Entry::Put(self.to_record_entry())
+    }
+
+    /// The record as its journal `put` entry's content: also one line of an export
+    /// ([`migrate`](crate::migrate)).
+    pub(crate) fn to_record_entry(&self) -> RecordEntry<'_> {
+        RecordEntry {
             id: Cow::Borrowed(&self.id),
             region: Cow::Borrowed(&self.region_id),
             request: serde_json::from_str(&self.request).expect("stored requests are JSON"),
@@ -115,7 +124,7 @@ impl Record {
             modified: self.last_modified,
             platform: self.platform.as_deref().map(Cow::Borrowed),
             kept: self.kept.as_deref().map(<[usize]>::to_vec),
-        })
+        }
     }
 
     fn update_entry(&self) -> Entry<'_> {
@@ -691,6 +700,27 @@ impl Store {
         Ok(true)
     }
 
+    /// Adds the records of an import ([`migrate`](crate::migrate)) in the order given, which
+    /// becomes their creation order; returns once all are durable (one wait for the last).
+    /// The caller has checked them ([`RecordEntry`]s of unique ids).
+    pub(crate) fn insert_entries<'a>(
+        &self,
+        entries: impl IntoIterator<Item = RecordEntry<'a>>,
+    ) -> Result<usize, StoreError> {
+        let mut last = 0;
+        let mut count = 0;
+        for entry in entries {
+            let record = from_record_entry(entry, &mut lock(&self.regions));
+            let mut records = self.lock();
+            last = self.write(&record.to_entry())?;
+            self.rules().count(&record, 0..record.applied, true);
+            records.insert(record);
+            count += 1;
+        }
+        self.durable(last)?;
+        Ok(count)
+    }
+
     /// A copy of one record (cheap: the request and steps are shared).
     pub fn get(&self, id: &str) -> Option<Record> {
         self.lock().by_id.get(id).map(|r| Record::clone(r))
@@ -973,6 +1003,25 @@ impl Store {
     }
 }
 
+/// The record a journal `put` entry (or a line of an import) describes, with no runtime state;
+/// its region and platform shared through `regions`.
+fn from_record_entry(r: RecordEntry<'_>, regions: &mut Regions) -> Record {
+    let mut record = Record::new(
+        Arc::from(&*r.id),
+        regions.intern(&r.region),
+        Arc::from(r.request.get()),
+        r.status.into(),
+        r.steps.iter().map(Step::from).collect(),
+        r.applied,
+        r.created,
+    );
+    record.detail = r.detail.map(Box::from);
+    record.last_modified = r.modified;
+    record.platform = r.platform.map(|p| regions.intern(&p));
+    record.kept = r.kept.map(Arc::from);
+    record
+}
+
 /// Applies one replayed journal entry to the map.
 /// Strings are copied from the entry (which borrows them from its line) straight into the
 /// record's own allocations.
@@ -984,19 +1033,7 @@ fn replay(
 ) {
     match entry {
         Entry::Put(r) => {
-            let mut record = Record::new(
-                Arc::from(&*r.id),
-                regions.intern(&r.region),
-                Arc::from(r.request.get()),
-                r.status.into(),
-                r.steps.iter().map(Step::from).collect(),
-                r.applied,
-                r.created,
-            );
-            record.detail = r.detail.map(Box::from);
-            record.last_modified = r.modified;
-            record.platform = r.platform.map(|p| regions.intern(&p));
-            record.kept = r.kept.map(Arc::from);
+            let mut record = from_record_entry(r, regions);
             record.seq = *next_seq;
             *next_seq += 1;
             records.insert(record.id.clone(), record);

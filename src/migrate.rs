@@ -1,0 +1,401 @@
+//! Moving a deployment's state between stores: `--export-state` writes every record as one
+//! JSON line (the content of the journal's `put` entry, in creation order) and
+//! `--import-state` checks a whole file of such lines, then inserts it into an empty store.
+//!
+//! Both open the state as a start does, so the state directory's `LOCK` makes them fail while
+//! the service runs. An import writes nothing unless every line checks out and the target
+//! holds no record. Records are imported as they were: a PENDING one is rolled back by the
+//! next start's recovery, exactly as after a crash; a DELETING one is removed by the
+//! reconciler.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::IgnoredAny;
+
+use crate::config::Config;
+use crate::store::{RecordEntry, Store, StoreError};
+
+/// The fields of a line: those of [`RecordEntry`]; any other is refused (a misspelt optional
+/// field would otherwise be dropped without a word).
+const FIELDS: [&str; 11] = [
+    "id", "region", "request", "steps", "applied", "status", "detail", "created", "modified",
+    "platform", "kept",
+];
+
+/// Why an export or import did nothing (or, for [`MigrateError::Write`], left a partial file).
+#[derive(Debug)]
+pub enum MigrateError {
+    /// The state could not be opened (in use by the running service, damaged) or written.
+    Store(StoreError),
+    /// The state directory to export does not exist.
+    NoState(PathBuf),
+    /// The file could not be read.
+    Read { file: String, error: io::Error },
+    /// The export file could not be written (it may hold part of the records).
+    Write { file: String, error: io::Error },
+    /// A line of the import is wrong; nothing was written.
+    BadLine {
+        file: String,
+        line: usize,
+        reason: String,
+    },
+    /// More records than `[server] max_requests`; nothing was written.
+    TooMany {
+        file: String,
+        records: usize,
+        max: usize,
+    },
+    /// The target store already holds records; nothing was written.
+    NotEmpty { dir: PathBuf, records: usize },
+}
+
+impl MigrateError {
+    /// The process's exit code: 2 when the input is refused (a bad file, a store that is not
+    /// empty), 1 when the state or a file could not be used.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            MigrateError::BadLine { .. }
+            | MigrateError::TooMany { .. }
+            | MigrateError::NotEmpty { .. } => 2,
+            MigrateError::Store(_)
+            | MigrateError::NoState(_)
+            | MigrateError::Read { .. }
+            | MigrateError::Write { .. } => 1,
+        }
+    }
+}
+
+impl fmt::Display for MigrateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MigrateError::Store(e) => write!(
+                f,
+                "cannot use the state (an export or import needs the service stopped): {e}"
+            ),
+            MigrateError::NoState(dir) => write!(
+                f,
+                "state directory {} does not exist: nothing to export (check [server] \
+                 state_dir or --state-dir)",
+                dir.display()
+            ),
+            MigrateError::Read { file, error } => write!(f, "cannot read {file}: {error}"),
+            MigrateError::Write { file, error } => {
+                write!(f, "cannot write {file} (it may be incomplete): {error}")
+            }
+            MigrateError::BadLine { file, line, reason } => {
+                write!(f, "{file}: line {line}: {reason}; nothing was imported")
+            }
+            MigrateError::TooMany { file, records, max } => write!(
+                f,
+                "{file} holds {records} records, more than [server] max_requests ({max}); \
+                 nothing was imported"
+            ),
+            MigrateError::NotEmpty { dir, records } => write!(
+                f,
+                "state directory {} already holds {records} record(s): an import never \
+                 overwrites a store; nothing was imported (import into an empty state_dir)",
+                dir.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MigrateError {}
+
+impl From<StoreError> for MigrateError {
+    fn from(e: StoreError) -> Self {
+        MigrateError::Store(e)
+    }
+}
+
+/// How a file argument is shown in messages: `-` is the standard `stream`.
+fn shown(path: &Path, stream: &str) -> String {
+    if path == Path::new("-") {
+        format!("standard {stream}")
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// Writes every record of the configured state to `to` (`-`: standard output); returns how
+/// many.
+pub fn export(config: &Config, to: &Path) -> Result<usize, MigrateError> {
+    let dir = &config.server.state_dir;
+    if !dir.is_dir() {
+        return Err(MigrateError::NoState(dir.clone()));
+    }
+    let (store, _) = Store::open(dir, config.server.fsync)?;
+    let failed = |error| MigrateError::Write {
+        file: shown(to, "output"),
+        error,
+    };
+    if to == Path::new("-") {
+        let mut out = io::stdout().lock();
+        let n = write_records(&store, &mut out).map_err(failed)?;
+        out.flush().map_err(failed)?;
+        Ok(n)
+    } else {
+        let file = File::create(to).map_err(failed)?;
+        let mut out = BufWriter::new(file);
+        let n = write_records(&store, &mut out).map_err(failed)?;
+        let file = out.into_inner().map_err(|e| failed(e.into_error()))?;
+        file.sync_all().map_err(failed)?;
+        Ok(n)
+    }
+}
+
+/// Writes the records of `store`, in creation order, one JSON line each.
+pub fn write_records(store: &Store, out: &mut impl Write) -> io::Result<usize> {
+    let records = store.list(None);
+    for record in &records {
+        serde_json::to_writer(&mut *out, &record.to_record_entry())?;
+        out.write_all(b"\n")?;
+    }
+    Ok(records.len())
+}
+
+/// Checks every line of `from` (`-`: standard input), then inserts them all, durably, into the
+/// configured state, which must hold no record; returns how many.
+pub fn import(config: &Config, from: &Path) -> Result<usize, MigrateError> {
+    let file = shown(from, "input");
+    let mut bytes = Vec::new();
+    let read = if from == Path::new("-") {
+        io::stdin().lock().read_to_end(&mut bytes)
+    } else {
+        File::open(from).and_then(|mut f| f.read_to_end(&mut bytes))
+    };
+    read.map_err(|error| MigrateError::Read {
+        file: file.clone(),
+        error,
+    })?;
+    let regions: HashSet<&str> = config.regions.iter().map(|r| &*r.id).collect();
+    let entries = parse(&bytes, &regions).map_err(|(line, reason)| MigrateError::BadLine {
+        file: file.clone(),
+        line,
+        reason,
+    })?;
+    let max = config.server.max_requests;
+    if entries.len() > max {
+        return Err(MigrateError::TooMany {
+            file,
+            records: entries.len(),
+            max,
+        });
+    }
+    let dir = &config.server.state_dir;
+    let (store, _) = Store::open(dir, config.server.fsync)?;
+    if !store.is_empty() {
+        return Err(MigrateError::NotEmpty {
+            dir: dir.clone(),
+            records: store.len(),
+        });
+    }
+    Ok(store.insert_entries(entries)?)
+}
+
+/// Parses and checks every line of an import; on the first bad one, its number (from 1) and
+/// what is wrong with it. Blank lines are skipped.
+pub(crate) fn parse<'a>(
+    bytes: &'a [u8],
+    regions: &HashSet<&str>,
+) -> Result<Vec<RecordEntry<'a>>, (usize, String)> {
+    let mut entries = Vec::new();
+    let mut ids = HashSet::new();
+    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        let n = i + 1;
+        let line = std::str::from_utf8(line).map_err(|e| (n, format!("not UTF-8: {e}")))?;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry = parse_line(line, regions).map_err(|reason| (n, reason))?;
+        if !ids.insert(entry.id.clone()) {
+            return Err((
+                n,
+                format!("duplicate id '{}' (seen on an earlier line)", entry.id),
+            ));
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+/// Parses and checks one line (the duplicate ids aside).
+fn parse_line<'a>(line: &'a str, regions: &HashSet<&str>) -> Result<RecordEntry<'a>, String> {
+    let fields: BTreeMap<Cow<str>, IgnoredAny> =
+        serde_json::from_str(line).map_err(|e| json_error(&e))?;
+    if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_ref())) {
+        return Err(format!(
+            "unknown field '{unknown}' (the fields are {})",
+            FIELDS.join(", ")
+        ));
+    }
+    let entry: RecordEntry = serde_json::from_str(line).map_err(|e| json_error(&e))?;
+    check(&entry, regions)?;
+    Ok(entry)
+}
+
+/// What is wrong with a line's JSON, without serde's position in the line (always line 1).
+fn json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = match text.rfind(" at line ") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    match e.classify() {
+        serde_json::error::Category::Data => format!("invalid record: {text}"),
+        _ => format!("malformed JSON at column {}: {text}", e.column()),
+    }
+}
+
+/// The checks serde does not do: what the store relies on, and the region.
+fn check(entry: &RecordEntry, regions: &HashSet<&str>) -> Result<(), String> {
+    if entry.id.is_empty() {
+        return Err("empty id".into());
+    }
+    if !regions.contains(&*entry.region) {
+        return Err(format!(
+            "record '{}': region '{}' is not in the configuration (its rules could not be \
+             removed; add the region first)",
+            entry.id, entry.region
+        ));
+    }
+    if !entry.request.get().starts_with('{') {
+        return Err(format!(
+            "record '{}': request is not a JSON object",
+            entry.id
+        ));
+    }
+    if entry.applied > entry.steps.len() {
+        return Err(format!(
+            "record '{}': applied ({}) is more than its steps ({})",
+            entry.id,
+            entry.applied,
+            entry.steps.len()
+        ));
+    }
+    if let Some(k) = entry
+        .kept
+        .iter()
+        .flatten()
+        .find(|&&k| k >= entry.steps.len())
+    {
+        return Err(format!(
+            "record '{}': kept names step {k}, but it has {} steps",
+            entry.id,
+            entry.steps.len()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"id":"a","region":"2","request":{"appLatency":{"timeUnit":"ms","latency":1}},"steps":[{"label":"DNS rule","target":"/dns_rules/d","json":{"x":1}},{"label":"raw","target":"/t","body":"not json"}],"applied":2,"status":"created","created":1,"modified":2,"platform":"http://mep","kept":[1]}"#;
+
+    fn regions() -> HashSet<&'static str> {
+        ["2", "3"].into_iter().collect()
+    }
+
+    /// The error of parsing `text`: its line number and reason.
+    fn refused(text: &str) -> (usize, String) {
+        match parse(text.as_bytes(), &regions()) {
+            Ok(entries) => panic!("accepted {} entries of {text}", entries.len()),
+            Err(e) => e,
+        }
+    }
+
+    /// `GOOD` with `from` replaced by `to`.
+    fn good_with(from: &str, to: &str) -> String {
+        assert!(GOOD.contains(from), "{from}");
+        GOOD.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn good_lines_parse_in_order_and_blank_lines_are_skipped() {
+        let b = GOOD
+            .replace(r#""id":"a""#, r#""id":"b""#)
+            .replace(r#""region":"2""#, r#""region":"3""#);
+        let text = format!("{GOOD}\n\n{b}\r\n");
+        let entries = parse(text.as_bytes(), &regions()).unwrap();
+        let ids: Vec<&str> = entries.iter().map(|e| &*e.id).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(entries[0].steps.len(), 2);
+        assert_eq!(entries[0].kept.as_deref(), Some(&[1][..]));
+        assert!(parse(b"", &regions()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn each_kind_of_bad_line_is_refused_with_its_number_and_what_is_wrong() {
+        let cases = [
+            ("{\"id\":".to_string(), "malformed JSON at column 6"),
+            ("[1, 2]".to_string(), "invalid record"),
+            (good_with(r#""region":"2","#, ""), "missing field `region`"),
+            (
+                good_with(r#""status":"created""#, r#""status":"deleted""#),
+                "unknown variant `deleted`",
+            ),
+            (
+                good_with(r#""applied":2"#, r#""applied":3"#),
+                "record 'a': applied (3) is more than its steps (2)",
+            ),
+            (
+                good_with(r#""applied":2"#, r#""applied":-1"#),
+                "invalid record",
+            ),
+            (
+                good_with(r#""region":"2""#, r#""region":"9""#),
+                "region '9' is not in the configuration",
+            ),
+            (good_with(r#""id":"a""#, r#""id":"""#), "empty id"),
+            (
+                good_with(r#""kept":[1]"#, r#""kept":[2]"#),
+                "kept names step 2",
+            ),
+            (
+                good_with(
+                    r#""request":{"appLatency":{"timeUnit":"ms","latency":1}}"#,
+                    r#""request":[1]"#,
+                ),
+                "request is not a JSON object",
+            ),
+            (
+                good_with(r#""platform""#, r#""platfrom""#),
+                "unknown field 'platfrom'",
+            ),
+            (GOOD.to_string(), "duplicate id 'a'"),
+        ];
+        for (bad, reason) in cases {
+            let text = format!("{GOOD}\n\n{bad}\n");
+            let (line, why) = refused(&text);
+            assert_eq!(line, 3, "{bad}: {why}");
+            assert!(why.contains(reason), "{bad}: '{why}' lacks '{reason}'");
+        }
+        let mut bytes = format!("{GOOD}\n").into_bytes();
+        bytes.extend_from_slice(b"\xff\n");
+        let (line, why) = parse(&bytes, &regions()).map(|_| ()).unwrap_err();
+        assert_eq!((line, why.starts_with("not UTF-8")), (2, true), "{why}");
+    }
+
+    #[test]
+    fn an_export_is_read_back_as_the_same_records_and_written_out_byte_for_byte() {
+        let text = format!("{GOOD}\n{}\n", good_with(r#""id":"a""#, r#""id":"0""#));
+        let store = Store::in_memory();
+        let entries = parse(text.as_bytes(), &regions()).unwrap();
+        assert_eq!(store.insert_entries(entries).unwrap(), 2);
+        let mut out = Vec::new();
+        assert_eq!(write_records(&store, &mut out).unwrap(), 2);
+        // In the order of the file (not of the ids), each line as it was.
+        assert_eq!(String::from_utf8(out).unwrap(), text);
+        let record = store.get("a").unwrap();
+        assert_eq!(record.steps[1].body(), "not json");
+        assert!(record.is_kept(1));
+    }
+}

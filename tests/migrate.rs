@@ -1,0 +1,306 @@
+//! Moving a deployment with the real binary: `--export-state` of a stopped plugin's state,
+//! `--import-state` into an empty one, and a plugin started on it that lists the same requests
+//! and removes their rules from the platform; what an import refuses (a store with records, a
+//! bad line) writes nothing, and an export of a running plugin's state fails on its lock.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use support::fake_llmec::FakeLlMec;
+use support::{Plugin, llmec_region, server_section, temp_dir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mec-plugin");
+
+/// The plugin's configuration: one LL-MEC region "2" on `url`.
+fn config_text(url: &str) -> String {
+    format!("{}{}", server_section(""), llmec_region("2", url, 1000))
+}
+
+/// `mec-plugin --config <config> --state-dir <state> <args>`.
+fn run(config: &Path, state: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exports `state` to `file` and returns the file's bytes.
+fn export(config: &Path, state: &Path, file: &Path) -> Vec<u8> {
+    let out = run(config, state, &["--export-state", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::read(file).unwrap()
+}
+
+/// A request with one DNS rule named `n` (one LL-MEC call).
+fn dns_request(n: usize) -> String {
+    serde_json::json!({"RegionId": "2", "appDNSRule": [{"dnsRuleId": format!("d{n}"),
+        "domainName": format!("n{n}.example.org"), "ipAddressType": "IP_V4",
+        "ipAddress": "172.24.248.5"}]})
+    .to_string()
+}
+
+/// Every request's id and status, in the listing's (creation) order.
+fn listing(p: &Plugin) -> Vec<(String, String)> {
+    let r = p.get("/service/requests");
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let items = match &r.json {
+        Value::Array(items) => items.clone(),
+        other => other["requests"].as_array().cloned().unwrap_or_default(),
+    };
+    items
+        .iter()
+        .map(|v| {
+            (
+                v["RequestId"].as_str().unwrap_or_default().to_string(),
+                v["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A stopped plugin's state with four requests (three CREATED, one FAILED), its listing and
+/// the configuration file naming the fake platform.
+fn deployment(fake: &FakeLlMec, dir: &Path) -> (PathBuf, PathBuf, Vec<(String, String)>) {
+    let config = dir.join("regions.toml");
+    std::fs::write(&config, config_text(&fake.url())).unwrap();
+    let state = dir.join("state-a");
+    let p = Plugin::start_in(&config_text(&fake.url()), &state);
+    for n in 0..4 {
+        if n == 2 {
+            fake.fail_nth_post(1, 500);
+        }
+        p.post(&dns_request(n));
+    }
+    let before = listing(&p);
+    p.stop();
+    let statuses: Vec<&str> = before.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(statuses, ["CREATED", "CREATED", "FAILED", "CREATED"]);
+    (config, state, before)
+}
+
+#[test]
+fn a_deployment_moves_to_an_empty_state_with_the_same_requests_and_their_rules() {
+    let fake = FakeLlMec::start();
+    let dir = temp_dir("migrate-move");
+    let (config, state_a, before) = deployment(&fake, &dir);
+    let file = dir.join("state.jsonl");
+    let exported = export(&config, &state_a, &file);
+    let text = String::from_utf8(exported.clone()).unwrap();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    let out = run(&config, &dir.join("state-a"), &["--export-state", "-"]);
+    assert_eq!(out.stdout, exported, "standard output gets the same lines");
+    assert!(stderr(&out).contains("exported 4 records to standard output"));
+
+    let state_b = dir.join("state-b");
+    let out = run(
+        &config,
+        &state_b,
+        &["--import-state", file.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("imported 4 records from {}", file.display())),
+        "{}",
+        stderr(&out)
+    );
+    // Export → import → export is byte for byte the same.
+    assert_eq!(
+        export(&config, &state_b, &dir.join("again.jsonl")),
+        exported
+    );
+
+    // Into a store with records: refused, and that store is unchanged.
+    let out = run(
+        &config,
+        &state_b,
+        &["--import-state", file.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already holds 4 record(s)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        export(&config, &state_b, &dir.join("after.jsonl")),
+        exported
+    );
+
+    // A plugin on the imported state lists the same requests and removes their rules.
+    let p = Plugin::start_in(&config_text(&fake.url()), &state_b);
+    assert_eq!(listing(&p), before);
+    let installed = fake.installed().len();
+    assert_eq!(installed, 3, "{:?}", fake.installed());
+    let (id, _) = &before[0];
+    assert_eq!(p.delete(id).status, 201);
+    assert_eq!(fake.installed().len(), 2, "{:?}", fake.installed());
+    assert!(
+        !fake
+            .installed()
+            .iter()
+            .any(|(path, _)| path.ends_with("/d0"))
+    );
+    p.stop();
+}
+
+#[test]
+fn an_import_with_a_bad_line_names_it_and_writes_nothing() {
+    let fake = FakeLlMec::start();
+    let dir = temp_dir("migrate-bad");
+    let (config, state_a, _) = deployment(&fake, &dir);
+    let exported = String::from_utf8(export(&config, &state_a, &dir.join("good.jsonl"))).unwrap();
+    let mut lines: Vec<&str> = exported.lines().collect();
+    lines[2] = "{\"id\": \"half a line";
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, lines.join("\n")).unwrap();
+    let state_b = dir.join("state-b");
+    let out = run(
+        &config,
+        &state_b,
+        &["--import-state", bad.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("bad.jsonl: line 3: malformed JSON"), "{err}");
+    assert!(err.contains("nothing was imported"), "{err}");
+    assert!(!state_b.exists(), "not even the state directory was made");
+
+    // A region missing from the configuration is refused too.
+    let other = dir.join("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "{}{}",
+            server_section(""),
+            llmec_region("3", &fake.url(), 1000)
+        ),
+    )
+    .unwrap();
+    let good = dir.join("good.jsonl");
+    let out = run(
+        &other,
+        &state_b,
+        &["--import-state", good.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("line 1: record '")
+            && stderr(&out).contains("region '2' is not in the configuration"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!state_b.exists());
+}
+
+#[test]
+fn an_export_while_the_service_runs_fails_on_its_lock() {
+    let fake = FakeLlMec::start();
+    let dir = temp_dir("migrate-locked");
+    let config = dir.join("regions.toml");
+    std::fs::write(&config, config_text(&fake.url())).unwrap();
+    let state = dir.join("state");
+    let p = Plugin::start_in(&config_text(&fake.url()), &state);
+    assert_eq!(p.post(&dns_request(1)).status, 201);
+    let file = dir.join("out.jsonl");
+    let out = run(&config, &state, &["--export-state", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("needs the service stopped") && err.contains("in use by another"),
+        "{err}"
+    );
+    assert!(!file.exists(), "nothing written");
+    p.stop();
+    assert_eq!(
+        export(&config, &state, &file)
+            .split(|b| *b == b'\n')
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn a_pending_record_imported_is_rolled_back_by_the_next_start_as_after_a_crash() {
+    let fake = FakeLlMec::start();
+    let dir = temp_dir("migrate-pending");
+    let (config, state_a, before) = deployment(&fake, &dir);
+    let exported = String::from_utf8(export(&config, &state_a, &dir.join("all.jsonl"))).unwrap();
+    let first = exported.lines().next().unwrap();
+    assert!(first.contains(r#""status":"created""#), "{first}");
+    let pending = dir.join("pending.jsonl");
+    std::fs::write(
+        &pending,
+        format!(
+            "{}\n",
+            first.replace(r#""status":"created""#, r#""status":"pending""#)
+        ),
+    )
+    .unwrap();
+    let state_b = dir.join("state-b");
+    let out = run(
+        &config,
+        &state_b,
+        &["--import-state", pending.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fake.installed().len(), 3);
+    let p = Plugin::start_in(&config_text(&fake.url()), &state_b);
+    let (id, _) = &before[0];
+    assert_eq!(listing(&p), [(id.clone(), "FAILED".to_string())]);
+    assert!(
+        support::eventually(std::time::Duration::from_secs(10), || fake
+            .installed()
+            .iter()
+            .all(|(path, _)| !path.ends_with("/d0"))),
+        "the rule of the rolled-back creation is removed: {:?}",
+        fake.installed()
+    );
+    p.stop();
+}
+
+#[test]
+fn export_import_and_check_exclude_each_other_and_are_in_the_help() {
+    let dir = temp_dir("migrate-cli");
+    let config = dir.join("regions.toml");
+    std::fs::write(
+        &config,
+        format!("{}{}", server_section(""), support::simulated_region("2")),
+    )
+    .unwrap();
+    let state = dir.join("state");
+    for args in [
+        &["--export-state", "a", "--import-state", "b"][..],
+        &["--check", "--export-state", "a"],
+        &["--check", "--import-state", "b"],
+    ] {
+        let out = run(&config, &state, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("exclude each other"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert!(!state.exists());
+    // Nothing to export from a state directory that does not exist (a wrong path, surely).
+    let out = run(&config, &state, &["--export-state", "-"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    let text = String::from_utf8(help.stdout).unwrap();
+    assert!(
+        text.contains("--export-state") && text.contains("--import-state"),
+        "{text}"
+    );
+}
