@@ -1297,6 +1297,60 @@ mod tests {
         assert_eq!((r.status, r.applied, r.busy), (Status::Deleted, 2, false));
     }
 
+    /// What the old inline closures journaled, the transitions journal: a hand-over (claim,
+    /// release, leave to the reconciler, back off, a queued DELETE) writes nothing; a change of
+    /// status, detail, applied or last modified writes one entry.
+    #[test]
+    fn only_transitions_that_change_what_a_record_says_are_journaled() {
+        let dir = temp_dir("transitions");
+        let mut expected = 0;
+        {
+            let (s, _) = Store::open(&dir, false).unwrap();
+            let step = |change: fn(&mut Record), writes: bool, expected: &mut usize| {
+                s.update("r", change).unwrap().expect("recorded");
+                *expected += usize::from(writes);
+            };
+            s.insert(at(Status::Pending, 1)).unwrap();
+            expected += 1;
+            step(|r| assert!(r.claim()), false, &mut expected);
+            step(Record::release, false, &mut expected);
+            step(|r| assert!(r.claim()), false, &mut expected);
+            step(|r| r.leave_to_reconciler(50), false, &mut expected);
+            step(|r| r.back_off(2, 60), false, &mut expected);
+            step(|r| assert!(r.claim()), false, &mut expected);
+            step(|r| r.sending(1), true, &mut expected);
+            step(|r| r.failed("b failed", 70, 5), true, &mut expected);
+            step(|r| assert!(r.claim()), false, &mut expected);
+            step(
+                |r| r.retry(1, 80, "attempt 1 failed", 6),
+                true,
+                &mut expected,
+            );
+            step(|r| assert!(r.claim()), false, &mut expected);
+            step(|r| r.settling(90, "settling", 7), true, &mut expected);
+            step(|r| assert!(r.claim()), false, &mut expected);
+            step(|r| r.stuck("region gone", 95), true, &mut expected);
+            step(
+                |r| assert_eq!(r.claim_removal(8), RemovalClaim::Claimed),
+                true,
+                &mut expected,
+            );
+            step(Record::release, false, &mut expected);
+            step(
+                |r| assert_eq!(r.claim_removal(9), RemovalClaim::Queued),
+                false,
+                &mut expected,
+            );
+        }
+        let (s, stats) = Store::open(&dir, false).unwrap();
+        assert_eq!(stats.entries, expected);
+        let r = s.get("r").unwrap();
+        assert_eq!(
+            (r.status, r.applied, r.last_modified, r.detail, r.busy),
+            (Status::Deleting, 2, 8, None, false)
+        );
+    }
+
     fn temp_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("mec-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
