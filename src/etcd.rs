@@ -36,10 +36,9 @@ use log::{debug, warn};
 use serde_json::{Value, json};
 use ureq::Agent;
 use ureq::http::HeaderValue;
-use ureq::tls::{RootCerts, TlsConfig};
 use ureq::unversioned::transport::DefaultConnector;
 
-use crate::mep::agent::{LiteralResolver, one_line, private_roots};
+use crate::mep::agent::{LiteralResolver, one_line, outbound_config, tls_trusting};
 use crate::util::redact;
 
 /// Largest answer read from etcd (a range of a whole prefix can be large; etcd's own limit on
@@ -506,33 +505,18 @@ impl Client {
             (None, None) => None,
             _ => return Err("an etcd user needs a password, and a password a user".into()),
         };
-        let tls = match &options.ca_pem {
-            None => TlsConfig::builder().build(),
-            Some(pem) => {
-                let (certificates, unreadable) = private_roots(pem);
-                if unreadable > 0 || certificates.is_empty() {
-                    warn!(
-                        "etcd CA file: {} usable certificate(s), {unreadable} unreadable",
-                        certificates.len()
-                    );
-                }
-                TlsConfig::builder()
-                    .root_certs(RootCerts::new_with_certs(&certificates))
-                    .build()
+        let (tls, roots) = tls_trusting(options.ca_pem.as_deref());
+        if let Some((usable, unreadable)) = roots {
+            if unreadable > 0 || usable == 0 {
+                warn!("etcd CA file: {usable} usable certificate(s), {unreadable} unreadable");
             }
-        };
-        let config = Agent::config_builder()
-            .proxy(None)
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_global(Some(options.timeout))
-            .timeout_connect(Some(options.timeout))
-            .tls_config(tls)
-            .user_agent(concat!("mec-plugin/", env!("CARGO_PKG_VERSION")))
-            .accept("application/json")
-            .max_idle_connections_per_host(IDLE_CONNECTIONS)
-            .max_idle_connections(IDLE_CONNECTIONS * endpoints.len())
-            .build();
+        }
+        let config = outbound_config(
+            tls,
+            options.timeout,
+            IDLE_CONNECTIONS,
+            IDLE_CONNECTIONS * endpoints.len(),
+        );
         Ok(Client {
             agent: Agent::with_parts(config, DefaultConnector::default(), LiteralResolver),
             endpoints,

@@ -252,27 +252,21 @@ impl MepClient {
     pub fn new(mep: &MepConfig) -> MepClient {
         let base_url = mep.url.trim_end_matches('/').to_string();
         let shown = redact(&base_url);
-        let (tls, trust) = match &mep.ca_pem {
-            None => (TlsConfig::builder().build(), Trust::PublicRoots),
-            Some(pem) => {
-                let (certificates, unreadable) = private_roots(pem);
+        let (tls, roots) = tls_trusting(mep.ca_pem.as_deref());
+        let trust = match roots {
+            None => Trust::PublicRoots,
+            Some((certificates, unreadable)) => {
                 if unreadable > 0 {
                     warn!(
                         "MEP {shown}: {unreadable} certificate(s) of the CA file could not be read and are not trusted"
                     );
                 }
-                if certificates.is_empty() {
+                if certificates == 0 {
                     error!(
                         "MEP {shown}: the CA file holds no usable certificate: every https call to this MEP will fail"
                     );
                 }
-                let trust = Trust::PrivateCa {
-                    certificates: certificates.len(),
-                };
-                let tls = TlsConfig::builder()
-                    .root_certs(RootCerts::new_with_certs(&certificates))
-                    .build();
-                (tls, trust)
+                Trust::PrivateCa { certificates }
             }
         };
         let credential = match &mep.token {
@@ -295,21 +289,14 @@ impl MepClient {
                 }
             },
         };
-        let config = Agent::config_builder()
-            // Never `Proxy::try_from_env()` (what `Config::default()` does).
-            .proxy(None)
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_global(Some(mep.timeout))
-            .timeout_connect(Some(mep.timeout))
-            .tls_config(tls)
-            .user_agent(concat!("mec-plugin/", env!("CARGO_PKG_VERSION")))
-            .accept("application/json")
-            // ureq keeps 3 idle connections per host by default: fewer than the workers that
-            // call one platform at once, so connections would be opened and closed constantly.
-            .max_idle_connections_per_host(IDLE_CONNECTIONS_PER_MEP)
-            .max_idle_connections(IDLE_CONNECTIONS_PER_MEP)
-            .build();
+        // ureq keeps 3 idle connections per host by default: fewer than the workers that call
+        // one platform at once, so connections would be opened and closed constantly.
+        let config = outbound_config(
+            tls,
+            mep.timeout,
+            IDLE_CONNECTIONS_PER_MEP,
+            IDLE_CONNECTIONS_PER_MEP,
+        );
         MepClient {
             agent: Agent::with_parts(
                 config,
@@ -470,9 +457,49 @@ impl MepClient {
     }
 }
 
+/// TLS that trusts only the certificates of `ca_pem` (a private CA file), or the public roots
+/// when there is none; with how many of its certificates are usable and unreadable (`None`:
+/// the public roots). The caller says what that means for the peer it calls.
+pub(crate) fn tls_trusting(ca_pem: Option<&[u8]>) -> (TlsConfig, Option<(usize, usize)>) {
+    match ca_pem {
+        None => (TlsConfig::builder().build(), None),
+        Some(pem) => {
+            let (certificates, unreadable) = private_roots(pem);
+            let tls = TlsConfig::builder()
+                .root_certs(RootCerts::new_with_certs(&certificates))
+                .build();
+            (tls, Some((certificates.len(), unreadable)))
+        }
+    }
+}
+
+/// The one outbound policy of the plugin's HTTP clients (platforms and etcd): never a proxy
+/// from the environment (what `Config::default()` would take), no redirects, every status an
+/// answer rather than an error, `timeout` for the whole call and for connecting, our user
+/// agent, JSON accepted, and the given numbers of idle connections kept.
+pub(crate) fn outbound_config(
+    tls: TlsConfig,
+    timeout: Duration,
+    idle_per_host: usize,
+    idle_total: usize,
+) -> ureq::config::Config {
+    Agent::config_builder()
+        .proxy(None)
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_global(Some(timeout))
+        .timeout_connect(Some(timeout))
+        .tls_config(tls)
+        .user_agent(concat!("mec-plugin/", env!("CARGO_PKG_VERSION")))
+        .accept("application/json")
+        .max_idle_connections_per_host(idle_per_host)
+        .max_idle_connections(idle_total)
+        .build()
+}
+
 /// The certificates of a PEM file (`ca_file`), and how many of its certificate blocks could
 /// not be read. Other PEM blocks (keys, ...) are ignored.
-pub(crate) fn private_roots(pem: &[u8]) -> (Vec<Certificate<'static>>, usize) {
+fn private_roots(pem: &[u8]) -> (Vec<Certificate<'static>>, usize) {
     let mut certificates = Vec::new();
     let mut unreadable = 0;
     for item in CertificateDer::pem_slice_iter(pem) {
