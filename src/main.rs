@@ -128,10 +128,8 @@ struct StderrLogger;
 
 impl log::Log for StderrLogger {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
+        // Info and above only: the quiet crates are quiet only below info.
         metadata.level() <= log::Level::Info
-            && !QUIET_TARGETS
-                .iter()
-                .any(|t| metadata.target().starts_with(t))
     }
 
     fn log(&self, record: &log::Record) {
@@ -191,9 +189,13 @@ struct JournalLogger;
 
 impl log::Log for JournalLogger {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
-        let quiet = QUIET_TARGETS
-            .iter()
-            .any(|t| metadata.target() == *t || metadata.target().starts_with(&format!("{t}::")));
+        let target = metadata.target();
+        // `ureq` or `ureq::...`, without formatting a prefix for every line.
+        let quiet = QUIET_TARGETS.iter().any(|t| {
+            target
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        });
         metadata.level() <= log::max_level() && !(quiet && metadata.level() > log::Level::Info)
     }
 

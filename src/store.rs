@@ -691,13 +691,19 @@ impl Store {
             if records.len() >= max {
                 return Ok(false);
             }
-            let seq = self.write(&record.to_entry())?;
-            self.rules().count(&record, 0..record.applied, true);
-            records.insert(record);
-            seq
+            self.add(&mut records, record)?
         };
         self.durable(seq)?;
         Ok(true)
+    }
+
+    /// Journals `record` as a creation and adds it to the map and the rule index, under the
+    /// records lock the caller holds; returns the sequence to wait for.
+    fn add(&self, records: &mut Records, record: Record) -> Result<u64, StoreError> {
+        let seq = self.write(&record.to_entry())?;
+        self.rules().count(&record, 0..record.applied, true);
+        records.insert(record);
+        Ok(seq)
     }
 
     /// Adds the records of an import ([`migrate`](crate::migrate)) in the order given, which
@@ -711,10 +717,7 @@ impl Store {
         let mut count = 0;
         for entry in entries {
             let record = from_record_entry(entry, &mut lock(&self.regions));
-            let mut records = self.lock();
-            last = self.write(&record.to_entry())?;
-            self.rules().count(&record, 0..record.applied, true);
-            records.insert(record);
+            last = self.add(&mut self.lock(), record)?;
             count += 1;
         }
         self.durable(last)?;
