@@ -89,9 +89,16 @@ impl App {
             token: config.server.token.clone(),
         };
         let handler: server::Handler = Arc::new(api);
-        // On an error the reconciler is dropped, which stops it.
-        let server = Server::start(server::Options::from_config(&config.server), handler)
-            .map_err(StartError::Listen)?;
+        let server = match Server::start(server::Options::from_config(&config.server), handler) {
+            Ok(server) => server,
+            Err(e) => {
+                // Joined, not only told to stop: once the error is returned, nothing of this
+                // start holds the service (and with it the state directory's lock), so a retry
+                // on the same directory is not told it is in use.
+                reconciler.stop();
+                return Err(StartError::Listen(e));
+            }
+        };
         Ok(App {
             service,
             server,

@@ -240,3 +240,23 @@ fn unknown_query_parameters_of_get_routes_are_ignored() {
     p.get("/service/regions?_=1&latitude=x&longitude=7")
         .problem(400);
 }
+
+/// A start that cannot listen (the address is taken) returns only once nothing of it holds
+/// the state: a start right after, on the same state directory, is not told it is in use.
+#[test]
+fn a_start_that_cannot_listen_leaves_the_state_to_the_next_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let state = temp_dir("listen-taken");
+    let text = format!("{}{}", server_section(""), simulated_region("3"));
+    let mut config = mec_plugin::config::Config::parse(&text, "test.toml").unwrap();
+    config.server.state_dir = state.clone();
+    config.server.listen = taken.local_addr().unwrap();
+    for _ in 0..20 {
+        match mec_plugin::app::App::start(&config) {
+            Err(e) => assert!(e.to_string().contains("cannot start serving"), "{e}"),
+            Ok(_) => panic!("started on a taken address"),
+        }
+    }
+    let p = Plugin::start_in(&text, &state);
+    assert_eq!(p.call("GET", "/service/regions", None).status, 200);
+}
