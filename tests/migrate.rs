@@ -304,3 +304,50 @@ fn export_import_and_check_exclude_each_other_and_are_in_the_help() {
         "{text}"
     );
 }
+
+/// `[server] max_requests` bounds an import as it bounds creations: a file of exactly that
+/// many records is taken, one more is refused whole (exit 2, nothing written).
+#[test]
+fn an_import_is_bounded_by_max_requests_at_the_bound_and_one_past_it() {
+    let fake = FakeLlMec::start();
+    let dir = temp_dir("migrate-max");
+    let (_, state_a, _) = deployment(&fake, &dir);
+    let config = dir.join("regions.toml");
+    let file = dir.join("four.jsonl");
+    export(&config, &state_a, &file);
+    let bounded = |max: usize| {
+        let path = dir.join(format!("max-{max}.toml"));
+        let text = format!(
+            "{}{}",
+            server_section(&format!("max_requests = {max}")),
+            llmec_region("2", &fake.url(), 1000)
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let past = dir.join("state-past");
+    let out = run(
+        &bounded(3),
+        &past,
+        &["--import-state", file.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("holds 4 records, more than [server] max_requests (3)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!past.exists(), "nothing written past the bound");
+    let at = dir.join("state-at");
+    let out = run(
+        &bounded(4),
+        &at,
+        &["--import-state", file.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("imported 4 records"),
+        "{}",
+        stderr(&out)
+    );
+}
