@@ -5,6 +5,7 @@
 //! its planned steps may be on the platform.
 
 use std::borrow::Cow;
+use std::fmt;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::{Bound, Range};
 use std::path::Path;
@@ -347,8 +348,51 @@ impl Record {
     }
 }
 
-/// The state could not be made durable.
-pub type StoreError = JournalError;
+/// Why the state could not be made durable (or, from etcd, read).
+#[derive(Debug)]
+pub enum StoreError {
+    /// The journal in `state_dir` failed (see [`JournalError`]).
+    Journal(JournalError),
+    /// The etcd store cannot commit or read now: etcd unreachable or without quorum, or this
+    /// instance no longer leads (its term is over). Answered 503 with `Retry-After`.
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Whether the state directory is out of space (writes resume once it has room again).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StoreError::Journal(e) if e.is_no_space())
+    }
+
+    /// Whether the store may work again without a restart (etcd back, another leader).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Journal(e) => e.fmt(f),
+            StoreError::Unavailable(reason) => write!(f, "the etcd store is unavailable: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<JournalError> for StoreError {
+    fn from(e: JournalError) -> Self {
+        StoreError::Journal(e)
+    }
+}
+
+/// What fences an etcd store's writes: the election and the term the store was opened in.
+/// Every write is a transaction that commits only while the leader key is still that term's.
+pub struct Fence {
+    pub election: Arc<crate::leader::Election>,
+    pub term: crate::leader::Term,
+}
 
 /// All records, keyed by request id (the key is the record's own `id`, not a copy).
 pub struct Store {
@@ -662,7 +706,7 @@ impl Store {
     /// Journals `entry` (under the records lock) and returns the sequence to wait for.
     fn write(&self, entry: &Entry) -> Result<u64, StoreError> {
         match &self.journal {
-            Some(j) => j.append(entry),
+            Some(j) => Ok(j.append(entry)?),
             None => Ok(0),
         }
     }
@@ -670,7 +714,7 @@ impl Store {
     /// Waits, without the records lock, until `seq` is durable.
     fn durable(&self, seq: u64) -> Result<(), StoreError> {
         match &self.journal {
-            Some(j) if seq > 0 => j.wait(seq),
+            Some(j) if seq > 0 => Ok(j.wait(seq)?),
             _ => Ok(()),
         }
     }
@@ -941,6 +985,35 @@ impl Store {
     /// Why changes cannot be written now for want of space, if so (looks for room first).
     pub fn no_space(&self) -> Option<String> {
         self.journal.as_ref().and_then(Journal::no_space)
+    }
+
+    /// The leader's store of one term: every record under `<prefix>/records/`, read at one
+    /// revision (linearizable) in creation order; every later write is a transaction fenced on
+    /// `fence.term`, committed before the call that made it returns.
+    pub fn open_etcd(
+        client: Arc<crate::etcd::Client>,
+        prefix: &str,
+        fence: Fence,
+    ) -> Result<Store, StoreError> {
+        let _ = (client, prefix, fence.term);
+        todo!("seam: the store-etcd branch fills this in")
+    }
+
+    /// A follower's read: the records under `<prefix>/records/` now (linearizable), in creation
+    /// order, in a store that keeps nothing.
+    pub fn read_etcd(client: &crate::etcd::Client, prefix: &str) -> Result<Store, StoreError> {
+        let _ = (client, prefix);
+        todo!("seam: the store-etcd branch fills this in")
+    }
+
+    /// Whether a change could be made durable now: the journal has not stopped; an etcd
+    /// store's term is still valid and its writer has not stopped. Checked before every
+    /// platform call, so that an instance that cannot record first does not call.
+    pub fn writable(&self) -> Result<(), StoreError> {
+        match self.failure() {
+            Some(reason) => Err(StoreError::Unavailable(reason)),
+            None => Ok(()),
+        }
     }
 
     /// Tests: stops the journal as a failed `fsync` would.
