@@ -26,6 +26,37 @@ use crate::util::redact;
 pub struct Config {
     pub server: ServerConfig,
     pub regions: Vec<RegionConfig>,
+    /// `[store]`: where the records live (default: the journal in `[server] state_dir`).
+    pub store: StoreConfig,
+}
+
+/// `[store] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreKind {
+    /// The embedded journal in `[server] state_dir` (the default).
+    #[default]
+    Journal,
+    /// An etcd cluster shared by the instances of one `prefix`: one leads, the others follow.
+    Etcd,
+}
+
+/// `[store]`: the journal (default), or etcd for several instances (issue 15).
+#[derive(Debug, Clone, Default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// etcd client URLs (`http://` or `https://`), tried in turn.
+    pub endpoints: Vec<String>,
+    /// One cluster of instances per prefix (default `/mec-plugin`).
+    pub prefix: String,
+    /// The leader's lease, in seconds (default 5).
+    pub lease_ttl_s: u64,
+    /// This instance's northbound base URL as the other instances reach it (required with etcd).
+    pub advertise_url: Option<String>,
+    /// PEM CA certificates that `https://` endpoints are verified against.
+    pub ca_file: Option<PathBuf>,
+    /// An etcd user, with its password read from `password_file`.
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
 }
 
 /// `[server]`: the northbound side.
@@ -373,7 +404,11 @@ impl Config {
                 message: "no [[region]] is configured; at least one is needed".into(),
             });
         }
-        Ok(Config { server, regions })
+        Ok(Config {
+            server,
+            regions,
+            store: StoreConfig::default(),
+        })
     }
 
     /// One line per region for `--check` and the start-up log (credentials in a URL masked).

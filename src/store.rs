@@ -5,8 +5,8 @@
 //! its planned steps may be on the platform.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
 use std::ops::{Bound, Range};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
