@@ -51,8 +51,9 @@ pub enum Removal {
 pub struct Service {
     regions: Vec<Region>,
     pub(crate) store: Store,
-    /// Counters and latencies of the API and of platform calls.
-    pub metrics: Metrics,
+    /// Counters and latencies of the API and of platform calls; shared by the services of an
+    /// etcd cluster's successive terms ([`Service::with_metrics`]).
+    pub metrics: Arc<Metrics>,
     started: Instant,
     pub(crate) retry: RetryPolicy,
     /// Set to wake the reconciler before its next due time: the reconciler
@@ -86,6 +87,13 @@ struct Unsettled {
 /// record may stay (the answer then names it).
 fn state_error(e: StoreError, request_id: Option<&str>) -> ApiError {
     error!("the state could not be made durable: {e}");
+    if e.is_unavailable() {
+        // etcd unreachable or without quorum, or this instance no longer leads: another
+        // attempt (here or at the new leader) may succeed.
+        return ApiError::Unavailable {
+            detail: e.to_string(),
+        };
+    }
     ApiError::StateWrite {
         detail: e.to_string(),
         no_space: e.is_no_space(),
@@ -143,7 +151,7 @@ impl Service {
         Service {
             regions,
             store,
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
             started: Instant::now(),
             retry,
             wake: (Mutex::new(false), Condvar::new()),
@@ -152,6 +160,13 @@ impl Service {
             unsettled: Mutex::new(HashMap::new()),
             platforms,
         }
+    }
+
+    /// Counts in `metrics` instead of its own (the services of an etcd cluster's successive
+    /// terms share one).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Service {
+        self.metrics = metrics;
+        self
     }
 
     /// Refuses creations (507) once `max` requests are kept.
@@ -712,6 +727,18 @@ impl Service {
         operation: &'static str,
         f: impl FnOnce() -> Result<T, MepError>,
     ) -> Result<T, MepError> {
+        // Recorded first or not called: an instance that can no longer record (a deposed or
+        // cut-off etcd leader, a stopped journal) never calls a platform.
+        if let Err(e) = self.store.writable() {
+            if e.is_unavailable() {
+                self.metrics.store_error();
+            }
+            let url = self.platforms.get(region).map_or("", |u| u).to_string();
+            return Err(MepError::NotSent {
+                url,
+                reason: format!("not sent: the state cannot be recorded ({e})"),
+            });
+        }
         let started = Instant::now();
         let result = f();
         let outcome = match &result {
