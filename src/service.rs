@@ -202,6 +202,12 @@ impl Service {
         self.store.len()
     }
 
+    /// Whether a change could be made durable now ([`Store::writable`]): an etcd leader's
+    /// term is still valid; the journal has not stopped.
+    pub fn writable(&self) -> Result<(), StoreError> {
+        self.store.writable()
+    }
+
     /// Why changes can no longer be made durable, if so (the journal stopped after a failed
     /// `fsync`; only a restart helps).
     pub fn state_failure(&self) -> Option<String> {
