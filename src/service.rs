@@ -1062,6 +1062,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn no_platform_call_is_made_once_the_state_cannot_be_recorded() {
+        let (s, d, dir) = durable("unwritable");
+        let id = s.create(request(&["a"])).unwrap();
+        s.stop_journal("fsync of journal-1 failed: EIO");
+        let called = std::sync::atomic::AtomicBool::new(false);
+        let answer = s.call("2", "remove", || {
+            called.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+        assert!(
+            !called.load(std::sync::atomic::Ordering::SeqCst),
+            "not called"
+        );
+        match answer {
+            Err(MepError::NotSent { reason, .. }) => {
+                assert!(reason.contains("the state cannot be recorded"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A removal is refused before anything reaches the platform.
+        assert!(s.delete(&id, false).is_err());
+        assert_eq!(on(&d), ["a"], "the rule is still on the platform");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn a_creation_applies_every_step_and_is_recorded_created() {
         let (s, d) = service();
         let id = s.create(request(&["a", "b"])).unwrap();
