@@ -50,6 +50,11 @@ struct Instance {
 
 impl Instance {
     fn start(etcd: &Cluster, prefix: &str, mep: &FakeLlMec) -> Instance {
+        Instance::start_with(etcd, prefix, mep, "")
+    }
+
+    /// With `server_extra` in `[server]`.
+    fn start_with(etcd: &Cluster, prefix: &str, mep: &FakeLlMec, server_extra: &str) -> Instance {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
         let endpoints: Vec<String> = etcd
@@ -59,7 +64,7 @@ impl Instance {
             .collect();
         let text = format!(
             "{}[store]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl_s = {TTL_S}\nadvertise_url = \"{url}\"\n{}",
-            server_section("").replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+            server_section(server_extra).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
             endpoints.join(", "),
             llmec_region("2", &mep.url(), 2000)
         );
@@ -432,4 +437,133 @@ fn without_etcd_changes_and_reads_answer_503_with_retry_after_and_no_platform_is
     assert_eq!(read.status, 200, "{read:?}");
     follower.app.stop(Duration::from_secs(2));
     leader.app.stop(Duration::from_secs(2));
+}
+
+#[test]
+fn the_bearer_token_applies_between_instances_too() {
+    let test = "the_bearer_token_applies_between_instances_too";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    let dir = temp_dir("cluster-token");
+    std::fs::write(dir.join("token"), "s3cret\n").unwrap();
+    let token_file = format!("token_file = \"{}\"", dir.join("token").display());
+    let leader = Instance::start_with(&etcd, "/t4", &mep, &token_file);
+    assert!(eventually(ROLE_WITHIN, || leader.ready()));
+    let follower = Instance::start_with(&etcd, "/t4", &mep, &token_file);
+    assert!(eventually(ROLE_WITHIN, || follower.ready()));
+    let path = "/MEC/v1/service/requests";
+    let bare = call("POST", &follower.url, path, Some(DNS), &[]);
+    assert_eq!(bare.status, 401, "{bare:?}");
+    let wrong = [("Authorization", "Bearer nope")];
+    assert_eq!(
+        call("POST", &follower.url, path, Some(DNS), &wrong).status,
+        401
+    );
+    assert!(mep.calls().is_empty());
+    let auth = [("Authorization", "Bearer s3cret")];
+    let created = call("POST", &follower.url, path, Some(DNS), &auth);
+    assert_eq!(created.status, 201, "{created:?}");
+    let listing = call("GET", &follower.url, path, None, &auth);
+    assert_eq!(listing.json().as_array().unwrap().len(), 1, "{listing:?}");
+    follower.app.stop(Duration::from_secs(2));
+    leader.app.stop(Duration::from_secs(2));
+}
+
+/// The binary with `NOTIFY_SOCKET`: `READY=1` only once it has a role.
+mod readiness {
+    use std::os::unix::net::UnixDatagram;
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_mec-plugin");
+
+    /// Runs the binary on `endpoint`, listening on `port`; killed when dropped.
+    struct Binary(std::process::Child);
+
+    impl Drop for Binary {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn start(dir: &std::path::Path, endpoint: &str, port: u16, socket: &std::path::Path) -> Binary {
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"/ready\"\nlease_ttl_s = {TTL_S}\nadvertise_url = \"http://127.0.0.1:{port}\"\n{}",
+            support::simulated_region("2")
+        );
+        let path = dir.join("regions.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("NOTIFY_SOCKET", socket)
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Binary(child)
+    }
+
+    /// The next notification within `bound`, if any.
+    fn next(socket: &UnixDatagram, bound: Duration) -> Option<String> {
+        socket.set_read_timeout(Some(bound)).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    #[test]
+    fn ready_is_sent_only_once_the_instance_has_a_role() {
+        let test = "ready_is_sent_only_once_the_instance_has_a_role";
+        let Some(etcd) = super::etcd(test) else {
+            return;
+        };
+        let dir = temp_dir("cluster-ready");
+        let socket_path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&socket_path).unwrap();
+
+        // etcd unreachable: serving, but not ready, and health says why.
+        let port = free_port();
+        let nowhere = format!("http://127.0.0.1:{}", free_port());
+        let waiting = start(&dir, &nowhere, port, &socket_path);
+        let url = format!("http://127.0.0.1:{port}");
+        assert!(
+            eventually(ROLE_WITHIN, || TcpStream::connect(("127.0.0.1", port))
+                .is_ok()),
+            "the instance listens"
+        );
+        let health = get(&url, "/healthz");
+        assert_unavailable(&health, "health without etcd");
+        assert_eq!(health.json()["role"], "unknown");
+        assert_eq!(health.json()["etcd"], "unreachable");
+        assert_eq!(get(&url, "/MEC/v1/service/regions").status, 200);
+        let early = next(&socket, Duration::from_secs(3));
+        assert!(
+            early.as_deref().is_none_or(|m| !m.contains("READY=1")),
+            "{early:?}"
+        );
+        drop(waiting);
+
+        // etcd there: READY=1, leading.
+        let port = free_port();
+        let _leading = start(&dir, &etcd.endpoints()[0], port, &socket_path);
+        let mut ready = None;
+        let deadline = std::time::Instant::now() + ROLE_WITHIN;
+        while ready.is_none() && std::time::Instant::now() < deadline {
+            ready = next(&socket, Duration::from_secs(1)).filter(|m| m.contains("READY=1"));
+        }
+        let ready = ready.expect("READY=1 once leading");
+        assert!(ready.contains("leading"), "{ready}");
+        let health = get(&format!("http://127.0.0.1:{port}"), "/healthz");
+        assert_eq!(health.status, 200, "{health:?}");
+        assert_eq!(health.json()["role"], "leader");
+    }
+
+    use std::net::TcpStream;
 }
