@@ -162,6 +162,14 @@ impl Service {
         }
     }
 
+    /// [`state_error`], counted in `mec_plugin_store_errors_total` when etcd is unavailable.
+    fn state_error(&self, e: StoreError, request_id: Option<&str>) -> ApiError {
+        if e.is_unavailable() {
+            self.metrics.store_error();
+        }
+        state_error(e, request_id)
+    }
+
     /// Counts in `metrics` instead of its own (the services of an etcd cluster's successive
     /// terms share one).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Service {
@@ -415,7 +423,7 @@ impl Service {
     /// written leaves none).
     fn abandon(&self, id: &str, e: StoreError) -> ApiError {
         let stays = self.leave_to_reconciler(id);
-        state_error(e, stays.then_some(id))
+        self.state_error(e, stays.then_some(id))
     }
 
     /// Gives record `id` back to the reconciler after a backoff; whether it is still kept.
@@ -487,7 +495,7 @@ impl Service {
                     .remove(id)
                     .map_err(|e| {
                         self.leave_to_reconciler(id);
-                        state_error(e, Some(id))
+                        self.state_error(e, Some(id))
                     })?
                     .unwrap_or(record);
                 record.removed(now_millis());
@@ -533,7 +541,7 @@ impl Service {
                 if self.store.failure().is_some() {
                     self.abandon(id, e)
                 } else {
-                    state_error(e, Some(id))
+                    self.state_error(e, Some(id))
                 }
             })?
             .ok_or_else(|| ApiError::RequestNotFound {
@@ -574,7 +582,7 @@ impl Service {
         let claimed = self
             .store
             .update(id, Record::claim)
-            .map_err(|e| state_error(e, Some(id)))?
+            .map_err(|e| self.state_error(e, Some(id)))?
             .ok_or_else(not_found)?;
         if !claimed {
             return Err(in_use(id));
@@ -1059,6 +1067,34 @@ pub(crate) mod tests {
             panic!("{e:?}")
         };
         id
+    }
+
+    #[test]
+    fn an_unavailable_etcd_store_answers_503_with_retry_after_and_is_counted() {
+        let (s, _) = service();
+        let e = s.state_error(
+            StoreError::Unavailable("etcd unreachable".into()),
+            Some("x"),
+        );
+        let response = e.to_response(crate::model::ApiStyle::Spec);
+        assert_eq!(response.status, 503);
+        assert!(response.header("Retry-After").is_some());
+        assert!(e.to_string().contains("etcd unreachable"), "{e}");
+        let gauges = Gauges {
+            leader: Some(true),
+            ..Gauges::default()
+        };
+        let text = s.metrics.render(&gauges);
+        assert!(
+            text.contains("\nmec_plugin_store_errors_total 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nmec_plugin_leader 1\n"), "{text}");
+        let journal = s.metrics.render(&Gauges::default());
+        assert!(
+            !journal.contains("mec_plugin_leader"),
+            "not shown with the journal"
+        );
     }
 
     #[test]
