@@ -270,10 +270,14 @@ impl Cluster {
         };
         let sent = sent.map_err(|e| unavailable(format!("cannot be sent this request: {e}")))?;
         let mut answer = sent.map_err(|e| {
-            unavailable(format!(
-                "did not answer ({e}); the change may or may not have been made: read the \
-                 requests before retrying"
-            ))
+            if never_sent(&e) {
+                unavailable(format!("cannot be reached ({e}); nothing was sent"))
+            } else {
+                unavailable(format!(
+                    "did not answer ({e}); the change may or may not have been made: read the \
+                     requests before retrying"
+                ))
+            }
         })?;
         relay(&mut answer).map_err(|e| unavailable(format!("answered unreadably ({e})")))
     }
@@ -296,6 +300,19 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Whether a forwarding failed before the leader could have received the request (no
+/// connection), so that the change was certainly not made.
+fn never_sent(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+        ),
+        _ => false,
     }
 }
 

@@ -567,3 +567,43 @@ mod readiness {
 
     use std::net::TcpStream;
 }
+
+#[test]
+fn a_leader_that_cannot_be_reached_answers_503_saying_nothing_was_sent() {
+    let test = "a_leader_that_cannot_be_reached_answers_503_saying_nothing_was_sent";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    // A leader key held by an instance that listens nowhere (its lease outlives the test).
+    let client = mec_plugin::etcd::Client::new(mec_plugin::etcd::Options {
+        endpoints: etcd.endpoints(),
+        ca_pem: None,
+        user: None,
+        password: None,
+        timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    let lease = client.lease_grant(60).unwrap();
+    let gone = format!("http://127.0.0.1:{}", free_port());
+    client
+        .put(b"/t5/leader", gone.as_bytes(), lease.id)
+        .unwrap();
+    let follower = Instance::start(&etcd, "/t5", &mep);
+    assert!(eventually(ROLE_WITHIN, || follower.ready()));
+    assert_eq!(follower.role(), Role::Follower { leader_url: gone });
+    let post = call(
+        "POST",
+        &follower.url,
+        "/MEC/v1/service/requests",
+        Some(DNS),
+        &[],
+    );
+    assert_unavailable(&post, "a creation for an unreachable leader");
+    assert!(post.body.contains("nothing was sent"), "{post:?}");
+    // Reads do not need the leader.
+    let listing = get(&follower.url, "/MEC/v1/service/requests");
+    assert_eq!((listing.status, listing.body.as_str()), (200, "[]"));
+    assert!(mep.calls().is_empty());
+    follower.app.stop(Duration::from_secs(2));
+}
