@@ -13,6 +13,7 @@ use std::time::Duration;
 use mec_plugin::app::App;
 use mec_plugin::config::Config;
 use mec_plugin::leader::Role;
+use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 use support::etcd::{Cluster, MISSING};
 use support::fake_llmec::FakeLlMec;
@@ -56,7 +57,12 @@ impl Instance {
     /// With `server_extra` in `[server]`.
     fn start_with(etcd: &Cluster, prefix: &str, mep: &FakeLlMec, server_extra: &str) -> Instance {
         let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
+        let scheme = if server_extra.contains("tls_cert") {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let endpoints: Vec<String> = etcd
             .endpoints()
             .iter()
@@ -120,6 +126,18 @@ fn call(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Answer {
+    call_via(&agent(), method, base, path, body, headers)
+}
+
+/// [`call`] through `agent`.
+fn call_via(
+    agent: &ureq::Agent,
+    method: &str,
+    base: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Answer {
     let mut request = ureq::http::Request::builder()
         .method(method)
         .uri(format!("{base}{path}"));
@@ -127,13 +145,13 @@ fn call(
         request = request.header(*name, *value);
     }
     let result = match body {
-        Some(b) => agent().run(
+        Some(b) => agent.run(
             request
                 .header("Content-Type", "application/json")
                 .body(b.as_bytes().to_vec())
                 .unwrap(),
         ),
-        None => agent().run(request.body(()).unwrap()),
+        None => agent.run(request.body(()).unwrap()),
     };
     let mut response = result.unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"));
     let header = |n: &str| {
@@ -606,4 +624,47 @@ fn a_leader_that_cannot_be_reached_answers_503_saying_nothing_was_sent() {
     assert_eq!((listing.status, listing.body.as_str()), (200, "[]"));
     assert!(mep.calls().is_empty());
     follower.app.stop(Duration::from_secs(2));
+}
+
+#[test]
+fn an_https_leader_is_reached_through_the_chain_of_tls_cert() {
+    let test = "an_https_leader_is_reached_through_the_chain_of_tls_cert";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    let pki = support::tls::TestPki::generate("cluster");
+    // The chain as deployed: the instance's certificate, then the CA that signed it.
+    let chain = pki.dir.join("chain.pem");
+    std::fs::write(&chain, format!("{}{}", pki.cert_pem, pki.ca_pem)).unwrap();
+    let tls = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        chain.display(),
+        pki.key_file.display()
+    );
+    let leader = Instance::start_with(&etcd, "/t6", &mep, &tls);
+    assert!(eventually(ROLE_WITHIN, || leader.ready()));
+    let follower = Instance::start_with(&etcd, "/t6", &mep, &tls);
+    assert!(eventually(ROLE_WITHIN, || follower.ready()));
+    assert!(leader.url.starts_with("https://"));
+    let ca = rustls_pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap();
+    let trusting = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[
+                    ureq::tls::Certificate::from_der(ca.as_ref()).to_owned(),
+                ]))
+                .build(),
+        )
+        .build()
+        .new_agent();
+    let path = "/MEC/v1/service/requests";
+    let created = call_via(&trusting, "POST", &follower.url, path, Some(DNS), &[]);
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(mep.installed().len(), 1);
+    follower.app.stop(Duration::from_secs(2));
+    leader.app.stop(Duration::from_secs(2));
 }
