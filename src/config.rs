@@ -451,23 +451,33 @@ impl Config {
         })
     }
 
-    /// One line per region for `--check` and the start-up log (credentials in a URL masked).
+    /// One line per region for `--check` and the start-up log (credentials in a URL masked),
+    /// after one for an etcd store.
     pub fn summary(&self) -> Vec<String> {
-        self.regions
-            .iter()
-            .map(|r| {
-                format!(
-                    "region {}: lat {} lon {} alt {} range {} km, driver {}, MEP {}",
-                    r.id,
-                    r.latitude,
-                    r.longitude,
-                    r.altitude,
-                    r.range_km,
-                    r.mep.driver.name(),
-                    redact(&r.mep.url)
-                )
-            })
-            .collect()
+        let store = &self.store;
+        let etcd = (store.kind == StoreKind::Etcd).then(|| {
+            let endpoints: Vec<String> = store.endpoints.iter().map(|e| redact(e)).collect();
+            format!(
+                "store: etcd at {} under {} (lease {} s), advertised as {}",
+                endpoints.join(", "),
+                store.prefix,
+                store.lease_ttl_s,
+                redact(store.advertise_url.as_deref().unwrap_or(""))
+            )
+        });
+        let regions = self.regions.iter().map(|r| {
+            format!(
+                "region {}: lat {} lon {} alt {} range {} km, driver {}, MEP {}",
+                r.id,
+                r.latitude,
+                r.longitude,
+                r.altitude,
+                r.range_km,
+                r.mep.driver.name(),
+                redact(&r.mep.url)
+            )
+        });
+        etcd.into_iter().chain(regions).collect()
     }
 }
 
@@ -1658,6 +1668,11 @@ url = "http://127.0.0.1:13000/"
         let _ = std::fs::remove_dir_all(&dir);
         let s = store(ETCD).unwrap();
         assert_eq!((s.prefix.as_str(), s.lease_ttl_s), ("/mec-plugin", 5));
+        let c = Config::parse(&format!("[store]\n{ETCD}\n{MINIMAL}"), "f").unwrap();
+        assert_eq!(
+            c.summary()[0],
+            "store: etcd at http://127.0.0.1:2379 under /mec-plugin (lease 5 s), advertised as http://10.0.0.1:8082"
+        );
         assert_eq!(
             store(&format!("{ETCD}\nlease_ttl_s = 1"))
                 .unwrap()
