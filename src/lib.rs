@@ -14,6 +14,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod etcd;
+pub mod etcd_store;
 pub mod http;
 pub mod http1;
 pub mod journal;
