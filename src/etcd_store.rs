@@ -85,10 +85,7 @@ pub fn etcd_options(store: &StoreConfig, timeout: Duration) -> Result<Options, S
         Some(path) => {
             let pem = std::fs::read(path)
                 .map_err(|e| format!("[store] ca_file {}: cannot read it: {e}", path.display()))?;
-            if !pem
-                .windows(27)
-                .any(|w| w == b"-----BEGIN CERTIFICATE-----")
-            {
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
                 return Err(format!(
                     "[store] ca_file {}: no PEM certificate in it",
                     path.display()
@@ -750,5 +747,203 @@ fn import_batch(
             written,
             reason: "records appeared under the prefix meanwhile (another import?)".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etcd::RangeResponse;
+    use crate::mep::Step;
+    use crate::model::Status;
+
+    fn record(id: &str, body_bytes: usize) -> Arc<Record> {
+        let mut r = Record::new(
+            id.into(),
+            "1".into(),
+            Arc::from(format!(r#"{{"x":"{}"}}"#, "y".repeat(body_bytes))),
+            Status::Created,
+            Arc::from([Step::new("l", "/t", "{}")]),
+            1,
+            5,
+        );
+        r.seq = 3;
+        Arc::new(r)
+    }
+
+    fn queued(seq: u64, id: &str, record: Option<Arc<Record>>) -> Queued {
+        Queued {
+            seq,
+            id: id.into(),
+            record,
+            built: None,
+        }
+    }
+
+    fn key_of(op: &Op) -> &[u8] {
+        match op {
+            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+            Op::Range(range) => &range.key,
+        }
+    }
+
+    #[test]
+    fn a_value_is_the_record_entry_with_its_seq_first_and_reads_back() {
+        let r = record("a", 3);
+        let value = value_of(&r);
+        let text = std::str::from_utf8(&value).unwrap();
+        assert!(
+            text.starts_with(r#"{"seq":3,"id":"a","region":"1","#),
+            "{text}"
+        );
+        assert_eq!(seq_of(&value), 3);
+        let entry: RecordEntry = serde_json::from_slice(&value).unwrap();
+        assert_eq!((&*entry.id, entry.applied, entry.created), ("a", 1, 5));
+        assert_eq!(seq_of(br#"{"id":"x"}"#), 0, "no seq: first");
+    }
+
+    #[test]
+    fn the_last_change_of_a_key_wins_in_a_batch_in_queue_order() {
+        let mut carry: VecDeque<Queued> = [
+            queued(1, "a", Some(record("a", 1))),
+            queued(2, "b", Some(record("b", 1))),
+            queued(3, "a", Some(record("a", 2))),
+            queued(4, "b", None),
+        ]
+        .into();
+        let batch = next_batch(&mut carry, "/p/records/");
+        assert!(carry.is_empty());
+        assert_eq!((batch.first, batch.last), (1, 4));
+        assert_eq!(batch.ops.len(), 2);
+        let Op::Put { key, value, .. } = &batch.ops[0] else {
+            panic!("{:?}", batch.ops[0]);
+        };
+        assert_eq!(key, b"/p/records/a");
+        assert!(std::str::from_utf8(value).unwrap().contains(r#""x":"yy""#));
+        assert_eq!(batch.ops[1], Op::delete("/p/records/b"));
+    }
+
+    #[test]
+    fn a_batch_is_bounded_in_operations_and_bytes() {
+        let mut carry: VecDeque<Queued> = (0..300)
+            .map(|n| queued(n + 1, &format!("r{n}"), Some(record(&format!("r{n}"), 10))))
+            .collect();
+        let mut sizes = Vec::new();
+        while !carry.is_empty() {
+            let batch = next_batch(&mut carry, "/p/records/");
+            sizes.push(batch.ops.len());
+        }
+        assert_eq!(
+            sizes,
+            [127, 127, 46],
+            "one operation left for the writer tag"
+        );
+        // 300 KB each: three fit 1 MiB; one larger than the bound goes alone.
+        let mut carry: VecDeque<Queued> = (0..7)
+            .map(|n| {
+                let size = if n == 3 { 1_100_000 } else { 300_000 };
+                queued(
+                    n + 1,
+                    &format!("r{n}"),
+                    Some(record(&format!("r{n}"), size)),
+                )
+            })
+            .collect();
+        let mut batches = Vec::new();
+        while !carry.is_empty() {
+            let batch = next_batch(&mut carry, "/p/records/");
+            let keys: Vec<String> = batch
+                .ops
+                .iter()
+                .map(|op| String::from_utf8_lossy(key_of(op)).into_owned())
+                .collect();
+            batches.push((keys.len(), batch.first, batch.last));
+        }
+        assert_eq!(batches, [(3, 1, 3), (1, 4, 4), (3, 5, 7)]);
+    }
+
+    fn answer(leader_revision: Option<i64>, tag: Option<&[u8]>) -> TxnResponse {
+        let range = |kv: Option<KeyValue>| {
+            OpResponse::Range(RangeResponse {
+                kvs: kv.into_iter().collect(),
+                ..RangeResponse::default()
+            })
+        };
+        let kv = |value: &[u8], create_revision| KeyValue {
+            key: Vec::new(),
+            value: value.to_vec(),
+            create_revision,
+            mod_revision: 0,
+            version: 1,
+            lease: 0,
+        };
+        TxnResponse {
+            succeeded: false,
+            revision: 9,
+            responses: vec![
+                range(leader_revision.map(|r| kv(b"url", r))),
+                range(tag.map(|t| kv(t, 1))),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_failed_comparison_tells_deposed_from_landed_from_another_writer() {
+        let term = Term {
+            lease: 7,
+            create_revision: 42,
+        };
+        let mut ok = answer(None, None);
+        ok.succeeded = true;
+        assert_eq!(resolve(ok, term, b"t:2"), Ok(()));
+        let deposed = Err(Stop::ForGood(
+            "deposed: the leader key is no longer this term's".into(),
+        ));
+        assert_eq!(resolve(answer(None, None), term, b"t:2"), deposed);
+        assert_eq!(
+            resolve(answer(Some(43), Some(b"t:2")), term, b"t:2"),
+            deposed
+        );
+        assert_eq!(
+            resolve(answer(Some(42), Some(b"t:2")), term, b"t:2"),
+            Ok(()),
+            "an earlier attempt landed"
+        );
+        assert!(matches!(
+            resolve(answer(Some(42), Some(b"u:1")), term, b"t:2"),
+            Err(Stop::ForGood(why)) if why.contains("another store")
+        ));
+    }
+
+    #[test]
+    fn options_read_the_files_and_name_them_when_they_cannot() {
+        let dir = std::env::temp_dir().join(format!("etcd-options-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("pw");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let mut store = StoreConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            user: Some("root".into()),
+            password_file: Some(password.clone()),
+            ..StoreConfig::default()
+        };
+        let options = etcd_options(&store, Duration::from_secs(2)).unwrap();
+        assert_eq!(options.password.as_deref(), Some("s3cret"));
+        assert_eq!(options.timeout, Duration::from_secs(2));
+        store.ca_file = Some(dir.join("missing.pem"));
+        let e = etcd_options(&store, Duration::from_secs(2)).unwrap_err();
+        assert!(e.contains("ca_file") && e.contains("missing.pem"), "{e}");
+        std::fs::write(dir.join("bad.pem"), "not a certificate").unwrap();
+        store.ca_file = Some(dir.join("bad.pem"));
+        let e = etcd_options(&store, Duration::from_secs(2)).unwrap_err();
+        assert!(e.contains("no PEM certificate"), "{e}");
+        store.ca_file = None;
+        std::fs::write(&password, "\n").unwrap();
+        let e = etcd_options(&store, Duration::from_secs(2)).unwrap_err();
+        assert!(e.contains("password_file") && e.contains("empty"), "{e}");
+        store.password_file = None;
+        let e = etcd_options(&store, Duration::from_secs(2)).unwrap_err();
+        assert!(e.contains("go together"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -13,13 +13,13 @@ use std::ops::{Bound, Range};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::etcd_store::EtcdWriter;
 /// A whole record's durable form (the journal's `put` entry): also a line of an export, so that
 /// [`migrate`](crate::migrate) depends on the store, not on the journal behind it.
 pub(crate) use crate::journal::RecordEntry;
 use crate::journal::{
     Entry, Journal, JournalError, ReplayStats, StatusEntry, StepEntry, UpdateEntry,
 };
-use crate::etcd_store::EtcdWriter;
 use crate::mep::{RuleIdentity, Step};
 use crate::model::Status;
 use crate::util::lock;
@@ -447,6 +447,9 @@ impl Change<'_> {
 /// A record's place in the creation order ([`Record::seq`]), and its id.
 type Created = (u64, Arc<str>);
 
+/// A record loaded (replayed, or read from etcd) and its id.
+type Keyed = (Arc<str>, Record);
+
 /// The records and the index of each region's requests in creation order, kept in step under
 /// one lock: a region's listing reads its own requests only.
 #[derive(Default)]
@@ -692,7 +695,7 @@ impl Store {
 
     /// A store of `loaded` records (their `seq` given), keyed by id.
     fn built(
-        mut loaded: Vec<(Arc<str>, Record)>,
+        mut loaded: Vec<Keyed>,
         next_seq: u64,
         regions: Regions,
         durability: Durability,
@@ -1192,16 +1195,19 @@ fn etcd_unavailable(e: crate::etcd::EtcdError) -> StoreError {
 fn records_of(
     values: &[crate::etcd::KeyValue],
     prefix: &str,
-) -> Result<(Vec<(Arc<str>, Record)>, Regions), StoreError> {
+) -> Result<(Vec<Keyed>, Regions), StoreError> {
     let records_prefix = crate::etcd_store::records_prefix(prefix);
     let mut regions = Regions::default();
     let mut records = Vec::with_capacity(values.len());
     for (seq, kv) in values.iter().enumerate() {
         let key = String::from_utf8_lossy(&kv.key);
         let damaged = |why: String| {
-            StoreError::Unavailable(format!("etcd key {key} is not a record this build reads: {why}"))
+            StoreError::Unavailable(format!(
+                "etcd key {key} is not a record this build reads: {why}"
+            ))
         };
-        let entry: RecordEntry = serde_json::from_slice(&kv.value).map_err(|e| damaged(e.to_string()))?;
+        let entry: RecordEntry =
+            serde_json::from_slice(&kv.value).map_err(|e| damaged(e.to_string()))?;
         if key.strip_prefix(&records_prefix) != Some(&*entry.id) {
             return Err(damaged(format!("it holds record '{}'", entry.id)));
         }

@@ -94,8 +94,11 @@ fn record(id: &str, region: &str) -> Record {
     r
 }
 
-/// Every record's id, status, applied count, detail and kept steps, in listing order.
-fn summary(store: &Store) -> Vec<(String, Status, usize, Option<String>, Vec<usize>)> {
+/// A record's id, status, applied count, detail and kept steps.
+type Summary = (String, Status, usize, Option<String>, Vec<usize>);
+
+/// Every record's [`Summary`], in listing order.
+fn summary(store: &Store) -> Vec<Summary> {
     store
         .list(None)
         .iter()
@@ -129,7 +132,9 @@ fn records_round_trip_in_creation_order_into_the_next_term_and_a_followers_read(
     assert!(store.is_empty());
     // Ids out of key order: the creation order is what counts.
     for id in ["m", "b", "z", "a", "q"] {
-        store.insert(record(id, if id < "n" { "1" } else { "2" })).unwrap();
+        store
+            .insert(record(id, if id < "n" { "1" } else { "2" }))
+            .unwrap();
     }
     store
         .update("b", |r| {
@@ -316,7 +321,10 @@ fn the_leader_key_held_by_another_term_refuses_the_store_and_records_too_large_a
     let mut huge = record("huge", "1");
     huge.request = Arc::from(format!(r#"{{"x":"{}"}}"#, "y".repeat(1_200_000)));
     let e = store.insert(huge).unwrap_err();
-    assert!(e.to_string().contains("larger than one etcd transaction"), "{e}");
+    assert!(
+        e.to_string().contains("larger than one etcd transaction"),
+        "{e}"
+    );
     assert!(store.get("huge").is_none());
     // Small ones around a large one: the large one goes alone, all commit.
     std::thread::scope(|s| {
