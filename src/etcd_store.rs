@@ -1,9 +1,9 @@
-//! The etcd backend of the store (issue 15): the leader's records under `<prefix>/records/<id>`,
+//! The etcd backend of the store (issue 15; the store depends on it, not the reverse): the leader's records under `<prefix>/records/<id>`,
 //! committed by one writer thread in transactions fenced on the leader's term; a prefix read at
 //! one revision in creation order; the migration's import into an empty prefix; the etcd client
 //! options of `[store]`.
 //!
-//! - A key's value is the whole record: its journal `put` entry's JSON ([`RecordEntry`]) with
+//! - A key's value is the whole record: its journal `put` entry's JSON (`RecordEntry`) with
 //!   one more field first, `seq`, its place among the records created in the same transaction
 //!   (they share a create revision). A creation or update puts the whole record (idempotent),
 //!   a removal deletes the key. Creation order = (create revision, `seq`).
@@ -18,7 +18,7 @@
 //!   late duplicate of an old attempt can never overwrite a newer batch.
 //! - Transient errors are retried while the term is valid; once the term lapses or the fence
 //!   fails (deposed), the writer stops for good: every waiting and later change gets
-//!   [`StoreError::Unavailable`], and [`EtcdWriter::failure`] says why. A transaction etcd
+//!   the store's `StoreError::Unavailable`, and [`EtcdWriter::failure`] says why. A transaction etcd
 //!   refuses outright fails the changes of that batch only, as a journal's failed write does.
 
 use std::collections::{HashMap, VecDeque};
@@ -33,9 +33,17 @@ use crate::etcd::{
     Client, Cmp, Compare, EtcdError, KeyValue, Op, OpResponse, Options, Range, Target, Txn,
     TxnResponse, prefix_end,
 };
-use crate::leader::{Term, fence, leader_key};
-use crate::store::{Change, Fence, Record, RecordEntry, StoreError};
+use crate::leader::{Election, Term, fence, leader_key};
 use crate::util::{lock, new_uuid, wait};
+
+/// What the writer stores under a record's key: the store's records implement it (this module
+/// does not depend on the store).
+pub(crate) trait Value: Send + Sync {
+    /// The record's JSON (its journal `put` entry's content).
+    fn json(&self) -> Vec<u8>;
+    /// Its place in the creation order of its store.
+    fn seq(&self) -> u64;
+}
 
 /// etcd's default `--max-txn-ops`: operations (and comparisons) of one transaction.
 pub const MAX_TXN_OPS: usize = 128;
@@ -126,13 +134,8 @@ pub fn etcd_options(store: &StoreConfig, timeout: Duration) -> Result<Options, S
     })
 }
 
-/// A record's value in etcd: its [`RecordEntry`] JSON with `seq` first.
-pub(crate) fn value_of(record: &Record) -> Vec<u8> {
-    value_with_seq(&record.to_record_entry(), record.seq)
-}
-
-fn value_with_seq(entry: &RecordEntry<'_>, seq: u64) -> Vec<u8> {
-    let json = serde_json::to_vec(entry).expect("a record serialises");
+/// A record's value in etcd: its JSON object (a record entry's, never empty) with `seq` first.
+fn with_seq(json: &[u8], seq: u64) -> Vec<u8> {
     debug_assert!(json.starts_with(b"{\"id\":"));
     let mut value = Vec::with_capacity(json.len() + 24);
     value.extend_from_slice(format!("{{\"seq\":{seq},").as_bytes());
@@ -216,7 +219,7 @@ pub(crate) fn load(client: &Client, prefix: &str) -> Result<Loaded, EtcdError> {
 struct Queued {
     seq: u64,
     id: Arc<str>,
-    record: Option<Arc<Record>>,
+    record: Option<Arc<dyn Value>>,
     /// Its operation and size, once built (a change that did not fit the last batch).
     built: Option<(Op, usize)>,
 }
@@ -229,7 +232,7 @@ impl Queued {
         let key = record_key(records_prefix, &self.id);
         match &self.record {
             Some(record) => {
-                let value = value_of(record);
+                let value = with_seq(&record.json(), record.seq());
                 let size = key.len() + value.len();
                 (Op::put(key, value), size)
             }
@@ -259,7 +262,8 @@ struct State {
 
 struct Shared {
     client: Arc<Client>,
-    fence: Fence,
+    election: Arc<Election>,
+    term: Term,
     leader_key: Vec<u8>,
     records_prefix: String,
     state: Mutex<State>,
@@ -276,11 +280,11 @@ impl Shared {
 
     /// Why the term is no longer valid, if it is not.
     fn term_over(&self) -> Option<String> {
-        match self.fence.election.term() {
-            Some(term) if term == self.fence.term => None,
+        match self.election.term() {
+            Some(term) if term == self.term => None,
             _ => Some(format!(
                 "this instance's term as leader is over (lease {:x}, leader key revision {})",
-                self.fence.term.lease, self.fence.term.create_revision
+                self.term.lease, self.term.create_revision
             )),
         }
     }
@@ -326,31 +330,32 @@ impl Shared {
     }
 }
 
-/// The etcd backend of one [`Store`](crate::store::Store): its queue and its writer thread.
+/// The etcd backend of one store: its queue and its writer thread.
 pub(crate) struct EtcdWriter {
     shared: Arc<Shared>,
 }
 
 impl EtcdWriter {
-    /// Starts the writer of `prefix` for `fence`'s term; `writer_tag` is the tag the prefix
-    /// holds now (see [`writer_key`]).
+    /// Starts the writer of `prefix` for `election`'s `term`; `writer_tag` is the tag the
+    /// prefix holds now (see [`writer_key`]).
     pub(crate) fn start(
         client: Arc<Client>,
         prefix: &str,
-        fence: Fence,
+        (election, term): (Arc<Election>, Term),
         writer_tag: Option<Vec<u8>>,
     ) -> EtcdWriter {
         let marker = Marker {
             key: writer_key(prefix),
             expected: writer_tag,
-            tag_prefix: format!("{}:{}:", fence.term.create_revision, new_uuid()),
+            tag_prefix: format!("{}:{}:", term.create_revision, new_uuid()),
             batch: 0,
         };
         let shared = Arc::new(Shared {
             client,
             leader_key: leader_key(prefix),
             records_prefix: records_prefix(prefix),
-            fence,
+            election,
+            term,
             state: Mutex::default(),
             queued: Condvar::new(),
             done: Condvar::new(),
@@ -364,23 +369,20 @@ impl EtcdWriter {
         EtcdWriter { shared }
     }
 
-    /// Queues `change` (under the records lock: no call, no serialisation) and returns the
-    /// sequence number to [`wait`](EtcdWriter::wait) for.
-    pub(crate) fn enqueue(&self, change: Change<'_>) -> Result<u64, StoreError> {
-        let (id, record) = match change {
-            Change::Create(record) => {
-                check_size(record)?;
-                (record.id.clone(), Some(record.clone()))
-            }
-            Change::Update(record) => (record.id.clone(), Some(record.clone())),
-            Change::Remove(id) => (id.clone(), None),
-        };
+    /// Queues the change of record `id` (its value now, or `None` for a removal) under the
+    /// records lock: no call, no serialisation. Returns the sequence number to
+    /// [`wait`](EtcdWriter::wait) for, or why the writer stopped.
+    pub(crate) fn enqueue(
+        &self,
+        id: Arc<str>,
+        record: Option<Arc<dyn Value>>,
+    ) -> Result<u64, String> {
         if let Some(reason) = self.shared.term_over() {
             self.shared.fail(reason);
         }
         let mut state = self.shared.lock();
         if let Some(reason) = &state.failed {
-            return Err(StoreError::Unavailable(reason.clone()));
+            return Err(reason.clone());
         }
         state.enqueued += 1;
         let seq = state.enqueued;
@@ -394,9 +396,9 @@ impl EtcdWriter {
         Ok(seq)
     }
 
-    /// Returns once change `seq` is committed in etcd; an error if it was refused or the
-    /// writer stopped before it was.
-    pub(crate) fn wait(&self, seq: u64) -> Result<(), StoreError> {
+    /// Returns once change `seq` is committed in etcd; why not if it was refused or the writer
+    /// stopped before it was.
+    pub(crate) fn wait(&self, seq: u64) -> Result<(), String> {
         let mut state = self.shared.lock();
         loop {
             if state.done >= seq {
@@ -405,12 +407,12 @@ impl EtcdWriter {
                     .iter()
                     .find(|(first, last, _)| (*first..=*last).contains(&seq));
                 return match refused {
-                    Some((_, _, reason)) => Err(StoreError::Unavailable(reason.clone())),
+                    Some((_, _, reason)) => Err(reason.clone()),
                     None => Ok(()),
                 };
             }
             if let Some(reason) = &state.failed {
-                return Err(StoreError::Unavailable(reason.clone()));
+                return Err(reason.clone());
             }
             state = wait(&self.shared.done, state);
         }
@@ -430,28 +432,6 @@ impl Drop for EtcdWriter {
         self.shared.lock().closed = true;
         self.shared.queued.notify_all();
     }
-}
-
-/// Refuses a creation whose record could not fit one transaction.
-fn check_size(record: &Record) -> Result<(), StoreError> {
-    let steps: usize = record
-        .steps
-        .iter()
-        .map(|s| s.label().len() + s.target().len() + s.body().len() + 48)
-        .sum();
-    let size = record.request.len()
-        + steps
-        + record.detail.as_deref().map_or(0, str::len)
-        + record.platform.as_deref().map_or(0, str::len)
-        + 256;
-    if size > MAX_RECORD_BYTES {
-        return Err(StoreError::Unavailable(format!(
-            "request {}: its record (about {size} bytes) is larger than one etcd transaction \
-             takes ({MAX_RECORD_BYTES} bytes)",
-            record.id
-        )));
-    }
-    Ok(())
 }
 
 /// The writer tag: what `<prefix>/writer` holds now, and how the next batch's tag is named.
@@ -564,7 +544,7 @@ fn commit(shared: &Shared, batch: Batch, marker: &mut Marker) -> Result<(), Stop
         success,
         failure: vec![Op::Range(Range::key(marker.key.clone()))],
     };
-    let txn = fence(txn, &shared.leader_key, shared.fence.term);
+    let txn = fence(txn, &shared.leader_key, shared.term);
     let mut pause = RETRY_FIRST;
     for attempt in 0u32.. {
         if shared.lock().closed {
@@ -575,7 +555,7 @@ fn commit(shared: &Shared, batch: Batch, marker: &mut Marker) -> Result<(), Stop
         }
         match shared.client.txn(&txn) {
             Ok(answer) => {
-                resolve(answer, shared.fence.term, &tag)?;
+                resolve(answer, shared.term, &tag)?;
                 marker.expected = Some(tag);
                 marker.batch += 1;
                 return Ok(());
@@ -648,13 +628,13 @@ pub enum ImportError {
     Interrupted { written: usize, reason: String },
 }
 
-/// Writes `entries` (checked, unique ids) under an empty `prefix` in their order, which
-/// becomes the creation order, in bounded transactions each guarded by "no leader key" and
-/// "none of its keys exists". Returns how many.
-pub(crate) fn import(
+/// Writes `records` (checked, unique ids; each its id and its record entry's JSON) under an
+/// empty `prefix` in their order, which becomes the creation order, in bounded transactions
+/// each guarded by "no leader key" and "none of its keys exists". Returns how many.
+pub fn import(
     client: &Client,
     prefix: &str,
-    entries: &[RecordEntry<'_>],
+    records: impl IntoIterator<Item = (String, Vec<u8>)>,
 ) -> Result<usize, ImportError> {
     let etcd = |error| ImportError::Etcd { written: 0, error };
     let leader = leader_key(prefix);
@@ -675,9 +655,9 @@ pub(crate) fn import(
     let mut written = 0;
     let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut bytes = 0;
-    for (n, entry) in entries.iter().enumerate() {
-        let key = record_key(&records_prefix, &entry.id);
-        let value = value_with_seq(entry, n as u64);
+    for (n, (id, json)) in records.into_iter().enumerate() {
+        let key = record_key(&records_prefix, &id);
+        let value = with_seq(&json, n as u64);
         let size = key.len() + value.len();
         // One comparison per key, and one for the leader key.
         if !batch.is_empty() && (batch.len() + 2 > MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES) {
@@ -756,6 +736,7 @@ mod tests {
     use crate::etcd::RangeResponse;
     use crate::mep::Step;
     use crate::model::Status;
+    use crate::store::{Record, RecordEntry};
 
     fn record(id: &str, body_bytes: usize) -> Arc<Record> {
         let mut r = Record::new(
@@ -775,7 +756,7 @@ mod tests {
         Queued {
             seq,
             id: id.into(),
-            record,
+            record: record.map(|r| r as Arc<dyn Value>),
             built: None,
         }
     }
@@ -790,7 +771,7 @@ mod tests {
     #[test]
     fn a_value_is_the_record_entry_with_its_seq_first_and_reads_back() {
         let r = record("a", 3);
-        let value = value_of(&r);
+        let value = with_seq(&r.json(), r.seq());
         let text = std::str::from_utf8(&value).unwrap();
         assert!(
             text.starts_with(r#"{"seq":3,"id":"a","region":"1","#),

@@ -260,7 +260,11 @@ fn etcd_client(config: &Config) -> Result<Client, MigrateError> {
 fn import_etcd(config: &Config, entries: &[RecordEntry<'_>]) -> Result<usize, MigrateError> {
     let client = etcd_client(config)?;
     let prefix = &config.store.prefix;
-    crate::etcd_store::import(&client, prefix, entries).map_err(|e| match e {
+    let records = entries.iter().map(|entry| {
+        let json = serde_json::to_vec(entry).expect("a record serialises");
+        (entry.id.to_string(), json)
+    });
+    crate::etcd_store::import(&client, prefix, records).map_err(|e| match e {
         ImportError::Running { leader } => MigrateError::Running {
             prefix: prefix.clone(),
             leader,

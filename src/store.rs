@@ -13,7 +13,7 @@ use std::ops::{Bound, Range};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::etcd_store::EtcdWriter;
+use crate::etcd_store::{EtcdWriter, MAX_RECORD_BYTES, Value as EtcdValue};
 /// A whole record's durable form (the journal's `put` entry): also a line of an export, so that
 /// [`migrate`](crate::migrate) depends on the store, not on the journal behind it.
 pub(crate) use crate::journal::RecordEntry;
@@ -773,7 +773,20 @@ impl Store {
         match &self.durability {
             Durability::Memory => Ok(0),
             Durability::Journal(j) => Ok(j.append(&change.entry())?),
-            Durability::Etcd(w) => w.enqueue(change),
+            Durability::Etcd(w) => {
+                let (id, record) = match change {
+                    Change::Create(record) => {
+                        check_etcd_size(record)?;
+                        (
+                            record.id.clone(),
+                            Some(record.clone() as Arc<dyn EtcdValue>),
+                        )
+                    }
+                    Change::Update(record) => (record.id.clone(), Some(record.clone() as _)),
+                    Change::Remove(id) => (id.clone(), None),
+                };
+                w.enqueue(id, record).map_err(StoreError::Unavailable)
+            }
         }
     }
 
@@ -783,7 +796,7 @@ impl Store {
             _ if seq == 0 => Ok(()),
             Durability::Memory => Ok(()),
             Durability::Journal(j) => Ok(j.wait(seq)?),
-            Durability::Etcd(w) => w.wait(seq),
+            Durability::Etcd(w) => w.wait(seq).map_err(StoreError::Unavailable),
         }
     }
 
@@ -1094,7 +1107,7 @@ impl Store {
         }
         let (records, regions) = records_of(&loaded.records, prefix)?;
         let count = records.len();
-        let writer = EtcdWriter::start(client, prefix, fence, loaded.writer);
+        let writer = EtcdWriter::start(client, prefix, (fence.election, fence.term), loaded.writer);
         let store = Store::built(records, count as u64, regions, Durability::Etcd(writer));
         log::info!(
             "state: {count} record(s) of etcd prefix {prefix} loaded at revision {} in {} ms",
@@ -1184,6 +1197,40 @@ impl Store {
         journal.write_snapshot(generation, copy.iter().map(|r| r.to_entry()))?;
         Ok(true)
     }
+}
+
+/// What the etcd backend stores of a record.
+impl EtcdValue for Record {
+    fn json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.to_record_entry()).expect("a record serialises")
+    }
+
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// Refuses a creation whose record could not fit one etcd transaction (estimated from its
+/// parts, before anything changes).
+fn check_etcd_size(record: &Record) -> Result<(), StoreError> {
+    let steps: usize = record
+        .steps
+        .iter()
+        .map(|s| s.label().len() + s.target().len() + s.body().len() + 48)
+        .sum();
+    let size = record.request.len()
+        + steps
+        + record.detail.as_deref().map_or(0, str::len)
+        + record.platform.as_deref().map_or(0, str::len)
+        + 256;
+    if size > MAX_RECORD_BYTES {
+        return Err(StoreError::Unavailable(format!(
+            "request {}: its record (about {size} bytes) is larger than one etcd transaction \
+             takes ({MAX_RECORD_BYTES} bytes)",
+            record.id
+        )));
+    }
+    Ok(())
 }
 
 fn etcd_unavailable(e: crate::etcd::EtcdError) -> StoreError {

@@ -398,3 +398,61 @@ fn an_etcd_member_killed_under_writes_is_survived_by_retrying() {
     assert_eq!(read.len(), acknowledged.len());
     cluster.restart(0);
 }
+
+/// Not a check: the durable write throughput of the etcd store on a 3-member cluster, as a
+/// durable POST with one platform call writes (a creation with its first step counted, then
+/// `created`) from 8 threads for 5 s. Run with `cargo test --release --test etcd_store -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_the_durable_write_throughput_on_three_members() {
+    let test = "measure_the_durable_write_throughput_on_three_members";
+    let Some(cluster) = etcd(test, 3) else {
+        return;
+    };
+    let c = client(&cluster);
+    let prefix = "/t-measure";
+    let election = leader(&c, prefix, 5);
+    let store = Arc::new(open(&c, prefix, &election));
+    const THREADS: usize = 8;
+    const SECONDS: u64 = 5;
+    let before = revision(&c);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                // Bounded in count and time.
+                for n in 0..1_000_000 {
+                    if started.elapsed() > Duration::from_secs(SECONDS) {
+                        break;
+                    }
+                    let begun = Instant::now();
+                    let id = format!("m{t}-{n}");
+                    store.insert(record(&id, "1")).unwrap();
+                    store.update(&id, |r| r.created(2)).unwrap();
+                    latencies.push(begun.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let transactions = revision(&c) - before;
+    eprintln!(
+        "etcd store, 3 members, {THREADS} threads: {} creations (2 durable writes each) in \
+         {elapsed:.1} s = {:.0}/s; {transactions} transactions ({:.1} changes each); \
+         latency of the two writes p50 {:?} p99 {:?}",
+        latencies.len(),
+        latencies.len() as f64 / elapsed,
+        (latencies.len() * 2) as f64 / transactions as f64,
+        at(0.5),
+        at(0.99)
+    );
+}
