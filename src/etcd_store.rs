@@ -18,7 +18,7 @@
 //!   late duplicate of an old attempt can never overwrite a newer batch.
 //! - Transient errors are retried while the term is valid; once the term lapses or the fence
 //!   fails (deposed), the writer stops for good: every waiting and later change gets
-//!   the store's `StoreError::Unavailable`, and [`EtcdWriter::failure`] says why. A transaction etcd
+//!   the store's `StoreError::Unavailable`, and `Store::failure` says why. A transaction etcd
 //!   refuses outright fails the changes of that batch only, as a journal's failed write does.
 
 use std::collections::{HashMap, VecDeque};
