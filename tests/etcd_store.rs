@@ -382,9 +382,12 @@ fn an_etcd_member_killed_under_writes_is_survived_by_retrying() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    // The first endpoint, where the client starts.
-    cluster.kill(0);
+    // etcd's own leader: its followers answer "no leader" until they elect another.
+    let killed = raft_leader(&cluster);
+    cluster.kill(killed);
+    let before = store.len();
     std::thread::sleep(Duration::from_secs(3));
+    assert!(store.len() > before, "writes go on after the kill");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acknowledged: Vec<String> = writers
         .into_iter()
@@ -396,7 +399,29 @@ fn an_etcd_member_killed_under_writes_is_survived_by_retrying() {
         assert!(read.get(id).is_some(), "acknowledged {id} lost");
     }
     assert_eq!(read.len(), acknowledged.len());
-    cluster.restart(0);
+    cluster.restart(killed);
+}
+
+/// The member that leads the etcd cluster now (its Raft leader).
+fn raft_leader(cluster: &Cluster) -> usize {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let status = |endpoint: &str| -> serde_json::Value {
+        let mut answer = agent
+            .post(format!("{endpoint}/v3/maintenance/status"))
+            .send("{}")
+            .unwrap();
+        serde_json::from_str(&answer.body_mut().read_to_string().unwrap()).unwrap()
+    };
+    let endpoints = cluster.endpoints();
+    let leader = status(&endpoints[0])["leader"].clone();
+    endpoints
+        .iter()
+        .position(|e| status(e)["header"]["member_id"] == leader)
+        .expect("a member leads")
 }
 
 /// Not a check: the durable write throughput of the etcd store on a 3-member cluster, as a
@@ -455,4 +480,44 @@ fn measure_the_durable_write_throughput_on_three_members() {
         at(0.5),
         at(0.99)
     );
+}
+
+#[test]
+fn without_quorum_a_write_fails_once_the_term_lapses_and_the_next_term_writes_again() {
+    let test = "without_quorum_a_write_fails_once_the_term_lapses_and_the_next_term_writes_again";
+    let Some(mut cluster) = etcd(test, 3) else {
+        return;
+    };
+    let c = client(&cluster);
+    let prefix = "/t-quorum";
+    let election = leader(&c, prefix, 2);
+    let store = open(&c, prefix, &election);
+    store.insert(record("before", "1")).unwrap();
+    cluster.kill(1);
+    cluster.kill(2);
+    let started = Instant::now();
+    let e = store.insert(record("during", "1")).unwrap_err();
+    let waited = started.elapsed();
+    assert!(e.is_unavailable(), "{e}");
+    assert!(waited < Duration::from_secs(6), "failed after {waited:?}");
+    assert!(store.writable().is_err());
+    assert!(
+        store.failure().is_some_and(|why| why.contains("term")),
+        "{:?}",
+        store.failure()
+    );
+    cluster.restart(1);
+    cluster.restart(2);
+    cluster.wait_healthy();
+    // The same election campaigns again; the new term's store has the acknowledged record (and
+    // perhaps the unacknowledged one: its outcome was unknown).
+    election.wait_for(Duration::from_secs(20), |_| election.is_leader());
+    let next = open(&c, prefix, &election);
+    assert!(next.get("before").is_some());
+    next.insert(record("after", "1")).unwrap();
+    assert!(
+        store.insert(record("stale", "1")).is_err(),
+        "stopped for good"
+    );
+    assert!(Store::read_etcd(&c, prefix).unwrap().get("stale").is_none());
 }
