@@ -487,7 +487,8 @@ fn an_import_into_etcd_refuses_records_a_leader_and_bad_lines_writing_nothing() 
     assert_eq!(count("/t-bad"), 0);
 }
 
-/// More records than one etcd transaction takes: imported in several, in order.
+/// More records than one etcd transaction takes, and than one page of a read: imported in
+/// several transactions and exported back in order.
 #[test]
 fn a_large_import_into_etcd_is_written_in_bounded_transactions_in_order() {
     let test = "a_large_import_into_etcd_is_written_in_bounded_transactions_in_order";
@@ -498,20 +499,20 @@ fn a_large_import_into_etcd_is_written_in_bounded_transactions_in_order() {
     let config = dir.join("regions.toml");
     std::fs::write(&config, config_text("http://127.0.0.1:1")).unwrap();
     // Ids in reverse key order, all created in the same millisecond.
-    let text: String = (0..300)
+    let text: String = (0..1200)
         .map(|n| {
             format!(
-                "{{\"id\":\"r{:03}\",\"region\":\"2\",\"request\":{{\"n\":{n}}},\"steps\":[],\
+                "{{\"id\":\"r{:04}\",\"region\":\"2\",\"request\":{{\"n\":{n}}},\"steps\":[],\
                  \"applied\":0,\"status\":\"created\",\"created\":1,\"modified\":1}}\n",
-                999 - n
+                9999 - n
             )
         })
         .collect();
     let file = dir.join("many.jsonl");
     std::fs::write(&file, &text).unwrap();
     let on_etcd = etcd_config(&config, &cluster, "/t-large");
-    assert_eq!(mec_plugin::migrate::import(&on_etcd, &file).unwrap(), 300);
+    assert_eq!(mec_plugin::migrate::import(&on_etcd, &file).unwrap(), 1200);
     let out = dir.join("out.jsonl");
-    assert_eq!(mec_plugin::migrate::export(&on_etcd, &out).unwrap(), 300);
+    assert_eq!(mec_plugin::migrate::export(&on_etcd, &out).unwrap(), 1200);
     assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
 }
