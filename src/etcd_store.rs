@@ -4,9 +4,11 @@
 //! options of `[store]`.
 //!
 //! - A key's value is the whole record: its journal `put` entry's JSON (`RecordEntry`) with
-//!   one more field first, `seq`, its place among the records created in the same transaction
-//!   (they share a create revision). A creation or update puts the whole record (idempotent),
-//!   a removal deletes the key. Creation order = (create revision, `seq`).
+//!   one more field first, `seq`, its place in the creation order, given when it is created
+//!   and never changed (a store loaded from etcd keeps the records' `seq` and numbers its new
+//!   ones after the largest). A creation or update puts the whole record (idempotent), a
+//!   removal deletes the key. Creation order = `seq` (records created in one transaction share
+//!   their create revision; the create revision breaks ties only among values without one).
 //! - Under the records lock the store only queues a change (a pointer to the record) and gets
 //!   a sequence number; the caller waits for it without the lock. The writer takes every
 //!   queued change, in order, into one transaction (the last change of a key wins: etcd refuses
@@ -41,7 +43,7 @@ use crate::util::{lock, new_uuid, wait};
 pub(crate) trait Value: Send + Sync {
     /// The record's JSON (its journal `put` entry's content).
     fn json(&self) -> Vec<u8>;
-    /// Its place in the creation order of its store.
+    /// Its place in the creation order, given at its creation and never changed.
     fn seq(&self) -> u64;
 }
 
@@ -156,8 +158,8 @@ fn seq_of(value: &[u8]) -> u64 {
 /// What [`load`] read, all at one revision.
 pub(crate) struct Loaded {
     pub revision: i64,
-    /// The records' keys and values, in creation order.
-    pub records: Vec<KeyValue>,
+    /// The records' `seq` and keys and values, in creation order.
+    pub records: Vec<(u64, KeyValue)>,
     pub leader: Option<KeyValue>,
     /// The writer tag (see [`writer_key`]).
     pub writer: Option<Vec<u8>>,
@@ -197,11 +199,13 @@ pub(crate) fn load(client: &Client, prefix: &str) -> Result<Loaded, EtcdError> {
             break;
         }
     }
-    let mut ordered: Vec<(i64, u64, KeyValue)> = records
+    let mut ordered: Vec<(u64, KeyValue)> = records
         .into_iter()
-        .map(|kv| (kv.create_revision, seq_of(&kv.value), kv))
+        .map(|kv| (seq_of(&kv.value), kv))
         .collect();
-    ordered.sort_unstable_by(|a, b| (a.0, a.1, &a.2.key).cmp(&(b.0, b.1, &b.2.key)));
+    ordered.sort_unstable_by(|(a, x), (b, y)| {
+        (a, x.create_revision, &x.key).cmp(&(b, y.create_revision, &y.key))
+    });
     debug!(
         "etcd store: {} record(s) of {prefix} read at revision {revision} in {} ms",
         ordered.len(),
@@ -209,7 +213,7 @@ pub(crate) fn load(client: &Client, prefix: &str) -> Result<Loaded, EtcdError> {
     );
     Ok(Loaded {
         revision,
-        records: ordered.into_iter().map(|(_, _, kv)| kv).collect(),
+        records: ordered,
         leader,
         writer,
     })

@@ -1105,10 +1105,10 @@ impl Store {
             Some(kv) if kv.create_revision == fence.term.create_revision => {}
             _ => return Err(term_over()),
         }
-        let (records, regions) = records_of(&loaded.records, prefix)?;
+        let (records, next_seq, regions) = records_of(&loaded.records, prefix)?;
         let count = records.len();
         let writer = EtcdWriter::start(client, prefix, (fence.election, fence.term), loaded.writer);
-        let store = Store::built(records, count as u64, regions, Durability::Etcd(writer));
+        let store = Store::built(records, next_seq, regions, Durability::Etcd(writer));
         log::info!(
             "state: {count} record(s) of etcd prefix {prefix} loaded at revision {} in {} ms",
             loaded.revision,
@@ -1121,9 +1121,8 @@ impl Store {
     /// order, in a store that keeps nothing.
     pub fn read_etcd(client: &crate::etcd::Client, prefix: &str) -> Result<Store, StoreError> {
         let loaded = crate::etcd_store::load(client, prefix).map_err(etcd_unavailable)?;
-        let (records, regions) = records_of(&loaded.records, prefix)?;
-        let count = records.len() as u64;
-        Ok(Store::built(records, count, regions, Durability::Memory))
+        let (records, next_seq, regions) = records_of(&loaded.records, prefix)?;
+        Ok(Store::built(records, next_seq, regions, Durability::Memory))
     }
 
     /// Whether a change could be made durable now: the journal has not stopped; an etcd
@@ -1237,16 +1236,18 @@ fn etcd_unavailable(e: crate::etcd::EtcdError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// The records of etcd `values` (keys and values under `<prefix>/records/`, in creation order),
-/// numbered in that order, and the region ids they share.
+/// The records of etcd `values` (their `seq`, keys and values under `<prefix>/records/`, in
+/// creation order), each keeping its `seq`; the `seq` of the next record; the region ids they
+/// share.
 fn records_of(
-    values: &[crate::etcd::KeyValue],
+    values: &[(u64, crate::etcd::KeyValue)],
     prefix: &str,
-) -> Result<(Vec<Keyed>, Regions), StoreError> {
+) -> Result<(Vec<Keyed>, u64, Regions), StoreError> {
     let records_prefix = crate::etcd_store::records_prefix(prefix);
     let mut regions = Regions::default();
     let mut records = Vec::with_capacity(values.len());
-    for (seq, kv) in values.iter().enumerate() {
+    let mut next_seq = 0;
+    for (seq, kv) in values {
         let key = String::from_utf8_lossy(&kv.key);
         let damaged = |why: String| {
             StoreError::Unavailable(format!(
@@ -1259,10 +1260,11 @@ fn records_of(
             return Err(damaged(format!("it holds record '{}'", entry.id)));
         }
         let mut record = from_record_entry(entry, &mut regions);
-        record.seq = seq as u64;
+        record.seq = *seq;
+        next_seq = next_seq.max(seq + 1);
         records.push((record.id.clone(), record));
     }
-    Ok((records, regions))
+    Ok((records, next_seq, regions))
 }
 
 /// The record a journal `put` entry (or a line of an import) describes, with no runtime state;

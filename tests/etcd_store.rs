@@ -228,6 +228,69 @@ fn concurrent_writers_share_transactions_and_the_order_is_the_leaders() {
     );
 }
 
+/// Records created together (one transaction, one create revision) keep their order through
+/// terms that update some of them and create more.
+#[test]
+fn the_creation_order_of_records_sharing_a_transaction_survives_updates_in_later_terms() {
+    let test =
+        "the_creation_order_of_records_sharing_a_transaction_survives_updates_in_later_terms";
+    let Some(cluster) = etcd(test, 1) else {
+        return;
+    };
+    let c = client(&cluster);
+    let prefix = "/t-ties";
+    let ids = |store: &Store| -> Vec<String> {
+        store.list(None).iter().map(|r| r.id.to_string()).collect()
+    };
+    let election = leader(&c, prefix, 5);
+    let store = Arc::new(open(&c, prefix, &election));
+    // Some records before, so that a later term's numbering differs from this one's.
+    for n in 0..5 {
+        store.insert(record(&format!("early{n}"), "1")).unwrap();
+    }
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let store = &store;
+            s.spawn(move || {
+                for n in 0..10 {
+                    store.insert(record(&format!("t{t}-{n}"), "1")).unwrap();
+                }
+            });
+        }
+    });
+    for n in 0..5 {
+        store.remove(&format!("early{n}")).unwrap();
+    }
+    let order = ids(&store);
+    drop(store);
+    let mut sharing = 0;
+    let read = c.range(&Range::prefix("/t-ties/records/")).unwrap();
+    let mut revisions: Vec<i64> = read.kvs.iter().map(|kv| kv.create_revision).collect();
+    revisions.sort();
+    revisions.dedup();
+    sharing += read.kvs.len() - revisions.len();
+    assert!(sharing > 0, "some records share a transaction");
+    for round in 0..2 {
+        let term = election.term().unwrap();
+        c.lease_revoke(term.lease).unwrap();
+        election.wait_for(Duration::from_secs(15), |_| {
+            election.term().is_some_and(|t| t != term)
+        });
+        let store = open(&c, prefix, &election);
+        assert_eq!(ids(&store), order, "round {round}");
+        // Every third record changes; new ones come last.
+        for id in order.iter().skip(round).step_by(3) {
+            store.update(id, |r| r.created(100 + round as i64)).unwrap();
+        }
+        assert_eq!(ids(&Store::read_etcd(&c, prefix).unwrap()), order);
+    }
+    let store = open(&c, prefix, &election);
+    store.insert(record("last", "1")).unwrap();
+    let mut expected = order.clone();
+    expected.push("last".into());
+    assert_eq!(ids(&Store::read_etcd(&c, prefix).unwrap()), expected);
+}
+
 #[test]
 fn a_deposed_term_writes_nothing_more() {
     let Some(cluster) = etcd("a_deposed_term_writes_nothing_more", 1) else {
