@@ -27,7 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, warn};
 use serde::Deserialize;
 
 use crate::config::StoreConfig;
@@ -675,7 +675,7 @@ pub fn import(
     if !batch.is_empty() {
         written += import_batch(client, &leader, &batch, written)?;
     }
-    info!("imported {written} record(s) under {records_prefix}");
+    debug!("imported {written} record(s) under {records_prefix}");
     Ok(written)
 }
 
