@@ -1125,6 +1125,21 @@ impl Store {
         Ok(Store::built(records, next_seq, regions, Durability::Memory))
     }
 
+    /// A follower's read of one record (linearizable): `<prefix>/records/<id>` now, without
+    /// reading the others (its runtime fields empty, as [`read_etcd`](Store::read_etcd)'s).
+    pub fn read_etcd_record(
+        client: &crate::etcd::Client,
+        prefix: &str,
+        id: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        let key = format!("{}{id}", crate::etcd_store::records_prefix(prefix));
+        let Some(kv) = client.get(key.as_bytes()).map_err(etcd_unavailable)? else {
+            return Ok(None);
+        };
+        let (mut records, _, _) = records_of(&[(0, kv)], prefix)?;
+        Ok(records.pop().map(|(_, record)| record))
+    }
+
     /// Whether a change could be made durable now: the journal has not stopped; an etcd
     /// store's term is still valid and its writer has not stopped. Checked before every
     /// platform call, so that an instance that cannot record first does not call.

@@ -162,6 +162,12 @@ fn records_round_trip_in_creation_order_into_the_next_term_and_a_followers_read(
     assert_eq!(&*a.request, r#"{"appDNSRule":[{"dnsRuleId":"a"}]}"#);
     assert_eq!(a.platform.as_deref(), Some("http://mep"));
     assert_eq!(follower.list(Some("2")).len(), 1);
+    let one = Store::read_etcd_record(&c, prefix, "b").unwrap().unwrap();
+    assert_eq!(
+        (one.status, one.detail.as_deref()),
+        (Status::Failed, Some("why \"quoted\""))
+    );
+    assert!(Store::read_etcd_record(&c, prefix, "q").unwrap().is_none());
 
     // The next term (a clean step-down, another instance leads) loads the same records.
     drop(store);
