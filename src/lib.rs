@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod etcd;
+pub mod etcd_store;
 pub mod http;
 pub mod http1;
 pub mod journal;
