@@ -198,6 +198,22 @@ impl Cluster {
         ))
     }
 
+    /// [`read`](Cluster::read) of one request: only its key is read (linearizable); the
+    /// service holds that record or none.
+    pub fn read_one(&self, id: &str) -> Result<Service, ApiError> {
+        let store = Store::in_memory();
+        let record = Store::read_etcd_record(&self.shared.client, &self.shared.prefix, id)
+            .map_err(|e| self.store_error(e))?;
+        if let Some(record) = record {
+            store.insert(record).map_err(|e| self.store_error(e))?;
+        }
+        Ok(Service::with_store(
+            self.shared.region_copies(),
+            store,
+            self.shared.retry,
+        ))
+    }
+
     /// Counts `e` and gives the API's answer to it (503 + `Retry-After` when etcd cannot be
     /// read).
     pub fn store_error(&self, e: StoreError) -> ApiError {
@@ -419,6 +435,7 @@ impl Shared {
         };
         let store = Store::open_etcd(self.client.clone(), &self.prefix, fence)
             .map_err(|e| format!("cannot open the store: {e}"))?;
+        store.count_errors_into(self.metrics.store_errors());
         let records = store.len();
         let service = Service::with_store(self.region_copies(), store, self.retry)
             .limit_requests(self.max_requests)

@@ -275,11 +275,19 @@ struct Shared {
     queued: Condvar,
     /// Callers wait here for their changes.
     done: Condvar,
+    /// Where failed commits are counted (`mec_plugin_store_errors_total`), once given.
+    errors: std::sync::OnceLock<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    fn count_error(&self) {
+        if let Some(errors) = self.errors.get() {
+            errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Why the term is no longer valid, if it is not.
@@ -363,6 +371,7 @@ impl EtcdWriter {
             state: Mutex::default(),
             queued: Condvar::new(),
             done: Condvar::new(),
+            errors: std::sync::OnceLock::new(),
         });
         let thread_shared = shared.clone();
         // Not joined: a stopped store's writer ends after its current call.
@@ -371,6 +380,11 @@ impl EtcdWriter {
             .spawn(move || run(&thread_shared, marker))
             .expect("spawning the etcd-store thread");
         EtcdWriter { shared }
+    }
+
+    /// Counts every failed commit attempt into `counter` from now on.
+    pub(crate) fn count_errors_into(&self, counter: Arc<std::sync::atomic::AtomicU64>) {
+        let _ = self.shared.errors.set(counter);
     }
 
     /// Queues the change of record `id` (its value now, or `None` for a removal) under the
@@ -565,6 +579,7 @@ fn commit(shared: &Shared, batch: Batch, marker: &mut Marker) -> Result<(), Stop
                 return Ok(());
             }
             Err(e) if transient(&e) => {
+                shared.count_error();
                 if attempt == 0 {
                     warn!("etcd store: a commit failed, retrying while the term lasts: {e}");
                 } else {
@@ -573,7 +588,10 @@ fn commit(shared: &Shared, batch: Batch, marker: &mut Marker) -> Result<(), Stop
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(RETRY_MAX);
             }
-            Err(e) => return Err(Stop::Refused(format!("etcd refused the change: {e}"))),
+            Err(e) => {
+                shared.count_error();
+                return Err(Stop::Refused(format!("etcd refused the change: {e}")));
+            }
         }
     }
     unreachable!("the attempts are not counted out")

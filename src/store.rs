@@ -1075,6 +1075,14 @@ impl Store {
         }
     }
 
+    /// Counts the etcd backend's failed commits into `counter` (`mec_plugin_store_errors_total`);
+    /// nothing for the journal, whose failures `/healthz` and `mec_plugin_state_writable` show.
+    pub fn count_errors_into(&self, counter: Arc<std::sync::atomic::AtomicU64>) {
+        if let Durability::Etcd(w) = &self.durability {
+            w.count_errors_into(counter);
+        }
+    }
+
     /// Why changes cannot be written now for want of space, if so (looks for room first).
     pub fn no_space(&self) -> Option<String> {
         self.journal().and_then(Journal::no_space)

@@ -7,6 +7,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mec_plugin::etcd::{Client, Options, Range};
@@ -561,11 +562,16 @@ fn without_quorum_a_write_fails_once_the_term_lapses_and_the_next_term_writes_ag
     let prefix = "/t-quorum";
     let election = leader(&c, prefix, 2);
     let store = open(&c, prefix, &election);
+    let errors = Arc::new(AtomicU64::new(0));
+    store.count_errors_into(errors.clone());
     store.insert(record("before", "1")).unwrap();
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "no failed commit yet");
     cluster.kill(1);
     cluster.kill(2);
     let started = Instant::now();
     let e = store.insert(record("during", "1")).unwrap_err();
+    // The failed attempts are what `mec_plugin_store_errors_total` counts.
+    assert!(errors.load(Ordering::Relaxed) > 0, "failed commits counted");
     let waited = started.elapsed();
     assert!(e.is_unavailable(), "{e}");
     assert!(waited < Duration::from_secs(6), "failed after {waited:?}");
