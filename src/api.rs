@@ -239,6 +239,11 @@ impl RequestHandler for ClusterApi {
     }
 }
 
+/// Why a follower answers 503 to a request another instance forwarded to it (the leader changed
+/// in between): forwarding it again could go round in circles.
+const NOT_FORWARDED_TWICE: &str = "this instance does not lead (any more) and does not forward a \
+                                   request another instance forwarded";
+
 impl ClusterApi {
     fn dispatch(&self, route: &Route<'_>, request: &Request) -> Result<Response, ApiError> {
         let style = self.style;
@@ -247,7 +252,11 @@ impl ClusterApi {
             ("GET", Route::Metrics) => Ok(metrics_text(
                 self.cluster.metrics().render(&self.cluster.gauges()),
             )),
-            ("GET", Route::Requests | Route::Request(_) | Route::Region(_)) => {
+            ("GET", Route::Request(id)) => {
+                let service = self.reader_of(id)?;
+                answer(&service, style, route, request)
+            }
+            ("GET", Route::Requests | Route::Region(_)) => {
                 let service = self.reader()?;
                 answer(&service, style, route, request)
             }
@@ -255,8 +264,7 @@ impl ClusterApi {
                 match self.cluster.role() {
                     Role::Leader => answer(&*self.leader()?, style, route, request),
                     Role::Follower { .. } if request.forwarded => Err(ApiError::Unavailable {
-                        detail: "this instance does not lead (any more) and does not forward a                                  request another instance forwarded"
-                            .into(),
+                        detail: NOT_FORWARDED_TWICE.into(),
                     }),
                     Role::Follower { leader_url } => self.cluster.forward(request, &leader_url),
                     Role::Unknown => Err(no_leader()),
@@ -289,6 +297,14 @@ impl ClusterApi {
             }
             Role::Follower { .. } => Ok(Arc::new(self.cluster.read()?)),
             Role::Unknown => Err(no_leader()),
+        }
+    }
+
+    /// [`reader`](ClusterApi::reader) for one request: a follower reads only its key.
+    fn reader_of(&self, id: &str) -> Result<Arc<Service>, ApiError> {
+        match self.cluster.role() {
+            Role::Follower { .. } => Ok(Arc::new(self.cluster.read_one(id)?)),
+            _ => self.reader(),
         }
     }
 

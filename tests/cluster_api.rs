@@ -270,6 +270,13 @@ fn one_leader_one_follower_which_forwards_changes_and_reads_the_leaders_records(
         (on_follower.status, &on_follower.body),
         (200, &on_leader.body)
     );
+    // One request is read by its key alone; an unknown one is the leader's 404 too.
+    let unknown = "/MEC/v1/service/requests/00000000-0000-4000-8000-000000000000";
+    let (missing, missing_on_leader) = (get(&follower.url, unknown), get(&leader.url, unknown));
+    assert_eq!(
+        (missing.status, &missing.body),
+        (404, &missing_on_leader.body)
+    );
     let listing = get(&follower.url, "/MEC/v1/service/requests");
     assert_eq!(
         listing.body,
