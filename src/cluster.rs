@@ -41,6 +41,9 @@ const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// Pause before opening a term's store again after a failure (etcd unreachable).
 const RETRY_OPEN: Duration = Duration::from_millis(250);
 
+/// Bound on the wait for the writer threads of dropped stores at a stop (one etcd call each).
+const WRITERS_WITHIN: Duration = Duration::from_secs(3);
+
 /// The largest answer relayed from the leader.
 const MAX_FORWARDED_ANSWER: u64 = 64 << 20;
 
@@ -294,6 +297,7 @@ impl Cluster {
             let _ = watcher.join();
         }
         self.shared.unpublish();
+        self.shared.wait_for_writers();
     }
 }
 
@@ -407,6 +411,20 @@ impl Shared {
                 leading.term.lease
             );
             leading.reconciler.stop();
+        }
+    }
+
+    /// Waits (bounded) until the writer threads of the stores dropped let go of the election,
+    /// so that dropping this instance's last holder steps down at once, revoking the lease,
+    /// before `stop` returns (not later on a writer thread, or never if the process exits).
+    fn wait_for_writers(&self) {
+        let deadline = Instant::now() + WRITERS_WITHIN;
+        while Arc::strong_count(&self.election) > 1 {
+            if Instant::now() >= deadline {
+                warn!("stopping: the election is still held; the lease expires by itself");
+                return;
+            }
+            thread::sleep(Duration::from_millis(5));
         }
     }
 
