@@ -400,6 +400,21 @@ impl Shared {
         lock(&self.current).as_ref().map(|leading| leading.term)
     }
 
+    /// Whether the published service's store stopped for good while its term may go on (etcd
+    /// refused a batch): its memory may be ahead of etcd, so the term's store is opened again.
+    fn published_store_stopped(&self) -> bool {
+        let service = lock(&self.current)
+            .as_ref()
+            .map(|leading| leading.service.clone());
+        match service.map(|service| service.writable()) {
+            Some(Err(e)) => {
+                warn!("the store of this term stopped ({e}); reading it from etcd again");
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Unpublishes the service of the term that ended and stops its reconciler (outside the
     /// lock: it may be finishing a platform call).
     fn unpublish(&self) {
@@ -465,7 +480,7 @@ fn watch(shared: &Shared) {
     while !shared.stop.load(Ordering::SeqCst) {
         let term = shared.election.term();
         let published = shared.published_term();
-        if term != published {
+        if term != published || (term.is_some() && shared.published_store_stopped()) {
             if published.is_some() {
                 shared.unpublish();
             }

@@ -21,7 +21,9 @@
 //! - Transient errors are retried while the term is valid; once the term lapses or the fence
 //!   fails (deposed), the writer stops for good: every waiting and later change gets
 //!   the store's `StoreError::Unavailable`, and `Store::failure` says why. A transaction etcd
-//!   refuses outright fails the changes of that batch only, as a journal's failed write does.
+//!   refuses outright fails the changes of that batch and stops the writer too (its changes
+//!   are in the store's memory already, as a journal's after a failed `fsync`); the cluster
+//!   then opens the term's store again from etcd.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -517,8 +519,13 @@ fn run(shared: &Shared, mut marker: Marker) {
         match commit(shared, batch, &mut marker) {
             Ok(()) => shared.finish(first, last, None),
             Err(Stop::Refused(reason)) => {
+                // Its changes are in the store's memory already (as a journal's entries are
+                // once written): going on would leave that memory ahead of etcd. As a journal
+                // whose fsync failed, the writer stops; the term's next store reads etcd again.
                 warn!("etcd refused a batch of changes: {reason}");
-                shared.finish(first, last, Some(reason));
+                shared.finish(first, last, Some(reason.clone()));
+                shared.fail(format!("etcd refused a batch of changes: {reason}"));
+                return;
             }
             Err(Stop::ForGood(reason)) => {
                 shared.fail(reason);
@@ -531,7 +538,7 @@ fn run(shared: &Shared, mut marker: Marker) {
 /// Why a batch was not committed.
 #[derive(Debug, PartialEq, Eq)]
 enum Stop {
-    /// etcd refused it (not applied): its changes fail, the writer goes on.
+    /// etcd refused it (not applied): its changes fail, and the writer stops.
     Refused(String),
     /// The term is over or the store closed: nothing more is written.
     ForGood(String),
