@@ -589,13 +589,16 @@ fn commit(shared: &Shared, batch: Batch, marker: &mut Marker) -> Result<(), Stop
 /// Whether an error may go away by itself (a retry of the same transaction is safe: see the
 /// writer tag).
 fn transient(e: &EtcdError) -> bool {
-    matches!(
-        e,
+    match e {
         EtcdError::Unreachable { .. }
-            | EtcdError::NoQuorum { .. }
-            | EtcdError::Malformed { .. }
-            | EtcdError::AuthRefused { .. }
-    )
+        | EtcdError::NoQuorum { .. }
+        | EtcdError::Malformed { .. }
+        | EtcdError::AuthRefused { .. } => true,
+        // An overloaded etcd (its apply lagging) turns requests away before proposing them:
+        // not a refusal of the change, which would stop the writer.
+        EtcdError::Refused { message, .. } => message.contains("too many requests"),
+        _ => false,
+    }
 }
 
 /// What a transaction's answer means: committed (now, or by an earlier attempt that left
@@ -905,6 +908,23 @@ mod tests {
             resolve(answer(Some(42), Some(b"u:1")), term, b"t:2"),
             Err(Stop::ForGood(why)) if why.contains("another store")
         ));
+    }
+
+    #[test]
+    fn an_overloaded_etcd_is_waited_for_and_a_refusal_is_not() {
+        let refused = |code, message: &str| EtcdError::Refused {
+            endpoint: "http://127.0.0.1:2379".into(),
+            status: 429,
+            code,
+            message: message.into(),
+        };
+        // etcd's ErrGRPCTooManyRequests (RESOURCE_EXHAUSTED): not applied, a retry is safe.
+        assert!(transient(&refused(8, "etcdserver: too many requests")));
+        assert!(!transient(&refused(3, "etcdserver: request is too large")));
+        assert!(!transient(&refused(
+            8,
+            "etcdserver: mvcc: database space exceeded"
+        )));
     }
 
     #[test]
