@@ -41,6 +41,9 @@ const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// Pause before opening a term's store again after a failure (etcd unreachable).
 const RETRY_OPEN: Duration = Duration::from_millis(250);
 
+/// Bound on the wait for the writer threads of dropped stores at a stop (one etcd call each).
+const WRITERS_WITHIN: Duration = Duration::from_secs(3);
+
 /// The largest answer relayed from the leader.
 const MAX_FORWARDED_ANSWER: u64 = 64 << 20;
 
@@ -310,6 +313,7 @@ impl Cluster {
             let _ = watcher.join();
         }
         self.shared.unpublish();
+        self.shared.wait_for_writers();
     }
 }
 
@@ -412,6 +416,21 @@ impl Shared {
         lock(&self.current).as_ref().map(|leading| leading.term)
     }
 
+    /// Whether the published service's store stopped for good while its term may go on (etcd
+    /// refused a batch): its memory may be ahead of etcd, so the term's store is opened again.
+    fn published_store_stopped(&self) -> bool {
+        let service = lock(&self.current)
+            .as_ref()
+            .map(|leading| leading.service.clone());
+        match service.map(|service| service.writable()) {
+            Some(Err(e)) => {
+                warn!("the store of this term stopped ({e}); reading it from etcd again");
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Unpublishes the service of the term that ended and stops its reconciler (outside the
     /// lock: it may be finishing a platform call).
     fn unpublish(&self) {
@@ -423,6 +442,20 @@ impl Shared {
                 leading.term.lease
             );
             leading.reconciler.stop();
+        }
+    }
+
+    /// Waits (bounded) until the writer threads of the stores dropped let go of the election,
+    /// so that dropping this instance's last holder steps down at once, revoking the lease,
+    /// before `stop` returns (not later on a writer thread, or never if the process exits).
+    fn wait_for_writers(&self) {
+        let deadline = Instant::now() + WRITERS_WITHIN;
+        while Arc::strong_count(&self.election) > 1 {
+            if Instant::now() >= deadline {
+                warn!("stopping: the election is still held; the lease expires by itself");
+                return;
+            }
+            thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -464,7 +497,7 @@ fn watch(shared: &Shared) {
     while !shared.stop.load(Ordering::SeqCst) {
         let term = shared.election.term();
         let published = shared.published_term();
-        if term != published {
+        if term != published || (term.is_some() && shared.published_store_stopped()) {
             if published.is_some() {
                 shared.unpublish();
             }

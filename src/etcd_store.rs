@@ -21,7 +21,9 @@
 //! - Transient errors are retried while the term is valid; once the term lapses or the fence
 //!   fails (deposed), the writer stops for good: every waiting and later change gets
 //!   the store's `StoreError::Unavailable`, and `Store::failure` says why. A transaction etcd
-//!   refuses outright fails the changes of that batch only, as a journal's failed write does.
+//!   refuses outright fails the changes of that batch and stops the writer too (its changes
+//!   are in the store's memory already, as a journal's after a failed `fsync`); the cluster
+//!   then opens the term's store again from etcd.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -531,8 +533,13 @@ fn run(shared: &Shared, mut marker: Marker) {
         match commit(shared, batch, &mut marker) {
             Ok(()) => shared.finish(first, last, None),
             Err(Stop::Refused(reason)) => {
+                // Its changes are in the store's memory already (as a journal's entries are
+                // once written): going on would leave that memory ahead of etcd. As a journal
+                // whose fsync failed, the writer stops; the term's next store reads etcd again.
                 warn!("etcd refused a batch of changes: {reason}");
-                shared.finish(first, last, Some(reason));
+                shared.finish(first, last, Some(reason.clone()));
+                shared.fail(format!("etcd refused a batch of changes: {reason}"));
+                return;
             }
             Err(Stop::ForGood(reason)) => {
                 shared.fail(reason);
@@ -545,7 +552,7 @@ fn run(shared: &Shared, mut marker: Marker) {
 /// Why a batch was not committed.
 #[derive(Debug, PartialEq, Eq)]
 enum Stop {
-    /// etcd refused it (not applied): its changes fail, the writer goes on.
+    /// etcd refused it (not applied): its changes fail, and the writer stops.
     Refused(String),
     /// The term is over or the store closed: nothing more is written.
     ForGood(String),
@@ -600,13 +607,16 @@ fn commit(shared: &Shared, batch: Batch, marker: &mut Marker) -> Result<(), Stop
 /// Whether an error may go away by itself (a retry of the same transaction is safe: see the
 /// writer tag).
 fn transient(e: &EtcdError) -> bool {
-    matches!(
-        e,
+    match e {
         EtcdError::Unreachable { .. }
-            | EtcdError::NoQuorum { .. }
-            | EtcdError::Malformed { .. }
-            | EtcdError::AuthRefused { .. }
-    )
+        | EtcdError::NoQuorum { .. }
+        | EtcdError::Malformed { .. }
+        | EtcdError::AuthRefused { .. } => true,
+        // An overloaded etcd (its apply lagging) turns requests away before proposing them:
+        // not a refusal of the change, which would stop the writer.
+        EtcdError::Refused { message, .. } => message.contains("too many requests"),
+        _ => false,
+    }
 }
 
 /// What a transaction's answer means: committed (now, or by an earlier attempt that left
@@ -916,6 +926,23 @@ mod tests {
             resolve(answer(Some(42), Some(b"u:1")), term, b"t:2"),
             Err(Stop::ForGood(why)) if why.contains("another store")
         ));
+    }
+
+    #[test]
+    fn an_overloaded_etcd_is_waited_for_and_a_refusal_is_not() {
+        let refused = |code, message: &str| EtcdError::Refused {
+            endpoint: "http://127.0.0.1:2379".into(),
+            status: 429,
+            code,
+            message: message.into(),
+        };
+        // etcd's ErrGRPCTooManyRequests (RESOURCE_EXHAUSTED): not applied, a retry is safe.
+        assert!(transient(&refused(8, "etcdserver: too many requests")));
+        assert!(!transient(&refused(3, "etcdserver: request is too large")));
+        assert!(!transient(&refused(
+            8,
+            "etcdserver: mvcc: database space exceeded"
+        )));
     }
 
     #[test]

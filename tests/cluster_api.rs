@@ -675,3 +675,84 @@ fn an_https_leader_is_reached_through_the_chain_of_tls_cert() {
     follower.app.stop(Duration::from_secs(2));
     leader.app.stop(Duration::from_secs(2));
 }
+
+/// Review: `App::stop` of a leader whose term wrote records steps down at once: when it
+/// returns, the leader key is gone (its lease revoked), not merely left to expire.
+#[test]
+fn a_stopped_leader_has_revoked_its_lease_when_stop_returns() {
+    let test = "a_stopped_leader_has_revoked_its_lease_when_stop_returns";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    let leader = Instance::start(&etcd, "/t-revoke", &mep);
+    assert!(eventually(ROLE_WITHIN, || leader.ready()), "it leads");
+    let created = call(
+        "POST",
+        &leader.url,
+        "/MEC/v1/service/requests",
+        Some(DNS),
+        &[],
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let client = mec_plugin::etcd::Client::new(mec_plugin::etcd::Options {
+        endpoints: etcd.endpoints(),
+        ca_pem: None,
+        user: None,
+        password: None,
+        timeout: Duration::from_secs(1),
+    })
+    .unwrap();
+    let key = mec_plugin::leader::leader_key("/t-revoke");
+    assert!(
+        client.get(&key).unwrap().is_some(),
+        "the leader key is held"
+    );
+    leader.app.stop(Duration::from_secs(2));
+    assert!(
+        client.get(&key).unwrap().is_none(),
+        "the lease is revoked when stop returns"
+    );
+}
+
+/// Review: a leader whose store stopped for good while its term goes on (here another writer
+/// moved `<prefix>/writer`, as a second store of the term would) opens the term's store
+/// again from etcd instead of answering 503 until it is restarted.
+#[test]
+fn a_leader_whose_store_stopped_reopens_it_for_the_same_term() {
+    let test = "a_leader_whose_store_stopped_reopens_it_for_the_same_term";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    let leader = Instance::start(&etcd, "/t-reopen", &mep);
+    assert!(eventually(ROLE_WITHIN, || leader.ready()), "it leads");
+    let client = mec_plugin::etcd::Client::new(mec_plugin::etcd::Options {
+        endpoints: etcd.endpoints(),
+        ca_pem: None,
+        user: None,
+        password: None,
+        timeout: Duration::from_secs(1),
+    })
+    .unwrap();
+    client
+        .put(b"/t-reopen/writer", b"someone else", 0)
+        .expect("put");
+    let post = || {
+        call(
+            "POST",
+            &leader.url,
+            "/MEC/v1/service/requests",
+            Some(DNS),
+            &[],
+        )
+    };
+    let first = post();
+    assert_unavailable(&first, "the write its store could not commit");
+    assert!(
+        eventually(ROLE_WITHIN, || post().status == 201),
+        "the same term writes again once its store is read again"
+    );
+    assert_eq!(leader.role(), Role::Leader);
+    leader.app.stop(Duration::from_secs(2));
+}

@@ -596,3 +596,39 @@ fn without_quorum_a_write_fails_once_the_term_lapses_and_the_next_term_writes_ag
     );
     assert!(Store::read_etcd(&c, prefix).unwrap().get("stale").is_none());
 }
+
+/// Review: a batch etcd refuses outright (here: larger than its `--max-request-bytes`) was
+/// already in the leader's memory, so the writer stops for good, as a journal whose `fsync`
+/// failed does: the leader must not go on answering from (and writing after) a memory that
+/// etcd does not hold.
+#[test]
+fn a_refused_batch_stops_the_store_rather_than_leave_its_memory_ahead_of_etcd() {
+    let test = "a_refused_batch_stops_the_store_rather_than_leave_its_memory_ahead_of_etcd";
+    let Some(cluster) = Cluster::start_with(test, 1, &["--max-request-bytes=65536"]) else {
+        support::skip(test, MISSING);
+        return;
+    };
+    let c = client(&cluster);
+    let prefix = "/t-refused";
+    let election = leader(&c, prefix, 5);
+    let store = open(&c, prefix, &election);
+    store.insert(record("small", "1")).unwrap();
+    let mut big = record("big", "1");
+    big.request = Arc::from(format!(r#"{{"x":"{}"}}"#, "y".repeat(200_000)));
+    let e = store.insert(big).unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    let read = Store::read_etcd(&c, prefix).unwrap();
+    assert!(read.get("big").is_none(), "etcd refused it");
+    assert!(
+        store.writable().is_err(),
+        "the store's memory holds 'big', etcd does not: it stops"
+    );
+    assert!(store.insert(record("after", "1")).is_err());
+    drop(store);
+    // The next store of the term reads etcd again and writes.
+    let store = open(&c, prefix, &election);
+    assert!(store.get("big").is_none());
+    store.insert(record("after", "1")).unwrap();
+    drop(store);
+    step_down(election);
+}
