@@ -265,6 +265,7 @@ impl ClusterApi {
                     Role::Leader => answer(&*self.leader()?, style, route, request),
                     Role::Follower { .. } if request.forwarded => Err(ApiError::Unavailable {
                         detail: NOT_FORWARDED_TWICE.into(),
+                        request_id: None,
                     }),
                     Role::Follower { leader_url } => self.cluster.forward(request, &leader_url),
                     Role::Unknown => Err(no_leader()),
@@ -281,6 +282,7 @@ impl ClusterApi {
             .ok_or_else(|| ApiError::Unavailable {
                 detail: "this instance is taking over as the leader (recovering the records)"
                     .into(),
+                request_id: None,
             })
     }
 
@@ -350,6 +352,7 @@ impl ClusterApi {
         };
         let error = ApiError::Unavailable {
             detail: detail.into(),
+            request_id: None,
         };
         body["status"] = 503.into();
         body["type"] = error.type_uri().into();
@@ -366,6 +369,7 @@ fn no_leader() -> ApiError {
     ApiError::Unavailable {
         detail: "no leader known: etcd unreachable or without quorum, or an election under way"
             .into(),
+        request_id: None,
     }
 }
 

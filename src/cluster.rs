@@ -224,6 +224,7 @@ impl Cluster {
         warn!("etcd store: {e}");
         ApiError::Unavailable {
             detail: e.to_string(),
+            request_id: None,
         }
     }
 
@@ -269,6 +270,7 @@ impl Cluster {
         let shown = redact(leader_url);
         let unavailable = |why: String| ApiError::Unavailable {
             detail: format!("the leader at {shown} {why}"),
+            request_id: None,
         };
         let mut builder = http::Request::builder()
             .method(request.method.as_str())
@@ -337,7 +339,7 @@ fn never_sent(e: &ureq::Error) -> bool {
 }
 
 /// The leader's answer as this instance's: status, `Content-Type` (the API's two JSON types),
-/// `Location`, `Retry-After` and body.
+/// `Location`, `Retry-After`, `WWW-Authenticate` (a 401) and body.
 fn relay(answer: &mut http::Response<ureq::Body>) -> Result<Response, String> {
     let header = |name: &str| {
         answer
@@ -352,7 +354,11 @@ fn relay(answer: &mut http::Response<ureq::Body>) -> Result<Response, String> {
         None => JSON,
         Some(other) => return Err(format!("an unexpected Content-Type '{other}'")),
     };
-    let (location, retry_after) = (header("location"), header("retry-after"));
+    let relayed = [
+        ("Location", header("location")),
+        ("Retry-After", header("retry-after")),
+        ("WWW-Authenticate", header("www-authenticate")),
+    ];
     let status = answer.status().as_u16();
     let body = answer
         .body_mut()
@@ -367,11 +373,10 @@ fn relay(answer: &mut http::Response<ureq::Body>) -> Result<Response, String> {
         body,
         stream: None,
     };
-    if let Some(location) = location {
-        response = response.with_header("Location", location);
-    }
-    if let Some(retry_after) = retry_after {
-        response = response.with_header("Retry-After", retry_after);
+    for (name, value) in relayed {
+        if let Some(value) = value {
+            response = response.with_header(name, value);
+        }
     }
     Ok(response)
 }

@@ -966,7 +966,7 @@ fn store_table(t: &Table, s: Spanned<RawStore>) -> Result<StoreConfig, ConfigErr
         return Err(t.error(at, "endpoints", "is required with kind = \"etcd\""));
     }
     let advertise_url = match &s.advertise_url {
-        Some(u) => Some(check_url(u.get_ref()).map_err(|why| {
+        Some(u) => Some(check_base_url(u.get_ref()).map_err(|why| {
             t.error(
                 u.span().start,
                 "advertise_url",
@@ -1093,6 +1093,23 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|&&b| b == b'\n')
         .count()
         + 1
+}
+
+/// Checks `[store] advertise_url`: a URL as [`check_url`] wants, with no path, since the
+/// instances forward a request to it with the request's own path (`/MEC/v1/...`).
+fn check_base_url(url: &str) -> Result<String, String> {
+    let url = check_url(url)?;
+    let path = url
+        .parse::<ureq::http::Uri>()
+        .map(|uri| uri.path().to_string())
+        .unwrap_or_default();
+    if !matches!(path.as_str(), "" | "/") {
+        return Err(format!(
+            "has path '{path}': give scheme://host:port only (requests are forwarded with their \
+             own path, /MEC/v1/...)"
+        ));
+    }
+    Ok(url)
 }
 
 /// Checks a MEP base URL and returns it without a trailing slash.
@@ -1707,6 +1724,10 @@ url = "http://127.0.0.1:13000/"
             (
                 "advertise_url = \"http://h:1/?q\"",
                 "must not have a query string",
+            ),
+            (
+                "advertise_url = \"http://h:1/MEC/v1\"",
+                "has path '/MEC/v1': give scheme://host:port only",
             ),
             (
                 "lease_ttl_s = 0",

@@ -89,7 +89,12 @@ pub enum ApiError {
     /// Instances sharing an etcd store (`[store] kind = "etcd"`): no leader is known, etcd is
     /// unreachable or without quorum, the leader cannot be reached, or this instance lost its
     /// leadership during the change. 503 with `Retry-After`: another attempt may succeed.
-    Unavailable { detail: String },
+    /// `request_id` when the change's record may stay (a creation recorded PENDING before
+    /// the leadership was lost): the answer names it, as [`ApiError::StateWrite`] does.
+    Unavailable {
+        detail: String,
+        request_id: Option<String>,
+    },
 }
 
 /// `Retry-After` of [`ApiError::Unavailable`], in seconds: about the time a follower needs to
@@ -203,9 +208,9 @@ impl ApiError {
     /// a change that could not be recorded): the answer names it and its `Location`.
     pub fn request_id(&self) -> Option<&str> {
         match self {
-            ApiError::Mep { request_id, .. } | ApiError::StateWrite { request_id, .. } => {
-                request_id.as_deref()
-            }
+            ApiError::Mep { request_id, .. }
+            | ApiError::StateWrite { request_id, .. }
+            | ApiError::Unavailable { request_id, .. } => request_id.as_deref(),
             _ => None,
         }
     }
@@ -385,8 +390,16 @@ impl fmt::Display for ApiError {
                 f,
                 "{detail}; nothing more can be recorded or acknowledged: restart the service (it reloads what is on disk)"
             ),
-            ApiError::Unavailable { detail } => {
-                write!(f, "{detail}; retry after {UNAVAILABLE_RETRY_AFTER_S} s")
+            ApiError::Unavailable { detail, request_id } => {
+                write!(f, "{detail}; retry after {UNAVAILABLE_RETRY_AFTER_S} s")?;
+                if let Some(id) = request_id {
+                    write!(
+                        f,
+                        " (request {id} may stay recorded: the leader that takes over rolls it \
+                         back to FAILED; GET or DELETE it there)"
+                    )?;
+                }
+                Ok(())
             }
         }
     }

@@ -92,6 +92,7 @@ fn state_error(e: StoreError, request_id: Option<&str>) -> ApiError {
         // attempt (here or at the new leader) may succeed.
         return ApiError::Unavailable {
             detail: e.to_string(),
+            request_id: request_id.map(str::to_string),
         };
     }
     ApiError::StateWrite {
@@ -1080,6 +1081,18 @@ pub(crate) mod tests {
         assert_eq!(response.status, 503);
         assert!(response.header("Retry-After").is_some());
         assert!(e.to_string().contains("etcd unreachable"), "{e}");
+        // The record of the creation may stay: the answer names it, as a journal error does.
+        assert_eq!(e.request_id(), Some("x"));
+        assert_eq!(
+            response.header("Location"),
+            Some("/MEC/v1/service/requests/x")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(body["RequestId"], "x", "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("request x"),
+            "{body}"
+        );
         let gauges = Gauges {
             leader: Some(true),
             ..Gauges::default()

@@ -100,6 +100,7 @@ struct Answer {
     content_type: Option<String>,
     location: Option<String>,
     retry_after: Option<String>,
+    www_authenticate: Option<String>,
     body: String,
 }
 
@@ -165,11 +166,13 @@ fn call_via(
         header("location"),
         header("retry-after"),
     );
+    let www_authenticate = header("www-authenticate");
     Answer {
         status: response.status().as_u16(),
         content_type,
         location,
         retry_after,
+        www_authenticate,
         body: response.body_mut().read_to_string().unwrap_or_default(),
     }
 }
@@ -492,6 +495,26 @@ fn the_bearer_token_applies_between_instances_too() {
     assert_eq!(created.status, 201, "{created:?}");
     let listing = call("GET", &follower.url, path, None, &auth);
     assert_eq!(listing.json().as_array().unwrap().len(), 1, "{listing:?}");
+    // An instance whose token differs from the leader's (a rollout of a new token): its
+    // forwarded change gets the leader's 401, challenge included.
+    std::fs::write(dir.join("other"), "other\n").unwrap();
+    let other_file = format!("token_file = \"{}\"", dir.join("other").display());
+    let odd = Instance::start_with(&etcd, "/t4", &mep, &other_file);
+    assert!(eventually(ROLE_WITHIN, || odd.ready()));
+    let refused = call(
+        "POST",
+        &odd.url,
+        path,
+        Some(DNS),
+        &[("Authorization", "Bearer other")],
+    );
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(
+        refused.www_authenticate.as_deref(),
+        Some("Bearer realm=\"mec-plugin\""),
+        "relayed"
+    );
+    odd.app.stop(Duration::from_secs(2));
     follower.app.stop(Duration::from_secs(2));
     leader.app.stop(Duration::from_secs(2));
 }

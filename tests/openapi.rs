@@ -389,7 +389,10 @@ fn every_error() -> Vec<ApiError> {
         ApiError::ExpectationFailed { expect: s() },
         ApiError::VersionNotSupported,
         ApiError::TooManyConnections { limit: 1 },
-        ApiError::Unavailable { detail: s() },
+        ApiError::Unavailable {
+            detail: s(),
+            request_id: None,
+        },
     ]
 }
 
