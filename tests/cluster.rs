@@ -72,8 +72,12 @@ impl Answer {
     }
 }
 
+/// How the error of [`call`] begins when the instance refused the connection: the request was
+/// not sent.
+const REFUSED: &str = "connection refused";
+
 /// One call on a new connection (`Connection: close`: a killed or restarted instance leaves no
-/// pooled connection behind); `Err` when no answer came.
+/// pooled connection behind); `Err` when no answer came ([`REFUSED`]: nothing was sent).
 fn call(
     addr: SocketAddr,
     method: &str,
@@ -100,7 +104,12 @@ fn call(
         ),
         None => agent.run(request.body(()).unwrap()),
     };
-    let mut response = result.map_err(|e| format!("{method} {path} on {addr}: {e}"))?;
+    let mut response = result.map_err(|e| match e {
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("{REFUSED}: {method} {path} on {addr}")
+        }
+        e => format!("{method} {path} on {addr}: {e}"),
+    })?;
     let header = |name: &str| {
         response
             .headers()
@@ -159,7 +168,7 @@ struct Instance {
     /// Its relay port on each platform (by region, as [`REGIONS`]).
     fronts: Vec<u16>,
     child: Option<Child>,
-    /// The last log lines of its earlier processes (killed), for a failure's message.
+    /// The log lines of its last process (killed), for a failure's message.
     past_logs: Vec<String>,
 }
 
@@ -273,8 +282,7 @@ impl Deployment {
     fn kill(&mut self, i: usize) {
         let instance = &mut self.instances[i];
         if let Some(child) = instance.child.take() {
-            let logs = child.logs();
-            instance.past_logs = logs[logs.len().saturating_sub(100)..].to_vec();
+            instance.past_logs = child.logs();
             drop(child);
         }
     }
@@ -382,28 +390,51 @@ impl Deployment {
     }
 
     /// The records as stored in etcd: key, mod revision and value of each.
-    fn stored(&self) -> Vec<(Vec<u8>, i64, Vec<u8>)> {
+    fn stored(&self) -> Vec<(String, i64, String)> {
         let range = Range::prefix(format!("{PREFIX}/records/"));
         let answer = self.client.range(&range).expect("etcd answers the test");
         answer
             .kvs
             .into_iter()
-            .map(|kv| (kv.key, kv.mod_revision, kv.value))
+            .map(|kv| {
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                (text(&kv.key), kv.mod_revision, text(&kv.value))
+            })
             .collect()
     }
 
-    /// The last log lines of every instance, for a failure's message.
+    /// The last log lines of every instance (but the test's own polling: `/healthz`,
+    /// listings) and the platform calls each made, for a failure's message.
     fn logs(&self) -> String {
+        let polling = |l: &&String| {
+            !l.contains("GET /healthz ") && !l.contains("GET /MEC/v1/service/requests ")
+        };
+        let tail = |logs: &[String]| {
+            let kept: Vec<&String> = logs.iter().filter(polling).collect();
+            let from = kept.len().saturating_sub(60);
+            kept[from..]
+                .iter()
+                .map(|l| l.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
         let mut text = String::new();
         for (i, instance) in self.instances.iter().enumerate() {
             let logs = instance.child.as_ref().map(Child::logs).unwrap_or_default();
-            let tail = &logs[logs.len().saturating_sub(60)..];
             text += &format!(
                 "\n--- instance {i} (port {}), earlier process:\n",
                 instance.port
             );
-            text += &instance.past_logs.join("\n");
-            text += &format!("\n--- instance {i}, current process:\n{}", tail.join("\n"));
+            text += &tail(&instance.past_logs);
+            text += &format!("\n--- instance {i}, current process:\n{}", tail(&logs));
+            for (platform, front) in self.platforms.iter().zip(&instance.fronts) {
+                let calls: Vec<String> = platform
+                    .calls_via(*front)
+                    .iter()
+                    .map(|c| format!("{} {}", c.method, c.body))
+                    .collect();
+                text += &format!("\n--- its calls to {}: {calls:?}", platform.url());
+            }
         }
         text
     }
@@ -543,6 +574,7 @@ fn create_one(addr: SocketAddr, name: &str, n: usize, ledger: &Mutex<Ledger>) ->
             return true;
         }
         Ok(a) => ledger.note_failure("POST", &a),
+        Err(e) if e.starts_with(REFUSED) => ledger.count("POST refused".into()),
         Err(_) => ledger.count("POST no answer".into()),
     }
     false
@@ -574,6 +606,11 @@ fn delete_one(addr: SocketAddr, id: &str, ledger: &Mutex<Ledger>) -> bool {
             } else {
                 ledger.note_failure("DELETE", &a);
             }
+        }
+        Err(e) if e.starts_with(REFUSED) => {
+            // Not sent: another client may try it.
+            ledger.count("DELETE refused".into());
+            ledger.deletable.push(id.to_string());
         }
         Err(_) => {
             ledger.count("DELETE no answer".into());
@@ -921,11 +958,14 @@ fn a_leader_paused_past_its_lease_neither_writes_nor_calls_a_platform_once_resum
         let items = d.listing(other).unwrap_or_default();
         let listed = listed(&items);
         let rules = d.rules();
-        last = format!("{items:?}; rules {rules:?}");
+        // Its removal may be sent again after the settle window: until then it is in the backlog.
+        let backlog = d.health(other).map(|h| h.json["reconcilerBacklog"].clone());
+        last = format!("{items:?}; rules {rules:?}; backlog {backlog:?}");
         let failed = listed
             .values()
             .any(|l| l.domains == domains && l.status == "FAILED");
-        failed && !rules.iter().any(|(_, domain)| domains.contains(domain))
+        let idle = backlog.is_ok_and(|b| b == 0);
+        failed && idle && !rules.iter().any(|(_, domain)| domains.contains(domain))
     });
     assert!(
         rolled_back,
