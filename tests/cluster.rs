@@ -353,6 +353,21 @@ impl Deployment {
         self.wait_leader_among(&self.live(), Duration::from_secs(20))
     }
 
+    /// The live instances whose `/metrics` say `mec_plugin_leader 1`.
+    fn leaders_by_metric(&self) -> Vec<usize> {
+        let leads = |i: usize| {
+            let text = self.child(i).metrics(false);
+            let line = text.lines().find(|l| l.starts_with("mec_plugin_leader "));
+            let value = line.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+            assert!(
+                value.is_some(),
+                "instance {i}: no mec_plugin_leader in {text}"
+            );
+            value == Some(1.0)
+        };
+        self.live().into_iter().filter(|&i| leads(i)).collect()
+    }
+
     /// Every request instance `i` lists, in its listing's order.
     fn listing(&self, i: usize) -> Result<Vec<Value>, String> {
         let answer = call(self.addr(i), "GET", REQUESTS, None, CALL_TIMEOUT)?;
@@ -779,8 +794,9 @@ fn the_leader_killed_five_times_under_load_loses_nothing_acknowledged() {
         thread::sleep(Duration::from_millis(1500));
         load.stop();
         d.start_instance(leader);
-        d.wait_leader();
+        let now_leading = d.wait_leader();
         settled(&d, &ledger, &format!("after failover {}", round + 1));
+        assert_eq!(d.leaders_by_metric(), [now_leading], "mec_plugin_leader");
     }
     let ledger = lock(&ledger);
     eprintln!(
@@ -890,6 +906,11 @@ fn one_etcd_member_lost_changes_nothing_two_make_every_call_503_until_they_retur
     assert_eq!(
         calls_before, calls_after,
         "a platform was called while etcd had no quorum"
+    );
+    assert_eq!(
+        d.leaders_by_metric(),
+        [0usize; 0],
+        "mec_plugin_leader without quorum"
     );
 
     d.etcd.restart(0);
