@@ -2325,9 +2325,68 @@ fn cluster(options: &Options, goals: &mut Vec<String>) {
     );
     let platform = FakeMep::start();
     let dir = fresh_dir(&options.dir, "cluster");
+    if options.probes {
+        probe_etcd(&etcd, options.duration);
+    }
     cluster_throughput(options, &binary, &etcd, &platform, &dir, goals);
     cluster_failover(options, &binary, &etcd, &platform, &dir, goals);
     let _ = fs::remove_dir_all(&dir);
+}
+
+/// What a durable POST on etcd is made of: one put of a record-sized value (a creation's
+/// record is about 500 bytes) through the plugin's own etcd client, one at a time and from 8
+/// threads at once (etcd's Raft commit: a quorum's WAL fsyncs, here on one disk).
+fn probe_etcd(etcd: &etcd_members::Cluster, duration: Duration) {
+    use mec_plugin::etcd::{Client, Options as EtcdOptions};
+    let client = Arc::new(
+        Client::new(EtcdOptions {
+            endpoints: etcd.endpoints(),
+            ca_pem: None,
+            user: None,
+            password: None,
+            timeout: Duration::from_secs(2),
+        })
+        .expect("etcd client"),
+    );
+    let value = vec![b'x'; 500];
+    let mut one = Vec::new();
+    for n in 0..PROBE_SAMPLES.min(300) {
+        let started = Instant::now();
+        client
+            .put(format!("/mec-bench/probe/{n}").as_bytes(), &value, 0)
+            .expect("etcd put");
+        one.push(started.elapsed());
+    }
+    let (p50, p99) = percentiles(&mut one);
+    println!("probe: etcd put of 500 bytes, one at a time: p50 {p50:.3} ms, p99 {p99:.3} ms");
+    let deadline = Instant::now() + duration;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (client, value) = (client.clone(), value.clone());
+            thread::spawn(move || {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline && latencies.len() < MAX_REQUESTS_PER_CONNECTION {
+                    let key = format!("/mec-bench/probe/{t}-{}", latencies.len());
+                    let started = Instant::now();
+                    if client.put(key.as_bytes(), &value, 0).is_ok() {
+                        latencies.push(started.elapsed());
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let rate = all.len() as f64 / duration.as_secs_f64();
+    let (p50, p99) = percentiles(&mut all);
+    println!("probe: etcd puts from 8 threads: {rate:.0} puts/s, p50 {p50:.3} ms, p99 {p99:.3} ms");
+    let _ = client.delete(
+        b"/mec-bench/probe/",
+        Some(&mec_plugin::etcd::prefix_end(b"/mec-bench/probe/")),
+    );
 }
 
 /// The durable POST against the journal, an instance leading on etcd and a follower of it.
