@@ -2410,8 +2410,8 @@ fn cluster_throughput(
         options.workers
     );
     println!(
-        "  {:<4} {:<32} {:>8} {:>8} {:>8} {:>8} {:>6}",
-        "run", "store", "req/s", "p50 ms", "p99 ms", "max ms", "errors"
+        "  {:<4} {:<32} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>6}",
+        "run", "store", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "cpu/req", "busy %"
     );
     let mut on_etcd = Vec::new();
     for run in 0..options.repeat {
@@ -2470,16 +2470,23 @@ fn cluster_throughput(
     ));
 }
 
+/// One line of `cluster`'s throughput: `cpu/req` is the CPU time of the whole machine per
+/// request in µs (the plugin, etcd, the load generator and the fake platform share it; other
+/// programs too), `busy %` the machine's busy share (of all cores) meanwhile.
 fn print_cluster_line(run: usize, store: &str, o: &Outcome) {
+    let busy = o.cpu + o.others;
+    let cores = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     println!(
-        "  {:<4} {:<32} {:>8.0} {:>8.3} {:>8.3} {:>8.2} {:>6}",
+        "  {:<4} {:<32} {:>8.0} {:>8.3} {:>8.3} {:>8.2} {:>6} {:>8.0} {:>6.0}",
         run + 1,
         store,
         o.rate(),
         o.pct(0.50),
         o.pct(0.99),
         o.latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-        o.errors
+        o.errors,
+        busy / o.requests.max(1) as f64 * 1e6,
+        busy / o.elapsed / cores * 100.0
     );
 }
 
