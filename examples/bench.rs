@@ -335,6 +335,8 @@ struct Outcome {
     cpu: f64,
     /// CPU seconds other processes used meanwhile (the machine's busy time minus ours).
     others: f64,
+    /// CPU seconds of the plugin's processes meanwhile, when they are children of the bench.
+    plugin_cpu: Option<f64>,
 }
 
 impl Outcome {
@@ -710,6 +712,7 @@ fn drive(
         latencies,
         cpu,
         others,
+        plugin_cpu: None,
     }
 }
 
@@ -2174,7 +2177,8 @@ fn drive_binary(
         }
         thread::sleep(Duration::from_millis(50));
     }
-    let outcome = drive(
+    let plugin_cpu = child_cpu_seconds(child.id());
+    let mut outcome = drive(
         addr,
         "POST",
         "/MEC/v1/service/requests",
@@ -2182,6 +2186,7 @@ fn drive_binary(
         options.duration,
         Some(bodies),
     );
+    outcome.plugin_cpu = Some(child_cpu_seconds(child.id()) - plugin_cpu);
     stop_child(&mut child);
     let _ = fs::remove_dir_all(&dir);
     outcome
@@ -2262,6 +2267,52 @@ impl Drop for Instance {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// User + system CPU seconds of child process `pid` so far (`/proc/<pid>/stat`), 0 when gone.
+fn child_cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // "<pid> (<comm>) <state> ...": utime and stime are the 12th and 13th fields after ')'.
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    fields.iter().sum::<f64>() / hz
+}
+
+/// Drives POSTs of `bodies` at `addr` (one of `instances`) and counts the CPU time of
+/// `instances` meanwhile.
+fn drive_instances(
+    instances: &[&Instance],
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    bodies: &Arc<Vec<String>>,
+) -> Outcome {
+    let cpu = |instances: &[&Instance]| -> f64 {
+        instances
+            .iter()
+            .map(|i| child_cpu_seconds(i.child.id()))
+            .sum()
+    };
+    let before = cpu(instances);
+    let path = "/MEC/v1/service/requests";
+    let mut o = drive(
+        addr,
+        "POST",
+        path,
+        connections,
+        duration,
+        Some(bodies.clone()),
+    );
+    o.plugin_cpu = Some(cpu(instances) - before);
+    o
 }
 
 /// A free port of 127.0.0.1 (the instance's `advertise_url` names it, so it is picked first).
@@ -2410,8 +2461,22 @@ fn cluster_throughput(
         options.workers
     );
     println!(
-        "  {:<4} {:<32} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>6}",
-        "run", "store", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "cpu/req", "busy %"
+        "  {:<4} {:<32} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6}",
+        "run",
+        "store",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "cpu/req",
+        "plugin",
+        "rest",
+        "busy %"
+    );
+    println!(
+        "  (cpu/req: µs of CPU of the whole machine per request, of which the plugin's processes \
+         and the rest: etcd, load generator, fake platform, other programs; busy %: of all cores)"
     );
     let mut on_etcd = Vec::new();
     for run in 0..options.repeat {
@@ -2437,24 +2502,17 @@ fn cluster_throughput(
             (&store.0, store.1, store.2),
         );
         let follower = Instance::start(binary, &config, follower_addr);
-        let o = drive(
+        let o = drive_instances(
+            &[&leader, &follower],
             leader.addr,
-            "POST",
-            "/MEC/v1/service/requests",
             c,
             options.duration,
-            Some(bodies.clone()),
+            &bodies,
         );
         print_cluster_line(run, "etcd, 3 members: the leader", &o);
         on_etcd.push(o);
-        let o = drive(
-            follower.addr,
-            "POST",
-            "/MEC/v1/service/requests",
-            c,
-            options.duration,
-            Some(bodies.clone()),
-        );
+        let both = [&leader, &follower];
+        let o = drive_instances(&both, follower.addr, c, options.duration, &bodies);
         print_cluster_line(run, "etcd: a follower (forwards)", &o);
         drop((leader, follower));
     }
@@ -2472,12 +2530,15 @@ fn cluster_throughput(
 
 /// One line of `cluster`'s throughput: `cpu/req` is the CPU time of the whole machine per
 /// request in µs (the plugin, etcd, the load generator and the fake platform share it; other
-/// programs too), `busy %` the machine's busy share (of all cores) meanwhile.
+/// programs too), split into the plugin's processes and the rest; `busy %` the machine's busy
+/// share (of all cores) meanwhile.
 fn print_cluster_line(run: usize, store: &str, o: &Outcome) {
     let busy = o.cpu + o.others;
     let cores = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let per_request = |seconds: f64| seconds / o.requests.max(1) as f64 * 1e6;
+    let plugin = o.plugin_cpu.unwrap_or(0.0);
     println!(
-        "  {:<4} {:<32} {:>8.0} {:>8.3} {:>8.3} {:>8.2} {:>6} {:>8.0} {:>6.0}",
+        "  {:<4} {:<32} {:>8.0} {:>8.3} {:>8.3} {:>8.2} {:>6} {:>8.0} {:>8.0} {:>8.0} {:>6.0}",
         run + 1,
         store,
         o.rate(),
@@ -2485,7 +2546,9 @@ fn print_cluster_line(run: usize, store: &str, o: &Outcome) {
         o.pct(0.99),
         o.latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
         o.errors,
-        busy / o.requests.max(1) as f64 * 1e6,
+        per_request(busy),
+        per_request(plugin),
+        per_request(busy - plugin),
         busy / o.elapsed / cores * 100.0
     );
 }
