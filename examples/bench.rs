@@ -2384,21 +2384,29 @@ fn cluster(options: &Options, goals: &mut Vec<String>) {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// The plugin's etcd client on `etcd`'s members, for the bench's own reads and probes.
+fn etcd_client(etcd: &etcd_members::Cluster) -> mec_plugin::etcd::Client {
+    mec_plugin::etcd::Client::new(mec_plugin::etcd::Options {
+        endpoints: etcd.endpoints(),
+        ca_pem: None,
+        user: None,
+        password: None,
+        timeout: Duration::from_secs(2),
+    })
+    .expect("etcd client")
+}
+
+/// etcd's current revision (one more per transaction that writes).
+fn etcd_revision(client: &mec_plugin::etcd::Client) -> i64 {
+    let range = mec_plugin::etcd::Range::key("/mec-bench/revision");
+    client.range(&range).expect("etcd answers").revision
+}
+
 /// What a durable POST on etcd is made of: one put of a record-sized value (a creation's
 /// record is about 500 bytes) through the plugin's own etcd client, one at a time and from 8
 /// threads at once (etcd's Raft commit: a quorum's WAL fsyncs, here on one disk).
 fn probe_etcd(etcd: &etcd_members::Cluster, duration: Duration) {
-    use mec_plugin::etcd::{Client, Options as EtcdOptions};
-    let client = Arc::new(
-        Client::new(EtcdOptions {
-            endpoints: etcd.endpoints(),
-            ca_pem: None,
-            user: None,
-            password: None,
-            timeout: Duration::from_secs(2),
-        })
-        .expect("etcd client"),
-    );
+    let client = Arc::new(etcd_client(etcd));
     let value = vec![b'x'; 500];
     let mut one = Vec::new();
     for n in 0..PROBE_SAMPLES.min(300) {
@@ -2461,7 +2469,7 @@ fn cluster_throughput(
         options.workers
     );
     println!(
-        "  {:<4} {:<32} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6}",
+        "  {:<4} {:<32} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6} {:>7}",
         "run",
         "store",
         "req/s",
@@ -2472,16 +2480,19 @@ fn cluster_throughput(
         "cpu/req",
         "plugin",
         "rest",
-        "busy %"
+        "busy %",
+        "txn/req"
     );
     println!(
         "  (cpu/req: µs of CPU of the whole machine per request, of which the plugin's processes \
-         and the rest: etcd, load generator, fake platform, other programs; busy %: of all cores)"
+         and the rest: etcd, load generator, fake platform, other programs; busy %: of all cores;\n   \
+         txn/req: etcd transactions (revisions) per request, 2 unbatched: a creation, its outcome)"
     );
+    let client = etcd_client(etcd);
     let mut on_etcd = Vec::new();
     for run in 0..options.repeat {
         let journal = drive_binary(options, binary, platform, c, bodies.clone());
-        print_cluster_line(run, "journal (fsync on)", &journal);
+        print_cluster_line(run, "journal (fsync on)", &journal, None);
         let prefix = format!("/mec-bench/throughput-{run}");
         let store = (etcd.endpoints(), prefix.as_str(), 5);
         let leader_addr = free_addr();
@@ -2502,18 +2513,16 @@ fn cluster_throughput(
             (&store.0, store.1, store.2),
         );
         let follower = Instance::start(binary, &config, follower_addr);
-        let o = drive_instances(
-            &[&leader, &follower],
-            leader.addr,
-            c,
-            options.duration,
-            &bodies,
-        );
-        print_cluster_line(run, "etcd, 3 members: the leader", &o);
-        on_etcd.push(o);
         let both = [&leader, &follower];
+        let revision = etcd_revision(&client);
+        let o = drive_instances(&both, leader.addr, c, options.duration, &bodies);
+        let txns = etcd_revision(&client) - revision;
+        print_cluster_line(run, "etcd, 3 members: the leader", &o, Some(txns));
+        on_etcd.push(o);
+        let revision = etcd_revision(&client);
         let o = drive_instances(&both, follower.addr, c, options.duration, &bodies);
-        print_cluster_line(run, "etcd: a follower (forwards)", &o);
+        let txns = etcd_revision(&client) - revision;
+        print_cluster_line(run, "etcd: a follower (forwards)", &o, Some(txns));
         drop((leader, follower));
     }
     on_etcd.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
@@ -2532,13 +2541,13 @@ fn cluster_throughput(
 /// request in µs (the plugin, etcd, the load generator and the fake platform share it; other
 /// programs too), split into the plugin's processes and the rest; `busy %` the machine's busy
 /// share (of all cores) meanwhile.
-fn print_cluster_line(run: usize, store: &str, o: &Outcome) {
+fn print_cluster_line(run: usize, store: &str, o: &Outcome, txns: Option<i64>) {
     let busy = o.cpu + o.others;
     let cores = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let per_request = |seconds: f64| seconds / o.requests.max(1) as f64 * 1e6;
     let plugin = o.plugin_cpu.unwrap_or(0.0);
     println!(
-        "  {:<4} {:<32} {:>8.0} {:>8.3} {:>8.3} {:>8.2} {:>6} {:>8.0} {:>8.0} {:>8.0} {:>6.0}",
+        "  {:<4} {:<32} {:>8.0} {:>8.3} {:>8.3} {:>8.2} {:>6} {:>8.0} {:>8.0} {:>8.0} {:>6.0} {:>7}",
         run + 1,
         store,
         o.rate(),
@@ -2549,7 +2558,11 @@ fn print_cluster_line(run: usize, store: &str, o: &Outcome) {
         per_request(busy),
         per_request(plugin),
         per_request(busy - plugin),
-        busy / o.elapsed / cores * 100.0
+        busy / o.elapsed / cores * 100.0,
+        txns.map_or("-".to_string(), |t| format!(
+            "{:.2}",
+            t as f64 / o.requests.max(1) as f64
+        ))
     );
 }
 
