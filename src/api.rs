@@ -10,9 +10,11 @@ use log::debug;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde::Serialize;
 
+use crate::cluster::Cluster;
 use crate::config::Secret;
 use crate::error::ApiError;
 use crate::http::{Request, Response};
+use crate::leader::Role;
 use crate::model::{self, ApiStyle, CreationRequest, Status};
 use crate::server::RequestHandler;
 use crate::service::{Region, Removal, Service, StateProblem};
@@ -142,42 +144,226 @@ impl RequestHandler for Api {
 impl Api {
     /// True when no token is configured or the request carries it (compared in constant time).
     fn authorized(&self, request: &Request) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        let presented = request.authorization.as_deref().map_or("", bearer_token);
-        constant_time_eq(presented.as_bytes(), token.expose().as_bytes())
+        authorized(self.token.as_ref(), request)
     }
 
     fn dispatch(&self, route: &Route<'_>, request: &Request) -> Result<Response, ApiError> {
         if route.protected() && !self.authorized(request) {
             return Err(ApiError::Unauthorized);
         }
-        let (service, style) = (&*self.service, self.style);
-        let method = match request.method.as_str() {
-            "HEAD" => "GET",
-            m => m,
-        };
-        match (method, route) {
-            ("GET", Route::Regions) => list_regions(service, style, request.query()),
-            ("GET", Route::Region(id)) => list_region_requests(service, style, id, request.query()),
-            ("GET", Route::Requests) => list_requests(service, style, request.query()),
-            ("POST", Route::Requests) => create_request(service, style, request),
-            ("GET", Route::Request(id)) => get_request(service, style, id),
-            ("DELETE", Route::Request(id)) => delete_request(service, style, id, request.query()),
-            ("GET", Route::Health) => health(service),
-            ("GET", Route::Metrics) => Ok(metrics(service)),
-            ("GET", Route::OpenApi) => Ok(Response::json(200, OPENAPI.as_bytes().to_vec())),
-            _ => Err(ApiError::MethodNotAllowed {
-                path: request.path().to_string(),
-                allow: route.allow(),
-            }),
+        answer(&self.service, self.style, route, request)
+    }
+}
+
+/// The answer of `service` to an authorized request on `route`: the whole API in one `match`.
+fn answer(
+    service: &Service,
+    style: ApiStyle,
+    route: &Route<'_>,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    match (read_method(request), route) {
+        ("GET", Route::Regions) => list_regions(service, style, request.query()),
+        ("GET", Route::Region(id)) => list_region_requests(service, style, id, request.query()),
+        ("GET", Route::Requests) => list_requests(service, style, request.query()),
+        ("POST", Route::Requests) => create_request(service, style, request),
+        ("GET", Route::Request(id)) => get_request(service, style, id),
+        ("DELETE", Route::Request(id)) => delete_request(service, style, id, request.query()),
+        ("GET", Route::Health) => health(service),
+        ("GET", Route::Metrics) => Ok(metrics(service)),
+        ("GET", Route::OpenApi) => Ok(Response::json(200, OPENAPI.as_bytes().to_vec())),
+        _ => Err(ApiError::MethodNotAllowed {
+            path: request.path().to_string(),
+            allow: route.allow(),
+        }),
+    }
+}
+
+/// The method, `HEAD` answered as `GET`.
+fn read_method(request: &Request) -> &str {
+    match request.method.as_str() {
+        "HEAD" => "GET",
+        m => m,
+    }
+}
+
+/// The API of an instance sharing an etcd store (`[store] kind = "etcd"`), routing by role:
+/// the leader answers from its service; a follower answers reads from etcd (linearizable,
+/// never stale) and forwards changes to the leader's `advertise_url`, relaying its answer; with
+/// no leader known, or etcd unreachable, 503 + `Retry-After`. The regions (by position too)
+/// and the OpenAPI document are answered from the configuration on every instance.
+pub struct ClusterApi {
+    pub cluster: Arc<Cluster>,
+    /// The configured regions without records: what every instance answers from itself.
+    pub regions: Arc<Service>,
+    pub style: ApiStyle,
+    pub token: Option<Secret>,
+}
+
+impl RequestHandler for ClusterApi {
+    fn handle(&self, request: &Request) -> Response {
+        let path = request.path();
+        let authorized = authorized(self.token.as_ref(), request);
+        match route(path) {
+            None if path.starts_with(BASE) && !authorized => ApiError::Unauthorized,
+            None => ApiError::NoRoute {
+                path: path.to_string(),
+            },
+            Some(route) if route.protected() && !authorized => ApiError::Unauthorized,
+            Some(route) => match self.dispatch(&route, request) {
+                Ok(response) => return response,
+                Err(e) => e,
+            },
         }
+        .to_response(self.style)
+    }
+
+    /// As [`Api`]'s: the regions and the OpenAPI document, from the configuration.
+    fn handle_inline(&self, request: &Request) -> Option<Response> {
+        matches!(route(request.path()), Some(Route::Regions | Route::OpenApi))
+            .then(|| self.handle(request))
+    }
+
+    fn admit(&self, head: &Request) -> Option<Response> {
+        let path = head.path();
+        let protected = route(path).map_or(path.starts_with(BASE), |r| r.protected());
+        (protected && !authorized(self.token.as_ref(), head))
+            .then(|| ApiError::Unauthorized.to_response(self.style))
+    }
+
+    fn answered(&self, request: &Request, status: u16, took: Duration) {
+        let template = route(request.path()).map_or("other", |r| r.template());
+        self.cluster
+            .metrics()
+            .northbound(template, &request.method, status, took);
+    }
+}
+
+impl ClusterApi {
+    fn dispatch(&self, route: &Route<'_>, request: &Request) -> Result<Response, ApiError> {
+        let style = self.style;
+        match (read_method(request), route) {
+            ("GET", Route::Health) => Ok(self.health()),
+            ("GET", Route::Metrics) => Ok(metrics_text(
+                self.cluster.metrics().render(&self.cluster.gauges()),
+            )),
+            ("GET", Route::Requests | Route::Request(_) | Route::Region(_)) => {
+                let service = self.reader()?;
+                answer(&service, style, route, request)
+            }
+            ("POST", Route::Requests) | ("DELETE", Route::Request(_)) => {
+                match self.cluster.role() {
+                    Role::Leader => answer(&*self.leader()?, style, route, request),
+                    Role::Follower { .. } if request.forwarded => Err(ApiError::Unavailable {
+                        detail: "this instance does not lead (any more) and does not forward a                                  request another instance forwarded"
+                            .into(),
+                    }),
+                    Role::Follower { leader_url } => self.cluster.forward(request, &leader_url),
+                    Role::Unknown => Err(no_leader()),
+                }
+            }
+            _ => answer(&self.regions, style, route, request),
+        }
+    }
+
+    /// The published service of the term this instance leads.
+    fn leader(&self) -> Result<Arc<Service>, ApiError> {
+        self.cluster
+            .leader_service()
+            .ok_or_else(|| ApiError::Unavailable {
+                detail: "this instance is taking over as the leader (recovering the records)"
+                    .into(),
+            })
+    }
+
+    /// What reads answer from: the leader's records while its term is valid; a follower's
+    /// linearizable read of etcd.
+    fn reader(&self) -> Result<Arc<Service>, ApiError> {
+        match self.cluster.role() {
+            Role::Leader => {
+                let service = self.leader()?;
+                service
+                    .writable()
+                    .map_err(|e| self.cluster.store_error(e))?;
+                Ok(service)
+            }
+            Role::Follower { .. } => Ok(Arc::new(self.cluster.read()?)),
+            Role::Unknown => Err(no_leader()),
+        }
+    }
+
+    /// `GET /healthz`: the role, the leader's URL when known and etcd's reachability; 503
+    /// (problem+json with these members, and `Retry-After`) while the role is unknown or the
+    /// leader is still recovering.
+    fn health(&self) -> Response {
+        let role = self.cluster.role();
+        let etcd = if self.cluster.etcd_reachable() {
+            "reachable"
+        } else {
+            "unreachable"
+        };
+        let (name, leader) = match &role {
+            Role::Leader => ("leader", Some(self.cluster.advertise_url())),
+            Role::Follower { leader_url } => ("follower", Some(leader_url.as_str())),
+            Role::Unknown => ("unknown", None),
+        };
+        let service = self.cluster.leader_service();
+        let problem = match (&role, &service) {
+            (Role::Unknown, _) => Some(
+                "no leader known: etcd unreachable or without quorum, or the election has not finished",
+            ),
+            (Role::Leader, None) => Some("taking over as the leader (recovering the records)"),
+            _ => None,
+        };
+        let mut body = serde_json::json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "regions": self.regions.regions().len(),
+            "role": name,
+            "etcd": etcd,
+        });
+        if let Some(leader) = leader {
+            body["leader"] = leader.into();
+        }
+        if let Some(service) = service.filter(|_| role == Role::Leader) {
+            body["requests"] = service.list_len().into();
+            body["reconcilerBacklog"] = service.backlog().into();
+        }
+        let Some(detail) = problem else {
+            return Response::json(200, body.to_string().into_bytes());
+        };
+        let error = ApiError::Unavailable {
+            detail: detail.into(),
+        };
+        body["status"] = 503.into();
+        body["type"] = error.type_uri().into();
+        body["title"] = error.title().into();
+        body["detail"] = error.to_string().into();
+        let mut response = error.to_response(self.style);
+        response.body = body.to_string().into_bytes();
+        response
+    }
+}
+
+/// 503 while no instance is known to lead.
+fn no_leader() -> ApiError {
+    ApiError::Unavailable {
+        detail: "no leader known: etcd unreachable or without quorum, or an election under way"
+            .into(),
     }
 }
 
 /// This API's OpenAPI 2.0 document, served at `GET /MEC/v1/swagger.json`.
 const OPENAPI: &str = include_str!("../openapi/mec-plugin.json");
+
+/// True when no token is configured or the request carries it (compared in constant time).
+fn authorized(token: Option<&Secret>, request: &Request) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let presented = request.authorization.as_deref().map_or("", bearer_token);
+    constant_time_eq(presented.as_bytes(), token.expose().as_bytes())
+}
 
 /// The token of an `Authorization: Bearer <token>` value, or "" for any other scheme; the scheme
 /// name is case-insensitive (RFC 7235 §2.1: `bearer`, `BEARER`, ...).
@@ -224,7 +410,11 @@ fn health(service: &Service) -> Result<Response, ApiError> {
 
 /// `GET /metrics`: Prometheus text format.
 fn metrics(service: &Service) -> Response {
-    let text = service.metrics.render(&service.gauges());
+    metrics_text(service.metrics.render(&service.gauges()))
+}
+
+/// The metrics exposition as a response.
+fn metrics_text(text: String) -> Response {
     Response {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",

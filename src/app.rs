@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use crate::api;
-use crate::config::{Config, ConfigError};
+use crate::cluster::Cluster;
+use crate::config::{Config, ConfigError, StoreKind};
 use crate::reconciler::{self, Reconciler};
 use crate::server::{self, Server};
 use crate::service::Service;
@@ -49,6 +50,8 @@ pub enum StartError {
     Listen(io::Error),
     /// The reconciler thread could not be started.
     Reconciler(io::Error),
+    /// `[store] kind = "etcd"`: the etcd client or the term watcher could not be set up.
+    Cluster(String),
 }
 
 impl fmt::Display for StartError {
@@ -57,23 +60,33 @@ impl fmt::Display for StartError {
             StartError::State(e) => write!(f, "cannot use the state: {e}"),
             StartError::Listen(e) => write!(f, "cannot start serving: {e}"),
             StartError::Reconciler(e) => write!(f, "cannot start the reconciler thread: {e}"),
+            StartError::Cluster(e) => write!(f, "cannot join the instances on etcd: {e}"),
         }
     }
 }
 
 impl std::error::Error for StartError {}
 
-/// A running plugin: the service, its reconciler and the server in front of it.
+/// A running plugin: the service, its reconciler and the server in front of it; with an etcd
+/// store, the [`Cluster`] instead (which publishes the service of each term it leads, with
+/// its reconciler).
 pub struct App {
+    /// The service; with an etcd store, the configured regions without records (the records
+    /// are the leader's: see [`App::cluster`]).
     pub service: Arc<Service>,
     pub server: Server,
-    reconciler: Reconciler,
+    reconciler: Option<Reconciler>,
+    /// With `[store] kind = "etcd"`: the election and the leader's service of each term.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl App {
     /// Opens the state, builds the service from the configuration, resolves what a crash left
     /// half-done ([`reconciler::recover`]) and starts serving.
     pub fn start(config: &Config) -> Result<App, StartError> {
+        if config.store.kind == StoreKind::Etcd {
+            return App::start_cluster(config);
+        }
         let service = Service::open(config).map_err(StartError::State)?;
         reconciler::recover(&service).map_err(StartError::State)?;
         App::start_with(config, Arc::new(service))
@@ -102,7 +115,31 @@ impl App {
         Ok(App {
             service,
             server,
-            reconciler,
+            reconciler: Some(reconciler),
+            cluster: None,
+        })
+    }
+
+    /// `[store] kind = "etcd"`: campaigns (the term watcher recovers and serves each term this
+    /// instance leads) and serves every call by role ([`api::ClusterApi`]).
+    fn start_cluster(config: &Config) -> Result<App, StartError> {
+        let cluster = Arc::new(Cluster::start(config).map_err(StartError::Cluster)?);
+        let regions = Arc::new(cluster.regions());
+        let api = api::ClusterApi {
+            cluster: cluster.clone(),
+            regions: regions.clone(),
+            style: config.server.api_style,
+            token: config.server.token.clone(),
+        };
+        let handler: server::Handler = Arc::new(api);
+        // On an error the cluster is dropped, which steps down (revoking the lease).
+        let server = Server::start(server::Options::from_config(&config.server), handler)
+            .map_err(StartError::Listen)?;
+        Ok(App {
+            service: regions,
+            server,
+            reconciler: None,
+            cluster: Some(cluster),
         })
     }
 
@@ -113,7 +150,17 @@ impl App {
     /// Stops serving (requests in flight get `grace` to finish), then the reconciler.
     pub fn stop(self, grace: Duration) {
         self.server.shutdown(grace);
-        self.reconciler.stop();
+        if let Some(reconciler) = self.reconciler {
+            reconciler.stop();
+        }
+        if let Some(cluster) = self.cluster {
+            // The API held the other reference; once it is gone, stopping steps down at once
+            // (revoking the lease: another instance takes over without waiting for the TTL).
+            match Arc::try_unwrap(cluster) {
+                Ok(cluster) => cluster.stop(),
+                Err(cluster) => drop(cluster),
+            }
+        }
     }
 }
 
@@ -141,18 +188,24 @@ pub fn run(config: &Config) -> Result<(), StartError> {
         info!("{line}");
     }
     let app = App::start(config)?;
+    let state = match &app.cluster {
+        Some(_) => format!("state in etcd under {}", config.store.prefix),
+        None => format!("state in {}", config.server.state_dir.display()),
+    };
     info!(
-        "mec-plugin {} ready: API at {}://{}{} (api_style {:?}, state in {})",
+        "mec-plugin {} ready: API at {}://{}{} (api_style {:?}, {state})",
         env!("CARGO_PKG_VERSION"),
         app.server.scheme(),
         app.local_addr(),
         api::BASE,
         config.server.api_style,
-        config.server.state_dir.display()
     );
     let shutdown = app.server.shutdown_handle();
     if let Some(termination) = &termination {
         termination.arm(shutdown.clone());
+    }
+    if let Some(cluster) = &app.cluster {
+        wait_for_role(cluster, &shutdown);
     }
     if !shutdown.is_triggered() {
         notify_ready(&app);
@@ -175,9 +228,51 @@ pub fn run(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// How often the wait for a role logs that it is still waiting.
+const ROLE_WAIT_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Waits (before `READY=1`) until this instance leads with its records recovered or follows a
+/// known leader, logging while it waits; returns early on a shutdown.
+fn wait_for_role(cluster: &Cluster, shutdown: &server::ShutdownHandle) {
+    let began = Instant::now();
+    let mut logged = began;
+    while !shutdown.is_triggered() && !cluster.wait_ready(Duration::from_millis(200)) {
+        if logged.elapsed() >= ROLE_WAIT_LOG_EVERY {
+            logged = Instant::now();
+            let etcd = if cluster.etcd_reachable() {
+                "reachable"
+            } else {
+                "unreachable"
+            };
+            warn!(
+                "not ready after {} s: no role yet (etcd {etcd}); changes and reads answer 503 \
+                 meanwhile",
+                began.elapsed().as_secs()
+            );
+            systemd::notify(&format!("STATUS=waiting for a leader (etcd {etcd})"));
+        }
+    }
+}
+
 /// Tells systemd the plugin is ready: listening, and the state is replayed (what it waits for
-/// before it starts the units ordered after this one).
+/// before it starts the units ordered after this one); with an etcd store, leading or
+/// following a known leader.
 fn notify_ready(app: &App) {
+    if let Some(cluster) = &app.cluster {
+        let role = match cluster.role() {
+            crate::leader::Role::Leader => "leading".to_string(),
+            crate::leader::Role::Follower { leader_url } => format!("following {leader_url}"),
+            crate::leader::Role::Unknown => "role unknown".to_string(),
+        };
+        info!("ready: {role}");
+        systemd::notify(&format!(
+            "READY=1\nSTATUS=serving on {}://{}{}, {role}",
+            app.server.scheme(),
+            app.local_addr(),
+            api::BASE
+        ));
+        return;
+    }
     let records = app.service.list_len();
     let backlog = app.service.backlog();
     let pending = if backlog > 0 {

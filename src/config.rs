@@ -41,7 +41,7 @@ pub enum StoreKind {
 }
 
 /// `[store]`: the journal (default), or etcd for several instances (issue 15).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub kind: StoreKind,
     /// etcd client URLs (`http://` or `https://`), tried in turn.
@@ -57,6 +57,21 @@ pub struct StoreConfig {
     /// An etcd user, with its password read from `password_file`.
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Journal,
+            endpoints: Vec::new(),
+            prefix: defaults::STORE_PREFIX.to_string(),
+            lease_ttl_s: defaults::LEASE_TTL_S,
+            advertise_url: None,
+            ca_file: None,
+            user: None,
+            password_file: None,
+        }
+    }
 }
 
 /// `[server]`: the northbound side.
@@ -191,6 +206,12 @@ pub mod defaults {
     pub const MAX_CALLS: usize = 1024;
     /// `[region.mep] settle_ms` is this many times the region's `timeout_ms`.
     pub const SETTLE_TIMEOUTS: u32 = 2;
+    /// `[store] kind`.
+    pub const STORE_KIND: &str = "journal";
+    /// `[store] prefix`.
+    pub const STORE_PREFIX: &str = "/mec-plugin";
+    /// `[store] lease_ttl_s`.
+    pub const LEASE_TTL_S: u64 = 5;
 }
 
 /// Default of `[region.mep] max_calls`.
@@ -314,6 +335,21 @@ struct RawConfig {
     server: Option<Spanned<RawServer>>,
     #[serde(default)]
     region: Vec<Spanned<RawRegion>>,
+    #[serde(default)]
+    store: Option<Spanned<RawStore>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: Option<Spanned<String>>,
+    endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    prefix: Option<Spanned<String>>,
+    lease_ttl_s: Option<Spanned<i64>>,
+    advertise_url: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    user: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -404,30 +440,44 @@ impl Config {
                 message: "no [[region]] is configured; at least one is needed".into(),
             });
         }
+        let store = match raw.store {
+            Some(s) => store_table(&Table::new(text, file, "[store] "), s)?,
+            None => StoreConfig::default(),
+        };
         Ok(Config {
             server,
             regions,
-            store: StoreConfig::default(),
+            store,
         })
     }
 
-    /// One line per region for `--check` and the start-up log (credentials in a URL masked).
+    /// One line per region for `--check` and the start-up log (credentials in a URL masked),
+    /// after one for an etcd store.
     pub fn summary(&self) -> Vec<String> {
-        self.regions
-            .iter()
-            .map(|r| {
-                format!(
-                    "region {}: lat {} lon {} alt {} range {} km, driver {}, MEP {}",
-                    r.id,
-                    r.latitude,
-                    r.longitude,
-                    r.altitude,
-                    r.range_km,
-                    r.mep.driver.name(),
-                    redact(&r.mep.url)
-                )
-            })
-            .collect()
+        let store = &self.store;
+        let etcd = (store.kind == StoreKind::Etcd).then(|| {
+            let endpoints: Vec<String> = store.endpoints.iter().map(|e| redact(e)).collect();
+            format!(
+                "store: etcd at {} under {} (lease {} s), advertised as {}",
+                endpoints.join(", "),
+                store.prefix,
+                store.lease_ttl_s,
+                redact(store.advertise_url.as_deref().unwrap_or(""))
+            )
+        });
+        let regions = self.regions.iter().map(|r| {
+            format!(
+                "region {}: lat {} lon {} alt {} range {} km, driver {}, MEP {}",
+                r.id,
+                r.latitude,
+                r.longitude,
+                r.altitude,
+                r.range_km,
+                r.mep.driver.name(),
+                redact(&r.mep.url)
+            )
+        });
+        etcd.into_iter().chain(regions).collect()
     }
 }
 
@@ -577,10 +627,15 @@ impl<'a> Table<'a> {
         ))
     }
 
+    /// The path a key names, relative to the configuration file's directory.
+    fn path(&self, value: &Spanned<String>) -> PathBuf {
+        let base = Path::new(self.file).parent().unwrap_or(Path::new(""));
+        base.join(value.get_ref())
+    }
+
     /// The contents of a file named by a key, relative to the configuration file's directory.
     fn file(&self, value: &Spanned<String>, key: &str) -> Result<Vec<u8>, ConfigError> {
-        let base = Path::new(self.file).parent().unwrap_or(Path::new(""));
-        let path = base.join(value.get_ref());
+        let path = self.path(value);
         std::fs::read(&path).map_err(|e| {
             self.error(
                 value.span().start,
@@ -885,6 +940,150 @@ fn mep_table(t: &Table, mep: Spanned<RawMep>) -> Result<MepConfig, ConfigError> 
     config.max_calls = t.count(&mep.max_calls, "max_calls", 1..=100_000, config.max_calls)?;
     config.settle = t.millis(&mep.settle_ms, "settle_ms", 0..=3_600_000, config.settle)?;
     Ok(config)
+}
+
+/// `[store]`: the keys of etcd are read (and checked) whatever the kind; `endpoints` and
+/// `advertise_url` are required with `kind = "etcd"`.
+fn store_table(t: &Table, s: Spanned<RawStore>) -> Result<StoreConfig, ConfigError> {
+    let at = s.span().start;
+    let s = s.into_inner();
+    let kind = match &s.kind {
+        None => StoreKind::Journal,
+        Some(k) => match k.get_ref().as_str() {
+            "journal" => StoreKind::Journal,
+            "etcd" => StoreKind::Etcd,
+            other => {
+                return Err(t.error(
+                    k.span().start,
+                    "kind",
+                    format_args!("= '{other}' must be \"journal\" or \"etcd\""),
+                ));
+            }
+        },
+    };
+    let endpoints = store_endpoints(t, &s.endpoints)?;
+    if kind == StoreKind::Etcd && endpoints.is_empty() {
+        return Err(t.error(at, "endpoints", "is required with kind = \"etcd\""));
+    }
+    let advertise_url = match &s.advertise_url {
+        Some(u) => Some(check_url(u.get_ref()).map_err(|why| {
+            t.error(
+                u.span().start,
+                "advertise_url",
+                format_args!("= '{}' {why}", redact(u.get_ref())),
+            )
+        })?),
+        None if kind == StoreKind::Etcd => {
+            return Err(t.error(at, "advertise_url", "is required with kind = \"etcd\""));
+        }
+        None => None,
+    };
+    let (user, password_file) = store_credentials(t, &s.user, &s.password_file)?;
+    let ca_file = match &s.ca_file {
+        Some(v) => {
+            t.pem(
+                v,
+                "ca_file",
+                "-----BEGIN CERTIFICATE-----",
+                "PEM certificate",
+            )?;
+            Some(t.path(v))
+        }
+        None => None,
+    };
+    Ok(StoreConfig {
+        kind,
+        endpoints,
+        prefix: store_prefix(t, &s.prefix)?,
+        lease_ttl_s: t.int(
+            &s.lease_ttl_s,
+            "lease_ttl_s",
+            1..=MAX_LEASE_TTL_S,
+            defaults::LEASE_TTL_S,
+            |v| v as u64,
+        )?,
+        advertise_url,
+        ca_file,
+        user,
+        password_file,
+    })
+}
+
+/// The longest `[store] lease_ttl_s`: a dead leader is replaced within it, so past a minute
+/// nothing could be changed for too long.
+const MAX_LEASE_TTL_S: i64 = 60;
+
+/// `[store] endpoints`: a non-empty list of `http://` or `https://` URLs when given.
+fn store_endpoints(
+    t: &Table,
+    value: &Option<Spanned<Vec<Spanned<String>>>>,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = value else {
+        return Ok(Vec::new());
+    };
+    if list.get_ref().is_empty() {
+        return Err(t.error(list.span().start, "endpoints", "must list at least one URL"));
+    }
+    list.get_ref()
+        .iter()
+        .map(|e| {
+            check_url(e.get_ref()).map_err(|why| {
+                t.error(
+                    e.span().start,
+                    "endpoints",
+                    format_args!("'{}' {why}", redact(e.get_ref())),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `[store] prefix`: starts with '/', no empty segment nor trailing '/', visible ASCII.
+fn store_prefix(t: &Table, value: &Option<Spanned<String>>) -> Result<String, ConfigError> {
+    let Some(v) = value else {
+        return Ok(defaults::STORE_PREFIX.to_string());
+    };
+    let p = v.get_ref();
+    let valid = p.len() >= 2
+        && p.len() <= 256
+        && p.starts_with('/')
+        && !p.ends_with('/')
+        && !p.contains("//")
+        && p.bytes().all(|b| (0x21..=0x7E).contains(&b));
+    if !valid {
+        return Err(t.error(
+            v.span().start,
+            "prefix",
+            format_args!(
+                "= '{p}' must start with '/', have no empty segment nor trailing '/', and be \
+                 2-256 visible ASCII characters"
+            ),
+        ));
+    }
+    Ok(p.clone())
+}
+
+/// `[store] user` and `password_file`: both or neither; the password file must be readable.
+fn store_credentials(
+    t: &Table,
+    user: &Option<Spanned<String>>,
+    password_file: &Option<Spanned<String>>,
+) -> Result<(Option<String>, Option<PathBuf>), ConfigError> {
+    match (user, password_file) {
+        (None, None) => Ok((None, None)),
+        (Some(user), Some(file)) => {
+            if user.get_ref().is_empty() {
+                return Err(t.error(user.span().start, "user", "must not be empty"));
+            }
+            t.token(file, "password_file")?;
+            Ok((Some(user.get_ref().clone()), Some(t.path(file))))
+        }
+        (Some(v), None) | (None, Some(v)) => Err(t.error(
+            v.span().start,
+            "user",
+            "and password_file must be given together",
+        )),
+    }
 }
 
 /// 1-based line number of a byte offset.
@@ -1386,6 +1585,14 @@ url = "http://127.0.0.1:13000/"
                 "region.mep.settle_ms",
                 format!("{} × `timeout_ms`", defaults::SETTLE_TIMEOUTS),
             ),
+            ("store.kind", quoted(&defaults::STORE_KIND)),
+            ("store.endpoints", "– (required with `etcd`)".into()),
+            ("store.prefix", quoted(&defaults::STORE_PREFIX)),
+            ("store.lease_ttl_s", code(&defaults::LEASE_TTL_S)),
+            ("store.advertise_url", "– (required with `etcd`)".into()),
+            ("store.ca_file", none.clone()),
+            ("store.user", none.clone()),
+            ("store.password_file", none.clone()),
         ]
     }
 
@@ -1411,6 +1618,7 @@ url = "http://127.0.0.1:13000/"
             &MINIMAL.replace("url = ", "@\nurl = "),
             "region.mep.",
         ));
+        accepted.extend(accepted_keys(&format!("[store]\n@\n{MINIMAL}"), "store."));
         accepted.retain(|k| k != "region.mep");
         let mut accepted: Vec<&str> = accepted.iter().map(String::as_str).collect();
         for keys in [&mut documented, &mut listed, &mut accepted] {
@@ -1418,6 +1626,127 @@ url = "http://127.0.0.1:13000/"
         }
         assert_eq!(documented, accepted, "README documents every key, once");
         assert_eq!(listed, accepted, "this test checks every key's default");
+    }
+
+    /// `[store]` with `body` before MINIMAL.
+    fn store(body: &str) -> Result<StoreConfig, ConfigError> {
+        Config::parse(&format!("[store]\n{body}\n{MINIMAL}"), "regions.toml").map(|c| c.store)
+    }
+
+    const ETCD: &str = "kind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nadvertise_url = \"http://10.0.0.1:8082\"";
+
+    #[test]
+    fn the_store_is_the_journal_unless_configured() {
+        let c = Config::parse(MINIMAL, "f").unwrap();
+        assert_eq!(c.store.kind, StoreKind::Journal);
+        assert_eq!(c.store.prefix, "/mec-plugin");
+        assert_eq!(c.store.lease_ttl_s, 5);
+        assert!(c.store.endpoints.is_empty() && c.store.advertise_url.is_none());
+        let s = store("kind = \"journal\"").unwrap();
+        assert_eq!(s.kind, StoreKind::Journal);
+    }
+
+    #[test]
+    fn an_etcd_store_reads_every_key() {
+        let dir = std::env::temp_dir().join(format!("mec-store-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), "-----BEGIN CERTIFICATE-----\nx\n").unwrap();
+        std::fs::write(dir.join("pw"), "s3cret\n").unwrap();
+        let text = format!(
+            "[store]\nkind = \"etcd\"\nendpoints = [\"https://a:2379/\", \"http://[::1]:2379\"]\nprefix = \"/a/b\"\nlease_ttl_s = 60\nadvertise_url = \"https://h1:8443/\"\nca_file = \"ca.pem\"\nuser = \"root\"\npassword_file = \"pw\"\n{MINIMAL}"
+        );
+        let file = dir.join("regions.toml");
+        let s = Config::parse(&text, file.to_str().unwrap()).unwrap().store;
+        assert_eq!(s.kind, StoreKind::Etcd);
+        assert_eq!(s.endpoints, ["https://a:2379", "http://[::1]:2379"]);
+        assert_eq!(s.prefix, "/a/b");
+        assert_eq!(s.lease_ttl_s, 60);
+        assert_eq!(s.advertise_url.as_deref(), Some("https://h1:8443"));
+        assert_eq!(s.ca_file, Some(dir.join("ca.pem")));
+        assert_eq!(s.user.as_deref(), Some("root"));
+        assert_eq!(s.password_file, Some(dir.join("pw")));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = store(ETCD).unwrap();
+        assert_eq!((s.prefix.as_str(), s.lease_ttl_s), ("/mec-plugin", 5));
+        let c = Config::parse(&format!("[store]\n{ETCD}\n{MINIMAL}"), "f").unwrap();
+        assert_eq!(
+            c.summary()[0],
+            "store: etcd at http://127.0.0.1:2379 under /mec-plugin (lease 5 s), advertised as http://10.0.0.1:8082"
+        );
+        assert_eq!(
+            store(&format!("{ETCD}\nlease_ttl_s = 1"))
+                .unwrap()
+                .lease_ttl_s,
+            1
+        );
+    }
+
+    #[test]
+    fn a_bad_store_key_is_refused_with_its_line() {
+        let err = |body: &str| store(body).unwrap_err().to_string();
+        let cases: &[(&str, &str)] = &[
+            ("kind = \"raft\"", "line 2: [store] kind = 'raft' must be"),
+            (
+                "kind = \"etcd\"\nadvertise_url = \"http://h:1\"",
+                "[store] endpoints is required",
+            ),
+            (
+                "kind = \"etcd\"\nendpoints = [\"http://e:2379\"]",
+                "[store] advertise_url is required",
+            ),
+            (
+                "endpoints = []",
+                "line 2: [store] endpoints must list at least one URL",
+            ),
+            ("endpoints = [\"e:2379\"]", "[store] endpoints 'e:2379'"),
+            (
+                "endpoints = [\"ftp://e\"]",
+                "must start with http:// or https://",
+            ),
+            ("advertise_url = \"h:1\"", "[store] advertise_url"),
+            (
+                "advertise_url = \"http://h:1/?q\"",
+                "must not have a query string",
+            ),
+            (
+                "lease_ttl_s = 0",
+                "[store] lease_ttl_s = 0 is out of range 1..=60",
+            ),
+            (
+                "lease_ttl_s = 61",
+                "[store] lease_ttl_s = 61 is out of range 1..=60",
+            ),
+            (
+                "prefix = \"mec\"",
+                "[store] prefix = 'mec' must start with '/'",
+            ),
+            ("prefix = \"/\"", "[store] prefix = '/'"),
+            ("prefix = \"/a/\"", "[store] prefix = '/a/'"),
+            ("prefix = \"/a//b\"", "[store] prefix"),
+            ("prefix = \"/a b\"", "[store] prefix"),
+            (
+                "user = \"u\"",
+                "[store] user and password_file must be given together",
+            ),
+            (
+                "password_file = \"pw\"",
+                "[store] user and password_file must be given together",
+            ),
+            (
+                "user = \"u\"\npassword_file = \"/nonexistent/pw\"",
+                "[store] password_file",
+            ),
+            (
+                "ca_file = \"/nonexistent/ca\"",
+                "[store] ca_file = '/nonexistent/ca': cannot read",
+            ),
+            ("zz = 1", "unknown field `zz`"),
+        ];
+        for (body, expected) in cases {
+            let e = err(body);
+            assert!(e.contains(expected), "{body}: {e}");
+        }
+        assert!(err(&format!("{ETCD}\nprefix = \"{}\"", "/x".repeat(129))).contains("prefix"));
     }
 
     #[test]

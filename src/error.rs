@@ -86,7 +86,15 @@ pub enum ApiError {
     /// The state can no longer be made durable (the journal stopped after a failed `fsync`):
     /// nothing more can be acknowledged until a restart.
     StateUnavailable { detail: String },
+    /// Instances sharing an etcd store (`[store] kind = "etcd"`): no leader is known, etcd is
+    /// unreachable or without quorum, the leader cannot be reached, or this instance lost its
+    /// leadership during the change. 503 with `Retry-After`: another attempt may succeed.
+    Unavailable { detail: String },
 }
+
+/// `Retry-After` of [`ApiError::Unavailable`], in seconds: about the time a follower needs to
+/// notice a lost leader (a third of the default lease) and a new one to recover.
+pub const UNAVAILABLE_RETRY_AFTER_S: u32 = 2;
 
 impl ApiError {
     /// The HTTP status code of this error: the only place where errors map to codes.
@@ -114,6 +122,7 @@ impl ApiError {
             ApiError::StateWrite { no_space: true, .. } | ApiError::RequestLimit { .. } => 507,
             ApiError::StateWrite { .. } => 500,
             ApiError::StateUnavailable { .. } | ApiError::StateFull { .. } => 503,
+            ApiError::Unavailable { .. } => 503,
         }
     }
 
@@ -146,6 +155,7 @@ impl ApiError {
             ApiError::StateWrite { .. } => "State not written",
             ApiError::RequestLimit { .. } => "Request limit reached",
             ApiError::StateUnavailable { .. } | ApiError::StateFull { .. } => "State not writable",
+            ApiError::Unavailable { .. } => "Temporarily unavailable",
         }
     }
 
@@ -185,6 +195,7 @@ impl ApiError {
             ApiError::RequestLimit { .. } => "urn:mec-plugin:problem:request-limit",
             ApiError::StateUnavailable { .. } => "urn:mec-plugin:problem:state-unavailable",
             ApiError::StateFull { .. } => "urn:mec-plugin:problem:state-full",
+            ApiError::Unavailable { .. } => "urn:mec-plugin:problem:unavailable",
         }
     }
 
@@ -238,6 +249,10 @@ impl ApiError {
             }
             ApiError::TooManyConnections { .. } => {
                 response = response.with_header("Retry-After", "1");
+            }
+            ApiError::Unavailable { .. } => {
+                response =
+                    response.with_header("Retry-After", UNAVAILABLE_RETRY_AFTER_S.to_string());
             }
             _ => {}
         }
@@ -370,6 +385,9 @@ impl fmt::Display for ApiError {
                 f,
                 "{detail}; nothing more can be recorded or acknowledged: restart the service (it reloads what is on disk)"
             ),
+            ApiError::Unavailable { detail } => {
+                write!(f, "{detail}; retry after {UNAVAILABLE_RETRY_AFTER_S} s")
+            }
         }
     }
 }

@@ -186,6 +186,9 @@ pub struct Range {
     pub range_end: Option<Vec<u8>>,
     /// At most this many keys (0: no limit).
     pub limit: i64,
+    /// Read the store as it was at this revision (0: now), so that the pages of a large
+    /// range are one consistent read.
+    pub revision: i64,
 }
 
 impl Range {
@@ -195,6 +198,7 @@ impl Range {
             key: key.into(),
             range_end: None,
             limit: 0,
+            revision: 0,
         }
     }
 
@@ -205,6 +209,7 @@ impl Range {
             range_end: Some(prefix_end(&key)),
             key,
             limit: 0,
+            revision: 0,
         }
     }
 
@@ -214,12 +219,19 @@ impl Range {
             key: from.into(),
             range_end: Some(to.into()),
             limit: 0,
+            revision: 0,
         }
     }
 
     /// At most `limit` keys, in key order.
     pub fn limit(mut self, limit: i64) -> Range {
         self.limit = limit;
+        self
+    }
+
+    /// As the store was at `revision` (0: now).
+    pub fn at(mut self, revision: i64) -> Range {
+        self.revision = revision;
         self
     }
 
@@ -230,6 +242,9 @@ impl Range {
         }
         if self.limit > 0 {
             request["limit"] = json!(self.limit.to_string());
+        }
+        if self.revision > 0 {
+            request["revision"] = json!(self.revision.to_string());
         }
         request
     }
@@ -1133,6 +1148,10 @@ mod tests {
         assert_eq!(
             Range::prefix("/p/").limit(10).to_json(),
             json!({"key": "L3Av", "range_end": "L3Aw", "limit": "10"})
+        );
+        assert_eq!(
+            Range::between("/p/b", "/p0").limit(2).at(41).to_json(),
+            json!({"key": "L3AvYg==", "range_end": "L3Aw", "limit": "2", "revision": "41"})
         );
     }
 

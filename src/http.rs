@@ -19,6 +19,9 @@ pub struct Request {
     pub content_type: Option<String>,
     /// `Authorization` header value, if any.
     pub authorization: Option<String>,
+    /// The request carries [`FORWARDED`]: another instance forwarded it to this one (an etcd
+    /// store's follower to its leader), which must not forward it again.
+    pub forwarded: bool,
     /// The request body.
     pub body: Vec<u8>,
 }
@@ -115,6 +118,9 @@ impl PartialEq for BodyStream {
         Arc::ptr_eq(&self.0, &other.0)
     }
 }
+
+/// The header a follower adds to the changes it forwards to its leader.
+pub const FORWARDED: &str = "X-Mec-Plugin-Forwarded";
 
 /// Media type of successful JSON bodies.
 pub const JSON: &str = "application/json";

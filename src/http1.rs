@@ -36,6 +36,8 @@ pub struct Head {
     pub minor: u8,
     pub content_type: Option<String>,
     pub authorization: Option<String>,
+    /// `X-Mec-Plugin-Forwarded` is present ([`crate::http::FORWARDED`]).
+    pub forwarded: bool,
     pub framing: Framing,
     /// The connection is closed after this exchange: the client asked for it (`Connection:
     /// close`), or it speaks HTTP/1.0 (whose keep-alive extension is not offered: the answer
@@ -171,6 +173,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, HeadError> {
         close: fields.close || minor == 0,
         content_type: fields.content_type,
         authorization: fields.authorization,
+        forwarded: fields.forwarded,
     })
 }
 
@@ -183,6 +186,7 @@ struct Fields {
     hosts: usize,
     content_type: Option<String>,
     authorization: Option<String>,
+    forwarded: bool,
     /// `Connection: close`.
     close: bool,
     expect: Option<String>,
@@ -218,6 +222,8 @@ impl Fields {
                 fields.content_type = Some(text(value));
             } else if name.eq_ignore_ascii_case("authorization") {
                 fields.authorization = Some(text(value));
+            } else if name.eq_ignore_ascii_case(crate::http::FORWARDED) {
+                fields.forwarded = true;
             } else if name.eq_ignore_ascii_case("connection") {
                 fields.close |= list(value).any(|token| token.eq_ignore_ascii_case(b"close"));
             } else if name.eq_ignore_ascii_case("expect") {

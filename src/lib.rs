@@ -11,9 +11,11 @@
 
 pub mod api;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod etcd;
+pub mod etcd_store;
 pub mod http;
 pub mod http1;
 pub mod journal;

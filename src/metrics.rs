@@ -87,6 +87,9 @@ pub struct Metrics {
     southbound: Mutex<Southbound>,
     /// Records dropped by `DELETE ...?forget=true` with their rules possibly left behind.
     forgotten: std::sync::atomic::AtomicU64,
+    /// Failed etcd calls and commits (`mec_plugin_store_errors_total`); an `Arc` so that a
+    /// store backend can count into it ([`Metrics::store_errors`]).
+    store_errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Point-in-time values read when the metrics are scraped.
@@ -100,6 +103,9 @@ pub struct Gauges {
     pub uptime_seconds: f64,
     /// Changes can still be made durable (false once the journal stopped).
     pub state_writable: bool,
+    /// With an etcd store: whether this instance leads (`mec_plugin_leader`); `None` with the
+    /// journal (neither it nor `mec_plugin_store_errors_total` is shown then).
+    pub leader: Option<bool>,
 }
 
 impl Metrics {
@@ -144,6 +150,17 @@ impl Metrics {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Counts one failed etcd call or commit.
+    pub fn store_error(&self) {
+        self.store_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The counter of failed etcd calls and commits, for a store backend to count into.
+    pub fn store_errors(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.store_errors.clone()
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(8 * 1024);
@@ -178,6 +195,22 @@ impl Metrics {
             self.forgotten.load(std::sync::atomic::Ordering::Relaxed)
         );
         render_gauges(&mut out, gauges);
+        if let Some(leader) = gauges.leader {
+            single(
+                &mut out,
+                "mec_plugin_leader",
+                "1 while this instance leads the instances sharing its etcd prefix, else 0.",
+                u8::from(leader),
+            );
+            header(
+                &mut out,
+                "mec_plugin_store_errors_total",
+                "counter",
+                "Failed etcd calls and commits (etcd unreachable, without quorum, or this instance deposed).",
+            );
+            let errors = self.store_errors.load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(out, "mec_plugin_store_errors_total {errors}");
+        }
         out
     }
 

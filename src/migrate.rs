@@ -7,6 +7,11 @@
 //! holds no record. Records are imported as they were: a PENDING one is rolled back by the
 //! next start's recovery, exactly as after a crash; a DELETING one is removed by the
 //! reconciler.
+//!
+//! With `[store] kind = "etcd"` the state is the configured prefix: an export reads it
+//! (linearizable, at one revision; the instances may run); an import refuses a prefix that
+//! holds records or a leader key (instances running), then writes in creation order in
+//! bounded transactions, each guarded by "no leader key" ([`crate::etcd_store::import`]).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
@@ -17,8 +22,13 @@ use std::path::{Path, PathBuf};
 
 use serde::de::IgnoredAny;
 
-use crate::config::Config;
+use crate::config::{Config, StoreKind};
+use crate::etcd::Client;
+use crate::etcd_store::{ImportError, etcd_options};
 use crate::store::{RecordEntry, Store, StoreError};
+
+/// Bound on each etcd call of an export or import.
+const ETCD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The fields of a line: those of [`RecordEntry`]; any other is refused (a misspelt optional
 /// field would otherwise be dropped without a word).
@@ -52,6 +62,12 @@ pub enum MigrateError {
     },
     /// The target store already holds records; nothing was written.
     NotEmpty { dir: PathBuf, records: usize },
+    /// etcd could not be used (its options, a call), after `written` records were imported.
+    Etcd { written: usize, reason: String },
+    /// The etcd prefix already holds records; nothing was written.
+    PrefixNotEmpty { prefix: String, records: i64 },
+    /// Instances run on the etcd prefix (its leader key exists); nothing was written.
+    Running { prefix: String, leader: String },
 }
 
 impl MigrateError {
@@ -61,8 +77,11 @@ impl MigrateError {
         match self {
             MigrateError::BadLine { .. }
             | MigrateError::TooMany { .. }
-            | MigrateError::NotEmpty { .. } => 2,
+            | MigrateError::NotEmpty { .. }
+            | MigrateError::PrefixNotEmpty { .. } => 2,
             MigrateError::Store(_)
+            | MigrateError::Etcd { .. }
+            | MigrateError::Running { .. }
             | MigrateError::NoState(_)
             | MigrateError::Read { .. }
             | MigrateError::Write { .. } => 1,
@@ -101,6 +120,24 @@ impl fmt::Display for MigrateError {
                  overwrites a store; nothing was imported (import into an empty state_dir)",
                 dir.display()
             ),
+            MigrateError::Etcd { written: 0, reason } => {
+                write!(f, "{reason}; nothing was imported or exported")
+            }
+            MigrateError::Etcd { written, reason } => write!(
+                f,
+                "{reason}; {written} record(s) were imported before (the prefix holds a \
+                 partial import: delete its records/ keys before trying again)"
+            ),
+            MigrateError::PrefixNotEmpty { prefix, records } => write!(
+                f,
+                "etcd prefix {prefix} already holds {records} record(s): an import never \
+                 overwrites a store; nothing was imported (import into an empty prefix)"
+            ),
+            MigrateError::Running { prefix, leader } => write!(
+                f,
+                "instances are running on etcd prefix {prefix} (the leader is {leader}): stop \
+                 every instance before an import; nothing was imported"
+            ),
         }
     }
 }
@@ -125,11 +162,22 @@ fn shown(path: &Path, stream: &str) -> String {
 /// Writes every record of the configured state to `to` (`-`: standard output); returns how
 /// many.
 pub fn export(config: &Config, to: &Path) -> Result<usize, MigrateError> {
-    let dir = &config.server.state_dir;
-    if !dir.is_dir() {
-        return Err(MigrateError::NoState(dir.clone()));
-    }
-    let (store, _) = Store::open(dir, config.server.fsync)?;
+    let store = match config.store.kind {
+        StoreKind::Etcd => {
+            let client = etcd_client(config)?;
+            Store::read_etcd(&client, &config.store.prefix).map_err(|e| MigrateError::Etcd {
+                written: 0,
+                reason: format!("cannot read etcd prefix {}: {e}", config.store.prefix),
+            })?
+        }
+        StoreKind::Journal => {
+            let dir = &config.server.state_dir;
+            if !dir.is_dir() {
+                return Err(MigrateError::NoState(dir.clone()));
+            }
+            Store::open(dir, config.server.fsync)?.0
+        }
+    };
     let failed = |error| MigrateError::Write {
         file: shown(to, "output"),
         error,
@@ -187,6 +235,9 @@ pub fn import(config: &Config, from: &Path) -> Result<usize, MigrateError> {
             max,
         });
     }
+    if config.store.kind == StoreKind::Etcd {
+        return import_etcd(config, &entries);
+    }
     let dir = &config.server.state_dir;
     let (store, _) = Store::open(dir, config.server.fsync)?;
     if !store.is_empty() {
@@ -196,6 +247,38 @@ pub fn import(config: &Config, from: &Path) -> Result<usize, MigrateError> {
         });
     }
     Ok(store.insert_entries(entries)?)
+}
+
+/// The etcd client of `[store]`.
+fn etcd_client(config: &Config) -> Result<Client, MigrateError> {
+    etcd_options(&config.store, ETCD_TIMEOUT)
+        .and_then(Client::new)
+        .map_err(|reason| MigrateError::Etcd { written: 0, reason })
+}
+
+/// Writes the checked `entries` under the configured etcd prefix.
+fn import_etcd(config: &Config, entries: &[RecordEntry<'_>]) -> Result<usize, MigrateError> {
+    let client = etcd_client(config)?;
+    let prefix = &config.store.prefix;
+    let records = entries.iter().map(|entry| {
+        let json = serde_json::to_vec(entry).expect("a record serialises");
+        (entry.id.to_string(), json)
+    });
+    crate::etcd_store::import(&client, prefix, records).map_err(|e| match e {
+        ImportError::Running { leader } => MigrateError::Running {
+            prefix: prefix.clone(),
+            leader,
+        },
+        ImportError::NotEmpty { records } => MigrateError::PrefixNotEmpty {
+            prefix: prefix.clone(),
+            records,
+        },
+        ImportError::Etcd { written, error } => MigrateError::Etcd {
+            written,
+            reason: format!("etcd: {error}"),
+        },
+        ImportError::Interrupted { written, reason } => MigrateError::Etcd { written, reason },
+    })
 }
 
 /// Parses and checks every line of an import; on the first bad one, its number (from 1) and

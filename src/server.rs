@@ -1880,6 +1880,7 @@ impl IoLoop {
             target: head.target.clone(),
             content_type: head.content_type.clone(),
             authorization: head.authorization.clone(),
+            forwarded: head.forwarded,
             body: Vec::new(),
         };
         let has_body = head.framing != Framing::Length(0);

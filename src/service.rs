@@ -51,8 +51,9 @@ pub enum Removal {
 pub struct Service {
     regions: Vec<Region>,
     pub(crate) store: Store,
-    /// Counters and latencies of the API and of platform calls.
-    pub metrics: Metrics,
+    /// Counters and latencies of the API and of platform calls; shared by the services of an
+    /// etcd cluster's successive terms ([`Service::with_metrics`]).
+    pub metrics: Arc<Metrics>,
     started: Instant,
     pub(crate) retry: RetryPolicy,
     /// Set to wake the reconciler before its next due time: the reconciler
@@ -86,6 +87,13 @@ struct Unsettled {
 /// record may stay (the answer then names it).
 fn state_error(e: StoreError, request_id: Option<&str>) -> ApiError {
     error!("the state could not be made durable: {e}");
+    if e.is_unavailable() {
+        // etcd unreachable or without quorum, or this instance no longer leads: another
+        // attempt (here or at the new leader) may succeed.
+        return ApiError::Unavailable {
+            detail: e.to_string(),
+        };
+    }
     ApiError::StateWrite {
         detail: e.to_string(),
         no_space: e.is_no_space(),
@@ -143,7 +151,7 @@ impl Service {
         Service {
             regions,
             store,
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
             started: Instant::now(),
             retry,
             wake: (Mutex::new(false), Condvar::new()),
@@ -152,6 +160,21 @@ impl Service {
             unsettled: Mutex::new(HashMap::new()),
             platforms,
         }
+    }
+
+    /// [`state_error`], counted in `mec_plugin_store_errors_total` when etcd is unavailable.
+    fn state_error(&self, e: StoreError, request_id: Option<&str>) -> ApiError {
+        if e.is_unavailable() {
+            self.metrics.store_error();
+        }
+        state_error(e, request_id)
+    }
+
+    /// Counts in `metrics` instead of its own (the services of an etcd cluster's successive
+    /// terms share one).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Service {
+        self.metrics = metrics;
+        self
     }
 
     /// Refuses creations (507) once `max` requests are kept.
@@ -185,6 +208,12 @@ impl Service {
     /// How many requests are recorded.
     pub fn list_len(&self) -> usize {
         self.store.len()
+    }
+
+    /// Whether a change could be made durable now ([`Store::writable`]): an etcd leader's
+    /// term is still valid; the journal has not stopped.
+    pub fn writable(&self) -> Result<(), StoreError> {
+        self.store.writable()
     }
 
     /// Why changes can no longer be made durable, if so (the journal stopped after a failed
@@ -394,7 +423,7 @@ impl Service {
     /// written leaves none).
     fn abandon(&self, id: &str, e: StoreError) -> ApiError {
         let stays = self.leave_to_reconciler(id);
-        state_error(e, stays.then_some(id))
+        self.state_error(e, stays.then_some(id))
     }
 
     /// Gives record `id` back to the reconciler after a backoff; whether it is still kept.
@@ -466,7 +495,7 @@ impl Service {
                     .remove(id)
                     .map_err(|e| {
                         self.leave_to_reconciler(id);
-                        state_error(e, Some(id))
+                        self.state_error(e, Some(id))
                     })?
                     .unwrap_or(record);
                 record.removed(now_millis());
@@ -512,7 +541,7 @@ impl Service {
                 if self.store.failure().is_some() {
                     self.abandon(id, e)
                 } else {
-                    state_error(e, Some(id))
+                    self.state_error(e, Some(id))
                 }
             })?
             .ok_or_else(|| ApiError::RequestNotFound {
@@ -553,7 +582,7 @@ impl Service {
         let claimed = self
             .store
             .update(id, Record::claim)
-            .map_err(|e| state_error(e, Some(id)))?
+            .map_err(|e| self.state_error(e, Some(id)))?
             .ok_or_else(not_found)?;
         if !claimed {
             return Err(in_use(id));
@@ -712,6 +741,18 @@ impl Service {
         operation: &'static str,
         f: impl FnOnce() -> Result<T, MepError>,
     ) -> Result<T, MepError> {
+        // Recorded first or not called: an instance that can no longer record (a deposed or
+        // cut-off etcd leader, a stopped journal) never calls a platform.
+        if let Err(e) = self.store.writable() {
+            if e.is_unavailable() {
+                self.metrics.store_error();
+            }
+            let url = self.platforms.get(region).map_or("", |u| u).to_string();
+            return Err(MepError::NotSent {
+                url,
+                reason: format!("not sent: the state cannot be recorded ({e})"),
+            });
+        }
         let started = Instant::now();
         let result = f();
         let outcome = match &result {
@@ -1026,6 +1067,60 @@ pub(crate) mod tests {
             panic!("{e:?}")
         };
         id
+    }
+
+    #[test]
+    fn an_unavailable_etcd_store_answers_503_with_retry_after_and_is_counted() {
+        let (s, _) = service();
+        let e = s.state_error(
+            StoreError::Unavailable("etcd unreachable".into()),
+            Some("x"),
+        );
+        let response = e.to_response(crate::model::ApiStyle::Spec);
+        assert_eq!(response.status, 503);
+        assert!(response.header("Retry-After").is_some());
+        assert!(e.to_string().contains("etcd unreachable"), "{e}");
+        let gauges = Gauges {
+            leader: Some(true),
+            ..Gauges::default()
+        };
+        let text = s.metrics.render(&gauges);
+        assert!(
+            text.contains("\nmec_plugin_store_errors_total 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nmec_plugin_leader 1\n"), "{text}");
+        let journal = s.metrics.render(&Gauges::default());
+        assert!(
+            !journal.contains("mec_plugin_leader"),
+            "not shown with the journal"
+        );
+    }
+
+    #[test]
+    fn no_platform_call_is_made_once_the_state_cannot_be_recorded() {
+        let (s, d, dir) = durable("unwritable");
+        let id = s.create(request(&["a"])).unwrap();
+        s.stop_journal("fsync of journal-1 failed: EIO");
+        let called = std::sync::atomic::AtomicBool::new(false);
+        let answer = s.call("2", "remove", || {
+            called.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+        assert!(
+            !called.load(std::sync::atomic::Ordering::SeqCst),
+            "not called"
+        );
+        match answer {
+            Err(MepError::NotSent { reason, .. }) => {
+                assert!(reason.contains("the state cannot be recorded"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A removal is refused before anything reaches the platform.
+        assert!(s.delete(&id, false).is_err());
+        assert_eq!(on(&d), ["a"], "the rule is still on the platform");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The records of rule requests: one mutex-guarded map, held only for in-memory work (never
-//! across a platform call or an `fsync`), made durable by the [`journal`](crate::journal).
-//! Every change is journaled under the lock — so the journal's order is the order of the
-//! changes — and is on disk before the call that made it returns. Each record says which of
-//! its planned steps may be on the platform.
+//! across a platform call, an `fsync` or an etcd call), made durable by a backend: the
+//! [`journal`](crate::journal) in `state_dir`, or [etcd](crate::etcd_store) (the leader's store
+//! of one term), or nothing (tests, a follower's read). Every change is handed to the backend
+//! under the lock — so the backend's order is the order of the changes — and is durable before
+//! the call that made it returns. Each record says which of its planned steps may be on the
+//! platform.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -11,6 +13,7 @@ use std::ops::{Bound, Range};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::etcd_store::{EtcdWriter, MAX_RECORD_BYTES, Value as EtcdValue};
 /// A whole record's durable form (the journal's `put` entry): also a line of an export, so that
 /// [`migrate`](crate::migrate) depends on the store, not on the journal behind it.
 pub(crate) use crate::journal::RecordEntry;
@@ -403,11 +406,49 @@ pub struct Store {
     regions: Mutex<Regions>,
     /// Taken only while `records` is held, and kept in step with it.
     rules: Mutex<RuleIndex>,
-    journal: Option<Journal>,
+    durability: Durability,
+}
+
+/// Where the store's changes are made durable.
+enum Durability {
+    /// Nowhere: tests, tools, and a follower's read of etcd.
+    Memory,
+    /// The journal in `state_dir`.
+    Journal(Journal),
+    /// etcd, fenced on the leader's term (see [`crate::etcd_store`]).
+    Etcd(EtcdWriter),
+}
+
+/// One change of the records, as the backend is handed it under the records lock: borrowed,
+/// so that each backend takes what it needs (the journal an entry, written at once; etcd the
+/// whole record, a pointer queued for its writer).
+pub(crate) enum Change<'a> {
+    /// A new record.
+    Create(&'a Arc<Record>),
+    /// A record's durable part changed (the whole record as it is now).
+    Update(&'a Arc<Record>),
+    /// A record was removed.
+    Remove(&'a Arc<str>),
+}
+
+impl Change<'_> {
+    /// The journal entry of the change.
+    fn entry(&self) -> Entry<'_> {
+        match self {
+            Change::Create(record) => record.to_entry(),
+            Change::Update(record) => record.update_entry(),
+            Change::Remove(id) => Entry::Remove {
+                id: Cow::Borrowed(id),
+            },
+        }
+    }
 }
 
 /// A record's place in the creation order ([`Record::seq`]), and its id.
 type Created = (u64, Arc<str>);
+
+/// A record loaded (replayed, or read from etcd) and its id.
+type Keyed = (Arc<str>, Record);
 
 /// The records and the index of each region's requests in creation order, kept in step under
 /// one lock: a region's listing reads its own requests only.
@@ -432,12 +473,13 @@ struct Records {
 const REMOVED_CURSORS: usize = 10_000;
 
 impl Records {
-    /// Inserts a new record last in the creation order.
-    fn insert(&mut self, mut record: Record) {
-        record.seq = self.next_seq;
-        self.next_seq += 1;
+    /// Inserts a new record, given its place [`next_seq`](Records::next_seq) beforehand: last
+    /// in the creation order.
+    fn insert(&mut self, record: Arc<Record>) {
+        debug_assert_eq!(record.seq, self.next_seq, "record {}", record.id);
+        self.next_seq = record.seq + 1;
         index_region(&mut self.by_region, &record);
-        if let Some(old) = self.by_id.insert(record.id.clone(), Arc::new(record)) {
+        if let Some(old) = self.by_id.insert(record.id.clone(), record) {
             debug_assert!(false, "record {} inserted twice", old.id);
         }
     }
@@ -626,7 +668,7 @@ impl Store {
             records: Mutex::default(),
             regions: Mutex::default(),
             rules: Mutex::default(),
-            journal: None,
+            durability: Durability::Memory,
         }
     }
 
@@ -642,28 +684,50 @@ impl Store {
         let (journal, stats) = Journal::open(dir, fsync, |entry| {
             replay(&mut replayed, &mut regions, &mut next_seq, entry)
         })?;
-        let mut sorted: Vec<(Arc<str>, Record)> = replayed.into_iter().collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let store = Store::built(
+            replayed.into_iter().collect(),
+            next_seq,
+            regions,
+            Durability::Journal(journal),
+        );
+        Ok((store, stats))
+    }
+
+    /// A store of `loaded` records (their `seq` given), keyed by id.
+    fn built(
+        mut loaded: Vec<Keyed>,
+        next_seq: u64,
+        regions: Regions,
+        durability: Durability,
+    ) -> Store {
+        // Built into the ordered map in one pass from sorted entries, which also packs its
+        // nodes full.
+        loaded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut records = Records {
             next_seq,
             ..Records::default()
         };
-        for (_, record) in &sorted {
+        for (_, record) in &loaded {
             index_region(&mut records.by_region, record);
         }
-        records.by_id = sorted
+        records.by_id = loaded
             .into_iter()
             .map(|(id, record)| (id, Arc::new(record)))
             .collect();
-        Ok((
-            Store {
-                records: Mutex::new(records),
-                regions: Mutex::new(regions),
-                rules: Mutex::default(),
-                journal: Some(journal),
-            },
-            stats,
-        ))
+        Store {
+            records: Mutex::new(records),
+            regions: Mutex::new(regions),
+            rules: Mutex::default(),
+            durability,
+        }
+    }
+
+    /// The journal, when the store is kept in one.
+    fn journal(&self) -> Option<&Journal> {
+        match &self.durability {
+            Durability::Journal(journal) => Some(journal),
+            _ => None,
+        }
     }
 
     /// Says what makes two steps one rule in each region (regions not listed count as
@@ -703,19 +767,36 @@ impl Store {
         lock(&self.records)
     }
 
-    /// Journals `entry` (under the records lock) and returns the sequence to wait for.
-    fn write(&self, entry: &Entry) -> Result<u64, StoreError> {
-        match &self.journal {
-            Some(j) => Ok(j.append(entry)?),
-            None => Ok(0),
+    /// Hands `change` to the backend (under the records lock): the journal writes its entry,
+    /// etcd's writer queues it. Returns the sequence to wait for.
+    fn write(&self, change: Change<'_>) -> Result<u64, StoreError> {
+        match &self.durability {
+            Durability::Memory => Ok(0),
+            Durability::Journal(j) => Ok(j.append(&change.entry())?),
+            Durability::Etcd(w) => {
+                let (id, record) = match change {
+                    Change::Create(record) => {
+                        check_etcd_size(record)?;
+                        (
+                            record.id.clone(),
+                            Some(record.clone() as Arc<dyn EtcdValue>),
+                        )
+                    }
+                    Change::Update(record) => (record.id.clone(), Some(record.clone() as _)),
+                    Change::Remove(id) => (id.clone(), None),
+                };
+                w.enqueue(id, record).map_err(StoreError::Unavailable)
+            }
         }
     }
 
     /// Waits, without the records lock, until `seq` is durable.
     fn durable(&self, seq: u64) -> Result<(), StoreError> {
-        match &self.journal {
-            Some(j) if seq > 0 => Ok(j.wait(seq)?),
-            _ => Ok(()),
+        match &self.durability {
+            _ if seq == 0 => Ok(()),
+            Durability::Memory => Ok(()),
+            Durability::Journal(j) => Ok(j.wait(seq)?),
+            Durability::Etcd(w) => w.wait(seq).map_err(StoreError::Unavailable),
         }
     }
 
@@ -743,8 +824,10 @@ impl Store {
 
     /// Journals `record` as a creation and adds it to the map and the rule index, under the
     /// records lock the caller holds; returns the sequence to wait for.
-    fn add(&self, records: &mut Records, record: Record) -> Result<u64, StoreError> {
-        let seq = self.write(&record.to_entry())?;
+    fn add(&self, records: &mut Records, mut record: Record) -> Result<u64, StoreError> {
+        record.seq = records.next_seq;
+        let record = Arc::new(record);
+        let seq = self.write(Change::Create(&record))?;
         self.rules().count(&record, 0..record.applied, true);
         records.insert(record);
         Ok(seq)
@@ -864,13 +947,15 @@ impl Store {
                     && Arc::ptr_eq(&changed.region_id, &record.region_id),
                 "a record's steps and region never change"
             );
-            let seq = if changed.durable_state() != record.durable_state() {
-                self.write(&changed.update_entry())?
+            let durable_change = changed.durable_state() != record.durable_state();
+            let changed = Arc::new(changed);
+            let seq = if durable_change {
+                self.write(Change::Update(&changed))?
             } else {
                 0
             };
             self.rules().moved(&changed, record.applied);
-            *record = Arc::new(changed);
+            *record = changed;
             (result, seq)
         };
         self.durable(seq)?;
@@ -895,12 +980,13 @@ impl Store {
             if !shared_by_another(&records, &rules, record, k) {
                 return Ok(false);
             }
-            let record = Arc::make_mut(records.by_id.get_mut(id).expect("looked up above"));
-            let before = record.applied;
-            record.step_off(k);
-            record.last_modified = now;
-            rules.moved(record, before);
-            self.write(&record.update_entry())?
+            let record = records.by_id.get_mut(id).expect("looked up above");
+            let changed = Arc::make_mut(record);
+            let before = changed.applied;
+            changed.step_off(k);
+            changed.last_modified = now;
+            rules.moved(changed, before);
+            self.write(Change::Update(record))?
         };
         self.durable(seq)?;
         Ok(true)
@@ -948,12 +1034,13 @@ impl Store {
             if changed_by_another {
                 return Ok(false);
             }
-            let record = Arc::make_mut(records.by_id.get_mut(id).expect("looked up above"));
-            let mut kept = record.kept.as_deref().unwrap_or(&[]).to_vec();
+            let record = records.by_id.get_mut(id).expect("looked up above");
+            let changed = Arc::make_mut(record);
+            let mut kept = changed.kept.as_deref().unwrap_or(&[]).to_vec();
             kept.push(k);
-            record.kept = Some(Arc::from(kept));
-            record.last_modified = now;
-            self.write(&record.update_entry())?
+            changed.kept = Some(Arc::from(kept));
+            changed.last_modified = now;
+            self.write(Change::Update(record))?
         };
         self.durable(seq)?;
         Ok(true)
@@ -963,11 +1050,12 @@ impl Store {
     pub fn remove(&self, id: &str) -> Result<Option<Record>, StoreError> {
         let (record, seq) = {
             let mut records = self.lock();
-            if !records.by_id.contains_key(id) {
+            let Some((id, _)) = records.by_id.get_key_value(id) else {
                 return Ok(None);
-            }
-            let seq = self.write(&Entry::Remove { id: id.into() })?;
-            let record = records.remove(id);
+            };
+            let id = id.clone();
+            let seq = self.write(Change::Remove(&id))?;
+            let record = records.remove(&id);
             if let Some(r) = &record {
                 self.rules().count(r, 0..r.applied, false);
             }
@@ -977,33 +1065,79 @@ impl Store {
         Ok(record)
     }
 
-    /// Why the journal stopped, if it did: nothing more can be made durable.
+    /// Why the backend stopped, if it did: nothing more can be made durable (the journal after
+    /// a failed `fsync`; an etcd store once its term is over or its writer was deposed).
     pub fn failure(&self) -> Option<String> {
-        self.journal.as_ref().and_then(Journal::failure)
+        match &self.durability {
+            Durability::Memory => None,
+            Durability::Journal(j) => j.failure(),
+            Durability::Etcd(w) => w.failure(),
+        }
     }
 
     /// Why changes cannot be written now for want of space, if so (looks for room first).
     pub fn no_space(&self) -> Option<String> {
-        self.journal.as_ref().and_then(Journal::no_space)
+        self.journal().and_then(Journal::no_space)
     }
 
     /// The leader's store of one term: every record under `<prefix>/records/`, read at one
     /// revision (linearizable) in creation order; every later write is a transaction fenced on
-    /// `fence.term`, committed before the call that made it returns.
+    /// `fence.term`, committed before the call that made it returns (see
+    /// [`crate::etcd_store`]). Refused when the term is over, or was already over at the
+    /// revision read.
     pub fn open_etcd(
         client: Arc<crate::etcd::Client>,
         prefix: &str,
         fence: Fence,
     ) -> Result<Store, StoreError> {
-        let _ = (client, prefix, fence.term);
-        todo!("seam: the store-etcd branch fills this in")
+        let started = std::time::Instant::now();
+        let term_over = || {
+            StoreError::Unavailable(format!(
+                "not the leader of {prefix} (any more): the term of lease {:x} is over",
+                fence.term.lease
+            ))
+        };
+        if fence.election.term() != Some(fence.term) {
+            return Err(term_over());
+        }
+        let loaded = crate::etcd_store::load(&client, prefix).map_err(etcd_unavailable)?;
+        match &loaded.leader {
+            Some(kv) if kv.create_revision == fence.term.create_revision => {}
+            _ => return Err(term_over()),
+        }
+        let (records, next_seq, regions) = records_of(&loaded.records, prefix)?;
+        let count = records.len();
+        let writer = EtcdWriter::start(client, prefix, (fence.election, fence.term), loaded.writer);
+        let store = Store::built(records, next_seq, regions, Durability::Etcd(writer));
+        log::info!(
+            "state: {count} record(s) of etcd prefix {prefix} loaded at revision {} in {} ms",
+            loaded.revision,
+            started.elapsed().as_millis()
+        );
+        Ok(store)
     }
 
     /// A follower's read: the records under `<prefix>/records/` now (linearizable), in creation
     /// order, in a store that keeps nothing.
     pub fn read_etcd(client: &crate::etcd::Client, prefix: &str) -> Result<Store, StoreError> {
-        let _ = (client, prefix);
-        todo!("seam: the store-etcd branch fills this in")
+        let loaded = crate::etcd_store::load(client, prefix).map_err(etcd_unavailable)?;
+        let (records, next_seq, regions) = records_of(&loaded.records, prefix)?;
+        Ok(Store::built(records, next_seq, regions, Durability::Memory))
+    }
+
+    /// A follower's read of one record (linearizable): `<prefix>/records/<id>` now, without
+    /// reading the others (its runtime fields empty, as [`read_etcd`](Store::read_etcd)'s).
+    pub fn read_etcd_record(
+        client: &crate::etcd::Client,
+        prefix: &str,
+        id: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        let key = format!("{}{id}", crate::etcd_store::records_prefix(prefix));
+        let Some(kv) = client.get(key.as_bytes()).map_err(etcd_unavailable)? else {
+            return Ok(None);
+        };
+        let (mut records, _, _) = records_of(&[(0, kv)], prefix)?;
+        Ok(records.pop().map(|(_, record)| record))
     }
 
     /// Whether a change could be made durable now: the journal has not stopped; an etcd
@@ -1019,7 +1153,7 @@ impl Store {
     /// Tests: stops the journal as a failed `fsync` would.
     #[cfg(test)]
     pub(crate) fn stop_journal(&self, reason: &str) {
-        if let Some(j) = &self.journal {
+        if let Some(j) = self.journal() {
             j.stop(reason);
         }
     }
@@ -1053,7 +1187,7 @@ impl Store {
     /// Compacts the journal if it has grown past its bound: a copy of the records is taken
     /// under the lock together with starting a new journal, and written out without it.
     pub fn compact_if_needed(&self) -> Result<bool, StoreError> {
-        let Some(journal) = &self.journal else {
+        let Some(journal) = self.journal() else {
             return Ok(false);
         };
         if !journal.wants_compaction() {
@@ -1077,6 +1211,75 @@ impl Store {
         journal.write_snapshot(generation, copy.iter().map(|r| r.to_entry()))?;
         Ok(true)
     }
+}
+
+/// What the etcd backend stores of a record.
+impl EtcdValue for Record {
+    fn json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.to_record_entry()).expect("a record serialises")
+    }
+
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// Refuses a creation whose record could not fit one etcd transaction (estimated from its
+/// parts, before anything changes).
+fn check_etcd_size(record: &Record) -> Result<(), StoreError> {
+    let steps: usize = record
+        .steps
+        .iter()
+        .map(|s| s.label().len() + s.target().len() + s.body().len() + 48)
+        .sum();
+    let size = record.request.len()
+        + steps
+        + record.detail.as_deref().map_or(0, str::len)
+        + record.platform.as_deref().map_or(0, str::len)
+        + 256;
+    if size > MAX_RECORD_BYTES {
+        return Err(StoreError::Unavailable(format!(
+            "request {}: its record (about {size} bytes) is larger than one etcd transaction \
+             takes ({MAX_RECORD_BYTES} bytes)",
+            record.id
+        )));
+    }
+    Ok(())
+}
+
+fn etcd_unavailable(e: crate::etcd::EtcdError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// The records of etcd `values` (their `seq`, keys and values under `<prefix>/records/`, in
+/// creation order), each keeping its `seq`; the `seq` of the next record; the region ids they
+/// share.
+fn records_of(
+    values: &[(u64, crate::etcd::KeyValue)],
+    prefix: &str,
+) -> Result<(Vec<Keyed>, u64, Regions), StoreError> {
+    let records_prefix = crate::etcd_store::records_prefix(prefix);
+    let mut regions = Regions::default();
+    let mut records = Vec::with_capacity(values.len());
+    let mut next_seq = 0;
+    for (seq, kv) in values {
+        let key = String::from_utf8_lossy(&kv.key);
+        let damaged = |why: String| {
+            StoreError::Unavailable(format!(
+                "etcd key {key} is not a record this build reads: {why}"
+            ))
+        };
+        let entry: RecordEntry =
+            serde_json::from_slice(&kv.value).map_err(|e| damaged(e.to_string()))?;
+        if key.strip_prefix(&records_prefix) != Some(&*entry.id) {
+            return Err(damaged(format!("it holds record '{}'", entry.id)));
+        }
+        let mut record = from_record_entry(entry, &mut regions);
+        record.seq = *seq;
+        next_seq = next_seq.max(seq + 1);
+        records.push((record.id.clone(), record));
+    }
+    Ok((records, next_seq, regions))
 }
 
 /// The record a journal `put` entry (or a line of an import) describes, with no runtime state;
@@ -1851,7 +2054,7 @@ mod tests {
                 s.insert(record(&format!("r{i}"), "1")).unwrap();
             }
             // force one: the bound is for real use
-            let journal = s.journal.as_ref().unwrap();
+            let journal = s.journal().unwrap();
             let generation = {
                 let _records = s.lock();
                 journal.rotate().unwrap().unwrap()
@@ -1878,7 +2081,7 @@ mod tests {
             for id in &order[..2] {
                 s.insert(record(id, "1")).unwrap();
             }
-            assert!(s.compact(s.journal.as_ref().unwrap()).unwrap());
+            assert!(s.compact(s.journal().unwrap()).unwrap());
             for id in &order[2..] {
                 s.insert(record(id, "1")).unwrap();
             }

@@ -351,3 +351,168 @@ fn an_import_is_bounded_by_max_requests_at_the_bound_and_one_past_it() {
         stderr(&out)
     );
 }
+
+/// The configuration of `config` with `[store] kind = "etcd"` on `cluster` under `prefix`
+/// (built in code: `[store]` is parsed by the cluster branch).
+fn etcd_config(
+    config: &Path,
+    cluster: &support::etcd::Cluster,
+    prefix: &str,
+) -> mec_plugin::config::Config {
+    use mec_plugin::config::{Config, StoreConfig, StoreKind};
+    let text = std::fs::read_to_string(config).unwrap();
+    let mut config = Config::parse(&text, "regions.toml").unwrap();
+    config.store = StoreConfig {
+        kind: StoreKind::Etcd,
+        endpoints: cluster.endpoints(),
+        prefix: prefix.into(),
+        lease_ttl_s: 2,
+        advertise_url: Some("http://127.0.0.1:1/MEC/v1".into()),
+        ..StoreConfig::default()
+    };
+    config
+}
+
+fn etcd_cluster(test: &str) -> Option<support::etcd::Cluster> {
+    let cluster = support::etcd::Cluster::start(test, 1);
+    if cluster.is_none() {
+        support::skip(test, support::etcd::MISSING);
+    }
+    cluster
+}
+
+/// journal → etcd → journal: the same lines at every step, byte for byte; the store the next
+/// leader opens on the prefix lists them in the same order.
+#[test]
+fn a_deployment_moves_from_the_journal_to_etcd_and_back() {
+    let test = "a_deployment_moves_from_the_journal_to_etcd_and_back";
+    let Some(cluster) = etcd_cluster(test) else {
+        return;
+    };
+    let fake = FakeLlMec::start();
+    let dir = temp_dir("migrate-etcd");
+    let (config, state_a, before) = deployment(&fake, &dir);
+    let file = dir.join("journal.jsonl");
+    let exported = export(&config, &state_a, &file);
+    let on_etcd = etcd_config(&config, &cluster, "/t-migrate");
+    assert_eq!(mec_plugin::migrate::import(&on_etcd, &file).unwrap(), 4);
+    let from_etcd = dir.join("etcd.jsonl");
+    assert_eq!(
+        mec_plugin::migrate::export(&on_etcd, &from_etcd).unwrap(),
+        4
+    );
+    assert_eq!(std::fs::read(&from_etcd).unwrap(), exported);
+
+    let client = mec_plugin::etcd::Client::new(
+        mec_plugin::etcd_store::etcd_options(&on_etcd.store, std::time::Duration::from_secs(2))
+            .unwrap(),
+    )
+    .unwrap();
+    let read = mec_plugin::store::Store::read_etcd(&client, "/t-migrate").unwrap();
+    let ids: Vec<String> = read.list(None).iter().map(|r| r.id.to_string()).collect();
+    let expected: Vec<String> = before.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(ids, expected, "creation order");
+
+    let state_b = dir.join("state-b");
+    let out = run(
+        &config,
+        &state_b,
+        &["--import-state", from_etcd.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(export(&config, &state_b, &dir.join("back.jsonl")), exported);
+}
+
+/// An import into etcd refuses a prefix with records (exit 2), a prefix with a leader key
+/// (instances running, exit 1) and a bad line, writing nothing.
+#[test]
+fn an_import_into_etcd_refuses_records_a_leader_and_bad_lines_writing_nothing() {
+    let test = "an_import_into_etcd_refuses_records_a_leader_and_bad_lines_writing_nothing";
+    let Some(cluster) = etcd_cluster(test) else {
+        return;
+    };
+    let fake = FakeLlMec::start();
+    let dir = temp_dir("migrate-etcd-refused");
+    let (config, state_a, _) = deployment(&fake, &dir);
+    let file = dir.join("all.jsonl");
+    let exported = String::from_utf8(export(&config, &state_a, &file)).unwrap();
+    let client = mec_plugin::etcd::Client::new(mec_plugin::etcd::Options {
+        endpoints: cluster.endpoints(),
+        ca_pem: None,
+        user: None,
+        password: None,
+        timeout: std::time::Duration::from_secs(2),
+    })
+    .unwrap();
+    let count = |prefix: &str| {
+        client
+            .range(&mec_plugin::etcd::Range::prefix(format!(
+                "{prefix}/records/"
+            )))
+            .unwrap()
+            .count
+    };
+
+    let full = etcd_config(&config, &cluster, "/t-full");
+    mec_plugin::migrate::import(&full, &file).unwrap();
+    let e = mec_plugin::migrate::import(&full, &file).unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    assert!(
+        e.to_string().contains("/t-full already holds 4 record(s)"),
+        "{e}"
+    );
+    assert_eq!(count("/t-full"), 4);
+
+    let running = etcd_config(&config, &cluster, "/t-running");
+    client
+        .put(b"/t-running/leader", b"http://10.0.0.1:8080/MEC/v1", 0)
+        .unwrap();
+    let e = mec_plugin::migrate::import(&running, &file).unwrap_err();
+    assert_eq!(e.exit_code(), 1, "{e}");
+    let why = e.to_string();
+    assert!(
+        why.contains("instances are running") && why.contains("http://10.0.0.1:8080"),
+        "{why}"
+    );
+    assert_eq!(count("/t-running"), 0);
+
+    let mut lines: Vec<&str> = exported.lines().collect();
+    lines[3] = "{\"id\": \"half";
+    let bad = dir.join("bad.jsonl");
+    std::fs::write(&bad, lines.join("\n")).unwrap();
+    let empty = etcd_config(&config, &cluster, "/t-bad");
+    let e = mec_plugin::migrate::import(&empty, &bad).unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    assert!(e.to_string().contains("line 4"), "{e}");
+    assert_eq!(count("/t-bad"), 0);
+}
+
+/// More records than one etcd transaction takes, and than one page of a read: imported in
+/// several transactions and exported back in order.
+#[test]
+fn a_large_import_into_etcd_is_written_in_bounded_transactions_in_order() {
+    let test = "a_large_import_into_etcd_is_written_in_bounded_transactions_in_order";
+    let Some(cluster) = etcd_cluster(test) else {
+        return;
+    };
+    let dir = temp_dir("migrate-etcd-large");
+    let config = dir.join("regions.toml");
+    std::fs::write(&config, config_text("http://127.0.0.1:1")).unwrap();
+    // Ids in reverse key order, all created in the same millisecond.
+    let text: String = (0..1200)
+        .map(|n| {
+            format!(
+                "{{\"id\":\"r{:04}\",\"region\":\"2\",\"request\":{{\"n\":{n}}},\"steps\":[],\
+                 \"applied\":0,\"status\":\"created\",\"created\":1,\"modified\":1}}\n",
+                9999 - n
+            )
+        })
+        .collect();
+    let file = dir.join("many.jsonl");
+    std::fs::write(&file, &text).unwrap();
+    let on_etcd = etcd_config(&config, &cluster, "/t-large");
+    assert_eq!(mec_plugin::migrate::import(&on_etcd, &file).unwrap(), 1200);
+    let out = dir.join("out.jsonl");
+    assert_eq!(mec_plugin::migrate::export(&on_etcd, &out).unwrap(), 1200);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+}

@@ -389,6 +389,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::ExpectationFailed { expect: s() },
         ApiError::VersionNotSupported,
         ApiError::TooManyConnections { limit: 1 },
+        ApiError::Unavailable { detail: s() },
     ]
 }
 
@@ -421,6 +422,7 @@ fn variant(e: &ApiError) -> usize {
         ApiError::ExpectationFailed { .. } => 22,
         ApiError::VersionNotSupported => 23,
         ApiError::TooManyConnections { .. } => 24,
+        ApiError::Unavailable { .. } => 25,
     }
 }
 
@@ -430,7 +432,7 @@ fn every_documented_status_is_one_the_api_produces_and_every_error_is_documented
     let listed: BTreeSet<usize> = errors.iter().map(variant).collect();
     assert_eq!(
         listed,
-        (0..25).collect(),
+        (0..26).collect(),
         "every ApiError variant is listed"
     );
     let error_codes: BTreeSet<u16> = errors.iter().map(ApiError::status).collect();

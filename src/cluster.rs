@@ -1,0 +1,468 @@
+//! Several instances on one etcd store (`[store] kind = "etcd"`): the election, and the
+//! leader's [`Service`] of each term it leads (recovered, with its reconciler), published for
+//! the API while the term lasts; a follower's linearizable reads and its forwarding of changes
+//! to the leader.
+//!
+//! A term-watcher thread (`cluster-terms`) follows the [`Election`]: when this instance leads
+//! with term T it opens the store of T ([`Store::open_etcd`], every write fenced on T), builds a
+//! `Service` over the configured regions' drivers (built once, shared by every term) and one
+//! long-lived [`Metrics`], runs [`reconciler::recover`] exactly as a journal start does, starts
+//! that term's [`Reconciler`] and publishes the service. When the term ends (lease lapsed,
+//! deposed, etcd cut off) it unpublishes it and stops its reconciler; requests still in flight
+//! keep their `Arc<Service>`, whose fenced store refuses their writes and whose
+//! [`Service::call`] no longer calls platforms.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use ureq::Agent;
+use ureq::http;
+use ureq::unversioned::transport::DefaultConnector;
+
+use crate::config::{Config, StoreConfig};
+use crate::error::ApiError;
+use crate::etcd::Client;
+use crate::http::{FORWARDED, JSON, PROBLEM_JSON, Request, Response};
+use crate::leader::{self, Election, Role, Settings, Term};
+use crate::mep::{self, agent};
+use crate::metrics::{Gauges, Metrics};
+use crate::reconciler::{self, Reconciler};
+use crate::retry::RetryPolicy;
+use crate::service::{Region, Service};
+use crate::store::{Fence, Store, StoreError};
+use crate::util::{lock, redact};
+
+/// How often the term watcher looks at the election when nothing wakes it.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// Pause before opening a term's store again after a failure (etcd unreachable).
+const RETRY_OPEN: Duration = Duration::from_millis(250);
+
+/// The largest answer relayed from the leader.
+const MAX_FORWARDED_ANSWER: u64 = 64 << 20;
+
+/// The instances' part on this one: election, published service, forwarding.
+pub struct Cluster {
+    shared: Arc<Shared>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+/// The leader's service of one term, while it is published.
+struct Leading {
+    term: Term,
+    service: Arc<Service>,
+    reconciler: Reconciler,
+}
+
+struct Shared {
+    client: Arc<Client>,
+    advertise_url: String,
+    election: Arc<Election>,
+    prefix: String,
+    regions: Vec<Region>,
+    metrics: Arc<Metrics>,
+    retry: RetryPolicy,
+    max_requests: usize,
+    started: Instant,
+    current: Mutex<Option<Leading>>,
+    stop: AtomicBool,
+    /// Forwards changes to the leader's `advertise_url`.
+    forward: Agent,
+}
+
+/// The bound on one etcd call of this instance.
+pub fn etcd_timeout(store: &StoreConfig) -> Duration {
+    // Well inside the lease, so that a leader learns in time that it cannot renew: a fifth of
+    // it, between 200 ms and 2 s.
+    Duration::from_millis((store.lease_ttl_s * 1000 / 5).clamp(200, 2000))
+}
+
+impl Cluster {
+    /// Connects to etcd (lazily: nothing is sent yet), starts campaigning and the term
+    /// watcher. `Err` names what in `[store]` cannot be used.
+    pub fn start(config: &Config) -> Result<Cluster, String> {
+        let store = &config.store;
+        let options = crate::etcd_store::etcd_options(store, etcd_timeout(store))?;
+        let client = Arc::new(Client::new(options)?);
+        let advertise_url = store
+            .advertise_url
+            .clone()
+            .ok_or("[store] advertise_url is required with kind = \"etcd\"")?;
+        let settings = Settings {
+            prefix: store.prefix.clone(),
+            lease_ttl_s: store.lease_ttl_s,
+            advertise_url,
+        };
+        let election = Arc::new(Election::start(client.clone(), &settings));
+        let advertise_url = settings.advertise_url;
+        let regions = config
+            .regions
+            .iter()
+            .map(|r| Region {
+                config: r.clone(),
+                driver: mep::build(&r.id, &r.mep),
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            client,
+            advertise_url,
+            election,
+            prefix: store.prefix.clone(),
+            regions,
+            metrics: Arc::new(Metrics::default()),
+            retry: config.server.retry,
+            max_requests: config.server.max_requests,
+            started: Instant::now(),
+            current: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            forward: forwarding_agent(config),
+        });
+        let watcher = {
+            let shared = shared.clone();
+            thread::Builder::new()
+                .name("cluster-terms".into())
+                .spawn(move || watch(&shared))
+                .map_err(|e| format!("cannot start the term watcher thread: {e}"))?
+        };
+        Ok(Cluster {
+            shared,
+            watcher: Some(watcher),
+        })
+    }
+
+    /// This instance's role now (a leader whose lease may have lapsed is `Unknown`).
+    pub fn role(&self) -> Role {
+        self.shared.election.role()
+    }
+
+    /// Waits up to `timeout` for a known role: leading with its service published, or
+    /// following a known leader. Whether it has one.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.role() {
+                Role::Follower { .. } => return true,
+                Role::Leader if self.leader_service().is_some() => return true,
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            thread::sleep((deadline - now).min(Duration::from_millis(20)));
+        }
+    }
+
+    /// The leader's service of the current term, once recovered and published; `None` when
+    /// this instance does not lead (or its term just ended).
+    pub fn leader_service(&self) -> Option<Arc<Service>> {
+        let term = self.shared.election.term()?;
+        let current = lock(&self.shared.current);
+        current
+            .as_ref()
+            .filter(|leading| leading.term == term)
+            .map(|leading| leading.service.clone())
+    }
+
+    /// This instance's `advertise_url`.
+    pub fn advertise_url(&self) -> &str {
+        &self.shared.advertise_url
+    }
+
+    /// The configured regions in a service without records (regions and OpenAPI answers).
+    pub fn regions(&self) -> Service {
+        Service::with_store(
+            self.shared.region_copies(),
+            Store::in_memory(),
+            self.shared.retry,
+        )
+    }
+
+    /// The metrics shared by every term.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The records now, read from etcd (linearizable) into a service over the configured
+    /// regions that calls no platform: a follower's reads.
+    pub fn read(&self) -> Result<Service, ApiError> {
+        let store = Store::read_etcd(&self.shared.client, &self.shared.prefix)
+            .map_err(|e| self.store_error(e))?;
+        Ok(Service::with_store(
+            self.shared.region_copies(),
+            store,
+            self.shared.retry,
+        ))
+    }
+
+    /// Counts `e` and gives the API's answer to it (503 + `Retry-After` when etcd cannot be
+    /// read).
+    pub fn store_error(&self, e: StoreError) -> ApiError {
+        self.shared.metrics.store_error();
+        warn!("etcd store: {e}");
+        ApiError::Unavailable {
+            detail: e.to_string(),
+        }
+    }
+
+    /// Whether etcd answers now: known from the election while it has a role, else probed.
+    pub fn etcd_reachable(&self) -> bool {
+        if self.role() != Role::Unknown {
+            return true;
+        }
+        let key = leader::leader_key(&self.shared.prefix);
+        match self.shared.client.get(&key) {
+            Ok(_) => true,
+            Err(_) => {
+                self.shared.metrics.store_error();
+                false
+            }
+        }
+    }
+
+    /// The gauges of `/metrics`: the leader's records when this instance leads, else none.
+    pub fn gauges(&self) -> Gauges {
+        let mut gauges = match self.leader_service() {
+            Some(service) => service.gauges(),
+            None => Gauges {
+                state_writable: false,
+                ..Gauges::default()
+            },
+        };
+        gauges.uptime_seconds = self.shared.started.elapsed().as_secs_f64();
+        gauges.leader = Some(self.role() == Role::Leader);
+        gauges
+    }
+
+    /// Sends `request` to the leader at `leader_url` (its `advertise_url`) with the same
+    /// method, path, query, body, `Authorization` and `Content-Type`, marked
+    /// `X-Mec-Plugin-Forwarded: 1`, and gives its answer unchanged: status, `Content-Type`,
+    /// `Location`, `Retry-After` and body.
+    pub fn forward(&self, request: &Request, leader_url: &str) -> Result<Response, ApiError> {
+        let path = request.path();
+        let target = match request.query() {
+            Some(query) => format!("{}{path}?{query}", leader_url.trim_end_matches('/')),
+            None => format!("{}{path}", leader_url.trim_end_matches('/')),
+        };
+        let shown = redact(leader_url);
+        let unavailable = |why: String| ApiError::Unavailable {
+            detail: format!("the leader at {shown} {why}"),
+        };
+        let mut builder = http::Request::builder()
+            .method(request.method.as_str())
+            .uri(&target)
+            .header(FORWARDED, "1");
+        if let Some(authorization) = &request.authorization {
+            builder = builder.header("authorization", authorization.as_str());
+        }
+        if let Some(content_type) = &request.content_type {
+            builder = builder.header("content-type", content_type.as_str());
+        }
+        let sent = if request.body.is_empty() {
+            builder.body(()).map(|r| self.shared.forward.run(r))
+        } else {
+            builder
+                .body(request.body.clone())
+                .map(|r| self.shared.forward.run(r))
+        };
+        let sent = sent.map_err(|e| unavailable(format!("cannot be sent this request: {e}")))?;
+        let mut answer = sent.map_err(|e| {
+            if never_sent(&e) {
+                unavailable(format!("cannot be reached ({e}); nothing was sent"))
+            } else {
+                unavailable(format!(
+                    "did not answer ({e}); the change may or may not have been made: read the \
+                     requests before retrying"
+                ))
+            }
+        })?;
+        relay(&mut answer).map_err(|e| unavailable(format!("answered unreadably ({e})")))
+    }
+
+    /// Stops the term watcher and this term's reconciler; the lease is revoked (the leader key
+    /// goes, another instance takes over at once) when the last holder of the election goes.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.join();
+        }
+        self.shared.unpublish();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Whether a forwarding failed before the leader could have received the request (no
+/// connection), so that the change was certainly not made.
+fn never_sent(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+        ),
+        _ => false,
+    }
+}
+
+/// The leader's answer as this instance's: status, `Content-Type` (the API's two JSON types),
+/// `Location`, `Retry-After` and body.
+fn relay(answer: &mut http::Response<ureq::Body>) -> Result<Response, String> {
+    let header = |name: &str| {
+        answer
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let content_type = match header("content-type").as_deref() {
+        Some(JSON) => JSON,
+        Some(PROBLEM_JSON) => PROBLEM_JSON,
+        None => JSON,
+        Some(other) => return Err(format!("an unexpected Content-Type '{other}'")),
+    };
+    let (location, retry_after) = (header("location"), header("retry-after"));
+    let status = answer.status().as_u16();
+    let body = answer
+        .body_mut()
+        .with_config()
+        .limit(MAX_FORWARDED_ANSWER)
+        .read_to_vec()
+        .map_err(|e| e.to_string())?;
+    let mut response = Response {
+        status,
+        content_type,
+        headers: Vec::new(),
+        body,
+        stream: None,
+    };
+    if let Some(location) = location {
+        response = response.with_header("Location", location);
+    }
+    if let Some(retry_after) = retry_after {
+        response = response.with_header("Retry-After", retry_after);
+    }
+    Ok(response)
+}
+
+/// The agent that forwards changes: `https://` leaders are verified against the certificates
+/// of `[server] tls_cert` (the instances' own chain: put the CA that signed them there), else
+/// the public roots. Its bound is generous enough for a leader's platform calls: the longest
+/// region's `timeout_ms` times its `max_calls` (capped), polls included, at least 30 s.
+fn forwarding_agent(config: &Config) -> Agent {
+    let ca = config
+        .server
+        .tls
+        .as_ref()
+        .map(|tls| tls.cert_pem.as_slice());
+    let (tls, _) = agent::tls_trusting(ca);
+    let longest = config
+        .regions
+        .iter()
+        .map(|r| {
+            let calls = r.mep.max_calls.min(8) as u32;
+            r.mep.timeout * calls * 2 + r.mep.poll_interval * r.mep.poll_attempts
+        })
+        .max()
+        .unwrap_or_default();
+    let timeout = longest.clamp(Duration::from_secs(30), Duration::from_secs(600));
+    let config = agent::outbound_config(tls, timeout, 8, 32);
+    Agent::with_parts(config, DefaultConnector::default(), agent::LiteralResolver)
+}
+
+impl Shared {
+    fn region_copies(&self) -> Vec<Region> {
+        self.regions
+            .iter()
+            .map(|r| Region {
+                config: r.config.clone(),
+                driver: r.driver.clone(),
+            })
+            .collect()
+    }
+
+    fn published_term(&self) -> Option<Term> {
+        lock(&self.current).as_ref().map(|leading| leading.term)
+    }
+
+    /// Unpublishes the service of the term that ended and stops its reconciler (outside the
+    /// lock: it may be finishing a platform call).
+    fn unpublish(&self) {
+        let ended = lock(&self.current).take();
+        if let Some(leading) = ended {
+            info!(
+                "term of lease {:x} over: its reconciler stops and its service is no longer \
+                 published",
+                leading.term.lease
+            );
+            leading.reconciler.stop();
+        }
+    }
+
+    /// Opens the store of `term`, recovers it and publishes its service.
+    fn lead(&self, term: Term) -> Result<(), String> {
+        let started = Instant::now();
+        let fence = Fence {
+            election: self.election.clone(),
+            term,
+        };
+        let store = Store::open_etcd(self.client.clone(), &self.prefix, fence)
+            .map_err(|e| format!("cannot open the store: {e}"))?;
+        let records = store.len();
+        let service = Service::with_store(self.region_copies(), store, self.retry)
+            .limit_requests(self.max_requests)
+            .with_metrics(self.metrics.clone());
+        reconciler::recover(&service).map_err(|e| format!("cannot recover: {e}"))?;
+        let service = Arc::new(service);
+        let reconciler = Reconciler::start(service.clone())
+            .map_err(|e| format!("cannot start the reconciler: {e}"))?;
+        info!(
+            "leading with lease {:x}: {records} record(s) loaded and recovered in {} ms",
+            term.lease,
+            started.elapsed().as_millis()
+        );
+        *lock(&self.current) = Some(Leading {
+            term,
+            service,
+            reconciler,
+        });
+        Ok(())
+    }
+}
+
+/// The term watcher: publishes the service of each term this instance leads, unpublishes it
+/// when the term ends.
+fn watch(shared: &Shared) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        let term = shared.election.term();
+        let published = shared.published_term();
+        if term != published {
+            if published.is_some() {
+                shared.unpublish();
+            }
+            if let Some(term) = term {
+                if let Err(e) = shared.lead(term) {
+                    shared.metrics.store_error();
+                    error!("leading with lease {:x}: {e}; trying again", term.lease);
+                    thread::sleep(RETRY_OPEN);
+                    continue;
+                }
+            }
+        }
+        let leading = shared.published_term().is_some();
+        shared
+            .election
+            .wait_for(WATCH_EVERY, |role| (*role == Role::Leader) != leading);
+    }
+}

@@ -1,0 +1,934 @@
+//! The etcd backend of the store (issue 15; the store depends on it, not the reverse): the leader's records under `<prefix>/records/<id>`,
+//! committed by one writer thread in transactions fenced on the leader's term; a prefix read at
+//! one revision in creation order; the migration's import into an empty prefix; the etcd client
+//! options of `[store]`.
+//!
+//! - A key's value is the whole record: its journal `put` entry's JSON (`RecordEntry`) with
+//!   one more field first, `seq`, its place in the creation order, given when it is created
+//!   and never changed (a store loaded from etcd keeps the records' `seq` and numbers its new
+//!   ones after the largest). A creation or update puts the whole record (idempotent), a
+//!   removal deletes the key. Creation order = `seq` (records created in one transaction share
+//!   their create revision; the create revision breaks ties only among values without one).
+//! - Under the records lock the store only queues a change (a pointer to the record) and gets
+//!   a sequence number; the caller waits for it without the lock. The writer takes every
+//!   queued change, in order, into one transaction (the last change of a key wins: etcd refuses
+//!   a key twice in one transaction), at most [`MAX_TXN_OPS`] operations and [`MAX_TXN_BYTES`]
+//!   of keys and values, fenced on the captured term ([`crate::leader::fence`]).
+//! - Each transaction also compares and sets `<prefix>/writer`, a tag naming the store and the
+//!   batch: a transaction whose outcome was unknown (timeout, no quorum) is retried as is and
+//!   commits at most once (a retry that finds its own tag knows the first attempt landed), and a
+//!   late duplicate of an old attempt can never overwrite a newer batch.
+//! - Transient errors are retried while the term is valid; once the term lapses or the fence
+//!   fails (deposed), the writer stops for good: every waiting and later change gets
+//!   the store's `StoreError::Unavailable`, and `Store::failure` says why. A transaction etcd
+//!   refuses outright fails the changes of that batch only, as a journal's failed write does.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use serde::Deserialize;
+
+use crate::config::StoreConfig;
+use crate::etcd::{
+    Client, Cmp, Compare, EtcdError, KeyValue, Op, OpResponse, Options, Range, Target, Txn,
+    TxnResponse, prefix_end,
+};
+use crate::leader::{Election, Term, fence, leader_key};
+use crate::util::{lock, new_uuid, wait};
+
+/// What the writer stores under a record's key: the store's records implement it (this module
+/// does not depend on the store).
+pub(crate) trait Value: Send + Sync {
+    /// The record's JSON (its journal `put` entry's content).
+    fn json(&self) -> Vec<u8>;
+    /// Its place in the creation order, given at its creation and never changed.
+    fn seq(&self) -> u64;
+}
+
+/// etcd's default `--max-txn-ops`: operations (and comparisons) of one transaction.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// Bound on the keys and values of one transaction: well under etcd's default
+/// `--max-request-bytes` (1.5 MiB), so that a batch is never refused for its size.
+pub const MAX_TXN_BYTES: usize = 1 << 20;
+
+/// The largest record (estimated from its parts) a creation may write: one fits a transaction
+/// alone.
+pub const MAX_RECORD_BYTES: usize = MAX_TXN_BYTES - (64 << 10);
+
+/// Keys read per page of a prefix.
+const PAGE: i64 = 500;
+
+/// First and longest pause between two attempts of a transaction.
+const RETRY_FIRST: Duration = Duration::from_millis(20);
+const RETRY_MAX: Duration = Duration::from_millis(500);
+
+/// Refused batches remembered for their waiters.
+const REFUSED_KEPT: usize = 256;
+
+/// Attempts of one transaction of an import (transient errors).
+const IMPORT_ATTEMPTS: u32 = 5;
+
+/// `<prefix>/records/`.
+pub fn records_prefix(prefix: &str) -> String {
+    format!("{}/records/", prefix.trim_end_matches('/'))
+}
+
+/// `<prefix>/writer`: the tag of the last batch the leader's writer committed.
+pub fn writer_key(prefix: &str) -> Vec<u8> {
+    format!("{}/writer", prefix.trim_end_matches('/')).into_bytes()
+}
+
+fn record_key(records_prefix: &str, id: &str) -> Vec<u8> {
+    format!("{records_prefix}{id}").into_bytes()
+}
+
+/// The etcd client options of `[store]`, each call bounded by `timeout`: reads `ca_file` (PEM)
+/// and `password_file` (its first line); errors name the file.
+pub fn etcd_options(store: &StoreConfig, timeout: Duration) -> Result<Options, String> {
+    if store.endpoints.is_empty() {
+        return Err("[store] endpoints: no etcd endpoint given".into());
+    }
+    let ca_pem = match &store.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("[store] ca_file {}: cannot read it: {e}", path.display()))?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(format!(
+                    "[store] ca_file {}: no PEM certificate in it",
+                    path.display()
+                ));
+            }
+            Some(pem)
+        }
+        None => None,
+    };
+    let password = match &store.password_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "[store] password_file {}: cannot read it: {e}",
+                    path.display()
+                )
+            })?;
+            let password = text.lines().next().unwrap_or("").to_string();
+            if password.is_empty() {
+                return Err(format!(
+                    "[store] password_file {}: its first line is empty",
+                    path.display()
+                ));
+            }
+            Some(password)
+        }
+        None => None,
+    };
+    if store.user.is_some() != password.is_some() {
+        return Err("[store] user and password_file go together".into());
+    }
+    Ok(Options {
+        endpoints: store.endpoints.clone(),
+        ca_pem,
+        user: store.user.clone(),
+        password,
+        timeout,
+    })
+}
+
+/// A record's value in etcd: its JSON object (a record entry's, never empty) with `seq` first.
+fn with_seq(json: &[u8], seq: u64) -> Vec<u8> {
+    debug_assert!(json.starts_with(b"{\"id\":"));
+    let mut value = Vec::with_capacity(json.len() + 24);
+    value.extend_from_slice(format!("{{\"seq\":{seq},").as_bytes());
+    value.extend_from_slice(&json[1..]);
+    value
+}
+
+/// A value's `seq` (0 when absent: written by something else than this module).
+fn seq_of(value: &[u8]) -> u64 {
+    #[derive(Deserialize)]
+    struct Seq {
+        #[serde(default)]
+        seq: u64,
+    }
+    serde_json::from_slice::<Seq>(value).map_or(0, |s| s.seq)
+}
+
+/// What [`load`] read, all at one revision.
+pub(crate) struct Loaded {
+    pub revision: i64,
+    /// The records' `seq` and keys and values, in creation order.
+    pub records: Vec<(u64, KeyValue)>,
+    pub leader: Option<KeyValue>,
+    /// The writer tag (see [`writer_key`]).
+    pub writer: Option<Vec<u8>>,
+}
+
+/// Reads the leader key, the writer tag and every record of `prefix` at one revision
+/// (linearizable), the records page by page, sorted into creation order.
+pub(crate) fn load(client: &Client, prefix: &str) -> Result<Loaded, EtcdError> {
+    let started = Instant::now();
+    let heads = Txn::new()
+        .then(Op::Range(Range::key(leader_key(prefix))))
+        .then(Op::Range(Range::key(writer_key(prefix))));
+    let answer = client.txn(&heads)?;
+    let revision = answer.revision;
+    let mut read = answer.responses.into_iter().map(|r| match r {
+        OpResponse::Range(range) => range.kvs.into_iter().next(),
+        _ => None,
+    });
+    let leader = read.next().flatten();
+    let writer = read.next().flatten().map(|kv| kv.value);
+    let records_prefix = records_prefix(prefix);
+    let end = prefix_end(records_prefix.as_bytes());
+    let mut from = records_prefix.into_bytes();
+    let mut records = Vec::new();
+    loop {
+        let range = Range::between(from.clone(), end.clone())
+            .limit(PAGE)
+            .at(revision);
+        let page = client.range(&range)?;
+        if let Some(last) = page.kvs.last() {
+            from = last.key.clone();
+            from.push(0);
+        }
+        let more = page.more && !page.kvs.is_empty();
+        records.extend(page.kvs);
+        if !more {
+            break;
+        }
+    }
+    let mut ordered: Vec<(u64, KeyValue)> = records
+        .into_iter()
+        .map(|kv| (seq_of(&kv.value), kv))
+        .collect();
+    ordered.sort_unstable_by(|(a, x), (b, y)| {
+        (a, x.create_revision, &x.key).cmp(&(b, y.create_revision, &y.key))
+    });
+    debug!(
+        "etcd store: {} record(s) of {prefix} read at revision {revision} in {} ms",
+        ordered.len(),
+        started.elapsed().as_millis()
+    );
+    Ok(Loaded {
+        revision,
+        records: ordered,
+        leader,
+        writer,
+    })
+}
+
+/// One queued change: the record as it is now, or `None` for a removal.
+struct Queued {
+    seq: u64,
+    id: Arc<str>,
+    record: Option<Arc<dyn Value>>,
+    /// Its operation and size, once built (a change that did not fit the last batch).
+    built: Option<(Op, usize)>,
+}
+
+impl Queued {
+    fn build(&mut self, records_prefix: &str) -> (Op, usize) {
+        if let Some(built) = self.built.take() {
+            return built;
+        }
+        let key = record_key(records_prefix, &self.id);
+        match &self.record {
+            Some(record) => {
+                let value = with_seq(&record.json(), record.seq());
+                let size = key.len() + value.len();
+                (Op::put(key, value), size)
+            }
+            None => {
+                let size = key.len();
+                (Op::delete(key), size)
+            }
+        }
+    }
+}
+
+/// The state the store's callers and the writer thread share.
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    /// The sequence number of the last change queued.
+    enqueued: u64,
+    /// Every change up to this one was committed or refused.
+    done: u64,
+    /// Refused batches (first and last sequence number) and why, newest last.
+    refused: VecDeque<(u64, u64, String)>,
+    /// Why the writer stopped for good.
+    failed: Option<String>,
+    /// The store was dropped.
+    closed: bool,
+}
+
+struct Shared {
+    client: Arc<Client>,
+    election: Arc<Election>,
+    term: Term,
+    leader_key: Vec<u8>,
+    records_prefix: String,
+    state: Mutex<State>,
+    /// The writer waits here for changes.
+    queued: Condvar,
+    /// Callers wait here for their changes.
+    done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Why the term is no longer valid, if it is not.
+    fn term_over(&self) -> Option<String> {
+        match self.election.term() {
+            Some(term) if term == self.term => None,
+            _ => Some(format!(
+                "this instance's term as leader is over (lease {:x}, leader key revision {})",
+                self.term.lease, self.term.create_revision
+            )),
+        }
+    }
+
+    /// Stops the writer for good (the first reason stays).
+    fn fail(&self, reason: String) {
+        let mut state = self.lock();
+        if state.failed.is_none() {
+            warn!("the etcd store stops: {reason}");
+            state.failed = Some(reason);
+        }
+        self.done.notify_all();
+        self.queued.notify_all();
+    }
+
+    /// Moves every queued change to `carry`, waiting for one if there is none; false once the
+    /// writer is to stop.
+    fn take(&self, carry: &mut VecDeque<Queued>) -> bool {
+        let mut state = self.lock();
+        loop {
+            if state.failed.is_some() || state.closed {
+                return false;
+            }
+            if !state.queue.is_empty() || !carry.is_empty() {
+                carry.extend(state.queue.drain(..));
+                return true;
+            }
+            state = wait(&self.queued, state);
+        }
+    }
+
+    /// The changes up to `last` are done: committed, or refused for `refused`.
+    fn finish(&self, first: u64, last: u64, refused: Option<String>) {
+        let mut state = self.lock();
+        if let Some(reason) = refused {
+            if state.refused.len() == REFUSED_KEPT {
+                state.refused.pop_front();
+            }
+            state.refused.push_back((first, last, reason));
+        }
+        state.done = last;
+        self.done.notify_all();
+    }
+}
+
+/// The etcd backend of one store: its queue and its writer thread.
+pub(crate) struct EtcdWriter {
+    shared: Arc<Shared>,
+}
+
+impl EtcdWriter {
+    /// Starts the writer of `prefix` for `election`'s `term`; `writer_tag` is the tag the
+    /// prefix holds now (see [`writer_key`]).
+    pub(crate) fn start(
+        client: Arc<Client>,
+        prefix: &str,
+        (election, term): (Arc<Election>, Term),
+        writer_tag: Option<Vec<u8>>,
+    ) -> EtcdWriter {
+        let marker = Marker {
+            key: writer_key(prefix),
+            expected: writer_tag,
+            tag_prefix: format!("{}:{}:", term.create_revision, new_uuid()),
+            batch: 0,
+        };
+        let shared = Arc::new(Shared {
+            client,
+            leader_key: leader_key(prefix),
+            records_prefix: records_prefix(prefix),
+            election,
+            term,
+            state: Mutex::default(),
+            queued: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let thread_shared = shared.clone();
+        // Not joined: a stopped store's writer ends after its current call.
+        std::thread::Builder::new()
+            .name("etcd-store".into())
+            .spawn(move || run(&thread_shared, marker))
+            .expect("spawning the etcd-store thread");
+        EtcdWriter { shared }
+    }
+
+    /// Queues the change of record `id` (its value now, or `None` for a removal) under the
+    /// records lock: no call, no serialisation. Returns the sequence number to
+    /// [`wait`](EtcdWriter::wait) for, or why the writer stopped.
+    pub(crate) fn enqueue(
+        &self,
+        id: Arc<str>,
+        record: Option<Arc<dyn Value>>,
+    ) -> Result<u64, String> {
+        if let Some(reason) = self.shared.term_over() {
+            self.shared.fail(reason);
+        }
+        let mut state = self.shared.lock();
+        if let Some(reason) = &state.failed {
+            return Err(reason.clone());
+        }
+        state.enqueued += 1;
+        let seq = state.enqueued;
+        state.queue.push_back(Queued {
+            seq,
+            id,
+            record,
+            built: None,
+        });
+        self.shared.queued.notify_one();
+        Ok(seq)
+    }
+
+    /// Returns once change `seq` is committed in etcd; why not if it was refused or the writer
+    /// stopped before it was.
+    pub(crate) fn wait(&self, seq: u64) -> Result<(), String> {
+        let mut state = self.shared.lock();
+        loop {
+            if state.done >= seq {
+                let refused = state
+                    .refused
+                    .iter()
+                    .find(|(first, last, _)| (*first..=*last).contains(&seq));
+                return match refused {
+                    Some((_, _, reason)) => Err(reason.clone()),
+                    None => Ok(()),
+                };
+            }
+            if let Some(reason) = &state.failed {
+                return Err(reason.clone());
+            }
+            state = wait(&self.shared.done, state);
+        }
+    }
+
+    /// Why the writer stopped for good, if it did (a term found over stops it now).
+    pub(crate) fn failure(&self) -> Option<String> {
+        if let Some(reason) = self.shared.term_over() {
+            self.shared.fail(reason);
+        }
+        self.shared.lock().failed.clone()
+    }
+}
+
+impl Drop for EtcdWriter {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.queued.notify_all();
+    }
+}
+
+/// The writer tag: what `<prefix>/writer` holds now, and how the next batch's tag is named.
+struct Marker {
+    key: Vec<u8>,
+    expected: Option<Vec<u8>>,
+    /// `<term's revision>:<a uuid of this store>:`.
+    tag_prefix: String,
+    batch: u64,
+}
+
+impl Marker {
+    fn compare(&self) -> Compare {
+        match &self.expected {
+            None => Compare::absent(self.key.clone()),
+            Some(tag) => Compare::new(self.key.clone(), Cmp::Equal, Target::Value(tag.clone())),
+        }
+    }
+
+    fn next_tag(&self) -> Vec<u8> {
+        format!("{}{}", self.tag_prefix, self.batch + 1).into_bytes()
+    }
+}
+
+/// One transaction's worth of changes.
+struct Batch {
+    ops: Vec<Op>,
+    first: u64,
+    last: u64,
+}
+
+/// Takes changes from the front of `carry` into one batch: the last change of a key wins, at
+/// most [`MAX_TXN_OPS`] − 1 keys (one operation is the writer tag's) and [`MAX_TXN_BYTES`]
+/// (a larger change goes alone).
+fn next_batch(carry: &mut VecDeque<Queued>, records_prefix: &str) -> Batch {
+    let mut ops: Vec<Op> = Vec::new();
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut slots: HashMap<Arc<str>, usize> = HashMap::new();
+    let mut bytes = 0;
+    let mut batch = Batch {
+        ops: Vec::new(),
+        first: carry.front().map_or(0, |q| q.seq),
+        last: 0,
+    };
+    while let Some(queued) = carry.front_mut() {
+        let (op, size) = queued.build(records_prefix);
+        let slot = slots.get(&queued.id).copied();
+        let after = bytes + size - slot.map_or(0, |i| sizes[i]);
+        let no_room = slot.is_none() && ops.len() + 1 >= MAX_TXN_OPS;
+        if !ops.is_empty() && (no_room || after > MAX_TXN_BYTES) {
+            queued.built = Some((op, size));
+            break;
+        }
+        match slot {
+            Some(i) => {
+                ops[i] = op;
+                sizes[i] = size;
+            }
+            None => {
+                slots.insert(queued.id.clone(), ops.len());
+                ops.push(op);
+                sizes.push(size);
+            }
+        }
+        bytes = after;
+        batch.last = queued.seq;
+        carry.pop_front();
+    }
+    batch.ops = ops;
+    batch
+}
+
+/// The writer thread: batch after batch until the store is dropped or the writer stops.
+fn run(shared: &Shared, mut marker: Marker) {
+    let mut carry = VecDeque::new();
+    while shared.take(&mut carry) {
+        let batch = next_batch(&mut carry, &shared.records_prefix);
+        let (first, last) = (batch.first, batch.last);
+        match commit(shared, batch, &mut marker) {
+            Ok(()) => shared.finish(first, last, None),
+            Err(Stop::Refused(reason)) => {
+                warn!("etcd refused a batch of changes: {reason}");
+                shared.finish(first, last, Some(reason));
+            }
+            Err(Stop::ForGood(reason)) => {
+                shared.fail(reason);
+                return;
+            }
+        }
+    }
+}
+
+/// Why a batch was not committed.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    /// etcd refused it (not applied): its changes fail, the writer goes on.
+    Refused(String),
+    /// The term is over or the store closed: nothing more is written.
+    ForGood(String),
+}
+
+/// Commits `batch` in one transaction fenced on the term and on the writer tag, retrying
+/// transient errors while the term is valid.
+fn commit(shared: &Shared, batch: Batch, marker: &mut Marker) -> Result<(), Stop> {
+    let tag = marker.next_tag();
+    let mut success = batch.ops;
+    success.push(Op::put(marker.key.clone(), tag.clone()));
+    let txn = Txn {
+        compare: vec![marker.compare()],
+        success,
+        failure: vec![Op::Range(Range::key(marker.key.clone()))],
+    };
+    let txn = fence(txn, &shared.leader_key, shared.term);
+    let mut pause = RETRY_FIRST;
+    for attempt in 0u32.. {
+        if shared.lock().closed {
+            return Err(Stop::ForGood("the store was closed".into()));
+        }
+        if let Some(reason) = shared.term_over() {
+            return Err(Stop::ForGood(reason));
+        }
+        match shared.client.txn(&txn) {
+            Ok(answer) => {
+                resolve(answer, shared.term, &tag)?;
+                marker.expected = Some(tag);
+                marker.batch += 1;
+                return Ok(());
+            }
+            Err(e) if transient(&e) => {
+                if attempt == 0 {
+                    warn!("etcd store: a commit failed, retrying while the term lasts: {e}");
+                } else {
+                    debug!("etcd store: attempt {} failed: {e}", attempt + 1);
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            Err(e) => return Err(Stop::Refused(format!("etcd refused the change: {e}"))),
+        }
+    }
+    unreachable!("the attempts are not counted out")
+}
+
+/// Whether an error may go away by itself (a retry of the same transaction is safe: see the
+/// writer tag).
+fn transient(e: &EtcdError) -> bool {
+    matches!(
+        e,
+        EtcdError::Unreachable { .. }
+            | EtcdError::NoQuorum { .. }
+            | EtcdError::Malformed { .. }
+            | EtcdError::AuthRefused { .. }
+    )
+}
+
+/// What a transaction's answer means: committed (now, or by an earlier attempt that left
+/// `tag`), or the writer must stop (deposed, or another writer in this term).
+fn resolve(answer: TxnResponse, term: Term, tag: &[u8]) -> Result<(), Stop> {
+    if answer.succeeded {
+        return Ok(());
+    }
+    let read = |i: usize| match answer.responses.get(i) {
+        Some(OpResponse::Range(range)) => range.kvs.first(),
+        _ => None,
+    };
+    match read(0) {
+        Some(kv) if kv.create_revision == term.create_revision => {}
+        _ => {
+            return Err(Stop::ForGood(
+                "deposed: the leader key is no longer this term's".into(),
+            ));
+        }
+    }
+    if read(1).is_some_and(|kv| kv.value == tag) {
+        // A timed-out attempt landed after all.
+        return Ok(());
+    }
+    Err(Stop::ForGood(
+        "another store wrote the records in this term (its writer tag changed)".into(),
+    ))
+}
+
+/// Why an import into etcd did not complete.
+#[derive(Debug)]
+pub enum ImportError {
+    /// The leader key exists: instances are running on the prefix. Nothing was written.
+    Running { leader: String },
+    /// The prefix holds records already. Nothing was written.
+    NotEmpty { records: i64 },
+    /// etcd could not be read or written; `written` records were committed before.
+    Etcd { written: usize, error: EtcdError },
+    /// An instance started, or other records appeared, while importing: `written` records
+    /// were committed before.
+    Interrupted { written: usize, reason: String },
+}
+
+/// Writes `records` (checked, unique ids; each its id and its record entry's JSON) under an
+/// empty `prefix` in their order, which becomes the creation order, in bounded transactions
+/// each guarded by "no leader key" and "none of its keys exists". Returns how many.
+pub fn import(
+    client: &Client,
+    prefix: &str,
+    records: impl IntoIterator<Item = (String, Vec<u8>)>,
+) -> Result<usize, ImportError> {
+    let etcd = |error| ImportError::Etcd { written: 0, error };
+    let leader = leader_key(prefix);
+    if let Some(kv) = client.get(&leader).map_err(etcd)? {
+        return Err(ImportError::Running {
+            leader: String::from_utf8_lossy(&kv.value).into_owned(),
+        });
+    }
+    let records_prefix = records_prefix(prefix);
+    let existing = client
+        .range(&Range::prefix(records_prefix.clone()).limit(1))
+        .map_err(etcd)?;
+    if existing.count > 0 {
+        return Err(ImportError::NotEmpty {
+            records: existing.count,
+        });
+    }
+    let mut written = 0;
+    let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut bytes = 0;
+    for (n, (id, json)) in records.into_iter().enumerate() {
+        let key = record_key(&records_prefix, &id);
+        let value = with_seq(&json, n as u64);
+        let size = key.len() + value.len();
+        // One comparison per key, and one for the leader key.
+        if !batch.is_empty() && (batch.len() + 2 > MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES) {
+            written += import_batch(client, &leader, &batch, written)?;
+            batch.clear();
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push((key, value));
+    }
+    if !batch.is_empty() {
+        written += import_batch(client, &leader, &batch, written)?;
+    }
+    debug!("imported {written} record(s) under {records_prefix}");
+    Ok(written)
+}
+
+/// Commits one transaction of an import; `written` records were before it.
+fn import_batch(
+    client: &Client,
+    leader: &[u8],
+    batch: &[(Vec<u8>, Vec<u8>)],
+    written: usize,
+) -> Result<usize, ImportError> {
+    let mut txn = Txn::new().when(Compare::absent(leader.to_vec()));
+    for (key, value) in batch {
+        txn = txn
+            .when(Compare::absent(key.clone()))
+            .then(Op::put(key.clone(), value.clone()));
+    }
+    let (first_key, first_value) = &batch[0];
+    let txn = txn
+        .otherwise(Op::Range(Range::key(leader.to_vec())))
+        .otherwise(Op::Range(Range::key(first_key.clone())));
+    let mut attempt = 0;
+    let answer = loop {
+        attempt += 1;
+        match client.txn(&txn) {
+            Ok(answer) => break answer,
+            Err(e) if transient(&e) && attempt < IMPORT_ATTEMPTS => {
+                warn!("import: a transaction failed, retrying: {e}");
+                std::thread::sleep(RETRY_MAX);
+            }
+            Err(error) => return Err(ImportError::Etcd { written, error }),
+        }
+    };
+    if answer.succeeded {
+        return Ok(batch.len());
+    }
+    let read = |i: usize| match answer.responses.get(i) {
+        Some(OpResponse::Range(range)) => range.kvs.first().cloned(),
+        _ => None,
+    };
+    if let Some(kv) = read(0) {
+        return Err(ImportError::Interrupted {
+            written,
+            reason: format!(
+                "an instance started meanwhile (the leader key is held by {})",
+                String::from_utf8_lossy(&kv.value)
+            ),
+        });
+    }
+    match read(1) {
+        // An attempt whose answer was lost had committed the whole batch.
+        Some(kv) if kv.value == *first_value => Ok(batch.len()),
+        _ => Err(ImportError::Interrupted {
+            written,
+            reason: "records appeared under the prefix meanwhile (another import?)".into(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etcd::RangeResponse;
+    use crate::mep::Step;
+    use crate::model::Status;
+    use crate::store::{Record, RecordEntry};
+
+    fn record(id: &str, body_bytes: usize) -> Arc<Record> {
+        let mut r = Record::new(
+            id.into(),
+            "1".into(),
+            Arc::from(format!(r#"{{"x":"{}"}}"#, "y".repeat(body_bytes))),
+            Status::Created,
+            Arc::from([Step::new("l", "/t", "{}")]),
+            1,
+            5,
+        );
+        r.seq = 3;
+        Arc::new(r)
+    }
+
+    fn queued(seq: u64, id: &str, record: Option<Arc<Record>>) -> Queued {
+        Queued {
+            seq,
+            id: id.into(),
+            record: record.map(|r| r as Arc<dyn Value>),
+            built: None,
+        }
+    }
+
+    fn key_of(op: &Op) -> &[u8] {
+        match op {
+            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+            Op::Range(range) => &range.key,
+        }
+    }
+
+    #[test]
+    fn a_value_is_the_record_entry_with_its_seq_first_and_reads_back() {
+        let r = record("a", 3);
+        let value = with_seq(&r.json(), r.seq());
+        let text = std::str::from_utf8(&value).unwrap();
+        assert!(
+            text.starts_with(r#"{"seq":3,"id":"a","region":"1","#),
+            "{text}"
+        );
+        assert_eq!(seq_of(&value), 3);
+        let entry: RecordEntry = serde_json::from_slice(&value).unwrap();
+        assert_eq!((&*entry.id, entry.applied, entry.created), ("a", 1, 5));
+        assert_eq!(seq_of(br#"{"id":"x"}"#), 0, "no seq: first");
+    }
+
+    #[test]
+    fn the_last_change_of_a_key_wins_in_a_batch_in_queue_order() {
+        let mut carry: VecDeque<Queued> = [
+            queued(1, "a", Some(record("a", 1))),
+            queued(2, "b", Some(record("b", 1))),
+            queued(3, "a", Some(record("a", 2))),
+            queued(4, "b", None),
+        ]
+        .into();
+        let batch = next_batch(&mut carry, "/p/records/");
+        assert!(carry.is_empty());
+        assert_eq!((batch.first, batch.last), (1, 4));
+        assert_eq!(batch.ops.len(), 2);
+        let Op::Put { key, value, .. } = &batch.ops[0] else {
+            panic!("{:?}", batch.ops[0]);
+        };
+        assert_eq!(key, b"/p/records/a");
+        assert!(std::str::from_utf8(value).unwrap().contains(r#""x":"yy""#));
+        assert_eq!(batch.ops[1], Op::delete("/p/records/b"));
+    }
+
+    #[test]
+    fn a_batch_is_bounded_in_operations_and_bytes() {
+        let mut carry: VecDeque<Queued> = (0..300)
+            .map(|n| queued(n + 1, &format!("r{n}"), Some(record(&format!("r{n}"), 10))))
+            .collect();
+        let mut sizes = Vec::new();
+        while !carry.is_empty() {
+            let batch = next_batch(&mut carry, "/p/records/");
+            sizes.push(batch.ops.len());
+        }
+        assert_eq!(
+            sizes,
+            [127, 127, 46],
+            "one operation left for the writer tag"
+        );
+        // 300 KB each: three fit 1 MiB; one larger than the bound goes alone.
+        let mut carry: VecDeque<Queued> = (0..7)
+            .map(|n| {
+                let size = if n == 3 { 1_100_000 } else { 300_000 };
+                queued(
+                    n + 1,
+                    &format!("r{n}"),
+                    Some(record(&format!("r{n}"), size)),
+                )
+            })
+            .collect();
+        let mut batches = Vec::new();
+        while !carry.is_empty() {
+            let batch = next_batch(&mut carry, "/p/records/");
+            let keys: Vec<String> = batch
+                .ops
+                .iter()
+                .map(|op| String::from_utf8_lossy(key_of(op)).into_owned())
+                .collect();
+            batches.push((keys.len(), batch.first, batch.last));
+        }
+        assert_eq!(batches, [(3, 1, 3), (1, 4, 4), (3, 5, 7)]);
+    }
+
+    fn answer(leader_revision: Option<i64>, tag: Option<&[u8]>) -> TxnResponse {
+        let range = |kv: Option<KeyValue>| {
+            OpResponse::Range(RangeResponse {
+                kvs: kv.into_iter().collect(),
+                ..RangeResponse::default()
+            })
+        };
+        let kv = |value: &[u8], create_revision| KeyValue {
+            key: Vec::new(),
+            value: value.to_vec(),
+            create_revision,
+            mod_revision: 0,
+            version: 1,
+            lease: 0,
+        };
+        TxnResponse {
+            succeeded: false,
+            revision: 9,
+            responses: vec![
+                range(leader_revision.map(|r| kv(b"url", r))),
+                range(tag.map(|t| kv(t, 1))),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_failed_comparison_tells_deposed_from_landed_from_another_writer() {
+        let term = Term {
+            lease: 7,
+            create_revision: 42,
+        };
+        let mut ok = answer(None, None);
+        ok.succeeded = true;
+        assert_eq!(resolve(ok, term, b"t:2"), Ok(()));
+        let deposed = Err(Stop::ForGood(
+            "deposed: the leader key is no longer this term's".into(),
+        ));
+        assert_eq!(resolve(answer(None, None), term, b"t:2"), deposed);
+        assert_eq!(
+            resolve(answer(Some(43), Some(b"t:2")), term, b"t:2"),
+            deposed
+        );
+        assert_eq!(
+            resolve(answer(Some(42), Some(b"t:2")), term, b"t:2"),
+            Ok(()),
+            "an earlier attempt landed"
+        );
+        assert!(matches!(
+            resolve(answer(Some(42), Some(b"u:1")), term, b"t:2"),
+            Err(Stop::ForGood(why)) if why.contains("another store")
+        ));
+    }
+
+    #[test]
+    fn options_read_the_files_and_name_them_when_they_cannot() {
+        let dir = std::env::temp_dir().join(format!("etcd-options-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("pw");
+        std::fs::write(&password, "s3cret\n").unwrap();
+        let mut store = StoreConfig {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            user: Some("root".into()),
+            password_file: Some(password.clone()),
+            ..StoreConfig::default()
+        };
+        let options = etcd_options(&store, Duration::from_secs(2)).unwrap();
+        assert_eq!(options.password.as_deref(), Some("s3cret"));
+        assert_eq!(options.timeout, Duration::from_secs(2));
+        store.ca_file = Some(dir.join("missing.pem"));
+        let e = etcd_options(&store, Duration::from_secs(2)).unwrap_err();
+        assert!(e.contains("ca_file") && e.contains("missing.pem"), "{e}");
+        std::fs::write(dir.join("bad.pem"), "not a certificate").unwrap();
+        store.ca_file = Some(dir.join("bad.pem"));
+        let e = etcd_options(&store, Duration::from_secs(2)).unwrap_err();
+        assert!(e.contains("no PEM certificate"), "{e}");
+        store.ca_file = None;
+        std::fs::write(&password, "\n").unwrap();
+        let e = etcd_options(&store, Duration::from_secs(2)).unwrap_err();
+        assert!(e.contains("password_file") && e.contains("empty"), "{e}");
+        store.password_file = None;
+        let e = etcd_options(&store, Duration::from_secs(2)).unwrap_err();
+        assert!(e.contains("go together"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

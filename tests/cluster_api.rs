@@ -1,0 +1,670 @@
+//! Instances sharing one etcd store (`[store] kind = "etcd"`), in this process on loopback,
+//! against a real 1-member etcd (`support/etcd.rs`) and a fake LL-MEC platform: one leader and
+//! one follower; a follower forwards changes (once) and relays the leader's answer unchanged,
+//! reads the leader's records from etcd; `/healthz` and `mec_plugin_leader` tell the roles; a
+//! stopped leader is replaced by the follower, which sees the records; without etcd, changes
+//! and reads answer 503 with `Retry-After`. Skipped, saying so, where etcd is not installed.
+
+mod support;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use mec_plugin::app::App;
+use mec_plugin::config::Config;
+use mec_plugin::leader::Role;
+use rustls_pki_types::pem::PemObject;
+use serde_json::Value;
+use support::etcd::{Cluster, MISSING};
+use support::fake_llmec::FakeLlMec;
+use support::{eventually, llmec_region, server_section, temp_dir};
+
+const DNS: &str = r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V4","ipAddress":"172.24.248.5","ttl":0}]}"#;
+
+/// The lease of the instances here: short, so that failovers are quick.
+const TTL_S: u64 = 2;
+
+/// Bound on a role change (a lease, a follower's poll, a recovery).
+const ROLE_WITHIN: Duration = Duration::from_secs(10);
+
+fn etcd(test: &str) -> Option<Cluster> {
+    let cluster = Cluster::start(test, 1);
+    if cluster.is_none() {
+        support::skip(test, MISSING);
+    }
+    cluster
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One instance: its app and base URL.
+struct Instance {
+    app: App,
+    url: String,
+}
+
+impl Instance {
+    fn start(etcd: &Cluster, prefix: &str, mep: &FakeLlMec) -> Instance {
+        Instance::start_with(etcd, prefix, mep, "")
+    }
+
+    /// With `server_extra` in `[server]`.
+    fn start_with(etcd: &Cluster, prefix: &str, mep: &FakeLlMec, server_extra: &str) -> Instance {
+        let port = free_port();
+        let scheme = if server_extra.contains("tls_cert") {
+            "https"
+        } else {
+            "http"
+        };
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        let endpoints: Vec<String> = etcd
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
+        let text = format!(
+            "{}[store]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl_s = {TTL_S}\nadvertise_url = \"{url}\"\n{}",
+            server_section(server_extra).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+            endpoints.join(", "),
+            llmec_region("2", &mep.url(), 2000)
+        );
+        let mut config = Config::parse(&text, "test.toml").expect("valid configuration");
+        config.server.state_dir = temp_dir("unused-state");
+        let app = App::start(&config).expect("the instance starts");
+        Instance { app, url }
+    }
+
+    fn role(&self) -> Role {
+        self.app.cluster.as_ref().unwrap().role()
+    }
+
+    fn ready(&self) -> bool {
+        self.app
+            .cluster
+            .as_ref()
+            .unwrap()
+            .wait_ready(Duration::from_millis(50))
+    }
+}
+
+/// An answer, whole.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    content_type: Option<String>,
+    location: Option<String>,
+    retry_after: Option<String>,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent()
+}
+
+/// `method` `url` + `path` with an optional JSON body and extra headers.
+fn call(
+    method: &str,
+    base: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    call_via(&agent(), method, base, path, body, headers)
+}
+
+/// [`call`] through `agent`.
+fn call_via(
+    agent: &ureq::Agent,
+    method: &str,
+    base: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let result = match body {
+        Some(b) => agent.run(
+            request
+                .header("Content-Type", "application/json")
+                .body(b.as_bytes().to_vec())
+                .unwrap(),
+        ),
+        None => agent.run(request.body(()).unwrap()),
+    };
+    let mut response = result.unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"));
+    let header = |n: &str| {
+        response
+            .headers()
+            .get(n)
+            .map(|v| v.to_str().unwrap_or("").to_string())
+    };
+    let (content_type, location, retry_after) = (
+        header("content-type"),
+        header("location"),
+        header("retry-after"),
+    );
+    Answer {
+        status: response.status().as_u16(),
+        content_type,
+        location,
+        retry_after,
+        body: response.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+fn get(base: &str, path: &str) -> Answer {
+    call("GET", base, path, None, &[])
+}
+
+/// Two instances on `prefix`, the first started (and leading) before the second.
+fn pair(etcd: &Cluster, prefix: &str, mep: &FakeLlMec) -> (Instance, Instance) {
+    let leader = Instance::start(etcd, prefix, mep);
+    assert!(
+        eventually(ROLE_WITHIN, || leader.ready()),
+        "the first instance leads"
+    );
+    assert_eq!(leader.role(), Role::Leader);
+    let follower = Instance::start(etcd, prefix, mep);
+    assert!(
+        eventually(ROLE_WITHIN, || follower.ready()),
+        "the second follows"
+    );
+    assert_eq!(
+        follower.role(),
+        Role::Follower {
+            leader_url: leader.url.clone()
+        }
+    );
+    (leader, follower)
+}
+
+fn assert_unavailable(answer: &Answer, what: &str) {
+    assert_eq!(answer.status, 503, "{what}: {answer:?}");
+    assert_eq!(
+        answer.content_type.as_deref(),
+        Some("application/problem+json"),
+        "{what}"
+    );
+    assert!(answer.retry_after.is_some(), "{what}: Retry-After");
+}
+
+#[test]
+fn one_leader_one_follower_which_forwards_changes_and_reads_the_leaders_records() {
+    let test = "one_leader_one_follower_which_forwards_changes_and_reads_the_leaders_records";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    let (leader, follower) = pair(&etcd, "/t1", &mep);
+
+    // Health and metrics tell the roles.
+    let health = get(&leader.url, "/healthz");
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(health.json()["role"], "leader");
+    assert_eq!(health.json()["etcd"], "reachable");
+    assert_eq!(health.json()["leader"], leader.url.as_str());
+    let health = get(&follower.url, "/healthz");
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(health.json()["role"], "follower");
+    assert_eq!(health.json()["leader"], leader.url.as_str());
+    assert!(
+        get(&leader.url, "/metrics")
+            .body
+            .contains("\nmec_plugin_leader 1\n")
+    );
+    let metrics = get(&follower.url, "/metrics").body;
+    assert!(metrics.contains("\nmec_plugin_leader 0\n"), "{metrics}");
+    assert!(
+        metrics.contains("\nmec_plugin_store_errors_total "),
+        "{metrics}"
+    );
+
+    // A creation through the follower is made by the leader; its answer comes back as is.
+    let created = call(
+        "POST",
+        &follower.url,
+        "/MEC/v1/service/requests",
+        Some(DNS),
+        &[],
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(created.content_type.as_deref(), Some("application/json"));
+    let id = created.json()["RequestId"].as_str().unwrap().to_string();
+    assert_eq!(
+        created.location.as_deref(),
+        Some(format!("/MEC/v1/service/requests/{id}").as_str())
+    );
+    assert_eq!(
+        mep.installed().len(),
+        1,
+        "the leader called the platform once"
+    );
+
+    // Both read it: the leader from its records, the follower from etcd.
+    let on_leader = get(&leader.url, &format!("/MEC/v1/service/requests/{id}"));
+    let on_follower = get(&follower.url, &format!("/MEC/v1/service/requests/{id}"));
+    assert_eq!(on_leader.status, 200, "{on_leader:?}");
+    assert_eq!(
+        (on_follower.status, &on_follower.body),
+        (200, &on_leader.body)
+    );
+    let listing = get(&follower.url, "/MEC/v1/service/requests");
+    assert_eq!(
+        listing.body,
+        get(&leader.url, "/MEC/v1/service/requests").body
+    );
+    assert_eq!(listing.json().as_array().unwrap().len(), 1);
+    let region = get(&follower.url, "/MEC/v1/service/regions/2");
+    assert_eq!(region.json().as_array().unwrap().len(), 1, "{region:?}");
+
+    // An error of the leader is relayed as is too.
+    let refused = call(
+        "POST",
+        &follower.url,
+        "/MEC/v1/service/requests",
+        Some(&DNS.replace("\"2\"", "\"77\"")),
+        &[],
+    );
+    let direct = call(
+        "POST",
+        &leader.url,
+        "/MEC/v1/service/requests",
+        Some(&DNS.replace("\"2\"", "\"77\"")),
+        &[],
+    );
+    assert_eq!((refused.status, &refused.body), (422, &direct.body));
+    assert_eq!(
+        refused.content_type.as_deref(),
+        Some("application/problem+json")
+    );
+
+    // The configuration's answers come from every instance.
+    for path in ["/MEC/v1/service/regions", "/MEC/v1/swagger.json"] {
+        assert_eq!(
+            get(&follower.url, path).body,
+            get(&leader.url, path).body,
+            "{path}"
+        );
+    }
+
+    // A request another instance forwarded is not forwarded again.
+    let again = call(
+        "POST",
+        &follower.url,
+        "/MEC/v1/service/requests",
+        Some(DNS),
+        &[("X-Mec-Plugin-Forwarded", "1")],
+    );
+    assert_unavailable(&again, "a forwarded request at a follower");
+    assert_eq!(mep.installed().len(), 1, "nothing more was sent");
+
+    // A removal through the follower.
+    let removed = call(
+        "DELETE",
+        &follower.url,
+        &format!("/MEC/v1/service/requests/{id}"),
+        None,
+        &[],
+    );
+    assert_eq!(removed.status, 201, "{removed:?}");
+    assert_eq!(removed.json()["status"], "DELETED", "{removed:?}");
+    assert!(mep.installed().is_empty());
+    assert_eq!(get(&follower.url, "/MEC/v1/service/requests").body, "[]");
+    follower.app.stop(Duration::from_secs(2));
+    leader.app.stop(Duration::from_secs(2));
+}
+
+#[test]
+fn a_stopped_leader_is_replaced_by_the_follower_which_sees_its_records() {
+    let test = "a_stopped_leader_is_replaced_by_the_follower_which_sees_its_records";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    let (leader, follower) = pair(&etcd, "/t2", &mep);
+    let created = call(
+        "POST",
+        &leader.url,
+        "/MEC/v1/service/requests",
+        Some(DNS),
+        &[],
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.json()["RequestId"].as_str().unwrap().to_string();
+    leader.app.stop(Duration::from_secs(2));
+    assert!(
+        eventually(ROLE_WITHIN, || follower.role() == Role::Leader
+            && follower.ready()),
+        "the follower takes over"
+    );
+    let health = get(&follower.url, "/healthz");
+    assert_eq!(health.json()["role"], "leader", "{health:?}");
+    assert_eq!(health.json()["requests"], 1, "{health:?}");
+    let read = get(&follower.url, &format!("/MEC/v1/service/requests/{id}"));
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.json()["status"], "CREATED");
+    let metrics = get(&follower.url, "/metrics").body;
+    assert!(metrics.contains("\nmec_plugin_leader 1\n"), "{metrics}");
+    let removed = call(
+        "DELETE",
+        &follower.url,
+        &format!("/MEC/v1/service/requests/{id}"),
+        None,
+        &[],
+    );
+    assert_eq!(removed.status, 201, "{removed:?}");
+    assert!(mep.installed().is_empty());
+    follower.app.stop(Duration::from_secs(2));
+}
+
+#[test]
+fn without_etcd_changes_and_reads_answer_503_with_retry_after_and_no_platform_is_called() {
+    let test =
+        "without_etcd_changes_and_reads_answer_503_with_retry_after_and_no_platform_is_called";
+    let Some(mut etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    let (leader, follower) = pair(&etcd, "/t3", &mep);
+    let created = call(
+        "POST",
+        &follower.url,
+        "/MEC/v1/service/requests",
+        Some(DNS),
+        &[],
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.json()["RequestId"].as_str().unwrap().to_string();
+    etcd.kill(0);
+    // Within the lease, neither instance keeps a role.
+    assert!(
+        eventually(ROLE_WITHIN, || leader.role() == Role::Unknown
+            && follower.role() == Role::Unknown),
+        "both lose their role"
+    );
+    mep.clear_calls();
+    for instance in [&leader, &follower] {
+        let post = call(
+            "POST",
+            &instance.url,
+            "/MEC/v1/service/requests",
+            Some(DNS),
+            &[],
+        );
+        assert_unavailable(&post, "a creation without etcd");
+        let delete = call(
+            "DELETE",
+            &instance.url,
+            &format!("/MEC/v1/service/requests/{id}"),
+            None,
+            &[],
+        );
+        assert_unavailable(&delete, "a removal without etcd");
+        for path in [
+            "/MEC/v1/service/requests".to_string(),
+            format!("/MEC/v1/service/requests/{id}"),
+            "/MEC/v1/service/regions/2".to_string(),
+        ] {
+            assert_unavailable(&get(&instance.url, &path), &path);
+        }
+        let health = get(&instance.url, "/healthz");
+        assert_unavailable(&health, "health");
+        assert_eq!(health.json()["role"], "unknown", "{health:?}");
+        assert_eq!(health.json()["etcd"], "unreachable", "{health:?}");
+        assert_eq!(get(&instance.url, "/MEC/v1/service/regions").status, 200);
+        let metrics = get(&instance.url, "/metrics").body;
+        assert!(metrics.contains("\nmec_plugin_leader 0\n"), "{metrics}");
+        assert!(
+            !metrics.contains("\nmec_plugin_store_errors_total 0\n"),
+            "{metrics}"
+        );
+    }
+    assert!(mep.calls().is_empty(), "no platform call without etcd");
+    assert_eq!(mep.installed().len(), 1, "the rule stays");
+
+    // Back: one leads again and the record is there.
+    etcd.restart(0);
+    etcd.wait_healthy();
+    assert!(
+        eventually(ROLE_WITHIN, || leader.ready() && follower.ready()),
+        "roles again once etcd is back"
+    );
+    let read = get(&follower.url, &format!("/MEC/v1/service/requests/{id}"));
+    assert_eq!(read.status, 200, "{read:?}");
+    follower.app.stop(Duration::from_secs(2));
+    leader.app.stop(Duration::from_secs(2));
+}
+
+#[test]
+fn the_bearer_token_applies_between_instances_too() {
+    let test = "the_bearer_token_applies_between_instances_too";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    let dir = temp_dir("cluster-token");
+    std::fs::write(dir.join("token"), "s3cret\n").unwrap();
+    let token_file = format!("token_file = \"{}\"", dir.join("token").display());
+    let leader = Instance::start_with(&etcd, "/t4", &mep, &token_file);
+    assert!(eventually(ROLE_WITHIN, || leader.ready()));
+    let follower = Instance::start_with(&etcd, "/t4", &mep, &token_file);
+    assert!(eventually(ROLE_WITHIN, || follower.ready()));
+    let path = "/MEC/v1/service/requests";
+    let bare = call("POST", &follower.url, path, Some(DNS), &[]);
+    assert_eq!(bare.status, 401, "{bare:?}");
+    let wrong = [("Authorization", "Bearer nope")];
+    assert_eq!(
+        call("POST", &follower.url, path, Some(DNS), &wrong).status,
+        401
+    );
+    assert!(mep.calls().is_empty());
+    let auth = [("Authorization", "Bearer s3cret")];
+    let created = call("POST", &follower.url, path, Some(DNS), &auth);
+    assert_eq!(created.status, 201, "{created:?}");
+    let listing = call("GET", &follower.url, path, None, &auth);
+    assert_eq!(listing.json().as_array().unwrap().len(), 1, "{listing:?}");
+    follower.app.stop(Duration::from_secs(2));
+    leader.app.stop(Duration::from_secs(2));
+}
+
+/// The binary with `NOTIFY_SOCKET`: `READY=1` only once it has a role.
+mod readiness {
+    use std::os::unix::net::UnixDatagram;
+    use std::process::{Command, Stdio};
+
+    use super::*;
+
+    const BIN: &str = env!("CARGO_BIN_EXE_mec-plugin");
+
+    /// Runs the binary on `endpoint`, listening on `port`; killed when dropped.
+    struct Binary(std::process::Child);
+
+    impl Drop for Binary {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn start(dir: &std::path::Path, endpoint: &str, port: u16, socket: &std::path::Path) -> Binary {
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"/ready\"\nlease_ttl_s = {TTL_S}\nadvertise_url = \"http://127.0.0.1:{port}\"\n{}",
+            support::simulated_region("2")
+        );
+        let path = dir.join("regions.toml");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("NOTIFY_SOCKET", socket)
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Binary(child)
+    }
+
+    /// The next notification within `bound`, if any.
+    fn next(socket: &UnixDatagram, bound: Duration) -> Option<String> {
+        socket.set_read_timeout(Some(bound)).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    #[test]
+    fn ready_is_sent_only_once_the_instance_has_a_role() {
+        let test = "ready_is_sent_only_once_the_instance_has_a_role";
+        let Some(etcd) = super::etcd(test) else {
+            return;
+        };
+        let dir = temp_dir("cluster-ready");
+        let socket_path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&socket_path).unwrap();
+
+        // etcd unreachable: serving, but not ready, and health says why.
+        let port = free_port();
+        let nowhere = format!("http://127.0.0.1:{}", free_port());
+        let waiting = start(&dir, &nowhere, port, &socket_path);
+        let url = format!("http://127.0.0.1:{port}");
+        assert!(
+            eventually(ROLE_WITHIN, || TcpStream::connect(("127.0.0.1", port))
+                .is_ok()),
+            "the instance listens"
+        );
+        let health = get(&url, "/healthz");
+        assert_unavailable(&health, "health without etcd");
+        assert_eq!(health.json()["role"], "unknown");
+        assert_eq!(health.json()["etcd"], "unreachable");
+        assert_eq!(get(&url, "/MEC/v1/service/regions").status, 200);
+        let early = next(&socket, Duration::from_secs(3));
+        assert!(
+            early.as_deref().is_none_or(|m| !m.contains("READY=1")),
+            "{early:?}"
+        );
+        drop(waiting);
+
+        // etcd there: READY=1, leading.
+        let port = free_port();
+        let _leading = start(&dir, &etcd.endpoints()[0], port, &socket_path);
+        let mut ready = None;
+        let deadline = std::time::Instant::now() + ROLE_WITHIN;
+        while ready.is_none() && std::time::Instant::now() < deadline {
+            ready = next(&socket, Duration::from_secs(1)).filter(|m| m.contains("READY=1"));
+        }
+        let ready = ready.expect("READY=1 once leading");
+        assert!(ready.contains("leading"), "{ready}");
+        let health = get(&format!("http://127.0.0.1:{port}"), "/healthz");
+        assert_eq!(health.status, 200, "{health:?}");
+        assert_eq!(health.json()["role"], "leader");
+    }
+
+    use std::net::TcpStream;
+}
+
+#[test]
+fn a_leader_that_cannot_be_reached_answers_503_saying_nothing_was_sent() {
+    let test = "a_leader_that_cannot_be_reached_answers_503_saying_nothing_was_sent";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    // A leader key held by an instance that listens nowhere (its lease outlives the test).
+    let client = mec_plugin::etcd::Client::new(mec_plugin::etcd::Options {
+        endpoints: etcd.endpoints(),
+        ca_pem: None,
+        user: None,
+        password: None,
+        timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    let lease = client.lease_grant(60).unwrap();
+    let gone = format!("http://127.0.0.1:{}", free_port());
+    client
+        .put(b"/t5/leader", gone.as_bytes(), lease.id)
+        .unwrap();
+    let follower = Instance::start(&etcd, "/t5", &mep);
+    assert!(eventually(ROLE_WITHIN, || follower.ready()));
+    assert_eq!(follower.role(), Role::Follower { leader_url: gone });
+    let post = call(
+        "POST",
+        &follower.url,
+        "/MEC/v1/service/requests",
+        Some(DNS),
+        &[],
+    );
+    assert_unavailable(&post, "a creation for an unreachable leader");
+    assert!(post.body.contains("nothing was sent"), "{post:?}");
+    // Reads do not need the leader.
+    let listing = get(&follower.url, "/MEC/v1/service/requests");
+    assert_eq!((listing.status, listing.body.as_str()), (200, "[]"));
+    assert!(mep.calls().is_empty());
+    follower.app.stop(Duration::from_secs(2));
+}
+
+#[test]
+fn an_https_leader_is_reached_through_the_chain_of_tls_cert() {
+    let test = "an_https_leader_is_reached_through_the_chain_of_tls_cert";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    let pki = support::tls::TestPki::generate("cluster");
+    // The chain as deployed: the instance's certificate, then the CA that signed it.
+    let chain = pki.dir.join("chain.pem");
+    std::fs::write(&chain, format!("{}{}", pki.cert_pem, pki.ca_pem)).unwrap();
+    let tls = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        chain.display(),
+        pki.key_file.display()
+    );
+    let leader = Instance::start_with(&etcd, "/t6", &mep, &tls);
+    assert!(eventually(ROLE_WITHIN, || leader.ready()));
+    let follower = Instance::start_with(&etcd, "/t6", &mep, &tls);
+    assert!(eventually(ROLE_WITHIN, || follower.ready()));
+    assert!(leader.url.starts_with("https://"));
+    let ca = rustls_pki_types::CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap();
+    let trusting = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[
+                    ureq::tls::Certificate::from_der(ca.as_ref()).to_owned(),
+                ]))
+                .build(),
+        )
+        .build()
+        .new_agent();
+    let path = "/MEC/v1/service/requests";
+    let created = call_via(&trusting, "POST", &follower.url, path, Some(DNS), &[]);
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(mep.installed().len(), 1);
+    follower.app.stop(Duration::from_secs(2));
+    leader.app.stop(Duration::from_secs(2));
+}
