@@ -61,7 +61,8 @@
 //! times in turn; then the failover time over `--kills` (default 10) leader kills among three
 //! instances with `--lease-ttl-s` (default 5, the product's): from the leader's SIGKILL until a
 //! POST through another instance is answered 201, each killed instance started again before
-//! the next kill. Without etcd it says so and skips.
+//! the next kill (`--only durable` or `--only failover`: one part). Without etcd it says so
+//! and skips.
 //!
 //! Options: `--seconds S` (per scenario, default 5), `--connections 1,8`,
 //! `--durable-connections 1,8,32`, `--fsync both|true|false`, `--workers N` (default 8),
@@ -198,6 +199,8 @@ struct Options {
     durable_given: bool,
     binary: Option<PathBuf>,
     baseline_binary: Option<PathBuf>,
+    /// Whether `--only` was given (`cluster` runs both its parts otherwise).
+    only_given: bool,
     /// Leader kills of `cluster`.
     kills: usize,
     /// `[store] lease_ttl_s` of `cluster`'s failover instances.
@@ -307,6 +310,7 @@ impl Options {
             durable_given: values.contains_key("durable-connections"),
             binary: values.get("binary").map(PathBuf::from),
             baseline_binary: values.get("baseline-binary").map(PathBuf::from),
+            only_given: values.contains_key("only"),
             kills: get("kills", "10")
                 .parse::<usize>()
                 .expect("--kills is a number")
@@ -2376,11 +2380,16 @@ fn cluster(options: &Options, goals: &mut Vec<String>) {
     );
     let platform = FakeMep::start();
     let dir = fresh_dir(&options.dir, "cluster");
-    if options.probes {
-        probe_etcd(&etcd, options.duration);
+    let part = |name: &str| !options.only_given || options.runs(name);
+    if part("durable") {
+        if options.probes {
+            probe_etcd(&etcd, options.duration);
+        }
+        cluster_throughput(options, &binary, &etcd, &platform, &dir, goals);
     }
-    cluster_throughput(options, &binary, &etcd, &platform, &dir, goals);
-    cluster_failover(options, &binary, &etcd, &platform, &dir, goals);
+    if part("failover") {
+        cluster_failover(options, &binary, &etcd, &platform, &dir, goals);
+    }
     let _ = fs::remove_dir_all(&dir);
 }
 
