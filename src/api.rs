@@ -255,7 +255,8 @@ impl ClusterApi {
                 match self.cluster.role() {
                     Role::Leader => answer(&*self.leader()?, style, route, request),
                     Role::Follower { .. } if request.forwarded => Err(ApiError::Unavailable {
-                        detail: "this instance does not lead (any more) and does not forward a                                  request another instance forwarded"
+                        detail: "this instance does not lead (any more) and does not forward a \
+                                 request another instance forwarded"
                             .into(),
                     }),
                     Role::Follower { leader_url } => self.cluster.forward(request, &leader_url),
