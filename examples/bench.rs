@@ -53,6 +53,17 @@
 //! and PATH (the previous commit built beside it; `.ci/bench-baseline [REV]` builds REV and
 //! runs this). Goal: the median ratio >= 0.95.
 //!
+//! `cluster` (issue 15) starts a 3-member etcd on loopback ports (the tests' own
+//! `tests/support/etcd.rs`; `MEC_PLUGIN_ETCD=/path` picks the binary) and runs the release
+//! binary (`--binary`, as `baseline`) as child processes: the durable POST with one LL-MEC call
+//! at `--durable-connections` (default 8 here) for `--seconds`, against the journal (fsync on),
+//! against an instance leading on etcd, and through a follower of it (forwarded), `--repeat`
+//! times in turn; then the failover time over `--kills` (default 10) leader kills among three
+//! instances with `--lease-ttl-s` (default 5, the product's): from the leader's SIGKILL until a
+//! POST through another instance is answered 201, each killed instance started again before
+//! the next kill (`--only durable` or `--only failover`: one part). Without etcd it says so
+//! and skips.
+//!
 //! Options: `--seconds S` (per scenario, default 5), `--connections 1,8`,
 //! `--durable-connections 1,8,32`, `--fsync both|true|false`, `--workers N` (default 8),
 //! `--only get,post,durable,whatif` (subset of scenarios), `--probes false` (skip the probes),
@@ -62,7 +73,8 @@
 //! temp dir), `--keep true` (keep the replay state directory, e.g. to profile
 //! `bench replay-child <dir>`), `--compact false` (skip the replay after a compaction),
 //! `--listing-records N`, `--region-records N`, `--binary PATH` and
-//! `--baseline-binary PATH` (the `baseline` command). A short bounded run of the listings:
+//! `--baseline-binary PATH` (the `baseline` command), `--kills N` and `--lease-ttl-s S` (the
+//! `cluster` command). A short bounded run of the listings:
 //! `cargo run --release --example bench -- listings --seconds 1 --listing-records 1000
 //! --region-records 5000`.
 
@@ -94,6 +106,8 @@ const MAX_RECORDS: usize = 2_000_000;
 const REPLAY_RUNS: usize = 3;
 /// Samples of each probe.
 const PROBE_SAMPLES: usize = 500;
+/// Hard cap on `--kills`.
+const MAX_KILLS: usize = 50;
 
 const BODIES: [&str; 3] = [
     "dns-only.json",
@@ -136,10 +150,11 @@ fn main() {
         }
         "versus-nginx" => versus_nginx(&options, &mut goals),
         "baseline" => baseline(&options, &mut goals),
+        "cluster" => cluster(&options, &mut goals),
         other => {
             eprintln!(
-                "unknown command '{other}': throughput, replay, listings, all, versus-nginx or \
-                 baseline"
+                "unknown command '{other}': throughput, replay, listings, all, versus-nginx, \
+                 baseline or cluster"
             );
             std::process::exit(2);
         }
@@ -184,6 +199,12 @@ struct Options {
     durable_given: bool,
     binary: Option<PathBuf>,
     baseline_binary: Option<PathBuf>,
+    /// Whether `--only` was given (`cluster` runs both its parts otherwise).
+    only_given: bool,
+    /// Leader kills of `cluster`.
+    kills: usize,
+    /// `[store] lease_ttl_s` of `cluster`'s failover instances.
+    lease_ttl_s: u64,
 }
 
 impl Options {
@@ -238,6 +259,8 @@ impl Options {
                 "region-records",
                 "binary",
                 "baseline-binary",
+                "kills",
+                "lease-ttl-s",
             ];
             if !names.contains(known) {
                 eprintln!("unknown option --{known}");
@@ -287,6 +310,15 @@ impl Options {
             durable_given: values.contains_key("durable-connections"),
             binary: values.get("binary").map(PathBuf::from),
             baseline_binary: values.get("baseline-binary").map(PathBuf::from),
+            only_given: values.contains_key("only"),
+            kills: get("kills", "10")
+                .parse::<usize>()
+                .expect("--kills is a number")
+                .clamp(1, MAX_KILLS),
+            lease_ttl_s: get("lease-ttl-s", "5")
+                .parse::<u64>()
+                .expect("--lease-ttl-s is a number")
+                .clamp(1, 60),
         }
     }
 
@@ -307,6 +339,8 @@ struct Outcome {
     cpu: f64,
     /// CPU seconds other processes used meanwhile (the machine's busy time minus ours).
     others: f64,
+    /// CPU seconds of the plugin's processes meanwhile, when they are children of the bench.
+    plugin_cpu: Option<f64>,
 }
 
 impl Outcome {
@@ -682,6 +716,7 @@ fn drive(
         latencies,
         cpu,
         others,
+        plugin_cpu: None,
     }
 }
 
@@ -2025,13 +2060,7 @@ fn baseline(options: &Options, goals: &mut Vec<String>) {
         eprintln!("baseline needs --baseline-binary PATH (see .ci/bench-baseline)");
         std::process::exit(2);
     };
-    let current = options.binary.clone().unwrap_or_else(|| {
-        let exe = std::env::current_exe().expect("current executable");
-        exe.parent()
-            .and_then(Path::parent)
-            .map(|d| d.join("mec-plugin"))
-            .expect("target directory")
-    });
+    let current = own_binary(options);
     for (what, path) in [("--binary", &current), ("--baseline-binary", &baseline)] {
         if !path.exists() {
             eprintln!(
@@ -2095,6 +2124,18 @@ fn baseline(options: &Options, goals: &mut Vec<String>) {
     }
 }
 
+/// `--binary`, or else `mec-plugin` next to the `examples/` directory of this executable
+/// (`target/release/mec-plugin` for a release run).
+fn own_binary(options: &Options) -> PathBuf {
+    options.binary.clone().unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("current executable");
+        exe.parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("mec-plugin"))
+            .expect("target directory")
+    })
+}
+
 /// Starts `binary` as a child on a fresh state directory against `platform`, drives it, stops it.
 fn drive_binary(
     options: &Options,
@@ -2140,7 +2181,8 @@ fn drive_binary(
         }
         thread::sleep(Duration::from_millis(50));
     }
-    let outcome = drive(
+    let plugin_cpu = child_cpu_seconds(child.id());
+    let mut outcome = drive(
         addr,
         "POST",
         "/MEC/v1/service/requests",
@@ -2148,7 +2190,498 @@ fn drive_binary(
         options.duration,
         Some(bodies),
     );
+    outcome.plugin_cpu = Some(child_cpu_seconds(child.id()) - plugin_cpu);
     stop_child(&mut child);
     let _ = fs::remove_dir_all(&dir);
     outcome
+}
+
+// ---------------------------------------------------------------------------------------------
+// cluster (issue 15): instances on a 3-member etcd
+
+/// The tests' etcd members (`tests/support/etcd.rs`, not copied); it takes [`temp_dir`] and
+/// [`eventually`] from its parent module, here this file.
+#[allow(dead_code)]
+#[path = "../tests/support/etcd.rs"]
+mod etcd_members;
+
+/// A fresh, empty directory under the system's temporary directory (for [`etcd_members`]).
+fn temp_dir(name: &str) -> PathBuf {
+    fresh_dir(&std::env::temp_dir(), name)
+}
+
+/// Polls `done` every 20 ms until it holds, for at most `limit`; whether it held (for
+/// [`etcd_members`]).
+#[allow(dead_code)]
+fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// A `mec-plugin` child process on a loopback port, killed (SIGKILL) when dropped.
+struct Instance {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Instance {
+    /// Starts `binary --config config` (listening on `addr`) and waits (at most 20 s) until
+    /// `/healthz` answers 200: on etcd, once it leads or follows a known leader.
+    fn start(binary: &Path, config: &Path, addr: SocketAddr) -> Instance {
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut instance = Instance { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !fetch(addr, "/healthz").is_ok_and(|(head, _)| head.starts_with("HTTP/1.1 200")) {
+            if Instant::now() > deadline || matches!(instance.child.try_wait(), Ok(Some(_))) {
+                panic!(
+                    "{} ({}) did not start serving",
+                    binary.display(),
+                    config.display()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        instance
+    }
+
+    /// The role `/healthz` reports ("leader", "follower", "unknown"), if it answers.
+    fn role(&self) -> Option<String> {
+        let (_, body) = fetch(self.addr, "/healthz").ok()?;
+        let health: serde_json::Value = serde_json::from_slice(&body).ok()?;
+        health["role"].as_str().map(str::to_string)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User + system CPU seconds of child process `pid` so far (`/proc/<pid>/stat`), 0 when gone.
+fn child_cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // "<pid> (<comm>) <state> ...": utime and stime are the 12th and 13th fields after ')'.
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    fields.iter().sum::<f64>() / hz
+}
+
+/// Drives POSTs of `bodies` at `addr` (one of `instances`) and counts the CPU time of
+/// `instances` meanwhile.
+fn drive_instances(
+    instances: &[&Instance],
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    bodies: &Arc<Vec<String>>,
+) -> Outcome {
+    let cpu = |instances: &[&Instance]| -> f64 {
+        instances
+            .iter()
+            .map(|i| child_cpu_seconds(i.child.id()))
+            .sum()
+    };
+    let before = cpu(instances);
+    let path = "/MEC/v1/service/requests";
+    let mut o = drive(
+        addr,
+        "POST",
+        path,
+        connections,
+        duration,
+        Some(bodies.clone()),
+    );
+    o.plugin_cpu = Some(cpu(instances) - before);
+    o
+}
+
+/// A free port of 127.0.0.1 (the instance's `advertise_url` names it, so it is picked first).
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// The configuration of an instance on `addr` with one LL-MEC region on `platform`, its
+/// records on etcd (`endpoints`, `prefix`, `ttl_s`).
+fn cluster_config(
+    dir: &Path,
+    options: &Options,
+    addr: SocketAddr,
+    platform: &FakeMep,
+    store: (&[String], &str, u64),
+) -> PathBuf {
+    let (endpoints, prefix, ttl_s) = store;
+    let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    let path = dir.join(format!("instance-{}.toml", addr.port()));
+    fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"{addr}\"\nworkers = {}\nstate_dir = '{}'\n\
+             [store]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\n\
+             lease_ttl_s = {ttl_s}\nadvertise_url = \"http://{addr}\"\n\
+             [[region]]\nid = \"2\"\nlatitude = 43.6143899\nlongitude = 7.068931\nrange_km = 10.0\n\
+             [region.mep]\ndriver = \"llmec\"\nurl = \"http://{}\"\n",
+            options.workers,
+            dir.join(format!("state-{}", addr.port())).display(),
+            endpoints.join(", "),
+            platform.addr
+        ),
+    )
+    .expect("config file");
+    path
+}
+
+/// `cluster`: see the module's documentation.
+fn cluster(options: &Options, goals: &mut Vec<String>) {
+    let binary = own_binary(options);
+    if !binary.exists() {
+        eprintln!(
+            "--binary {} does not exist (cargo build --release builds target/release/mec-plugin)",
+            binary.display()
+        );
+        std::process::exit(2);
+    }
+    let Some(etcd) = etcd_members::Cluster::start("bench-cluster", 3) else {
+        println!();
+        println!("cluster: SKIPPED, {}", etcd_members::MISSING);
+        return;
+    };
+    println!();
+    println!(
+        "cluster: 3 etcd members on loopback ({}), etcd {}, binary {}",
+        etcd.endpoints().join(" "),
+        etcd_members::binary(),
+        binary.display()
+    );
+    let platform = FakeMep::start();
+    let dir = fresh_dir(&options.dir, "cluster");
+    let part = |name: &str| !options.only_given || options.runs(name);
+    if part("durable") {
+        if options.probes {
+            probe_etcd(&etcd, options.duration);
+        }
+        cluster_throughput(options, &binary, &etcd, &platform, &dir, goals);
+    }
+    if part("failover") {
+        cluster_failover(options, &binary, &etcd, &platform, &dir, goals);
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+/// The plugin's etcd client on `etcd`'s members, for the bench's own reads and probes.
+fn etcd_client(etcd: &etcd_members::Cluster) -> mec_plugin::etcd::Client {
+    mec_plugin::etcd::Client::new(mec_plugin::etcd::Options {
+        endpoints: etcd.endpoints(),
+        ca_pem: None,
+        user: None,
+        password: None,
+        timeout: Duration::from_secs(2),
+    })
+    .expect("etcd client")
+}
+
+/// etcd's current revision (one more per transaction that writes).
+fn etcd_revision(client: &mec_plugin::etcd::Client) -> i64 {
+    let range = mec_plugin::etcd::Range::key("/mec-bench/revision");
+    client.range(&range).expect("etcd answers").revision
+}
+
+/// What a durable POST on etcd is made of: one put of a record-sized value (a creation's
+/// record is about 500 bytes) through the plugin's own etcd client, one at a time and from 8
+/// threads at once (etcd's Raft commit: a quorum's WAL fsyncs, here on one disk).
+fn probe_etcd(etcd: &etcd_members::Cluster, duration: Duration) {
+    let client = Arc::new(etcd_client(etcd));
+    let value = vec![b'x'; 500];
+    let mut one = Vec::new();
+    for n in 0..PROBE_SAMPLES.min(300) {
+        let started = Instant::now();
+        client
+            .put(format!("/mec-bench/probe/{n}").as_bytes(), &value, 0)
+            .expect("etcd put");
+        one.push(started.elapsed());
+    }
+    let (p50, p99) = percentiles(&mut one);
+    println!("probe: etcd put of 500 bytes, one at a time: p50 {p50:.3} ms, p99 {p99:.3} ms");
+    let deadline = Instant::now() + duration;
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (client, value) = (client.clone(), value.clone());
+            thread::spawn(move || {
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline && latencies.len() < MAX_REQUESTS_PER_CONNECTION {
+                    let key = format!("/mec-bench/probe/{t}-{}", latencies.len());
+                    let started = Instant::now();
+                    if client.put(key.as_bytes(), &value, 0).is_ok() {
+                        latencies.push(started.elapsed());
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let rate = all.len() as f64 / duration.as_secs_f64();
+    let (p50, p99) = percentiles(&mut all);
+    println!("probe: etcd puts from 8 threads: {rate:.0} puts/s, p50 {p50:.3} ms, p99 {p99:.3} ms");
+    let _ = client.delete(
+        b"/mec-bench/probe/",
+        Some(&mec_plugin::etcd::prefix_end(b"/mec-bench/probe/")),
+    );
+}
+
+/// The durable POST against the journal, an instance leading on etcd and a follower of it.
+fn cluster_throughput(
+    options: &Options,
+    binary: &Path,
+    etcd: &etcd_members::Cluster,
+    platform: &FakeMep,
+    dir: &Path,
+    goals: &mut Vec<String>,
+) {
+    let bodies = Arc::new(vec![example("dns-only.json")]);
+    let c = if options.durable_given {
+        options.durable_connections[0]
+    } else {
+        8
+    };
+    println!(
+        "durable POST dns-only (1 LL-MEC call), {c} connections, {:.1} s per run, {} workers",
+        options.duration.as_secs_f64(),
+        options.workers
+    );
+    println!(
+        "  {:<4} {:<32} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6} {:>7}",
+        "run",
+        "store",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "errors",
+        "cpu/req",
+        "plugin",
+        "rest",
+        "busy %",
+        "txn/req"
+    );
+    println!(
+        "  (cpu/req: µs of CPU of the whole machine per request, of which the plugin's processes \
+         and the rest: etcd, load generator, fake platform, other programs; busy %: of all cores;\n   \
+         txn/req: etcd transactions (revisions) per request, 2 unbatched: a creation, its outcome)"
+    );
+    let client = etcd_client(etcd);
+    let mut on_etcd = Vec::new();
+    for run in 0..options.repeat {
+        let journal = drive_binary(options, binary, platform, c, bodies.clone());
+        print_cluster_line(run, "journal (fsync on)", &journal, None);
+        let prefix = format!("/mec-bench/throughput-{run}");
+        let store = (etcd.endpoints(), prefix.as_str(), 5);
+        let leader_addr = free_addr();
+        let config = cluster_config(
+            dir,
+            options,
+            leader_addr,
+            platform,
+            (&store.0, store.1, store.2),
+        );
+        let leader = Instance::start(binary, &config, leader_addr);
+        let follower_addr = free_addr();
+        let config = cluster_config(
+            dir,
+            options,
+            follower_addr,
+            platform,
+            (&store.0, store.1, store.2),
+        );
+        let follower = Instance::start(binary, &config, follower_addr);
+        let both = [&leader, &follower];
+        let revision = etcd_revision(&client);
+        let o = drive_instances(&both, leader.addr, c, options.duration, &bodies);
+        let txns = etcd_revision(&client) - revision;
+        print_cluster_line(run, "etcd, 3 members: the leader", &o, Some(txns));
+        on_etcd.push(o);
+        let revision = etcd_revision(&client);
+        let o = drive_instances(&both, follower.addr, c, options.duration, &bodies);
+        let txns = etcd_revision(&client) - revision;
+        print_cluster_line(run, "etcd: a follower (forwards)", &o, Some(txns));
+        drop((leader, follower));
+    }
+    on_etcd.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let o = &on_etcd[on_etcd.len() / 2];
+    goals.push(format!(
+        "durable POST on a 3-member etcd, 1 LL-MEC call, {c} connections, through the leader: {:.0} req/s (goal >= 1000) {}, p99 {:.2} ms (goal <= 20) {} (median of {} runs)",
+        o.rate(),
+        verdict(o.rate() >= 1000.0),
+        o.pct(0.99),
+        verdict(o.pct(0.99) <= 20.0),
+        on_etcd.len()
+    ));
+}
+
+/// One line of `cluster`'s throughput: `cpu/req` is the CPU time of the whole machine per
+/// request in µs (the plugin, etcd, the load generator and the fake platform share it; other
+/// programs too), split into the plugin's processes and the rest; `busy %` the machine's busy
+/// share (of all cores) meanwhile.
+fn print_cluster_line(run: usize, store: &str, o: &Outcome, txns: Option<i64>) {
+    let busy = o.cpu + o.others;
+    let cores = thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let per_request = |seconds: f64| seconds / o.requests.max(1) as f64 * 1e6;
+    let plugin = o.plugin_cpu.unwrap_or(0.0);
+    println!(
+        "  {:<4} {:<32} {:>8.0} {:>8.3} {:>8.3} {:>8.2} {:>6} {:>8.0} {:>8.0} {:>8.0} {:>6.0} {:>7}",
+        run + 1,
+        store,
+        o.rate(),
+        o.pct(0.50),
+        o.pct(0.99),
+        o.latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        o.errors,
+        per_request(busy),
+        per_request(plugin),
+        per_request(busy - plugin),
+        busy / o.elapsed / cores * 100.0,
+        txns.map_or("-".to_string(), |t| format!(
+            "{:.2}",
+            t as f64 / o.requests.max(1) as f64
+        ))
+    );
+}
+
+/// The one instance of `instances` whose `/healthz` says "leader", waiting at most 30 s.
+fn find_leader(instances: &[Option<Instance>]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leaders: Vec<usize> = (0..instances.len())
+            .filter(|&i| {
+                instances[i].as_ref().and_then(Instance::role).as_deref() == Some("leader")
+            })
+            .collect();
+        if let [leader] = leaders[..] {
+            return leader;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no single leader within 30 s: {leaders:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// POSTs `body` on a new connection; the answer's status.
+fn post_once(addr: SocketAddr, body: &str) -> std::io::Result<u16> {
+    let (mut reader, mut writer) = connect(addr)?;
+    writer.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        writer,
+        "POST /MEC/v1/service/requests HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    read_response(&mut reader)
+}
+
+/// Bound on one failover's measurement.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(60);
+
+/// The failover time over `--kills` leader kills among three instances.
+fn cluster_failover(
+    options: &Options,
+    binary: &Path,
+    etcd: &etcd_members::Cluster,
+    platform: &FakeMep,
+    dir: &Path,
+    goals: &mut Vec<String>,
+) {
+    let ttl = options.lease_ttl_s;
+    let endpoints = etcd.endpoints();
+    let store = (endpoints.as_slice(), "/mec-bench/failover", ttl);
+    let configs: Vec<(PathBuf, SocketAddr)> = (0..3)
+        .map(|_| {
+            let addr = free_addr();
+            (cluster_config(dir, options, addr, platform, store), addr)
+        })
+        .collect();
+    let mut instances: Vec<Option<Instance>> = configs
+        .iter()
+        .map(|(config, addr)| Some(Instance::start(binary, config, *addr)))
+        .collect();
+    println!();
+    println!(
+        "failover: 3 instances, lease_ttl_s = {ttl}; time from SIGKILL of the leader until a POST through another instance is answered 201 (tried every 20 ms, round robin)"
+    );
+    let body = example("dns-only.json");
+    let mut times = Vec::new();
+    for kill in 0..options.kills {
+        let leader = find_leader(&instances);
+        instances[leader] = None;
+        let killed = Instant::now();
+        let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        let mut attempts = 0usize;
+        let through = loop {
+            let i = others[attempts % others.len()];
+            attempts += 1;
+            if post_once(configs[i].1, &body).is_ok_and(|s| s == 201) {
+                break Some(i);
+            }
+            if killed.elapsed() > FAILOVER_LIMIT {
+                break None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let took = killed.elapsed();
+        println!(
+            "  kill {:>2}: leader instance {leader} killed; {} after {:.0} ms ({attempts} attempts)",
+            kill + 1,
+            through.map_or("no POST answered 201".to_string(), |i| format!(
+                "POST answered 201 through instance {i}"
+            )),
+            took.as_secs_f64() * 1000.0
+        );
+        times.push(if through.is_some() {
+            took
+        } else {
+            FAILOVER_LIMIT
+        });
+        let (config, addr) = &configs[leader];
+        instances[leader] = Some(Instance::start(binary, config, *addr));
+    }
+    let (p50, p99) = percentiles(&mut times);
+    let bound = (ttl + 2) as f64 * 1000.0;
+    println!(
+        "  failover over {} kills: p50 {p50:.0} ms, p99 {p99:.0} ms, max {:.0} ms",
+        times.len(),
+        times.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    );
+    goals.push(format!(
+        "failover over {} leader kills, lease_ttl_s = {ttl}: p50 {p50:.0} ms, p99 {p99:.0} ms (goal p99 <= lease_ttl_s + 2 s = {bound:.0} ms) {}",
+        times.len(),
+        verdict(p99 <= bound)
+    ));
 }

@@ -16,9 +16,10 @@
 //!   a thread that is held up cannot leave a stale `Leader` visible; a term that lapsed is over
 //!   for good (a renewal answered after the deadline ends it, and the instance campaigns
 //!   again), so the terms an instance leads in never overlap or come back;
-//! - followers read the leader key every ttl/3 (linearizable), learn the leader's
-//!   `advertise_url`, and campaign when the key is gone (its lease expired or was revoked): a
-//!   dead leader is replaced within `lease_ttl_s` + ttl/3 + a round trip;
+//! - followers read the leader key every ttl/3 but at least every [`FOLLOW_EVERY`]
+//!   (linearizable), learn the leader's `advertise_url`, and campaign when the key is gone (its
+//!   lease expired or was revoked): a dead leader is replaced within `lease_ttl_s` + 1 s + a
+//!   round trip, inside the contract's `lease_ttl_s` + 2 s whatever the TTL;
 //! - fencing: [`Election::fenced`] (or [`fence`] with a [`Term`]) runs a transaction only if the
 //!   leader key's create revision is still the term's. A deposed leader's write fails in etcd
 //!   itself, whatever the deposed process believes;
@@ -307,6 +308,11 @@ impl Drop for Election {
     }
 }
 
+/// The longest pause between two reads of the leader key by a follower. ttl/3 alone would let a
+/// dead leader's replacement take `lease_ttl_s` + ttl/3, past the contract's `lease_ttl_s` + 2 s
+/// from a TTL of 6 s on; a linearizable read a second is nothing for etcd.
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(1);
+
 /// The election thread: campaigns or follows until it leads, then renews, until stopped.
 fn run(shared: &Shared) {
     // Leases this instance held and must not leave behind, revoked when etcd answers again
@@ -326,7 +332,7 @@ fn run(shared: &Shared) {
             None => {
                 stale.retain(|id| !revoked(shared, *id));
                 leading = campaign(shared, &mut stale);
-                shared.ttl / 3
+                (shared.ttl / 3).min(FOLLOW_EVERY)
             }
         };
         if shared.pause(pause) {

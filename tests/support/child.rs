@@ -137,6 +137,21 @@ impl Child {
         Child::spawn(Path::new(SHIPPED), &args, dir, port, false)
     }
 
+    /// Starts the binary on the configuration file `config`, which makes it listen on
+    /// 127.0.0.1:`port`, with `dir` as its directory (removed when the value is dropped: keep
+    /// the configuration elsewhere to start it again), and waits until `GET /healthz` answers
+    /// 200 (an instance on etcd: once it leads or follows a known leader).
+    pub fn start_config(config: &Path, port: u16, dir: PathBuf) -> Child {
+        Child::spawn(config, &[], dir, port, false)
+    }
+
+    /// Sends `signal` (`libc::SIGSTOP`, `libc::SIGCONT`, ...) to the process.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child, which is not reaped while `self` lives.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
     /// Starts the binary and waits until it serves: `GET /healthz` answers 200, or (`tls`) the
     /// port accepts connections.
     fn spawn(config: &Path, args: &[String], dir: PathBuf, port: u16, tls: bool) -> Child {

@@ -8,7 +8,10 @@
 //! a small TCP relay on the public port. The relay is what makes outages faithful: `stop()`
 //! closes the public listener *and* resets every open connection (a client's pooled keep-alive
 //! connection included), which tiny_http alone cannot do; `restart()` listens again on the same
-//! port with the same state.
+//! port with the same state. More public ports can relay to the same platform
+//! ([`add_front`](FakeLlMec::add_front)), one per client process, so that a test can tell who
+//! made each call ([`calls_via`](FakeLlMec::calls_via)): several plugin instances sharing one
+//! platform, say.
 //!
 //! ```ignore
 //! let mep = FakeLlMec::start();
@@ -54,6 +57,8 @@ pub struct FakeLlMec {
     http_addr: SocketAddr,
     dispatcher: Option<JoinHandle<()>>,
     front: Mutex<Option<Front>>,
+    /// The fronts of [`add_front`](FakeLlMec::add_front): their port, and the relay.
+    extra_fronts: Mutex<Vec<(u16, Front)>>,
 }
 
 /// What the request handlers share with the test.
@@ -61,6 +66,8 @@ struct Shared {
     state: Mutex<State>,
     /// Set once, on drop.
     closing: AtomicBool,
+    /// The relay's local port towards the HTTP server → the public port the client used.
+    origins: Mutex<HashMap<u16, u16>>,
 }
 
 impl super::FakeState for Shared {
@@ -72,6 +79,8 @@ impl super::FakeState for Shared {
 #[derive(Default)]
 struct State {
     calls: Vec<Call>,
+    /// The public port each of `calls` came through (0: unknown).
+    via: Vec<u16>,
     installed: BTreeSet<(String, String)>,
     /// POSTs received so far.
     posts: u64,
@@ -127,6 +136,7 @@ impl FakeLlMec {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             closing: AtomicBool::new(false),
+            origins: Mutex::default(),
         });
         let dispatcher = super::dispatch("llmec", &http, &shared, handle);
         let listener = TcpListener::bind("127.0.0.1:0").expect("fake LL-MEC: public listener");
@@ -141,8 +151,9 @@ impl FakeLlMec {
             http_addr,
             dispatcher: Some(dispatcher),
             front: Mutex::new(None),
+            extra_fronts: Mutex::default(),
         };
-        *lock(&fake.front) = Some(Front::open(listener, http_addr));
+        *lock(&fake.front) = Some(Front::open(listener, http_addr, &fake.shared));
         fake
     }
 
@@ -162,7 +173,37 @@ impl FakeLlMec {
 
     /// Forgets the calls recorded so far (the installed rules stay).
     pub fn clear_calls(&self) {
-        lock(&self.shared.state).calls.clear();
+        let mut state = lock(&self.shared.state);
+        state.calls.clear();
+        state.via.clear();
+    }
+
+    /// Opens another public port relaying to this platform (same rules, same faults, same call
+    /// log) and returns it; its calls are also told apart by [`calls_via`](Self::calls_via). It
+    /// stays open until the fake is dropped ([`stop`](Self::stop) closes only the first port).
+    pub fn add_front(&self) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("fake LL-MEC: extra listener");
+        let port = listener
+            .local_addr()
+            .expect("fake LL-MEC: local address")
+            .port();
+        let front = Front::open(listener, self.http_addr, &self.shared);
+        lock(&self.extra_fronts).push((port, front));
+        port
+    }
+
+    /// The calls received through public port `port` (the first one: [`port`](Self::port);
+    /// others: [`add_front`](Self::add_front)), in arrival order.
+    pub fn calls_via(&self, port: u16) -> Vec<Call> {
+        let state = lock(&self.shared.state);
+        let via = state.via.iter();
+        state
+            .calls
+            .iter()
+            .zip(via)
+            .filter(|(_, v)| **v == port)
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 
     /// The installed rules as (path, body), sorted.
@@ -241,7 +282,7 @@ impl FakeLlMec {
         let mut front = lock(&self.front);
         if front.is_none() {
             let listener = bind_again(self.port);
-            *front = Some(Front::open(listener, self.http_addr));
+            *front = Some(Front::open(listener, self.http_addr, &self.shared));
         }
     }
 
@@ -254,6 +295,9 @@ impl FakeLlMec {
 impl Drop for FakeLlMec {
     fn drop(&mut self) {
         self.stop();
+        for (_, front) in lock(&self.extra_fronts).drain(..) {
+            front.close();
+        }
         self.shared.closing.store(true, Ordering::SeqCst);
         if let Some(dispatcher) = self.dispatcher.take() {
             let _ = dispatcher.join();
@@ -279,7 +323,8 @@ fn bind_again(port: u16) -> TcpListener {
 }
 
 impl Front {
-    fn open(listener: TcpListener, upstream: SocketAddr) -> Front {
+    fn open(listener: TcpListener, upstream: SocketAddr, shared: &Arc<Shared>) -> Front {
+        let public = listener.local_addr().map_or(0, |a| a.port());
         listener
             .set_nonblocking(true)
             .expect("fake LL-MEC: non-blocking listener");
@@ -288,9 +333,13 @@ impl Front {
         let acceptor = {
             let stop = Arc::clone(&stop);
             let connections = Arc::clone(&connections);
+            let shared = Arc::clone(shared);
             thread::Builder::new()
                 .name("fake-llmec-accept".into())
-                .spawn(move || accept_loop(listener, upstream, &stop, &connections))
+                .spawn(move || {
+                    let origin = (public, shared.as_ref());
+                    accept_loop(listener, upstream, origin, &stop, &connections)
+                })
                 .expect("fake LL-MEC: accept thread")
         };
         Front {
@@ -312,9 +361,12 @@ impl Front {
     }
 }
 
+/// Accepts the clients of public port `origin.0`, relaying each to `upstream` (the HTTP
+/// server), and notes in `origin.1` which public port each relay connection serves.
 fn accept_loop(
     listener: TcpListener,
     upstream: SocketAddr,
+    origin: (u16, &Shared),
     stop: &AtomicBool,
     connections: &Arc<Mutex<HashMap<u64, Vec<TcpStream>>>>,
 ) {
@@ -334,6 +386,10 @@ fn accept_loop(
                 let Ok(relay) = Relay::new(client, upstream) else {
                     continue;
                 };
+                // Noted before any byte is relayed, so before the request can be handled.
+                if let Ok(local) = relay.upstream.local_addr() {
+                    lock(&origin.1.origins).insert(local.port(), origin.0);
+                }
                 registry.insert(id, relay.handles());
                 drop(registry);
                 let spawned = thread::Builder::new()
@@ -413,6 +469,10 @@ fn handle(mut request: Request, shared: &Shared) {
     let _ = request.as_reader().take(MAX_BODY).read_to_end(&mut body);
     let body = String::from_utf8_lossy(&body).into_owned();
     let known = path == DNS_PATH || path == TRAFFIC_PATH;
+    let via = request
+        .remote_addr()
+        .and_then(|a| lock(&shared.origins).get(&a.port()).copied())
+        .unwrap_or(0);
 
     let (plan, delay, lost) = {
         let mut state = lock(&shared.state);
@@ -422,6 +482,7 @@ fn handle(mut request: Request, shared: &Shared) {
             headers: Vec::new(),
             body: body.clone(),
         });
+        state.via.push(via);
         let injected = if method == "POST" {
             state.posts += 1;
             let n = state.posts;
