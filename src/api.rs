@@ -99,18 +99,9 @@ pub struct Api {
 impl RequestHandler for Api {
     /// Answers one request.
     fn handle(&self, request: &Request) -> Response {
-        let path = request.path();
-        match route(path) {
-            None if path.starts_with(BASE) && !self.authorized(request) => ApiError::Unauthorized,
-            None => ApiError::NoRoute {
-                path: path.to_string(),
-            },
-            Some(route) => match self.dispatch(&route, request) {
-                Ok(response) => return response,
-                Err(e) => e,
-            },
-        }
-        .to_response(self.style)
+        handle_with(self.token.as_ref(), self.style, request, |route| {
+            answer(&self.service, self.style, route, request)
+        })
     }
 
     /// Answers on the server's I/O thread the routes that read only the configuration: the
@@ -118,17 +109,13 @@ impl RequestHandler for Api {
     /// (listings, `/healthz` and `/metrics` count records), may write to disk (`/healthz`'s
     /// probe of a full state directory) or call platforms: they go to a worker.
     fn handle_inline(&self, request: &Request) -> Option<Response> {
-        matches!(route(request.path()), Some(Route::Regions | Route::OpenApi))
-            .then(|| self.handle(request))
+        reads_only_the_configuration(request).then(|| self.handle(request))
     }
 
     /// Refuses from the head alone, before any body byte is read, a request that lacks the
     /// token where one is needed: the same 401 [`handle`](RequestHandler::handle) would give.
     fn admit(&self, head: &Request) -> Option<Response> {
-        let path = head.path();
-        let protected = route(path).map_or(path.starts_with(BASE), |r| r.protected());
-        (protected && !self.authorized(head))
-            .then(|| ApiError::Unauthorized.to_response(self.style))
+        admit_with(self.token.as_ref(), self.style, head)
     }
 
     /// Counts an answered request in the metrics, under its route's template (`other` for a
@@ -141,18 +128,42 @@ impl RequestHandler for Api {
     }
 }
 
-impl Api {
-    /// True when no token is configured or the request carries it (compared in constant time).
-    fn authorized(&self, request: &Request) -> bool {
-        authorized(self.token.as_ref(), request)
+/// The answer to `request`, in `style`, of an API that answers its routes with `dispatch`:
+/// 401 without the token on a protected route (or under the base path), 404 for a path that is
+/// no route; [`Api`] and [`ClusterApi`] differ only in `dispatch`.
+fn handle_with(
+    token: Option<&Secret>,
+    style: ApiStyle,
+    request: &Request,
+    dispatch: impl FnOnce(&Route<'_>) -> Result<Response, ApiError>,
+) -> Response {
+    let path = request.path();
+    let authorized = authorized(token, request);
+    match route(path) {
+        None if path.starts_with(BASE) && !authorized => ApiError::Unauthorized,
+        None => ApiError::NoRoute {
+            path: path.to_string(),
+        },
+        Some(route) if route.protected() && !authorized => ApiError::Unauthorized,
+        Some(route) => match dispatch(&route) {
+            Ok(response) => return response,
+            Err(e) => e,
+        },
     }
+    .to_response(style)
+}
 
-    fn dispatch(&self, route: &Route<'_>, request: &Request) -> Result<Response, ApiError> {
-        if route.protected() && !self.authorized(request) {
-            return Err(ApiError::Unauthorized);
-        }
-        answer(&self.service, self.style, route, request)
-    }
+/// The routes answered from the configuration alone, on the I/O thread: the regions (by
+/// position too) and the OpenAPI document.
+fn reads_only_the_configuration(request: &Request) -> bool {
+    matches!(route(request.path()), Some(Route::Regions | Route::OpenApi))
+}
+
+/// The 401 that [`handle_with`] would give, from the head alone (before any body byte is read).
+fn admit_with(token: Option<&Secret>, style: ApiStyle, head: &Request) -> Option<Response> {
+    let path = head.path();
+    let protected = route(path).map_or(path.starts_with(BASE), |r| r.protected());
+    (protected && !authorized(token, head)).then(|| ApiError::Unauthorized.to_response(style))
 }
 
 /// The answer of `service` to an authorized request on `route`: the whole API in one `match`.
@@ -202,33 +213,18 @@ pub struct ClusterApi {
 
 impl RequestHandler for ClusterApi {
     fn handle(&self, request: &Request) -> Response {
-        let path = request.path();
-        let authorized = authorized(self.token.as_ref(), request);
-        match route(path) {
-            None if path.starts_with(BASE) && !authorized => ApiError::Unauthorized,
-            None => ApiError::NoRoute {
-                path: path.to_string(),
-            },
-            Some(route) if route.protected() && !authorized => ApiError::Unauthorized,
-            Some(route) => match self.dispatch(&route, request) {
-                Ok(response) => return response,
-                Err(e) => e,
-            },
-        }
-        .to_response(self.style)
+        handle_with(self.token.as_ref(), self.style, request, |route| {
+            self.dispatch(route, request)
+        })
     }
 
     /// As [`Api`]'s: the regions and the OpenAPI document, from the configuration.
     fn handle_inline(&self, request: &Request) -> Option<Response> {
-        matches!(route(request.path()), Some(Route::Regions | Route::OpenApi))
-            .then(|| self.handle(request))
+        reads_only_the_configuration(request).then(|| self.handle(request))
     }
 
     fn admit(&self, head: &Request) -> Option<Response> {
-        let path = head.path();
-        let protected = route(path).map_or(path.starts_with(BASE), |r| r.protected());
-        (protected && !authorized(self.token.as_ref(), head))
-            .then(|| ApiError::Unauthorized.to_response(self.style))
+        admit_with(self.token.as_ref(), self.style, head)
     }
 
     fn answered(&self, request: &Request, status: u16, took: Duration) {

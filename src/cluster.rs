@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::etcd::Client;
 use crate::http::{FORWARDED, JSON, PROBLEM_JSON, Request, Response};
 use crate::leader::{self, Election, Role, Settings, Term};
-use crate::mep::{self, agent};
+use crate::mep::agent;
 use crate::metrics::{Gauges, Metrics};
 use crate::reconciler::{self, Reconciler};
 use crate::retry::RetryPolicy;
@@ -101,14 +101,7 @@ impl Cluster {
         };
         let election = Arc::new(Election::start(client.clone(), &settings));
         let advertise_url = settings.advertise_url;
-        let regions = config
-            .regions
-            .iter()
-            .map(|r| Region {
-                config: r.clone(),
-                driver: mep::build(&r.id, &r.mep),
-            })
-            .collect();
+        let regions = Region::all(&config.regions);
         let shared = Arc::new(Shared {
             client,
             advertise_url,

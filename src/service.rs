@@ -28,6 +28,19 @@ pub struct Region {
     pub driver: Arc<dyn Driver>,
 }
 
+impl Region {
+    /// The configured regions, each with the driver its `[region.mep]` names.
+    pub fn all(configs: &[RegionConfig]) -> Vec<Region> {
+        configs
+            .iter()
+            .map(|r| Region {
+                config: r.clone(),
+                driver: mep::build(&r.id, &r.mep),
+            })
+            .collect()
+    }
+}
+
 /// Why changes cannot be made durable now.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StateProblem {
@@ -121,15 +134,8 @@ impl Service {
                 ""
             }
         );
-        let regions = config
-            .regions
-            .iter()
-            .map(|r| Region {
-                config: r.clone(),
-                driver: mep::build(&r.id, &r.mep),
-            })
-            .collect();
-        let mut service = Service::with_store(regions, store, config.server.retry);
+        let mut service =
+            Service::with_store(Region::all(&config.regions), store, config.server.retry);
         service.max_requests = config.server.max_requests;
         Ok(service)
     }
