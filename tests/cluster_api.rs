@@ -119,6 +119,13 @@ fn agent() -> ureq::Agent {
         .new_agent()
 }
 
+/// Creates the DNS request through the instance at `base`; its id.
+fn create(base: &str) -> String {
+    let created = call("POST", base, "/MEC/v1/service/requests", Some(DNS), &[]);
+    assert_eq!(created.status, 201, "{created:?}");
+    created.json()["RequestId"].as_str().unwrap().to_string()
+}
+
 /// `method` `url` + `path` with an optional JSON body and extra headers.
 fn call(
     method: &str,
@@ -354,15 +361,7 @@ fn a_stopped_leader_is_replaced_by_the_follower_which_sees_its_records() {
     };
     let mep = FakeLlMec::start();
     let (leader, follower) = pair(&etcd, "/t2", &mep);
-    let created = call(
-        "POST",
-        &leader.url,
-        "/MEC/v1/service/requests",
-        Some(DNS),
-        &[],
-    );
-    assert_eq!(created.status, 201, "{created:?}");
-    let id = created.json()["RequestId"].as_str().unwrap().to_string();
+    let id = create(&leader.url);
     leader.app.stop(Duration::from_secs(2));
     assert!(
         eventually(ROLE_WITHIN, || follower.role() == Role::Leader
@@ -398,15 +397,7 @@ fn without_etcd_changes_and_reads_answer_503_with_retry_after_and_no_platform_is
     };
     let mep = FakeLlMec::start();
     let (leader, follower) = pair(&etcd, "/t3", &mep);
-    let created = call(
-        "POST",
-        &follower.url,
-        "/MEC/v1/service/requests",
-        Some(DNS),
-        &[],
-    );
-    assert_eq!(created.status, 201, "{created:?}");
-    let id = created.json()["RequestId"].as_str().unwrap().to_string();
+    let id = create(&follower.url);
     etcd.kill(0);
     // Within the lease, neither instance keeps a role.
     assert!(
