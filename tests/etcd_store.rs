@@ -632,3 +632,60 @@ fn a_refused_batch_stops_the_store_rather_than_leave_its_memory_ahead_of_etcd() 
     drop(store);
     step_down(election);
 }
+
+/// Under many concurrent writers of the same few keys (batched into shared transactions, retried
+/// after unknown outcomes), etcd applies each key's changes in the order the store made them (each change counts
+/// up the record's `detail` under the records lock; no revision of etcd holds a count lower
+/// than an earlier revision's), and the last state is the store's.
+#[test]
+fn concurrent_updates_of_a_key_reach_etcd_in_the_order_they_were_made() {
+    let test = "concurrent_updates_of_a_key_reach_etcd_in_the_order_they_were_made";
+    let Some(cluster) = etcd(test, 3) else {
+        return;
+    };
+    let c = client(&cluster);
+    let prefix = "/t-order";
+    let election = leader(&c, prefix, 5);
+    let store = Arc::new(open(&c, prefix, &election));
+    const KEYS: usize = 4;
+    for k in 0..KEYS {
+        store.insert(record(&format!("k{k}"), "1")).unwrap();
+    }
+    let before = revision(&c);
+    let count = |r: &Record| -> u64 { r.detail.as_deref().map_or(0, |d| d.parse().unwrap()) };
+    std::thread::scope(|s| {
+        for t in 0..16 {
+            let store = &store;
+            s.spawn(move || {
+                // Bounded in count.
+                for n in 0..40 {
+                    let id = format!("k{}", (t + n) % KEYS);
+                    store
+                        .update(&id, |r| r.detail = Some((count(r) + 1).to_string().into()))
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let after = revision(&c);
+    assert!(after - before > 2, "several transactions");
+    let mut last = [0u64; KEYS];
+    for at in before..=after {
+        let read = c.range(&Range::prefix("/t-order/records/").at(at)).unwrap();
+        for kv in read.kvs {
+            let r: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+            let k: usize = r["id"].as_str().unwrap()[1..].parse().unwrap();
+            let n: u64 = r["detail"].as_str().map_or(0, |d| d.parse().unwrap());
+            assert!(
+                n >= last[k],
+                "k{k} went from {} back to {n} at revision {at}",
+                last[k]
+            );
+            last[k] = n;
+        }
+    }
+    assert_eq!(last.iter().sum::<u64>(), 16 * 40, "every change landed");
+    let read = Store::read_etcd(&c, prefix).unwrap();
+    assert_eq!(summary(&read), summary(&store));
+    assert!(store.writable().is_ok(), "{:?}", store.failure());
+}
