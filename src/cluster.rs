@@ -10,7 +10,7 @@
 //! that term's [`Reconciler`] and publishes the service. When the term ends (lease lapsed,
 //! deposed, etcd cut off) it unpublishes it and stops its reconciler; requests still in flight
 //! keep their `Arc<Service>`, whose fenced store refuses their writes and whose
-//! [`Service::call`] no longer calls platforms.
+//! `Service::call` no longer calls platforms.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
-//! The etcd backend of the store (issue 15; the store depends on it, not the reverse): the leader's records under `<prefix>/records/<id>`,
-//! committed by one writer thread in transactions fenced on the leader's term; a prefix read at
-//! one revision in creation order; the migration's import into an empty prefix; the etcd client
-//! options of `[store]`.
+//! The etcd backend of the store (issue 15; the store depends on it, not the reverse): the
+//! leader's records under `<prefix>/records/<id>`, committed by one writer thread in
+//! transactions fenced on the leader's term; a prefix read at one revision in creation order;
+//! the migration's import into an empty prefix; the etcd client options of `[store]`.
 //!
 //! - A key's value is the whole record: its journal `put` entry's JSON (`RecordEntry`) with
 //!   one more field first, `seq`, its place in the creation order, given when it is created

@@ -6,8 +6,12 @@
 //! JSON spellings, [`store`] keeps the records, [`mep`] holds the platform drivers,
 //! [`service`] applies and removes a request's rules atomically (taking [`turns`] on the
 //! platform rules it calls for), [`reconciler`] recovers at start-up and finishes removals in
-//! the background, [`api`] routes HTTP requests to it, [`server`] is the hardened HTTP front end (its HTTP/1.1 syntax in [`http1`]), and [`app`] wires
-//! them together; [`migrate`] exports and imports the records.
+//! the background, [`api`] routes HTTP requests to it, [`server`] is the hardened HTTP front
+//! end (its HTTP/1.1 syntax in [`http1`]), and [`app`] wires them together; [`migrate`] exports
+//! and imports the records. Past one machine (`[store] kind = "etcd"`): [`etcd`] is the client
+//! of etcd's JSON gateway, [`leader`] elects one instance with a lease, [`etcd_store`] is the
+//! store's fenced etcd backend, and [`cluster`] runs the leader's service of each term and
+//! routes a follower's calls.
 
 pub mod api;
 pub mod app;
