@@ -95,27 +95,14 @@ fn call(
         .method(method)
         .uri(format!("http://{addr}{path}"))
         .header("Connection", "close");
-    let result = match body {
-        Some(b) => agent.run(
-            request
-                .header("Content-Type", "application/json")
-                .body(b.as_bytes().to_vec())
-                .unwrap(),
-        ),
-        None => agent.run(request.body(()).unwrap()),
-    };
+    let result = support::send(&agent, request, body, "application/json");
     let mut response = result.map_err(|e| match e {
         ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
             format!("{REFUSED}: {method} {path} on {addr}")
         }
         e => format!("{method} {path} on {addr}: {e}"),
     })?;
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .map(|v| v.to_str().unwrap_or("").to_string())
-    };
+    let header = |name: &str| support::header_of(&response, name);
     let (content_type, retry_after) = (
         header("content-type").unwrap_or_default(),
         header("retry-after"),

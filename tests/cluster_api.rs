@@ -152,22 +152,9 @@ fn call_via(
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let result = match body {
-        Some(b) => agent.run(
-            request
-                .header("Content-Type", "application/json")
-                .body(b.as_bytes().to_vec())
-                .unwrap(),
-        ),
-        None => agent.run(request.body(()).unwrap()),
-    };
+    let result = support::send(agent, request, body, "application/json");
     let mut response = result.unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"));
-    let header = |n: &str| {
-        response
-            .headers()
-            .get(n)
-            .map(|v| v.to_str().unwrap_or("").to_string())
-    };
+    let header = |n: &str| support::header_of(&response, n);
     let (content_type, location, retry_after) = (
         header("content-type"),
         header("location"),

@@ -226,15 +226,7 @@ impl Api {
     ) -> Result<(u16, Value), String> {
         let url = format!("{}{}", self.base, path);
         let request = ureq::http::Request::builder().method(method).uri(&url);
-        let result = match body {
-            Some(b) => self.agent.run(
-                request
-                    .header("Content-Type", "application/json")
-                    .body(b.as_bytes().to_vec())
-                    .unwrap(),
-            ),
-            None => self.agent.run(request.body(()).unwrap()),
-        };
+        let result = support::send(&self.agent, request, body, "application/json");
         let mut response = result.map_err(|e| format!("{method} {url}: {e}"))?;
         let status = response.status().as_u16();
         let text = response

@@ -142,22 +142,9 @@ fn send(
     if let Some(a) = auth {
         request = request.header("Authorization", a);
     }
-    let result = match body {
-        Some(b) => agent.run(
-            request
-                .header("Content-Type", "application/json")
-                .body(b.as_bytes().to_vec())
-                .unwrap(),
-        ),
-        None => agent.run(request.body(()).unwrap()),
-    };
+    let result = support::send(&agent, request, body, "application/json");
     let mut response = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .map(|v| v.to_str().unwrap_or("").to_string())
-    };
+    let header = |name: &str| support::header_of(&response, name);
     let (content_type, allow) = (header("content-type").unwrap_or_default(), header("allow"));
     Answer {
         status: response.status().as_u16(),

@@ -27,6 +27,33 @@ pub struct Plugin {
     agent: ureq::Agent,
 }
 
+/// Sends `request` through `agent`, with `body` (of `content_type`) or none: the one way the
+/// tests' HTTP clients build and send a request.
+pub fn send(
+    agent: &ureq::Agent,
+    request: ureq::http::request::Builder,
+    body: Option<&str>,
+    content_type: &str,
+) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    match body {
+        Some(b) => agent.run(
+            request
+                .header("Content-Type", content_type)
+                .body(b.as_bytes().to_vec())
+                .unwrap(),
+        ),
+        None => agent.run(request.body(()).unwrap()),
+    }
+}
+
+/// A header of `response` as text ("" when it is not ASCII), if present.
+pub fn header_of<B>(response: &ureq::http::Response<B>, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap_or("").to_string())
+}
+
 /// `[server]` section for tests: loopback, port 0, short read timeout.
 pub fn server_section(extra: &str) -> String {
     format!(
@@ -94,23 +121,10 @@ impl Plugin {
     ) -> Reply {
         let url = format!("{}{}", self.base, path);
         let request = ureq::http::Request::builder().method(method).uri(&url);
-        let result = match body {
-            Some(b) => self.agent.run(
-                request
-                    .header("Content-Type", content_type)
-                    .body(b.as_bytes().to_vec())
-                    .unwrap(),
-            ),
-            None => self.agent.run(request.body(()).unwrap()),
-        };
+        let result = send(&self.agent, request, body, content_type);
         let mut response = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = response.status().as_u16();
-        let header = |n: &str| {
-            response
-                .headers()
-                .get(n)
-                .map(|v| v.to_str().unwrap_or("").to_string())
-        };
+        let header = |n: &str| header_of(&response, n);
         let content_type = header("content-type").unwrap_or_default();
         let allow = header("allow");
         let (link, location) = (header("link"), header("location"));
