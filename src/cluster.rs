@@ -170,11 +170,12 @@ impl Cluster {
 
     /// The configured regions in a service without records (regions and OpenAPI answers).
     pub fn regions(&self) -> Service {
-        Service::with_store(
-            self.shared.region_copies(),
-            Store::in_memory(),
-            self.shared.retry,
-        )
+        self.over(Store::in_memory())
+    }
+
+    /// A service over the configured regions and `store`, for answers that call no platform.
+    fn over(&self, store: Store) -> Service {
+        Service::with_store(self.shared.region_copies(), store, self.shared.retry)
     }
 
     /// The metrics shared by every term.
@@ -187,11 +188,7 @@ impl Cluster {
     pub fn read(&self) -> Result<Service, ApiError> {
         let store = Store::read_etcd(&self.shared.client, &self.shared.prefix)
             .map_err(|e| self.store_error(e))?;
-        Ok(Service::with_store(
-            self.shared.region_copies(),
-            store,
-            self.shared.retry,
-        ))
+        Ok(self.over(store))
     }
 
     /// [`read`](Cluster::read) of one request: only its key is read (linearizable); the
@@ -203,11 +200,7 @@ impl Cluster {
         if let Some(record) = record {
             store.insert(record).map_err(|e| self.store_error(e))?;
         }
-        Ok(Service::with_store(
-            self.shared.region_copies(),
-            store,
-            self.shared.retry,
-        ))
+        Ok(self.over(store))
     }
 
     /// Counts `e` and gives the API's answer to it (503 + `Retry-After` when etcd cannot be

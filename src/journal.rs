@@ -572,6 +572,11 @@ impl Journal {
         }
     }
 
+    /// The error every write gets once the journal stopped (after a failed `fsync`), if it did.
+    pub fn stopped(&self) -> Option<JournalError> {
+        self.shared.stopped_error(&self.dir)
+    }
+
     /// Why the journal stopped, if it did (after a failed `fsync`).
     pub fn failure(&self) -> Option<String> {
         self.shared.sync_state().failed.clone()

@@ -1121,6 +1121,9 @@ pub(crate) mod tests {
         let (s, d, dir) = durable("unwritable");
         let id = s.create(request(&["a"])).unwrap();
         s.stop_journal("fsync of journal-1 failed: EIO");
+        // The journal's own error (only a restart helps), not etcd's "try again".
+        let e = s.store.writable().unwrap_err();
+        assert!(!e.is_unavailable() && e.to_string().contains("EIO"), "{e}");
         let called = std::sync::atomic::AtomicBool::new(false);
         let answer = s.call("2", "remove", || {
             called.store(true, std::sync::atomic::Ordering::SeqCst);

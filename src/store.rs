@@ -1152,9 +1152,13 @@ impl Store {
     /// store's term is still valid and its writer has not stopped. Checked before every
     /// platform call, so that an instance that cannot record first does not call.
     pub fn writable(&self) -> Result<(), StoreError> {
-        match self.failure() {
-            Some(reason) => Err(StoreError::Unavailable(reason)),
-            None => Ok(()),
+        match &self.durability {
+            Durability::Memory => Ok(()),
+            // Its own error: only a restart helps, which `Unavailable` would not say.
+            Durability::Journal(j) => j.stopped().map_or(Ok(()), |e| Err(e.into())),
+            Durability::Etcd(w) => w
+                .failure()
+                .map_or(Ok(()), |r| Err(StoreError::Unavailable(r))),
         }
     }
 
