@@ -2388,23 +2388,11 @@ fn cluster(options: &Options, goals: &mut Vec<String>) {
         cluster_failover(options, &binary, &etcd, &platform, &dir, goals);
     }
     // Last: etcd served every run after the probes' ~13,000 puts (and their deletion) 25-35 %
-    // slower (its CPU per request 1,400-1,650 µs against 930-1,030; BENCHMARKS.md, issue 15).
+    // slower (CPU per request outside the plugin 1,310-1,660 µs against 925-1,030; BENCHMARKS.md).
     if part("durable") && options.probes {
         probe_etcd(&etcd, options.duration);
     }
     let _ = fs::remove_dir_all(&dir);
-}
-
-/// The plugin's etcd client on `etcd`'s members, for the bench's own reads and probes.
-fn etcd_client(etcd: &etcd_members::Cluster) -> mec_plugin::etcd::Client {
-    mec_plugin::etcd::Client::new(mec_plugin::etcd::Options {
-        endpoints: etcd.endpoints(),
-        ca_pem: None,
-        user: None,
-        password: None,
-        timeout: Duration::from_secs(2),
-    })
-    .expect("etcd client")
 }
 
 /// etcd's current revision (one more per transaction that writes).
@@ -2417,7 +2405,7 @@ fn etcd_revision(client: &mec_plugin::etcd::Client) -> i64 {
 /// record is about 500 bytes) through the plugin's own etcd client, one at a time and from 8
 /// threads at once (etcd's Raft commit: a quorum's WAL fsyncs, here on one disk).
 fn probe_etcd(etcd: &etcd_members::Cluster, duration: Duration) {
-    let client = Arc::new(etcd_client(etcd));
+    let client = Arc::new(etcd.client(Duration::from_secs(2)));
     let value = vec![b'x'; 500];
     let mut one = Vec::new();
     for n in 0..PROBE_SAMPLES.min(300) {
@@ -2499,7 +2487,7 @@ fn cluster_throughput(
          and the rest: etcd, load generator, fake platform, other programs; busy %: of all cores;\n   \
          txn/req: etcd transactions (revisions) per request, 2 unbatched: a creation, its outcome)"
     );
-    let client = etcd_client(etcd);
+    let client = etcd.client(Duration::from_secs(2));
     let mut on_etcd = Vec::new();
     for run in 0..options.repeat {
         let journal = drive_binary(options, binary, platform, c, bodies.clone());

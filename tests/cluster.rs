@@ -21,7 +21,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use child::Child;
-use mec_plugin::etcd::{Client, Options, Range};
+use mec_plugin::etcd::{Client, Range};
 use mec_plugin::util::lock;
 use serde_json::{Value, json};
 use support::etcd::{Cluster, MISSING};
@@ -232,14 +232,7 @@ impl Deployment {
                 }
             })
             .collect();
-        let client = Client::new(Options {
-            endpoints: etcd.endpoints(),
-            ca_pem: None,
-            user: None,
-            password: None,
-            timeout: Duration::from_secs(1),
-        })
-        .unwrap();
+        let client = etcd.client(Duration::from_secs(1));
         let mut deployment = Deployment {
             etcd,
             platforms,

@@ -602,14 +602,7 @@ fn a_leader_that_cannot_be_reached_answers_503_saying_nothing_was_sent() {
     };
     let mep = FakeLlMec::start();
     // A leader key held by an instance that listens nowhere (its lease outlives the test).
-    let client = mec_plugin::etcd::Client::new(mec_plugin::etcd::Options {
-        endpoints: etcd.endpoints(),
-        ca_pem: None,
-        user: None,
-        password: None,
-        timeout: Duration::from_secs(2),
-    })
-    .unwrap();
+    let client = etcd.client(Duration::from_secs(2));
     let lease = client.lease_grant(60).unwrap();
     let gone = format!("http://127.0.0.1:{}", free_port());
     client
@@ -696,14 +689,7 @@ fn a_stopped_leader_has_revoked_its_lease_when_stop_returns() {
         &[],
     );
     assert_eq!(created.status, 201, "{created:?}");
-    let client = mec_plugin::etcd::Client::new(mec_plugin::etcd::Options {
-        endpoints: etcd.endpoints(),
-        ca_pem: None,
-        user: None,
-        password: None,
-        timeout: Duration::from_secs(1),
-    })
-    .unwrap();
+    let client = etcd.client(Duration::from_secs(1));
     let key = mec_plugin::leader::leader_key("/t-revoke");
     assert!(
         client.get(&key).unwrap().is_some(),
@@ -728,14 +714,7 @@ fn a_leader_whose_store_stopped_reopens_it_for_the_same_term() {
     let mep = FakeLlMec::start();
     let leader = Instance::start(&etcd, "/t-reopen", &mep);
     assert!(eventually(ROLE_WITHIN, || leader.ready()), "it leads");
-    let client = mec_plugin::etcd::Client::new(mec_plugin::etcd::Options {
-        endpoints: etcd.endpoints(),
-        ca_pem: None,
-        user: None,
-        password: None,
-        timeout: Duration::from_secs(1),
-    })
-    .unwrap();
+    let client = etcd.client(Duration::from_secs(1));
     client
         .put(b"/t-reopen/writer", b"someone else", 0)
         .expect("put");

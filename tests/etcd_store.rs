@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mec_plugin::etcd::{Client, Options, Range};
+use mec_plugin::etcd::{Client, Range};
 use mec_plugin::leader::{Election, Settings, leader_key};
 use mec_plugin::mep::Step;
 use mec_plugin::model::Status;
@@ -27,16 +27,7 @@ fn etcd(test: &str, size: usize) -> Option<Cluster> {
 }
 
 fn client(cluster: &Cluster) -> Arc<Client> {
-    Arc::new(
-        Client::new(Options {
-            endpoints: cluster.endpoints(),
-            ca_pem: None,
-            user: None,
-            password: None,
-            timeout: Duration::from_secs(1),
-        })
-        .unwrap(),
-    )
+    Arc::new(cluster.client(Duration::from_secs(1)))
 }
 
 /// An election on `prefix` that leads (waited for).

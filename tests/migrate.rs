@@ -436,14 +436,7 @@ fn an_import_into_etcd_refuses_records_a_leader_and_bad_lines_writing_nothing() 
     let (config, state_a, _) = deployment(&fake, &dir);
     let file = dir.join("all.jsonl");
     let exported = String::from_utf8(export(&config, &state_a, &file)).unwrap();
-    let client = mec_plugin::etcd::Client::new(mec_plugin::etcd::Options {
-        endpoints: cluster.endpoints(),
-        ca_pem: None,
-        user: None,
-        password: None,
-        timeout: std::time::Duration::from_secs(2),
-    })
-    .unwrap();
+    let client = cluster.client(std::time::Duration::from_secs(2));
     let count = |prefix: &str| {
         client
             .range(&mec_plugin::etcd::Range::prefix(format!(

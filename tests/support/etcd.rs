@@ -109,6 +109,19 @@ impl Cluster {
         self.members.iter().map(Member::endpoint).collect()
     }
 
+    /// The plugin's own etcd client on every member, without TLS or a user; `timeout` bounds
+    /// one call to one member.
+    pub fn client(&self, timeout: Duration) -> mec_plugin::etcd::Client {
+        mec_plugin::etcd::Client::new(mec_plugin::etcd::Options {
+            endpoints: self.endpoints(),
+            ca_pem: None,
+            user: None,
+            password: None,
+            timeout,
+        })
+        .expect("an etcd client of the members' URLs")
+    }
+
     fn spawn(&mut self, i: usize) {
         let member = &self.members[i];
         let data = self.dir.join(&member.name);
