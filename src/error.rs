@@ -91,6 +91,9 @@ pub enum ApiError {
     /// leadership during the change. 503 with `Retry-After`: another attempt may succeed.
     /// `request_id` when the change's record may stay (a creation recorded PENDING before
     /// the leadership was lost): the answer names it, as [`ApiError::StateWrite`] does.
+    /// The request's record would be larger than one etcd transaction takes (`[store] kind =
+    /// "etcd"`): nothing was recorded or sent. 413: a smaller request is needed, not a retry.
+    RecordTooLarge { detail: String },
     Unavailable {
         detail: String,
         request_id: Option<String>,
@@ -128,6 +131,7 @@ impl ApiError {
             ApiError::StateWrite { .. } => 500,
             ApiError::StateUnavailable { .. } | ApiError::StateFull { .. } => 503,
             ApiError::Unavailable { .. } => 503,
+            ApiError::RecordTooLarge { .. } => 413,
         }
     }
 
@@ -161,6 +165,7 @@ impl ApiError {
             ApiError::RequestLimit { .. } => "Request limit reached",
             ApiError::StateUnavailable { .. } | ApiError::StateFull { .. } => "State not writable",
             ApiError::Unavailable { .. } => "Temporarily unavailable",
+            ApiError::RecordTooLarge { .. } => "Request too large to record",
         }
     }
 
@@ -201,6 +206,7 @@ impl ApiError {
             ApiError::StateUnavailable { .. } => "urn:mec-plugin:problem:state-unavailable",
             ApiError::StateFull { .. } => "urn:mec-plugin:problem:state-full",
             ApiError::Unavailable { .. } => "urn:mec-plugin:problem:unavailable",
+            ApiError::RecordTooLarge { .. } => "urn:mec-plugin:problem:record-too-large",
         }
     }
 
@@ -389,6 +395,11 @@ impl fmt::Display for ApiError {
             ApiError::StateUnavailable { detail } => write!(
                 f,
                 "{detail}; nothing more can be recorded or acknowledged: restart the service (it reloads what is on disk)"
+            ),
+            ApiError::RecordTooLarge { detail } => write!(
+                f,
+                "{detail}; nothing was recorded or sent: split the request's rules over several \
+                 requests"
             ),
             ApiError::Unavailable { detail, request_id } => {
                 write!(f, "{detail}; retry after {UNAVAILABLE_RETRY_AFTER_S} s")?;

@@ -100,6 +100,9 @@ struct Unsettled {
 /// record may stay (the answer then names it).
 fn state_error(e: StoreError, request_id: Option<&str>) -> ApiError {
     error!("the state could not be made durable: {e}");
+    if let StoreError::TooLarge(detail) = e {
+        return ApiError::RecordTooLarge { detail };
+    }
     if e.is_unavailable() {
         // etcd unreachable or without quorum, or this instance no longer leads: another
         // attempt (here or at the new leader) may succeed.
@@ -1114,6 +1117,15 @@ pub(crate) mod tests {
             !journal.contains("mec_plugin_leader"),
             "not shown with the journal"
         );
+    }
+
+    #[test]
+    fn a_record_too_large_for_etcd_answers_413_not_a_retry() {
+        let e = state_error(StoreError::TooLarge("request x: too large".into()), None);
+        let response = e.to_response(crate::model::ApiStyle::Spec);
+        assert_eq!(response.status, 413);
+        assert!(response.header("Retry-After").is_none());
+        assert!(e.to_string().contains("split the request's rules"), "{e}");
     }
 
     #[test]

@@ -359,6 +359,9 @@ pub enum StoreError {
     /// The etcd store cannot commit or read now: etcd unreachable or without quorum, or this
     /// instance no longer leads (its term is over). Answered 503 with `Retry-After`.
     Unavailable(String),
+    /// The record is larger than one etcd transaction takes: nothing was written, and no retry
+    /// can succeed (answered 413).
+    TooLarge(String),
 }
 
 impl StoreError {
@@ -378,6 +381,7 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Journal(e) => e.fmt(f),
             StoreError::Unavailable(reason) => write!(f, "the etcd store is unavailable: {reason}"),
+            StoreError::TooLarge(reason) => f.write_str(reason),
         }
     }
 }
@@ -1250,7 +1254,7 @@ fn check_etcd_size(record: &Record) -> Result<(), StoreError> {
         + record.platform.as_deref().map_or(0, str::len)
         + 256;
     if size > MAX_RECORD_BYTES {
-        return Err(StoreError::Unavailable(format!(
+        return Err(StoreError::TooLarge(format!(
             "request {}: its record (about {size} bytes) is larger than one etcd transaction \
              takes ({MAX_RECORD_BYTES} bytes)",
             record.id

@@ -383,7 +383,8 @@ fn the_leader_key_held_by_another_term_refuses_the_store_and_records_too_large_a
     huge.request = Arc::from(format!(r#"{{"x":"{}"}}"#, "y".repeat(1_200_000)));
     let e = store.insert(huge).unwrap_err();
     assert!(
-        e.to_string().contains("larger than one etcd transaction"),
+        matches!(e, mec_plugin::store::StoreError::TooLarge(_))
+            && e.to_string().contains("larger than one etcd transaction"),
         "{e}"
     );
     assert!(store.get("huge").is_none());

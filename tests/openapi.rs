@@ -358,6 +358,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::Unauthorized,
         ApiError::Internal { detail: s() },
         ApiError::StateUnavailable { detail: s() },
+        ApiError::RecordTooLarge { detail: s() },
         ApiError::StateWrite {
             detail: s(),
             no_space: true,
@@ -413,6 +414,7 @@ fn variant(e: &ApiError) -> usize {
         ApiError::VersionNotSupported => 23,
         ApiError::TooManyConnections { .. } => 24,
         ApiError::Unavailable { .. } => 25,
+        ApiError::RecordTooLarge { .. } => 26,
     }
 }
 
@@ -422,7 +424,7 @@ fn every_documented_status_is_one_the_api_produces_and_every_error_is_documented
     let listed: BTreeSet<usize> = errors.iter().map(variant).collect();
     assert_eq!(
         listed,
-        (0..26).collect(),
+        (0..27).collect(),
         "every ApiError variant is listed"
     );
     let error_codes: BTreeSet<u16> = errors.iter().map(ApiError::status).collect();
