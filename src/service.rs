@@ -653,8 +653,9 @@ impl Service {
         };
         for k in (0..record.applied).rev() {
             let _turn = self.turns.remove(self.rule_of(region, &steps[k]));
-            // In place before this request: left as it was.
-            if record.is_kept(k) {
+            // In place before this request: left as it was. Read under the turn, not from
+            // `record`: a release may have handed this request the removal meanwhile.
+            if self.store.keeps(id, k) {
                 self.step_off(id, k).map_err(Undo::State)?;
                 continue;
             }
@@ -891,6 +892,11 @@ pub(crate) mod tests {
         /// The next apply (or removal) says it has started, then waits to be let go.
         pub(crate) apply_gate: Mutex<Option<Gate>>,
         pub(crate) remove_gate: Mutex<Option<Gate>>,
+        /// The next apply takes effect, says so, then waits to be let go before it answers.
+        pub(crate) answer_gate: Mutex<Option<Gate>>,
+        /// Answers an apply of a rule that is on already [`Applied::AlreadyInPlace`] (as a
+        /// MEC 011 platform does), when set; otherwise every apply is a change.
+        pub(crate) reports_prior: std::sync::atomic::AtomicBool,
     }
 
     /// Tells `entered` that a call started, waits on `release`, then answers (refusing when
@@ -953,6 +959,9 @@ pub(crate) mod tests {
                 .collect())
         }
         fn apply(&self, step: &Step) -> Result<(), MepError> {
+            self.apply_with_prior(step).map(|_| ())
+        }
+        fn apply_with_prior(&self, step: &Step) -> Result<Applied, MepError> {
             if Gate::pass(&self.apply_gate) {
                 return Err(unavailable());
             }
@@ -964,8 +973,16 @@ pub(crate) mod tests {
                     return Err(e);
                 }
             }
-            self.on.lock().unwrap().insert(step.label().to_string());
-            Ok(())
+            let new = self.on.lock().unwrap().insert(step.label().to_string());
+            if Gate::pass(&self.answer_gate) {
+                return Err(unavailable());
+            }
+            let prior = self.reports_prior.load(std::sync::atomic::Ordering::SeqCst);
+            Ok(if prior && !new {
+                Applied::AlreadyInPlace
+            } else {
+                Applied::Changed
+            })
         }
         fn remove(&self, step: &Step) -> Result<(), MepError> {
             if Gate::pass(&self.remove_gate) {
@@ -1263,6 +1280,112 @@ pub(crate) mod tests {
         assert_eq!(on(&d), ["same"], "the second request still needs it");
         s.delete(&second, false).unwrap();
         assert!(on(&d).is_empty());
+    }
+
+    /// A service whose platform reports rules already in place, with `before` on it already
+    /// (as its descriptor left them).
+    fn service_with_prior(before: &[&str]) -> (Arc<Service>, Arc<Scripted>) {
+        let (s, d) = service();
+        d.reports_prior
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        d.on.lock()
+            .unwrap()
+            .extend(before.iter().map(|l| l.to_string()));
+        (Arc::new(s), d)
+    }
+
+    /// Creates request `first` on another thread and holds its (only) apply at `gate` while
+    /// `second` is created; then lets the first go. Returns both ids (first, second).
+    fn create_across(
+        s: &Arc<Service>,
+        gate: &Mutex<Option<Gate>>,
+        first: &'static str,
+        second: &str,
+    ) -> [String; 2] {
+        let (entered, release) = Gate::install(gate, false);
+        let held = on_thread(s, move |s| s.create(request(&[first])));
+        entered.recv().unwrap();
+        let second = s.create(request(&[second])).unwrap();
+        release.send(()).unwrap();
+        [held.join().unwrap().unwrap(), second]
+    }
+
+    #[test]
+    fn a_rule_in_place_before_two_concurrent_creations_stays_after_both_are_deleted() {
+        for first_deleted in [0, 1] {
+            let (s, d) = service_with_prior(&["same"]);
+            // The first one's call is in flight when the second one's is answered "already
+            // in place": neither changed the rule, whichever is answered first.
+            let ids = create_across(&s, &d.apply_gate, "same", "same");
+            for id in [&ids[first_deleted], &ids[1 - first_deleted]] {
+                s.delete(id, false).unwrap();
+                assert_eq!(
+                    on(&d),
+                    ["same"],
+                    "active before either request: left active"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_rule_activated_by_one_of_two_concurrent_creations_is_removed_with_the_last() {
+        for first_deleted in [0, 1] {
+            let (s, d) = service_with_prior(&[]);
+            // The first one activates it; the second is answered "already in place" while
+            // the first one's answer is still on its way.
+            let ids = create_across(&s, &d.answer_gate, "same", "same");
+            s.delete(&ids[first_deleted], false).unwrap();
+            assert_eq!(on(&d), ["same"], "the other request still holds it");
+            s.delete(&ids[1 - first_deleted], false).unwrap();
+            assert!(
+                on(&d).is_empty(),
+                "activated by the plugin: removed with the last"
+            );
+        }
+    }
+
+    #[test]
+    fn a_step_kept_when_its_undo_began_but_handed_over_since_is_removed() {
+        let (s, d) = service_with_prior(&[]);
+        // `a` activates the rule.
+        let a = s.create(request(&["same"])).unwrap();
+        // `b`, a creation now undoing its steps, found the rule in place while `a`'s answer
+        // was on its way (so it kept it).
+        let steps = s.get(&a).unwrap().steps;
+        let mut b = Record::new(
+            Arc::from("b"),
+            Arc::from("2"),
+            Arc::from("{}"),
+            Status::Pending,
+            steps.clone(),
+            1,
+            now_millis(),
+        );
+        b.kept = Some(Arc::from([0]));
+        assert!(b.claim());
+        s.store.insert(b).unwrap();
+        let rule = s.rule_of(s.region("2").unwrap(), &steps[0]);
+        // `b`'s undo has read its record and waits for its turn on the rule...
+        let held = s.turns.remove(rule);
+        let undo = on_thread(&s, move |s| {
+            let region = s.region("2").unwrap();
+            s.undo("b", region, &steps).is_ok()
+        });
+        while s.turns.removals_waiting(rule) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // ...when `a` leaves: `b` takes over the removal of what `a` activated.
+        s.store
+            .update(&a, |r| r.claim_removal(now_millis()))
+            .unwrap();
+        assert!(s.store.release_if_shared(&a, 0, now_millis()).unwrap());
+        drop(held);
+        assert!(undo.join().unwrap(), "undone");
+        assert!(
+            on(&d).is_empty(),
+            "activated by `a`: removed by the last holder"
+        );
     }
 
     #[test]

@@ -158,6 +158,21 @@ impl Record {
     pub fn is_kept(&self, k: usize) -> bool {
         self.kept.as_deref().is_some_and(|kept| kept.contains(&k))
     }
+
+    /// Whether the apply of step `j` may still be on its way, or answered but its outcome not
+    /// yet recorded: `j` is the last step a creation at work counts. (Also true while that
+    /// creation undoes its steps: the guess errs on the side [`Store::release_if_shared`]
+    /// corrects.)
+    fn apply_may_be_unanswered(&self, j: usize) -> bool {
+        self.status == Status::Pending && self.busy && j + 1 == self.applied
+    }
+
+    /// Whether step `j` holds the platform rule of `step` without keeping it: this request
+    /// changed the rule (or may have, or took over from one that did), so that the last
+    /// request holding it must remove it.
+    fn changed(&self, j: usize, step: &Step, identity: RuleIdentity) -> bool {
+        j < self.applied && identity.same(step, &self.steps[j]) && !self.is_kept(j)
+    }
 }
 
 /// What [`Record::claim_removal`] found.
@@ -330,6 +345,29 @@ impl Record {
         self.detail = Some(detail.into());
         self.last_modified = now;
         self.busy = false;
+    }
+
+    /// Step `k`, just applied, found its rule in place and no other request had changed it:
+    /// its removal makes no call. Keeps *covers* (`applied` unchanged).
+    pub fn keep(&mut self, k: usize, now: i64) {
+        let mut kept = self.kept.as_deref().unwrap_or(&[]).to_vec();
+        kept.push(k);
+        self.kept = Some(Arc::from(kept));
+        self.last_modified = now;
+    }
+
+    /// Another request that changed the rule of steps `js` (kept by this one) leaves it to
+    /// this one: their removal now takes the rule off. Keeps *covers*.
+    pub fn take_over(&mut self, js: &[usize]) {
+        let kept: Vec<usize> = self
+            .kept
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .copied()
+            .filter(|k| !js.contains(k))
+            .collect();
+        self.kept = (!kept.is_empty()).then(|| Arc::from(kept));
     }
 
     /// DELETING → DELETED, on the copy the store handed back when it forgot the request:
@@ -637,16 +675,49 @@ fn count_all(records: &Records, rules: &mut RuleIndex) {
 /// and it either becomes CREATED or removes the rule itself.
 fn shared_by_another(records: &Records, rules: &RuleIndex, record: &Record, k: usize) -> bool {
     let step = &record.steps[k];
-    let identity = rules.identity(&record.region_id);
     rules.may_be_shared(record, step)
-        && records.values().any(|r| {
-            *r.id != *record.id
-                && matches!(r.status, Status::Created | Status::Pending)
-                && r.region_id == record.region_id
-                && r.steps[..r.applied]
-                    .iter()
-                    .any(|other| identity.same(step, other))
+        && holders(records, rules.identity(&record.region_id), record, k)
+            .next()
+            .is_some()
+}
+
+/// The records other than `record` that hold the platform rule of `record.steps[k]` and keep
+/// it (CREATED or PENDING, see [`shared_by_another`]).
+fn holders<'a>(
+    records: &'a Records,
+    identity: RuleIdentity,
+    record: &'a Record,
+    k: usize,
+) -> impl Iterator<Item = &'a Arc<Record>> + 'a {
+    let step = &record.steps[k];
+    records.values().filter(move |r| {
+        *r.id != *record.id
+            && matches!(r.status, Status::Created | Status::Pending)
+            && r.region_id == record.region_id
+            && r.steps[..r.applied]
+                .iter()
+                .any(|other| identity.same(step, other))
+    })
+}
+
+/// The holders (see [`holders`]) that keep the rule of `record.steps[k]` as they found it,
+/// with the steps that keep it: when `record`, which changed the rule, releases it, they take
+/// over its removal.
+fn heirs(
+    records: &Records,
+    identity: RuleIdentity,
+    record: &Record,
+    k: usize,
+) -> Vec<(Arc<str>, Vec<usize>)> {
+    let step = &record.steps[k];
+    holders(records, identity, record, k)
+        .filter_map(|r| {
+            let js: Vec<usize> = (0..r.applied)
+                .filter(|&j| r.is_kept(j) && identity.same(step, &r.steps[j]))
+                .collect();
+            (!js.is_empty()).then(|| (r.id.clone(), js))
         })
+        .collect()
 }
 
 /// The region ids the records share.
@@ -973,6 +1044,14 @@ impl Store {
     /// removing it would take it from the other request too. Returns whether it did. Check and
     /// release are one step under the lock, so of two requests sharing a rule exactly one
     /// removes it from the platform.
+    ///
+    /// A holder that kept the rule as it found it (a guess made while this request's apply
+    /// may still have been unanswered, see [`keep_unless_changed_by_another`]) takes over
+    /// its removal: this request changed the rule (or may have), so whoever holds it last
+    /// must take it off. The take-overs are written before the release, so a replay that
+    /// has the release has them too.
+    ///
+    /// [`keep_unless_changed_by_another`]: Store::keep_unless_changed_by_another
     pub fn release_if_shared(&self, id: &str, k: usize, now: i64) -> Result<bool, StoreError> {
         let seq = {
             let mut records = self.lock();
@@ -983,6 +1062,16 @@ impl Store {
             };
             if !shared_by_another(&records, &rules, record, k) {
                 return Ok(false);
+            }
+            let heirs = if record.is_kept(k) {
+                Vec::new()
+            } else {
+                heirs(&records, rules.identity(&record.region_id), record, k)
+            };
+            for (heir, js) in heirs {
+                let heir = records.by_id.get_mut(&*heir).expect("listed above");
+                Arc::make_mut(heir).take_over(&js);
+                self.write(Change::Update(heir))?;
             }
             let record = records.by_id.get_mut(id).expect("looked up above");
             let changed = Arc::make_mut(record);
@@ -1010,9 +1099,16 @@ impl Store {
 
     /// Step `k` of record `id` found its platform rule already in place: records it as kept
     /// (its removal will leave the rule as it was) unless another record of the region holds
-    /// the rule as one it changed itself (not kept), in which case the rule is in place
-    /// because of that request and this one shares it like any other. Returns whether it
-    /// was kept. Check and change are one step under the lock.
+    /// the rule as one it changed itself (not kept) and answered, in which case the rule is
+    /// in place because of that request and this one shares it like any other. Returns
+    /// whether it was kept. Check and change are one step under the lock.
+    ///
+    /// A holder whose apply of the rule may still be unanswered (its outcome not recorded)
+    /// does not count: it may find the rule in place too (two creations of a rule active
+    /// before either would each count the other as its changer, and the last DELETE would
+    /// deactivate it). If it turns out to have changed the rule, the guess is corrected when
+    /// it leaves: [`release_if_shared`](Store::release_if_shared) hands the removal to the
+    /// holders that kept it.
     pub fn keep_unless_changed_by_another(
         &self,
         id: &str,
@@ -1030,24 +1126,25 @@ impl Store {
             drop(rules);
             let changed_by_another = records.in_region(&record.region_id).any(|r| {
                 *r.id != *id
-                    && r.steps[..r.applied]
-                        .iter()
-                        .enumerate()
-                        .any(|(j, other)| identity.same(step, other) && !r.is_kept(j))
+                    && (0..r.applied)
+                        .any(|j| r.changed(j, step, identity) && !r.apply_may_be_unanswered(j))
             });
             if changed_by_another {
                 return Ok(false);
             }
             let record = records.by_id.get_mut(id).expect("looked up above");
-            let changed = Arc::make_mut(record);
-            let mut kept = changed.kept.as_deref().unwrap_or(&[]).to_vec();
-            kept.push(k);
-            changed.kept = Some(Arc::from(kept));
-            changed.last_modified = now;
+            Arc::make_mut(record).keep(k, now);
             self.write(Change::Update(record))?
         };
         self.durable(seq)?;
         Ok(true)
+    }
+
+    /// Whether step `k` of record `id` keeps its rule as it found it (read now: another
+    /// request's release may have handed it the removal, see
+    /// [`release_if_shared`](Store::release_if_shared)).
+    pub fn keeps(&self, id: &str, k: usize) -> bool {
+        self.lock().by_id.get(id).is_some_and(|r| r.is_kept(k))
     }
 
     /// Removes a record once durable, returning it.
@@ -1740,6 +1837,53 @@ mod tests {
         let (s, _) = Store::open(&dir, false).unwrap();
         assert!(s.get("a").unwrap().is_kept(0), "journaled");
         assert!(!s.get("c").unwrap().is_kept(0));
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_holder_whose_apply_is_unanswered_does_not_count_as_a_changer_and_hands_over_its_removal() {
+        let dir = temp_dir("kept-handover");
+        let (s, _) = Store::open(&dir, false).unwrap();
+        s.index_rules([("2", RuleIdentity::Target)]);
+        let step = Step::new("r", "/rules/r1", r#"{"state":"ACTIVE"}"#);
+        let holding = |id: &str, status: Status| {
+            let mut r = record(id, "2");
+            r.steps = Arc::from([step.clone()]);
+            r.applied = 1;
+            r.status = status;
+            r
+        };
+        // "a" is a creation at work whose apply is not answered yet: not a changer.
+        let mut a = holding("a", Status::Pending);
+        assert!(a.claim());
+        s.insert(a).unwrap();
+        s.insert(holding("b", Status::Pending)).unwrap();
+        s.update("b", |r| assert!(r.claim())).unwrap();
+        assert!(s.keep_unless_changed_by_another("b", 0, 2).unwrap());
+        // "a" turns out to have changed the rule, and goes first: "b" takes over its removal.
+        s.update("a", |r| r.created(3)).unwrap();
+        s.update("b", |r| r.created(3)).unwrap();
+        s.update("a", |r| {
+            assert_eq!(r.claim_removal(4), RemovalClaim::Claimed)
+        })
+        .unwrap();
+        assert!(s.release_if_shared("a", 0, 5).unwrap());
+        assert!(
+            !s.keeps("b", 0),
+            "the last holder must remove what a changed"
+        );
+        assert!(
+            !s.release_if_shared("b", 0, 6).unwrap(),
+            "nobody else holds it"
+        );
+        drop(s);
+        let (s, _) = Store::open(&dir, false).unwrap();
+        assert!(
+            !s.get("b").unwrap().is_kept(0),
+            "the take-over is journaled"
+        );
+        assert_eq!(s.get("a").unwrap().applied, 0);
         drop(s);
         let _ = std::fs::remove_dir_all(dir);
     }

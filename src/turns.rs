@@ -91,6 +91,14 @@ impl Turns {
     fn busy_rules(&self) -> usize {
         lock(&self.rules).len()
     }
+
+    /// How many removals of rule `key` wait for their turn (tests).
+    #[cfg(test)]
+    pub(crate) fn removals_waiting(&self, key: u64) -> u32 {
+        lock(&self.rules)
+            .get(&key)
+            .map_or(0, |r| r.removals_waiting)
+    }
 }
 
 impl Drop for Turn<'_> {

@@ -598,3 +598,137 @@ fn a_rule_whose_get_is_refused_with_403_is_switched_with_the_body_built_from_the
         Some("INACTIVE")
     );
 }
+
+// Concurrent creations of the same rules, then their deletions in random order
+// (ARCHITECTURE.md, "Invariants": the plugin never deactivates a rule it did not activate, and
+// never leaves one it did). Every platform call is delayed a little, so that the creations'
+// calls overlap: each one reads a rule while others' calls for it are in flight (where two
+// creations used to count each other as the one that activated a rule ACTIVE before either).
+// With ETags on, the creations that lose the race for a PUT read the rule again (412) and find
+// it ACTIVE while the winner's answer is still on its way (the fake answers a change late):
+// they keep the rule, and take over its removal when the winner is deleted before them.
+// `KEPT_SEED=<n>` replays the deletion orders (not the interleaving).
+
+/// Concurrent creations of the same rules.
+const CONCURRENT: usize = 8;
+/// Rounds of creations then deletions, within `ROUNDS_TIME` (whichever ends first; at least
+/// one round runs).
+const ROUNDS: usize = 4;
+const ROUNDS_TIME: Duration = Duration::from_secs(20);
+
+/// xorshift64, seedable: picks the deletion orders and their start delays.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Rng {
+        let seed = std::env::var("KEPT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            })
+            | 1;
+        eprintln!("KEPT_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x % n
+    }
+}
+
+/// `CONCURRENT` creations of the example at once: every one is 201.
+fn create_concurrently(p: &Plugin) -> Vec<String> {
+    let body = request(Some("app-1"));
+    std::thread::scope(|scope| {
+        let posts: Vec<_> = (0..CONCURRENT)
+            .map(|_| scope.spawn(|| p.post(&body)))
+            .collect();
+        posts
+            .into_iter()
+            .map(|post| created_id(&post.join().unwrap()))
+            .collect()
+    })
+}
+
+/// Deletes `ids` in a random order, each starting after a random few ms (so that some run
+/// together): every one is 201.
+fn delete_in_random_order(p: &Plugin, mut ids: Vec<String>, rng: &mut Rng) {
+    for i in (1..ids.len()).rev() {
+        ids.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let starts: Vec<u64> = ids.iter().map(|_| rng.below(40)).collect();
+    std::thread::scope(|scope| {
+        let deletes: Vec<_> = ids
+            .iter()
+            .zip(starts)
+            .map(|(id, start)| {
+                scope.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(start));
+                    (id, p.delete(id))
+                })
+            })
+            .collect();
+        for delete in deletes {
+            let (id, reply) = delete.join().unwrap();
+            assert_eq!(reply.status, 201, "DELETE {id}: {:?}", reply.json);
+        }
+    });
+}
+
+/// Rounds of concurrent creations and deletions on a platform where the DNS rule is ACTIVE
+/// beforehand when `dns_active` (the traffic rule never is), with ETags when `etags`.
+fn concurrent_rounds(dns_active: bool, etags: bool) {
+    let mep = FakeEtsi::start();
+    preload(&mep, "app-1");
+    if dns_active {
+        mep.set_state("app-1", DNS, "dns-video", "ACTIVE");
+    }
+    if etags {
+        mep.enable_etags();
+    }
+    mep.delay(Duration::from_millis(20));
+    // The winner of a race for a PUT is answered after the losers have read the rule again.
+    mep.slow_changes(Duration::from_millis(60));
+    let p = plugin(&mep);
+    let mut rng = Rng::seeded();
+    let started = Instant::now();
+    let dns_before = if dns_active { "ACTIVE" } else { "INACTIVE" };
+    for round in 0..ROUNDS {
+        if round > 0 && started.elapsed() > ROUNDS_TIME {
+            break;
+        }
+        let ids = create_concurrently(&p);
+        assert_eq!(mep.active().len(), 2, "round {round}: {:?}", mep.active());
+        delete_in_random_order(&p, ids, &mut rng);
+        assert_eq!(
+            mep.state("app-1", DNS, "dns-video").as_deref(),
+            Some(dns_before),
+            "round {round}: the DNS rule is left as it was before the requests"
+        );
+        assert_eq!(
+            mep.state("app-1", TRAFFIC, "tr-video").as_deref(),
+            Some("INACTIVE"),
+            "round {round}: activated by the requests, deactivated with the last one"
+        );
+        assert_eq!(p.get("/service/requests").json, json!([]), "round {round}");
+    }
+}
+
+#[test]
+fn a_rule_active_before_concurrent_creations_stays_active_after_they_are_all_deleted() {
+    concurrent_rounds(true, false);
+}
+
+#[test]
+fn rules_activated_by_concurrent_creations_end_inactive_after_they_are_all_deleted() {
+    concurrent_rounds(false, true);
+}

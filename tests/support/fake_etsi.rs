@@ -87,6 +87,8 @@ struct State {
     failing_puts: BTreeMap<u64, u16>,
     fail_all: Option<u16>,
     delay: Duration,
+    /// How long a PUT that changed a rule waits, once changed, before it is answered.
+    slow_changes: Duration,
     /// Rules every application instance has (see `preload_any`).
     template: Option<(Vec<Value>, Vec<Value>)>,
     /// Rules whose GET answers 403.
@@ -251,12 +253,19 @@ impl FakeEtsi {
         state.failing_puts.clear();
         state.concurrent.clear();
         state.delay = Duration::ZERO;
+        state.slow_changes = Duration::ZERO;
     }
 
     /// Every call from now on waits `delay` before being handled (other connections are
     /// served meanwhile). `Duration::ZERO` removes it.
     pub fn delay(&self, delay: Duration) {
         lock(&self.shared.state).delay = delay;
+    }
+
+    /// A PUT that changes a rule from now on makes the change at once, then waits `delay`
+    /// before answering (other calls see the change meanwhile). `Duration::ZERO` removes it.
+    pub fn slow_changes(&self, delay: Duration) {
+        lock(&self.shared.state).slow_changes = delay;
     }
 }
 
@@ -377,7 +386,16 @@ fn handle(mut request: Request, shared: &Shared) {
         return;
     }
 
-    let answer = answer(&call, &mut lock(&shared.state));
+    let (answer, slow) = {
+        let mut state = lock(&shared.state);
+        (answer(&call, &mut state), state.slow_changes)
+    };
+    if call.method == "PUT"
+        && answer.status < 300
+        && !super::delay_unless_closing(&shared.closing, slow)
+    {
+        return;
+    }
     let content_type = if answer.problem {
         "application/problem+json"
     } else {
