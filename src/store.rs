@@ -2260,3 +2260,176 @@ mod tests {
         );
     }
 }
+
+/// Every interleaving of two and three creations of one platform rule and their deletions, as
+/// `service` drives the store (each step's record changes where it makes them, the turns
+/// respected), against a platform that answers "already in place" for a rule that is on: the
+/// rule ends as it was before the requests, whatever the order of the answers, the checks and
+/// the deletions.
+#[cfg(test)]
+mod interleavings {
+    use super::*;
+
+    /// What one creation (`i` of the schedule) does, in its order.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Event {
+        /// Takes the apply turn and records the step as possibly applied.
+        Send(usize),
+        /// The platform carries out the apply.
+        Land(usize),
+        /// The answer is recorded (kept or not); the apply turn is given back.
+        Answer(usize),
+        /// PENDING → CREATED.
+        Created(usize),
+        /// A DELETE, under the removal turn: kept, released, or removed from the platform.
+        Delete(usize),
+    }
+
+    impl Event {
+        fn creation(self) -> usize {
+            match self {
+                Event::Send(i)
+                | Event::Land(i)
+                | Event::Answer(i)
+                | Event::Created(i)
+                | Event::Delete(i) => i,
+            }
+        }
+    }
+
+    struct World {
+        store: Store,
+        /// The rule is on the platform.
+        on: bool,
+        /// What each creation's apply found: in place already.
+        in_place: Vec<bool>,
+        step: Step,
+    }
+
+    impl World {
+        fn new(n: usize, on: bool) -> World {
+            let store = Store::in_memory();
+            store.index_rules([("2", RuleIdentity::Target)]);
+            World {
+                store,
+                on,
+                in_place: vec![false; n],
+                step: Step::new("r", "/rules/r1", r#"{"state":"ACTIVE"}"#),
+            }
+        }
+
+        fn run(&mut self, event: Event) {
+            let id = event.creation().to_string();
+            match event {
+                Event::Send(_) => {
+                    let mut r = Record::new(
+                        id.into(),
+                        "2".into(),
+                        "{}".into(),
+                        Status::Pending,
+                        Arc::from([self.step.clone()]),
+                        1,
+                        1,
+                    );
+                    assert!(r.claim());
+                    self.store.insert(r).unwrap();
+                }
+                Event::Land(i) => {
+                    self.in_place[i] = self.on;
+                    self.on = true;
+                }
+                Event::Answer(i) => {
+                    if self.in_place[i] {
+                        self.store
+                            .keep_unless_changed_by_another(&id, 0, 2)
+                            .unwrap();
+                    }
+                }
+                Event::Created(_) => {
+                    self.store.update(&id, |r| r.created(3)).unwrap();
+                }
+                Event::Delete(_) => self.delete(&id),
+            }
+        }
+
+        /// `Service::delete` and its undo, for the one step.
+        fn delete(&mut self, id: &str) {
+            let claim = self.store.update(id, |r| r.claim_removal(4)).unwrap();
+            assert_eq!(claim, Some(RemovalClaim::Claimed));
+            if self.store.keeps(id, 0) {
+                self.store.update(id, |r| r.step_off(0)).unwrap();
+            } else if !self.store.release_if_shared(id, 0, 5).unwrap() {
+                self.on = false;
+                self.store.update(id, |r| r.step_off(0)).unwrap();
+            }
+            self.store.remove(id).unwrap();
+        }
+    }
+
+    /// The event creation `i` may run next, given how many of its five ran, and whether some
+    /// apply turn is held (a deletion waits for it).
+    fn next(i: usize, done: usize, turn_held: bool) -> Option<Event> {
+        match done {
+            0 => Some(Event::Send(i)),
+            1 => Some(Event::Land(i)),
+            2 => Some(Event::Answer(i)),
+            3 => Some(Event::Created(i)),
+            4 if !turn_held => Some(Event::Delete(i)),
+            _ => None,
+        }
+    }
+
+    /// Runs every schedule of `n` creations (depth first, replaying each from the start);
+    /// returns how many ran.
+    fn every_schedule(n: usize, on_before: bool) -> usize {
+        walk(n, on_before, &mut Vec::new(), &mut vec![0; n])
+    }
+
+    fn walk(n: usize, on_before: bool, schedule: &mut Vec<Event>, done: &mut [usize]) -> usize {
+        // An apply turn is held from Send to Answer.
+        let turn_held = done.iter().any(|&d| (1..3).contains(&d));
+        // The creations are alike: they start in the order of their numbers, which leaves
+        // out only schedules that are the same up to renaming.
+        let choices: Vec<Event> = (0..n)
+            .filter(|&i| done[i] > 0 || i == 0 || done[i - 1] > 0)
+            .filter_map(|i| next(i, done[i], turn_held))
+            .collect();
+        if choices.is_empty() {
+            assert!(done.iter().all(|&d| d == 5), "stuck: {schedule:?}");
+            let mut world = World::new(n, on_before);
+            for &event in schedule.iter() {
+                world.run(event);
+            }
+            assert_eq!(
+                world.on, on_before,
+                "the rule was on: {on_before} before; after {schedule:?}: {}",
+                world.on
+            );
+            assert!(world.store.is_empty());
+            return 1;
+        }
+        let mut runs = 0;
+        for event in choices {
+            schedule.push(event);
+            done[event.creation()] += 1;
+            runs += walk(n, on_before, schedule, done);
+            done[event.creation()] -= 1;
+            schedule.pop();
+        }
+        runs
+    }
+
+    #[test]
+    fn two_creations_and_deletions_of_one_rule_leave_it_as_it_was_in_every_order() {
+        for on_before in [true, false] {
+            assert!(every_schedule(2, on_before) > 100);
+        }
+    }
+
+    #[test]
+    fn three_creations_and_deletions_of_one_rule_leave_it_as_it_was_in_every_order() {
+        for on_before in [true, false] {
+            assert!(every_schedule(3, on_before) > 80_000);
+        }
+    }
+}
