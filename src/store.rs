@@ -52,7 +52,8 @@ pub struct Record {
     pub platform: Option<Arc<str>>,
     /// Applied steps whose rule the platform already had in place before this request (a
     /// MEC 011 rule already ACTIVE): this request did not change it, so its removal leaves
-    /// it as it was (no platform call). `None` when there is none.
+    /// it as it was (no platform call), unless a request that changed the rule hands its
+    /// removal over ([`Record::take_over`]). `None` when there is none.
     pub kept: Option<Arc<[usize]>>,
     /// Not journaled: an operation on this record is in flight.
     pub busy: bool,
