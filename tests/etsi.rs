@@ -607,7 +607,7 @@ fn a_rule_whose_get_is_refused_with_403_is_switched_with_the_body_built_from_the
 // With ETags on, the creations that lose the race for a PUT read the rule again (412) and find
 // it ACTIVE while the winner's answer is still on its way (the fake answers a change late):
 // they keep the rule, and take over its removal when the winner is deleted before them.
-// `KEPT_SEED=<n>` replays the deletion orders (not the interleaving).
+// A failure names the order of the deletions (each with its start delay).
 
 /// Concurrent creations of the same rules.
 const CONCURRENT: usize = 8;
@@ -616,33 +616,14 @@ const CONCURRENT: usize = 8;
 const ROUNDS: usize = 4;
 const ROUNDS_TIME: Duration = Duration::from_secs(20);
 
-/// xorshift64, seedable: picks the deletion orders and their start delays.
-struct Rng(u64);
-
-impl Rng {
-    fn seeded() -> Rng {
-        let seed = std::env::var("KEPT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-            })
-            | 1;
-        eprintln!("KEPT_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x % n
-    }
+/// A random number below `n` (std's randomly keyed hasher: a failure names the order it saw,
+/// so nothing needs replaying).
+fn random_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+        % n
 }
 
 /// `CONCURRENT` creations of the example at once: every one is 201.
@@ -660,19 +641,18 @@ fn create_concurrently(p: &Plugin) -> Vec<String> {
 }
 
 /// Deletes `ids` in a random order, each starting after a random few ms (so that some run
-/// together): every one is 201.
-fn delete_in_random_order(p: &Plugin, mut ids: Vec<String>, rng: &mut Rng) {
+/// together): every one is 201. Returns the order, with each start delay.
+fn delete_in_random_order(p: &Plugin, mut ids: Vec<String>) -> Vec<(String, u64)> {
     for i in (1..ids.len()).rev() {
-        ids.swap(i, rng.below(i as u64 + 1) as usize);
+        ids.swap(i, random_below(i as u64 + 1) as usize);
     }
-    let starts: Vec<u64> = ids.iter().map(|_| rng.below(40)).collect();
+    let order: Vec<(String, u64)> = ids.into_iter().map(|id| (id, random_below(40))).collect();
     std::thread::scope(|scope| {
-        let deletes: Vec<_> = ids
+        let deletes: Vec<_> = order
             .iter()
-            .zip(starts)
             .map(|(id, start)| {
                 scope.spawn(move || {
-                    std::thread::sleep(Duration::from_millis(start));
+                    std::thread::sleep(Duration::from_millis(*start));
                     (id, p.delete(id))
                 })
             })
@@ -682,6 +662,7 @@ fn delete_in_random_order(p: &Plugin, mut ids: Vec<String>, rng: &mut Rng) {
             assert_eq!(reply.status, 201, "DELETE {id}: {:?}", reply.json);
         }
     });
+    order
 }
 
 /// Rounds of concurrent creations and deletions on a platform where the DNS rule is ACTIVE
@@ -699,7 +680,6 @@ fn concurrent_rounds(dns_active: bool, etags: bool) {
     // The winner of a race for a PUT is answered after the losers have read the rule again.
     mep.slow_changes(Duration::from_millis(60));
     let p = plugin(&mep);
-    let mut rng = Rng::seeded();
     let started = Instant::now();
     let dns_before = if dns_active { "ACTIVE" } else { "INACTIVE" };
     for round in 0..ROUNDS {
@@ -708,16 +688,16 @@ fn concurrent_rounds(dns_active: bool, etags: bool) {
         }
         let ids = create_concurrently(&p);
         assert_eq!(mep.active().len(), 2, "round {round}: {:?}", mep.active());
-        delete_in_random_order(&p, ids, &mut rng);
+        let order = delete_in_random_order(&p, ids);
         assert_eq!(
             mep.state("app-1", DNS, "dns-video").as_deref(),
             Some(dns_before),
-            "round {round}: the DNS rule is left as it was before the requests"
+            "round {round}: the DNS rule is left as it was before the requests; deleted: {order:?}"
         );
         assert_eq!(
             mep.state("app-1", TRAFFIC, "tr-video").as_deref(),
             Some("INACTIVE"),
-            "round {round}: activated by the requests, deactivated with the last one"
+            "round {round}: activated by the requests, deactivated with the last one; deleted: {order:?}"
         );
         assert_eq!(p.get("/service/requests").json, json!([]), "round {round}");
     }
