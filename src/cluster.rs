@@ -1,7 +1,8 @@
 //! Several instances on one etcd store (`[store] kind = "etcd"`): the election, and the
 //! leader's [`Service`] of each term it leads (recovered, with its reconciler), published for
 //! the API while the term lasts; a follower's linearizable reads and its forwarding of changes
-//! to the leader.
+//! (and of a page after a request removed lately, which only the leader can place) to the
+//! leader.
 //!
 //! A term-watcher thread (`cluster-terms`) follows the [`Election`]: when this instance leads
 //! with term T it opens the store of T ([`Store::open_etcd`], every write fenced on T), builds a
@@ -257,8 +258,60 @@ impl Cluster {
     /// Sends `request` to the leader at `leader_url` (its `advertise_url`) with the same
     /// method, path, query, body, `Authorization` and `Content-Type`, marked
     /// `X-Mec-Plugin-Forwarded: 1`, and gives its answer unchanged: status, `Content-Type`,
-    /// `Location`, `Retry-After` and body.
+    /// `Location`, `Retry-After`, `WWW-Authenticate` and body (at most
+    /// [`MAX_FORWARDED_ANSWER`] bytes, read whole before it is relayed).
     pub fn forward(&self, request: &Request, leader_url: &str) -> Result<Response, ApiError> {
+        let mut answer = self.send_to_leader(request, leader_url)?;
+        let status = answer.status().as_u16();
+        relay(&mut answer).map_err(|why| ApiError::LeaderAnswer {
+            detail: format!(
+                "the leader at {} answered {status}, but its answer cannot be relayed: {why}",
+                redact(leader_url)
+            ),
+        })
+    }
+
+    /// A follower's listing whose `after` names no record of its etcd read (a request removed
+    /// lately: the leader remembers where the last ones stood, see `store`'s removed
+    /// cursors): the leader's answer to the same request, its body streamed through as it
+    /// comes (a page has no bound but its `limit`) with its `Link`. `Err` when the leader
+    /// could not be asked or its answer is not the API's: the caller answers from its read.
+    pub fn forward_listing(&self, request: &Request, leader_url: &str) -> Result<Response, String> {
+        let answer = self
+            .send_to_leader(request, leader_url)
+            .map_err(|e| e.to_string())?;
+        let header = |name: &str| {
+            answer
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = api_content_type(header("content-type").as_deref())?;
+        let relayed = [
+            ("Link", header("link")),
+            ("Retry-After", header("retry-after")),
+            ("WWW-Authenticate", header("www-authenticate")),
+        ];
+        let status = answer.status().as_u16();
+        let mut body = answer.into_body().into_reader();
+        let mut response = Response::stream(status, content_type, move |out| {
+            std::io::copy(&mut body, out).map(|_| ())
+        });
+        for (name, value) in relayed {
+            if let Some(value) = value {
+                response = response.with_header(name, value);
+            }
+        }
+        Ok(response)
+    }
+
+    /// [`forward`](Cluster::forward)'s request to the leader, up to its answer's head.
+    fn send_to_leader(
+        &self,
+        request: &Request,
+        leader_url: &str,
+    ) -> Result<http::Response<ureq::Body>, ApiError> {
         let path = request.path();
         let target = match request.query() {
             Some(query) => format!("{}{path}?{query}", leader_url.trim_end_matches('/')),
@@ -287,7 +340,7 @@ impl Cluster {
                 .map(|r| self.shared.forward.run(r))
         };
         let sent = sent.map_err(|e| unavailable(format!("cannot be sent this request: {e}")))?;
-        let mut answer = sent.map_err(|e| {
+        sent.map_err(|e| {
             if never_sent(&e) {
                 unavailable(format!("cannot be reached ({e}); nothing was sent"))
             } else {
@@ -296,12 +349,6 @@ impl Cluster {
                      requests before retrying"
                 ))
             }
-        })?;
-        let status = answer.status().as_u16();
-        relay(&mut answer).map_err(|why| ApiError::LeaderAnswer {
-            detail: format!(
-                "the leader at {shown} answered {status}, but its answer cannot be relayed: {why}"
-            ),
         })
     }
 
@@ -340,6 +387,15 @@ fn never_sent(e: &ureq::Error) -> bool {
     }
 }
 
+/// The API's media type a leader's `Content-Type` names (none: JSON).
+fn api_content_type(given: Option<&str>) -> Result<&'static str, String> {
+    match given {
+        Some(JSON) | None => Ok(JSON),
+        Some(PROBLEM_JSON) => Ok(PROBLEM_JSON),
+        Some(other) => Err(format!("its Content-Type '{other}' is not the API's")),
+    }
+}
+
 /// The leader's answer as this instance's: status, `Content-Type` (the API's two JSON types),
 /// `Location`, `Retry-After`, `WWW-Authenticate` (a 401) and body.
 fn relay(answer: &mut http::Response<ureq::Body>) -> Result<Response, String> {
@@ -350,12 +406,7 @@ fn relay(answer: &mut http::Response<ureq::Body>) -> Result<Response, String> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let content_type = match header("content-type").as_deref() {
-        Some(JSON) => JSON,
-        Some(PROBLEM_JSON) => PROBLEM_JSON,
-        None => JSON,
-        Some(other) => return Err(format!("its Content-Type '{other}' is not the API's")),
-    };
+    let content_type = api_content_type(header("content-type").as_deref())?;
     let relayed = [
         ("Location", header("location")),
         ("Retry-After", header("retry-after")),
