@@ -60,8 +60,16 @@ pub const MAX_TXN_BYTES: usize = 1 << 20;
 /// alone.
 pub const MAX_RECORD_BYTES: usize = MAX_TXN_BYTES - (64 << 10);
 
-/// Keys read per page of a prefix.
-const PAGE: i64 = 500;
+/// The largest request etcd takes by default (`--max-request-bytes`), so the largest value it
+/// can hold unless its operator raised that.
+const ETCD_MAX_REQUEST_BYTES: u64 = 3 << 19;
+
+/// Keys read per page of a prefix: as many as always fit one answer
+/// ([`MAX_ANSWER_BYTES`](crate::etcd::MAX_ANSWER_BYTES)), each value as large as etcd takes
+/// and in base64 (4/3), with its key and fields (127). Pages of 500 records near
+/// [`MAX_RECORD_BYTES`] made answers of ~640 MiB: refused, so that no instance could read
+/// the prefix any more.
+const PAGE: i64 = (crate::etcd::MAX_ANSWER_BYTES / (ETCD_MAX_REQUEST_BYTES * 4 / 3 + 1024)) as i64;
 
 /// First and longest pause between two attempts of a transaction.
 const RETRY_FIRST: Duration = Duration::from_millis(20);
@@ -890,6 +898,17 @@ mod tests {
             batches.push((keys.len(), batch.first, batch.last));
         }
         assert_eq!(batches, [(3, 1, 3), (1, 4, 4), (3, 5, 7)]);
+    }
+
+    #[test]
+    fn a_page_of_the_largest_values_fits_one_answer_and_one_more_would_not() {
+        let largest = ETCD_MAX_REQUEST_BYTES * 4 / 3 + 1024;
+        let bound = crate::etcd::MAX_ANSWER_BYTES;
+        assert_eq!(PAGE, 127);
+        assert!(PAGE as u64 * largest <= bound);
+        assert!((PAGE as u64 + 1) * largest > bound);
+        // Our own records (one transaction at most, in base64) leave room.
+        assert!(PAGE as u64 * (MAX_TXN_BYTES as u64 * 4 / 3 + 1024) < bound * 3 / 4);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! characters); a record estimated at `MAX_RECORD_BYTES` (committed) and one byte more
 //! (refused, nothing written); an import's transactions (127 keys and `MAX_TXN_BYTES`, then
 //! the next one) and its records (one of `MAX_TXN_BYTES` imported, one byte more refused
-//! before anything is written); a prefix read in pages of 500 records (500, 501, 1000).
+//! before anything is written); a prefix read in pages of 127 records (126 to 255), also
+//! when its records are as large as a transaction (more than one 256 MiB answer in all).
 //! Skipped, saying so, where etcd is not installed.
 
 mod support;
@@ -227,13 +228,14 @@ fn an_imported_record_takes_at_most_one_transaction_and_one_byte_more_writes_not
 }
 
 #[test]
-fn a_prefix_is_read_whole_in_pages_of_500_records() {
-    let test = "a_prefix_is_read_whole_in_pages_of_500_records";
+fn a_prefix_is_read_whole_in_pages_of_127_records() {
+    let test = "a_prefix_is_read_whole_in_pages_of_127_records";
     let Some(cluster) = etcd(test) else {
         return;
     };
     let client = cluster.client(Duration::from_secs(5));
-    for count in [499, 500, 501, 1000] {
+    // `etcd_store`'s page: 127 keys.
+    for count in [126, 127, 128, 254, 255] {
         let prefix = format!("/t-page{count}");
         let records: Vec<_> = (0..count)
             .map(|n| entry(&prefix, &format!("r{n:04}"), n, None))
@@ -244,4 +246,24 @@ fn a_prefix_is_read_whole_in_pages_of_500_records() {
         let expected: Vec<String> = (0..count).map(|n| format!("r{n:04}")).collect();
         assert_eq!(ids, expected, "{count} records, each once, in order");
     }
+}
+
+/// The bound on one etcd answer (`etcd::MAX_ANSWER_BYTES`, 256 MiB) against a page of records
+/// each as large as one transaction takes: values travel in base64 (4/3), so a page of 500
+/// of them was ~680 MiB, refused; a prefix holding more than 256 MiB of them in a row must be
+/// read whole (else no leader can open its store nor a follower answer a read, for good).
+#[test]
+fn a_prefix_of_records_as_large_as_a_transaction_is_read_past_the_answer_bound() {
+    let test = "a_prefix_of_records_as_large_as_a_transaction_is_read_past_the_answer_bound";
+    let Some(cluster) = etcd(test) else {
+        return;
+    };
+    let client = cluster.client(Duration::from_secs(30));
+    let prefix = "/t-big";
+    // Enough for a page of 500 to exceed the bound in base64: 256 MiB × 3/4 / 1 MiB = 192.
+    let count = (mec_plugin::etcd::MAX_ANSWER_BYTES as usize * 3 / 4) / MAX_TXN_BYTES + 8;
+    let records = (0..count).map(|n| entry(prefix, &format!("r{n:04}"), n, Some(MAX_TXN_BYTES)));
+    assert_eq!(import(&client, prefix, records).unwrap(), count);
+    let read = Store::read_etcd(&client, prefix).map(|s| s.len());
+    assert_eq!(read.map_err(|e| e.to_string()), Ok(count));
 }
