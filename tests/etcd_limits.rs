@@ -5,6 +5,8 @@
 //! the next one) and its records (one of `MAX_TXN_BYTES` imported, one byte more refused
 //! before anything is written); a prefix read in pages of 127 records (126 to 255), also
 //! when its records are as large as a transaction (more than one 256 MiB answer in all).
+//! The client's bound on one etcd answer (256 MiB) against a fake gateway: exactly it is read,
+//! one byte more refused.
 //! Skipped, saying so, where etcd is not installed.
 
 mod support;
@@ -266,4 +268,71 @@ fn a_prefix_of_records_as_large_as_a_transaction_is_read_past_the_answer_bound()
     assert_eq!(import(&client, prefix, records).unwrap(), count);
     let read = Store::read_etcd(&client, prefix).map(|s| s.len());
     assert_eq!(read.map_err(|e| e.to_string()), Ok(count));
+}
+
+/// A fake etcd gateway on loopback answering every call 200 with a range answer padded with
+/// spaces (valid JSON) to the length `length` holds.
+fn fake_gateway(length: Arc<std::sync::atomic::AtomicU64>) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let length = length.load(std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(20)));
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let (mut line, mut body) = (String::new(), 0usize);
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        body = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let _ = reader.read_exact(&mut vec![0; body]);
+                let json = br#"{"header":{"revision":"7"},"count":"0"}"#;
+                let mut out = stream;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \
+                     {length}\r\nConnection: close\r\n\r\n"
+                );
+                let spaces = vec![b' '; 1 << 20];
+                let mut left = length as usize - json.len();
+                let mut write = || -> std::io::Result<()> {
+                    out.write_all(head.as_bytes())?;
+                    out.write_all(json)?;
+                    while left > 0 {
+                        let n = left.min(spaces.len());
+                        out.write_all(&spaces[..n])?;
+                        left -= n;
+                    }
+                    out.flush()
+                };
+                let _ = write();
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn an_etcd_answer_of_exactly_256_mib_is_read_and_one_byte_more_is_refused() {
+    use mec_plugin::etcd::MAX_ANSWER_BYTES;
+    let length = Arc::new(std::sync::atomic::AtomicU64::new(MAX_ANSWER_BYTES));
+    let client = Client::new(mec_plugin::etcd::Options {
+        endpoints: vec![fake_gateway(length.clone())],
+        ca_pem: None,
+        user: None,
+        password: None,
+        timeout: Duration::from_secs(60),
+    })
+    .unwrap();
+    let read = client.range(&Range::key("/x")).unwrap();
+    assert_eq!((read.revision, read.count), (7, 0));
+    length.store(MAX_ANSWER_BYTES + 1, std::sync::atomic::Ordering::SeqCst);
+    let e = client.range(&Range::key("/x")).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!("larger than request limit: {MAX_ANSWER_BYTES}")),
+        "{e}"
+    );
 }
