@@ -3,7 +3,8 @@
 //! "leader" (a small HTTP server of this test answering a body of the size asked for): exactly
 //! the bound is relayed whole; one byte more (with its length, or without: chunked, or a body
 //! that never ends) answers 502 problem+json (`leader-answer`), after at most the bound was
-//! read, within a bounded time and memory. Alone in its file (its own process), so that the
+//! read, within a bounded time and memory; so does an answer cut short or not JSON. Alone in
+//! its file (its own process), so that the
 //! peak memory measured is this test's. Skipped, saying so, where etcd is not installed.
 
 mod support;
@@ -33,6 +34,10 @@ enum Framing {
     Chunked(u64),
     /// Chunked, until the other side stops reading.
     Endless,
+    /// `Content-Length: n`, then half of it and the end of the connection.
+    Short(u64),
+    /// A small body as `text/html`.
+    Html,
 }
 
 /// A fake leader on loopback: answers every request `201` with `application/json` and the body
@@ -100,6 +105,8 @@ fn serve(stream: TcpStream, written: &AtomicU64) {
     let framing = match query.split_once('=') {
         Some(("length", n)) => Framing::Length(n.parse().unwrap()),
         Some(("chunked", n)) => Framing::Chunked(n.parse().unwrap()),
+        Some(("short", n)) => Framing::Short(n.parse().unwrap()),
+        Some(("html", _)) => Framing::Html,
         _ => Framing::Endless,
     };
     let _ = answer(stream, framing, written);
@@ -112,6 +119,13 @@ fn answer(mut out: TcpStream, framing: Framing, written: &AtomicU64) -> std::io:
         Framing::Length(n) => (Some(n), n),
         Framing::Chunked(n) => (None, n),
         Framing::Endless => (None, u64::MAX),
+        Framing::Short(n) => (Some(n), n / 2),
+        Framing::Html => {
+            return out.write_all(
+                b"HTTP/1.1 201 Created\r\nContent-Type: text/html\r\nContent-Length: 2\r\n\
+                  Connection: close\r\n\r\nhi",
+            );
+        }
     };
     let head = match length {
         Some(n) => format!("Content-Length: {n}"),
@@ -192,6 +206,16 @@ fn post(follower: &Plugin, query: &str) -> Relayed {
 /// The answer past the bound: 502 problem+json saying why and that the change may have been
 /// made, no `Retry-After`, in time.
 fn assert_refused(relayed: &Relayed, what: &str) {
+    assert_not_relayed(
+        relayed,
+        &format!("larger than the {BOUND} bytes relayed"),
+        what,
+    );
+}
+
+/// A leader's answer not relayed: 502 problem+json saying `why` and that the change may have
+/// been made, no `Retry-After`, in time.
+fn assert_not_relayed(relayed: &Relayed, why: &str, what: &str) {
     assert_eq!(relayed.status, 502, "{what}");
     assert_eq!(
         relayed.content_type.as_deref(),
@@ -205,7 +229,7 @@ fn assert_refused(relayed: &Relayed, what: &str) {
     let detail = problem["detail"].as_str().unwrap();
     assert!(
         detail.contains("answered 201")
-            && detail.contains(&format!("larger than the {BOUND} bytes relayed"))
+            && detail.contains(why)
             && detail.contains("may have been made"),
         "{what}: {detail}"
     );
@@ -276,5 +300,15 @@ fn a_leaders_answer_is_relayed_up_to_64_mib_and_one_byte_more_answers_502() {
             relayed.took
         );
     }
+
+    // Other answers that cannot be relayed: cut short, or not the API's media type.
+    let relayed = post(&follower, "short=1000");
+    assert_not_relayed(&relayed, "its body could not be read", "cut short");
+    let relayed = post(&follower, "html=1");
+    assert_not_relayed(
+        &relayed,
+        "Content-Type 'text/html' is not the API's",
+        "HTML",
+    );
     follower.app.stop(Duration::from_secs(2));
 }
