@@ -4,8 +4,8 @@
 //! the bound is relayed whole; one byte more (with its length, or without: chunked, or a body
 //! that never ends) answers 502 problem+json (`leader-answer`), after at most the bound was
 //! read, within a bounded time and memory; so does an answer cut short or not JSON. Alone in
-//! its file (its own process), so that the
-//! peak memory measured is this test's. Skipped, saying so, where etcd is not installed.
+//! its file (its own process), so that the peak memory measured is this test's. Skipped,
+//! saying so, where etcd is not installed.
 
 mod support;
 
