@@ -274,8 +274,10 @@ impl Cluster {
     /// A follower's listing whose `after` names no record of its etcd read (a request removed
     /// lately: the leader remembers where the last ones stood, see `store`'s removed
     /// cursors): the leader's answer to the same request, its body streamed through as it
-    /// comes (a page has no bound but its `limit`) with its `Link`. `Err` when the leader
-    /// could not be asked or its answer is not the API's: the caller answers from its read.
+    /// comes (a page has no bound but its `limit`) with its `Link`, within the bound of a
+    /// forwarded change ([`forwarding_timeout`]: a page that takes longer is cut short). `Err`
+    /// when the leader could not be asked or its answer is not the API's: the caller answers
+    /// from its read.
     pub fn forward_listing(&self, request: &Request, leader_url: &str) -> Result<Response, String> {
         let answer = self
             .send_to_leader(request, leader_url)

@@ -227,6 +227,33 @@ fn an_imported_record_takes_at_most_one_transaction_and_one_byte_more_writes_not
     }
     assert_eq!(revision(&client), before, "nothing written");
     assert_eq!(stored(&client, prefix), 0);
+    // Through `--import-state`: refused as a bad input (exit 2), naming the record.
+    let dir = support::temp_dir("etcd-limits-import");
+    let file = dir.join("state.jsonl");
+    let (_, small) = entry(prefix, "small", 0, None);
+    let (_, over) = entry(prefix, "over", 1, Some(MAX_TXN_BYTES + 1));
+    let mut text = small;
+    text.push(b'\n');
+    text.extend_from_slice(&over);
+    std::fs::write(&file, text).unwrap();
+    let config = Config::parse(
+        &format!(
+            "[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\nprefix = \"{prefix}\"\n\
+             advertise_url = \"http://127.0.0.1:1\"\n{}",
+            cluster.endpoints()[0],
+            support::simulated_region("2")
+        ),
+        "test.toml",
+    )
+    .unwrap();
+    let e = mec_plugin::migrate::import(&config, &file).unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    assert!(
+        e.to_string().contains("record over takes")
+            && e.to_string().contains("nothing was imported"),
+        "{e}"
+    );
+    assert_eq!(stored(&client, prefix), 0);
 }
 
 #[test]
