@@ -254,6 +254,13 @@ impl ClusterApi {
             }
             ("GET", Route::Requests | Route::Region(_)) => {
                 let service = self.reader()?;
+                if let Some(leader_url) = self.cursor_unplaced(&service, request) {
+                    // Only the leader may know where it stood (a request removed lately).
+                    match self.cluster.forward_listing(request, &leader_url) {
+                        Ok(response) => return Ok(response),
+                        Err(e) => log::warn!("a page after a request etcd no longer has: {e}"),
+                    }
+                }
                 answer(&service, style, route, request)
             }
             ("POST", Route::Requests) | ("DELETE", Route::Request(_)) => {
@@ -296,6 +303,17 @@ impl ClusterApi {
             Role::Follower { .. } => Ok(Arc::new(self.cluster.read()?)),
             Role::Unknown => Err(no_leader()),
         }
+    }
+
+    /// The leader's `advertise_url` when this follower's listing `request` names, as
+    /// `after`, no record of its read `service` and was not forwarded to it: the leader's
+    /// page is asked for instead (see [`Cluster::forward_listing`]).
+    fn cursor_unplaced(&self, service: &Service, request: &Request) -> Option<String> {
+        let Role::Follower { leader_url } = self.cluster.role() else {
+            return None;
+        };
+        let after = parse_paging(request.query()).ok()?.after?;
+        (!request.forwarded && service.page(None, Some(&after), 0).is_none()).then_some(leader_url)
     }
 
     /// [`reader`](ClusterApi::reader) for one request: a follower reads only its key.

@@ -1,7 +1,8 @@
 //! Several instances on one etcd store (`[store] kind = "etcd"`): the election, and the
 //! leader's [`Service`] of each term it leads (recovered, with its reconciler), published for
 //! the API while the term lasts; a follower's linearizable reads and its forwarding of changes
-//! to the leader.
+//! (and of a page after a request removed lately, which only the leader can place) to the
+//! leader.
 //!
 //! A term-watcher thread (`cluster-terms`) follows the [`Election`]: when this instance leads
 //! with term T it opens the store of T ([`Store::open_etcd`], every write fenced on T), builds a
@@ -22,7 +23,7 @@ use ureq::Agent;
 use ureq::http;
 use ureq::unversioned::transport::DefaultConnector;
 
-use crate::config::{Config, StoreConfig};
+use crate::config::{Config, MepConfig, StoreConfig};
 use crate::error::ApiError;
 use crate::etcd::Client;
 use crate::http::{FORWARDED, JSON, PROBLEM_JSON, Request, Response};
@@ -44,8 +45,11 @@ const RETRY_OPEN: Duration = Duration::from_millis(250);
 /// Bound on the wait for the writer threads of dropped stores at a stop (one etcd call each).
 const WRITERS_WITHIN: Duration = Duration::from_secs(3);
 
-/// The largest answer relayed from the leader.
-const MAX_FORWARDED_ANSWER: u64 = 64 << 20;
+/// The largest answer relayed from the leader (its body, in bytes): a change's answer is a
+/// few KiB (a creation's view echoes its request, whose record etcd bounds to
+/// [`MAX_RECORD_BYTES`](crate::etcd_store::MAX_RECORD_BYTES)); a larger one is
+/// answered 502 ([`ApiError::LeaderAnswer`]), with at most this much read.
+pub const MAX_FORWARDED_ANSWER: u64 = 64 << 20;
 
 /// The instances' part on this one: election, published service, forwarding.
 pub struct Cluster {
@@ -76,11 +80,19 @@ struct Shared {
     forward: Agent,
 }
 
-/// The bound on one etcd call of this instance.
+/// The bound on one etcd call of this instance: [`etcd_timeout_for`] its `lease_ttl_s`.
 pub fn etcd_timeout(store: &StoreConfig) -> Duration {
-    // Well inside the lease, so that a leader learns in time that it cannot renew: a fifth of
-    // it, between 200 ms and 2 s.
-    Duration::from_millis((store.lease_ttl_s * 1000 / 5).clamp(200, 2000))
+    etcd_timeout_for(store.lease_ttl_s)
+}
+
+/// Bounds of [`etcd_timeout_for`].
+const ETCD_TIMEOUT_MIN: Duration = Duration::from_millis(200);
+const ETCD_TIMEOUT_MAX: Duration = Duration::from_secs(2);
+
+/// The bound on one etcd call under a lease of `lease_ttl_s`: well inside the lease, so that
+/// a leader learns in time that it cannot renew: a fifth of it, between 200 ms and 2 s.
+pub fn etcd_timeout_for(lease_ttl_s: u64) -> Duration {
+    (Duration::from_secs(lease_ttl_s) / 5).clamp(ETCD_TIMEOUT_MIN, ETCD_TIMEOUT_MAX)
 }
 
 impl Cluster {
@@ -246,8 +258,62 @@ impl Cluster {
     /// Sends `request` to the leader at `leader_url` (its `advertise_url`) with the same
     /// method, path, query, body, `Authorization` and `Content-Type`, marked
     /// `X-Mec-Plugin-Forwarded: 1`, and gives its answer unchanged: status, `Content-Type`,
-    /// `Location`, `Retry-After` and body.
+    /// `Location`, `Retry-After`, `WWW-Authenticate` and body (at most
+    /// [`MAX_FORWARDED_ANSWER`] bytes, read whole before it is relayed).
     pub fn forward(&self, request: &Request, leader_url: &str) -> Result<Response, ApiError> {
+        let mut answer = self.send_to_leader(request, leader_url)?;
+        let status = answer.status().as_u16();
+        relay(&mut answer).map_err(|why| ApiError::LeaderAnswer {
+            detail: format!(
+                "the leader at {} answered {status}, but its answer cannot be relayed: {why}",
+                redact(leader_url)
+            ),
+        })
+    }
+
+    /// A follower's listing whose `after` names no record of its etcd read (a request removed
+    /// lately: the leader remembers where the last ones stood, see `store`'s removed
+    /// cursors): the leader's answer to the same request, its body streamed through as it
+    /// comes (a page has no bound but its `limit`) with its `Link`, within the bound of a
+    /// forwarded change ([`forwarding_timeout`]: a page that takes longer is cut short). `Err`
+    /// when the leader could not be asked or its answer is not the API's: the caller answers
+    /// from its read.
+    pub fn forward_listing(&self, request: &Request, leader_url: &str) -> Result<Response, String> {
+        let answer = self
+            .send_to_leader(request, leader_url)
+            .map_err(|e| e.to_string())?;
+        let header = |name: &str| {
+            answer
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = api_content_type(header("content-type").as_deref())?;
+        let relayed = [
+            ("Link", header("link")),
+            ("Retry-After", header("retry-after")),
+            ("WWW-Authenticate", header("www-authenticate")),
+        ];
+        let status = answer.status().as_u16();
+        let mut body = answer.into_body().into_reader();
+        let mut response = Response::stream(status, content_type, move |out| {
+            std::io::copy(&mut body, out).map(|_| ())
+        });
+        for (name, value) in relayed {
+            if let Some(value) = value {
+                response = response.with_header(name, value);
+            }
+        }
+        Ok(response)
+    }
+
+    /// [`forward`](Cluster::forward)'s request to the leader, up to its answer's head.
+    fn send_to_leader(
+        &self,
+        request: &Request,
+        leader_url: &str,
+    ) -> Result<http::Response<ureq::Body>, ApiError> {
         let path = request.path();
         let target = match request.query() {
             Some(query) => format!("{}{path}?{query}", leader_url.trim_end_matches('/')),
@@ -276,7 +342,7 @@ impl Cluster {
                 .map(|r| self.shared.forward.run(r))
         };
         let sent = sent.map_err(|e| unavailable(format!("cannot be sent this request: {e}")))?;
-        let mut answer = sent.map_err(|e| {
+        sent.map_err(|e| {
             if never_sent(&e) {
                 unavailable(format!("cannot be reached ({e}); nothing was sent"))
             } else {
@@ -285,8 +351,7 @@ impl Cluster {
                      requests before retrying"
                 ))
             }
-        })?;
-        relay(&mut answer).map_err(|e| unavailable(format!("answered unreadably ({e})")))
+        })
     }
 
     /// Stops the term watcher and this term's reconciler; the lease is revoked (the leader key
@@ -324,6 +389,15 @@ fn never_sent(e: &ureq::Error) -> bool {
     }
 }
 
+/// The API's media type a leader's `Content-Type` names (none: JSON).
+fn api_content_type(given: Option<&str>) -> Result<&'static str, String> {
+    match given {
+        Some(JSON) | None => Ok(JSON),
+        Some(PROBLEM_JSON) => Ok(PROBLEM_JSON),
+        Some(other) => Err(format!("its Content-Type '{other}' is not the API's")),
+    }
+}
+
 /// The leader's answer as this instance's: status, `Content-Type` (the API's two JSON types),
 /// `Location`, `Retry-After`, `WWW-Authenticate` (a 401) and body.
 fn relay(answer: &mut http::Response<ureq::Body>) -> Result<Response, String> {
@@ -334,24 +408,29 @@ fn relay(answer: &mut http::Response<ureq::Body>) -> Result<Response, String> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let content_type = match header("content-type").as_deref() {
-        Some(JSON) => JSON,
-        Some(PROBLEM_JSON) => PROBLEM_JSON,
-        None => JSON,
-        Some(other) => return Err(format!("an unexpected Content-Type '{other}'")),
-    };
+    let content_type = api_content_type(header("content-type").as_deref())?;
     let relayed = [
         ("Location", header("location")),
         ("Retry-After", header("retry-after")),
         ("WWW-Authenticate", header("www-authenticate")),
     ];
+    let too_large = || format!("its body is larger than the {MAX_FORWARDED_ANSWER} bytes relayed");
+    // Refused before a byte of the body is read when its length says so; else read up to the
+    // bound (a body without a length, or longer than it said, stops there).
+    let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|length| length > MAX_FORWARDED_ANSWER) {
+        return Err(too_large());
+    }
     let status = answer.status().as_u16();
     let body = answer
         .body_mut()
         .with_config()
         .limit(MAX_FORWARDED_ANSWER)
         .read_to_vec()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e {
+            ureq::Error::BodyExceedsLimit(_) => too_large(),
+            e => format!("its body could not be read ({e})"),
+        })?;
     let mut response = Response {
         status,
         content_type,
@@ -367,10 +446,16 @@ fn relay(answer: &mut http::Response<ureq::Body>) -> Result<Response, String> {
     Ok(response)
 }
 
+/// Bounds of [`forwarding_timeout`].
+const FORWARD_TIMEOUT_MIN: Duration = Duration::from_secs(30);
+const FORWARD_TIMEOUT_MAX: Duration = Duration::from_secs(600);
+
+/// The calls of one request counted in [`forwarding_timeout`], whatever `max_calls` allows.
+const FORWARD_CALLS_COUNTED: usize = 8;
+
 /// The agent that forwards changes: `https://` leaders are verified against the certificates
 /// of `[server] tls_cert` (the instances' own chain: put the CA that signed them there), else
-/// the public roots. Its bound is generous enough for a leader's platform calls: the longest
-/// region's `timeout_ms` times its `max_calls` (capped), polls included, at least 30 s.
+/// the public roots; bounded by [`forwarding_timeout`].
 fn forwarding_agent(config: &Config) -> Agent {
     let ca = config
         .server
@@ -378,18 +463,30 @@ fn forwarding_agent(config: &Config) -> Agent {
         .as_ref()
         .map(|tls| tls.cert_pem.as_slice());
     let (tls, _) = agent::tls_trusting(ca);
-    let longest = config
-        .regions
-        .iter()
-        .map(|r| {
-            let calls = r.mep.max_calls.min(8) as u32;
-            r.mep.timeout * calls * 2 + r.mep.poll_interval * r.mep.poll_attempts
+    let timeout = forwarding_timeout(config.regions.iter().map(|r| &r.mep));
+    let config = agent::outbound_config(tls, timeout, 8, 32);
+    Agent::with_parts(config, DefaultConnector::default(), agent::LiteralResolver)
+}
+
+/// The bound on a forwarded change: generous enough for a leader's platform calls, i.e. the
+/// longest region's `timeout_ms` times its `max_calls` (at most
+/// [`FORWARD_CALLS_COUNTED`]) twice (apply, then undo), plus its polls; between 30 s and
+/// 600 s.
+pub fn forwarding_timeout<'a>(meps: impl IntoIterator<Item = &'a MepConfig>) -> Duration {
+    let longest = meps
+        .into_iter()
+        .map(|mep| {
+            let calls = mep.max_calls.min(FORWARD_CALLS_COUNTED) as u32 * 2;
+            let calls = mep.timeout.checked_mul(calls).unwrap_or(Duration::MAX);
+            let polls = mep
+                .poll_interval
+                .checked_mul(mep.poll_attempts)
+                .unwrap_or(Duration::MAX);
+            calls.saturating_add(polls)
         })
         .max()
         .unwrap_or_default();
-    let timeout = longest.clamp(Duration::from_secs(30), Duration::from_secs(600));
-    let config = agent::outbound_config(tls, timeout, 8, 32);
-    Agent::with_parts(config, DefaultConnector::default(), agent::LiteralResolver)
+    longest.clamp(FORWARD_TIMEOUT_MIN, FORWARD_TIMEOUT_MAX)
 }
 
 impl Shared {
@@ -505,5 +602,69 @@ fn watch(shared: &Shared) {
         shared
             .election
             .wait_for(WATCH_EVERY, |role| (*role == Role::Leader) != leading);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DriverKind;
+
+    #[test]
+    fn the_etcd_timeout_is_a_fifth_of_the_lease_within_its_clamps() {
+        let ms = |ttl| etcd_timeout_for(ttl).as_millis();
+        // The lower clamp: 1 s gives exactly 200 ms; below it (0, which [store] refuses) too.
+        assert_eq!((ms(0), ms(1), ms(2)), (200, 200, 400));
+        // The upper one: 10 s gives exactly 2 s; 11 s and the longest lease stay there.
+        assert_eq!((ms(9), ms(10), ms(11), ms(60)), (1800, 2000, 2000, 2000));
+        assert_eq!(ms(u64::MAX), 2000, "no overflow");
+        let store = StoreConfig {
+            lease_ttl_s: 5,
+            ..StoreConfig::default()
+        };
+        assert_eq!(etcd_timeout(&store), Duration::from_secs(1));
+    }
+
+    /// A platform whose bound in [`forwarding_timeout`] is `calls_ms` × 2 × min(max_calls, 8)
+    /// plus `polls` polls of `poll_ms`.
+    fn mep(timeout_ms: u64, max_calls: usize, poll_ms: u64, polls: u32) -> MepConfig {
+        let mut mep = MepConfig::new(
+            DriverKind::Llmec,
+            "http://127.0.0.1:1",
+            Duration::from_millis(timeout_ms),
+        );
+        mep.max_calls = max_calls;
+        mep.poll_interval = Duration::from_millis(poll_ms);
+        mep.poll_attempts = polls;
+        mep
+    }
+
+    #[test]
+    fn the_forwarding_timeout_covers_the_longest_region_within_its_clamps() {
+        let ms = |meps: &[MepConfig]| forwarding_timeout(meps).as_millis();
+        // The lower clamp, 30 s: 29.999 s is raised, 30 s is kept, 30.001 s too.
+        assert_eq!(ms(&[mep(14_999, 1, 0, 0)]), 30_000, "29.998 s");
+        assert_eq!(ms(&[mep(0, 1, 1, 29_999)]), 30_000, "29.999 s");
+        assert_eq!(ms(&[mep(15_000, 1, 0, 0)]), 30_000, "exactly 30 s");
+        assert_eq!(ms(&[mep(15_000, 1, 1, 1)]), 30_001);
+        assert_eq!(ms(&[]), 30_000, "no region");
+        // The upper clamp, 600 s: 600 s is kept, 600.001 s is lowered.
+        assert_eq!(ms(&[mep(37_500, 8, 0, 0)]), 600_000, "exactly 600 s");
+        assert_eq!(ms(&[mep(37_500, 8, 1, 0)]), 600_000, "no polls counted");
+        assert_eq!(ms(&[mep(37_500, 8, 1, 1)]), 600_000, "600.001 s");
+        assert_eq!(ms(&[mep(30_000, 8, 59_999, 1)]), 539_999);
+        // At most 8 calls count: 9 or 100,000 give what 8 do.
+        assert_eq!(ms(&[mep(2_000, 8, 0, 0)]), 32_000);
+        assert_eq!(ms(&[mep(2_000, 9, 0, 0)]), 32_000);
+        assert_eq!(ms(&[mep(2_000, 100_000, 0, 0)]), 32_000);
+        assert_eq!(ms(&[mep(2_000, 7, 0, 0)]), 30_000, "28 s");
+        // The longest region wins; huge values saturate instead of overflowing.
+        let regions = [
+            mep(1_000, 1, 0, 0),
+            mep(20_000, 1, 100, 10),
+            mep(5_000, 2, 0, 0),
+        ];
+        assert_eq!(ms(&regions), 41_000);
+        assert_eq!(ms(&[mep(u64::MAX / 4, 8, u64::MAX / 2, u32::MAX)]), 600_000);
     }
 }

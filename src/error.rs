@@ -94,6 +94,10 @@ pub enum ApiError {
     /// The request's record would be larger than one etcd transaction takes (`[store] kind =
     /// "etcd"`): nothing was recorded or sent. 413: a smaller request is needed, not a retry.
     RecordTooLarge { detail: String },
+    /// A follower forwarded a change and the leader answered, but its answer cannot be relayed
+    /// (larger than the relay's bound, a Content-Type the API never sends, cut short): the
+    /// change may have been made. 502, no `Retry-After`: read the requests before retrying.
+    LeaderAnswer { detail: String },
     Unavailable {
         detail: String,
         request_id: Option<String>,
@@ -132,6 +136,7 @@ impl ApiError {
             ApiError::StateUnavailable { .. } | ApiError::StateFull { .. } => 503,
             ApiError::Unavailable { .. } => 503,
             ApiError::RecordTooLarge { .. } => 413,
+            ApiError::LeaderAnswer { .. } => 502,
         }
     }
 
@@ -166,6 +171,7 @@ impl ApiError {
             ApiError::StateUnavailable { .. } | ApiError::StateFull { .. } => "State not writable",
             ApiError::Unavailable { .. } => "Temporarily unavailable",
             ApiError::RecordTooLarge { .. } => "Request too large to record",
+            ApiError::LeaderAnswer { .. } => "Leader's answer not relayed",
         }
     }
 
@@ -207,6 +213,7 @@ impl ApiError {
             ApiError::StateFull { .. } => "urn:mec-plugin:problem:state-full",
             ApiError::Unavailable { .. } => "urn:mec-plugin:problem:unavailable",
             ApiError::RecordTooLarge { .. } => "urn:mec-plugin:problem:record-too-large",
+            ApiError::LeaderAnswer { .. } => "urn:mec-plugin:problem:leader-answer",
         }
     }
 
@@ -400,6 +407,11 @@ impl fmt::Display for ApiError {
                 f,
                 "{detail}; nothing was recorded or sent: split the request's rules over several \
                  requests"
+            ),
+            ApiError::LeaderAnswer { detail } => write!(
+                f,
+                "{detail}; the leader answered, so the change may have been made: read the \
+                 requests before retrying"
             ),
             ApiError::Unavailable { detail, request_id } => {
                 write!(f, "{detail}; retry after {UNAVAILABLE_RETRY_AFTER_S} s")?;

@@ -1204,6 +1204,21 @@ mod tests {
     }
 
     #[test]
+    fn an_error_message_is_kept_to_200_characters_on_one_line() {
+        let message = |text: &str| match answer("http://e", 400, text) {
+            Err(EtcdError::Refused { message, .. }) => message,
+            other => panic!("{other:?}"),
+        };
+        let at = "é".repeat(MAX_MESSAGE_CHARS);
+        assert_eq!(message(&at), at, "200 characters, not bytes");
+        assert_eq!(message(&format!("{at}x")), at, "one more is cut");
+        let object = |m: &str| format!(r#"{{"code":3,"message":"{m}"}}"#);
+        assert_eq!(message(&object(&at)), at);
+        assert_eq!(message(&object(&format!("{at}x"))), at);
+        assert_eq!(message("a\nb\r\n"), "a b", "one line");
+    }
+
+    #[test]
     fn a_streams_error_object_and_a_non_json_answer_are_read_too() {
         let e = answer(
             "http://e",

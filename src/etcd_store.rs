@@ -60,8 +60,16 @@ pub const MAX_TXN_BYTES: usize = 1 << 20;
 /// alone.
 pub const MAX_RECORD_BYTES: usize = MAX_TXN_BYTES - (64 << 10);
 
-/// Keys read per page of a prefix.
-const PAGE: i64 = 500;
+/// The largest request etcd takes by default (`--max-request-bytes`), so the largest value it
+/// can hold unless its operator raised that.
+const ETCD_MAX_REQUEST_BYTES: u64 = 3 << 19;
+
+/// Keys read per page of a prefix: as many as always fit one answer
+/// ([`MAX_ANSWER_BYTES`](crate::etcd::MAX_ANSWER_BYTES)), each value as large as etcd takes
+/// and in base64 (4/3), with its key and fields (127). Pages of 500 records near
+/// [`MAX_RECORD_BYTES`] made answers of ~640 MiB: refused, so that no instance could read
+/// the prefix any more.
+const PAGE: i64 = (crate::etcd::MAX_ANSWER_BYTES / (ETCD_MAX_REQUEST_BYTES * 4 / 3 + 1024)) as i64;
 
 /// First and longest pause between two attempts of a transaction.
 const RETRY_FIRST: Duration = Duration::from_millis(20);
@@ -658,16 +666,34 @@ pub enum ImportError {
     /// An instance started, or other records appeared, while importing: `written` records
     /// were committed before.
     Interrupted { written: usize, reason: String },
+    /// A record's key and value (`bytes`) would exceed what one transaction takes
+    /// ([`MAX_TXN_BYTES`]): etcd could refuse it halfway through the import. Nothing was
+    /// written.
+    TooLarge { id: String, bytes: usize },
 }
 
 /// Writes `records` (checked, unique ids; each its id and its record entry's JSON) under an
 /// empty `prefix` in their order, which becomes the creation order, in bounded transactions
-/// each guarded by "no leader key" and "none of its keys exists". Returns how many.
+/// each guarded by "no leader key" and "none of its keys exists". Returns how many. A record
+/// larger than one transaction takes is refused before anything is written.
 pub fn import(
     client: &Client,
     prefix: &str,
     records: impl IntoIterator<Item = (String, Vec<u8>)>,
 ) -> Result<usize, ImportError> {
+    let records: Vec<(String, Vec<u8>)> = records.into_iter().collect();
+    let records_prefix = records_prefix(prefix);
+    for (n, (id, json)) in records.iter().enumerate() {
+        // The key, and the value `with_seq` makes of the JSON.
+        let value = format!("{{\"seq\":{n},").len() + json.len().saturating_sub(1);
+        let bytes = records_prefix.len() + id.len() + value;
+        if bytes > MAX_TXN_BYTES {
+            return Err(ImportError::TooLarge {
+                id: id.clone(),
+                bytes,
+            });
+        }
+    }
     let etcd = |error| ImportError::Etcd { written: 0, error };
     let leader = leader_key(prefix);
     if let Some(kv) = client.get(&leader).map_err(etcd)? {
@@ -675,7 +701,6 @@ pub fn import(
             leader: String::from_utf8_lossy(&kv.value).into_owned(),
         });
     }
-    let records_prefix = records_prefix(prefix);
     let existing = client
         .range(&Range::prefix(records_prefix.clone()).limit(1))
         .map_err(etcd)?;
@@ -873,6 +898,49 @@ mod tests {
             batches.push((keys.len(), batch.first, batch.last));
         }
         assert_eq!(batches, [(3, 1, 3), (1, 4, 4), (3, 5, 7)]);
+    }
+
+    #[test]
+    fn a_page_of_the_largest_values_fits_one_answer_and_one_more_would_not() {
+        let largest = ETCD_MAX_REQUEST_BYTES * 4 / 3 + 1024;
+        let bound = crate::etcd::MAX_ANSWER_BYTES;
+        assert_eq!(PAGE, 127);
+        assert!(PAGE as u64 * largest <= bound);
+        assert!((PAGE as u64 + 1) * largest > bound);
+        // Our own records (one transaction at most, in base64) leave room.
+        assert!(PAGE as u64 * (MAX_TXN_BYTES as u64 * 4 / 3 + 1024) < bound * 3 / 4);
+    }
+
+    #[test]
+    fn a_batch_takes_exactly_max_txn_bytes_and_one_byte_more_starts_the_next() {
+        let size =
+            |id: &str, body: usize| queued(1, id, Some(record(id, body))).build("/p/records/").1;
+        // Two changes of exactly MAX_TXN_BYTES in all, then one byte more.
+        let first = size("a", 400_000);
+        let probe = size("b", 400_000);
+        let fill = 400_000 + (MAX_TXN_BYTES - first - probe);
+        assert_eq!(first + size("b", fill), MAX_TXN_BYTES);
+        for (extra, expected) in [(0, vec![2]), (1, vec![1, 1])] {
+            let mut carry: VecDeque<Queued> = [
+                queued(1, "a", Some(record("a", 400_000))),
+                queued(2, "b", Some(record("b", fill + extra))),
+            ]
+            .into();
+            let mut batches = Vec::new();
+            while !carry.is_empty() {
+                batches.push(next_batch(&mut carry, "/p/records/").ops.len());
+            }
+            assert_eq!(batches, expected, "{extra} byte(s) past");
+        }
+        // A change of a key already in the batch counts by its new size only.
+        let mut carry: VecDeque<Queued> = [
+            queued(1, "a", Some(record("a", 400_000))),
+            queued(2, "b", Some(record("b", 10))),
+            queued(3, "b", Some(record("b", fill))),
+        ]
+        .into();
+        assert_eq!(next_batch(&mut carry, "/p/records/").ops.len(), 2);
+        assert!(carry.is_empty());
     }
 
     fn answer(leader_revision: Option<i64>, tag: Option<&[u8]>) -> TxnResponse {

@@ -68,6 +68,8 @@ pub enum MigrateError {
     PrefixNotEmpty { prefix: String, records: i64 },
     /// Instances run on the etcd prefix (its leader key exists); nothing was written.
     Running { prefix: String, leader: String },
+    /// A record is larger than one etcd transaction takes; nothing was written.
+    TooLargeForEtcd { id: String, bytes: usize },
 }
 
 impl MigrateError {
@@ -78,7 +80,8 @@ impl MigrateError {
             MigrateError::BadLine { .. }
             | MigrateError::TooMany { .. }
             | MigrateError::NotEmpty { .. }
-            | MigrateError::PrefixNotEmpty { .. } => 2,
+            | MigrateError::PrefixNotEmpty { .. }
+            | MigrateError::TooLargeForEtcd { .. } => 2,
             MigrateError::Store(_)
             | MigrateError::Etcd { .. }
             | MigrateError::Running { .. }
@@ -132,6 +135,13 @@ impl fmt::Display for MigrateError {
                 f,
                 "etcd prefix {prefix} already holds {records} record(s): an import never \
                  overwrites a store; nothing was imported (import into an empty prefix)"
+            ),
+            MigrateError::TooLargeForEtcd { id, bytes } => write!(
+                f,
+                "record {id} takes {bytes} bytes in etcd, more than one transaction takes \
+                 ({} bytes); nothing was imported (keep it in a journal store, or delete it \
+                 there before exporting)",
+                crate::etcd_store::MAX_TXN_BYTES
             ),
             MigrateError::Running { prefix, leader } => write!(
                 f,
@@ -278,6 +288,7 @@ fn import_etcd(config: &Config, entries: &[RecordEntry<'_>]) -> Result<usize, Mi
             reason: format!("etcd: {error}"),
         },
         ImportError::Interrupted { written, reason } => MigrateError::Etcd { written, reason },
+        ImportError::TooLarge { id, bytes } => MigrateError::TooLargeForEtcd { id, bytes },
     })
 }
 

@@ -1,7 +1,8 @@
 //! Instances sharing one etcd store (`[store] kind = "etcd"`), in this process on loopback,
 //! against a real 1-member etcd (`support/etcd.rs`) and a fake LL-MEC platform: one leader and
 //! one follower; a follower forwards changes (once) and relays the leader's answer unchanged,
-//! reads the leader's records from etcd; `/healthz` and `mec_plugin_leader` tell the roles; a
+//! reads the leader's records from etcd (and asks the leader for a page after a request it
+//! removed lately); `/healthz` and `mec_plugin_leader` tell the roles; a
 //! stopped leader is replaced by the follower, which sees the records; without etcd, changes
 //! and reads answer 503 with `Retry-After`. Skipped, saying so, where etcd is not installed.
 
@@ -101,6 +102,7 @@ struct Answer {
     location: Option<String>,
     retry_after: Option<String>,
     www_authenticate: Option<String>,
+    link: Option<String>,
     body: String,
 }
 
@@ -160,13 +162,14 @@ fn call_via(
         header("location"),
         header("retry-after"),
     );
-    let www_authenticate = header("www-authenticate");
+    let (www_authenticate, link) = (header("www-authenticate"), header("link"));
     Answer {
         status: response.status().as_u16(),
         content_type,
         location,
         retry_after,
         www_authenticate,
+        link,
         body: response.body_mut().read_to_string().unwrap_or_default(),
     }
 }
@@ -623,6 +626,14 @@ fn a_leader_that_cannot_be_reached_answers_503_saying_nothing_was_sent() {
     // Reads do not need the leader.
     let listing = get(&follower.url, "/MEC/v1/service/requests");
     assert_eq!((listing.status, listing.body.as_str()), (200, "[]"));
+    // Not even a page after a request etcd does not have: the leader cannot be asked where
+    // it stood, so the follower answers its own 400.
+    let page = get(
+        &follower.url,
+        "/MEC/v1/service/requests?after=00000000-0000-4000-8000-000000000000",
+    );
+    assert_eq!(page.status, 400, "{page:?}");
+    assert!(page.body.contains("names no stored request"), "{page:?}");
     assert!(mep.calls().is_empty());
     follower.app.stop(Duration::from_secs(2));
 }
@@ -734,5 +745,78 @@ fn a_leader_whose_store_stopped_reopens_it_for_the_same_term() {
         "the same term writes again once its store is read again"
     );
     assert_eq!(leader.role(), Role::Leader);
+    leader.app.stop(Duration::from_secs(2));
+}
+
+/// A page cursor naming a request deleted lately: the leader remembers where the last removed
+/// requests stood (`store`'s removed cursors) and goes on from there; a follower, whose etcd
+/// read no longer has the request, asks the leader for that page instead of refusing it
+/// (same status, body and `Link`). A cursor that never named a request is refused by both.
+#[test]
+fn a_page_after_a_request_deleted_lately_is_the_leaders_page_on_a_follower_too() {
+    let test = "a_page_after_a_request_deleted_lately_is_the_leaders_page_on_a_follower_too";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    let (leader, follower) = pair(&etcd, "/t-cursor", &mep);
+    let ids: Vec<String> = (0..4).map(|_| create(&leader.url)).collect();
+    let removed = call(
+        "DELETE",
+        &follower.url,
+        &format!("/MEC/v1/service/requests/{}", ids[1]),
+        None,
+        &[],
+    );
+    assert_eq!(removed.status, 201, "{removed:?}");
+    let pages = [
+        format!("/MEC/v1/service/requests?limit=1&after={}", ids[1]),
+        format!("/MEC/v1/service/requests?after={}", ids[1]),
+        format!("/MEC/v1/service/regions/2?limit=1&after={}", ids[1]),
+    ];
+    for path in &pages {
+        let (on_leader, on_follower) = (get(&leader.url, path), get(&follower.url, path));
+        assert_eq!(on_leader.status, 200, "{path}: {on_leader:?}");
+        assert_eq!(
+            (
+                on_follower.status,
+                &on_follower.body,
+                &on_follower.content_type
+            ),
+            (200, &on_leader.body, &on_leader.content_type),
+            "{path}"
+        );
+        assert_eq!(
+            on_follower.json()[0]["RequestId"],
+            ids[2].as_str(),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        get(&follower.url, &pages[0]).link.as_deref(),
+        Some(
+            format!(
+                "</MEC/v1/service/requests?limit=1&after={}>; rel=\"next\"",
+                ids[2]
+            )
+            .as_str()
+        ),
+        "the leader's Link comes along"
+    );
+    // A cursor that never named a request: 400 from both, the same problem.
+    let never = "/MEC/v1/service/requests?after=00000000-0000-4000-8000-000000000000";
+    let (on_leader, on_follower) = (get(&leader.url, never), get(&follower.url, never));
+    assert_eq!(on_leader.status, 400, "{on_leader:?}");
+    assert_eq!(
+        (on_follower.status, &on_follower.body),
+        (400, &on_leader.body)
+    );
+    // A cursor of a live request is placed by the follower's own read.
+    let own = get(
+        &follower.url,
+        &format!("/MEC/v1/service/requests?after={}", ids[2]),
+    );
+    assert_eq!(own.json()[0]["RequestId"], ids[3].as_str(), "{own:?}");
+    follower.app.stop(Duration::from_secs(2));
     leader.app.stop(Duration::from_secs(2));
 }

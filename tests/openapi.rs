@@ -359,6 +359,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::Internal { detail: s() },
         ApiError::StateUnavailable { detail: s() },
         ApiError::RecordTooLarge { detail: s() },
+        ApiError::LeaderAnswer { detail: s() },
         ApiError::StateWrite {
             detail: s(),
             no_space: true,
@@ -415,6 +416,7 @@ fn variant(e: &ApiError) -> usize {
         ApiError::TooManyConnections { .. } => 24,
         ApiError::Unavailable { .. } => 25,
         ApiError::RecordTooLarge { .. } => 26,
+        ApiError::LeaderAnswer { .. } => 27,
     }
 }
 
@@ -424,7 +426,7 @@ fn every_documented_status_is_one_the_api_produces_and_every_error_is_documented
     let listed: BTreeSet<usize> = errors.iter().map(variant).collect();
     assert_eq!(
         listed,
-        (0..27).collect(),
+        (0..28).collect(),
         "every ApiError variant is listed"
     );
     let error_codes: BTreeSet<u16> = errors.iter().map(ApiError::status).collect();
