@@ -110,6 +110,7 @@ pub fn recover(service: &Service) -> Result<(), StoreError> {
             .store
             .update(&record.id, |r| r.interrupted(detail, now))?;
     }
+    service.warn_moved_regions();
     let backlog = service.backlog();
     if backlog > 0 {
         info!("{backlog} request(s) have rules to remove; the reconciler takes them now");
@@ -165,6 +166,9 @@ fn reconcile(service: &Service, claimed: &Record) -> Result<(), StoreError> {
             record = now;
         }
     }
+    if let Some(current) = service.moved(&record) {
+        return leave_moved(service, &record, current);
+    }
     info!(
         "request {id}: removing {} rule call(s) from region {} (attempt {})",
         record.applied,
@@ -179,6 +183,35 @@ fn reconcile(service: &Service, claimed: &Record) -> Result<(), StoreError> {
         return Ok(());
     };
     record_outcome(service, &record, undone)
+}
+
+/// Leaves the claimed `record` alone: its steps were applied on another platform than its
+/// region's `current` one, so they are neither removed there nor taken as removed until a
+/// DELETE says which it is (`?adopt=true`, `?forget=true`). Logged once; its detail says so
+/// (written once: the same detail again changes nothing durable); looked at again after the
+/// longest backoff.
+fn leave_moved(service: &Service, record: &Record, current: &str) -> Result<(), StoreError> {
+    service.log_moved_once(record, current);
+    let detail = match record.status {
+        Status::Deleting => platform_changed(record, current),
+        _ => format!(
+            "{}; {}",
+            reason(&record.detail),
+            platform_changed(record, current)
+        ),
+    };
+    let at = now_millis() + service.retry.max.as_millis() as i64;
+    service.store.update(&record.id, |r| r.stuck(detail, at))?;
+    Ok(())
+}
+
+/// What the detail of a request whose region's platform URL changed says.
+fn platform_changed(record: &Record, current: &str) -> String {
+    format!(
+        "its rules were applied on the platform {}, but region '{}' is now configured with {current}: they are not removed from either until a DELETE says which (?adopt=true: the same platform at a new address, removed there; ?forget=true: left where they are)",
+        record.platform.as_deref().unwrap_or_default(),
+        record.region_id
+    )
 }
 
 /// Records how the reconciler's removal of `record`'s steps went.

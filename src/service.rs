@@ -6,7 +6,7 @@
 //! a record goes through one of [`Record`]'s transitions. No lock is held while a platform is
 //! called; each call holds a [turn](crate::turns) on its platform rule.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,23 @@ pub enum Removal {
     Accepted(Record),
 }
 
+/// What a DELETE asks for (`DELETE ...?forget=true`, `?adopt=true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Deletion {
+    /// Remove the rules from the platform they were applied on, then forget the request.
+    #[default]
+    Remove,
+    /// For a request whose rules cannot be removed (its region is no longer configured, or
+    /// its region's platform URL changed since they were applied): drop the record and leave
+    /// the rules where they are. Otherwise the same as [`Deletion::Remove`].
+    Forget,
+    /// For a request whose region's platform URL changed since its rules were applied: the
+    /// new URL is the same platform at a new address, so the record is re-pointed to it
+    /// (journaled) and its rules are removed there. Otherwise the same as
+    /// [`Deletion::Remove`].
+    Adopt,
+}
+
 /// The regions and the records: everything the API operates on.
 pub struct Service {
     regions: Vec<Region>,
@@ -82,6 +99,9 @@ pub struct Service {
     unsettled: Mutex<HashMap<Arc<str>, Unsettled>>,
     /// Each region's platform URL (credentials masked), shared by its records.
     platforms: HashMap<String, Arc<str>>,
+    /// Records whose rules the reconciler leaves alone because they were applied on another
+    /// platform than their region's current one, already logged (once per record).
+    moved_logged: Mutex<HashSet<Arc<str>>>,
 }
 
 /// A step whose apply was sent but whose outcome was not seen (timeout, broken exchange, a
@@ -154,10 +174,11 @@ impl Service {
                 .iter()
                 .map(|r| (r.config.id.as_str(), r.driver.rule_identity())),
         );
-        let platforms = regions
+        let platforms: HashMap<String, Arc<str>> = regions
             .iter()
             .map(|r| (r.config.id.clone(), Arc::from(redact(&r.config.mep.url))))
             .collect();
+        store.current_platforms(platforms.iter().map(|(id, p)| (id.as_str(), p.clone())));
         Service {
             regions,
             store,
@@ -169,6 +190,7 @@ impl Service {
             max_requests: usize::MAX,
             unsettled: Mutex::new(HashMap::new()),
             platforms,
+            moved_logged: Mutex::new(HashSet::new()),
         }
     }
 
@@ -467,18 +489,26 @@ impl Service {
     /// A request whose region is no longer configured, with rules that may be on its platform,
     /// is refused ([`ApiError::RegionGone`], the record unchanged) unless `forget` is set:
     /// then the record is dropped and its rules are left where they are (logged, counted).
+    /// The same for a request whose region's platform URL changed since its rules were
+    /// applied ([`ApiError::PlatformChanged`]; see [`Service::delete_as`]).
     pub fn delete(&self, id: &str, forget: bool) -> Result<Removal, ApiError> {
-        if let Some(record) = self.store.get(id) {
-            if self.region(&record.region_id).is_none() && record.applied > 0 {
-                if !forget {
-                    return Err(ApiError::RegionGone {
-                        request_id: id.to_string(),
-                        region_id: record.region_id.to_string(),
-                        platform: record.platform.as_deref().map(str::to_string),
-                    });
-                }
-                return self.forget(id);
-            }
+        let how = if forget {
+            Deletion::Forget
+        } else {
+            Deletion::Remove
+        };
+        self.delete_as(id, how)
+    }
+
+    /// [`delete`](Service::delete), saying what to do with a request whose rules cannot be
+    /// removed from its region's current platform: one whose region is no longer configured
+    /// ([`ApiError::RegionGone`] unless [`Deletion::Forget`]), or whose region's platform URL
+    /// changed since its rules were applied ([`ApiError::PlatformChanged`] unless
+    /// [`Deletion::Forget`], or [`Deletion::Adopt`]: re-pointed to the current platform, then
+    /// removed there). Either refusal leaves the record unchanged and calls no platform.
+    pub fn delete_as(&self, id: &str, how: Deletion) -> Result<Removal, ApiError> {
+        if let Some(forgotten) = self.where_to_remove(id, how)? {
+            return Ok(forgotten);
         }
         let record = match self.claim_removal(id)? {
             (RemovalClaim::Claimed, record) => record,
@@ -537,6 +567,130 @@ impl Service {
         }
     }
 
+    /// Before a DELETE of request `id` claims it: whether its rules can be removed from its
+    /// region's current platform (`Ok(None)`: go on; an unknown request is left to the claim).
+    /// When they cannot, `how` decides: refused (the record unchanged), forgotten (the
+    /// answer), or, for a platform that moved, re-pointed to the current URL (`Ok(None)`).
+    fn where_to_remove(&self, id: &str, how: Deletion) -> Result<Option<Removal>, ApiError> {
+        let Some(record) = self.store.get(id) else {
+            return Ok(None);
+        };
+        if record.applied == 0 {
+            return Ok(None);
+        }
+        if self.region(&record.region_id).is_none() {
+            if how == Deletion::Forget {
+                let why = format!("region '{}' is no longer configured", record.region_id);
+                return self.forget(id, &why).map(Some);
+            }
+            return Err(ApiError::RegionGone {
+                request_id: id.to_string(),
+                region_id: record.region_id.to_string(),
+                platform: record.platform.as_deref().map(str::to_string),
+            });
+        }
+        let Some(current) = self.moved(&record) else {
+            return Ok(None);
+        };
+        let recorded = record.platform.as_deref().unwrap_or_default();
+        match how {
+            Deletion::Forget => {
+                let why = format!(
+                    "region '{}' is now configured with the platform {current}",
+                    record.region_id
+                );
+                self.forget(id, &why).map(Some)
+            }
+            Deletion::Adopt => {
+                self.adopt(id, recorded, current)?;
+                Ok(None)
+            }
+            Deletion::Remove => Err(ApiError::PlatformChanged {
+                request_id: id.to_string(),
+                region_id: record.region_id.to_string(),
+                recorded: recorded.to_string(),
+                current: current.to_string(),
+            }),
+        }
+    }
+
+    /// Re-points request `id`, whose rules were applied on `recorded`, to its region's
+    /// `current` platform (`DELETE ...?adopt=true`: the same platform at a new address),
+    /// journaled, so that its rules are removed there.
+    fn adopt(&self, id: &str, recorded: &str, current: &Arc<str>) -> Result<(), ApiError> {
+        let repointed = self
+            .store
+            .repoint(id, current, now_millis())
+            .map_err(|e| self.state_error(e, Some(id)))?
+            .ok_or_else(|| ApiError::RequestNotFound {
+                request_id: id.to_string(),
+            })?;
+        if !repointed {
+            return Err(in_use(id));
+        }
+        lock(&self.moved_logged).remove(id);
+        warn!(
+            "request {id}: re-pointed on request (DELETE ?adopt=true) from the platform {recorded}, on which its rules were applied, to {current}, its region's current URL, taken for the same platform; its rules are removed there"
+        );
+        Ok(())
+    }
+
+    /// The current platform URL of `record`'s region when `record` holds steps applied on
+    /// another one (the region's `url` changed since): they must not be removed there, nor
+    /// taken as removed. A record that did not record its platform counts as on the current
+    /// one; one whose region is no longer configured is [`ApiError::RegionGone`]'s case.
+    pub(crate) fn moved(&self, record: &Record) -> Option<&Arc<str>> {
+        if record.applied == 0 {
+            return None;
+        }
+        let recorded = record.platform.as_deref()?;
+        let current = self.platforms.get(&*record.region_id)?;
+        (**current != *recorded).then_some(current)
+    }
+
+    /// Logs, once per record, that the reconciler leaves `record`'s rules alone because they
+    /// were applied on another platform than its region's `current` one.
+    pub(crate) fn log_moved_once(&self, record: &Record, current: &str) {
+        if !lock(&self.moved_logged).insert(record.id.clone()) {
+            return;
+        }
+        warn!(
+            "request {}: {} rule call(s) were applied on the platform {}, but region '{}' is now configured with {current}: they are not removed from either until a DELETE says which (?adopt=true: the same platform at a new address; ?forget=true: leave them where they are)",
+            record.id,
+            record.applied,
+            record.platform.as_deref().unwrap_or_default(),
+            record.region_id
+        );
+    }
+
+    /// Per configured region whose platform URL changed: how many records hold rules applied
+    /// on an earlier URL, and those URLs (at start-up, one warning per region).
+    pub fn moved_records(&self) -> BTreeMap<Arc<str>, (usize, BTreeSet<Arc<str>>)> {
+        let mut moved: BTreeMap<Arc<str>, (usize, BTreeSet<Arc<str>>)> = BTreeMap::new();
+        for record in self.list(None) {
+            if self.moved(&record).is_none() {
+                continue;
+            }
+            let (count, earlier) = moved.entry(record.region_id.clone()).or_default();
+            *count += 1;
+            earlier.extend(record.platform.clone());
+        }
+        moved
+    }
+
+    /// Logs one warning per region whose platform URL changed while records hold rules applied
+    /// on an earlier one (start-up and each etcd leader's recovery).
+    pub fn warn_moved_regions(&self) {
+        for (region, (count, earlier)) in self.moved_records() {
+            let earlier: Vec<&str> = earlier.iter().map(|p| &**p).collect();
+            warn!(
+                "region '{region}': {count} request(s) hold rules applied on {} but the region is now configured with {}; they are neither removed from it nor taken as removed: DELETE each with ?adopt=true if that is the same platform at a new address (the rules are removed there), or with ?forget=true if not (the rules stay where they are); or set the region's url back",
+                earlier.join(", "),
+                self.platforms.get(&*region).map_or("", |p| p)
+            );
+        }
+    }
+
     /// A DELETE takes record `id` ([`Record::claim_removal`]): what it found, and the record
     /// as it is now. A record in use is refused.
     fn claim_removal(&self, id: &str) -> Result<(RemovalClaim, Record), ApiError> {
@@ -583,9 +737,10 @@ impl Service {
         Ok(Removal::Accepted(record))
     }
 
-    /// Drops the record of request `id`, whose region is no longer configured, leaving its
-    /// rules where they are (`DELETE ...?forget=true`).
-    fn forget(&self, id: &str) -> Result<Removal, ApiError> {
+    /// Drops the record of request `id`, whose rules cannot be removed (`why`: its region is no
+    /// longer configured, or its platform URL changed), leaving its rules where they are
+    /// (`DELETE ...?forget=true`).
+    fn forget(&self, id: &str, why: &str) -> Result<Removal, ApiError> {
         let not_found = || ApiError::RequestNotFound {
             request_id: id.to_string(),
         };
@@ -603,10 +758,10 @@ impl Service {
             .map_err(|e| self.abandon(id, e))?
             .ok_or_else(not_found)?;
         self.lock_unsettled().remove(id);
+        lock(&self.moved_logged).remove(id);
         self.metrics.forgotten();
         warn!(
-            "request {id}: forgotten on request (DELETE ?forget=true); region '{}' is no longer configured and {} rule call(s) may remain on its platform {}",
-            record.region_id,
+            "request {id}: forgotten on request (DELETE ?forget=true); {why}, and {} rule call(s) may remain on the platform {}",
             record.applied,
             record.platform.as_deref().unwrap_or("(URL not recorded)")
         );
@@ -651,6 +806,10 @@ impl Service {
         let Some(record) = self.store.get(id) else {
             return Ok(());
         };
+        debug_assert!(
+            self.moved(&record).is_none(),
+            "request {id}: its rules are on another platform than the region's current one"
+        );
         for k in (0..record.applied).rev() {
             let _turn = self.turns.remove(self.rule_of(region, &steps[k]));
             // In place before this request: left as it was.

@@ -131,7 +131,9 @@ impl Record {
         }
     }
 
-    fn update_entry(&self) -> Entry<'_> {
+    /// The journal entry of a change of the mutable part; with the record's platform when
+    /// `repointed` (only the update that changed it carries it).
+    fn update_entry(&self, repointed: bool) -> Entry<'_> {
         Entry::Update(UpdateEntry {
             id: Cow::Borrowed(&self.id),
             applied: self.applied,
@@ -139,6 +141,11 @@ impl Record {
             detail: self.detail.as_deref().map(Cow::Borrowed),
             modified: self.last_modified,
             kept: self.kept.as_deref().map(<[usize]>::to_vec),
+            platform: self
+                .platform
+                .as_deref()
+                .filter(|_| repointed)
+                .map(Cow::Borrowed),
         })
     }
 
@@ -433,6 +440,8 @@ pub(crate) enum Change<'a> {
     Update(&'a Arc<Record>),
     /// A record was removed.
     Remove(&'a Arc<str>),
+    /// A record's platform changed ([`Store::repoint`]), with its mutable part.
+    Repoint(&'a Arc<Record>),
 }
 
 impl Change<'_> {
@@ -440,7 +449,8 @@ impl Change<'_> {
     fn entry(&self) -> Entry<'_> {
         match self {
             Change::Create(record) => record.to_entry(),
-            Change::Update(record) => record.update_entry(),
+            Change::Update(record) => record.update_entry(false),
+            Change::Repoint(record) => record.update_entry(true),
             Change::Remove(id) => Entry::Remove {
                 id: Cow::Borrowed(id),
             },
@@ -555,6 +565,9 @@ struct RuleIndex {
     on: bool,
     identities: HashMap<Arc<str>, RuleIdentity>,
     counts: HashMap<u64, u32>,
+    /// Each configured region's platform URL (credentials masked), for records that did not
+    /// record theirs ([`Store::current_platforms`]).
+    platforms: HashMap<Arc<str>, Arc<str>>,
 }
 
 impl RuleIndex {
@@ -564,6 +577,15 @@ impl RuleIndex {
             .get(region)
             .copied()
             .unwrap_or(RuleIdentity::Call)
+    }
+
+    /// The platform `record`'s steps are sent to: the one it recorded, else (recorded before
+    /// records kept it) its region's current one.
+    fn platform_of<'a>(&'a self, record: &'a Record) -> Option<&'a str> {
+        record
+            .platform
+            .as_deref()
+            .or_else(|| self.platforms.get(&*record.region_id).map(|p| &**p))
     }
 
     fn key(&self, region: &str, step: &Step) -> u64 {
@@ -643,6 +665,7 @@ fn shared_by_another(records: &Records, rules: &RuleIndex, record: &Record, k: u
             *r.id != *record.id
                 && matches!(r.status, Status::Created | Status::Pending)
                 && r.region_id == record.region_id
+                && rules.platform_of(r) == rules.platform_of(record)
                 && r.steps[..r.applied]
                     .iter()
                     .any(|other| identity.same(step, other))
@@ -742,7 +765,9 @@ impl Store {
     /// [`count_rules`]: Store::count_rules
     pub fn index_rules<'a>(&self, identities: impl IntoIterator<Item = (&'a str, RuleIdentity)>) {
         let _records = self.lock();
-        *self.rules() = RuleIndex {
+        let mut rules = self.rules();
+        let platforms = std::mem::take(&mut rules.platforms);
+        *rules = RuleIndex {
             known: true,
             on: false,
             identities: identities
@@ -750,7 +775,20 @@ impl Store {
                 .map(|(region, identity)| (Arc::from(region), identity))
                 .collect(),
             counts: HashMap::new(),
+            platforms,
         };
+    }
+
+    /// Says each configured region's platform URL (credentials masked): a record that did not
+    /// record its own counts as on it. Two requests share a platform rule only on the same
+    /// platform: a request applied on a region's earlier URL does not hold a rule for one
+    /// applied on its current URL ([`release_if_shared`](Store::release_if_shared)).
+    pub fn current_platforms<'a>(&self, platforms: impl IntoIterator<Item = (&'a str, Arc<str>)>) {
+        let _records = self.lock();
+        self.rules().platforms = platforms
+            .into_iter()
+            .map(|(region, platform)| (Arc::from(region), platform))
+            .collect();
     }
 
     /// Counts the rules every record holds now, if [`index_rules`](Store::index_rules) was
@@ -786,7 +824,9 @@ impl Store {
                             Some(record.clone() as Arc<dyn EtcdValue>),
                         )
                     }
-                    Change::Update(record) => (record.id.clone(), Some(record.clone() as _)),
+                    Change::Update(record) | Change::Repoint(record) => {
+                        (record.id.clone(), Some(record.clone() as _))
+                    }
                     Change::Remove(id) => (id.clone(), None),
                 };
                 w.enqueue(id, record).map_err(StoreError::Unavailable)
@@ -1048,6 +1088,36 @@ impl Store {
         };
         self.durable(seq)?;
         Ok(true)
+    }
+
+    /// Records that the steps of record `id` are on `platform` from now on: its region's URL
+    /// changed and a DELETE with `?adopt=true` says that the new one is the same platform.
+    /// Journaled with the platform (the one update that carries it). `Ok(None)`: no such
+    /// record; `Ok(Some(false))`: another operation works on it, and nothing changed.
+    pub fn repoint(
+        &self,
+        id: &str,
+        platform: &Arc<str>,
+        now: i64,
+    ) -> Result<Option<bool>, StoreError> {
+        let seq = {
+            let mut records = self.lock();
+            let Some(record) = records.by_id.get_mut(id) else {
+                return Ok(None);
+            };
+            if record.busy {
+                return Ok(Some(false));
+            }
+            let mut changed = Record::clone(record);
+            changed.platform = Some(platform.clone());
+            changed.last_modified = now;
+            let changed = Arc::new(changed);
+            let seq = self.write(Change::Repoint(&changed))?;
+            *record = changed;
+            seq
+        };
+        self.durable(seq)?;
+        Ok(Some(true))
     }
 
     /// Removes a record once durable, returning it.
@@ -1340,6 +1410,9 @@ fn replay(
                 record.detail = u.detail.map(Box::from);
                 record.last_modified = u.modified;
                 record.kept = u.kept.map(Arc::from);
+                if let Some(platform) = u.platform {
+                    record.platform = Some(regions.intern(&platform));
+                }
             }
         }
         Entry::Remove { id } => {

@@ -341,6 +341,12 @@ fn every_error() -> Vec<ApiError> {
             region_id: s(),
             platform: None,
         },
+        ApiError::PlatformChanged {
+            request_id: s(),
+            region_id: s(),
+            recorded: s(),
+            current: s(),
+        },
         ApiError::Mep {
             region_id: s(),
             request_id: None,
@@ -415,6 +421,7 @@ fn variant(e: &ApiError) -> usize {
         ApiError::TooManyConnections { .. } => 24,
         ApiError::Unavailable { .. } => 25,
         ApiError::RecordTooLarge { .. } => 26,
+        ApiError::PlatformChanged { .. } => 27,
     }
 }
 
@@ -424,7 +431,7 @@ fn every_documented_status_is_one_the_api_produces_and_every_error_is_documented
     let listed: BTreeSet<usize> = errors.iter().map(variant).collect();
     assert_eq!(
         listed,
-        (0..27).collect(),
+        (0..28).collect(),
         "every ApiError variant is listed"
     );
     let error_codes: BTreeSet<u16> = errors.iter().map(ApiError::status).collect();
