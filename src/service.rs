@@ -1050,6 +1050,8 @@ pub(crate) mod tests {
         /// The next apply (or removal) says it has started, then waits to be let go.
         pub(crate) apply_gate: Mutex<Option<Gate>>,
         pub(crate) remove_gate: Mutex<Option<Gate>>,
+        /// The label of every removal it was asked for, in order.
+        pub(crate) removals: Mutex<Vec<String>>,
     }
 
     /// Tells `entered` that a call started, waits on `release`, then answers (refusing when
@@ -1127,6 +1129,7 @@ pub(crate) mod tests {
             Ok(())
         }
         fn remove(&self, step: &Step) -> Result<(), MepError> {
+            self.removals.lock().unwrap().push(step.label().to_string());
             if Gate::pass(&self.remove_gate) {
                 return Err(unavailable());
             }
@@ -1151,8 +1154,19 @@ pub(crate) mod tests {
 
     /// A service whose region's settle window is `settle`.
     pub(crate) fn service_settling(store: Store, settle: Duration) -> (Service, Arc<Scripted>) {
+        service_on(store, "simulated:", settle)
+    }
+
+    /// The records of `s` in a service whose region "2" is configured with the platform URL
+    /// `url` (as after a restart with the region's `url` changed), with a fresh platform.
+    pub(crate) fn moved_to(s: Service, url: &str) -> (Service, Arc<Scripted>) {
+        service_on(s.store, url, Duration::ZERO)
+    }
+
+    /// A service whose region "2" has the platform at `url` with the settle window `settle`.
+    fn service_on(store: Store, url: &str, settle: Duration) -> (Service, Arc<Scripted>) {
         let driver = Arc::new(Scripted::default());
-        let mut mep = MepConfig::new(DriverKind::Simulated, "simulated:", Duration::from_secs(1));
+        let mut mep = MepConfig::new(DriverKind::Simulated, url, Duration::from_secs(1));
         mep.settle = settle;
         let config = RegionConfig {
             id: "2".into(),
@@ -1635,5 +1649,188 @@ pub(crate) mod tests {
         r.region_id = "9".into();
         assert_eq!(s.create(r).unwrap_err().status(), 422);
         assert!(s.list(None).is_empty());
+    }
+
+    /// A CREATED request with rule "a" on the platform at `http://a:1`, now in a service whose
+    /// region "2" names `http://b:2`; the old platform and the new one.
+    fn created_then_moved() -> (Service, String, Arc<Scripted>, Arc<Scripted>) {
+        let (s, a) = service_on(Store::in_memory(), "http://a:1", Duration::ZERO);
+        let id = s.create(request(&["a"])).unwrap();
+        let (s, b) = moved_to(s, "http://b:2");
+        (s, id, a, b)
+    }
+
+    #[test]
+    fn a_delete_after_the_region_url_changed_is_409_naming_both_platforms_and_calls_neither() {
+        let (s, id, a, b) = created_then_moved();
+        let before = s.get(&id).unwrap();
+        assert_eq!(s.moved(&before).map(|p| &**p), Some("http://b:2"));
+        let e = s.delete(&id, false).unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::PlatformChanged {
+                request_id: id.clone(),
+                region_id: "2".into(),
+                recorded: "http://a:1".into(),
+                current: "http://b:2".into(),
+            }
+        );
+        let text = e.to_string();
+        for part in [
+            "region '2'",
+            "http://a:1",
+            "http://b:2",
+            "adopt=true",
+            "forget=true",
+        ] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+        let response = e.to_response(crate::model::ApiStyle::Spec);
+        assert_eq!(response.status, 409);
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(body["type"], "urn:mec-plugin:problem:platform-changed");
+        assert_eq!(
+            (&body["RequestId"], &body["RegionId"]),
+            (&serde_json::json!(id), &serde_json::json!("2"))
+        );
+        assert_eq!(body["platform"], "http://a:1");
+        assert_eq!(body["currentPlatform"], "http://b:2");
+        assert_eq!(
+            response.header("Location"),
+            Some(format!("/MEC/v1/service/requests/{id}").as_str())
+        );
+        let after = s.get(&id).unwrap();
+        assert_eq!(
+            (after.status, after.applied, after.busy, after.platform),
+            (Status::Created, 1, false, before.platform),
+            "the record is unchanged"
+        );
+        assert!(b.removals.lock().unwrap().is_empty(), "nothing sent to B");
+        assert_eq!(on(&a), ["a"], "still on A");
+    }
+
+    #[test]
+    fn forget_drops_a_request_whose_platform_moved_and_leaves_its_rules_on_the_old_one() {
+        let (s, id, a, b) = created_then_moved();
+        let Removal::Done(r) = s.delete_as(&id, Deletion::Forget).unwrap() else {
+            panic!()
+        };
+        assert_eq!((r.status, r.applied), (Status::Deleted, 1));
+        assert!(s.get(&id).is_none());
+        assert_eq!(on(&a), ["a"]);
+        assert!(b.removals.lock().unwrap().is_empty());
+        let metrics = s.metrics.render(&Gauges::default());
+        assert!(metrics.contains("mec_plugin_requests_forgotten_total 1"));
+    }
+
+    #[test]
+    fn adopt_re_points_the_request_to_the_current_platform_and_removes_its_rules_there() {
+        let (s, id, a, b) = created_then_moved();
+        // The same platform at a new address: B holds what A held.
+        b.on.lock().unwrap().insert("a".into());
+        let Removal::Done(r) = s.delete_as(&id, Deletion::Adopt).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (r.status, r.platform.as_deref()),
+            (Status::Deleted, Some("http://b:2"))
+        );
+        assert!(on(&b).is_empty(), "removed on B");
+        assert_eq!(*b.removals.lock().unwrap(), ["a"]);
+        assert!(a.removals.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn adopt_and_forget_change_nothing_for_a_request_on_its_region_s_current_platform() {
+        let (s, d) = service();
+        for how in [Deletion::Adopt, Deletion::Forget] {
+            let id = s.create(request(&["a"])).unwrap();
+            assert!(matches!(s.delete_as(&id, how).unwrap(), Removal::Done(_)));
+            assert!(on(&d).is_empty(), "{how:?}: removed from the platform");
+        }
+    }
+
+    #[test]
+    fn the_re_pointing_is_journaled_and_survives_a_restart() {
+        let (s, a, dir) = durable("adopt-journaled");
+        let id = s.create(request(&["a"])).unwrap();
+        drop(a);
+        let (s, b) = moved_to(s, "http://b:2");
+        *b.fail_remove.lock().unwrap() = Some("a".into());
+        let Removal::Accepted(r) = s.delete_as(&id, Deletion::Adopt).unwrap() else {
+            panic!("B refused the removal")
+        };
+        assert_eq!(r.status, Status::Deleting);
+        drop(s);
+        let (store, _) = Store::open(&dir, true).unwrap();
+        let r = store.get(&id).unwrap();
+        assert_eq!(
+            (r.status, r.applied, r.platform.as_deref()),
+            (Status::Deleting, 1, Some("http://b:2"))
+        );
+        // On B now: removed there by a plain DELETE.
+        let (s, b) = service_on(store, "http://b:2", Duration::ZERO);
+        assert!(matches!(
+            s.delete(&id, false).unwrap(),
+            Removal::Accepted(_) | Removal::Done(_)
+        ));
+        crate::reconciler::reconcile_once(&s);
+        assert!(s.get(&id).is_none());
+        assert_eq!(*b.removals.lock().unwrap(), ["a"]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_record_without_a_recorded_platform_or_with_nothing_applied_is_removed_as_usual() {
+        let (s, a) = service_on(Store::in_memory(), "http://a:1", Duration::ZERO);
+        let legacy = s.create(request(&["x"])).unwrap();
+        s.store.update(&legacy, |r| r.platform = None).unwrap();
+        let empty = recorded_id(
+            {
+                *a.fail_apply.lock().unwrap() = Some((
+                    "y".into(),
+                    MepError::Refused {
+                        url: "u".into(),
+                        status: 400,
+                        detail: String::new(),
+                    },
+                ));
+                s.create(request(&["y"]))
+            }
+            .unwrap_err(),
+        );
+        let (s, b) = moved_to(s, "http://b:2");
+        assert!(s.moved_records().is_empty());
+        assert!(matches!(
+            s.delete(&legacy, false).unwrap(),
+            Removal::Done(_)
+        ));
+        assert_eq!(
+            *b.removals.lock().unwrap(),
+            ["x"],
+            "counted as on the current one"
+        );
+        assert!(matches!(s.delete(&empty, false).unwrap(), Removal::Done(_)));
+    }
+
+    #[test]
+    fn a_request_on_the_old_platform_does_not_hold_a_rule_for_one_on_the_new_platform() {
+        let (s, id, a, b) = created_then_moved();
+        // A new request sets the same rule on B.
+        let new = s.create(request(&["a"])).unwrap();
+        assert_eq!(on(&b), ["a"]);
+        // Its removal must call B: the old request's rule is on A, not on B.
+        assert!(matches!(s.delete(&new, false).unwrap(), Removal::Done(_)));
+        assert!(on(&b).is_empty(), "removed from B");
+        assert_eq!(on(&a), ["a"], "the old request's rule stays on A");
+        assert_eq!(s.get(&id).unwrap().applied, 1);
+        let moved = s.moved_records();
+        assert_eq!(moved.len(), 1);
+        let (count, earlier) = &moved["2"];
+        assert_eq!(*count, 1);
+        assert_eq!(
+            earlier.iter().map(|p| &**p).collect::<Vec<_>>(),
+            ["http://a:1"]
+        );
     }
 }
