@@ -101,7 +101,7 @@ pub struct Service {
     platforms: HashMap<String, Arc<str>>,
     /// Records whose rules the reconciler leaves alone because they were applied on another
     /// platform than their region's current one, already logged (once per record).
-    moved_logged: Mutex<HashSet<Arc<str>>>,
+    pub(crate) moved_logged: Mutex<HashSet<Arc<str>>>,
 }
 
 /// A step whose apply was sent but whose outcome was not seen (timeout, broken exchange, a
