@@ -514,8 +514,9 @@ fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
 }
 
 /// Parses the query of `DELETE /service/requests/{id}`: `forget=true|false` and
-/// `adopt=true|false`, each at most once, not both true; other parameters are ignored (debug
-/// log).
+/// `adopt=true|false`, each at most once (both true is refused only for a request they
+/// contradict each other on: [`Deletion::ForgetAndAdopt`]); other parameters are ignored
+/// (debug log).
 fn parse_deletion(query: Option<&str>) -> Result<Deletion, ApiError> {
     let bad = |detail: String| ApiError::BadRequest { detail };
     let (mut forget, mut adopt) = (None, None);
@@ -545,9 +546,7 @@ fn parse_deletion(query: Option<&str>) -> Result<Deletion, ApiError> {
         });
     }
     match (forget == Some(true), adopt == Some(true)) {
-        (true, true) => Err(bad(
-            "query parameters 'forget' and 'adopt' are both true: give one (forget drops the record and leaves its rules where they are; adopt removes them from the region's current platform)".into(),
-        )),
+        (true, true) => Ok(Deletion::ForgetAndAdopt),
         (true, false) => Ok(Deletion::Forget),
         (false, true) => Ok(Deletion::Adopt),
         (false, false) => Ok(Deletion::Remove),
@@ -1274,13 +1273,17 @@ mod tests {
     }
 
     #[test]
-    fn forget_and_adopt_are_true_false_or_absent_and_not_both_true() {
+    fn forget_and_adopt_are_true_false_or_absent() {
         let remove = Ok(Deletion::Remove);
         assert_eq!(parse_deletion(None), remove);
         assert_eq!(parse_deletion(Some("_=1")), remove);
         assert_eq!(parse_deletion(Some("forget=true")), Ok(Deletion::Forget));
         assert_eq!(parse_deletion(Some("forget=false&x=1")), remove);
         assert_eq!(parse_deletion(Some("adopt=true")), Ok(Deletion::Adopt));
+        assert_eq!(
+            parse_deletion(Some("forget=true&adopt=true")),
+            Ok(Deletion::ForgetAndAdopt)
+        );
         assert_eq!(
             parse_deletion(Some("adopt=true&forget=false")),
             Ok(Deletion::Adopt)
@@ -1291,7 +1294,6 @@ mod tests {
             "forget=true&forget=true",
             "adopt=1",
             "adopt=false&adopt=false",
-            "forget=true&adopt=true",
         ] {
             assert!(parse_deletion(Some(bad)).is_err(), "{bad}");
         }

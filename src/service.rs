@@ -75,6 +75,11 @@ pub enum Deletion {
     /// (journaled) and its rules are removed there. Otherwise the same as
     /// [`Deletion::Remove`].
     Adopt,
+    /// Both `?forget=true` and `?adopt=true`: they contradict each other for a request whose
+    /// region's platform URL changed, which is refused (400, the record unchanged); for one
+    /// whose region is no longer configured `forget` applies; otherwise the same as
+    /// [`Deletion::Remove`].
+    ForgetAndAdopt,
 }
 
 /// The regions and the records: everything the API operates on.
@@ -579,7 +584,7 @@ impl Service {
             return Ok(None);
         }
         if self.region(&record.region_id).is_none() {
-            if how == Deletion::Forget {
+            if matches!(how, Deletion::Forget | Deletion::ForgetAndAdopt) {
                 let why = format!("region '{}' is no longer configured", record.region_id);
                 return self.forget(id, &why).map(Some);
             }
@@ -605,6 +610,12 @@ impl Service {
                 self.adopt(id, recorded, current)?;
                 Ok(None)
             }
+            Deletion::ForgetAndAdopt => Err(ApiError::BadRequest {
+                detail: format!(
+                    "request '{id}': query parameters 'forget' and 'adopt' are both true, but its rules were applied on the platform {recorded} and region '{}' is now configured with {current}: give one (adopt: the same platform at a new address, the rules are removed there; forget: another platform, the rules stay where they are)",
+                    record.region_id
+                ),
+            }),
             Deletion::Remove => Err(ApiError::PlatformChanged {
                 request_id: id.to_string(),
                 region_id: record.region_id.to_string(),
@@ -1724,6 +1735,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn forget_and_adopt_together_are_refused_for_a_request_whose_platform_moved() {
+        let (s, id, a, b) = created_then_moved();
+        let e = s.delete_as(&id, Deletion::ForgetAndAdopt).unwrap_err();
+        assert_eq!(e.status(), 400);
+        let text = e.to_string();
+        assert!(
+            text.contains("http://a:1") && text.contains("give one"),
+            "{text}"
+        );
+        assert_eq!(s.get(&id).unwrap().platform.as_deref(), Some("http://a:1"));
+        assert!(a.removals.lock().unwrap().is_empty() && b.removals.lock().unwrap().is_empty());
+        // For a region no longer configured, forget is what applies.
+        let gone = Service::with_store(Vec::new(), s.store, RetryPolicy::default());
+        assert!(matches!(
+            gone.delete_as(&id, Deletion::ForgetAndAdopt).unwrap(),
+            Removal::Done(_)
+        ));
+        assert_eq!(on(&a), ["a"]);
+    }
+
+    #[test]
     fn adopt_re_points_the_request_to_the_current_platform_and_removes_its_rules_there() {
         let (s, id, a, b) = created_then_moved();
         // The same platform at a new address: B holds what A held.
@@ -1743,7 +1775,7 @@ pub(crate) mod tests {
     #[test]
     fn adopt_and_forget_change_nothing_for_a_request_on_its_region_s_current_platform() {
         let (s, d) = service();
-        for how in [Deletion::Adopt, Deletion::Forget] {
+        for how in [Deletion::Adopt, Deletion::Forget, Deletion::ForgetAndAdopt] {
             let id = s.create(request(&["a"])).unwrap();
             assert!(matches!(s.delete_as(&id, how).unwrap(), Removal::Done(_)));
             assert!(on(&d).is_empty(), "{how:?}: removed from the platform");

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use child::Child;
 use serde_json::Value;
+use support::etcd::{Cluster, MISSING};
 use support::fake_llmec::{DNS_PATH, FakeLlMec};
 use support::{eventually, llmec_region, temp_dir};
 
@@ -33,14 +34,20 @@ struct Answer {
     json: Value,
 }
 
+/// `method` on `/MEC/v1<path>`.
 fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Answer {
+    call_at(addr, method, &format!("/MEC/v1{path}"), body)
+}
+
+/// `method` on `target`, the whole path.
+fn call_at(addr: SocketAddr, method: &str, target: &str, body: Option<&str>) -> Answer {
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .proxy(None)
         .timeout_global(Some(Duration::from_secs(20)))
         .build()
         .new_agent();
-    let url = format!("http://{addr}/MEC/v1{path}");
+    let url = format!("http://{addr}{target}");
     let request = ureq::http::Request::builder().method(method).uri(&url);
     let mut response = support::send(&agent, request, body, "application/json")
         .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
@@ -75,14 +82,34 @@ fn delete(addr: SocketAddr, id: &str, query: &str) -> Answer {
     )
 }
 
-/// The configuration of a run: region "2" on LL-MEC at `url`, the state in `root`; removals
-/// retried only after 30 s, so that a DELETE left to the reconciler is still DELETING when
-/// the run is killed.
+/// A run: region "2" on LL-MEC at `url`, the state in `root`; removals retried only after
+/// 30 s, so that a DELETE left to the reconciler is still DELETING when the run is killed.
 fn start(root: &Path, url: &str) -> Child {
+    start_with(root, url, "")
+}
+
+/// [`start`] with the records in etcd at `endpoint` instead of the journal: the instance leads
+/// alone (once the lease of an earlier run lapsed).
+fn start_on_etcd(root: &Path, url: &str, endpoint: &str) -> Child {
+    start_with(
+        root,
+        url,
+        &format!(
+            "[store]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"{PREFIX}\"\nlease_ttl_s = 2\nadvertise_url = \"http://127.0.0.1:{{port}}\"\n\n"
+        ),
+    )
+}
+
+/// `[store] prefix` of the etcd test.
+const PREFIX: &str = "/mec-platform-moved";
+
+/// [`start`] with `store` (where `{port}` is the listening port) after `[server]`.
+fn start_with(root: &Path, url: &str, store: &str) -> Child {
     let port = child::free_port();
     let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = '{}'\nfsync = false\nretry_initial_ms = 30000\nretry_max_ms = 60000\n\n{}",
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = '{}'\nfsync = false\nretry_initial_ms = 30000\nretry_max_ms = 60000\n\n{}{}",
         root.join("state").display(),
+        store.replace("{port}", &port.to_string()),
         llmec_region("2", url, 1000)
     );
     let config: PathBuf = root.join(format!("regions-{port}.toml"));
@@ -186,7 +213,8 @@ fn leave_deleting_and_pending(plugin: Child, a: &FakeLlMec) -> String {
     );
     a.heal();
     let before = a.calls().len();
-    a.late_posts(Duration::from_millis(300));
+    // Long enough that the kill comes first on a busy machine.
+    a.late_posts(Duration::from_secs(2));
     // Its answer never comes: the plugin is killed under it.
     let post = thread::spawn(move || {
         let agent = ureq::Agent::config_builder()
@@ -205,7 +233,7 @@ fn leave_deleting_and_pending(plugin: Child, a: &FakeLlMec) -> String {
     let _ = post.join();
     a.late_posts(Duration::ZERO);
     assert!(
-        eventually(Duration::from_secs(5), || a.installed().len() == 3),
+        eventually(Duration::from_secs(10), || a.installed().len() == 3),
         "{:?}",
         a.installed()
     );
@@ -299,5 +327,74 @@ fn adopt_removes_created_pending_and_deleting_requests_on_the_same_platform_at_i
         logs.contains("re-pointed on request (DELETE ?adopt=true)"),
         "{logs}"
     );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn an_etcd_leader_refuses_the_same_way_and_its_re_pointing_is_committed_in_etcd() {
+    let test = "an_etcd_leader_refuses_the_same_way_and_its_re_pointing_is_committed_in_etcd";
+    let Some(etcd) = Cluster::start(test, 1) else {
+        support::skip(test, MISSING);
+        return;
+    };
+    let endpoint = etcd.endpoints()[0].clone();
+    let a = FakeLlMec::start();
+    let root = temp_dir("platform-moved-etcd");
+    let plugin = start_on_etcd(&root, &a.url(), &endpoint);
+    let id = create(plugin.addr, 1);
+    drop(plugin);
+
+    let front = a.add_front();
+    let new_url = format!("http://127.0.0.1:{front}");
+    let plugin = start_on_etcd(&root, &new_url, &endpoint);
+    let addr = plugin.addr;
+    // It follows the killed run's key until that lease lapses, then leads.
+    let leads = || {
+        let health = call_at(addr, "GET", "/healthz", None);
+        health.json["role"] == "leader"
+    };
+    assert!(
+        eventually(Duration::from_secs(15), leads),
+        "{:?}",
+        plugin.logs()
+    );
+    thread::sleep(PASSES);
+    let logs = plugin.logs().join("\n");
+    assert!(
+        logs.contains(&format!(
+            "region '2': 1 request(s) hold rules applied on {}",
+            a.url()
+        )),
+        "the leader's recovery warns: {logs}"
+    );
+    assert_platform_changed(&delete(addr, &id, ""), &id, &a.url(), &new_url);
+    assert!(a.calls_via(front).is_empty(), "{:?}", a.calls_via(front));
+
+    // Adopted while the platform refuses: DELETING, and re-pointed in etcd.
+    a.fail_all(503);
+    let r = delete(addr, &id, "?adopt=true");
+    assert_eq!(
+        (r.status, &r.json["status"]),
+        (202, &Value::from("DELETING"))
+    );
+    let key = format!("{PREFIX}/records/{id}");
+    let stored = etcd
+        .client(Duration::from_secs(5))
+        .get(key.as_bytes())
+        .unwrap()
+        .expect("the record is in etcd");
+    let stored: Value = serde_json::from_slice(&stored.value).unwrap();
+    assert_eq!(
+        stored["platform"],
+        Value::from(new_url.as_str()),
+        "{stored}"
+    );
+    a.heal();
+    // A DELETE makes it due now: removed through the new address.
+    assert!(matches!(delete(addr, &id, "").status, 201 | 202));
+    assert!(eventually(FINISH, || {
+        call(addr, "GET", &format!("/service/requests/{id}"), None).status == 404
+    }));
+    assert!(a.installed().is_empty(), "{:?}", a.installed());
     let _ = std::fs::remove_dir_all(root);
 }
