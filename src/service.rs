@@ -104,6 +104,9 @@ pub struct Service {
     unsettled: Mutex<HashMap<Arc<str>, Unsettled>>,
     /// Each region's platform URL (credentials masked), shared by its records.
     platforms: HashMap<String, Arc<str>>,
+    /// Each region's other URLs of the same platform (`[region.mep] aliases`, credentials
+    /// masked): records applied through one of them are on the current platform.
+    aliases: HashMap<String, Vec<Arc<str>>>,
     /// Records whose rules the reconciler leaves alone because they were applied on another
     /// platform than their region's current one, already logged (once per record).
     pub(crate) moved_logged: Mutex<HashSet<Arc<str>>>,
@@ -183,7 +186,17 @@ impl Service {
             .iter()
             .map(|r| (r.config.id.clone(), Arc::from(redact(&r.config.mep.url))))
             .collect();
-        store.current_platforms(platforms.iter().map(|(id, p)| (id.as_str(), p.clone())));
+        let aliases: HashMap<String, Vec<Arc<str>>> = regions
+            .iter()
+            .map(|r| {
+                let masked = r.config.mep.aliases.iter().map(|a| Arc::from(redact(a)));
+                (r.config.id.clone(), masked.collect())
+            })
+            .collect();
+        store.current_platforms(platforms.iter().map(|(id, p)| {
+            let names = aliases.get(id).cloned().unwrap_or_default();
+            (id.as_str(), p.clone(), names)
+        }));
         Service {
             regions,
             store,
@@ -195,6 +208,7 @@ impl Service {
             max_requests: usize::MAX,
             unsettled: Mutex::new(HashMap::new()),
             platforms,
+            aliases,
             moved_logged: Mutex::new(HashSet::new()),
         }
     }
@@ -648,15 +662,20 @@ impl Service {
 
     /// The current platform URL of `record`'s region when `record` holds steps applied on
     /// another one (the region's `url` changed since): they must not be removed there, nor
-    /// taken as removed. A record that did not record its platform counts as on the current
-    /// one; one whose region is no longer configured is [`ApiError::RegionGone`]'s case.
+    /// taken as removed. A record that did not record its platform, or recorded one of the
+    /// region's `aliases`, counts as on the current one; one whose region is no longer
+    /// configured is [`ApiError::RegionGone`]'s case.
     pub(crate) fn moved(&self, record: &Record) -> Option<&Arc<str>> {
         if record.applied == 0 {
             return None;
         }
         let recorded = record.platform.as_deref()?;
         let current = self.platforms.get(&*record.region_id)?;
-        (**current != *recorded).then_some(current)
+        let alias = self
+            .aliases
+            .get(&*record.region_id)
+            .is_some_and(|names| names.iter().any(|a| **a == *recorded));
+        (**current != *recorded && !alias).then_some(current)
     }
 
     /// Logs, once per record, that the reconciler leaves `record`'s rules alone because they
@@ -1864,5 +1883,33 @@ pub(crate) mod tests {
             earlier.iter().map(|p| &**p).collect::<Vec<_>>(),
             ["http://a:1"]
         );
+    }
+
+    #[test]
+    fn a_request_applied_through_an_alias_of_the_platform_is_removed_as_usual() {
+        let (s, a) = service_on(Store::in_memory(), "http://a:1", Duration::ZERO);
+        let old = s.create(request(&["a"])).unwrap();
+        drop(a);
+        let (moved, b) = moved_to(s, "http://b:2");
+        let mut regions = moved.regions;
+        regions[0].config.mep.aliases = vec!["http://u:secret@a:1".into()];
+        let s = Service::with_store(regions, moved.store, RetryPolicy::default());
+        // Credentials are masked before comparing: "http://***@a:1" is not "http://a:1".
+        assert!(s.moved(&s.get(&old).unwrap()).is_some());
+        let mut regions = s.regions;
+        regions[0].config.mep.aliases = vec!["http://a:1".into()];
+        let s = Service::with_store(regions, s.store, RetryPolicy::default());
+        assert!(s.moved_records().is_empty());
+        b.on.lock().unwrap().insert("a".into());
+        // A new request of the same rule on B: the old one holds it there too.
+        let new = s.create(request(&["a"])).unwrap();
+        assert!(matches!(s.delete(&old, false).unwrap(), Removal::Done(_)));
+        assert!(
+            b.removals.lock().unwrap().is_empty(),
+            "released to the new one"
+        );
+        assert!(matches!(s.delete(&new, false).unwrap(), Removal::Done(_)));
+        assert_eq!(*b.removals.lock().unwrap(), ["a"]);
+        assert!(on(&b).is_empty());
     }
 }

@@ -565,9 +565,10 @@ struct RuleIndex {
     on: bool,
     identities: HashMap<Arc<str>, RuleIdentity>,
     counts: HashMap<u64, u32>,
-    /// Each configured region's platform URL (credentials masked), for records that did not
-    /// record theirs ([`Store::current_platforms`]).
-    platforms: HashMap<Arc<str>, Arc<str>>,
+    /// Each configured region's platform URL (credentials masked) and its other URLs
+    /// (`aliases`), for records that recorded one of those or none
+    /// ([`Store::current_platforms`]).
+    platforms: HashMap<Arc<str>, (Arc<str>, Vec<Arc<str>>)>,
 }
 
 impl RuleIndex {
@@ -579,13 +580,19 @@ impl RuleIndex {
             .unwrap_or(RuleIdentity::Call)
     }
 
-    /// The platform `record`'s steps are sent to: the one it recorded, else (recorded before
-    /// records kept it) its region's current one.
+    /// The platform `record`'s steps are on: its region's current one when it recorded none
+    /// (recorded before records kept it) or one of the region's aliases, else the one it
+    /// recorded.
     fn platform_of<'a>(&'a self, record: &'a Record) -> Option<&'a str> {
-        record
-            .platform
-            .as_deref()
-            .or_else(|| self.platforms.get(&*record.region_id).map(|p| &**p))
+        let own = record.platform.as_deref();
+        match self.platforms.get(&*record.region_id) {
+            Some((current, aliases))
+                if own.is_none_or(|own| aliases.iter().any(|a| **a == *own)) =>
+            {
+                Some(current)
+            }
+            _ => own,
+        }
     }
 
     fn key(&self, region: &str, step: &Step) -> u64 {
@@ -779,15 +786,19 @@ impl Store {
         };
     }
 
-    /// Says each configured region's platform URL (credentials masked): a record that did not
-    /// record its own counts as on it. Two requests share a platform rule only on the same
-    /// platform: a request applied on a region's earlier URL does not hold a rule for one
-    /// applied on its current URL ([`release_if_shared`](Store::release_if_shared)).
-    pub fn current_platforms<'a>(&self, platforms: impl IntoIterator<Item = (&'a str, Arc<str>)>) {
+    /// Says each configured region's platform URL and its other URLs (`aliases`), credentials
+    /// masked: a record that recorded none of its own, or an alias, counts as on it. Two
+    /// requests share a platform rule only on the same platform: a request applied on a
+    /// region's earlier URL does not hold a rule for one applied on its current URL
+    /// ([`release_if_shared`](Store::release_if_shared)).
+    pub fn current_platforms<'a>(
+        &self,
+        platforms: impl IntoIterator<Item = (&'a str, Arc<str>, Vec<Arc<str>>)>,
+    ) {
         let _records = self.lock();
         self.rules().platforms = platforms
             .into_iter()
-            .map(|(region, platform)| (Arc::from(region), platform))
+            .map(|(region, current, aliases)| (Arc::from(region), (current, aliases)))
             .collect();
     }
 
