@@ -3,7 +3,8 @@
 //! start-up recovery's roll-back), which could find nothing there and forget rules left on the
 //! old platform. A DELETE answers 409 `platform-changed` naming both platforms until it says
 //! which it is: `?forget=true` (another platform: the rules stay where they are) or
-//! `?adopt=true` (the same platform at a new address: removed there). The new address of
+//! `?adopt=true` (the same platform at a new address: removed there), or the old URL is listed
+//! in `[region.mep] aliases`. An etcd leader behaves the same. The new address of
 //! "the same platform" is a second port of the fake LL-MEC relaying to the same rules
 //! ([`FakeLlMec::add_front`]), so that calls through it can be told from calls to the old one.
 
@@ -85,7 +86,7 @@ fn delete(addr: SocketAddr, id: &str, query: &str) -> Answer {
 /// A run: region "2" on LL-MEC at `url`, the state in `root`; removals retried only after
 /// 30 s, so that a DELETE left to the reconciler is still DELETING when the run is killed.
 fn start(root: &Path, url: &str) -> Child {
-    start_with(root, url, "")
+    start_with(root, url, "", "")
 }
 
 /// [`start`] with the records in etcd at `endpoint` instead of the journal: the instance leads
@@ -97,20 +98,22 @@ fn start_on_etcd(root: &Path, url: &str, endpoint: &str) -> Child {
         &format!(
             "[store]\nkind = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"{PREFIX}\"\nlease_ttl_s = 2\nadvertise_url = \"http://127.0.0.1:{{port}}\"\n\n"
         ),
+        "",
     )
 }
 
 /// `[store] prefix` of the etcd test.
 const PREFIX: &str = "/mec-platform-moved";
 
-/// [`start`] with `store` (where `{port}` is the listening port) after `[server]`.
-fn start_with(root: &Path, url: &str, store: &str) -> Child {
+/// [`start`] with `store` (where `{port}` is the listening port) after `[server]`, and `mep`
+/// added to `[region.mep]`.
+fn start_with(root: &Path, url: &str, store: &str, mep: &str) -> Child {
     let port = child::free_port();
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = '{}'\nfsync = false\nretry_initial_ms = 30000\nretry_max_ms = 60000\n\n{}{}",
         root.join("state").display(),
         store.replace("{port}", &port.to_string()),
-        llmec_region("2", url, 1000)
+        llmec_region("2", url, 1000) + mep
     );
     let config: PathBuf = root.join(format!("regions-{port}.toml"));
     std::fs::write(&config, text).unwrap();
@@ -396,5 +399,44 @@ fn an_etcd_leader_refuses_the_same_way_and_its_re_pointing_is_committed_in_etcd(
         call(addr, "GET", &format!("/service/requests/{id}"), None).status == 404
     }));
     assert!(a.installed().is_empty(), "{:?}", a.installed());
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn with_the_old_url_as_an_alias_the_reconciler_finishes_removals_through_the_new_one() {
+    let a = FakeLlMec::start();
+    let root = temp_dir("platform-moved-alias");
+    let plugin = start(&root, &a.url());
+    let id = create(plugin.addr, 1);
+    a.fail_all(503);
+    let r = delete(plugin.addr, &id, "");
+    assert_eq!(
+        (r.status, &r.json["status"]),
+        (202, &Value::from("DELETING"))
+    );
+    drop(plugin);
+    a.heal();
+
+    let front = a.add_front();
+    let new_url = format!("http://127.0.0.1:{front}");
+    let plugin = start_with(
+        &root,
+        &new_url,
+        "",
+        &format!("aliases = [\"{}\"]\n", a.url()),
+    );
+    assert!(
+        eventually(FINISH, || {
+            call(plugin.addr, "GET", &format!("/service/requests/{id}"), None).status == 404
+        }),
+        "{:?}",
+        plugin.logs()
+    );
+    assert!(a.installed().is_empty(), "{:?}", a.installed());
+    assert!(
+        !a.calls_via(front).is_empty(),
+        "removed through the new address"
+    );
+    assert!(!plugin.logs().join("\n").contains("hold rules applied on"));
     let _ = std::fs::remove_dir_all(root);
 }
