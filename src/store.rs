@@ -568,7 +568,7 @@ struct RuleIndex {
     /// Each configured region's platform URL (credentials masked) and its other URLs
     /// (`aliases`), for records that recorded one of those or none
     /// ([`Store::current_platforms`]).
-    platforms: HashMap<Arc<str>, (Arc<str>, Vec<Arc<str>>)>,
+    platforms: HashMap<Arc<str>, Platform>,
 }
 
 impl RuleIndex {
@@ -645,6 +645,9 @@ impl RuleIndex {
         total > own
     }
 }
+
+/// A region's platform URL and its other URLs (`aliases`), credentials masked.
+type Platform = (Arc<str>, Vec<Arc<str>>);
 
 /// Counts the rules of all `records` into `rules`, unless done or not possible yet.
 fn count_all(records: &Records, rules: &mut RuleIndex) {
