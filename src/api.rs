@@ -17,7 +17,7 @@ use crate::http::{Request, Response};
 use crate::leader::Role;
 use crate::model::{self, ApiStyle, CreationRequest, Status};
 use crate::server::RequestHandler;
-use crate::service::{Region, Removal, Service, StateProblem};
+use crate::service::{Deletion, Region, Removal, Service, StateProblem};
 use crate::store::Record;
 use crate::util::rfc3339;
 
@@ -531,34 +531,44 @@ fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
     }
 }
 
-/// Parses the query of `DELETE /service/requests/{id}`: `forget=true|false`, at most once;
-/// other parameters are ignored (debug log).
-fn parse_forget(query: Option<&str>) -> Result<bool, ApiError> {
-    let mut forget = None;
+/// Parses the query of `DELETE /service/requests/{id}`: `forget=true|false` and
+/// `adopt=true|false`, each at most once (both true is refused only for a request they
+/// contradict each other on: [`Deletion::ForgetAndAdopt`]); other parameters are ignored
+/// (debug log).
+fn parse_deletion(query: Option<&str>) -> Result<Deletion, ApiError> {
+    let bad = |detail: String| ApiError::BadRequest { detail };
+    let (mut forget, mut adopt) = (None, None);
     for (key, value) in query_pairs(query) {
-        if key != "forget" {
-            debug!("query parameter '{key}' ignored: a DELETE takes 'forget'");
-            continue;
+        let slot = match key {
+            "forget" => &mut forget,
+            "adopt" => &mut adopt,
+            _ => {
+                debug!("query parameter '{key}' ignored: a DELETE takes 'forget' and 'adopt'");
+                continue;
+            }
+        };
+        if slot.is_some() {
+            return Err(bad(format!(
+                "query parameter '{key}' is given more than once"
+            )));
         }
-        if forget.is_some() {
-            return Err(ApiError::BadRequest {
-                detail: "query parameter 'forget' is given more than once".into(),
-            });
-        }
-        forget = Some(match value {
+        *slot = Some(match value {
             "true" => true,
             "false" => false,
             other => {
-                return Err(ApiError::BadRequest {
-                    detail: format!(
-                        "query parameter 'forget' = '{}' must be true or false",
-                        percent_decode_str(other).decode_utf8_lossy()
-                    ),
-                });
+                return Err(bad(format!(
+                    "query parameter '{key}' = '{}' must be true or false",
+                    percent_decode_str(other).decode_utf8_lossy()
+                )));
             }
         });
     }
-    Ok(forget.unwrap_or(false))
+    match (forget == Some(true), adopt == Some(true)) {
+        (true, true) => Ok(Deletion::ForgetAndAdopt),
+        (true, false) => Ok(Deletion::Forget),
+        (false, true) => Ok(Deletion::Adopt),
+        (false, false) => Ok(Deletion::Remove),
+    }
 }
 
 /// Great-circle distance in km (haversine, mean Earth radius).
@@ -837,16 +847,18 @@ fn get_request(service: &Service, style: ApiStyle, id: &str) -> Result<Response,
 /// request (status DELETED). When the platform cannot remove the rules now, the removal is
 /// accepted (202) and finished by the reconciler; the body shows the request DELETING.
 ///
-/// `?forget=true` drops the record of a request whose region is no longer configured (which is
-/// otherwise refused with 409), leaving its rules on that platform.
+/// `?forget=true` drops the record of a request whose region is no longer configured, or whose
+/// region's platform URL changed since its rules were applied (either is otherwise refused
+/// with 409), leaving its rules on that platform; `?adopt=true` takes the changed URL for the
+/// same platform and removes the rules there.
 fn delete_request(
     service: &Service,
     style: ApiStyle,
     id: &str,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let forget = parse_forget(query)?;
-    match service.delete(id, forget)? {
+    let how = parse_deletion(query)?;
+    match service.delete_as(id, how)? {
         Removal::Done(record) => Ok(Response::json(201, record_json(&record, style)?)),
         Removal::Accepted(record) => Ok(Response::json(202, record_json(&record, style)?)),
     }
@@ -1279,13 +1291,29 @@ mod tests {
     }
 
     #[test]
-    fn forget_is_true_false_or_absent() {
-        assert!(!parse_forget(None).unwrap());
-        assert!(!parse_forget(Some("_=1")).unwrap());
-        assert!(parse_forget(Some("forget=true")).unwrap());
-        assert!(!parse_forget(Some("forget=false&x=1")).unwrap());
-        for bad in ["forget=yes", "forget", "forget=true&forget=true"] {
-            assert!(parse_forget(Some(bad)).is_err(), "{bad}");
+    fn forget_and_adopt_are_true_false_or_absent() {
+        let remove = Ok(Deletion::Remove);
+        assert_eq!(parse_deletion(None), remove);
+        assert_eq!(parse_deletion(Some("_=1")), remove);
+        assert_eq!(parse_deletion(Some("forget=true")), Ok(Deletion::Forget));
+        assert_eq!(parse_deletion(Some("forget=false&x=1")), remove);
+        assert_eq!(parse_deletion(Some("adopt=true")), Ok(Deletion::Adopt));
+        assert_eq!(
+            parse_deletion(Some("forget=true&adopt=true")),
+            Ok(Deletion::ForgetAndAdopt)
+        );
+        assert_eq!(
+            parse_deletion(Some("adopt=true&forget=false")),
+            Ok(Deletion::Adopt)
+        );
+        for bad in [
+            "forget=yes",
+            "forget",
+            "forget=true&forget=true",
+            "adopt=1",
+            "adopt=false&adopt=false",
+        ] {
+            assert!(parse_deletion(Some(bad)).is_err(), "{bad}");
         }
     }
 

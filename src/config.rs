@@ -247,6 +247,12 @@ pub struct MepConfig {
     /// it may still land on the platform (default [`defaults::SETTLE_TIMEOUTS`] ×
     /// `timeout`): a removal sent earlier is sent again once this has passed.
     pub settle: Duration,
+    /// Other URLs of the same platform (`aliases`, each without a trailing slash): rules
+    /// applied through one of them (an earlier `url`, or the address another instance of an
+    /// etcd cluster reaches it at) count as applied on this platform and are removed through
+    /// `url`. Empty by default: a request applied through any other URL is not removed here
+    /// (see README, "Changing a region's platform URL").
+    pub aliases: Vec<String>,
 }
 
 impl MepConfig {
@@ -263,6 +269,7 @@ impl MepConfig {
             poll_attempts: defaults::POLL_ATTEMPTS,
             max_calls: defaults::MAX_CALLS,
             settle: timeout * defaults::SETTLE_TIMEOUTS,
+            aliases: Vec::new(),
         }
     }
 }
@@ -400,6 +407,7 @@ struct RawMep {
     poll_attempts: Option<Spanned<i64>>,
     max_calls: Option<Spanned<i64>>,
     settle_ms: Option<Spanned<i64>>,
+    aliases: Option<Vec<Spanned<String>>>,
 }
 
 impl Config {
@@ -939,6 +947,21 @@ fn mep_table(t: &Table, mep: Spanned<RawMep>) -> Result<MepConfig, ConfigError> 
     )?;
     config.max_calls = t.count(&mep.max_calls, "max_calls", 1..=100_000, config.max_calls)?;
     config.settle = t.millis(&mep.settle_ms, "settle_ms", 0..=3_600_000, config.settle)?;
+    for alias in mep.aliases.iter().flatten() {
+        let checked = check_url(alias.get_ref()).map_err(|why| {
+            t.error(
+                alias.span().start,
+                "aliases",
+                format_args!("= '{}' {why}", redact(alias.get_ref())),
+            )
+        })?;
+        let alias = if mep.driver == DriverKind::Simulated {
+            alias.get_ref().clone()
+        } else {
+            checked
+        };
+        config.aliases.push(alias.trim_end_matches('/').to_string());
+    }
     Ok(config)
 }
 
@@ -1168,6 +1191,28 @@ url = "http://127.0.0.1:13000/"
 
     fn parse_err(text: &str) -> String {
         Config::parse(text, "regions.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn aliases_are_checked_as_urls_and_kept_without_a_trailing_slash() {
+        assert!(
+            Config::parse(MINIMAL, "f").unwrap().regions[0]
+                .mep
+                .aliases
+                .is_empty()
+        );
+        let c = Config::parse(
+            &format!("{MINIMAL}aliases = [\"http://old:8080/\", \"https://u:p@mep.example\"]\n"),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(
+            c.regions[0].mep.aliases,
+            ["http://old:8080", "https://u:p@mep.example"]
+        );
+        let e = parse_err(&format!("{MINIMAL}aliases = [\"ftp://secret:pw@old\"]\n"));
+        assert!(e.contains("aliases") && e.contains("region '2'"), "{e}");
+        assert!(!e.contains("secret:pw"), "credentials masked: {e}");
     }
 
     #[test]
@@ -1602,6 +1647,7 @@ url = "http://127.0.0.1:13000/"
                 "region.mep.settle_ms",
                 format!("{} × `timeout_ms`", defaults::SETTLE_TIMEOUTS),
             ),
+            ("region.mep.aliases", "`[]`".into()),
             ("store.kind", quoted(&defaults::STORE_KIND)),
             ("store.endpoints", "– (required with `etcd`)".into()),
             ("store.prefix", quoted(&defaults::STORE_PREFIX)),

@@ -60,6 +60,16 @@ pub enum ApiError {
         /// The platform URL the rules were applied on (credentials masked), if recorded.
         platform: Option<String>,
     },
+    /// A DELETE of a request whose rules may be on the platform `recorded` (credentials
+    /// masked), on which they were applied, while its region is now configured with another
+    /// URL, `current`: removing them there could find nothing and forget rules left on
+    /// `recorded`. The record is unchanged; `?adopt=true` or `?forget=true` says which it is.
+    PlatformChanged {
+        request_id: String,
+        region_id: String,
+        recorded: String,
+        current: String,
+    },
     /// The platform refused, failed, was unreachable or timed out.
     Mep {
         region_id: String,
@@ -124,7 +134,9 @@ impl ApiError {
             ApiError::HeadersTooLarge { .. } => 431,
             ApiError::VersionNotSupported => 505,
             ApiError::TooManyConnections { .. } => 503,
-            ApiError::Conflict { .. } | ApiError::RegionGone { .. } => 409,
+            ApiError::Conflict { .. }
+            | ApiError::RegionGone { .. }
+            | ApiError::PlatformChanged { .. } => 409,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::UnsupportedMediaType { .. } => 415,
             ApiError::UnknownRegion { .. } | ApiError::Unsupported { .. } => 422,
@@ -161,6 +173,7 @@ impl ApiError {
             ApiError::Unsupported { .. } => "Rule not supported by the region's platform",
             ApiError::Conflict { .. } => "Operation in progress",
             ApiError::RegionGone { .. } => "Region no longer configured",
+            ApiError::PlatformChanged { .. } => "Region's platform URL changed",
             ApiError::Mep { error, .. } if error.is_timeout() => "MEC platform timed out",
             ApiError::Mep { .. } => "MEC platform error",
             ApiError::Unauthorized => "Unauthorized",
@@ -198,6 +211,7 @@ impl ApiError {
             ApiError::Unsupported { .. } => "urn:mec-plugin:problem:unsupported-rule",
             ApiError::Conflict { .. } => "urn:mec-plugin:problem:conflict",
             ApiError::RegionGone { .. } => "urn:mec-plugin:problem:region-gone",
+            ApiError::PlatformChanged { .. } => "urn:mec-plugin:problem:platform-changed",
             ApiError::Mep { error, .. } if error.is_timeout() => {
                 "urn:mec-plugin:problem:mep-timeout"
             }
@@ -218,19 +232,23 @@ impl ApiError {
     }
 
     /// The request whose record may stay after this error (a creation the platform refused,
-    /// a change that could not be recorded): the answer names it and its `Location`.
+    /// a change that could not be recorded, a DELETE refused because its region's platform
+    /// URL changed): the answer names it and its `Location`.
     pub fn request_id(&self) -> Option<&str> {
         match self {
             ApiError::Mep { request_id, .. }
             | ApiError::StateWrite { request_id, .. }
             | ApiError::Unavailable { request_id, .. } => request_id.as_deref(),
+            ApiError::PlatformChanged { request_id, .. } => Some(request_id),
             _ => None,
         }
     }
 
     /// The problem+json response for this error. `style` picks the spelling of the
     /// `RequestId` extension member carried by errors after which a record may stay (see
-    /// [`request_id`](ApiError::request_id)), which also get its `Location`.
+    /// [`request_id`](ApiError::request_id)), which also get its `Location`, and of
+    /// `RegionId`; [`ApiError::PlatformChanged`] also names the recorded platform
+    /// (`platform`) and the configured one (`currentPlatform`).
     pub fn to_response(&self, style: ApiStyle) -> Response {
         #[derive(Serialize)]
         struct Problem<'a> {
@@ -241,14 +259,33 @@ impl ApiError {
             detail: String,
             #[serde(rename = "RequestId", skip_serializing_if = "Option::is_none")]
             request_id: Option<&'a str>,
+            #[serde(rename = "RegionId", skip_serializing_if = "Option::is_none")]
+            region_id: Option<&'a str>,
+            /// The platform a record's rules were applied on, and its region's current one.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            platform: Option<&'a str>,
+            #[serde(rename = "currentPlatform", skip_serializing_if = "Option::is_none")]
+            current_platform: Option<&'a str>,
         }
         let request_id = self.request_id();
+        let (region_id, platform, current_platform) = match self {
+            ApiError::PlatformChanged {
+                region_id,
+                recorded,
+                current,
+                ..
+            } => (Some(&**region_id), Some(&**recorded), Some(&**current)),
+            _ => (None, None, None),
+        };
         let problem = Problem {
             type_uri: self.type_uri(),
             title: self.title(),
             status: self.status(),
             detail: self.to_string(),
             request_id,
+            region_id,
+            platform,
+            current_platform,
         };
         let body = style.to_vec(&problem).expect("a problem always serialises");
         let mut response = Response {
@@ -352,6 +389,15 @@ impl fmt::Display for ApiError {
                 f,
                 "request '{request_id}' has rules that may be on the platform {} of region '{region_id}', which is no longer configured, so they cannot be removed; configure the region again to remove them, or DELETE with ?forget=true to drop the record and leave them there",
                 platform.as_deref().unwrap_or("(URL not recorded)")
+            ),
+            ApiError::PlatformChanged {
+                request_id,
+                region_id,
+                recorded,
+                current,
+            } => write!(
+                f,
+                "request '{request_id}' has rules that may be on the platform {recorded}, on which they were applied, but region '{region_id}' is now configured with the platform {current}, so they are removed from neither; if {current} is the same platform at a new address, DELETE with ?adopt=true to record it there and remove them from it; if it is another platform, DELETE with ?forget=true to drop the record and leave them on {recorded} (or configure the region's url back to {recorded} to remove them)"
             ),
             ApiError::Mep {
                 region_id,

@@ -120,6 +120,10 @@ pub struct UpdateEntry<'a> {
     /// As [`RecordEntry::kept`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept: Option<Vec<usize>>,
+    /// The platform URL the record's steps are sent to from now on, only in the update that
+    /// changed it (a DELETE with `?adopt=true`); absent, the record's platform is unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub platform: Option<Cow<'a, str>>,
 }
 
 /// A planned platform call on disk.

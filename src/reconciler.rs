@@ -110,6 +110,7 @@ pub fn recover(service: &Service) -> Result<(), StoreError> {
             .store
             .update(&record.id, |r| r.interrupted(detail, now))?;
     }
+    service.warn_moved_regions();
     let backlog = service.backlog();
     if backlog > 0 {
         info!("{backlog} request(s) have rules to remove; the reconciler takes them now");
@@ -165,6 +166,9 @@ fn reconcile(service: &Service, claimed: &Record) -> Result<(), StoreError> {
             record = now;
         }
     }
+    if let Some(current) = service.moved(&record) {
+        return leave_moved(service, &record, current);
+    }
     info!(
         "request {id}: removing {} rule call(s) from region {} (attempt {})",
         record.applied,
@@ -179,6 +183,35 @@ fn reconcile(service: &Service, claimed: &Record) -> Result<(), StoreError> {
         return Ok(());
     };
     record_outcome(service, &record, undone)
+}
+
+/// Leaves the claimed `record` alone: its steps were applied on another platform than its
+/// region's `current` one, so they are neither removed there nor taken as removed until a
+/// DELETE says which it is (`?adopt=true`, `?forget=true`). Logged once; its detail says so
+/// (written once: the same detail again changes nothing durable); looked at again after the
+/// longest backoff.
+fn leave_moved(service: &Service, record: &Record, current: &str) -> Result<(), StoreError> {
+    service.log_moved_once(record, current);
+    let detail = match record.status {
+        Status::Deleting => platform_changed(record, current),
+        _ => format!(
+            "{}; {}",
+            reason(&record.detail),
+            platform_changed(record, current)
+        ),
+    };
+    let at = now_millis() + service.retry.max.as_millis() as i64;
+    service.store.update(&record.id, |r| r.stuck(detail, at))?;
+    Ok(())
+}
+
+/// What the detail of a request whose region's platform URL changed says.
+fn platform_changed(record: &Record, current: &str) -> String {
+    format!(
+        "its rules were applied on the platform {}, but region '{}' is now configured with {current}: they are not removed from either until a DELETE says which (?adopt=true: the same platform at a new address, removed there; ?forget=true: left where they are)",
+        record.platform.as_deref().unwrap_or_default(),
+        record.region_id
+    )
 }
 
 /// Records how the reconciler's removal of `record`'s steps went.
@@ -262,9 +295,10 @@ mod tests {
 
     use super::*;
     use crate::mep::MepError;
+    use crate::service::Deletion;
     use crate::service::Removal;
     use crate::service::tests::{
-        durable, fail_append_in, on, recorded_id, request, service, service_settling,
+        durable, fail_append_in, moved_to, on, recorded_id, request, service, service_settling,
     };
     use crate::store::Store;
 
@@ -551,5 +585,81 @@ mod tests {
         let r = s.get(&id).unwrap();
         assert_eq!((r.status, r.busy, r.attempts), (Status::Deleting, false, 1));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn recovery_and_the_reconciler_leave_a_request_whose_platform_moved_alone_until_adopted() {
+        let (s, a) = service();
+        let ids: Vec<String> = ["p", "f", "d"]
+            .iter()
+            .map(|label| s.create(request(&[label])).unwrap())
+            .collect();
+        // As a crash or a refused removal leaves them: PENDING, FAILED, DELETING, each with its
+        // step applied on the platform "simulated:".
+        for (id, status) in ids
+            .iter()
+            .zip([Status::Pending, Status::Failed, Status::Deleting])
+        {
+            s.store
+                .update(id, |r| {
+                    r.status = status;
+                    r.detail = Some("why it got here".into());
+                })
+                .unwrap();
+        }
+        // Started again with the region's url changed.
+        let (s, b) = moved_to(s, "http://b:2");
+        recover(&s).unwrap();
+        assert_eq!(
+            s.get(&ids[0]).unwrap().status,
+            Status::Failed,
+            "rolled back"
+        );
+        assert_eq!(
+            s.backlog(),
+            3,
+            "their rules still have to come off somewhere"
+        );
+        for pass in 0..2 {
+            for id in &ids {
+                s.store.update(id, |r| r.next_attempt = 0).unwrap();
+            }
+            assert!(
+                reconcile_once(&s).unwrap() >= Duration::from_millis(59_000),
+                "looked at again after the longest backoff, not every pass"
+            );
+            assert!(
+                b.removals.lock().unwrap().is_empty(),
+                "pass {pass}: B not called"
+            );
+            assert!(
+                a.removals.lock().unwrap().is_empty(),
+                "pass {pass}: A not called"
+            );
+            assert_eq!(
+                crate::util::lock(&s.moved_logged).len(),
+                3,
+                "logged once each"
+            );
+            // The reason a FAILED request got there stays in front.
+            let reasons = ["interrupted by a restart", "why it got here; ", "its rules"];
+            for (id, reason) in ids.iter().zip(reasons) {
+                let r = s.get(id).unwrap();
+                assert_eq!((r.applied, r.busy), (1, false), "{id}");
+                let detail = r.detail.unwrap();
+                assert!(detail.starts_with(reason), "{detail}");
+                for part in ["simulated:", "http://b:2", "adopt=true", "forget=true"] {
+                    assert!(detail.contains(part), "{part}: {detail}");
+                }
+            }
+        }
+        // The DELETING one adopted: re-pointed, then removed on B by the reconciler.
+        let Removal::Accepted(_) = s.delete_as(&ids[2], Deletion::Adopt).unwrap() else {
+            panic!("already DELETING: handed to the reconciler")
+        };
+        reconcile_once(&s);
+        assert!(s.get(&ids[2]).is_none());
+        assert_eq!(*b.removals.lock().unwrap(), ["d"]);
+        assert_eq!(crate::util::lock(&s.moved_logged).len(), 2);
     }
 }

@@ -6,7 +6,7 @@
 //! a record goes through one of [`Record`]'s transitions. No lock is held while a platform is
 //! called; each call holds a [turn](crate::turns) on its platform rule.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,28 @@ pub enum Removal {
     Accepted(Record),
 }
 
+/// What a DELETE asks for (`DELETE ...?forget=true`, `?adopt=true`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Deletion {
+    /// Remove the rules from the platform they were applied on, then forget the request.
+    #[default]
+    Remove,
+    /// For a request whose rules cannot be removed (its region is no longer configured, or
+    /// its region's platform URL changed since they were applied): drop the record and leave
+    /// the rules where they are. Otherwise the same as [`Deletion::Remove`].
+    Forget,
+    /// For a request whose region's platform URL changed since its rules were applied: the
+    /// new URL is the same platform at a new address, so the record is re-pointed to it
+    /// (journaled) and its rules are removed there. Otherwise the same as
+    /// [`Deletion::Remove`].
+    Adopt,
+    /// Both `?forget=true` and `?adopt=true`: they contradict each other for a request whose
+    /// region's platform URL changed, which is refused (400, the record unchanged); for one
+    /// whose region is no longer configured `forget` applies; otherwise the same as
+    /// [`Deletion::Remove`].
+    ForgetAndAdopt,
+}
+
 /// The regions and the records: everything the API operates on.
 pub struct Service {
     regions: Vec<Region>,
@@ -82,6 +104,12 @@ pub struct Service {
     unsettled: Mutex<HashMap<Arc<str>, Unsettled>>,
     /// Each region's platform URL (credentials masked), shared by its records.
     platforms: HashMap<String, Arc<str>>,
+    /// Each region's other URLs of the same platform (`[region.mep] aliases`, credentials
+    /// masked): records applied through one of them are on the current platform.
+    aliases: HashMap<String, Vec<Arc<str>>>,
+    /// Records whose rules the reconciler leaves alone because they were applied on another
+    /// platform than their region's current one, already logged (once per record).
+    pub(crate) moved_logged: Mutex<HashSet<Arc<str>>>,
 }
 
 /// A step whose apply was sent but whose outcome was not seen (timeout, broken exchange, a
@@ -154,10 +182,21 @@ impl Service {
                 .iter()
                 .map(|r| (r.config.id.as_str(), r.driver.rule_identity())),
         );
-        let platforms = regions
+        let platforms: HashMap<String, Arc<str>> = regions
             .iter()
             .map(|r| (r.config.id.clone(), Arc::from(redact(&r.config.mep.url))))
             .collect();
+        let aliases: HashMap<String, Vec<Arc<str>>> = regions
+            .iter()
+            .map(|r| {
+                let masked = r.config.mep.aliases.iter().map(|a| Arc::from(redact(a)));
+                (r.config.id.clone(), masked.collect())
+            })
+            .collect();
+        store.current_platforms(platforms.iter().map(|(id, p)| {
+            let names = aliases.get(id).cloned().unwrap_or_default();
+            (id.as_str(), p.clone(), names)
+        }));
         Service {
             regions,
             store,
@@ -169,6 +208,8 @@ impl Service {
             max_requests: usize::MAX,
             unsettled: Mutex::new(HashMap::new()),
             platforms,
+            aliases,
+            moved_logged: Mutex::new(HashSet::new()),
         }
     }
 
@@ -467,18 +508,26 @@ impl Service {
     /// A request whose region is no longer configured, with rules that may be on its platform,
     /// is refused ([`ApiError::RegionGone`], the record unchanged) unless `forget` is set:
     /// then the record is dropped and its rules are left where they are (logged, counted).
+    /// The same for a request whose region's platform URL changed since its rules were
+    /// applied ([`ApiError::PlatformChanged`]; see [`Service::delete_as`]).
     pub fn delete(&self, id: &str, forget: bool) -> Result<Removal, ApiError> {
-        if let Some(record) = self.store.get(id) {
-            if self.region(&record.region_id).is_none() && record.applied > 0 {
-                if !forget {
-                    return Err(ApiError::RegionGone {
-                        request_id: id.to_string(),
-                        region_id: record.region_id.to_string(),
-                        platform: record.platform.as_deref().map(str::to_string),
-                    });
-                }
-                return self.forget(id);
-            }
+        let how = if forget {
+            Deletion::Forget
+        } else {
+            Deletion::Remove
+        };
+        self.delete_as(id, how)
+    }
+
+    /// [`delete`](Service::delete), saying what to do with a request whose rules cannot be
+    /// removed from its region's current platform: one whose region is no longer configured
+    /// ([`ApiError::RegionGone`] unless [`Deletion::Forget`]), or whose region's platform URL
+    /// changed since its rules were applied ([`ApiError::PlatformChanged`] unless
+    /// [`Deletion::Forget`], or [`Deletion::Adopt`]: re-pointed to the current platform, then
+    /// removed there). Either refusal leaves the record unchanged and calls no platform.
+    pub fn delete_as(&self, id: &str, how: Deletion) -> Result<Removal, ApiError> {
+        if let Some(forgotten) = self.where_to_remove(id, how)? {
+            return Ok(forgotten);
         }
         let record = match self.claim_removal(id)? {
             (RemovalClaim::Claimed, record) => record,
@@ -537,6 +586,141 @@ impl Service {
         }
     }
 
+    /// Before a DELETE of request `id` claims it: whether its rules can be removed from its
+    /// region's current platform (`Ok(None)`: go on; an unknown request is left to the claim).
+    /// When they cannot, `how` decides: refused (the record unchanged), forgotten (the
+    /// answer), or, for a platform that moved, re-pointed to the current URL (`Ok(None)`).
+    fn where_to_remove(&self, id: &str, how: Deletion) -> Result<Option<Removal>, ApiError> {
+        let Some(record) = self.store.get(id) else {
+            return Ok(None);
+        };
+        if record.applied == 0 {
+            return Ok(None);
+        }
+        if self.region(&record.region_id).is_none() {
+            if matches!(how, Deletion::Forget | Deletion::ForgetAndAdopt) {
+                let why = format!("region '{}' is no longer configured", record.region_id);
+                return self.forget(id, &why).map(Some);
+            }
+            return Err(ApiError::RegionGone {
+                request_id: id.to_string(),
+                region_id: record.region_id.to_string(),
+                platform: record.platform.as_deref().map(str::to_string),
+            });
+        }
+        let Some(current) = self.moved(&record) else {
+            return Ok(None);
+        };
+        let recorded = record.platform.as_deref().unwrap_or_default();
+        match how {
+            Deletion::Forget => {
+                let why = format!(
+                    "region '{}' is now configured with the platform {current}",
+                    record.region_id
+                );
+                self.forget(id, &why).map(Some)
+            }
+            Deletion::Adopt => {
+                self.adopt(id, recorded, current)?;
+                Ok(None)
+            }
+            Deletion::ForgetAndAdopt => Err(ApiError::BadRequest {
+                detail: format!(
+                    "request '{id}': query parameters 'forget' and 'adopt' are both true, but its rules were applied on the platform {recorded} and region '{}' is now configured with {current}: give one (adopt: the same platform at a new address, the rules are removed there; forget: another platform, the rules stay where they are)",
+                    record.region_id
+                ),
+            }),
+            Deletion::Remove => Err(ApiError::PlatformChanged {
+                request_id: id.to_string(),
+                region_id: record.region_id.to_string(),
+                recorded: recorded.to_string(),
+                current: current.to_string(),
+            }),
+        }
+    }
+
+    /// Re-points request `id`, whose rules were applied on `recorded`, to its region's
+    /// `current` platform (`DELETE ...?adopt=true`: the same platform at a new address),
+    /// journaled, so that its rules are removed there.
+    fn adopt(&self, id: &str, recorded: &str, current: &Arc<str>) -> Result<(), ApiError> {
+        let repointed = self
+            .store
+            .repoint(id, current, now_millis())
+            .map_err(|e| self.state_error(e, Some(id)))?
+            .ok_or_else(|| ApiError::RequestNotFound {
+                request_id: id.to_string(),
+            })?;
+        if !repointed {
+            return Err(in_use(id));
+        }
+        lock(&self.moved_logged).remove(id);
+        warn!(
+            "request {id}: re-pointed on request (DELETE ?adopt=true) from the platform {recorded}, on which its rules were applied, to {current}, its region's current URL, taken for the same platform; its rules are removed there"
+        );
+        Ok(())
+    }
+
+    /// The current platform URL of `record`'s region when `record` holds steps applied on
+    /// another one (the region's `url` changed since): they must not be removed there, nor
+    /// taken as removed. A record that did not record its platform, or recorded one of the
+    /// region's `aliases`, counts as on the current one; one whose region is no longer
+    /// configured is [`ApiError::RegionGone`]'s case.
+    pub(crate) fn moved(&self, record: &Record) -> Option<&Arc<str>> {
+        if record.applied == 0 {
+            return None;
+        }
+        let recorded = record.platform.as_deref()?;
+        let current = self.platforms.get(&*record.region_id)?;
+        let alias = self
+            .aliases
+            .get(&*record.region_id)
+            .is_some_and(|names| names.iter().any(|a| **a == *recorded));
+        (**current != *recorded && !alias).then_some(current)
+    }
+
+    /// Logs, once per record, that the reconciler leaves `record`'s rules alone because they
+    /// were applied on another platform than its region's `current` one.
+    pub(crate) fn log_moved_once(&self, record: &Record, current: &str) {
+        if !lock(&self.moved_logged).insert(record.id.clone()) {
+            return;
+        }
+        warn!(
+            "request {}: {} rule call(s) were applied on the platform {}, but region '{}' is now configured with {current}: they are not removed from either until a DELETE says which (?adopt=true: the same platform at a new address; ?forget=true: leave them where they are)",
+            record.id,
+            record.applied,
+            record.platform.as_deref().unwrap_or_default(),
+            record.region_id
+        );
+    }
+
+    /// Per configured region whose platform URL changed: how many records hold rules applied
+    /// on an earlier URL, and those URLs (at start-up, one warning per region).
+    pub fn moved_records(&self) -> BTreeMap<Arc<str>, (usize, BTreeSet<Arc<str>>)> {
+        let mut moved: BTreeMap<Arc<str>, (usize, BTreeSet<Arc<str>>)> = BTreeMap::new();
+        for record in self.list(None) {
+            if self.moved(&record).is_none() {
+                continue;
+            }
+            let (count, earlier) = moved.entry(record.region_id.clone()).or_default();
+            *count += 1;
+            earlier.extend(record.platform.clone());
+        }
+        moved
+    }
+
+    /// Logs one warning per region whose platform URL changed while records hold rules applied
+    /// on an earlier one (start-up and each etcd leader's recovery).
+    pub fn warn_moved_regions(&self) {
+        for (region, (count, earlier)) in self.moved_records() {
+            let earlier: Vec<&str> = earlier.iter().map(|p| &**p).collect();
+            warn!(
+                "region '{region}': {count} request(s) hold rules applied on {} but the region is now configured with {}; they are neither removed from it nor taken as removed: DELETE each with ?adopt=true if that is the same platform at a new address (the rules are removed there), or with ?forget=true if not (the rules stay where they are); or set the region's url back",
+                earlier.join(", "),
+                self.platforms.get(&*region).map_or("", |p| p)
+            );
+        }
+    }
+
     /// A DELETE takes record `id` ([`Record::claim_removal`]): what it found, and the record
     /// as it is now. A record in use is refused.
     fn claim_removal(&self, id: &str) -> Result<(RemovalClaim, Record), ApiError> {
@@ -583,9 +767,10 @@ impl Service {
         Ok(Removal::Accepted(record))
     }
 
-    /// Drops the record of request `id`, whose region is no longer configured, leaving its
-    /// rules where they are (`DELETE ...?forget=true`).
-    fn forget(&self, id: &str) -> Result<Removal, ApiError> {
+    /// Drops the record of request `id`, whose rules cannot be removed (`why`: its region is no
+    /// longer configured, or its platform URL changed), leaving its rules where they are
+    /// (`DELETE ...?forget=true`).
+    fn forget(&self, id: &str, why: &str) -> Result<Removal, ApiError> {
         let not_found = || ApiError::RequestNotFound {
             request_id: id.to_string(),
         };
@@ -603,10 +788,10 @@ impl Service {
             .map_err(|e| self.abandon(id, e))?
             .ok_or_else(not_found)?;
         self.lock_unsettled().remove(id);
+        lock(&self.moved_logged).remove(id);
         self.metrics.forgotten();
         warn!(
-            "request {id}: forgotten on request (DELETE ?forget=true); region '{}' is no longer configured and {} rule call(s) may remain on its platform {}",
-            record.region_id,
+            "request {id}: forgotten on request (DELETE ?forget=true); {why}, and {} rule call(s) may remain on the platform {}",
             record.applied,
             record.platform.as_deref().unwrap_or("(URL not recorded)")
         );
@@ -651,6 +836,10 @@ impl Service {
         let Some(record) = self.store.get(id) else {
             return Ok(());
         };
+        debug_assert!(
+            self.moved(&record).is_none(),
+            "request {id}: its rules are on another platform than the region's current one"
+        );
         for k in (0..record.applied).rev() {
             let _turn = self.turns.remove(self.rule_of(region, &steps[k]));
             // In place before this request: left as it was. Read under the turn, not from
@@ -897,6 +1086,8 @@ pub(crate) mod tests {
         /// Answers an apply of a rule that is on already [`Applied::AlreadyInPlace`] (as a
         /// MEC 011 platform does), when set; otherwise every apply is a change.
         pub(crate) reports_prior: std::sync::atomic::AtomicBool,
+        /// The label of every removal it was asked for, in order.
+        pub(crate) removals: Mutex<Vec<String>>,
     }
 
     /// Tells `entered` that a call started, waits on `release`, then answers (refusing when
@@ -985,6 +1176,7 @@ pub(crate) mod tests {
             })
         }
         fn remove(&self, step: &Step) -> Result<(), MepError> {
+            self.removals.lock().unwrap().push(step.label().to_string());
             if Gate::pass(&self.remove_gate) {
                 return Err(unavailable());
             }
@@ -1009,8 +1201,19 @@ pub(crate) mod tests {
 
     /// A service whose region's settle window is `settle`.
     pub(crate) fn service_settling(store: Store, settle: Duration) -> (Service, Arc<Scripted>) {
+        service_on(store, "simulated:", settle)
+    }
+
+    /// The records of `s` in a service whose region "2" is configured with the platform URL
+    /// `url` (as after a restart with the region's `url` changed), with a fresh platform.
+    pub(crate) fn moved_to(s: Service, url: &str) -> (Service, Arc<Scripted>) {
+        service_on(s.store, url, Duration::ZERO)
+    }
+
+    /// A service whose region "2" has the platform at `url` with the settle window `settle`.
+    fn service_on(store: Store, url: &str, settle: Duration) -> (Service, Arc<Scripted>) {
         let driver = Arc::new(Scripted::default());
-        let mut mep = MepConfig::new(DriverKind::Simulated, "simulated:", Duration::from_secs(1));
+        let mut mep = MepConfig::new(DriverKind::Simulated, url, Duration::from_secs(1));
         mep.settle = settle;
         let config = RegionConfig {
             id: "2".into(),
@@ -1599,5 +1802,237 @@ pub(crate) mod tests {
         r.region_id = "9".into();
         assert_eq!(s.create(r).unwrap_err().status(), 422);
         assert!(s.list(None).is_empty());
+    }
+
+    /// A CREATED request with rule "a" on the platform at `http://a:1`, now in a service whose
+    /// region "2" names `http://b:2`; the old platform and the new one.
+    fn created_then_moved() -> (Service, String, Arc<Scripted>, Arc<Scripted>) {
+        let (s, a) = service_on(Store::in_memory(), "http://a:1", Duration::ZERO);
+        let id = s.create(request(&["a"])).unwrap();
+        let (s, b) = moved_to(s, "http://b:2");
+        (s, id, a, b)
+    }
+
+    #[test]
+    fn a_delete_after_the_region_url_changed_is_409_naming_both_platforms_and_calls_neither() {
+        let (s, id, a, b) = created_then_moved();
+        let before = s.get(&id).unwrap();
+        assert_eq!(s.moved(&before).map(|p| &**p), Some("http://b:2"));
+        let e = s.delete(&id, false).unwrap_err();
+        assert_eq!(
+            e,
+            ApiError::PlatformChanged {
+                request_id: id.clone(),
+                region_id: "2".into(),
+                recorded: "http://a:1".into(),
+                current: "http://b:2".into(),
+            }
+        );
+        let text = e.to_string();
+        for part in [
+            "region '2'",
+            "http://a:1",
+            "http://b:2",
+            "adopt=true",
+            "forget=true",
+        ] {
+            assert!(text.contains(part), "{part}: {text}");
+        }
+        let response = e.to_response(crate::model::ApiStyle::Spec);
+        assert_eq!(response.status, 409);
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(body["type"], "urn:mec-plugin:problem:platform-changed");
+        assert_eq!(
+            (&body["RequestId"], &body["RegionId"]),
+            (&serde_json::json!(id), &serde_json::json!("2"))
+        );
+        assert_eq!(body["platform"], "http://a:1");
+        assert_eq!(body["currentPlatform"], "http://b:2");
+        assert_eq!(
+            response.header("Location"),
+            Some(format!("/MEC/v1/service/requests/{id}").as_str())
+        );
+        let after = s.get(&id).unwrap();
+        assert_eq!(
+            (after.status, after.applied, after.busy, after.platform),
+            (Status::Created, 1, false, before.platform),
+            "the record is unchanged"
+        );
+        assert!(b.removals.lock().unwrap().is_empty(), "nothing sent to B");
+        assert_eq!(on(&a), ["a"], "still on A");
+    }
+
+    #[test]
+    fn forget_drops_a_request_whose_platform_moved_and_leaves_its_rules_on_the_old_one() {
+        let (s, id, a, b) = created_then_moved();
+        let Removal::Done(r) = s.delete_as(&id, Deletion::Forget).unwrap() else {
+            panic!()
+        };
+        assert_eq!((r.status, r.applied), (Status::Deleted, 1));
+        assert!(s.get(&id).is_none());
+        assert_eq!(on(&a), ["a"]);
+        assert!(b.removals.lock().unwrap().is_empty());
+        let metrics = s.metrics.render(&Gauges::default());
+        assert!(metrics.contains("mec_plugin_requests_forgotten_total 1"));
+    }
+
+    #[test]
+    fn forget_and_adopt_together_are_refused_for_a_request_whose_platform_moved() {
+        let (s, id, a, b) = created_then_moved();
+        let e = s.delete_as(&id, Deletion::ForgetAndAdopt).unwrap_err();
+        assert_eq!(e.status(), 400);
+        let text = e.to_string();
+        assert!(
+            text.contains("http://a:1") && text.contains("give one"),
+            "{text}"
+        );
+        assert_eq!(s.get(&id).unwrap().platform.as_deref(), Some("http://a:1"));
+        assert!(a.removals.lock().unwrap().is_empty() && b.removals.lock().unwrap().is_empty());
+        // For a region no longer configured, forget is what applies.
+        let gone = Service::with_store(Vec::new(), s.store, RetryPolicy::default());
+        assert!(matches!(
+            gone.delete_as(&id, Deletion::ForgetAndAdopt).unwrap(),
+            Removal::Done(_)
+        ));
+        assert_eq!(on(&a), ["a"]);
+    }
+
+    #[test]
+    fn adopt_re_points_the_request_to_the_current_platform_and_removes_its_rules_there() {
+        let (s, id, a, b) = created_then_moved();
+        // The same platform at a new address: B holds what A held.
+        b.on.lock().unwrap().insert("a".into());
+        let Removal::Done(r) = s.delete_as(&id, Deletion::Adopt).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (r.status, r.platform.as_deref()),
+            (Status::Deleted, Some("http://b:2"))
+        );
+        assert!(on(&b).is_empty(), "removed on B");
+        assert_eq!(*b.removals.lock().unwrap(), ["a"]);
+        assert!(a.removals.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn adopt_and_forget_change_nothing_for_a_request_on_its_region_s_current_platform() {
+        let (s, d) = service();
+        for how in [Deletion::Adopt, Deletion::Forget, Deletion::ForgetAndAdopt] {
+            let id = s.create(request(&["a"])).unwrap();
+            assert!(matches!(s.delete_as(&id, how).unwrap(), Removal::Done(_)));
+            assert!(on(&d).is_empty(), "{how:?}: removed from the platform");
+        }
+    }
+
+    #[test]
+    fn the_re_pointing_is_journaled_and_survives_a_restart() {
+        let (s, a, dir) = durable("adopt-journaled");
+        let id = s.create(request(&["a"])).unwrap();
+        drop(a);
+        let (s, b) = moved_to(s, "http://b:2");
+        *b.fail_remove.lock().unwrap() = Some("a".into());
+        let Removal::Accepted(r) = s.delete_as(&id, Deletion::Adopt).unwrap() else {
+            panic!("B refused the removal")
+        };
+        assert_eq!(r.status, Status::Deleting);
+        drop(s);
+        let (store, _) = Store::open(&dir, true).unwrap();
+        let r = store.get(&id).unwrap();
+        assert_eq!(
+            (r.status, r.applied, r.platform.as_deref()),
+            (Status::Deleting, 1, Some("http://b:2"))
+        );
+        // On B now: removed there by a plain DELETE.
+        let (s, b) = service_on(store, "http://b:2", Duration::ZERO);
+        assert!(matches!(
+            s.delete(&id, false).unwrap(),
+            Removal::Accepted(_) | Removal::Done(_)
+        ));
+        crate::reconciler::reconcile_once(&s);
+        assert!(s.get(&id).is_none());
+        assert_eq!(*b.removals.lock().unwrap(), ["a"]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_record_without_a_recorded_platform_or_with_nothing_applied_is_removed_as_usual() {
+        let (s, a) = service_on(Store::in_memory(), "http://a:1", Duration::ZERO);
+        let legacy = s.create(request(&["x"])).unwrap();
+        s.store.update(&legacy, |r| r.platform = None).unwrap();
+        let empty = recorded_id(
+            {
+                *a.fail_apply.lock().unwrap() = Some((
+                    "y".into(),
+                    MepError::Refused {
+                        url: "u".into(),
+                        status: 400,
+                        detail: String::new(),
+                    },
+                ));
+                s.create(request(&["y"]))
+            }
+            .unwrap_err(),
+        );
+        let (s, b) = moved_to(s, "http://b:2");
+        assert!(s.moved_records().is_empty());
+        assert!(matches!(
+            s.delete(&legacy, false).unwrap(),
+            Removal::Done(_)
+        ));
+        assert_eq!(
+            *b.removals.lock().unwrap(),
+            ["x"],
+            "counted as on the current one"
+        );
+        assert!(matches!(s.delete(&empty, false).unwrap(), Removal::Done(_)));
+    }
+
+    #[test]
+    fn a_request_on_the_old_platform_does_not_hold_a_rule_for_one_on_the_new_platform() {
+        let (s, id, a, b) = created_then_moved();
+        // A new request sets the same rule on B.
+        let new = s.create(request(&["a"])).unwrap();
+        assert_eq!(on(&b), ["a"]);
+        // Its removal must call B: the old request's rule is on A, not on B.
+        assert!(matches!(s.delete(&new, false).unwrap(), Removal::Done(_)));
+        assert!(on(&b).is_empty(), "removed from B");
+        assert_eq!(on(&a), ["a"], "the old request's rule stays on A");
+        assert_eq!(s.get(&id).unwrap().applied, 1);
+        let moved = s.moved_records();
+        assert_eq!(moved.len(), 1);
+        let (count, earlier) = &moved["2"];
+        assert_eq!(*count, 1);
+        assert_eq!(
+            earlier.iter().map(|p| &**p).collect::<Vec<_>>(),
+            ["http://a:1"]
+        );
+    }
+
+    #[test]
+    fn a_request_applied_through_an_alias_of_the_platform_is_removed_as_usual() {
+        let (s, a) = service_on(Store::in_memory(), "http://a:1", Duration::ZERO);
+        let old = s.create(request(&["a"])).unwrap();
+        drop(a);
+        let (moved, b) = moved_to(s, "http://b:2");
+        let mut regions = moved.regions;
+        regions[0].config.mep.aliases = vec!["http://u:secret@a:1".into()];
+        let s = Service::with_store(regions, moved.store, RetryPolicy::default());
+        // Credentials are masked before comparing: "http://***@a:1" is not "http://a:1".
+        assert!(s.moved(&s.get(&old).unwrap()).is_some());
+        let mut regions = s.regions;
+        regions[0].config.mep.aliases = vec!["http://a:1".into()];
+        let s = Service::with_store(regions, s.store, RetryPolicy::default());
+        assert!(s.moved_records().is_empty());
+        b.on.lock().unwrap().insert("a".into());
+        // A new request of the same rule on B: the old one holds it there too.
+        let new = s.create(request(&["a"])).unwrap();
+        assert!(matches!(s.delete(&old, false).unwrap(), Removal::Done(_)));
+        assert!(
+            b.removals.lock().unwrap().is_empty(),
+            "released to the new one"
+        );
+        assert!(matches!(s.delete(&new, false).unwrap(), Removal::Done(_)));
+        assert_eq!(*b.removals.lock().unwrap(), ["a"]);
+        assert!(on(&b).is_empty());
     }
 }

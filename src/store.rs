@@ -132,7 +132,9 @@ impl Record {
         }
     }
 
-    fn update_entry(&self) -> Entry<'_> {
+    /// The journal entry of a change of the mutable part; with the record's platform when
+    /// `repointed` (only the update that changed it carries it).
+    fn update_entry(&self, repointed: bool) -> Entry<'_> {
         Entry::Update(UpdateEntry {
             id: Cow::Borrowed(&self.id),
             applied: self.applied,
@@ -140,6 +142,11 @@ impl Record {
             detail: self.detail.as_deref().map(Cow::Borrowed),
             modified: self.last_modified,
             kept: self.kept.as_deref().map(<[usize]>::to_vec),
+            platform: self
+                .platform
+                .as_deref()
+                .filter(|_| repointed)
+                .map(Cow::Borrowed),
         })
     }
 
@@ -472,6 +479,8 @@ pub(crate) enum Change<'a> {
     Update(&'a Arc<Record>),
     /// A record was removed.
     Remove(&'a Arc<str>),
+    /// A record's platform changed ([`Store::repoint`]), with its mutable part.
+    Repoint(&'a Arc<Record>),
 }
 
 impl Change<'_> {
@@ -479,7 +488,8 @@ impl Change<'_> {
     fn entry(&self) -> Entry<'_> {
         match self {
             Change::Create(record) => record.to_entry(),
-            Change::Update(record) => record.update_entry(),
+            Change::Update(record) => record.update_entry(false),
+            Change::Repoint(record) => record.update_entry(true),
             Change::Remove(id) => Entry::Remove {
                 id: Cow::Borrowed(id),
             },
@@ -594,6 +604,10 @@ struct RuleIndex {
     on: bool,
     identities: HashMap<Arc<str>, RuleIdentity>,
     counts: HashMap<u64, u32>,
+    /// Each configured region's platform URL (credentials masked) and its other URLs
+    /// (`aliases`), for records that recorded one of those or none
+    /// ([`Store::current_platforms`]).
+    platforms: HashMap<Arc<str>, Platform>,
 }
 
 impl RuleIndex {
@@ -603,6 +617,21 @@ impl RuleIndex {
             .get(region)
             .copied()
             .unwrap_or(RuleIdentity::Call)
+    }
+
+    /// The platform `record`'s steps are on: its region's current one when it recorded none
+    /// (recorded before records kept it) or one of the region's aliases, else the one it
+    /// recorded.
+    fn platform_of<'a>(&'a self, record: &'a Record) -> Option<&'a str> {
+        let own = record.platform.as_deref();
+        match self.platforms.get(&*record.region_id) {
+            Some((current, aliases))
+                if own.is_none_or(|own| aliases.iter().any(|a| **a == *own)) =>
+            {
+                Some(current)
+            }
+            _ => own,
+        }
     }
 
     fn key(&self, region: &str, step: &Step) -> u64 {
@@ -656,6 +685,9 @@ impl RuleIndex {
     }
 }
 
+/// A region's platform URL and its other URLs (`aliases`), credentials masked.
+type Platform = (Arc<str>, Vec<Arc<str>>);
+
 /// Counts the rules of all `records` into `rules`, unless done or not possible yet.
 fn count_all(records: &Records, rules: &mut RuleIndex) {
     if !rules.known || rules.on {
@@ -676,25 +708,24 @@ fn count_all(records: &Records, rules: &mut RuleIndex) {
 /// and it either becomes CREATED or removes the rule itself.
 fn shared_by_another(records: &Records, rules: &RuleIndex, record: &Record, k: usize) -> bool {
     let step = &record.steps[k];
-    rules.may_be_shared(record, step)
-        && holders(records, rules.identity(&record.region_id), record, k)
-            .next()
-            .is_some()
+    rules.may_be_shared(record, step) && holders(records, rules, record, k).next().is_some()
 }
 
 /// The records other than `record` that hold the platform rule of `record.steps[k]` and keep
 /// it (CREATED or PENDING, see [`shared_by_another`]).
 fn holders<'a>(
     records: &'a Records,
-    identity: RuleIdentity,
+    rules: &'a RuleIndex,
     record: &'a Record,
     k: usize,
 ) -> impl Iterator<Item = &'a Arc<Record>> + 'a {
     let step = &record.steps[k];
+    let identity = rules.identity(&record.region_id);
     records.values().filter(move |r| {
         *r.id != *record.id
             && matches!(r.status, Status::Created | Status::Pending)
             && r.region_id == record.region_id
+            && rules.platform_of(r) == rules.platform_of(record)
             && r.steps[..r.applied]
                 .iter()
                 .any(|other| identity.same(step, other))
@@ -706,12 +737,13 @@ fn holders<'a>(
 /// over its removal.
 fn heirs(
     records: &Records,
-    identity: RuleIdentity,
+    rules: &RuleIndex,
     record: &Record,
     k: usize,
 ) -> Vec<(Arc<str>, Vec<usize>)> {
     let step = &record.steps[k];
-    holders(records, identity, record, k)
+    let identity = rules.identity(&record.region_id);
+    holders(records, rules, record, k)
         .filter_map(|r| {
             let js: Vec<usize> = (0..r.applied)
                 .filter(|&j| r.is_kept(j) && identity.same(step, &r.steps[j]))
@@ -814,7 +846,9 @@ impl Store {
     /// [`count_rules`]: Store::count_rules
     pub fn index_rules<'a>(&self, identities: impl IntoIterator<Item = (&'a str, RuleIdentity)>) {
         let _records = self.lock();
-        *self.rules() = RuleIndex {
+        let mut rules = self.rules();
+        let platforms = std::mem::take(&mut rules.platforms);
+        *rules = RuleIndex {
             known: true,
             on: false,
             identities: identities
@@ -822,7 +856,24 @@ impl Store {
                 .map(|(region, identity)| (Arc::from(region), identity))
                 .collect(),
             counts: HashMap::new(),
+            platforms,
         };
+    }
+
+    /// Says each configured region's platform URL and its other URLs (`aliases`), credentials
+    /// masked: a record that recorded none of its own, or an alias, counts as on it. Two
+    /// requests share a platform rule only on the same platform: a request applied on a
+    /// region's earlier URL does not hold a rule for one applied on its current URL
+    /// ([`release_if_shared`](Store::release_if_shared)).
+    pub fn current_platforms<'a>(
+        &self,
+        platforms: impl IntoIterator<Item = (&'a str, Arc<str>, Vec<Arc<str>>)>,
+    ) {
+        let _records = self.lock();
+        self.rules().platforms = platforms
+            .into_iter()
+            .map(|(region, current, aliases)| (Arc::from(region), (current, aliases)))
+            .collect();
     }
 
     /// Counts the rules every record holds now, if [`index_rules`](Store::index_rules) was
@@ -858,7 +909,9 @@ impl Store {
                             Some(record.clone() as Arc<dyn EtcdValue>),
                         )
                     }
-                    Change::Update(record) => (record.id.clone(), Some(record.clone() as _)),
+                    Change::Update(record) | Change::Repoint(record) => {
+                        (record.id.clone(), Some(record.clone() as _))
+                    }
                     Change::Remove(id) => (id.clone(), None),
                 };
                 w.enqueue(id, record).map_err(StoreError::Unavailable)
@@ -1067,7 +1120,7 @@ impl Store {
             let heirs = if record.is_kept(k) {
                 Vec::new()
             } else {
-                heirs(&records, rules.identity(&record.region_id), record, k)
+                heirs(&records, &rules, record, k)
             };
             for (heir, js) in heirs {
                 let heir = records.by_id.get_mut(&*heir).expect("listed above");
@@ -1124,12 +1177,16 @@ impl Store {
             };
             let step = &record.steps[k];
             let identity = rules.identity(&record.region_id);
-            drop(rules);
+            // Only a request on the same platform can have changed this rule (a region's
+            // url may have changed since older requests were applied).
+            let platform = rules.platform_of(record);
             let changed_by_another = records.in_region(&record.region_id).any(|r| {
                 *r.id != *id
+                    && rules.platform_of(r) == platform
                     && (0..r.applied)
                         .any(|j| r.changed(j, step, identity) && !r.apply_may_be_unanswered(j))
             });
+            drop(rules);
             if changed_by_another {
                 return Ok(false);
             }
@@ -1146,6 +1203,36 @@ impl Store {
     /// [`release_if_shared`](Store::release_if_shared)).
     pub fn keeps(&self, id: &str, k: usize) -> bool {
         self.lock().by_id.get(id).is_some_and(|r| r.is_kept(k))
+    }
+
+    /// Records that the steps of record `id` are on `platform` from now on: its region's URL
+    /// changed and a DELETE with `?adopt=true` says that the new one is the same platform.
+    /// Journaled with the platform (the one update that carries it). `Ok(None)`: no such
+    /// record; `Ok(Some(false))`: another operation works on it, and nothing changed.
+    pub fn repoint(
+        &self,
+        id: &str,
+        platform: &Arc<str>,
+        now: i64,
+    ) -> Result<Option<bool>, StoreError> {
+        let seq = {
+            let mut records = self.lock();
+            let Some(record) = records.by_id.get_mut(id) else {
+                return Ok(None);
+            };
+            if record.busy {
+                return Ok(Some(false));
+            }
+            let mut changed = Record::clone(record);
+            changed.platform = Some(platform.clone());
+            changed.last_modified = now;
+            let changed = Arc::new(changed);
+            let seq = self.write(Change::Repoint(&changed))?;
+            *record = changed;
+            seq
+        };
+        self.durable(seq)?;
+        Ok(Some(true))
     }
 
     /// Removes a record once durable, returning it.
@@ -1438,6 +1525,9 @@ fn replay(
                 record.detail = u.detail.map(Box::from);
                 record.last_modified = u.modified;
                 record.kept = u.kept.map(Arc::from);
+                if let Some(platform) = u.platform {
+                    record.platform = Some(regions.intern(&platform));
+                }
             }
         }
         Entry::Remove { id } => {

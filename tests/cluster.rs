@@ -187,8 +187,15 @@ fn free_ports(n: usize) -> Vec<u16> {
 }
 
 /// The configuration of an instance listening on `port`, its regions' platforms reached
-/// through `fronts`.
-fn config_text(port: u16, fronts: &[u16], endpoints: &[String], state: &std::path::Path) -> String {
+/// through `fronts`; `all` holds every instance's fronts, listed as the other addresses of
+/// the same platforms (`aliases`), since records keep the URL of the leader that applied them.
+fn config_text(
+    port: u16,
+    fronts: &[u16],
+    all: &[Vec<u16>],
+    endpoints: &[String],
+    state: &std::path::Path,
+) -> String {
     let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     let mut text = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nstate_dir = '{}'\nread_timeout_ms = 2000\n\
@@ -198,8 +205,13 @@ fn config_text(port: u16, fronts: &[u16], endpoints: &[String], state: &std::pat
         state.display(),
         endpoints.join(", ")
     );
-    for (region, front) in REGIONS.iter().zip(fronts) {
+    for (r, (region, front)) in REGIONS.iter().zip(fronts).enumerate() {
         text += &support::llmec_region(region, &format!("http://127.0.0.1:{front}"), 1000);
+        let aliases: Vec<String> = all
+            .iter()
+            .map(|instance| format!("\"http://127.0.0.1:{}\"", instance[r]))
+            .collect();
+        text += &format!("aliases = [{}]\n", aliases.join(", "));
     }
     text
 }
@@ -214,14 +226,17 @@ impl Deployment {
         };
         let platforms: Vec<FakeLlMec> = REGIONS.iter().map(|_| FakeLlMec::start()).collect();
         let dir = support::temp_dir("cluster");
+        let all: Vec<Vec<u16>> = (0..n)
+            .map(|_| platforms.iter().map(FakeLlMec::add_front).collect())
+            .collect();
         let instances = free_ports(n)
             .into_iter()
+            .zip(all.clone())
             .enumerate()
-            .map(|(i, port)| {
-                let fronts: Vec<u16> = platforms.iter().map(FakeLlMec::add_front).collect();
+            .map(|(i, (port, fronts))| {
                 let config = dir.join(format!("instance-{i}.toml"));
                 let state = dir.join(format!("state-{i}"));
-                let text = config_text(port, &fronts, &etcd.endpoints(), &state);
+                let text = config_text(port, &fronts, &all, &etcd.endpoints(), &state);
                 std::fs::write(&config, text).unwrap();
                 Instance {
                     port,

@@ -341,6 +341,12 @@ fn every_error() -> Vec<ApiError> {
             region_id: s(),
             platform: None,
         },
+        ApiError::PlatformChanged {
+            request_id: s(),
+            region_id: s(),
+            recorded: s(),
+            current: s(),
+        },
         ApiError::Mep {
             region_id: s(),
             request_id: None,
@@ -417,6 +423,7 @@ fn variant(e: &ApiError) -> usize {
         ApiError::Unavailable { .. } => 25,
         ApiError::RecordTooLarge { .. } => 26,
         ApiError::LeaderAnswer { .. } => 27,
+        ApiError::PlatformChanged { .. } => 28,
     }
 }
 
@@ -426,7 +433,7 @@ fn every_documented_status_is_one_the_api_produces_and_every_error_is_documented
     let listed: BTreeSet<usize> = errors.iter().map(variant).collect();
     assert_eq!(
         listed,
-        (0..28).collect(),
+        (0..29).collect(),
         "every ApiError variant is listed"
     );
     let error_codes: BTreeSet<u16> = errors.iter().map(ApiError::status).collect();
