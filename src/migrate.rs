@@ -311,14 +311,14 @@ pub(crate) fn parse<'a>(
 /// Parses and checks one line (the duplicate ids aside).
 fn parse_line<'a>(line: &'a str, regions: &HashSet<&str>) -> Result<RecordEntry<'a>, String> {
     let fields: BTreeMap<Cow<str>, IgnoredAny> =
-        serde_json::from_str(line).map_err(|e| json_error(&e))?;
+        serde_json::from_slice(line.as_bytes()).map_err(|e| json_error(&e))?;
     if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_ref())) {
         return Err(format!(
             "unknown field '{unknown}' (the fields are {})",
             FIELDS.join(", ")
         ));
     }
-    let entry: RecordEntry = serde_json::from_str(line).map_err(|e| json_error(&e))?;
+    let entry: RecordEntry = serde_json::from_slice(line.as_bytes()).map_err(|e| json_error(&e))?;
     check(&entry, regions)?;
     Ok(entry)
 }
