@@ -752,7 +752,8 @@ fn identity(style: ApiStyle) -> [String; 2] {
 #[inline(never)]
 fn write_record_view(out: &mut dyn Write, record: &Record, style: ApiStyle) -> io::Result<()> {
     let view = RecordView::new(record).map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(style.to_writer(out, &view)?)
+    // Into a buffer first, as every view is written (`ApiStyle::to_vec`).
+    out.write_all(&style.to_vec(&view)?)
 }
 
 /// Writes what [`RecordView`] serialises to without parsing the record's request, when the
