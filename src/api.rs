@@ -753,12 +753,7 @@ pub fn write_listing(
     records: &[Arc<Record>],
     style: ApiStyle,
 ) -> io::Result<()> {
-    // `{"RequestId":` and `,"RegionId":` in `style`, once per listing.
-    let identity = ["{\"", ",\""]
-        .into_iter()
-        .zip(["RequestId", "RegionId"])
-        .map(|(before, key)| format!("{before}{}\":", style.key(key)))
-        .collect::<Vec<_>>();
+    let identity = identity(style);
     out.write_all(b"[")?;
     for (i, record) in records.iter().enumerate() {
         if i > 0 {
@@ -773,12 +768,20 @@ pub fn write_listing(
     out.write_all(b"]")
 }
 
+/// `{"RequestId":` and `,"RegionId":` in `style`, what [`write_record_as_stored`] writes
+/// before the id and the region id.
+fn identity(style: ApiStyle) -> [String; 2] {
+    [("{\"", "RequestId"), (",\"", "RegionId")]
+        .map(|(before, key)| format!("{before}{}\":", style.key(key)))
+}
+
 /// Writes [`RecordView`] of `record` in `style` (its request parsed back). Kept out of line so
 /// that the listing's loop stays small around its usual, unparsed path.
 #[inline(never)]
 fn write_record_view(out: &mut dyn Write, record: &Record, style: ApiStyle) -> io::Result<()> {
     let view = RecordView::new(record).map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(style.to_writer(out, &view)?)
+    // Into a buffer first, as every view is written (`ApiStyle::to_vec`).
+    out.write_all(&style.to_vec(&view)?)
 }
 
 /// Writes what [`RecordView`] serialises to without parsing the record's request, when the
@@ -886,7 +889,19 @@ fn check_json_content_type(request: &Request) -> Result<(), ApiError> {
     }
 }
 
+/// [`RecordView`] of `record` in `style`: written as stored when `style` renames nothing in
+/// its request (always in the spec spelling), as a listing does.
 fn record_json(record: &Record, style: ApiStyle) -> Result<Vec<u8>, ApiError> {
+    if !style.may_rename(&record.request) {
+        let identity = identity(style);
+        let mut out = Vec::with_capacity(record.request.len() + 256);
+        write_record_as_stored(&mut out, record, [&identity[0], &identity[1]]).map_err(|e| {
+            ApiError::Internal {
+                detail: e.to_string(),
+            }
+        })?;
+        return Ok(out);
+    }
     let view = RecordView::new(record)?;
     Ok(style.to_vec(&view).expect("a record serialises"))
 }
@@ -970,10 +985,9 @@ struct RecordView<'a> {
 impl<'a> RecordView<'a> {
     /// The view of a record; its request is read back from the compact text it is kept as.
     fn new(record: &'a Record) -> Result<Self, ApiError> {
-        let request: CreationRequest =
-            serde_json::from_str(&record.request).map_err(|e| ApiError::Internal {
-                detail: format!("stored request {} cannot be read: {e}", record.id),
-            })?;
+        let request = model::read_stored(&record.request).map_err(|e| ApiError::Internal {
+            detail: format!("stored request {} cannot be read: {e}", record.id),
+        })?;
         Ok(RecordView {
             request_id: &record.id,
             region_id: &record.region_id,

@@ -1054,7 +1054,8 @@ fn decode(line: &[u8]) -> Result<Entry<'_>, BadLine> {
             "format version {version} is not supported (this build reads {FORMAT_VERSION}; was it written by a newer mec-plugin?)"
         )));
     }
-    serde_json::from_str(json).map_err(|e| BadLine::Unreadable(format!("unreadable entry: {e}")))
+    serde_json::from_slice(json.as_bytes())
+        .map_err(|e| BadLine::Unreadable(format!("unreadable entry: {e}")))
 }
 
 /// Why a line does not check out.

@@ -1544,7 +1544,7 @@ impl<'a> From<&'a Step> for StepEntry<'a> {
         // Embedded only when it reads back byte for byte (removal replays the exact body):
         // parsing accepts surrounding whitespace, which an embedded value would lose.
         // And only without a line break, which would split the journal line.
-        let json = serde_json::from_str::<&serde_json::value::RawValue>(s.body())
+        let json = serde_json::from_slice::<&serde_json::value::RawValue>(s.body().as_bytes())
             .ok()
             .filter(|j| j.get() == s.body() && !s.body().contains('\n'));
         let body = match json {
