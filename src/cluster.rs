@@ -282,13 +282,7 @@ impl Cluster {
         let answer = self
             .send_to_leader(request, leader_url)
             .map_err(|e| e.to_string())?;
-        let header = |name: &str| {
-            answer
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        let header = |name: &str| header_of(&answer, name);
         let content_type = api_content_type(header("content-type").as_deref())?;
         let relayed = [
             ("Link", header("link")),
@@ -398,16 +392,19 @@ fn api_content_type(given: Option<&str>) -> Result<&'static str, String> {
     }
 }
 
+/// The value of the leader's answer's header `name`, when it is text.
+fn header_of(answer: &http::Response<ureq::Body>, name: &str) -> Option<String> {
+    answer
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 /// The leader's answer as this instance's: status, `Content-Type` (the API's two JSON types),
 /// `Location`, `Retry-After`, `WWW-Authenticate` (a 401) and body.
 fn relay(answer: &mut http::Response<ureq::Body>) -> Result<Response, String> {
-    let header = |name: &str| {
-        answer
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let header = |name: &str| header_of(answer, name);
     let content_type = api_content_type(header("content-type").as_deref())?;
     let relayed = [
         ("Location", header("location")),

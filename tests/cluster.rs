@@ -85,12 +85,7 @@ fn call(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<Answer, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .proxy(None)
-        .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into();
+    let agent = support::agent(timeout);
     let request = ureq::http::Request::builder()
         .method(method)
         .uri(format!("http://{addr}{path}"))

@@ -113,12 +113,7 @@ impl Answer {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .new_agent()
+    support::agent(Duration::from_secs(20))
 }
 
 /// Creates the DNS request through the instance at `base`; its id.

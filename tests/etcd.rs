@@ -170,12 +170,7 @@ fn an_endpoint_that_refuses_connections_is_passed_over() {
 
 /// `body` POSTed to `url` with an optional token; the answer's status and text.
 fn raw_post(url: &str, body: &str, token: Option<&str>) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .proxy(None)
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
+    let agent = support::agent(Duration::from_secs(5));
     let mut request = agent.post(url);
     if let Some(token) = token {
         request = request.header("authorization", token);

@@ -12,7 +12,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mec_plugin::config::Config;
 use mec_plugin::etcd::{Client, Range};
@@ -23,7 +23,7 @@ use mec_plugin::leader::{Election, Settings};
 use mec_plugin::mep::Step;
 use mec_plugin::model::Status;
 use mec_plugin::store::{Fence, Record, Store, StoreError};
-use support::etcd::{Cluster, MISSING};
+use support::etcd::{Cluster, MISSING, step_down};
 
 fn etcd(test: &str) -> Option<Cluster> {
     let cluster = Cluster::start(test, 1);
@@ -156,16 +156,7 @@ fn a_record_estimated_at_the_bound_is_committed_and_one_byte_more_is_refused() {
     assert!(read.get("at").is_some() && read.get("past").is_none());
     drop(store);
     // Let the dropped store's writer go, then step down.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut election = election;
-    loop {
-        match Arc::try_unwrap(election) {
-            Ok(election) => return election.stop(),
-            Err(shared) if Instant::now() < deadline => election = shared,
-            Err(_) => panic!("the election is still held"),
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    step_down(election);
 }
 
 #[test]

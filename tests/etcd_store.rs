@@ -15,7 +15,7 @@ use mec_plugin::leader::{Election, Settings, leader_key};
 use mec_plugin::mep::Step;
 use mec_plugin::model::Status;
 use mec_plugin::store::{Fence, Record, Store};
-use support::etcd::{Cluster, MISSING};
+use support::etcd::{Cluster, MISSING, step_down};
 
 /// `size` etcd members, or `None` (after saying the test is skipped) without etcd.
 fn etcd(test: &str, size: usize) -> Option<Cluster> {
@@ -43,20 +43,6 @@ fn leader(client: &Arc<Client>, prefix: &str, ttl_s: u64) -> Arc<Election> {
     election.wait_for(Duration::from_secs(15), |_| election.is_leader());
     assert!(election.is_leader(), "{:?}", election.role());
     Arc::new(election)
-}
-
-/// Stops `election` cleanly (its lease revoked) once the stores dropped no longer hold it
-/// (a dropped store's writer thread ends by itself).
-fn step_down(mut election: Arc<Election>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match Arc::try_unwrap(election) {
-            Ok(election) => return election.stop(),
-            Err(shared) if Instant::now() < deadline => election = shared,
-            Err(_) => panic!("the election is still held"),
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// The leader's store of `election`'s current term.

@@ -176,12 +176,7 @@ struct Relayed {
 }
 
 fn post(follower: &Plugin, query: &str) -> Relayed {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(ANSWERED_WITHIN))
-        .build()
-        .new_agent();
+    let agent = support::agent(ANSWERED_WITHIN);
     let started = Instant::now();
     let request = ureq::http::Request::builder()
         .method("POST")

@@ -131,12 +131,7 @@ fn send(
     body: Option<&str>,
     auth: Option<&str>,
 ) -> Answer {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .new_agent();
+    let agent = support::agent(Duration::from_secs(20));
     let url = format!("http://{addr}{path}");
     let mut request = ureq::http::Request::builder().method(method).uri(&url);
     if let Some(a) = auth {

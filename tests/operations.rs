@@ -24,12 +24,7 @@ fn three_regions(mep: &FakeLlMec) -> String {
 
 fn raw_get(p: &Plugin, path: &str, auth: Option<&str>) -> (u16, String, Option<String>) {
     let addr = p.app.local_addr();
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .new_agent();
+    let agent = support::agent(Duration::from_secs(10));
     let mut request = agent.get(format!("http://{addr}{path}"));
     if let Some(a) = auth {
         request = request.header("Authorization", a);

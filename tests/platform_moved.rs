@@ -42,12 +42,7 @@ fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Answe
 
 /// `method` on `target`, the whole path.
 fn call_at(addr: SocketAddr, method: &str, target: &str, body: Option<&str>) -> Answer {
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .new_agent();
+    let agent = support::agent(Duration::from_secs(20));
     let url = format!("http://{addr}{target}");
     let request = ureq::http::Request::builder().method(method).uri(&url);
     let mut response = support::send(&agent, request, body, "application/json")

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What a test says when it skips for want of etcd.
@@ -250,5 +251,19 @@ impl Drop for Cluster {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Stops `election` cleanly (its lease revoked) once the stores dropped no longer hold it
+/// (a dropped store's writer thread ends by itself).
+pub fn step_down(mut election: Arc<mec_plugin::leader::Election>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Arc::try_unwrap(election) {
+            Ok(election) => return election.stop(),
+            Err(shared) if Instant::now() < deadline => election = shared,
+            Err(_) => panic!("the election is still held"),
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

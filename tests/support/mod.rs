@@ -27,6 +27,17 @@ pub struct Plugin {
     agent: ureq::Agent,
 }
 
+/// The tests' HTTP client: every status is an answer (not an error), no proxy, each call
+/// bounded by `timeout`.
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .timeout_global(Some(timeout))
+        .build()
+        .new_agent()
+}
+
 /// Sends `request` through `agent`, with `body` (of `content_type`) or none: the one way the
 /// tests' HTTP clients build and send a request.
 pub fn send(
@@ -98,12 +109,7 @@ impl Plugin {
         config.server.state_dir = state_dir.to_path_buf();
         let app = App::start(&config).expect("plugin starts");
         let base = format!("http://{}/MEC/v1", app.local_addr());
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .proxy(None)
-            .timeout_global(Some(Duration::from_secs(20)))
-            .build()
-            .new_agent();
+        let agent = agent(Duration::from_secs(20));
         Plugin { app, base, agent }
     }
 
