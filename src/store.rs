@@ -1980,6 +1980,49 @@ mod tests {
     }
 
     #[test]
+    fn a_hand_over_that_could_not_be_written_is_not_taken_as_made() {
+        let dir = temp_dir("kept-handover-failed");
+        let (s, _) = Store::open(&dir, false).unwrap();
+        s.index_rules([("2", RuleIdentity::Target)]);
+        let step = Step::new("r", "/rules/r1", r#"{"state":"ACTIVE"}"#);
+        let holding = |id: &str| {
+            let mut r = record(id, "2");
+            r.steps = Arc::from([step.clone()]);
+            r.applied = 1;
+            r
+        };
+        // "a" changed the rule (its apply unanswered when "b" kept it).
+        let mut a = holding("a");
+        assert!(a.claim());
+        s.insert(a).unwrap();
+        s.insert(holding("b")).unwrap();
+        s.update("b", |r| assert!(r.claim())).unwrap();
+        assert!(s.keep_unless_changed_by_another("b", 0, 2).unwrap());
+        s.update("a", |r| r.created(3)).unwrap();
+        s.update("b", |r| r.created(3)).unwrap();
+        s.update("a", |r| {
+            assert_eq!(r.claim_removal(4), RemovalClaim::Claimed)
+        })
+        .unwrap();
+        // The hand-over to "b" cannot be written: nothing changes, in memory either.
+        crate::journal::FAIL_APPEND_IN.with(|n| n.set(1));
+        assert!(s.release_if_shared("a", 0, 5).is_err());
+        assert!(s.keeps("b", 0), "not handed over: not written");
+        assert_eq!(s.get("a").unwrap().applied, 1, "not released: not written");
+        // Tried again, it is written, and a restart finds it.
+        assert!(s.release_if_shared("a", 0, 6).unwrap());
+        drop(s);
+        let (s, _) = Store::open(&dir, false).unwrap();
+        assert!(
+            !s.get("b").unwrap().is_kept(0),
+            "the last holder must remove what a changed"
+        );
+        assert_eq!(s.get("a").unwrap().applied, 0);
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn records_are_listed_all_or_per_region() {
         let s = Store::in_memory();
         s.insert(record("b", "1")).unwrap();
