@@ -1122,18 +1122,26 @@ impl Store {
             } else {
                 heirs(&records, &rules, record, k)
             };
+            // Each change is written before it is made in memory (as `update` does): one
+            // that could not be written is not taken as made (a hand-over lost from the
+            // journal would leave the last holder keeping a rule the plugin changed).
             for (heir, js) in heirs {
                 let heir = records.by_id.get_mut(&*heir).expect("listed above");
-                Arc::make_mut(heir).take_over(&js);
-                self.write(Change::Update(heir))?;
+                let mut changed = Record::clone(heir);
+                changed.take_over(&js);
+                let changed = Arc::new(changed);
+                self.write(Change::Update(&changed))?;
+                *heir = changed;
             }
             let record = records.by_id.get_mut(id).expect("looked up above");
-            let changed = Arc::make_mut(record);
-            let before = changed.applied;
+            let mut changed = Record::clone(record);
             changed.step_off(k);
             changed.last_modified = now;
-            rules.moved(changed, before);
-            self.write(Change::Update(record))?
+            let changed = Arc::new(changed);
+            let seq = self.write(Change::Update(&changed))?;
+            rules.moved(&changed, record.applied);
+            *record = changed;
+            seq
         };
         self.durable(seq)?;
         Ok(true)
