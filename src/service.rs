@@ -1898,6 +1898,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn adopting_one_request_re_points_the_others_applied_on_the_same_platform() {
+        let (s, a) = service_on(Store::in_memory(), "http://a:1", Duration::ZERO);
+        let first = s.create(request(&["a"])).unwrap();
+        let second = s.create(request(&["a"])).unwrap();
+        drop(a);
+        let (s, b) = moved_to(s, "http://b:2");
+        // The same platform at a new address: B holds what A held.
+        b.on.lock().unwrap().insert("a".into());
+        assert!(matches!(
+            s.delete_as(&first, Deletion::Adopt).unwrap(),
+            Removal::Done(_)
+        ));
+        assert!(
+            b.removals.lock().unwrap().is_empty(),
+            "the second request still holds the rule: released to it, not removed"
+        );
+        // Adopting says where the platform is now, for every request applied on it.
+        let other = s.get(&second).unwrap();
+        assert_eq!(other.platform.as_deref(), Some("http://b:2"));
+        assert!(s.moved_records().is_empty());
+        assert!(matches!(
+            s.delete(&second, false).unwrap(),
+            Removal::Done(_)
+        ));
+        assert_eq!(*b.removals.lock().unwrap(), ["a"]);
+        assert!(on(&b).is_empty());
+    }
+
+    #[test]
     fn adopt_re_points_the_request_to_the_current_platform_and_removes_its_rules_there() {
         let (s, id, a, b) = created_then_moved();
         // The same platform at a new address: B holds what A held.
