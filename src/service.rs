@@ -641,7 +641,8 @@ impl Service {
 
     /// Re-points request `id`, whose rules were applied on `recorded`, to its region's
     /// `current` platform (`DELETE ...?adopt=true`: the same platform at a new address),
-    /// journaled, so that its rules are removed there.
+    /// journaled, so that its rules are removed there; so are the region's other requests
+    /// applied on `recorded` ([`Store::repoint`]).
     fn adopt(&self, id: &str, recorded: &str, current: &Arc<str>) -> Result<(), ApiError> {
         let repointed = self
             .store
@@ -655,7 +656,7 @@ impl Service {
         }
         lock(&self.moved_logged).remove(id);
         warn!(
-            "request {id}: re-pointed on request (DELETE ?adopt=true) from the platform {recorded}, on which its rules were applied, to {current}, its region's current URL, taken for the same platform; its rules are removed there"
+            "request {id}: re-pointed on request (DELETE ?adopt=true) from the platform {recorded}, on which its rules were applied, to {current}, its region's current URL, taken for the same platform (as are the region's other requests applied on {recorded}); its rules are removed there"
         );
         Ok(())
     }

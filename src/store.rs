@@ -1215,8 +1215,12 @@ impl Store {
 
     /// Records that the steps of record `id` are on `platform` from now on: its region's URL
     /// changed and a DELETE with `?adopt=true` says that the new one is the same platform.
-    /// Journaled with the platform (the one update that carries it). `Ok(None)`: no such
-    /// record; `Ok(Some(false))`: another operation works on it, and nothing changed.
+    /// So are those of every other record of its region that recorded the same earlier URL:
+    /// the platform moved, not one request (left behind, such a record would not count as
+    /// holding the rules `id` holds there, whose removal would take them from it too).
+    /// Journaled with the platform (the one update per record that carries it). `Ok(None)`:
+    /// no such record; `Ok(Some(false))`: another operation works on one of them, and
+    /// nothing changed.
     pub fn repoint(
         &self,
         id: &str,
@@ -1225,18 +1229,31 @@ impl Store {
     ) -> Result<Option<bool>, StoreError> {
         let seq = {
             let mut records = self.lock();
-            let Some(record) = records.by_id.get_mut(id) else {
+            let Some(record) = records.by_id.get(id) else {
                 return Ok(None);
             };
-            if record.busy {
+            let earlier = record.platform.clone();
+            let moved: Vec<Arc<str>> = match &earlier {
+                Some(earlier) => records
+                    .in_region(&record.region_id)
+                    .filter(|r| r.platform.as_deref() == Some(&**earlier))
+                    .map(|r| r.id.clone())
+                    .collect(),
+                None => vec![record.id.clone()],
+            };
+            if moved.iter().any(|m| records.by_id[&**m].busy) {
                 return Ok(Some(false));
             }
-            let mut changed = Record::clone(record);
-            changed.platform = Some(platform.clone());
-            changed.last_modified = now;
-            let changed = Arc::new(changed);
-            let seq = self.write(Change::Repoint(&changed))?;
-            *record = changed;
+            let mut seq = 0;
+            for m in moved {
+                let record = records.by_id.get_mut(&*m).expect("listed above");
+                let mut changed = Record::clone(record);
+                changed.platform = Some(platform.clone());
+                changed.last_modified = now;
+                let changed = Arc::new(changed);
+                seq = self.write(Change::Repoint(&changed))?;
+                *record = changed;
+            }
             seq
         };
         self.durable(seq)?;
