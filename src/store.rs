@@ -2048,6 +2048,40 @@ mod tests {
     }
 
     #[test]
+    fn a_repointing_moves_every_record_of_the_region_on_the_same_url_or_none() {
+        let s = Store::in_memory();
+        let on = |id: &str, region: &str, platform: Option<&str>| {
+            let mut r = record(id, region);
+            r.platform = platform.map(Arc::from);
+            r
+        };
+        s.insert(on("a", "2", Some("http://old"))).unwrap();
+        s.insert(on("b", "2", Some("http://old"))).unwrap();
+        s.insert(on("c", "2", Some("http://other"))).unwrap();
+        s.insert(on("d", "3", Some("http://old"))).unwrap();
+        s.insert(on("e", "2", None)).unwrap();
+        let new: Arc<str> = Arc::from("http://new");
+        // One of them busy: nothing changes.
+        s.update("b", |r| assert!(r.claim())).unwrap();
+        assert_eq!(s.repoint("a", &new, 2).unwrap(), Some(false));
+        assert_eq!(s.get("a").unwrap().platform.as_deref(), Some("http://old"));
+        s.update("b", |r| r.busy = false).unwrap();
+        assert_eq!(s.repoint("a", &new, 2).unwrap(), Some(true));
+        let platform = |id: &str| s.get(id).unwrap().platform.as_deref().map(str::to_string);
+        assert_eq!(
+            ["a", "b", "c", "d", "e"].map(platform),
+            [
+                Some("http://new".into()),
+                Some("http://new".into()),
+                Some("http://other".into()),
+                Some("http://old".into()),
+                None
+            ]
+        );
+        assert_eq!(s.repoint("x", &new, 3).unwrap(), None);
+    }
+
+    #[test]
     fn records_are_listed_all_or_per_region() {
         let s = Store::in_memory();
         s.insert(record("b", "1")).unwrap();
