@@ -1928,6 +1928,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_forget_that_finds_its_request_re_pointed_since_removes_it_as_usual() {
+        let (s, a) = service_on(Store::in_memory(), "http://a:1", Duration::ZERO);
+        let first = s.create(request(&["a"])).unwrap();
+        let second = s.create(request(&["a"])).unwrap();
+        drop(a);
+        let (s, b) = moved_to(s, "http://b:2");
+        b.on.lock().unwrap().insert("a".into());
+        // `?forget=true` on `second` saw it moved; before it takes the record, `?adopt=true`
+        // on `first` re-points both and releases the rule to `second`, which holds it.
+        assert!(s.moved(&s.get(&second).unwrap()).is_some());
+        assert!(matches!(
+            s.delete_as(&first, Deletion::Adopt).unwrap(),
+            Removal::Done(_)
+        ));
+        assert!(b.removals.lock().unwrap().is_empty());
+        // On the current platform now: the last holder takes the rule off, as a plain DELETE.
+        let Removal::Done(r) = s.forget(&second, "seen moved").unwrap() else {
+            panic!()
+        };
+        assert_eq!((r.status, r.applied), (Status::Deleted, 0));
+        assert!(s.get(&second).is_none());
+        assert!(on(&b).is_empty(), "not left behind on the platform");
+    }
+
+    #[test]
     fn adopt_re_points_the_request_to_the_current_platform_and_removes_its_rules_there() {
         let (s, id, a, b) = created_then_moved();
         // The same platform at a new address: B holds what A held.
