@@ -770,7 +770,8 @@ impl Service {
 
     /// Drops the record of request `id`, whose rules cannot be removed (`why`: its region is no
     /// longer configured, or its platform URL changed), leaving its rules where they are
-    /// (`DELETE ...?forget=true`).
+    /// (`DELETE ...?forget=true`). One re-pointed since `why` was found (a concurrent
+    /// `?adopt=true`) is removed as a plain DELETE removes it.
     fn forget(&self, id: &str, why: &str) -> Result<Removal, ApiError> {
         let not_found = || ApiError::RequestNotFound {
             request_id: id.to_string(),
@@ -782,6 +783,16 @@ impl Service {
             .ok_or_else(not_found)?;
         if !claimed {
             return Err(in_use(id));
+        }
+        // Checked again on the claimed record (which nothing re-points now): a concurrent
+        // `?adopt=true` of another request may have re-pointed it since the caller looked, and
+        // released to it rules that only its removal takes off. Removed as usual then.
+        let now = self.store.get(id).ok_or_else(not_found)?;
+        if self.region(&now.region_id).is_some() && self.moved(&now).is_none() {
+            self.store
+                .update(id, Record::release)
+                .map_err(|e| self.state_error(e, Some(id)))?;
+            return self.delete_as(id, Deletion::Remove);
         }
         let mut record = self
             .store
