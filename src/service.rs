@@ -641,7 +641,8 @@ impl Service {
 
     /// Re-points request `id`, whose rules were applied on `recorded`, to its region's
     /// `current` platform (`DELETE ...?adopt=true`: the same platform at a new address),
-    /// journaled, so that its rules are removed there.
+    /// journaled, so that its rules are removed there; so are the region's other requests
+    /// applied on `recorded` ([`Store::repoint`]).
     fn adopt(&self, id: &str, recorded: &str, current: &Arc<str>) -> Result<(), ApiError> {
         let repointed = self
             .store
@@ -655,7 +656,7 @@ impl Service {
         }
         lock(&self.moved_logged).remove(id);
         warn!(
-            "request {id}: re-pointed on request (DELETE ?adopt=true) from the platform {recorded}, on which its rules were applied, to {current}, its region's current URL, taken for the same platform; its rules are removed there"
+            "request {id}: re-pointed on request (DELETE ?adopt=true) from the platform {recorded}, on which its rules were applied, to {current}, its region's current URL, taken for the same platform (as are the region's other requests applied on {recorded}); its rules are removed there"
         );
         Ok(())
     }
@@ -769,7 +770,8 @@ impl Service {
 
     /// Drops the record of request `id`, whose rules cannot be removed (`why`: its region is no
     /// longer configured, or its platform URL changed), leaving its rules where they are
-    /// (`DELETE ...?forget=true`).
+    /// (`DELETE ...?forget=true`). One re-pointed since `why` was found (a concurrent
+    /// `?adopt=true`) is removed as a plain DELETE removes it.
     fn forget(&self, id: &str, why: &str) -> Result<Removal, ApiError> {
         let not_found = || ApiError::RequestNotFound {
             request_id: id.to_string(),
@@ -781,6 +783,16 @@ impl Service {
             .ok_or_else(not_found)?;
         if !claimed {
             return Err(in_use(id));
+        }
+        // Checked again on the claimed record (which nothing re-points now): a concurrent
+        // `?adopt=true` of another request may have re-pointed it since the caller looked, and
+        // released to it rules that only its removal takes off. Removed as usual then.
+        let now = self.store.get(id).ok_or_else(not_found)?;
+        if self.region(&now.region_id).is_some() && self.moved(&now).is_none() {
+            self.store
+                .update(id, Record::release)
+                .map_err(|e| self.state_error(e, Some(id)))?;
+            return self.delete_as(id, Deletion::Remove);
         }
         let mut record = self
             .store
@@ -1895,6 +1907,60 @@ pub(crate) mod tests {
             Removal::Done(_)
         ));
         assert_eq!(on(&a), ["a"]);
+    }
+
+    #[test]
+    fn adopting_one_request_re_points_the_others_applied_on_the_same_platform() {
+        let (s, a) = service_on(Store::in_memory(), "http://a:1", Duration::ZERO);
+        let first = s.create(request(&["a"])).unwrap();
+        let second = s.create(request(&["a"])).unwrap();
+        drop(a);
+        let (s, b) = moved_to(s, "http://b:2");
+        // The same platform at a new address: B holds what A held.
+        b.on.lock().unwrap().insert("a".into());
+        assert!(matches!(
+            s.delete_as(&first, Deletion::Adopt).unwrap(),
+            Removal::Done(_)
+        ));
+        assert!(
+            b.removals.lock().unwrap().is_empty(),
+            "the second request still holds the rule: released to it, not removed"
+        );
+        // Adopting says where the platform is now, for every request applied on it.
+        let other = s.get(&second).unwrap();
+        assert_eq!(other.platform.as_deref(), Some("http://b:2"));
+        assert!(s.moved_records().is_empty());
+        assert!(matches!(
+            s.delete(&second, false).unwrap(),
+            Removal::Done(_)
+        ));
+        assert_eq!(*b.removals.lock().unwrap(), ["a"]);
+        assert!(on(&b).is_empty());
+    }
+
+    #[test]
+    fn a_forget_that_finds_its_request_re_pointed_since_removes_it_as_usual() {
+        let (s, a) = service_on(Store::in_memory(), "http://a:1", Duration::ZERO);
+        let first = s.create(request(&["a"])).unwrap();
+        let second = s.create(request(&["a"])).unwrap();
+        drop(a);
+        let (s, b) = moved_to(s, "http://b:2");
+        b.on.lock().unwrap().insert("a".into());
+        // `?forget=true` on `second` saw it moved; before it takes the record, `?adopt=true`
+        // on `first` re-points both and releases the rule to `second`, which holds it.
+        assert!(s.moved(&s.get(&second).unwrap()).is_some());
+        assert!(matches!(
+            s.delete_as(&first, Deletion::Adopt).unwrap(),
+            Removal::Done(_)
+        ));
+        assert!(b.removals.lock().unwrap().is_empty());
+        // On the current platform now: the last holder takes the rule off, as a plain DELETE.
+        let Removal::Done(r) = s.forget(&second, "seen moved").unwrap() else {
+            panic!()
+        };
+        assert_eq!((r.status, r.applied), (Status::Deleted, 0));
+        assert!(s.get(&second).is_none());
+        assert!(on(&b).is_empty(), "not left behind on the platform");
     }
 
     #[test]

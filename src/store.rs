@@ -1122,18 +1122,26 @@ impl Store {
             } else {
                 heirs(&records, &rules, record, k)
             };
+            // Each change is written before it is made in memory (as `update` does): one
+            // that could not be written is not taken as made (a hand-over lost from the
+            // journal would leave the last holder keeping a rule the plugin changed).
             for (heir, js) in heirs {
                 let heir = records.by_id.get_mut(&*heir).expect("listed above");
-                Arc::make_mut(heir).take_over(&js);
-                self.write(Change::Update(heir))?;
+                let mut changed = Record::clone(heir);
+                changed.take_over(&js);
+                let changed = Arc::new(changed);
+                self.write(Change::Update(&changed))?;
+                *heir = changed;
             }
             let record = records.by_id.get_mut(id).expect("looked up above");
-            let changed = Arc::make_mut(record);
-            let before = changed.applied;
+            let mut changed = Record::clone(record);
             changed.step_off(k);
             changed.last_modified = now;
-            rules.moved(changed, before);
-            self.write(Change::Update(record))?
+            let changed = Arc::new(changed);
+            let seq = self.write(Change::Update(&changed))?;
+            rules.moved(&changed, record.applied);
+            *record = changed;
+            seq
         };
         self.durable(seq)?;
         Ok(true)
@@ -1207,8 +1215,12 @@ impl Store {
 
     /// Records that the steps of record `id` are on `platform` from now on: its region's URL
     /// changed and a DELETE with `?adopt=true` says that the new one is the same platform.
-    /// Journaled with the platform (the one update that carries it). `Ok(None)`: no such
-    /// record; `Ok(Some(false))`: another operation works on it, and nothing changed.
+    /// So are those of every other record of its region that recorded the same earlier URL:
+    /// the platform moved, not one request (left behind, such a record would not count as
+    /// holding the rules `id` holds there, whose removal would take them from it too).
+    /// Journaled with the platform (the one update per record that carries it). `Ok(None)`:
+    /// no such record; `Ok(Some(false))`: another operation works on one of them, and
+    /// nothing changed.
     pub fn repoint(
         &self,
         id: &str,
@@ -1217,18 +1229,31 @@ impl Store {
     ) -> Result<Option<bool>, StoreError> {
         let seq = {
             let mut records = self.lock();
-            let Some(record) = records.by_id.get_mut(id) else {
+            let Some(record) = records.by_id.get(id) else {
                 return Ok(None);
             };
-            if record.busy {
+            let earlier = record.platform.clone();
+            let moved: Vec<Arc<str>> = match &earlier {
+                Some(earlier) => records
+                    .in_region(&record.region_id)
+                    .filter(|r| r.platform.as_deref() == Some(&**earlier))
+                    .map(|r| r.id.clone())
+                    .collect(),
+                None => vec![record.id.clone()],
+            };
+            if moved.iter().any(|m| records.by_id[&**m].busy) {
                 return Ok(Some(false));
             }
-            let mut changed = Record::clone(record);
-            changed.platform = Some(platform.clone());
-            changed.last_modified = now;
-            let changed = Arc::new(changed);
-            let seq = self.write(Change::Repoint(&changed))?;
-            *record = changed;
+            let mut seq = 0;
+            for m in moved {
+                let record = records.by_id.get_mut(&*m).expect("listed above");
+                let mut changed = Record::clone(record);
+                changed.platform = Some(platform.clone());
+                changed.last_modified = now;
+                let changed = Arc::new(changed);
+                seq = self.write(Change::Repoint(&changed))?;
+                *record = changed;
+            }
             seq
         };
         self.durable(seq)?;
@@ -1977,6 +2002,83 @@ mod tests {
         assert_eq!(s.get("a").unwrap().applied, 0);
         drop(s);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_hand_over_that_could_not_be_written_is_not_taken_as_made() {
+        let dir = temp_dir("kept-handover-failed");
+        let (s, _) = Store::open(&dir, false).unwrap();
+        s.index_rules([("2", RuleIdentity::Target)]);
+        let step = Step::new("r", "/rules/r1", r#"{"state":"ACTIVE"}"#);
+        let holding = |id: &str| {
+            let mut r = record(id, "2");
+            r.steps = Arc::from([step.clone()]);
+            r.applied = 1;
+            r
+        };
+        // "a" changed the rule (its apply unanswered when "b" kept it).
+        let mut a = holding("a");
+        assert!(a.claim());
+        s.insert(a).unwrap();
+        s.insert(holding("b")).unwrap();
+        s.update("b", |r| assert!(r.claim())).unwrap();
+        assert!(s.keep_unless_changed_by_another("b", 0, 2).unwrap());
+        s.update("a", |r| r.created(3)).unwrap();
+        s.update("b", |r| r.created(3)).unwrap();
+        s.update("a", |r| {
+            assert_eq!(r.claim_removal(4), RemovalClaim::Claimed)
+        })
+        .unwrap();
+        // The hand-over to "b" cannot be written: nothing changes, in memory either.
+        crate::journal::FAIL_APPEND_IN.with(|n| n.set(1));
+        assert!(s.release_if_shared("a", 0, 5).is_err());
+        assert!(s.keeps("b", 0), "not handed over: not written");
+        assert_eq!(s.get("a").unwrap().applied, 1, "not released: not written");
+        // Tried again, it is written, and a restart finds it.
+        assert!(s.release_if_shared("a", 0, 6).unwrap());
+        drop(s);
+        let (s, _) = Store::open(&dir, false).unwrap();
+        assert!(
+            !s.get("b").unwrap().is_kept(0),
+            "the last holder must remove what a changed"
+        );
+        assert_eq!(s.get("a").unwrap().applied, 0);
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_repointing_moves_every_record_of_the_region_on_the_same_url_or_none() {
+        let s = Store::in_memory();
+        let on = |id: &str, region: &str, platform: Option<&str>| {
+            let mut r = record(id, region);
+            r.platform = platform.map(Arc::from);
+            r
+        };
+        s.insert(on("a", "2", Some("http://old"))).unwrap();
+        s.insert(on("b", "2", Some("http://old"))).unwrap();
+        s.insert(on("c", "2", Some("http://other"))).unwrap();
+        s.insert(on("d", "3", Some("http://old"))).unwrap();
+        s.insert(on("e", "2", None)).unwrap();
+        let new: Arc<str> = Arc::from("http://new");
+        // One of them busy: nothing changes.
+        s.update("b", |r| assert!(r.claim())).unwrap();
+        assert_eq!(s.repoint("a", &new, 2).unwrap(), Some(false));
+        assert_eq!(s.get("a").unwrap().platform.as_deref(), Some("http://old"));
+        s.update("b", |r| r.busy = false).unwrap();
+        assert_eq!(s.repoint("a", &new, 2).unwrap(), Some(true));
+        let platform = |id: &str| s.get(id).unwrap().platform.as_deref().map(str::to_string);
+        assert_eq!(
+            ["a", "b", "c", "d", "e"].map(platform),
+            [
+                Some("http://new".into()),
+                Some("http://new".into()),
+                Some("http://other".into()),
+                Some("http://old".into()),
+                None
+            ]
+        );
+        assert_eq!(s.repoint("x", &new, 3).unwrap(), None);
     }
 
     #[test]

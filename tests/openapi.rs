@@ -470,3 +470,25 @@ fn every_documented_status_is_one_the_api_produces_and_every_error_is_documented
         "every status the API can answer is documented"
     );
 }
+
+#[test]
+fn the_problem_type_names_every_kind_the_api_answers() {
+    let doc = doc();
+    let described = doc["definitions"]["Problem"]["properties"]["type"]["description"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let listed: BTreeSet<&str> = described
+        .rsplit_once('(')
+        .and_then(|(_, list)| list.strip_suffix(").").or(list.strip_suffix(')')))
+        .unwrap()
+        .split(", ")
+        .collect();
+    for e in every_error() {
+        let kind = e
+            .type_uri()
+            .strip_prefix("urn:mec-plugin:problem:")
+            .unwrap();
+        assert!(listed.contains(kind), "{kind} is not in: {described}");
+    }
+}
