@@ -655,6 +655,8 @@ impl Service {
             return Err(in_use(id));
         }
         lock(&self.moved_logged).remove(id);
+        // The region's other requests re-pointed with it may be waiting for removal.
+        self.wake_reconciler();
         warn!(
             "request {id}: re-pointed on request (DELETE ?adopt=true) from the platform {recorded}, on which its rules were applied, to {current}, its region's current URL, taken for the same platform (as are the region's other requests applied on {recorded}); its rules are removed there"
         );
@@ -1918,10 +1920,17 @@ pub(crate) mod tests {
         let (s, b) = moved_to(s, "http://b:2");
         // The same platform at a new address: B holds what A held.
         b.on.lock().unwrap().insert("a".into());
+        // The reconciler left the second alone while it was moved (looked at again much later).
+        s.store
+            .update(&second, |r| r.stuck("platform changed", i64::MAX))
+            .unwrap();
+        *lock(&s.wake.0) = false;
         assert!(matches!(
             s.delete_as(&first, Deletion::Adopt).unwrap(),
             Removal::Done(_)
         ));
+        assert_eq!(s.get(&second).unwrap().next_attempt, 0, "due at once");
+        assert!(*lock(&s.wake.0), "the reconciler is woken");
         assert!(
             b.removals.lock().unwrap().is_empty(),
             "the second request still holds the rule: released to it, not removed"

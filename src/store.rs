@@ -1250,6 +1250,8 @@ impl Store {
                 let mut changed = Record::clone(record);
                 changed.platform = Some(platform.clone());
                 changed.last_modified = now;
+                // Left alone while moved: due now that its platform is known again.
+                changed.next_attempt = 0;
                 let changed = Arc::new(changed);
                 seq = self.write(Change::Repoint(&changed))?;
                 *record = changed;
