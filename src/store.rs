@@ -1959,33 +1959,42 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    #[test]
-    fn a_holder_whose_apply_is_unanswered_does_not_count_as_a_changer_and_hands_over_its_removal() {
-        let dir = temp_dir("kept-handover");
-        let (s, _) = Store::open(&dir, false).unwrap();
+    /// A store in `dir` where "a" and "b" hold one rule, both CREATED: "a" changed it (its
+    /// apply was unanswered when "b" found it in place and kept it) and has claimed its
+    /// removal; "b" keeps it.
+    fn a_changed_b_kept(dir: &Path) -> Store {
+        let (s, _) = Store::open(dir, false).unwrap();
         s.index_rules([("2", RuleIdentity::Target)]);
         let step = Step::new("r", "/rules/r1", r#"{"state":"ACTIVE"}"#);
-        let holding = |id: &str, status: Status| {
+        let holding = |id: &str| {
             let mut r = record(id, "2");
             r.steps = Arc::from([step.clone()]);
             r.applied = 1;
-            r.status = status;
+            r.status = Status::Pending;
             r
         };
         // "a" is a creation at work whose apply is not answered yet: not a changer.
-        let mut a = holding("a", Status::Pending);
+        let mut a = holding("a");
         assert!(a.claim());
         s.insert(a).unwrap();
-        s.insert(holding("b", Status::Pending)).unwrap();
+        s.insert(holding("b")).unwrap();
         s.update("b", |r| assert!(r.claim())).unwrap();
         assert!(s.keep_unless_changed_by_another("b", 0, 2).unwrap());
-        // "a" turns out to have changed the rule, and goes first: "b" takes over its removal.
+        // "a" turns out to have changed the rule, and goes first.
         s.update("a", |r| r.created(3)).unwrap();
         s.update("b", |r| r.created(3)).unwrap();
         s.update("a", |r| {
             assert_eq!(r.claim_removal(4), RemovalClaim::Claimed)
         })
         .unwrap();
+        s
+    }
+
+    #[test]
+    fn a_holder_whose_apply_is_unanswered_does_not_count_as_a_changer_and_hands_over_its_removal() {
+        let dir = temp_dir("kept-handover");
+        let s = a_changed_b_kept(&dir);
+        // "b" takes over its removal.
         assert!(s.release_if_shared("a", 0, 5).unwrap());
         assert!(
             !s.keeps("b", 0),
@@ -2009,28 +2018,7 @@ mod tests {
     #[test]
     fn a_hand_over_that_could_not_be_written_is_not_taken_as_made() {
         let dir = temp_dir("kept-handover-failed");
-        let (s, _) = Store::open(&dir, false).unwrap();
-        s.index_rules([("2", RuleIdentity::Target)]);
-        let step = Step::new("r", "/rules/r1", r#"{"state":"ACTIVE"}"#);
-        let holding = |id: &str| {
-            let mut r = record(id, "2");
-            r.steps = Arc::from([step.clone()]);
-            r.applied = 1;
-            r
-        };
-        // "a" changed the rule (its apply unanswered when "b" kept it).
-        let mut a = holding("a");
-        assert!(a.claim());
-        s.insert(a).unwrap();
-        s.insert(holding("b")).unwrap();
-        s.update("b", |r| assert!(r.claim())).unwrap();
-        assert!(s.keep_unless_changed_by_another("b", 0, 2).unwrap());
-        s.update("a", |r| r.created(3)).unwrap();
-        s.update("b", |r| r.created(3)).unwrap();
-        s.update("a", |r| {
-            assert_eq!(r.claim_removal(4), RemovalClaim::Claimed)
-        })
-        .unwrap();
+        let s = a_changed_b_kept(&dir);
         // The hand-over to "b" cannot be written: nothing changes, in memory either.
         crate::journal::FAIL_APPEND_IN.with(|n| n.set(1));
         assert!(s.release_if_shared("a", 0, 5).is_err());
