@@ -653,13 +653,28 @@ mod tests {
                 }
             }
         }
-        // The DELETING one adopted: re-pointed, then removed on B by the reconciler.
+        // The DELETING one adopted: it and the others applied on the same old URL are
+        // re-pointed (the platform moved), due at once, and removed on B by the reconciler.
         let Removal::Accepted(_) = s.delete_as(&ids[2], Deletion::Adopt).unwrap() else {
             panic!("already DELETING: handed to the reconciler")
         };
+        assert!(
+            crate::util::lock(&s.moved_logged).is_empty(),
+            "none moved any more"
+        );
         reconcile_once(&s);
-        assert!(s.get(&ids[2]).is_none());
-        assert_eq!(*b.removals.lock().unwrap(), ["d"]);
-        assert_eq!(crate::util::lock(&s.moved_logged).len(), 2);
+        assert!(s.get(&ids[2]).is_none(), "the DELETING one is gone");
+        for id in &ids[..2] {
+            let r = s.get(id).unwrap();
+            assert_eq!(
+                (r.status, r.applied),
+                (Status::Failed, 0),
+                "FAILED, rules off"
+            );
+        }
+        let mut removed = b.removals.lock().unwrap().clone();
+        removed.sort();
+        assert_eq!(removed, ["d", "f", "p"]);
+        assert!(a.removals.lock().unwrap().is_empty());
     }
 }

@@ -654,7 +654,9 @@ impl Service {
         if !repointed {
             return Err(in_use(id));
         }
-        lock(&self.moved_logged).remove(id);
+        // Those re-pointed are no longer moved: a later move is logged again.
+        lock(&self.moved_logged)
+            .retain(|id| self.store.get(id).is_some_and(|r| self.moved(&r).is_some()));
         // The region's other requests re-pointed with it may be waiting for removal.
         self.wake_reconciler();
         warn!(
