@@ -79,8 +79,11 @@ pub enum EtcdError {
     AuthRefused { endpoint: String, reason: String },
     /// The lease does not exist (any more): it expired or was revoked.
     LeaseNotFound { id: i64 },
-    /// The answer is not what the gateway sends: not JSON, a field of the wrong type, bad
-    /// base64.
+    /// The answer is not what the gateway sends (not JSON, a field of the wrong type, bad
+    /// base64), or its head arrived but its body could not be read in full: larger than
+    /// [`MAX_ANSWER_BYTES`], or cut short (the connection ended, or the timeout passed, before
+    /// its end). etcd answered, so this is no quorum matter, but a write's outcome is unknown
+    /// to us all the same.
     Malformed { endpoint: String, reason: String },
     /// Any other refusal, with the HTTP status, the gRPC code (0 when the answer had none)
     /// and etcd's message.
@@ -496,6 +499,8 @@ enum Failure {
     NotSent(String),
     /// Sent, and no answer came in time (or the connection broke after the request left).
     Lost(String),
+    /// An answer's head came (status and headers) but not its whole body: see [`unread_body`].
+    Unreadable(String),
 }
 
 impl Client {
@@ -715,6 +720,11 @@ impl Client {
                         reason,
                     });
                 }
+                Err(Failure::Unreadable(reason)) => {
+                    debug!("etcd {path} at {shown}: answer not read after {ms} ms: {reason}");
+                    self.prefer(index + 1);
+                    return Err(malformed(&shown, reason));
+                }
             }
         }
         Err(EtcdError::Unreachable {
@@ -756,8 +766,29 @@ impl Client {
             .with_config()
             .limit(MAX_ANSWER_BYTES)
             .read_to_string()
-            .map_err(|e| Failure::Lost(one_line(&e.to_string(), MAX_MESSAGE_CHARS)))?;
+            .map_err(|e| Failure::Unreadable(unread_body(status, e)))?;
         Ok((status, text))
+    }
+}
+
+/// Why the body of an answer whose head arrived could not be read, in words that say what
+/// happened: larger than the bound, not UTF-8 text, or cut short (the connection ended or the
+/// timeout passed before its end). Never "no quorum": etcd answered.
+fn unread_body(status: u16, e: ureq::Error) -> String {
+    let reason = one_line(&e.to_string(), MAX_MESSAGE_CHARS);
+    match e {
+        ureq::Error::BodyExceedsLimit(limit) => format!(
+            "the HTTP {status} answer is larger than the bound on an answer ({limit} bytes): \
+             not read"
+        ),
+        ureq::Error::Io(ref io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            format!("the HTTP {status} answer is not UTF-8 text ({reason})")
+        }
+        ureq::Error::Timeout(_) => format!(
+            "the HTTP {status} answer was cut short: its end did not arrive within the \
+             timeout ({reason})"
+        ),
+        _ => format!("the HTTP {status} answer was cut short before its end ({reason})"),
     }
 }
 
@@ -1336,4 +1367,128 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+
+    #[test]
+    fn an_answer_not_read_in_full_says_why_and_never_blames_the_quorum() {
+        use std::io::{Error as IoError, ErrorKind};
+        let cases = [
+            (
+                ureq::Error::BodyExceedsLimit(MAX_ANSWER_BYTES),
+                "larger than the bound",
+            ),
+            (
+                ureq::Error::Io(IoError::from(ErrorKind::UnexpectedEof)),
+                "cut short",
+            ),
+            (
+                ureq::Error::Io(IoError::from(ErrorKind::ConnectionReset)),
+                "cut short",
+            ),
+            (
+                ureq::Error::Timeout(ureq::Timeout::Global),
+                "did not arrive within",
+            ),
+            (
+                ureq::Error::Io(IoError::from(ErrorKind::InvalidData)),
+                "not UTF-8",
+            ),
+        ];
+        for (e, said) in cases {
+            let shown = e.to_string();
+            let reason = unread_body(200, e);
+            assert!(reason.contains(said), "{shown}: {reason}");
+            assert!(reason.starts_with("the HTTP 200 answer "), "{reason}");
+            assert!(!reason.contains("quorum"), "{reason}");
+        }
+        let too_large = unread_body(200, ureq::Error::BodyExceedsLimit(MAX_ANSWER_BYTES));
+        assert!(
+            too_large.contains(&format!("({MAX_ANSWER_BYTES} bytes)")),
+            "{too_large}"
+        );
+    }
+
+    /// A fake etcd gateway on loopback for one call: reads the request (head and
+    /// `Content-Length` body), writes `answer`, holds the connection for `hold`, closes it.
+    fn fake_gateway(answer: &'static [u8], hold: Duration) -> String {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut line, mut length) = (String::new(), 0usize);
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                let lower = line.to_ascii_lowercase();
+                if let Some(value) = lower.strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let _ = reader.read_exact(&mut vec![0; length.min(1 << 20)]);
+            let mut out = stream;
+            let _ = out.write_all(answer).and_then(|()| out.flush());
+            std::thread::sleep(hold);
+        });
+        url
+    }
+
+    fn client_of(endpoint: String, timeout: Duration) -> Client {
+        Client::new(Options {
+            endpoints: vec![endpoint],
+            ca_pem: None,
+            user: None,
+            password: None,
+            timeout,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn an_answer_cut_short_is_malformed_not_no_quorum() {
+        // The connection ends 30 bytes into a body of 1,000.
+        let answer: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+            Content-Length: 1000\r\nConnection: close\r\n\r\n{\"header\":{\"revision\":\"7\"},";
+        let client = client_of(fake_gateway(answer, Duration::ZERO), Duration::from_secs(5));
+        let e = client.get(b"k").unwrap_err();
+        match &e {
+            EtcdError::Malformed { reason, .. } => {
+                assert!(reason.contains("HTTP 200 answer was cut short"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!e.to_string().contains("quorum"), "{e}");
+
+        // The body stops 30 bytes in and the connection stays open past the timeout.
+        let started = Instant::now();
+        let client = client_of(fake_gateway(answer, Duration::from_secs(3)), 500 * MS);
+        let e = client.get(b"k").unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3), "{e}");
+        match &e {
+            EtcdError::Malformed { reason, .. } => {
+                assert!(
+                    reason.contains("did not arrive within the timeout"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!e.to_string().contains("quorum"), "{e}");
+    }
+
+    #[test]
+    fn no_answer_within_the_timeout_is_still_no_quorum() {
+        // Nothing at all comes back: etcd may well be without a quorum (it holds proposals).
+        let client = client_of(fake_gateway(b"", Duration::from_secs(3)), 500 * MS);
+        match client.get(b"k") {
+            Err(EtcdError::NoQuorum { reason, .. }) => {
+                assert!(reason.contains("timeout"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
 }

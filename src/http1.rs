@@ -32,7 +32,7 @@ pub enum Framing {
 pub struct Head {
     pub method: String,
     pub target: String,
-    /// `HTTP/1.x` minor version: 0 or 1.
+    /// `HTTP/1.x` minor version: 0 or 1 (a request in `HTTP/1.2` to `HTTP/1.9` is read as 1).
     pub minor: u8,
     pub content_type: Option<String>,
     pub authorization: Option<String>,
@@ -120,9 +120,7 @@ pub fn request_line(buf: &[u8]) -> (String, String) {
         }
         _ => "-".to_string(),
     };
-    let method = token(parts.next(), |b| {
-        b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-    });
+    let method = token(parts.next(), is_tchar);
     let target = token(parts.next(), |b| b.is_ascii_graphic());
     (method, target)
 }
@@ -150,9 +148,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, HeadError> {
                 limits.max_headers
             )));
         }
-        Err(httparse::Error::Version) if version_major_not_1(buf) => {
-            return Err(HeadError::Version);
-        }
+        Err(httparse::Error::Version) => return version_refused(buf, limits),
         Err(e) => return Err(HeadError::Bad(format!("malformed request head: {e}"))),
     }
     let minor = request.version.unwrap_or(1);
@@ -264,22 +260,48 @@ fn expect_continue(expect: Option<String>, minor: u8) -> Result<bool, HeadError>
     }
 }
 
-/// Whether the request line ends in `HTTP/x.y` with x other than 1 (a 505, not a 400).
-fn version_major_not_1(buf: &[u8]) -> bool {
-    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
-    let line = buf[..line_end]
-        .strip_suffix(b"\r")
-        .unwrap_or(&buf[..line_end]);
-    let Some(space) = line.iter().rposition(|&b| b == b' ') else {
-        return false;
-    };
-    match &line[space + 1..] {
-        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] => {
-            major.is_ascii_digit() && minor.is_ascii_digit() && *major != b'1'
+/// A head whose version httparse (which knows `HTTP/1.0` and `HTTP/1.1` only) refused.
+///
+/// `HTTP/1.2` to `HTTP/1.9` (one digit, as RFC 9112 §2.3 spells `HTTP-version = HTTP-name "/"
+/// DIGIT "." DIGIT`) is processed as HTTP/1.1 and answered as such: "A recipient that receives
+/// a message with a major version number that it implements and a minor version number higher
+/// than what it implements SHOULD process the message as if it were in the highest minor
+/// version within that major version". Another major version is 505; anything else that is
+/// not `HTTP/d.d` (`HTTP/1.10`, `HTTP/1.x`, `http/1.1`) stays a malformed head, 400.
+fn version_refused(buf: &[u8], limits: &Limits) -> Result<Head, HeadError> {
+    match request_version(buf) {
+        Some((at, [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'])) => {
+            let mut as_1_1 = buf.to_vec();
+            as_1_1[at + 7] = b'1';
+            parse_head(&as_1_1, limits)
         }
-        [b'H', b'T', b'T', b'P', b'/', major] => major.is_ascii_digit() && *major != b'1',
-        _ => false,
+        Some((_, [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]))
+            if major.is_ascii_digit() && minor.is_ascii_digit() && *major != b'1' =>
+        {
+            Err(HeadError::Version)
+        }
+        Some((_, [b'H', b'T', b'T', b'P', b'/', major]))
+            if major.is_ascii_digit() && *major != b'1' =>
+        {
+            Err(HeadError::Version)
+        }
+        _ => Err(HeadError::Bad(
+            "malformed request head: invalid HTTP version".into(),
+        )),
     }
+}
+
+/// The last space-separated word of the request line (its version) and where it starts in
+/// `buf` (after the empty lines httparse skips too).
+fn request_version(buf: &[u8]) -> Option<(usize, &[u8])> {
+    let start = leading_empty_lines(buf);
+    let rest = &buf[start..];
+    let line_end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+    let line = rest[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&rest[..line_end]);
+    let space = line.iter().rposition(|&b| b == b' ')?;
+    Some((start + space + 1, &line[space + 1..]))
 }
 
 /// The elements of a comma-separated field value, trimmed of whitespace; empty ones dropped.
@@ -424,20 +446,12 @@ impl ChunkedDecoder {
                 self.state = ChunkState::Size;
             }
             ChunkState::Size => {
-                let size = line.split(|&b| b == b';').next().unwrap_or_default();
-                let size = trim(size);
-                let valid =
-                    !size.is_empty() && size.len() <= 16 && size.iter().all(u8::is_ascii_hexdigit);
-                let n = valid
-                    .then(|| std::str::from_utf8(size).ok())
-                    .flatten()
-                    .and_then(|s| u64::from_str_radix(s, 16).ok())
-                    .ok_or_else(|| {
-                        ChunkError::Bad(format!(
-                            "invalid chunk size {:?}",
-                            String::from_utf8_lossy(&line[..line.len().min(32)])
-                        ))
-                    })?;
+                let n = chunk_size(line).ok_or_else(|| {
+                    ChunkError::Bad(format!(
+                        "invalid chunk-size line {:?}",
+                        String::from_utf8_lossy(&line[..line.len().min(32)])
+                    ))
+                })?;
                 if n == 0 {
                     self.state = ChunkState::Trailers;
                 } else if n > (limits.max_body_bytes as u64).saturating_sub(body.len() as u64) {
@@ -467,6 +481,98 @@ impl ChunkedDecoder {
             ChunkState::Data(_) | ChunkState::Done => {}
         }
         Ok(())
+    }
+}
+
+/// The size of a chunk-size line (its CRLF or LF removed), if the line is exactly RFC 9112
+/// §7.1's
+///
+/// ```text
+/// chunk-size [ chunk-ext ]
+/// chunk-size     = 1*HEXDIG                    ; here at most 16 digits (a u64)
+/// chunk-ext      = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+/// chunk-ext-name = token
+/// chunk-ext-val  = token / quoted-string
+/// BWS            = *( SP / HTAB )
+/// ```
+///
+/// Whitespace is accepted only where BWS stands: before and after the `;` and the `=` of an
+/// extension. So `5`, `5;a`, `5 ;a`, `5; a = "b c"` are read; `5 `, `5\t`, ` 5`, `5;a `, `5;`,
+/// `5 5`, `0x5` and any control byte (a bare CR included) are not. Extensions are read only to
+/// be checked, never used. A lenient reading (size up to the first non-digit, say) is a
+/// request-smuggling vector: a proxy in front may delimit the same bytes differently.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 || !chunk_ext(&line[digits..]) {
+        return None;
+    }
+    let digits = std::str::from_utf8(&line[..digits]).ok()?;
+    u64::from_str_radix(digits, 16).ok()
+}
+
+/// Whether `rest` is a `chunk-ext` (see [`chunk_size`]), possibly empty.
+fn chunk_ext(mut rest: &[u8]) -> bool {
+    while !rest.is_empty() {
+        let Some(after) = bws(rest).strip_prefix(b";") else {
+            return false;
+        };
+        rest = bws(after);
+        let name = token_len(rest);
+        if name == 0 {
+            return false;
+        }
+        rest = &rest[name..];
+        if let Some(after) = bws(rest).strip_prefix(b"=") {
+            rest = bws(after);
+            let value = match rest.first() {
+                Some(b'"') => quoted_string_len(rest),
+                _ => token_len(rest),
+            };
+            if value == 0 {
+                return false;
+            }
+            rest = &rest[value..];
+        }
+    }
+    true
+}
+
+/// `s` after its leading `BWS` (spaces and tabs).
+fn bws(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    s
+}
+
+/// `tchar` of RFC 9110 §5.6.2.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Length of the `token` that `s` starts with (0 when none).
+fn token_len(s: &[u8]) -> usize {
+    s.iter().take_while(|&&b| is_tchar(b)).count()
+}
+
+/// Length of the `quoted-string` (RFC 9110 §5.6.4) that `s` starts with, quotes included; 0
+/// when `s` does not start with a complete one.
+fn quoted_string_len(s: &[u8]) -> usize {
+    // qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text; quoted-pair = "\" ( HTAB /
+    // SP / VCHAR / obs-text ).
+    let qdtext = |b: u8| matches!(b, b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..);
+    let pair = |b: u8| matches!(b, b'\t' | b' ' | 0x21..=0x7e | 0x80..);
+    if s.first() != Some(&b'"') {
+        return 0;
+    }
+    let mut i = 1;
+    loop {
+        match s.get(i) {
+            Some(b'"') => return i + 1,
+            Some(b'\\') if s.get(i + 1).is_some_and(|&b| pair(b)) => i += 2,
+            Some(&b) if qdtext(b) => i += 1,
+            _ => return 0,
+        }
     }
 }
 
@@ -520,9 +626,7 @@ pub fn reason(status: u16) -> &'static str {
 /// characters (so no CR/LF can split the response).
 pub fn safe_header(name: &str, value: &str) -> bool {
     !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && name.bytes().all(is_tchar)
         && value
             .bytes()
             .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
@@ -747,6 +851,52 @@ mod tests {
         bad("GET / HTTP/1.1\r\nHost : x\r\n\r\n");
     }
 
+    #[test]
+    fn a_higher_http_1_minor_is_read_as_http_1_1_and_other_versions_are_refused() {
+        for minor in 2..=9 {
+            let head = parse(&format!("GET /a HTTP/1.{minor}\r\nHost: x\r\n\r\n")).unwrap();
+            assert_eq!((head.minor, head.target.as_str()), (1, "/a"));
+            assert!(!head.close, "HTTP/1.{minor} is persistent, as HTTP/1.1");
+        }
+        // As HTTP/1.1 in every respect: one Host needed, chunked allowed, the rest still checked.
+        assert!(bad("GET / HTTP/1.2\r\n\r\n").contains("Host"));
+        let chunked = parse("POST / HTTP/1.9\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(chunked.unwrap().framing, Framing::Chunked);
+        bad("GET / HTTP/1.2\r\nHost : x\r\n\r\n");
+        assert_eq!(
+            parse("\r\nGET / HTTP/1.3\n\n").map(|h| h.minor),
+            Err(bad_host())
+        );
+        assert_eq!(parse("\r\nGET / HTTP/1.3\nHost: x\n\n").unwrap().minor, 1);
+        // Not HTTP/DIGIT.DIGIT: 400, whatever the digits.
+        for version in [
+            "HTTP/1.10",
+            "HTTP/1.22",
+            "HTTP/1.",
+            "HTTP/1.x",
+            "HTTP/1",
+            "http/1.2",
+            "HTTP/1.2x",
+            "HTTP/01.2",
+            "HTTP/1.2 ",
+            "HTTP/1.2\t",
+            "HTTP/1,2",
+            "x HTTP/1.2",
+        ] {
+            let detail = bad(&format!("GET / {version}\r\nHost: x\r\n\r\n"));
+            assert!(detail.contains("malformed"), "{version:?}: {detail}");
+        }
+        // Another major version: 505.
+        for version in ["HTTP/2.0", "HTTP/2.2", "HTTP/0.9", "HTTP/3"] {
+            let text = format!("GET / {version}\r\nHost: x\r\n\r\n");
+            assert_eq!(parse(&text), Err(HeadError::Version), "{version}");
+        }
+    }
+
+    fn bad_host() -> HeadError {
+        HeadError::Bad("an HTTP/1.1 request needs a Host header".into())
+    }
+
     fn decode(input: &[u8], pieces: usize) -> Result<(Vec<u8>, usize), ChunkError> {
         let mut decoder = ChunkedDecoder::default();
         let mut body = Vec::new();
@@ -806,6 +956,69 @@ mod tests {
         }
         exact.push_str("0\r\n\r\n");
         assert_eq!(decode(exact.as_bytes(), 5).unwrap().0.len(), 100);
+    }
+
+    #[test]
+    fn whitespace_in_a_chunk_size_line_is_read_only_around_an_extensions_separators() {
+        let with = |line: &[u8]| {
+            let mut input = line.to_vec();
+            input.extend_from_slice(b"\r\nhello\r\n0\r\n\r\n");
+            decode(&input, 1)
+        };
+        for line in [
+            &b"5"[..],
+            b"05",
+            b"5;ext",
+            b"5 ;ext",
+            b"5\t;ext",
+            b"5 \t ; \t ext",
+            b"5;ext=v",
+            b"5 ; ext = v",
+            b"5;a=b;c;d=\"\"",
+            b"5;a=\"b c\\\" ;=\"",
+            b"5;a=\"\xc3\xa9\"",
+        ] {
+            let (body, _) =
+                with(line).unwrap_or_else(|e| panic!("{:?}: {e:?}", String::from_utf8_lossy(line)));
+            assert_eq!(body, b"hello", "{:?}", String::from_utf8_lossy(line));
+        }
+        for line in [
+            &b"5 "[..],
+            b"5\t",
+            b" 5",
+            b"\t5",
+            b"5 5",
+            b"5;ext ",
+            b"5;ext\t",
+            b"5;ext=v ",
+            b"5;",
+            b"5 ;",
+            b"5;=v",
+            b"5;a=",
+            b"5;a==b",
+            b"5;a b",
+            b"5;a=\"open",
+            b"5;a=\"b\x01\"",
+            b"5;a=\"b\\\x7f\"",
+            b"5\r",
+            b"5;a\rb",
+            b"5;a\x00",
+            b"0x5",
+            b"5,6",
+            b"+5",
+            b"00000000000000005",
+        ] {
+            let outcome = with(line);
+            assert!(
+                matches!(&outcome, Err(ChunkError::Bad(detail)) if detail.contains("chunk-size")),
+                "{:?}: {outcome:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        // The last chunk's line follows the same grammar.
+        assert!(matches!(decode(b"0 \r\n\r\n", 1), Err(ChunkError::Bad(_))));
+        assert_eq!(decode(b"0 ;a=1\r\n\r\n", 1).unwrap().0, b"");
+        assert_eq!(decode(b"0000000000000000\r\n\r\n", 1).unwrap().0, b"");
     }
 
     #[test]

@@ -1087,6 +1087,46 @@ fn chunk_size_lines_and_trailers_are_bounded() {
     assert_eq!(plugin.stored_requests(), 0);
 }
 
+/// Item 3, RFC 9112 §7.1: in a chunk-size line, whitespace is read only as the BWS around an
+/// extension's `;` and `=`: `N ;name=value` is read; `N `, `N<TAB>`, ` N`, `N;name ` and `N;`
+/// get 400 problem+json and the connection is closed, nothing executed.
+#[test]
+fn whitespace_in_a_chunk_size_line_is_read_only_around_an_extension() {
+    let plugin = Child::start("chunk-bws", "");
+    let body = example("dns-only.json");
+    let post = |size_line: &str| {
+        format!(
+            "POST {REQUESTS} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{size_line}\r\n{body}\r\n0\r\n\r\n"
+        )
+    };
+    let n = format!("{:x}", body.len());
+    for line in [format!("{n} ;name=value"), format!("{n}\t; a = \"b c\"")] {
+        let (responses, _) = send_and_collect(plugin.addr, post(&line).as_bytes(), true, 5000 * MS);
+        assert_eq!(responses.len(), 1, "{line:?}: no answer");
+        assert_eq!(
+            responses[0].status,
+            201,
+            "{line:?}: {}",
+            show(&responses[0])
+        );
+    }
+    for line in [
+        format!("{n} "),
+        format!("{n}\t"),
+        format!(" {n}"),
+        format!("{n};name "),
+        format!("{n};"),
+    ] {
+        let response = refused_and_closed(plugin.addr, post(&line).as_bytes(), 400);
+        let detail = response.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(detail.contains("chunk-size"), "{line:?}: {detail}");
+    }
+    assert_eq!(plugin.stored_requests(), 2);
+}
+
 /// Item 3: `Expect: 100-continue` gets its 100 only after the size and token checks (413 or
 /// 401 instead of a 100); any other expectation gets 417.
 #[test]
@@ -1243,6 +1283,43 @@ fn head_http10_and_connection_close_are_handled_both_ways() {
             .is_some_and(|v| v.eq_ignore_ascii_case("close"))
     );
     assert!(closed);
+}
+
+/// RFC 9112 §2.3: a request in `HTTP/1.2` to `HTTP/1.9` is processed as HTTP/1.1 (persistent,
+/// one `Host` required) and answered in HTTP/1.1; `HTTP/1.10` and other malformed versions get
+/// 400, another major version 505.
+#[test]
+fn a_higher_http_1_minor_version_is_served_as_http_1_1() {
+    let plugin = Child::start("http-1-minor", "");
+    let mut s = connect(plugin.addr);
+    s.write_all(
+        b"GET /healthz HTTP/1.2\r\nHost: t\r\n\r\nGET /healthz HTTP/1.9\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    for minor in [2, 9] {
+        let response = read_response(&mut reader).unwrap();
+        let seen = (response.version.as_str(), response.status);
+        assert_eq!(seen, ("HTTP/1.1", 200), "1.{minor}: {}", show(&response));
+        assert_eq!(
+            response.header("Connection"),
+            None,
+            "1.{minor} not persistent"
+        );
+    }
+    // Still usable afterwards: HTTP/1.x is persistent like HTTP/1.1.
+    s.write_all(get_text("/healthz", true).as_bytes()).unwrap();
+    assert_eq!(read_response(&mut reader).unwrap().status, 200);
+    refused_and_closed(plugin.addr, b"GET /healthz HTTP/1.2\r\n\r\n", 400);
+    for version in ["HTTP/1.10", "HTTP/1.x", "http/1.2", "HTTP/1.2x"] {
+        let text = format!("GET /healthz {version}\r\nHost: t\r\n\r\n");
+        refused_and_closed(plugin.addr, text.as_bytes(), 400);
+    }
+    refused_and_closed(
+        plugin.addr,
+        b"GET /healthz HTTP/2.1\r\nHost: t\r\n\r\n",
+        505,
+    );
 }
 
 /// Item 3: pipelined requests are answered in order on one connection.
