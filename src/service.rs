@@ -1913,13 +1913,20 @@ pub(crate) mod tests {
         assert_eq!(on(&a), ["a"]);
     }
 
-    #[test]
-    fn adopting_one_request_re_points_the_others_applied_on_the_same_platform() {
+    /// Two requests holding rule "a" on "http://a:1", the region's url then changed to
+    /// "http://b:2": the service on B, B, and the two ids.
+    fn two_holding_a_rule_moved_to_b() -> (Service, Arc<Scripted>, String, String) {
         let (s, a) = service_on(Store::in_memory(), "http://a:1", Duration::ZERO);
         let first = s.create(request(&["a"])).unwrap();
         let second = s.create(request(&["a"])).unwrap();
         drop(a);
         let (s, b) = moved_to(s, "http://b:2");
+        (s, b, first, second)
+    }
+
+    #[test]
+    fn adopting_one_request_re_points_the_others_applied_on_the_same_platform() {
+        let (s, b, first, second) = two_holding_a_rule_moved_to_b();
         // The same platform at a new address: B holds what A held.
         b.on.lock().unwrap().insert("a".into());
         // The reconciler left the second alone while it was moved (looked at again much later).
@@ -1951,11 +1958,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_forget_that_finds_its_request_re_pointed_since_removes_it_as_usual() {
-        let (s, a) = service_on(Store::in_memory(), "http://a:1", Duration::ZERO);
-        let first = s.create(request(&["a"])).unwrap();
-        let second = s.create(request(&["a"])).unwrap();
-        drop(a);
-        let (s, b) = moved_to(s, "http://b:2");
+        let (s, b, first, second) = two_holding_a_rule_moved_to_b();
         b.on.lock().unwrap().insert("a".into());
         // `?forget=true` on `second` saw it moved; before it takes the record, `?adopt=true`
         // on `first` re-points both and releases the rule to `second`, which holds it.
