@@ -20,7 +20,7 @@
 //! - `https://` is verified, always: against exactly the certificates of the region's
 //!   `ca_file` when one is configured (the host's trust store is then *not* trusted), else
 //!   against the host's trust store (read once per process, at the first client that needs it:
-//!   see [`host_roots`]; a plain `http://` MEP without `ca_file` trusts nothing, so the store is
+//!   see `host_roots`; a plain `http://` MEP without `ca_file` trusts nothing, so the store is
 //!   not read for it). No roots are compiled into the binary. There is no setting that skips
 //!   verification, and a `ca_file` holding no usable certificate trusts nothing (every HTTPS
 //!   call fails) rather than falling back to the host's store;
@@ -69,7 +69,7 @@ pub struct Answer {
 /// Which certificates `https://` calls are verified against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trust {
-    /// The host's trust store (an `https://` URL and no `ca_file`), see [`host_roots`].
+    /// The host's trust store (an `https://` URL and no `ca_file`), see `host_roots`.
     HostStore,
     /// Exactly the certificates of the region's `ca_file` (how many were usable).
     PrivateCa { certificates: usize },
