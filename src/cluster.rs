@@ -14,7 +14,7 @@
 //! `Service::call` no longer calls platforms.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -77,7 +77,7 @@ struct Shared {
     current: Mutex<Option<Leading>>,
     stop: AtomicBool,
     /// Forwards changes to the leader's `advertise_url`.
-    forward: Agent,
+    forward: Forwarding,
 }
 
 /// The bound on one etcd call of this instance: [`etcd_timeout_for`] its `lease_ttl_s`.
@@ -126,7 +126,7 @@ impl Cluster {
             started: Instant::now(),
             current: Mutex::new(None),
             stop: AtomicBool::new(false),
-            forward: forwarding_agent(config),
+            forward: Forwarding::new(config),
         });
         let watcher = {
             let shared = shared.clone();
@@ -328,12 +328,11 @@ impl Cluster {
         if let Some(content_type) = &request.content_type {
             builder = builder.header("content-type", content_type.as_str());
         }
+        let forward = self.shared.forward.agent_for(&target);
         let sent = if request.body.is_empty() {
-            builder.body(()).map(|r| self.shared.forward.run(r))
+            builder.body(()).map(|r| forward.run(r))
         } else {
-            builder
-                .body(request.body.clone())
-                .map(|r| self.shared.forward.run(r))
+            builder.body(request.body.clone()).map(|r| forward.run(r))
         };
         let sent = sent.map_err(|e| unavailable(format!("cannot be sent this request: {e}")))?;
         sent.map_err(|e| {
@@ -450,19 +449,50 @@ const FORWARD_TIMEOUT_MAX: Duration = Duration::from_secs(600);
 /// The calls of one request counted in [`forwarding_timeout`], whatever `max_calls` allows.
 const FORWARD_CALLS_COUNTED: usize = 8;
 
-/// The agent that forwards changes: `https://` leaders are verified against the certificates
-/// of `[server] tls_cert` (the instances' own chain: put the CA that signed them there), else
-/// the public roots; bounded by [`forwarding_timeout`].
-fn forwarding_agent(config: &Config) -> Agent {
-    let ca = config
-        .server
-        .tls
-        .as_ref()
-        .map(|tls| tls.cert_pem.as_slice());
-    let (tls, _) = agent::tls_trusting(ca);
-    let timeout = forwarding_timeout(config.regions.iter().map(|r| &r.mep));
-    let config = agent::outbound_config(tls, timeout, 8, 32);
-    Agent::with_parts(config, DefaultConnector::default(), agent::LiteralResolver)
+/// The agents that forward changes, bounded by [`forwarding_timeout`]. `https://` leaders are
+/// verified against the certificates of `[server] tls_cert` (the instances' own chain: put
+/// the CA that signed them there), else against the host's trust store. Leader URLs are known
+/// only at run time: without `tls_cert`, the agent built at start-up trusts nothing, and the
+/// one trusting the host's store (which reads it) is built at the first `https://` forward,
+/// so that instances advertising `http://` URLs never read it.
+struct Forwarding {
+    /// Every leader, when `tls_cert` gives the CA; else the `http://` ones.
+    agent: Agent,
+    /// `https://` leaders without `tls_cert` (`None`: `tls_cert` is set).
+    host_trusting: Option<OnceLock<Agent>>,
+    timeout: Duration,
+}
+
+impl Forwarding {
+    fn new(config: &Config) -> Forwarding {
+        let ca = config
+            .server
+            .tls
+            .as_ref()
+            .map(|tls| tls.cert_pem.as_slice());
+        let timeout = forwarding_timeout(config.regions.iter().map(|r| &r.mep));
+        Forwarding {
+            agent: Forwarding::agent(ca, false, timeout),
+            host_trusting: ca.is_none().then(OnceLock::new),
+            timeout,
+        }
+    }
+
+    fn agent(ca: Option<&[u8]>, https: bool, timeout: Duration) -> Agent {
+        let (tls, _, _) = agent::tls_trusting(ca, https);
+        let config = agent::outbound_config(tls, timeout, 8, 32);
+        Agent::with_parts(config, DefaultConnector::default(), agent::LiteralResolver)
+    }
+
+    /// The agent for a request to `url`.
+    fn agent_for(&self, url: &str) -> &Agent {
+        match &self.host_trusting {
+            Some(lazy) if agent::is_https(url) => {
+                lazy.get_or_init(|| Forwarding::agent(None, true, self.timeout))
+            }
+            _ => &self.agent,
+        }
+    }
 }
 
 /// The bound on a forwarded change: generous enough for a leader's platform calls, i.e. the
@@ -620,6 +650,31 @@ mod tests {
             ..StoreConfig::default()
         };
         assert_eq!(etcd_timeout(&store), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_host_store_is_read_for_forwarding_only_at_the_first_https_leader() {
+        let config = Config::parse(
+            "[[region]]\nid = \"1\"\nlatitude = 45.0\nlongitude = 7.0\nrange_km = 1.0\n[region.mep]\ndriver = \"simulated\"\n",
+            "test.toml",
+        )
+        .unwrap();
+        let forwarding = Forwarding::new(&config);
+        let roots = |agent: &Agent| match agent.config().tls_config().root_certs() {
+            ureq::tls::RootCerts::Specific(certs) => certs.len(),
+            other => panic!("unexpected roots {other:?}"),
+        };
+        let plain = forwarding.agent_for("http://127.0.0.1:1");
+        assert_eq!(roots(plain), 0, "an http leader needs no certificate");
+        let lazy = forwarding.host_trusting.as_ref().unwrap();
+        assert!(lazy.get().is_none(), "not built before an https leader");
+        let https = forwarding.agent_for("https://127.0.0.1:1");
+        assert!(!std::ptr::eq(plain, https));
+        assert!(lazy.get().is_some());
+        assert!(std::ptr::eq(
+            https,
+            forwarding.agent_for("https://leader:8443")
+        ));
     }
 
     /// A platform whose bound in [`forwarding_timeout`] is `calls_ms` × 2 × min(max_calls, 8)

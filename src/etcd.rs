@@ -22,8 +22,8 @@
 //!   etcd says it is no longer valid (simple tokens expire); the password and the token appear
 //!   in no log line, error or `Debug` output;
 //! - `https://` endpoints are verified against exactly the certificates of `ca_file` when one
-//!   is given, else against the public web roots; no proxy from the environment, no redirects
-//!   (as [`crate::mep::agent`]).
+//!   is given, else against the host's trust store (read only when an endpoint is
+//!   `https://`); no proxy from the environment, no redirects (as [`crate::mep::agent`]).
 
 use std::fmt;
 use std::sync::Mutex;
@@ -38,7 +38,9 @@ use ureq::Agent;
 use ureq::http::HeaderValue;
 use ureq::unversioned::transport::DefaultConnector;
 
-use crate::mep::agent::{LiteralResolver, one_line, outbound_config, tls_trusting};
+use crate::mep::agent::{
+    LiteralResolver, Trust, is_https, one_line, outbound_config, tls_trusting,
+};
 use crate::util::redact;
 
 /// Largest answer read from etcd (a range of a whole prefix can be large; etcd's own limit on
@@ -135,7 +137,8 @@ impl std::error::Error for EtcdError {}
 pub struct Options {
     /// Base URLs (`http://host:2379`, `https://...`), tried in turn.
     pub endpoints: Vec<String>,
-    /// PEM certificates that `https://` endpoints are verified against (else the public roots).
+    /// PEM certificates that `https://` endpoints are verified against (else the host's trust
+    /// store).
     pub ca_pem: Option<Vec<u8>>,
     /// An etcd user and its password (both or neither).
     pub user: Option<String>,
@@ -525,10 +528,13 @@ impl Client {
             (None, None) => None,
             _ => return Err("an etcd user needs a password, and a password a user".into()),
         };
-        let (tls, roots) = tls_trusting(options.ca_pem.as_deref());
-        if let Some((usable, unreadable)) = roots {
-            if unreadable > 0 || usable == 0 {
-                warn!("etcd CA file: {usable} usable certificate(s), {unreadable} unreadable");
+        let https = endpoints.iter().any(|e| is_https(e));
+        let (tls, trust, unreadable) = tls_trusting(options.ca_pem.as_deref(), https);
+        if let Trust::PrivateCa { certificates } = trust {
+            if unreadable > 0 || certificates == 0 {
+                warn!(
+                    "etcd CA file: {certificates} usable certificate(s), {unreadable} unreadable"
+                );
             }
         }
         let config = outbound_config(
@@ -1047,6 +1053,8 @@ fn parse_lease(answer: &Value) -> Result<Lease, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use ureq::tls::RootCerts;
 
     const HEADER: &str = r#""header":{"cluster_id":"15118495548433857066","member_id":"13668033151171901709","revision":"7","raft_term":"2"}"#;
 
@@ -1314,6 +1322,32 @@ mod tests {
             !shown.contains("secret-pw") && shown.contains("root"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn only_an_https_endpoint_without_a_ca_file_is_verified_against_the_host_store() {
+        let roots = |endpoints: &[&str], ca_pem: Option<Vec<u8>>| {
+            let client = Client::new(Options {
+                endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+                ca_pem,
+                user: None,
+                password: None,
+                timeout: Duration::from_secs(1),
+            })
+            .unwrap();
+            match client.agent.config().tls_config().root_certs() {
+                RootCerts::Specific(certs) => certs.clone(),
+                other => panic!("unexpected roots {other:?}"),
+            }
+        };
+        // Plain http: nothing trusted, and the host's store is not read for it.
+        assert!(roots(&["http://127.0.0.1:1", "http://127.0.0.1:2"], None).is_empty());
+        // One https endpoint is enough to need it; it is the one list every client shares.
+        let host = roots(&["http://127.0.0.1:1", "https://127.0.0.1:2"], None);
+        assert!(Arc::ptr_eq(&host, &roots(&["https://127.0.0.1:3"], None)));
+        // A ca_file: exactly its certificates (none usable here), never the host's store.
+        let junk = b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n".to_vec();
+        assert!(roots(&["https://127.0.0.1:2"], Some(junk)).is_empty());
     }
 
     #[test]

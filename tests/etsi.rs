@@ -431,7 +431,7 @@ fn over_https_with_the_region_ca_the_rules_are_activated_and_deactivated() {
     let pki = TestPki::generate("etsi");
     let front = TlsFront::start(&pki, mep.addr());
     let url = format!("https://127.0.0.1:{}", front.port());
-    // Region 2 trusts the test CA; region 3 does not (public roots only).
+    // Region 2 trusts the test CA; region 3 does not (the host's trust store only).
     let p = Plugin::start(&format!(
         "{}{}ca_file = \"{}\"\n{}",
         server_section(""),

@@ -234,13 +234,23 @@ fn a_client_that_does_not_trust_the_ca_fails_the_handshake_and_the_server_keeps_
         e.to_string().to_ascii_lowercase().contains("certificate"),
         "{e}"
     );
-    // The public roots do not know the test CA either.
-    let public = ureq::Agent::config_builder()
+    // The host's trust store does not know the test CA either.
+    let host: Vec<Certificate<'static>> = rustls_native_certs::load_native_certs()
+        .certs
+        .iter()
+        .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+        .collect();
+    let host = ureq::Agent::config_builder()
         .proxy(None)
         .timeout_global(Some(CLIENT_TIMEOUT))
+        .tls_config(
+            TlsConfig::builder()
+                .root_certs(RootCerts::new_with_certs(&host))
+                .build(),
+        )
         .build()
         .new_agent();
-    assert!(public.get(&url).call().is_err());
+    assert!(host.get(&url).call().is_err());
 
     let config = rustls_client(&pki.ca_der);
     assert_eq!(tls_get_within(addr, &config, REGIONS, 1000 * MS).0, 200);

@@ -18,10 +18,12 @@
 //!   notes on the calling thread that the request started to be written; conservative: a byte
 //!   handed to a failing write counts as written;
 //! - `https://` is verified, always: against exactly the certificates of the region's
-//!   `ca_file` when one is configured (the public web roots are then *not* trusted), else
-//!   against the public web roots (Mozilla's, built in). There is no setting that skips
+//!   `ca_file` when one is configured (the host's trust store is then *not* trusted), else
+//!   against the host's trust store (read once per process, at the first client that needs it:
+//!   see `host_roots`; a plain `http://` MEP without `ca_file` trusts nothing, so the store is
+//!   not read for it). No roots are compiled into the binary. There is no setting that skips
 //!   verification, and a `ca_file` holding no usable certificate trusts nothing (every HTTPS
-//!   call fails) rather than falling back to the public roots;
+//!   call fails) rather than falling back to the host's store;
 //! - with a `token_file`, every call carries `Authorization: Bearer <token>`;
 //! - it logs each call at debug level (method, URL, status, milliseconds) and never logs
 //!   credentials: the token appears in no log line, error or `Debug` output (it is held as a
@@ -31,6 +33,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, warn};
@@ -66,10 +69,13 @@ pub struct Answer {
 /// Which certificates `https://` calls are verified against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trust {
-    /// Mozilla's root certificates (no `ca_file`).
-    PublicRoots,
+    /// The host's trust store (an `https://` URL and no `ca_file`), see `host_roots`.
+    HostStore,
     /// Exactly the certificates of the region's `ca_file` (how many were usable).
     PrivateCa { certificates: usize },
+    /// No certificate (an `http://` URL and no `ca_file`): the host's store is not read for
+    /// a client that makes no `https://` call, and a stray one fails verification.
+    Nothing,
 }
 
 /// The `Authorization` header of every call.
@@ -252,23 +258,17 @@ impl MepClient {
     pub fn new(mep: &MepConfig) -> MepClient {
         let base_url = mep.url.trim_end_matches('/').to_string();
         let shown = redact(&base_url);
-        let (tls, roots) = tls_trusting(mep.ca_pem.as_deref());
-        let trust = match roots {
-            None => Trust::PublicRoots,
-            Some((certificates, unreadable)) => {
-                if unreadable > 0 {
-                    warn!(
-                        "MEP {shown}: {unreadable} certificate(s) of the CA file could not be read and are not trusted"
-                    );
-                }
-                if certificates == 0 {
-                    error!(
-                        "MEP {shown}: the CA file holds no usable certificate: every https call to this MEP will fail"
-                    );
-                }
-                Trust::PrivateCa { certificates }
-            }
-        };
+        let (tls, trust, unreadable) = tls_trusting(mep.ca_pem.as_deref(), is_https(&base_url));
+        if unreadable > 0 {
+            warn!(
+                "MEP {shown}: {unreadable} certificate(s) of the CA file could not be read and are not trusted"
+            );
+        }
+        if trust == (Trust::PrivateCa { certificates: 0 }) {
+            error!(
+                "MEP {shown}: the CA file holds no usable certificate: every https call to this MEP will fail"
+            );
+        }
         let credential = match &mep.token {
             None => Credential::None,
             Some(token) => match HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
@@ -457,20 +457,133 @@ impl MepClient {
     }
 }
 
-/// TLS that trusts only the certificates of `ca_pem` (a private CA file), or the public roots
-/// when there is none; with how many of its certificates are usable and unreadable (`None`:
-/// the public roots). The caller says what that means for the peer it calls.
-pub(crate) fn tls_trusting(ca_pem: Option<&[u8]>) -> (TlsConfig, Option<(usize, usize)>) {
-    match ca_pem {
-        None => (TlsConfig::builder().build(), None),
-        Some(pem) => {
+/// Whether `url` is an `https://` one (the scheme in any case).
+pub(crate) fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+/// TLS for a client that calls an `https://` peer (`https`) or only `http://` ones: trusting
+/// exactly the certificates of `ca_pem` (a private CA file) when there is one; else the host's
+/// trust store if `https` ([`host_roots`], read at the first such client); else nothing, so
+/// that the store is never read for plain-http peers and a stray `https://` call fails
+/// verification. With what it trusts and how many certificate blocks of `ca_pem` could not
+/// be read. The caller says what that means for the peer it calls.
+pub(crate) fn tls_trusting(ca_pem: Option<&[u8]>, https: bool) -> (TlsConfig, Trust, usize) {
+    let (roots, trust, unreadable) = match (ca_pem, https) {
+        (Some(pem), _) => {
             let (certificates, unreadable) = private_roots(pem);
-            let tls = TlsConfig::builder()
-                .root_certs(RootCerts::new_with_certs(&certificates))
-                .build();
-            (tls, Some((certificates.len(), unreadable)))
+            let trust = Trust::PrivateCa {
+                certificates: certificates.len(),
+            };
+            (RootCerts::new_with_certs(&certificates), trust, unreadable)
         }
+        (None, true) => (host_roots(), Trust::HostStore, 0),
+        (None, false) => (RootCerts::new_with_certs(&[]), Trust::Nothing, 0),
+    };
+    (
+        TlsConfig::builder().root_certs(roots).build(),
+        trust,
+        unreadable,
+    )
+}
+
+/// Load errors of the host's trust store logged one line each; the rest are counted.
+const HOST_STORE_ERRORS_LOGGED: usize = 5;
+
+/// The host's trust store (the OS's CA bundle and directory, as OpenSSL finds them, or
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR`), read at the first call and kept for the process: what
+/// `https://` peers without a `ca_file` are verified against. Logs once how many certificates
+/// it holds and where they came from, each error reading it (a few), and an error when it
+/// holds none. Every client shares the one list.
+pub(crate) fn host_roots() -> RootCerts {
+    static HOST_ROOTS: OnceLock<RootCerts> = OnceLock::new();
+    HOST_ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            let certificates: Vec<Certificate<'static>> = found
+                .certs
+                .iter()
+                .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+                .collect();
+            let errors: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+            for (level, line) in
+                host_store_report(certificates.len(), &errors, &host_store_source())
+            {
+                log::log!(level, "{line}");
+            }
+            RootCerts::Specific(Arc::new(certificates))
+        })
+        .clone()
+}
+
+/// Where [`rustls_native_certs::load_native_certs`] reads: `SSL_CERT_FILE`/`SSL_CERT_DIR`
+/// when either is set (and then only there), else the OS's file and directories found by
+/// openssl-probe.
+fn host_store_source() -> String {
+    let file = std::env::var_os("SSL_CERT_FILE");
+    let dirs = std::env::var_os("SSL_CERT_DIR").filter(|d| !d.is_empty());
+    if file.is_some() || dirs.is_some() {
+        let mut named = Vec::new();
+        if let Some(file) = file {
+            named.push(format!("SSL_CERT_FILE={}", file.to_string_lossy()));
+        }
+        if let Some(dirs) = dirs {
+            named.push(format!("SSL_CERT_DIR={}", dirs.to_string_lossy()));
+        }
+        return named.join(", ");
     }
+    let probe = openssl_probe::probe();
+    let places: Vec<String> = probe
+        .cert_file
+        .iter()
+        .chain(&probe.cert_dir)
+        .map(|p| p.display().to_string())
+        .collect();
+    if places.is_empty() {
+        "no CA file or directory in the OS's usual places".to_string()
+    } else {
+        places.join(", ")
+    }
+}
+
+/// The log lines of a reading of the host's trust store that found `certificates` with
+/// `errors`, from `source`: an info line, a warning per error (at most
+/// [`HOST_STORE_ERRORS_LOGGED`], then one counting the rest), and an error when nothing was
+/// found.
+fn host_store_report(
+    certificates: usize,
+    errors: &[String],
+    source: &str,
+) -> Vec<(log::Level, String)> {
+    let mut lines = vec![(
+        log::Level::Info,
+        format!(
+            "read {certificates} certificate(s) from the host's trust store ({source}): what https peers without a ca_file are verified against"
+        ),
+    )];
+    for error in errors.iter().take(HOST_STORE_ERRORS_LOGGED) {
+        lines.push((
+            log::Level::Warn,
+            format!("host's trust store: {}", one_line(error, MAX_DETAIL_CHARS)),
+        ));
+    }
+    if errors.len() > HOST_STORE_ERRORS_LOGGED {
+        lines.push((
+            log::Level::Warn,
+            format!(
+                "host's trust store: {} more error(s) not shown",
+                errors.len() - HOST_STORE_ERRORS_LOGGED
+            ),
+        ));
+    }
+    if certificates == 0 {
+        lines.push((
+            log::Level::Error,
+            "the host's trust store holds no certificate: every https call verified against it (a MEP or etcd endpoint without ca_file, a leader without [server] tls_cert) will fail; install the OS's CA package (ca-certificates), point SSL_CERT_FILE at a PEM bundle, or set ca_file".to_string(),
+        ));
+    }
+    lines
 }
 
 /// The one outbound policy of the plugin's HTTP clients (platforms and etcd): never a proxy
@@ -986,16 +1099,25 @@ mod tests {
         assert!(!tls.disable_verification());
         match tls.root_certs() {
             RootCerts::Specific(certs) => Some(certs.len()),
-            RootCerts::WebPki => None,
+            other => panic!("unexpected roots {other:?}: only listed certificates are trusted"),
+        }
+    }
+
+    fn host_list(client: &MepClient) -> Arc<Vec<Certificate<'static>>> {
+        match client.agent_config().tls_config().root_certs() {
+            RootCerts::Specific(certs) => certs.clone(),
             other => panic!("unexpected roots {other:?}"),
         }
     }
 
     #[test]
-    fn https_trusts_the_public_roots_or_exactly_the_private_ca() {
-        let public = MepClient::new(&mep("https://mep.example:8443", 500));
-        assert_eq!(public.trust(), Trust::PublicRoots);
-        assert_eq!(trusted(&public), None);
+    fn https_trusts_the_host_store_or_exactly_the_private_ca() {
+        let host = MepClient::new(&mep("https://mep.example:8443", 500));
+        assert_eq!(host.trust(), Trust::HostStore);
+        assert!(trusted(&host).is_some());
+        // Read once: every client shares the one list.
+        let other = MepClient::new(&mep("https://other.example", 500));
+        assert!(Arc::ptr_eq(&host_list(&host), &host_list(&other)));
 
         let mut config = mep("https://mep.example:8443", 500);
         config.ca_pem = Some(ca_pem(&["a.example", "b.example"]).into_bytes());
@@ -1012,7 +1134,74 @@ mod tests {
             Some(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_vec());
         let client = MepClient::new(&config);
         assert_eq!(client.trust(), Trust::PrivateCa { certificates: 0 });
-        assert_eq!(trusted(&client), Some(0), "never the public roots instead");
+        assert_eq!(trusted(&client), Some(0), "never the host's store instead");
+    }
+
+    #[test]
+    fn a_plain_http_mep_without_a_ca_file_trusts_nothing() {
+        let client = MepClient::new(&mep("http://127.0.0.1:1", 500));
+        assert_eq!(client.trust(), Trust::Nothing);
+        assert_eq!(trusted(&client), Some(0));
+    }
+
+    #[test]
+    fn only_an_https_peer_without_a_ca_file_needs_the_host_store() {
+        let pem = ca_pem(&["a.example"]).into_bytes();
+        for https in [false, true] {
+            let (_, trust, unreadable) = tls_trusting(Some(&pem), https);
+            assert_eq!(
+                (trust, unreadable),
+                (Trust::PrivateCa { certificates: 1 }, 0)
+            );
+        }
+        let (tls, trust, _) = tls_trusting(None, false);
+        assert_eq!(trust, Trust::Nothing);
+        assert!(matches!(tls.root_certs(), RootCerts::Specific(c) if c.is_empty()));
+        let (_, trust, _) = tls_trusting(None, true);
+        assert_eq!(trust, Trust::HostStore);
+    }
+
+    #[test]
+    fn https_is_told_by_the_scheme_in_any_case() {
+        assert!(is_https("https://mep.example"));
+        assert!(is_https("HTTPS://127.0.0.1:8443/api"));
+        assert!(!is_https("http://mep.example"));
+        assert!(!is_https("http://https.example"));
+        assert!(!is_https("https:/"));
+    }
+
+    #[test]
+    fn the_host_store_report_says_how_many_and_from_where() {
+        let lines = host_store_report(140, &[], "/etc/ssl/certs/ca-certificates.crt");
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].0, log::Level::Info);
+        assert!(lines[0].1.contains("140 certificate(s)"), "{}", lines[0].1);
+        assert!(lines[0].1.contains("/etc/ssl/certs/ca-certificates.crt"));
+    }
+
+    #[test]
+    fn the_host_store_report_warns_for_a_few_errors_and_counts_the_rest() {
+        let errors: Vec<String> = (0..8).map(|i| format!("cannot read\nfile {i}")).collect();
+        let lines = host_store_report(3, &errors, "SSL_CERT_DIR=/x");
+        let warnings: Vec<&String> = lines
+            .iter()
+            .filter(|(level, _)| *level == log::Level::Warn)
+            .map(|(_, line)| line)
+            .collect();
+        assert_eq!(warnings.len(), HOST_STORE_ERRORS_LOGGED + 1);
+        assert!(warnings.iter().all(|line| !line.contains('\n')));
+        assert!(warnings[HOST_STORE_ERRORS_LOGGED].contains("3 more"));
+        assert!(lines.iter().all(|(level, _)| *level != log::Level::Error));
+    }
+
+    #[test]
+    fn an_empty_host_store_is_an_error_saying_what_to_do() {
+        let lines = host_store_report(0, &[], "SSL_CERT_FILE=/empty.pem");
+        let (level, line) = lines.last().unwrap();
+        assert_eq!(*level, log::Level::Error);
+        for remedy in ["CA package", "SSL_CERT_FILE", "ca_file"] {
+            assert!(line.contains(remedy), "{line}");
+        }
     }
 
     #[test]

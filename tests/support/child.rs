@@ -108,7 +108,14 @@ impl Child {
         );
         let path = dir.join("regions.toml");
         std::fs::write(&path, config).unwrap();
-        Child::spawn(&path, &[], dir, port, server_extra.contains("tls_cert"))
+        Child::spawn(
+            &path,
+            &[],
+            &[],
+            dir,
+            port,
+            server_extra.contains("tls_cert"),
+        )
     }
 
     /// [`Child::start`] with `token_file` holding [`TOKEN`].
@@ -134,7 +141,7 @@ impl Child {
             "--state-dir".to_string(),
             state.display().to_string(),
         ];
-        Child::spawn(Path::new(SHIPPED), &args, dir, port, false)
+        Child::spawn(Path::new(SHIPPED), &args, &[], dir, port, false)
     }
 
     /// Starts the binary on the configuration file `config`, which makes it listen on
@@ -142,7 +149,17 @@ impl Child {
     /// the configuration elsewhere to start it again), and waits until `GET /healthz` answers
     /// 200 (an instance on etcd: once it leads or follows a known leader).
     pub fn start_config(config: &Path, port: u16, dir: PathBuf) -> Child {
-        Child::spawn(config, &[], dir, port, false)
+        Child::spawn(config, &[], &[], dir, port, false)
+    }
+
+    /// [`Child::start_config`] with these environment variables set for the child.
+    pub fn start_config_with_env(
+        config: &Path,
+        port: u16,
+        dir: PathBuf,
+        env: &[(&str, &Path)],
+    ) -> Child {
+        Child::spawn(config, &[], env, dir, port, false)
     }
 
     /// Sends `signal` (`libc::SIGSTOP`, `libc::SIGCONT`, ...) to the process.
@@ -154,10 +171,18 @@ impl Child {
 
     /// Starts the binary and waits until it serves: `GET /healthz` answers 200, or (`tls`) the
     /// port accepts connections.
-    fn spawn(config: &Path, args: &[String], dir: PathBuf, port: u16, tls: bool) -> Child {
+    fn spawn(
+        config: &Path,
+        args: &[String],
+        env: &[(&str, &Path)],
+        dir: PathBuf,
+        port: u16,
+        tls: bool,
+    ) -> Child {
         let binary = std::env::var_os("MEC_PLUGIN_BIN").unwrap_or_else(|| BIN.into());
         let mut process = command(binary, config)
             .args(args)
+            .envs(env.iter().copied())
             .spawn()
             .expect("the binary starts");
         let logs = Arc::new(Mutex::new(Vec::new()));
