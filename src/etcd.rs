@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use log::{debug, warn};
+use log::warn;
 use serde_json::{Value, json};
 use ureq::Agent;
 use ureq::http::HeaderValue;

@@ -29,7 +29,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::warn;
 use serde::Deserialize;
 
 use crate::config::StoreConfig;

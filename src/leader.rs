@@ -497,7 +497,7 @@ fn step_down(shared: &Shared, why: &str) -> Renewal {
 }
 
 fn debug_failure(what: &str, e: &EtcdError) {
-    log::debug!("leader election: {what} failed: {e}");
+    debug!("leader election: {what} failed: {e}");
 }
 
 #[cfg(test)]

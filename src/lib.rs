@@ -13,6 +13,31 @@
 //! store's fenced etcd backend, and [`cluster`] runs the leader's service of each term and
 //! routes a follower's calls.
 
+/// `log::debug!` for this crate's own lines. `log` is built with `release_max_level_info`, which
+/// compiles every debug and trace call of the dependencies out of optimised builds: rustls',
+/// ureq's and mio's, lines the binary's loggers never show anyway (its `QUIET_TARGETS` cap
+/// rustls and ureq at info, since their debug output may hold the bearer tokens sent to
+/// platforms), and ~45 kB of the deployed binary (issue 11 item 8). This macro is not under
+/// that static cap, so `RUST_LOG=debug` still shows the plugin's own lines (each platform and
+/// etcd call, the front end's refusals); the level set at run time and the logger's filters
+/// apply as for `log::debug!`. Defined before the modules so that each of them can use it.
+macro_rules! debug {
+    ($($arg:tt)+) => {
+        if ::log::Level::Debug <= ::log::max_level() {
+            ::log::logger().log(
+                &::log::Record::builder()
+                    .args(format_args!($($arg)+))
+                    .level(::log::Level::Debug)
+                    .target(module_path!())
+                    .module_path_static(Some(module_path!()))
+                    .file_static(Some(file!()))
+                    .line(Some(line!()))
+                    .build(),
+            );
+        }
+    };
+}
+
 pub mod api;
 pub mod app;
 pub mod cluster;

@@ -438,7 +438,7 @@ impl Server {
         // Listening again on a listening socket only changes its backlog (Linux). Best effort.
         // SAFETY: the descriptor is an open socket; listen(2) takes no pointers.
         if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
-            log::debug!("listen backlog not raised: {}", io::Error::last_os_error());
+            debug!("listen backlog not raised: {}", io::Error::last_os_error());
         }
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
@@ -749,7 +749,7 @@ fn write_stream(
     let ok = match result {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
-            log::debug!(
+            debug!(
                 "{} {}: streamed body not delivered: {e}",
                 job.request.method,
                 http1::log_target(job.request.path())
@@ -1291,7 +1291,7 @@ impl IoLoop {
         for i in 0..self.conns.len() {
             self.close(Token(i + FIRST_CONN));
         }
-        log::debug!(
+        debug!(
             "I/O loop on {} ended ({remaining} connections closed)",
             self.shared.local_addr
         );
@@ -2086,7 +2086,7 @@ fn read_tls(
             Err(_) => return Err(false),
         }
         if let Err(e) = tls.process_new_packets() {
-            log::debug!("TLS connection failed: {e}");
+            debug!("TLS connection failed: {e}");
             // Send the alert rustls prepared, then give up.
             let _ = tls.write_tls(sock);
             return Err(false);

@@ -52,7 +52,7 @@ pub fn notify_to(socket: Option<&OsStr>, state: &str) -> bool {
     };
     match send(socket, state) {
         Ok(()) => {
-            log::debug!("notified the service manager: {}", state.replace('\n', " "));
+            debug!("notified the service manager: {}", state.replace('\n', " "));
             true
         }
         Err(e) => {

@@ -105,6 +105,14 @@ impl Drop for Running {
 /// Starts the binary on the shipped configuration and returns it with its address, read from
 /// its "listening on" log line.
 fn start_shipped(dir: &std::path::Path) -> (Running, String, mpsc::Receiver<String>) {
+    start_shipped_logging(dir, "info")
+}
+
+/// [`start_shipped`] with `RUST_LOG=level`.
+fn start_shipped_logging(
+    dir: &std::path::Path,
+    level: &str,
+) -> (Running, String, mpsc::Receiver<String>) {
     let mut child = Command::new(BIN)
         .args([
             "--config",
@@ -114,7 +122,7 @@ fn start_shipped(dir: &std::path::Path) -> (Running, String, mpsc::Receiver<Stri
             "--state-dir",
         ])
         .arg(dir)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", level)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -197,4 +205,38 @@ fn the_binary_serves_the_shipped_configuration_and_logs_one_line_per_request() {
         request_line.is_some_and(|l| l.contains("ms")),
         "one line per request with status and ms: {seen:?}"
     );
+}
+
+/// The plugin's own debug lines survive `log`'s `release_max_level_info` (which compiles the
+/// dependencies' debug calls out): `RUST_LOG=debug` shows them, `info` does not. The line
+/// looked for is the front end's at a graceful stop.
+#[test]
+fn rust_log_debug_shows_the_plugins_own_debug_lines_and_info_hides_them() {
+    for (level, shown) in [("debug", true), ("info", false)] {
+        let dir = temp_dir(&format!("debug-{level}"));
+        let (running, addr, logs) = start_shipped_logging(&dir, level);
+        assert_eq!(http(&addr, "GET", "/healthz", "").0, 200);
+        // SAFETY: a signal to our own child, which has not been waited for.
+        unsafe { libc::kill(running.0.id() as libc::pid_t, libc::SIGTERM) };
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            match logs.recv_timeout(Duration::from_millis(200)) {
+                Ok(line) => seen.push(line),
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let debug_lines: Vec<&String> = seen.iter().filter(|l| l.contains("DEBUG")).collect();
+        assert_eq!(
+            debug_lines
+                .iter()
+                .any(|l| l.contains(&format!("I/O loop on {addr} ended"))),
+            shown,
+            "RUST_LOG={level}: {seen:#?}"
+        );
+        if !shown {
+            assert!(debug_lines.is_empty(), "RUST_LOG={level}: {debug_lines:#?}");
+        }
+    }
 }

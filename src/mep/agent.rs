@@ -36,7 +36,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use log::{debug, error, warn};
+use log::{error, warn};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use ureq::Agent;

@@ -97,7 +97,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use log::debug;
 use percent_encoding::percent_decode_str;
 use serde::{Deserialize, Serialize};
 

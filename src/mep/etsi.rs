@@ -69,7 +69,6 @@
 
 use std::fmt;
 
-use log::debug;
 use percent_encoding::percent_decode_str;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
