@@ -6,6 +6,12 @@
 //! reading each value with the one check of its kind (a count, milliseconds, a number in a
 //! range, an address, a file, a PEM file, a token); every default is a constant of
 //! [`defaults`].
+//!
+//! The raw structs hold plain values (their serde derives are the one place the keys are
+//! written): a check that fails finds the line it names by the key path of the value
+//! (`region`, 2, `mep`, `url`) in toml's own parse of the text, which keeps the span of every
+//! value and which `toml::from_str` goes through anyway. `toml::Spanned` fields would keep
+//! the spans at hand, but cost a deserializer per field type (about 64 kB of the binary).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -15,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 use crate::model::ApiStyle;
 use crate::retry::RetryPolicy;
@@ -339,75 +345,75 @@ impl std::error::Error for ConfigError {}
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
-    server: Option<Spanned<RawServer>>,
+    server: Option<RawServer>,
     #[serde(default)]
-    region: Vec<Spanned<RawRegion>>,
+    region: Vec<RawRegion>,
     #[serde(default)]
-    store: Option<Spanned<RawStore>>,
+    store: Option<RawStore>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
-    kind: Option<Spanned<String>>,
-    endpoints: Option<Spanned<Vec<Spanned<String>>>>,
-    prefix: Option<Spanned<String>>,
-    lease_ttl_s: Option<Spanned<i64>>,
-    advertise_url: Option<Spanned<String>>,
-    ca_file: Option<Spanned<String>>,
-    user: Option<Spanned<String>>,
-    password_file: Option<Spanned<String>>,
+    kind: Option<String>,
+    endpoints: Option<Vec<String>>,
+    prefix: Option<String>,
+    lease_ttl_s: Option<i64>,
+    advertise_url: Option<String>,
+    ca_file: Option<String>,
+    user: Option<String>,
+    password_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
-    listen: Option<Spanned<String>>,
+    listen: Option<String>,
     state_dir: Option<String>,
-    workers: Option<Spanned<i64>>,
+    workers: Option<i64>,
     api_style: Option<ApiStyle>,
-    max_body_bytes: Option<Spanned<i64>>,
-    read_timeout_ms: Option<Spanned<i64>>,
-    connection_threads: Option<Spanned<i64>>,
-    idle_timeout_ms: Option<Spanned<i64>>,
-    max_head_bytes: Option<Spanned<i64>>,
-    max_headers: Option<Spanned<i64>>,
-    max_connections: Option<Spanned<i64>>,
+    max_body_bytes: Option<i64>,
+    read_timeout_ms: Option<i64>,
+    connection_threads: Option<i64>,
+    idle_timeout_ms: Option<i64>,
+    max_head_bytes: Option<i64>,
+    max_headers: Option<i64>,
+    max_connections: Option<i64>,
     fsync: Option<bool>,
-    retry_initial_ms: Option<Spanned<i64>>,
-    retry_max_ms: Option<Spanned<i64>>,
-    token_file: Option<Spanned<String>>,
-    tls_cert: Option<Spanned<String>>,
-    tls_key: Option<Spanned<String>>,
-    max_requests: Option<Spanned<i64>>,
+    retry_initial_ms: Option<i64>,
+    retry_max_ms: Option<i64>,
+    token_file: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    max_requests: Option<i64>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRegion {
-    id: Spanned<String>,
+    id: String,
     description: Option<String>,
-    latitude: Spanned<f64>,
-    longitude: Spanned<f64>,
+    latitude: f64,
+    longitude: f64,
     altitude: Option<f64>,
-    range_km: Spanned<f64>,
-    mep: Spanned<RawMep>,
+    range_km: f64,
+    mep: RawMep,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMep {
     driver: DriverKind,
-    url: Option<Spanned<String>>,
-    timeout_ms: Option<Spanned<i64>>,
-    ca_file: Option<Spanned<String>>,
-    token_file: Option<Spanned<String>>,
-    app_name: Option<Spanned<String>>,
-    poll_interval_ms: Option<Spanned<i64>>,
-    poll_attempts: Option<Spanned<i64>>,
-    max_calls: Option<Spanned<i64>>,
-    settle_ms: Option<Spanned<i64>>,
-    aliases: Option<Vec<Spanned<String>>>,
+    url: Option<String>,
+    timeout_ms: Option<i64>,
+    ca_file: Option<String>,
+    token_file: Option<String>,
+    app_name: Option<String>,
+    poll_interval_ms: Option<i64>,
+    poll_attempts: Option<i64>,
+    max_calls: Option<i64>,
+    settle_ms: Option<i64>,
+    aliases: Option<Vec<String>>,
 }
 
 impl Config {
@@ -434,7 +440,7 @@ impl Config {
             }
         })?;
         let server = match raw.server {
-            Some(s) => server_table(&Table::new(text, file, "[server] "), s.into_inner())?,
+            Some(s) => server_table(&Table::new(text, file, "[server] ", [At::Key("server")]), s)?,
             None => ServerConfig::default(),
         };
         let mut regions = Vec::new();
@@ -449,7 +455,7 @@ impl Config {
             });
         }
         let store = match raw.store {
-            Some(s) => store_table(&Table::new(text, file, "[store] "), s)?,
+            Some(s) => store_table(&Table::new(text, file, "[store] ", [At::Key("store")]), s)?,
             None => StoreConfig::default(),
         };
         Ok(Config {
@@ -516,41 +522,70 @@ impl Default for ServerConfig {
 }
 
 /// Where values are read from, for errors and relative paths: the file's text (line numbers),
-/// its name, and the table's prefix in messages (`[server] `, `region 'x': `,
-/// `region 'x': mep.`). Its methods are the one check of each kind of value; every error they
-/// return reads `line N: <prefix><key> ...`.
+/// its name, the table's prefix in messages (`[server] `, `region 'x': `, `region 'x': mep.`)
+/// and its key path in the document (`server`, `region`/2, `region`/2/`mep`). Its methods are
+/// the one check of each kind of value; every error they return reads
+/// `line N: <prefix><key> ...`, N the line of the value that failed, found by its key path
+/// ([`offset_of`]).
 struct Table<'a> {
     text: &'a str,
     file: &'a str,
     prefix: String,
+    path: Vec<At>,
+}
+
+/// A step of a key path in the document: a key of a table or an item of an array.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    Key(&'static str),
+    Item(usize),
 }
 
 impl<'a> Table<'a> {
-    fn new(text: &'a str, file: &'a str, prefix: impl Into<String>) -> Table<'a> {
+    fn new(
+        text: &'a str,
+        file: &'a str,
+        prefix: impl Into<String>,
+        path: impl Into<Vec<At>>,
+    ) -> Table<'a> {
         Table {
             text,
             file,
             prefix: prefix.into(),
+            path: path.into(),
         }
     }
 
-    /// `line N: <prefix><key> <what>`, N the line of byte `at`.
-    fn error(&self, at: usize, key: &str, what: impl fmt::Display) -> ConfigError {
+    /// The table at `key` of this one, with its own prefix.
+    fn table(&self, key: &'static str, prefix: impl Into<String>) -> Table<'a> {
+        let mut path = self.path.clone();
+        path.push(At::Key(key));
+        Table::new(self.text, self.file, prefix, path)
+    }
+
+    /// The line of the value at `at` in this table (`&[]`: the table itself).
+    fn line(&self, at: &[At]) -> usize {
+        line_of(self.text, offset_of(self.text, self.path.iter().chain(at)))
+    }
+
+    /// `line N: <prefix><key> <what>`, N the line of `key`'s value.
+    fn error(&self, key: &'static str, what: impl fmt::Display) -> ConfigError {
+        self.error_at(&[At::Key(key)], key, what)
+    }
+
+    /// `line N: <prefix><key> <what>`, N the line of the value at `at` in this table.
+    fn error_at(&self, at: &[At], key: &str, what: impl fmt::Display) -> ConfigError {
         ConfigError {
             file: self.file.to_string(),
-            message: format!(
-                "line {}: {}{key} {what}",
-                line_of(self.text, at),
-                self.prefix
-            ),
+            message: format!("line {}: {}{key} {what}", self.line(at), self.prefix),
         }
     }
 
     /// An integer key within `range`, as a `T` (`into`), or `default` when absent.
     fn int<T>(
         &self,
-        value: &Option<Spanned<i64>>,
-        key: &str,
+        value: Option<i64>,
+        key: &'static str,
         range: RangeInclusive<i64>,
         default: T,
         into: fn(i64) -> T,
@@ -558,22 +593,18 @@ impl<'a> Table<'a> {
         let Some(v) = value else {
             return Ok(default);
         };
-        if !range.contains(v.get_ref()) {
+        if !range.contains(&v) {
             let (min, max) = (range.start(), range.end());
-            return Err(self.error(
-                v.span().start,
-                key,
-                format_args!("= {} is out of range {min}..={max}", v.get_ref()),
-            ));
+            return Err(self.error(key, format_args!("= {v} is out of range {min}..={max}")));
         }
-        Ok(into(*v.get_ref()))
+        Ok(into(v))
     }
 
     /// A count (threads, bytes, calls): an integer key within `range`.
     fn count(
         &self,
-        value: &Option<Spanned<i64>>,
-        key: &str,
+        value: Option<i64>,
+        key: &'static str,
         range: RangeInclusive<i64>,
         default: usize,
     ) -> Result<usize, ConfigError> {
@@ -583,8 +614,8 @@ impl<'a> Table<'a> {
     /// A duration in milliseconds (the `*_ms` keys): an integer key within `range`.
     fn millis(
         &self,
-        value: &Option<Spanned<i64>>,
-        key: &str,
+        value: Option<i64>,
+        key: &'static str,
         range: RangeInclusive<i64>,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
@@ -596,20 +627,18 @@ impl<'a> Table<'a> {
     /// A socket address (`ip:port`), or `default` when absent.
     fn address(
         &self,
-        value: &Option<Spanned<String>>,
-        key: &str,
+        value: Option<&str>,
+        key: &'static str,
         default: SocketAddr,
     ) -> Result<SocketAddr, ConfigError> {
         let Some(v) = value else {
             return Ok(default);
         };
-        v.get_ref().parse().map_err(|_| {
+        v.parse().map_err(|_| {
             self.error(
-                v.span().start,
                 key,
                 format_args!(
-                    "= '{}' is not an address:port such as {}",
-                    v.get_ref(),
+                    "= '{v}' is not an address:port such as {}",
                     defaults::LISTEN
                 ),
             )
@@ -619,40 +648,30 @@ impl<'a> Table<'a> {
     /// A finite number within `range` (shown as `lo..hi` in errors).
     fn float(
         &self,
-        value: &Spanned<f64>,
-        key: &str,
+        x: f64,
+        key: &'static str,
         range: RangeInclusive<f64>,
     ) -> Result<f64, ConfigError> {
-        let x = *value.get_ref();
         if x.is_finite() && range.contains(&x) {
             return Ok(x);
         }
         let (lo, hi) = (range.start(), range.end());
-        Err(self.error(
-            value.span().start,
-            key,
-            format_args!("= {x} is out of range {lo}..{hi}"),
-        ))
+        Err(self.error(key, format_args!("= {x} is out of range {lo}..{hi}")))
     }
 
     /// The path a key names, relative to the configuration file's directory.
-    fn path(&self, value: &Spanned<String>) -> PathBuf {
+    fn path(&self, value: &str) -> PathBuf {
         let base = Path::new(self.file).parent().unwrap_or(Path::new(""));
-        base.join(value.get_ref())
+        base.join(value)
     }
 
     /// The contents of a file named by a key, relative to the configuration file's directory.
-    fn file(&self, value: &Spanned<String>, key: &str) -> Result<Vec<u8>, ConfigError> {
+    fn file(&self, value: &str, key: &'static str) -> Result<Vec<u8>, ConfigError> {
         let path = self.path(value);
         std::fs::read(&path).map_err(|e| {
             self.error(
-                value.span().start,
                 key,
-                format_args!(
-                    "= '{}': cannot read {}: {e}",
-                    value.get_ref(),
-                    path.display()
-                ),
+                format_args!("= '{value}': cannot read {}: {e}", path.display()),
             )
         })
     }
@@ -660,18 +679,14 @@ impl<'a> Table<'a> {
     /// A PEM file that must contain `marker`; `holds` names what it must hold in the error.
     fn pem(
         &self,
-        value: &Spanned<String>,
-        key: &str,
+        value: &str,
+        key: &'static str,
         marker: &str,
         holds: &str,
     ) -> Result<Vec<u8>, ConfigError> {
         let pem = self.file(value, key)?;
         if !String::from_utf8_lossy(&pem).contains(marker) {
-            return Err(self.error(
-                value.span().start,
-                key,
-                format_args!("= '{}' holds no {holds}", value.get_ref()),
-            ));
+            return Err(self.error(key, format_args!("= '{value}' holds no {holds}")));
         }
         Ok(pem)
     }
@@ -679,17 +694,15 @@ impl<'a> Table<'a> {
     /// A file holding one bearer token: visible ASCII only (0x21..=0x7E), what an HTTP header
     /// carries on both sides (the server answers a bare 400 to any other byte, the client
     /// refuses to send it).
-    fn token(&self, value: &Spanned<String>, key: &str) -> Result<Secret, ConfigError> {
+    fn token(&self, value: &str, key: &'static str) -> Result<Secret, ConfigError> {
         let bytes = self.file(value, key)?;
         let token = String::from_utf8(bytes).unwrap_or_default();
         let token = token.trim();
         if token.is_empty() || !token.bytes().all(|b| (0x21..=0x7E).contains(&b)) {
             return Err(self.error(
-                value.span().start,
                 key,
                 format_args!(
-                    "= '{}' must hold one token of visible ASCII characters (no spaces, control or non-ASCII characters such as 'é'): an HTTP header cannot carry others",
-                    value.get_ref()
+                    "= '{value}' must hold one token of visible ASCII characters (no spaces, control or non-ASCII characters such as 'é'): an HTTP header cannot carry others"
                 ),
             ));
         }
@@ -699,63 +712,63 @@ impl<'a> Table<'a> {
 
 /// `[server]`.
 fn server_table(t: &Table, s: RawServer) -> Result<ServerConfig, ConfigError> {
-    if let Some(v) = &s.connection_threads {
+    if s.connection_threads.is_some() {
         log::warn!(
             "line {}: [server] connection_threads is accepted and ignored: connections no \
              longer have threads of their own (see max_connections)",
-            line_of(t.text, v.span().start)
+            t.line(&[At::Key("connection_threads")])
         );
     }
     Ok(ServerConfig {
-        listen: t.address(&s.listen, "listen", defaults::LISTEN)?,
+        listen: t.address(s.listen.as_deref(), "listen", defaults::LISTEN)?,
         state_dir: PathBuf::from(s.state_dir.as_deref().unwrap_or(defaults::STATE_DIR)),
-        workers: t.count(&s.workers, "workers", 1..=1024, defaults::WORKERS)?,
+        workers: t.count(s.workers, "workers", 1..=1024, defaults::WORKERS)?,
         api_style: s.api_style.unwrap_or(defaults::API_STYLE),
         max_body_bytes: t.count(
-            &s.max_body_bytes,
+            s.max_body_bytes,
             "max_body_bytes",
             1024..=64 << 20,
             defaults::MAX_BODY_BYTES,
         )?,
         read_timeout: t.millis(
-            &s.read_timeout_ms,
+            s.read_timeout_ms,
             "read_timeout_ms",
             100..=600_000,
             defaults::READ_TIMEOUT,
         )?,
         connection_threads: t.count(
-            &s.connection_threads,
+            s.connection_threads,
             "connection_threads",
             4..=4096,
             defaults::CONNECTION_THREADS,
         )?,
         idle_timeout: t.millis(
-            &s.idle_timeout_ms,
+            s.idle_timeout_ms,
             "idle_timeout_ms",
             100..=3_600_000,
             defaults::IDLE_TIMEOUT,
         )?,
         max_head_bytes: t.count(
-            &s.max_head_bytes,
+            s.max_head_bytes,
             "max_head_bytes",
             1024..=1 << 20,
             defaults::MAX_HEAD_BYTES,
         )?,
         max_headers: t.count(
-            &s.max_headers,
+            s.max_headers,
             "max_headers",
             8..=1000,
             defaults::MAX_HEADERS,
         )?,
         max_connections: t.count(
-            &s.max_connections,
+            s.max_connections,
             "max_connections",
             1..=65536,
             defaults::MAX_CONNECTIONS,
         )?,
         fsync: s.fsync.unwrap_or(defaults::FSYNC),
         max_requests: t.count(
-            &s.max_requests,
+            s.max_requests,
             "max_requests",
             1..=100_000_000,
             defaults::MAX_REQUESTS,
@@ -773,13 +786,13 @@ fn server_table(t: &Table, s: RawServer) -> Result<ServerConfig, ConfigError> {
 fn retry_policy(t: &Table, s: &RawServer) -> Result<RetryPolicy, ConfigError> {
     Ok(RetryPolicy {
         initial: t.millis(
-            &s.retry_initial_ms,
+            s.retry_initial_ms,
             "retry_initial_ms",
             10..=3_600_000,
             defaults::RETRY_INITIAL,
         )?,
         max: t.millis(
-            &s.retry_max_ms,
+            s.retry_max_ms,
             "retry_max_ms",
             10..=86_400_000,
             defaults::RETRY_MAX,
@@ -790,8 +803,8 @@ fn retry_policy(t: &Table, s: &RawServer) -> Result<RetryPolicy, ConfigError> {
 /// `[server] tls_cert` and `tls_key`: both or neither.
 fn tls_files(
     t: &Table,
-    cert: &Option<Spanned<String>>,
-    key: &Option<Spanned<String>>,
+    cert: &Option<String>,
+    key: &Option<String>,
 ) -> Result<Option<TlsFiles>, ConfigError> {
     match (cert, key) {
         (None, None) => Ok(None),
@@ -806,11 +819,18 @@ fn tls_files(
             let key_pem = Secret::new(String::from_utf8_lossy(&key_pem).into_owned());
             Ok(Some(TlsFiles { cert_pem, key_pem }))
         }
-        (Some(v), None) | (None, Some(v)) => Err(t.error(
-            v.span().start,
-            "tls_cert",
-            "and tls_key must be given together",
-        )),
+        (Some(_), None) | (None, Some(_)) => {
+            let given = if cert.is_some() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            };
+            Err(t.error_at(
+                &[At::Key(given)],
+                "tls_cert",
+                "and tls_key must be given together",
+            ))
+        }
     }
 }
 
@@ -819,21 +839,19 @@ fn region_table(
     text: &str,
     file: &str,
     i: usize,
-    r: Spanned<RawRegion>,
+    r: RawRegion,
     seen: &mut HashSet<String>,
 ) -> Result<RegionConfig, ConfigError> {
-    let region_at = r.span().start;
-    let r = r.into_inner();
-    let id = r.id.get_ref().clone();
+    let id = r.id;
     let name = if id.is_empty() {
         format!("#{}", i + 1)
     } else {
         format!("'{id}'")
     };
-    let t = Table::new(text, file, format!("region {name}: "));
-    let id_at = r.id.span().start;
+    let path = [At::Key("region"), At::Item(i)];
+    let t = Table::new(text, file, format!("region {name}: "), path);
     if id.trim().is_empty() {
-        return Err(t.error(id_at, "id", "must not be empty"));
+        return Err(t.error("id", "must not be empty"));
     }
     if id.len() > 63
         || !id
@@ -841,36 +859,28 @@ fn region_table(
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         return Err(t.error(
-            id_at,
             "id",
             "must be 1-63 characters of letters, digits, '-', '_' or '.'",
         ));
     }
     if !seen.insert(id.clone()) {
-        return Err(t.error(
-            id_at,
-            "id",
-            "is used by another region (ids must be unique)",
-        ));
+        return Err(t.error("id", "is used by another region (ids must be unique)"));
     }
-    let latitude = t.float(&r.latitude, "latitude", -90.0..=90.0)?;
-    let longitude = t.float(&r.longitude, "longitude", -180.0..=180.0)?;
+    let latitude = t.float(r.latitude, "latitude", -90.0..=90.0)?;
+    let longitude = t.float(r.longitude, "longitude", -180.0..=180.0)?;
     let altitude = r.altitude.unwrap_or(defaults::ALTITUDE);
     if !altitude.is_finite() {
-        return Err(t.error(region_at, "altitude", "must be a finite number"));
+        // The line where the region starts, as it always has been.
+        return Err(t.error_at(&[], "altitude", "must be a finite number"));
     }
-    let range_km = *r.range_km.get_ref();
+    let range_km = r.range_km;
     if !(range_km.is_finite() && range_km > 0.0) {
         return Err(t.error(
-            r.range_km.span().start,
             "range_km",
             format_args!("= {range_km} must be greater than 0"),
         ));
     }
-    let mep = mep_table(
-        &Table::new(text, file, format!("region {name}: mep.")),
-        r.mep,
-    )?;
+    let mep = mep_table(&t.table("mep", format!("region {name}: mep.")), r.mep)?;
     Ok(RegionConfig {
         id,
         description: r
@@ -885,32 +895,20 @@ fn region_table(
 }
 
 /// `[region.mep]`.
-fn mep_table(t: &Table, mep: Spanned<RawMep>) -> Result<MepConfig, ConfigError> {
-    let mep_at = mep.span().start;
-    let mep = mep.into_inner();
-    let timeout = t.millis(
-        &mep.timeout_ms,
-        "timeout_ms",
-        1..=600_000,
-        defaults::TIMEOUT,
-    )?;
+fn mep_table(t: &Table, mep: RawMep) -> Result<MepConfig, ConfigError> {
+    let timeout = t.millis(mep.timeout_ms, "timeout_ms", 1..=600_000, defaults::TIMEOUT)?;
     let url = match (mep.driver, &mep.url) {
         (_, Some(u)) => {
-            let checked = check_url(u.get_ref()).map_err(|why| {
-                t.error(
-                    u.span().start,
-                    "url",
-                    format_args!("= '{}' {why}", redact(u.get_ref())),
-                )
-            })?;
+            let checked = check_url(u)
+                .map_err(|why| t.error("url", format_args!("= '{}' {why}", redact(u))))?;
             if mep.driver == DriverKind::Simulated {
-                u.get_ref().clone()
+                u.clone()
             } else {
                 checked
             }
         }
         (DriverKind::Simulated, None) => defaults::SIMULATED_URL.to_string(),
-        (_, None) => return Err(t.error(mep_at, "url", "is required for this driver")),
+        (_, None) => return Err(t.error_at(&[], "url", "is required for this driver")),
     };
     let mut config = MepConfig::new(mep.driver, &url, timeout);
     if let Some(ca) = &mep.ca_file {
@@ -925,38 +923,37 @@ fn mep_table(t: &Table, mep: Spanned<RawMep>) -> Result<MepConfig, ConfigError> 
     if let Some(v) = &mep.token_file {
         config.token = Some(t.token(v, "token_file")?);
     }
-    if let Some(name) = &mep.app_name {
-        let n = name.get_ref();
-        if n.is_empty() || n.chars().count() > 63 {
-            return Err(t.error(name.span().start, "app_name", "must be 1-63 characters"));
+    if let Some(name) = mep.app_name {
+        if name.is_empty() || name.chars().count() > 63 {
+            return Err(t.error("app_name", "must be 1-63 characters"));
         }
-        config.app_name = Some(n.clone());
+        config.app_name = Some(name);
     }
     config.poll_interval = t.millis(
-        &mep.poll_interval_ms,
+        mep.poll_interval_ms,
         "poll_interval_ms",
         10..=60_000,
         config.poll_interval,
     )?;
     config.poll_attempts = t.int(
-        &mep.poll_attempts,
+        mep.poll_attempts,
         "poll_attempts",
         1..=10_000,
         config.poll_attempts,
         |v| v as u32,
     )?;
-    config.max_calls = t.count(&mep.max_calls, "max_calls", 1..=100_000, config.max_calls)?;
-    config.settle = t.millis(&mep.settle_ms, "settle_ms", 0..=3_600_000, config.settle)?;
-    for alias in mep.aliases.iter().flatten() {
-        let checked = check_url(alias.get_ref()).map_err(|why| {
-            t.error(
-                alias.span().start,
+    config.max_calls = t.count(mep.max_calls, "max_calls", 1..=100_000, config.max_calls)?;
+    config.settle = t.millis(mep.settle_ms, "settle_ms", 0..=3_600_000, config.settle)?;
+    for (i, alias) in mep.aliases.iter().flatten().enumerate() {
+        let checked = check_url(alias).map_err(|why| {
+            t.error_at(
+                &[At::Key("aliases"), At::Item(i)],
                 "aliases",
-                format_args!("= '{}' {why}", redact(alias.get_ref())),
+                format_args!("= '{}' {why}", redact(alias)),
             )
         })?;
         let alias = if mep.driver == DriverKind::Simulated {
-            alias.get_ref().clone()
+            alias.clone()
         } else {
             checked
         };
@@ -967,17 +964,14 @@ fn mep_table(t: &Table, mep: Spanned<RawMep>) -> Result<MepConfig, ConfigError> 
 
 /// `[store]`: the keys of etcd are read (and checked) whatever the kind; `endpoints` and
 /// `advertise_url` are required with `kind = "etcd"`.
-fn store_table(t: &Table, s: Spanned<RawStore>) -> Result<StoreConfig, ConfigError> {
-    let at = s.span().start;
-    let s = s.into_inner();
-    let kind = match &s.kind {
+fn store_table(t: &Table, s: RawStore) -> Result<StoreConfig, ConfigError> {
+    let kind = match s.kind.as_deref() {
         None => StoreKind::Journal,
-        Some(k) => match k.get_ref().as_str() {
+        Some(k) => match k {
             "journal" => StoreKind::Journal,
             "etcd" => StoreKind::Etcd,
             other => {
                 return Err(t.error(
-                    k.span().start,
                     "kind",
                     format_args!("= '{other}' must be \"journal\" or \"etcd\""),
                 ));
@@ -986,18 +980,15 @@ fn store_table(t: &Table, s: Spanned<RawStore>) -> Result<StoreConfig, ConfigErr
     };
     let endpoints = store_endpoints(t, &s.endpoints)?;
     if kind == StoreKind::Etcd && endpoints.is_empty() {
-        return Err(t.error(at, "endpoints", "is required with kind = \"etcd\""));
+        return Err(t.error_at(&[], "endpoints", "is required with kind = \"etcd\""));
     }
     let advertise_url = match &s.advertise_url {
-        Some(u) => Some(check_base_url(u.get_ref()).map_err(|why| {
-            t.error(
-                u.span().start,
-                "advertise_url",
-                format_args!("= '{}' {why}", redact(u.get_ref())),
-            )
-        })?),
+        Some(u) => Some(
+            check_base_url(u)
+                .map_err(|why| t.error("advertise_url", format_args!("= '{}' {why}", redact(u))))?,
+        ),
         None if kind == StoreKind::Etcd => {
-            return Err(t.error(at, "advertise_url", "is required with kind = \"etcd\""));
+            return Err(t.error_at(&[], "advertise_url", "is required with kind = \"etcd\""));
         }
         None => None,
     };
@@ -1019,7 +1010,7 @@ fn store_table(t: &Table, s: Spanned<RawStore>) -> Result<StoreConfig, ConfigErr
         endpoints,
         prefix: store_prefix(t, &s.prefix)?,
         lease_ttl_s: t.int(
-            &s.lease_ttl_s,
+            s.lease_ttl_s,
             "lease_ttl_s",
             1..=MAX_LEASE_TTL_S,
             defaults::LEASE_TTL_S,
@@ -1037,24 +1028,21 @@ fn store_table(t: &Table, s: Spanned<RawStore>) -> Result<StoreConfig, ConfigErr
 const MAX_LEASE_TTL_S: i64 = 60;
 
 /// `[store] endpoints`: a non-empty list of `http://` or `https://` URLs when given.
-fn store_endpoints(
-    t: &Table,
-    value: &Option<Spanned<Vec<Spanned<String>>>>,
-) -> Result<Vec<String>, ConfigError> {
+fn store_endpoints(t: &Table, value: &Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
     let Some(list) = value else {
         return Ok(Vec::new());
     };
-    if list.get_ref().is_empty() {
-        return Err(t.error(list.span().start, "endpoints", "must list at least one URL"));
+    if list.is_empty() {
+        return Err(t.error("endpoints", "must list at least one URL"));
     }
-    list.get_ref()
-        .iter()
-        .map(|e| {
-            check_url(e.get_ref()).map_err(|why| {
-                t.error(
-                    e.span().start,
+    list.iter()
+        .enumerate()
+        .map(|(i, e)| {
+            check_url(e).map_err(|why| {
+                t.error_at(
+                    &[At::Key("endpoints"), At::Item(i)],
                     "endpoints",
-                    format_args!("'{}' {why}", redact(e.get_ref())),
+                    format_args!("'{}' {why}", redact(e)),
                 )
             })
         })
@@ -1062,11 +1050,10 @@ fn store_endpoints(
 }
 
 /// `[store] prefix`: starts with '/', no empty segment nor trailing '/', visible ASCII.
-fn store_prefix(t: &Table, value: &Option<Spanned<String>>) -> Result<String, ConfigError> {
-    let Some(v) = value else {
+fn store_prefix(t: &Table, value: &Option<String>) -> Result<String, ConfigError> {
+    let Some(p) = value else {
         return Ok(defaults::STORE_PREFIX.to_string());
     };
-    let p = v.get_ref();
     let valid = p.len() >= 2
         && p.len() <= 256
         && p.starts_with('/')
@@ -1075,7 +1062,6 @@ fn store_prefix(t: &Table, value: &Option<Spanned<String>>) -> Result<String, Co
         && p.bytes().all(|b| (0x21..=0x7E).contains(&b));
     if !valid {
         return Err(t.error(
-            v.span().start,
             "prefix",
             format_args!(
                 "= '{p}' must start with '/', have no empty segment nor trailing '/', and be \
@@ -1089,24 +1075,57 @@ fn store_prefix(t: &Table, value: &Option<Spanned<String>>) -> Result<String, Co
 /// `[store] user` and `password_file`: both or neither; the password file must be readable.
 fn store_credentials(
     t: &Table,
-    user: &Option<Spanned<String>>,
-    password_file: &Option<Spanned<String>>,
+    user: &Option<String>,
+    password_file: &Option<String>,
 ) -> Result<(Option<String>, Option<PathBuf>), ConfigError> {
     match (user, password_file) {
         (None, None) => Ok((None, None)),
         (Some(user), Some(file)) => {
-            if user.get_ref().is_empty() {
-                return Err(t.error(user.span().start, "user", "must not be empty"));
+            if user.is_empty() {
+                return Err(t.error("user", "must not be empty"));
             }
             t.token(file, "password_file")?;
-            Ok((Some(user.get_ref().clone()), Some(t.path(file))))
+            Ok((Some(user.clone()), Some(t.path(file))))
         }
-        (Some(v), None) | (None, Some(v)) => Err(t.error(
-            v.span().start,
-            "user",
-            "and password_file must be given together",
-        )),
+        (Some(_), None) | (None, Some(_)) => {
+            let given = if user.is_some() {
+                "user"
+            } else {
+                "password_file"
+            };
+            Err(t.error_at(
+                &[At::Key(given)],
+                "user",
+                "and password_file must be given together",
+            ))
+        }
     }
+}
+
+/// Where the value at `path` starts in `text`: found in toml's own parse of the text with
+/// the span of every key and value (the one `toml::from_str` deserializes the raw structs
+/// from: the same code, and the same spans), so only when an error or a warning names a
+/// line. A path the parse lacks (never: its value was deserialized from there) gives where its
+/// nearest ancestor starts.
+fn offset_of<'p>(text: &str, path: impl IntoIterator<Item = &'p At>) -> usize {
+    let Ok(root) = DeTable::parse(text) else {
+        return 0;
+    };
+    let mut start = root.span().start;
+    let root = DeValue::Table(root.into_inner());
+    let mut value = &root;
+    for at in path {
+        let next = match *at {
+            At::Key(key) => value.get(key),
+            At::Item(i) => value.get(i),
+        };
+        let Some(next) = next else {
+            break;
+        };
+        start = next.span().start;
+        value = next.get_ref();
+    }
+    start
 }
 
 /// 1-based line number of a byte offset.
@@ -1814,6 +1833,22 @@ url = "http://127.0.0.1:13000/"
             assert!(e.contains(expected), "{body}: {e}");
         }
         assert!(err(&format!("{ETCD}\nprefix = \"{}\"", "/x".repeat(129))).contains("prefix"));
+    }
+
+    #[test]
+    fn a_line_is_found_by_the_key_path_of_its_value() {
+        let text = format!(
+            "[server]\n\nconnection_threads = 8\n{MINIMAL}[store]\nendpoints = [\n\"a\",\n\"b\"]\n"
+        );
+        let server = Table::new(&text, "f", "[server] ", [At::Key("server")]);
+        assert_eq!(server.line(&[At::Key("connection_threads")]), 3);
+        assert_eq!(server.line(&[]), 1);
+        let store = Table::new(&text, "f", "[store] ", [At::Key("store")]);
+        let b = [At::Key("endpoints"), At::Item(1)];
+        assert_eq!((store.line(&[]), store.line(&b)), (13, 16));
+        let region = Table::new(&text, "f", "", [At::Key("region"), At::Item(0)]);
+        assert_eq!(region.line(&[At::Key("range_km")]), 9);
+        assert_eq!(region.table("mep", "").line(&[At::Key("url")]), 12);
     }
 
     #[test]
