@@ -870,8 +870,7 @@ fn region_table(
     let longitude = t.float(r.longitude, "longitude", -180.0..=180.0)?;
     let altitude = r.altitude.unwrap_or(defaults::ALTITUDE);
     if !altitude.is_finite() {
-        // The line where the region starts, as it always has been.
-        return Err(t.error_at(&[], "altitude", "must be a finite number"));
+        return Err(t.error("altitude", "must be a finite number"));
     }
     let range_km = r.range_km;
     if !(range_km.is_finite() && range_km > 0.0) {

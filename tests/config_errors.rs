@@ -253,11 +253,11 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             region("longitude = 7.06", "longitude = 7.06\naltitude = nan"),
-            "line 2: region '2': altitude must be a finite number",
+            "line 6: region '2': altitude must be a finite number",
         ),
         (
             region("longitude = 7.06", "longitude = 7.06\naltitude = inf"),
-            "line 2: region '2': altitude must be a finite number",
+            "line 6: region '2': altitude must be a finite number",
         ),
         (
             region("longitude = 7.06", "longitude = 7.06\ndescription = 1"),
@@ -439,7 +439,7 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             INLINE_MEP.replace("range_km = 3.0", "range_km = 3.0\naltitude = nan"),
-            "line 1: region 'i': altitude must be a finite number",
+            "line 6: region 'i': altitude must be a finite number",
         ),
         (
             INLINE_MEP.replace(", url = \"http://m:1\"", ""),
@@ -459,7 +459,7 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             DOTTED_MEP.replace("range_km = 3.0", "range_km = 3.0\naltitude = nan"),
-            "line 1: region 'd': altitude must be a finite number",
+            "line 6: region 'd': altitude must be a finite number",
         ),
         (
             DOTTED_MEP.replace("mep.url = \"http://m:1\"\n", ""),
