@@ -594,7 +594,7 @@ fn with_one_member_of_three_down_work_goes_on_and_without_quorum_calls_fail_in_b
 #[test]
 fn a_paused_member_costs_a_call_one_timeout_and_the_client_moves_on() {
     let test = "a_paused_member_costs_a_call_one_timeout_and_the_client_moves_on";
-    let Some(etcd) = etcd(test, 3) else {
+    let Some(mut etcd) = etcd(test, 3) else {
         return;
     };
     let c = client(etcd.endpoints());

@@ -64,12 +64,37 @@ impl Cluster {
         Cluster::start_with(test, size, &[])
     }
 
-    /// [`start`](Self::start) with more command-line flags for every member.
+    /// [`start`](Self::start) with more command-line flags for every member. The ports are
+    /// free when picked, but another process (a test running beside this one) may bind one
+    /// before etcd does; the member then exits at once, and the cluster is started again on
+    /// fresh ports (at most [`START_ATTEMPTS`] times).
     pub fn start_with(test: &str, size: usize, flags: &[&str]) -> Option<Cluster> {
         if !installed() {
             return None;
         }
-        let dir = super::temp_dir(&format!("etcd-{test}"));
+        for attempt in 1..=START_ATTEMPTS {
+            let dir = super::temp_dir(&format!("etcd-{test}-{attempt}"));
+            let mut cluster = Cluster::on_fresh_ports(dir, size, flags);
+            for i in 0..size {
+                cluster.spawn(i);
+            }
+            match cluster.wait(true) {
+                Wait::Healthy => return Some(cluster),
+                Wait::PortTaken(log) if attempt < START_ATTEMPTS => {
+                    eprintln!(
+                        "etcd for {test}: {log} lost its port to another process; again on fresh ports"
+                    );
+                }
+                Wait::PortTaken(log) => panic!(
+                    "etcd for {test}: a port was taken by another process {START_ATTEMPTS} times (last: {log})"
+                ),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// `size` members (not started) on ports that were free a moment ago.
+    fn on_fresh_ports(dir: PathBuf, size: usize, flags: &[&str]) -> Cluster {
         // Every port picked while the others are still held, so that no two are the same.
         let listeners: Vec<std::net::TcpListener> = (0..size * 2)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
@@ -92,17 +117,12 @@ impl Cluster {
             .map(|m| format!("{}={}", m.name, m.peer_url()))
             .collect::<Vec<_>>()
             .join(",");
-        let mut cluster = Cluster {
+        Cluster {
             members,
             dir,
             initial_cluster,
             flags: flags.iter().map(|f| f.to_string()).collect(),
-        };
-        for i in 0..size {
-            cluster.spawn(i);
         }
-        cluster.wait_healthy();
-        Some(cluster)
     }
 
     /// Every member's client URL.
@@ -200,7 +220,15 @@ impl Cluster {
 
     /// Waits (at most 20 s) until every running member says it is healthy (it has a leader
     /// and can commit); panics naming the log directory otherwise.
-    pub fn wait_healthy(&self) {
+    pub fn wait_healthy(&mut self) {
+        if let Wait::PortTaken(log) = self.wait(false) {
+            unreachable!("not looked for: {log}");
+        }
+    }
+
+    /// [`wait_healthy`](Self::wait_healthy); with `port_taken`, gives up as soon as a member
+    /// has exited because its port was in use, naming its log.
+    fn wait(&mut self, port_taken: bool) -> Wait {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .proxy(None)
             .http_status_as_error(false)
@@ -219,7 +247,22 @@ impl Cluster {
         loop {
             let running = self.members.iter().filter(|m| m.child.is_some());
             if running.clone().all(healthy) {
-                return;
+                return Wait::Healthy;
+            }
+            if port_taken {
+                for member in &mut self.members {
+                    let exited = member
+                        .child
+                        .as_mut()
+                        .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+                    let log = self.dir.join(format!("{}.log", member.name));
+                    if exited
+                        && std::fs::read_to_string(&log)
+                            .is_ok_and(|text| text.contains("address already in use"))
+                    {
+                        return Wait::PortTaken(log.display().to_string());
+                    }
+                }
             }
             assert!(
                 Instant::now() < deadline,
@@ -229,6 +272,16 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// How often [`Cluster::start_with`] starts a cluster whose port another process took.
+const START_ATTEMPTS: usize = 3;
+
+/// How waiting for a cluster ended.
+enum Wait {
+    Healthy,
+    /// A member exited because its port was in use (its log).
+    PortTaken(String),
 }
 
 fn signal(pid: i32, signal: i32) {
