@@ -13,7 +13,8 @@
 //! - reads are linearizable (the gateway's default; `serializable` is never set);
 //! - errors are typed ([`EtcdError`]): nobody answered, etcd answered but could not commit in
 //!   time (no quorum, or our timeout), a transaction's comparison failed, authentication
-//!   refused, a lease not found, an answer we cannot read, any other refusal;
+//!   refused, a permission the user's roles lack, a lease not found, an answer we cannot
+//!   read, any other refusal;
 //! - keys and values are bytes (base64 in the gateway's JSON); int64s, which the gateway writes
 //!   as JSON strings, are parsed (numbers are accepted too), and a field the gateway leaves out
 //!   (proto3 omits zeros, empty lists and `false`) reads as its zero;
