@@ -42,6 +42,13 @@ const WATCH_EVERY: Duration = Duration::from_millis(100);
 /// Pause before opening a term's store again after a failure (etcd unreachable).
 const RETRY_OPEN: Duration = Duration::from_millis(250);
 
+/// Longest pause before opening a term's store again: the pause doubles from [`RETRY_OPEN`]
+/// while the stores of one term keep stopping or failing to open soon after (etcd refusing
+/// the writes: a user without the permission, a reconciler writing at once), so that neither
+/// etcd nor the log is hammered; a new term, or a store that lasted this long, starts again
+/// from [`RETRY_OPEN`].
+const RETRY_OPEN_MAX: Duration = Duration::from_secs(5);
+
 /// Bound on the wait for the writer threads of dropped stores at a stop (one etcd call each).
 const WRITERS_WITHIN: Duration = Duration::from_secs(3);
 
@@ -533,6 +540,18 @@ impl Shared {
 
     /// Whether the published service's store stopped for good while its term may go on (etcd
     /// refused a batch): its memory may be ahead of etcd, so the term's store is opened again.
+    /// Sleeps `pause`, or less once the instance stops.
+    fn pause(&self, pause: Duration) {
+        let until = Instant::now() + pause;
+        while !self.stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            thread::sleep((until - now).min(WATCH_EVERY));
+        }
+    }
+
     fn published_store_stopped(&self) -> bool {
         let service = lock(&self.current)
             .as_ref()
@@ -609,6 +628,9 @@ impl Shared {
 /// The term watcher: publishes the service of each term this instance leads, unpublishes it
 /// when the term ends.
 fn watch(shared: &Shared) {
+    // The pause before the next opening of the same term's store, and when it was last opened.
+    let mut pause = RETRY_OPEN;
+    let mut opened: Option<(Term, Instant)> = None;
     while !shared.stop.load(Ordering::SeqCst) {
         let term = shared.election.term();
         let published = shared.published_term();
@@ -617,10 +639,18 @@ fn watch(shared: &Shared) {
                 shared.unpublish();
             }
             if let Some(term) = term {
+                match opened {
+                    Some((last, at)) if last == term && at.elapsed() < RETRY_OPEN_MAX => {
+                        // Stopped again soon after it opened: wait, longer each time.
+                        shared.pause(pause);
+                        pause = (pause * 2).min(RETRY_OPEN_MAX);
+                    }
+                    _ => pause = RETRY_OPEN,
+                }
+                opened = Some((term, Instant::now()));
                 if let Err(e) = shared.lead(term) {
                     shared.metrics.store_error();
                     error!("leading with lease {:x}: {e}; trying again", term.lease);
-                    thread::sleep(RETRY_OPEN);
                     continue;
                 }
             }

@@ -13,7 +13,8 @@
 //! - reads are linearizable (the gateway's default; `serializable` is never set);
 //! - errors are typed ([`EtcdError`]): nobody answered, etcd answered but could not commit in
 //!   time (no quorum, or our timeout), a transaction's comparison failed, authentication
-//!   refused, a lease not found, an answer we cannot read, any other refusal;
+//!   refused, a permission the user's roles lack, a lease not found, an answer we cannot
+//!   read, any other refusal;
 //! - keys and values are bytes (base64 in the gateway's JSON); int64s, which the gateway writes
 //!   as JSON strings, are parsed (numbers are accepted too), and a field the gateway leaves out
 //!   (proto3 omits zeros, empty lists and `false`) reads as its zero;
@@ -77,8 +78,13 @@ pub enum EtcdError {
     /// A transaction's comparisons did not hold (its success branch was not run).
     CompareFailed,
     /// etcd refused the credentials (wrong user or password, no user where one is needed,
-    /// authentication not enabled while a user is configured) or the user's permissions.
+    /// authentication not enabled while a user is configured), or a token even after the
+    /// client authenticated again.
     AuthRefused { endpoint: String, reason: String },
+    /// etcd took the credentials but the user's roles do not permit the call (gRPC
+    /// `PERMISSION_DENIED`, "etcdserver: permission denied"): nothing was done, and no retry
+    /// helps until an operator grants the permission.
+    PermissionDenied { endpoint: String, reason: String },
     /// The lease does not exist (any more): it expired or was revoked.
     LeaseNotFound { id: i64 },
     /// The answer is not what the gateway sends (not JSON, a field of the wrong type, bad
@@ -109,6 +115,12 @@ impl fmt::Display for EtcdError {
             EtcdError::CompareFailed => write!(f, "etcd transaction: comparison failed"),
             EtcdError::AuthRefused { endpoint, reason } => {
                 write!(f, "etcd at {endpoint} refused the credentials: {reason}")
+            }
+            EtcdError::PermissionDenied { endpoint, reason } => {
+                write!(
+                    f,
+                    "etcd at {endpoint} denied the call to the user's roles: {reason}"
+                )
             }
             EtcdError::LeaseNotFound { id } => write!(f, "etcd lease {id:x} not found"),
             EtcdError::Malformed { endpoint, reason } => {
@@ -655,6 +667,11 @@ impl Client {
         }
     }
 
+    /// The configured etcd user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.credentials.as_ref().map(|(user, _)| user.as_str())
+    }
+
     fn current_token(&self) -> Option<HeaderValue> {
         crate::util::lock(&self.token).clone()
     }
@@ -878,9 +895,8 @@ fn error_of(endpoint: &str, status: u16, error: &Value) -> EtcdError {
         .unwrap_or("");
     let message = one_line(message, MAX_MESSAGE_CHARS);
     let endpoint = endpoint.to_string();
-    let auth = message.contains("authentication")
-        || message.contains("user name is empty")
-        || message.contains("permission denied");
+    let denied = message.contains("permission denied");
+    let auth = message.contains("authentication") || message.contains("user name is empty");
     match code {
         grpc::UNAVAILABLE | grpc::DEADLINE_EXCEEDED => EtcdError::NoQuorum {
             endpoint,
@@ -890,10 +906,22 @@ fn error_of(endpoint: &str, status: u16, error: &Value) -> EtcdError {
             endpoint,
             reason: message,
         },
-        grpc::UNAUTHENTICATED | grpc::PERMISSION_DENIED => EtcdError::AuthRefused {
+        grpc::UNAUTHENTICATED => EtcdError::AuthRefused {
             endpoint,
             reason: message,
         },
+        // The token was good (else etcd says UNAUTHENTICATED): authenticating again would
+        // not change the user's roles.
+        grpc::PERMISSION_DENIED => EtcdError::PermissionDenied {
+            endpoint,
+            reason: message,
+        },
+        grpc::INVALID_ARGUMENT | grpc::FAILED_PRECONDITION if denied => {
+            EtcdError::PermissionDenied {
+                endpoint,
+                reason: message,
+            }
+        }
         grpc::INVALID_ARGUMENT | grpc::FAILED_PRECONDITION if auth => EtcdError::AuthRefused {
             endpoint,
             reason: message,
@@ -1218,6 +1246,26 @@ mod tests {
         );
         assert!(
             matches!(e, Err(EtcdError::AuthRefused { ref reason, .. }) if reason == "etcdserver: invalid auth token"),
+            "{e:?}"
+        );
+        // A user whose roles do not permit the call: its token was good, so it is not an
+        // authentication matter (etcd 3.4's gateway answers 403 with code 7).
+        let e = answer(
+            "http://e",
+            403,
+            r#"{"error":"etcdserver: permission denied","message":"etcdserver: permission denied","code":7}"#,
+        );
+        assert!(
+            matches!(e, Err(EtcdError::PermissionDenied { ref reason, .. }) if reason == "etcdserver: permission denied"),
+            "{e:?}"
+        );
+        let e = answer(
+            "http://e",
+            400,
+            r#"{"message":"etcdserver: permission denied","code":3}"#,
+        );
+        assert!(
+            matches!(e, Err(EtcdError::PermissionDenied { .. })),
             "{e:?}"
         );
         let e = answer(

@@ -75,6 +75,12 @@ const PAGE: i64 = (crate::etcd::MAX_ANSWER_BYTES / (ETCD_MAX_REQUEST_BYTES * 4 /
 const RETRY_FIRST: Duration = Duration::from_millis(20);
 const RETRY_MAX: Duration = Duration::from_millis(500);
 
+/// Attempts of one transaction whose credentials etcd refuses (each after a fresh
+/// authentication, see [`Client`]): a token of another member after a switch of endpoint
+/// goes away; credentials that stay refused are a misconfiguration, which the term would not
+/// end (renewing the lease needs no token).
+const AUTH_ATTEMPTS: u32 = 3;
+
 /// Refused batches remembered for their waiters.
 const REFUSED_KEPT: usize = 256;
 
@@ -579,6 +585,7 @@ fn commit(shared: &Shared, batch: Batch, marker: &mut Marker) -> Result<(), Stop
     };
     let txn = fence(txn, &shared.leader_key, shared.term);
     let mut pause = RETRY_FIRST;
+    let mut auth_refused = 0;
     for attempt in 0u32.. {
         if shared.lock().closed {
             return Err(Stop::ForGood("the store was closed".into()));
@@ -593,8 +600,22 @@ fn commit(shared: &Shared, batch: Batch, marker: &mut Marker) -> Result<(), Stop
                 marker.batch += 1;
                 return Ok(());
             }
+            Err(e @ EtcdError::AuthRefused { .. }) if auth_refused + 1 >= AUTH_ATTEMPTS => {
+                shared.count_error();
+                return Err(Stop::Refused(format!(
+                    "{e} ({AUTH_ATTEMPTS} times, each after authenticating again): check \
+                     [store] user and password_file against the etcd user"
+                )));
+            }
+            Err(EtcdError::PermissionDenied { endpoint, reason }) => {
+                shared.count_error();
+                return Err(Stop::Refused(denied(shared, &endpoint, &reason)));
+            }
             Err(e) if transient(&e) => {
                 shared.count_error();
+                if matches!(e, EtcdError::AuthRefused { .. }) {
+                    auth_refused += 1;
+                }
                 if attempt == 0 {
                     warn!("etcd store: a commit failed, retrying while the term lasts: {e}");
                 } else {
@@ -612,14 +633,38 @@ fn commit(shared: &Shared, batch: Batch, marker: &mut Marker) -> Result<(), Stop
     unreachable!("the attempts are not counted out")
 }
 
+/// Why a batch is refused when etcd denies the user's roles the transaction: what it
+/// touches, and what the operator is to do about it.
+fn denied(shared: &Shared, endpoint: &str, reason: &str) -> String {
+    let prefix = shared
+        .records_prefix
+        .strip_suffix("records/")
+        .unwrap_or(&shared.records_prefix);
+    let user = shared.client.user().map_or_else(
+        || "this instance (no [store] user)".to_string(),
+        |u| format!("etcd user '{u}'"),
+    );
+    format!(
+        "etcd at {endpoint} denied {user} a write of the store ({reason}), which writes \
+         {}<id> and {} and reads {}: grant the user's role readwrite on the prefix {prefix} \
+         (etcdctl role grant-permission ROLE readwrite {prefix} --prefix=true); the store \
+         opens again by itself once it may",
+        shared.records_prefix,
+        String::from_utf8_lossy(&writer_key(prefix)),
+        String::from_utf8_lossy(&shared.leader_key),
+    )
+}
+
 /// Whether an error may go away by itself (a retry of the same transaction is safe: see the
-/// writer tag).
+/// writer tag). A refused token may (the client authenticated again already, and [`commit`]
+/// bounds its retries); a denied permission does not.
 fn transient(e: &EtcdError) -> bool {
     match e {
         EtcdError::Unreachable { .. }
         | EtcdError::NoQuorum { .. }
         | EtcdError::Malformed { .. }
         | EtcdError::AuthRefused { .. } => true,
+        EtcdError::PermissionDenied { .. } => false,
         // An overloaded etcd (its apply lagging) turns requests away before proposing them:
         // not a refusal of the change, which would stop the writer.
         EtcdError::Refused { message, .. } => message.contains("too many requests"),
@@ -1011,6 +1056,25 @@ mod tests {
             8,
             "etcdserver: mvcc: database space exceeded"
         )));
+    }
+
+    #[test]
+    fn a_refused_token_is_retried_and_a_denied_permission_is_not() {
+        // What etcd's code 16 (an expired or unknown token, refused again after the client
+        // authenticated anew) and code 7 become (see etcd.rs's `unary_errors_are_told_apart`).
+        let token = EtcdError::AuthRefused {
+            endpoint: "http://e".into(),
+            reason: "etcdserver: invalid auth token".into(),
+        };
+        assert!(
+            transient(&token),
+            "retried, at most AUTH_ATTEMPTS times by commit"
+        );
+        let denied = EtcdError::PermissionDenied {
+            endpoint: "http://e".into(),
+            reason: "etcdserver: permission denied".into(),
+        };
+        assert!(!transient(&denied), "no retry grants a permission");
     }
 
     #[test]

@@ -57,6 +57,17 @@ impl Instance {
 
     /// With `server_extra` in `[server]`.
     fn start_with(etcd: &Cluster, prefix: &str, mep: &FakeLlMec, server_extra: &str) -> Instance {
+        Instance::start_full(etcd, prefix, mep, server_extra, "")
+    }
+
+    /// With `server_extra` in `[server]` and `store_extra` in `[store]`.
+    fn start_full(
+        etcd: &Cluster,
+        prefix: &str,
+        mep: &FakeLlMec,
+        server_extra: &str,
+        store_extra: &str,
+    ) -> Instance {
         let port = free_port();
         let scheme = if server_extra.contains("tls_cert") {
             "https"
@@ -70,7 +81,7 @@ impl Instance {
             .map(|e| format!("\"{e}\""))
             .collect();
         let text = format!(
-            "{}[store]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl_s = {TTL_S}\nadvertise_url = \"{url}\"\n{}",
+            "{}[store]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\nlease_ttl_s = {TTL_S}\nadvertise_url = \"{url}\"\n{store_extra}\n{}",
             server_section(server_extra).replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
             endpoints.join(", "),
             llmec_region("2", &mep.url(), 2000)
@@ -814,4 +825,206 @@ fn a_page_after_a_request_deleted_lately_is_the_leaders_page_on_a_follower_too()
     assert_eq!(own.json()[0]["RequestId"], ids[3].as_str(), "{own:?}");
     follower.app.stop(Duration::from_secs(2));
     leader.app.stop(Duration::from_secs(2));
+}
+
+/// An etcd auth call through the JSON gateway (`/v3/auth/<path>`), as root once `token` is
+/// given; panics unless etcd answers 200.
+fn etcd_auth(endpoint: &str, path: &str, body: &Value, token: Option<&str>) -> Value {
+    let mut request = agent().post(format!("{endpoint}/v3/auth/{path}"));
+    if let Some(token) = token {
+        request = request.header("authorization", token);
+    }
+    let mut answer = request
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(body.to_string())
+        .unwrap();
+    let text = answer.body_mut().read_to_string().unwrap();
+    assert_eq!(answer.status().as_u16(), 200, "auth/{path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// etcd's JSON for a permission of `kind` on one key, or on every key under `key` (`prefix`).
+fn permission(kind: &str, key: &str, prefix: bool) -> Value {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut perm = serde_json::json!({"permType": kind, "key": b64(key.as_bytes())});
+    if prefix {
+        let mut end = key.as_bytes().to_vec();
+        *end.last_mut().unwrap() += 1;
+        perm["range_end"] = b64(&end).into();
+    }
+    perm
+}
+
+#[test]
+fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_once_it_may() {
+    let test =
+        "a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_once_it_may";
+    let Some(etcd) = etcd(test) else { return };
+    let e = &etcd.endpoints()[0];
+    let prefix = "/denied";
+    // Root first (etcd refuses to enable authentication without it), then a user whose role
+    // may run the election (`<prefix>/leader`) and set the writer tag, but only read the
+    // records: a plausible slip in its grants.
+    use serde_json::json;
+    etcd_auth(
+        e,
+        "user/add",
+        &json!({"name": "root", "password": "root-pw"}),
+        None,
+    );
+    etcd_auth(
+        e,
+        "user/grant",
+        &json!({"user": "root", "role": "root"}),
+        None,
+    );
+    etcd_auth(e, "role/add", &json!({"name": "mec"}), None);
+    for (kind, key, under) in [
+        ("READWRITE", format!("{prefix}/leader"), false),
+        ("READWRITE", format!("{prefix}/writer"), false),
+        ("READ", format!("{prefix}/records/"), true),
+    ] {
+        let perm = permission(kind, &key, under);
+        etcd_auth(e, "role/grant", &json!({"name": "mec", "perm": perm}), None);
+    }
+    etcd_auth(
+        e,
+        "user/add",
+        &json!({"name": "mec", "password": "mec-pw"}),
+        None,
+    );
+    etcd_auth(
+        e,
+        "user/grant",
+        &json!({"user": "mec", "role": "mec"}),
+        None,
+    );
+    etcd_auth(e, "enable", &json!({}), None);
+    let root = etcd_auth(
+        e,
+        "authenticate",
+        &json!({"name": "root", "password": "root-pw"}),
+        None,
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let dir = temp_dir("etcd-password");
+    let password = dir.join("password");
+    std::fs::write(&password, "mec-pw\n").unwrap();
+    let mep = FakeLlMec::start();
+    let workers = 2;
+    let leader = Instance::start_full(
+        &etcd,
+        prefix,
+        &mep,
+        &format!("workers = {workers}"),
+        &format!("user = \"mec\"\npassword_file = \"{}\"", password.display()),
+    );
+    assert!(
+        eventually(ROLE_WITHIN, || leader.ready()
+            && leader.role() == Role::Leader),
+        "the instance leads: the election's keys are its to write"
+    );
+
+    // A creation answers at once, saying what is wrong and what to do, and calls nothing.
+    let started = std::time::Instant::now();
+    let refused = call(
+        "POST",
+        &leader.url,
+        "/MEC/v1/service/requests",
+        Some(DNS),
+        &[],
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "{refused:?}");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(
+        refused.content_type.as_deref(),
+        Some("application/problem+json")
+    );
+    let problem = refused.json();
+    assert_eq!(problem["type"], "urn:mec-plugin:problem:unavailable");
+    let detail = problem["detail"].as_str().unwrap();
+    for part in [
+        "etcd user 'mec'",
+        "permission denied",
+        "/denied/records/<id>",
+        "readwrite on the prefix /denied/",
+    ] {
+        assert!(detail.contains(part), "{part:?} not in {detail}");
+    }
+
+    // More creations than workers, at once: each is answered, none holds its worker.
+    let started = std::time::Instant::now();
+    let answers: Vec<Answer> = std::thread::scope(|scope| {
+        let posts: Vec<_> = (0..workers * 3)
+            .map(|_| {
+                scope.spawn(|| {
+                    call(
+                        "POST",
+                        &leader.url,
+                        "/MEC/v1/service/requests",
+                        Some(DNS),
+                        &[],
+                    )
+                })
+            })
+            .collect();
+        posts.into_iter().map(|p| p.join().unwrap()).collect()
+    });
+    assert!(started.elapsed() < Duration::from_secs(10));
+    for answer in &answers {
+        assert_eq!(answer.status, 503, "{answer:?}");
+        assert_eq!(
+            answer.content_type.as_deref(),
+            Some("application/problem+json")
+        );
+    }
+    let health = get(&leader.url, "/healthz");
+    assert!(matches!(health.status, 200 | 503), "{health:?}");
+    assert!(
+        mep.calls().is_empty(),
+        "no platform call for a creation whose PENDING record was refused: {:?}",
+        mep.calls()
+    );
+
+    // Once the role may write the records, the store opens again by itself.
+    let perm = permission("READWRITE", &format!("{prefix}/records/"), true);
+    etcd_auth(
+        e,
+        "role/grant",
+        &json!({"name": "mec", "perm": perm}),
+        Some(&root),
+    );
+    let mut last = None;
+    let created = eventually(Duration::from_secs(20), || {
+        let answer = call(
+            "POST",
+            &leader.url,
+            "/MEC/v1/service/requests",
+            Some(DNS),
+            &[],
+        );
+        let ok = answer.status == 201;
+        last = Some(answer);
+        if !ok {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        ok
+    });
+    assert!(created, "{last:?}");
+    assert!(!mep.calls().is_empty(), "the creation reached the platform");
+    // Only that creation is recorded: the refused ones left nothing behind.
+    let listed = get(&leader.url, "/MEC/v1/service/requests");
+    assert_eq!(listed.status, 200, "{listed:?}");
+    assert_eq!(
+        listed.json().as_array().map(Vec::len),
+        Some(1),
+        "{listed:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
