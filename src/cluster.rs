@@ -538,8 +538,6 @@ impl Shared {
         lock(&self.current).as_ref().map(|leading| leading.term)
     }
 
-    /// Whether the published service's store stopped for good while its term may go on (etcd
-    /// refused a batch): its memory may be ahead of etcd, so the term's store is opened again.
     /// Sleeps `pause`, or less once the instance stops.
     fn pause(&self, pause: Duration) {
         let until = Instant::now() + pause;
@@ -552,6 +550,8 @@ impl Shared {
         }
     }
 
+    /// Whether the published service's store stopped for good while its term may go on (etcd
+    /// refused a batch): its memory may be ahead of etcd, so the term's store is opened again.
     fn published_store_stopped(&self) -> bool {
         let service = lock(&self.current)
             .as_ref()
