@@ -2,7 +2,8 @@
 //! picked at run time, each with its data in a temporary directory and its log in
 //! `<dir>/<name>.log`. A member can be killed (SIGKILL), paused (SIGSTOP), resumed and
 //! restarted on its data. Every process is killed and every directory removed when the
-//! [`Cluster`] is dropped. `MEC_PLUGIN_ETCD` names another etcd binary than `etcd` on `PATH`.
+//! [`Cluster`] is dropped (when the test failed, only the members' logs are kept).
+//! `MEC_PLUGIN_ETCD` names another etcd binary than `etcd` on `PATH`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -300,9 +301,14 @@ impl Drop for Cluster {
         for i in 0..self.members.len() {
             self.kill(i);
         }
-        // Kept when the test failed, for its logs.
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            // The logs are kept when the test failed; the members' data (~120 MB each, most
+            // of it preallocated WAL) is not, so failed runs cannot fill the disk.
+            for member in &self.members {
+                let _ = std::fs::remove_dir_all(self.dir.join(&member.name));
+            }
         }
     }
 }
