@@ -644,6 +644,11 @@ fn watch(shared: &Shared) {
                         // Stopped again soon after it opened: wait, longer each time.
                         shared.pause(pause);
                         pause = (pause * 2).min(RETRY_OPEN_MAX);
+                        let stopping = shared.stop.load(Ordering::SeqCst);
+                        if stopping || shared.election.term() != Some(term) {
+                            // The instance stops, or the term ended meanwhile: look again.
+                            continue;
+                        }
                     }
                     _ => pause = RETRY_OPEN,
                 }
