@@ -581,6 +581,22 @@ impl<'a> Table<'a> {
         }
     }
 
+    /// `line N: <prefix><first> and <second> must be given together`, for two keys that go
+    /// in pairs of which only one is given (`first_given`: which); N is that one's line.
+    fn unpaired(
+        &self,
+        first: &'static str,
+        second: &'static str,
+        first_given: bool,
+    ) -> ConfigError {
+        let given = if first_given { first } else { second };
+        self.error_at(
+            &[At::Key(given)],
+            first,
+            format_args!("and {second} must be given together"),
+        )
+    }
+
     /// An integer key within `range`, as a `T` (`into`), or `default` when absent.
     fn int<T>(
         &self,
@@ -819,18 +835,7 @@ fn tls_files(
             let key_pem = Secret::new(String::from_utf8_lossy(&key_pem).into_owned());
             Ok(Some(TlsFiles { cert_pem, key_pem }))
         }
-        (Some(_), None) | (None, Some(_)) => {
-            let given = if cert.is_some() {
-                "tls_cert"
-            } else {
-                "tls_key"
-            };
-            Err(t.error_at(
-                &[At::Key(given)],
-                "tls_cert",
-                "and tls_key must be given together",
-            ))
-        }
+        (Some(_), None) | (None, Some(_)) => Err(t.unpaired("tls_cert", "tls_key", cert.is_some())),
     }
 }
 
@@ -1087,16 +1092,7 @@ fn store_credentials(
             Ok((Some(user.clone()), Some(t.path(file))))
         }
         (Some(_), None) | (None, Some(_)) => {
-            let given = if user.is_some() {
-                "user"
-            } else {
-                "password_file"
-            };
-            Err(t.error_at(
-                &[At::Key(given)],
-                "user",
-                "and password_file must be given together",
-            ))
+            Err(t.unpaired("user", "password_file", user.is_some()))
         }
     }
 }
