@@ -127,9 +127,14 @@ fn agent() -> ureq::Agent {
     support::agent(Duration::from_secs(20))
 }
 
+/// Posts the DNS request to the instance at `base`: its answer, whatever it is.
+fn post_dns(base: &str) -> Answer {
+    call("POST", base, "/MEC/v1/service/requests", Some(DNS), &[])
+}
+
 /// Creates the DNS request through the instance at `base`; its id.
 fn create(base: &str) -> String {
-    let created = call("POST", base, "/MEC/v1/service/requests", Some(DNS), &[]);
+    let created = post_dns(base);
     assert_eq!(created.status, 201, "{created:?}");
     created.json()["RequestId"].as_str().unwrap().to_string()
 }
@@ -248,13 +253,7 @@ fn one_leader_one_follower_which_forwards_changes_and_reads_the_leaders_records(
     );
 
     // A creation through the follower is made by the leader; its answer comes back as is.
-    let created = call(
-        "POST",
-        &follower.url,
-        "/MEC/v1/service/requests",
-        Some(DNS),
-        &[],
-    );
+    let created = post_dns(&follower.url);
     assert_eq!(created.status, 201, "{created:?}");
     assert_eq!(created.content_type.as_deref(), Some("application/json"));
     let id = created.json()["RequestId"].as_str().unwrap().to_string();
@@ -403,13 +402,7 @@ fn without_etcd_changes_and_reads_answer_503_with_retry_after_and_no_platform_is
     );
     mep.clear_calls();
     for instance in [&leader, &follower] {
-        let post = call(
-            "POST",
-            &instance.url,
-            "/MEC/v1/service/requests",
-            Some(DNS),
-            &[],
-        );
+        let post = post_dns(&instance.url);
         assert_unavailable(&post, "a creation without etcd");
         let delete = call(
             "DELETE",
@@ -620,13 +613,7 @@ fn a_leader_that_cannot_be_reached_answers_503_saying_nothing_was_sent() {
     let follower = Instance::start(&etcd, "/t5", &mep);
     assert!(eventually(ROLE_WITHIN, || follower.ready()));
     assert_eq!(follower.role(), Role::Follower { leader_url: gone });
-    let post = call(
-        "POST",
-        &follower.url,
-        "/MEC/v1/service/requests",
-        Some(DNS),
-        &[],
-    );
+    let post = post_dns(&follower.url);
     assert_unavailable(&post, "a creation for an unreachable leader");
     assert!(post.body.contains("nothing was sent"), "{post:?}");
     // Reads do not need the leader.
@@ -698,13 +685,7 @@ fn a_stopped_leader_has_revoked_its_lease_when_stop_returns() {
     let mep = FakeLlMec::start();
     let leader = Instance::start(&etcd, "/t-revoke", &mep);
     assert!(eventually(ROLE_WITHIN, || leader.ready()), "it leads");
-    let created = call(
-        "POST",
-        &leader.url,
-        "/MEC/v1/service/requests",
-        Some(DNS),
-        &[],
-    );
+    let created = post_dns(&leader.url);
     assert_eq!(created.status, 201, "{created:?}");
     let client = etcd.client(Duration::from_secs(1));
     let key = mec_plugin::leader::leader_key("/t-revoke");
@@ -735,15 +716,7 @@ fn a_leader_whose_store_stopped_reopens_it_for_the_same_term() {
     client
         .put(b"/t-reopen/writer", b"someone else", 0)
         .expect("put");
-    let post = || {
-        call(
-            "POST",
-            &leader.url,
-            "/MEC/v1/service/requests",
-            Some(DNS),
-            &[],
-        )
-    };
+    let post = || post_dns(&leader.url);
     let first = post();
     assert_unavailable(&first, "the write its store could not commit");
     assert!(
@@ -869,18 +842,6 @@ fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_o
     // may run the election (`<prefix>/leader`) and set the writer tag, but only read the
     // records: a plausible slip in its grants.
     use serde_json::json;
-    etcd_auth(
-        e,
-        "user/add",
-        &json!({"name": "root", "password": "root-pw"}),
-        None,
-    );
-    etcd_auth(
-        e,
-        "user/grant",
-        &json!({"user": "root", "role": "root"}),
-        None,
-    );
     etcd_auth(e, "role/add", &json!({"name": "mec"}), None);
     for (kind, key, under) in [
         ("READWRITE", format!("{prefix}/leader"), false),
@@ -890,18 +851,11 @@ fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_o
         let perm = permission(kind, &key, under);
         etcd_auth(e, "role/grant", &json!({"name": "mec", "perm": perm}), None);
     }
-    etcd_auth(
-        e,
-        "user/add",
-        &json!({"name": "mec", "password": "mec-pw"}),
-        None,
-    );
-    etcd_auth(
-        e,
-        "user/grant",
-        &json!({"user": "mec", "role": "mec"}),
-        None,
-    );
+    for (user, password, role) in [("root", "root-pw", "root"), ("mec", "mec-pw", "mec")] {
+        let added = json!({"name": user, "password": password});
+        etcd_auth(e, "user/add", &added, None);
+        etcd_auth(e, "user/grant", &json!({"user": user, "role": role}), None);
+    }
     etcd_auth(e, "enable", &json!({}), None);
     let root = etcd_auth(
         e,
@@ -933,13 +887,7 @@ fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_o
 
     // A creation answers at once, saying what is wrong and what to do, and calls nothing.
     let started = std::time::Instant::now();
-    let refused = call(
-        "POST",
-        &leader.url,
-        "/MEC/v1/service/requests",
-        Some(DNS),
-        &[],
-    );
+    let refused = post_dns(&leader.url);
     assert!(started.elapsed() < Duration::from_secs(10), "{refused:?}");
     assert_eq!(refused.status, 503, "{refused:?}");
     assert_eq!(
@@ -962,17 +910,7 @@ fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_o
     let started = std::time::Instant::now();
     let answers: Vec<Answer> = std::thread::scope(|scope| {
         let posts: Vec<_> = (0..workers * 3)
-            .map(|_| {
-                scope.spawn(|| {
-                    call(
-                        "POST",
-                        &leader.url,
-                        "/MEC/v1/service/requests",
-                        Some(DNS),
-                        &[],
-                    )
-                })
-            })
+            .map(|_| scope.spawn(|| post_dns(&leader.url)))
             .collect();
         posts.into_iter().map(|p| p.join().unwrap()).collect()
     });
@@ -1002,13 +940,7 @@ fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_o
     );
     let mut last = None;
     let created = eventually(Duration::from_secs(20), || {
-        let answer = call(
-            "POST",
-            &leader.url,
-            "/MEC/v1/service/requests",
-            Some(DNS),
-            &[],
-        );
+        let answer = post_dns(&leader.url);
         let ok = answer.status == 201;
         last = Some(answer);
         if !ok {
