@@ -527,7 +527,11 @@ impl Client {
         }
         let mut endpoints = Vec::new();
         for endpoint in &options.endpoints {
-            if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            // The scheme in any case, as `[store] endpoints` accepts it.
+            let http = endpoint
+                .get(..7)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+            if !(http || is_https(endpoint)) {
                 return Err(format!(
                     "etcd endpoint '{}' is not an http:// or https:// URL",
                     redact(endpoint)
@@ -1410,6 +1414,8 @@ mod tests {
         assert!(Client::new(options(&[], None, None)).is_err());
         let e = Client::new(options(&["127.0.0.1:2379"], None, None)).unwrap_err();
         assert!(e.contains("'127.0.0.1:2379' is not an http"), "{e}");
+        // The scheme in any case, as the configuration accepts it.
+        assert!(Client::new(options(&["HTTP://a", "Https://b"], None, None)).is_ok());
         assert!(Client::new(options(&["http://a"], Some("root"), None)).is_err());
         assert!(Client::new(options(&["http://a"], None, Some("pw"))).is_err());
     }
