@@ -172,7 +172,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 /// from an interrupted one as from a crash). Under 5 s, half the unit's `TimeoutStopSec=10`.
 const SHUTDOWN_BOUND: Duration = Duration::from_millis(4500);
 
-/// Runs the plugin until SIGTERM or SIGINT, telling systemd (`NOTIFY_SOCKET`) when it is ready
+/// Runs the plugin until SIGTERM, SIGINT or SIGHUP, telling systemd (`NOTIFY_SOCKET`) when it is ready
 /// and when it stops; see [`crate::systemd`]. The shutdown stops accepting, lets requests in
 /// flight finish (up to 4 s), stops the reconciler, and returns within 4.5 s.
 pub fn run(config: &Config) -> Result<(), StartError> {
@@ -180,7 +180,9 @@ pub fn run(config: &Config) -> Result<(), StartError> {
     let termination = match systemd::Termination::watch() {
         Ok(termination) => Some(termination),
         Err(e) => {
-            warn!("cannot handle SIGTERM and SIGINT ({e}): they will end the process at once");
+            warn!(
+                "cannot handle SIGTERM, SIGINT and SIGHUP ({e}): they will end the process at once"
+            );
             None
         }
     };

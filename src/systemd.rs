@@ -1,5 +1,5 @@
 //! Life under a service manager (systemd): the `sd_notify` readiness protocol, without a crate,
-//! and the termination signals (SIGTERM, SIGINT) turned into a graceful shutdown.
+//! and the termination signals (SIGTERM, SIGINT, SIGHUP) turned into a graceful shutdown.
 //!
 //! # Notifications
 //!
@@ -12,14 +12,18 @@
 //!
 //! # Signals
 //!
-//! [`Termination::watch`] takes over SIGTERM (what `systemctl stop` sends) and SIGINT (Ctrl-C)
-//! and handles them on a thread of its own (`signal_hook`'s self-pipe, so nothing runs inside
+//! [`Termination::watch`] takes over SIGTERM (what `systemctl stop` sends), SIGINT (Ctrl-C) and
+//! SIGHUP (the terminal closed, or an operator's `kill -HUP`, whose default action would end the
+//! process without draining it) and handles them on a thread of its own (`signal_hook`'s self-pipe, so nothing runs inside
 //! a signal handler). The first signal triggers the server's [`ShutdownHandle`] — or, if it
 //! comes while the plugin is still starting (replaying its state), as soon as the server is
 //! there ([`Termination::arm`]). A second signal while that shutdown is under way ends the
 //! process at once, by the signal's default action (the operator's second Ctrl-C). That is
 //! safe for the state: every change is on disk before it is acknowledged and a start-up
 //! recovers from an interrupted one as from a crash; only the requests in flight are cut.
+//!
+//! SIGHUP does not reload the configuration, which is read once at start (regions and their
+//! platforms are static); its log line says so and that `systemctl restart` applies a change.
 
 use std::ffi::OsStr;
 use std::io;
@@ -29,7 +33,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::server::ShutdownHandle;
@@ -93,7 +97,7 @@ fn notify_address(socket: &OsStr) -> io::Result<SocketAddr> {
     }
 }
 
-/// Watches SIGTERM and SIGINT; see the module docs. Dropping it stops the watching thread.
+/// Watches SIGTERM, SIGINT and SIGHUP; see the module docs. Dropping it stops the watching thread.
 pub struct Termination {
     shared: Arc<Mutex<Armed>>,
     signals: signal_hook::iterator::Handle,
@@ -111,10 +115,10 @@ struct Armed {
 }
 
 impl Termination {
-    /// Takes over SIGTERM and SIGINT and starts the thread that handles them. Signals that
+    /// Takes over SIGTERM, SIGINT and SIGHUP and starts the thread that handles them. Signals that
     /// arrive before [`Termination::arm`] are remembered.
     pub fn watch() -> io::Result<Termination> {
-        let mut signals = Signals::new([SIGTERM, SIGINT])?;
+        let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         let handle = signals.handle();
         let shared = Arc::new(Mutex::new(Armed::default()));
         let thread = thread::Builder::new().name("signals".into()).spawn({
@@ -170,14 +174,16 @@ fn on_signal(shared: &Mutex<Armed>, signal: i32) {
             match &armed.shutdown {
                 Some(shutdown) => {
                     log::info!(
-                        "{name} received: shutting down gracefully (a second SIGTERM or SIGINT \
-                         exits at once)"
+                        "{name} received: shutting down gracefully (a second signal exits at \
+                         once){}",
+                        no_reload(signal)
                     );
                     shutdown();
                 }
                 None => log::info!(
                     "{name} received while starting: shutting down as soon as the state is \
-                     loaded (a second SIGTERM or SIGINT exits at once)"
+                     loaded (a second signal exits at once){}",
+                    no_reload(signal)
                 ),
             }
         }
@@ -199,7 +205,18 @@ fn signal_name(signal: i32) -> &'static str {
     match signal {
         SIGTERM => "SIGTERM",
         SIGINT => "SIGINT",
+        SIGHUP => "SIGHUP",
         _ => "a signal",
+    }
+}
+
+/// What the log line adds for SIGHUP, which many daemons take as "reload".
+fn no_reload(signal: i32) -> &'static str {
+    if signal == SIGHUP {
+        "; the configuration is read only at start and is not reloaded: `systemctl restart \
+         mec-plugin` applies a change"
+    } else {
+        ""
     }
 }
 
@@ -306,5 +323,8 @@ mod tests {
     fn signal_names() {
         assert_eq!(signal_name(SIGTERM), "SIGTERM");
         assert_eq!(signal_name(SIGINT), "SIGINT");
+        assert_eq!(signal_name(SIGHUP), "SIGHUP");
+        assert!(no_reload(SIGHUP).contains("not reloaded"));
+        assert_eq!(no_reload(SIGTERM), "");
     }
 }

@@ -1,6 +1,6 @@
 //! The real binary under a (simulated) service manager: `READY=1` on `NOTIFY_SOCKET` once the
-//! API answers and the state is loaded, `STOPPING=1` and a graceful exit 0 on SIGTERM and
-//! SIGINT (requests in flight finish, new connections are refused, the records survive), an
+//! API answers and the state is loaded, `STOPPING=1` and a graceful exit 0 on SIGTERM, SIGINT
+//! and SIGHUP (requests in flight finish, new connections are refused, the records survive), an
 //! immediate exit on a second signal, and priority-prefixed log lines when standard output is
 //! the journal. Everything on loopback; each child is killed when its guard drops.
 
@@ -458,6 +458,38 @@ fn sigint_when_idle_exits_zero_at_once_and_journal_lines_carry_their_priority() 
     assert!(line.starts_with("<6>INFO "), "{line}");
     let line = plugin.log_line("listening on http://");
     assert!(line.starts_with("<6>INFO "), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sighup_shuts_down_gracefully_and_says_the_configuration_is_not_reloaded() {
+    // SIGHUP's default action would end the process at once, cutting requests in flight.
+    let dir = temp_dir("sighup");
+    let config = write_config(&dir, None, 3000, "");
+    let manager = Manager::bind(&dir);
+    let mut plugin = Plugin::start(&config, Some(&manager.path), None);
+    let (_, addr) = manager.ready();
+    let (code, body) = http(&addr, "POST", "/MEC/v1/service/requests", DNS_ONLY);
+    assert_eq!(code, 201, "{body}");
+
+    plugin.signal(libc::SIGHUP);
+    assert!(
+        manager
+            .next(Duration::from_secs(5))
+            .starts_with("STOPPING=1\nSTATUS=stopping (SIGHUP)")
+    );
+    let exit = plugin.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    let line = plugin.log_line("SIGHUP received: shutting down gracefully");
+    assert!(
+        line.contains("is not reloaded: `systemctl restart mec-plugin` applies a change"),
+        "{line}"
+    );
+
+    // The record survived, as after SIGTERM.
+    let _plugin = Plugin::start(&config, Some(&manager.path), None);
+    let (status, _) = manager.ready();
+    assert!(status.contains("1 record(s)"), "{status}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
