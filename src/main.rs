@@ -1,9 +1,12 @@
 //! Command line of mec-plugin: parse arguments, set up logging, then run, check, or move the
 //! state ([`migrate`]).
 
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use argh::FromArgs;
 use mec_plugin::app::{self, Overrides};
@@ -134,7 +137,14 @@ impl log::Log for StderrLogger {
 
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {
-            eprintln!("mec-plugin: {} {}", record.level(), record.args());
+            // eprintln! would panic if standard error failed; the line is lost instead.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "mec-plugin: {} {}",
+                record.level(),
+                record.args()
+            );
         }
     }
 
@@ -144,7 +154,8 @@ impl log::Log for StderrLogger {
 /// Logs to standard output at the level of `RUST_LOG` (default `info`). Under systemd, when
 /// standard output is the journal, each line starts with its syslog priority (`<3>` ... `<7>`,
 /// which journald turns into the entry's priority, so `journalctl -p warning` works) and has no
-/// timestamp (journald stamps every entry); elsewhere lines are timestamped.
+/// timestamp (journald stamps every entry); elsewhere lines are timestamped, by simple_logger
+/// behind [`OutputSafe`].
 fn init_logging() {
     let level = std::env::var("RUST_LOG")
         .ok()
@@ -158,8 +169,71 @@ fn init_logging() {
         for target in QUIET_TARGETS {
             logger = logger.with_module_level(target, level.min(log::LevelFilter::Info));
         }
-        logger.init().expect("the logger is set up once");
+        log::set_max_level(logger.max_level());
+        OutputSafe::quiet_its_panics();
+        log::set_boxed_logger(Box::new(OutputSafe {
+            inner: logger,
+            failed: AtomicBool::new(false),
+        }))
+        .expect("the logger is set up once");
     }
+}
+
+/// simple_logger writes with `println!`, which panics when standard output fails: a log pipe
+/// whose reader exited (EPIPE), a terminal that was closed (EIO). That panic would end whichever
+/// thread logged: the start itself, the readiness loop, a request worker. This wrapper catches
+/// it instead. The first failure is reported once on standard error, and every later line is
+/// dropped, since such an output does not come back. The service goes on serving.
+struct OutputSafe {
+    inner: simple_logger::SimpleLogger,
+    failed: AtomicBool,
+}
+
+thread_local! {
+    /// Whether this thread is inside simple_logger's write, whose panic is caught and told once.
+    static IN_LOGGER: Cell<bool> = const { Cell::new(false) };
+}
+
+impl OutputSafe {
+    /// The panic hook stays std's, except for the panic of a failed log write: its message
+    /// ("failed printing to stdout", a backtrace) would read like a crash, and the one line
+    /// [`OutputSafe`] writes says what happened.
+    fn quiet_its_panics() {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_LOGGER.with(Cell::get) {
+                default(info);
+            }
+        }));
+    }
+}
+
+impl log::Log for OutputSafe {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        !self.failed.load(Ordering::Relaxed) && self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        // Caught even while the thread unwinds from another panic (a guard logging as it
+        // drops): only a panic that leaves a destructor aborts, and this one does not.
+        let outer = IN_LOGGER.with(|flag| flag.replace(true));
+        let written = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.log(record)));
+        IN_LOGGER.with(|flag| flag.set(outer));
+        if written.is_err() && !self.failed.swap(true, Ordering::Relaxed) {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "mec-plugin: standard output failed, so log lines are dropped from now on; the \
+                 service goes on (under systemd the journal takes them; by hand, redirect to a \
+                 file)"
+            );
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 /// Whether systemd connected standard output to the journal: `JOURNAL_STREAM` (set by systemd)

@@ -1,8 +1,8 @@
 //! The real binary under a (simulated) service manager: `READY=1` on `NOTIFY_SOCKET` once the
 //! API answers and the state is loaded, `STOPPING=1` and a graceful exit 0 on SIGTERM, SIGINT
 //! and SIGHUP (requests in flight finish, new connections are refused, the records survive), an
-//! immediate exit on a second signal, and priority-prefixed log lines when standard output is
-//! the journal. Everything on loopback; each child is killed when its guard drops.
+//! immediate exit on a second signal, priority-prefixed log lines when standard output is the
+//! journal, and a service that goes on when its standard output fails. Everything on loopback; each child is killed when its guard drops.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -490,6 +490,58 @@ fn sighup_shuts_down_gracefully_and_says_the_configuration_is_not_reloaded() {
     let _plugin = Plugin::start(&config, Some(&manager.path), None);
     let (status, _) = manager.ready();
     assert!(status.contains("1 record(s)"), "{status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_log_output_that_fails_loses_lines_not_the_service() {
+    // Standard output is a pipe whose reader is gone before the first line, as when the output
+    // is piped into a program that exited: every write fails (EPIPE). simple_logger's println!
+    // panicked on it, which ended the start.
+    let dir = temp_dir("broken-stdout");
+    let config = write_config(&dir, None, 3000, "");
+    let manager = Manager::bind(&dir);
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "debug")
+        .env("NOTIFY_SOCKET", &manager.path)
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut stderr = child.stderr.take().unwrap();
+    let mut plugin = Plugin {
+        child,
+        logs: mpsc::channel().1,
+        seen: Vec::new(),
+    };
+
+    let (_, addr) = manager.ready();
+    // Lines logged by the readiness loop, the request workers and the platform calls.
+    let (code, body) = http(&addr, "POST", "/MEC/v1/service/requests", DNS_ONLY);
+    assert_eq!(code, 201, "{body}");
+    let id = request_id(&body);
+    for _ in 0..3 {
+        let (code, body) = http(&addr, "GET", &format!("/MEC/v1/service/requests/{id}"), "");
+        assert_eq!(code, 200, "{body}");
+    }
+    plugin.signal(libc::SIGTERM);
+    let exit = plugin.wait_exit(Duration::from_secs(5)).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+
+    let mut said = String::new();
+    stderr.read_to_string(&mut said).unwrap();
+    assert_eq!(
+        said.matches("standard output failed, so log lines are dropped from now on")
+            .count(),
+        1,
+        "{said}"
+    );
+    assert!(!said.contains("panicked"), "{said}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
