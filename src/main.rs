@@ -45,7 +45,7 @@ struct Args {
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
     if args.version {
-        println!("mec-plugin {}", env!("CARGO_PKG_VERSION"));
+        print(&format!("mec-plugin {}\n", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
     }
     let actions = [
@@ -69,14 +69,13 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        for line in config.summary() {
-            println!("{line}");
-        }
-        println!(
-            "{}: OK ({} regions)",
+        let mut text: String = config.summary().iter().map(|l| format!("{l}\n")).collect();
+        text += &format!(
+            "{}: OK ({} regions)\n",
             args.config.display(),
             config.regions.len()
         );
+        print(&text);
         return ExitCode::SUCCESS;
     }
     if args.export_state.is_some() || args.import_state.is_some() {
@@ -90,6 +89,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `text` to standard output. The exit code says what was asked (`--check`: whether the
+/// configuration is valid), so an output that fails (piped into `head`, which exited) loses the
+/// text instead of panicking like `println!`.
+fn print(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// Runs `--export-state` or `--import-state`: a summary line, or what went wrong, on

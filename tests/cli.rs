@@ -1,8 +1,10 @@
-//! The real binary: `--check`, `--help`, `--version`, refusing a bad configuration, and
-//! serving the shipped `regions.toml` (the README's run command) on a loopback port.
+//! The real binary: `--check`, `--help`, `--version` (into a closed pipe too), refusing a bad
+//! configuration, and serving the shipped `regions.toml` (the README's run command) on a
+//! loopback port.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -15,6 +17,37 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A pipe whose read end is already closed: every write to the other end fails (EPIPE), as
+/// when the output is piped into `head`, which exited.
+fn reader_gone() -> Stdio {
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two-element array it is given.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created by pipe(2) and are owned here alone.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    Stdio::from(write)
+}
+
+#[test]
+fn check_and_version_into_a_closed_pipe_exit_as_they_would_without_a_panic() {
+    for (args, code) in [
+        (&["--config", SHIPPED, "--check"][..], 0),
+        (&["--config", "/nonexistent/regions.toml", "--check"][..], 2),
+        (&["--version"][..], 0),
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .stdout(reader_gone())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
 }
 
 #[test]
