@@ -208,11 +208,21 @@ impl OutputSafe {
     fn quiet_its_panics() {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if !IN_LOGGER.with(Cell::get) {
+            if !(IN_LOGGER.with(Cell::get) && is_output_failure(info.payload())) {
                 default(info);
             }
         }));
     }
+}
+
+/// Whether a panic is std's for a failed write to standard output (`println!`), not one of a
+/// log line's own (a `Display` that panicked), which goes on as any other panic.
+fn is_output_failure(payload: &(dyn std::any::Any + Send)) -> bool {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied());
+    message.is_some_and(|m| m.starts_with("failed printing to stdout"))
 }
 
 impl log::Log for OutputSafe {
@@ -229,7 +239,11 @@ impl log::Log for OutputSafe {
         let outer = IN_LOGGER.with(|flag| flag.replace(true));
         let written = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.log(record)));
         IN_LOGGER.with(|flag| flag.set(outer));
-        if written.is_err() && !self.failed.swap(true, Ordering::Relaxed) {
+        let Err(panic) = written else { return };
+        if !is_output_failure(&*panic) {
+            std::panic::resume_unwind(panic);
+        }
+        if !self.failed.swap(true, Ordering::Relaxed) {
             use std::io::Write;
             let _ = writeln!(
                 std::io::stderr(),
@@ -303,4 +317,30 @@ impl log::Log for JournalLogger {
     }
 
     fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_std_s_failed_write_to_stdout_is_an_output_failure() {
+        let failed: Box<dyn std::any::Any + Send> = Box::new(String::from(
+            "failed printing to stdout: Broken pipe (os error 32)",
+        ));
+        assert!(is_output_failure(&*failed));
+        let literal: Box<dyn std::any::Any + Send> = Box::new("failed printing to stdout");
+        assert!(is_output_failure(&*literal));
+        // A log line's own panic (a Display that panicked) is not one.
+        let own: Box<dyn std::any::Any + Send> = Box::new(String::from("index out of bounds"));
+        assert!(!is_output_failure(&*own));
+        let other: Box<dyn std::any::Any + Send> = Box::new(42_u8);
+        assert!(!is_output_failure(&*other));
+        // The panic std raises, caught as OutputSafe catches it.
+        let caught = std::panic::catch_unwind(|| {
+            std::panic::panic_any(format!("failed printing to {}: {}", "stdout", "EIO"))
+        })
+        .unwrap_err();
+        assert!(is_output_failure(&*caught));
+    }
 }
