@@ -69,18 +69,7 @@ impl Plugin {
     /// Starts the binary; `notify` becomes its `NOTIFY_SOCKET`, `stdout` its standard output
     /// (default: a pipe read into [`Plugin::logs`]).
     fn start(config: &Path, notify: Option<&Path>, journal: Option<(OwnedFd, String)>) -> Plugin {
-        let mut command = Command::new(BIN);
-        command
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit());
-        if let Some(socket) = notify {
-            command.env("NOTIFY_SOCKET", socket);
-        }
+        let mut command = Plugin::command(config, notify);
         let (tx, logs) = mpsc::channel();
         let child = match journal {
             None => {
@@ -105,6 +94,23 @@ impl Plugin {
             logs,
             seen: Vec::new(),
         }
+    }
+
+    /// The command [`Plugin::start`] runs, before its standard output is chosen.
+    fn command(config: &Path, notify: Option<&Path>) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(socket) = notify {
+            command.env("NOTIFY_SOCKET", socket);
+        }
+        command
     }
 
     fn pid(&self) -> libc::pid_t {
@@ -501,13 +507,8 @@ fn a_log_output_that_fails_loses_lines_not_the_service() {
     let dir = temp_dir("broken-stdout");
     let config = write_config(&dir, None, 3000, "");
     let manager = Manager::bind(&dir);
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
+    let mut child = Plugin::command(&config, Some(&manager.path))
         .env("RUST_LOG", "debug")
-        .env("NOTIFY_SOCKET", &manager.path)
-        .env_remove("JOURNAL_STREAM")
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
