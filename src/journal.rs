@@ -165,6 +165,8 @@ pub enum JournalError {
         /// Whole entries found after the damage (`None`: the damaged line itself was written
         /// whole but cannot be read by this build).
         entries_after: Option<usize>,
+        /// Damaged lines from there on with none of their bytes missing (see `After`).
+        whole_damaged: usize,
     },
     /// Reading or writing failed.
     Io { path: PathBuf, error: io::Error },
@@ -223,6 +225,7 @@ impl fmt::Display for JournalError {
                 offset,
                 reason,
                 entries_after,
+                whole_damaged,
             } => {
                 write!(
                     f,
@@ -230,6 +233,22 @@ impl fmt::Display for JournalError {
                     file.display()
                 )?;
                 match entries_after {
+                    Some(0) if *whole_damaged > 0 => {
+                        let lines = match whole_damaged {
+                            1 => {
+                                "1 line from there on is a whole entry failing its checksum".into()
+                            }
+                            n => format!(
+                                "{n} lines from there on are whole entries failing their checksums"
+                            ),
+                        };
+                        write!(
+                            f,
+                            "; {lines}, so not torn by a crash (which leaves bytes out or garbles \
+                             them) but changed after being written (line endings converted to \
+                             CRLF? edited by hand?)"
+                        )?
+                    }
                     Some(n) => write!(
                         f,
                         "; {n} valid entr{} follow{} the damage, so it is not a write torn by a \
@@ -1080,9 +1099,11 @@ struct Replayed {
 
 /// Replays one file: its entries end at its end or where its zeros begin. In the last journal
 /// (`may_be_torn`), damage with no valid entry after it is a write torn by a power cut or a
-/// crash (a partial line, a line failing its checksum, garbage before or among the zeros): it
-/// is logged and zeroed, and the file is used up to it. Damage with a valid entry after it,
-/// or in any other file, is refused, naming how many valid entries follow it.
+/// crash if every damaged line misses bytes (a partial line, zeros where a page did not reach
+/// the disk, stray bytes among the zeros): it is logged and zeroed, and the file is used up to
+/// it. Damage with a valid entry after it, a damaged line that is a whole entry failing its
+/// checksum (changed after it was written, perhaps an acknowledged entry: see `After`), or
+/// damage in any other file, is refused and left untouched.
 fn replay_file(
     path: &Path,
     may_be_torn: bool,
@@ -1100,12 +1121,13 @@ fn replay_file(
         });
     };
     let after = scan_after(path, offset)?;
-    if !may_be_torn || after.entries > 0 {
+    if !may_be_torn || after.entries > 0 || after.whole_damaged > 0 {
         return Err(JournalError::Corrupt {
             file: path.to_path_buf(),
             offset,
             reason,
             entries_after: Some(after.entries),
+            whole_damaged: after.whole_damaged,
         });
     }
     let dropped = after.data_end.saturating_sub(offset);
@@ -1173,6 +1195,7 @@ fn read_entries(
                     offset,
                     reason,
                     entries_after: None,
+                    whole_damaged: 0,
                 });
             }
         }
@@ -1184,6 +1207,14 @@ struct After {
     /// Complete lines there that pass their checksum (whatever precedes them on their line,
     /// up to a zero byte): entries that were written whole after the damage.
     entries: usize,
+    /// Complete lines there that fail their checksum although they are entries written
+    /// whole: they end with their newline, hold no zero byte, and what follows their checksum
+    /// and version still reads as an entry. A crash tears a write by leaving bytes out (a line
+    /// cut short, the zeros the file was preallocated with where a page did not reach the
+    /// disk) or, on some devices, by garbling what was being written; neither leaves a whole
+    /// entry behind. Such a line was changed after it was written (line endings converted to
+    /// CRLF, an edit by hand, bit rot) and may be an acknowledged entry.
+    whole_damaged: usize,
     /// One past the last byte that is not zero (the damage's own offset if none is).
     data_end: u64,
 }
@@ -1199,9 +1230,12 @@ fn scan_after(path: &Path, from: u64) -> Result<After, JournalError> {
     let mut candidate = Vec::new();
     let mut after = After {
         entries: 0,
+        whole_damaged: 0,
         data_end: from,
     };
     let mut at = from;
+    // Whether the line being scanned holds a zero byte (`candidate` restarts after one).
+    let mut line_has_zero = false;
     loop {
         let n = file.read(&mut buf).map_err(io_err(path))?;
         if n == 0 {
@@ -1210,13 +1244,19 @@ fn scan_after(path: &Path, from: u64) -> Result<After, JournalError> {
         for &b in &buf[..n] {
             at += 1;
             match b {
-                0 => candidate.clear(),
+                0 => {
+                    candidate.clear();
+                    line_has_zero = true;
+                }
                 b'\n' => {
                     after.data_end = at;
                     if checks_out(&candidate) || ends_with_entry(&candidate) {
                         after.entries += 1;
+                    } else if !line_has_zero && reads_as_entry(&candidate) {
+                        after.whole_damaged += 1;
                     }
                     candidate.clear();
+                    line_has_zero = false;
                 }
                 _ => {
                     after.data_end = at;
@@ -1230,6 +1270,20 @@ fn scan_after(path: &Path, from: u64) -> Result<After, JournalError> {
 /// Whether `line` (without its newline) is a whole entry as written: its checksum matches.
 fn checks_out(line: &[u8]) -> bool {
     !matches!(decode(line), Err(BadLine::Damaged(_)))
+}
+
+/// Whether `line` has an entry's shape, whatever its checksum: a checksum field, a version,
+/// and JSON that reads as an entry (trailing whitespace such as a CR allowed, as JSON allows).
+fn reads_as_entry(line: &[u8]) -> bool {
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let (Some(crc), Some(version), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    crc.len() == 8
+        && crc.iter().all(u8::is_ascii_hexdigit)
+        && !version.is_empty()
+        && version.iter().all(u8::is_ascii_digit)
+        && serde_json::from_slice::<Entry<'_>>(json).is_ok()
 }
 
 /// Whether a whole entry ends `line` after bytes that are not one (the previous line's
@@ -1715,9 +1769,19 @@ mod tests {
     type Damage = fn(&mut Vec<u8>, usize);
 
     #[test]
-    fn a_last_entry_with_a_flipped_byte_or_zeroed_start_is_a_torn_write_zeroed_at_start() {
-        let damages: [(&str, Damage); 3] = [
-            ("torn-flip", |b, last| b[last + 30] ^= 0x20),
+    fn a_last_entry_with_missing_bytes_is_a_torn_write_zeroed_at_start() {
+        let damages: [(&str, Damage); 4] = [
+            ("torn-garbled", |b, last| {
+                // what some devices leave of a page being written at a power cut: the last
+                // entry's bytes after its head garbled, its newline there by chance
+                let len = encode(&put("b")).len();
+                b[last + 20..last + len - 1].fill(0x7f);
+            }),
+            ("torn-cut-short", |b, last| {
+                // the last entry's second half, its newline included, never reached the disk
+                let len = encode(&put("b")).len();
+                b[last + len / 2..last + len].fill(0);
+            }),
             ("torn-zeroed-start", |b, last| b[last..last + 12].fill(0)),
             ("torn-garbage-among-zeros", |b, last| {
                 // the last entry's page lost, and stray bytes further on among the zeros
@@ -1739,6 +1803,49 @@ mod tests {
             assert!(
                 data[end..].iter().all(|&b| b == 0),
                 "{name}: the torn bytes are zeroed"
+            );
+        }
+    }
+
+    #[test]
+    fn whole_lines_failing_their_checksum_are_refused_not_cut_off_as_torn() {
+        // Every byte of the damaged lines is there and they still read as entries: no crash
+        // did that. A letter of the last entry changed by hand, or every line's end converted
+        // to CRLF (which zeroed every record, acknowledged ones included, when it was taken
+        // for a torn write).
+        let damages: [(&str, Damage, &str); 2] = [
+            (
+                "whole-edited",
+                |b, last| {
+                    let at = last + b[last..].windows(5).position(|w| w == br#""id":"#).unwrap();
+                    assert_eq!(b[at + 5], b'"');
+                    b[at + 6] ^= 0x20;
+                },
+                "1 line from there on is a whole entry failing its checksum",
+            ),
+            (
+                "whole-crlf",
+                |b, _| {
+                    let end = b.iter().position(|&x| x == 0).unwrap();
+                    let converted: Vec<u8> = b[..end]
+                        .iter()
+                        .flat_map(|&x| if x == b'\n' { vec![b'\r', x] } else { vec![x] })
+                        .collect();
+                    b.splice(..end, converted);
+                },
+                "2 lines from there on are whole entries failing their checksums",
+            ),
+        ];
+        for (name, damage, says) in damages {
+            let (dir, bytes, _) = damage_last_entry(name, damage);
+            let err = ids(&dir).unwrap_err().to_string();
+            assert!(err.contains(says), "{name}: {err}");
+            assert!(err.contains("not torn by a crash"), "{name}: {err}");
+            assert!(err.contains("left untouched"), "{name}: {err}");
+            assert_eq!(
+                fs::read(dir.join(journal_name(1))).unwrap(),
+                bytes,
+                "{name}"
             );
         }
     }

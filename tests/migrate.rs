@@ -1,7 +1,8 @@
 //! Moving a deployment with the real binary: `--export-state` of a stopped plugin's state,
 //! `--import-state` into an empty one, and a plugin started on it that lists the same requests
 //! and removes their rules from the platform; what an import refuses (a store with records, a
-//! bad line) writes nothing, and an export of a running plugin's state fails on its lock.
+//! bad line) writes nothing, an export of a running plugin's state fails on its lock, and a
+//! journal changed after it was written (CRLF) is refused by export and start alike, untouched.
 
 mod support;
 
@@ -227,6 +228,59 @@ fn an_export_while_the_service_runs_fails_on_its_lock() {
             .split(|b| *b == b'\n')
             .count(),
         2
+    );
+}
+
+#[test]
+fn a_journal_whose_line_endings_were_converted_is_refused_by_export_and_start_untouched() {
+    // Every line of the journal ends in CRLF (an editor or a copy converted it): each fails its
+    // checksum, and none follows. Taken for a torn write, the whole of it was zeroed.
+    let fake = FakeLlMec::start();
+    let dir = temp_dir("migrate-crlf");
+    let (config, state, listed) = deployment(&fake, &dir);
+    assert_eq!(listed.len(), 4);
+    let journal = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".jsonl"))
+        .expect("a journal file");
+    let bytes = std::fs::read(&journal).unwrap();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    let mut converted = Vec::new();
+    for &b in &bytes[..end] {
+        if b == b'\n' {
+            converted.push(b'\r');
+        }
+        converted.push(b);
+    }
+    converted.extend_from_slice(&bytes[end..]);
+    std::fs::write(&journal, &converted).unwrap();
+
+    let file = dir.join("out.jsonl");
+    let out = run(&config, &state, &["--export-state", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("are whole entries failing their checksums")
+            && err.contains("line endings converted to CRLF")
+            && err.contains("left untouched"),
+        "{err}"
+    );
+    assert!(!file.exists(), "nothing exported");
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "the start is refused too");
+    assert_eq!(
+        std::fs::read(&journal).unwrap(),
+        converted,
+        "left untouched"
     );
 }
 
