@@ -46,8 +46,8 @@ pub fn load(path: &std::path::Path, overrides: &Overrides) -> Result<Config, Con
 pub enum StartError {
     /// The state directory cannot be used (locked, damaged, unreadable).
     State(StoreError),
-    /// The listener could not be set up.
-    Listen(io::Error),
+    /// The listener on this address could not be set up.
+    Listen(SocketAddr, io::Error),
     /// The reconciler thread could not be started.
     Reconciler(io::Error),
     /// `[store] kind = "etcd"`: the etcd client or the term watcher could not be set up.
@@ -58,7 +58,22 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartError::State(e) => write!(f, "cannot use the state: {e}"),
-            StartError::Listen(e) => write!(f, "cannot start serving: {e}"),
+            StartError::Listen(addr, e) => {
+                write!(f, "cannot start serving on {addr}: {e}")?;
+                match e.kind() {
+                    io::ErrorKind::AddrInUse => f.write_str(
+                        " (another process listens there: stop it or pick another listen address)",
+                    ),
+                    io::ErrorKind::PermissionDenied => f.write_str(
+                        " (a port below 1024 needs the CAP_NET_BIND_SERVICE capability; or pick a \
+                         port above 1023)",
+                    ),
+                    io::ErrorKind::AddrNotAvailable => {
+                        f.write_str(" (no interface of this host has that address)")
+                    }
+                    _ => Ok(()),
+                }
+            }
             StartError::Reconciler(e) => write!(f, "cannot start the reconciler thread: {e}"),
             StartError::Cluster(e) => write!(f, "cannot join the instances on etcd: {e}"),
         }
@@ -109,7 +124,7 @@ impl App {
                 // start holds the service (and with it the state directory's lock), so a retry
                 // on the same directory is not told it is in use.
                 reconciler.stop();
-                return Err(StartError::Listen(e));
+                return Err(StartError::Listen(config.server.listen, e));
             }
         };
         Ok(App {
@@ -134,7 +149,7 @@ impl App {
         let handler: server::Handler = Arc::new(api);
         // On an error the cluster is dropped, which steps down (revoking the lease).
         let server = Server::start(server::Options::from_config(&config.server), handler)
-            .map_err(StartError::Listen)?;
+            .map_err(|e| StartError::Listen(config.server.listen, e))?;
         Ok(App {
             service: regions,
             server,
@@ -172,9 +187,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 /// from an interrupted one as from a crash). Under 5 s, half the unit's `TimeoutStopSec=10`.
 const SHUTDOWN_BOUND: Duration = Duration::from_millis(4500);
 
-/// Runs the plugin until SIGTERM, SIGINT or SIGHUP, telling systemd (`NOTIFY_SOCKET`) when it is ready
-/// and when it stops; see [`crate::systemd`]. The shutdown stops accepting, lets requests in
-/// flight finish (up to 4 s), stops the reconciler, and returns within 4.5 s.
+/// Runs the plugin until SIGTERM, SIGINT or SIGHUP, telling systemd (`NOTIFY_SOCKET`) when it
+/// is ready and when it stops; see [`crate::systemd`]. The shutdown stops accepting, lets
+/// requests in flight finish (up to 4 s), stops the reconciler, and returns within 4.5 s.
 pub fn run(config: &Config) -> Result<(), StartError> {
     // Before starting, so that a SIGTERM during a long state replay is not lost.
     let termination = match systemd::Termination::watch() {
@@ -192,7 +207,11 @@ pub fn run(config: &Config) -> Result<(), StartError> {
     let app = App::start(config)?;
     let state = match &app.cluster {
         Some(_) => format!("state in etcd under {}", config.store.prefix),
-        None => format!("state in {}", config.server.state_dir.display()),
+        None => {
+            let dir = &config.server.state_dir;
+            let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            format!("state in {}", dir.display())
+        }
     };
     info!(
         "mec-plugin {} ready: API at {}://{}{} (api_style {:?}, {state})",

@@ -439,10 +439,12 @@ impl Config {
                 message: format!("{line}{}", e.message()),
             }
         })?;
-        let server = match raw.server {
-            Some(s) => server_table(&Table::new(text, file, "[server] ", [At::Key("server")]), s)?,
-            None => ServerConfig::default(),
-        };
+        // Without a [server] table, its defaults, resolved as the table's (state_dir relative
+        // to this file's directory).
+        let server = server_table(
+            &Table::new(text, file, "[server] ", [At::Key("server")]),
+            raw.server.unwrap_or_default(),
+        )?;
         let mut regions = Vec::new();
         let mut seen = HashSet::new();
         for (i, r) in raw.region.into_iter().enumerate() {
@@ -480,15 +482,20 @@ impl Config {
             )
         });
         let regions = self.regions.iter().map(|r| {
+            // A simulated platform has no address: its internal `simulated:` would read as a
+            // stray colon.
+            let mep = match r.mep.driver {
+                DriverKind::Simulated => String::new(),
+                _ => format!(", MEP {}", redact(&r.mep.url)),
+            };
             format!(
-                "region {}: lat {} lon {} alt {} range {} km, driver {}, MEP {}",
+                "region {}: lat {} lon {} alt {} range {} km, driver {}{mep}",
                 r.id,
                 r.latitude,
                 r.longitude,
                 r.altitude,
                 r.range_km,
                 r.mep.driver.name(),
-                redact(&r.mep.url)
             )
         });
         etcd.into_iter().chain(regions).collect()
@@ -737,7 +744,13 @@ fn server_table(t: &Table, s: RawServer) -> Result<ServerConfig, ConfigError> {
     }
     Ok(ServerConfig {
         listen: t.address(s.listen.as_deref(), "listen", defaults::LISTEN)?,
-        state_dir: PathBuf::from(s.state_dir.as_deref().unwrap_or(defaults::STATE_DIR)),
+        // Relative to the configuration file's directory, as every path the file names.
+        state_dir: match s.state_dir.as_deref() {
+            Some(dir) if dir.trim().is_empty() => {
+                return Err(t.error("state_dir", "must not be empty"));
+            }
+            dir => t.path(dir.unwrap_or(defaults::STATE_DIR)),
+        },
         workers: t.count(s.workers, "workers", 1..=1024, defaults::WORKERS)?,
         api_style: s.api_style.unwrap_or(defaults::API_STYLE),
         max_body_bytes: t.count(
@@ -881,7 +894,7 @@ fn region_table(
     if !(range_km.is_finite() && range_km > 0.0) {
         return Err(t.error(
             "range_km",
-            format_args!("= {range_km} must be greater than 0"),
+            format_args!("= {range_km} must be a finite number greater than 0"),
         ));
     }
     let mep = mep_table(&t.table("mep", format!("region {name}: mep.")), r.mep)?;
@@ -1259,6 +1272,34 @@ url = "http://127.0.0.1:13000/"
     }
 
     #[test]
+    fn state_dir_is_relative_to_the_configuration_file_and_never_empty() {
+        let state_dir = |server: &str| {
+            let text = format!("{server}{MINIMAL}");
+            Config::parse(&text, "/etc/mec-plugin/regions.toml").map(|c| c.server.state_dir)
+        };
+        let under = |p: &str| Ok(PathBuf::from(p));
+        assert_eq!(state_dir(""), under("/etc/mec-plugin/state"), "no [server]");
+        assert_eq!(state_dir("[server]\n"), under("/etc/mec-plugin/state"));
+        assert_eq!(
+            state_dir("[server]\nstate_dir = \"st\"\n"),
+            under("/etc/mec-plugin/st")
+        );
+        assert_eq!(
+            state_dir("[server]\nstate_dir = \"/var/lib/x\"\n"),
+            under("/var/lib/x")
+        );
+        for empty in ["\"\"", "\"  \""] {
+            let err = state_dir(&format!("[server]\nstate_dir = {empty}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("line 2: [server] state_dir must not be empty"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn the_front_end_bounds_are_read_with_their_defaults_and_ranges() {
         let c = Config::parse(MINIMAL, "f").unwrap();
         assert_eq!(c.server.idle_timeout, Duration::from_secs(5));
@@ -1331,7 +1372,10 @@ url = "http://127.0.0.1:13000/"
     #[test]
     fn non_positive_range_is_refused() {
         let e = parse_err(&MINIMAL.replace("range_km = 10.0", "range_km = 0.0"));
-        assert!(e.contains("range_km = 0 must be greater than 0"), "{e}");
+        assert!(
+            e.contains("range_km = 0 must be a finite number greater than 0"),
+            "{e}"
+        );
     }
 
     #[test]

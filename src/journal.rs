@@ -435,14 +435,14 @@ pub struct ReplayStats {
 }
 
 impl Journal {
-    /// Opens (creating if needed) the state directory, takes its lock and replays its records
-    /// in order into `apply`.
+    /// Opens (creating if needed, but not its parents) the state directory, takes its lock
+    /// and replays its records in order into `apply`.
     pub fn open(
         dir: &Path,
         fsync: bool,
         mut apply: impl FnMut(Entry<'_>),
     ) -> Result<(Journal, ReplayStats), JournalError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        make_state_dir(dir)?;
         let lock = take_lock(dir)?;
         let (snapshots, journals) = generations(dir)?;
         let loaded = replay_all(dir, &snapshots, &journals, &mut apply)?;
@@ -1436,6 +1436,31 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
         .map_err(io_err(dir))
 }
 
+/// Creates the state directory if it is not there. Only it: a missing parent is most likely a
+/// mistyped path, which would otherwise start on a new, empty state without a word.
+fn make_state_dir(dir: &Path) -> Result<(), JournalError> {
+    let why = match fs::create_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            io::Error::new(e.kind(), "exists and is not a directory")
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = dir.parent().unwrap_or(Path::new("."));
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "its parent directory {} does not exist (a state directory is created, its \
+                     parents are not: is the path right?)",
+                    parent.display()
+                ),
+            )
+        }
+        Err(e) => e,
+    };
+    Err(io_err(dir)(why))
+}
+
 /// Takes the directory's lock file, or says who holds it.
 fn take_lock(dir: &Path) -> Result<File, JournalError> {
     let path = dir.join("LOCK");
@@ -1458,8 +1483,17 @@ fn take_lock(dir: &Path) -> Result<File, JournalError> {
             holder,
         });
     }
-    file.set_len(0).map_err(io_err(&path))?;
-    write!(file, "{}", std::process::id()).map_err(io_err(&path))?;
+    // The pid only tells a second process who holds the lock: the lock is the flock. Writing
+    // it may fail on a full file system, which a start must survive (changes answer 507).
+    if let Err(e) = file
+        .set_len(0)
+        .and_then(|()| write!(file, "{}", std::process::id()))
+    {
+        warn!(
+            "{}: cannot write this process's pid ({e}); the lock is held all the same",
+            path.display()
+        );
+    }
     Ok(file)
 }
 

@@ -43,7 +43,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args: Args = argh::from_env();
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
     if args.version {
         print(&format!("mec-plugin {}\n", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
@@ -55,6 +58,14 @@ fn main() -> ExitCode {
     ];
     if actions.iter().filter(|&&a| a).count() > 1 {
         eprintln!("mec-plugin: --check, --export-state and --import-state exclude each other");
+        return ExitCode::from(2);
+    }
+    if args
+        .state_dir
+        .as_ref()
+        .is_some_and(|dir| dir.as_os_str().is_empty())
+    {
+        eprintln!("mec-plugin: --state-dir must not be empty");
         return ExitCode::from(2);
     }
     let overrides = Overrides {
@@ -89,6 +100,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, as `argh::from_env` reads it, except that a usage error exits 2 (as an
+/// invalid configuration does; the unit's `RestartPreventExitStatus=2` then stops instead of
+/// restarting a bad flag every 2 s) where argh's own would exit 1. `--help` prints to standard
+/// output and exits 0.
+fn parse_args() -> Result<Args, ExitCode> {
+    let strings: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect() {
+        Ok(strings) => strings,
+        Err(arg) => {
+            eprintln!("mec-plugin: not UTF-8: {}", arg.to_string_lossy());
+            return Err(ExitCode::from(2));
+        }
+    };
+    let command = strings
+        .first()
+        .and_then(|path| std::path::Path::new(path).file_name())
+        .and_then(|name| name.to_str())
+        .unwrap_or("mec-plugin");
+    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    <Args as argh::FromArgs>::from_args(&[command], &rest).map_err(|exit| match exit.status {
+        Ok(()) => {
+            print(&format!("{}\n", exit.output));
+            ExitCode::SUCCESS
+        }
+        Err(()) => {
+            eprintln!(
+                "{}\nRun {command} --help for more information.",
+                exit.output
+            );
+            ExitCode::from(2)
+        }
+    })
 }
 
 /// Writes `text` to standard output. The exit code says what was asked (`--check`: whether the

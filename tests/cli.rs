@@ -1,10 +1,12 @@
 //! The real binary: `--check`, `--help`, `--version` (into a closed pipe too), refusing a bad
-//! configuration, and serving the shipped `regions.toml` (the README's run command) on a
-//! loopback port.
+//! configuration or command line (exit 2), a state directory that cannot be right or a busy
+//! port (exit 1, saying why), and serving the shipped `regions.toml` (the README's run command)
+//! on a loopback port.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -124,6 +126,101 @@ fn help_and_version_are_printed() {
         String::from_utf8(version.stdout).unwrap().trim(),
         format!("mec-plugin {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn usage_errors_exit_2_as_an_invalid_configuration_does() {
+    // The unit's RestartPreventExitStatus=2 then fails a bad flag at once instead of
+    // restarting it every 2 s.
+    for (args, says) in [
+        (&["--bogus"][..], "Unrecognized argument: --bogus"),
+        (&["--listen", "foo"][..], "Error parsing option '--listen'"),
+        (
+            &["--state-dir", "", "--check"][..],
+            "--state-dir must not be empty",
+        ),
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+/// Runs the binary on the shipped regions (a copy in `dir`, `state_dir` as given) from the
+/// working directory `cwd`, listening on `listen`, until it exits (or 10 s).
+fn run_from(dir: &Path, cwd: &Path, state_dir: &str, listen: &str) -> (Option<i32>, String) {
+    let shipped = std::fs::read_to_string(SHIPPED).unwrap();
+    let config = dir.join("regions.toml");
+    std::fs::write(
+        &config,
+        shipped.replace(
+            "state_dir = \"state\"",
+            &format!("state_dir = {state_dir:?}"),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", listen])
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), log)
+}
+
+#[test]
+fn a_state_dir_that_cannot_be_right_stops_the_start_saying_why() {
+    let dir = temp_dir("state-paths");
+    // A busy port: each start below ends at the listener, after the state was opened.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = busy.local_addr().unwrap().to_string();
+
+    // Relative to the configuration file's directory, not to the working directory.
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let (code, log) = run_from(&dir, &elsewhere, "st", &listen);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(dir.join("st").is_dir(), "{log}");
+    assert!(!elsewhere.join("st").exists(), "{log}");
+    assert!(
+        log.contains(&format!(
+            "cannot start serving on {listen}: Address already in use"
+        )) && log.contains("another process listens there"),
+        "{log}"
+    );
+
+    // A missing parent is not created: most likely a mistyped path.
+    let (code, log) = run_from(&dir, &dir, "typo/st", &listen);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains(&format!(
+            "its parent directory {} does not exist",
+            dir.join("typo").display()
+        )),
+        "{log}"
+    );
+    assert!(!dir.join("typo").exists());
+
+    // A file where the directory should be.
+    std::fs::write(dir.join("afile"), "x").unwrap();
+    let (code, log) = run_from(&dir, &dir, "afile", &listen);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("afile: exists and is not a directory"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 struct Running(Child);

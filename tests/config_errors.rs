@@ -265,15 +265,19 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             region("range_km = 10.0", "range_km = 0.0"),
-            "line 6: region '2': range_km = 0 must be greater than 0",
+            "line 6: region '2': range_km = 0 must be a finite number greater than 0",
         ),
         (
             region("range_km = 10.0", "range_km = -1"),
-            "line 6: region '2': range_km = -1 must be greater than 0",
+            "line 6: region '2': range_km = -1 must be a finite number greater than 0",
         ),
         (
             region("range_km = 10.0", "range_km = nan"),
-            "line 6: region '2': range_km = NaN must be greater than 0",
+            "line 6: region '2': range_km = NaN must be a finite number greater than 0",
+        ),
+        (
+            region("range_km = 10.0", "range_km = inf"),
+            "line 6: region '2': range_km = inf must be a finite number greater than 0",
         ),
         (
             region("range_km = 10.0\n", ""),

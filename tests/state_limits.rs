@@ -326,6 +326,34 @@ fn a_restart_on_a_full_state_dir_serves_reads_and_resumes_writes_once_it_has_roo
 }
 
 #[test]
+fn a_first_start_on_a_full_file_system_serves_reads_and_resumes_writes_once_it_has_room() {
+    // Nothing in state_dir yet, not even the lock file's pid: writing it fails for want of
+    // room, which a start must survive as it survives a full disk with a journal.
+    let Some(fs) = tmpfs_or_skip(
+        "a_first_start_on_a_full_file_system_serves_reads_and_resumes_writes_once_it_has_room",
+        "state-full-first",
+        "1m",
+    ) else {
+        return;
+    };
+    let state = fs.0.join("state");
+    std::fs::create_dir(&state).unwrap();
+    let ballast = fs.0.join("ballast");
+    fill(&ballast);
+    let plugin = Plugin::start_in(&big_body_config(), &state);
+    assert_eq!(plugin.get("/service/requests").status, 200);
+    let refused = plugin.post(&big(1, 1024));
+    assert_eq!(refused.status, 507, "{}", refused.json["detail"]);
+
+    std::fs::remove_file(&ballast).unwrap();
+    assert_health_recovers(&plugin);
+    let created = plugin.post(&big(2, 1024));
+    assert_eq!(created.status, 201, "{}", created.json["detail"]);
+    plugin.stop();
+    drop(fs);
+}
+
+#[test]
 fn a_compaction_that_cannot_create_its_journal_for_want_of_inodes_does_not_stop_writes() {
     // Room for the data, but every inode taken: starting the next journal of a compaction
     // fails with ENOSPC, which is a full disk (writes go on, it is tried again), not a failed
