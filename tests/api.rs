@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::fake_llmec::FakeLlMec;
-use support::{Plugin, eventually, example, llmec_region, server_section, simulated_region};
+use support::{
+    Plugin, eventually, example, llmec_region, server_section, simulated_region, temp_dir,
+};
 
 const DNS: &str = r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V4","ipAddress":"172.24.248.5","ttl":0}]}"#;
 
@@ -311,6 +313,58 @@ fn delete_removes_the_rules_then_answers_201() {
     assert!(mep.installed().is_empty());
     p.get(&format!("/service/requests/{id}")).problem(404);
     p.delete(&id).problem(404);
+}
+
+#[test]
+fn forget_and_adopt_are_read_percent_decoded() {
+    let mep = FakeLlMec::start();
+    let dir = temp_dir("api-forget-decoded");
+    let both = format!(
+        "{}{}{}",
+        server_section(""),
+        llmec_region("2", &mep.url(), 1000),
+        simulated_region("3")
+    );
+    let p = Plugin::start_in(&both, &dir);
+    let kept = created_id(&p.post(DNS));
+    let other = created_id(&p.post(&DNS.replace("\"RegionId\":\"2\"", "\"RegionId\":\"3\"")));
+    // What the detail shows is what was compared: the decoded value.
+    let d = p
+        .call(
+            "DELETE",
+            &format!("/service/requests/{other}?forget=%79es"),
+            None,
+        )
+        .problem(400);
+    assert!(d.contains("'forget' = 'yes' must be true or false"), "{d}");
+    // `%74rue` is `true`: on a request of an unchanged platform, `adopt` removes it as usual.
+    let r = p.call(
+        "DELETE",
+        &format!("/service/requests/{other}?adopt=%74rue"),
+        None,
+    );
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(r.json["status"], "DELETED");
+    p.stop();
+
+    // Region 2 removed from the configuration: only `forget=true` drops its request, and
+    // `forget=%74rue` is that.
+    let p = Plugin::start_in(
+        &format!("{}{}", server_section(""), simulated_region("3")),
+        &dir,
+    );
+    p.delete(&kept).problem(409);
+    let r = p.call(
+        "DELETE",
+        &format!("/service/requests/{kept}?forget=%74rue"),
+        None,
+    );
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(r.json["status"], "DELETED");
+    p.get(&format!("/service/requests/{kept}")).problem(404);
+    assert_eq!(mep.installed().len(), 1, "left on the platform, as asked");
+    p.stop();
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
