@@ -522,11 +522,22 @@ pub fn validate(request: &CreationRequest) -> Result<(), String> {
         check_depth(raw, &at)?;
     }
     if let Some(latency) = &request.app_latency {
-        if latency.latency.as_f64().is_none_or(|l| l < 0.0) {
-            return Err("appLatency.latency must not be negative".into());
-        }
+        check_latency(&latency.latency)?;
     }
     Ok(())
+}
+
+/// `appLatency.latency`: a finite number, not negative. It is kept as written (arbitrary
+/// precision), so a number no `f64` holds (`1e999`) parses: it is refused as not finite, not
+/// as negative; a negative one is refused as negative whatever its size.
+fn check_latency(n: &Number) -> Result<(), String> {
+    let negative = || format!("appLatency.latency = {n} must not be negative");
+    match n.as_f64() {
+        Some(l) if l < 0.0 => Err(negative()),
+        Some(_) => Ok(()),
+        None if n.to_string().starts_with('-') => Err(negative()),
+        None => Err(format!("appLatency.latency = {n} must be a finite number")),
+    }
 }
 
 /// A DNS rule at `at` (its id is checked by [`validate`]).
@@ -852,6 +863,27 @@ mod tests {
     fn a_stored_request_can_be_sent_again() {
         let body = r#"{"RegionId":"2","RequestId":"x","status":"FAILED","statusDetail":"why","createdAt":"t","lastModified":"t"}"#;
         assert!(parse_creation(body.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_latency_is_a_finite_number_not_negative() {
+        let with = |latency: &str| {
+            format!(r#"{{"RegionId":"2","appLatency":{{"timeUnit":"ms","latency":{latency}}}}}"#)
+        };
+        for ok in ["0", "-0", "20", "0.5", "2.0", "1e300"] {
+            assert!(parse_creation(with(ok).as_bytes()).is_ok(), "{ok}");
+        }
+        // serde_json writes an exponent with its sign: the value, not the bytes, as sent.
+        assert_eq!(
+            err(&with("1e999")),
+            "appLatency.latency = 1e+999 must be a finite number"
+        );
+        for (negative, shown) in [("-1", "-1"), ("-0.5", "-0.5"), ("-1e999", "-1e+999")] {
+            assert_eq!(
+                err(&with(negative)),
+                format!("appLatency.latency = {shown} must not be negative")
+            );
+        }
     }
 
     #[test]

@@ -168,6 +168,29 @@ fn an_invalid_body_is_400_naming_the_field_and_nothing_is_sent() {
 }
 
 #[test]
+fn an_app_latency_too_large_for_a_number_is_400_saying_so_not_negative() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let with = |latency: &str| {
+        seed_traffic().replace(r#""latency": 20"#, &format!(r#""latency": {latency}"#))
+    };
+    assert_ne!(with("1e999"), seed_traffic(), "the example has a latency");
+    let d = p.post(&with("1e999")).problem(400);
+    assert_eq!(d, "appLatency.latency = 1e+999 must be a finite number");
+    let d = p.post(&with("-20")).problem(400);
+    assert_eq!(d, "appLatency.latency = -20 must not be negative");
+    assert!(mep.calls().is_empty(), "nothing is sent: {:?}", mep.calls());
+    assert!(
+        p.get("/service/requests")
+            .json
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    created_id(&p.post(&with("1e300")));
+}
+
+#[test]
 fn an_unknown_region_is_422_and_nothing_is_recorded() {
     let mep = FakeLlMec::start();
     let p = plugin(&mep);
