@@ -606,12 +606,16 @@ fn check_interface(at: &str, interface: &InterfaceDescriptor) -> Result<(), Stri
     Ok(())
 }
 
+/// Most characters in an id (rule ids, `appInstanceId`): the OpenAPI document's `maxLength`,
+/// which JSON Schema counts in characters.
+const MAX_ID_CHARS: usize = 256;
+
 fn check_id(id: &str, at: &str) -> Result<(), String> {
     if id.trim().is_empty() {
         return Err(format!("{at} must not be empty"));
     }
-    if id.len() > 256 {
-        return Err(format!("{at} must be at most 256 characters"));
+    if id.chars().count() > MAX_ID_CHARS {
+        return Err(format!("{at} must be at most {MAX_ID_CHARS} characters"));
     }
     if id.chars().any(char::is_control) {
         return Err(format!("{at} must not contain control characters"));
@@ -863,6 +867,31 @@ mod tests {
     fn a_stored_request_can_be_sent_again() {
         let body = r#"{"RegionId":"2","RequestId":"x","status":"FAILED","statusDetail":"why","createdAt":"t","lastModified":"t"}"#;
         assert!(parse_creation(body.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn ids_are_at_most_256_characters_whatever_their_bytes() {
+        let dns = |id: &str| DNS_SPEC.replace("\"111\"", &format!("\"{id}\""));
+        for id in ["a".repeat(256), "é".repeat(256), "€".repeat(256)] {
+            assert!(
+                parse_creation(dns(&id).as_bytes()).is_ok(),
+                "{} characters, {} bytes",
+                id.chars().count(),
+                id.len()
+            );
+        }
+        for id in ["a".repeat(257), "é".repeat(257)] {
+            assert_eq!(
+                err(&dns(&id)),
+                "appDNSRule[0].dnsRuleId must be at most 256 characters"
+            );
+        }
+        // The one check of every id: traffic rules' and appInstanceId too.
+        assert!(check_id(&"é".repeat(256), "appInstanceId").is_ok());
+        assert_eq!(
+            check_id(&"é".repeat(257), "appInstanceId").unwrap_err(),
+            "appInstanceId must be at most 256 characters"
+        );
     }
 
     #[test]

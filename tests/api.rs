@@ -168,6 +168,21 @@ fn an_invalid_body_is_400_naming_the_field_and_nothing_is_sent() {
 }
 
 #[test]
+fn a_rule_id_of_256_characters_is_accepted_whatever_its_bytes() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let in_region_3 = DNS.replace("\"RegionId\":\"2\"", "\"RegionId\":\"3\"");
+    let with = |id: &str| in_region_3.replace("\"111\"", &format!("\"{id}\""));
+    // 256 characters of two bytes each: within the documented maxLength (characters).
+    let long = "é".repeat(256);
+    let id = created_id(&p.post(&with(&long)));
+    let stored = p.get(&format!("/service/requests/{id}")).json;
+    assert_eq!(stored["appDNSRule"][0]["dnsRuleId"], long.as_str());
+    let d = p.post(&with(&"é".repeat(257))).problem(400);
+    assert_eq!(d, "appDNSRule[0].dnsRuleId must be at most 256 characters");
+}
+
+#[test]
 fn an_app_latency_too_large_for_a_number_is_400_saying_so_not_negative() {
     let mep = FakeLlMec::start();
     let p = plugin(&mep);
