@@ -747,12 +747,15 @@ fn check_domain(name: &str) -> Result<(), &'static str> {
     }
 }
 
-/// A port or a range `a-b`.
+/// A port 0-65535 or a range `a-b` of two (a <= b), in ASCII digits only: the drivers send a
+/// port as it was written, so a sign or whitespace that `u16`'s parser (or a trim) would take
+/// reaches a platform that may not.
 fn check_port(port: &str) -> Result<(), &'static str> {
     let parse = |p: &str| {
-        p.trim()
-            .parse::<u16>()
-            .map_err(|_| "is not a port 0-65535 or a range a-b")
+        Some(p)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u16>().ok())
+            .ok_or("is not a port 0-65535 or a range a-b (ASCII digits only, no sign or space)")
     };
     match port.split_once('-') {
         Some((a, b)) if parse(a)? <= parse(b)? => Ok(()),
@@ -922,6 +925,48 @@ mod tests {
         assert!(check_port("2000-1000").is_err());
         assert!(check_port("http").is_err());
         assert!(check_port("70000").is_err());
+    }
+
+    #[test]
+    fn ports_are_ascii_digits_only_as_they_are_sent_to_platforms() {
+        for ok in ["0", "80", "65535", "0-65535", "80-80", "1000-2000"] {
+            assert_eq!(check_port(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "+80",
+            " 81 ",
+            "81 ",
+            "\t81",
+            "81\n",
+            "",
+            "-",
+            "-80",
+            "80-",
+            "1-+2",
+            "+1-2",
+            "1 -2",
+            "1- 2",
+            "1-2-3",
+            "65536",
+            "99999999999999999999",
+            "0x50",
+            "80.0",
+            "٨٠",
+            "８０",
+        ] {
+            assert!(check_port(bad).is_err(), "{bad:?}");
+        }
+        let rule = |port: &str| {
+            format!(
+                r#"{{"RegionId":"2","appTrafficRule":[{{"trafficRuleId":"t","filterType":"FLOW","priority":1,"trafficFilter":[{{"srcPort":["1"],"dstPort":["{port}"]}}],"action":"DROP"}}]}}"#
+            )
+        };
+        assert_eq!(
+            err(&rule("+80")),
+            "appTrafficRule[0].trafficFilter[0].dstPort[0] '+80' is not a port 0-65535 or a range \
+             a-b (ASCII digits only, no sign or space)"
+        );
+        assert!(err(&rule(" 81 ")).contains("dstPort[0] ' 81 ' is not a port"));
     }
 
     #[test]

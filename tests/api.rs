@@ -183,6 +183,42 @@ fn a_rule_id_of_256_characters_is_accepted_whatever_its_bytes() {
 }
 
 #[test]
+fn a_port_with_a_sign_or_spaces_is_400_and_nothing_is_sent() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    // Region 3's simulated platform takes any port the validation lets through.
+    let with = |port: &str| {
+        seed_traffic()
+            .replace("\"RegionId\": \"2\"", "\"RegionId\": \"3\"")
+            .replace(r#""dstPort": ["80"]"#, &format!(r#""dstPort": ["{port}"]"#))
+    };
+    assert_ne!(
+        with("+80"),
+        seed_traffic(),
+        "the example has region 2 and port 80"
+    );
+    for port in ["+80", " 81 ", "81\\t", "1 - 2", "+1-2"] {
+        let d = p.post(&with(port)).problem(400);
+        assert!(
+            d.starts_with("appTrafficRule[0].trafficFilter[0].dstPort[0] '")
+                && d.contains("is not a port 0-65535 or a range a-b"),
+            "{port:?}: {d}"
+        );
+    }
+    assert!(
+        p.get("/service/requests")
+            .json
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    for port in ["80", "1000-2000"] {
+        created_id(&p.post(&with(port)));
+    }
+    assert!(mep.calls().is_empty(), "region 3 is simulated");
+}
+
+#[test]
 fn an_app_latency_too_large_for_a_number_is_400_saying_so_not_negative() {
     let mep = FakeLlMec::start();
     let p = plugin(&mep);
