@@ -531,9 +531,9 @@ fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
 }
 
 /// Parses the query of `DELETE /service/requests/{id}`: `forget=true|false` and
-/// `adopt=true|false`, each at most once (both true is refused only for a request they
-/// contradict each other on: [`Deletion::ForgetAndAdopt`]); other parameters are ignored
-/// (debug log).
+/// `adopt=true|false` (values percent-decoded), each at most once (both true is refused only
+/// for a request they contradict each other on: [`Deletion::ForgetAndAdopt`]); other
+/// parameters are ignored (debug log).
 fn parse_deletion(query: Option<&str>) -> Result<Deletion, ApiError> {
     let bad = |detail: String| ApiError::BadRequest { detail };
     let (mut forget, mut adopt) = (None, None);
@@ -551,13 +551,15 @@ fn parse_deletion(query: Option<&str>) -> Result<Deletion, ApiError> {
                 "query parameter '{key}' is given more than once"
             )));
         }
-        *slot = Some(match value {
+        // Decoded before it is compared, as the other parsers' values are: `%74rue` is `true`,
+        // and the value a refusal shows is the one compared.
+        let value = percent_decode_str(value).decode_utf8_lossy();
+        *slot = Some(match &*value {
             "true" => true,
             "false" => false,
             other => {
                 return Err(bad(format!(
-                    "query parameter '{key}' = '{}' must be true or false",
-                    percent_decode_str(other).decode_utf8_lossy()
+                    "query parameter '{key}' = '{other}' must be true or false"
                 )));
             }
         });
@@ -1325,6 +1327,30 @@ mod tests {
             "forget=true&forget=true",
             "adopt=1",
             "adopt=false&adopt=false",
+        ] {
+            assert!(parse_deletion(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn forget_and_adopt_values_are_percent_decoded_before_they_are_compared() {
+        assert_eq!(parse_deletion(Some("forget=%74rue")), Ok(Deletion::Forget));
+        assert_eq!(parse_deletion(Some("adopt=%74%72ue")), Ok(Deletion::Adopt));
+        assert_eq!(
+            parse_deletion(Some("forget=%66alse&adopt=fals%65")),
+            Ok(Deletion::Remove)
+        );
+        // The value shown is the value compared.
+        let e = parse_deletion(Some("forget=%79es"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'forget' = 'yes' must be true or false"), "{e}");
+        // Decoding does not make a value more lenient than its plain form.
+        for bad in [
+            "forget=%20true",
+            "adopt=TRUE",
+            "adopt=%54rue",
+            "forget=true%00",
         ] {
             assert!(parse_deletion(Some(bad)).is_err(), "{bad}");
         }

@@ -522,11 +522,22 @@ pub fn validate(request: &CreationRequest) -> Result<(), String> {
         check_depth(raw, &at)?;
     }
     if let Some(latency) = &request.app_latency {
-        if latency.latency.as_f64().is_none_or(|l| l < 0.0) {
-            return Err("appLatency.latency must not be negative".into());
-        }
+        check_latency(&latency.latency)?;
     }
     Ok(())
+}
+
+/// `appLatency.latency`: a finite number, not negative. It is kept as written (arbitrary
+/// precision), so a number no `f64` holds (`1e999`) parses: it is refused as not finite, not
+/// as negative; a negative one is refused as negative whatever its size.
+fn check_latency(n: &Number) -> Result<(), String> {
+    let negative = || format!("appLatency.latency = {n} must not be negative");
+    match n.as_f64() {
+        Some(l) if l < 0.0 => Err(negative()),
+        Some(_) => Ok(()),
+        None if n.to_string().starts_with('-') => Err(negative()),
+        None => Err(format!("appLatency.latency = {n} must be a finite number")),
+    }
 }
 
 /// A DNS rule at `at` (its id is checked by [`validate`]).
@@ -595,12 +606,16 @@ fn check_interface(at: &str, interface: &InterfaceDescriptor) -> Result<(), Stri
     Ok(())
 }
 
+/// Most characters in an id (rule ids, `appInstanceId`): the OpenAPI document's `maxLength`,
+/// which JSON Schema counts in characters.
+const MAX_ID_CHARS: usize = 256;
+
 fn check_id(id: &str, at: &str) -> Result<(), String> {
     if id.trim().is_empty() {
         return Err(format!("{at} must not be empty"));
     }
-    if id.len() > 256 {
-        return Err(format!("{at} must be at most 256 characters"));
+    if id.chars().count() > MAX_ID_CHARS {
+        return Err(format!("{at} must be at most {MAX_ID_CHARS} characters"));
     }
     if id.chars().any(char::is_control) {
         return Err(format!("{at} must not contain control characters"));
@@ -732,12 +747,15 @@ fn check_domain(name: &str) -> Result<(), &'static str> {
     }
 }
 
-/// A port or a range `a-b`.
+/// A port 0-65535 or a range `a-b` of two (a <= b), in ASCII digits only: the drivers send a
+/// port as it was written, so a sign or whitespace that `u16`'s parser (or a trim) would take
+/// reaches a platform that may not.
 fn check_port(port: &str) -> Result<(), &'static str> {
     let parse = |p: &str| {
-        p.trim()
-            .parse::<u16>()
-            .map_err(|_| "is not a port 0-65535 or a range a-b")
+        Some(p)
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<u16>().ok())
+            .ok_or("is not a port 0-65535 or a range a-b (ASCII digits only, no sign or space)")
     };
     match port.split_once('-') {
         Some((a, b)) if parse(a)? <= parse(b)? => Ok(()),
@@ -855,12 +873,100 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_at_most_256_characters_whatever_their_bytes() {
+        let dns = |id: &str| DNS_SPEC.replace("\"111\"", &format!("\"{id}\""));
+        for id in ["a".repeat(256), "é".repeat(256), "€".repeat(256)] {
+            assert!(
+                parse_creation(dns(&id).as_bytes()).is_ok(),
+                "{} characters, {} bytes",
+                id.chars().count(),
+                id.len()
+            );
+        }
+        for id in ["a".repeat(257), "é".repeat(257)] {
+            assert_eq!(
+                err(&dns(&id)),
+                "appDNSRule[0].dnsRuleId must be at most 256 characters"
+            );
+        }
+        // The one check of every id: traffic rules' and appInstanceId too.
+        assert!(check_id(&"é".repeat(256), "appInstanceId").is_ok());
+        assert_eq!(
+            check_id(&"é".repeat(257), "appInstanceId").unwrap_err(),
+            "appInstanceId must be at most 256 characters"
+        );
+    }
+
+    #[test]
+    fn a_latency_is_a_finite_number_not_negative() {
+        let with = |latency: &str| {
+            format!(r#"{{"RegionId":"2","appLatency":{{"timeUnit":"ms","latency":{latency}}}}}"#)
+        };
+        for ok in ["0", "-0", "20", "0.5", "2.0", "1e300"] {
+            assert!(parse_creation(with(ok).as_bytes()).is_ok(), "{ok}");
+        }
+        // serde_json writes an exponent with its sign: the value, not the bytes, as sent.
+        assert_eq!(
+            err(&with("1e999")),
+            "appLatency.latency = 1e+999 must be a finite number"
+        );
+        for (negative, shown) in [("-1", "-1"), ("-0.5", "-0.5"), ("-1e999", "-1e+999")] {
+            assert_eq!(
+                err(&with(negative)),
+                format!("appLatency.latency = {shown} must not be negative")
+            );
+        }
+    }
+
+    #[test]
     fn ports_must_be_ports_or_ranges() {
         assert!(check_port("80").is_ok());
         assert!(check_port("1000-2000").is_ok());
         assert!(check_port("2000-1000").is_err());
         assert!(check_port("http").is_err());
         assert!(check_port("70000").is_err());
+    }
+
+    #[test]
+    fn ports_are_ascii_digits_only_as_they_are_sent_to_platforms() {
+        for ok in ["0", "80", "65535", "0-65535", "80-80", "1000-2000"] {
+            assert_eq!(check_port(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "+80",
+            " 81 ",
+            "81 ",
+            "\t81",
+            "81\n",
+            "",
+            "-",
+            "-80",
+            "80-",
+            "1-+2",
+            "+1-2",
+            "1 -2",
+            "1- 2",
+            "1-2-3",
+            "65536",
+            "99999999999999999999",
+            "0x50",
+            "80.0",
+            "٨٠",
+            "８０",
+        ] {
+            assert!(check_port(bad).is_err(), "{bad:?}");
+        }
+        let rule = |port: &str| {
+            format!(
+                r#"{{"RegionId":"2","appTrafficRule":[{{"trafficRuleId":"t","filterType":"FLOW","priority":1,"trafficFilter":[{{"srcPort":["1"],"dstPort":["{port}"]}}],"action":"DROP"}}]}}"#
+            )
+        };
+        assert_eq!(
+            err(&rule("+80")),
+            "appTrafficRule[0].trafficFilter[0].dstPort[0] '+80' is not a port 0-65535 or a range \
+             a-b (ASCII digits only, no sign or space)"
+        );
+        assert!(err(&rule(" 81 ")).contains("dstPort[0] ' 81 ' is not a port"));
     }
 
     #[test]

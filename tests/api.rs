@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::fake_llmec::FakeLlMec;
-use support::{Plugin, eventually, example, llmec_region, server_section, simulated_region};
+use support::{
+    Plugin, eventually, example, llmec_region, server_section, simulated_region, temp_dir,
+};
 
 const DNS: &str = r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V4","ipAddress":"172.24.248.5","ttl":0}]}"#;
 
@@ -166,6 +168,80 @@ fn an_invalid_body_is_400_naming_the_field_and_nothing_is_sent() {
 }
 
 #[test]
+fn a_rule_id_of_256_characters_is_accepted_whatever_its_bytes() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let in_region_3 = DNS.replace("\"RegionId\":\"2\"", "\"RegionId\":\"3\"");
+    let with = |id: &str| in_region_3.replace("\"111\"", &format!("\"{id}\""));
+    // 256 characters of two bytes each: within the documented maxLength (characters).
+    let long = "é".repeat(256);
+    let id = created_id(&p.post(&with(&long)));
+    let stored = p.get(&format!("/service/requests/{id}")).json;
+    assert_eq!(stored["appDNSRule"][0]["dnsRuleId"], long.as_str());
+    let d = p.post(&with(&"é".repeat(257))).problem(400);
+    assert_eq!(d, "appDNSRule[0].dnsRuleId must be at most 256 characters");
+}
+
+#[test]
+fn a_port_with_a_sign_or_spaces_is_400_and_nothing_is_sent() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    // Region 3's simulated platform takes any port the validation lets through.
+    let with = |port: &str| {
+        seed_traffic()
+            .replace("\"RegionId\": \"2\"", "\"RegionId\": \"3\"")
+            .replace(r#""dstPort": ["80"]"#, &format!(r#""dstPort": ["{port}"]"#))
+    };
+    assert_ne!(
+        with("+80"),
+        seed_traffic(),
+        "the example has region 2 and port 80"
+    );
+    for port in ["+80", " 81 ", "81\\t", "1 - 2", "+1-2"] {
+        let d = p.post(&with(port)).problem(400);
+        assert!(
+            d.starts_with("appTrafficRule[0].trafficFilter[0].dstPort[0] '")
+                && d.contains("is not a port 0-65535 or a range a-b"),
+            "{port:?}: {d}"
+        );
+    }
+    assert!(
+        p.get("/service/requests")
+            .json
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    for port in ["80", "1000-2000"] {
+        created_id(&p.post(&with(port)));
+    }
+    assert!(mep.calls().is_empty(), "region 3 is simulated");
+}
+
+#[test]
+fn an_app_latency_too_large_for_a_number_is_400_saying_so_not_negative() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    let with = |latency: &str| {
+        seed_traffic().replace(r#""latency": 20"#, &format!(r#""latency": {latency}"#))
+    };
+    assert_ne!(with("1e999"), seed_traffic(), "the example has a latency");
+    let d = p.post(&with("1e999")).problem(400);
+    assert_eq!(d, "appLatency.latency = 1e+999 must be a finite number");
+    let d = p.post(&with("-20")).problem(400);
+    assert_eq!(d, "appLatency.latency = -20 must not be negative");
+    assert!(mep.calls().is_empty(), "nothing is sent: {:?}", mep.calls());
+    assert!(
+        p.get("/service/requests")
+            .json
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    created_id(&p.post(&with("1e300")));
+}
+
+#[test]
 fn an_unknown_region_is_422_and_nothing_is_recorded() {
     let mep = FakeLlMec::start();
     let p = plugin(&mep);
@@ -311,6 +387,58 @@ fn delete_removes_the_rules_then_answers_201() {
     assert!(mep.installed().is_empty());
     p.get(&format!("/service/requests/{id}")).problem(404);
     p.delete(&id).problem(404);
+}
+
+#[test]
+fn forget_and_adopt_are_read_percent_decoded() {
+    let mep = FakeLlMec::start();
+    let dir = temp_dir("api-forget-decoded");
+    let both = format!(
+        "{}{}{}",
+        server_section(""),
+        llmec_region("2", &mep.url(), 1000),
+        simulated_region("3")
+    );
+    let p = Plugin::start_in(&both, &dir);
+    let kept = created_id(&p.post(DNS));
+    let other = created_id(&p.post(&DNS.replace("\"RegionId\":\"2\"", "\"RegionId\":\"3\"")));
+    // What the detail shows is what was compared: the decoded value.
+    let d = p
+        .call(
+            "DELETE",
+            &format!("/service/requests/{other}?forget=%79es"),
+            None,
+        )
+        .problem(400);
+    assert!(d.contains("'forget' = 'yes' must be true or false"), "{d}");
+    // `%74rue` is `true`: on a request of an unchanged platform, `adopt` removes it as usual.
+    let r = p.call(
+        "DELETE",
+        &format!("/service/requests/{other}?adopt=%74rue"),
+        None,
+    );
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(r.json["status"], "DELETED");
+    p.stop();
+
+    // Region 2 removed from the configuration: only `forget=true` drops its request, and
+    // `forget=%74rue` is that.
+    let p = Plugin::start_in(
+        &format!("{}{}", server_section(""), simulated_region("3")),
+        &dir,
+    );
+    p.delete(&kept).problem(409);
+    let r = p.call(
+        "DELETE",
+        &format!("/service/requests/{kept}?forget=%74rue"),
+        None,
+    );
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(r.json["status"], "DELETED");
+    p.get(&format!("/service/requests/{kept}")).problem(404);
+    assert_eq!(mep.installed().len(), 1, "left on the platform, as asked");
+    p.stop();
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
