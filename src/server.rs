@@ -73,9 +73,10 @@
 //! unchanged after it. A bad chain or key is an error naming `tls_cert` or `tls_key` at start.
 //!
 //! **Shutdown.** Stops accepting and shuts the listening socket (new connections are refused at
-//! once), closes connections with no request in progress, lets the workers finish the requests
-//! they have and the ones queued (bounded by the grace period; their responses say
-//! `Connection: close`), then closes everything.
+//! once), closes idle connections, answers 503 (`Retry-After`, `Connection: close`) a request
+//! half received (not executed), lets the workers finish the requests they have and the ones
+//! queued (bounded by the grace period; their responses say `Connection: close`), then closes
+//! everything.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -1311,11 +1312,27 @@ impl IoLoop {
         }
         for i in 0..self.conns.len() {
             let token = Token(i + FIRST_CONN);
-            let idle = self.conns[i]
-                .as_ref()
-                .is_some_and(|c| !matches!(c.phase, Phase::Waiting | Phase::Writing { .. }));
-            if idle {
-                self.close(token);
+            let Some(conn) = self.conns[i].as_mut() else {
+                continue;
+            };
+            match conn.phase {
+                Phase::Waiting | Phase::Writing { .. } => {}
+                // Part of a request arrived (its head, or its head and part of its body): it
+                // is not executed, and its client is told so instead of seeing the
+                // connection close without an answer.
+                Phase::Head { idle: false } | Phase::Body { .. } => {
+                    let unread = std::mem::replace(&mut conn.phase, Phase::Head { idle: true });
+                    let (request, started) = match unread {
+                        Phase::Body {
+                            request, started, ..
+                        } => (Some(request), started),
+                        _ => (None, Instant::now()),
+                    };
+                    self.refuse(token, shutting_down(), request, started);
+                    // Written by the next turn of the loop, as for any connection driven again.
+                    self.again.push(token);
+                }
+                Phase::Head { idle: true } | Phase::Lingering { .. } => self.close(token),
             }
         }
         // No connection left can read another request: the workers finish the queue and leave
@@ -1991,6 +2008,16 @@ impl IoLoop {
         conn.out.extend_from_slice(&out);
         conn.phase = Phase::Writing { pipe: None, close };
         self.set_deadline(token, read_timeout);
+    }
+}
+
+/// The answer to a request caught half received by the shutdown.
+fn shutting_down() -> ApiError {
+    ApiError::Unavailable {
+        detail: "mec-plugin is shutting down: this request was not executed; send it again \
+                 once the service is back"
+            .into(),
+        request_id: None,
     }
 }
 

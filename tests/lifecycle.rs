@@ -1,6 +1,6 @@
 //! The real binary under a (simulated) service manager: `READY=1` on `NOTIFY_SOCKET` once the
 //! API answers and the state is loaded, `STOPPING=1` and a graceful exit 0 on SIGTERM, SIGINT
-//! and SIGHUP (requests in flight finish, new connections are refused, the records survive), an
+//! and SIGHUP (requests in flight finish, those half received get 503, new connections are refused, the records survive), an
 //! immediate exit on a second signal, priority-prefixed log lines when standard output is the
 //! journal, and a service that goes on when its standard output fails. Everything on loopback; each child is killed when its guard drops.
 
@@ -496,6 +496,50 @@ fn sighup_shuts_down_gracefully_and_says_the_configuration_is_not_reloaded() {
     let _plugin = Plugin::start(&config, Some(&manager.path), None);
     let (status, _) = manager.ready();
     assert!(status.contains("1 record(s)"), "{status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn requests_half_received_at_the_shutdown_are_answered_503_not_cut() {
+    let dir = temp_dir("half-received");
+    let config = write_config(&dir, None, 3000, "");
+    let manager = Manager::bind(&dir);
+    let mut plugin = Plugin::start(&config, Some(&manager.path), None);
+    let (_, addr) = manager.ready();
+    let bound = Duration::from_secs(5);
+    // A head and 1 byte of its 100-byte body; a head without its blank line.
+    let mut body = TcpStream::connect(&addr).unwrap();
+    body.write_all(
+        b"POST /MEC/v1/service/requests HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{",
+    )
+    .unwrap();
+    let mut head = TcpStream::connect(&addr).unwrap();
+    head.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // Both are read (and the connections counted) before the signal.
+    thread::sleep(Duration::from_millis(200));
+
+    plugin.signal(libc::SIGTERM);
+    assert!(manager.next(bound).starts_with("STOPPING=1"));
+    for (name, mut conn) in [("body", body), ("head", head)] {
+        conn.set_read_timeout(Some(bound)).unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 503 "), "{name}: {answer}");
+        assert!(answer.contains("Retry-After: "), "{name}: {answer}");
+        assert!(answer.contains("Connection: close"), "{name}: {answer}");
+        assert!(
+            answer.contains("shutting down: this request was not executed"),
+            "{name}: {answer}"
+        );
+    }
+    let exit = plugin.wait_exit(bound).expect("exits");
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    // Nothing was recorded.
+    let _plugin = Plugin::start(&config, Some(&manager.path), None);
+    let (status, _) = manager.ready();
+    assert!(status.contains("0 record(s)"), "{status}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
