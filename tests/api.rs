@@ -403,20 +403,10 @@ fn forget_and_adopt_are_read_percent_decoded() {
     let kept = created_id(&p.post(DNS));
     let other = created_id(&p.post(&DNS.replace("\"RegionId\":\"2\"", "\"RegionId\":\"3\"")));
     // What the detail shows is what was compared: the decoded value.
-    let d = p
-        .call(
-            "DELETE",
-            &format!("/service/requests/{other}?forget=%79es"),
-            None,
-        )
-        .problem(400);
+    let d = delete_with(&p, &other, "forget=%79es").problem(400);
     assert!(d.contains("'forget' = 'yes' must be true or false"), "{d}");
     // `%74rue` is `true`: on a request of an unchanged platform, `adopt` removes it as usual.
-    let r = p.call(
-        "DELETE",
-        &format!("/service/requests/{other}?adopt=%74rue"),
-        None,
-    );
+    let r = delete_with(&p, &other, "adopt=%74rue");
     assert_eq!(r.status, 201, "{:?}", r.json);
     assert_eq!(r.json["status"], "DELETED");
     p.stop();
@@ -428,17 +418,18 @@ fn forget_and_adopt_are_read_percent_decoded() {
         &dir,
     );
     p.delete(&kept).problem(409);
-    let r = p.call(
-        "DELETE",
-        &format!("/service/requests/{kept}?forget=%74rue"),
-        None,
-    );
+    let r = delete_with(&p, &kept, "forget=%74rue");
     assert_eq!(r.status, 201, "{:?}", r.json);
     assert_eq!(r.json["status"], "DELETED");
     p.get(&format!("/service/requests/{kept}")).problem(404);
     assert_eq!(mep.installed().len(), 1, "left on the platform, as asked");
     p.stop();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// DELETE of request `id` with the query `query`.
+fn delete_with(p: &Plugin, id: &str, query: &str) -> support::Reply {
+    p.call("DELETE", &format!("/service/requests/{id}?{query}"), None)
 }
 
 #[test]
