@@ -158,13 +158,7 @@ fn an_invalid_body_is_400_naming_the_field_and_nothing_is_sent() {
     p.post(&format!("{}1{}", "[".repeat(50_000), "]".repeat(50_000)))
         .problem(400);
     assert!(mep.calls().is_empty());
-    assert!(
-        p.get("/service/requests")
-            .json
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert_nothing_stored(&p);
 }
 
 #[test]
@@ -205,13 +199,7 @@ fn a_port_with_a_sign_or_spaces_is_400_and_nothing_is_sent() {
             "{port:?}: {d}"
         );
     }
-    assert!(
-        p.get("/service/requests")
-            .json
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert_nothing_stored(&p);
     for port in ["80", "1000-2000"] {
         created_id(&p.post(&with(port)));
     }
@@ -231,13 +219,7 @@ fn an_app_latency_too_large_for_a_number_is_400_saying_so_not_negative() {
     let d = p.post(&with("-20")).problem(400);
     assert_eq!(d, "appLatency.latency = -20 must not be negative");
     assert!(mep.calls().is_empty(), "nothing is sent: {:?}", mep.calls());
-    assert!(
-        p.get("/service/requests")
-            .json
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert_nothing_stored(&p);
     created_id(&p.post(&with("1e300")));
 }
 
@@ -249,13 +231,7 @@ fn an_unknown_region_is_422_and_nothing_is_recorded() {
         .post(&DNS.replace("\"RegionId\":\"2\"", "\"RegionId\":\"77\""))
         .problem(422);
     assert!(d.contains("'77'"), "{d}");
-    assert!(
-        p.get("/service/requests")
-            .json
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert_nothing_stored(&p);
 }
 
 #[test]
@@ -269,13 +245,7 @@ fn a_rule_the_platform_cannot_express_is_422_naming_the_rule_and_nothing_is_sent
         mep.calls().is_empty(),
         "nothing is sent for a refused request"
     );
-    assert!(
-        p.get("/service/requests")
-            .json
-            .as_array()
-            .unwrap()
-            .is_empty()
-    );
+    assert_nothing_stored(&p);
 }
 
 #[test]
@@ -425,6 +395,12 @@ fn forget_and_adopt_are_read_percent_decoded() {
     assert_eq!(mep.installed().len(), 1, "left on the platform, as asked");
     p.stop();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// No request is listed.
+fn assert_nothing_stored(p: &Plugin) {
+    let listed = p.get("/service/requests").json;
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
 }
 
 /// DELETE of request `id` with the query `query`.
