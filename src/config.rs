@@ -434,9 +434,17 @@ impl Config {
                 .span()
                 .map(|s| format!("line {}: ", line_of(text, s.start)))
                 .unwrap_or_default();
+            // toml says only "duplicate key"; its span is the key (or the table's header).
+            let named = match (e.message(), e.span().and_then(|s| text.get(s))) {
+                (m, Some(key)) if m.trim_end() == "duplicate key" => {
+                    let key: String = key.trim().chars().take(64).collect();
+                    format!(" `{key}`")
+                }
+                _ => String::new(),
+            };
             ConfigError {
                 file: file.to_string(),
-                message: format!("{line}{}", e.message()),
+                message: format!("{line}{}{named}", e.message().trim_end()),
             }
         })?;
         // Without a [server] table, its defaults, resolved as the table's (state_dir relative

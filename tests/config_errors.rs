@@ -72,6 +72,18 @@ fn write_files(dir: &std::path::Path) {
 fn cases() -> Vec<(String, &'static str)> {
     vec![
         (
+            server("workers = 2\nworkers = 3"),
+            "line 3: duplicate key `workers`",
+        ),
+        (
+            format!("[server]\n[server]\n{MINIMAL}"),
+            "line 2: duplicate key `server`",
+        ),
+        (
+            region("longitude = 7.06", "longitude = 7.06\nlongitude = 8"),
+            "line 6: duplicate key `longitude`",
+        ),
+        (
             server("listen = \"localhost\""),
             "line 2: [server] listen = 'localhost' is not an address:port such as 127.0.0.1:8082",
         ),
