@@ -1446,7 +1446,10 @@ fn make_state_dir(dir: &Path) -> Result<(), JournalError> {
             io::Error::new(e.kind(), "exists and is not a directory")
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let parent = dir.parent().unwrap_or(Path::new("."));
+            let parent = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             io::Error::new(
                 e.kind(),
                 format!(
