@@ -40,7 +40,7 @@ use ureq::http::HeaderValue;
 use ureq::unversioned::transport::DefaultConnector;
 
 use crate::mep::agent::{
-    LiteralResolver, Trust, is_https, one_line, outbound_config, tls_trusting,
+    LiteralResolver, Trust, has_scheme, is_https, one_line, outbound_config, tls_trusting,
 };
 use crate::util::redact;
 
@@ -528,10 +528,7 @@ impl Client {
         let mut endpoints = Vec::new();
         for endpoint in &options.endpoints {
             // The scheme in any case, as `[store] endpoints` accepts it.
-            let http = endpoint
-                .get(..7)
-                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
-            if !(http || is_https(endpoint)) {
+            if !(has_scheme(endpoint, "http://") || is_https(endpoint)) {
                 return Err(format!(
                     "etcd endpoint '{}' is not an http:// or https:// URL",
                     redact(endpoint)

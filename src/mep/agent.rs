@@ -274,7 +274,7 @@ impl MepClient {
             Some(token) => match HeaderValue::from_str(&format!("Bearer {}", token.expose())) {
                 Ok(mut value) => {
                     value.set_sensitive(true);
-                    if base_url.starts_with("http://") {
+                    if has_scheme(&base_url, "http://") {
                         warn!(
                             "MEP {shown}: the bearer token is sent over plain http; use an https:// URL"
                         );
@@ -459,8 +459,14 @@ impl MepClient {
 
 /// Whether `url` is an `https://` one (the scheme in any case).
 pub(crate) fn is_https(url: &str) -> bool {
-    url.get(..8)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    has_scheme(url, "https://")
+}
+
+/// Whether `url` starts with `scheme` (`"http://"`, `"https://"`) in any case, as the
+/// configuration accepts it.
+pub(crate) fn has_scheme(url: &str, scheme: &str) -> bool {
+    url.get(..scheme.len())
+        .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
 }
 
 /// TLS for a client that calls an `https://` peer (`https`) or only `http://` ones: trusting
@@ -1168,6 +1174,11 @@ mod tests {
         assert!(!is_https("http://mep.example"));
         assert!(!is_https("http://https.example"));
         assert!(!is_https("https:/"));
+        // The plain-http token warning and the etcd endpoints ask the same way.
+        assert!(has_scheme("HTTP://mep.example", "http://"));
+        assert!(has_scheme("Http://127.0.0.1:13000", "http://"));
+        assert!(!has_scheme("https://mep.example", "http://"));
+        assert!(!has_scheme("http:", "http://"));
     }
 
     #[test]
