@@ -1058,12 +1058,7 @@ pub fn encode(entry: &Entry) -> String {
 /// Checks and parses one line (without its newline).
 fn decode(line: &[u8]) -> Result<Entry<'_>, BadLine> {
     let damaged = |why: &str| BadLine::Damaged(why.to_string());
-    let text = std::str::from_utf8(line).map_err(|_| damaged("not UTF-8"))?;
-    let mut parts = text.splitn(3, ' ');
-    let (Some(crc), Some(version), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(damaged("not a journal line"));
-    };
-    let crc = u32::from_str_radix(crc, 16).map_err(|_| damaged("bad checksum field"))?;
+    let (crc, version, json) = fields(line).map_err(damaged)?;
     if crc32fast::hash(json.as_bytes()) != crc {
         return Err(damaged("checksum mismatch"));
     }
@@ -1075,6 +1070,17 @@ fn decode(line: &[u8]) -> Result<Entry<'_>, BadLine> {
     }
     serde_json::from_slice(json.as_bytes())
         .map_err(|e| BadLine::Unreadable(format!("unreadable entry: {e}")))
+}
+
+/// A line's checksum, version and JSON, or why it has not that shape.
+fn fields(line: &[u8]) -> Result<(u32, &str, &str), &'static str> {
+    let text = std::str::from_utf8(line).map_err(|_| "not UTF-8")?;
+    let mut parts = text.splitn(3, ' ');
+    let (Some(crc), Some(version), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("not a journal line");
+    };
+    let crc = u32::from_str_radix(crc, 16).map_err(|_| "bad checksum field")?;
+    Ok((crc, version, json))
 }
 
 /// Why a line does not check out.
@@ -1272,18 +1278,11 @@ fn checks_out(line: &[u8]) -> bool {
     !matches!(decode(line), Err(BadLine::Damaged(_)))
 }
 
-/// Whether `line` has an entry's shape, whatever its checksum: a checksum field, a version,
-/// and JSON that reads as an entry (trailing whitespace such as a CR allowed, as JSON allows).
+/// Whether `line` has an entry's [`fields`], whatever its checksum, with JSON that reads as an
+/// entry (trailing whitespace such as a CR allowed, as JSON allows).
 fn reads_as_entry(line: &[u8]) -> bool {
-    let mut parts = line.splitn(3, |&b| b == b' ');
-    let (Some(crc), Some(version), Some(json)) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    crc.len() == 8
-        && crc.iter().all(u8::is_ascii_hexdigit)
-        && !version.is_empty()
-        && version.iter().all(u8::is_ascii_digit)
-        && serde_json::from_slice::<Entry<'_>>(json).is_ok()
+    fields(line)
+        .is_ok_and(|(_, _, json)| serde_json::from_slice::<Entry<'_>>(json.as_bytes()).is_ok())
 }
 
 /// Whether a whole entry ends `line` after bytes that are not one (the previous line's
