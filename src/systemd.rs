@@ -14,13 +14,14 @@
 //!
 //! [`Termination::watch`] takes over SIGTERM (what `systemctl stop` sends), SIGINT (Ctrl-C) and
 //! SIGHUP (the terminal closed, or an operator's `kill -HUP`, whose default action would end the
-//! process without draining it) and handles them on a thread of its own (`signal_hook`'s self-pipe, so nothing runs inside
-//! a signal handler). The first signal triggers the server's [`ShutdownHandle`] — or, if it
-//! comes while the plugin is still starting (replaying its state), as soon as the server is
-//! there ([`Termination::arm`]). A second signal while that shutdown is under way ends the
-//! process at once, by the signal's default action (the operator's second Ctrl-C). That is
-//! safe for the state: every change is on disk before it is acknowledged and a start-up
-//! recovers from an interrupted one as from a crash; only the requests in flight are cut.
+//! process without draining it) and handles them on a thread of its own (`signal_hook`'s
+//! self-pipe, so nothing runs inside a signal handler). The first signal triggers the server's
+//! [`ShutdownHandle`] — or, if it comes while the plugin is still starting (replaying its
+//! state), as soon as the server is there ([`Termination::arm`]). A second signal while that
+//! shutdown is under way ends the process at once, by the signal's default action (the
+//! operator's second Ctrl-C). That is safe for the state: every change is on disk before it is
+//! acknowledged and a start-up recovers from an interrupted one as from a crash; only the
+//! requests in flight are cut.
 //!
 //! SIGHUP does not reload the configuration, which is read once at start (regions and their
 //! platforms are static); its log line says so and that `systemctl restart` applies a change.
@@ -97,7 +98,8 @@ fn notify_address(socket: &OsStr) -> io::Result<SocketAddr> {
     }
 }
 
-/// Watches SIGTERM, SIGINT and SIGHUP; see the module docs. Dropping it stops the watching thread.
+/// Watches SIGTERM, SIGINT and SIGHUP; see the module docs. Dropping it stops the watching
+/// thread.
 pub struct Termination {
     shared: Arc<Mutex<Armed>>,
     signals: signal_hook::iterator::Handle,
@@ -115,8 +117,8 @@ struct Armed {
 }
 
 impl Termination {
-    /// Takes over SIGTERM, SIGINT and SIGHUP and starts the thread that handles them. Signals that
-    /// arrive before [`Termination::arm`] are remembered.
+    /// Takes over SIGTERM, SIGINT and SIGHUP and starts the thread that handles them. Signals
+    /// that arrive before [`Termination::arm`] are remembered.
     pub fn watch() -> io::Result<Termination> {
         let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
         let handle = signals.handle();

@@ -1,8 +1,9 @@
 //! The real binary under a (simulated) service manager: `READY=1` on `NOTIFY_SOCKET` once the
 //! API answers and the state is loaded, `STOPPING=1` and a graceful exit 0 on SIGTERM, SIGINT
-//! and SIGHUP (requests in flight finish, those half received get 503, new connections are refused, the records survive), an
-//! immediate exit on a second signal, priority-prefixed log lines when standard output is the
-//! journal, and a service that goes on when its standard output fails. Everything on loopback; each child is killed when its guard drops.
+//! and SIGHUP (requests in flight finish, those half received get 503, new connections are
+//! refused, the records survive), an immediate exit on a second signal, priority-prefixed log
+//! lines when standard output is the journal, and a service that goes on when its standard
+//! output fails. Everything on loopback; each child is killed when its guard drops.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
