@@ -25,8 +25,9 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 /// when the output is piped into `head`, which exited.
 fn reader_gone() -> Stdio {
     let mut fds = [0; 2];
-    // SAFETY: pipe(2) fills the two-element array it is given.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: pipe2(2) fills the two-element array it is given. Close-on-exec, as std's own
+    // pipes: children other tests start meanwhile must not inherit the write end.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
     // SAFETY: both descriptors were just created by pipe(2) and are owned here alone.
     let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     drop(read);

@@ -163,6 +163,23 @@ impl Plugin {
     }
 }
 
+/// The plugin started on region "2" (simulated) in `dir` under a fresh manager, once ready:
+/// its configuration file, the manager, the plugin and its API address.
+fn started(dir: &Path) -> (PathBuf, Manager, Plugin, String) {
+    let config = write_config(dir, None, 3000, "");
+    let manager = Manager::bind(dir);
+    let plugin = Plugin::start(&config, Some(&manager.path), None);
+    let (_, addr) = manager.ready();
+    (config, manager, plugin, addr)
+}
+
+/// Starts the plugin on `config` again: its ready status counts `records` records.
+fn assert_restart_finds(config: &Path, manager: &Manager, records: usize) {
+    let _plugin = Plugin::start(config, Some(&manager.path), None);
+    let (status, _) = manager.ready();
+    assert!(status.contains(&format!("{records} record(s)")), "{status}");
+}
+
 fn forward_lines(from: impl Read + Send + 'static, to: mpsc::Sender<String>) {
     thread::spawn(move || {
         for line in BufReader::new(from).lines().map_while(Result::ok) {
@@ -472,10 +489,7 @@ fn sigint_when_idle_exits_zero_at_once_and_journal_lines_carry_their_priority() 
 fn sighup_shuts_down_gracefully_and_says_the_configuration_is_not_reloaded() {
     // SIGHUP's default action would end the process at once, cutting requests in flight.
     let dir = temp_dir("sighup");
-    let config = write_config(&dir, None, 3000, "");
-    let manager = Manager::bind(&dir);
-    let mut plugin = Plugin::start(&config, Some(&manager.path), None);
-    let (_, addr) = manager.ready();
+    let (config, manager, mut plugin, addr) = started(&dir);
     let (code, body) = http(&addr, "POST", "/MEC/v1/service/requests", DNS_ONLY);
     assert_eq!(code, 201, "{body}");
 
@@ -494,19 +508,14 @@ fn sighup_shuts_down_gracefully_and_says_the_configuration_is_not_reloaded() {
     );
 
     // The record survived, as after SIGTERM.
-    let _plugin = Plugin::start(&config, Some(&manager.path), None);
-    let (status, _) = manager.ready();
-    assert!(status.contains("1 record(s)"), "{status}");
+    assert_restart_finds(&config, &manager, 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn requests_half_received_at_the_shutdown_are_answered_503_not_cut() {
     let dir = temp_dir("half-received");
-    let config = write_config(&dir, None, 3000, "");
-    let manager = Manager::bind(&dir);
-    let mut plugin = Plugin::start(&config, Some(&manager.path), None);
-    let (_, addr) = manager.ready();
+    let (config, manager, mut plugin, addr) = started(&dir);
     let bound = Duration::from_secs(5);
     // A head and 1 byte of its 100-byte body; a head without its blank line.
     let mut body = TcpStream::connect(&addr).unwrap();
@@ -538,9 +547,7 @@ fn requests_half_received_at_the_shutdown_are_answered_503_not_cut() {
     let exit = plugin.wait_exit(bound).expect("exits");
     assert_eq!(exit.code(), Some(0), "{exit:?}");
     // Nothing was recorded.
-    let _plugin = Plugin::start(&config, Some(&manager.path), None);
-    let (status, _) = manager.ready();
-    assert!(status.contains("0 record(s)"), "{status}");
+    assert_restart_finds(&config, &manager, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

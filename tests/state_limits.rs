@@ -227,6 +227,14 @@ fn assert_health_recovers(plugin: &Plugin) {
     );
 }
 
+/// Removes `ballast`: health recovers within 5 s and a creation is recorded again.
+fn room_again(plugin: &Plugin, ballast: &Path) {
+    std::fs::remove_file(ballast).unwrap();
+    assert_health_recovers(plugin);
+    let created = plugin.post(&big(99, 1024));
+    assert_eq!(created.status, 201, "{}", created.json["detail"]);
+}
+
 fn writable_gauge(plugin: &Plugin) -> String {
     let (_, text) = plugin.get_root("/metrics");
     text.lines()
@@ -283,7 +291,7 @@ fn a_full_state_dir_answers_507_keeps_reads_and_resumes_once_it_has_room() {
     // Room again: health recovers and writes resume, without a restart.
     std::fs::remove_file(&ballast).unwrap();
     assert_health_recovers(&plugin);
-    assert!(writable_gauge(&plugin).ends_with(" 1"));
+    assert!(writable_gauge(&plugin).ends_with(" 1"), "before any write");
     let created = plugin.post(&big(99, 1024));
     assert_eq!(created.status, 201, "{}", created.json["detail"]);
     let deleted = plugin.delete(&kept[0]);
@@ -317,10 +325,7 @@ fn a_restart_on_a_full_state_dir_serves_reads_and_resumes_writes_once_it_has_roo
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("ENOSPC"), "{body}");
 
-    std::fs::remove_file(&ballast).unwrap();
-    assert_health_recovers(&plugin);
-    let created = plugin.post(&big(99, 1024));
-    assert_eq!(created.status, 201, "{}", created.json["detail"]);
+    room_again(&plugin, &ballast);
     plugin.stop();
     drop(fs);
 }
@@ -345,10 +350,7 @@ fn a_first_start_on_a_full_file_system_serves_reads_and_resumes_writes_once_it_h
     let refused = plugin.post(&big(1, 1024));
     assert_eq!(refused.status, 507, "{}", refused.json["detail"]);
 
-    std::fs::remove_file(&ballast).unwrap();
-    assert_health_recovers(&plugin);
-    let created = plugin.post(&big(2, 1024));
-    assert_eq!(created.status, 201, "{}", created.json["detail"]);
+    room_again(&plugin, &ballast);
     plugin.stop();
     drop(fs);
 }
