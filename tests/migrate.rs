@@ -267,15 +267,7 @@ fn a_journal_whose_line_endings_were_converted_is_refused_by_export_and_start_un
         "{err}"
     );
     assert!(!file.exists(), "nothing exported");
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .output()
-        .unwrap();
+    let out = run(&config, &state, &["--listen", "127.0.0.1:0"]);
     assert_eq!(out.status.code(), Some(1), "the start is refused too");
     assert_eq!(
         std::fs::read(&journal).unwrap(),
