@@ -13,7 +13,7 @@
 //! value and which `toml::from_str` goes through anyway. `toml::Spanned` fields would keep
 //! the spans at hand, but cost a deserializer per field type (about 64 kB of the binary).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
@@ -458,6 +458,7 @@ impl Config {
         for (i, r) in raw.region.into_iter().enumerate() {
             regions.push(region_table(text, file, i, r, &mut seen)?);
         }
+        check_platforms_unshared(text, file, &regions)?;
         if regions.is_empty() {
             return Err(ConfigError {
                 file: file.to_string(),
@@ -987,6 +988,71 @@ fn mep_table(t: &Table, mep: RawMep) -> Result<MepConfig, ConfigError> {
     Ok(config)
 }
 
+/// Each platform serves one region: no `url` or alias of one region's `[region.mep]` names
+/// the platform of another (compared by [`platform_key`]). Which requests share a rule on a
+/// platform is worked out within a region (the rule index, the turns, a MEC 011 rule's prior
+/// state), so the DELETE of a request in one region would take off a rule that a request in
+/// the other still holds. The simulated platform is each region's own.
+fn check_platforms_unshared(
+    text: &str,
+    file: &str,
+    regions: &[RegionConfig],
+) -> Result<(), ConfigError> {
+    let mut owners: HashMap<String, &str> = HashMap::new();
+    for (i, r) in regions.iter().enumerate() {
+        if r.mep.driver == DriverKind::Simulated {
+            continue;
+        }
+        let t = Table::new(
+            text,
+            file,
+            format!("region '{}': mep.", r.id),
+            [At::Key("region"), At::Item(i), At::Key("mep")],
+        );
+        let urls = std::iter::once((None, &r.mep.url))
+            .chain(r.mep.aliases.iter().enumerate().map(|(j, a)| (Some(j), a)));
+        let mut own = Vec::new();
+        for (j, url) in urls {
+            let key = platform_key(url);
+            if let Some(other) = owners.get(&key) {
+                let what = format_args!(
+                    "= '{}' is the platform of region '{other}' too (its url or an alias): a \
+                     platform serves one region, since the rules requests share on it are \
+                     tracked per region",
+                    redact(url)
+                );
+                return Err(match j {
+                    None => t.error("url", what),
+                    Some(j) => t.error_at(&[At::Key("aliases"), At::Item(j)], "aliases", what),
+                });
+            }
+            own.push(key);
+        }
+        for key in own {
+            owners.insert(key, &r.id);
+        }
+    }
+    Ok(())
+}
+
+/// What names one platform in a checked URL: scheme and host in lower case, the port made
+/// explicit, the path as written; credentials left out (two users of one platform are one
+/// platform).
+fn platform_key(url: &str) -> String {
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+        return url.to_string();
+    };
+    let scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+    format!(
+        "{scheme}://{host}:{port}{}",
+        uri.path().trim_end_matches('/')
+    )
+}
+
 /// `[store]`: the keys of etcd are read (and checked) whatever the kind; `endpoints` and
 /// `advertise_url` are required with `kind = "etcd"`.
 fn store_table(t: &Table, s: RawStore) -> Result<StoreConfig, ConfigError> {
@@ -1358,6 +1424,53 @@ url = "http://127.0.0.1:13000/"
             "{e}"
         );
         assert!(e.contains("line 12"), "{e}");
+    }
+
+    #[test]
+    fn two_regions_on_one_platform_are_refused() {
+        let second = MINIMAL.replace("id = \"2\"", "id = \"3\"");
+        // The same URL, spelled differently: case, default port, trailing slash, credentials.
+        for url in ["http://127.0.0.1:13000", "HTTP://u:p@127.0.0.1:13000/"] {
+            let other = second.replace("http://127.0.0.1:13000/", url);
+            let e = parse_err(&format!("{MINIMAL}{other}"));
+            assert!(
+                e.contains("line 18: region '3': mep.url = '")
+                    && e.contains("is the platform of region '2' too"),
+                "{url}: {e}"
+            );
+            assert!(!e.contains("u:p@"), "credentials masked: {e}");
+        }
+        // An alias of one region is the URL of the other.
+        let e = parse_err(&format!(
+            "{MINIMAL}aliases = [\"http://mep.example\"]\n{}",
+            second.replace("http://127.0.0.1:13000/", "http://MEP.example:80")
+        ));
+        assert!(
+            e.contains(
+                "region '3': mep.url = 'http://MEP.example:80' is the platform of region '2'"
+            ),
+            "{e}"
+        );
+        // Another port, path or scheme is another platform; simulated regions are their own.
+        for url in [
+            "http://127.0.0.1:13001",
+            "http://127.0.0.1:13000/other",
+            "https://127.0.0.1:13000",
+        ] {
+            let other = second.replace("http://127.0.0.1:13000/", url);
+            assert!(
+                Config::parse(&format!("{MINIMAL}{other}"), "f").is_ok(),
+                "{url}"
+            );
+        }
+        let simulated = |id: &str| {
+            format!(
+                "[[region]]\nid = \"{id}\"\nlatitude = 1.0\nlongitude = 1.0\nrange_km = 1.0\n\
+                 [region.mep]\ndriver = \"simulated\"\n"
+            )
+        };
+        let two = format!("{}{}", simulated("a"), simulated("b"));
+        assert!(Config::parse(&two, "f").is_ok());
     }
 
     #[test]

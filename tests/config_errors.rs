@@ -438,6 +438,37 @@ fn cases() -> Vec<(String, &'static str)> {
         (
             format!(
                 "{MINIMAL}{}",
+                "\n[[region]]\nid = \"3\"\nlatitude = 43.6\nlongitude = 7.06\nrange_km = 10.0\n[region.mep]\ndriver = \"etsi-mec011\"\nurl = \"http://127.0.0.1:13000\"\n"
+            ),
+            "line 18: region '3': mep.url = 'http://127.0.0.1:13000' is the platform of region '2' too (its url or an alias): a platform serves one region, since the rules requests share on it are tracked per region",
+        ),
+        (
+            format!("{INLINE_MEP}{DOTTED_MEP}"),
+            "line 13: region 'd': mep.url = 'http://m:1' is the platform of region 'i' too (its url or an alias): a platform serves one region, since the rules requests share on it are tracked per region",
+        ),
+        (
+            format!(
+                "{}{DOTTED_MEP}",
+                INLINE_MEP.replace(
+                    "url = \"http://m:1\"",
+                    "url = \"http://n:1\", aliases = [\"http://u:secret@M:1/\"]"
+                )
+            ),
+            "line 13: region 'd': mep.url = 'http://m:1' is the platform of region 'i' too (its url or an alias): a platform serves one region, since the rules requests share on it are tracked per region",
+        ),
+        (
+            format!(
+                "{INLINE_MEP}{}",
+                DOTTED_MEP.replace(
+                    "mep.url = \"http://m:1\"",
+                    "mep.url = \"http://n:1\"\nmep.aliases = [\"http://a:1\", \"HTTP://m:1\"]"
+                )
+            ),
+            "line 14: region 'd': mep.aliases = 'HTTP://m:1' is the platform of region 'i' too (its url or an alias): a platform serves one region, since the rules requests share on it are tracked per region",
+        ),
+        (
+            format!(
+                "{MINIMAL}{}",
                 "\n[[region]]\nid = \"\"\nlatitude = 43.6\nlongitude = 7.06\nrange_km = 10.0\n[region.mep]\ndriver = \"llmec\"\nurl = \"http://127.0.0.1:0\"\n"
             ),
             "line 12: region #2: id must not be empty",

@@ -431,13 +431,15 @@ fn over_https_with_the_region_ca_the_rules_are_activated_and_deactivated() {
     let pki = TestPki::generate("etsi");
     let front = TlsFront::start(&pki, mep.addr());
     let url = format!("https://127.0.0.1:{}", front.port());
-    // Region 2 trusts the test CA; region 3 does not (the host's trust store only).
+    // Region 2 trusts the test CA; region 3 does not (the host's trust store only). Each has
+    // its own front (a platform serves one region), with the same certificate.
+    let other = TlsFront::start(&pki, mep.addr());
     let p = Plugin::start(&format!(
         "{}{}ca_file = \"{}\"\n{}",
         server_section(""),
         etsi_region("2", &url, 3000),
         pki.ca_file.display(),
-        etsi_region("3", &url, 3000)
+        etsi_region("3", &format!("https://127.0.0.1:{}", other.port()), 3000)
     ));
 
     let mut untrusted: Value = serde_json::from_str(&request(Some("app-1"))).unwrap();
