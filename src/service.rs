@@ -973,9 +973,7 @@ impl Service {
         let result = f();
         let outcome = match &result {
             Ok(_) => Outcome::Ok,
-            Err(MepError::Refused { .. }) => Outcome::Refused,
-            Err(MepError::Unreachable { .. } | MepError::NotSent { .. }) => Outcome::Unreachable,
-            Err(MepError::Timeout { .. }) => Outcome::Timeout,
+            Err(e) => outcome_of(e),
         };
         self.metrics
             .southbound(region, operation, outcome, started.elapsed());
@@ -1073,6 +1071,17 @@ pub(crate) enum Undo<'a> {
     },
     /// A removal could not be recorded.
     State(StoreError),
+}
+
+/// How a failed platform call is counted in the metrics: a read before a change by the read's
+/// own failure.
+fn outcome_of(e: &MepError) -> Outcome {
+    match e {
+        MepError::Refused { .. } => Outcome::Refused,
+        MepError::Unreachable { .. } | MepError::NotSent { .. } => Outcome::Unreachable,
+        MepError::Timeout { .. } => Outcome::Timeout,
+        MepError::BeforeChange(e) => outcome_of(e),
+    }
 }
 
 #[cfg(test)]
@@ -1430,7 +1439,7 @@ pub(crate) mod tests {
         };
         for (error, status) in [
             (MepError::Timeout { url: "u".into() }, 504),
-            (gateway_timeout, 502),
+            (gateway_timeout, 504),
         ] {
             let (s, d) = service();
             *d.fail_apply.lock().unwrap() = Some(("b".into(), error.clone()));

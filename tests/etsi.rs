@@ -577,6 +577,40 @@ fn a_rule_active_before_the_request_stays_active_after_its_delete_even_across_a_
 }
 
 #[test]
+fn a_failed_read_before_an_activation_changes_nothing_on_the_platform() {
+    // The GET comes before the PUT: when it fails, even with a gateway's 502 or 504 (which
+    // would make a failed PUT possibly applied), the rule was not changed, so the creation's
+    // undo must not deactivate a rule that was ACTIVE before the request.
+    for status in [502, 504] {
+        let mep = FakeEtsi::start();
+        preload(&mep, "app-1");
+        mep.set_state("app-1", DNS, "dns-video", "ACTIVE");
+        mep.fail_next_get("app-1", DNS, "dns-video", status);
+        let p = plugin(&mep);
+        let reply = p.post(&request(Some("app-1")));
+        let detail = reply.problem(status);
+        assert!(detail.contains("nothing was changed"), "{status}: {detail}");
+        let dns = rule_path("app-1", DNS, "dns-video");
+        assert_eq!(
+            shape(&mep.calls()),
+            pairs(&[("GET", &dns)]),
+            "{status}: nothing is written after the failed read"
+        );
+        assert_eq!(
+            mep.state("app-1", DNS, "dns-video").as_deref(),
+            Some("ACTIVE"),
+            "{status}"
+        );
+        let at = reply
+            .location
+            .as_deref()
+            .expect("the FAILED record's Location");
+        let record = p.get(at.trim_start_matches("/MEC/v1")).json;
+        assert_eq!(record["status"], "FAILED", "{record}");
+    }
+}
+
+#[test]
 fn a_rule_whose_get_is_refused_with_403_is_switched_with_the_body_built_from_the_request() {
     let mep = FakeEtsi::start();
     preload(&mep, "app-1");

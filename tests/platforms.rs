@@ -97,6 +97,29 @@ fn a_late_apply_after_an_early_removal_answered_404_is_removed_after_the_settle_
 }
 
 #[test]
+fn a_gateway_s_504_in_front_of_the_platform_answers_504_and_its_step_is_removed() {
+    let fake = FakeLlMec::start();
+    let p = Plugin::start(&format!(
+        "{}{}",
+        server_section(""),
+        llmec_region("2", &fake.url(), 1000)
+    ));
+    fake.fail_nth_post(1, 504);
+    let r = p.post(&traffic_only());
+    let detail = r.problem(504);
+    assert_eq!(r.json["title"], "MEC platform timed out", "{detail}");
+    // The platform may have taken it behind the gateway: the removal is sent.
+    assert!(
+        eventually(Duration::from_secs(5), || fake
+            .calls()
+            .iter()
+            .any(|c| c.method == "DELETE")),
+        "{:?}",
+        fake.calls()
+    );
+}
+
+#[test]
 fn a_platform_that_refuses_connections_applied_nothing_and_its_request_is_deleted_at_once() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

@@ -272,7 +272,9 @@ impl EtsiMec011 {
     /// `If-Match` when it gave an ETag), re-reading and retrying once on 412. A rule already
     /// in `want` is left alone ([`Applied::AlreadyInPlace`]). When the rule cannot be read
     /// (403, or an answer that is not a rule), the PUT carries `fallback`, the body built from
-    /// the request. A 404 is `unknown`'s answer.
+    /// the request. A 404 is `unknown`'s answer. Any other failure of the read is
+    /// [`MepError::BeforeChange`]: the rule was not changed, and a creation's undo must not
+    /// change it either.
     fn set_state(
         &self,
         step: &Step,
@@ -293,10 +295,12 @@ impl EtsiMec011 {
         let app_header = (APP_INSTANCE_HEADER, rule.app.as_str());
         let mut retried = false;
         loop {
+            // Nothing was changed yet (a PUT before this read, if any, got 412): whatever
+            // went wrong with the read, the platform's rule is as it was.
             let current = match self.read(&url, &rule) {
                 Ok(current) => current,
                 Err(e @ MepError::Refused { status: 404, .. }) => return unknown(&rule, e),
-                Err(e) => return Err(e),
+                Err(e) => return Err(MepError::BeforeChange(Box::new(e))),
             };
             let body = match current.rule {
                 Some(platform_rule) => {
@@ -1306,20 +1310,24 @@ mod tests {
     }
 
     #[test]
-    fn other_failures_pass_through_unchanged() {
+    fn other_failures_pass_through_those_of_the_read_as_before_change() {
         let steps = seed_steps_for("app 1");
         let script = Script::new(vec![refused(503, "maintenance")]);
-        assert_eq!(
-            script.driver().apply(&steps[0]),
-            refused(503, "maintenance").map(|_| ())
-        );
+        let Err(MepError::BeforeChange(read)) = script.driver().apply(&steps[0]) else {
+            panic!("a failed GET changed nothing")
+        };
+        assert_eq!(Err(*read), refused(503, "maintenance"));
         let timeout = MepError::Timeout {
             url: TRAFFIC_URL.into(),
         };
+        // The read of a removal too; after a PUT's 412 (not applied), the second read too.
+        let script = Script::new(vec![Err(timeout.clone())]);
+        let before = MepError::BeforeChange(Box::new(timeout.clone()));
+        assert_eq!(script.driver().remove(&steps[1]), Err(before.clone()));
+        let script = Script::new(vec![ok(None), refused(412, ""), Err(timeout.clone())]);
+        assert_eq!(script.driver().apply(&steps[1]), Err(before));
         let script = Script::new(vec![ok(None), Err(timeout.clone())]);
         assert_eq!(script.driver().remove(&steps[1]), Err(timeout.clone()));
-        let script = Script::new(vec![ok(None), refused(412, ""), Err(timeout.clone())]);
-        assert_eq!(script.driver().apply(&steps[1]), Err(timeout));
         let script = Script::new(vec![ok(None), refused(400, "X-AppinstanceID mismatch")]);
         assert_eq!(
             script.driver().apply(&steps[1]),

@@ -96,11 +96,20 @@ pub enum MepError {
     NotSent { url: String, reason: String },
     /// The platform did not answer within `timeout_ms`.
     Timeout { url: String },
+    /// A read made to find out what to change (a MEC 011 rule's GET before its PUT) failed:
+    /// the change itself was never sent, so the platform cannot have acted on it, whatever
+    /// the read's own failure (a timeout included).
+    BeforeChange(Box<MepError>),
 }
 
 impl MepError {
+    /// The platform timed out: our own timeout, or a gateway's 504 in front of it.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, MepError::Timeout { .. })
+        match self {
+            MepError::Timeout { .. } | MepError::Refused { status: 504, .. } => true,
+            MepError::BeforeChange(e) => e.is_timeout(),
+            _ => false,
+        }
     }
 
     /// True when the platform may have applied the call although we saw no success (the
@@ -111,7 +120,7 @@ impl MepError {
     pub fn is_ambiguous(&self) -> bool {
         match self {
             MepError::Refused { status, .. } => matches!(status, 502 | 504),
-            MepError::NotSent { .. } => false,
+            MepError::NotSent { .. } | MepError::BeforeChange(_) => false,
             MepError::Unreachable { .. } | MepError::Timeout { .. } => true,
         }
     }
@@ -150,6 +159,12 @@ impl fmt::Display for MepError {
                 write!(f, "MEP at {url} unreachable (nothing was sent): {reason}")
             }
             MepError::Timeout { url } => write!(f, "MEP at {url} did not answer in time"),
+            MepError::BeforeChange(e) => {
+                write!(
+                    f,
+                    "{e} (reading the rule before changing it; nothing was changed)"
+                )
+            }
         }
     }
 }
@@ -277,6 +292,14 @@ mod tests {
             assert!(refused(status).is_ambiguous(), "{status}: from a gateway");
         }
         assert!(MepError::Timeout { url: "u".into() }.is_ambiguous());
+        let read = MepError::BeforeChange(Box::new(MepError::Timeout { url: "u".into() }));
+        assert!(
+            !read.is_ambiguous(),
+            "the change was never sent: not applied"
+        );
+        assert!(read.is_timeout(), "still the platform's timeout");
+        assert!(refused(504).is_timeout(), "a gateway's timeout");
+        assert!(!refused(502).is_timeout());
         let not_sent = MepError::NotSent {
             url: "u".into(),
             reason: "connection refused".into(),

@@ -14,6 +14,8 @@
 //! - a rule whose `GET` is forbidden ([`forbid_get`](FakeEtsi::forbid_get)) answers it 403
 //!   ProblemDetails, and takes only the `state` of a `PUT` (whose other fields it cannot
 //!   expect the client to know);
+//! - a rule's next `GET` may answer a gateway's bare 502 or 504
+//!   ([`fail_next_get`](FakeEtsi::fail_next_get));
 //! - an application or rule it does not know is 404 ProblemDetails;
 //! - with [`enable_etags`](FakeEtsi::enable_etags), answers carry `ETag: "<version>"` and a
 //!   `PUT` whose `If-Match` differs is 412 (with [`require_if_match`](FakeEtsi::require_if_match)
@@ -93,6 +95,8 @@ struct State {
     template: Option<(Vec<Value>, Vec<Value>)>,
     /// Rules whose GET answers 403.
     forbidden: std::collections::HashSet<Key>,
+    /// Rules whose next GET answers this status with an empty body (a gateway's 502 or 504).
+    failing: HashMap<Key, u16>,
 }
 
 struct Shared {
@@ -214,6 +218,14 @@ impl FakeEtsi {
         lock(&self.shared.state)
             .forbidden
             .insert(key(app, collection, id));
+    }
+
+    /// The next `GET` of this rule answers `status` with an empty body, as a gateway in front
+    /// of the platform would; later ones are served again.
+    pub fn fail_next_get(&self, app: &str, collection: &str, id: &str, status: u16) {
+        lock(&self.shared.state)
+            .failing
+            .insert(key(app, collection, id), status);
     }
 
     /// Every call received so far, in arrival order (faults included).
@@ -486,6 +498,16 @@ fn answer(call: &Call, state: &mut State) -> Answer {
         );
     }
     let forbidden = state.forbidden.contains(&rule_key);
+    if call.method == "GET" {
+        if let Some(status) = state.failing.remove(&rule_key) {
+            return Answer {
+                status,
+                body: String::new(),
+                problem: false,
+                etag: None,
+            };
+        }
+    }
     let Some(rule) = state.rules.get_mut(&rule_key) else {
         unreachable!("looked up above")
     };
