@@ -181,6 +181,18 @@ impl Driver for LlMec {
     }
 
     fn remove(&self, step: &Step) -> Result<(), MepError> {
+        // A step another driver planned (the region's driver was changed) would be sent to a
+        // path LL-MEC does not have, and its 404 taken for "removed": the rule would stay on
+        // the platform with no record of it.
+        if ![DNS_TARGET, TRAFFIC_TARGET].contains(&step.target()) {
+            return Err(MepError::Unreachable {
+                url: self.client.url(step.target()),
+                reason: format!(
+                    "'{}' is not an LL-MEC rule path: this step was planned by another driver (was the region's driver changed?)",
+                    step.target()
+                ),
+            });
+        }
         match self
             .client
             .send("DELETE", &self.client.url(step.target()), Some(step.body()))
@@ -528,6 +540,23 @@ mod tests {
 
     fn refusal(v: &serde_json::Value) -> Refusal {
         plan_of(v).unwrap_err()
+    }
+
+    #[test]
+    fn a_step_of_another_driver_is_not_removed() {
+        let config = crate::config::MepConfig::new(
+            crate::config::DriverKind::Llmec,
+            "http://127.0.0.1:1",
+            std::time::Duration::from_millis(100),
+        );
+        let step = Step::new(
+            "DNS rule 'd1'",
+            "/mec_app_support/v1/applications/app-1/dns_rules/d1",
+            "{}",
+        );
+        let e = LlMec::new(&config).remove(&step).unwrap_err();
+        assert!(e.to_string().contains("planned by another driver"), "{e}");
+        assert!(!e.to_string().contains("refused"), "not sent: {e}");
     }
 
     #[test]
