@@ -272,7 +272,9 @@ impl Cluster {
         let status = answer.status().as_u16();
         relay(&mut answer).map_err(|why| ApiError::LeaderAnswer {
             detail: format!(
-                "the leader at {} answered {status}, but its answer cannot be relayed: {why}",
+                "the leader at {} answered {status}, but its answer cannot be relayed: {why}; \
+                 the leader answered, so the change may have been made: read the requests \
+                 before retrying",
                 redact(leader_url)
             ),
         })
@@ -346,10 +348,14 @@ impl Cluster {
             if never_sent(&e) {
                 unavailable(format!("cannot be reached ({e}); nothing was sent"))
             } else {
-                unavailable(format!(
-                    "did not answer ({e}); the change may or may not have been made: read the \
-                     requests before retrying"
-                ))
+                // Sent, no answer: not "try again later" (503 with Retry-After would invite a
+                // blind retry, and a second creation), but the relay's "may have been made".
+                ApiError::LeaderAnswer {
+                    detail: format!(
+                        "the leader at {shown} did not answer ({e}); the change may or may not \
+                         have been made: read the requests before retrying"
+                    ),
+                }
             }
         })
     }

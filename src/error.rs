@@ -104,9 +104,10 @@ pub enum ApiError {
     /// The request's record would be larger than one etcd transaction takes (`[store] kind =
     /// "etcd"`): nothing was recorded or sent. 413: a smaller request is needed, not a retry.
     RecordTooLarge { detail: String },
-    /// A follower forwarded a change and the leader answered, but its answer cannot be relayed
-    /// (larger than the relay's bound, a Content-Type the API never sends, cut short): the
-    /// change may have been made. 502, no `Retry-After`: read the requests before retrying.
+    /// A follower forwarded a change and the leader's answer cannot be relayed (larger than the
+    /// relay's bound, a Content-Type the API never sends, cut short), or none came once the
+    /// change was sent (the forwarding timeout, a connection cut): the change may have been
+    /// made. 502, no `Retry-After`: read the requests before retrying.
     LeaderAnswer { detail: String },
     Unavailable {
         detail: String,
@@ -454,11 +455,7 @@ impl fmt::Display for ApiError {
                 "{detail}; nothing was recorded or sent: split the request's rules over several \
                  requests"
             ),
-            ApiError::LeaderAnswer { detail } => write!(
-                f,
-                "{detail}; the leader answered, so the change may have been made: read the \
-                 requests before retrying"
-            ),
+            ApiError::LeaderAnswer { detail } => f.write_str(detail),
             ApiError::Unavailable { detail, request_id } => {
                 write!(f, "{detail}; retry after {UNAVAILABLE_RETRY_AFTER_S} s")?;
                 if let Some(id) = request_id {

@@ -632,6 +632,55 @@ fn a_leader_that_cannot_be_reached_answers_503_saying_nothing_was_sent() {
 }
 
 #[test]
+fn a_change_the_leader_took_but_never_answered_is_502_without_retry_after() {
+    let test = "a_change_the_leader_took_but_never_answered_is_502_without_retry_after";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    // A "leader" that reads each forwarded request and closes without answering: whether it
+    // made the change is unknown, so a blind retry (which 503 + Retry-After invites) could
+    // create the request twice.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let leader_url = format!("http://{}", silent.local_addr().unwrap());
+    let reader = std::thread::spawn(move || {
+        let (mut conn, _) = silent.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        while !got.ends_with(DNS.as_bytes()) {
+            match std::io::Read::read(&mut conn, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    });
+    let client = etcd.client(Duration::from_secs(2));
+    let lease = client.lease_grant(60).unwrap();
+    client
+        .put(b"/t9/leader", leader_url.as_bytes(), lease.id)
+        .unwrap();
+    let follower = Instance::start(&etcd, "/t9", &mep);
+    assert!(eventually(ROLE_WITHIN, || follower.ready()));
+    let post = post_dns(&follower.url);
+    assert_eq!(post.status, 502, "{post:?}");
+    assert_eq!(post.retry_after, None, "{post:?}");
+    assert!(
+        post.body.contains("urn:mec-plugin:problem:leader-answer"),
+        "{post:?}"
+    );
+    assert!(
+        post.body.contains("may or may not have been made"),
+        "{post:?}"
+    );
+    let got = reader.join().unwrap();
+    assert!(got.ends_with(DNS.as_bytes()), "the change was sent whole");
+    assert!(mep.calls().is_empty());
+    follower.app.stop(Duration::from_secs(2));
+}
+
+#[test]
 fn an_https_leader_is_reached_through_the_chain_of_tls_cert() {
     let test = "an_https_leader_is_reached_through_the_chain_of_tls_cert";
     let Some(etcd) = etcd(test) else {
