@@ -683,7 +683,7 @@ fn resolve(answer: TxnResponse, term: Term, tag: &[u8]) -> Result<(), Stop> {
         _ => None,
     };
     match read(0) {
-        Some(kv) if kv.create_revision == term.create_revision => {}
+        Some(kv) if term.holds(kv) => {}
         _ => {
             return Err(Stop::ForGood(
                 "deposed: the leader key is no longer this term's".into(),
@@ -1007,7 +1007,11 @@ mod tests {
             succeeded: false,
             revision: 9,
             responses: vec![
-                range(leader_revision.map(|r| kv(b"url", r))),
+                // The leader key, on lease 7 (the tests' term's).
+                range(leader_revision.map(|r| KeyValue {
+                    lease: 7,
+                    ..kv(b"url", r)
+                })),
                 range(tag.map(|t| kv(t, 1))),
             ],
         }
@@ -1034,6 +1038,12 @@ mod tests {
             resolve(answer(Some(42), Some(b"t:2")), term, b"t:2"),
             Ok(()),
             "an earlier attempt landed"
+        );
+        // The term's revision on another lease: an etcd that lost its data counted again.
+        let other_lease = Term { lease: 8, ..term };
+        assert_eq!(
+            resolve(answer(Some(42), Some(b"t:2")), other_lease, b"t:2"),
+            deposed
         );
         assert!(matches!(
             resolve(answer(Some(42), Some(b"u:1")), term, b"t:2"),

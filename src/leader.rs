@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 
 use crate::etcd::{
-    Client, Cmp, Compare, EtcdError, Op, OpResponse, Range, Target, Txn, TxnResponse,
+    Client, Cmp, Compare, EtcdError, KeyValue, Op, OpResponse, Range, Target, Txn, TxnResponse,
 };
 
 /// What the election needs to know about this instance.
@@ -66,6 +66,16 @@ pub struct Term {
     pub create_revision: i64,
 }
 
+impl Term {
+    /// Whether the leader key `kv` is still this term's: created at its revision *and*
+    /// attached to its lease. The revision alone is not enough: an etcd that lost its data
+    /// (or was restored from a snapshot) counts revisions again from where it restarts, so
+    /// another instance's leader key can be created at the same revision as this term's.
+    pub fn holds(&self, kv: &KeyValue) -> bool {
+        kv.create_revision == self.create_revision && kv.lease == self.lease
+    }
+}
+
 /// Why a fenced transaction did not run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FencedError {
@@ -91,14 +101,17 @@ pub fn leader_key(prefix: &str) -> Vec<u8> {
 }
 
 /// `txn` guarded by `term`: its comparisons hold only while the leader key was created at the
-/// term's revision, and a failure branch that first reads the leader key (so that the caller
+/// term's revision and is attached to its lease ([`Term::holds`]), and a failure branch that first reads the leader key (so that the caller
 /// can tell a deposed leader from its own comparisons failing: see [`Election::fenced`]).
 pub fn fence(txn: Txn, leader_key: &[u8], term: Term) -> Txn {
-    let mut compare = vec![Compare::new(
-        leader_key,
-        Cmp::Equal,
-        Target::CreateRevision(term.create_revision),
-    )];
+    let mut compare = vec![
+        Compare::new(
+            leader_key,
+            Cmp::Equal,
+            Target::CreateRevision(term.create_revision),
+        ),
+        Compare::new(leader_key, Cmp::Equal, Target::Lease(term.lease)),
+    ];
     compare.extend(txn.compare);
     let mut failure = vec![Op::Range(Range::key(leader_key))];
     failure.extend(txn.failure);
@@ -269,7 +282,7 @@ impl Election {
             _ => None,
         };
         match holder {
-            Some(kv) if kv.create_revision == term.create_revision => {
+            Some(kv) if term.holds(&kv) => {
                 answer.responses.remove(0);
                 Ok(answer)
             }
@@ -457,7 +470,7 @@ fn renew(shared: &Shared, term: Term) -> Renewal {
         Ok(ttl_s) => {
             let until = valid_until(sent, ttl_s);
             match shared.client.get(&shared.key) {
-                Ok(Some(kv)) if kv.create_revision == term.create_revision => {}
+                Ok(Some(kv)) if term.holds(&kv) => {}
                 Ok(_) => return step_down(shared, "the leader key is no longer this instance's"),
                 // The renewal counts; the key is checked again next time.
                 Err(e) => debug_failure("checking the leader key", &e),
@@ -511,7 +524,8 @@ mod tests {
     }
 
     #[test]
-    fn a_fenced_transaction_first_compares_the_terms_revision_and_reads_the_key_on_failure() {
+    fn a_fenced_transaction_first_compares_the_terms_revision_and_lease_and_reads_the_key_on_failure()
+     {
         let term = Term {
             lease: 5,
             create_revision: 42,
@@ -525,6 +539,7 @@ mod tests {
             fenced.compare,
             vec![
                 Compare::new("/p/leader", Cmp::Equal, Target::CreateRevision(42)),
+                Compare::new("/p/leader", Cmp::Equal, Target::Lease(5)),
                 Compare::absent("/p/r/1"),
             ]
         );
@@ -536,6 +551,27 @@ mod tests {
                 Op::Range(Range::key("/p/r/1"))
             ]
         );
+    }
+
+    #[test]
+    fn a_leader_key_of_the_same_revision_on_another_lease_is_not_the_term_s() {
+        // What an etcd that lost its data gives: revisions counted again from 1, so another
+        // instance's leader key may be created at the revision of this term's.
+        let term = Term {
+            lease: 5,
+            create_revision: 2,
+        };
+        let key = |create_revision, lease| KeyValue {
+            key: b"/p/leader".to_vec(),
+            value: b"http://127.0.0.1:1".to_vec(),
+            create_revision,
+            mod_revision: create_revision,
+            version: 1,
+            lease,
+        };
+        assert!(term.holds(&key(2, 5)));
+        assert!(!term.holds(&key(2, 6)), "another lease");
+        assert!(!term.holds(&key(3, 5)), "another revision");
     }
 
     #[test]

@@ -1326,7 +1326,7 @@ impl Store {
         }
         let loaded = crate::etcd_store::load(&client, prefix).map_err(etcd_unavailable)?;
         match &loaded.leader {
-            Some(kv) if kv.create_revision == fence.term.create_revision => {}
+            Some(kv) if fence.term.holds(kv) => {}
             _ => return Err(term_over()),
         }
         let (records, next_seq, regions) = records_of(&loaded.records, prefix)?;

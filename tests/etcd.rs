@@ -111,6 +111,46 @@ fn the_client_puts_reads_transacts_and_deletes() {
 }
 
 #[test]
+fn after_etcd_lost_its_data_a_term_of_the_same_revision_on_another_lease_is_fenced_out() {
+    let test =
+        "after_etcd_lost_its_data_a_term_of_the_same_revision_on_another_lease_is_fenced_out";
+    let Some(mut etcd) = etcd(test, 1) else {
+        return;
+    };
+    let key = leader_key("/wiped");
+    // The first leader's term on a fresh etcd.
+    let c = client(etcd.endpoints());
+    let first = c.lease_grant(60).unwrap();
+    let revision = c.put(&key, b"http://127.0.0.1:1", first.id).unwrap();
+    let stale = Term {
+        lease: first.id,
+        create_revision: revision,
+    };
+    // etcd loses its disk; another instance takes the leader key first, at the same
+    // revision (revisions count again from 1), on its own lease.
+    etcd.wipe(0);
+    let c = client(etcd.endpoints());
+    let second = c.lease_grant(60).unwrap();
+    assert_eq!(
+        c.put(&key, b"http://127.0.0.1:2", second.id).unwrap(),
+        revision
+    );
+    let write = Txn::new().then(Op::put("/wiped/records/x", "stale"));
+    let answer = c.txn(&fence(write.clone(), &key, stale)).unwrap();
+    assert!(
+        !answer.succeeded,
+        "the first leader's term passed the fence"
+    );
+    assert_eq!(value(&c, "/wiped/records/x"), None);
+    // The second's term passes.
+    let current = Term {
+        lease: second.id,
+        create_revision: revision,
+    };
+    assert!(c.txn(&fence(write, &key, current)).unwrap().succeeded);
+}
+
+#[test]
 fn a_lease_keeps_its_keys_while_renewed_and_takes_them_when_it_expires_or_is_revoked() {
     let test = "a_lease_keeps_its_keys_while_renewed_and_takes_them_when_it_expires_or_is_revoked";
     let Some(etcd) = etcd(test, 1) else {

@@ -219,6 +219,17 @@ impl Cluster {
         self.spawn(i);
     }
 
+    /// Kills member `i`, deletes its data and starts it again empty: what an operator who
+    /// lost (or wiped) etcd's disk gets. A one-member cluster then counts revisions from 1
+    /// again and has no leases.
+    pub fn wipe(&mut self, i: usize) {
+        self.kill(i);
+        let data = self.dir.join(&self.members[i].name);
+        std::fs::remove_dir_all(&data).unwrap_or_else(|e| panic!("{}: {e}", data.display()));
+        self.spawn(i);
+        self.wait_healthy();
+    }
+
     /// Waits (at most 20 s) until every running member says it is healthy (it has a leader
     /// and can commit); panics naming the log directory otherwise.
     pub fn wait_healthy(&mut self) {
