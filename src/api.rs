@@ -282,8 +282,7 @@ impl ClusterApi {
         self.cluster
             .leader_service()
             .ok_or_else(|| ApiError::Unavailable {
-                detail: "this instance is taking over as the leader (recovering the records)"
-                    .into(),
+                detail: self.cluster.taking_over(),
                 request_id: None,
             })
     }
@@ -341,9 +340,10 @@ impl ClusterApi {
         let service = self.cluster.leader_service();
         let problem = match (&role, &service) {
             (Role::Unknown, _) => Some(
-                "no leader known: etcd unreachable or without quorum, or the election has not finished",
+                "no leader known: etcd unreachable or without quorum, or the election has not finished"
+                    .to_string(),
             ),
-            (Role::Leader, None) => Some("taking over as the leader (recovering the records)"),
+            (Role::Leader, None) => Some(self.cluster.taking_over()),
             _ => None,
         };
         let mut body = serde_json::json!({
@@ -364,7 +364,7 @@ impl ClusterApi {
             return Response::json(200, body.to_string().into_bytes());
         };
         let error = ApiError::Unavailable {
-            detail: detail.into(),
+            detail,
             request_id: None,
         };
         body["status"] = 503.into();

@@ -82,6 +82,9 @@ struct Shared {
     max_requests: usize,
     started: Instant,
     current: Mutex<Option<Leading>>,
+    /// Why the last opening of the current term's store failed, until one succeeds: what
+    /// `/healthz` and the 503s of a leader still taking over say.
+    lead_error: Mutex<Option<String>>,
     stop: AtomicBool,
     /// Forwards changes to the leader's `advertise_url`.
     forward: Forwarding,
@@ -132,6 +135,7 @@ impl Cluster {
             max_requests: config.server.max_requests,
             started: Instant::now(),
             current: Mutex::new(None),
+            lead_error: Mutex::new(None),
             stop: AtomicBool::new(false),
             forward: Forwarding::new(config),
         });
@@ -173,6 +177,18 @@ impl Cluster {
 
     /// The leader's service of the current term, once recovered and published; `None` when
     /// this instance does not lead (or its term just ended).
+    /// What a leader that has not published its service yet says: taking over, and why the
+    /// last attempt failed if one did.
+    pub fn taking_over(&self) -> String {
+        let mut detail =
+            String::from("this instance is taking over as the leader (recovering the records)");
+        if let Some(e) = lock(&self.shared.lead_error).as_deref() {
+            detail.push_str("; the last attempt failed: ");
+            detail.push_str(e);
+        }
+        detail
+    }
+
     pub fn leader_service(&self) -> Option<Arc<Service>> {
         let term = self.shared.election.term()?;
         let current = lock(&self.shared.current);
@@ -627,6 +643,7 @@ impl Shared {
             service,
             reconciler,
         });
+        *lock(&self.lead_error) = None;
         Ok(())
     }
 }
@@ -662,6 +679,7 @@ fn watch(shared: &Shared) {
                 if let Err(e) = shared.lead(term) {
                     shared.metrics.store_error();
                     error!("leading with lease {:x}: {e}; trying again", term.lease);
+                    *lock(&shared.lead_error) = Some(e);
                     continue;
                 }
             }

@@ -28,7 +28,7 @@
 
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -495,6 +495,10 @@ pub struct Client {
     credentials: Option<(String, String)>,
     /// The current auth token (held only while it is read or replaced, never during a call).
     token: Mutex<Option<HeaderValue>>,
+    /// The highest revision a write or a transaction (linearizable, read-only ones included)
+    /// was answered at: etcd never answers one lower unless it lost data or was restored from
+    /// an older snapshot ([`highest_revision`](Client::highest_revision)).
+    highest: AtomicI64,
 }
 
 /// Written by hand so that no credential can end up in a `{:?}`.
@@ -563,6 +567,7 @@ impl Client {
             timeout: options.timeout,
             credentials,
             token: Mutex::new(None),
+            highest: AtomicI64::new(0),
         })
     }
 
@@ -592,7 +597,15 @@ impl Client {
     pub fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, EtcdError> {
         let (endpoint, answer) =
             self.call("/v3/kv/put", &put_json(key, value, lease), self.timeout)?;
-        header_revision(&answer).map_err(|reason| malformed(&endpoint, reason))
+        let revision = header_revision(&answer).map_err(|reason| malformed(&endpoint, reason))?;
+        self.highest.fetch_max(revision, Ordering::SeqCst);
+        Ok(revision)
+    }
+
+    /// The highest revision this client's writes and transactions were answered at (0:
+    /// none yet). A later transaction answered lower means etcd went back in time.
+    pub fn highest_revision(&self) -> i64 {
+        self.highest.load(Ordering::SeqCst)
     }
 
     /// Deletes `key`, or every key up to `range_end`; returns how many were deleted.
@@ -606,7 +619,9 @@ impl Client {
     /// not an error: see [`TxnResponse::require_succeeded`].
     pub fn txn(&self, txn: &Txn) -> Result<TxnResponse, EtcdError> {
         let (endpoint, answer) = self.call("/v3/kv/txn", &txn.to_json(), self.timeout)?;
-        parse_txn(&answer).map_err(|reason| malformed(&endpoint, reason))
+        let answer = parse_txn(&answer).map_err(|reason| malformed(&endpoint, reason))?;
+        self.highest.fetch_max(answer.revision, Ordering::SeqCst);
+        Ok(answer)
     }
 
     /// Grants a lease of `ttl_s` seconds.
