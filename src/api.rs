@@ -270,10 +270,18 @@ impl ClusterApi {
                         request_id: None,
                     }),
                     Role::Follower { leader_url } => self.cluster.forward(request, &leader_url),
-                    Role::Unknown => Err(no_leader()),
+                    Role::Unknown => Err(self.no_leader()),
                 }
             }
             _ => answer(&self.regions, style, route, request),
+        }
+    }
+
+    /// 503: no leader known, and why if the election's last etcd call said.
+    fn no_leader(&self) -> ApiError {
+        ApiError::Unavailable {
+            detail: self.cluster.no_leader(),
+            request_id: None,
         }
     }
 
@@ -299,7 +307,7 @@ impl ClusterApi {
                 Ok(service)
             }
             Role::Follower { .. } => Ok(Arc::new(self.cluster.read()?)),
-            Role::Unknown => Err(no_leader()),
+            Role::Unknown => Err(self.no_leader()),
         }
     }
 
@@ -339,10 +347,7 @@ impl ClusterApi {
         };
         let service = self.cluster.leader_service();
         let problem = match (&role, &service) {
-            (Role::Unknown, _) => Some(
-                "no leader known: etcd unreachable or without quorum, or the election has not finished"
-                    .to_string(),
-            ),
+            (Role::Unknown, _) => Some(self.cluster.no_leader()),
             (Role::Leader, None) => Some(self.cluster.taking_over()),
             _ => None,
         };
@@ -374,15 +379,6 @@ impl ClusterApi {
         let mut response = error.to_response(self.style);
         response.body = body.to_string().into_bytes();
         response
-    }
-}
-
-/// 503 while no instance is known to lead.
-fn no_leader() -> ApiError {
-    ApiError::Unavailable {
-        detail: "no leader known: etcd unreachable or without quorum, or an election under way"
-            .into(),
-        request_id: None,
     }
 }
 

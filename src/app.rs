@@ -265,9 +265,12 @@ fn wait_for_role(cluster: &Cluster, shutdown: &server::ShutdownHandle) {
             } else {
                 "unreachable"
             };
+            let why = cluster
+                .why_unknown()
+                .map_or(String::new(), |why| format!(": {why}"));
             warn!(
-                "not ready after {} s: no role yet (etcd {etcd}); changes and reads answer 503 \
-                 meanwhile",
+                "not ready after {} s: no role yet (etcd {etcd}{why}); changes and reads answer \
+                 503 meanwhile",
                 began.elapsed().as_secs()
             );
             systemd::notify(&format!("STATUS=waiting for a leader (etcd {etcd})"));

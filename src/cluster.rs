@@ -177,6 +177,24 @@ impl Cluster {
 
     /// The leader's service of the current term, once recovered and published; `None` when
     /// this instance does not lead (or its term just ended).
+    /// Why the election knows no role, if its last etcd call said.
+    pub fn why_unknown(&self) -> Option<String> {
+        self.shared.election.why_unknown()
+    }
+
+    /// What an instance that knows no leader says: why, when the election's last etcd call
+    /// told (a refused password, a TLS failure, no quorum).
+    pub fn no_leader(&self) -> String {
+        let mut detail = String::from(
+            "no leader known: etcd unreachable or without quorum, or an election under way",
+        );
+        if let Some(why) = self.shared.election.why_unknown() {
+            detail.push_str("; ");
+            detail.push_str(&why);
+        }
+        detail
+    }
+
     /// What a leader that has not published its service yet says: taking over, and why the
     /// last attempt failed if one did.
     pub fn taking_over(&self) -> String {

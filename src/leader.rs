@@ -130,6 +130,9 @@ struct State {
     /// While leading: when this instance must consider itself deposed.
     valid_until: Instant,
     stop: bool,
+    /// Why the role is unknown, when an etcd call of the election said so (a refused
+    /// password, no quorum, a TLS failure): cleared once a role is known.
+    why_unknown: Option<String>,
 }
 
 struct Shared {
@@ -148,6 +151,9 @@ impl Shared {
 
     fn set(&self, role: Role, term: Option<Term>, valid_until: Instant) {
         let mut state = self.lock();
+        if role != Role::Unknown {
+            state.why_unknown = None;
+        }
         if state.role != role {
             match &role {
                 Role::Leader => info!(
@@ -156,13 +162,23 @@ impl Shared {
                     term.map_or(0, |t| t.lease)
                 ),
                 Role::Follower { leader_url } => info!("following the leader at {leader_url}"),
-                Role::Unknown => warn!("leader unknown: etcd unreachable or without quorum"),
+                Role::Unknown => match &state.why_unknown {
+                    Some(why) => warn!("leader unknown: {why}"),
+                    None => warn!("leader unknown: etcd unreachable or without quorum"),
+                },
             }
         }
         state.role = role;
         state.term = term;
         state.valid_until = valid_until;
         self.changed.notify_all();
+    }
+
+    /// The election's etcd call `what` failed: the role is unknown, and says why.
+    fn failed(&self, what: &str, e: &EtcdError) {
+        debug_failure(what, e);
+        self.lock().why_unknown = Some(format!("{what} in etcd failed: {e}"));
+        self.set(Role::Unknown, None, Instant::now());
     }
 
     /// Sleeps up to `pause`, or less if asked to stop; whether to stop.
@@ -199,6 +215,7 @@ impl Election {
                 term: None,
                 valid_until: Instant::now(),
                 stop: false,
+                why_unknown: None,
             }),
             changed: Condvar::new(),
         });
@@ -222,6 +239,12 @@ impl Election {
             Role::Leader if Instant::now() >= state.valid_until => Role::Unknown,
             ref role => role.clone(),
         }
+    }
+
+    /// Why no role is known, when the election's last etcd call said why (see
+    /// [`Role::Unknown`]); `None` once a role is known.
+    pub fn why_unknown(&self) -> Option<String> {
+        self.shared.lock().why_unknown.clone()
     }
 
     /// The term while this instance leads.
@@ -391,8 +414,7 @@ fn campaign(shared: &Shared, stale: &mut Vec<i64>) -> Option<Term> {
         }
         Ok(None) => {}
         Err(e) => {
-            debug_failure("reading the leader key", &e);
-            shared.set(Role::Unknown, None, Instant::now());
+            shared.failed("reading the leader key", &e);
             return None;
         }
     }
@@ -400,8 +422,7 @@ fn campaign(shared: &Shared, stale: &mut Vec<i64>) -> Option<Term> {
     let lease = match client.lease_grant(shared.ttl.as_secs() as i64) {
         Ok(lease) => lease,
         Err(e) => {
-            debug_failure("granting a lease", &e);
-            shared.set(Role::Unknown, None, Instant::now());
+            shared.failed("granting a lease", &e);
             return None;
         }
     };
@@ -435,9 +456,8 @@ fn campaign(shared: &Shared, stale: &mut Vec<i64>) -> Option<Term> {
         }
         Err(e) => {
             // The key may have been created: revoking the lease deletes it again.
-            debug_failure("campaigning", &e);
             stale.push(lease.id);
-            shared.set(Role::Unknown, None, Instant::now());
+            shared.failed("campaigning", &e);
             None
         }
     }

@@ -1045,5 +1045,30 @@ fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_o
         Some(1),
         "{listed:?}"
     );
+
+    // An instance whose password etcd refuses knows no leader, and says why (it used to say
+    // only "etcd unreachable").
+    let wrong = dir.join("wrong-password");
+    std::fs::write(&wrong, "not-mec-pw\n").unwrap();
+    let refused = Instance::start_full(
+        &etcd,
+        prefix,
+        &mep,
+        "",
+        &format!("user = \"mec\"\npassword_file = \"{}\"", wrong.display()),
+    );
+    let says = |a: &Answer| a.status == 503 && a.body.contains("refused the credentials");
+    assert!(
+        eventually(Duration::from_secs(5), || says(&get(
+            &refused.url,
+            "/healthz"
+        ))),
+        "{:?}",
+        get(&refused.url, "/healthz")
+    );
+    let post = post_dns(&refused.url);
+    assert!(says(&post), "{post:?}");
+    assert_eq!(refused.role(), Role::Unknown);
+    refused.app.stop(Duration::from_secs(2));
     let _ = std::fs::remove_dir_all(dir);
 }
