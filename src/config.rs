@@ -1129,7 +1129,7 @@ fn store_endpoints(t: &Table, value: &Option<Vec<String>>) -> Result<Vec<String>
     list.iter()
         .enumerate()
         .map(|(i, e)| {
-            check_url(e).map_err(|why| {
+            check_origin(e, "etcd is called at its own paths, /v3/...").map_err(|why| {
                 t.error_at(
                     &[At::Key("endpoints"), At::Item(i)],
                     "endpoints",
@@ -1157,6 +1157,18 @@ fn store_prefix(t: &Table, value: &Option<String>) -> Result<String, ConfigError
             format_args!(
                 "= '{p}' must start with '/', have no empty segment nor trailing '/', and be \
                  2-256 visible ASCII characters"
+            ),
+        ));
+    }
+    // Every group's records are under `<its prefix>/records/`: a group whose prefix has such
+    // a segment could sit inside another's records, which would read its keys as records.
+    if p.split('/').any(|segment| segment == "records") {
+        return Err(t.error(
+            "prefix",
+            format_args!(
+                "= '{p}' must not have a segment 'records': the records of a group of \
+                 instances are under <prefix>/records/, so such a prefix could be inside \
+                 another group's records"
             ),
         ));
     }
@@ -1222,6 +1234,14 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// Checks `[store] advertise_url`: a URL as [`check_url`] wants, with no path, since the
 /// instances forward a request to it with the request's own path (`/MEC/v1/...`).
 fn check_base_url(url: &str) -> Result<String, String> {
+    check_origin(
+        url,
+        "requests are forwarded with their own path, /MEC/v1/...",
+    )
+}
+
+/// A URL as [`check_url`] wants, with no path: `why` says what path the calls to it carry.
+fn check_origin(url: &str, why: &str) -> Result<String, String> {
     let url = check_url(url)?;
     let path = url
         .parse::<ureq::http::Uri>()
@@ -1229,8 +1249,7 @@ fn check_base_url(url: &str) -> Result<String, String> {
         .unwrap_or_default();
     if !matches!(path.as_str(), "" | "/") {
         return Err(format!(
-            "has path '{path}': give scheme://host:port only (requests are forwarded with their \
-             own path, /MEC/v1/...)"
+            "has path '{path}': give scheme://host:port only ({why})"
         ));
     }
     Ok(url)

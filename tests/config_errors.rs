@@ -699,6 +699,18 @@ fn cases() -> Vec<(String, &'static str)> {
             "line 13: [store] lease_ttl_s = 61 is out of range 1..=60",
         ),
         (
+            store_first("prefix = \"/mec-plugin/records\""),
+            "line 2: [store] prefix = '/mec-plugin/records' must not have a segment 'records': the records of a group of instances are under <prefix>/records/, so such a prefix could be inside another group's records",
+        ),
+        (
+            store_last("prefix = \"/records/a\""),
+            "line 13: [store] prefix = '/records/a' must not have a segment 'records': the records of a group of instances are under <prefix>/records/, so such a prefix could be inside another group's records",
+        ),
+        (
+            store_first("endpoints = [\"http://e:2379\", \"http://e:2380/v3\"]"),
+            "line 2: [store] endpoints 'http://e:2380/v3' has path '/v3': give scheme://host:port only (etcd is called at its own paths, /v3/...)",
+        ),
+        (
             store_first("prefix = \"mec\""),
             "line 2: [store] prefix = 'mec' must start with '/', have no empty segment nor trailing '/', and be 2-256 visible ASCII characters",
         ),
