@@ -295,14 +295,17 @@ impl ClusterApi {
             })
     }
 
-    /// What reads answer from: the leader's records while its term is valid; a follower's
-    /// linearizable read of etcd.
+    /// What reads answer from: the leader's records while its term is valid, once the changes
+    /// made so far are committed; a follower's linearizable read of etcd.
     fn reader(&self) -> Result<Arc<Service>, ApiError> {
         match self.cluster.role() {
             Role::Leader => {
                 let service = self.leader()?;
+                // Not before the changes made so far are committed: a change etcd may still
+                // refuse (no quorum) is never shown.
                 service
                     .writable()
+                    .and_then(|()| service.settled())
                     .map_err(|e| self.cluster.store_error(e))?;
                 Ok(service)
             }

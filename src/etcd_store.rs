@@ -452,6 +452,14 @@ impl EtcdWriter {
         }
     }
 
+    /// Returns once every change queued so far is committed in etcd; why not if the last of
+    /// them was refused or the writer stopped first (its term lapsed: bounded by the lease).
+    /// A leader's reads wait for it, so that they never show a change etcd may not keep.
+    pub(crate) fn settled(&self) -> Result<(), String> {
+        let seq = self.shared.lock().enqueued;
+        self.wait(seq)
+    }
+
     /// Why the writer stopped for good, if it did (a term found over stops it now).
     pub(crate) fn failure(&self) -> Option<String> {
         if let Some(reason) = self.shared.term_over() {

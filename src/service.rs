@@ -267,6 +267,11 @@ impl Service {
         self.store.writable()
     }
 
+    /// Returns once every change made so far is committed ([`Store::settled`]).
+    pub fn settled(&self) -> Result<(), StoreError> {
+        self.store.settled()
+    }
+
     /// Why changes can no longer be made durable, if so (the journal stopped after a failed
     /// `fsync`; only a restart helps).
     pub fn state_failure(&self) -> Option<String> {

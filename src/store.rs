@@ -1382,6 +1382,16 @@ impl Store {
         }
     }
 
+    /// Returns once every change made so far is committed (an etcd store; the journal's
+    /// and memory's reads need no wait): what a leader's reads wait for, so that they never
+    /// show a change etcd did not commit (a PENDING record written while etcd has no quorum).
+    pub fn settled(&self) -> Result<(), StoreError> {
+        match &self.durability {
+            Durability::Etcd(w) => w.settled().map_err(StoreError::Unavailable),
+            Durability::Memory | Durability::Journal(_) => Ok(()),
+        }
+    }
+
     /// Tests: stops the journal as a failed `fsync` would.
     #[cfg(test)]
     pub(crate) fn stop_journal(&self, reason: &str) {

@@ -719,6 +719,54 @@ fn after_etcd_lost_its_data_the_instance_that_knew_more_refuses_to_lead_on_it() 
 }
 
 #[test]
+fn a_leader_without_quorum_never_lists_a_creation_etcd_did_not_commit() {
+    let test = "a_leader_without_quorum_never_lists_a_creation_etcd_did_not_commit";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    let leader = Instance::start(&etcd, "/t11", &mep);
+    assert!(eventually(ROLE_WITHIN, || leader.ready()));
+    assert_eq!(leader.role(), Role::Leader);
+    // etcd stops answering (no quorum): a creation is recorded PENDING in the leader's
+    // memory, and its commit waits.
+    etcd.pause(0);
+    let post = std::thread::spawn({
+        let url = leader.url.clone();
+        move || post_dns(&url)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let listing = get(&leader.url, "/MEC/v1/service/requests");
+    assert_unavailable(&listing, "a listing while a creation is not committed");
+    assert!(!listing.body.contains("PENDING"), "{listing:?}");
+    let post = post.join().unwrap();
+    assert_unavailable(&post, "the creation itself");
+    assert!(
+        mep.calls().is_empty(),
+        "nothing called before it was recorded"
+    );
+    etcd.resume(0);
+    // Back: the creation never existed (its record was not committed) or is rolled back.
+    assert!(eventually(ROLE_WITHIN, || leader.ready()));
+    let listing = eventually_ok(&leader.url, "/MEC/v1/service/requests");
+    assert!(!listing.contains("CREATED"), "{listing}");
+    leader.app.stop(Duration::from_secs(2));
+}
+
+/// The body of `path` once it answers 200 (within [`ROLE_WITHIN`]).
+fn eventually_ok(base: &str, path: &str) -> String {
+    let mut last = None;
+    let ok = eventually(ROLE_WITHIN, || {
+        let answer = get(base, path);
+        let ok = answer.status == 200;
+        last = Some(answer);
+        ok
+    });
+    assert!(ok, "{last:?}");
+    last.map(|a| a.body).unwrap_or_default()
+}
+
+#[test]
 fn an_https_leader_is_reached_through_the_chain_of_tls_cert() {
     let test = "an_https_leader_is_reached_through_the_chain_of_tls_cert";
     let Some(etcd) = etcd(test) else {
