@@ -93,6 +93,15 @@ pub enum EtcdError {
     /// its end). etcd answered, so this is no quorum matter, but a write's outcome is unknown
     /// to us all the same.
     Malformed { endpoint: String, reason: String },
+    /// etcd answered at a revision below one it had answered this client at before a call
+    /// that began after it: it lost data, or was restored from an older snapshot (revisions
+    /// only grow, and every call here is linearizable). Records this instance knew may be
+    /// missing; it does not go on with such an etcd (see [`Client::highest_revision`]).
+    WentBack {
+        endpoint: String,
+        seen: i64,
+        now: i64,
+    },
     /// Any other refusal, with the HTTP status, the gRPC code (0 when the answer had none)
     /// and etcd's message.
     Refused {
@@ -123,6 +132,18 @@ impl fmt::Display for EtcdError {
                 )
             }
             EtcdError::LeaseNotFound { id } => write!(f, "etcd lease {id:x} not found"),
+            EtcdError::WentBack {
+                endpoint,
+                seen,
+                now,
+            } => write!(
+                f,
+                "etcd at {endpoint} answered at revision {now}, below revision {seen} it had \
+                 answered this instance at: etcd lost data or was restored from an older \
+                 snapshot, so records this instance knew may be missing from it (their rules \
+                 still on the platforms). This instance does not go on with it: restore etcd's \
+                 data, or restart this instance to accept what etcd holds now"
+            ),
             EtcdError::Malformed { endpoint, reason } => {
                 write!(
                     f,
@@ -495,9 +516,7 @@ pub struct Client {
     credentials: Option<(String, String)>,
     /// The current auth token (held only while it is read or replaced, never during a call).
     token: Mutex<Option<HeaderValue>>,
-    /// The highest revision a write or a transaction (linearizable, read-only ones included)
-    /// was answered at: etcd never answers one lower unless it lost data or was restored from
-    /// an older snapshot ([`highest_revision`](Client::highest_revision)).
+    /// The highest revision a call was answered at ([`highest_revision`](Client::highest_revision)).
     highest: AtomicI64,
 }
 
@@ -584,8 +603,11 @@ impl Client {
 
     /// Reads a key or a range of keys (linearizable).
     pub fn range(&self, range: &Range) -> Result<RangeResponse, EtcdError> {
+        let before = self.highest_revision();
         let (endpoint, answer) = self.call("/v3/kv/range", &range.to_json(), self.timeout)?;
-        parse_range(&answer).map_err(|reason| malformed(&endpoint, reason))
+        let answer = parse_range(&answer).map_err(|reason| malformed(&endpoint, reason))?;
+        self.advance(&endpoint, before, answer.revision)?;
+        Ok(answer)
     }
 
     /// The key's current value, if it exists.
@@ -595,17 +617,35 @@ impl Client {
 
     /// Sets `key` to `value`, attached to `lease` (0: none); returns the store's revision after.
     pub fn put(&self, key: &[u8], value: &[u8], lease: i64) -> Result<i64, EtcdError> {
+        let before = self.highest_revision();
         let (endpoint, answer) =
             self.call("/v3/kv/put", &put_json(key, value, lease), self.timeout)?;
         let revision = header_revision(&answer).map_err(|reason| malformed(&endpoint, reason))?;
-        self.highest.fetch_max(revision, Ordering::SeqCst);
+        self.advance(&endpoint, before, revision)?;
         Ok(revision)
     }
 
-    /// The highest revision this client's writes and transactions were answered at (0:
-    /// none yet). A later transaction answered lower means etcd went back in time.
+    /// The highest revision a range, put or transaction of this client was answered at (0:
+    /// none yet). etcd's revision only grows, and these calls are linearizable: one that
+    /// began after an answer at revision R is answered at R or later, unless etcd lost data or
+    /// was restored from an older snapshot.
     pub fn highest_revision(&self) -> i64 {
         self.highest.load(Ordering::SeqCst)
+    }
+
+    /// Records an answer at `revision` to a call that began when the highest revision seen was
+    /// `before`; [`EtcdError::WentBack`] if it is lower. Compared with `before`, not the
+    /// highest now: a call answered meanwhile may have raised it after this one was read.
+    fn advance(&self, endpoint: &str, before: i64, revision: i64) -> Result<(), EtcdError> {
+        if revision < before {
+            return Err(EtcdError::WentBack {
+                endpoint: endpoint.to_string(),
+                seen: before,
+                now: revision,
+            });
+        }
+        self.highest.fetch_max(revision, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Deletes `key`, or every key up to `range_end`; returns how many were deleted.
@@ -618,9 +658,10 @@ impl Client {
     /// Runs a transaction. A comparison that does not hold is an answer (`succeeded` false),
     /// not an error: see [`TxnResponse::require_succeeded`].
     pub fn txn(&self, txn: &Txn) -> Result<TxnResponse, EtcdError> {
+        let before = self.highest_revision();
         let (endpoint, answer) = self.call("/v3/kv/txn", &txn.to_json(), self.timeout)?;
         let answer = parse_txn(&answer).map_err(|reason| malformed(&endpoint, reason))?;
-        self.highest.fetch_max(answer.revision, Ordering::SeqCst);
+        self.advance(&endpoint, before, answer.revision)?;
         Ok(answer)
     }
 
@@ -1544,6 +1585,30 @@ mod tests {
             timeout,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn an_answer_below_a_revision_seen_before_the_call_began_is_refused() {
+        let client = client_of("http://127.0.0.1:1".into(), Duration::from_secs(1));
+        assert_eq!(client.highest_revision(), 0);
+        client.advance("e", 0, 10).unwrap();
+        client.advance("e", 10, 10).unwrap();
+        assert_eq!(client.highest_revision(), 10);
+        // A call that began before the answer at 10 may be answered at 9: no regression.
+        client.advance("e", 5, 9).unwrap();
+        assert_eq!(client.highest_revision(), 10, "the highest stays");
+        // One that began after it may not.
+        let e = client.advance("e", 10, 2).unwrap_err();
+        assert_eq!(
+            e,
+            EtcdError::WentBack {
+                endpoint: "e".into(),
+                seen: 10,
+                now: 2
+            }
+        );
+        assert!(e.to_string().contains("etcd lost data"), "{e}");
+        assert_eq!(client.highest_revision(), 10);
     }
 
     #[test]

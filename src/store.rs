@@ -1324,11 +1324,7 @@ impl Store {
         if fence.election.term() != Some(fence.term) {
             return Err(term_over());
         }
-        let seen = client.highest_revision();
         let loaded = crate::etcd_store::load(&client, prefix).map_err(etcd_unavailable)?;
-        if loaded.revision < seen {
-            return Err(StoreError::Unavailable(went_back(seen, loaded.revision)));
-        }
         match &loaded.leader {
             Some(kv) if fence.term.holds(kv) => {}
             _ => return Err(term_over()),
@@ -1487,20 +1483,6 @@ fn check_etcd_size(record: &Record) -> Result<(), StoreError> {
         )));
     }
     Ok(())
-}
-
-/// Why a store is not opened on an etcd whose revision is lower than one this process was
-/// answered at: etcd lost data or was restored from an older snapshot, so records this
-/// instance knew (and acknowledged) may be missing, with their rules still on the platforms.
-/// Leading on it would forget them silently; an operator decides.
-fn went_back(seen: i64, now: i64) -> String {
-    format!(
-        "etcd is at revision {now}, below revision {seen} that this instance was answered at \
-         earlier: etcd lost data or was restored from an older snapshot, so records this \
-         instance knew may be missing from it (their rules still on the platforms). Not \
-         leading on it: restore etcd's data, or restart this instance to accept what etcd \
-         holds now"
-    )
 }
 
 fn etcd_unavailable(e: crate::etcd::EtcdError) -> StoreError {

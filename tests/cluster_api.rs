@@ -681,35 +681,40 @@ fn a_change_the_leader_took_but_never_answered_is_502_without_retry_after() {
 }
 
 #[test]
-fn after_etcd_lost_its_data_the_instance_that_knew_more_refuses_to_lead_on_it() {
-    let test = "after_etcd_lost_its_data_the_instance_that_knew_more_refuses_to_lead_on_it";
+fn after_etcd_lost_its_data_the_instances_that_knew_more_refuse_to_go_on_with_it() {
+    let test = "after_etcd_lost_its_data_the_instances_that_knew_more_refuse_to_go_on_with_it";
     let Some(mut etcd) = etcd(test) else {
         return;
     };
     let mep = FakeLlMec::start();
-    let leader = Instance::start(&etcd, "/t10", &mep);
-    assert!(eventually(ROLE_WITHIN, || leader.ready()));
-    assert_eq!(leader.role(), Role::Leader);
+    let (leader, follower) = pair(&etcd, "/t10", &mep);
     let id = create(&leader.url);
     assert_eq!(mep.installed().len(), 1);
     // etcd loses its disk: the record is gone from it, its rule is still on the platform.
     etcd.wipe(0);
-    // The instance loses its lease, wins the election again on the empty etcd, and finds it
-    // below the revisions it was answered at: it does not lead on it.
-    let refused = eventually(Duration::from_secs(3 * TTL_S + 10), || {
-        let health = get(&leader.url, "/healthz");
-        health.status == 503 && health.body.contains("etcd lost data")
-    });
-    assert!(refused, "{:?}", get(&leader.url, "/healthz"));
-    let calls = mep.calls().len();
-    let post = post_dns(&leader.url);
-    assert_unavailable(&post, "a creation on an etcd that went back");
-    assert!(post.body.contains("restore etcd's data"), "{post:?}");
-    let got = get(&leader.url, &format!("/MEC/v1/service/requests/{id}"));
-    assert_eq!(got.status, 503, "no answer from what etcd lost: {got:?}");
-    assert_eq!(mep.calls().len(), calls, "no platform call");
+    // Neither instance goes on with it: the leader loses its lease, and neither may lead (nor
+    // follow, nor read) on an etcd below the revisions it was answered at. The follower is
+    // the one that used to win the election on the empty etcd and forget the record.
+    for instance in [&leader, &follower] {
+        let refused = eventually(Duration::from_secs(3 * TTL_S + 10), || {
+            let health = get(&instance.url, "/healthz");
+            health.status == 503 && health.body.contains("etcd lost data")
+        });
+        assert!(refused, "{:?}", get(&instance.url, "/healthz"));
+    }
+    std::thread::sleep(Duration::from_secs(TTL_S + 1));
+    for instance in [&leader, &follower] {
+        assert_eq!(instance.role(), Role::Unknown);
+        let post = post_dns(&instance.url);
+        assert_unavailable(&post, "a creation on an etcd that went back");
+        assert!(post.body.contains("restore etcd's data"), "{post:?}");
+        let got = get(&instance.url, &format!("/MEC/v1/service/requests/{id}"));
+        assert_unavailable(&got, "no answer from what etcd lost");
+    }
+    assert_eq!(mep.calls().len(), 1, "no platform call: {:?}", mep.calls());
     assert_eq!(mep.installed().len(), 1);
     leader.app.stop(Duration::from_secs(2));
+    follower.app.stop(Duration::from_secs(2));
     // A restart accepts what etcd holds now (the operator's choice).
     let restarted = Instance::start(&etcd, "/t10", &mep);
     assert!(eventually(ROLE_WITHIN, || restarted.ready()));
