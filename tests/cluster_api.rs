@@ -92,6 +92,16 @@ impl Instance {
         Instance { app, url }
     }
 
+    /// [`start`](Instance::start), then waits until it has a role (leads or follows).
+    fn started(etcd: &Cluster, prefix: &str, mep: &FakeLlMec) -> Instance {
+        let instance = Instance::start(etcd, prefix, mep);
+        assert!(
+            eventually(ROLE_WITHIN, || instance.ready()),
+            "the instance on {prefix} has no role"
+        );
+        instance
+    }
+
     fn role(&self) -> Role {
         self.app.cluster.as_ref().unwrap().role()
     }
@@ -610,8 +620,7 @@ fn a_leader_that_cannot_be_reached_answers_503_saying_nothing_was_sent() {
     client
         .put(b"/t5/leader", gone.as_bytes(), lease.id)
         .unwrap();
-    let follower = Instance::start(&etcd, "/t5", &mep);
-    assert!(eventually(ROLE_WITHIN, || follower.ready()));
+    let follower = Instance::started(&etcd, "/t5", &mep);
     assert_eq!(follower.role(), Role::Follower { leader_url: gone });
     let post = post_dns(&follower.url);
     assert_unavailable(&post, "a creation for an unreachable leader");
@@ -661,8 +670,7 @@ fn a_change_the_leader_took_but_never_answered_is_502_without_retry_after() {
     client
         .put(b"/t9/leader", leader_url.as_bytes(), lease.id)
         .unwrap();
-    let follower = Instance::start(&etcd, "/t9", &mep);
-    assert!(eventually(ROLE_WITHIN, || follower.ready()));
+    let follower = Instance::started(&etcd, "/t9", &mep);
     let post = post_dns(&follower.url);
     assert_eq!(post.status, 502, "{post:?}");
     assert_eq!(post.retry_after, None, "{post:?}");
@@ -716,8 +724,7 @@ fn after_etcd_lost_its_data_the_instances_that_knew_more_refuse_to_go_on_with_it
     leader.app.stop(Duration::from_secs(2));
     follower.app.stop(Duration::from_secs(2));
     // A restart accepts what etcd holds now (the operator's choice).
-    let restarted = Instance::start(&etcd, "/t10", &mep);
-    assert!(eventually(ROLE_WITHIN, || restarted.ready()));
+    let restarted = Instance::started(&etcd, "/t10", &mep);
     let listing = get(&restarted.url, "/MEC/v1/service/requests");
     assert_eq!((listing.status, listing.body.as_str()), (200, "[]"));
     restarted.app.stop(Duration::from_secs(2));
@@ -730,8 +737,7 @@ fn a_leader_without_quorum_never_lists_a_creation_etcd_did_not_commit() {
         return;
     };
     let mep = FakeLlMec::start();
-    let leader = Instance::start(&etcd, "/t11", &mep);
-    assert!(eventually(ROLE_WITHIN, || leader.ready()));
+    let leader = Instance::started(&etcd, "/t11", &mep);
     assert_eq!(leader.role(), Role::Leader);
     // etcd stops answering (no quorum): a creation is recorded PENDING in the leader's
     // memory, and its commit waits.
@@ -823,8 +829,7 @@ fn a_stopped_leader_has_revoked_its_lease_when_stop_returns() {
         return;
     };
     let mep = FakeLlMec::start();
-    let leader = Instance::start(&etcd, "/t-revoke", &mep);
-    assert!(eventually(ROLE_WITHIN, || leader.ready()), "it leads");
+    let leader = Instance::started(&etcd, "/t-revoke", &mep);
     let created = post_dns(&leader.url);
     assert_eq!(created.status, 201, "{created:?}");
     let client = etcd.client(Duration::from_secs(1));
@@ -850,8 +855,7 @@ fn a_leader_whose_store_stopped_reopens_it_for_the_same_term() {
         return;
     };
     let mep = FakeLlMec::start();
-    let leader = Instance::start(&etcd, "/t-reopen", &mep);
-    assert!(eventually(ROLE_WITHIN, || leader.ready()), "it leads");
+    let leader = Instance::started(&etcd, "/t-reopen", &mep);
     let client = etcd.client(Duration::from_secs(1));
     client
         .put(b"/t-reopen/writer", b"someone else", 0)
