@@ -302,7 +302,7 @@ impl fmt::Debug for Secret {
 }
 
 /// The MEP dialects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DriverKind {
     /// EURECOM LL-MEC REST API.
@@ -989,7 +989,8 @@ fn mep_table(t: &Table, mep: RawMep) -> Result<MepConfig, ConfigError> {
 }
 
 /// Each platform serves one region: no `url` or alias of one region's `[region.mep]` names
-/// the platform of another (compared by [`platform_key`]). Which requests share a rule on a
+/// the platform of another region with the same driver (compared by [`platform_key`]; two
+/// drivers' rules are at different paths). Which requests share a rule on a
 /// platform is worked out within a region (the rule index, the turns, a MEC 011 rule's prior
 /// state), so the DELETE of a request in one region would take off a rule that a request in
 /// the other still holds. The simulated platform is each region's own.
@@ -998,7 +999,7 @@ fn check_platforms_unshared(
     file: &str,
     regions: &[RegionConfig],
 ) -> Result<(), ConfigError> {
-    let mut owners: HashMap<String, &str> = HashMap::new();
+    let mut owners: HashMap<(DriverKind, String), &str> = HashMap::new();
     for (i, r) in regions.iter().enumerate() {
         if r.mep.driver == DriverKind::Simulated {
             continue;
@@ -1013,7 +1014,8 @@ fn check_platforms_unshared(
             .chain(r.mep.aliases.iter().enumerate().map(|(j, a)| (Some(j), a)));
         let mut own = Vec::new();
         for (j, url) in urls {
-            let key = platform_key(url);
+            // Another driver's rules are at other paths (a gateway routing them apart).
+            let key = (r.mep.driver, platform_key(url));
             if let Some(other) = owners.get(&key) {
                 let what = format_args!(
                     "= '{}' is the platform of region '{other}' too (its url or an alias): a \
@@ -1129,7 +1131,7 @@ fn store_endpoints(t: &Table, value: &Option<Vec<String>>) -> Result<Vec<String>
     list.iter()
         .enumerate()
         .map(|(i, e)| {
-            check_origin(e, "etcd is called at its own paths, /v3/...").map_err(|why| {
+            check_etcd_endpoint(e).map_err(|why| {
                 t.error_at(
                     &[At::Key("endpoints"), At::Item(i)],
                     "endpoints",
@@ -1162,7 +1164,8 @@ fn store_prefix(t: &Table, value: &Option<String>) -> Result<String, ConfigError
     }
     // Every group's records are under `<its prefix>/records/`: a group whose prefix has such
     // a segment could sit inside another's records, which would read its keys as records.
-    if p.split('/').any(|segment| segment == "records") {
+    // The first segment cannot be: a group's prefix has at least one segment before it.
+    if p.split('/').skip(2).any(|segment| segment == "records") {
         return Err(t.error(
             "prefix",
             format_args!(
@@ -1234,14 +1237,6 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// Checks `[store] advertise_url`: a URL as [`check_url`] wants, with no path, since the
 /// instances forward a request to it with the request's own path (`/MEC/v1/...`).
 fn check_base_url(url: &str) -> Result<String, String> {
-    check_origin(
-        url,
-        "requests are forwarded with their own path, /MEC/v1/...",
-    )
-}
-
-/// A URL as [`check_url`] wants, with no path: `why` says what path the calls to it carry.
-fn check_origin(url: &str, why: &str) -> Result<String, String> {
     let url = check_url(url)?;
     let path = url
         .parse::<ureq::http::Uri>()
@@ -1249,7 +1244,25 @@ fn check_origin(url: &str, why: &str) -> Result<String, String> {
         .unwrap_or_default();
     if !matches!(path.as_str(), "" | "/") {
         return Err(format!(
-            "has path '{path}': give scheme://host:port only ({why})"
+            "has path '{path}': give scheme://host:port only (requests are forwarded with their \
+             own path, /MEC/v1/...)"
+        ));
+    }
+    Ok(url)
+}
+
+/// An etcd endpoint: a URL as [`check_url`] wants, whose path (a proxy's, if any) does not
+/// hold etcd's own `v3`: the client adds `/v3/...` itself.
+fn check_etcd_endpoint(url: &str) -> Result<String, String> {
+    let url = check_url(url)?;
+    let path = url
+        .parse::<ureq::http::Uri>()
+        .map(|uri| uri.path().to_string())
+        .unwrap_or_default();
+    if path.split('/').any(|segment| segment.starts_with("v3")) {
+        return Err(format!(
+            "has path '{path}': leave out etcd's '/v3' (the client adds /v3/... itself); a \
+             proxy's own path may stay"
         ));
     }
     Ok(url)
@@ -1470,6 +1483,9 @@ url = "http://127.0.0.1:13000/"
             ),
             "{e}"
         );
+        // Another driver's rules are at other paths: allowed on one origin (a gateway).
+        let etsi = second.replace("driver = \"llmec\"", "driver = \"etsi-mec011\"");
+        assert!(Config::parse(&format!("{MINIMAL}{etsi}"), "f").is_ok());
         // Another port, path or scheme is another platform; simulated regions are their own.
         for url in [
             "http://127.0.0.1:13001",

@@ -438,7 +438,7 @@ fn cases() -> Vec<(String, &'static str)> {
         (
             format!(
                 "{MINIMAL}{}",
-                "\n[[region]]\nid = \"3\"\nlatitude = 43.6\nlongitude = 7.06\nrange_km = 10.0\n[region.mep]\ndriver = \"etsi-mec011\"\nurl = \"http://127.0.0.1:13000\"\n"
+                "\n[[region]]\nid = \"3\"\nlatitude = 43.6\nlongitude = 7.06\nrange_km = 10.0\n[region.mep]\ndriver = \"llmec\"\nurl = \"http://127.0.0.1:13000\"\n"
             ),
             "line 18: region '3': mep.url = 'http://127.0.0.1:13000' is the platform of region '2' too (its url or an alias): a platform serves one region, since the rules requests share on it are tracked per region",
         ),
@@ -703,12 +703,12 @@ fn cases() -> Vec<(String, &'static str)> {
             "line 2: [store] prefix = '/mec-plugin/records' must not have a segment 'records': the records of a group of instances are under <prefix>/records/, so such a prefix could be inside another group's records",
         ),
         (
-            store_last("prefix = \"/records/a\""),
-            "line 13: [store] prefix = '/records/a' must not have a segment 'records': the records of a group of instances are under <prefix>/records/, so such a prefix could be inside another group's records",
+            store_last("prefix = \"/a/records/b\""),
+            "line 13: [store] prefix = '/a/records/b' must not have a segment 'records': the records of a group of instances are under <prefix>/records/, so such a prefix could be inside another group's records",
         ),
         (
             store_first("endpoints = [\"http://e:2379\", \"http://e:2380/v3\"]"),
-            "line 2: [store] endpoints 'http://e:2380/v3' has path '/v3': give scheme://host:port only (etcd is called at its own paths, /v3/...)",
+            "line 2: [store] endpoints 'http://e:2380/v3' has path '/v3': leave out etcd's '/v3' (the client adds /v3/... itself); a proxy's own path may stay",
         ),
         (
             store_first("prefix = \"mec\""),
