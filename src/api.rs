@@ -249,7 +249,9 @@ impl ClusterApi {
             )),
             ("GET", Route::Request(id)) => {
                 let service = self.reader_of(id)?;
-                answer(&service, style, route, request)
+                let response = answer(&service, style, route, request)?;
+                self.settled(&service)?;
+                Ok(response)
             }
             ("GET", Route::Requests | Route::Region(_)) => {
                 let service = self.reader()?;
@@ -260,7 +262,9 @@ impl ClusterApi {
                         Err(e) => log::warn!("a page after a request etcd no longer has: {e}"),
                     }
                 }
-                answer(&service, style, route, request)
+                let response = answer(&service, style, route, request)?;
+                self.settled(&service)?;
+                Ok(response)
             }
             ("POST", Route::Requests) | ("DELETE", Route::Request(_)) => {
                 match self.cluster.role() {
@@ -295,17 +299,22 @@ impl ClusterApi {
             })
     }
 
-    /// What reads answer from: the leader's records while its term is valid, once the changes
-    /// made so far are committed; a follower's linearizable read of etcd.
+    /// Once a read's answer is made from `service`: waits until every change made so far is
+    /// committed (a leader's records; a follower's read of etcd has nothing to wait for), so
+    /// that no answer shows a change etcd may still refuse (no quorum), even one made while
+    /// the answer was being read. 503 if it is not committed before the term lapses.
+    fn settled(&self, service: &Service) -> Result<(), ApiError> {
+        service.settled().map_err(|e| self.cluster.store_error(e))
+    }
+
+    /// What reads answer from: the leader's records while its term is valid; a follower's
+    /// linearizable read of etcd.
     fn reader(&self) -> Result<Arc<Service>, ApiError> {
         match self.cluster.role() {
             Role::Leader => {
                 let service = self.leader()?;
-                // Not before the changes made so far are committed: a change etcd may still
-                // refuse (no quorum) is never shown.
                 service
                     .writable()
-                    .and_then(|()| service.settled())
                     .map_err(|e| self.cluster.store_error(e))?;
                 Ok(service)
             }
@@ -353,6 +362,17 @@ impl ClusterApi {
             (Role::Unknown, _) => Some(self.cluster.no_leader()),
             (Role::Leader, None) => Some(self.cluster.taking_over()),
             _ => None,
+        };
+        // `/healthz` needs no token: where one protects the rest, etcd's own words (its
+        // addresses, user, TLS errors) stay in the log and the authenticated answers.
+        let problem = match problem {
+            Some(detail) if self.token.is_some() => {
+                let general = detail.split("; ").next().unwrap_or_default();
+                Some(format!(
+                    "{general} (why: in the log, and in the 503s of authenticated calls)"
+                ))
+            }
+            problem => problem,
         };
         let mut body = serde_json::json!({
             "status": "ok",

@@ -82,9 +82,9 @@ struct Shared {
     max_requests: usize,
     started: Instant,
     current: Mutex<Option<Leading>>,
-    /// Why the last opening of the current term's store failed, until one succeeds: what
-    /// `/healthz` and the 503s of a leader still taking over say.
-    lead_error: Mutex<Option<String>>,
+    /// Why the last opening of a term's store failed, and the term, until one succeeds: what
+    /// the 503s of a leader still taking over in that term say.
+    lead_error: Mutex<Option<(Term, String)>>,
     stop: AtomicBool,
     /// Forwards changes to the leader's `advertise_url`.
     forward: Forwarding,
@@ -175,8 +175,6 @@ impl Cluster {
         }
     }
 
-    /// The leader's service of the current term, once recovered and published; `None` when
-    /// this instance does not lead (or its term just ended).
     /// Why the election knows no role, if its last etcd call said.
     pub fn why_unknown(&self) -> Option<String> {
         self.shared.election.why_unknown()
@@ -200,13 +198,19 @@ impl Cluster {
     pub fn taking_over(&self) -> String {
         let mut detail =
             String::from("this instance is taking over as the leader (recovering the records)");
-        if let Some(e) = lock(&self.shared.lead_error).as_deref() {
+        let term = self.shared.election.term();
+        if let Some((_, e)) = lock(&self.shared.lead_error)
+            .as_ref()
+            .filter(|(failed, _)| Some(*failed) == term)
+        {
             detail.push_str("; the last attempt failed: ");
             detail.push_str(e);
         }
         detail
     }
 
+    /// The leader's service of the current term, once recovered and published; `None` when
+    /// this instance does not lead (or its term just ended).
     pub fn leader_service(&self) -> Option<Arc<Service>> {
         let term = self.shared.election.term()?;
         let current = lock(&self.shared.current);
@@ -419,14 +423,41 @@ impl Drop for Cluster {
 /// Whether a forwarding failed before the leader could have received the request (no
 /// connection), so that the change was certainly not made.
 fn never_sent(e: &ureq::Error) -> bool {
+    use ureq::Timeout;
     match e {
-        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
-        ureq::Error::Io(io) => matches!(
-            io.kind(),
-            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
-        ),
+        // As the etcd client tells them (`etcd::classify`): before the request left.
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::Tls(_)
+        | ureq::Error::Rustls(_)
+        | ureq::Error::BadUri(_)
+        | ureq::Error::Timeout(Timeout::Resolve | Timeout::Connect) => true,
+        ureq::Error::Io(io) => {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::HostUnreachable
+            ) || io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(refused_handshake)
+        }
         _ => false,
     }
+}
+
+/// A TLS failure only a handshake gives (the leader's certificate refused, or none): the
+/// request, written after the handshake, never left.
+fn refused_handshake(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::PeerIncompatible(_)
+            | rustls::Error::InappropriateHandshakeMessage { .. }
+    )
 }
 
 /// The API's media type a leader's `Content-Type` names (none: JSON).
@@ -697,7 +728,7 @@ fn watch(shared: &Shared) {
                 if let Err(e) = shared.lead(term) {
                     shared.metrics.store_error();
                     error!("leading with lease {:x}: {e}; trying again", term.lease);
-                    *lock(&shared.lead_error) = Some(e);
+                    *lock(&shared.lead_error) = Some((term, e));
                     continue;
                 }
             }

@@ -619,6 +619,11 @@ fn commit(shared: &Shared, batch: Batch, marker: &mut Marker) -> Result<(), Stop
                 shared.count_error();
                 return Err(Stop::Refused(denied(shared, &endpoint, &reason)));
             }
+            // Applied, but to data etcd rolled back: not a refusal; the writer stops for good.
+            Err(e @ EtcdError::WentBack { .. }) => {
+                shared.count_error();
+                return Err(Stop::ForGood(e.to_string()));
+            }
             Err(e) if transient(&e) => {
                 shared.count_error();
                 if matches!(e, EtcdError::AuthRefused { .. }) {

@@ -638,6 +638,25 @@ fn a_leader_that_cannot_be_reached_answers_503_saying_nothing_was_sent() {
     assert!(page.body.contains("names no stored request"), "{page:?}");
     assert!(mep.calls().is_empty());
     follower.app.stop(Duration::from_secs(2));
+
+    // A leader whose TLS handshake fails (a certificate this follower does not trust) got
+    // nothing either: 503, not 502 "may have been made".
+    let pki = support::tls::TestPki::generate("untrusted-leader");
+    let upstream = format!("127.0.0.1:{}", mep.port()).parse().unwrap();
+    let front = support::tls::TlsFront::start(&pki, upstream);
+    let untrusted = format!("https://127.0.0.1:{}", front.port());
+    client
+        .put(b"/t5b/leader", untrusted.as_bytes(), lease.id)
+        .unwrap();
+    let follower = Instance::started(&etcd, "/t5b", &mep);
+    let post = post_dns(&follower.url);
+    assert_unavailable(
+        &post,
+        "a creation for a leader whose certificate is not trusted",
+    );
+    assert!(post.body.contains("nothing was sent"), "{post:?}");
+    assert!(mep.calls().is_empty());
+    follower.app.stop(Duration::from_secs(2));
 }
 
 #[test]
@@ -1127,5 +1146,40 @@ fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_o
     assert!(says(&post), "{post:?}");
     assert_eq!(refused.role(), Role::Unknown);
     refused.app.stop(Duration::from_secs(2));
+
+    // With a token, the open /healthz keeps etcd's words to itself; authenticated calls say.
+    std::fs::write(dir.join("token"), "s3cret\n").unwrap();
+    let token_file = format!("token_file = \"{}\"", dir.join("token").display());
+    let guarded = Instance::start_full(
+        &etcd,
+        prefix,
+        &mep,
+        &token_file,
+        &format!("user = \"mec\"\npassword_file = \"{}\"", wrong.display()),
+    );
+    let auth = [("Authorization", "Bearer s3cret")];
+    let authenticated = || {
+        call(
+            "POST",
+            &guarded.url,
+            "/MEC/v1/service/requests",
+            Some(DNS),
+            &auth,
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || says(&authenticated())),
+        "{:?}",
+        authenticated()
+    );
+    let health = get(&guarded.url, "/healthz");
+    assert_eq!(health.status, 503, "{health:?}");
+    assert!(!health.body.contains("credentials"), "{health:?}");
+    assert!(
+        !health.body.contains("127.0.0.1"),
+        "no etcd address: {health:?}"
+    );
+    assert!(health.body.contains("why: in the log"), "{health:?}");
+    guarded.app.stop(Duration::from_secs(2));
     let _ = std::fs::remove_dir_all(dir);
 }
