@@ -42,7 +42,7 @@ use ureq::unversioned::transport::DefaultConnector;
 use crate::mep::agent::{
     LiteralResolver, Trust, has_scheme, is_https, one_line, outbound_config, tls_trusting,
 };
-use crate::util::redact;
+use crate::util::{lock, redact};
 
 /// Largest answer read from etcd (a range of a whole prefix can be large; etcd's own limit on
 /// a request is 1.5 MiB by default, not on an answer).
@@ -518,6 +518,10 @@ pub struct Client {
     token: Mutex<Option<HeaderValue>>,
     /// The highest revision a call was answered at ([`highest_revision`](Client::highest_revision)).
     highest: AtomicI64,
+    /// Once etcd answered below it: the error every later range, put and transaction gets, so
+    /// that writes of another instance raising the revision past it again do not hide the
+    /// loss (only a restart clears it).
+    went_back: Mutex<Option<EtcdError>>,
 }
 
 /// Written by hand so that no credential can end up in a `{:?}`.
@@ -587,6 +591,7 @@ impl Client {
             credentials,
             token: Mutex::new(None),
             highest: AtomicI64::new(0),
+            went_back: Mutex::new(None),
         })
     }
 
@@ -637,12 +642,18 @@ impl Client {
     /// `before`; [`EtcdError::WentBack`] if it is lower. Compared with `before`, not the
     /// highest now: a call answered meanwhile may have raised it after this one was read.
     fn advance(&self, endpoint: &str, before: i64, revision: i64) -> Result<(), EtcdError> {
+        let mut went_back = lock(&self.went_back);
+        if let Some(e) = went_back.as_ref() {
+            return Err(e.clone());
+        }
         if revision < before {
-            return Err(EtcdError::WentBack {
+            let e = EtcdError::WentBack {
                 endpoint: endpoint.to_string(),
                 seen: before,
                 now: revision,
-            });
+            };
+            *went_back = Some(e.clone());
+            return Err(e);
         }
         self.highest.fetch_max(revision, Ordering::SeqCst);
         Ok(())
@@ -1597,8 +1608,9 @@ mod tests {
         // A call that began before the answer at 10 may be answered at 9: no regression.
         client.advance("e", 5, 9).unwrap();
         assert_eq!(client.highest_revision(), 10, "the highest stays");
-        // One that began after it may not.
+        // One that began after it may not, and nothing goes on after it, even past 10.
         let e = client.advance("e", 10, 2).unwrap_err();
+        assert_eq!(client.advance("e", 0, 50), Err(e.clone()), "sticky");
         assert_eq!(
             e,
             EtcdError::WentBack {

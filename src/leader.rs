@@ -492,6 +492,9 @@ fn renew(shared: &Shared, term: Term) -> Renewal {
             match shared.client.get(&shared.key) {
                 Ok(Some(kv)) if term.holds(&kv) => {}
                 Ok(_) => return step_down(shared, "the leader key is no longer this instance's"),
+                // etcd lost data: this term's records may be gone. Stepping down revokes the
+                // lease, so that an instance restarted to accept what etcd holds can lead.
+                Err(e @ EtcdError::WentBack { .. }) => return step_down(shared, &e.to_string()),
                 // The renewal counts; the key is checked again next time.
                 Err(e) => debug_failure("checking the leader key", &e),
             }
