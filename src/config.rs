@@ -1234,14 +1234,20 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Checks `[store] advertise_url`: a URL as [`check_url`] wants, with no path, since the
-/// instances forward a request to it with the request's own path (`/MEC/v1/...`).
-fn check_base_url(url: &str) -> Result<String, String> {
+/// A URL as [`check_url`] wants, and its path.
+fn checked_with_path(url: &str) -> Result<(String, String), String> {
     let url = check_url(url)?;
     let path = url
         .parse::<ureq::http::Uri>()
         .map(|uri| uri.path().to_string())
         .unwrap_or_default();
+    Ok((url, path))
+}
+
+/// Checks `[store] advertise_url`: a URL as [`check_url`] wants, with no path, since the
+/// instances forward a request to it with the request's own path (`/MEC/v1/...`).
+fn check_base_url(url: &str) -> Result<String, String> {
+    let (url, path) = checked_with_path(url)?;
     if !matches!(path.as_str(), "" | "/") {
         return Err(format!(
             "has path '{path}': give scheme://host:port only (requests are forwarded with their \
@@ -1254,11 +1260,7 @@ fn check_base_url(url: &str) -> Result<String, String> {
 /// An etcd endpoint: a URL as [`check_url`] wants, whose path (a proxy's, if any) does not
 /// hold etcd's own `v3`: the client adds `/v3/...` itself.
 fn check_etcd_endpoint(url: &str) -> Result<String, String> {
-    let url = check_url(url)?;
-    let path = url
-        .parse::<ureq::http::Uri>()
-        .map(|uri| uri.path().to_string())
-        .unwrap_or_default();
+    let (url, path) = checked_with_path(url)?;
     if path.split('/').any(|segment| segment.starts_with("v3")) {
         return Err(format!(
             "has path '{path}': leave out etcd's '/v3' (the client adds /v3/... itself); a \
