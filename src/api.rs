@@ -284,7 +284,7 @@ impl ClusterApi {
     /// 503: no leader known, and why if the election's last etcd call said.
     fn no_leader(&self) -> ApiError {
         ApiError::Unavailable {
-            detail: self.cluster.no_leader(),
+            detail: self.cluster.no_leader(true),
             request_id: None,
         }
     }
@@ -294,7 +294,7 @@ impl ClusterApi {
         self.cluster
             .leader_service()
             .ok_or_else(|| ApiError::Unavailable {
-                detail: self.cluster.taking_over(),
+                detail: self.cluster.taking_over(true),
                 request_id: None,
             })
     }
@@ -358,21 +358,13 @@ impl ClusterApi {
             Role::Unknown => ("unknown", None),
         };
         let service = self.cluster.leader_service();
-        let problem = match (&role, &service) {
-            (Role::Unknown, _) => Some(self.cluster.no_leader()),
-            (Role::Leader, None) => Some(self.cluster.taking_over()),
-            _ => None,
-        };
         // `/healthz` needs no token: where one protects the rest, etcd's own words (its
         // addresses, user, TLS errors) stay in the log and the authenticated answers.
-        let problem = match problem {
-            Some(detail) if self.token.is_some() => {
-                let general = detail.split("; ").next().unwrap_or_default();
-                Some(format!(
-                    "{general} (why: in the log, and in the 503s of authenticated calls)"
-                ))
-            }
-            problem => problem,
+        let detailed = self.token.is_none();
+        let problem = match (&role, &service) {
+            (Role::Unknown, _) => Some(self.cluster.no_leader(detailed)),
+            (Role::Leader, None) => Some(self.cluster.taking_over(detailed)),
+            _ => None,
         };
         let mut body = serde_json::json!({
             "status": "ok",

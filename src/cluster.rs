@@ -180,33 +180,30 @@ impl Cluster {
         self.shared.election.why_unknown()
     }
 
-    /// What an instance that knows no leader says: why, when the election's last etcd call
-    /// told (a refused password, a TLS failure, no quorum).
-    pub fn no_leader(&self) -> String {
-        let mut detail = String::from(
+    /// What an instance that knows no leader says, and why when the election's last etcd call
+    /// told (a refused password, a TLS failure, no quorum): `detailed` false leaves etcd's
+    /// words (its addresses, user, TLS errors) out, for the open `/healthz` of a protected API.
+    pub fn no_leader(&self, detailed: bool) -> String {
+        explained(
             "no leader known: etcd unreachable or without quorum, or an election under way",
-        );
-        if let Some(why) = self.shared.election.why_unknown() {
-            detail.push_str("; ");
-            detail.push_str(&why);
-        }
-        detail
+            self.shared.election.why_unknown(),
+            detailed,
+        )
     }
 
-    /// What a leader that has not published its service yet says: taking over, and why the
-    /// last attempt failed if one did.
-    pub fn taking_over(&self) -> String {
-        let mut detail =
-            String::from("this instance is taking over as the leader (recovering the records)");
+    /// What a leader that has not published its service yet says: taking over, and why this
+    /// term's last attempt failed if one did (`detailed` as for [`no_leader`](Cluster::no_leader)).
+    pub fn taking_over(&self, detailed: bool) -> String {
         let term = self.shared.election.term();
-        if let Some((_, e)) = lock(&self.shared.lead_error)
+        let failed = lock(&self.shared.lead_error)
             .as_ref()
             .filter(|(failed, _)| Some(*failed) == term)
-        {
-            detail.push_str("; the last attempt failed: ");
-            detail.push_str(e);
-        }
-        detail
+            .map(|(_, e)| format!("the last attempt failed: {e}"));
+        explained(
+            "this instance is taking over as the leader (recovering the records)",
+            failed,
+            detailed,
+        )
     }
 
     /// The leader's service of the current term, once recovered and published; `None` when
@@ -383,7 +380,7 @@ impl Cluster {
         };
         let sent = sent.map_err(|e| unavailable(format!("cannot be sent this request: {e}")))?;
         sent.map_err(|e| {
-            if never_sent(&e) {
+            if agent::never_left(&e) {
                 unavailable(format!("cannot be reached ({e}); nothing was sent"))
             } else {
                 // Sent, no answer: not "try again later" (503 with Retry-After would invite a
@@ -420,44 +417,14 @@ impl Drop for Cluster {
     }
 }
 
-/// Whether a forwarding failed before the leader could have received the request (no
-/// connection), so that the change was certainly not made.
-fn never_sent(e: &ureq::Error) -> bool {
-    use ureq::Timeout;
-    match e {
-        // As the etcd client tells them (`etcd::classify`): before the request left.
-        ureq::Error::HostNotFound
-        | ureq::Error::ConnectionFailed
-        | ureq::Error::Tls(_)
-        | ureq::Error::Rustls(_)
-        | ureq::Error::BadUri(_)
-        | ureq::Error::Timeout(Timeout::Resolve | Timeout::Connect) => true,
-        ureq::Error::Io(io) => {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused
-                    | std::io::ErrorKind::AddrNotAvailable
-                    | std::io::ErrorKind::NetworkUnreachable
-                    | std::io::ErrorKind::HostUnreachable
-            ) || io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .is_some_and(refused_handshake)
-        }
-        _ => false,
+/// `general`, then `reason` when there is one: itself when `detailed`, else only that the log
+/// and the authenticated answers hold it.
+fn explained(general: &str, reason: Option<String>, detailed: bool) -> String {
+    match reason {
+        Some(reason) if detailed => format!("{general}; {reason}"),
+        Some(_) => format!("{general} (why: in the log, and in the 503s of authenticated calls)"),
+        None => general.to_string(),
     }
-}
-
-/// A TLS failure only a handshake gives (the leader's certificate refused, or none): the
-/// request, written after the handshake, never left.
-fn refused_handshake(e: &rustls::Error) -> bool {
-    matches!(
-        e,
-        rustls::Error::InvalidCertificate(_)
-            | rustls::Error::NoCertificatesPresented
-            | rustls::Error::PeerIncompatible(_)
-            | rustls::Error::InappropriateHandshakeMessage { .. }
-    )
 }
 
 /// The API's media type a leader's `Content-Type` names (none: JSON).

@@ -40,7 +40,8 @@ use ureq::http::HeaderValue;
 use ureq::unversioned::transport::DefaultConnector;
 
 use crate::mep::agent::{
-    LiteralResolver, Trust, has_scheme, is_https, one_line, outbound_config, tls_trusting,
+    LiteralResolver, Trust, has_scheme, is_https, never_left, one_line, outbound_config,
+    tls_trusting,
 };
 use crate::util::{lock, redact};
 
@@ -516,7 +517,8 @@ pub struct Client {
     credentials: Option<(String, String)>,
     /// The current auth token (held only while it is read or replaced, never during a call).
     token: Mutex<Option<HeaderValue>>,
-    /// The highest revision a call was answered at ([`highest_revision`](Client::highest_revision)).
+    /// The highest revision a call was answered at
+    /// ([`highest_revision`](Client::highest_revision)).
     highest: AtomicI64,
     /// Once etcd answered below it: the error every later range, put and transaction gets, so
     /// that writes of another instance raising the revision past it again do not hide the
@@ -885,28 +887,11 @@ fn unread_body(status: u16, e: ureq::Error) -> String {
 
 /// Tells a failure before the request left (the next endpoint may be tried) from one after.
 fn classify(e: ureq::Error) -> Failure {
-    use std::io::ErrorKind;
-    use ureq::Timeout;
     let reason = one_line(&e.to_string(), MAX_MESSAGE_CHARS);
-    match e {
-        ureq::Error::HostNotFound
-        | ureq::Error::ConnectionFailed
-        | ureq::Error::Tls(_)
-        | ureq::Error::Rustls(_)
-        | ureq::Error::BadUri(_)
-        | ureq::Error::Timeout(Timeout::Resolve | Timeout::Connect) => Failure::NotSent(reason),
-        ureq::Error::Io(ref io)
-            if matches!(
-                io.kind(),
-                ErrorKind::ConnectionRefused
-                    | ErrorKind::AddrNotAvailable
-                    | ErrorKind::NetworkUnreachable
-                    | ErrorKind::HostUnreachable
-            ) =>
-        {
-            Failure::NotSent(reason)
-        }
-        _ => Failure::Lost(reason),
+    if never_left(&e) {
+        Failure::NotSent(reason)
+    } else {
+        Failure::Lost(reason)
     }
 }
 

@@ -101,8 +101,9 @@ pub fn leader_key(prefix: &str) -> Vec<u8> {
 }
 
 /// `txn` guarded by `term`: its comparisons hold only while the leader key was created at the
-/// term's revision and is attached to its lease ([`Term::holds`]), and a failure branch that first reads the leader key (so that the caller
-/// can tell a deposed leader from its own comparisons failing: see [`Election::fenced`]).
+/// term's revision and is attached to its lease ([`Term::holds`]), and a failure branch that
+/// first reads the leader key (so that the caller can tell a deposed leader from its own
+/// comparisons failing: see [`Election::fenced`]).
 pub fn fence(txn: Txn, leader_key: &[u8], term: Term) -> Txn {
     let mut compare = vec![
         Compare::new(

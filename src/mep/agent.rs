@@ -630,6 +630,48 @@ fn private_roots(pem: &[u8]) -> (Vec<Certificate<'static>>, usize) {
     (certificates, unreadable)
 }
 
+/// Whether a transport error of a client that does not count written bytes came before the
+/// request left (no connection, no name, a TLS handshake refused, a connect timeout), so
+/// that the peer cannot have acted on it: the etcd client (try the next endpoint) and the
+/// forwarding of a change to the leader (503 "nothing was sent") ask it. A TLS handshake
+/// failure may come as an `io` error wrapping rustls' own.
+pub fn never_left(e: &ureq::Error) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::Tls(_)
+        | ureq::Error::Rustls(_)
+        | ureq::Error::BadUri(_)
+        | ureq::Error::Timeout(ureq::Timeout::Resolve | ureq::Timeout::Connect) => true,
+        ureq::Error::Io(io) => {
+            matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::AddrNotAvailable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::HostUnreachable
+            ) || io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(refused_handshake)
+        }
+        _ => false,
+    }
+}
+
+/// A TLS failure only a handshake gives (the peer's certificate refused, or none): the
+/// request, written after the handshake, never left.
+fn refused_handshake(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::PeerIncompatible(_)
+            | rustls::Error::InappropriateHandshakeMessage { .. }
+    )
+}
+
 /// Maps a transport error: one before any byte of the request was `written` to `NotSent`,
 /// else time limits to `Timeout` and everything else to `Unreachable`. Conservative: a byte
 /// handed to the socket counts as written even if the write then failed.
