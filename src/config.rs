@@ -1162,16 +1162,21 @@ fn store_prefix(t: &Table, value: &Option<String>) -> Result<String, ConfigError
             ),
         ));
     }
-    // Every group's records are under `<its prefix>/records/`: a group whose prefix has such
-    // a segment could sit inside another's records, which would read its keys as records.
-    // The first segment cannot be: a group's prefix has at least one segment before it.
-    if p.split('/').skip(2).any(|segment| segment == "records") {
+    // Every group's records are under `<its prefix>/records/` and `<its prefix>/progress/`: a
+    // group whose prefix has such a segment could sit inside another's records, which would
+    // read its keys as records. The first segment cannot be: a group's prefix has at least
+    // one segment before it.
+    if let Some(segment) = p
+        .split('/')
+        .skip(2)
+        .find(|segment| ["records", "progress"].contains(segment))
+    {
         return Err(t.error(
             "prefix",
             format_args!(
-                "= '{p}' must not have a segment 'records': the records of a group of \
-                 instances are under <prefix>/records/, so such a prefix could be inside \
-                 another group's records"
+                "= '{p}' must not have a segment '{segment}': the records of a group of \
+                 instances are under <prefix>/records/ and <prefix>/progress/, so such a \
+                 prefix could be inside another group's records"
             ),
         ));
     }

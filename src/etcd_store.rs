@@ -1,19 +1,24 @@
 //! The etcd backend of the store (issue 15; the store depends on it, not the reverse): the
-//! leader's records under `<prefix>/records/<id>`, committed by one writer thread in
-//! transactions fenced on the leader's term; a prefix read at one revision in creation order;
-//! the migration's import into an empty prefix; the etcd client options of `[store]`.
+//! leader's records under `<prefix>/records/<id>` and `<prefix>/progress/<id>`, committed by
+//! one writer thread in transactions fenced on the leader's term; a prefix read at one
+//! revision in creation order; the migration's import into an empty prefix; the etcd client
+//! options of `[store]`.
 //!
-//! - A key's value is the whole record: its journal `put` entry's JSON (`RecordEntry`) with
-//!   one more field first, `seq`, its place in the creation order, given when it is created
-//!   and never changed (a store loaded from etcd keeps the records' `seq` and numbers its new
-//!   ones after the largest). A creation or update puts the whole record (idempotent), a
-//!   removal deletes the key. Creation order = `seq` (records created in one transaction share
-//!   their create revision; the create revision breaks ties only among values without one).
+//! - A record's key holds the whole record as created: its journal `put` entry's JSON
+//!   (`RecordEntry`) with one more field first, `seq`, its place in the creation order, given
+//!   when it is created and never changed (a store loaded from etcd keeps the records' `seq`
+//!   and numbers its new ones after the largest). Its `progress` key holds its mutable part as
+//!   last changed (an `UpdateEntry`'s JSON, with the platform), read over the record's own
+//!   fields: a change after the creation puts only that (idempotent), so the steps of a large
+//!   request do not each write the whole record again. A removal deletes both keys. Creation
+//!   order = `seq` (records created in one transaction share their create revision; the
+//!   create revision breaks ties only among values without one).
 //! - Under the records lock the store only queues a change (a pointer to the record) and gets
 //!   a sequence number; the caller waits for it without the lock. The writer takes every
-//!   queued change, in order, into one transaction (the last change of a key wins: etcd refuses
-//!   a key twice in one transaction), at most [`MAX_TXN_OPS`] operations and [`MAX_TXN_BYTES`]
-//!   of keys and values, fenced on the captured term ([`crate::leader::fence`]).
+//!   queued change, in order, into one transaction (the last change of a record wins: etcd
+//!   refuses a key twice in one transaction), at most [`MAX_TXN_OPS`] operations and
+//!   [`MAX_TXN_BYTES`] of keys and values, fenced on the captured term
+//!   ([`crate::leader::fence`]).
 //! - Each transaction also compares and sets `<prefix>/writer`, a tag naming the store and the
 //!   batch: a transaction whose outcome was unknown (timeout, no quorum) is retried as is and
 //!   commits at most once (a retry that finds its own tag knows the first attempt landed), and a
@@ -45,6 +50,10 @@ use crate::util::{lock, new_uuid, wait};
 pub(crate) trait Value: Send + Sync {
     /// The record's JSON (its journal `put` entry's content).
     fn json(&self) -> Vec<u8>;
+    /// The JSON of its mutable part (its journal `update` entry's content, with its platform):
+    /// what a change after its creation writes, under `<prefix>/progress/<id>`, so that the
+    /// steps of a large request do not each write the whole record again.
+    fn progress_json(&self) -> Vec<u8>;
     /// Its place in the creation order, given at its creation and never changed.
     fn seq(&self) -> u64;
 }
@@ -92,13 +101,19 @@ pub fn records_prefix(prefix: &str) -> String {
     format!("{}/records/", prefix.trim_end_matches('/'))
 }
 
+/// `<prefix>/progress/`: each record's mutable part (see [`Value::progress_json`]).
+pub fn progress_prefix(prefix: &str) -> String {
+    format!("{}/progress/", prefix.trim_end_matches('/'))
+}
+
 /// `<prefix>/writer`: the tag of the last batch the leader's writer committed.
 pub fn writer_key(prefix: &str) -> Vec<u8> {
     format!("{}/writer", prefix.trim_end_matches('/')).into_bytes()
 }
 
-fn record_key(records_prefix: &str, id: &str) -> Vec<u8> {
-    format!("{records_prefix}{id}").into_bytes()
+/// Record `id`'s key under `records` (or [`progress_prefix`]).
+fn record_key(records: &str, id: &str) -> Vec<u8> {
+    format!("{records}{id}").into_bytes()
 }
 
 /// The etcd client options of `[store]`, each call bounded by `timeout`: reads `ca_file` (PEM)
@@ -171,11 +186,18 @@ fn seq_of(value: &[u8]) -> u64 {
     serde_json::from_slice::<Seq>(value).map_or(0, |s| s.seq)
 }
 
+/// A record's keys and values in etcd: the whole record as created, and its mutable part as
+/// last changed, if it changed since.
+pub(crate) struct Stored {
+    pub record: KeyValue,
+    pub progress: Option<KeyValue>,
+}
+
 /// What [`load`] read, all at one revision.
 pub(crate) struct Loaded {
     pub revision: i64,
     /// The records' `seq` and keys and values, in creation order.
-    pub records: Vec<(u64, KeyValue)>,
+    pub records: Vec<(u64, Stored)>,
     pub leader: Option<KeyValue>,
     /// The writer tag (see [`writer_key`]).
     pub writer: Option<Vec<u8>>,
@@ -197,31 +219,34 @@ pub(crate) fn load(client: &Client, prefix: &str) -> Result<Loaded, EtcdError> {
     let leader = read.next().flatten();
     let writer = read.next().flatten().map(|kv| kv.value);
     let records_prefix = records_prefix(prefix);
-    let end = prefix_end(records_prefix.as_bytes());
-    let mut from = records_prefix.into_bytes();
-    let mut records = Vec::new();
-    loop {
-        let range = Range::between(from.clone(), end.clone())
-            .limit(PAGE)
-            .at(revision);
-        let page = client.range(&range)?;
-        if let Some(last) = page.kvs.last() {
-            from = last.key.clone();
-            from.push(0);
-        }
-        let more = page.more && !page.kvs.is_empty();
-        records.extend(page.kvs);
-        if !more {
-            break;
-        }
-    }
-    let mut ordered: Vec<(u64, KeyValue)> = records
+    let progress_prefix = progress_prefix(prefix);
+    let records = read_all(client, &records_prefix, revision)?;
+    let mut progress: HashMap<Vec<u8>, KeyValue> = read_all(client, &progress_prefix, revision)?
         .into_iter()
-        .map(|kv| (seq_of(&kv.value), kv))
+        .map(|kv| (kv.key[progress_prefix.len()..].to_vec(), kv))
+        .collect();
+    let mut ordered: Vec<(u64, Stored)> = records
+        .into_iter()
+        .map(|record| {
+            let progress = progress.remove(&record.key[records_prefix.len()..]);
+            (seq_of(&record.value), Stored { record, progress })
+        })
         .collect();
     ordered.sort_unstable_by(|(a, x), (b, y)| {
-        (a, x.create_revision, &x.key).cmp(&(b, y.create_revision, &y.key))
+        (a, x.record.create_revision, &x.record.key).cmp(&(
+            b,
+            y.record.create_revision,
+            &y.record.key,
+        ))
     });
+    if !progress.is_empty() {
+        // Written only after the record and removed with it: left by something else.
+        warn!(
+            "etcd store: {} key(s) under {progress_prefix} belong to no record and are \
+             ignored",
+            progress.len()
+        );
+    }
     debug!(
         "etcd store: {} record(s) of {prefix} read at revision {revision} in {} ms",
         ordered.len(),
@@ -235,30 +260,119 @@ pub(crate) fn load(client: &Client, prefix: &str) -> Result<Loaded, EtcdError> {
     })
 }
 
-/// One queued change: the record as it is now, or `None` for a removal.
+/// Every key and value under `prefix` at `revision`, page by page.
+fn read_all(client: &Client, prefix: &str, revision: i64) -> Result<Vec<KeyValue>, EtcdError> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut from = prefix.as_bytes().to_vec();
+    let mut all = Vec::new();
+    loop {
+        let range = Range::between(from.clone(), end.clone())
+            .limit(PAGE)
+            .at(revision);
+        let page = client.range(&range)?;
+        if let Some(last) = page.kvs.last() {
+            from = last.key.clone();
+            from.push(0);
+        }
+        let more = page.more && !page.kvs.is_empty();
+        all.extend(page.kvs);
+        if !more {
+            return Ok(all);
+        }
+    }
+}
+
+/// Reads record `id` of `prefix` now (linearizable): its keys and values, if it exists.
+pub(crate) fn load_one(
+    client: &Client,
+    prefix: &str,
+    id: &str,
+) -> Result<Option<Stored>, EtcdError> {
+    let read = Txn::new()
+        .then(Op::Range(Range::key(record_key(
+            &records_prefix(prefix),
+            id,
+        ))))
+        .then(Op::Range(Range::key(record_key(
+            &progress_prefix(prefix),
+            id,
+        ))));
+    let mut read = client.txn(&read)?.responses.into_iter().map(|r| match r {
+        OpResponse::Range(range) => range.kvs.into_iter().next(),
+        _ => None,
+    });
+    let record = read.next().flatten();
+    let progress = read.next().flatten();
+    Ok(record.map(|record| Stored { record, progress }))
+}
+
+/// What one change of a record writes.
+pub(crate) enum Write {
+    /// The whole record: its creation.
+    Whole(Arc<dyn Value>),
+    /// Its mutable part, as it is now: a change after its creation.
+    Progress(Arc<dyn Value>),
+    /// Its removal: both of its keys.
+    Remove,
+}
+
+/// Where the records' keys are.
+struct Keys {
+    records: String,
+    progress: String,
+}
+
+/// One queued change.
 struct Queued {
     seq: u64,
     id: Arc<str>,
-    record: Option<Arc<dyn Value>>,
-    /// Its operation and size, once built (a change that did not fit the last batch).
-    built: Option<(Op, usize)>,
+    write: Write,
+    /// Its operations, once built (a change that did not fit the last batch).
+    built: Option<Built>,
+}
+
+/// The operations of the changes of one record in a batch.
+struct Built {
+    ops: Vec<Op>,
+    /// The bytes of their keys and values.
+    size: usize,
+    /// They put the whole record.
+    whole: bool,
 }
 
 impl Queued {
-    fn build(&mut self, records_prefix: &str) -> (Op, usize) {
+    /// Its operations; a change of the mutable part puts the whole record when the batch puts
+    /// it already (`whole_in_batch`: its creation), as one operation of a key per transaction.
+    fn build(&mut self, keys: &Keys, whole_in_batch: bool) -> Built {
         if let Some(built) = self.built.take() {
             return built;
         }
-        let key = record_key(records_prefix, &self.id);
-        match &self.record {
-            Some(record) => {
-                let value = with_seq(&record.json(), record.seq());
-                let size = key.len() + value.len();
-                (Op::put(key, value), size)
+        let key = record_key(&keys.records, &self.id);
+        match &self.write {
+            Write::Remove => {
+                let progress_key = record_key(&keys.progress, &self.id);
+                Built {
+                    size: key.len() + progress_key.len(),
+                    ops: vec![Op::delete(key), Op::delete(progress_key)],
+                    whole: false,
+                }
             }
-            None => {
-                let size = key.len();
-                (Op::delete(key), size)
+            Write::Progress(record) if !whole_in_batch => {
+                let key = record_key(&keys.progress, &self.id);
+                let value = record.progress_json();
+                Built {
+                    size: key.len() + value.len(),
+                    ops: vec![Op::put(key, value)],
+                    whole: false,
+                }
+            }
+            Write::Whole(record) | Write::Progress(record) => {
+                let value = with_seq(&record.json(), record.seq());
+                Built {
+                    size: key.len() + value.len(),
+                    ops: vec![Op::put(key, value)],
+                    whole: true,
+                }
             }
         }
     }
@@ -285,7 +399,7 @@ struct Shared {
     election: Arc<Election>,
     term: Term,
     leader_key: Vec<u8>,
-    records_prefix: String,
+    keys: Keys,
     state: Mutex<State>,
     /// The writer waits here for changes.
     queued: Condvar,
@@ -381,7 +495,10 @@ impl EtcdWriter {
         let shared = Arc::new(Shared {
             client,
             leader_key: leader_key(prefix),
-            records_prefix: records_prefix(prefix),
+            keys: Keys {
+                records: records_prefix(prefix),
+                progress: progress_prefix(prefix),
+            },
             election,
             term,
             state: Mutex::default(),
@@ -403,14 +520,10 @@ impl EtcdWriter {
         let _ = self.shared.errors.set(counter);
     }
 
-    /// Queues the change of record `id` (its value now, or `None` for a removal) under the
-    /// records lock: no call, no serialisation. Returns the sequence number to
+    /// Queues the change of record `id` (what it writes: its value now, or its removal)
+    /// under the records lock: no call, no serialisation. Returns the sequence number to
     /// [`wait`](EtcdWriter::wait) for, or why the writer stopped.
-    pub(crate) fn enqueue(
-        &self,
-        id: Arc<str>,
-        record: Option<Arc<dyn Value>>,
-    ) -> Result<u64, String> {
+    pub(crate) fn enqueue(&self, id: Arc<str>, write: Write) -> Result<u64, String> {
         if let Some(reason) = self.shared.term_over() {
             self.shared.fail(reason);
         }
@@ -423,7 +536,7 @@ impl EtcdWriter {
         state.queue.push_back(Queued {
             seq,
             id,
-            record,
+            write,
             built: None,
         });
         self.shared.queued.notify_one();
@@ -505,44 +618,41 @@ struct Batch {
     last: u64,
 }
 
-/// Takes changes from the front of `carry` into one batch: the last change of a key wins, at
-/// most [`MAX_TXN_OPS`] − 1 keys (one operation is the writer tag's) and [`MAX_TXN_BYTES`]
-/// (a larger change goes alone).
-fn next_batch(carry: &mut VecDeque<Queued>, records_prefix: &str) -> Batch {
-    let mut ops: Vec<Op> = Vec::new();
-    let mut sizes: Vec<usize> = Vec::new();
+/// Takes changes from the front of `carry` into one batch: the last change of a record wins
+/// (one operation of a key per transaction), at most [`MAX_TXN_OPS`] − 1 operations (one is
+/// the writer tag's) and [`MAX_TXN_BYTES`] (a larger change goes alone).
+fn next_batch(carry: &mut VecDeque<Queued>, keys: &Keys) -> Batch {
+    let mut records: Vec<Built> = Vec::new();
     let mut slots: HashMap<Arc<str>, usize> = HashMap::new();
-    let mut bytes = 0;
+    let (mut ops, mut bytes) = (0, 0);
     let mut batch = Batch {
         ops: Vec::new(),
         first: carry.front().map_or(0, |q| q.seq),
         last: 0,
     };
     while let Some(queued) = carry.front_mut() {
-        let (op, size) = queued.build(records_prefix);
         let slot = slots.get(&queued.id).copied();
-        let after = bytes + size - slot.map_or(0, |i| sizes[i]);
-        let no_room = slot.is_none() && ops.len() + 1 >= MAX_TXN_OPS;
-        if !ops.is_empty() && (no_room || after > MAX_TXN_BYTES) {
-            queued.built = Some((op, size));
+        let built = queued.build(keys, slot.is_some_and(|i| records[i].whole));
+        let (ops_before, bytes_before) =
+            slot.map_or((0, 0), |i| (records[i].ops.len(), records[i].size));
+        let ops_after = ops + built.ops.len() - ops_before;
+        let bytes_after = bytes + built.size - bytes_before;
+        if !records.is_empty() && (ops_after >= MAX_TXN_OPS || bytes_after > MAX_TXN_BYTES) {
+            queued.built = Some(built);
             break;
         }
         match slot {
-            Some(i) => {
-                ops[i] = op;
-                sizes[i] = size;
-            }
+            Some(i) => records[i] = built,
             None => {
-                slots.insert(queued.id.clone(), ops.len());
-                ops.push(op);
-                sizes.push(size);
+                slots.insert(queued.id.clone(), records.len());
+                records.push(built);
             }
         }
-        bytes = after;
+        (ops, bytes) = (ops_after, bytes_after);
         batch.last = queued.seq;
         carry.pop_front();
     }
-    batch.ops = ops;
+    batch.ops = records.into_iter().flat_map(|r| r.ops).collect();
     batch
 }
 
@@ -550,7 +660,7 @@ fn next_batch(carry: &mut VecDeque<Queued>, records_prefix: &str) -> Batch {
 fn run(shared: &Shared, mut marker: Marker) {
     let mut carry = VecDeque::new();
     while shared.take(&mut carry) {
-        let batch = next_batch(&mut carry, &shared.records_prefix);
+        let batch = next_batch(&mut carry, &shared.keys);
         let (first, last) = (batch.first, batch.last);
         match commit(shared, batch, &mut marker) {
             Ok(()) => shared.finish(first, last, None),
@@ -649,20 +759,18 @@ fn commit(shared: &Shared, batch: Batch, marker: &mut Marker) -> Result<(), Stop
 /// Why a batch is refused when etcd denies the user's roles the transaction: what it
 /// touches, and what the operator is to do about it.
 fn denied(shared: &Shared, endpoint: &str, reason: &str) -> String {
-    let prefix = shared
-        .records_prefix
-        .strip_suffix("records/")
-        .unwrap_or(&shared.records_prefix);
+    let records = &shared.keys.records;
+    let prefix = records.strip_suffix("records/").unwrap_or(records);
     let user = shared.client.user().map_or_else(
         || "this instance (no [store] user)".to_string(),
         |u| format!("etcd user '{u}'"),
     );
     format!(
         "etcd at {endpoint} denied {user} a write of the store ({reason}), which writes \
-         {}<id> and {} and reads {}: grant the user's role readwrite on the prefix {prefix} \
-         (etcdctl role grant-permission ROLE readwrite {prefix} --prefix=true); the store \
-         opens again by itself once it may",
-        shared.records_prefix,
+         {records}<id>, {}<id> and {} and reads {}: grant the user's role readwrite on the \
+         prefix {prefix} (etcdctl role grant-permission ROLE readwrite {prefix} \
+         --prefix=true); the store opens again by itself once it may",
+        shared.keys.progress,
         String::from_utf8_lossy(&writer_key(prefix)),
         String::from_utf8_lossy(&shared.leader_key),
     )
@@ -767,21 +875,30 @@ pub fn import(
             records: existing.count,
         });
     }
+    let progress_prefix = progress_prefix(prefix);
     let mut written = 0;
-    let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut batch: Vec<Imported> = Vec::new();
     let mut bytes = 0;
     for (n, (id, json)) in records.into_iter().enumerate() {
         let key = record_key(&records_prefix, &id);
+        // A mutable part left without its record (its keys deleted by hand) must not apply to
+        // the imported one: deleted with the put.
+        let progress = record_key(&progress_prefix, &id);
         let value = with_seq(&json, n as u64);
-        let size = key.len() + value.len();
-        // One comparison per key, and one for the leader key.
-        if !batch.is_empty() && (batch.len() + 2 > MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES) {
+        let size = key.len() + value.len() + progress.len();
+        // Two operations per record: at most MAX_TXN_OPS.
+        if !batch.is_empty() && (2 * batch.len() + 2 > MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES)
+        {
             written += import_batch(client, &leader, &batch, written)?;
             batch.clear();
             bytes = 0;
         }
         bytes += size;
-        batch.push((key, value));
+        batch.push(Imported {
+            key,
+            value,
+            progress,
+        });
     }
     if !batch.is_empty() {
         written += import_batch(client, &leader, &batch, written)?;
@@ -790,20 +907,32 @@ pub fn import(
     Ok(written)
 }
 
+/// One record of an import: its key and value, and the key of its mutable part.
+struct Imported {
+    key: Vec<u8>,
+    value: Vec<u8>,
+    progress: Vec<u8>,
+}
+
 /// Commits one transaction of an import; `written` records were before it.
 fn import_batch(
     client: &Client,
     leader: &[u8],
-    batch: &[(Vec<u8>, Vec<u8>)],
+    batch: &[Imported],
     written: usize,
 ) -> Result<usize, ImportError> {
     let mut txn = Txn::new().when(Compare::absent(leader.to_vec()));
-    for (key, value) in batch {
+    for record in batch {
         txn = txn
-            .when(Compare::absent(key.clone()))
-            .then(Op::put(key.clone(), value.clone()));
+            .when(Compare::absent(record.key.clone()))
+            .then(Op::put(record.key.clone(), record.value.clone()))
+            .then(Op::delete(record.progress.clone()));
     }
-    let (first_key, first_value) = &batch[0];
+    let Imported {
+        key: first_key,
+        value: first_value,
+        ..
+    } = &batch[0];
     let txn = txn
         .otherwise(Op::Range(Range::key(leader.to_vec())))
         .otherwise(Op::Range(Range::key(first_key.clone())));
@@ -867,19 +996,39 @@ mod tests {
         Arc::new(r)
     }
 
-    fn queued(seq: u64, id: &str, record: Option<Arc<Record>>) -> Queued {
+    fn keys() -> Keys {
+        Keys {
+            records: "/p/records/".into(),
+            progress: "/p/progress/".into(),
+        }
+    }
+
+    fn queued(seq: u64, id: &str, write: Write) -> Queued {
         Queued {
             seq,
             id: id.into(),
-            record: record.map(|r| r as Arc<dyn Value>),
+            write,
             built: None,
         }
     }
 
-    fn key_of(op: &Op) -> &[u8] {
+    fn whole(seq: u64, id: &str, body_bytes: usize) -> Queued {
+        queued(seq, id, Write::Whole(record(id, body_bytes)))
+    }
+
+    fn progress(seq: u64, id: &str, body_bytes: usize) -> Queued {
+        queued(seq, id, Write::Progress(record(id, body_bytes)))
+    }
+
+    fn text(op: &Op) -> String {
         match op {
-            Op::Put { key, .. } | Op::Delete { key, .. } => key,
-            Op::Range(range) => &range.key,
+            Op::Put { key, value, .. } => format!(
+                "put {} {}",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(value)
+            ),
+            Op::Delete { key, .. } => format!("delete {}", String::from_utf8_lossy(key)),
+            Op::Range(range) => format!("range {}", String::from_utf8_lossy(&range.key)),
         }
     }
 
@@ -899,63 +1048,78 @@ mod tests {
     }
 
     #[test]
-    fn the_last_change_of_a_key_wins_in_a_batch_in_queue_order() {
+    fn the_last_change_of_a_record_wins_in_a_batch_in_queue_order() {
         let mut carry: VecDeque<Queued> = [
-            queued(1, "a", Some(record("a", 1))),
-            queued(2, "b", Some(record("b", 1))),
-            queued(3, "a", Some(record("a", 2))),
-            queued(4, "b", None),
+            whole(1, "a", 1),
+            whole(2, "b", 1),
+            progress(3, "c", 1),
+            progress(4, "a", 2),
+            queued(5, "b", Write::Remove),
+            progress(6, "c", 3),
         ]
         .into();
-        let batch = next_batch(&mut carry, "/p/records/");
+        let batch = next_batch(&mut carry, &keys());
         assert!(carry.is_empty());
-        assert_eq!((batch.first, batch.last), (1, 4));
-        assert_eq!(batch.ops.len(), 2);
-        let Op::Put { key, value, .. } = &batch.ops[0] else {
-            panic!("{:?}", batch.ops[0]);
-        };
-        assert_eq!(key, b"/p/records/a");
-        assert!(std::str::from_utf8(value).unwrap().contains(r#""x":"yy""#));
-        assert_eq!(batch.ops[1], Op::delete("/p/records/b"));
+        assert_eq!((batch.first, batch.last), (1, 6));
+        let ops: Vec<String> = batch.ops.iter().map(text).collect();
+        assert_eq!(ops.len(), 4, "{ops:#?}");
+        // A creation and a later change in one batch: the whole record as it is now.
+        assert!(
+            ops[0].starts_with(r#"put /p/records/a {"seq":3,"id":"a","#),
+            "{}",
+            ops[0]
+        );
+        assert!(ops[0].contains(r#""x":"yy""#), "{}", ops[0]);
+        // A removal deletes both keys.
+        assert_eq!(ops[1..3], ["delete /p/records/b", "delete /p/progress/b"]);
+        // A change after the creation: the mutable part only, as last changed.
+        assert_eq!(
+            ops[3],
+            r#"put /p/progress/c {"id":"c","applied":1,"status":"created","modified":5}"#
+        );
     }
 
     #[test]
     fn a_batch_is_bounded_in_operations_and_bytes() {
         let mut carry: VecDeque<Queued> = (0..300)
-            .map(|n| queued(n + 1, &format!("r{n}"), Some(record(&format!("r{n}"), 10))))
+            .map(|n| whole(n + 1, &format!("r{n}"), 10))
             .collect();
         let mut sizes = Vec::new();
         while !carry.is_empty() {
-            let batch = next_batch(&mut carry, "/p/records/");
-            sizes.push(batch.ops.len());
+            sizes.push(next_batch(&mut carry, &keys()).ops.len());
         }
         assert_eq!(
             sizes,
             [127, 127, 46],
             "one operation left for the writer tag"
         );
+        // Removals take two operations each: 63 of them fill 126, the 64th does not fit.
+        let mut carry: VecDeque<Queued> = (0..100)
+            .map(|n| queued(n + 1, &format!("r{n}"), Write::Remove))
+            .collect();
+        let mut sizes = Vec::new();
+        while !carry.is_empty() {
+            sizes.push(next_batch(&mut carry, &keys()).ops.len());
+        }
+        assert_eq!(sizes, [126, 74]);
         // 300 KB each: three fit 1 MiB; one larger than the bound goes alone.
         let mut carry: VecDeque<Queued> = (0..7)
             .map(|n| {
                 let size = if n == 3 { 1_100_000 } else { 300_000 };
-                queued(
-                    n + 1,
-                    &format!("r{n}"),
-                    Some(record(&format!("r{n}"), size)),
-                )
+                whole(n + 1, &format!("r{n}"), size)
             })
             .collect();
         let mut batches = Vec::new();
         while !carry.is_empty() {
-            let batch = next_batch(&mut carry, "/p/records/");
-            let keys: Vec<String> = batch
-                .ops
-                .iter()
-                .map(|op| String::from_utf8_lossy(key_of(op)).into_owned())
-                .collect();
-            batches.push((keys.len(), batch.first, batch.last));
+            let batch = next_batch(&mut carry, &keys());
+            batches.push((batch.ops.len(), batch.first, batch.last));
         }
         assert_eq!(batches, [(3, 1, 3), (1, 4, 4), (3, 5, 7)]);
+        // The changes of a large record after its creation are small.
+        let mut carry: VecDeque<Queued> = (0..4).map(|n| progress(n + 1, "big", 300_000)).collect();
+        let built = carry[0].build(&keys(), false);
+        assert!(built.size < 100, "{}", built.size);
+        assert_eq!(next_batch(&mut carry, &keys()).ops.len(), 1);
     }
 
     #[test]
@@ -971,33 +1135,29 @@ mod tests {
 
     #[test]
     fn a_batch_takes_exactly_max_txn_bytes_and_one_byte_more_starts_the_next() {
-        let size =
-            |id: &str, body: usize| queued(1, id, Some(record(id, body))).build("/p/records/").1;
+        let size = |id: &str, body: usize| whole(1, id, body).build(&keys(), false).size;
         // Two changes of exactly MAX_TXN_BYTES in all, then one byte more.
         let first = size("a", 400_000);
         let probe = size("b", 400_000);
         let fill = 400_000 + (MAX_TXN_BYTES - first - probe);
         assert_eq!(first + size("b", fill), MAX_TXN_BYTES);
         for (extra, expected) in [(0, vec![2]), (1, vec![1, 1])] {
-            let mut carry: VecDeque<Queued> = [
-                queued(1, "a", Some(record("a", 400_000))),
-                queued(2, "b", Some(record("b", fill + extra))),
-            ]
-            .into();
+            let mut carry: VecDeque<Queued> =
+                [whole(1, "a", 400_000), whole(2, "b", fill + extra)].into();
             let mut batches = Vec::new();
             while !carry.is_empty() {
-                batches.push(next_batch(&mut carry, "/p/records/").ops.len());
+                batches.push(next_batch(&mut carry, &keys()).ops.len());
             }
             assert_eq!(batches, expected, "{extra} byte(s) past");
         }
-        // A change of a key already in the batch counts by its new size only.
+        // A change of a record already in the batch counts by its new size only.
         let mut carry: VecDeque<Queued> = [
-            queued(1, "a", Some(record("a", 400_000))),
-            queued(2, "b", Some(record("b", 10))),
-            queued(3, "b", Some(record("b", fill))),
+            whole(1, "a", 400_000),
+            whole(2, "b", 10),
+            progress(3, "b", fill),
         ]
         .into();
-        assert_eq!(next_batch(&mut carry, "/p/records/").ops.len(), 2);
+        assert_eq!(next_batch(&mut carry, &keys()).ops.len(), 2);
         assert!(carry.is_empty());
     }
 

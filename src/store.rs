@@ -13,7 +13,7 @@ use std::ops::{Bound, Range};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::etcd_store::{EtcdWriter, MAX_RECORD_BYTES, Value as EtcdValue};
+use crate::etcd_store::{EtcdWriter, MAX_RECORD_BYTES, Stored, Value as EtcdValue, Write};
 /// A whole record's durable form (the journal's `put` entry): also a line of an export, so that
 /// [`migrate`](crate::migrate) depends on the store, not on the journal behind it.
 pub(crate) use crate::journal::RecordEntry;
@@ -901,20 +901,17 @@ impl Store {
             Durability::Memory => Ok(0),
             Durability::Journal(j) => Ok(j.append(&change.entry())?),
             Durability::Etcd(w) => {
-                let (id, record) = match change {
+                let (id, write) = match change {
                     Change::Create(record) => {
                         check_etcd_size(record)?;
-                        (
-                            record.id.clone(),
-                            Some(record.clone() as Arc<dyn EtcdValue>),
-                        )
+                        (record.id.clone(), Write::Whole(record.clone()))
                     }
                     Change::Update(record) | Change::Repoint(record) => {
-                        (record.id.clone(), Some(record.clone() as _))
+                        (record.id.clone(), Write::Progress(record.clone()))
                     }
-                    Change::Remove(id) => (id.clone(), None),
+                    Change::Remove(id) => (id.clone(), Write::Remove),
                 };
-                w.enqueue(id, record).map_err(StoreError::Unavailable)
+                w.enqueue(id, write).map_err(StoreError::Unavailable)
             }
         }
     }
@@ -1349,18 +1346,19 @@ impl Store {
         Ok(Store::built(records, next_seq, regions, Durability::Memory))
     }
 
-    /// A follower's read of one record (linearizable): `<prefix>/records/<id>` now, without
-    /// reading the others (its runtime fields empty, as [`read_etcd`](Store::read_etcd)'s).
+    /// A follower's read of one record (linearizable): its keys now, without reading the
+    /// others (its runtime fields empty, as [`read_etcd`](Store::read_etcd)'s).
     pub fn read_etcd_record(
         client: &crate::etcd::Client,
         prefix: &str,
         id: &str,
     ) -> Result<Option<Record>, StoreError> {
-        let key = format!("{}{id}", crate::etcd_store::records_prefix(prefix));
-        let Some(kv) = client.get(key.as_bytes()).map_err(etcd_unavailable)? else {
+        let Some(stored) =
+            crate::etcd_store::load_one(client, prefix, id).map_err(etcd_unavailable)?
+        else {
             return Ok(None);
         };
-        let (mut records, _, _) = records_of(&[(0, kv)], prefix)?;
+        let (mut records, _, _) = records_of(&[(0, stored)], prefix)?;
         Ok(records.pop().map(|(_, record)| record))
     }
 
@@ -1457,6 +1455,15 @@ impl EtcdValue for Record {
         serde_json::to_vec(&self.to_record_entry()).expect("a record serialises")
     }
 
+    fn progress_json(&self) -> Vec<u8> {
+        let Entry::Update(mut update) = self.update_entry(true) else {
+            unreachable!("an update entry");
+        };
+        // Always with the platform: the last change's value is all that is kept.
+        update.platform = self.platform.as_deref().map(Cow::Borrowed);
+        serde_json::to_vec(&update).expect("an update serialises")
+    }
+
     fn seq(&self) -> u64 {
         self.seq
     }
@@ -1489,35 +1496,57 @@ fn etcd_unavailable(e: crate::etcd::EtcdError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-/// The records of etcd `values` (their `seq`, keys and values under `<prefix>/records/`, in
-/// creation order), each keeping its `seq`; the `seq` of the next record; the region ids they
-/// share.
+/// The records of etcd `values` (their `seq`, and the keys and values of each, in creation
+/// order), each keeping its `seq` and its mutable part as last changed; the `seq` of the next
+/// record; the region ids they share.
 fn records_of(
-    values: &[(u64, crate::etcd::KeyValue)],
+    values: &[(u64, Stored)],
     prefix: &str,
 ) -> Result<(Vec<Keyed>, u64, Regions), StoreError> {
     let records_prefix = crate::etcd_store::records_prefix(prefix);
     let mut regions = Regions::default();
     let mut records = Vec::with_capacity(values.len());
     let mut next_seq = 0;
-    for (seq, kv) in values {
-        let key = String::from_utf8_lossy(&kv.key);
-        let damaged = |why: String| {
+    for (seq, stored) in values {
+        let damaged = |kv: &crate::etcd::KeyValue, why: String| {
             StoreError::Unavailable(format!(
-                "etcd key {key} is not a record this build reads: {why}"
+                "etcd key {} is not a record this build reads: {why}",
+                String::from_utf8_lossy(&kv.key)
             ))
         };
+        let kv = &stored.record;
         let entry: RecordEntry =
-            serde_json::from_slice(&kv.value).map_err(|e| damaged(e.to_string()))?;
-        if key.strip_prefix(&records_prefix) != Some(&*entry.id) {
-            return Err(damaged(format!("it holds record '{}'", entry.id)));
+            serde_json::from_slice(&kv.value).map_err(|e| damaged(kv, e.to_string()))?;
+        if kv.key.strip_prefix(records_prefix.as_bytes()) != Some(entry.id.as_bytes()) {
+            return Err(damaged(kv, format!("it holds record '{}'", entry.id)));
         }
         let mut record = from_record_entry(entry, &mut regions);
+        if let Some(kv) = &stored.progress {
+            let update: UpdateEntry =
+                serde_json::from_slice(&kv.value).map_err(|e| damaged(kv, e.to_string()))?;
+            if *update.id != *record.id {
+                return Err(damaged(kv, format!("it holds record '{}'", update.id)));
+            }
+            apply_update(&mut record, update, &mut regions);
+        }
         record.seq = *seq;
         next_seq = next_seq.max(seq + 1);
         records.push((record.id.clone(), record));
     }
     Ok((records, next_seq, regions))
+}
+
+/// Applies a change of a record's mutable part (a replayed journal `update` entry, or the
+/// mutable part of an etcd record).
+fn apply_update(record: &mut Record, u: UpdateEntry<'_>, regions: &mut Regions) {
+    record.applied = u.applied.min(record.steps.len());
+    record.status = u.status.into();
+    record.detail = u.detail.map(Box::from);
+    record.last_modified = u.modified;
+    record.kept = u.kept.map(Arc::from);
+    if let Some(platform) = u.platform {
+        record.platform = Some(regions.intern(&platform));
+    }
 }
 
 /// The record a journal `put` entry (or a line of an import) describes, with no runtime state;
@@ -1557,14 +1586,7 @@ fn replay(
         }
         Entry::Update(u) => {
             if let Some(record) = records.get_mut(&*u.id) {
-                record.applied = u.applied.min(record.steps.len());
-                record.status = u.status.into();
-                record.detail = u.detail.map(Box::from);
-                record.last_modified = u.modified;
-                record.kept = u.kept.map(Arc::from);
-                if let Some(platform) = u.platform {
-                    record.platform = Some(regions.intern(&platform));
-                }
+                apply_update(record, u, regions);
             }
         }
         Entry::Remove { id } => {
@@ -1660,6 +1682,65 @@ mod tests {
             applied,
             1,
         )
+    }
+
+    fn stored(key: &str, value: Vec<u8>) -> crate::etcd::KeyValue {
+        crate::etcd::KeyValue {
+            key: key.into(),
+            value,
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+            lease: 0,
+        }
+    }
+
+    #[test]
+    fn an_etcd_record_reads_back_with_its_mutable_part_as_last_changed() {
+        let created = at(Status::Pending, 0);
+        let mut changed = at(Status::Deleting, 2);
+        changed.detail = Some("removing".into());
+        changed.last_modified = 9;
+        changed.kept = Some(Arc::from([1]));
+        changed.platform = Some("http://moved".into());
+        let record = stored("/p/records/r", created.json());
+        let progress = Some(stored("/p/progress/r", changed.progress_json()));
+        let (read, next_seq, _) = records_of(&[(4, Stored { record, progress })], "/p").unwrap();
+        let (id, r) = &read[0];
+        assert_eq!((&**id, next_seq, r.seq), ("r", 5, 4));
+        assert_eq!(r.durable_state(), changed.durable_state());
+        assert_eq!(r.platform.as_deref(), Some("http://moved"));
+        assert_eq!(r.steps.len(), 3);
+
+        // Without a later change: the record as created.
+        let record = stored("/p/records/r", created.json());
+        let (read, _, _) = records_of(
+            &[(
+                0,
+                Stored {
+                    record,
+                    progress: None,
+                },
+            )],
+            "/p",
+        )
+        .unwrap();
+        assert_eq!(read[0].1.durable_state(), created.durable_state());
+
+        // Another record's mutable part is refused, naming the key.
+        let record = stored("/p/records/r", created.json());
+        let mut other = at(Status::Created, 3);
+        other.id = "s".into();
+        let progress = Some(stored("/p/progress/r", other.progress_json()));
+        let Err(StoreError::Unavailable(why)) =
+            records_of(&[(0, Stored { record, progress })], "/p")
+        else {
+            panic!("refused");
+        };
+        assert_eq!(
+            why,
+            "etcd key /p/progress/r is not a record this build reads: it holds record 's'"
+        );
     }
 
     #[test]

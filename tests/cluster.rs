@@ -394,16 +394,18 @@ impl Deployment {
             .sum()
     }
 
-    /// The records as stored in etcd: key, mod revision and value of each.
+    /// The records as stored in etcd (created, and their mutable parts as last changed): key,
+    /// mod revision and value of each.
     fn stored(&self) -> Vec<(String, i64, String)> {
-        let range = Range::prefix(format!("{PREFIX}/records/"));
-        let answer = self.client.range(&range).expect("etcd answers the test");
-        answer
-            .kvs
-            .into_iter()
-            .map(|kv| {
-                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-                (text(&kv.key), kv.mod_revision, text(&kv.value))
+        ["records", "progress"]
+            .iter()
+            .flat_map(|part| {
+                let range = Range::prefix(format!("{PREFIX}/{part}/"));
+                let answer = self.client.range(&range).expect("etcd answers the test");
+                answer.kvs.into_iter().map(|kv| {
+                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    (text(&kv.key), kv.mod_revision, text(&kv.value))
+                })
             })
             .collect()
     }

@@ -1010,6 +1010,7 @@ fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_o
         ("READWRITE", format!("{prefix}/leader"), false),
         ("READWRITE", format!("{prefix}/writer"), false),
         ("READ", format!("{prefix}/records/"), true),
+        ("READ", format!("{prefix}/progress/"), true),
     ] {
         let perm = permission(kind, &key, under);
         etcd_auth(e, "role/grant", &json!({"name": "mec", "perm": perm}), None);
@@ -1063,7 +1064,7 @@ fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_o
     for part in [
         "etcd user 'mec'",
         "permission denied",
-        "/denied/records/<id>",
+        "/denied/records/<id>, /denied/progress/<id>",
         "readwrite on the prefix /denied/",
     ] {
         assert!(detail.contains(part), "{part:?} not in {detail}");
@@ -1094,13 +1095,15 @@ fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_o
     );
 
     // Once the role may write the records, the store opens again by itself.
-    let perm = permission("READWRITE", &format!("{prefix}/records/"), true);
-    etcd_auth(
-        e,
-        "role/grant",
-        &json!({"name": "mec", "perm": perm}),
-        Some(&root),
-    );
+    for part in ["records", "progress"] {
+        let perm = permission("READWRITE", &format!("{prefix}/{part}/"), true);
+        etcd_auth(
+            e,
+            "role/grant",
+            &json!({"name": "mec", "perm": perm}),
+            Some(&root),
+        );
+    }
     let mut last = None;
     let created = eventually(Duration::from_secs(20), || {
         let answer = post_dns(&leader.url);

@@ -700,11 +700,15 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             store_first("prefix = \"/mec-plugin/records\""),
-            "line 2: [store] prefix = '/mec-plugin/records' must not have a segment 'records': the records of a group of instances are under <prefix>/records/, so such a prefix could be inside another group's records",
+            "line 2: [store] prefix = '/mec-plugin/records' must not have a segment 'records': the records of a group of instances are under <prefix>/records/ and <prefix>/progress/, so such a prefix could be inside another group's records",
+        ),
+        (
+            store_first("prefix = \"/mec-plugin/progress\""),
+            "line 2: [store] prefix = '/mec-plugin/progress' must not have a segment 'progress': the records of a group of instances are under <prefix>/records/ and <prefix>/progress/, so such a prefix could be inside another group's records",
         ),
         (
             store_last("prefix = \"/a/records/b\""),
-            "line 13: [store] prefix = '/a/records/b' must not have a segment 'records': the records of a group of instances are under <prefix>/records/, so such a prefix could be inside another group's records",
+            "line 13: [store] prefix = '/a/records/b' must not have a segment 'records': the records of a group of instances are under <prefix>/records/ and <prefix>/progress/, so such a prefix could be inside another group's records",
         ),
         (
             store_first("endpoints = [\"http://e:2379\", \"http://e:2380/v3\"]"),

@@ -163,6 +163,84 @@ fn records_round_trip_in_creation_order_into_the_next_term_and_a_followers_read(
 }
 
 #[test]
+fn a_large_requests_steps_write_its_mutable_part_not_the_whole_record_again() {
+    let test = "a_large_requests_steps_write_its_mutable_part_not_the_whole_record_again";
+    let Some(cluster) = etcd(test, 1) else {
+        return;
+    };
+    let c = client(&cluster);
+    let prefix = "/t-progress";
+    let election = leader(&c, prefix, 5);
+    let store = open(&c, prefix, &election);
+    // 1,000 steps of ~250 bytes: a record of ~300 kB.
+    let steps: Arc<[Step]> = (0..1000)
+        .map(|i| {
+            Step::new(
+                &format!("DNS rule {i}"),
+                &format!("/dns/{i}"),
+                &"x".repeat(250),
+            )
+        })
+        .collect();
+    let mut big = Record::new(
+        "big".into(),
+        "1".into(),
+        Arc::from("{}"),
+        Status::Pending,
+        steps,
+        0,
+        1,
+    );
+    big.platform = Some(Arc::from("http://mep"));
+    store.insert(big).unwrap();
+    let record_key = "/t-progress/records/big";
+    let created = c.get(record_key.as_bytes()).unwrap().unwrap();
+    assert!(created.value.len() > 280_000, "{}", created.value.len());
+    for applied in 1..=100 {
+        store
+            .update("big", |r| {
+                r.applied = applied;
+                r.last_modified = 1 + applied as i64;
+            })
+            .unwrap();
+    }
+    store.update("big", |r| r.created(500)).unwrap();
+    // The whole record was written once; each step wrote the small mutable part.
+    let record = c.get(record_key.as_bytes()).unwrap().unwrap();
+    assert_eq!(
+        (record.version, record.mod_revision),
+        (1, created.mod_revision)
+    );
+    let progress = c.get(b"/t-progress/progress/big").unwrap().unwrap();
+    assert!(progress.version >= 2, "{progress:?}");
+    assert!(
+        progress.value.len() < 200,
+        "{}",
+        String::from_utf8_lossy(&progress.value)
+    );
+    // Read back whole: by a follower, alone, and by the next term.
+    let expected = summary(&store);
+    assert_eq!(expected[0].1, Status::Created);
+    assert_eq!(summary(&Store::read_etcd(&c, prefix).unwrap()), expected);
+    let one = Store::read_etcd_record(&c, prefix, "big").unwrap().unwrap();
+    assert_eq!(
+        (one.status, one.applied, one.steps.len()),
+        (Status::Created, 100, 1000)
+    );
+    drop(store);
+    step_down(election);
+    let next = leader(&c, prefix, 5);
+    let store = open(&c, prefix, &next);
+    assert_eq!(summary(&store), expected, "the next term's store");
+    // A removal deletes both keys.
+    store.remove("big").unwrap();
+    for part in ["records", "progress"] {
+        let key = format!("{prefix}/{part}/big");
+        assert!(c.get(key.as_bytes()).unwrap().is_none(), "{key} is left");
+    }
+}
+
+#[test]
 fn concurrent_writers_share_transactions_and_the_order_is_the_leaders() {
     let test = "concurrent_writers_share_transactions_and_the_order_is_the_leaders";
     let Some(cluster) = etcd(test, 1) else {
@@ -649,7 +727,10 @@ fn concurrent_updates_of_a_key_reach_etcd_in_the_order_they_were_made() {
     assert!(after - before > 2, "several transactions");
     let mut last = [0u64; KEYS];
     for at in before..=after {
-        let read = c.range(&Range::prefix("/t-order/records/").at(at)).unwrap();
+        // Changes after the creation write the record's mutable part.
+        let read = c
+            .range(&Range::prefix("/t-order/progress/").at(at))
+            .unwrap();
         for kv in read.kvs {
             let r: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
             let k: usize = r["id"].as_str().unwrap()[1..].parse().unwrap();

@@ -381,7 +381,8 @@ fn an_etcd_leader_refuses_the_same_way_and_its_re_pointing_is_committed_in_etcd(
         (r.status, &r.json["status"]),
         (202, &Value::from("DELETING"))
     );
-    let key = format!("{PREFIX}/records/{id}");
+    // A change after the creation: in the record's mutable part.
+    let key = format!("{PREFIX}/progress/{id}");
     let stored = etcd
         .client(Duration::from_secs(5))
         .get(key.as_bytes())
