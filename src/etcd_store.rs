@@ -875,64 +875,55 @@ pub fn import(
             records: existing.count,
         });
     }
-    let progress_prefix = progress_prefix(prefix);
+    // Mutable parts left without their records (their keys deleted by hand) must not apply to
+    // records imported under their ids: the first transaction deletes them all.
+    let progress = progress_prefix(prefix);
+    let mut orphans = Some(Op::Delete {
+        range_end: Some(prefix_end(progress.as_bytes())),
+        key: progress.into_bytes(),
+    });
     let mut written = 0;
-    let mut batch: Vec<Imported> = Vec::new();
+    let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut bytes = 0;
     for (n, (id, json)) in records.into_iter().enumerate() {
         let key = record_key(&records_prefix, &id);
-        // A mutable part left without its record (its keys deleted by hand) must not apply to
-        // the imported one: deleted with the put.
-        let progress = record_key(&progress_prefix, &id);
         let value = with_seq(&json, n as u64);
-        let size = key.len() + value.len() + progress.len();
-        // Two operations per record: at most MAX_TXN_OPS.
-        if !batch.is_empty() && (2 * batch.len() + 2 > MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES)
-        {
-            written += import_batch(client, &leader, &batch, written)?;
+        let size = key.len() + value.len();
+        // One comparison per key, and one for the leader key.
+        if !batch.is_empty() && (batch.len() + 2 > MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES) {
+            written += import_batch(client, &leader, &batch, orphans.take(), written)?;
             batch.clear();
             bytes = 0;
         }
         bytes += size;
-        batch.push(Imported {
-            key,
-            value,
-            progress,
-        });
+        batch.push((key, value));
     }
     if !batch.is_empty() {
-        written += import_batch(client, &leader, &batch, written)?;
+        written += import_batch(client, &leader, &batch, orphans.take(), written)?;
     }
     debug!("imported {written} record(s) under {records_prefix}");
     Ok(written)
 }
 
-/// One record of an import: its key and value, and the key of its mutable part.
-struct Imported {
-    key: Vec<u8>,
-    value: Vec<u8>,
-    progress: Vec<u8>,
-}
-
-/// Commits one transaction of an import; `written` records were before it.
+/// Commits one transaction of an import, with `also` (the first one's deletion of orphaned
+/// mutable parts); `written` records were before it.
 fn import_batch(
     client: &Client,
     leader: &[u8],
-    batch: &[Imported],
+    batch: &[(Vec<u8>, Vec<u8>)],
+    also: Option<Op>,
     written: usize,
 ) -> Result<usize, ImportError> {
     let mut txn = Txn::new().when(Compare::absent(leader.to_vec()));
-    for record in batch {
+    for (key, value) in batch {
         txn = txn
-            .when(Compare::absent(record.key.clone()))
-            .then(Op::put(record.key.clone(), record.value.clone()))
-            .then(Op::delete(record.progress.clone()));
+            .when(Compare::absent(key.clone()))
+            .then(Op::put(key.clone(), value.clone()));
     }
-    let Imported {
-        key: first_key,
-        value: first_value,
-        ..
-    } = &batch[0];
+    if let Some(op) = also {
+        txn = txn.then(op);
+    }
+    let (first_key, first_value) = &batch[0];
     let txn = txn
         .otherwise(Op::Range(Range::key(leader.to_vec())))
         .otherwise(Op::Range(Range::key(first_key.clone())));
