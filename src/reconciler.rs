@@ -95,9 +95,12 @@ pub fn recover(service: &Service) -> Result<(), StoreError> {
                 for step in record.steps.iter().take(record.applied) {
                     region.driver.outcome_unknown_after_restart(step);
                 }
-                // The earlier run may have sent the last applied step up to its end.
+                // The earlier run may have sent the last applied step up to its end: its apply
+                // (a creation), or its removal (an undo, a DELETE), which may still land and
+                // take away another request's apply of the same rule.
                 if record.applied > 0 {
                     service.note_unsettled(&record.id, record.applied - 1, region);
+                    service.removal_may_land(region, &record.steps[record.applied - 1]);
                 }
             }
         }
@@ -301,6 +304,27 @@ mod tests {
         durable, fail_append_in, moved_to, on, recorded_id, request, service, service_settling,
     };
     use crate::store::Store;
+
+    #[test]
+    fn after_a_restart_an_apply_waits_for_a_removal_the_earlier_run_may_have_sent() {
+        let settle = Duration::from_millis(300);
+        let (s, d) = service_settling(Store::in_memory(), settle);
+        let id = s.create(request(&["a"])).unwrap();
+        // As a crash during its DELETE leaves it: the removal of "a" may still land.
+        s.store
+            .update(&id, |r| r.status = Status::Deleting)
+            .unwrap();
+        recover(&s).unwrap();
+        let started = Instant::now();
+        let other = s.create(request(&["a"])).unwrap();
+        assert!(started.elapsed() >= settle, "{:?}", started.elapsed());
+        assert_eq!(s.get(&other).unwrap().status, Status::Created);
+        // A rule of no such record is applied at once.
+        let started = Instant::now();
+        s.create(request(&["b"])).unwrap();
+        assert!(started.elapsed() < settle, "{:?}", started.elapsed());
+        assert!(on(&d).contains(&"b".to_string()), "{:?}", on(&d));
+    }
 
     #[test]
     fn recovery_rolls_back_a_creation_caught_pending_and_the_reconciler_removes_its_steps() {

@@ -862,7 +862,8 @@ impl Service {
             "request {id}: its rules are on another platform than the region's current one"
         );
         for k in (0..record.applied).rev() {
-            let _turn = self.turns.remove(self.rule_of(region, &steps[k]));
+            let rule = self.rule_of(region, &steps[k]);
+            let _turn = self.turns.remove(rule);
             // In place before this request: left as it was. Read under the turn, not from
             // `record`: a release may have handed this request the removal meanwhile.
             if self.store.keeps(id, k) {
@@ -892,10 +893,17 @@ impl Service {
             self.call(&region.config.id, "remove", || {
                 region.driver.remove(&steps[k])
             })
-            .map_err(|error| Undo::Platform {
-                left: k + 1,
-                step: &steps[k],
-                error,
+            .map_err(|error| {
+                if error.is_ambiguous() {
+                    // Set under the turn: no apply of the rule slips in before it.
+                    self.turns
+                        .removal_may_land(rule, Instant::now() + region.config.mep.settle);
+                }
+                Undo::Platform {
+                    left: k + 1,
+                    step: &steps[k],
+                    error,
+                }
             })?;
             if let Some(until) = self.settles_after(id, k, sent) {
                 return Err(Undo::Settling {
@@ -921,6 +929,14 @@ impl Service {
         let until = Instant::now() + region.config.mep.settle;
         self.lock_unsettled()
             .insert(Arc::from(id), Unsettled { step: k, until });
+    }
+
+    /// A removal of `step` in `region` may have been sent up to now (by an earlier run, or
+    /// term) with its outcome unknown: applies of its rule wait for the region's `settle_ms`.
+    pub(crate) fn removal_may_land(&self, region: &Region, step: &Step) {
+        let until = Instant::now() + region.config.mep.settle;
+        self.turns
+            .removal_may_land(self.rule_of(region, step), until);
     }
 
     /// Until when a step of request `id` may still land on its platform, if one may.

@@ -9,9 +9,15 @@
 //! a wait lasts at most as long as the calls ahead of it, which the platform timeout bounds.
 //! A waiting removal makes later applies of its rule wait too, so a steady stream of
 //! creations cannot starve it.
+//!
+//! A removal whose outcome is unknown (it timed out, or a restart cut it) may still be carried
+//! out by the platform until its settle window has passed: applies of its rule wait until then
+//! ([`Turns::removal_may_land`]), or the late removal would take away what they put there
+//! while their requests say CREATED. That wait is bounded by the region's `settle_ms`.
 
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::Instant;
 
 use crate::util::{lock, wait};
 
@@ -32,11 +38,31 @@ struct Rule {
     removals_waiting: u32,
     /// Threads waiting for a turn on this rule.
     waiting: u32,
+    /// A removal of this rule whose outcome is unknown may land on the platform until then.
+    removal_lands_until: Option<Instant>,
 }
 
 impl Rule {
     fn idle(&self) -> bool {
-        self.applying == 0 && !self.removing && self.removals_waiting == 0 && self.waiting == 0
+        self.applying == 0
+            && !self.removing
+            && self.removals_waiting == 0
+            && self.waiting == 0
+            && self
+                .removal_lands_until
+                .is_none_or(|until| until <= Instant::now())
+    }
+
+    /// How long an apply must still wait for a removal that may land, if it must.
+    fn unsettled_removal(&mut self) -> Option<std::time::Duration> {
+        let now = Instant::now();
+        match self.removal_lands_until {
+            Some(until) if until > now => Some(until - now),
+            _ => {
+                self.removal_lands_until = None;
+                None
+            }
+        }
     }
 }
 
@@ -59,6 +85,16 @@ impl Turns {
         self.take(key, true)
     }
 
+    /// A removal of rule `key` whose outcome is unknown may still land on the platform until
+    /// `until`: applies of the rule wait until then (a later `until` extends the wait).
+    pub fn removal_may_land(&self, key: u64, until: Instant) {
+        let mut rules = lock(&self.rules);
+        let rule = rules.entry(key).or_default();
+        rule.removal_lands_until = rule.removal_lands_until.max(Some(until));
+        // Forget the rules whose windows have passed with nothing else on them.
+        rules.retain(|_, rule| !rule.idle());
+    }
+
     fn take(&self, key: u64, removal: bool) -> Turn<'_> {
         let mut rules = lock(&self.rules);
         if removal {
@@ -71,12 +107,22 @@ impl Turns {
                 rule.removing = true;
                 break;
             }
-            if !removal && !rule.removing && rule.removals_waiting == 0 {
+            let settling = (!removal).then(|| rule.unsettled_removal()).flatten();
+            if !removal && !rule.removing && rule.removals_waiting == 0 && settling.is_none() {
                 rule.applying += 1;
                 break;
             }
             rule.waiting += 1;
-            rules = wait(&self.changed, rules);
+            rules = match settling {
+                // Nothing wakes this wait when the window ends: it times out.
+                Some(left) => {
+                    self.changed
+                        .wait_timeout(rules, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => wait(&self.changed, rules),
+            };
             rules.entry(key).or_default().waiting -= 1;
         }
         Turn {
@@ -168,6 +214,26 @@ mod tests {
         assert_eq!(waits(&t, t.remove(7), |t| t.remove(7)), (false, true));
         assert_eq!(waits(&t, t.apply(7), |t| t.apply(7)), (true, true));
         assert_eq!(t.busy_rules(), 0);
+    }
+
+    #[test]
+    fn an_apply_waits_for_a_removal_that_may_land_and_a_removal_does_not() {
+        let t = Turns::default();
+        let window = Duration::from_millis(200);
+        t.removal_may_land(5, Instant::now() + window);
+        // A shorter window does not shorten it.
+        t.removal_may_land(5, Instant::now());
+        let started = Instant::now();
+        drop(t.remove(5));
+        assert!(started.elapsed() < window, "removals are not held");
+        drop(t.apply(6));
+        assert!(started.elapsed() < window, "other rules are not held");
+        drop(t.apply(5));
+        assert!(started.elapsed() >= window, "{:?}", started.elapsed());
+        // Once the window has passed, the rule is forgotten.
+        assert_eq!(t.busy_rules(), 0);
+        t.removal_may_land(9, Instant::now());
+        assert_eq!(t.busy_rules(), 0, "a window already over is not kept");
     }
 
     #[test]

@@ -491,6 +491,53 @@ fn a_rule_activated_by_two_requests_stays_active_until_the_last_one_is_deleted()
     );
 }
 
+/// A deactivation that timed out (300 ms) and lands later (800 ms) must not leave INACTIVE a
+/// rule another request activated meanwhile: that activation waits for the removal's settle
+/// window (1.5 s), then reads the rule's state and activates it.
+#[test]
+fn an_activation_waits_for_a_deactivation_of_its_rule_that_may_still_land() {
+    let mep = FakeEtsi::start();
+    preload(&mep, "app-1");
+    let p = Plugin::start(&format!(
+        "{}{}settle_ms = 1500\n",
+        server_section(""),
+        etsi_region("2", &mep.url(), 300)
+    ));
+    let first = created_id(&p.post(&request(Some("app-1"))));
+    mep.late_puts(Duration::from_millis(800));
+    let r = p.delete(&first);
+    assert_eq!(r.status, 202, "{:?}", r.json);
+    mep.late_puts(Duration::ZERO);
+    let second = created_id(&p.post(&request(Some("app-1"))));
+    // Past the late deactivation and the first request's removal by the reconciler.
+    assert!(
+        eventually(Duration::from_secs(10), || p
+            .get(&format!("/service/requests/{first}"))
+            .status
+            == 404),
+        "{:?}",
+        p.get(&format!("/service/requests/{first}")).json
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let record = p.get(&format!("/service/requests/{second}"));
+    assert_eq!(record.json["status"], "CREATED", "{:?}", record.json);
+    for (collection, id) in [(DNS, "dns-video"), (TRAFFIC, "tr-video")] {
+        assert_eq!(
+            mep.state("app-1", collection, id).as_deref(),
+            Some("ACTIVE"),
+            "{id}: {:?}",
+            shape(&mep.calls())
+        );
+    }
+    assert_eq!(p.delete(&second).status, 201);
+    for (collection, id) in [(DNS, "dns-video"), (TRAFFIC, "tr-video")] {
+        assert_eq!(
+            mep.state("app-1", collection, id).as_deref(),
+            Some("INACTIVE")
+        );
+    }
+}
+
 /// The example's rules as a platform's descriptor may set them: priority 5 (the request says
 /// 1) and a field the plugin does not know.
 fn preload_own_data(mep: &FakeEtsi, app: &str) {

@@ -96,6 +96,57 @@ fn a_late_apply_after_an_early_removal_answered_404_is_removed_after_the_settle_
     a_late_apply_is_removed_after_the_settle_window(false);
 }
 
+/// The review's case: a removal times out (300 ms) and the platform carries it out later
+/// (800 ms). Another request's apply of the same rule in between would be taken away by it
+/// while that request says CREATED: the apply waits until the removal's settle window (1.5 s)
+/// has passed, and the rule is on the platform at the end.
+#[test]
+fn an_apply_waits_for_a_removal_of_its_rule_that_may_still_land() {
+    let fake = FakeLlMec::start();
+    let settle = Duration::from_millis(1500);
+    let p = Plugin::start(&format!(
+        "{}{}settle_ms = {}\n",
+        server_section(""),
+        llmec_region("2", &fake.url(), 300),
+        settle.as_millis()
+    ));
+    let first = p.post(&traffic_only());
+    assert_eq!(first.status, 201, "{:?}", first.json);
+    let a = first.json["RequestId"].as_str().unwrap().to_string();
+    assert_eq!(fake.installed().len(), 1);
+
+    fake.late_deletes(Duration::from_millis(800));
+    let removal_sent = Instant::now();
+    let r = p.delete(&a);
+    assert_eq!(r.status, 202, "{:?}", r.json);
+    fake.late_deletes(Duration::ZERO);
+    let second = p.post(&traffic_only());
+    let answered = removal_sent.elapsed();
+    assert_eq!(second.status, 201, "{:?}", second.json);
+    let b = second.json["RequestId"].as_str().unwrap().to_string();
+    // Past the late removal: the rule stays on the platform for the CREATED request.
+    std::thread::sleep(Duration::from_millis(1000));
+    let record = p.get(&format!("/service/requests/{b}"));
+    assert_eq!(record.json["status"], "CREATED", "{:?}", record.json);
+    assert_eq!(fake.installed().len(), 1, "{:?}", fake.calls());
+    assert!(
+        answered >= settle,
+        "the apply waited for the removal's window: answered after {answered:?}"
+    );
+    // The first request goes without taking the rule away (B holds it); B's removal does.
+    assert!(
+        eventually(Duration::from_secs(10), || p
+            .get(&format!("/service/requests/{a}"))
+            .status
+            == 404),
+        "{:?}",
+        p.get(&format!("/service/requests/{a}")).json
+    );
+    assert_eq!(fake.installed().len(), 1, "{:?}", fake.calls());
+    assert_eq!(p.delete(&b).status, 201);
+    assert!(fake.installed().is_empty(), "{:?}", fake.calls());
+}
+
 #[test]
 fn a_gateway_s_504_in_front_of_the_platform_answers_504_and_its_step_is_removed() {
     let fake = FakeLlMec::start();

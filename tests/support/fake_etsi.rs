@@ -91,6 +91,8 @@ struct State {
     delay: Duration,
     /// How long a PUT that changed a rule waits, once changed, before it is answered.
     slow_changes: Duration,
+    /// Extra wait of every PUT before it is handled (see [`FakeEtsi::late_puts`]).
+    put_delay: Duration,
     /// Rules every application instance has (see `preload_any`).
     template: Option<(Vec<Value>, Vec<Value>)>,
     /// Rules whose GET answers 403.
@@ -266,12 +268,19 @@ impl FakeEtsi {
         state.concurrent.clear();
         state.delay = Duration::ZERO;
         state.slow_changes = Duration::ZERO;
+        state.put_delay = Duration::ZERO;
     }
 
     /// Every call from now on waits `delay` before being handled (other connections are
     /// served meanwhile). `Duration::ZERO` removes it.
     pub fn delay(&self, delay: Duration) {
         lock(&self.shared.state).delay = delay;
+    }
+
+    /// Every PUT from now on waits `delay` before being handled, then changes the rule whether
+    /// or not the client is still waiting (a late change). `Duration::ZERO` removes it.
+    pub fn late_puts(&self, delay: Duration) {
+        lock(&self.shared.state).put_delay = delay;
     }
 
     /// A PUT that changes a rule from now on makes the change at once, then waits `delay`
@@ -392,7 +401,11 @@ fn handle(mut request: Request, shared: &Shared) {
     let delay = {
         let mut state = lock(&shared.state);
         state.calls.push(call.clone());
-        state.delay
+        if call.method == "PUT" {
+            state.delay + state.put_delay
+        } else {
+            state.delay
+        }
     };
     if !super::delay_unless_closing(&shared.closing, delay) {
         return;

@@ -90,6 +90,8 @@ struct State {
     delay: Duration,
     /// Extra wait of every POST (see [`FakeLlMec::late_posts`]).
     post_delay: Duration,
+    /// Extra wait of every DELETE (see [`FakeLlMec::late_deletes`]).
+    delete_delay: Duration,
     /// A DELETE of a rule not installed answers 200 instead of 404.
     absent_delete_ok: bool,
     chaos: Option<Chaos>,
@@ -261,6 +263,13 @@ impl FakeLlMec {
     /// delayed. `Duration::ZERO` removes it.
     pub fn late_posts(&self, delay: Duration) {
         lock(&self.shared.state).post_delay = delay;
+    }
+
+    /// Every DELETE received from now on is answered only after `delay` and then removes its
+    /// rule, whether or not the client is still waiting (a late removal). Other calls are not
+    /// delayed. `Duration::ZERO` removes it.
+    pub fn late_deletes(&self, delay: Duration) {
+        lock(&self.shared.state).delete_delay = delay;
     }
 
     /// A DELETE of a rule that is not installed answers 200 (as a platform may: removing
@@ -501,6 +510,9 @@ fn handle(mut request: Request, shared: &Shared) {
         let (mut delay, mut lost) = (state.delay, None);
         if method == "POST" {
             delay += state.post_delay;
+        }
+        if method == "DELETE" {
+            delay += state.delete_delay;
         }
         if let Some(chaos) = state.chaos {
             delay += Duration::from_micros(state.below(chaos.max_delay.as_micros() as u64 + 1));
