@@ -1111,6 +1111,10 @@ impl Driver for FixedAgentDriver {
     fn remove(&self, step: &Step) -> Result<(), MepError> {
         self.call("DELETE", step)
     }
+
+    fn plans(&self, step: &Step) -> bool {
+        self.llmec.plans(step)
+    }
 }
 
 /// Resolves IP-literal hosts without a lookup (ureq's default resolver starts a thread for

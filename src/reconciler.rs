@@ -12,8 +12,11 @@ use std::time::Duration;
 
 use log::{error, info, warn};
 
+use crate::config::DriverKind;
 use crate::model::Status;
-use crate::service::{Service, Undo, epoch_millis, millis_until, region_gone, settling};
+use crate::service::{
+    Service, Undo, driver_changed, epoch_millis, millis_until, region_gone, settling,
+};
 use crate::store::{Record, StoreError};
 use crate::util::now_millis;
 
@@ -172,6 +175,9 @@ fn reconcile(service: &Service, claimed: &Record) -> Result<(), StoreError> {
     if let Some(current) = service.moved(&record) {
         return leave_moved(service, &record, current);
     }
+    if let Some(driver) = service.foreign(&record) {
+        return leave_foreign(service, &record, driver);
+    }
     info!(
         "request {id}: removing {} rule call(s) from region {} (attempt {})",
         record.applied,
@@ -202,6 +208,22 @@ fn leave_moved(service: &Service, record: &Record, current: &str) -> Result<(), 
             reason(&record.detail),
             platform_changed(record, current)
         ),
+    };
+    let at = now_millis() + service.retry.max.as_millis() as i64;
+    service.store.update(&record.id, |r| r.stuck(detail, at))?;
+    Ok(())
+}
+
+/// Leaves the claimed `record` alone: its region's driver did not plan its steps (the
+/// region's `driver` changed since), so it can neither remove them nor take them as removed,
+/// until the earlier driver is configured again or a DELETE with `?forget=true`. Logged once;
+/// looked at again after the longest backoff, as [`leave_moved`].
+fn leave_foreign(service: &Service, record: &Record, driver: DriverKind) -> Result<(), StoreError> {
+    service.log_foreign_once(record, driver);
+    let changed = driver_changed(&record.region_id, driver);
+    let detail = match record.status {
+        Status::Deleting => changed,
+        _ => format!("{}; {changed}", reason(&record.detail)),
     };
     let at = now_millis() + service.retry.max.as_millis() as i64;
     service.store.update(&record.id, |r| r.stuck(detail, at))?;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
-use crate::config::{Config, RegionConfig};
+use crate::config::{Config, DriverKind, RegionConfig};
 use crate::error::ApiError;
 use crate::mep::{self, Applied, Driver, MepError, Step};
 use crate::metrics::{Gauges, Metrics, Outcome};
@@ -110,6 +110,15 @@ pub struct Service {
     /// Records whose rules the reconciler leaves alone because they were applied on another
     /// platform than their region's current one, already logged (once per record).
     pub(crate) moved_logged: Mutex<HashSet<Arc<str>>>,
+}
+
+/// What a request whose region's driver changed since its rules were applied says, and the
+/// two ways out.
+pub(crate) fn driver_changed(region_id: &str, driver: DriverKind) -> String {
+    format!(
+        "its rules were planned by another driver than region '{region_id}''s '{}' (the region's driver was changed): they are not removed until the region's earlier driver is configured again, or a DELETE with ?forget=true leaves them where they are",
+        driver.name()
+    )
 }
 
 /// A step whose apply was sent but whose outcome was not seen (timeout, broken exchange, a
@@ -614,6 +623,17 @@ impl Service {
             });
         }
         let Some(current) = self.moved(&record) else {
+            // Planned by the region's earlier driver: forgetting is the way out that the
+            // README gives (or putting the earlier driver back); removing stays refused by the
+            // driver, nothing sent.
+            if let (Some(driver), Deletion::Forget) = (self.foreign(&record), how) {
+                let why = format!(
+                    "region '{}' is now driven by '{}', which did not plan its rules",
+                    record.region_id,
+                    driver.name()
+                );
+                return self.forget(id, &why).map(Some);
+            }
             return Ok(None);
         };
         let recorded = record.platform.as_deref().unwrap_or_default();
@@ -688,6 +708,31 @@ impl Service {
         (**current != *recorded && !alias).then_some(current)
     }
 
+    /// The driver of `record`'s region when one of its applied steps was planned by another
+    /// driver (the region's `driver` changed since): the current one cannot remove it, and
+    /// must not take it as removed. `None` for a region no longer configured.
+    pub(crate) fn foreign(&self, record: &Record) -> Option<DriverKind> {
+        let region = self.region(&record.region_id)?;
+        let driver = &region.driver;
+        record.steps[..record.applied]
+            .iter()
+            .any(|step| !driver.plans(step))
+            .then(|| driver.kind())
+    }
+
+    /// Logs, once per record, that the reconciler leaves `record`'s rules alone because its
+    /// region's `driver` did not plan them.
+    pub(crate) fn log_foreign_once(&self, record: &Record, driver: DriverKind) {
+        if !lock(&self.moved_logged).insert(record.id.clone()) {
+            return;
+        }
+        warn!(
+            "request {}: {}",
+            record.id,
+            driver_changed(&record.region_id, driver)
+        );
+    }
+
     /// Logs, once per record, that the reconciler leaves `record`'s rules alone because they
     /// were applied on another platform than its region's `current` one.
     pub(crate) fn log_moved_once(&self, record: &Record, current: &str) {
@@ -721,6 +766,20 @@ impl Service {
     /// Logs one warning per region whose platform URL changed while records hold rules applied
     /// on an earlier one (start-up and each etcd leader's recovery).
     pub fn warn_moved_regions(&self) {
+        let mut foreign: BTreeMap<Arc<str>, usize> = BTreeMap::new();
+        for record in self.store.list(None) {
+            if self.moved(&record).is_none() && self.foreign(&record).is_some() {
+                *foreign.entry(record.region_id.clone()).or_default() += 1;
+            }
+        }
+        for (region, count) in foreign {
+            let driver = self.region(&region).map(|r| r.driver.kind());
+            warn!(
+                "region '{region}': {count} request(s) hold rules planned by another driver than '{}': {}",
+                driver.map_or("", DriverKind::name),
+                "they are not removed until the region's earlier driver is configured again, or a DELETE with ?forget=true leaves them where they are"
+            );
+        }
         for (region, (count, earlier)) in self.moved_records() {
             let earlier: Vec<&str> = earlier.iter().map(|p| &**p).collect();
             warn!(
@@ -797,7 +856,10 @@ impl Service {
         // `?adopt=true` of another request may have re-pointed it since the caller looked, and
         // released to it rules that only its removal takes off. Removed as usual then.
         let now = self.store.get(id).ok_or_else(not_found)?;
-        if self.region(&now.region_id).is_some() && self.moved(&now).is_none() {
+        if self.region(&now.region_id).is_some()
+            && self.moved(&now).is_none()
+            && self.foreign(&now).is_none()
+        {
             self.store
                 .update(id, Record::release)
                 .map_err(|e| self.state_error(e, Some(id)))?;
@@ -1220,6 +1282,9 @@ pub(crate) mod tests {
             } else {
                 Applied::Changed
             })
+        }
+        fn plans(&self, step: &Step) -> bool {
+            step.target() == "/x"
         }
         fn remove(&self, step: &Step) -> Result<(), MepError> {
             self.removals.lock().unwrap().push(step.label().to_string());

@@ -268,3 +268,75 @@ fn a_delete_in_a_region_no_longer_configured_is_409_until_forgotten_deliberately
         "{metrics}"
     );
 }
+
+/// A region switched from LL-MEC to `simulated` with its `url` left in place (the review's
+/// case, which answered 201 and forgot a rule still on the platform): the simulated platform
+/// did not plan the request's rule, so a DELETE leaves it DELETING, the reconciler leaves it
+/// alone and says why, `?forget=true` drops it, and putting the earlier driver back removes a
+/// second request's rule.
+#[test]
+fn after_a_driver_change_a_request_is_forgotten_or_removed_by_the_earlier_driver_never_taken_as_removed()
+ {
+    let fake = FakeLlMec::start();
+    let dir = temp_dir("driver-changed");
+    let llmec = format!(
+        "{}{}",
+        server_section(""),
+        llmec_region("2", &fake.url(), 1000)
+    );
+    let p = Plugin::start_in(&llmec, &dir);
+    let created = |p: &Plugin, body: &str| {
+        let r = p.post(body);
+        assert_eq!(r.status, 201, "{:?}", r.json);
+        r.json["RequestId"].as_str().unwrap().to_string()
+    };
+    let first = created(&p, &traffic_only());
+    let second = created(&p, &dns_rules(1));
+    assert_eq!(fake.installed().len(), 2);
+    p.stop();
+
+    let simulated = llmec.replace("driver = \"llmec\"", "driver = \"simulated\"");
+    let p = Plugin::start_in(&simulated, &dir);
+    fake.clear_calls();
+    for id in [&first, &second] {
+        let r = p.delete(id);
+        assert_eq!(r.status, 202, "{:?}", r.json);
+        assert_eq!(r.json["status"], "DELETING", "{:?}", r.json);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || status_detail(&p, &first)
+            .contains(
+                "planned by another driver than region '2''s 'simulated'"
+            )),
+        "{}",
+        status_detail(&p, &first)
+    );
+    assert_eq!(fake.installed().len(), 2, "nothing taken as removed");
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+
+    let r = p.call(
+        "DELETE",
+        &format!("/service/requests/{first}?forget=true"),
+        None,
+    );
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(p.get(&format!("/service/requests/{first}")).status, 404);
+    assert_eq!(fake.installed().len(), 2, "left on the platform, as asked");
+    p.stop();
+
+    // The earlier driver back: the reconciler removes the second request's rule.
+    let p = Plugin::start_in(&llmec, &dir);
+    assert!(
+        eventually(Duration::from_secs(10), || p
+            .get(&format!("/service/requests/{second}"))
+            .status
+            == 404),
+        "{}",
+        status_detail(&p, &second)
+    );
+    assert_eq!(
+        fake.installed().len(),
+        1,
+        "only the forgotten one's rule is left"
+    );
+}

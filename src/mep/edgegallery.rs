@@ -102,7 +102,7 @@ use serde::{Deserialize, Serialize};
 
 use super::agent::{Answer, MepClient, one_line};
 use super::wire::{Filter, TokenKey, Tunnel, action_name, path_segment};
-use super::{Driver, MepError, Refusal, Step};
+use super::{Driver, MepError, Refusal, Step, planned_elsewhere};
 use crate::config::{DriverKind, MepConfig};
 use crate::model::integral;
 use crate::model::{
@@ -442,18 +442,13 @@ fn failed(url: &str, status: u16, task: Option<&str>, reason: &str) -> MepError 
     }
 }
 
-fn not_a_config_path(url: String, target: &str) -> MepError {
-    MepError::Unreachable {
-        url,
-        reason: format!(
-            "'{target}' is not an EdgeGallery configuration path: this step was planned by another driver (was the region's driver changed?)"
-        ),
-    }
-}
-
 impl Driver for EdgeGallery {
     fn kind(&self) -> DriverKind {
         DriverKind::Edgegallery
+    }
+
+    fn plans(&self, step: &Step) -> bool {
+        instance_of(step.target()).is_some()
     }
 
     fn plan(&self, request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
@@ -463,7 +458,7 @@ impl Driver for EdgeGallery {
     fn apply(&self, step: &Step) -> Result<(), MepError> {
         let url = self.client.url(step.target());
         let Some(instance) = instance_of(step.target()) else {
-            return Err(not_a_config_path(url, step.target()));
+            return Err(planned_elsewhere(DriverKind::Edgegallery, url, step));
         };
         let headers = [(APP_INSTANCE_HEADER, instance.as_str())];
         let since = Instant::now();
@@ -518,7 +513,7 @@ impl Driver for EdgeGallery {
     fn remove(&self, step: &Step) -> Result<(), MepError> {
         let url = self.client.url(step.target());
         let Some(instance) = instance_of(step.target()) else {
-            return Err(not_a_config_path(url, step.target()));
+            return Err(planned_elsewhere(DriverKind::Edgegallery, url, step));
         };
         let headers = [(APP_INSTANCE_HEADER, instance.as_str())];
 

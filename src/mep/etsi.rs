@@ -77,7 +77,7 @@ use serde_json::{Number, Value};
 
 use super::agent::MepClient;
 use super::wire::{Filter, TokenKey, Tunnel, action_name, path_segment};
-use super::{Applied, Driver, MepError, Refusal, RuleIdentity, Step};
+use super::{Applied, Driver, MepError, Refusal, RuleIdentity, Step, planned_elsewhere};
 use crate::config::{DriverKind, MepConfig};
 use crate::model::integral;
 use crate::model::{
@@ -284,13 +284,7 @@ impl EtsiMec011 {
     ) -> Result<Applied, MepError> {
         let url = self.transport.url(step.target());
         let Some(rule) = RulePath::parse(step.target()) else {
-            return Err(MepError::Unreachable {
-                url,
-                reason: format!(
-                    "'{}' is not a MEC 011 rule path: this step was planned by another driver (was the region's driver changed?)",
-                    step.target()
-                ),
-            });
+            return Err(planned_elsewhere(DriverKind::EtsiMec011, url, step));
         };
         let app_header = (APP_INSTANCE_HEADER, rule.app.as_str());
         let mut retried = false;
@@ -424,6 +418,10 @@ fn with_platform_detail(ours: String, platform: &str) -> String {
 impl Driver for EtsiMec011 {
     fn kind(&self) -> DriverKind {
         DriverKind::EtsiMec011
+    }
+
+    fn plans(&self, step: &Step) -> bool {
+        RulePath::parse(step.target()).is_some()
     }
 
     /// A MEC 011 rule is identified by its path (application and rule id), whatever the

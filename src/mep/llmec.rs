@@ -44,7 +44,7 @@ use std::net::Ipv4Addr;
 use serde::Serialize;
 
 use super::agent::MepClient;
-use super::{Driver, MepError, Refusal, Step};
+use super::{Driver, MepError, Refusal, Step, planned_elsewhere};
 use crate::config::{DriverKind, MepConfig};
 use crate::model::{
     Action, CreationRequest, DnsRule, FilterType, InterfaceType, IpAddressType, TrafficFilter,
@@ -170,6 +170,10 @@ impl Driver for LlMec {
         DriverKind::Llmec
     }
 
+    fn plans(&self, step: &Step) -> bool {
+        [DNS_TARGET, TRAFFIC_TARGET].contains(&step.target())
+    }
+
     fn plan(&self, _request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
         plan(request, self.max_calls)
     }
@@ -184,14 +188,12 @@ impl Driver for LlMec {
         // A step another driver planned (the region's driver was changed) would be sent to a
         // path LL-MEC does not have, and its 404 taken for "removed": the rule would stay on
         // the platform with no record of it.
-        if ![DNS_TARGET, TRAFFIC_TARGET].contains(&step.target()) {
-            return Err(MepError::Unreachable {
-                url: self.client.url(step.target()),
-                reason: format!(
-                    "'{}' is not an LL-MEC rule path: this step was planned by another driver (was the region's driver changed?)",
-                    step.target()
-                ),
-            });
+        if !self.plans(step) {
+            return Err(planned_elsewhere(
+                DriverKind::Llmec,
+                self.client.url(step.target()),
+                step,
+            ));
         }
         match self
             .client

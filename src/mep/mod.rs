@@ -215,8 +215,15 @@ pub trait Driver: Send + Sync {
     }
 
     /// Removes one previously planned step. A platform that no longer has it (404) counts as
-    /// success: removal is idempotent.
+    /// success: removal is idempotent. A step this driver did not plan ([`plans`]) is refused
+    /// with [`planned_elsewhere`] and nothing is sent: its 404 would be taken for "removed".
+    ///
+    /// [`plans`]: Driver::plans
     fn remove(&self, step: &Step) -> Result<(), MepError>;
+
+    /// Whether `step` is of this driver's making (its target has the shape of this driver's
+    /// steps); not, when the region's driver was changed since the step was planned.
+    fn plans(&self, step: &Step) -> bool;
 
     /// What makes two steps the same rule on the platform, so that removing one removes the
     /// other. By default: the same call ([`RuleIdentity::Call`]).
@@ -230,6 +237,19 @@ pub trait Driver: Send + Sync {
     /// must not trust an absence too early. Nothing to do by default.
     fn outcome_unknown_after_restart(&self, step: &Step) {
         let _ = step;
+    }
+}
+
+/// The refusal of a step another driver planned (the region's driver was changed since):
+/// nothing was sent to `url`.
+pub fn planned_elsewhere(driver: DriverKind, url: String, step: &Step) -> MepError {
+    MepError::NotSent {
+        url,
+        reason: format!(
+            "'{}' is not a path of the {} driver: this step was planned by another driver (was the region's driver changed?)",
+            step.target(),
+            driver.name()
+        ),
     }
 }
 
@@ -277,6 +297,50 @@ pub fn build(region_id: &str, mep: &MepConfig) -> Arc<dyn Driver> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_driver_plans_its_own_steps_and_refuses_to_remove_the_others_unsent() {
+        let example = include_str!("../../examples/traffic-and-dns.json");
+        let request = crate::model::parse_creation(example.as_bytes()).unwrap();
+        let kinds = [
+            DriverKind::Llmec,
+            DriverKind::EtsiMec011,
+            DriverKind::Edgegallery,
+            DriverKind::Simulated,
+        ];
+        let drivers: Vec<Arc<dyn Driver>> = kinds
+            .iter()
+            .map(|&kind| {
+                let url = "http://127.0.0.1:9/base";
+                build(
+                    "2",
+                    &MepConfig::new(kind, url, std::time::Duration::from_secs(1)),
+                )
+            })
+            .collect();
+        for planner in &drivers {
+            let steps = planner.plan("r1", &request).unwrap();
+            assert!(!steps.is_empty(), "{:?}", planner.kind());
+            for other in &drivers {
+                let own = planner.kind() == other.kind();
+                for step in &steps {
+                    assert_eq!(
+                        other.plans(step),
+                        own,
+                        "{:?} of {:?}'s {step:?}",
+                        other.kind(),
+                        planner.kind()
+                    );
+                    if !own {
+                        let e = other.remove(step).unwrap_err();
+                        assert!(matches!(e, MepError::NotSent { .. }), "{e:?}");
+                        assert!(!e.is_ambiguous());
+                        assert!(e.to_string().contains("planned by another driver"), "{e}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn only_a_platform_s_own_refusal_is_a_definite_failure() {

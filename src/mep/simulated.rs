@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use log::info;
 
-use super::{Driver, MepError, Refusal, Step};
+use super::{Driver, MepError, Refusal, Step, planned_elsewhere};
 use crate::config::DriverKind;
 use crate::model::CreationRequest;
 use crate::util::lock;
@@ -42,6 +42,15 @@ impl Simulated {
 impl Driver for Simulated {
     fn kind(&self) -> DriverKind {
         DriverKind::Simulated
+    }
+
+    /// Its targets: `/dns_rules/<id>` and `/traffic_rules/<id>`, the id one encoded segment.
+    fn plans(&self, step: &Step) -> bool {
+        ["/dns_rules/", "/traffic_rules/"].iter().any(|collection| {
+            step.target()
+                .strip_prefix(collection)
+                .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+        })
     }
 
     fn plan(&self, _request_id: &str, request: &CreationRequest) -> Result<Vec<Step>, Refusal> {
@@ -77,6 +86,12 @@ impl Driver for Simulated {
     }
 
     fn remove(&self, step: &Step) -> Result<(), MepError> {
+        // A real platform's rule (the region was switched to `simulated` since): it is not
+        // here to remove, and taking it as removed would forget it on that platform.
+        if !self.plans(step) {
+            let url = format!("simulated platform of region {}", self.region_id);
+            return Err(planned_elsewhere(DriverKind::Simulated, url, step));
+        }
         let removed = lock(&self.rules)
             .remove(&(step.target().to_string(), step.body().to_string()))
             .is_some();
