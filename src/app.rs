@@ -52,6 +52,20 @@ pub enum StartError {
     Reconciler(io::Error),
     /// `[store] kind = "etcd"`: the etcd client or the term watcher could not be set up.
     Cluster(String),
+    /// The records and the configuration contradict each other in a way no restart mends
+    /// ([`Service::check_platforms_taken_over`]).
+    Records(String),
+}
+
+impl StartError {
+    /// The process's exit code: 2 when the configuration must change first (systemd's
+    /// `RestartPreventExitStatus=2` then stops restarting it), else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Records(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 impl fmt::Display for StartError {
@@ -76,6 +90,7 @@ impl fmt::Display for StartError {
             }
             StartError::Reconciler(e) => write!(f, "cannot start the reconciler thread: {e}"),
             StartError::Cluster(e) => write!(f, "cannot join the instances on etcd: {e}"),
+            StartError::Records(e) => write!(f, "the configuration does not fit the records: {e}"),
         }
     }
 }
@@ -103,6 +118,9 @@ impl App {
             return App::start_cluster(config);
         }
         let service = Service::open(config).map_err(StartError::State)?;
+        service
+            .check_platforms_taken_over()
+            .map_err(StartError::Records)?;
         reconciler::recover(&service).map_err(StartError::State)?;
         App::start_with(config, Arc::new(service))
     }

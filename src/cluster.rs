@@ -645,6 +645,9 @@ impl Shared {
         let service = Service::with_store(self.region_copies(), store, self.retry)
             .limit_requests(self.max_requests)
             .with_metrics(self.metrics.clone());
+        service
+            .check_platforms_taken_over()
+            .map_err(|e| format!("the configuration does not fit the records: {e}"))?;
         reconciler::recover(&service).map_err(|e| format!("cannot recover: {e}"))?;
         let service = Arc::new(service);
         let reconciler = Reconciler::start(service.clone())

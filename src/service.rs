@@ -708,6 +708,53 @@ impl Service {
         (**current != *recorded && !alias).then_some(current)
     }
 
+    /// Refuses records that a configured region could take rules away from: a CREATED request
+    /// of a region no longer configured whose rules are on the platform (its recorded URL, or
+    /// an alias) that another configured region now drives with the same driver (its steps
+    /// are that driver's). Rules are shared per region, so that region's DELETEs would remove
+    /// rules the request still holds (a region renamed, or its platform given to another).
+    /// Checked at start and by each etcd leader before it recovers.
+    pub fn check_platforms_taken_over(&self) -> Result<(), String> {
+        for record in self.store.list(None) {
+            if record.status != Status::Created
+                || record.applied == 0
+                || self.region(&record.region_id).is_some()
+            {
+                continue;
+            }
+            let Some(platform) = record.platform.as_deref() else {
+                continue;
+            };
+            let taker = self.regions.iter().find(|region| {
+                // A simulated platform is each region's own, in this process.
+                if region.driver.kind() == DriverKind::Simulated {
+                    return false;
+                }
+                let id = &*region.config.id;
+                let on = self.platforms.get(id).is_some_and(|p| **p == *platform)
+                    || self
+                        .aliases
+                        .get(id)
+                        .is_some_and(|names| names.iter().any(|a| **a == *platform));
+                on && record.steps[..record.applied]
+                    .iter()
+                    .all(|step| region.driver.plans(step))
+            });
+            if let Some(region) = taker {
+                return Err(format!(
+                    "request {} of region '{}', which is no longer configured, holds {} rule call(s) on the platform {platform}, which region '{}' now drives with the same driver: a DELETE in region '{}' would remove rules this request still holds. Start with region '{}' configured again in its place and DELETE that region's requests (their rules are removed) before giving its platform to another region; to keep the requests and their rules, keep the region's id",
+                    record.id,
+                    record.region_id,
+                    record.applied,
+                    region.config.id,
+                    region.config.id,
+                    record.region_id
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The driver of `record`'s region when one of its applied steps was planned by another
     /// driver (the region's `driver` changed since): the current one cannot remove it, and
     /// must not take it as removed. `None` for a region no longer configured.

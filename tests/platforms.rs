@@ -340,3 +340,55 @@ fn after_a_driver_change_a_request_is_forgotten_or_removed_by_the_earlier_driver
         "only the forgotten one's rule is left"
     );
 }
+
+/// A region renamed (2 → 4) on the same LL-MEC platform, with a CREATED request of region 2
+/// recorded: region 4's DELETE of the same rule would remove it from under that request
+/// (rules are shared per region). The start is refused, exit code 2, naming the request, both
+/// regions and the platform. With another driver on that URL (a gateway), or with the request
+/// deleted first, it starts.
+#[test]
+fn a_start_that_gives_a_removed_regions_platform_to_another_region_is_refused_while_it_holds_rules()
+{
+    let fake = FakeLlMec::start();
+    let dir = temp_dir("region-renamed");
+    let before = format!(
+        "{}{}",
+        server_section(""),
+        llmec_region("2", &fake.url(), 1000)
+    );
+    let p = Plugin::start_in(&before, &dir);
+    let r = p.post(&dns_rules(1));
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    let id = r.json["RequestId"].as_str().unwrap().to_string();
+    p.stop();
+
+    let start = |text: &str| {
+        let mut config = mec_plugin::config::Config::parse(text, "test.toml").unwrap();
+        config.server.state_dir = dir.clone();
+        mec_plugin::app::App::start(&config)
+    };
+    let renamed = before.replace("id = \"2\"", "id = \"4\"");
+    let Err(e) = start(&renamed) else {
+        panic!("the start is refused");
+    };
+    assert_eq!(e.exit_code(), 2, "{e}");
+    let text = e.to_string();
+    for part in [
+        format!("request {id} of region '2'"),
+        "region '4' now drives with the same driver".to_string(),
+        fake.url(),
+    ] {
+        assert!(text.contains(&part), "{part:?} not in {text}");
+    }
+    // Another driver on that URL shares nothing with the request's rules.
+    let other_driver = renamed.replace("driver = \"llmec\"", "driver = \"etsi-mec011\"");
+    let app = start(&other_driver).expect("another driver's region starts");
+    app.stop(Duration::from_secs(2));
+    // Deleted under the earlier configuration first: the rename starts.
+    let p = Plugin::start_in(&before, &dir);
+    assert_eq!(p.delete(&id).status, 201);
+    p.stop();
+    let app = start(&renamed).expect("nothing held: it starts");
+    app.stop(Duration::from_secs(2));
+    assert!(fake.installed().is_empty());
+}
