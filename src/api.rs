@@ -844,7 +844,14 @@ fn create_request(
     check_json_content_type(request)?;
     let creation: CreationRequest =
         model::parse_creation(&request.body).map_err(|detail| ApiError::BadRequest { detail })?;
-    let id = service.create(creation)?;
+    // The limit's problem says how many are stored (more than the limit after it was lowered).
+    let id = service.create(creation).map_err(|e| match e {
+        ApiError::RequestLimit { limit } => ApiError::RequestLimitStored {
+            stored: service.list_len(),
+            limit,
+        },
+        e => e,
+    })?;
     let body = style
         .to_vec(&Created { request_id: &id })
         .expect("an id serialises");

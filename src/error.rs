@@ -93,6 +93,9 @@ pub enum ApiError {
     /// `[server] max_requests` requests are kept already: a creation is refused before
     /// anything is recorded or sent.
     RequestLimit { limit: usize },
+    /// [`ApiError::RequestLimit`] with the count of requests stored when it was answered
+    /// (`api` adds it: more may be stored than the limit, after `max_requests` was lowered).
+    RequestLimitStored { stored: usize, limit: usize },
     /// The state can no longer be made durable (the journal stopped after a failed `fsync`):
     /// nothing more can be acknowledged until a restart.
     StateUnavailable { detail: String },
@@ -144,7 +147,9 @@ impl ApiError {
             ApiError::Mep { error, .. } if error.is_timeout() => 504,
             ApiError::Mep { .. } => 502,
             ApiError::Internal { .. } => 500,
-            ApiError::StateWrite { no_space: true, .. } | ApiError::RequestLimit { .. } => 507,
+            ApiError::StateWrite { no_space: true, .. }
+            | ApiError::RequestLimit { .. }
+            | ApiError::RequestLimitStored { .. } => 507,
             ApiError::StateWrite { .. } => 500,
             ApiError::StateUnavailable { .. } | ApiError::StateFull { .. } => 503,
             ApiError::Unavailable { .. } => 503,
@@ -181,7 +186,9 @@ impl ApiError {
             ApiError::Internal { .. } => "Internal error",
             ApiError::StateWrite { no_space: true, .. } => "Insufficient storage",
             ApiError::StateWrite { .. } => "State not written",
-            ApiError::RequestLimit { .. } => "Request limit reached",
+            ApiError::RequestLimit { .. } | ApiError::RequestLimitStored { .. } => {
+                "Request limit reached"
+            }
             ApiError::StateUnavailable { .. } | ApiError::StateFull { .. } => "State not writable",
             ApiError::Unavailable { .. } => "Temporarily unavailable",
             ApiError::RecordTooLarge { .. } => "Request too large to record",
@@ -223,7 +230,9 @@ impl ApiError {
                 "urn:mec-plugin:problem:insufficient-storage"
             }
             ApiError::StateWrite { .. } => "urn:mec-plugin:problem:state-not-written",
-            ApiError::RequestLimit { .. } => "urn:mec-plugin:problem:request-limit",
+            ApiError::RequestLimit { .. } | ApiError::RequestLimitStored { .. } => {
+                "urn:mec-plugin:problem:request-limit"
+            }
             ApiError::StateUnavailable { .. } => "urn:mec-plugin:problem:state-unavailable",
             ApiError::StateFull { .. } => "urn:mec-plugin:problem:state-full",
             ApiError::Unavailable { .. } => "urn:mec-plugin:problem:unavailable",
@@ -438,8 +447,14 @@ impl fmt::Display for ApiError {
             }
             ApiError::RequestLimit { limit } => write!(
                 f,
-                "{limit} requests are stored, the limit set by [server] max_requests; delete \
+                "the limit of {limit} requests set by [server] max_requests is reached; delete \
                  requests before creating more (nothing was recorded or sent)"
+            ),
+            ApiError::RequestLimitStored { stored, limit } => write!(
+                f,
+                "{stored} requests are stored and [server] max_requests is {limit}: delete {} \
+                 before creating one (nothing was recorded or sent)",
+                (stored + 1).saturating_sub(*limit).max(1)
             ),
             ApiError::StateFull { detail } => write!(
                 f,
@@ -499,6 +514,39 @@ mod tests {
                 .starts_with("urn:mec-plugin:problem:")
         );
         assert!(b["detail"].as_str().unwrap().contains("abc"));
+    }
+
+    /// Review 3, L1: with 5 stored and `max_requests = 2` the detail said "2 requests are
+    /// stored".
+    #[test]
+    fn the_request_limit_says_how_many_are_stored_and_the_limit() {
+        let e = ApiError::RequestLimitStored {
+            stored: 5,
+            limit: 2,
+        };
+        assert_eq!(e.status(), 507);
+        let detail = body(&e)["detail"].as_str().unwrap().to_string();
+        assert!(
+            detail.starts_with(
+                "5 requests are stored and [server] max_requests is 2: delete 4 before creating one"
+            ),
+            "{detail}"
+        );
+        let at = ApiError::RequestLimitStored {
+            stored: 2,
+            limit: 2,
+        };
+        assert!(
+            body(&at)["detail"]
+                .as_str()
+                .unwrap()
+                .contains("delete 1 before")
+        );
+        assert_eq!(body(&at)["type"], "urn:mec-plugin:problem:request-limit");
+        let unknown = ApiError::RequestLimit { limit: 2 };
+        let detail = body(&unknown)["detail"].as_str().unwrap().to_string();
+        assert!(!detail.starts_with("2 requests are stored"), "{detail}");
+        assert!(detail.contains("max_requests"), "{detail}");
     }
 
     #[test]
