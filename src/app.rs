@@ -29,14 +29,12 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
 }
 
-/// Loads the configuration file and applies the command-line overrides.
+/// Loads the configuration file and applies the command-line overrides (`--state-dir` is
+/// checked as `[server] state_dir` would be: [`Config::load_with`]).
 pub fn load(path: &std::path::Path, overrides: &Overrides) -> Result<Config, ConfigError> {
-    let mut config = Config::load(path)?;
+    let mut config = Config::load_with(path, overrides.state_dir.as_deref())?;
     if let Some(listen) = overrides.listen {
         config.server.listen = listen;
-    }
-    if let Some(dir) = &overrides.state_dir {
-        config.server.state_dir = dir.clone();
     }
     Ok(config)
 }
@@ -97,6 +95,20 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// The warning of a start on more records than `[server] max_requests` (lowered since they
+/// were created): they are all kept and served, and creations are refused until fewer are
+/// stored.
+fn over_the_limit(stored: usize, max_requests: usize) -> Option<String> {
+    (stored > max_requests).then(|| {
+        format!(
+            "{stored} requests are stored, more than [server] max_requests ({max_requests}): \
+             all are kept and served, but creations are refused (507) until fewer than \
+             {max_requests} are stored; delete {} or raise max_requests",
+            stored + 1 - max_requests
+        )
+    })
+}
+
 /// A running plugin: the service, its reconciler and the server in front of it; with an etcd
 /// store, the [`Cluster`] instead (which publishes the service of each term it leads, with
 /// its reconciler).
@@ -121,6 +133,9 @@ impl App {
         service
             .check_platforms_taken_over()
             .map_err(StartError::Records)?;
+        if let Some(line) = over_the_limit(service.list_len(), config.server.max_requests) {
+            warn!("{line}");
+        }
         reconciler::recover(&service).map_err(StartError::State)?;
         App::start_with(config, Arc::new(service))
     }
@@ -209,6 +224,9 @@ const SHUTDOWN_BOUND: Duration = Duration::from_millis(4500);
 /// is ready and when it stops; see [`crate::systemd`]. The shutdown stops accepting, lets
 /// requests in flight finish (up to 4 s), stops the reconciler, and returns within 4.5 s.
 pub fn run(config: &Config) -> Result<(), StartError> {
+    for warning in &config.warnings {
+        warn!("{warning}");
+    }
     // Before starting, so that a SIGTERM during a long state replay is not lost.
     let termination = match systemd::Termination::watch() {
         Ok(termination) => Some(termination),
@@ -353,5 +371,28 @@ fn stop_within_bound(app: App) {
     drop(stopped);
     if let Ok(watchdog) = watchdog {
         let _ = watchdog.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review 3, L1: a start on more records than `max_requests` said nothing, and creations
+    /// were then refused.
+    #[test]
+    fn a_start_on_more_requests_than_max_requests_warns_that_creations_are_refused() {
+        assert_eq!(over_the_limit(2, 2), None);
+        assert_eq!(over_the_limit(0, 100), None);
+        let line = over_the_limit(5, 2).unwrap();
+        assert!(
+            line.starts_with("5 requests are stored, more than [server] max_requests (2)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("creations are refused (507) until fewer than 2"),
+            "{line}"
+        );
+        assert!(line.contains("delete 4"), "{line}");
     }
 }

@@ -18,6 +18,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -34,6 +35,9 @@ pub struct Config {
     pub regions: Vec<RegionConfig>,
     /// `[store]`: where the records live (default: the journal in `[server] state_dir`).
     pub store: StoreConfig,
+    /// What is accepted but deserves a word (a key that is ignored), each naming its line:
+    /// the start logs them at warning level once its logger is set up, `--check` prints them.
+    pub warnings: Vec<String>,
 }
 
 /// `[store] kind`.
@@ -131,6 +135,71 @@ pub struct ServerConfig {
 pub struct TlsFiles {
     pub cert_pem: Vec<u8>,
     pub key_pem: Secret,
+}
+
+impl TlsFiles {
+    /// The rustls server configuration of this chain and key (ring provider), or which key is
+    /// wrong (`tls_cert` or `tls_key`) and what is wrong with it, worded to follow
+    /// "`<key> = '<file>'`". Loading the configuration builds it once to check the pair (so
+    /// that `--check` refuses what the start would), and the server builds it again to serve.
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, (&'static str, String)> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                (
+                    "tls_cert",
+                    format!("holds a PEM certificate chain that cannot be read: {e}"),
+                )
+            })?;
+        if chain.is_empty() {
+            return Err(("tls_cert", "holds no PEM certificate".into()));
+        }
+        let key = self.key_pem.expose();
+        // PKCS#8 `ENCRYPTED PRIVATE KEY`, or OpenSSL's legacy `Proc-Type: 4,ENCRYPTED` header.
+        if key.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || key.contains("4,ENCRYPTED") {
+            return Err((
+                "tls_key",
+                "holds an encrypted private key: the plugin cannot ask for its passphrase \
+                 (write it decrypted, readable by the service only: openssl pkey -in <file> \
+                 -out <new file>)"
+                    .into(),
+            ));
+        }
+        let private_key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| {
+            (
+                "tls_key",
+                format!("holds no usable private key (PEM PKCS#8, PKCS#1 or SEC1 expected): {e}"),
+            )
+        })?;
+        provider
+            .key_provider
+            .load_private_key(private_key.clone_key())
+            .map_err(|e| ("tls_key", format!("holds an unusable private key: {e}")))?;
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| {
+                (
+                    "tls_cert",
+                    format!("cannot be used: TLS set-up failed: {e}"),
+                )
+            })?
+            .with_no_client_auth()
+            .with_single_cert(chain, private_key)
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => (
+                    "tls_key",
+                    "is not the key of the first certificate in tls_cert (is it another \
+                     certificate's key?)"
+                        .into(),
+                ),
+                e => ("tls_key", format!("cannot be used with tls_cert: {e}")),
+            })?;
+        Ok(Arc::new(config))
+    }
 }
 
 impl fmt::Debug for TlsFiles {
@@ -417,14 +486,43 @@ struct RawMep {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file, its state directory included
+    /// ([`Config::load_with`] without an override).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, None)
+    }
+
+    /// Reads and validates a configuration file, with `state_dir` (the command line's
+    /// `--state-dir`, relative to the working directory) in place of `[server] state_dir`;
+    /// `--check` and the start share it. Beyond [`Config::parse`], the state directory a
+    /// journal store will use is looked at (never written, nor its lock taken: `--check`
+    /// may run beside the service): a path that is not a directory, or whose parent is
+    /// missing, is refused here (exit 2) rather than at the start (exit 1, which systemd
+    /// retries).
+    pub fn load_with(path: &Path, state_dir: Option<&Path>) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
             message: format!("cannot read: {e}"),
         })?;
-        Config::parse(&text, &file)
+        let mut config = Config::parse(&text, &file)?;
+        if let Some(dir) = state_dir {
+            config.server.state_dir = dir.to_path_buf();
+        }
+        if config.store.kind == StoreKind::Journal {
+            let dir = &config.server.state_dir;
+            if let Err(why) = check_state_dir(dir) {
+                return Err(match state_dir {
+                    Some(_) => ConfigError {
+                        file: "command line".into(),
+                        message: format!("--state-dir '{}' {why}", dir.display()),
+                    },
+                    None => Table::new(&text, &file, "[server] ", [At::Key("server")])
+                        .error("state_dir", format_args!("= '{}' {why}", dir.display())),
+                });
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and validates configuration text; `file` only names it in errors.
@@ -449,10 +547,14 @@ impl Config {
         })?;
         // Without a [server] table, its defaults, resolved as the table's (state_dir relative
         // to this file's directory).
-        let server = server_table(
-            &Table::new(text, file, "[server] ", [At::Key("server")]),
-            raw.server.unwrap_or_default(),
-        )?;
+        let server_at = Table::new(text, file, "[server] ", [At::Key("server")]);
+        let warnings = server_warnings(
+            &server_at,
+            raw.server
+                .as_ref()
+                .is_some_and(|s| s.connection_threads.is_some()),
+        );
+        let server = server_table(&server_at, raw.server.unwrap_or_default())?;
         let mut regions = Vec::new();
         let mut seen = HashSet::new();
         for (i, r) in raw.region.into_iter().enumerate() {
@@ -473,6 +575,7 @@ impl Config {
             server,
             regions,
             store,
+            warnings,
         })
     }
 
@@ -744,13 +847,6 @@ impl<'a> Table<'a> {
 
 /// `[server]`.
 fn server_table(t: &Table, s: RawServer) -> Result<ServerConfig, ConfigError> {
-    if s.connection_threads.is_some() {
-        log::warn!(
-            "line {}: [server] connection_threads is accepted and ignored: connections no \
-             longer have threads of their own (see max_connections)",
-            t.line(&[At::Key("connection_threads")])
-        );
-    }
     Ok(ServerConfig {
         listen: t.address(s.listen.as_deref(), "listen", defaults::LISTEN)?,
         // Relative to the configuration file's directory, as every path the file names.
@@ -774,10 +870,11 @@ fn server_table(t: &Table, s: RawServer) -> Result<ServerConfig, ConfigError> {
             100..=600_000,
             defaults::READ_TIMEOUT,
         )?,
+        // Ignored: any count is accepted, so that a file written for an earlier version starts.
         connection_threads: t.count(
             s.connection_threads,
             "connection_threads",
-            4..=4096,
+            0..=i64::MAX,
             defaults::CONNECTION_THREADS,
         )?,
         idle_timeout: t.millis(
@@ -820,9 +917,56 @@ fn server_table(t: &Table, s: RawServer) -> Result<ServerConfig, ConfigError> {
     })
 }
 
-/// `[server] retry_initial_ms` and `retry_max_ms`.
+/// Whether `dir` can be a state directory, as far as looking can tell (nothing is created or
+/// locked): a directory, or a path whose parent is one (the start creates the directory
+/// itself, never its parents: a missing parent is most likely a mistyped path). What cannot
+/// be looked at (no permission on a parent) is left to the start, which says why.
+fn check_state_dir(dir: &Path) -> Result<(), String> {
+    use std::io::ErrorKind::{NotADirectory, NotFound};
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err("exists and is not a directory".into()),
+        Err(e) if matches!(e.kind(), NotFound | NotADirectory) => {
+            let parent = dir
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            match std::fs::metadata(parent) {
+                Ok(meta) if meta.is_dir() => Ok(()),
+                Ok(_) => Err(format!(
+                    "cannot be created: its parent {} is not a directory",
+                    parent.display()
+                )),
+                Err(e) if matches!(e.kind(), NotFound | NotADirectory) => Err(format!(
+                    "does not exist and its parent directory {} does not exist either (a state \
+                     directory is created, its parents are not: is the path right?)",
+                    parent.display()
+                )),
+                Err(_) => Ok(()),
+            }
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+/// The warnings of `[server]` (`t`): `connection_threads`, accepted and ignored, when given.
+fn server_warnings(t: &Table, connection_threads: bool) -> Vec<String> {
+    let ignored = connection_threads.then(|| {
+        format!(
+            "{}: line {}: [server] connection_threads is accepted and ignored: connections no \
+             longer have threads of their own (see max_connections)",
+            t.file,
+            t.line(&[At::Key("connection_threads")])
+        )
+    });
+    ignored.into_iter().collect()
+}
+
+/// `[server] retry_initial_ms` and `retry_max_ms`: the first delay no longer than the
+/// longest (the reconciler would otherwise wait `retry_max_ms` from the first retry on,
+/// which the file does not say).
 fn retry_policy(t: &Table, s: &RawServer) -> Result<RetryPolicy, ConfigError> {
-    Ok(RetryPolicy {
+    let policy = RetryPolicy {
         initial: t.millis(
             s.retry_initial_ms,
             "retry_initial_ms",
@@ -835,10 +979,34 @@ fn retry_policy(t: &Table, s: &RawServer) -> Result<RetryPolicy, ConfigError> {
             10..=86_400_000,
             defaults::RETRY_MAX,
         )?,
-    })
+    };
+    if policy.initial > policy.max {
+        let (initial, max) = (policy.initial.as_millis(), policy.max.as_millis());
+        // At the line of retry_initial_ms when the file gives it, else of retry_max_ms.
+        return Err(match s.retry_initial_ms {
+            Some(_) => t.error(
+                "retry_initial_ms",
+                format_args!(
+                    "= {initial} is more than retry_max_ms = {max}: the first delay before a \
+                     retry cannot be longer than the longest (raise retry_max_ms or lower \
+                     retry_initial_ms)"
+                ),
+            ),
+            None => t.error(
+                "retry_max_ms",
+                format_args!(
+                    "= {max} is less than retry_initial_ms = {initial} (its default): the \
+                     longest delay before a retry cannot be shorter than the first (set \
+                     retry_initial_ms too)"
+                ),
+            ),
+        });
+    }
+    Ok(policy)
 }
 
-/// `[server] tls_cert` and `tls_key`: both or neither.
+/// `[server] tls_cert` and `tls_key`: both or neither, and the key that of the chain's first
+/// certificate.
 fn tls_files(
     t: &Table,
     cert: &Option<String>,
@@ -855,7 +1023,15 @@ fn tls_files(
             )?;
             let key_pem = t.pem(key, "tls_key", "PRIVATE KEY-----", "PEM private key")?;
             let key_pem = Secret::new(String::from_utf8_lossy(&key_pem).into_owned());
-            Ok(Some(TlsFiles { cert_pem, key_pem }))
+            let files = TlsFiles { cert_pem, key_pem };
+            // The pair is checked here, not first at the listener: a key that does not fit
+            // (or is encrypted) is an invalid configuration (exit 2, `--check` says so), not a
+            // failed start that systemd would retry forever.
+            if let Err((which, what)) = files.server_config() {
+                let file = if which == "tls_cert" { cert } else { key };
+                return Err(t.error(which, format_args!("= '{file}' {what}")));
+            }
+            Ok(Some(files))
         }
         (Some(_), None) | (None, Some(_)) => Err(t.unpaired("tls_cert", "tls_key", cert.is_some())),
     }
@@ -1368,6 +1544,50 @@ url = "http://127.0.0.1:13000/"
         assert_eq!(c.regions[0].altitude, 0.0);
     }
 
+    /// Review 3, L3: `connection_threads` was documented "accepted and ignored" yet values
+    /// outside 4..=4096 refused the start, and its warning was logged before the logger was
+    /// set up. Any count is accepted, with a warning naming its line that the start logs.
+    #[test]
+    fn connection_threads_is_ignored_whatever_its_count_with_a_warning_naming_its_line() {
+        for n in [0_i64, 1, 5000, 1 << 40] {
+            let c = Config::parse(
+                &format!("[server]\nworkers = 2\nconnection_threads = {n}\n{MINIMAL}"),
+                "f",
+            )
+            .unwrap();
+            assert_eq!(
+                c.warnings,
+                [
+                    "f: line 3: [server] connection_threads is accepted and ignored: connections no longer have threads of their own (see max_connections)"
+                ]
+            );
+        }
+        assert!(Config::parse(MINIMAL, "f").unwrap().warnings.is_empty());
+        let e = parse_err(&format!("[server]\nconnection_threads = -1\n{MINIMAL}"));
+        assert!(
+            e.contains("line 2: [server] connection_threads = -1"),
+            "{e}"
+        );
+    }
+
+    /// Review 3, L3: `retry_initial_ms > retry_max_ms` was accepted silently.
+    #[test]
+    fn a_first_retry_delay_longer_than_the_longest_is_refused_naming_both_keys() {
+        let e = parse_err(&format!(
+            "[server]\nretry_max_ms = 300\nretry_initial_ms = 5000\n{MINIMAL}"
+        ));
+        assert!(
+            e.contains("line 3: [server] retry_initial_ms = 5000 is more than retry_max_ms = 300"),
+            "{e}"
+        );
+        let c = Config::parse(
+            &format!("[server]\nretry_initial_ms = 300\nretry_max_ms = 300\n{MINIMAL}"),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(c.server.retry.initial, c.server.retry.max);
+    }
+
     #[test]
     fn full_server_section_is_read() {
         let text = format!(
@@ -1643,6 +1863,111 @@ url = "http://127.0.0.1:13000/"
                 Config::parse(&MINIMAL.replace("\"llmec\"", &format!("\"{name}\"")), "f").unwrap();
             assert_eq!(c.regions[0].mep.driver.name(), name);
         }
+    }
+
+    /// Review 3, M2: a key that is not the certificate's, or an encrypted one, passed
+    /// `--check` and failed only at the listener (exit 1, no file or line: a restart loop
+    /// under systemd). Loading the configuration now refuses it, naming the key and its line.
+    #[test]
+    fn a_tls_key_that_does_not_fit_the_certificate_or_is_encrypted_is_a_configuration_error() {
+        let dir = std::env::temp_dir().join(format!("mec-config-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+        std::fs::write(dir.join("cert.pem"), &cert).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        let other = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        std::fs::write(dir.join("other.pem"), other).unwrap();
+        std::fs::write(
+            dir.join("enc.pem"),
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIFHDBOBgkqhkiG9w0BBQ0w\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let file = dir.join("regions.toml").display().to_string();
+        let with = |key: &str| {
+            format!("[server]\ntls_cert = \"cert.pem\"\ntls_key = \"{key}\"\n{MINIMAL}")
+        };
+        let c = Config::parse(&with("key.pem"), &file).unwrap();
+        assert!(c.server.tls.unwrap().server_config().is_ok());
+        let e = Config::parse(&with("other.pem"), &file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "line 3: [server] tls_key = 'other.pem' is not the key of the first certificate in tls_cert"
+            ),
+            "{e}"
+        );
+        let e = Config::parse(&with("enc.pem"), &file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 3: [server] tls_key = 'enc.pem' holds an encrypted private key"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Review 3, M3: `--check` passed a `state_dir` whose parent is missing, or a regular
+    /// file, which the start then refused (exit 1). Loading refuses them, naming the key and
+    /// its line (or `--state-dir`), and creates nothing.
+    #[test]
+    fn a_state_dir_that_is_a_file_or_has_no_parent_is_refused_by_loading_without_creating_it() {
+        let dir = std::env::temp_dir().join(format!("mec-config-statedir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("afile"), "x").unwrap();
+        let path = dir.join("regions.toml");
+        let load = |state_dir: &str, over: Option<&Path>| {
+            let text = format!(
+                "[server]\nlisten = \"127.0.0.1:1\"\nstate_dir = \"{state_dir}\"\n{MINIMAL}"
+            );
+            std::fs::write(&path, text).unwrap();
+            Config::load_with(&path, over).map_err(|e| e.to_string())
+        };
+        let e = load("typo/st", None).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "line 3: [server] state_dir = '{}' does not exist and its parent directory {} does not exist either",
+                dir.join("typo/st").display(),
+                dir.join("typo").display()
+            )),
+            "{e}"
+        );
+        let e = load("afile", None).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "line 3: [server] state_dir = '{}' exists and is not a directory",
+                dir.join("afile").display()
+            )),
+            "{e}"
+        );
+        let e = load("afile/st", None).unwrap_err();
+        assert!(
+            e.contains("its parent") && e.contains("is not a directory"),
+            "{e}"
+        );
+        // Created at the start, not here; an existing one is fine.
+        assert_eq!(load("st", None).unwrap().server.state_dir, dir.join("st"));
+        assert!(!dir.join("st").exists());
+        assert!(load(".", None).is_ok());
+        // --state-dir replaces the key, and is checked in its place.
+        let over = dir.join("nope/st");
+        let e = load("afile", Some(&over)).unwrap_err();
+        assert!(
+            e.starts_with(&format!(
+                "command line: --state-dir '{}' does not exist",
+                over.display()
+            )),
+            "{e}"
+        );
+        assert_eq!(load("afile", Some(&dir)).unwrap().server.state_dir, dir);
+        assert!(!dir.join("typo").exists() && !dir.join("nope").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

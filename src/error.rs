@@ -90,9 +90,9 @@ pub enum ApiError {
     },
     /// The state directory is full: changes cannot be recorded until it has room (health).
     StateFull { detail: String },
-    /// `[server] max_requests` requests are kept already: a creation is refused before
-    /// anything is recorded or sent.
-    RequestLimit { limit: usize },
+    /// `[server] max_requests` requests are kept already (`stored`: more after the limit
+    /// was lowered): a creation is refused before anything is recorded or sent.
+    RequestLimit { stored: usize, limit: usize },
     /// The state can no longer be made durable (the journal stopped after a failed `fsync`):
     /// nothing more can be acknowledged until a restart.
     StateUnavailable { detail: String },
@@ -436,10 +436,11 @@ impl fmt::Display for ApiError {
                 }
                 Ok(())
             }
-            ApiError::RequestLimit { limit } => write!(
+            ApiError::RequestLimit { stored, limit } => write!(
                 f,
-                "{limit} requests are stored, the limit set by [server] max_requests; delete \
-                 requests before creating more (nothing was recorded or sent)"
+                "{stored} requests are stored and [server] max_requests is {limit}: delete {} \
+                 before creating one (nothing was recorded or sent)",
+                (stored + 1).saturating_sub(*limit).max(1)
             ),
             ApiError::StateFull { detail } => write!(
                 f,
@@ -499,6 +500,35 @@ mod tests {
                 .starts_with("urn:mec-plugin:problem:")
         );
         assert!(b["detail"].as_str().unwrap().contains("abc"));
+    }
+
+    /// Review 3, L1: with 5 stored and `max_requests = 2` the detail said "2 requests are
+    /// stored".
+    #[test]
+    fn the_request_limit_says_how_many_are_stored_and_the_limit() {
+        let e = ApiError::RequestLimit {
+            stored: 5,
+            limit: 2,
+        };
+        assert_eq!(e.status(), 507);
+        let detail = body(&e)["detail"].as_str().unwrap().to_string();
+        assert!(
+            detail.starts_with(
+                "5 requests are stored and [server] max_requests is 2: delete 4 before creating one"
+            ),
+            "{detail}"
+        );
+        let at = ApiError::RequestLimit {
+            stored: 2,
+            limit: 2,
+        };
+        assert!(
+            body(&at)["detail"]
+                .as_str()
+                .unwrap()
+                .contains("delete 1 before")
+        );
+        assert_eq!(body(&at)["type"], "urn:mec-plugin:problem:request-limit");
     }
 
     #[test]

@@ -80,6 +80,9 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        for warning in &config.warnings {
+            eprintln!("mec-plugin: warning: {warning}");
+        }
         let mut text: String = config.summary().iter().map(|l| format!("{l}\n")).collect();
         text += &format!(
             "{}: OK ({} regions)\n",

@@ -44,6 +44,14 @@ pub enum MigrateError {
     Store(StoreError),
     /// The state directory to export does not exist.
     NoState(PathBuf),
+    /// The state directory is on a read-only file system: an import cannot write it.
+    ReadOnly(PathBuf),
+    /// A read-only state directory could not be copied to `copy` for its export.
+    Copy {
+        dir: PathBuf,
+        copy: PathBuf,
+        error: io::Error,
+    },
     /// The file could not be read.
     Read { file: String, error: io::Error },
     /// The export file could not be written (it may hold part of the records).
@@ -86,6 +94,8 @@ impl MigrateError {
             | MigrateError::Etcd { .. }
             | MigrateError::Running { .. }
             | MigrateError::NoState(_)
+            | MigrateError::ReadOnly(_)
+            | MigrateError::Copy { .. }
             | MigrateError::Read { .. }
             | MigrateError::Write { .. } => 1,
         }
@@ -104,6 +114,19 @@ impl fmt::Display for MigrateError {
                 "state directory {} does not exist: nothing to export (check [server] \
                  state_dir or --state-dir)",
                 dir.display()
+            ),
+            MigrateError::ReadOnly(dir) => write!(
+                f,
+                "state directory {} is on a read-only file system: an import writes it; \
+                 nothing was imported (import into a writable state_dir)",
+                dir.display()
+            ),
+            MigrateError::Copy { dir, copy, error } => write!(
+                f,
+                "cannot copy the read-only state directory {} to {} to export it: {error} \
+                 (point TMPDIR at a file system with room)",
+                dir.display(),
+                copy.display()
             ),
             MigrateError::Read { file, error } => write!(f, "cannot read {file}: {error}"),
             MigrateError::Write { file, error } => {
@@ -172,21 +195,37 @@ fn shown(path: &Path, stream: &str) -> String {
 /// Writes every record of the configured state to `to` (`-`: standard output); returns how
 /// many.
 pub fn export(config: &Config, to: &Path) -> Result<usize, MigrateError> {
-    let store = match config.store.kind {
-        StoreKind::Etcd => {
+    let dir = &config.server.state_dir;
+    let journal = config.store.kind == StoreKind::Journal;
+    if journal && !dir.is_dir() {
+        return Err(MigrateError::NoState(dir.clone()));
+    }
+    // A state directory on a read-only file system: its LOCK cannot be created, and nothing
+    // can be writing the state, so it is exported from a copy (opening a store takes its lock
+    // and may repair a torn tail). Declared before the store, so removed after it.
+    let copy = if journal && on_read_only_file_system(dir) {
+        Some(StateCopy::of(dir)?)
+    } else {
+        None
+    };
+    let store = match (config.store.kind, &copy) {
+        (StoreKind::Etcd, _) => {
             let client = etcd_client(config)?;
             Store::read_etcd(&client, &config.store.prefix).map_err(|e| MigrateError::Etcd {
                 written: 0,
                 reason: format!("cannot read etcd prefix {}: {e}", config.store.prefix),
             })?
         }
-        StoreKind::Journal => {
-            let dir = &config.server.state_dir;
-            if !dir.is_dir() {
-                return Err(MigrateError::NoState(dir.clone()));
-            }
-            Store::open(dir, config.server.fsync)?.0
+        (StoreKind::Journal, Some(copy)) => {
+            log::info!(
+                "{} is on a read-only file system, so nothing can write it: exported from a \
+                 copy in {}, without its lock",
+                dir.display(),
+                copy.dir.display()
+            );
+            Store::open(&copy.dir, false)?.0
         }
+        (StoreKind::Journal, None) => Store::open(dir, config.server.fsync)?.0,
     };
     let failed = |error| MigrateError::Write {
         file: shown(to, "output"),
@@ -202,8 +241,67 @@ pub fn export(config: &Config, to: &Path) -> Result<usize, MigrateError> {
         let mut out = BufWriter::new(file);
         let n = write_records(&store, &mut out).map_err(failed)?;
         let file = out.into_inner().map_err(|e| failed(e.into_error()))?;
-        file.sync_all().map_err(failed)?;
+        // Only a regular file is forced to disk: a pipe, a FIFO, /dev/stdout or /dev/null
+        // answers fsync with EINVAL once every line was written.
+        if file.metadata().map_err(failed)?.is_file() {
+            file.sync_all().map_err(failed)?;
+        }
         Ok(n)
+    }
+}
+
+/// Whether `dir` is on a file system mounted read-only (`statvfs`'s `ST_RDONLY`); `false`
+/// when that cannot be told (`dir` missing).
+fn on_read_only_file_system(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statvfs(3) reads the NUL-terminated path and fills the zeroed struct it is given.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+    rc == 0 && stat.f_flag & libc::ST_RDONLY != 0
+}
+
+/// A private copy (mode 0700, under the temporary directory) of the files of a state directory
+/// that cannot be written, for a store to be opened on; removed when dropped.
+struct StateCopy {
+    dir: PathBuf,
+}
+
+impl StateCopy {
+    /// Copies every regular file of `from`.
+    fn of(from: &Path) -> Result<StateCopy, MigrateError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir =
+            std::env::temp_dir().join(format!("mec-plugin-export-{}-{nanos}", std::process::id()));
+        let failed = |error| MigrateError::Copy {
+            dir: from.to_path_buf(),
+            copy: dir.clone(),
+            error,
+        };
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(failed)?;
+        let copy = StateCopy { dir: dir.clone() };
+        for entry in std::fs::read_dir(from).map_err(failed)? {
+            let entry = entry.map_err(failed)?;
+            if entry.file_type().map_err(failed)?.is_file() {
+                std::fs::copy(entry.path(), copy.dir.join(entry.file_name())).map_err(failed)?;
+            }
+        }
+        Ok(copy)
+    }
+}
+
+impl Drop for StateCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -252,6 +350,9 @@ pub fn import(config: &Config, from: &Path) -> Result<usize, MigrateError> {
         return import_etcd(config, &entries);
     }
     let dir = &config.server.state_dir;
+    if on_read_only_file_system(dir) {
+        return Err(MigrateError::ReadOnly(dir.clone()));
+    }
     let (store, _) = Store::open(dir, config.server.fsync)?;
     if !store.is_empty() {
         return Err(MigrateError::NotEmpty {

@@ -91,8 +91,6 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{ServerConfig, TlsFiles};
 use crate::error::ApiError;
@@ -593,44 +591,12 @@ impl Drop for Server {
 // ---------------------------------------------------------------------------------------------
 // TLS
 
-/// The rustls configuration of `tls`, with the ring provider; a chain or key that cannot be
-/// used is an `InvalidInput` error naming `tls_cert` or `tls_key`.
+/// The rustls configuration of `tls` ([`TlsFiles::server_config`]); a chain or key that
+/// cannot be used (which the configuration's loading has refused already) is an
+/// `InvalidInput` error naming `tls_cert` or `tls_key`.
 fn tls_config(tls: &TlsFiles) -> io::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = CertificateDer::pem_slice_iter(&tls.cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            bad_tls(format!(
-                "[server] tls_cert: the PEM certificate chain cannot be read: {e}"
-            ))
-        })?;
-    if chain.is_empty() {
-        return Err(bad_tls("[server] tls_cert: no PEM certificate".into()));
-    }
-    let private_key =
-        PrivateKeyDer::from_pem_slice(tls.key_pem.expose().as_bytes()).map_err(|e| {
-            bad_tls(format!(
-                "[server] tls_key: no usable private key (PEM PKCS#8, PKCS#1 or SEC1 expected): {e}"
-            ))
-        })?;
-    provider
-        .key_provider
-        .load_private_key(private_key.clone_key())
-        .map_err(|e| bad_tls(format!("[server] tls_key: unusable private key: {e}")))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad_tls(format!("[server] TLS set-up failed: {e}")))?
-        .with_no_client_auth()
-        .with_single_cert(chain, private_key)
-        .map_err(|e| match e {
-            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => bad_tls(
-                "[server] tls_key is not the key of the first certificate in tls_cert".into(),
-            ),
-            e => bad_tls(format!(
-                "[server] tls_cert and tls_key cannot be used together: {e}"
-            )),
-        })?;
-    Ok(Arc::new(config))
+    tls.server_config()
+        .map_err(|(key, what)| bad_tls(format!("[server] {key} {what}")))
 }
 
 fn bad_tls(message: String) -> io::Error {

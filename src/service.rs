@@ -363,6 +363,7 @@ impl Service {
             .map_err(|e| self.abandon(&id, e))?;
         if !inserted {
             return Err(ApiError::RequestLimit {
+                stored: self.store.len(),
                 limit: self.max_requests,
             });
         }

@@ -149,7 +149,8 @@ fn usage_errors_exit_2_as_an_invalid_configuration_does() {
 }
 
 /// Runs the binary on the shipped regions (a copy in `dir`, `state_dir` as given) from the
-/// working directory `cwd`, listening on `listen`, until it exits (or 10 s).
+/// working directory `cwd`, listening on `listen`, until it exits (or 10 s): its exit code,
+/// its log and its standard error.
 fn run_from(dir: &Path, cwd: &Path, state_dir: &str, listen: &str) -> (Option<i32>, String) {
     let shipped = std::fs::read_to_string(SHIPPED).unwrap();
     let config = dir.join("regions.toml");
@@ -176,7 +177,9 @@ fn run_from(dir: &Path, cwd: &Path, state_dir: &str, listen: &str) -> (Option<i3
     }
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The log, then what was refused before logging began (standard error).
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code(), log)
 }
 
@@ -201,27 +204,133 @@ fn a_state_dir_that_cannot_be_right_stops_the_start_saying_why() {
         "{log}"
     );
 
-    // A missing parent is not created: most likely a mistyped path.
+    // A missing parent is not created: most likely a mistyped path. Refused as an invalid
+    // configuration (exit 2, not retried by systemd), by `--check` too (review 3, M3).
+    let line = state_dir_line();
     let (code, log) = run_from(&dir, &dir, "typo/st", &listen);
-    assert_eq!(code, Some(1), "{log}");
+    assert_eq!(code, Some(2), "{log}");
     assert!(
         log.contains(&format!(
-            "its parent directory {} does not exist",
+            "regions.toml: line {line}: [server] state_dir = '{}' does not exist and its parent directory {} does not exist",
+            dir.join("typo/st").display(),
             dir.join("typo").display()
         )),
         "{log}"
     );
+    assert_eq!(check(&dir.join("regions.toml"), &[]).0, Some(2));
     assert!(!dir.join("typo").exists());
 
     // A file where the directory should be.
     std::fs::write(dir.join("afile"), "x").unwrap();
     let (code, log) = run_from(&dir, &dir, "afile", &listen);
-    assert_eq!(code, Some(1), "{log}");
+    assert_eq!(code, Some(2), "{log}");
     assert!(
-        log.contains("afile: exists and is not a directory"),
+        log.contains(&format!(
+            "line {line}: [server] state_dir = '{}' exists and is not a directory",
+            dir.join("afile").display()
+        )),
         "{log}"
     );
+    let (code, err) = check(&dir.join("regions.toml"), &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("exists and is not a directory"), "{err}");
+    // --state-dir is checked in its place: a good one makes the same file pass.
+    let (code, err) = check(
+        &dir.join("regions.toml"),
+        &["--state-dir".as_ref(), dir.as_os_str()],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = check(
+        &dir.join("regions.toml"),
+        &["--state-dir".as_ref(), dir.join("afile").as_os_str()],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--state-dir '"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The line of `state_dir` in the shipped configuration.
+fn state_dir_line() -> usize {
+    let shipped = std::fs::read_to_string(SHIPPED).unwrap();
+    1 + shipped
+        .lines()
+        .position(|l| l.starts_with("state_dir = "))
+        .unwrap()
+}
+
+/// `--check` of `config` with `args`: its exit code and standard error.
+fn check(config: &Path, args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .arg("--check")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Review 3, M2: a `tls_key` that is not the certificate's (or is encrypted) passed `--check`,
+/// and the start failed at the listener with exit 1 and no line, which systemd restarted
+/// forever. Both now refuse it as an invalid configuration, naming the key and its line.
+#[test]
+fn a_tls_key_that_does_not_fit_its_certificate_fails_check_and_start_with_exit_2() {
+    let dir = temp_dir("tls-mismatch");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("a.crt"), cert.pem()).unwrap();
+    let other = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.join("b.key"), other.serialize_pem()).unwrap();
+    let config = dir.join("regions.toml");
+    let shipped = std::fs::read_to_string(SHIPPED).unwrap();
+    let line = state_dir_line();
+    std::fs::write(
+        &config,
+        shipped.replace(
+            "state_dir = \"state\"",
+            "state_dir = \"state\"\ntls_cert = \"a.crt\"\ntls_key = \"b.key\"",
+        ),
+    )
+    .unwrap();
+    let says = format!(
+        "regions.toml: line {}: [server] tls_key = 'b.key' is not the key of the first certificate in tls_cert",
+        line + 2
+    );
+    let (code, err) = check(&config, &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&says), "{err}");
+    let (code, log) = run_from_config(&config, "127.0.0.1:0");
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains(&says), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs the binary on `config` until it exits (or 10 s): its exit code and standard error.
+fn run_from_config(config: &Path, listen: &str) -> (Option<i32>, String) {
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 struct Running(Child);

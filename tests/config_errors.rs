@@ -108,8 +108,8 @@ fn cases() -> Vec<(String, &'static str)> {
             "line 2: [server] read_timeout_ms = 1 is out of range 100..=600000",
         ),
         (
-            server("connection_threads = 1"),
-            "line 2: [server] connection_threads = 1 is out of range 4..=4096",
+            server("connection_threads = -1"),
+            "line 2: [server] connection_threads = -1 is out of range 0..=9223372036854775807",
         ),
         (
             server("idle_timeout_ms = 1"),
@@ -138,6 +138,14 @@ fn cases() -> Vec<(String, &'static str)> {
         (
             server("retry_max_ms = 86400001"),
             "line 2: [server] retry_max_ms = 86400001 is out of range 10..=86400000",
+        ),
+        (
+            server("retry_initial_ms = 5000\nretry_max_ms = 300"),
+            "line 2: [server] retry_initial_ms = 5000 is more than retry_max_ms = 300: the first delay before a retry cannot be longer than the longest (raise retry_max_ms or lower retry_initial_ms)",
+        ),
+        (
+            server("retry_max_ms = 300"),
+            "line 2: [server] retry_max_ms = 300 is less than retry_initial_ms = 1000 (its default): the longest delay before a retry cannot be shorter than the first (set retry_initial_ms too)",
         ),
         (
             server("token_file = \"/nonexistent/token\""),

@@ -231,6 +231,38 @@ fn an_export_while_the_service_runs_fails_on_its_lock() {
     );
 }
 
+/// Review 3, L2: an export to a pipe (`/dev/stdout | cat`), a FIFO or `/dev/null` wrote every
+/// line, then failed with exit 1 ("Invalid argument": fsync of a file that is not a regular
+/// one). Only a regular file is forced to disk.
+#[test]
+fn an_export_to_dev_null_a_pipe_or_a_fifo_writes_every_line_and_exits_0() {
+    let fake = FakeLlMec::start();
+    let dir = temp_dir("migrate-not-a-file");
+    let (config, state, before) = deployment(&fake, &dir);
+
+    let out = run(&config, &state, &["--export-state", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // Standard output is a pipe here.
+    let out = run(&config, &state, &["--export-state", "/dev/stdout"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(out.stdout.split(|b| *b == b'\n').count(), before.len() + 1);
+
+    let fifo = dir.join("fifo");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) reads the NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let out = run(&config, &state, &["--export-state", fifo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let read = reader.join().unwrap();
+    assert_eq!(read.split(|b| *b == b'\n').count(), before.len() + 1);
+    assert!(stderr(&out).contains(&format!("exported {} records", before.len())));
+}
+
 #[test]
 fn a_journal_whose_line_endings_were_converted_is_refused_by_export_and_start_untouched() {
     // Every line of the journal ends in CRLF (an editor or a copy converted it): each fails its

@@ -131,6 +131,40 @@ fn a_creation_at_max_requests_is_served_and_one_past_it_answers_507_with_nothing
     plugin.stop();
 }
 
+/// Review 3, L1: with 5 requests stored and `max_requests` lowered to 2, the 507 said "2
+/// requests are stored". It says how many are, and the limit.
+#[test]
+fn a_limit_lowered_below_the_stored_requests_answers_507_naming_both_counts() {
+    let state = temp_dir("lowered-limit");
+    let plugin = Plugin::start_in(
+        &format!("{}{}", server_section(""), simulated_region("2")),
+        &state,
+    );
+    for n in 0..5 {
+        assert_eq!(plugin.post(&dns("2", n)).status, 201);
+    }
+    plugin.stop();
+    let plugin = Plugin::start_in(
+        &format!(
+            "{}{}",
+            server_section("max_requests = 2"),
+            simulated_region("2")
+        ),
+        &state,
+    );
+    assert_eq!(
+        ids(&plugin.get("/service/requests").json).len(),
+        5,
+        "all kept"
+    );
+    let detail = plugin.post(&dns("2", 9)).problem(507);
+    assert!(
+        detail.starts_with("5 requests are stored and [server] max_requests is 2: delete 4"),
+        "{detail}"
+    );
+    plugin.stop();
+}
+
 /// A tmpfs of `size` mounted at a fresh directory, unmounted when dropped.
 struct Tmpfs(PathBuf);
 
@@ -406,5 +440,70 @@ fn a_compaction_that_cannot_create_its_journal_for_want_of_inodes_does_not_stop_
     );
     assert_eq!(plugin.post(&big(100, 1024)).status, 201);
     plugin.stop();
+    drop(fs);
+}
+
+/// Review 3, M6: a state directory on a read-only file system could not be exported ("cannot
+/// use the state (an export or import needs the service stopped): …/LOCK: Read-only file
+/// system"). Nothing can write it, so it is exported without its lock (from a copy, leaving
+/// it untouched); an import still refuses, saying why.
+#[test]
+fn a_state_dir_on_a_read_only_file_system_is_exported_and_an_import_into_it_refused() {
+    use mec_plugin::config::Config;
+    use mec_plugin::migrate;
+    let test = "a_state_dir_on_a_read_only_file_system_is_exported_and_an_import_into_it_refused";
+    let Some(fs) = tmpfs_or_skip(test, "state-read-only", "16m") else {
+        return;
+    };
+    let state = fs.0.join("state");
+    let text = format!("{}{}", server_section(""), simulated_region("2"));
+    let plugin = Plugin::start_in(&text, &state);
+    for n in 0..3 {
+        assert_eq!(plugin.post(&dns("2", n)).status, 201);
+    }
+    plugin.stop();
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&fs.0)
+        .output()
+        .unwrap();
+    if !remounted.status.success() {
+        skip(
+            test,
+            &format!(
+                "mount -o remount,ro is not permitted here: {}",
+                String::from_utf8_lossy(&remounted.stderr).trim()
+            ),
+        );
+        return;
+    }
+    let listed = |dir: &Path| {
+        let mut names: Vec<(String, u64)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let len = e.metadata().unwrap().len();
+                (e.file_name().to_string_lossy().into_owned(), len)
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let before = listed(&state);
+    let mut config = Config::parse(&text, "test.toml").unwrap();
+    config.server.state_dir = state.clone();
+    let out = temp_dir("read-only-export").join("out.jsonl");
+    assert_eq!(migrate::export(&config, &out).unwrap(), 3);
+    let lines = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(lines.lines().count(), 3, "{lines}");
+    assert_eq!(listed(&state), before, "the state is untouched");
+
+    let e = migrate::import(&config, &out).unwrap_err();
+    assert_eq!(e.exit_code(), 1, "{e}");
+    let message = e.to_string();
+    assert!(
+        message.contains("read-only file system") && !message.contains("service stopped"),
+        "{message}"
+    );
     drop(fs);
 }

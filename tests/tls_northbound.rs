@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mec_plugin::app::App;
 use mec_plugin::config::Config;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -306,8 +305,10 @@ fn plain_http_on_the_tls_port_gets_no_200_and_the_server_keeps_serving() {
     assert_eq!(tls_get_within(addr, &config, REGIONS, 1000 * MS).0, 200);
 }
 
+/// Refused when the configuration is loaded (so `--check` and the start both exit 2 naming the
+/// key's line), not first at the listener (review 3, M2: exit 1 and a restart loop).
 #[test]
-fn an_unparsable_or_mismatched_key_fails_the_start_with_a_message_naming_tls_key() {
+fn an_unparsable_or_mismatched_key_is_refused_by_the_configuration_naming_tls_key() {
     let pki = Pki::new("tls-badkey");
     let other_key = KeyPair::generate().unwrap().serialize_pem();
     for (what, key) in [
@@ -322,13 +323,12 @@ fn an_unparsable_or_mismatched_key_fails_the_start_with_a_message_naming_tls_key
         ("another certificate's key", other_key.as_str()),
     ] {
         std::fs::write(&pki.key_file, key).unwrap();
-        let mut config = Config::parse(&tls_config(&pki, 2000), "test.toml").unwrap();
-        config.server.state_dir = temp_dir("tls-badkey-state");
-        let error = match App::start(&config) {
-            Ok(_) => panic!("started with {what}"),
+        let error = match Config::parse(&tls_config(&pki, 2000), "test.toml") {
+            Ok(_) => panic!("accepted {what}"),
             Err(e) => e.to_string(),
         };
-        assert!(error.contains("tls_key"), "{what}: {error}");
+        assert!(error.contains("[server] tls_key = '"), "{what}: {error}");
+        assert!(error.contains("test.toml: line "), "{what}: {error}");
         eprintln!("{what}: {error}");
     }
 }
