@@ -689,6 +689,11 @@ impl Journal {
         }
     }
 
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Tests: stops the journal as a failed `fsync` would.
     #[cfg(test)]
     pub(crate) fn stop(&self, reason: &str) {
@@ -858,7 +863,7 @@ impl Journal {
             let line = encode(&entry);
             bytes += line.len() as u64;
             #[cfg(test)]
-            if tests::FAIL_SNAPSHOT_AFTER.with(|n| n.get() > 0 && bytes > n.get()) {
+            if FAIL_SNAPSHOT_AFTER.with(|n| n.get() > 0 && bytes > n.get()) {
                 return Err(write_err(&self.dir, tmp)(io::Error::from_raw_os_error(
                     libc::ENOSPC,
                 )));
@@ -936,6 +941,9 @@ thread_local! {
     /// Tests: the `n`th next wait for durability on this thread fails as a failed `fsync`
     /// would, after its entry was written (0: none).
     pub(crate) static FAIL_WAIT_IN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Tests: snapshots written on this thread fail with ENOSPC once past this many bytes (0:
+    /// never).
+    pub(crate) static FAIL_SNAPSHOT_AFTER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Tests: while set, appends (and the probe for room) made on this thread fail with ENOSPC.
     pub(crate) static FAIL_APPEND_NO_SPACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -1569,8 +1577,6 @@ mod tests {
         pub(super) static FAIL_NEXT_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
         /// Makes the next [`sync_dir`] called on this thread fail.
         pub(super) static FAIL_NEXT_DIR_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-        /// Snapshots written on this thread fail with ENOSPC once past this many bytes (0: never).
-        pub(super) static FAIL_SNAPSHOT_AFTER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
 
     fn temp_dir(name: &str) -> PathBuf {

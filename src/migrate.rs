@@ -4,7 +4,8 @@
 //!
 //! Both open the state as a start does, so the state directory's `LOCK` makes them fail while
 //! the service runs. An import writes nothing unless every line checks out and the target
-//! holds no record. Records are imported as they were: a PENDING one is rolled back by the
+//! holds no record; into a journal it writes all of them or, interrupted, none (one snapshot
+//! renamed into place). Records are imported as they were: a PENDING one is rolled back by the
 //! next start's recovery, exactly as after a crash; a DELETING one is removed by the
 //! reconciler.
 //!
@@ -62,6 +63,9 @@ pub enum MigrateError {
     },
     /// The target store already holds records; nothing was written.
     NotEmpty { dir: PathBuf, records: usize },
+    /// Writing the records into the state directory failed: it holds none of them, or all
+    /// (all or nothing: [`Store::insert_entries`]).
+    NotWritten { dir: PathBuf, error: StoreError },
     /// etcd could not be used (its options, a call), after `written` records were imported.
     Etcd { written: usize, reason: String },
     /// The etcd prefix already holds records; nothing was written.
@@ -85,6 +89,7 @@ impl MigrateError {
             MigrateError::Store(_)
             | MigrateError::Etcd { .. }
             | MigrateError::Running { .. }
+            | MigrateError::NotWritten { .. }
             | MigrateError::NoState(_)
             | MigrateError::Read { .. }
             | MigrateError::Write { .. } => 1,
@@ -121,6 +126,13 @@ impl fmt::Display for MigrateError {
                 f,
                 "state directory {} already holds {records} record(s): an import never \
                  overwrites a store; nothing was imported (import into an empty state_dir)",
+                dir.display()
+            ),
+            MigrateError::NotWritten { dir, error } => write!(
+                f,
+                "writing the records into state directory {} failed: {error}; an import is \
+                 all or nothing: the state holds none of them, or all of them if the failure \
+                 came once they were in place (--export-state shows which)",
                 dir.display()
             ),
             MigrateError::Etcd { written: 0, reason } => {
@@ -259,7 +271,12 @@ pub fn import(config: &Config, from: &Path) -> Result<usize, MigrateError> {
             records: store.len(),
         });
     }
-    Ok(store.insert_entries(entries)?)
+    store
+        .insert_entries(entries)
+        .map_err(|error| MigrateError::NotWritten {
+            dir: dir.clone(),
+            error,
+        })
 }
 
 /// The etcd client of `[store]`.
@@ -479,6 +496,39 @@ mod tests {
         bytes.extend_from_slice(b"\xff\n");
         let (line, why) = parse(&bytes, &regions()).map(|_| ()).unwrap_err();
         assert_eq!((line, why.starts_with("not UTF-8")), (2, true), "{why}");
+    }
+
+    /// Review finding M1: an import killed halfway left part of its records in the journal,
+    /// which then started on them without a word. Made to fail halfway whichever way it
+    /// writes (its 25th journal entry, or past half of a snapshot's bytes), it leaves none.
+    #[test]
+    fn an_import_into_the_journal_that_fails_halfway_leaves_no_record() {
+        let dir = std::env::temp_dir().join(format!("mec-migrate-halfway-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let text: String = (0..50)
+            .map(|n| good_with(r#""id":"a""#, &format!(r#""id":"i{n:02}""#)) + "\n")
+            .collect();
+        let (store, _) = Store::open(&dir, true).unwrap();
+        crate::journal::FAIL_APPEND_IN.with(|n| n.set(25));
+        crate::journal::FAIL_SNAPSHOT_AFTER.with(|n| n.set(text.len() as u64 / 2));
+        let failed = store.insert_entries(parse(text.as_bytes(), &regions()).unwrap());
+        crate::journal::FAIL_APPEND_IN.with(|n| n.set(0));
+        crate::journal::FAIL_SNAPSHOT_AFTER.with(|n| n.set(0));
+        assert!(failed.is_err());
+        drop(store);
+        let (store, _) = Store::open(&dir, true).unwrap();
+        assert!(store.is_empty(), "{} record(s) left", store.len());
+        // Then whole, in the file's order, as one snapshot.
+        let entries = parse(text.as_bytes(), &regions()).unwrap();
+        assert_eq!(store.insert_entries(entries).unwrap(), 50);
+        drop(store);
+        let (store, stats) = Store::open(&dir, true).unwrap();
+        assert_eq!(stats.entries, 50);
+        let mut out = Vec::new();
+        write_records(&store, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), text);
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
