@@ -11,8 +11,11 @@
 //!
 //! With `[store] kind = "etcd"` the state is the configured prefix: an export reads it
 //! (linearizable, at one revision; the instances may run); an import refuses a prefix that
-//! holds records or a leader key (instances running), then writes in creation order in
-//! bounded transactions, each guarded by "no leader key" ([`crate::etcd_store::import`]).
+//! holds records, a leader key (instances running) or the marker of an import that did not
+//! finish, then writes in creation order in bounded transactions, each guarded by "no leader
+//! key", the first putting the marker and the last deleting it
+//! ([`crate::etcd_store::import`]): interrupted, it leaves the marker, on which no instance
+//! leads.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
@@ -70,6 +73,16 @@ pub enum MigrateError {
     Etcd { written: usize, reason: String },
     /// The etcd prefix already holds records; nothing was written.
     PrefixNotEmpty { prefix: String, records: i64 },
+    /// An earlier import into the etcd prefix did not finish (its marker is there, with
+    /// part of its records); nothing was written.
+    ImportUnfinished { prefix: String, marker: Vec<u8> },
+    /// An import into etcd stopped after `written` records: the prefix holds them and the
+    /// import marker, on which no instance leads.
+    PartialImport {
+        prefix: String,
+        written: usize,
+        reason: String,
+    },
     /// Instances run on the etcd prefix (its leader key exists); nothing was written.
     Running { prefix: String, leader: String },
     /// A record is larger than one etcd transaction takes; nothing was written.
@@ -85,11 +98,13 @@ impl MigrateError {
             | MigrateError::TooMany { .. }
             | MigrateError::NotEmpty { .. }
             | MigrateError::PrefixNotEmpty { .. }
+            | MigrateError::ImportUnfinished { .. }
             | MigrateError::TooLargeForEtcd { .. } => 2,
             MigrateError::Store(_)
             | MigrateError::Etcd { .. }
             | MigrateError::Running { .. }
             | MigrateError::NotWritten { .. }
+            | MigrateError::PartialImport { .. }
             | MigrateError::NoState(_)
             | MigrateError::Read { .. }
             | MigrateError::Write { .. } => 1,
@@ -142,6 +157,22 @@ impl fmt::Display for MigrateError {
                 f,
                 "{reason}; {written} record(s) were imported before (the prefix holds a \
                  partial import: delete its records/ keys before trying again)"
+            ),
+            MigrateError::ImportUnfinished { prefix, marker } => write!(
+                f,
+                "{}; nothing was imported",
+                crate::etcd_store::unfinished_import(prefix, marker)
+            ),
+            MigrateError::PartialImport {
+                prefix,
+                written,
+                reason,
+            } => write!(
+                f,
+                "{reason}; {written} record(s) were imported before: etcd prefix {prefix} \
+                 holds a partial import, on which no instance leads ({prefix}/importing \
+                 stays). Start over: delete it (etcdctl del --prefix {prefix}/records/ && \
+                 etcdctl del {prefix}/importing) and import again"
             ),
             MigrateError::PrefixNotEmpty { prefix, records } => write!(
                 f,
@@ -303,11 +334,27 @@ fn import_etcd(config: &Config, entries: &[RecordEntry<'_>]) -> Result<usize, Mi
             prefix: prefix.clone(),
             records,
         },
-        ImportError::Etcd { written, error } => MigrateError::Etcd {
+        ImportError::Unfinished { marker } => MigrateError::ImportUnfinished {
+            prefix: prefix.clone(),
+            marker,
+        },
+        ImportError::Etcd { written: 0, error } => MigrateError::Etcd {
+            written: 0,
+            reason: format!("etcd: {error}"),
+        },
+        ImportError::Interrupted { written: 0, reason } => {
+            MigrateError::Etcd { written: 0, reason }
+        }
+        ImportError::Etcd { written, error } => MigrateError::PartialImport {
+            prefix: prefix.clone(),
             written,
             reason: format!("etcd: {error}"),
         },
-        ImportError::Interrupted { written, reason } => MigrateError::Etcd { written, reason },
+        ImportError::Interrupted { written, reason } => MigrateError::PartialImport {
+            prefix: prefix.clone(),
+            written,
+            reason,
+        },
         ImportError::TooLarge { id, bytes } => MigrateError::TooLargeForEtcd { id, bytes },
     })
 }

@@ -1360,6 +1360,8 @@ impl Store {
             Some(kv) if fence.term.holds(kv) => {}
             _ => return Err(term_over()),
         }
+        // Part of an import's records: leading on them would serve (and forget) the rest.
+        refuse_unfinished_import(prefix, loaded.importing.as_deref())?;
         let (records, next_seq, regions) = records_of(&loaded.records, prefix)?;
         let count = records.len();
         let writer = EtcdWriter::start(client, prefix, (fence.election, fence.term), loaded.writer);
@@ -1376,6 +1378,7 @@ impl Store {
     /// order, in a store that keeps nothing.
     pub fn read_etcd(client: &crate::etcd::Client, prefix: &str) -> Result<Store, StoreError> {
         let loaded = crate::etcd_store::load(client, prefix).map_err(etcd_unavailable)?;
+        refuse_unfinished_import(prefix, loaded.importing.as_deref())?;
         let (records, next_seq, regions) = records_of(&loaded.records, prefix)?;
         Ok(Store::built(records, next_seq, regions, Durability::Memory))
     }
@@ -1387,9 +1390,10 @@ impl Store {
         prefix: &str,
         id: &str,
     ) -> Result<Option<Record>, StoreError> {
-        let Some(stored) =
-            crate::etcd_store::load_one(client, prefix, id).map_err(etcd_unavailable)?
-        else {
+        let (stored, importing) =
+            crate::etcd_store::load_one(client, prefix, id).map_err(etcd_unavailable)?;
+        refuse_unfinished_import(prefix, importing.as_deref())?;
+        let Some(stored) = stored else {
             return Ok(None);
         };
         let (mut records, _, _) = records_of(&[(0, stored)], prefix)?;
@@ -1480,6 +1484,17 @@ impl Store {
         copy.sort_unstable_by_key(|r| r.seq);
         journal.write_snapshot(generation, copy.iter().map(|r| r.to_entry()))?;
         Ok(true)
+    }
+}
+
+/// Refuses a prefix whose import began and did not finish (its marker holds `importing`):
+/// its records are partial ([`crate::etcd_store::import`]).
+fn refuse_unfinished_import(prefix: &str, importing: Option<&[u8]>) -> Result<(), StoreError> {
+    match importing {
+        Some(value) => Err(StoreError::Unavailable(
+            crate::etcd_store::unfinished_import(prefix, value),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -631,3 +631,118 @@ fn a_large_import_into_etcd_is_written_in_bounded_transactions_in_order() {
     assert_eq!(mec_plugin::migrate::export(&on_etcd, &out).unwrap(), 1200);
     assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
 }
+
+/// Review finding M1 (etcd): `kill -9` during an import of 100,000 records into etcd left
+/// 30,099 of them, which instances then led on without a word, and a re-import was refused
+/// as "already holds N records". Killed at moments spread over a whole import's time, an
+/// import leaves all of its records, none, or part of them with its marker
+/// (`<prefix>/importing`); then an import again is refused, saying the earlier one did not
+/// finish and how to start over, and after that deletion it imports them all.
+#[test]
+fn an_import_into_etcd_killed_at_any_moment_is_whole_or_marked_unfinished() {
+    use std::time::{Duration, Instant};
+    const N: usize = 20_000;
+    const KILLS: u32 = 5;
+    let test = "an_import_into_etcd_killed_at_any_moment_is_whole_or_marked_unfinished";
+    let Some(cluster) = etcd_cluster(test) else {
+        return;
+    };
+    let dir = temp_dir("migrate-etcd-killed");
+    let file = dir.join("many.jsonl");
+    std::fs::write(&file, many_records(N)).unwrap();
+    let client = cluster.client(Duration::from_secs(5));
+    let endpoints: Vec<String> = cluster
+        .endpoints()
+        .iter()
+        .map(|e| format!("\"{e}\""))
+        .collect();
+    let config_on = |prefix: &str| {
+        let path = dir.join(format!("{}.toml", prefix.trim_start_matches('/')));
+        let text = format!(
+            "{}[store]\nkind = \"etcd\"\nendpoints = [{}]\nprefix = \"{prefix}\"\n\
+             advertise_url = \"http://127.0.0.1:1\"\n",
+            config_text("http://127.0.0.1:1"),
+            endpoints.join(", ")
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let import = |config: &Path| {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(["--import-state", file.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let count = |prefix: &str| {
+        client
+            .range(&mec_plugin::etcd::Range::prefix(format!("{prefix}/records/")).limit(1))
+            .unwrap()
+            .count as usize
+    };
+    let marked = |prefix: &str| {
+        client
+            .get(format!("{prefix}/importing").as_bytes())
+            .unwrap()
+            .is_some()
+    };
+    let started = Instant::now();
+    let out = import(&config_on("/t-whole"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let whole = started.elapsed();
+    assert_eq!((count("/t-whole"), marked("/t-whole")), (N, false));
+    let mut left = Vec::new();
+    for k in 1..=KILLS {
+        let prefix = format!("/t-killed-{k}");
+        let config = config_on(&prefix);
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(["--import-state", file.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(whole * k / (KILLS + 1));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (records, marker) = (count(&prefix), marked(&prefix));
+        left.push((records, marker));
+        assert!(
+            marker || records == 0 || records == N,
+            "killed after {k}/{} of a whole import's {whole:?}: {records} of {N} records \
+             left without a marker ({left:?})",
+            KILLS + 1
+        );
+        if !marker {
+            continue;
+        }
+        let out = import(&config);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        let why = stderr(&out);
+        assert!(
+            why.contains(&format!(
+                "an import into etcd prefix {prefix} did not finish"
+            )) && why.contains(&format!(
+                "etcdctl del --prefix {prefix}/records/ && etcdctl del {prefix}/importing"
+            )) && why.contains("nothing was imported"),
+            "{why}"
+        );
+        assert_eq!(count(&prefix), records, "the refusal wrote nothing");
+        // As the refusal says.
+        let records_key = format!("{prefix}/records/");
+        let end = format!("{prefix}/records0");
+        client
+            .delete(records_key.as_bytes(), Some(end.as_bytes()))
+            .unwrap();
+        client
+            .delete(format!("{prefix}/importing").as_bytes(), None)
+            .unwrap();
+        let out = import(&config);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!((count(&prefix), marked(&prefix)), (N, false));
+    }
+    eprintln!("records left (and marker) after each kill: {left:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
