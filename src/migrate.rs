@@ -69,8 +69,8 @@ pub enum MigrateError {
     /// Writing the records into the state directory failed: it holds none of them, or all
     /// (all or nothing: [`Store::insert_entries`]).
     NotWritten { dir: PathBuf, error: StoreError },
-    /// etcd could not be used (its options, a call), after `written` records were imported.
-    Etcd { written: usize, reason: String },
+    /// etcd could not be used (its options, a call); nothing was written.
+    Etcd { reason: String },
     /// The etcd prefix already holds records; nothing was written.
     PrefixNotEmpty { prefix: String, records: i64 },
     /// An earlier import into the etcd prefix did not finish (its marker is there, with
@@ -150,14 +150,9 @@ impl fmt::Display for MigrateError {
                  came once they were in place (--export-state shows which)",
                 dir.display()
             ),
-            MigrateError::Etcd { written: 0, reason } => {
+            MigrateError::Etcd { reason } => {
                 write!(f, "{reason}; nothing was imported or exported")
             }
-            MigrateError::Etcd { written, reason } => write!(
-                f,
-                "{reason}; {written} record(s) were imported before (the prefix holds a \
-                 partial import: delete its records/ keys before trying again)"
-            ),
             MigrateError::ImportUnfinished { prefix, marker } => write!(
                 f,
                 "{}; nothing was imported",
@@ -219,7 +214,6 @@ pub fn export(config: &Config, to: &Path) -> Result<usize, MigrateError> {
         StoreKind::Etcd => {
             let client = etcd_client(config)?;
             Store::read_etcd(&client, &config.store.prefix).map_err(|e| MigrateError::Etcd {
-                written: 0,
                 reason: format!("cannot read etcd prefix {}: {e}", config.store.prefix),
             })?
         }
@@ -314,7 +308,7 @@ pub fn import(config: &Config, from: &Path) -> Result<usize, MigrateError> {
 fn etcd_client(config: &Config) -> Result<Client, MigrateError> {
     etcd_options(&config.store, ETCD_TIMEOUT)
         .and_then(Client::new)
-        .map_err(|reason| MigrateError::Etcd { written: 0, reason })
+        .map_err(|reason| MigrateError::Etcd { reason })
 }
 
 /// Writes the checked `entries` under the configured etcd prefix.
@@ -339,12 +333,9 @@ fn import_etcd(config: &Config, entries: &[RecordEntry<'_>]) -> Result<usize, Mi
             marker,
         },
         ImportError::Etcd { written: 0, error } => MigrateError::Etcd {
-            written: 0,
             reason: format!("etcd: {error}"),
         },
-        ImportError::Interrupted { written: 0, reason } => {
-            MigrateError::Etcd { written: 0, reason }
-        }
+        ImportError::Interrupted { written: 0, reason } => MigrateError::Etcd { reason },
         ImportError::Etcd { written, error } => MigrateError::PartialImport {
             prefix: prefix.clone(),
             written,
