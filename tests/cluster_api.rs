@@ -1011,6 +1011,7 @@ fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_o
         ("READWRITE", format!("{prefix}/writer"), false),
         ("READ", format!("{prefix}/records/"), true),
         ("READ", format!("{prefix}/progress/"), true),
+        ("READ", format!("{prefix}/importing"), false),
     ] {
         let perm = permission(kind, &key, under);
         etcd_auth(e, "role/grant", &json!({"name": "mec", "perm": perm}), None);
