@@ -111,6 +111,72 @@ pub fn writer_key(prefix: &str) -> Vec<u8> {
     format!("{}/writer", prefix.trim_end_matches('/')).into_bytes()
 }
 
+/// `<prefix>/importing`: present while an import into the prefix is under way, or after one
+/// was interrupted (see [`import`]); no instance leads on the prefix while it exists.
+pub fn importing_key(prefix: &str) -> Vec<u8> {
+    format!("{}/importing", prefix.trim_end_matches('/')).into_bytes()
+}
+
+/// What the import marker holds: who wrote it, when, and how many records it was to write.
+#[derive(serde::Serialize, Deserialize)]
+struct ImportMarker {
+    host: String,
+    pid: u32,
+    started: String,
+    records: usize,
+}
+
+impl ImportMarker {
+    /// The marker of an import of `records` records by this process, now.
+    fn now(records: usize) -> ImportMarker {
+        ImportMarker {
+            host: host_name(),
+            pid: std::process::id(),
+            started: crate::util::rfc3339(crate::util::now_millis()),
+            records,
+        }
+    }
+}
+
+/// This host's name ("unknown host" when it cannot be read).
+fn host_name() -> String {
+    let mut name = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
+    let ok = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) } == 0;
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    match String::from_utf8_lossy(&name[..end]) {
+        n if ok && !n.is_empty() => n.into_owned(),
+        _ => "unknown host".into(),
+    }
+}
+
+/// Why no instance leads on `prefix`, and what to do, while its import marker holds `value`:
+/// an import began and has not finished (interrupted, or still running), so the prefix holds
+/// part of its records.
+pub fn unfinished_import(prefix: &str, value: &[u8]) -> String {
+    let prefix = prefix.trim_end_matches('/');
+    let who = match serde_json::from_slice::<ImportMarker>(value) {
+        Ok(m) => format!(
+            "begun {} by pid {} on {}, of {} record(s)",
+            m.started, m.pid, m.host, m.records
+        ),
+        Err(_) => {
+            let raw = String::from_utf8_lossy(value);
+            format!(
+                "its marker holds {:?}",
+                raw.chars().take(200).collect::<String>()
+            )
+        }
+    };
+    format!(
+        "an import into etcd prefix {prefix} did not finish ({who}; {prefix}/importing \
+         exists): the prefix holds part of its records, and no instance leads on it. Unless \
+         that import still runs, start over: stop every instance of the prefix, delete the \
+         partial import (etcdctl del --prefix {prefix}/records/ && etcdctl del \
+         {prefix}/importing) and import again"
+    )
+}
+
 /// Record `id`'s key under `records` (or [`progress_prefix`]).
 fn record_key(records: &str, id: &str) -> Vec<u8> {
     format!("{records}{id}").into_bytes()
@@ -201,6 +267,8 @@ pub(crate) struct Loaded {
     pub leader: Option<KeyValue>,
     /// The writer tag (see [`writer_key`]).
     pub writer: Option<Vec<u8>>,
+    /// The import marker's value, if an import began and did not finish (see [`import`]).
+    pub importing: Option<Vec<u8>>,
 }
 
 /// Reads the leader key, the writer tag and every record of `prefix` at one revision
@@ -209,7 +277,8 @@ pub(crate) fn load(client: &Client, prefix: &str) -> Result<Loaded, EtcdError> {
     let started = Instant::now();
     let heads = Txn::new()
         .then(Op::Range(Range::key(leader_key(prefix))))
-        .then(Op::Range(Range::key(writer_key(prefix))));
+        .then(Op::Range(Range::key(writer_key(prefix))))
+        .then(Op::Range(Range::key(importing_key(prefix))));
     let answer = client.txn(&heads)?;
     let revision = answer.revision;
     let mut read = answer.responses.into_iter().map(|r| match r {
@@ -218,6 +287,7 @@ pub(crate) fn load(client: &Client, prefix: &str) -> Result<Loaded, EtcdError> {
     });
     let leader = read.next().flatten();
     let writer = read.next().flatten().map(|kv| kv.value);
+    let importing = read.next().flatten().map(|kv| kv.value);
     let records_prefix = records_prefix(prefix);
     let progress_prefix = progress_prefix(prefix);
     let records = read_all(client, &records_prefix, revision)?;
@@ -257,6 +327,7 @@ pub(crate) fn load(client: &Client, prefix: &str) -> Result<Loaded, EtcdError> {
         records: ordered,
         leader,
         writer,
+        importing,
     })
 }
 
@@ -282,12 +353,13 @@ fn read_all(client: &Client, prefix: &str, revision: i64) -> Result<Vec<KeyValue
     }
 }
 
-/// Reads record `id` of `prefix` now (linearizable): its keys and values, if it exists.
+/// Reads record `id` of `prefix` now (linearizable): its keys and values, if it exists, and
+/// the import marker's value, if an import began and did not finish.
 pub(crate) fn load_one(
     client: &Client,
     prefix: &str,
     id: &str,
-) -> Result<Option<Stored>, EtcdError> {
+) -> Result<(Option<Stored>, Option<Vec<u8>>), EtcdError> {
     let read = Txn::new()
         .then(Op::Range(Range::key(record_key(
             &records_prefix(prefix),
@@ -296,14 +368,16 @@ pub(crate) fn load_one(
         .then(Op::Range(Range::key(record_key(
             &progress_prefix(prefix),
             id,
-        ))));
+        ))))
+        .then(Op::Range(Range::key(importing_key(prefix))));
     let mut read = client.txn(&read)?.responses.into_iter().map(|r| match r {
         OpResponse::Range(range) => range.kvs.into_iter().next(),
         _ => None,
     });
     let record = read.next().flatten();
     let progress = read.next().flatten();
-    Ok(record.map(|record| Stored { record, progress }))
+    let importing = read.next().flatten().map(|kv| kv.value);
+    Ok((record.map(|record| Stored { record, progress }), importing))
 }
 
 /// What one change of a record writes.
@@ -827,6 +901,9 @@ pub enum ImportError {
     Running { leader: String },
     /// The prefix holds records already. Nothing was written.
     NotEmpty { records: i64 },
+    /// An earlier import into the prefix did not finish: its marker holds this value (see
+    /// [`unfinished_import`]). Nothing was written.
+    Unfinished { marker: Vec<u8> },
     /// etcd could not be read or written; `written` records were committed before.
     Etcd { written: usize, error: EtcdError },
     /// An instance started, or other records appeared, while importing: `written` records
@@ -842,6 +919,14 @@ pub enum ImportError {
 /// empty `prefix` in their order, which becomes the creation order, in bounded transactions
 /// each guarded by "no leader key" and "none of its keys exists". Returns how many. A record
 /// larger than one transaction takes is refused before anything is written.
+///
+/// etcd cannot take them all in one transaction, so an import of more than one transaction
+/// is made detectable instead: the first transaction also puts the import marker
+/// ([`importing_key`]: who, when, how many), every later one requires it as put, and the last
+/// one deletes it. An import interrupted in between (killed, etcd lost) leaves the marker
+/// with part of the records: no instance leads on the prefix while it exists (the leader's
+/// load, and a follower's read, refuse it with [`unfinished_import`]), and an import again
+/// refuses it, saying how to start over.
 pub fn import(
     client: &Client,
     prefix: &str,
@@ -861,6 +946,10 @@ pub fn import(
         }
     }
     let etcd = |error| ImportError::Etcd { written: 0, error };
+    let importing = importing_key(prefix);
+    if let Some(kv) = client.get(&importing).map_err(etcd)? {
+        return Err(ImportError::Unfinished { marker: kv.value });
+    }
     let leader = leader_key(prefix);
     if let Some(kv) = client.get(&leader).map_err(etcd)? {
         return Err(ImportError::Running {
@@ -875,34 +964,80 @@ pub fn import(
             records: existing.count,
         });
     }
-    // Mutable parts left without their records (their keys deleted by hand) must not apply to
-    // records imported under their ids: the first transaction deletes them all.
-    let progress = progress_prefix(prefix);
-    let mut orphans = Some(Op::Delete {
-        range_end: Some(prefix_end(progress.as_bytes())),
-        key: progress.into_bytes(),
-    });
-    let mut written = 0;
+    let total = records.len();
+    let mut batches: Vec<Vec<(Vec<u8>, Vec<u8>)>> = Vec::new();
     let mut batch: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut bytes = 0;
     for (n, (id, json)) in records.into_iter().enumerate() {
         let key = record_key(&records_prefix, &id);
         let value = with_seq(&json, n as u64);
         let size = key.len() + value.len();
-        // One comparison per key, and one for the leader key.
-        if !batch.is_empty() && (batch.len() + 2 > MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES) {
-            written += import_batch(client, &leader, &batch, orphans.take(), written)?;
-            batch.clear();
+        // One comparison per key, one for the leader key and one for the marker; one
+        // operation per key, one for the marker and one for the orphans' deletion.
+        if !batch.is_empty() && (batch.len() + 3 > MAX_TXN_OPS || bytes + size > MAX_TXN_BYTES) {
+            batches.push(std::mem::take(&mut batch));
             bytes = 0;
         }
         bytes += size;
         batch.push((key, value));
     }
     if !batch.is_empty() {
-        written += import_batch(client, &leader, &batch, orphans.take(), written)?;
+        batches.push(batch);
+    }
+    let marker = serde_json::to_vec(&ImportMarker::now(total)).expect("a marker serialises");
+    let last = batches.len().saturating_sub(1);
+    let mut written = 0;
+    for (i, batch) in batches.iter().enumerate() {
+        let step = ImportStep {
+            importing: &importing,
+            marker: &marker,
+            first: i == 0,
+            last: i == last,
+        };
+        // Mutable parts left without their records (their keys deleted by hand) must not apply
+        // to records imported under their ids: the first transaction deletes them all.
+        let orphans = step.first.then(|| {
+            let progress = progress_prefix(prefix);
+            Op::Delete {
+                range_end: Some(prefix_end(progress.as_bytes())),
+                key: progress.into_bytes(),
+            }
+        });
+        written += import_batch(client, &leader, batch, &step, orphans, written)?;
     }
     debug!("imported {written} record(s) under {records_prefix}");
     Ok(written)
+}
+
+/// Where one transaction of an import stands towards the import marker.
+struct ImportStep<'a> {
+    importing: &'a [u8],
+    /// The marker's value (this import's).
+    marker: &'a [u8],
+    /// The first transaction: the marker must be absent, and is put unless this is also the
+    /// last one (then there is no "between" to detect).
+    first: bool,
+    /// The last transaction: the marker is deleted unless this is also the first one.
+    last: bool,
+}
+
+impl ImportStep<'_> {
+    /// The comparison on the marker and the operation on it, if any.
+    fn marker(&self) -> (Compare, Option<Op>) {
+        let key = self.importing.to_vec();
+        let compare = if self.first {
+            Compare::absent(key.clone())
+        } else {
+            Compare::new(key.clone(), Cmp::Equal, Target::Value(self.marker.to_vec()))
+        };
+        let op = match (self.first, self.last) {
+            (true, true) => None,
+            (true, false) => Some(Op::put(key, self.marker.to_vec())),
+            (false, true) => Some(Op::delete(key)),
+            (false, false) => None,
+        };
+        (compare, op)
+    }
 }
 
 /// Commits one transaction of an import, with `also` (the first one's deletion of orphaned
@@ -911,22 +1046,27 @@ fn import_batch(
     client: &Client,
     leader: &[u8],
     batch: &[(Vec<u8>, Vec<u8>)],
+    step: &ImportStep<'_>,
     also: Option<Op>,
     written: usize,
 ) -> Result<usize, ImportError> {
-    let mut txn = Txn::new().when(Compare::absent(leader.to_vec()));
+    let (marker_compare, marker_op) = step.marker();
+    let mut txn = Txn::new()
+        .when(Compare::absent(leader.to_vec()))
+        .when(marker_compare);
     for (key, value) in batch {
         txn = txn
             .when(Compare::absent(key.clone()))
             .then(Op::put(key.clone(), value.clone()));
     }
-    if let Some(op) = also {
+    for op in [marker_op, also].into_iter().flatten() {
         txn = txn.then(op);
     }
     let (first_key, first_value) = &batch[0];
     let txn = txn
         .otherwise(Op::Range(Range::key(leader.to_vec())))
-        .otherwise(Op::Range(Range::key(first_key.clone())));
+        .otherwise(Op::Range(Range::key(first_key.clone())))
+        .otherwise(Op::Range(Range::key(step.importing.to_vec())));
     let mut attempt = 0;
     let answer = loop {
         attempt += 1;
@@ -956,13 +1096,32 @@ fn import_batch(
         });
     }
     match read(1) {
-        // An attempt whose answer was lost had committed the whole batch.
+        // An attempt whose answer was lost had committed the whole batch (and its marker
+        // operation: the records and the marker change in one transaction).
         Some(kv) if kv.value == *first_value => Ok(batch.len()),
-        _ => Err(ImportError::Interrupted {
-            written,
-            reason: "records appeared under the prefix meanwhile (another import?)".into(),
-        }),
+        _ => match read(2) {
+            Some(kv) if kv.value != step.marker => Err(ImportError::Interrupted {
+                written,
+                reason: format!(
+                    "another import began meanwhile: {}",
+                    unfinished_import_marker(&kv.value)
+                ),
+            }),
+            None if !step.first => Err(ImportError::Interrupted {
+                written,
+                reason: "the import marker was deleted meanwhile".into(),
+            }),
+            _ => Err(ImportError::Interrupted {
+                written,
+                reason: "records appeared under the prefix meanwhile (another import?)".into(),
+            }),
+        },
     }
+}
+
+/// A marker's value as shown in messages.
+fn unfinished_import_marker(value: &[u8]) -> String {
+    String::from_utf8_lossy(value).chars().take(200).collect()
 }
 
 #[cfg(test)]
@@ -1068,6 +1227,49 @@ mod tests {
             ops[3],
             r#"put /p/progress/c {"id":"c","applied":1,"status":"created","modified":5}"#
         );
+    }
+
+    #[test]
+    fn an_import_puts_its_marker_in_its_first_transaction_and_deletes_it_in_its_last() {
+        let marker = serde_json::to_vec(&ImportMarker::now(300)).unwrap();
+        let step = |first, last| ImportStep {
+            importing: b"/p/importing",
+            marker: &marker,
+            first,
+            last,
+        };
+        let ops = |first, last| {
+            let (compare, op) = step(first, last).marker();
+            (compare, op.as_ref().map(text))
+        };
+        let (compare, op) = ops(true, false);
+        assert_eq!(compare, Compare::absent(b"/p/importing".to_vec()));
+        assert!(op.unwrap().starts_with("put /p/importing {\"host\":"));
+        let (compare, op) = ops(false, false);
+        let as_put = Compare::new(
+            b"/p/importing".to_vec(),
+            Cmp::Equal,
+            Target::Value(marker.clone()),
+        );
+        assert_eq!(compare, as_put);
+        assert_eq!(
+            op, None,
+            "a transaction between requires the marker, as put"
+        );
+        assert_eq!(ops(false, true).0, as_put);
+        assert_eq!(ops(false, true).1.as_deref(), Some("delete /p/importing"));
+        assert_eq!(ops(true, true).1, None, "one transaction needs no marker");
+        let why = unfinished_import("/p", &marker);
+        assert!(
+            why.contains(&format!("by pid {} on ", std::process::id())),
+            "{why}"
+        );
+        assert!(why.contains("of 300 record(s)"), "{why}");
+        assert!(
+            why.contains("etcdctl del --prefix /p/records/ && etcdctl del /p/importing"),
+            "{why}"
+        );
+        assert!(unfinished_import("/p", b"\xffjunk").contains("its marker holds"));
     }
 
     #[test]

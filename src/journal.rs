@@ -25,7 +25,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -358,6 +358,17 @@ impl Shared {
         self.synced.iter().for_each(Condvar::notify_all);
     }
 
+    /// Stops the journal for good, as a failed `fsync` does, if its file or the snapshot it
+    /// follows was deleted ([`Writer::deleted`]); whether it did.
+    fn stop_if_deleted(&self) -> bool {
+        let Some(reason) = self.writer().deleted() else {
+            return false;
+        };
+        log::error!("{reason}");
+        self.fail(reason);
+        true
+    }
+
     /// Why the state directory is full, if it is (set by plain assignment: a poisoned lock
     /// is usable).
     fn full(&self) -> MutexGuard<'_, Option<String>> {
@@ -385,6 +396,9 @@ struct Writer {
     file: Arc<File>,
     path: PathBuf,
     generation: u64,
+    /// The snapshot the current journal follows, open (none before the first compaction),
+    /// and its path: watched with the journal for being deleted (see [`Writer::deleted`]).
+    snapshot: Option<(File, PathBuf)>,
     /// Sequence number of the last entry written.
     written: u64,
     /// Bytes of entries in the current journal file (where the next one is written).
@@ -403,6 +417,30 @@ struct Writer {
 }
 
 impl Writer {
+    /// Why the state can no longer be made durable if the journal file being written, or the
+    /// snapshot it follows, was deleted (its link count is 0: the state directory removed or
+    /// emptied under the running process): entries written to it would be acknowledged and
+    /// then found nowhere by the next start. A file of an older generation that a compaction
+    /// removes is neither: both are replaced, under the writer lock, before the old files are
+    /// removed. Two `fstat`s, read under the writer lock.
+    fn deleted(&self) -> Option<String> {
+        let unlinked = |file: &File| file.metadata().is_ok_and(|m| m.nlink() == 0);
+        let (kind, path) = if unlinked(&self.file) {
+            ("journal", &self.path)
+        } else {
+            match &self.snapshot {
+                Some((file, path)) if unlinked(file) => ("snapshot", path),
+                _ => return None,
+            }
+        };
+        Some(format!(
+            "the {kind} file {} was deleted (the state directory removed or emptied while the \
+             service ran?): no change can be made durable any more; restart the service \
+             (changes acknowledged before the deletion went with the file)",
+            path.display()
+        ))
+    }
+
     /// Counts a failed compaction and sets when to try again (doubling back-off); returns
     /// the delay.
     fn compaction_failed(&mut self) -> std::time::Duration {
@@ -457,6 +495,7 @@ impl Journal {
                 file,
                 path,
                 generation: loaded.generation,
+                snapshot: loaded.snapshot,
                 written: 0,
                 bytes: loaded.bytes,
                 allocated,
@@ -563,6 +602,10 @@ impl Journal {
     /// soon as one ends if anyone waits for more, without waiting to be woken.
     pub fn wait(&self, seq: u64) -> Result<(), JournalError> {
         if !self.fsync {
+            // No flusher looks after each flush: a deleted file is looked for here (`fstat`).
+            if self.shared.stop_if_deleted() {
+                return Err(self.shared.stopped_error(&self.dir).expect("stopped"));
+            }
             return Ok(());
         }
         #[cfg(test)]
@@ -600,8 +643,12 @@ impl Journal {
         self.shared.stopped_error(&self.dir)
     }
 
-    /// Why the journal stopped, if it did (after a failed `fsync`).
+    /// Why the journal stopped, if it did (after a failed `fsync`, or once its file was
+    /// deleted: looked at first, which stops it).
     pub fn failure(&self) -> Option<String> {
+        if !self.shared.stopped.load(Ordering::Acquire) {
+            self.shared.stop_if_deleted();
+        }
         self.shared.sync_state().failed.clone()
     }
 
@@ -640,6 +687,11 @@ impl Journal {
             }
             Err(_) => self.shared.full().clone(),
         }
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Tests: stops the journal as a failed `fsync` would.
@@ -710,6 +762,7 @@ impl Journal {
             file,
             path,
             generation,
+            snapshot: w.snapshot.take(),
             written: upto,
             bytes: 0,
             allocated: 0,
@@ -769,13 +822,16 @@ impl Journal {
             // needs): the journals it would have replaced are intact.
             let _ = fs::remove_file(&tmp);
         }
-        let bytes = written?;
+        let (bytes, file) = written?;
         let path = self.dir.join(snapshot_name(generation));
         if let Err(e) = fs::rename(&tmp, &path) {
             let _ = fs::remove_file(&tmp);
             return Err(write_err(&self.dir, &path)(e));
         }
         sync_dir(&self.dir)?;
+        // The snapshot watched for deletion is this one from now on, before the one it
+        // replaces is removed (which is then no deletion of the state).
+        self.writer().snapshot = Some((file, path.clone()));
         for item in fs::read_dir(&self.dir)
             .map_err(io_err(&self.dir))?
             .flatten()
@@ -793,12 +849,13 @@ impl Journal {
         Ok(bytes)
     }
 
-    /// Writes the snapshot's lines into `tmp` and makes them durable; returns their size.
+    /// Writes the snapshot's lines into `tmp` and makes them durable; returns their size and
+    /// the file.
     fn write_snapshot_tmp<'e>(
         &self,
         tmp: &Path,
         records: impl Iterator<Item = Entry<'e>>,
-    ) -> Result<u64, JournalError> {
+    ) -> Result<(u64, File), JournalError> {
         let file = File::create(tmp).map_err(write_err(&self.dir, tmp))?;
         let mut out = io::BufWriter::with_capacity(1 << 20, file);
         let (mut bytes, mut paced) = (0u64, 0u64);
@@ -806,7 +863,7 @@ impl Journal {
             let line = encode(&entry);
             bytes += line.len() as u64;
             #[cfg(test)]
-            if tests::FAIL_SNAPSHOT_AFTER.with(|n| n.get() > 0 && bytes > n.get()) {
+            if FAIL_SNAPSHOT_AFTER.with(|n| n.get() > 0 && bytes > n.get()) {
                 return Err(write_err(&self.dir, tmp)(io::Error::from_raw_os_error(
                     libc::ENOSPC,
                 )));
@@ -823,7 +880,7 @@ impl Journal {
             .into_inner()
             .map_err(|e| write_err(&self.dir, tmp)(e.into_error()))?;
         file.sync_all().map_err(write_err(&self.dir, tmp))?;
-        Ok(bytes)
+        Ok((bytes, file))
     }
 }
 
@@ -864,6 +921,10 @@ fn flush_loop(shared: &Shared) {
             shared.fail(format!("fsync of {} failed: {e}", path.display()));
             return;
         }
+        // Durable in a file the next start will not find: nothing it covers is acknowledged.
+        if shared.stop_if_deleted() {
+            return;
+        }
         state = shared.sync_state();
         state.synced = state.synced.max(upto);
         shared.synced[(flush % 2) as usize].notify_all();
@@ -880,6 +941,9 @@ thread_local! {
     /// Tests: the `n`th next wait for durability on this thread fails as a failed `fsync`
     /// would, after its entry was written (0: none).
     pub(crate) static FAIL_WAIT_IN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Tests: snapshots written on this thread fail with ENOSPC once past this many bytes (0:
+    /// never).
+    pub(crate) static FAIL_SNAPSHOT_AFTER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     /// Tests: while set, appends (and the probe for room) made on this thread fail with ENOSPC.
     pub(crate) static FAIL_APPEND_NO_SPACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -940,6 +1004,8 @@ struct Loaded {
     stats: ReplayStats,
     /// Bytes of the newest snapshot (0: none).
     snapshot_bytes: u64,
+    /// That snapshot, open, and its path.
+    snapshot: Option<(File, PathBuf)>,
     /// The journal written from now on: the last one replayed, or a new one (`fresh`).
     generation: u64,
     fresh: bool,
@@ -959,12 +1025,14 @@ fn replay_all(
     let base = snapshots.last().copied().unwrap_or(0);
     let mut stats = ReplayStats::default();
     let mut snapshot_bytes = 0;
+    let mut snapshot = None;
     if base > 0 {
         let path = dir.join(snapshot_name(base));
         let replayed = replay_file(&path, false, apply)?;
         debug_assert!(!replayed.torn);
         stats.entries += replayed.entries;
         snapshot_bytes = replayed.valid;
+        snapshot = Some((File::open(&path).map_err(io_err(&path))?, path));
     }
     let live: Vec<u64> = journals.iter().copied().filter(|&g| g >= base).collect();
     let (mut bytes, mut allocated) = (0, 0);
@@ -987,6 +1055,7 @@ fn replay_all(
     Ok(Loaded {
         stats,
         snapshot_bytes,
+        snapshot,
         generation: live.last().copied().unwrap_or(base.max(1)),
         fresh: live.is_empty(),
         bytes,
@@ -1508,8 +1577,6 @@ mod tests {
         pub(super) static FAIL_NEXT_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
         /// Makes the next [`sync_dir`] called on this thread fail.
         pub(super) static FAIL_NEXT_DIR_SYNC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-        /// Snapshots written on this thread fail with ENOSPC once past this many bytes (0: never).
-        pub(super) static FAIL_SNAPSHOT_AFTER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -2139,6 +2206,107 @@ mod tests {
         })
         .unwrap();
         assert_eq!(ids, ["a"], "{stats:?}");
+    }
+
+    #[test]
+    fn a_deleted_journal_file_stops_the_journal_and_acknowledges_nothing_more() {
+        let dir = temp_dir("journal-deleted");
+        let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+        j.wait(j.append(&put("a")).unwrap()).unwrap();
+        assert_eq!(j.failure(), None);
+        fs::remove_dir_all(&dir).unwrap();
+        // Written and fsynced into a file the next start will not find: not acknowledged.
+        let b = j.append(&put("b")).unwrap();
+        let err = j.wait(b).unwrap_err().to_string();
+        let file = dir.join(journal_name(1));
+        assert!(
+            err.contains(&format!("the journal file {} was deleted", file.display())),
+            "{err}"
+        );
+        assert!(j.failure().unwrap().contains("was deleted"));
+        let err = j.append(&put("c")).unwrap_err().to_string();
+        assert!(err.contains("was deleted"), "{err}");
+    }
+
+    #[test]
+    fn a_deleted_journal_file_is_seen_by_failure_without_a_write() {
+        let dir = temp_dir("journal-deleted-idle");
+        let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+        j.wait(j.append(&put("a")).unwrap()).unwrap();
+        fs::remove_file(dir.join(journal_name(1))).unwrap();
+        // What `/healthz` and the metrics read.
+        let why = j.failure().expect("stopped");
+        assert!(
+            why.contains("journal file") && why.contains("restart"),
+            "{why}"
+        );
+        assert!(j.stopped().is_some());
+    }
+
+    #[test]
+    fn a_deleted_journal_file_stops_a_journal_without_fsync_too() {
+        let dir = temp_dir("journal-deleted-nofsync");
+        let (j, _) = Journal::open(&dir, false, |_| {}).unwrap();
+        j.wait(j.append(&put("a")).unwrap()).unwrap();
+        fs::remove_file(dir.join(journal_name(1))).unwrap();
+        let err = j.wait(j.append(&put("b")).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("was deleted"), "{err}");
+    }
+
+    #[test]
+    fn a_deleted_snapshot_stops_the_journal() {
+        let dir = temp_dir("snapshot-deleted");
+        let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+        j.wait(j.append(&put("a")).unwrap()).unwrap();
+        let g = j.rotate().unwrap().unwrap();
+        j.write_snapshot(g, [put("a")].into_iter()).unwrap();
+        assert_eq!(j.failure(), None, "the replaced generation is no deletion");
+        fs::remove_file(dir.join(snapshot_name(g))).unwrap();
+        let err = j
+            .wait(j.append(&put("b")).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the snapshot file"), "{err}");
+        drop(j);
+        // The same, for a snapshot found at start-up.
+        let dir = temp_dir("snapshot-deleted-at-start");
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            let g = j.rotate().unwrap().unwrap();
+            j.write_snapshot(g, [put("a")].into_iter()).unwrap();
+        }
+        let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+        assert_eq!(j.failure(), None);
+        fs::remove_file(dir.join(snapshot_name(2))).unwrap();
+        assert!(j.failure().unwrap().contains("snapshot"));
+    }
+
+    #[test]
+    fn compactions_under_concurrent_writers_are_not_taken_for_a_deletion() {
+        let dir = temp_dir("compact-not-deleted");
+        let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+        let j = Arc::new(j);
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        let seq = j.append(&put(&format!("{t}-{i}"))).unwrap();
+                        j.wait(seq).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..20 {
+            if let Some(g) = j.rotate().unwrap() {
+                j.write_snapshot(g, [put("s")].into_iter()).unwrap();
+            }
+            assert_eq!(j.failure(), None);
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(j.failure(), None);
     }
 
     #[test]

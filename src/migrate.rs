@@ -4,14 +4,18 @@
 //!
 //! Both open the state as a start does, so the state directory's `LOCK` makes them fail while
 //! the service runs. An import writes nothing unless every line checks out and the target
-//! holds no record. Records are imported as they were: a PENDING one is rolled back by the
+//! holds no record; into a journal it writes all of them or, interrupted, none (one snapshot
+//! renamed into place). Records are imported as they were: a PENDING one is rolled back by the
 //! next start's recovery, exactly as after a crash; a DELETING one is removed by the
 //! reconciler.
 //!
 //! With `[store] kind = "etcd"` the state is the configured prefix: an export reads it
 //! (linearizable, at one revision; the instances may run); an import refuses a prefix that
-//! holds records or a leader key (instances running), then writes in creation order in
-//! bounded transactions, each guarded by "no leader key" ([`crate::etcd_store::import`]).
+//! holds records, a leader key (instances running) or the marker of an import that did not
+//! finish, then writes in creation order in bounded transactions, each guarded by "no leader
+//! key", the first putting the marker and the last deleting it
+//! ([`crate::etcd_store::import`]): interrupted, it leaves the marker, on which no instance
+//! leads.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
@@ -70,10 +74,23 @@ pub enum MigrateError {
     },
     /// The target store already holds records; nothing was written.
     NotEmpty { dir: PathBuf, records: usize },
-    /// etcd could not be used (its options, a call), after `written` records were imported.
-    Etcd { written: usize, reason: String },
+    /// Writing the records into the state directory failed: it holds none of them, or all
+    /// (all or nothing: [`Store::insert_entries`]).
+    NotWritten { dir: PathBuf, error: StoreError },
+    /// etcd could not be used (its options, a call); nothing was written.
+    Etcd { reason: String },
     /// The etcd prefix already holds records; nothing was written.
     PrefixNotEmpty { prefix: String, records: i64 },
+    /// An earlier import into the etcd prefix did not finish (its marker is there, with
+    /// part of its records); nothing was written.
+    ImportUnfinished { prefix: String, marker: Vec<u8> },
+    /// An import into etcd stopped after `written` records: the prefix holds them and the
+    /// import marker, on which no instance leads.
+    PartialImport {
+        prefix: String,
+        written: usize,
+        reason: String,
+    },
     /// Instances run on the etcd prefix (its leader key exists); nothing was written.
     Running { prefix: String, leader: String },
     /// A record is larger than one etcd transaction takes; nothing was written.
@@ -89,10 +106,13 @@ impl MigrateError {
             | MigrateError::TooMany { .. }
             | MigrateError::NotEmpty { .. }
             | MigrateError::PrefixNotEmpty { .. }
+            | MigrateError::ImportUnfinished { .. }
             | MigrateError::TooLargeForEtcd { .. } => 2,
             MigrateError::Store(_)
             | MigrateError::Etcd { .. }
             | MigrateError::Running { .. }
+            | MigrateError::NotWritten { .. }
+            | MigrateError::PartialImport { .. }
             | MigrateError::NoState(_)
             | MigrateError::ReadOnly(_)
             | MigrateError::Copy { .. }
@@ -146,13 +166,31 @@ impl fmt::Display for MigrateError {
                  overwrites a store; nothing was imported (import into an empty state_dir)",
                 dir.display()
             ),
-            MigrateError::Etcd { written: 0, reason } => {
+            MigrateError::NotWritten { dir, error } => write!(
+                f,
+                "writing the records into state directory {} failed: {error}; an import is \
+                 all or nothing: the state holds none of them, or all of them if the failure \
+                 came once they were in place (--export-state shows which)",
+                dir.display()
+            ),
+            MigrateError::Etcd { reason } => {
                 write!(f, "{reason}; nothing was imported or exported")
             }
-            MigrateError::Etcd { written, reason } => write!(
+            MigrateError::ImportUnfinished { prefix, marker } => write!(
                 f,
-                "{reason}; {written} record(s) were imported before (the prefix holds a \
-                 partial import: delete its records/ keys before trying again)"
+                "{}; nothing was imported",
+                crate::etcd_store::unfinished_import(prefix, marker)
+            ),
+            MigrateError::PartialImport {
+                prefix,
+                written,
+                reason,
+            } => write!(
+                f,
+                "{reason}; {written} record(s) were imported before: etcd prefix {prefix} \
+                 holds a partial import, on which no instance leads ({prefix}/importing \
+                 stays). Start over: delete it (etcdctl del --prefix {prefix}/records/ && \
+                 etcdctl del {prefix}/importing) and import again"
             ),
             MigrateError::PrefixNotEmpty { prefix, records } => write!(
                 f,
@@ -212,7 +250,6 @@ pub fn export(config: &Config, to: &Path) -> Result<usize, MigrateError> {
         (StoreKind::Etcd, _) => {
             let client = etcd_client(config)?;
             Store::read_etcd(&client, &config.store.prefix).map_err(|e| MigrateError::Etcd {
-                written: 0,
                 reason: format!("cannot read etcd prefix {}: {e}", config.store.prefix),
             })?
         }
@@ -360,14 +397,19 @@ pub fn import(config: &Config, from: &Path) -> Result<usize, MigrateError> {
             records: store.len(),
         });
     }
-    Ok(store.insert_entries(entries)?)
+    store
+        .insert_entries(entries)
+        .map_err(|error| MigrateError::NotWritten {
+            dir: dir.clone(),
+            error,
+        })
 }
 
 /// The etcd client of `[store]`.
 fn etcd_client(config: &Config) -> Result<Client, MigrateError> {
     etcd_options(&config.store, ETCD_TIMEOUT)
         .and_then(Client::new)
-        .map_err(|reason| MigrateError::Etcd { written: 0, reason })
+        .map_err(|reason| MigrateError::Etcd { reason })
 }
 
 /// Writes the checked `entries` under the configured etcd prefix.
@@ -387,11 +429,24 @@ fn import_etcd(config: &Config, entries: &[RecordEntry<'_>]) -> Result<usize, Mi
             prefix: prefix.clone(),
             records,
         },
-        ImportError::Etcd { written, error } => MigrateError::Etcd {
+        ImportError::Unfinished { marker } => MigrateError::ImportUnfinished {
+            prefix: prefix.clone(),
+            marker,
+        },
+        ImportError::Etcd { written: 0, error } => MigrateError::Etcd {
+            reason: format!("etcd: {error}"),
+        },
+        ImportError::Interrupted { written: 0, reason } => MigrateError::Etcd { reason },
+        ImportError::Etcd { written, error } => MigrateError::PartialImport {
+            prefix: prefix.clone(),
             written,
             reason: format!("etcd: {error}"),
         },
-        ImportError::Interrupted { written, reason } => MigrateError::Etcd { written, reason },
+        ImportError::Interrupted { written, reason } => MigrateError::PartialImport {
+            prefix: prefix.clone(),
+            written,
+            reason,
+        },
         ImportError::TooLarge { id, bytes } => MigrateError::TooLargeForEtcd { id, bytes },
     })
 }
@@ -580,6 +635,39 @@ mod tests {
         bytes.extend_from_slice(b"\xff\n");
         let (line, why) = parse(&bytes, &regions()).map(|_| ()).unwrap_err();
         assert_eq!((line, why.starts_with("not UTF-8")), (2, true), "{why}");
+    }
+
+    /// Review finding M1: an import killed halfway left part of its records in the journal,
+    /// which then started on them without a word. Made to fail halfway whichever way it
+    /// writes (its 25th journal entry, or past half of a snapshot's bytes), it leaves none.
+    #[test]
+    fn an_import_into_the_journal_that_fails_halfway_leaves_no_record() {
+        let dir = std::env::temp_dir().join(format!("mec-migrate-halfway-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let text: String = (0..50)
+            .map(|n| good_with(r#""id":"a""#, &format!(r#""id":"i{n:02}""#)) + "\n")
+            .collect();
+        let (store, _) = Store::open(&dir, true).unwrap();
+        crate::journal::FAIL_APPEND_IN.with(|n| n.set(25));
+        crate::journal::FAIL_SNAPSHOT_AFTER.with(|n| n.set(text.len() as u64 / 2));
+        let failed = store.insert_entries(parse(text.as_bytes(), &regions()).unwrap());
+        crate::journal::FAIL_APPEND_IN.with(|n| n.set(0));
+        crate::journal::FAIL_SNAPSHOT_AFTER.with(|n| n.set(0));
+        assert!(failed.is_err());
+        drop(store);
+        let (store, _) = Store::open(&dir, true).unwrap();
+        assert!(store.is_empty(), "{} record(s) left", store.len());
+        // Then whole, in the file's order, as one snapshot.
+        let entries = parse(text.as_bytes(), &regions()).unwrap();
+        assert_eq!(store.insert_entries(entries).unwrap(), 50);
+        drop(store);
+        let (store, stats) = Store::open(&dir, true).unwrap();
+        assert_eq!(stats.entries, 50);
+        let mut out = Vec::new();
+        write_records(&store, &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), text);
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

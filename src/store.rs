@@ -950,30 +950,64 @@ impl Store {
 
     /// Journals `record` as a creation and adds it to the map and the rule index, under the
     /// records lock the caller holds; returns the sequence to wait for.
-    fn add(&self, records: &mut Records, mut record: Record) -> Result<u64, StoreError> {
+    fn add(&self, records: &mut Records, record: Record) -> Result<u64, StoreError> {
+        self.add_as(records, record, |record| self.write(Change::Create(record)))
+    }
+
+    /// Adds `record` to `records` after its creation order is given and `write` made it
+    /// durable (or queued it); returns what `write` did.
+    fn add_as(
+        &self,
+        records: &mut Records,
+        mut record: Record,
+        write: impl FnOnce(&Arc<Record>) -> Result<u64, StoreError>,
+    ) -> Result<u64, StoreError> {
         record.seq = records.next_seq;
         let record = Arc::new(record);
-        let seq = self.write(Change::Create(&record))?;
+        let seq = write(&record)?;
         self.rules().count(&record, 0..record.applied, true);
         records.insert(record);
         Ok(seq)
     }
 
     /// Adds the records of an import ([`migrate`](crate::migrate)) in the order given, which
-    /// becomes their creation order; returns once all are durable (one wait for the last).
-    /// The caller has checked them ([`RecordEntry`]s of unique ids).
+    /// becomes their creation order; returns once all are durable. The caller has checked
+    /// them ([`RecordEntry`]s of unique ids) and that the store holds none.
+    ///
+    /// Into the journal, all or nothing: they are written as the snapshot of a new
+    /// generation (a compaction: a `.tmp` file, fsynced, renamed into place, the directory
+    /// fsynced), never entry by entry, so that a crash or a failure leaves either the state
+    /// as it was or every record (an import killed halfway left a partial state that then
+    /// started without a word: review finding M1). Etcd's bounded transactions cannot do
+    /// that; see [`crate::etcd_store::import`].
     pub(crate) fn insert_entries<'a>(
         &self,
         entries: impl IntoIterator<Item = RecordEntry<'a>>,
     ) -> Result<usize, StoreError> {
+        let journal = self.journal();
         let mut last = 0;
         let mut count = 0;
         for entry in entries {
             let record = from_record_entry(entry, &mut lock(&self.regions));
-            last = self.add(&mut self.lock(), record)?;
+            let mut records = self.lock();
+            last = match journal {
+                Some(_) => self.add_as(&mut records, record, |_| Ok(0))?,
+                None => self.add(&mut records, record)?,
+            };
             count += 1;
         }
-        self.durable(last)?;
+        match journal {
+            Some(journal) if count > 0 => {
+                if !self.compact(journal)? {
+                    return Err(StoreError::Journal(crate::journal::JournalError::Io {
+                        path: journal.dir().to_path_buf(),
+                        error: std::io::Error::other("a compaction is running"),
+                    }));
+                }
+            }
+            Some(_) => {}
+            None => self.durable(last)?,
+        }
         Ok(count)
     }
 
@@ -1326,6 +1360,8 @@ impl Store {
             Some(kv) if fence.term.holds(kv) => {}
             _ => return Err(term_over()),
         }
+        // Part of an import's records: leading on them would serve (and forget) the rest.
+        refuse_unfinished_import(prefix, loaded.importing.as_deref())?;
         let (records, next_seq, regions) = records_of(&loaded.records, prefix)?;
         let count = records.len();
         let writer = EtcdWriter::start(client, prefix, (fence.election, fence.term), loaded.writer);
@@ -1342,6 +1378,7 @@ impl Store {
     /// order, in a store that keeps nothing.
     pub fn read_etcd(client: &crate::etcd::Client, prefix: &str) -> Result<Store, StoreError> {
         let loaded = crate::etcd_store::load(client, prefix).map_err(etcd_unavailable)?;
+        refuse_unfinished_import(prefix, loaded.importing.as_deref())?;
         let (records, next_seq, regions) = records_of(&loaded.records, prefix)?;
         Ok(Store::built(records, next_seq, regions, Durability::Memory))
     }
@@ -1353,9 +1390,10 @@ impl Store {
         prefix: &str,
         id: &str,
     ) -> Result<Option<Record>, StoreError> {
-        let Some(stored) =
-            crate::etcd_store::load_one(client, prefix, id).map_err(etcd_unavailable)?
-        else {
+        let (stored, importing) =
+            crate::etcd_store::load_one(client, prefix, id).map_err(etcd_unavailable)?;
+        refuse_unfinished_import(prefix, importing.as_deref())?;
+        let Some(stored) = stored else {
             return Ok(None);
         };
         let (mut records, _, _) = records_of(&[(0, stored)], prefix)?;
@@ -1446,6 +1484,17 @@ impl Store {
         copy.sort_unstable_by_key(|r| r.seq);
         journal.write_snapshot(generation, copy.iter().map(|r| r.to_entry()))?;
         Ok(true)
+    }
+}
+
+/// Refuses a prefix whose import began and did not finish (its marker holds `importing`):
+/// its records are partial ([`crate::etcd_store::import`]).
+fn refuse_unfinished_import(prefix: &str, importing: Option<&[u8]>) -> Result<(), StoreError> {
+    match importing {
+        Some(value) => Err(StoreError::Unavailable(
+            crate::etcd_store::unfinished_import(prefix, value),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -1011,6 +1011,7 @@ fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_o
         ("READWRITE", format!("{prefix}/writer"), false),
         ("READ", format!("{prefix}/records/"), true),
         ("READ", format!("{prefix}/progress/"), true),
+        ("READ", format!("{prefix}/importing"), false),
     ] {
         let perm = permission(kind, &key, under);
         etcd_auth(e, "role/grant", &json!({"name": "mec", "perm": perm}), None);
@@ -1185,4 +1186,80 @@ fn a_user_that_may_not_write_the_records_gets_an_answer_and_the_store_recovers_o
     assert!(health.body.contains("why: in the log"), "{health:?}");
     guarded.app.stop(Duration::from_secs(2));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Review finding M1 (etcd): an import killed halfway left part of its records, on which the
+/// instances then led without a word. Its marker (`<prefix>/importing`, left by the
+/// interrupted import with part of the records) now keeps every instance from leading on
+/// them: the leader's load refuses (its `/healthz`, and every change and read through any
+/// instance, answer 503 saying so, with how to start over) and no platform is called; once
+/// the partial import is deleted the leader opens the prefix without a restart.
+#[test]
+fn an_interrupted_import_keeps_every_instance_from_leading_until_it_is_deleted() {
+    let test = "an_interrupted_import_keeps_every_instance_from_leading_until_it_is_deleted";
+    let Some(etcd) = etcd(test) else {
+        return;
+    };
+    let mep = FakeLlMec::start();
+    let client = etcd.client(Duration::from_secs(2));
+    // What an import of 1,000 records interrupted after its first transaction leaves.
+    let record = r#"{"seq":0,"id":"r1","region":"2","request":{"n":1},"steps":[],"applied":0,"status":"created","created":1,"modified":1}"#;
+    let marker =
+        r#"{"host":"ops-1","pid":4242,"started":"2026-01-02T03:04:05.000Z","records":1000}"#;
+    client
+        .put(b"/t13/records/r1", record.as_bytes(), 0)
+        .unwrap();
+    client.put(b"/t13/importing", marker.as_bytes(), 0).unwrap();
+    let instances = [
+        Instance::start(&etcd, "/t13", &mep),
+        Instance::start(&etcd, "/t13", &mep),
+    ];
+    let says_why = |body: &str| {
+        body.contains("an import into etcd prefix /t13 did not finish")
+            && body.contains("by pid 4242 on ops-1, of 1000 record(s)")
+            && body.contains("etcdctl del --prefix /t13/records/ && etcdctl del /t13/importing")
+    };
+    let leader_refuses = eventually(ROLE_WITHIN, || {
+        instances.iter().any(|i| {
+            let health = get(&i.url, "/healthz");
+            i.role() == Role::Leader && health.status == 503 && says_why(&health.body)
+        })
+    });
+    let healths: Vec<Answer> = instances.iter().map(|i| get(&i.url, "/healthz")).collect();
+    assert!(leader_refuses, "{healths:?}");
+    for instance in &instances {
+        let listing = get(&instance.url, "/MEC/v1/service/requests");
+        assert_unavailable(&listing, "a listing of a partial import");
+        assert!(says_why(&listing.body), "{listing:?}");
+        let one = get(&instance.url, "/MEC/v1/service/requests/r1");
+        assert_unavailable(&one, "a record of a partial import");
+        let post = post_dns(&instance.url);
+        assert_unavailable(&post, "a change on a partial import");
+        assert!(says_why(&post.body), "{post:?}");
+    }
+    assert!(mep.calls().is_empty(), "{:?}", mep.calls());
+    // The operator deletes the partial import, as the 503s say.
+    client
+        .delete(b"/t13/records/", Some(b"/t13/records0"))
+        .unwrap();
+    client.delete(b"/t13/importing", None).unwrap();
+    let opened = eventually(ROLE_WITHIN, || {
+        instances
+            .iter()
+            .any(|i| i.role() == Role::Leader && get(&i.url, "/healthz").status == 200)
+    });
+    assert!(
+        opened,
+        "{:?}",
+        instances
+            .iter()
+            .map(|i| get(&i.url, "/healthz"))
+            .collect::<Vec<_>>()
+    );
+    let leader = instances.iter().find(|i| i.role() == Role::Leader).unwrap();
+    let listing = get(&leader.url, "/MEC/v1/service/requests");
+    assert_eq!((listing.status, listing.body.as_str()), (200, "[]"));
+    for instance in instances {
+        instance.app.stop(Duration::from_secs(2));
+    }
 }

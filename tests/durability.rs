@@ -1,7 +1,8 @@
 //! Durability of the real binary: acknowledged changes survive `kill -9` at any moment, crashes
 //! are rolled back or finished at start-up, a torn journal tail is cut off (50 simulated power
 //! cuts never refuse the start), a damaged journal
-//! stops the start naming file and offset, and a state directory serves one process at a time.
+//! stops the start naming file and offset, a state directory serves one process at a time, and
+//! one removed under the service stops every change (health says why).
 
 #[path = "support/child.rs"]
 mod child;
@@ -853,6 +854,82 @@ fn two_processes_cannot_share_a_state_dir() {
     let id = first.api.create(&dns_body("lock.durability.test"));
     assert_eq!(first.api.get(&id).0, 200, "the first one keeps serving");
     drop(first);
+    clean_up(&config, &state);
+}
+
+/// GET of a path outside `/MEC/v1` (health, metrics) of the binary at `addr`.
+fn get_root(addr: &str, path: &str) -> (u16, String) {
+    let agent = support::agent(Duration::from_secs(10));
+    let mut r = agent
+        .get(format!("http://{addr}{path}"))
+        .call()
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    (r.status().as_u16(), text)
+}
+
+/// Review finding M5: after `rm -rf` of the state directory, creations answered 201, health
+/// 200 and `mec_plugin_state_writable` 1, and a restart found none of them. The journal's
+/// file is gone: nothing is acknowledged from then on, and health says why.
+#[test]
+fn removing_the_state_directory_under_the_service_stops_changes_and_health_says_so() {
+    let mep = FakeLlMec::start();
+    let config = config_file(&mep.url());
+    let state = temp_dir("durability-removed");
+    let binary = Binary::start(&config, &state);
+    let before = binary.api.create(&dns_body("before.removed.test"));
+    assert_eq!(get_root(&binary.addr, "/healthz").0, 200);
+    std::fs::remove_dir_all(&state).unwrap();
+    let sent = mep.calls().len();
+    for n in 0..3 {
+        let (status, json) = binary.api.call(
+            "POST",
+            "/service/requests",
+            Some(&dns_body(&format!("after{n}.removed.test"))),
+        );
+        assert_eq!(status, 500, "{json}");
+        assert_eq!(
+            json["type"], "urn:mec-plugin:problem:state-not-written",
+            "{json}"
+        );
+        let detail = json["detail"].as_str().unwrap();
+        assert!(detail.contains("was deleted"), "{detail}");
+    }
+    assert_eq!(
+        mep.calls().len(),
+        sent,
+        "nothing sent for a change not recorded"
+    );
+    let (status, json) = binary
+        .api
+        .call("DELETE", &format!("/service/requests/{before}"), None);
+    assert_eq!(status, 500, "{json}");
+    let (status, health) = get_root(&binary.addr, "/healthz");
+    assert_eq!(status, 503, "{health}");
+    let journal = state.join(format!("journal-{:020}.jsonl", 1));
+    assert!(
+        health.contains("state-unavailable")
+            && health.contains(&format!(
+                "the journal file {} was deleted",
+                journal.display()
+            )),
+        "{health}"
+    );
+    let (_, metrics) = get_root(&binary.addr, "/metrics");
+    assert!(
+        metrics.lines().any(|l| l == "mec_plugin_state_writable 0"),
+        "{metrics}"
+    );
+    assert!(
+        binary.logs.text().contains("was deleted"),
+        "logged: {}",
+        binary.logs.text()
+    );
+    binary.kill();
+    // Nothing acknowledged after the deletion is missing: nothing was.
+    let binary = Binary::start(&config, &state);
+    assert!(binary.api.records().is_empty());
+    drop(binary);
     clean_up(&config, &state);
 }
 

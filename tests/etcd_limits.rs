@@ -1,7 +1,7 @@
 //! The limits of the etcd store (issue 15) that had no test at their edge, each at it and one
 //! past it, against a real 1-member etcd (`support/etcd.rs`): `[store] prefix` (2..=256
 //! characters); a record estimated at `MAX_RECORD_BYTES` (committed) and one byte more
-//! (refused, nothing written); an import's transactions (127 keys and `MAX_TXN_BYTES`, then
+//! (refused, nothing written); an import's transactions (126 keys and `MAX_TXN_BYTES`, then
 //! the next one) and its records (one of `MAX_TXN_BYTES` imported, one byte more refused
 //! before anything is written); a prefix read in pages of 127 records (126 to 255), also
 //! when its records are as large as a transaction (more than one 256 MiB answer in all).
@@ -160,15 +160,16 @@ fn a_record_estimated_at_the_bound_is_committed_and_one_byte_more_is_refused() {
 }
 
 #[test]
-fn an_import_transaction_takes_127_keys_or_1_mib_and_one_more_starts_the_next() {
-    let test = "an_import_transaction_takes_127_keys_or_1_mib_and_one_more_starts_the_next";
+fn an_import_transaction_takes_126_keys_or_1_mib_and_one_more_starts_the_next() {
+    let test = "an_import_transaction_takes_126_keys_or_1_mib_and_one_more_starts_the_next";
     let Some(cluster) = etcd(test) else {
         return;
     };
     let client = cluster.client(Duration::from_secs(5));
-    // Keys: 127, with the leader key's comparison and one per key, make the 128 comparisons
-    // etcd takes (`--max-txn-ops`); one more key starts a second transaction.
-    for (prefix, count, expected) in [("/t-127", 127, 1), ("/t-128", 128, 2)] {
+    // Keys: 126, with the leader key's and the import marker's comparisons and one per key,
+    // make the 128 comparisons etcd takes (`--max-txn-ops`); one more key starts a second
+    // transaction (and the marker: a transaction between requires it, the last deletes it).
+    for (prefix, count, expected) in [("/t-126", 126, 1), ("/t-127", 127, 2)] {
         let records = (0..count)
             .map(|n| entry(prefix, &format!("r{n:03}"), n, None))
             .collect();
@@ -177,6 +178,13 @@ fn an_import_transaction_takes_127_keys_or_1_mib_and_one_more_starts_the_next() 
         let ids: Vec<String> = read.list(None).iter().map(|r| r.id.to_string()).collect();
         let expected_ids: Vec<String> = (0..count).map(|n| format!("r{n:03}")).collect();
         assert_eq!(ids, expected_ids, "{prefix}: all, in order");
+        let marker = client
+            .get(format!("{prefix}/importing").as_bytes())
+            .unwrap();
+        assert!(
+            marker.is_none(),
+            "{prefix}: the finished import took its marker away"
+        );
     }
     // Bytes: two records of exactly MAX_TXN_BYTES in all share one; one byte more, two.
     let half = MAX_TXN_BYTES / 2;
