@@ -1872,15 +1872,9 @@ url = "http://127.0.0.1:13000/"
     fn a_tls_key_that_does_not_fit_the_certificate_or_is_encrypted_is_a_configuration_error() {
         let dir = std::env::temp_dir().join(format!("mec-config-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap()
-            .pem();
+        let (cert, key, other) = crate::util::self_signed();
         std::fs::write(dir.join("cert.pem"), &cert).unwrap();
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        let other = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        std::fs::write(dir.join("key.pem"), key).unwrap();
         std::fs::write(dir.join("other.pem"), other).unwrap();
         std::fs::write(
             dir.join("enc.pem"),

@@ -2745,15 +2745,9 @@ mod tests {
 
     #[test]
     fn a_certificate_with_its_key_makes_a_tls_config_and_a_bad_key_is_an_error_naming_tls_key() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap()
-            .pem();
-        assert!(tls_config(&tls_files(&cert, &key.serialize_pem())).is_ok());
+        let (cert, key, other_key) = crate::util::self_signed();
+        assert!(tls_config(&tls_files(&cert, &key)).is_ok());
 
-        let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
         for key in [
             "-----BEGIN PRIVATE KEY-----\nnot a key!\n-----END PRIVATE KEY-----\n",
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
@@ -2766,7 +2760,7 @@ mod tests {
         }
         let e = tls_config(&tls_files(
             "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
-            &key.serialize_pem(),
+            &key,
         ))
         .unwrap_err();
         assert!(e.to_string().contains("tls_cert"), "{e}");

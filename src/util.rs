@@ -73,6 +73,19 @@ pub fn wait<'a, T>(c: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
     c.wait(guard).unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Tests: a self-signed certificate for 127.0.0.1 (PEM) and its key (PEM), and another key.
+#[cfg(test)]
+pub(crate) fn self_signed() -> (String, String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap()
+        .pem();
+    let other = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    (cert, key.serialize_pem(), other)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

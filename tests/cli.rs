@@ -162,25 +162,7 @@ fn run_from(dir: &Path, cwd: &Path, state_dir: &str, listen: &str) -> (Option<i3
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .args(["--listen", listen])
-        .current_dir(cwd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    // The log, then what was refused before logging began (standard error).
-    let log =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), log)
+    run_from_config(&config, listen, cwd)
 }
 
 #[test]
@@ -305,19 +287,22 @@ fn a_tls_key_that_does_not_fit_its_certificate_fails_check_and_start_with_exit_2
     let (code, err) = check(&config, &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains(&says), "{err}");
-    let (code, log) = run_from_config(&config, "127.0.0.1:0");
+    let (code, log) = run_from_config(&config, "127.0.0.1:0", &dir);
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains(&says), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Runs the binary on `config` until it exits (or 10 s): its exit code and standard error.
-fn run_from_config(config: &Path, listen: &str) -> (Option<i32>, String) {
+/// Runs the binary on `config` from the working directory `cwd`, listening on `listen`, until
+/// it exits (or 10 s): its exit code, then its log and what was refused before logging began
+/// (standard output, then standard error).
+fn run_from_config(config: &Path, listen: &str, cwd: &Path) -> (Option<i32>, String) {
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(config)
         .args(["--listen", listen])
-        .stdout(Stdio::null())
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -327,10 +312,9 @@ fn run_from_config(config: &Path, listen: &str) -> (Option<i32>, String) {
     }
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), log)
 }
 
 struct Running(Child);

@@ -474,19 +474,14 @@ fn an_import_killed_at_any_moment_leaves_all_of_its_records_or_none() {
     let mut left = Vec::new();
     for k in 1..=KILLS {
         let state = dir.join(format!("killed-{k}"));
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .arg("--config")
             .arg(&config)
             .arg("--state-dir")
             .arg(&state)
-            .args(["--import-state", file_arg])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(whole * k / (KILLS + 1));
-        child.kill().unwrap();
-        child.wait().unwrap();
+            .args(["--import-state", file_arg]);
+        kill_after(command, whole * k / (KILLS + 1));
         let records = records_in(&state);
         left.push(records);
         assert!(
@@ -728,17 +723,12 @@ fn an_import_into_etcd_killed_at_any_moment_is_whole_or_marked_unfinished() {
     for k in 1..=KILLS {
         let prefix = format!("/t-killed-{k}");
         let config = config_on(&prefix);
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .arg("--config")
             .arg(&config)
-            .args(["--import-state", file.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(whole * k / (KILLS + 1));
-        child.kill().unwrap();
-        child.wait().unwrap();
+            .args(["--import-state", file.to_str().unwrap()]);
+        kill_after(command, whole * k / (KILLS + 1));
         let (records, marker) = (count(&prefix), marked(&prefix));
         left.push((records, marker));
         assert!(
@@ -777,4 +767,16 @@ fn an_import_into_etcd_killed_at_any_moment_is_whole_or_marked_unfinished() {
     }
     eprintln!("records left (and marker) after each kill: {left:?}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Runs `command` (its output discarded) and kills it with SIGKILL after `after`.
+fn kill_after(mut command: Command, after: std::time::Duration) {
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

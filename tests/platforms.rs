@@ -30,6 +30,30 @@ fn dns_rules(n: usize) -> String {
     serde_json::json!({"RegionId": "2", "appDNSRule": rules}).to_string()
 }
 
+/// The configuration of one LL-MEC region "2" on `fake` (timeout 1 s).
+fn llmec_config(fake: &FakeLlMec) -> String {
+    format!(
+        "{}{}",
+        server_section(""),
+        llmec_region("2", &fake.url(), 1000)
+    )
+}
+
+/// Creates each of `bodies` on `config` over the state in `dir`, then stops: their ids.
+fn created_in(config: &str, dir: &std::path::Path, bodies: &[String]) -> Vec<String> {
+    let p = Plugin::start_in(config, dir);
+    let ids = bodies
+        .iter()
+        .map(|body| {
+            let r = p.post(body);
+            assert_eq!(r.status, 201, "{:?}", r.json);
+            r.json["RequestId"].as_str().unwrap().to_string()
+        })
+        .collect();
+    p.stop();
+    ids
+}
+
 fn status_detail(p: &Plugin, id: &str) -> String {
     p.get(&format!("/service/requests/{id}")).json["statusDetail"]
         .as_str()
@@ -279,21 +303,10 @@ fn after_a_driver_change_a_request_is_forgotten_or_removed_by_the_earlier_driver
  {
     let fake = FakeLlMec::start();
     let dir = temp_dir("driver-changed");
-    let llmec = format!(
-        "{}{}",
-        server_section(""),
-        llmec_region("2", &fake.url(), 1000)
-    );
-    let p = Plugin::start_in(&llmec, &dir);
-    let created = |p: &Plugin, body: &str| {
-        let r = p.post(body);
-        assert_eq!(r.status, 201, "{:?}", r.json);
-        r.json["RequestId"].as_str().unwrap().to_string()
-    };
-    let first = created(&p, &traffic_only());
-    let second = created(&p, &dns_rules(1));
+    let llmec = llmec_config(&fake);
+    let ids = created_in(&llmec, &dir, &[traffic_only(), dns_rules(1)]);
+    let (first, second) = (ids[0].clone(), ids[1].clone());
     assert_eq!(fake.installed().len(), 2);
-    p.stop();
 
     let simulated = llmec.replace("driver = \"llmec\"", "driver = \"simulated\"");
     let p = Plugin::start_in(&simulated, &dir);
@@ -351,16 +364,8 @@ fn a_start_that_gives_a_removed_regions_platform_to_another_region_is_refused_wh
 {
     let fake = FakeLlMec::start();
     let dir = temp_dir("region-renamed");
-    let before = format!(
-        "{}{}",
-        server_section(""),
-        llmec_region("2", &fake.url(), 1000)
-    );
-    let p = Plugin::start_in(&before, &dir);
-    let r = p.post(&dns_rules(1));
-    assert_eq!(r.status, 201, "{:?}", r.json);
-    let id = r.json["RequestId"].as_str().unwrap().to_string();
-    p.stop();
+    let before = llmec_config(&fake);
+    let id = created_in(&before, &dir, &[dns_rules(1)]).remove(0);
 
     let start = |text: &str| {
         let mut config = mec_plugin::config::Config::parse(text, "test.toml").unwrap();
