@@ -75,7 +75,8 @@
 //! **Shutdown.** Stops accepting and shuts the listening socket (new connections are refused at
 //! once), closes idle connections, answers 503 (`Retry-After`, `Connection: close`) a request
 //! half received (not executed), lets the workers finish the requests they have and the ones
-//! queued (bounded by the grace period; their responses say `Connection: close`), then closes
+//! queued (bounded by the grace period; their responses say `Connection: close`), answers 503
+//! the requests still queued when the grace period ends (not executed either), then closes
 //! everything.
 
 use std::collections::VecDeque;
@@ -223,6 +224,11 @@ where
 
 /// The handler a [`Server`] shares between its workers.
 pub type Handler = Arc<dyn RequestHandler>;
+
+/// After the grace period, how long the I/O loops are given to write the 503s of the requests
+/// that were still queued for a worker ([`Shared::refuse_queued`]) before every connection is
+/// closed.
+const REFUSALS_WRITTEN_WITHIN: Duration = Duration::from_millis(200);
 
 /// A running server; see the module docs. Dropping it stops it with no grace period.
 pub struct Server {
@@ -386,6 +392,29 @@ impl Shared {
         self.jobs_closed.store(true, Ordering::Release);
         let _jobs = lock(&self.jobs);
         self.job_ready.notify_all();
+    }
+
+    /// The grace period is over: the requests still queued for a worker were never executed.
+    /// Each is answered 503 "shutting down" (logged and counted) by its I/O loop, as a request
+    /// caught half received is, instead of its connection closing without an answer. Returns
+    /// how many.
+    fn refuse_queued(&self) -> usize {
+        let queued: Vec<Job> = lock(&self.jobs).drain(..).collect();
+        for job in &queued {
+            let response = shutting_down().to_response(self.api_style);
+            answered(self, &job.request, response.status, job.started);
+            self.tell(
+                job.io,
+                News::Response {
+                    token: job.token,
+                    serial: job.serial,
+                    out: render(&response, job.head_only, true),
+                    pipe: None,
+                    close: true,
+                },
+            );
+        }
+        queued.len()
     }
 }
 
@@ -552,6 +581,13 @@ impl Server {
         }
         self.shared.wake_all();
         let mut all_ended = self.shared.running.wait_zero_until(deadline);
+        if !all_ended && self.shared.refuse_queued() > 0 {
+            // Their loops write the refusals (or end, if nothing else keeps them).
+            all_ended = self
+                .shared
+                .running
+                .wait_zero_until(Instant::now() + REFUSALS_WRITTEN_WITHIN);
+        }
         if !all_ended {
             // The grace period is over: the loop closes every connection and ends.
             self.shared.abort.store(true, Ordering::Release);
@@ -2680,6 +2716,46 @@ mod tests {
             "the shutdown waited {:?} for a request no worker would take",
             started.elapsed()
         );
+    }
+
+    /// The operations review's L4: with the only worker busy past the grace period, a complete
+    /// request still queued got no answer at all (its connection closed). It was never
+    /// executed: it is answered 503, as a request caught half received.
+    #[test]
+    fn a_request_still_queued_when_the_grace_period_ends_is_answered_503_not_executed() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        let executed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = executed.clone();
+        let handler = move |r: &Request| -> Response {
+            counted.fetch_add(1, Ordering::SeqCst);
+            if r.path() == "/slow" {
+                let _ = lock(&tx).send(());
+                thread::sleep(3 * SECOND);
+            }
+            Response::json(200, b"{}".to_vec())
+        };
+        let server = Server::start(options(1), Arc::new(handler)).unwrap();
+        let mut slow = connect(&server);
+        slow.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        rx.recv_timeout(5 * SECOND)
+            .expect("the worker took the slow request");
+        let mut queued = connect(&server);
+        queued
+            .write_all(b"DELETE /queued HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        thread::sleep(Duration::from_millis(100)); // read and queued by its loop
+        let started = Instant::now();
+        let stopper = thread::spawn(move || server.shutdown(Duration::from_millis(300)));
+        let text = read_all(queued);
+        assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+        assert!(text.contains("Connection: close"), "{text}");
+        assert!(text.contains("was not executed"), "{text}");
+        assert!(started.elapsed() < 2 * SECOND, "{:?}", started.elapsed());
+        stopper.join().unwrap();
+        assert_eq!(executed.load(Ordering::SeqCst), 1, "only the slow one ran");
+        drop(slow);
     }
 
     #[test]
