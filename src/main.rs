@@ -211,10 +211,12 @@ impl log::Log for StderrLogger {
 /// timestamp (journald stamps every entry); elsewhere lines are timestamped, by simple_logger
 /// behind [`OutputSafe`].
 fn init_logging() {
-    let level = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<log::LevelFilter>().ok())
-        .unwrap_or(log::LevelFilter::Info);
+    let asked = std::env::var("RUST_LOG").ok();
+    let parsed = asked.as_deref().map(str::parse::<log::LevelFilter>);
+    let level = match &parsed {
+        Some(Ok(level)) => *level,
+        _ => log::LevelFilter::Info,
+    };
     if stdout_is_the_journal() {
         log::set_max_level(level);
         log::set_logger(&JournalLogger).expect("the logger is set up once");
@@ -230,6 +232,12 @@ fn init_logging() {
             failed: AtomicBool::new(false),
         }))
         .expect("the logger is set up once");
+    }
+    if let (Some(asked), Some(Err(_))) = (asked, parsed) {
+        log::warn!(
+            "RUST_LOG={asked:?} is not a level this build reads (error, warn, info, debug, \
+             trace or off; no per-module filters): logging at info"
+        );
     }
 }
 

@@ -297,10 +297,21 @@ fn a_tls_key_that_does_not_fit_its_certificate_fails_check_and_start_with_exit_2
 /// it exits (or 10 s): its exit code, then its log and what was refused before logging began
 /// (standard output, then standard error).
 fn run_from_config(config: &Path, listen: &str, cwd: &Path) -> (Option<i32>, String) {
+    run_with_env(config, listen, cwd, &[])
+}
+
+/// [`run_from_config`] with these environment variables set.
+fn run_with_env(
+    config: &Path,
+    listen: &str,
+    cwd: &Path,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
     let mut child = Command::new(BIN)
         .arg("--config")
         .arg(config)
         .args(["--listen", listen])
+        .envs(env.iter().copied())
         .current_dir(cwd)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -463,4 +474,27 @@ fn rust_log_debug_shows_the_plugins_own_debug_lines_and_info_hides_them() {
             assert!(debug_lines.is_empty(), "RUST_LOG={level}: {debug_lines:#?}");
         }
     }
+}
+
+/// The operations review: `RUST_LOG=mec_plugin=debug` (a per-module filter, which this build
+/// does not read) silently logged at info. It still does, and says so.
+#[test]
+fn a_log_level_this_build_does_not_read_is_named_in_a_warning() {
+    let dir = temp_dir("rust-log");
+    let config = dir.join("regions.toml");
+    std::fs::copy(SHIPPED, &config).unwrap();
+    // A busy port: the start ends at the listener, after the logger was set up.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = busy.local_addr().unwrap().to_string();
+    for (value, warned) in [
+        ("mec_plugin=debug", true),
+        ("debug", false),
+        ("WARN", false),
+    ] {
+        let (code, log) = run_with_env(&config, &listen, &dir, &[("RUST_LOG", value)]);
+        assert_eq!(code, Some(1), "{log}");
+        let warning = format!("RUST_LOG=\"{value}\" is not a level this build reads");
+        assert_eq!(log.contains(&warning), warned, "{value}: {log}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
