@@ -686,9 +686,10 @@ fn parse_paging(query: Option<&str>) -> Result<Paging, ApiError> {
                 if paging.limit.is_some() {
                     return Err(repeated());
                 }
-                let limit = value
-                    .parse::<usize>()
-                    .ok()
+                // Digits only: Rust's integers also take a leading '+'.
+                let limit = Some(&*value)
+                    .filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<usize>().ok())
                     .filter(|n| (1..=MAX_PAGE).contains(n))
                     .ok_or_else(|| {
                         bad(format!(
@@ -1282,6 +1283,8 @@ mod tests {
             ("limit=0", "1..=1000000"),
             ("limit=1000001", "1..=1000000"),
             ("limit=-1", "'limit'"),
+            ("limit=%2B1", "'limit' = '+1'"),
+            ("limit=", "'limit' = ''"),
             ("after=", "'after' is empty"),
             ("limit=1&limit=1", "more than once"),
             ("after=a&after=b", "more than once"),
