@@ -16,6 +16,7 @@
 //! while their requests say CREATED. That wait is bounded by the region's `settle_ms`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -28,7 +29,14 @@ use crate::util::{lock, wait};
 pub struct Turns {
     rules: Mutex<HashMap<u64, Rule>>,
     changed: Condvar,
+    /// How many rules were left by the last sweep of passed marks (read and set under the
+    /// `rules` lock): the next sweep comes once there are twice as many, so that marking N
+    /// rules (a recovery with N unfinished requests) costs O(N), not O(N²).
+    swept: AtomicUsize,
 }
+
+/// Rules kept before the first sweep of passed marks.
+const SWEEP_FROM: usize = 64;
 
 #[derive(Default)]
 struct Rule {
@@ -44,13 +52,15 @@ struct Rule {
 
 impl Rule {
     fn idle(&self) -> bool {
+        self.idle_at(Instant::now())
+    }
+
+    fn idle_at(&self, now: Instant) -> bool {
         self.applying == 0
             && !self.removing
             && self.removals_waiting == 0
             && self.waiting == 0
-            && self
-                .removal_lands_until
-                .is_none_or(|until| until <= Instant::now())
+            && self.removal_lands_until.is_none_or(|until| until <= now)
     }
 
     /// How long an apply must still wait for a removal that may land, if it must.
@@ -91,8 +101,13 @@ impl Turns {
         let mut rules = lock(&self.rules);
         let rule = rules.entry(key).or_default();
         rule.removal_lands_until = rule.removal_lands_until.max(Some(until));
-        // Forget the rules whose windows have passed with nothing else on them.
-        rules.retain(|_, rule| !rule.idle());
+        // Forget the rules whose windows have passed with nothing else on them, once they
+        // may have piled up (a passed mark holds nothing up meanwhile).
+        if rules.len() >= (2 * self.swept.load(Ordering::Relaxed)).max(SWEEP_FROM) {
+            let now = Instant::now();
+            rules.retain(|_, rule| !rule.idle_at(now));
+            self.swept.store(rules.len(), Ordering::Relaxed);
+        }
     }
 
     fn take(&self, key: u64, removal: bool) -> Turn<'_> {
@@ -232,8 +247,27 @@ mod tests {
         assert!(started.elapsed() >= window, "{:?}", started.elapsed());
         // Once the window has passed, the rule is forgotten.
         assert_eq!(t.busy_rules(), 0);
-        t.removal_may_land(9, Instant::now());
-        assert_eq!(t.busy_rules(), 0, "a window already over is not kept");
+    }
+
+    #[test]
+    fn passed_marks_are_swept_once_they_pile_up_and_marks_in_their_window_are_kept() {
+        let t = Turns::default();
+        let later = Instant::now() + Duration::from_secs(60);
+        for key in 0..1000 {
+            t.removal_may_land(key, later);
+        }
+        assert_eq!(t.busy_rules(), 1000, "every mark in its window is kept");
+        let t = Turns::default();
+        for key in 0..10_000 {
+            t.removal_may_land(key, Instant::now());
+        }
+        assert!(t.busy_rules() <= 2 * SWEEP_FROM, "{}", t.busy_rules());
+        let started = Instant::now();
+        drop(t.apply(5));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "a passed mark holds nothing"
+        );
     }
 
     #[test]
