@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use log::{error, info, warn};
 
-use crate::config::DriverKind;
 use crate::model::Status;
 use crate::service::{
     Service, Undo, driver_changed, epoch_millis, millis_until, region_gone, settling,
@@ -173,10 +172,10 @@ fn reconcile(service: &Service, claimed: &Record) -> Result<(), StoreError> {
         }
     }
     if let Some(current) = service.moved(&record) {
-        return leave_moved(service, &record, current);
+        return leave_alone(service, &record, platform_changed(&record, current));
     }
     if let Some(driver) = service.foreign(&record) {
-        return leave_foreign(service, &record, driver);
+        return leave_alone(service, &record, driver_changed(&record.region_id, driver));
     }
     info!(
         "request {id}: removing {} rule call(s) from region {} (attempt {})",
@@ -194,36 +193,17 @@ fn reconcile(service: &Service, claimed: &Record) -> Result<(), StoreError> {
     record_outcome(service, &record, undone)
 }
 
-/// Leaves the claimed `record` alone: its steps were applied on another platform than its
-/// region's `current` one, so they are neither removed there nor taken as removed until a
-/// DELETE says which it is (`?adopt=true`, `?forget=true`). Logged once; its detail says so
-/// (written once: the same detail again changes nothing durable); looked at again after the
-/// longest backoff.
-fn leave_moved(service: &Service, record: &Record, current: &str) -> Result<(), StoreError> {
-    service.log_moved_once(record, current);
+/// Leaves the claimed `record` alone, for `why`: its steps were applied on another platform
+/// than its region's current one, or planned by another driver than its region's now, so
+/// they are neither removed nor taken as removed until a DELETE says what to do
+/// (`?adopt=true`, `?forget=true`) or the configuration goes back. Logged once; its detail
+/// says so (written once: the same detail again changes nothing durable); looked at again
+/// after the longest backoff.
+fn leave_alone(service: &Service, record: &Record, why: String) -> Result<(), StoreError> {
+    service.log_left_alone_once(record, &why);
     let detail = match record.status {
-        Status::Deleting => platform_changed(record, current),
-        _ => format!(
-            "{}; {}",
-            reason(&record.detail),
-            platform_changed(record, current)
-        ),
-    };
-    let at = now_millis() + service.retry.max.as_millis() as i64;
-    service.store.update(&record.id, |r| r.stuck(detail, at))?;
-    Ok(())
-}
-
-/// Leaves the claimed `record` alone: its region's driver did not plan its steps (the
-/// region's `driver` changed since), so it can neither remove them nor take them as removed,
-/// until the earlier driver is configured again or a DELETE with `?forget=true`. Logged once;
-/// looked at again after the longest backoff, as [`leave_moved`].
-fn leave_foreign(service: &Service, record: &Record, driver: DriverKind) -> Result<(), StoreError> {
-    service.log_foreign_once(record, driver);
-    let changed = driver_changed(&record.region_id, driver);
-    let detail = match record.status {
-        Status::Deleting => changed,
-        _ => format!("{}; {changed}", reason(&record.detail)),
+        Status::Deleting => why,
+        _ => format!("{}; {why}", reason(&record.detail)),
     };
     let at = now_millis() + service.retry.max.as_millis() as i64;
     service.store.update(&record.id, |r| r.stuck(detail, at))?;

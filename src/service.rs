@@ -107,8 +107,8 @@ pub struct Service {
     /// Each region's other URLs of the same platform (`[region.mep] aliases`, credentials
     /// masked): records applied through one of them are on the current platform.
     aliases: HashMap<String, Vec<Arc<str>>>,
-    /// Records whose rules the reconciler leaves alone because they were applied on another
-    /// platform than their region's current one, already logged (once per record).
+    /// Records whose rules the reconciler leaves alone (applied on another platform than their
+    /// region's current one, or planned by another driver), already logged (once per record).
     pub(crate) moved_logged: Mutex<HashSet<Arc<str>>>,
 }
 
@@ -116,10 +116,14 @@ pub struct Service {
 /// two ways out.
 pub(crate) fn driver_changed(region_id: &str, driver: DriverKind) -> String {
     format!(
-        "its rules were planned by another driver than region '{region_id}''s '{}' (the region's driver was changed): they are not removed until the region's earlier driver is configured again, or a DELETE with ?forget=true leaves them where they are",
+        "its rules were planned by another driver than region '{region_id}''s '{}' (the region's driver was changed): {DRIVER_CHANGED_WAYS_OUT}",
         driver.name()
     )
 }
+
+/// The two ways out for requests whose rules another driver planned.
+const DRIVER_CHANGED_WAYS_OUT: &str = "they are not removed until the region's earlier driver \
+    is configured again, or a DELETE with ?forget=true leaves them where they are";
 
 /// A step whose apply was sent but whose outcome was not seen (timeout, broken exchange, a
 /// gateway's 502/504): the platform may still carry it out until `until` (its region's
@@ -768,32 +772,12 @@ impl Service {
             .then(|| driver.kind())
     }
 
-    /// Logs, once per record, that the reconciler leaves `record`'s rules alone because its
-    /// region's `driver` did not plan them.
-    pub(crate) fn log_foreign_once(&self, record: &Record, driver: DriverKind) {
-        if !lock(&self.moved_logged).insert(record.id.clone()) {
-            return;
+    /// Logs `why`, once per record, when the reconciler leaves `record`'s rules alone (applied
+    /// on another platform than its region's current one, or planned by another driver).
+    pub(crate) fn log_left_alone_once(&self, record: &Record, why: &str) {
+        if lock(&self.moved_logged).insert(record.id.clone()) {
+            warn!("request {}: {why}", record.id);
         }
-        warn!(
-            "request {}: {}",
-            record.id,
-            driver_changed(&record.region_id, driver)
-        );
-    }
-
-    /// Logs, once per record, that the reconciler leaves `record`'s rules alone because they
-    /// were applied on another platform than its region's `current` one.
-    pub(crate) fn log_moved_once(&self, record: &Record, current: &str) {
-        if !lock(&self.moved_logged).insert(record.id.clone()) {
-            return;
-        }
-        warn!(
-            "request {}: {} rule call(s) were applied on the platform {}, but region '{}' is now configured with {current}: they are not removed from either until a DELETE says which (?adopt=true: the same platform at a new address; ?forget=true: leave them where they are)",
-            record.id,
-            record.applied,
-            record.platform.as_deref().unwrap_or_default(),
-            record.region_id
-        );
     }
 
     /// Per configured region whose platform URL changed: how many records hold rules applied
@@ -823,9 +807,8 @@ impl Service {
         for (region, count) in foreign {
             let driver = self.region(&region).map(|r| r.driver.kind());
             warn!(
-                "region '{region}': {count} request(s) hold rules planned by another driver than '{}': {}",
+                "region '{region}': {count} request(s) hold rules planned by another driver than '{}': {DRIVER_CHANGED_WAYS_OUT}",
                 driver.map_or("", DriverKind::name),
-                "they are not removed until the region's earlier driver is configured again, or a DELETE with ?forget=true leaves them where they are"
             );
         }
         for (region, (count, earlier)) in self.moved_records() {
