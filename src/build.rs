@@ -4,8 +4,9 @@
 //! Why: the kernel maps the cached pages around each page of code a process touches
 //! (fault-around, 64 kB by default), so the idle plugin's resident code followed the size of
 //! its text (1.7 of 2.1 MB) more than the code it ran (~0.4 MB). `src/symbol-order.txt` names
-//! the functions the dist build runs at start, idle and on the README's requests (written by
-//! `.ci/symbol-order generate` from a valgrind run); the linker (rust-lld) places them first.
+//! the functions the dist build runs at start, idle, on the README's requests and with a
+//! region on LL-MEC (written by `.ci/symbol-order generate` from valgrind runs); the linker
+//! (rust-lld) places them first.
 //! BENCHMARKS.md "Footprint" has the figures.
 //!
 //! The names carry hashes that depend on the exact profile, so the dist profile keeps its
