@@ -525,7 +525,7 @@ impl Forwarding {
 
     fn agent(ca: Option<&[u8]>, https: bool, timeout: Duration) -> Agent {
         let (tls, _, _) = agent::tls_trusting(ca, https);
-        let config = agent::outbound_config(tls, timeout, 8, 32);
+        let config = agent::outbound_config(tls, timeout, 8, 32, None);
         Agent::with_parts(config, DefaultConnector::default(), agent::LiteralResolver)
     }
 

@@ -828,7 +828,7 @@ impl<'a> Table<'a> {
 
     /// A file holding one bearer token: visible ASCII only (0x21..=0x7E), what an HTTP header
     /// carries on both sides (the server answers a bare 400 to any other byte, the client
-    /// refuses to send it).
+    /// refuses to send it), and at most [`MAX_TOKEN_BYTES`].
     fn token(&self, value: &str, key: &'static str) -> Result<Secret, ConfigError> {
         let bytes = self.file(value, key)?;
         let token = String::from_utf8(bytes).unwrap_or_default();
@@ -841,9 +841,24 @@ impl<'a> Table<'a> {
                 ),
             ));
         }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(self.error(
+                key,
+                format_args!(
+                    "= '{value}' holds a token of {} bytes: at most {MAX_TOKEN_BYTES}, so that it fits the one header line that carries it",
+                    token.len()
+                ),
+            ));
+        }
         Ok(Secret::new(token.to_string()))
     }
 }
+
+/// The longest token a `token_file` or `password_file` may hold (surrounding whitespace aside).
+/// A platform's token goes in one header line of every call, and a platform connection writes
+/// lines of at most `mep::agent::PLATFORM_HEAD_BYTES` (16 KiB): half is left for the rest.
+/// Bearer tokens, JWTs included, are a few hundred bytes to 2 kB.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// `[server]`.
 fn server_table(t: &Table, s: RawServer) -> Result<ServerConfig, ConfigError> {
@@ -2001,6 +2016,39 @@ url = "http://127.0.0.1:13000/"
         .unwrap_err()
         .to_string();
         assert!(e.contains("holds no PEM certificate"), "{e}");
+    }
+
+    #[test]
+    fn tokens_are_at_most_8_kib() {
+        let dir = std::env::temp_dir().join(format!("mec-config-long-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("regions.toml").display().to_string();
+        let server = |name: &str| format!("[server]\ntoken_file = \"{name}\"\n{MINIMAL}");
+        let region =
+            |name: &str| MINIMAL.replace("url = ", &format!("token_file = \"{name}\"\nurl = "));
+        // Surrounding whitespace is not part of the token.
+        std::fs::write(
+            dir.join("at"),
+            format!(" {}\n", "t".repeat(MAX_TOKEN_BYTES)),
+        )
+        .unwrap();
+        std::fs::write(dir.join("past"), "t".repeat(MAX_TOKEN_BYTES + 1)).unwrap();
+        for text in [server("at"), region("at")] {
+            Config::parse(&text, &file).unwrap();
+        }
+        for (text, key) in [
+            (server("past"), "[server] token_file"),
+            (region("past"), "region '2': mep.token_file"),
+        ] {
+            let e = Config::parse(&text, &file).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!(
+                    "{key} = 'past' holds a token of 8193 bytes: at most 8192"
+                )),
+                "{e}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

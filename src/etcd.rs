@@ -584,6 +584,7 @@ impl Client {
             options.timeout,
             IDLE_CONNECTIONS,
             IDLE_CONNECTIONS * endpoints.len(),
+            None,
         );
         Ok(Client {
             agent: Agent::with_parts(config, DefaultConnector::default(), LiteralResolver),

@@ -66,6 +66,7 @@ fn write_files(dir: &std::path::Path) {
     std::fs::write(dir.join("token-bad"), "a b\n").unwrap();
     std::fs::write(dir.join("token-ok"), "s3cret\n").unwrap();
     std::fs::write(dir.join("empty"), "").unwrap();
+    std::fs::write(dir.join("token-long"), "t".repeat(8193)).unwrap();
 }
 
 /// Each configuration with the message of its error (without the file name).
@@ -372,6 +373,14 @@ fn cases() -> Vec<(String, &'static str)> {
         (
             mep("token_file = \"token-bad\""),
             "line 10: region '2': mep.token_file = 'token-bad' must hold one token of visible ASCII characters (no spaces, control or non-ASCII characters such as 'é'): an HTTP header cannot carry others",
+        ),
+        (
+            mep("token_file = \"token-long\""),
+            "line 10: region '2': mep.token_file = 'token-long' holds a token of 8193 bytes: at most 8192, so that it fits the one header line that carries it",
+        ),
+        (
+            server("token_file = \"token-long\""),
+            "line 2: [server] token_file = 'token-long' holds a token of 8193 bytes: at most 8192, so that it fits the one header line that carries it",
         ),
         (
             mep("token_file = \"empty\""),

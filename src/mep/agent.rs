@@ -154,6 +154,17 @@ struct Coalesced {
     pending: Vec<u8>,
 }
 
+/// The bound on a platform's answer head (status line and headers) and on each line of the
+/// head of a request to it, instead of ureq's 64 KiB and 128 KiB: ureq sizes a connection's
+/// buffers by them (here 32 KiB in, 16 KiB out, instead of 128 KiB each) and fills them with
+/// zeros when the connection is first used, so that every worker that had called a platform
+/// held ~400 kB more (2 MB of RssAnon after the README's requests on one LL-MEC region,
+/// BENCHMARKS.md "Footprint"). Bodies pass through the buffers in pieces and are not bounded
+/// by this. Platform heads are a few hundred bytes; a platform's `token_file` is at most
+/// `config::MAX_TOKEN_BYTES`, so its header line fits. The etcd client and a follower's
+/// forwarding keep ureq's bounds (`None`): they carry heads a northbound client sent.
+pub(crate) const PLATFORM_HEAD_BYTES: usize = 16 * 1024;
+
 /// Held bytes beyond which they are sent without waiting for the rest of the request.
 const COALESCE_BYTES: usize = 64 * 1024;
 
@@ -296,6 +307,7 @@ impl MepClient {
             mep.timeout,
             IDLE_CONNECTIONS_PER_MEP,
             IDLE_CONNECTIONS_PER_MEP,
+            Some(PLATFORM_HEAD_BYTES),
         );
         MepClient {
             agent: Agent::with_parts(
@@ -601,8 +613,9 @@ pub(crate) fn outbound_config(
     timeout: Duration,
     idle_per_host: usize,
     idle_total: usize,
+    head_bytes: Option<usize>,
 ) -> ureq::config::Config {
-    Agent::config_builder()
+    let builder = Agent::config_builder()
         .proxy(None)
         .http_status_as_error(false)
         .max_redirects(0)
@@ -612,8 +625,18 @@ pub(crate) fn outbound_config(
         .user_agent(concat!("mec-plugin/", env!("CARGO_PKG_VERSION")))
         .accept("application/json")
         .max_idle_connections_per_host(idle_per_host)
-        .max_idle_connections(idle_total)
-        .build()
+        .max_idle_connections(idle_total);
+    match head_bytes {
+        None => builder.build(),
+        // The answer's head must be in the input buffer whole, with room to tell that it is
+        // too long (an input buffer of the head's size fills up and then waits for the peer);
+        // a request is written through the output buffer one header line at a time.
+        Some(bytes) => builder
+            .max_response_header_size(bytes)
+            .input_buffer_size(2 * bytes)
+            .output_buffer_size(bytes)
+            .build(),
+    }
 }
 
 /// The certificates of a PEM file (`ca_file`), and how many of its certificate blocks could
@@ -680,6 +703,11 @@ fn classify(e: ureq::Error, url: &str, written: bool) -> MepError {
     if !written {
         let reason = match e {
             ureq::Error::Timeout(_) => "no connection within the timeout".to_string(),
+            // ureq-proto's `OutputOverflow`, which ureq does not name: a line of the head did
+            // not fit the output buffer (`PLATFORM_HEAD_BYTES`).
+            other if other.to_string().contains("output too small") => format!(
+                "a line of the request's head is longer than {PLATFORM_HEAD_BYTES} bytes (its path, or a header)"
+            ),
             other => one_line(&other.to_string(), MAX_DETAIL_CHARS),
         };
         return MepError::NotSent { url, reason };
@@ -836,7 +864,8 @@ mod tests {
 
     /// A one-shot server answering `answer` (raw HTTP) to the first connection; returns the
     /// base URL and a handle yielding the raw request it read.
-    fn one_shot(answer: &'static str) -> (String, std::thread::JoinHandle<String>) {
+    fn one_shot(answer: &str) -> (String, std::thread::JoinHandle<String>) {
+        let answer = answer.to_string();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let handle = std::thread::spawn(move || {
@@ -872,10 +901,82 @@ mod tests {
         (url, handle)
     }
 
+    /// An answer whose head is `head_bytes` long (a padding header), with a `{}` body.
+    fn answer_with_head_of(head_bytes: usize) -> String {
+        let start = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\nX-Pad: ";
+        let pad = head_bytes - start.len() - "\r\n\r\n".len();
+        format!("{start}{}\r\n\r\n{{}}", "p".repeat(pad))
+    }
+
+    #[test]
+    fn an_answer_head_up_to_the_bound_is_read_and_a_longer_one_is_refused_saying_so() {
+        for (head, ok) in [
+            (PLATFORM_HEAD_BYTES, true),
+            (PLATFORM_HEAD_BYTES + 1, false),
+            // Past the input buffer (twice the bound): still the same error, not a wait.
+            (3 * PLATFORM_HEAD_BYTES, false),
+        ] {
+            let (url, server) = one_shot(&answer_with_head_of(head));
+            let client = MepClient::new(&mep(&url, 3000));
+            let got = client.send("GET", &client.url("/x"), None);
+            server.join().unwrap();
+            match got {
+                Ok(answer) => assert!(ok, "{head}: {answer:?}"),
+                // Sent: the platform may have acted on it, so an unknown outcome.
+                Err(MepError::Unreachable { reason, .. }) => {
+                    assert!(!ok, "{head}: {reason}");
+                    assert!(reason.contains("response header is too big"), "{reason}");
+                    assert!(reason.contains("> 16384"), "{reason}");
+                }
+                Err(e) => panic!("{head}: {e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_line_up_to_the_bound_is_sent_and_a_longer_one_is_not() {
+        // "authorization: Bearer <token>" plus CRLF, the line ureq writes in one piece, and the
+        // two bytes of the output buffer ureq keeps spare (measured: one more byte is refused).
+        let at_bound = PLATFORM_HEAD_BYTES - "authorization: Bearer \r\n".len() - 2;
+        for (length, ok) in [
+            (crate::config::MAX_TOKEN_BYTES, true),
+            (at_bound, true),
+            (at_bound + 1, false),
+        ] {
+            let (url, server) =
+                one_shot("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+            let token = "t".repeat(length);
+            let client = MepClient::new(&with_token(&url, &token));
+            let got = client.send("GET", &client.url("/x"), None);
+            if ok {
+                assert_eq!(got, Ok((200, "{}".to_string())), "{length}");
+                assert!(server.join().unwrap().contains(&token), "{length}");
+                continue;
+            }
+            let Err(MepError::NotSent { reason, .. }) = got else {
+                panic!("{length}: {got:?}");
+            };
+            assert_eq!(
+                reason,
+                "a line of the request's head is longer than 16384 bytes (its path, or a header)"
+            );
+            assert!(!reason.contains(&token));
+            // Nothing was written: the one-shot server saw the connection close unread (or
+            // failed writing its answer to it).
+            if let Ok(raw) = server.join() {
+                assert_eq!(raw, "", "{length}");
+            }
+        }
+    }
+
     #[test]
     fn proxy_from_environment_is_never_used() {
         let client = MepClient::new(&mep("http://127.0.0.1:1", 500));
         assert!(client.agent_config().proxy().is_none());
+        // And the buffers are sized by the head bound, not ureq's 128 KiB.
+        assert_eq!(client.agent_config().max_response_header_size(), 16 * 1024);
+        assert_eq!(client.agent_config().input_buffer_size(), 32 * 1024);
+        assert_eq!(client.agent_config().output_buffer_size(), 16 * 1024);
         assert!(!client.agent_config().http_status_as_error());
         assert_eq!(client.agent_config().max_redirects(), 0);
     }
