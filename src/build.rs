@@ -6,19 +6,20 @@
 //! its text (1.7 of 2.1 MB) more than the code it ran (~0.4 MB). `src/symbol-order.txt` names
 //! the functions the dist build runs at start, idle, on the README's requests and with a
 //! region on LL-MEC (written by `.ci/symbol-order generate` from valgrind runs); the linker
-//! (rust-lld) places them first.
-//! BENCHMARKS.md "Footprint" has the figures.
+//! (rust-lld) places them first. BENCHMARKS.md "Footprint" has the figures.
 //!
 //! The names carry hashes that depend on the exact profile, so the dist profile keeps its
 //! symbols (`strip = false`, part of those hashes) and this script strips them instead
 //! (`--strip-all`, which is not): `.ci/symbol-order` then builds the very same profile with
 //! `MEC_PLUGIN_KEEP_SYMBOLS=1` to read the names. Only builds at `opt-level = "z"` (the dist
-//! profile) are touched; the order is given only where the linker is known to be rust-lld
-//! (x86_64-unknown-linux-gnu, rustc 1.90 or later, no linker or linker flags configured):
-//! other linkers do not all know the option, and without it the binary is the same but for
-//! its layout.
+//! profile) are touched. Each option goes to the linker only if a probe program, linked by the
+//! same compiler for the same target with the same flags, links with it: not every linker
+//! takes them (GNU ld has no ordering file, macOS's ld no `--strip-all`; a distribution's
+//! rustc may link with the system's `cc` and ld), and a binary the linker cannot order is the
+//! same but for its layout. A cargo warning says what was left out.
 
 use std::env;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The ordering file, relative to the package root.
@@ -28,51 +29,74 @@ fn main() {
     println!("cargo::rerun-if-changed={ORDER}");
     println!("cargo::rerun-if-changed=src/build.rs");
     println!("cargo::rerun-if-env-changed=MEC_PLUGIN_KEEP_SYMBOLS");
+    println!("cargo::rerun-if-env-changed=RUSTC_LINKER");
     if env::var("OPT_LEVEL").as_deref() != Ok("z") {
         return;
     }
-    if env::var_os("MEC_PLUGIN_KEEP_SYMBOLS").is_none() {
-        link_arg("--strip-all");
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    if env::var("MEC_PLUGIN_KEEP_SYMBOLS").as_deref() != Ok("1") {
+        let strip = ["--strip-all"];
+        if links_with(&out, &strip) {
+            link_args(&strip);
+        } else {
+            println!(
+                "cargo::warning=the linker does not take --strip-all: the binary keeps its symbols (run `strip` on it)"
+            );
+        }
     }
-    if links_with_rust_lld() {
-        let root = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-        link_arg(&format!("--symbol-ordering-file={root}/{ORDER}"));
-        // The file names functions of one toolchain and tree; a name missing from this build
-        // (renamed, inlined) is skipped, and `.ci/symbol-order check` says how many are.
-        link_arg("--no-warn-symbol-ordering");
+    let root = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    // The file names functions of one toolchain and tree; a name missing from this build
+    // (renamed, inlined) is skipped, and `.ci/symbol-order check` says how many are.
+    let order = [
+        format!("--symbol-ordering-file={root}/{ORDER}"),
+        "--no-warn-symbol-ordering".to_string(),
+    ];
+    if links_with(&out, &order) {
+        link_args(&order);
+    } else {
+        println!(
+            "cargo::warning=the linker does not take --symbol-ordering-file (rust-lld and lld do): the binary has the default layout, and more idle memory (ARCHITECTURE.md, The deployed build)"
+        );
     }
 }
 
-/// Passes `arg` to the linker of the binary (`-Xlinker`, so a comma in a path is kept).
-fn link_arg(arg: &str) {
-    println!("cargo::rustc-link-arg-bins=-Xlinker");
-    println!("cargo::rustc-link-arg-bins={arg}");
+/// Passes each of `args` to the linker of the binary (`-Xlinker`, so a comma in a path is kept).
+fn link_args(args: &[impl AsRef<str>]) {
+    for arg in args {
+        println!("cargo::rustc-link-arg-bins=-Xlinker");
+        println!("cargo::rustc-link-arg-bins={}", arg.as_ref());
+    }
 }
 
-/// Whether the binary is linked by rustc's own rust-lld: the default for this target since
-/// rustc 1.90, unless a linker or linker flags are configured.
-fn links_with_rust_lld() -> bool {
-    if env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu")
-        || env::var_os("RUSTC_LINKER").is_some()
-    {
-        return false;
-    }
-    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    if flags.contains("linker") || flags.contains("link-self-contained") {
+/// Whether an empty program links with `args` given to the linker, built by the compiler,
+/// for the target, with the flags and the linker this build uses.
+fn links_with(out: &Path, args: &[impl AsRef<str>]) -> bool {
+    let source = out.join("probe.rs");
+    if std::fs::write(&source, "fn main() {}\n").is_err() {
         return false;
     }
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let Ok(out) = Command::new(rustc).arg("-vV").output() else {
-        return false;
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|line| line.strip_prefix("release: "))
-        .and_then(|release| {
-            let mut parts = release.split('.');
-            let major: u32 = parts.next()?.parse().ok()?;
-            let minor: u32 = parts.next()?.parse().ok()?;
-            Some((major, minor) >= (1, 90))
-        })
+    let mut command = Command::new(rustc);
+    command
+        .arg("--crate-name=probe")
+        .arg("--edition=2021")
+        .arg("--target")
+        .arg(env::var("TARGET").expect("cargo sets TARGET"))
+        .arg("-o")
+        .arg(out.join("probe"))
+        .arg(&source);
+    if let Ok(linker) = env::var("RUSTC_LINKER") {
+        command.arg(format!("-Clinker={linker}"));
+    }
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    command.args(flags.split('\x1f').filter(|flag| !flag.is_empty()));
+    for arg in args {
+        command
+            .arg("-Clink-arg=-Xlinker")
+            .arg(format!("-Clink-arg={}", arg.as_ref()));
+    }
+    command
+        .output()
+        .map(|output| output.status.success())
         .unwrap_or(false)
 }
