@@ -161,9 +161,17 @@ struct Coalesced {
 /// held ~400 kB more (2 MB of RssAnon after the README's requests on one LL-MEC region,
 /// BENCHMARKS.md "Footprint"). Bodies pass through the buffers in pieces and are not bounded
 /// by this. Platform heads are a few hundred bytes; a platform's `token_file` is at most
-/// `config::MAX_TOKEN_BYTES`, so its header line fits. The etcd client and a follower's
-/// forwarding keep ureq's bounds (`None`): they carry heads a northbound client sent.
+/// `config::MAX_PLATFORM_TOKEN_BYTES`, so its header line fits (checked below). The etcd
+/// client and a follower's forwarding keep ureq's bounds (`None`): they carry heads a
+/// northbound client sent.
 pub(crate) const PLATFORM_HEAD_BYTES: usize = 16 * 1024;
+
+/// ureq writes a head line by line through the output buffer and keeps two bytes of it spare
+/// (`a_header_line_up_to_the_bound_is_sent_and_a_longer_one_is_not`).
+const _: () = assert!(
+    "authorization: Bearer \r\n".len() + crate::config::MAX_PLATFORM_TOKEN_BYTES + 2
+        <= PLATFORM_HEAD_BYTES
+);
 
 /// Held bytes beyond which they are sent without waiting for the rest of the request.
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -939,7 +947,7 @@ mod tests {
         // two bytes of the output buffer ureq keeps spare (measured: one more byte is refused).
         let at_bound = PLATFORM_HEAD_BYTES - "authorization: Bearer \r\n".len() - 2;
         for (length, ok) in [
-            (crate::config::MAX_TOKEN_BYTES, true),
+            (crate::config::MAX_PLATFORM_TOKEN_BYTES, true),
             (at_bound, true),
             (at_bound + 1, false),
         ] {
