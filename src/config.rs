@@ -2019,22 +2019,39 @@ url = "http://127.0.0.1:13000/"
         assert!(e.contains("holds no PEM certificate"), "{e}");
     }
 
-    #[test]
-    fn a_platform_token_is_at_most_16000_bytes_and_other_tokens_are_not_bounded() {
-        let dir = std::env::temp_dir().join(format!("mec-config-long-{}", std::process::id()));
+    /// A fresh directory for token files (`tag` names it), and the configuration file's name.
+    fn token_dir(tag: &str) -> (std::path::PathBuf, String) {
+        let dir = std::env::temp_dir().join(format!("mec-config-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("regions.toml").display().to_string();
-        let server = |name: &str| format!("[server]\ntoken_file = \"{name}\"\n{MINIMAL}");
-        let region =
-            |name: &str| MINIMAL.replace("url = ", &format!("token_file = \"{name}\"\nurl = "));
+        (dir, file)
+    }
+
+    /// The minimal configuration with the northbound `token_file` `name`.
+    fn server_token(name: &str) -> String {
+        format!("[server]\ntoken_file = \"{name}\"\n{MINIMAL}")
+    }
+
+    /// The minimal configuration with region 2's platform `token_file` `name`.
+    fn platform_token(name: &str) -> String {
+        MINIMAL.replace("url = ", &format!("token_file = \"{name}\"\nurl = "))
+    }
+
+    #[test]
+    fn a_platform_token_is_at_most_16000_bytes_and_other_tokens_are_not_bounded() {
+        let (dir, file) = token_dir("long");
         // Surrounding whitespace is not part of the token.
         let at = format!(" {}\n", "t".repeat(MAX_PLATFORM_TOKEN_BYTES));
         std::fs::write(dir.join("at"), at).unwrap();
         std::fs::write(dir.join("past"), "t".repeat(MAX_PLATFORM_TOKEN_BYTES + 1)).unwrap();
-        for text in [server("at"), region("at"), server("past")] {
+        for text in [
+            server_token("at"),
+            platform_token("at"),
+            server_token("past"),
+        ] {
             Config::parse(&text, &file).unwrap();
         }
-        let e = Config::parse(&region("past"), &file)
+        let e = Config::parse(&platform_token("past"), &file)
             .unwrap_err()
             .to_string();
         assert!(
@@ -2048,14 +2065,9 @@ url = "http://127.0.0.1:13000/"
 
     #[test]
     fn tokens_must_be_visible_ascii() {
-        let dir = std::env::temp_dir().join(format!("mec-config-ascii-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("regions.toml").display().to_string();
-        let server = |name: &str| format!("[server]\ntoken_file = \"{name}\"\n{MINIMAL}");
-        let region =
-            |name: &str| MINIMAL.replace("url = ", &format!("token_file = \"{name}\"\nurl = "));
+        let (dir, file) = token_dir("ascii");
         std::fs::write(dir.join("good"), "A-z0~9!._\n").unwrap();
-        for text in [server("good"), region("good")] {
+        for text in [server_token("good"), platform_token("good")] {
             Config::parse(&text, &file).unwrap();
         }
         for (name, content) in [
@@ -2069,8 +2081,8 @@ url = "http://127.0.0.1:13000/"
         ] {
             std::fs::write(dir.join(name), content).unwrap();
             for (text, key) in [
-                (server(name), "[server] token_file"),
-                (region(name), "region '2': mep.token_file"),
+                (server_token(name), "[server] token_file"),
+                (platform_token(name), "region '2': mep.token_file"),
             ] {
                 let e = Config::parse(&text, &file).unwrap_err().to_string();
                 assert!(e.contains(key), "{name}: {e}");
