@@ -955,8 +955,7 @@ impl Service {
             "request {id}: its rules are on another platform than the region's current one"
         );
         for k in (0..record.applied).rev() {
-            let rule = self.rule_of(region, &steps[k]);
-            let _turn = self.turns.remove(rule);
+            let _turn = self.turns.remove(self.rule_of(region, &steps[k]));
             // In place before this request: left as it was. Read under the turn, not from
             // `record`: a release may have handed this request the removal meanwhile.
             if self.store.keeps(id, k) {
@@ -989,8 +988,7 @@ impl Service {
             .map_err(|error| {
                 if error.is_ambiguous() {
                     // Set under the turn: no apply of the rule slips in before it.
-                    self.turns
-                        .removal_may_land(rule, Instant::now() + region.config.mep.settle);
+                    self.removal_may_land(region, &steps[k]);
                 }
                 Undo::Platform {
                     left: k + 1,
