@@ -130,24 +130,26 @@ pub struct ServerConfig {
     pub max_requests: usize,
 }
 
-/// PEM contents of the northbound certificate chain and private key.
+/// The northbound certificate chain (PEM, as read from `tls_cert`) and the rustls server
+/// configuration of it and `tls_key`, built once when the configuration is loaded: that
+/// checks the pair (so that `--check` refuses what the start would), and the server serves
+/// with it. The key is kept only inside the rustls configuration.
 #[derive(Clone)]
 pub struct TlsFiles {
     pub cert_pem: Vec<u8>,
-    pub key_pem: Secret,
+    pub server: Arc<rustls::ServerConfig>,
 }
 
 impl TlsFiles {
-    /// The rustls server configuration of this chain and key (ring provider), or which key is
+    /// The chain `cert_pem` with the private key `key_pem` (ring provider), or which key is
     /// wrong (`tls_cert` or `tls_key`) and what is wrong with it, worded to follow
-    /// "`<key> = '<file>'`". Loading the configuration builds it once to check the pair (so
-    /// that `--check` refuses what the start would), and the server builds it again to serve.
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, (&'static str, String)> {
+    /// "`<key> = '<file>'`".
+    pub fn new(cert_pem: Vec<u8>, key_pem: &str) -> Result<TlsFiles, (&'static str, String)> {
         use rustls_pki_types::pem::PemObject;
         use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| {
                 (
@@ -158,7 +160,7 @@ impl TlsFiles {
         if chain.is_empty() {
             return Err(("tls_cert", "holds no PEM certificate".into()));
         }
-        let key = self.key_pem.expose();
+        let key = key_pem;
         // PKCS#8 `ENCRYPTED PRIVATE KEY`, or OpenSSL's legacy `Proc-Type: 4,ENCRYPTED` header.
         if key.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || key.contains("4,ENCRYPTED") {
             return Err((
@@ -198,7 +200,10 @@ impl TlsFiles {
                 ),
                 e => ("tls_key", format!("cannot be used with tls_cert: {e}")),
             })?;
-        Ok(Arc::new(config))
+        Ok(TlsFiles {
+            cert_pem,
+            server: Arc::new(config),
+        })
     }
 }
 
@@ -206,7 +211,7 @@ impl fmt::Debug for TlsFiles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "TlsFiles {{ cert_pem: {} bytes, key_pem: *** }}",
+            "TlsFiles {{ cert_pem: {} bytes, key: *** }}",
             self.cert_pem.len()
         )
     }
@@ -1028,16 +1033,15 @@ fn tls_files(
                 "PEM certificate",
             )?;
             let key_pem = t.pem(key, "tls_key", "PRIVATE KEY-----", "PEM private key")?;
-            let key_pem = Secret::new(String::from_utf8_lossy(&key_pem).into_owned());
-            let files = TlsFiles { cert_pem, key_pem };
             // The pair is checked here, not first at the listener: a key that does not fit
             // (or is encrypted) is an invalid configuration (exit 2, `--check` says so), not a
             // failed start that systemd would retry forever.
-            if let Err((which, what)) = files.server_config() {
-                let file = if which == "tls_cert" { cert } else { key };
-                return Err(t.error(which, format_args!("= '{file}' {what}")));
-            }
-            Ok(Some(files))
+            TlsFiles::new(cert_pem, &String::from_utf8_lossy(&key_pem))
+                .map(Some)
+                .map_err(|(which, what)| {
+                    let file = if which == "tls_cert" { cert } else { key };
+                    t.error(which, format_args!("= '{file}' {what}"))
+                })
         }
         (Some(_), None) | (None, Some(_)) => Err(t.unpaired("tls_cert", "tls_key", cert.is_some())),
     }
@@ -1902,7 +1906,7 @@ url = "http://127.0.0.1:13000/"
             format!("[server]\ntls_cert = \"cert.pem\"\ntls_key = \"{key}\"\n{MINIMAL}")
         };
         let c = Config::parse(&with("key.pem"), &file).unwrap();
-        assert!(c.server.tls.unwrap().server_config().is_ok());
+        assert!(c.server.tls.is_some());
         let e = Config::parse(&with("other.pem"), &file)
             .unwrap_err()
             .to_string();
@@ -1920,6 +1924,31 @@ url = "http://127.0.0.1:13000/"
             "{e}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_bad_tls_key_is_an_error_naming_tls_key_and_a_bad_chain_one_naming_tls_cert() {
+        let (cert, key, other_key) = crate::util::self_signed();
+        let with = |cert: &str, key: &str| TlsFiles::new(cert.as_bytes().to_vec(), key);
+        assert!(with(&cert, &key).is_ok());
+        for bad in [
+            "-----BEGIN PRIVATE KEY-----\nnot a key!\n-----END PRIVATE KEY-----\n",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            other_key.as_str(),
+            "no PEM at all",
+        ] {
+            let Err((which, what)) = with(&cert, bad) else {
+                panic!("accepted {bad}");
+            };
+            assert_eq!(which, "tls_key", "{what}");
+        }
+        let Err((which, what)) = with(
+            "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
+            &key,
+        ) else {
+            panic!("accepted");
+        };
+        assert_eq!(which, "tls_cert", "{what}");
     }
 
     /// Review 3, M3: `--check` passed a `state_dir` whose parent is missing, or a regular

@@ -147,8 +147,8 @@ pub struct Options {
     pub max_connections: usize,
     /// Spelling of the problem responses this module builds.
     pub api_style: ApiStyle,
-    /// Certificate chain and key: when set, the listener speaks HTTPS only; checked by
-    /// [`Server::start`].
+    /// Certificate chain and its rustls configuration (checked when the configuration was
+    /// loaded): when set, the listener speaks HTTPS only.
     pub tls: Option<TlsFiles>,
 }
 
@@ -454,13 +454,12 @@ enum News {
 
 impl Server {
     /// Binds, starts the I/O loops and `workers` handler threads; returns once listening. With
-    /// [`Options::tls`], the certificate chain and key are checked first: an unusable one is an
-    /// `InvalidInput` error naming `tls_cert` or `tls_key`.
+    /// [`Options::tls`], it speaks HTTPS with the rustls configuration built (and its chain
+    /// and key checked) when the configuration was loaded.
     pub fn start(options: Options, handler: Handler) -> io::Result<Server> {
         let workers = options.workers.max(1);
         let read_timeout = options.read_timeout.max(MIN_TIMEOUT);
-        // Before binding: a certificate or key problem is reported without ever listening.
-        let tls_config = options.tls.as_ref().map(tls_config).transpose()?;
+        let tls_config = options.tls.as_ref().map(|tls| Arc::clone(&tls.server));
         let tls = tls_config.is_some();
         let listener = TcpListener::bind(options.listen)?;
         // Listening again on a listening socket only changes its backlog (Linux). Best effort.
@@ -622,21 +621,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop(Duration::ZERO);
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// TLS
-
-/// The rustls configuration of `tls` ([`TlsFiles::server_config`]); a chain or key that
-/// cannot be used (which the configuration's loading has refused already) is an
-/// `InvalidInput` error naming `tls_cert` or `tls_key`.
-fn tls_config(tls: &TlsFiles) -> io::Result<Arc<rustls::ServerConfig>> {
-    tls.server_config()
-        .map_err(|(key, what)| bad_tls(format!("[server] {key} {what}")))
-}
-
-fn bad_tls(message: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, message)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2810,36 +2794,6 @@ mod tests {
         assert_eq!(o.max_body_bytes, c.max_body_bytes);
         assert_eq!(o.api_style, c.api_style);
         assert!(o.tls.is_none());
-    }
-
-    fn tls_files(cert_pem: &str, key_pem: &str) -> TlsFiles {
-        TlsFiles {
-            cert_pem: cert_pem.as_bytes().to_vec(),
-            key_pem: crate::config::Secret::new(key_pem.to_string()),
-        }
-    }
-
-    #[test]
-    fn a_certificate_with_its_key_makes_a_tls_config_and_a_bad_key_is_an_error_naming_tls_key() {
-        let (cert, key, other_key) = crate::util::self_signed();
-        assert!(tls_config(&tls_files(&cert, &key)).is_ok());
-
-        for key in [
-            "-----BEGIN PRIVATE KEY-----\nnot a key!\n-----END PRIVATE KEY-----\n",
-            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
-            other_key.as_str(),
-            "no PEM at all",
-        ] {
-            let e = tls_config(&tls_files(&cert, key)).unwrap_err();
-            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
-            assert!(e.to_string().contains("tls_key"), "{e}");
-        }
-        let e = tls_config(&tls_files(
-            "-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n",
-            &key,
-        ))
-        .unwrap_err();
-        assert!(e.to_string().contains("tls_cert"), "{e}");
     }
 
     #[test]
