@@ -1347,10 +1347,10 @@ fn full_listing_server_time(options: &Options, goals: &mut Vec<String>) {
     for _ in 0..20 {
         let t = Instant::now();
         let response = api.handle(&request);
-        // The listing is streamed: its body is written (here into memory) as a worker does.
+        // The listing is streamed: its body is written (here into memory) as the I/O loop does.
         let mut body = response.body;
-        if let Some(write) = response.stream.as_ref().and_then(|s| s.take()) {
-            write(&mut body).expect("the listing is written");
+        if let Some(stream) = response.stream.as_ref().and_then(|s| s.take()) {
+            stream.write_to(&mut body).expect("the listing is written");
         }
         times.push(t.elapsed());
         assert_eq!(response.status, 200);

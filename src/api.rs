@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::cluster::Cluster;
 use crate::config::Secret;
 use crate::error::ApiError;
-use crate::http::{Request, Response};
+use crate::http::{BodySource, Request, Response, StreamBody};
 use crate::leader::Role;
 use crate::model::{self, ApiStyle, CreationRequest, Status};
 use crate::server::RequestHandler;
@@ -745,40 +745,77 @@ fn listing(
         )),
         _ => None,
     };
-    let records = page.records;
-    // Streamed record by record from the pointers taken under the lock: a listing holds one
-    // record's view at a time, whatever its length. A stored request that cannot be read (a
-    // bug) cuts the connection, since the status line is already out.
-    let response = Response::stream(200, crate::http::JSON, move |out| {
-        write_listing(out, &records, style)
-    });
+    // Pulled record by record by the I/O loop from the pointers taken under the lock, as the
+    // client reads: a listing holds one piece of its views at a time, whatever its length,
+    // and no worker waits on a client slow to read it. A stored request that cannot be read
+    // (a bug) cuts the connection, since the status line is already out.
+    let response = Response::pull(200, crate::http::JSON, Listing::new(page.records, style));
     Ok(match next {
         Some(link) => response.with_header("Link", link),
         None => response,
     })
 }
 
-/// Writes the JSON array of `records` (views in `style`) to `out` record by record: only one
-/// record's view is in memory at a time, whatever the length of the listing. A stored request
-/// that cannot be read (a bug) stops it with an error, after what was written so far.
+/// A listing's body: the JSON array of `records` (views in `style`), made a piece at a time
+/// (see [`BodySource`]).
+pub struct Listing {
+    records: Vec<Arc<Record>>,
+    /// The next record to write; `None` before the opening bracket.
+    next: Option<usize>,
+    style: ApiStyle,
+    identity: [String; 2],
+}
+
+impl Listing {
+    pub fn new(records: Vec<Arc<Record>>, style: ApiStyle) -> Self {
+        Listing {
+            records,
+            next: None,
+            style,
+            identity: identity(style),
+        }
+    }
+}
+
+impl BodySource for Listing {
+    fn fill(&mut self, out: &mut Vec<u8>, want: usize) -> io::Result<bool> {
+        let mut i = match self.next {
+            Some(i) => i,
+            None => {
+                out.push(b'[');
+                0
+            }
+        };
+        let goal = out.len() + want;
+        while out.len() < goal {
+            let Some(record) = self.records.get(i) else {
+                out.push(b']');
+                self.next = Some(i);
+                return Ok(false);
+            };
+            if i > 0 {
+                out.push(b',');
+            }
+            if self.style.may_rename(&record.request) {
+                write_record_view(out, record, self.style)?;
+            } else {
+                write_record_as_stored(out, record, [&self.identity[0], &self.identity[1]])?;
+            }
+            i += 1;
+        }
+        self.next = Some(i);
+        Ok(true)
+    }
+}
+
+/// Writes the JSON array of `records` (views in `style`) to `out`, as a [`Listing`] pulled to
+/// its end.
 pub fn write_listing(
     out: &mut dyn Write,
     records: &[Arc<Record>],
     style: ApiStyle,
 ) -> io::Result<()> {
-    let identity = identity(style);
-    out.write_all(b"[")?;
-    for (i, record) in records.iter().enumerate() {
-        if i > 0 {
-            out.write_all(b",")?;
-        }
-        if style.may_rename(&record.request) {
-            write_record_view(out, record, style)?;
-        } else {
-            write_record_as_stored(out, record, [&identity[0], &identity[1]])?;
-        }
-    }
-    out.write_all(b"]")
+    StreamBody::Pull(Box::new(Listing::new(records.to_vec(), style))).write_to(out)
 }
 
 /// `{"RequestId":` and `,"RegionId":` in `style`, what [`write_record_as_stored`] writes

@@ -90,20 +90,64 @@ pub struct Response {
     pub stream: Option<BodyStream>,
 }
 
-/// What writes a streamed body: called once, on the request worker, with a writer that
-/// forwards each piece to the connection. The writer blocks while the client is slow to read
-/// and fails once the client read nothing for `read_timeout` or went away; the function should
-/// then return that error (the connection is closed, so the client sees an incomplete body).
+/// What writes a pushed body ([`Response::stream`]): called once, on the request worker, with
+/// a writer that forwards each piece to the connection. The writer blocks while the client is
+/// slow to read and fails once the client read nothing for `read_timeout` or went away; the
+/// function should then return that error (the connection is closed, so the client sees an
+/// incomplete body). For bodies that must wait on something else than the client (a peer's
+/// answer relayed as it comes); a body made from memory is a [`BodySource`] instead.
 pub type StreamFn = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
+
+/// A pulled body ([`Response::pull`]): made piece by piece by the I/O loop itself, each time
+/// the connection has sent the previous piece, so that no request worker waits on a slow
+/// client. `fill` runs on a thread that serves many connections: it must be quick and never
+/// block or take a lock a slow operation may hold (it formats what it already holds).
+pub trait BodySource: Send {
+    /// Appends the next part of the body to `out`, about `want` bytes (one item more at
+    /// most); returns `Ok(false)` once the body is complete (with or without a last part). An
+    /// error ends the body there, and the connection is closed.
+    fn fill(&mut self, out: &mut Vec<u8>, want: usize) -> io::Result<bool>;
+}
+
+/// How a streamed body is made (see [`Response::stream`] and [`Response::pull`]).
+pub enum StreamBody {
+    Push(StreamFn),
+    Pull(Box<dyn BodySource>),
+}
+
+impl StreamBody {
+    /// Writes the whole body to `out` (what the tests and in-process callers need).
+    pub fn write_to(self, out: &mut dyn Write) -> io::Result<()> {
+        match self {
+            StreamBody::Push(write) => write(out),
+            StreamBody::Pull(mut source) => {
+                let mut piece = Vec::new();
+                loop {
+                    piece.clear();
+                    let more = source.fill(&mut piece, 16 * 1024)?;
+                    out.write_all(&piece)?;
+                    if !more {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// A streamed body (see [`Response::stream`]); taken by the server when it writes it.
 #[derive(Clone)]
-pub struct BodyStream(Arc<Mutex<Option<StreamFn>>>);
+pub struct BodyStream(Arc<Mutex<Option<StreamBody>>>);
 
 impl BodyStream {
-    /// The writing function, once (`None` if it was already taken).
-    pub fn take(&self) -> Option<StreamFn> {
+    /// The body, once (`None` if it was already taken).
+    pub fn take(&self) -> Option<StreamBody> {
         crate::util::lock(&self.0).take()
+    }
+
+    /// Whether the body is pulled by the I/O loop (`false` once taken).
+    pub fn is_pulled(&self) -> bool {
+        matches!(*crate::util::lock(&self.0), Some(StreamBody::Pull(_)))
     }
 }
 
@@ -139,19 +183,34 @@ impl Response {
         }
     }
 
-    /// A response whose body `write` produces piece by piece (see [`BodyStream`]), e.g. a
-    /// long listing written record by record without holding it all in memory.
+    /// A response whose body `write` pushes piece by piece from the request worker (see
+    /// [`StreamFn`]): a peer's answer relayed as it comes.
     pub fn stream(
         status: u16,
         content_type: &'static str,
         write: impl FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'static,
     ) -> Self {
+        Self::streamed(status, content_type, StreamBody::Push(Box::new(write)))
+    }
+
+    /// A response whose body the I/O loop pulls from `source` as the client reads (see
+    /// [`BodySource`]), e.g. a long listing written record by record without holding it all
+    /// in memory and without a worker waiting on the client.
+    pub fn pull(
+        status: u16,
+        content_type: &'static str,
+        source: impl BodySource + 'static,
+    ) -> Self {
+        Self::streamed(status, content_type, StreamBody::Pull(Box::new(source)))
+    }
+
+    fn streamed(status: u16, content_type: &'static str, body: StreamBody) -> Self {
         Response {
             status,
             content_type,
             headers: Vec::new(),
             body: Vec::new(),
-            stream: Some(BodyStream(Arc::new(Mutex::new(Some(Box::new(write)))))),
+            stream: Some(BodyStream(Arc::new(Mutex::new(Some(body))))),
         }
     }
 

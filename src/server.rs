@@ -62,10 +62,13 @@
 //! (100 ms doubling to 1 s) while the open connections are still served. The listen backlog is
 //! raised to [`LISTEN_BACKLOG`] (capped by `net.core.somaxconn`).
 //!
-//! **Streamed bodies.** A [`Response::stream`] body is produced on the worker through a
-//! bounded pipe ([`PIPE_BYTES`] in flight): the worker blocks while the client is slow and its
-//! writer fails once the client read nothing for `read_timeout` or went away, so a stream holds
-//! its worker for at most that long past the client's last read.
+//! **Streamed bodies.** A [`Response::pull`] body (a listing) is made by the I/O loop itself,
+//! a piece of [`PIPE_PIECE`] bytes each time the connection sent the last one, so no worker
+//! waits on a client slow to read it; a client that reads nothing for `read_timeout` is cut. A
+//! [`Response::stream`] body (a peer's answer relayed as it comes) is produced on the worker
+//! through a bounded pipe ([`PIPE_BYTES`] in flight): the worker blocks while the client is
+//! slow and its writer fails once the client read nothing for `read_timeout` or went away, so
+//! such a stream holds its worker for at most that long past the client's last read.
 //!
 //! **TLS.** With [`Options::tls`] the listener speaks HTTPS only: each connection carries a
 //! rustls server connection (ring provider) driven by the same loop, so a handshake costs no
@@ -95,7 +98,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::config::{ServerConfig, TlsFiles};
 use crate::error::ApiError;
-use crate::http::{Request, Response, StreamFn};
+use crate::http::{BodySource, Request, Response, StreamBody, StreamFn};
 use crate::http1::{self, BodyLength, ChunkedDecoder, Framing, Head, HeadError, Limits};
 use crate::model::ApiStyle;
 use crate::util::{lock, wait};
@@ -409,7 +412,7 @@ impl Shared {
                     token: job.token,
                     serial: job.serial,
                     out: render(&response, job.head_only, true),
-                    pipe: None,
+                    body: None,
                     close: true,
                 },
             );
@@ -442,7 +445,7 @@ enum News {
         token: Token,
         serial: u64,
         out: Vec<u8>,
-        pipe: Option<Arc<Pipe>>,
+        body: Option<Outgoing>,
         close: bool,
     },
     /// A streamed body has more to write, or ended.
@@ -652,7 +655,7 @@ fn worker_loop(shared: &Arc<Shared>) {
                     token,
                     serial,
                     out,
-                    pipe: None,
+                    body: None,
                     close: true,
                 },
             );
@@ -661,7 +664,8 @@ fn worker_loop(shared: &Arc<Shared>) {
 }
 
 /// Calls the handler for one complete request and hands the response to the I/O loop; a
-/// streamed body is then written through its pipe.
+/// pushed body is then written through its pipe (a pulled one goes to the I/O loop with the
+/// head, and the worker is free at once).
 fn serve(shared: &Arc<Shared>, mut job: Job) {
     let mut response = match job.response.take() {
         Some(response) => response,
@@ -669,33 +673,77 @@ fn serve(shared: &Arc<Shared>, mut job: Job) {
     };
     answered(shared, &job.request, response.status, job.started);
     let close = job.close || shared.stopping();
-    let respond = |out, pipe, close| {
+    let respond = |out, body, close| {
         shared.tell(
             job.io,
             News::Response {
                 token: job.token,
                 serial: job.serial,
                 out,
-                pipe,
+                body,
                 close,
             },
         )
     };
-    let stream = response.stream.take().and_then(|s| s.take());
-    let Some(stream) = stream else {
+    let Some(streamed) = start_stream(&mut response, job.head_only, job.http10, close) else {
         respond(render(&response, job.head_only, close), None, close);
         return;
     };
+    let Streamed {
+        head,
+        body,
+        chunked,
+        close,
+    } = streamed;
+    match body {
+        None => respond(head, None, close),
+        Some(StreamBody::Pull(source)) => respond(
+            head,
+            Some(Outgoing::pulled(source, chunked, &job.request)),
+            close,
+        ),
+        Some(StreamBody::Push(write)) => {
+            let pipe = Arc::new(Pipe::new(
+                job.io,
+                job.token,
+                job.serial,
+                shared.read_timeout,
+            ));
+            respond(head, Some(Outgoing::Pipe(Arc::clone(&pipe))), close);
+            write_stream(shared, &pipe, write, chunked, &job);
+        }
+    }
+}
+
+/// A response with a streamed body, ready to go out.
+struct Streamed {
+    head: Vec<u8>,
+    /// `None` for `HEAD`.
+    body: Option<StreamBody>,
+    /// Chunked (HTTP/1.1) rather than delimited by the end of the connection (HTTP/1.0).
+    chunked: bool,
+    /// Whether the connection closes after it.
+    close: bool,
+}
+
+/// Takes the streamed body of `response` and writes its head; `None` for a body known in full.
+fn start_stream(
+    response: &mut Response,
+    head_only: bool,
+    http10: bool,
+    close: bool,
+) -> Option<Streamed> {
+    let body = response.stream.take().and_then(|s| s.take())?;
     // HTTP/1.0 first: no Transfer-Encoding in a response to it, HEAD included (RFC 9112 §6.1).
-    let length = if job.http10 {
+    let length = if http10 {
         BodyLength::UntilClose
     } else {
         BodyLength::Chunked
     };
     let close = close || length == BodyLength::UntilClose;
-    let mut out = Vec::with_capacity(256);
+    let mut head = Vec::with_capacity(256);
     http1::write_head(
-        &mut out,
+        &mut head,
         response.status,
         response.content_type,
         &response.headers,
@@ -703,18 +751,12 @@ fn serve(shared: &Arc<Shared>, mut job: Job) {
         close,
         &http_date(),
     );
-    if job.head_only {
-        respond(out, None, close);
-        return;
-    }
-    let pipe = Arc::new(Pipe::new(
-        job.io,
-        job.token,
-        job.serial,
-        shared.read_timeout,
-    ));
-    respond(out, Some(Arc::clone(&pipe)), close);
-    write_stream(shared, &pipe, stream, length == BodyLength::Chunked, &job);
+    Some(Streamed {
+        head,
+        body: (!head_only).then_some(body),
+        chunked: length == BodyLength::Chunked,
+        close,
+    })
 }
 
 fn write_stream(
@@ -1026,6 +1068,104 @@ impl Write for PipeWriter<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Streamed bodies as the connection sends them
+
+/// The streamed body of the response being written on a connection.
+enum Outgoing {
+    /// Pushed by a worker through a pipe.
+    Pipe(Arc<Pipe>),
+    /// Pulled by the I/O loop.
+    Pull(Pulled),
+}
+
+/// A [`BodySource`] the I/O loop pulls a piece from each time the connection sent the last.
+struct Pulled {
+    source: Box<dyn BodySource>,
+    chunked: bool,
+    /// `Some(true)` once the body is complete, `Some(false)` once it failed.
+    ended: Option<bool>,
+    /// `METHOD target` of the request, for the log line of a failure.
+    what: String,
+}
+
+impl Outgoing {
+    fn pulled(source: Box<dyn BodySource>, chunked: bool, request: &Request) -> Self {
+        Outgoing::Pull(Pulled {
+            source,
+            chunked,
+            ended: None,
+            what: format!("{} {}", request.method, http1::log_target(request.path())),
+        })
+    }
+
+    /// The next piece to send, if there is one now.
+    fn take(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Outgoing::Pipe(pipe) => pipe.take(),
+            Outgoing::Pull(pulled) => pulled.next_piece(),
+        }
+    }
+
+    /// `Some(ok)` once the whole body was taken (`ok`: complete).
+    fn ended(&self) -> Option<bool> {
+        match self {
+            Outgoing::Pipe(pipe) => pipe.ended(),
+            Outgoing::Pull(pulled) => pulled.ended,
+        }
+    }
+
+    /// The connection went away, or will not take the body.
+    fn close(&self) {
+        if let Outgoing::Pipe(pipe) = self {
+            pipe.close();
+        }
+    }
+}
+
+impl Pulled {
+    /// Makes the next piece ([`PIPE_PIECE`] bytes or so, a chunk of the chunked coding for
+    /// HTTP/1.1, the last chunk after the body's end). A failure, or a panic of the source,
+    /// ends the body there: the connection is then closed.
+    fn next_piece(&mut self) -> Option<Vec<u8>> {
+        if self.ended.is_some() {
+            return None;
+        }
+        let mut data = Vec::with_capacity(PIPE_PIECE + 1024);
+        let source = &mut self.source;
+        let filled = panic::catch_unwind(AssertUnwindSafe(|| source.fill(&mut data, PIPE_PIECE)));
+        let more = match filled {
+            Ok(Ok(more)) => more,
+            Ok(Err(e)) => {
+                debug!("{}: streamed body not delivered: {e}", self.what);
+                self.ended = Some(false);
+                return None;
+            }
+            Err(_) => {
+                log::error!("streamed body of {} panicked", self.what);
+                self.ended = Some(false);
+                return None;
+            }
+        };
+        if !more {
+            self.ended = Some(true);
+        }
+        if !self.chunked {
+            return Some(data);
+        }
+        let mut piece = Vec::with_capacity(data.len() + 16);
+        if !data.is_empty() {
+            piece.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            piece.extend_from_slice(&data);
+            piece.extend_from_slice(b"\r\n");
+        }
+        if !more {
+            piece.extend_from_slice(b"0\r\n\r\n");
+        }
+        Some(piece)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The I/O loop
 
 /// Where a connection is in its current exchange. (One per connection: the size of the body
@@ -1044,10 +1184,7 @@ enum Phase {
     /// The request is with a worker.
     Waiting,
     /// Writing a response; then closing or reading the next request.
-    Writing {
-        pipe: Option<Arc<Pipe>>,
-        close: bool,
-    },
+    Writing { body: Option<Outgoing>, close: bool },
     /// Sending side shut: discarding input until the client closes or the deadline.
     Lingering { discarded: usize },
 }
@@ -1453,10 +1590,10 @@ impl IoLoop {
             return;
         };
         if let Phase::Writing {
-            pipe: Some(pipe), ..
+            body: Some(body), ..
         } = &conn.phase
         {
-            pipe.close();
+            body.close();
         }
         let _ = self.poll.registry().deregister(&mut conn.sock);
         if conn.overflow {
@@ -1538,23 +1675,23 @@ impl IoLoop {
                     token,
                     serial,
                     out,
-                    pipe,
+                    body,
                     close,
                 } => {
                     let Some(conn) = self.conn(token) else {
-                        if let Some(pipe) = pipe {
-                            pipe.close();
+                        if let Some(body) = body {
+                            body.close();
                         }
                         continue;
                     };
                     if conn.serial != serial || !matches!(conn.phase, Phase::Waiting) {
-                        if let Some(pipe) = pipe {
-                            pipe.close();
+                        if let Some(body) = body {
+                            body.close();
                         }
                         continue;
                     }
                     conn.out.extend_from_slice(&out);
-                    conn.phase = Phase::Writing { pipe, close };
+                    conn.phase = Phase::Writing { body, close };
                     self.set_deadline(token, self.shared.read_timeout);
                     self.drive(token);
                 }
@@ -1619,16 +1756,16 @@ impl IoLoop {
         let Some(conn) = self.conn(token) else {
             return false;
         };
-        let Phase::Writing {
-            pipe: Some(pipe), ..
-        } = &conn.phase
-        else {
-            return false;
-        };
         if conn.out_pos < conn.out.len() {
             return false;
         }
-        let Some(piece) = pipe.take() else {
+        let Phase::Writing {
+            body: Some(body), ..
+        } = &mut conn.phase
+        else {
+            return false;
+        };
+        let Some(piece) = body.take() else {
             return false;
         };
         conn.out.clear();
@@ -1649,7 +1786,7 @@ impl IoLoop {
         let Some(conn) = self.conn(token) else {
             return false;
         };
-        let Phase::Writing { pipe, close } = &conn.phase else {
+        let Phase::Writing { body, close } = &conn.phase else {
             return false;
         };
         let written = conn.out_pos >= conn.out.len() && !tls_wants_write(conn);
@@ -1657,8 +1794,8 @@ impl IoLoop {
             return false;
         }
         let mut close = *close;
-        if let Some(pipe) = pipe {
-            match pipe.ended() {
+        if let Some(body) = body {
+            match body.ended() {
                 None => {
                     // Waiting for the worker, not the client: no deadline.
                     conn.deadline = None;
@@ -1992,7 +2129,7 @@ impl IoLoop {
         let read_timeout = self.shared.read_timeout;
         let Some(conn) = self.conn(token) else { return };
         conn.out.extend_from_slice(&out);
-        conn.phase = Phase::Writing { pipe: None, close };
+        conn.phase = Phase::Writing { body: None, close };
         self.set_deadline(token, read_timeout);
     }
 }
@@ -2280,6 +2417,37 @@ mod tests {
         })
     }
 
+    /// Lines of [`streaming`], pulled by the I/O loop; panics at line `panic_at`.
+    struct Lines {
+        next: usize,
+        pieces: usize,
+        panic_at: Option<usize>,
+    }
+
+    impl BodySource for Lines {
+        fn fill(&mut self, out: &mut Vec<u8>, want: usize) -> io::Result<bool> {
+            let goal = out.len() + want;
+            while out.len() < goal && self.next < self.pieces {
+                assert_ne!(Some(self.next), self.panic_at, "a bug in a body source");
+                writeln!(out, "{:04}{}", self.next, "x".repeat(1019))?;
+                self.next += 1;
+            }
+            Ok(self.next < self.pieces)
+        }
+    }
+
+    /// What [`streaming`] sends, as a pulled body.
+    fn pulling(pieces: usize) -> Handler {
+        Arc::new(move |_: &Request| {
+            let lines = Lines {
+                next: 0,
+                pieces,
+                panic_at: None,
+            };
+            Response::pull(200, crate::http::JSON, lines)
+        })
+    }
+
     fn expected_lines(pieces: usize) -> String {
         (0..pieces)
             .map(|i| format!("{i:04}{}\n", "x".repeat(1019)))
@@ -2306,9 +2474,15 @@ mod tests {
 
     #[test]
     fn a_streamed_body_arrives_intact_in_chunks_over_http_1_1() {
-        let server = Server::start(options(1), streaming(100)).unwrap();
+        for handler in [streaming(100), pulling(100)] {
+            let server = Server::start(options(1), handler).unwrap();
+            a_body_of_100_lines_arrives_intact(&server);
+        }
+    }
+
+    fn a_body_of_100_lines_arrives_intact(server: &Server) {
         let text = exchange(
-            &server,
+            server,
             b"GET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
         );
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
@@ -2324,15 +2498,93 @@ mod tests {
     }
 
     #[test]
+    fn a_pulled_body_whose_client_reads_nothing_holds_no_worker_and_is_cut_at_the_bound() {
+        let mut o = options(1);
+        o.read_timeout = Duration::from_millis(1500);
+        let huge = pulling(1_000_000);
+        let handler: Handler = Arc::new(move |r: &Request| {
+            if r.path() == "/ok" {
+                return Response::json(200, b"{}".to_vec());
+            }
+            huge.handle(r)
+        });
+        let server = Server::start(o, handler).unwrap();
+        let mut stuck = Vec::new();
+        for _ in 0..4 {
+            let mut s = connect(&server);
+            s.write_all(b"GET /huge HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            stuck.push(s);
+        }
+        // Four clients that read nothing of a 1 GB body, and the only worker is free: the next
+        // request is answered while they still hold their connections.
+        thread::sleep(Duration::from_millis(200));
+        let asked = Instant::now();
+        let mut s = connect(&server);
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        assert!(read_all(s).starts_with("HTTP/1.1 200 OK"));
+        assert!(
+            asked.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            asked.elapsed()
+        );
+        // ... and each is cut once it read nothing for read_timeout, the body unfinished.
+        thread::sleep(Duration::from_millis(2000));
+        for mut s in stuck {
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+            assert!(got.len() < 100_000_000, "{} bytes", got.len());
+            assert!(!got.ends_with(b"0\r\n\r\n"), "cut, not ended");
+        }
+    }
+
+    #[test]
+    fn a_pulled_body_that_panics_cuts_its_connection_and_the_server_goes_on() {
+        let handler: Handler = Arc::new(move |r: &Request| {
+            if r.path() == "/ok" {
+                return Response::json(200, b"{}".to_vec());
+            }
+            let lines = Lines {
+                next: 0,
+                pieces: 100,
+                panic_at: Some(50),
+            };
+            Response::pull(200, crate::http::JSON, lines)
+        });
+        let server = Server::start(options(1), handler).unwrap();
+        let text = exchange(&server, b"GET /bad HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:.80}");
+        // Pieces of 16 lines: those made before the panic are sent.
+        assert!(text.contains("0031x"), "{text:.80}");
+        assert!(
+            !text.contains("0050x") && !text.ends_with("0\r\n\r\n"),
+            "then cut"
+        );
+        let text = exchange(
+            &server,
+            b"GET /ok HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    }
+
+    #[test]
     fn a_streamed_body_to_http_1_0_ends_with_the_connection_and_head_gets_none() {
-        let server = Server::start(options(1), streaming(20)).unwrap();
-        let text = exchange(&server, b"GET /list HTTP/1.0\r\n\r\n");
+        for handler in [streaming(20), pulling(20)] {
+            let server = Server::start(options(1), handler).unwrap();
+            a_body_to_http_1_0_ends_with_the_connection_and_head_gets_none(&server);
+        }
+    }
+
+    fn a_body_to_http_1_0_ends_with_the_connection_and_head_gets_none(server: &Server) {
+        let text = exchange(server, b"GET /list HTTP/1.0\r\n\r\n");
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("Connection: close"), "{head}");
         assert!(!head.contains("Transfer-Encoding"), "{head}");
         assert_eq!(body, expected_lines(20));
 
-        let text = exchange(&server, b"HEAD /list HTTP/1.1\r\nHost: t\r\n\r\nGET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let text = exchange(server, b"HEAD /list HTTP/1.1\r\nHost: t\r\n\r\nGET /list HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
         let (head, rest) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains("Transfer-Encoding: chunked"), "{head}");
         // The HEAD answer has no body: the GET answer follows at once.
@@ -2342,12 +2594,14 @@ mod tests {
     #[test]
     fn a_head_request_over_http_1_0_to_a_stream_gets_no_transfer_encoding() {
         // RFC 9112 §6.1: no Transfer-Encoding in a response to an HTTP/1.0 request.
-        let server = Server::start(options(1), streaming(3)).unwrap();
-        let text = exchange(&server, b"HEAD /list HTTP/1.0\r\n\r\n");
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-        assert!(text.contains("Connection: close"), "{text}");
-        assert!(!text.contains("Transfer-Encoding"), "{text}");
-        assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
+        for handler in [streaming(3), pulling(3)] {
+            let server = Server::start(options(1), handler).unwrap();
+            let text = exchange(&server, b"HEAD /list HTTP/1.0\r\n\r\n");
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            assert!(text.contains("Connection: close"), "{text}");
+            assert!(!text.contains("Transfer-Encoding"), "{text}");
+            assert!(text.ends_with("\r\n\r\n"), "no body: {text}");
+        }
     }
 
     #[test]

@@ -593,6 +593,87 @@ fn clients_that_never_read_hold_no_worker_and_no_memory() {
     );
 }
 
+/// A POST of `body` on its own connection; its response.
+fn post(addr: SocketAddr, body: &str) -> RawResponse {
+    let (mut responses, _) = send_and_collect(
+        addr,
+        format!(
+            "POST {REQUESTS} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+        false,
+        5000 * MS,
+    );
+    responses.remove(0)
+}
+
+/// Found by an audit: a listing was written by the worker that made it, through a pipe of
+/// 64 KiB, so a client that read nothing of a long one held that worker for `read_timeout`,
+/// and waves of such clients kept every worker, `/healthz` included, waiting. The I/O loop
+/// now pulls the listing from the records as the client reads, and the worker is free as soon
+/// as the records are picked.
+#[test]
+fn clients_that_never_read_a_long_listing_hold_no_worker() {
+    let plugin = Child::start("no-listing-reader", "workers = 2\nread_timeout_ms = 3000\n");
+    let addr = plugin.addr;
+    // 200 requests of 150 DNS rules each with a 200-byte name: a listing of about 8 MB, more
+    // than the sockets of a client that reads nothing take in (up to 4 MB on the sending side
+    // here, `net.ipv4.tcp_wmem`).
+    for n in 0..200 {
+        let rules: Vec<String> = (0..150)
+            .map(|i| {
+                format!(
+                    r#"{{"dnsRuleId":"d{i}","domainName":"{label}.{label}.{label}.r{n}-{i}.example.org","ipAddressType":"IP_V4","ipAddress":"10.0.0.1","ttl":60}}"#,
+                    label = "a".repeat(60)
+                )
+            })
+            .collect();
+        let body = format!(r#"{{"RegionId":"2","appDNSRule":[{}]}}"#, rules.join(","));
+        let created = post(addr, &body);
+        assert_eq!(created.status, 201, "{}", show(&created));
+    }
+    let listing = get(addr, REQUESTS);
+    assert_eq!(listing.status, 200);
+    assert!(
+        listing.body.len() > 7_000_000,
+        "{} bytes",
+        listing.body.len()
+    );
+
+    // Eight clients ask for the listing and read nothing.
+    let ask = format!("GET {REQUESTS} HTTP/1.1\r\nHost: t\r\n\r\n");
+    let stuck: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = connect(addr);
+            s.write_all(ask.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    thread::sleep(300 * MS);
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    let mut probes = 0;
+    while started.elapsed() < Duration::from_secs(2) && probes < 100 {
+        let sent = Instant::now();
+        assert_eq!(get_within(addr, "/healthz", 5000 * MS).status, 200);
+        slowest = slowest.max(sent.elapsed());
+        probes += 1;
+        thread::sleep(20 * MS);
+    }
+    let sent = Instant::now();
+    let one = get_within(addr, &format!("{REQUESTS}?limit=1"), 5000 * MS);
+    assert_eq!(one.status, 200);
+    slowest = slowest.max(sent.elapsed());
+    eprintln!("{probes} probes, slowest answer {slowest:?} while 8 clients read no listing");
+    // Each worker held for read_timeout (3 s) would show here as seconds.
+    assert!(
+        slowest < 1000 * MS,
+        "an answer took {slowest:?} while 8 clients read no listing"
+    );
+    drop(stuck);
+}
+
 /// Row 3, many at once: 400 connections trickle their heads (a byte each per 200 ms, 2,000
 /// bytes a second in all, under `read_timeout_ms = 30000`) while `/healthz` keeps p99 ≤ 100 ms.
 #[test]
