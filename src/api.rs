@@ -117,6 +117,11 @@ impl RequestHandler for Api {
         admit_with(self.token.as_ref(), self.style, head)
     }
 
+    /// Creations and deletions: they call platforms, so they may wait up to their timeouts.
+    fn is_slow(&self, request: &Request) -> bool {
+        calls_platforms(request)
+    }
+
     /// Counts an answered request in the metrics, under its route's template (`other` for a
     /// path that is no route), whoever answered it.
     fn answered(&self, request: &Request, status: u16, took: Duration) {
@@ -150,6 +155,16 @@ fn handle_with(
         },
     }
     .to_response(style)
+}
+
+/// The requests that call platforms (a creation, a deletion): the server runs at most
+/// [`crate::server::slow_workers`] of them at once, so that the other requests are answered
+/// while a platform hangs.
+fn calls_platforms(request: &Request) -> bool {
+    matches!(
+        (request.method.as_str(), route(request.path())),
+        ("POST", Some(Route::Requests)) | ("DELETE", Some(Route::Request(_)))
+    )
 }
 
 /// The routes answered from the configuration alone, on the I/O thread: the regions (by
@@ -224,6 +239,11 @@ impl RequestHandler for ClusterApi {
 
     fn admit(&self, head: &Request) -> Option<Response> {
         admit_with(self.token.as_ref(), self.style, head)
+    }
+
+    /// As [`Api`]'s (a follower forwards these to its leader, which calls the platforms).
+    fn is_slow(&self, request: &Request) -> bool {
+        calls_platforms(request)
     }
 
     fn answered(&self, request: &Request, status: u16, took: Duration) {

@@ -206,6 +206,15 @@ pub trait RequestHandler: Send + Sync {
         None
     }
 
+    /// Whether answering `request` may wait long on a peer (a platform): such requests are
+    /// run by at most [`slow_workers`] workers at once, so that the others stay free for the
+    /// rest (reads, `/healthz`, `/metrics`) while a peer hangs. Runs on the I/O thread, on a
+    /// complete request: it must be quick.
+    fn is_slow(&self, request: &Request) -> bool {
+        let _ = request;
+        false
+    }
+
     /// Called exactly once for every request answered, just before its response is written:
     /// those [`handle`](Self::handle) answered and those the server answered itself (refusals,
     /// whose `request.body` is then empty and whose method and target are `-` when the head
@@ -291,8 +300,10 @@ struct Shared {
     max_connections: usize,
     local_addr: SocketAddr,
     /// Complete requests waiting for a worker.
-    jobs: Mutex<VecDeque<Job>>,
+    jobs: Mutex<Jobs>,
     job_ready: Condvar,
+    /// Most workers running slow requests ([`RequestHandler::is_slow`]) at once.
+    slow_workers: usize,
     /// The I/O loops' mailboxes, by loop number.
     loops: Vec<Mailbox>,
     /// Connections served (by all the loops; the 503 refusals past the limit not counted).
@@ -330,8 +341,9 @@ impl Shared {
             idle_timeout: options.idle_timeout.max(MIN_TIMEOUT),
             max_connections: options.max_connections.max(1),
             local_addr,
-            jobs: Mutex::new(VecDeque::new()),
+            jobs: Mutex::new(Jobs::default()),
             job_ready: Condvar::new(),
+            slow_workers: slow_workers(options.workers.max(1)),
             queueing: AtomicUsize::new(loops.len()),
             loops,
             open: AtomicUsize::new(0),
@@ -402,7 +414,9 @@ impl Shared {
     /// caught half received is, instead of its connection closing without an answer. Returns
     /// how many.
     fn refuse_queued(&self) -> usize {
-        let queued: Vec<Job> = lock(&self.jobs).drain(..).collect();
+        let queued: Vec<Job> = lock(&self.jobs).queue.drain(..).collect();
+        // Workers waiting for a slow request's turn leave now that the queue is empty.
+        self.job_ready.notify_all();
         for job in &queued {
             let response = shutting_down().to_response(self.api_style);
             answered(self, &job.request, response.status, job.started);
@@ -421,6 +435,39 @@ impl Shared {
     }
 }
 
+/// How many of `workers` may run slow requests at once ([`RequestHandler::is_slow`]): all but
+/// a quarter of them (at least one, when there are two or more), which stay for the others.
+pub fn slow_workers(workers: usize) -> usize {
+    if workers < 2 {
+        return workers;
+    }
+    workers - (workers / 4).max(1)
+}
+
+/// The requests waiting for a worker, and how many slow ones are running.
+#[derive(Default)]
+struct Jobs {
+    queue: VecDeque<Job>,
+    slow_running: usize,
+}
+
+impl Jobs {
+    /// The first request in the queue a worker may take now: a slow one only while fewer than
+    /// `slow_workers` run.
+    fn take(&mut self, slow_workers: usize) -> Option<Job> {
+        let slow_allowed = self.slow_running < slow_workers;
+        let index = self
+            .queue
+            .iter()
+            .position(|job| slow_allowed || !job.slow)?;
+        let job = self.queue.remove(index)?;
+        if job.slow {
+            self.slow_running += 1;
+        }
+        Some(job)
+    }
+}
+
 /// A complete request for a worker.
 struct Job {
     /// The I/O loop of the connection.
@@ -436,6 +483,8 @@ struct Job {
     started: Instant,
     /// Already made by [`RequestHandler::handle_inline`] (a streamed one): only written here.
     response: Option<Response>,
+    /// [`RequestHandler::is_slow`].
+    slow: bool,
 }
 
 /// What the workers and pipes tell the I/O loop.
@@ -514,11 +563,12 @@ impl Server {
             })?;
         }
         log::info!(
-            "listening on {}://{local_addr} ({} I/O threads, {workers} workers, read timeout {} \
-             ms, idle timeout {} ms, head limit {} bytes / {} fields, body limit {} bytes, {} \
+            "listening on {}://{local_addr} ({} I/O threads, {workers} workers of which {} at \
+             most on platform calls, read timeout {} ms, idle timeout {} ms, head limit {} bytes / {} fields, body limit {} bytes, {} \
              connections)",
             server.scheme(),
             shared.loops.len(),
+            shared.slow_workers,
             read_timeout.as_millis(),
             shared.idle_timeout.as_millis(),
             shared.limits.max_head_bytes,
@@ -634,18 +684,24 @@ fn worker_loop(shared: &Arc<Shared>) {
         let job = {
             let mut jobs = lock(&shared.jobs);
             loop {
-                if let Some(job) = jobs.pop_front() {
+                if let Some(job) = jobs.take(shared.slow_workers) {
                     break Some(job);
                 }
-                if shared.jobs_closed.load(Ordering::Acquire) {
+                if shared.jobs_closed.load(Ordering::Acquire) && jobs.queue.is_empty() {
                     break None;
                 }
                 jobs = wait(&shared.job_ready, jobs);
             }
         };
         let Some(job) = job else { break };
-        let (io, token, serial) = (job.io, job.token, job.serial);
-        if panic::catch_unwind(AssertUnwindSafe(|| serve(shared, job))).is_err() {
+        let (io, token, serial, slow) = (job.io, job.token, job.serial, job.slow);
+        let served = panic::catch_unwind(AssertUnwindSafe(|| serve(shared, job)));
+        if slow {
+            // A slow request may be waiting for this worker's place.
+            lock(&shared.jobs).slow_running -= 1;
+            shared.job_ready.notify_one();
+        }
+        if served.is_err() {
             // E.g. `answered` panicked: the connection still gets an answer, and is closed.
             log::error!("request handling failed outside the handler");
             let out = render(&panic_response(shared.api_style), false, true);
@@ -2075,6 +2131,7 @@ impl IoLoop {
             head_only: request.method == "HEAD",
             http10: head.minor == 0,
             close: head.close,
+            slow: false,
             request,
             started,
             response: None,
@@ -2088,9 +2145,9 @@ impl IoLoop {
                 return self.write_answer(token, out, close);
             }
             Some(streamed) => job.response = Some(streamed),
-            None => {}
+            None => job.slow = self.shared.handler.is_slow(&job.request),
         }
-        lock(&self.shared.jobs).push_back(job);
+        lock(&self.shared.jobs).queue.push_back(job);
         self.shared.job_ready.notify_one();
     }
 
@@ -2634,6 +2691,85 @@ mod tests {
             .unwrap();
         assert!(read_all(s).starts_with("HTTP/1.1 200 OK"));
         drop(stuck);
+    }
+
+    #[test]
+    fn a_quarter_of_the_workers_at_least_one_stays_free_of_slow_requests() {
+        let slow: Vec<usize> = [1, 2, 3, 4, 7, 8, 16, 1024]
+            .into_iter()
+            .map(slow_workers)
+            .collect();
+        assert_eq!(slow, [1, 1, 2, 3, 6, 6, 12, 768]);
+    }
+
+    /// `/slow` is slow ([`RequestHandler::is_slow`]) and waits until `open`; counts how many
+    /// run at once.
+    struct Gate {
+        open: Mutex<bool>,
+        opened: Condvar,
+        running: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    impl RequestHandler for Gate {
+        fn handle(&self, request: &Request) -> Response {
+            if request.path() == "/slow" {
+                let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(now, Ordering::SeqCst);
+                let mut open = lock(&self.open);
+                while !*open {
+                    open = wait(&self.opened, open);
+                }
+                drop(open);
+                self.running.fetch_sub(1, Ordering::SeqCst);
+            }
+            Response::json(200, b"{}".to_vec())
+        }
+
+        fn is_slow(&self, request: &Request) -> bool {
+            request.path() == "/slow"
+        }
+    }
+
+    #[test]
+    fn slow_requests_run_on_at_most_their_share_of_workers_and_the_others_are_served() {
+        let gate = Arc::new(Gate {
+            open: Mutex::new(false),
+            opened: Condvar::new(),
+            running: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        });
+        let handler: Handler = gate.clone();
+        let server = Server::start(options(4), handler).unwrap();
+        let slow: Vec<TcpStream> = (0..6)
+            .map(|_| {
+                let mut s = connect(&server);
+                s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    .unwrap();
+                s
+            })
+            .collect();
+        let deadline = Instant::now() + 5 * SECOND;
+        while gate.running.load(Ordering::SeqCst) < 3 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        thread::sleep(Duration::from_millis(100));
+        // Three of four workers wait on the slow requests, three of which are queued: the
+        // fourth serves the others.
+        assert_eq!(gate.running.load(Ordering::SeqCst), 3);
+        for _ in 0..5 {
+            let text = exchange(
+                &server,
+                b"GET /fast HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            );
+            assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+        }
+        *lock(&gate.open) = true;
+        gate.opened.notify_all();
+        for s in slow {
+            assert!(read_all(s).starts_with("HTTP/1.1 200 OK"));
+        }
+        assert_eq!(gate.most.load(Ordering::SeqCst), 3, "at most three at once");
     }
 
     /// Refuses `/private` from its head.

@@ -323,6 +323,49 @@ fn a_hanging_platform_is_504_within_the_timeout_while_other_requests_are_served(
     );
 }
 
+/// Found by an audit: creations for a hanging platform took every worker (each holds
+/// one for its calls and their undo), and `/healthz`, `/metrics` and the listings waited
+/// seconds. Creations and deletions now run on at most `workers - workers / 4` workers at once
+/// (`server::slow_workers`), so the other requests keep theirs.
+#[test]
+fn creations_for_a_hanging_platform_leave_workers_for_reads_and_health() {
+    let mep = FakeLlMec::start();
+    let p = Arc::new(plugin_with(&mep, 1000, "workers = 4\n"));
+    mep.delay(Duration::from_secs(5));
+    // Six different rules (the same one would wait for its turn, one request at a time).
+    let stuck: Vec<_> = (0..6)
+        .map(|i| {
+            let p = p.clone();
+            let body = DNS.replace("pfrag.gr", &format!("app{i}.pfrag.gr"));
+            thread::spawn(move || p.post(&body).status)
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        for path in ["/healthz", "/metrics"] {
+            let started = Instant::now();
+            assert_eq!(p.get_root(path).0, 200, "{path}");
+            slowest = slowest.max(started.elapsed());
+        }
+        for path in ["/service/requests", "/service/regions/2"] {
+            let started = Instant::now();
+            assert_eq!(p.get(path).status, 200, "{path}");
+            slowest = slowest.max(started.elapsed());
+        }
+    }
+    // Three slow requests at a time, each ~1 s (its call's timeout): the answers above would
+    // wait a second or more if they queued behind them.
+    eprintln!("slowest read {slowest:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "an answer took {slowest:?} while creations wait on a hanging platform"
+    );
+    for creation in stuck {
+        assert_eq!(creation.join().unwrap(), 504);
+    }
+}
+
 #[test]
 fn a_partial_failure_undoes_the_applied_rules_in_reverse_with_identical_bodies() {
     let mep = FakeLlMec::start();
