@@ -1185,7 +1185,7 @@ fn mep_table(t: &Table, mep: RawMep) -> Result<MepConfig, ConfigError> {
 }
 
 /// Each platform serves one region: no `url` or alias of one region's `[region.mep]` names
-/// the platform of another region with the same driver (compared by [`platform_key`]; two
+/// the platform of another region with the same driver (compared by [`platform_key`](crate::util::platform_key); two
 /// drivers' rules are at different paths). Which requests share a rule on a
 /// platform is worked out within a region (the rule index, the turns, a MEC 011 rule's prior
 /// state), so the DELETE of a request in one region would take off a rule that a request in
@@ -1211,7 +1211,7 @@ fn check_platforms_unshared(
         let mut own = Vec::new();
         for (j, url) in urls {
             // Another driver's rules are at other paths (a gateway routing them apart).
-            let key = (r.mep.driver, platform_key(url));
+            let key = (r.mep.driver, crate::util::platform_key(url));
             if let Some(other) = owners.get(&key) {
                 let what = format_args!(
                     "= '{}' is the platform of region '{other}' too (its url or an alias): a \
@@ -1231,24 +1231,6 @@ fn check_platforms_unshared(
         }
     }
     Ok(())
-}
-
-/// What names one platform in a checked URL: scheme and host in lower case, the port made
-/// explicit, the path as written; credentials left out (two users of one platform are one
-/// platform).
-fn platform_key(url: &str) -> String {
-    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
-        return url.to_string();
-    };
-    let scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
-    let port = uri
-        .port_u16()
-        .unwrap_or(if scheme == "https" { 443 } else { 80 });
-    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
-    format!(
-        "{scheme}://{host}:{port}{}",
-        uri.path().trim_end_matches('/')
-    )
 }
 
 /// `[store]`: the keys of etcd are read (and checked) whatever the kind; `endpoints` and

@@ -20,7 +20,7 @@ use crate::model::{CreationRequest, Status};
 pub use crate::retry::RetryPolicy;
 use crate::store::{Page, Record, RemovalClaim, Store, StoreError};
 use crate::turns::{Turn, Turns};
-use crate::util::{lock, new_uuid, now_millis, redact};
+use crate::util::{lock, new_uuid, now_millis, redact, same_platform};
 
 /// A configured region and the driver of its platform.
 pub struct Region {
@@ -709,8 +709,8 @@ impl Service {
         let alias = self
             .aliases
             .get(&*record.region_id)
-            .is_some_and(|names| names.iter().any(|a| **a == *recorded));
-        (**current != *recorded && !alias).then_some(current)
+            .is_some_and(|names| names.iter().any(|a| same_platform(a, recorded)));
+        (!same_platform(current, recorded) && !alias).then_some(current)
     }
 
     /// Refuses records that a configured region could take rules away from: a CREATED request
@@ -736,11 +736,14 @@ impl Service {
                     return false;
                 }
                 let id = &*region.config.id;
-                let on = self.platforms.get(id).is_some_and(|p| **p == *platform)
+                let on = self
+                    .platforms
+                    .get(id)
+                    .is_some_and(|p| same_platform(p, platform))
                     || self
                         .aliases
                         .get(id)
-                        .is_some_and(|names| names.iter().any(|a| **a == *platform));
+                        .is_some_and(|names| names.iter().any(|a| same_platform(a, platform)));
                 on && record.steps[..record.applied]
                     .iter()
                     .all(|step| region.driver.plans(step))
@@ -1953,6 +1956,37 @@ pub(crate) mod tests {
         (s, id, a, b)
     }
 
+    /// Found by an audit: the recorded URL was compared as written, so `HTTP://`, a host in
+    /// capitals or credentials added made the same platform another one: the request's DELETE
+    /// was 409, and a rule it shared with a later request was taken off under it.
+    #[test]
+    fn the_same_platform_spelt_otherwise_after_a_restart_is_not_a_move() {
+        for respelt in [
+            "HTTP://a:1",
+            "http://A:1/",
+            "http://mtp:secret@a:1",
+            "http://a:1",
+        ] {
+            let (s, a) = service_on(Store::in_memory(), "http://a:1", Duration::ZERO);
+            let first = s.create(request(&["a"])).unwrap();
+            let (s, again) = moved_to(s, respelt);
+            let record = s.get(&first).unwrap();
+            assert_eq!(s.moved(&record), None, "{respelt}");
+            assert_eq!(s.moved_records().len(), 0, "{respelt}");
+            // A later request shares rule "a": its DELETE leaves the rule to the first.
+            let second = s.create(request(&["a"])).unwrap();
+            s.delete(&second, false).unwrap();
+            let removals = || again.removals.lock().unwrap().clone();
+            assert!(
+                removals().is_empty(),
+                "{respelt}: the first still holds 'a'"
+            );
+            s.delete(&first, false).unwrap();
+            assert_eq!(removals(), ["a"], "{respelt}");
+            assert!(a.removals.lock().unwrap().is_empty());
+        }
+    }
+
     #[test]
     fn a_delete_after_the_region_url_changed_is_409_naming_both_platforms_and_calls_neither() {
         let (s, id, a, b) = created_then_moved();
@@ -2221,10 +2255,11 @@ pub(crate) mod tests {
         let mut regions = moved.regions;
         regions[0].config.mep.aliases = vec!["http://u:secret@a:1".into()];
         let s = Service::with_store(regions, moved.store, RetryPolicy::default());
-        // Credentials are masked before comparing: "http://***@a:1" is not "http://a:1".
-        assert!(s.moved(&s.get(&old).unwrap()).is_some());
+        // Credentials are left out of the comparison: "http://***@a:1" is "http://a:1" (they
+        // made it another platform before an audit).
+        assert_eq!(s.moved(&s.get(&old).unwrap()), None);
         let mut regions = s.regions;
-        regions[0].config.mep.aliases = vec!["http://a:1".into()];
+        regions[0].config.mep.aliases = vec!["HTTP://A:1/".into()];
         let s = Service::with_store(regions, s.store, RetryPolicy::default());
         assert!(s.moved_records().is_empty());
         b.on.lock().unwrap().insert("a".into());

@@ -22,7 +22,7 @@ use crate::journal::{
 };
 use crate::mep::{RuleIdentity, Step};
 use crate::model::Status;
-use crate::util::lock;
+use crate::util::{lock, same_platform};
 
 /// One rule request and what the plugin knows about its rules on the platform.
 ///
@@ -626,7 +626,7 @@ impl RuleIndex {
         let own = record.platform.as_deref();
         match self.platforms.get(&*record.region_id) {
             Some((current, aliases))
-                if own.is_none_or(|own| aliases.iter().any(|a| **a == *own)) =>
+                if own.is_none_or(|own| aliases.iter().any(|a| same_platform(a, own))) =>
             {
                 Some(current)
             }
@@ -685,6 +685,16 @@ impl RuleIndex {
     }
 }
 
+/// Whether two records' platforms ([`RuleIndex::platform_of`]) are one ([`same_platform`]):
+/// the URL a record kept may be spelt otherwise than the region's now (`HTTP://`, a host in
+/// capitals, credentials added).
+fn on_one_platform(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => same_platform(a, b),
+        (a, b) => a == b,
+    }
+}
+
 /// A region's platform URL and its other URLs (`aliases`), credentials masked.
 type Platform = (Arc<str>, Vec<Arc<str>>);
 
@@ -725,7 +735,7 @@ fn holders<'a>(
         *r.id != *record.id
             && matches!(r.status, Status::Created | Status::Pending)
             && r.region_id == record.region_id
-            && rules.platform_of(r) == rules.platform_of(record)
+            && on_one_platform(rules.platform_of(r), rules.platform_of(record))
             && r.steps[..r.applied]
                 .iter()
                 .any(|other| identity.same(step, other))
@@ -1221,7 +1231,7 @@ impl Store {
             let platform = rules.platform_of(record);
             let changed_by_another = records.in_region(&record.region_id).any(|r| {
                 *r.id != *id
-                    && rules.platform_of(r) == platform
+                    && on_one_platform(rules.platform_of(r), platform)
                     && (0..r.applied)
                         .any(|j| r.changed(j, step, identity) && !r.apply_may_be_unanswered(j))
             });
@@ -1267,7 +1277,11 @@ impl Store {
             let moved: Vec<Arc<str>> = match &earlier {
                 Some(earlier) => records
                     .in_region(&record.region_id)
-                    .filter(|r| r.platform.as_deref() == Some(&**earlier))
+                    .filter(|r| {
+                        r.platform
+                            .as_deref()
+                            .is_some_and(|p| same_platform(p, earlier))
+                    })
                     .map(|r| r.id.clone())
                     .collect(),
                 None => vec![record.id.clone()],

@@ -60,6 +60,31 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// What names one platform in a URL: scheme and host in lower case, the port made explicit,
+/// the path as written without a trailing `/`; credentials left out (two users of one
+/// platform are one platform, and a recorded URL has them masked). A text that is no URL is
+/// its own key.
+pub fn platform_key(url: &str) -> String {
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+        return url.to_string();
+    };
+    let scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+    format!(
+        "{scheme}://{host}:{port}{}",
+        uri.path().trim_end_matches('/')
+    )
+}
+
+/// Whether two platform URLs (configured, or recorded with credentials masked) name the same
+/// platform ([`platform_key`]): `HTTP://MEP:80/` is `http://user:pw@mep`.
+pub fn same_platform(a: &str, b: &str) -> bool {
+    a == b || platform_key(a) == platform_key(b)
+}
+
 /// Locks `m`, also after a thread panicked holding it. Every lock of the crate is taken this
 /// way: what each guards is changed in steps that leave it consistent (a counter, one insert
 /// or removal, a whole value replaced), so a panic elsewhere must not take the service down
@@ -89,6 +114,31 @@ pub(crate) fn self_signed() -> (String, String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_platform_spelt_otherwise_or_with_credentials_is_the_same_platform() {
+        let recorded = redact("http://mtp:secret@mep.example:8080/api");
+        for same in [
+            "http://mep.example:8080/api",
+            "HTTP://MEP.Example:8080/api/",
+            "http://other:pw@mep.example:8080/api",
+            "http://***@mep.example:8080/api",
+        ] {
+            assert!(same_platform(&recorded, same), "{same}");
+        }
+        assert!(same_platform("http://mep", "http://mep:80/"));
+        assert!(same_platform("https://mep", "HTTPS://mep:443"));
+        for other in [
+            "http://mep.example:8081/api",
+            "https://mep.example:8080/api",
+            "http://mep.example:8080/API",
+            "http://mep2.example:8080/api",
+        ] {
+            assert!(!same_platform(&recorded, other), "{other}");
+        }
+        assert!(same_platform("simulated:", "simulated:"));
+        assert!(!same_platform("simulated:", "http://mep"));
+    }
 
     #[test]
     fn uuids_are_v4_and_distinct() {

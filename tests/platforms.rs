@@ -385,6 +385,22 @@ fn a_start_that_gives_a_removed_regions_platform_to_another_region_is_refused_wh
     ] {
         assert!(text.contains(&part), "{part:?} not in {text}");
     }
+    // The same platform spelt otherwise is the same platform (found by an audit: the URL was
+    // compared as written, and these started).
+    let url = fake.url();
+    let rest = url.strip_prefix("http://").unwrap();
+    for respelt in [
+        format!("HTTP://{rest}"),
+        format!("http://mtp:secret@{rest}"),
+        format!("Http://{rest}/"),
+    ] {
+        let text = renamed.replace(&url, &respelt);
+        assert_ne!(text, renamed);
+        let Err(e) = start(&text) else {
+            panic!("the start with {respelt} is refused");
+        };
+        assert_eq!(e.exit_code(), 2, "{e}");
+    }
     // Another driver on that URL shares nothing with the request's rules.
     let other_driver = renamed.replace("driver = \"llmec\"", "driver = \"etsi-mec011\"");
     let app = start(&other_driver).expect("another driver's region starts");
