@@ -111,9 +111,20 @@ pub fn recover(service: &Service) -> Result<(), StoreError> {
         }
         let detail = rolled_back("a restart", record.applied);
         warn!("request {}: {detail}", record.id);
-        service
+        match service
             .store
-            .update(&record.id, |r| r.interrupted(detail, now))?;
+            .update(&record.id, |r| r.interrupted(detail, now))
+        {
+            Ok(_) => {}
+            // A start on a full state directory serves reads all the same: the record stays
+            // PENDING, which the reconciler rolls back once there is room.
+            Err(e) if e.is_no_space() => warn!(
+                "request {}: its roll-back cannot be recorded now ({e}); the reconciler rolls \
+                 it back once the state directory has room",
+                record.id
+            ),
+            Err(e) => return Err(e),
+        }
     }
     service.warn_moved_regions();
     let backlog = service.backlog();
@@ -306,6 +317,31 @@ mod tests {
         durable, fail_append_in, moved_to, on, recorded_id, request, service, service_settling,
     };
     use crate::store::Store;
+
+    /// Found by an audit: a start on a full state directory failed (exit 1, and systemd
+    /// restarted it in a loop, reads included) when a crash had left a creation PENDING,
+    /// because recovery could not record its roll-back.
+    #[test]
+    fn a_start_on_a_full_state_dir_leaves_a_creation_caught_pending_to_the_reconciler() {
+        let (s, d, dir) = durable("pending-full");
+        let id = s.create(request(&["a"])).unwrap();
+        // As a crash during its creation leaves it.
+        s.store.update(&id, |r| r.status = Status::Pending).unwrap();
+        crate::journal::FAIL_APPEND_NO_SPACE.with(|c| c.set(true));
+        recover(&s).expect("a full state directory does not stop the start");
+        assert_eq!(s.get(&id).unwrap().status, Status::Pending);
+        // Still no room: nothing is removed whose roll-back cannot be recorded.
+        reconcile_once(&s);
+        assert_eq!(on(&d), ["a"]);
+        crate::journal::FAIL_APPEND_NO_SPACE.with(|c| c.set(false));
+        // Room again, and its backoff runs out.
+        s.store.update(&id, |r| r.next_attempt = 0).unwrap();
+        reconcile_once(&s);
+        let r = s.get(&id).unwrap();
+        assert_eq!((r.status, r.applied), (Status::Failed, 0));
+        assert!(on(&d).is_empty(), "rolled back once there is room");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn after_a_restart_an_apply_waits_for_a_removal_the_earlier_run_may_have_sent() {
