@@ -632,14 +632,49 @@ fn check_uint(n: &Number, max: u64, at: &str) -> Result<(), String> {
     }
 }
 
-/// The value of a non-negative integer, integral decimals such as `2.0` included (Java clients
-/// may write a BigDecimal or a float that way); drivers send it as a plain integer.
+/// The value of a non-negative integer, integral decimals such as `2.0` or `2.5e1` included
+/// (Java clients may write a BigDecimal or a float that way); drivers send it as a plain
+/// integer. Read exactly from the number as the caller wrote it: `0.99999999999999999999` is
+/// no integer, though it is `1.0` as an `f64` (which an audit found taken as 1).
 pub fn integral(n: &Number) -> Option<u64> {
-    n.as_u64().or_else(|| {
-        n.as_f64()
-            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u64::MAX as f64)
-            .map(|f| f as u64)
-    })
+    n.as_u64().or_else(|| exact_integer(&n.to_string()))
+}
+
+/// The value of a JSON number's text when it is exactly a non-negative integer up to
+/// `u64::MAX` (a zero with a sign too); `None` otherwise, without rounding.
+fn exact_integer(text: &str) -> Option<u64> {
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, Some(e)),
+        None => (text, None),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{whole}{fraction}");
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let significant = digits.trim_start_matches('0');
+    if significant.is_empty() {
+        return Some(0);
+    }
+    if negative {
+        return None;
+    }
+    // Where the decimal point falls, counted from the first significant digit.
+    let exponent: i64 = exponent.map_or(Some(0), |e| e.parse().ok())?;
+    let leading_zeros = (digits.len() - significant.len()) as i64;
+    let point = whole.len() as i64 + exponent - leading_zeros;
+    let significant = significant.trim_end_matches('0');
+    let zeros = point.checked_sub(significant.len() as i64)?;
+    if zeros < 0 || point > 20 {
+        return None;
+    }
+    format!("{significant}{}", "0".repeat(zeros as usize))
+        .parse()
+        .ok()
 }
 
 /// Deepest nesting accepted inside a free-form object.
@@ -774,6 +809,36 @@ fn is_mac(mac: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn integers_written_as_decimals_are_read_exactly() {
+        let read = |text: &str| super::integral(&serde_json::from_str(text).unwrap());
+        for (text, value) in [
+            ("7", Some(7)),
+            ("2.0", Some(2)),
+            ("2.50e1", Some(25)),
+            ("1e3", Some(1000)),
+            ("1E+3", Some(1000)),
+            ("1000e-3", Some(1)),
+            ("0.0", Some(0)),
+            ("-0.0", Some(0)),
+            ("0e99999999999999999999", Some(0)),
+            ("18446744073709551615.000", Some(u64::MAX)),
+            ("1.8446744073709551615e19", Some(u64::MAX)),
+            ("0.99999999999999999999", None),
+            ("4294967295.0000001", None),
+            ("1e-400", None),
+            ("0.05", None),
+            ("2.5", None),
+            ("-1", None),
+            ("-1.0", None),
+            ("18446744073709551616.0", None),
+            ("1e20", None),
+            ("1e99999999999999999999", None),
+        ] {
+            assert_eq!(read(text), value, "{text}");
+        }
+    }
+
     use super::*;
 
     const DNS_SPEC: &str = r#"{"RegionId":"2","appDNSRule":[{"dnsRuleId":"111","domainName":"pfrag.gr","ipAddressType":"IP_V4","ipAddress":"172.24.248.5","ttl":0}]}"#;

@@ -223,6 +223,26 @@ fn an_app_latency_too_large_for_a_number_is_400_saying_so_not_negative() {
     created_id(&p.post(&with("1e300")));
 }
 
+/// Found by an audit: integers were checked through an `f64`, so `0.99999999999999999999`
+/// passed as 1 and was sent to EdgeGallery and MEC 011 platforms as 1.
+#[test]
+fn a_number_that_is_not_exactly_an_integer_is_400_and_an_integral_decimal_is_accepted() {
+    let mep = FakeLlMec::start();
+    let p = plugin(&mep);
+    for ttl in ["0.99999999999999999999", "4294967295.0000001", "1e-400"] {
+        let detail = p
+            .post(&DNS.replace("\"ttl\":0", &format!("\"ttl\":{ttl}")))
+            .problem(400);
+        assert!(
+            detail.contains("ttl") && detail.contains(ttl),
+            "{ttl}: {detail}"
+        );
+    }
+    assert!(mep.calls().is_empty(), "nothing sent");
+    let created = p.post(&DNS.replace("\"ttl\":0", "\"ttl\":6.0e1"));
+    created_id(&created);
+}
+
 #[test]
 fn an_unknown_region_is_422_and_nothing_is_recorded() {
     let mep = FakeLlMec::start();
