@@ -506,10 +506,42 @@ fn json_error(e: &serde_json::Error) -> String {
     }
 }
 
+/// Longest id an import takes (the plugin's own are UUIDs of 36 characters).
+const MAX_ID: usize = 256;
+
+/// Keys of a request's view that the plugin writes itself: a stored request is kept without
+/// them (they would be written twice in its view).
+const ASSIGNED: [&str; 8] = [
+    "RequestId",
+    "requestId",
+    "RegionId",
+    "regionId",
+    "status",
+    "statusDetail",
+    "createdAt",
+    "lastModified",
+];
+
 /// The checks serde does not do: what the store relies on, and the region.
 fn check(entry: &RecordEntry, regions: &HashSet<&str>) -> Result<(), String> {
     if entry.id.is_empty() {
         return Err("empty id".into());
+    }
+    // An id is a segment of the request's URL path, sent as it is (found by an audit: an id
+    // with a space or a '/' was imported and could then be neither read nor deleted).
+    let unreserved = |c: char| c.is_ascii_alphanumeric() || "-._~".contains(c);
+    if entry.id.len() > MAX_ID || !entry.id.chars().all(unreserved) {
+        let shown: String = entry.id.chars().take(64).collect();
+        return Err(format!(
+            "record '{}{}': an id is at most {MAX_ID} letters, digits, '-', '.', '_' or '~' \
+             (the plugin's own ids are UUIDs): it is the request's URL path",
+            shown.escape_debug(),
+            if shown.len() < entry.id.len() {
+                "..."
+            } else {
+                ""
+            }
+        ));
     }
     if !regions.contains(&*entry.region) {
         return Err(format!(
@@ -521,6 +553,23 @@ fn check(entry: &RecordEntry, regions: &HashSet<&str>) -> Result<(), String> {
     if !entry.request.get().starts_with('{') {
         return Err(format!(
             "record '{}': request is not a JSON object",
+            entry.id
+        ));
+    }
+    // What a read of the request needs (found by an audit: any object was taken, and its
+    // views broke: keys written twice, a listing cut, a 500).
+    if let Err(e) = crate::model::read_stored(entry.request.get()) {
+        return Err(format!(
+            "record '{}': request is not a creation request: {e}",
+            entry.id
+        ));
+    }
+    let keys: BTreeMap<Cow<str>, IgnoredAny> =
+        serde_json::from_str(entry.request.get()).map_err(|e| json_error(&e))?;
+    if let Some(key) = keys.keys().find(|k| ASSIGNED.contains(&k.as_ref())) {
+        return Err(format!(
+            "record '{}': request has '{key}', which the plugin writes itself (a stored \
+             request is kept without it: remove it)",
             entry.id
         ));
     }
@@ -624,7 +673,40 @@ mod tests {
                 "unknown field 'platfrom'",
             ),
             (GOOD.to_string(), "duplicate id 'a'"),
+            // Found by an audit: these were imported, and broke the reads.
+            (
+                good_with(
+                    r#""request":{"appLatency":{"timeUnit":"ms","latency":1}}"#,
+                    r#""request":{"foo":1}"#,
+                ),
+                "request is not a creation request: unknown field `foo`",
+            ),
+            (
+                good_with(
+                    r#""request":{"appLatency":{"timeUnit":"ms","latency":1}}"#,
+                    r#""request":{"RegionId":"3","status":"BOGUS"}"#,
+                ),
+                "request has 'RegionId', which the plugin writes itself",
+            ),
+            (
+                good_with(r#""id":"a""#, r#""id":"a b""#),
+                "record 'a b': an id is at most 256 letters, digits",
+            ),
+            (
+                good_with(r#""id":"a""#, r#""id":"a/b""#),
+                "record 'a/b': an id",
+            ),
+            (
+                good_with(r#""id":"a""#, r#""id":"a\nb""#),
+                "record 'a\\nb': an id",
+            ),
+            (
+                good_with(r#""id":"a""#, &format!(r#""id":"{}""#, "x".repeat(257))),
+                &format!("record '{}...': an id", "x".repeat(64)),
+            ),
         ];
+        let at_most = good_with(r#""id":"a""#, &format!(r#""id":"{}""#, "x".repeat(256)));
+        assert_eq!(parse(at_most.as_bytes(), &regions()).unwrap().len(), 1);
         for (bad, reason) in cases {
             let text = format!("{GOOD}\n\n{bad}\n");
             let (line, why) = refused(&text);

@@ -443,7 +443,7 @@ fn many_records(n: usize) -> String {
     (0..n)
         .map(|i| {
             format!(
-                "{{\"id\":\"r{:06}\",\"region\":\"2\",\"request\":{{\"n\":{i}}},\"steps\":[],\
+                "{{\"id\":\"r{:06}\",\"region\":\"2\",\"request\":{{\"appLatency\":{{\"timeUnit\":\"ms\",\"latency\":{i}}}}},\"steps\":[],\
                  \"applied\":0,\"status\":\"created\",\"created\":1,\"modified\":1}}\n",
                 999_999 - i
             )
