@@ -532,7 +532,7 @@ impl Config {
 
     /// Parses and validates configuration text; `file` only names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let toml_error = |e: &toml::de::Error, at: String| {
             let line = e
                 .span()
                 .map(|s| format!("line {}: ", line_of(text, s.start)))
@@ -547,8 +547,18 @@ impl Config {
             };
             ConfigError {
                 file: file.to_string(),
-                message: format!("{line}{}{named}", e.message().trim_end()),
+                message: format!("{line}{at}{}{named}", e.message().trim_end()),
             }
+        };
+        // A value of the wrong type names its key and region as every other error does: found
+        // from the error's span in toml's parse of the text (serde_path_to_error around the
+        // raw structs would say the same, for 90 kB of the binary).
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|span| key_path_at(text, span.start))
+                .unwrap_or_default();
+            toml_error(&e, at)
         })?;
         // Without a [server] table, its defaults, resolved as the table's (state_dir relative
         // to this file's directory).
@@ -1409,6 +1419,84 @@ fn offset_of<'p>(text: &str, path: impl IntoIterator<Item = &'p At>) -> usize {
 }
 
 /// 1-based line number of a byte offset.
+/// Where the key or value at byte `offset` is, as the other errors say it (what a value
+/// the TOML reader refused names): `[server] workers: `, `region '2': mep.timeout_ms: ` (a
+/// region by its id when it has one, else by its place), `[[region]] number 2: `; empty at
+/// the top or when the text does not parse.
+fn key_path_at(text: &str, offset: usize) -> String {
+    let Ok(root) = DeTable::parse(text) else {
+        return String::new();
+    };
+    let root = DeValue::Table(root.into_inner());
+    let mut path = Vec::new();
+    if !find_offset(&root, offset, &mut path) {
+        return String::new();
+    }
+    let (head, rest, region) = match path.as_slice() {
+        [Part::Key("region"), Part::Item(i), rest @ ..] => {
+            let id = root
+                .get("region")
+                .and_then(|r| r.get_ref().get(*i))
+                .and_then(|r| r.get_ref().get("id"))
+                .map(|id| id.get_ref());
+            let head = match id {
+                Some(DeValue::String(id)) => format!("region '{}'", id.escape_debug()),
+                _ => format!("[[region]] number {}", i + 1),
+            };
+            (head, rest, true)
+        }
+        [Part::Key(key)] => return format!("{key}: "),
+        [Part::Key(table), rest @ ..] => (format!("[{table}]"), rest, false),
+        _ => return String::new(),
+    };
+    let mut keys = String::new();
+    for part in rest {
+        match part {
+            Part::Key(key) if keys.is_empty() => keys.push_str(key),
+            Part::Key(key) => keys.push_str(&format!(".{key}")),
+            Part::Item(i) => keys.push_str(&format!("[{i}]")),
+        }
+    }
+    match (region, keys.is_empty()) {
+        (_, true) => format!("{head}: "),
+        (true, false) => format!("{head}: {keys}: "),
+        (false, false) => format!("{head} {keys}: "),
+    }
+}
+
+/// A step of [`find_offset`]'s path.
+enum Part<'t> {
+    Key(&'t str),
+    Item(usize),
+}
+
+/// Whether the key or value at `offset` is in `value`: then `path` leads to it (the deepest
+/// key or item whose span holds it, or a table whose header does).
+fn find_offset<'t>(value: &'t DeValue<'t>, offset: usize, path: &mut Vec<Part<'t>>) -> bool {
+    let holds = |span: std::ops::Range<usize>| span.contains(&offset);
+    match value {
+        DeValue::Table(table) => table.iter().any(|(key, child)| {
+            path.push(Part::Key(key.get_ref().as_ref()));
+            let found = find_offset(child.get_ref(), offset, path)
+                || holds(key.span())
+                || holds(child.span());
+            if !found {
+                path.pop();
+            }
+            found
+        }),
+        DeValue::Array(items) => items.iter().enumerate().any(|(i, child)| {
+            path.push(Part::Item(i));
+            let found = find_offset(child.get_ref(), offset, path) || holds(child.span());
+            if !found {
+                path.pop();
+            }
+            found
+        }),
+        _ => false,
+    }
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
         .iter()

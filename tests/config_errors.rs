@@ -182,23 +182,23 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             server("workers = \"8\""),
-            "line 2: invalid type: string \"8\", expected i64",
+            "line 2: [server] workers: invalid type: string \"8\", expected i64",
         ),
         (
             server("fsync = 1"),
-            "line 2: invalid type: integer `1`, expected a boolean",
+            "line 2: [server] fsync: invalid type: integer `1`, expected a boolean",
         ),
         (
             server("api_style = \"snake\""),
-            "line 2: unknown variant `snake`, expected `spec` or `camel`",
+            "line 2: [server] api_style: unknown variant `snake`, expected `spec` or `camel`",
         ),
         (
             server("state_dir = 3"),
-            "line 2: invalid type: integer `3`, expected a string",
+            "line 2: [server] state_dir: invalid type: integer `3`, expected a string",
         ),
         (
             server("zz = 1"),
-            "line 2: unknown field `zz`, expected one of `listen`, `state_dir`, `workers`, `api_style`, `max_body_bytes`, `read_timeout_ms`, `connection_threads`, `idle_timeout_ms`, `max_head_bytes`, `max_headers`, `max_connections`, `fsync`, `retry_initial_ms`, `retry_max_ms`, `token_file`, `tls_cert`, `tls_key`, `max_requests`",
+            "line 2: [server] zz: unknown field `zz`, expected one of `listen`, `state_dir`, `workers`, `api_style`, `max_body_bytes`, `read_timeout_ms`, `connection_threads`, `idle_timeout_ms`, `max_head_bytes`, `max_headers`, `max_connections`, `fsync`, `retry_initial_ms`, `retry_max_ms`, `token_file`, `tls_cert`, `tls_key`, `max_requests`",
         ),
         (
             server("\n\nworkers = 0"),
@@ -218,7 +218,7 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             before("server = 1"),
-            "line 1: invalid type: integer `1`, expected struct RawServer",
+            "line 1: server: invalid type: integer `1`, expected struct RawServer",
         ),
         (
             after("[server]\ntls_key = \"key.pem\""),
@@ -245,9 +245,12 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             region("id = \"2\"", "id = 2"),
-            "line 3: invalid type: integer `2`, expected a string",
+            "line 3: [[region]] number 1: id: invalid type: integer `2`, expected a string",
         ),
-        (region("id = \"2\"\n", ""), "line 2: missing field `id`"),
+        (
+            region("id = \"2\"\n", ""),
+            "line 2: [[region]] number 1: missing field `id`",
+        ),
         (
             region("latitude = 43.6", "latitude = 91.0"),
             "line 4: region '2': latitude = 91 is out of range -90..90",
@@ -266,7 +269,7 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             region("latitude = 43.6", "latitude = \"north\""),
-            "line 4: invalid type: string \"north\", expected f64",
+            "line 4: region '2': latitude: invalid type: string \"north\", expected f64",
         ),
         (
             region("longitude = 7.06", "longitude = -180.5"),
@@ -282,7 +285,7 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             region("longitude = 7.06", "longitude = 7.06\ndescription = 1"),
-            "line 6: invalid type: integer `1`, expected a string",
+            "line 6: region '2': description: invalid type: integer `1`, expected a string",
         ),
         (
             region("range_km = 10.0", "range_km = 0.0"),
@@ -302,19 +305,19 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             region("range_km = 10.0\n", ""),
-            "line 2: missing field `range_km`",
+            "line 2: region '2': missing field `range_km`",
         ),
         (
             region("range_km = 10.0", "range_km = 10.0\nradius = 3"),
-            "line 7: unknown field `radius`, expected one of `id`, `description`, `latitude`, `longitude`, `altitude`, `range_km`, `mep`",
+            "line 7: region '2': radius: unknown field `radius`, expected one of `id`, `description`, `latitude`, `longitude`, `altitude`, `range_km`, `mep`",
         ),
         (
             region("\"llmec\"", "\"openness\""),
-            "line 8: unknown variant `openness`, expected one of `llmec`, `simulated`, `edgegallery`, `etsi-mec011`",
+            "line 8: region '2': mep.driver: unknown variant `openness`, expected one of `llmec`, `simulated`, `edgegallery`, `etsi-mec011`",
         ),
         (
             region("driver = \"llmec\"\n", ""),
-            "line 7: missing field `driver`",
+            "line 7: region '2': mep: missing field `driver`",
         ),
         (
             region("url = \"http://127.0.0.1:13000/\"\n", ""),
@@ -341,14 +344,14 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             region("url = \"http://127.0.0.1:13000/\"", "url = 1"),
-            "line 9: invalid type: integer `1`, expected a string",
+            "line 9: region '2': mep.url: invalid type: integer `1`, expected a string",
         ),
         (
             region(
                 "[region.mep]\ndriver = \"llmec\"\nurl = \"http://127.0.0.1:13000/\"\n",
                 "",
             ),
-            "line 2: missing field `mep`",
+            "line 2: region '2': missing field `mep`",
         ),
         (
             mep("timeout_ms = 0"),
@@ -425,15 +428,15 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             mep("aliases = \"http://a:1\""),
-            "line 10: invalid type: string \"http://a:1\", expected a sequence",
+            "line 10: region '2': mep.aliases: invalid type: string \"http://a:1\", expected a sequence",
         ),
         (
             mep("aliases = [1]"),
-            "line 10: invalid type: integer `1`, expected a string",
+            "line 10: region '2': mep.aliases[0]: invalid type: integer `1`, expected a string",
         ),
         (
             mep("zz = 1"),
-            "line 10: unknown field `zz`, expected one of `driver`, `url`, `timeout_ms`, `ca_file`, `token_file`, `app_name`, `poll_interval_ms`, `poll_attempts`, `max_calls`, `settle_ms`, `aliases`",
+            "line 10: region '2': mep.zz: unknown field `zz`, expected one of `driver`, `url`, `timeout_ms`, `ca_file`, `token_file`, `app_name`, `poll_interval_ms`, `poll_attempts`, `max_calls`, `settle_ms`, `aliases`",
         ),
         (
             format!(
@@ -559,11 +562,11 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             "region = 1\n".to_string(),
-            "line 1: invalid type: integer `1`, expected a sequence",
+            "line 1: region: invalid type: integer `1`, expected a sequence",
         ),
         (
             "[region]\nid = \"x\"\n".to_string(),
-            "line 1: invalid type: map, expected a sequence",
+            "line 1: region: invalid type: map, expected a sequence",
         ),
         (
             "[server]\n".to_string(),
@@ -582,7 +585,7 @@ fn cases() -> Vec<(String, &'static str)> {
                 "[region.mep]\ndriver = \"llmec\"\nurl = \"http://127.0.0.1:13000/\"\n",
                 "mep = 1\n",
             ),
-            "line 7: invalid type: integer `1`, expected struct RawMep",
+            "line 7: region '2': mep: invalid type: integer `1`, expected struct RawMep",
         ),
         (
             store_first("kind = \"raft\""),
@@ -594,11 +597,11 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             store_first("kind = 1"),
-            "line 2: invalid type: integer `1`, expected a string",
+            "line 2: [store] kind: invalid type: integer `1`, expected a string",
         ),
         (
             store_last("kind = 1"),
-            "line 13: invalid type: integer `1`, expected a string",
+            "line 13: [store] kind: invalid type: integer `1`, expected a string",
         ),
         (
             store_first("kind = \"etcd\"\nadvertise_url = \"http://h:1\""),
@@ -658,19 +661,19 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             store_first("endpoints = \"http://e:1\""),
-            "line 2: invalid type: string \"http://e:1\", expected a sequence",
+            "line 2: [store] endpoints: invalid type: string \"http://e:1\", expected a sequence",
         ),
         (
             store_last("endpoints = \"http://e:1\""),
-            "line 13: invalid type: string \"http://e:1\", expected a sequence",
+            "line 13: [store] endpoints: invalid type: string \"http://e:1\", expected a sequence",
         ),
         (
             store_first("endpoints = [1]"),
-            "line 2: invalid type: integer `1`, expected a string",
+            "line 2: [store] endpoints[0]: invalid type: integer `1`, expected a string",
         ),
         (
             store_last("endpoints = [1]"),
-            "line 13: invalid type: integer `1`, expected a string",
+            "line 13: [store] endpoints[0]: invalid type: integer `1`, expected a string",
         ),
         (
             store_first("advertise_url = \"h:1\""),
@@ -826,11 +829,11 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             store_first("zz = 1"),
-            "line 2: unknown field `zz`, expected one of `kind`, `endpoints`, `prefix`, `lease_ttl_s`, `advertise_url`, `ca_file`, `user`, `password_file`",
+            "line 2: [store] zz: unknown field `zz`, expected one of `kind`, `endpoints`, `prefix`, `lease_ttl_s`, `advertise_url`, `ca_file`, `user`, `password_file`",
         ),
         (
             store_last("zz = 1"),
-            "line 13: unknown field `zz`, expected one of `kind`, `endpoints`, `prefix`, `lease_ttl_s`, `advertise_url`, `ca_file`, `user`, `password_file`",
+            "line 13: [store] zz: unknown field `zz`, expected one of `kind`, `endpoints`, `prefix`, `lease_ttl_s`, `advertise_url`, `ca_file`, `user`, `password_file`",
         ),
         (
             before("store = { kind = \"etcd\" }"),
@@ -846,7 +849,7 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             before("store = \"etcd\""),
-            "line 1: invalid type: string \"etcd\", expected struct RawStore",
+            "line 1: store: invalid type: string \"etcd\", expected struct RawStore",
         ),
     ]
 }
