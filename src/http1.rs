@@ -215,9 +215,15 @@ impl Fields {
             } else if name.eq_ignore_ascii_case("host") {
                 fields.hosts += 1;
             } else if name.eq_ignore_ascii_case("content-type") {
-                fields.content_type = Some(text(value));
+                // One value only (RFC 9110 §8.3, §11.6.2): with two, which one the body is in
+                // (or which token counts) would be a guess (found by an audit: the last won).
+                if fields.content_type.replace(text(value)).is_some() {
+                    return Err(HeadError::Bad("more than one Content-Type field".into()));
+                }
             } else if name.eq_ignore_ascii_case("authorization") {
-                fields.authorization = Some(text(value));
+                if fields.authorization.replace(text(value)).is_some() {
+                    return Err(HeadError::Bad("more than one Authorization field".into()));
+                }
             } else if name.eq_ignore_ascii_case(crate::http::FORWARDED) {
                 fields.forwarded = true;
             } else if name.eq_ignore_ascii_case("connection") {
@@ -618,6 +624,7 @@ pub fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
+        507 => "Insufficient Storage",
         _ => "Unknown",
     }
 }
@@ -735,6 +742,35 @@ mod tests {
             Err(HeadError::Bad(detail)) => detail,
             other => panic!("{text:?} gave {other:?}"),
         }
+    }
+
+    /// Found by an audit: with two, the last one won (`text/plain` then `application/json`
+    /// was 201, the other way 415); which token a proxy or a log saw was a guess too.
+    #[test]
+    fn a_second_content_type_or_authorization_field_is_refused() {
+        for (name, detail) in [
+            ("Content-Type", "more than one Content-Type field"),
+            ("content-type", "more than one Content-Type field"),
+            ("Authorization", "more than one Authorization field"),
+        ] {
+            let text = format!("POST / HTTP/1.1\r\nHost: t\r\n{name}: a\r\n{name}: a\r\n\r\n");
+            assert_eq!(bad(&text), detail);
+        }
+        let one =
+            parse("POST / HTTP/1.1\r\nHost: t\r\nContent-Type: a\r\nAuthorization: b\r\n\r\n");
+        assert!(one.is_ok());
+    }
+
+    #[test]
+    fn every_status_the_service_answers_has_its_reason_phrase() {
+        let statuses = [
+            100, 200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 413, 414, 415, 417,
+            422, 431, 500, 502, 503, 504, 505, 507,
+        ];
+        for status in statuses {
+            assert_ne!(reason(status), "Unknown", "{status}");
+        }
+        assert_eq!(reason(507), "Insufficient Storage");
     }
 
     #[test]

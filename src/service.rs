@@ -1189,9 +1189,11 @@ pub(crate) enum Undo<'a> {
 }
 
 /// How a failed platform call is counted in the metrics: a read before a change by the read's
-/// own failure.
+/// own failure; a gateway's 504 as a timeout, as the northbound answer says (found by an
+/// audit: it was counted `refused` beside a 504 "timed out").
 fn outcome_of(e: &MepError) -> Outcome {
     match e {
+        MepError::Refused { status: 504, .. } => Outcome::Timeout,
         MepError::Refused { .. } => Outcome::Refused,
         MepError::Unreachable { .. } | MepError::NotSent { .. } => Outcome::Unreachable,
         MepError::Timeout { .. } => Outcome::Timeout,
@@ -1201,6 +1203,20 @@ fn outcome_of(e: &MepError) -> Outcome {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn a_gateways_504_is_counted_as_a_timeout_and_other_refusals_as_refusals() {
+        use super::{MepError, Outcome, outcome_of};
+        let refused = |status| MepError::Refused {
+            url: "u".into(),
+            status,
+            detail: String::new(),
+        };
+        assert!(matches!(outcome_of(&refused(504)), Outcome::Timeout));
+        assert!(matches!(outcome_of(&refused(502)), Outcome::Refused));
+        let read_first = MepError::BeforeChange(Box::new(refused(504)));
+        assert!(matches!(outcome_of(&read_first), Outcome::Timeout));
+    }
+
     use std::collections::BTreeSet;
     use std::sync::{Mutex, mpsc};
     use std::time::Duration;

@@ -876,7 +876,10 @@ fn dns_rules(rules: &[DnsRule]) -> Result<Vec<EgDnsRule<'_>>, Refusal> {
                 format!("is {n} characters; EdgeGallery takes at most {MAX_DOMAIN_CHARS}"),
             ));
         }
-        if !domains.insert(rule.domain_name.as_str()) {
+        // DNS names are compared without case and without the root's dot (found by an
+        // audit: `a.b` and `A.B.` were two domains here, and one at the platform).
+        let domain = rule.domain_name.trim_end_matches('.').to_ascii_lowercase();
+        if !domains.insert(domain) {
             return Err(refuse(
                 format!("{at} domainName"),
                 format!(
@@ -954,6 +957,32 @@ mod tests {
         let mut v = seed();
         v["appTrafficRule"][0]["priority"] = 1.into();
         v
+    }
+
+    /// Found by an audit: the names were compared as written.
+    #[test]
+    fn two_dns_rules_for_one_domain_in_any_case_or_with_the_root_dot_are_refused() {
+        for (a, b) in [
+            ("pfrag.gr", "pfrag.gr"),
+            ("pfrag.gr", "PFRAG.gr"),
+            ("pfrag.gr", "pfrag.gr."),
+        ] {
+            let mut v = valid();
+            let mut second = v["appDNSRule"][0].clone();
+            second["dnsRuleId"] = "222".into();
+            second["domainName"] = b.into();
+            v["appDNSRule"][0]["domainName"] = a.into();
+            v["appDNSRule"].as_array_mut().unwrap().push(second);
+            let r = refusal(&v);
+            assert_eq!(r.rule, "appDNSRule[1] '222' domainName", "{a} {b}");
+            assert!(r.reason.contains("one rule per domain name"), "{r}");
+        }
+        let mut v = valid();
+        let mut second = v["appDNSRule"][0].clone();
+        second["dnsRuleId"] = "222".into();
+        second["domainName"] = "other.pfrag.gr".into();
+        v["appDNSRule"].as_array_mut().unwrap().push(second);
+        assert!(plan_of(&v).is_ok());
     }
 
     #[test]

@@ -207,6 +207,14 @@ impl Driver for LlMec {
 
 /// The steps for a request: DNS rules first, then traffic rules, each in request order.
 fn plan(request: &CreationRequest, max_calls: usize) -> Result<Vec<Step>, Refusal> {
+    // Found by an audit: it was ignored, where EdgeGallery refuses it.
+    if request.app_instance_id.is_some() {
+        return Err(refuse(
+            "appInstanceId".to_string(),
+            "LL-MEC has no application instance to name (its rules are keyed by their own \
+             content); an appInstanceId cannot be given",
+        ));
+    }
     let mut steps = Vec::new();
     for (i, rule) in request.dns_rules().iter().enumerate() {
         steps.push(dns_step(i, rule)?);
@@ -542,6 +550,15 @@ mod tests {
 
     fn refusal(v: &serde_json::Value) -> Refusal {
         plan_of(v).unwrap_err()
+    }
+
+    #[test]
+    fn an_app_instance_id_is_refused_not_ignored() {
+        let mut v = seed();
+        v["appInstanceId"] = "app-1".into();
+        let r = refusal(&v);
+        assert_eq!(r.rule, "appInstanceId");
+        assert!(r.reason.contains("cannot be given"), "{r}");
     }
 
     #[test]
