@@ -51,7 +51,10 @@ fn stored(client: &Client, prefix: &str) -> i64 {
 fn entry(prefix: &str, id: &str, n: usize, bytes: Option<usize>) -> (String, Vec<u8>) {
     let json = |pad: &str| {
         format!(
-            "{{\"id\":\"{id}\",\"region\":\"2\",\"request\":{{\"x\":\"{pad}\"}},\"steps\":[],\
+            "{{\"id\":\"{id}\",\"region\":\"2\",\"request\":{{\"transportDependencies\":[{{\
+             \"transport\":{{\"type\":\"RPC\",\"protocol\":\"p\",\"version\":\"1\",\
+             \"security\":{{\"pad\":\"{pad}\"}}}},\"serializers\":\"PROTOBUF3\",\"labels\":[]}}]}},\
+             \"steps\":[],\
              \"applied\":0,\"status\":\"created\",\"created\":1,\"modified\":1}}"
         )
     };
