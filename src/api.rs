@@ -158,8 +158,8 @@ fn handle_with(
 }
 
 /// The requests that call platforms (a creation, a deletion): the server runs at most
-/// [`crate::server::slow_workers`] of them at once, so that the other requests are answered
-/// while a platform hangs.
+/// `workers` of them at once on its [`crate::server::worker_threads`], so that the other
+/// requests are answered while a platform hangs.
 fn calls_platforms(request: &Request) -> bool {
     matches!(
         (request.method.as_str(), route(request.path())),
@@ -777,13 +777,17 @@ fn listing(
 }
 
 /// A listing's body: the JSON array of `records` (views in `style`), made a piece at a time
-/// (see [`BodySource`]).
+/// (see [`BodySource`]): at most `want` bytes a piece, and one record's view in memory at a
+/// time, whatever the length of the records (a piece of a 1 MB request is one of many).
 pub struct Listing {
     records: Vec<Arc<Record>>,
     /// The next record to write; `None` before the opening bracket.
     next: Option<usize>,
     style: ApiStyle,
     identity: [String; 2],
+    /// What is made and not yet handed out, from `sent` on (the rest of a view, a bracket).
+    made: Vec<u8>,
+    sent: usize,
 }
 
 impl Listing {
@@ -793,37 +797,58 @@ impl Listing {
             next: None,
             style,
             identity: identity(style),
+            made: Vec::new(),
+            sent: 0,
         }
+    }
+
+    /// Makes what follows into `made`: the opening bracket, or a comma and the next view, or
+    /// the closing bracket. `false` when the listing is complete.
+    fn make_next(&mut self) -> io::Result<bool> {
+        self.made.clear();
+        self.sent = 0;
+        let i = match self.next {
+            None => {
+                self.made.push(b'[');
+                self.next = Some(0);
+                return Ok(true);
+            }
+            Some(i) => i,
+        };
+        let Some(record) = self.records.get(i) else {
+            if i == self.records.len() {
+                self.made.push(b']');
+                self.next = Some(i + 1);
+                return Ok(true);
+            }
+            return Ok(false);
+        };
+        if i > 0 {
+            self.made.push(b',');
+        }
+        if self.style.may_rename(&record.request) {
+            write_record_view(&mut self.made, record, self.style)?;
+        } else {
+            let identity = [self.identity[0].as_str(), self.identity[1].as_str()];
+            write_record_as_stored(&mut self.made, record, identity)?;
+        }
+        self.next = Some(i + 1);
+        Ok(true)
     }
 }
 
 impl BodySource for Listing {
     fn fill(&mut self, out: &mut Vec<u8>, want: usize) -> io::Result<bool> {
-        let mut i = match self.next {
-            Some(i) => i,
-            None => {
-                out.push(b'[');
-                0
-            }
-        };
-        let goal = out.len() + want;
+        let goal = out.len() + want.max(1);
         while out.len() < goal {
-            let Some(record) = self.records.get(i) else {
-                out.push(b']');
-                self.next = Some(i);
+            if self.sent == self.made.len() && !self.make_next()? {
+                self.made = Vec::new();
                 return Ok(false);
-            };
-            if i > 0 {
-                out.push(b',');
             }
-            if self.style.may_rename(&record.request) {
-                write_record_view(out, record, self.style)?;
-            } else {
-                write_record_as_stored(out, record, [&self.identity[0], &self.identity[1]])?;
-            }
-            i += 1;
+            let take = (self.made.len() - self.sent).min(goal - out.len());
+            out.extend_from_slice(&self.made[self.sent..self.sent + take]);
+            self.sent += take;
         }
-        self.next = Some(i);
         Ok(true)
     }
 }

@@ -345,8 +345,8 @@ fn a_hanging_platform_is_504_within_the_timeout_while_other_requests_are_served(
 
 /// Found by an audit: creations for a hanging platform took every worker (each holds
 /// one for its calls and their undo), and `/healthz`, `/metrics` and the listings waited
-/// seconds. Creations and deletions now run on at most `workers - workers / 4` workers at once
-/// (`server::slow_workers`), so the other requests keep theirs.
+/// seconds. Creations and deletions now run on at most `workers` of the `workers + 1` threads
+/// at once (`server::worker_threads`), so the other requests keep one.
 #[test]
 fn creations_for_a_hanging_platform_leave_workers_for_reads_and_health() {
     let mep = FakeLlMec::start();
@@ -374,7 +374,7 @@ fn creations_for_a_hanging_platform_leave_workers_for_reads_and_health() {
             slowest = slowest.max(started.elapsed());
         }
     }
-    // Three slow requests at a time, each ~1 s (its call's timeout): the answers above would
+    // Four slow requests at a time, each ~1 s (its call's timeout): the answers above would
     // wait a second or more if they queued behind them.
     eprintln!("slowest read {slowest:?}");
     assert!(
