@@ -1184,6 +1184,41 @@ mod tests {
         let mut empty = Vec::new();
         write_listing(&mut empty, &[], ApiStyle::Spec).unwrap();
         assert_eq!(empty, b"[]");
+
+        // Pulled a piece at a time, no piece is longer than asked, whatever the records'
+        // length (a request of 1 MB included), and the pieces make the same array.
+        let big = format!(
+            r#"{{"transportDependencies":[{{"transport":{{"type":"RPC","protocol":"p","version":"1","security":{{"pad":"{}"}}}},"serializers":"PROTOBUF3","labels":[]}}]}}"#,
+            "y".repeat(1 << 20)
+        );
+        let mut records = records;
+        records.push(Arc::new(Record::new(
+            "big".into(),
+            "2".into(),
+            big.as_str().into(),
+            Status::Created,
+            Arc::from([]),
+            0,
+            1_700_000_000_000,
+        )));
+        for style in [ApiStyle::Spec, ApiStyle::Camel] {
+            let mut listing = Listing::new(records.clone(), style);
+            let (mut pieces, mut joined) = (0, Vec::new());
+            loop {
+                let mut piece = Vec::new();
+                let more = listing.fill(&mut piece, 1000).unwrap();
+                assert!(piece.len() <= 1000, "{}", piece.len());
+                joined.extend_from_slice(&piece);
+                pieces += 1;
+                if !more {
+                    break;
+                }
+            }
+            assert!(pieces > 1000, "{pieces}");
+            let mut whole = Vec::new();
+            write_listing(&mut whole, &records, style).unwrap();
+            assert_eq!(joined, whole, "{style:?}");
+        }
     }
 
     /// Two regions of the simulated platform (one with a position filter to cut).
