@@ -550,17 +550,8 @@ fn clients_that_never_read_hold_no_worker_and_no_memory() {
         probes.push(sent.elapsed());
         if probes.len() % 40 == 0 {
             let sent = Instant::now();
-            let (responses, _) = send_and_collect(
-                addr,
-                format!(
-                    "POST {REQUESTS} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-                .as_bytes(),
-                false,
-                5000 * MS,
-            );
-            assert_eq!(responses[0].status, 201, "{}", show(&responses[0]));
+            let created = post(addr, &body);
+            assert_eq!(created.status, 201, "{}", show(&created));
             posts.push(sent.elapsed());
         }
         thread::sleep(40 * MS);
