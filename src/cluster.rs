@@ -23,7 +23,7 @@ use ureq::Agent;
 use ureq::http;
 use ureq::unversioned::transport::DefaultConnector;
 
-use crate::config::{Config, MepConfig, StoreConfig};
+use crate::config::{Config, DriverKind, MepConfig, StoreConfig};
 use crate::error::ApiError;
 use crate::etcd::Client;
 use crate::http::{FORWARDED, JSON, PROBLEM_JSON, Request, Response};
@@ -542,18 +542,24 @@ impl Forwarding {
 
 /// The bound on a forwarded change: generous enough for a leader's platform calls, i.e. the
 /// longest region's `timeout_ms` times its `max_calls` (at most
-/// [`FORWARD_CALLS_COUNTED`]) twice (apply, then undo), plus its polls; between 30 s and
-/// 600 s.
+/// [`FORWARD_CALLS_COUNTED`]) twice (apply, then undo), plus, for an EdgeGallery platform
+/// (the one driver that polls), its polls, each a `poll_interval` and then up to `timeout_ms`
+/// for the answer (found by an audit: counting the interval only, a follower gave up with a
+/// 502 on a creation its leader then finished); between 30 s and 600 s.
 pub fn forwarding_timeout<'a>(meps: impl IntoIterator<Item = &'a MepConfig>) -> Duration {
     let longest = meps
         .into_iter()
         .map(|mep| {
             let calls = mep.max_calls.min(FORWARD_CALLS_COUNTED) as u32 * 2;
             let calls = mep.timeout.checked_mul(calls).unwrap_or(Duration::MAX);
-            let polls = mep
-                .poll_interval
-                .checked_mul(mep.poll_attempts)
-                .unwrap_or(Duration::MAX);
+            let polls = match mep.driver {
+                DriverKind::Edgegallery => mep
+                    .poll_interval
+                    .saturating_add(mep.timeout)
+                    .checked_mul(mep.poll_attempts)
+                    .unwrap_or(Duration::MAX),
+                _ => Duration::ZERO,
+            };
             calls.saturating_add(polls)
         })
         .max()
@@ -755,11 +761,32 @@ mod tests {
         ));
     }
 
-    /// A platform whose bound in [`forwarding_timeout`] is `calls_ms` × 2 × min(max_calls, 8)
-    /// plus `polls` polls of `poll_ms`.
+    /// A platform whose bound in [`forwarding_timeout`] is `timeout_ms` × 2 × min(max_calls,
+    /// 8) (LL-MEC: it does not poll, `poll_ms` and `polls` are not counted).
     fn mep(timeout_ms: u64, max_calls: usize, poll_ms: u64, polls: u32) -> MepConfig {
+        platform(DriverKind::Llmec, timeout_ms, max_calls, poll_ms, polls)
+    }
+
+    /// An EdgeGallery platform: [`mep`]'s bound plus `polls` × (`poll_ms` + `timeout_ms`).
+    fn eg(timeout_ms: u64, max_calls: usize, poll_ms: u64, polls: u32) -> MepConfig {
+        platform(
+            DriverKind::Edgegallery,
+            timeout_ms,
+            max_calls,
+            poll_ms,
+            polls,
+        )
+    }
+
+    fn platform(
+        driver: DriverKind,
+        timeout_ms: u64,
+        max_calls: usize,
+        poll_ms: u64,
+        polls: u32,
+    ) -> MepConfig {
         let mut mep = MepConfig::new(
-            DriverKind::Llmec,
+            driver,
             "http://127.0.0.1:1",
             Duration::from_millis(timeout_ms),
         );
@@ -774,15 +801,18 @@ mod tests {
         let ms = |meps: &[MepConfig]| forwarding_timeout(meps).as_millis();
         // The lower clamp, 30 s: 29.999 s is raised, 30 s is kept, 30.001 s too.
         assert_eq!(ms(&[mep(14_999, 1, 0, 0)]), 30_000, "29.998 s");
-        assert_eq!(ms(&[mep(0, 1, 1, 29_999)]), 30_000, "29.999 s");
+        assert_eq!(ms(&[eg(0, 1, 1, 29_999)]), 30_000, "29.999 s");
         assert_eq!(ms(&[mep(15_000, 1, 0, 0)]), 30_000, "exactly 30 s");
-        assert_eq!(ms(&[mep(15_000, 1, 1, 1)]), 30_001);
+        assert_eq!(ms(&[eg(0, 1, 1, 30_001)]), 30_001);
         assert_eq!(ms(&[]), 30_000, "no region");
         // The upper clamp, 600 s: 600 s is kept, 600.001 s is lowered.
         assert_eq!(ms(&[mep(37_500, 8, 0, 0)]), 600_000, "exactly 600 s");
         assert_eq!(ms(&[mep(37_500, 8, 1, 0)]), 600_000, "no polls counted");
-        assert_eq!(ms(&[mep(37_500, 8, 1, 1)]), 600_000, "600.001 s");
-        assert_eq!(ms(&[mep(30_000, 8, 59_999, 1)]), 539_999);
+        assert_eq!(ms(&[eg(37_500, 8, 1, 1)]), 600_000, "637.501 s");
+        assert_eq!(ms(&[eg(30_000, 8, 29_999, 1)]), 539_999);
+        // Each EdgeGallery poll may wait its timeout for the answer; LL-MEC does not poll.
+        assert_eq!(ms(&[eg(1_000, 1, 100, 40)]), 46_000);
+        assert_eq!(ms(&[mep(1_000, 1, 100, 40)]), 30_000);
         // At most 8 calls count: 9 or 100,000 give what 8 do.
         assert_eq!(ms(&[mep(2_000, 8, 0, 0)]), 32_000);
         assert_eq!(ms(&[mep(2_000, 9, 0, 0)]), 32_000);
@@ -791,10 +821,20 @@ mod tests {
         // The longest region wins; huge values saturate instead of overflowing.
         let regions = [
             mep(1_000, 1, 0, 0),
-            mep(20_000, 1, 100, 10),
+            eg(2_000, 1, 100, 10),
             mep(5_000, 2, 0, 0),
         ];
-        assert_eq!(ms(&regions), 41_000);
-        assert_eq!(ms(&[mep(u64::MAX / 4, 8, u64::MAX / 2, u32::MAX)]), 600_000);
+        assert_eq!(ms(&regions), 30_000, "the longest, 25 s, raised to 30 s");
+        let regions = [
+            mep(30_000, 1, 0, 0),
+            eg(2_000, 1, 100, 20),
+            mep(5_000, 2, 0, 0),
+        ];
+        assert_eq!(
+            ms(&regions),
+            60_000,
+            "LL-MEC's 60 s over EdgeGallery's 46 s"
+        );
+        assert_eq!(ms(&[eg(u64::MAX / 4, 8, u64::MAX / 2, u32::MAX)]), 600_000);
     }
 }

@@ -9,7 +9,7 @@
 //! `{id}`, the application instance, is the request's RequestId (a UUID). Every id placed in a
 //! path (instance and task ids) is percent-encoded: everything but `A-Z a-z 0-9 - _ ~` (dots
 //! included), so an id such as `../../x` or `a b` is always one path segment and never a dot
-//! segment. Every call on the configuration carries `X-AppinstanceID: {id}` (EdgeGallery
+//! segment. Every call, a task's polls included, carries `X-AppinstanceID: {id}` (EdgeGallery
 //! requires it equal to the path's id). A step's `target` is the encoded configuration path and
 //! its `body` the exact AppDConfig sent, so the journal holds it.
 //!
@@ -324,10 +324,12 @@ impl EdgeGallery {
         (self.client.timeout() + self.poll_interval * self.poll_attempts) * 2
     }
 
-    /// One look at a task.
-    fn task_state(&self, task: &str) -> Result<Option<TaskState>, MepError> {
+    /// One look at a task (of the application instance `instance`: every call carries its
+    /// header, task polls too; found by an audit: they went without it).
+    fn task_state(&self, task: &str, instance: &str) -> Result<Option<TaskState>, MepError> {
         let url = self.client.url(&task_target(task));
-        match self.client.send_with("GET", &url, None, &[]) {
+        let headers = [(APP_INSTANCE_HEADER, instance)];
+        match self.client.send_with("GET", &url, None, &headers) {
             Ok(answer) => match TaskProgress::parse(&answer.body) {
                 Some(progress) => Ok(Some(progress.state())),
                 None => Err(MepError::Unreachable {
@@ -342,7 +344,12 @@ impl EdgeGallery {
 
     /// Follows the task an accepted call answered with until it ends. On error, also gives
     /// the task id when there is one.
-    fn follow(&self, answer: &Answer, url: &str) -> Result<(), (Option<String>, MepError)> {
+    fn follow(
+        &self,
+        answer: &Answer,
+        url: &str,
+        instance: &str,
+    ) -> Result<(), (Option<String>, MepError)> {
         let Some(progress) = TaskProgress::parse(&answer.body) else {
             return Err((
                 None,
@@ -372,20 +379,21 @@ impl EdgeGallery {
                     ),
                 },
             )),
-            (TaskState::Processing, Some(task)) => {
-                self.poll(&task).map_err(|e| (Some(task.clone()), e))
-            }
+            (TaskState::Processing, Some(task)) => self
+                .poll(&task, instance)
+                .map_err(|e| (Some(task.clone()), e)),
         }
     }
 
     /// Polls a task every `poll_interval`, at most `poll_attempts` times.
-    fn poll(&self, task: &str) -> Result<(), MepError> {
+    fn poll(&self, task: &str, instance: &str) -> Result<(), MepError> {
         let url = self.client.url(&task_target(task));
+        let headers = [(APP_INSTANCE_HEADER, instance)];
         let started = Instant::now();
         let mut last_error = None;
         for attempt in 1..=self.poll_attempts {
             std::thread::sleep(self.poll_interval);
-            match self.client.send_with("GET", &url, None, &[]) {
+            match self.client.send_with("GET", &url, None, &headers) {
                 Ok(answer) => match TaskProgress::parse(&answer.body).map(|p| p.state()) {
                     Some(TaskState::Success) => {
                         debug!(
@@ -483,7 +491,7 @@ impl Driver for EdgeGallery {
                 return Err(e);
             }
         };
-        match self.follow(&answer, &url) {
+        match self.follow(&answer, &url, &instance) {
             Ok(()) => {
                 self.unsettled().remove(step.target());
                 Ok(())
@@ -525,7 +533,7 @@ impl Driver for EdgeGallery {
             since,
         }) = &unsettled
         {
-            match self.task_state(task)? {
+            match self.task_state(task, &instance)? {
                 Some(TaskState::Processing) => {
                     return Err(MepError::Refused {
                         url: self.client.url(&task_target(task)),
@@ -571,7 +579,7 @@ impl Driver for EdgeGallery {
             Ok(answer) => {
                 // The configuration was committed: its creation is settled.
                 self.unsettled().remove(step.target());
-                self.follow(&answer, &url).map_err(|(_, e)| e)
+                self.follow(&answer, &url, &instance).map_err(|(_, e)| e)
             }
         }
     }

@@ -14,7 +14,8 @@
 //!   or, if set, [`finish_tasks_after`](FakeEdgeGallery::finish_tasks_after) a time even if
 //!   nobody polls (as EdgeGallery's own worker would); ending `SUCCESS` commits the change.
 //!
-//! Each configuration call must carry `X-AppinstanceID` equal to the path's (decoded) id, and,
+//! Each configuration call must carry `X-AppinstanceID` equal to the path's (decoded) id (a
+//! task's poll, its task's instance), and,
 //! with [`require_token`](FakeEdgeGallery::require_token), `Authorization: Bearer <token>`;
 //! errors are ProblemDetails whose `status` is an EdgeGallery-style code (not the HTTP
 //! status). Every call is recorded (method, raw path, headers, body). Injectable faults: the
@@ -451,8 +452,16 @@ fn answer(call: &Call, state: &mut State) -> (u16, Value) {
         if call.method != "GET" {
             return problem(405, CODE_INVALID, "method not allowed");
         }
-        if !state.tasks.contains_key(&task) {
+        let Some(instance) = state.tasks.get(&task).map(|t| t.instance.clone()) else {
             return problem(404, CODE_NOT_FOUND, "task not found");
+        };
+        // A task's instance header too (found by an audit: the driver's polls lacked it).
+        if call.header("x-appinstanceid") != Some(instance.as_str()) {
+            return problem(
+                401,
+                CODE_UNAUTHORIZED,
+                "UnAuthorization to access the resource",
+            );
         }
         state.advance(Some(&task));
         return (200, state.progress(&task));
