@@ -839,25 +839,7 @@ fn write_stream(
     let result = panic::catch_unwind(AssertUnwindSafe(|| {
         stream(&mut writer).and_then(|()| writer.flush_piece(true))
     }));
-    let ok = match result {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            debug!(
-                "{} {}: streamed body not delivered: {e}",
-                job.request.method,
-                http1::log_target(job.request.path())
-            );
-            false
-        }
-        Err(_) => {
-            log::error!(
-                "streamed body of {} {} panicked",
-                job.request.method,
-                http1::log_target(job.request.path())
-            );
-            false
-        }
-    };
+    let ok = streamed(&stream_name(&job.request), result).is_some();
     pipe.finish(ok);
     shared.tell(
         pipe.io,
@@ -866,6 +848,45 @@ fn write_stream(
             serial: pipe.serial,
         },
     );
+}
+
+/// `METHOD target` of a streamed body's request, as its failure's log line names it.
+fn stream_name(request: &Request) -> String {
+    format!("{} {}", request.method, http1::log_target(request.path()))
+}
+
+/// What making a streamed body gave (`None` when it failed or panicked, logged naming `what`):
+/// the connection is then closed with the body cut short.
+fn streamed<T>(what: &str, result: thread::Result<io::Result<T>>) -> Option<T> {
+    match result {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) => {
+            debug!("{what}: streamed body not delivered: {e}");
+            None
+        }
+        Err(_) => {
+            log::error!("streamed body of {what} panicked");
+            None
+        }
+    }
+}
+
+/// One piece of a streamed body as it goes out: `data` as a chunk of the chunked coding (none
+/// when empty), then the last chunk after the body's `last` piece; `data` itself otherwise.
+fn framed(mut data: Vec<u8>, chunked: bool, last: bool) -> Vec<u8> {
+    if !chunked {
+        return data;
+    }
+    let mut piece = Vec::with_capacity(data.len() + 16);
+    if !data.is_empty() {
+        piece.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        piece.append(&mut data);
+        piece.extend_from_slice(b"\r\n");
+    }
+    if last {
+        piece.extend_from_slice(b"0\r\n\r\n");
+    }
+    piece
 }
 
 /// Logs one line for an answered request and tells the handler (which counts it in the
@@ -1093,18 +1114,8 @@ impl PipeWriter<'_> {
         if self.buffer.is_empty() && !(last && self.chunked) {
             return Ok(());
         }
-        let mut piece = Vec::with_capacity(self.buffer.len() + 16);
-        if self.chunked && !self.buffer.is_empty() {
-            piece.extend_from_slice(format!("{:x}\r\n", self.buffer.len()).as_bytes());
-            piece.append(&mut self.buffer);
-            piece.extend_from_slice(b"\r\n");
-        } else {
-            piece.append(&mut self.buffer);
-        }
-        if last && self.chunked {
-            piece.extend_from_slice(b"0\r\n\r\n");
-        }
-        self.pipe.push(piece)?;
+        let data = std::mem::replace(&mut self.buffer, Vec::with_capacity(PIPE_PIECE));
+        self.pipe.push(framed(data, self.chunked, last))?;
         self.shared.tell(
             self.pipe.io,
             News::Piece {
@@ -1158,7 +1169,7 @@ impl Outgoing {
             source,
             chunked,
             ended: None,
-            what: format!("{} {}", request.method, http1::log_target(request.path())),
+            what: stream_name(request),
         })
     }
 
@@ -1197,35 +1208,14 @@ impl Pulled {
         let mut data = Vec::with_capacity(PIPE_PIECE + 1024);
         let source = &mut self.source;
         let filled = panic::catch_unwind(AssertUnwindSafe(|| source.fill(&mut data, PIPE_PIECE)));
-        let more = match filled {
-            Ok(Ok(more)) => more,
-            Ok(Err(e)) => {
-                debug!("{}: streamed body not delivered: {e}", self.what);
-                self.ended = Some(false);
-                return None;
-            }
-            Err(_) => {
-                log::error!("streamed body of {} panicked", self.what);
-                self.ended = Some(false);
-                return None;
-            }
+        let Some(more) = streamed(&self.what, filled) else {
+            self.ended = Some(false);
+            return None;
         };
         if !more {
             self.ended = Some(true);
         }
-        if !self.chunked {
-            return Some(data);
-        }
-        let mut piece = Vec::with_capacity(data.len() + 16);
-        if !data.is_empty() {
-            piece.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            piece.extend_from_slice(&data);
-            piece.extend_from_slice(b"\r\n");
-        }
-        if !more {
-            piece.extend_from_slice(b"0\r\n\r\n");
-        }
-        Some(piece)
+        Some(framed(data, self.chunked, !more))
     }
 }
 
