@@ -4,12 +4,13 @@
 //! What it guarantees:
 //! - every call returns within the configured `timeout` per endpoint tried (connect included);
 //!   endpoints are tried in turn only while none could be connected to, so a call takes at most
-//!   `timeout` once a request was sent, and `endpoints × timeout` when none answers;
-//! - a request is sent to a second endpoint only when it could not be sent to the first
+//!   `timeout` once a request was sent, and `endpoints × timeout` when none answers; a read
+//!   left unanswered is sent once more, to the next endpoint (two of these bounds);
+//! - a write is sent to a second endpoint only when it could not be sent to the first
 //!   (connection refused, name not found, TLS handshake failed, connect timeout): a write that
 //!   reached etcd is never sent twice. After a timeout or an etcd that answers "unavailable",
 //!   the *next* call starts at the next endpoint (a stopped or partitioned member must not hold
-//!   the client);
+//!   the client), and a read is sent again there at once;
 //! - reads are linearizable (the gateway's default; `serializable` is never set);
 //! - errors are typed ([`EtcdError`]): nobody answered, etcd answered but could not commit in
 //!   time (no quorum, or our timeout), a transaction's comparison failed, authentication
@@ -459,6 +460,13 @@ impl Txn {
         self
     }
 
+    /// Whether every operation of both branches only reads: such a transaction may be sent
+    /// twice.
+    fn reads_only(&self) -> bool {
+        let ranges = |ops: &[Op]| ops.iter().all(|op| matches!(op, Op::Range(_)));
+        ranges(&self.success) && ranges(&self.failure)
+    }
+
     fn to_json(&self) -> Value {
         let all = |ops: &[Op]| ops.iter().map(Op::to_json).collect::<Vec<_>>();
         json!({
@@ -609,10 +617,10 @@ impl Client {
         shown.join(", ")
     }
 
-    /// Reads a key or a range of keys (linearizable).
+    /// Reads a key or a range of keys (linearizable; see [`read`](Client::read)).
     pub fn range(&self, range: &Range) -> Result<RangeResponse, EtcdError> {
         let before = self.highest_revision();
-        let (endpoint, answer) = self.call("/v3/kv/range", &range.to_json(), self.timeout)?;
+        let (endpoint, answer) = self.read("/v3/kv/range", &range.to_json())?;
         let answer = parse_range(&answer).map_err(|reason| malformed(&endpoint, reason))?;
         self.advance(&endpoint, before, answer.revision)?;
         Ok(answer)
@@ -673,7 +681,11 @@ impl Client {
     /// not an error: see [`TxnResponse::require_succeeded`].
     pub fn txn(&self, txn: &Txn) -> Result<TxnResponse, EtcdError> {
         let before = self.highest_revision();
-        let (endpoint, answer) = self.call("/v3/kv/txn", &txn.to_json(), self.timeout)?;
+        let (endpoint, answer) = if txn.reads_only() {
+            self.read("/v3/kv/txn", &txn.to_json())?
+        } else {
+            self.call("/v3/kv/txn", &txn.to_json(), self.timeout)?
+        };
         let answer = parse_txn(&answer).map_err(|reason| malformed(&endpoint, reason))?;
         self.advance(&endpoint, before, answer.revision)?;
         Ok(answer)
@@ -716,6 +728,19 @@ impl Client {
     /// One call: `path` with `body` on the endpoints, authenticated when a user is configured
     /// (once more with a fresh token if etcd says the token is no longer valid). Returns the
     /// endpoint that answered and its (2xx) JSON answer.
+    /// [`call`](Client::call) of a read. One that got no answer in time, or an
+    /// "unavailable" one, is sent once more, to the next endpoint (where the client has moved
+    /// on): reading twice changes nothing, and one member stopped or cut off out of three must
+    /// not fail a read (a follower's role, its listings), only slow it by one timeout.
+    fn read(&self, path: &str, body: &Value) -> Result<(String, Value), EtcdError> {
+        match self.call(path, body, self.timeout) {
+            Err(EtcdError::NoQuorum { .. }) if self.endpoints.len() > 1 => {
+                self.call(path, body, self.timeout)
+            }
+            other => other,
+        }
+    }
+
     fn call(
         &self,
         path: &str,
@@ -1651,6 +1676,59 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_a_read_left_unanswered_is_sent_again_to_the_next_endpoint() {
+        let answer: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+            Content-Length: 78\r\n\r\n{\"header\":{\"revision\":\"7\"},\"succeeded\":true,\
+            \"responses\":[{\"response_put\":{}}]}";
+        let client = |endpoints: Vec<String>| {
+            Client::new(Options {
+                endpoints,
+                ca_pem: None,
+                user: None,
+                password: None,
+                timeout: 300 * MS,
+            })
+            .unwrap()
+        };
+        // A first member that answers nothing, a second that answers.
+        let pair = || {
+            let silent = fake_gateway(b"", Duration::from_secs(2));
+            vec![silent, fake_gateway(answer, Duration::ZERO)]
+        };
+        let read = Txn::new()
+            .when(Compare::absent("a"))
+            .then(Op::Range(Range::key("a")))
+            .otherwise(Op::Range(Range::key("b")));
+        assert!(read.reads_only());
+        let started = Instant::now();
+        let answer = client(pair()).txn(&read).unwrap();
+        assert_eq!((answer.succeeded, answer.revision), (true, 7));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let range = client(pair()).range(&Range::key("a")).unwrap();
+        assert_eq!(range.revision, 7);
+
+        // A write may have been carried out: it is never sent twice.
+        for write in [
+            Txn::new().then(Op::put("a", "1")),
+            Txn::new()
+                .then(Op::Range(Range::key("a")))
+                .otherwise(Op::delete("a")),
+        ] {
+            assert!(!write.reads_only());
+            let e = client(pair()).txn(&write).unwrap_err();
+            assert!(matches!(e, EtcdError::NoQuorum { .. }), "{e:?}");
+        }
+        let e = client(pair()).put(b"a", b"1", 0).unwrap_err();
+        assert!(matches!(e, EtcdError::NoQuorum { .. }), "{e:?}");
+        // With one endpoint, a read is not sent twice to the member that did not answer.
+        let silent = fake_gateway(b"", Duration::from_secs(2));
+        let started = Instant::now();
+        let e = client(vec![silent]).range(&Range::key("a")).unwrap_err();
+        assert!(matches!(e, EtcdError::NoQuorum { .. }), "{e:?}");
+        assert!(started.elapsed() < 600 * MS, "{:?}", started.elapsed());
     }
 
     const MS: Duration = Duration::from_millis(1);

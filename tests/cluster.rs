@@ -948,6 +948,50 @@ fn one_etcd_member_lost_changes_nothing_two_make_every_call_503_until_they_retur
 }
 
 #[test]
+fn one_etcd_member_paused_keeps_every_instance_healthy_and_answering() {
+    let test = "one_etcd_member_paused_keeps_every_instance_healthy_and_answering";
+    let _serial = serial();
+    let Some(d) = Deployment::start(test, 2) else {
+        return;
+    };
+    let leader = d.wait_leader();
+    // Member 0, where every instance's client starts, stops answering but keeps its sockets
+    // open (a hung host): each instance's next etcd read waits one timeout there, then goes to
+    // the next member. Neither role nor `/healthz` nor a read may fail meanwhile. (Had member
+    // 0 led etcd itself, etcd would be without a leader for an election's time.)
+    d.etcd.lead_elsewhere_than(0);
+    d.etcd.pause(0);
+    let paused = Instant::now();
+    let mut failures = Vec::new();
+    let mut samples = 0;
+    while paused.elapsed() < Duration::from_secs(3 * TTL_S) && samples < 200 {
+        samples += 1;
+        for i in d.live() {
+            let at = paused.elapsed();
+            match d.health(i) {
+                Ok(health) if health.status == 200 => {}
+                other => failures.push(format!("{at:?}: instance {i} /healthz {other:?}")),
+            }
+            match call(d.addr(i), "GET", REQUESTS, None, CALL_TIMEOUT) {
+                Ok(list) if list.status == 200 => {}
+                other => failures.push(format!("{at:?}: instance {i} GET {other:?}")),
+            }
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let id = create_through(&d, 1 - leader, "paused-member", Duration::from_secs(10));
+    d.etcd.resume(0);
+    assert!(
+        failures.is_empty(),
+        "{} of {samples} samples failed: {failures:#?}{}",
+        failures.len(),
+        d.logs()
+    );
+    assert_eq!(d.wait_leader(), leader, "the leader changed");
+    assert!(listed(&d.listing(0).unwrap()).contains_key(&id));
+}
+
+#[test]
 fn a_leader_paused_past_its_lease_neither_writes_nor_calls_a_platform_once_resumed() {
     let test = "a_leader_paused_past_its_lease_neither_writes_nor_calls_a_platform_once_resumed";
     let _serial = serial();

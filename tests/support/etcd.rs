@@ -230,6 +230,51 @@ impl Cluster {
         self.wait_healthy();
     }
 
+    /// Makes sure member `i` is not etcd's own (raft) leader, handing the leadership to
+    /// another member if it is. Pausing the raft leader costs etcd an election (up to its
+    /// 1 s election timeout and more), in which no member serves a linearizable read: etcd's
+    /// own unavailability, which a test of the client's failover must not measure.
+    pub fn lead_elsewhere_than(&self, i: usize) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .proxy(None)
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .into();
+        // (its own member id, the raft leader's), as member `m` says.
+        let status = |m: &Member| -> Option<(String, String)> {
+            let url = format!("{}/v3/maintenance/status", m.endpoint());
+            let text = agent.post(url).send("{}").ok()?.body_mut().read_to_string();
+            let status: serde_json::Value = serde_json::from_str(&text.ok()?).ok()?;
+            let id = |v: &serde_json::Value| v.as_str().map(str::to_string);
+            Some((id(&status["header"]["member_id"])?, id(&status["leader"])?))
+        };
+        let other = (i + 1) % self.members.len();
+        let deadline = Instant::now() + HEALTHY_WITHIN;
+        loop {
+            match status(&self.members[i]) {
+                Some((own, leader)) if own != leader && leader != "0" => return,
+                Some((own, leader)) if own == leader => {
+                    if let Some((target, _)) = status(&self.members[other]) {
+                        let url = format!(
+                            "{}/v3/maintenance/transfer-leadership",
+                            self.members[i].endpoint()
+                        );
+                        let body = serde_json::json!({ "targetID": target }).to_string();
+                        let _ = agent.post(url).send(body.as_str());
+                    }
+                }
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i} still leads etcd after {HEALTHY_WITHIN:?}; logs in {}",
+                self.dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits (at most 20 s) until every running member says it is healthy (it has a leader
     /// and can commit); panics naming the log directory otherwise.
     pub fn wait_healthy(&mut self) {
