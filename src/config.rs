@@ -1572,10 +1572,25 @@ fn check_url(url: &str) -> Result<String, String> {
         if let Some((_, port)) = after_host.rsplit_once(':') {
             let valid = port.bytes().all(|b| b.is_ascii_digit())
                 && matches!(port.parse::<u16>(), Ok(p) if p > 0);
+            if !valid && !authority.as_str().contains('@') && url.contains('@') {
+                // What reads as the port may be the start of a password (`user:pa/ss@host`).
+                return Err("has a port that is no number 1..65535 (a user or password \
+                     holding '/', '?', '#' or '@' must be percent-encoded)"
+                    .into());
+            }
             if !valid {
                 return Err(format!("has port '{port}': a port is a number 1..65535"));
             }
         }
+    }
+    // `http://user:12/3@host` reads as host `user`, port 12 and a path: a password (or user)
+    // holding `/`, `?`, `#` or `@` must be percent-encoded.
+    if uri.path().contains('@') {
+        return Err(
+            "has an '@' in its path: a user or password holding '/', '?', '#' or '@' \
+             must be percent-encoded (%2F, %3F, %23, %40)"
+                .into(),
+        );
     }
     Ok(url.trim_end_matches('/').to_string())
 }
@@ -1870,6 +1885,24 @@ url = "http://127.0.0.1:13000/"
             let e = parse_err(&MINIMAL.replace("http://127.0.0.1:13000/", url));
             assert!(e.contains("line 9: region '2': mep.url"), "{url}: {e}");
             assert!(e.contains(needle), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_password_holding_a_slash_is_refused_and_never_shown() {
+        for url in [
+            "http://alice:12/34@127.0.0.1:13001",
+            "http://alice:Xy/Ss@127.0.0.1:13001",
+            "http://alice:Xy?Ss@127.0.0.1:13001",
+            "http://alice:Xy#Ss@127.0.0.1:13001",
+            "http//alice:XySs@127.0.0.1:13001",
+        ] {
+            let e = parse_err(&MINIMAL.replace("http://127.0.0.1:13000/", url));
+            assert!(e.contains("line 9: region '2': mep.url"), "{url}: {e}");
+            assert!(e.contains("***@127.0.0.1:13001"), "{url}: {e}");
+            for secret in ["34", "Xy", "Ss", "alice"] {
+                assert!(!e.contains(secret), "{url}: {e}");
+            }
         }
     }
 

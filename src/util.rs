@@ -48,14 +48,18 @@ pub fn rfc3339(millis: i64) -> String {
 }
 
 /// The URL with any `user:password@` masked as `***@`, for logs, errors and the configuration
-/// summary (the one place URLs are masked).
+/// summary (the one place URLs are masked): everything between the scheme and the last `@`.
+/// Not only the authority as a URL parser finds it: a text shown in an error may be no URL
+/// (`http//user:pw@host`), or hold a password with an unencoded `/`, `?` or `#`, which ends
+/// the authority before its `@`. The URLs the plugin calls have no `@` elsewhere: the
+/// configuration refuses one in a platform URL's path, and ids in paths are percent-encoded.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let start = match url.find("://") {
+        Some(i) => i + 3,
+        None => url.find("//").map_or(0, |i| i + 2),
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+    match url[start..].rfind('@') {
+        Some(at) => format!("{}***@{}", &url[..start], &url[start + at + 1..]),
         None => url.to_string(),
     }
 }
@@ -158,11 +162,39 @@ mod tests {
     #[test]
     fn credentials_in_urls_are_masked() {
         assert_eq!(
-            redact("http://user:secret@mep:8080/api?x=@y"),
-            "http://***@mep:8080/api?x=@y"
+            redact("http://user:secret@mep:8080/api"),
+            "http://***@mep:8080/api"
         );
-        assert_eq!(redact("http://mep/a@b"), "http://mep/a@b");
+        assert_eq!(redact("https://mep:8443/api"), "https://mep:8443/api");
         assert_eq!(redact("simulated:"), "simulated:");
+        // Texts that are no URL, as a configuration error shows them: nothing before the last
+        // `@` after the scheme is shown.
+        for (typo, shown) in [
+            (
+                "http//alice:PaSsW0rd2@127.0.0.1:13000",
+                "http//***@127.0.0.1:13000",
+            ),
+            ("htp//alice:pw@mep", "htp//***@mep"),
+            ("alice:pw@mep:8080", "***@mep:8080"),
+            (
+                "http://alice:Pa/Ss1@127.0.0.1:13000",
+                "http://***@127.0.0.1:13000",
+            ),
+            (
+                "http://alice:Pa?Ss2@127.0.0.1:13000",
+                "http://***@127.0.0.1:13000",
+            ),
+            (
+                "http://alice:Pa#Ss3@127.0.0.1:13000",
+                "http://***@127.0.0.1:13000",
+            ),
+            ("http://alice:p w@mep", "http://***@mep"),
+            ("http://alice:123/Ss@mep", "http://***@mep"),
+            ("http://user:secret@mep:8080/api?x=@y", "http://***@y"),
+            ("no url at all", "no url at all"),
+        ] {
+            assert_eq!(redact(typo), shown, "{typo}");
+        }
     }
 
     #[test]
