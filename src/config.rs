@@ -323,7 +323,7 @@ pub struct MepConfig {
     /// [`defaults::MAX_CALLS`]): LL-MEC calls, MEC 011 rules, EdgeGallery configurations;
     /// reads and task polls are not counted.
     pub max_calls: usize,
-    /// How long after an apply whose outcome is unknown (timeout, broken exchange, 502/504)
+    /// How long after an apply whose outcome is unknown (timeout, broken exchange, a 5xx)
     /// it may still land on the platform (default [`defaults::SETTLE_TIMEOUTS`] ×
     /// `timeout`): a removal sent earlier is sent again once this has passed.
     pub settle: Duration,

@@ -126,7 +126,7 @@ const DRIVER_CHANGED_WAYS_OUT: &str = "they are not removed until the region's e
     is configured again, or a DELETE with ?forget=true leaves them where they are";
 
 /// A step whose apply was sent but whose outcome was not seen (timeout, broken exchange, a
-/// gateway's 502/504): the platform may still carry it out until `until` (its region's
+/// 5xx but 501 and 505): the platform may still carry it out until `until` (its region's
 /// `settle_ms` after it was sent). A removal of it sent before then proves nothing (the
 /// platform may answer 200 or 404 and apply the late call afterwards), so the step stays
 /// "possibly applied" until a removal is sent after `until`. Only the last step a creation

@@ -289,10 +289,10 @@ fn a_non_json_content_type_is_415() {
 fn a_refusing_platform_is_502_with_the_request_recorded_failed() {
     let mep = FakeLlMec::start();
     let p = plugin(&mep);
-    mep.fail_all(500);
+    mep.fail_all(403);
     let r = p.post(DNS);
     let d = r.problem(502);
-    assert!(d.contains("region '2'") && d.contains("500"), "{d}");
+    assert!(d.contains("region '2'") && d.contains("403"), "{d}");
     let id = r.json["RequestId"]
         .as_str()
         .expect("the error carries the RequestId");
@@ -386,13 +386,48 @@ fn creations_for_a_hanging_platform_leave_workers_for_reads_and_health() {
     }
 }
 
+/// Found by an audit: a platform that applied a rule and then answered 500 (its handler failed
+/// after it committed) kept the rule while the request said FAILED with nothing on the
+/// platform, and its DELETE sent nothing. A 5xx now counts as possibly applied.
+#[test]
+fn a_rule_applied_before_a_500_answer_is_removed() {
+    let mep = FakeLlMec::start();
+    let p = plugin_with(&mep, 1000, "");
+    mep.apply_then_fail_nth_post(1, 500);
+    let r = p.post(DNS);
+    let d = r.problem(502);
+    assert!(d.contains("500"), "{d}");
+    let id = r.json["RequestId"].as_str().unwrap().to_string();
+    assert!(
+        eventually(Duration::from_secs(10), || mep.installed().is_empty()),
+        "the rule stayed on the platform: {:?}",
+        mep.installed()
+    );
+    let deletes = mep.calls().iter().filter(|c| c.method == "DELETE").count();
+    assert!(deletes >= 1, "{:?}", mep.calls());
+    let stored = p.get(&format!("/service/requests/{id}")).json;
+    assert_eq!(stored["status"], "FAILED", "{stored}");
+    // Within the settle window (2 × timeout_ms) its removal is sent again: a DELETE answers
+    // 202 and the reconciler finishes it (201 once the window has passed).
+    let status = p.delete(&id).status;
+    assert!(status == 201 || status == 202, "{status}");
+    assert!(
+        eventually(Duration::from_secs(10), || p
+            .get(&format!("/service/requests/{id}"))
+            .status
+            == 404),
+        "not deleted"
+    );
+    assert!(mep.installed().is_empty());
+}
+
 #[test]
 fn a_partial_failure_undoes_the_applied_rules_in_reverse_with_identical_bodies() {
     let mep = FakeLlMec::start();
     let p = plugin(&mep);
     let body = seed_traffic().replace(r#""dstPort": ["80"]"#, r#""dstPort": ["80", "443"]"#);
     assert!(body.contains("443"), "test body has two ports");
-    mep.fail_nth_post(3, 500);
+    mep.fail_nth_post(3, 409);
     let r = p.post(&body);
     r.problem(502);
     assert!(

@@ -96,15 +96,15 @@ fn error_answers_are_refusals_with_the_platform_detail() {
     let llmec = driver(&fake, Duration::from_secs(3));
     let steps = seed_steps(&llmec);
 
-    fake.fail_nth_post(2, 500);
+    fake.fail_nth_post(2, 400);
     llmec.apply(&steps[0]).unwrap();
     let e = llmec.apply(&steps[1]).unwrap_err();
     assert_eq!(
         e,
         MepError::Refused {
             url: format!("{}{TRAFFIC_PATH}", fake.url()),
-            status: 500,
-            detail: "injected fault: HTTP 500".into()
+            status: 400,
+            detail: "injected fault: HTTP 400".into()
         }
     );
     assert!(!e.is_ambiguous());

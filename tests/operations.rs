@@ -60,7 +60,7 @@ fn metrics_count_requests_platform_calls_and_records_after_traffic() {
     let id = p.post(DNS).json["RequestId"].as_str().unwrap().to_string();
     p.get("/service/requests");
     p.get("/service/requests/nope");
-    mep.fail_all(500);
+    mep.fail_all(403);
     p.post(DNS);
     let (status, text, _) = raw_get(&p, "/metrics", None);
     assert_eq!(status, 200);

@@ -115,11 +115,15 @@ impl MepError {
     /// True when the platform may have applied the call although we saw no success (the
     /// answer was lost): the step must then be treated as possibly applied. A 502 or 504
     /// comes from a gateway in front of the platform that lost the platform's answer (or
-    /// never got one), so the call may have been applied behind it. A call that was never
-    /// written ([`MepError::NotSent`]) is not.
+    /// never got one), so the call may have been applied behind it. Any other server error
+    /// too, but 501 and 505 (the call was not understood): a 500 is what a platform answers
+    /// when its handler fails after it committed part of the work, a 503 what a proxy
+    /// answers when its upstream connection broke after the call went out. A platform's 4xx
+    /// or 3xx is its own refusal: it did nothing. A call that was never written
+    /// ([`MepError::NotSent`]) is not applied either.
     pub fn is_ambiguous(&self) -> bool {
         match self {
-            MepError::Refused { status, .. } => matches!(status, 502 | 504),
+            MepError::Refused { status, .. } => *status >= 500 && !matches!(status, 501 | 505),
             MepError::NotSent { .. } | MepError::BeforeChange(_) => false,
             MepError::Unreachable { .. } | MepError::Timeout { .. } => true,
         }
@@ -343,17 +347,20 @@ mod tests {
     }
 
     #[test]
-    fn only_a_platform_s_own_refusal_is_a_definite_failure() {
+    fn only_a_platform_s_refusal_or_a_call_it_did_not_understand_is_a_definite_failure() {
         let refused = |status| MepError::Refused {
             url: "u".into(),
             status,
             detail: String::new(),
         };
-        for status in [400, 404, 409, 412, 500, 503] {
+        for status in [301, 307, 400, 404, 409, 412, 422, 501, 505] {
             assert!(!refused(status).is_ambiguous(), "{status}");
         }
-        for status in [502, 504] {
-            assert!(refused(status).is_ambiguous(), "{status}: from a gateway");
+        for status in [500, 502, 503, 504, 507, 599] {
+            assert!(
+                refused(status).is_ambiguous(),
+                "{status}: may have been applied"
+            );
         }
         assert!(MepError::Timeout { url: "u".into() }.is_ambiguous());
         let read = MepError::BeforeChange(Box::new(MepError::Timeout { url: "u".into() }));

@@ -16,7 +16,8 @@
 //! ```ignore
 //! let mep = FakeLlMec::start();
 //! let driver = LlMec::new(&MepConfig::new(DriverKind::Llmec, &mep.url(), timeout));
-//! mep.fail_nth_post(2, 500); // the 2nd POST from now answers 500 and installs nothing
+//! mep.fail_nth_post(2, 400); // the 2nd POST from now answers 400 and installs nothing
+//! mep.apply_then_fail_nth_post(1, 500); // the next POST installs, then answers 500
 //! mep.delay(Duration::from_secs(5)); // every call waits 5 s before being handled
 //! mep.chaos(Chaos { fail_percent: 20, statuses: &[503, 504], max_delay, seed }); // random faults
 //! mep.stop(); // connection refused ... mep.restart();
@@ -86,6 +87,9 @@ struct State {
     posts: u64,
     /// POST number (1-based, counted from start) → status to answer instead of installing.
     failing_posts: BTreeMap<u64, u16>,
+    /// POST number → status to answer after installing (a handler that failed after it
+    /// committed, see [`FakeLlMec::apply_then_fail_nth_post`]).
+    applying_posts: BTreeMap<u64, u16>,
     fail_all: Option<u16>,
     delay: Duration,
     /// Extra wait of every POST (see [`FakeLlMec::late_posts`]).
@@ -229,6 +233,18 @@ impl FakeLlMec {
         state.failing_posts.insert(at, status);
     }
 
+    /// The `n`-th POST from now installs its rule, then answers `status`: a platform whose
+    /// handler failed after it committed the work.
+    pub fn apply_then_fail_nth_post(&self, n: u64, status: u16) {
+        assert!(
+            n >= 1,
+            "apply_then_fail_nth_post counts from 1 (the next POST)"
+        );
+        let mut state = lock(&self.shared.state);
+        let at = state.posts + n;
+        state.applying_posts.insert(at, status);
+    }
+
     /// Every call answers `status` and changes nothing, until [`heal`](Self::heal).
     pub fn fail_all(&self, status: u16) {
         lock(&self.shared.state).fail_all = Some(status);
@@ -248,6 +264,7 @@ impl FakeLlMec {
         state.fail_all = None;
         state.chaos = None;
         state.failing_posts.clear();
+        state.applying_posts.clear();
         state.delay = Duration::ZERO;
     }
 
@@ -492,10 +509,12 @@ fn handle(mut request: Request, shared: &Shared) {
             body: body.clone(),
         });
         state.via.push(via);
+        let (mut delay, mut lost) = (state.delay, None);
         let injected = if method == "POST" {
             state.posts += 1;
             let n = state.posts;
             let nth = state.failing_posts.remove(&n);
+            lost = state.applying_posts.remove(&n);
             state.fail_all.or(nth)
         } else {
             state.fail_all
@@ -507,7 +526,6 @@ fn handle(mut request: Request, shared: &Shared) {
             _ => Plan::NotFound,
         };
         // Chaos: a random delay, and maybe a fault (a lost answer: carried out, then `lost`).
-        let (mut delay, mut lost) = (state.delay, None);
         if method == "POST" {
             delay += state.post_delay;
         }
