@@ -187,7 +187,7 @@ impl Metrics {
             &mut out,
             "mec_plugin_requests_forgotten_total",
             "counter",
-            "Requests of a region no longer configured dropped by DELETE ?forget=true, their rules possibly left on the platform.",
+            "Requests dropped by DELETE ?forget=true (region no longer configured, or its platform URL or driver changed), their rules possibly left on the platform.",
         );
         let _ = writeln!(
             out,
@@ -294,7 +294,7 @@ fn render_gauges(out: &mut String, gauges: &Gauges) {
     single(
         out,
         "mec_plugin_state_writable",
-        "1 while changes can be made durable; 0 once the journal stopped after a failed fsync (restart needed).",
+        "1 while changes can be made durable; 0 while state_dir is full (1 again once there is room), once the journal stopped after a failed fsync or the deletion of its file (restart needed), or on an etcd instance that does not lead.",
         u8::from(gauges.state_writable),
     );
 }
@@ -369,6 +369,28 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
         assert!(text.contains("mec_plugin_build_info{version=\""));
+    }
+
+    /// Operator audit: the HELP of `state_writable` named only a failed `fsync` (restart
+    /// needed), though a full `state_dir` also makes it 0 and clears by itself; that of
+    /// `requests_forgotten_total` named only a region no longer configured.
+    #[test]
+    fn help_texts_name_every_case_of_their_metric_on_one_line() {
+        let text = Metrics::default().render(&Gauges::default());
+        let help = |name: &str| {
+            let start = format!("# HELP {name} ");
+            let line = text.lines().find(|l| l.starts_with(&start));
+            line.unwrap_or_else(|| panic!("no HELP for {name}\n{text}"))
+                .to_string()
+        };
+        let writable = help("mec_plugin_state_writable");
+        for case in ["full", "room", "fsync", "deletion", "restart", "etcd"] {
+            assert!(writable.contains(case), "{case}: {writable}");
+        }
+        let forgotten = help("mec_plugin_requests_forgotten_total");
+        for case in ["no longer configured", "platform URL", "driver"] {
+            assert!(forgotten.contains(case), "{case}: {forgotten}");
+        }
     }
 
     #[test]

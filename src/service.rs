@@ -871,7 +871,7 @@ impl Service {
     }
 
     /// Drops the record of request `id`, whose rules cannot be removed (`why`: its region is no
-    /// longer configured, or its platform URL changed), leaving its rules where they are
+    /// longer configured, or its platform URL or driver changed), leaving its rules where they are
     /// (`DELETE ...?forget=true`). One re-pointed since `why` was found (a concurrent
     /// `?adopt=true`) is removed as a plain DELETE removes it.
     fn forget(&self, id: &str, why: &str) -> Result<Removal, ApiError> {
