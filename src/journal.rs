@@ -1507,26 +1507,29 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 /// Creates the state directory if it is not there. Only it: a missing parent is most likely a
 /// mistyped path, which would otherwise start on a new, empty state without a word.
 fn make_state_dir(dir: &Path) -> Result<(), JournalError> {
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let why = match fs::create_dir(dir) {
         Ok(()) => return Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             io::Error::new(e.kind(), "exists and is not a directory")
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let parent = dir
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "its parent directory {} does not exist (a state directory is created, its \
-                     parents are not: is the path right?)",
-                    parent.display()
-                ),
-            )
+        // ENOENT also comes from a parent that is there but takes no new directory
+        // (`/proc/sys`): only a parent really missing is reported as one, else the OS's word.
+        Err(e) if e.kind() == io::ErrorKind::NotFound && fs::metadata(parent).is_ok() => {
+            io::Error::new(e.kind(), format!("cannot be created: {e}"))
         }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => io::Error::new(
+            e.kind(),
+            format!(
+                "its parent directory {} does not exist (a state directory is created, its \
+                     parents are not: is the path right?)",
+                parent.display()
+            ),
+        ),
         Err(e) => e,
     };
     Err(io_err(dir)(why))
@@ -1583,6 +1586,41 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mec-journal-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    /// Operator audit: `--state-dir /proc/sys/state` (its parent is there, but no directory
+    /// can be made in it: ENOENT) was reported as "its parent directory /proc/sys does not
+    /// exist". Only a missing parent is said to be one; both errors name the path.
+    #[test]
+    fn a_state_dir_is_said_to_lack_its_parent_only_when_the_parent_is_missing() {
+        let dir = temp_dir("state-dir-parent");
+        let missing = dir.join("typo").join("state");
+        let e = make_state_dir(&missing).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("{}: ", missing.display()))
+                && e.contains(&format!(
+                    "its parent directory {} does not exist",
+                    dir.join("typo").display()
+                )),
+            "{e}"
+        );
+        fs::create_dir(&dir).unwrap();
+        make_state_dir(&dir.join("state")).unwrap();
+        assert!(dir.join("state").is_dir());
+        let _ = fs::remove_dir_all(&dir);
+
+        let proc_sys = Path::new("/proc/sys");
+        if !proc_sys.is_dir() {
+            eprintln!("skipped the /proc/sys case: no /proc/sys here");
+            return;
+        }
+        let state = proc_sys.join("mec-plugin-state");
+        let e = make_state_dir(&state).unwrap_err().to_string();
+        // As root ENOENT ("cannot be created: No such file or directory"); else EACCES.
+        assert!(
+            e.starts_with(&format!("{}: ", state.display())) && !e.contains("parent"),
+            "{e}"
+        );
     }
 
     fn put(id: &str) -> Entry<'_> {
