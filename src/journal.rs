@@ -184,6 +184,11 @@ impl JournalError {
     pub fn is_no_space(&self) -> bool {
         matches!(self, JournalError::NoSpace { .. })
     }
+
+    /// Whether another process holds the state directory's lock.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, JournalError::Locked { .. })
+    }
 }
 
 /// The name of the errno of a full file system, if `error` is one.

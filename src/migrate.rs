@@ -125,10 +125,13 @@ impl MigrateError {
 impl fmt::Display for MigrateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MigrateError::Store(e) => write!(
+            // The service is named only when it may be the cause: a damaged or unreadable
+            // state is not mended by stopping anything.
+            MigrateError::Store(e) if e.is_locked() => write!(
                 f,
                 "cannot use the state (an export or import needs the service stopped): {e}"
             ),
+            MigrateError::Store(e) => write!(f, "cannot use the state: {e}"),
             MigrateError::NoState(dir) => write!(
                 f,
                 "state directory {} does not exist: nothing to export (check [server] \

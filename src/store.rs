@@ -416,6 +416,11 @@ impl StoreError {
         matches!(self, StoreError::Journal(e) if e.is_no_space())
     }
 
+    /// Whether another process holds the state directory (a running service, most likely).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Journal(e) if e.is_locked())
+    }
+
     /// Whether the store may work again without a restart (etcd back, another leader).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))

@@ -305,6 +305,12 @@ fn a_journal_whose_line_endings_were_converted_is_refused_by_export_and_start_un
             && err.contains("left untouched"),
         "{err}"
     );
+    // Operator audit: the damage was prefixed with "(an export or import needs the service
+    // stopped)", which blamed a service that is not running.
+    assert!(
+        err.contains("cannot use the state: ") && !err.contains("service stopped"),
+        "{err}"
+    );
     assert!(!file.exists(), "nothing exported");
     let out = run(&config, &state, &["--listen", "127.0.0.1:0"]);
     assert_eq!(out.status.code(), Some(1), "the start is refused too");
