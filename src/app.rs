@@ -57,10 +57,20 @@ pub enum StartError {
 
 impl StartError {
     /// The process's exit code: 2 when the configuration must change first (systemd's
-    /// `RestartPreventExitStatus=2` then stops restarting it), else 1.
+    /// `RestartPreventExitStatus=2` then stops restarting it), else 1. A listen address that
+    /// is not this host's, or a port below 1024 without the capability (the unit grants none),
+    /// is 2: no retry can bind it. An address in use stays 1: its holder may let it go.
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Records(_) => 2,
+            StartError::Listen(_, e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::PermissionDenied | io::ErrorKind::AddrNotAvailable
+                ) =>
+            {
+                2
+            }
             _ => 1,
         }
     }
@@ -377,6 +387,39 @@ fn stop_within_bound(app: App) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Operator audit: a privileged port without the capability exited 1, and the unit's
+    /// `Restart=always` restarted it every 2 s forever, though no retry can bind it. So does an
+    /// address of no interface here; a port in use may be released, and is retried.
+    #[test]
+    fn a_listen_address_no_retry_can_bind_exits_2_and_one_in_use_exits_1() {
+        let addr: SocketAddr = "127.0.0.1:443".parse().unwrap();
+        let listen = |errno| StartError::Listen(addr, io::Error::from_raw_os_error(errno));
+        let denied = listen(libc::EACCES);
+        assert_eq!(denied.exit_code(), 2);
+        assert!(
+            denied
+                .to_string()
+                .starts_with("cannot start serving on 127.0.0.1:443: ")
+                && denied.to_string().contains("CAP_NET_BIND_SERVICE"),
+            "{denied}"
+        );
+        let elsewhere = listen(libc::EADDRNOTAVAIL);
+        assert_eq!(elsewhere.exit_code(), 2);
+        assert!(
+            elsewhere
+                .to_string()
+                .contains("no interface of this host has that address"),
+            "{elsewhere}"
+        );
+        let busy = listen(libc::EADDRINUSE);
+        assert_eq!(busy.exit_code(), 1);
+        assert!(
+            busy.to_string().contains("another process listens there"),
+            "{busy}"
+        );
+        assert_eq!(listen(libc::EMFILE).exit_code(), 1);
+    }
 
     /// Review 3, L1: a start on more records than `max_requests` said nothing, and creations
     /// were then refused.

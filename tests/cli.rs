@@ -1,7 +1,7 @@
 //! The real binary: `--check`, `--help`, `--version` (into a closed pipe too), refusing a bad
 //! configuration or command line (exit 2), a state directory that cannot be right or a busy
-//! port (exit 1, saying why), and serving the shipped `regions.toml` (the README's run command)
-//! on a loopback port.
+//! port (exit 1, saying why), a privileged port without the capability (exit 2, saying why),
+//! and serving the shipped `regions.toml` (the README's run command) on a loopback port.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -229,6 +229,76 @@ fn a_state_dir_that_cannot_be_right_stops_the_start_saying_why() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("--state-dir '"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Operator audit: a port below 1024 without the capability exited 1, which the unit's
+/// `Restart=always` retried every 2 s forever (its `CapabilityBoundingSet=` is empty, so no
+/// retry can bind it). It exits 2 now, as an invalid configuration does, saying why; a port in
+/// use still exits 1 (see above). Run as an unprivileged user: as root through `setpriv`.
+#[test]
+fn a_privileged_port_without_the_capability_exits_2_saying_why() {
+    let test = "a_privileged_port_without_the_capability_exits_2_saying_why";
+    let first_free: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    if first_free < 2 {
+        eprintln!("SKIPPED {test}: every port is unprivileged here (ip_unprivileged_port_start)");
+        return;
+    }
+    // SAFETY: geteuid(2) takes nothing and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    if root && setpriv.is_none() {
+        eprintln!("SKIPPED {test}: running as root and setpriv (util-linux) is missing");
+        return;
+    }
+    let dir = temp_dir("privileged-port");
+    let state = dir.join("state");
+    std::fs::create_dir(&state).unwrap();
+    // Readable and writable by the unprivileged user (nobody) the binary runs as.
+    use std::os::unix::fs::PermissionsExt;
+    for path in [&dir, &state] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let config = dir.join("regions.toml");
+    std::fs::copy(SHIPPED, &config).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let listen = "127.0.0.1:1";
+    let mut command = match (root, setpriv) {
+        (true, Some(setpriv)) => {
+            let mut c = Command::new(setpriv);
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(BIN);
+            c
+        }
+        _ => Command::new(BIN),
+    };
+    let out = command
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--listen", listen])
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(
+        log.contains(&format!(
+            "cannot start serving on {listen}: Permission denied"
+        )) && log.contains("CAP_NET_BIND_SERVICE"),
+        "{log}"
+    );
 }
 
 /// The line of `state_dir` in the shipped configuration.
