@@ -558,7 +558,13 @@ impl Config {
                 .span()
                 .map(|span| key_path_at(text, span.start))
                 .unwrap_or_default();
-            toml_error(&e, at)
+            let mut error = toml_error(&e, at.clone());
+            // `[region]` (or `region = { ... }`) is one table where an array of them is read:
+            // serde's words for it name no TOML syntax, so the fix is said too.
+            if at == "region: " && e.message().starts_with("invalid type: map,") {
+                error.message += ": write each region as [[region]] (an array of tables)";
+            }
+            error
         })?;
         // Without a [server] table, its defaults, resolved as the table's (state_dir relative
         // to this file's directory).

@@ -566,7 +566,15 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             "[region]\nid = \"x\"\n".to_string(),
-            "line 1: region: invalid type: map, expected a sequence",
+            "line 1: region: invalid type: map, expected a sequence: write each region as [[region]] (an array of tables)",
+        ),
+        (
+            "region = { id = \"x\" }\n".to_string(),
+            "line 1: region: invalid type: map, expected a sequence: write each region as [[region]] (an array of tables)",
+        ),
+        (
+            format!("{MINIMAL}[region]\nid = \"x\"\n"),
+            "line 10: duplicate key `region`",
         ),
         (
             "[server]\n".to_string(),
