@@ -306,9 +306,10 @@ impl Service {
         self.store.stop_journal(reason);
     }
 
-    /// Requests whose rules the reconciler still has to remove.
+    /// Requests whose rules still have to be removed, those being removed now included
+    /// ([`Record::has_rules_to_remove`]).
     pub fn backlog(&self) -> usize {
-        self.store.count(Record::needs_removal)
+        self.store.count(Record::has_rules_to_remove)
     }
 
     /// Records a creation request and applies all its rules; returns its id once every rule is

@@ -110,6 +110,21 @@ impl Record {
                 || (self.status == Status::Failed && self.applied > 0))
     }
 
+    /// Whether rules of this request must still come off the platform, whoever works on
+    /// them now: the reconciler's backlog (`mec_plugin_reconciler_backlog`). Unlike
+    /// [`needs_removal`](Record::needs_removal), a record in the middle of a removal counts:
+    /// on a platform that hangs every attempt lasts `timeout_ms`, and a gauge that read 0
+    /// then would reset the alerts built on it. A PENDING record someone works on is a
+    /// creation in flight, not backlog.
+    pub fn has_rules_to_remove(&self) -> bool {
+        match self.status {
+            Status::Deleting => true,
+            Status::Failed => self.applied > 0,
+            Status::Pending => !self.busy,
+            _ => false,
+        }
+    }
+
     fn to_entry(&self) -> Entry<'_> {
         Entry::Put(self.to_record_entry())
     }
@@ -1821,6 +1836,22 @@ mod tests {
         assert!(!r.needs_removal(), "not the reconciler's either");
         r.release();
         assert!(r.claim());
+    }
+
+    #[test]
+    fn the_backlog_counts_a_removal_in_progress_but_not_a_creation_in_flight() {
+        let mut deleting = at(Status::Deleting, 1);
+        deleting.busy = true;
+        assert!(deleting.has_rules_to_remove() && !deleting.needs_removal());
+        let mut failed = at(Status::Failed, 1);
+        failed.busy = true;
+        assert!(failed.has_rules_to_remove());
+        assert!(!at(Status::Failed, 0).has_rules_to_remove());
+        let mut pending = at(Status::Pending, 1);
+        assert!(pending.has_rules_to_remove(), "abandoned: rolled back");
+        pending.busy = true;
+        assert!(!pending.has_rules_to_remove(), "a creation in flight");
+        assert!(!at(Status::Created, 2).has_rules_to_remove());
     }
 
     #[test]

@@ -386,6 +386,33 @@ fn creations_for_a_hanging_platform_leave_workers_for_reads_and_health() {
     }
 }
 
+/// Found by two audits: the backlog gauge left out the requests the reconciler was working
+/// on, so on a platform that hangs (each attempt lasting `timeout_ms`) it read 0 most of the
+/// time, resetting the alerts built on it.
+#[test]
+fn the_backlog_counts_a_removal_stuck_on_a_hanging_platform_all_along() {
+    let mep = FakeLlMec::start();
+    let p = plugin_with(&mep, 300, "");
+    let id = p.post(DNS).json["RequestId"].as_str().unwrap().to_string();
+    mep.late_deletes(Duration::from_secs(3));
+    assert_eq!(p.delete(&id).status, 202);
+    let mut zeros = 0;
+    for _ in 0..20 {
+        let (status, text) = p.get_root("/healthz");
+        let health: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(status, 200, "{text}");
+        if health["reconcilerBacklog"] != 1 {
+            zeros += 1;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        zeros, 0,
+        "the backlog read other than 1 in {zeros} of 20 samples"
+    );
+    mep.late_deletes(Duration::ZERO);
+}
+
 /// Found by an audit: a platform that applied a rule and then answered 500 (its handler failed
 /// after it committed) kept the rule while the request said FAILED with nothing on the
 /// platform, and its DELETE sent nothing. A 5xx now counts as possibly applied.
