@@ -288,7 +288,7 @@ fn render_gauges(out: &mut String, gauges: &Gauges) {
     single(
         out,
         "mec_plugin_reconciler_backlog",
-        "Requests whose rules the reconciler still has to remove.",
+        "Requests whose rules still have to come off a platform, those being removed included.",
         gauges.reconciler_backlog,
     );
     single(
