@@ -214,7 +214,7 @@ fn leave_alone(service: &Service, record: &Record, why: String) -> Result<(), St
     service.log_left_alone_once(record, &why);
     let detail = match record.status {
         Status::Deleting => why,
-        _ => format!("{}; {why}", reason(&record.detail)),
+        _ => format!("{}; {why}", reason(record)),
     };
     let at = now_millis() + service.retry.max.as_millis() as i64;
     service.store.update(&record.id, |r| r.stuck(detail, at))?;
@@ -245,7 +245,7 @@ fn record_outcome(
         Ok(()) => {
             let detail = format!(
                 "{}; every rule call it may have applied has since been removed from the platform",
-                reason(&record.detail)
+                reason(record)
             );
             service
                 .store
@@ -260,7 +260,7 @@ fn record_outcome(
             let at = service.retry.next_at(attempts);
             let detail = format!(
                 "{}; removal attempt {attempts} failed at {}: {error}; {left} rule call(s) still on the platform; next attempt in {} s",
-                reason(&record.detail),
+                reason(record),
                 step.label(),
                 (millis_until(at) / 1000).max(1)
             );
@@ -270,7 +270,7 @@ fn record_outcome(
                 .update(id, |r| r.retry(attempts, at, detail, now_millis()))?;
         }
         Err(Undo::Settling { step, until, .. }) => {
-            let detail = format!("{}; {}", reason(&record.detail), settling(step, until));
+            let detail = format!("{}; {}", reason(record), settling(step, until));
             info!("request {id}: {detail}");
             let until = epoch_millis(until);
             service
@@ -294,13 +294,20 @@ fn rolled_back(cause: &str, applied: usize) -> String {
 }
 
 /// The first clause of a status detail: why the request got where it is, kept at the front
-/// while the reconciler reports its attempts after it.
-fn reason(detail: &Option<Box<str>>) -> &str {
-    detail
+/// while the reconciler reports its attempts after it. Without a detail, what its status
+/// says (a DELETE's removal restarted after a crash has none: it did not fail).
+fn reason(record: &Record) -> &str {
+    let by_status = match record.status {
+        Status::Deleting => "being deleted",
+        Status::Pending => "being rolled back",
+        _ => "failed",
+    };
+    record
+        .detail
         .as_deref()
         .and_then(|d| d.split("; ").next())
         .filter(|r| !r.is_empty())
-        .unwrap_or("failed")
+        .unwrap_or(by_status)
 }
 
 #[cfg(test)]
@@ -341,6 +348,32 @@ mod tests {
         assert_eq!((r.status, r.applied), (Status::Failed, 0));
         assert!(on(&d).is_empty(), "rolled back once there is room");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_detail_without_a_reason_says_what_the_status_says() {
+        let record = |status, detail: Option<&str>| {
+            let mut r = Record::new(
+                "r".into(),
+                "1".into(),
+                "{}".into(),
+                status,
+                Arc::from(Vec::new()),
+                0,
+                0,
+            );
+            r.detail = detail.map(Into::into);
+            r
+        };
+        // A DELETE's removal restarted after a crash has no detail: it did not fail.
+        assert_eq!(reason(&record(Status::Deleting, None)), "being deleted");
+        assert_eq!(reason(&record(Status::Pending, None)), "being rolled back");
+        assert_eq!(reason(&record(Status::Failed, None)), "failed");
+        let why = Some("DNS rule 'd' failed: refused; more");
+        assert_eq!(
+            reason(&record(Status::Deleting, why)),
+            "DNS rule 'd' failed: refused"
+        );
     }
 
     #[test]

@@ -1136,9 +1136,14 @@ pub(crate) fn settling(step: &Step, until: Instant) -> String {
     )
 }
 
-/// `at` in milliseconds since the Unix epoch.
+/// `at` in milliseconds since the Unix epoch, rounded up, so that once the clock says so,
+/// `at` has passed: a removal due at the end of a settle window and taken up a millisecond
+/// early was sent within the window, and then once more (found by an audit: three removals
+/// after a restart where two were due).
 pub(crate) fn epoch_millis(at: Instant) -> i64 {
-    now_millis() + at.saturating_duration_since(Instant::now()).as_millis() as i64
+    let left = at.saturating_duration_since(Instant::now());
+    // `now_millis` drops up to a millisecond of the present: one more.
+    now_millis() + left.as_nanos().div_ceil(1_000_000) as i64 + 1
 }
 
 /// Milliseconds from now until `at` (ms since the Unix epoch); 0 if it has passed.
@@ -1749,6 +1754,21 @@ pub(crate) mod tests {
             on(&d).is_empty(),
             "activated by `a`: removed by the last holder"
         );
+    }
+
+    #[test]
+    fn a_time_due_in_epoch_milliseconds_is_never_reached_before_the_instant() {
+        for k in 0..200u64 {
+            let at = Instant::now() + Duration::from_micros(100 + k * 37 % 2000);
+            let due = epoch_millis(at);
+            while now_millis() < due {
+                std::hint::spin_loop();
+            }
+            assert!(
+                Instant::now() >= at,
+                "due at {due} before the instant, round {k}"
+            );
+        }
     }
 
     #[test]
