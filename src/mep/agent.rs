@@ -448,6 +448,16 @@ impl MepClient {
             .get(http::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        // Redirects are never followed (a platform's URL is configured, not discovered), but
+        // where one pointed tells the operator what is wrong: `http://` for `https://`, a
+        // base path missing a segment.
+        let location = match status {
+            300..=399 => response
+                .headers()
+                .get(http::header::LOCATION)
+                .map(|v| redact(&String::from_utf8_lossy(v.as_bytes()))),
+            _ => None,
+        };
         let body = response
             .body_mut()
             .with_config()
@@ -463,11 +473,18 @@ impl MepClient {
                 etag,
             })
         } else {
-            let detail = match body {
+            let mut detail = match body {
                 Ok(body) => detail_of(&String::from_utf8_lossy(&body), status),
                 Err(ureq::Error::BodyExceedsLimit(_)) => "(answer larger than 1 MiB)".to_string(),
                 Err(_) => String::new(),
             };
+            if let Some(location) = location {
+                let location: String = location.chars().take(200).collect();
+                let sep = if detail.is_empty() { "" } else { "; " };
+                detail = format!(
+                    "{detail}{sep}redirected to '{location}' (not followed: fix the platform's url)"
+                );
+            }
             Err(MepError::Refused {
                 url: shown.to_string(),
                 status,
@@ -1038,7 +1055,26 @@ mod tests {
             .send("POST", &client.url("/r"), Some("{}"))
             .unwrap_err();
         server.join().unwrap();
-        assert!(matches!(e, MepError::Refused { status: 302, .. }), "{e:?}");
+        assert_eq!(
+            e,
+            MepError::Refused {
+                url: format!("{url}/r"),
+                status: 302,
+                detail: "redirected to 'http://127.0.0.1:1/elsewhere' (not followed: fix the \
+                    platform's url)"
+                    .into()
+            }
+        );
+        // Credentials in the target are masked like any other URL.
+        let (url, server) = one_shot(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: https://u:pw@127.0.0.1:1/x\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+        let client = MepClient::new(&mep(&url, 3000));
+        let e = client.send("DELETE", &client.url("/r"), None).unwrap_err();
+        server.join().unwrap();
+        assert!(e.to_string().contains("'https://***@127.0.0.1:1/x'"), "{e}");
+        assert!(!e.to_string().contains("pw"), "{e}");
     }
 
     #[test]
