@@ -80,6 +80,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     retry: RetryPolicy,
     max_requests: usize,
+    failed_retention: Duration,
     started: Instant,
     current: Mutex<Option<Leading>>,
     /// Why the last opening of a term's store failed, and the term, until one succeeds: what
@@ -133,6 +134,7 @@ impl Cluster {
             metrics: Arc::new(Metrics::default()),
             retry: config.server.retry,
             max_requests: config.server.max_requests,
+            failed_retention: config.server.failed_retention,
             started: Instant::now(),
             current: Mutex::new(None),
             lead_error: Mutex::new(None),
@@ -650,6 +652,7 @@ impl Shared {
         let records = store.len();
         let service = Service::with_store(self.region_copies(), store, self.retry)
             .limit_requests(self.max_requests)
+            .retain_failed(self.failed_retention)
             .with_metrics(self.metrics.clone());
         service
             .check_platforms_taken_over()

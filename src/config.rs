@@ -128,6 +128,10 @@ pub struct ServerConfig {
     /// Requests kept at most: a creation beyond is refused with 507 (default
     /// [`defaults::MAX_REQUESTS`]).
     pub max_requests: usize,
+    /// How long a FAILED request with nothing on a platform is kept after its last change
+    /// before it is deleted by itself (`failed_retention_s`; zero: until a DELETE; default
+    /// [`defaults::FAILED_RETENTION`]).
+    pub failed_retention: Duration,
 }
 
 /// The northbound certificate chain (PEM, as read from `tls_cert`) and the rustls server
@@ -270,6 +274,10 @@ pub mod defaults {
     pub const RETRY_MAX: Duration = RetryPolicy::DEFAULT_MAX;
     /// `[server] max_requests`.
     pub const MAX_REQUESTS: usize = 100_000;
+    /// `[server] failed_retention_s`: a week, for the orchestrator (or an operator) to look at
+    /// a failure, while an orchestrator that retries failed creations cannot fill
+    /// `max_requests` with them.
+    pub const FAILED_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
     /// `[[region]] description`.
     pub const DESCRIPTION: &str = "";
     /// `[[region]] altitude`.
@@ -460,6 +468,7 @@ struct RawServer {
     tls_cert: Option<String>,
     tls_key: Option<String>,
     max_requests: Option<i64>,
+    failed_retention_s: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -657,6 +666,7 @@ impl Default for ServerConfig {
             token: None,
             tls: None,
             max_requests: defaults::MAX_REQUESTS,
+            failed_retention: defaults::FAILED_RETENTION,
         }
     }
 }
@@ -934,6 +944,13 @@ fn server_table(t: &Table, s: RawServer) -> Result<ServerConfig, ConfigError> {
             "max_requests",
             1..=100_000_000,
             defaults::MAX_REQUESTS,
+        )?,
+        failed_retention: t.int(
+            s.failed_retention_s,
+            "failed_retention_s",
+            0..=31_536_000,
+            defaults::FAILED_RETENTION,
+            |v| Duration::from_secs(v as u64),
         )?,
         retry: retry_policy(t, &s)?,
         token: match &s.token_file {
@@ -2355,6 +2372,10 @@ url = "http://127.0.0.1:13000/"
             ("server.tls_cert", none.clone()),
             ("server.tls_key", none.clone()),
             ("server.max_requests", code(&defaults::MAX_REQUESTS)),
+            (
+                "server.failed_retention_s",
+                code(&defaults::FAILED_RETENTION.as_secs()),
+            ),
             ("region.id", required.clone()),
             (
                 "region.description",

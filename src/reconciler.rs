@@ -8,7 +8,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
@@ -64,13 +64,23 @@ impl Drop for Reconciler {
     }
 }
 
-/// Runs until `stop` is set: removals as they fall due, and journal compaction when it is
-/// needed; between passes it sleeps until the next is due (at most 1 s) or it is woken.
+/// Runs until `stop` is set: removals as they fall due, FAILED requests past
+/// `failed_retention_s` ([`Service::expire_failed`], every [`Service::expiry_every`]), and
+/// journal compaction when it is needed; between passes it sleeps until the next is due (at
+/// most 1 s) or it is woken.
 fn run(service: &Service, stop: &AtomicBool) {
+    let mut last_expiry = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let next = reconcile_once(service)
             .unwrap_or(Duration::MAX)
             .min(Duration::from_secs(1));
+        if service
+            .expiry_every()
+            .is_some_and(|every| last_expiry.elapsed() >= every)
+        {
+            last_expiry = Instant::now();
+            service.expire_failed(now_millis());
+        }
         if let Err(e) = service.store.compact_if_needed() {
             error!("compaction failed (the journal keeps growing until it succeeds): {e}");
         }

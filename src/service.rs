@@ -99,6 +99,8 @@ pub struct Service {
     turns: Turns,
     /// `[server] max_requests`: a creation beyond is refused before anything is recorded.
     max_requests: usize,
+    /// `[server] failed_retention_s` (zero: FAILED requests stay until deleted).
+    failed_retention: Duration,
     /// Requests with a step whose apply outcome is unknown, and until when it may still land
     /// on the platform (see [`Unsettled`]). Not journaled: rebuilt at start-up.
     unsettled: Mutex<HashMap<Arc<str>, Unsettled>>,
@@ -181,6 +183,7 @@ impl Service {
         let mut service =
             Service::with_store(Region::all(&config.regions), store, config.server.retry);
         service.max_requests = config.server.max_requests;
+        service.failed_retention = config.server.failed_retention;
         Ok(service)
     }
 
@@ -219,6 +222,7 @@ impl Service {
             wake: (Mutex::new(false), Condvar::new()),
             turns: Turns::default(),
             max_requests: usize::MAX,
+            failed_retention: Duration::ZERO,
             unsettled: Mutex::new(HashMap::new()),
             platforms,
             aliases,
@@ -245,6 +249,55 @@ impl Service {
     pub fn limit_requests(mut self, max: usize) -> Service {
         self.max_requests = max;
         self
+    }
+
+    /// Deletes FAILED requests with nothing on a platform `retention` after their last change
+    /// ([`expire_failed`](Service::expire_failed); zero: never).
+    pub fn retain_failed(mut self, retention: Duration) -> Service {
+        self.failed_retention = retention;
+        self
+    }
+
+    /// How often [`expire_failed`](Service::expire_failed) is worth running: a quarter of the
+    /// retention, between 1 s and a minute (`None`: FAILED requests are kept).
+    pub fn expiry_every(&self) -> Option<Duration> {
+        (!self.failed_retention.is_zero()).then(|| {
+            (self.failed_retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        })
+    }
+
+    /// Deletes the FAILED requests that hold nothing on any platform and have not changed for
+    /// `[server] failed_retention_s`, as their DELETE would (nothing is sent): an orchestrator
+    /// that retries failed creations would otherwise fill `max_requests` with them, refusing
+    /// creations in every region (507) because one platform refuses. Returns how many.
+    pub fn expire_failed(&self, now: i64) -> usize {
+        if self.failed_retention.is_zero() {
+            return 0;
+        }
+        let before = now - self.failed_retention.as_millis() as i64;
+        let expired: Vec<Arc<str>> = self
+            .store
+            .list(None)
+            .iter()
+            .filter(|r| r.status == Status::Failed && r.applied == 0 && !r.busy)
+            .filter(|r| r.last_modified <= before)
+            .map(|r| r.id.clone())
+            .collect();
+        let mut deleted = 0;
+        for id in expired {
+            match self.delete_as(&id, Deletion::Remove) {
+                Ok(Removal::Done(_)) => deleted += 1,
+                Ok(_) => {}
+                Err(e) => debug!("request {id}: not expired now: {e}"),
+            }
+        }
+        if deleted > 0 {
+            info!(
+                "{deleted} FAILED request(s) with nothing on a platform deleted, {} s after they failed ([server] failed_retention_s)",
+                self.failed_retention.as_secs()
+            );
+        }
+        deleted
     }
 
     pub fn regions(&self) -> &[Region] {
@@ -1927,6 +1980,49 @@ pub(crate) mod tests {
         assert_eq!(on(&d), ["a", "b"]);
         assert_eq!(s.list_len(), 2);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn failed_requests_with_nothing_on_a_platform_are_deleted_after_the_retention() {
+        let (s, _d) = service();
+        let s = s.retain_failed(Duration::from_secs(60));
+        assert_eq!(s.expiry_every(), Some(Duration::from_secs(15)));
+        let ids: Vec<String> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|rule| s.create(request(&[rule])).unwrap())
+            .collect();
+        let now = now_millis();
+        // (status, steps possibly on the platform, ms since the last change)
+        let cases = [
+            (Status::Failed, 0, 60_000),
+            (Status::Failed, 0, 59_000),
+            (Status::Failed, 1, 61_000),
+            (Status::Created, 1, 61_000),
+        ];
+        for (id, (status, applied, age)) in ids.iter().zip(cases) {
+            s.store
+                .update(id, |r| {
+                    r.status = status;
+                    r.applied = applied;
+                    r.last_modified = now - age;
+                })
+                .unwrap();
+        }
+        assert_eq!(s.expire_failed(now), 1);
+        assert!(
+            s.get(&ids[0]).is_none(),
+            "failed a minute ago, nothing applied"
+        );
+        for id in &ids[1..] {
+            assert!(s.get(id).is_some(), "{id}");
+        }
+        let s = s.retain_failed(Duration::ZERO);
+        assert_eq!(s.expiry_every(), None);
+        assert_eq!(
+            s.expire_failed(now + 1_000_000_000),
+            0,
+            "kept until a DELETE"
+        );
     }
 
     #[test]

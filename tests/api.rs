@@ -413,6 +413,32 @@ fn the_backlog_counts_a_removal_stuck_on_a_hanging_platform_all_along() {
     mep.late_deletes(Duration::ZERO);
 }
 
+/// Found by an audit: FAILED requests were kept until deleted, so an orchestrator retrying
+/// creations on a platform that refuses them filled `max_requests` (507 in every region).
+#[test]
+fn a_failed_request_with_nothing_on_the_platform_is_deleted_after_the_retention() {
+    let mep = FakeLlMec::start();
+    let p = plugin_with(&mep, 1000, "failed_retention_s = 1\nmax_requests = 1");
+    mep.fail_all(403);
+    let r = p.post(DNS);
+    r.problem(502);
+    let id = r.json["RequestId"].as_str().unwrap().to_string();
+    assert_eq!(
+        p.get(&format!("/service/requests/{id}")).json["status"],
+        "FAILED"
+    );
+    mep.heal();
+    p.post(DNS).problem(507);
+    assert!(
+        eventually(Duration::from_secs(10), || p
+            .get(&format!("/service/requests/{id}"))
+            .status
+            == 404),
+        "the FAILED request was kept"
+    );
+    assert_eq!(p.post(DNS).status, 201, "room again");
+}
+
 /// Found by an audit: a platform that applied a rule and then answered 500 (its handler failed
 /// after it committed) kept the rule while the request said FAILED with nothing on the
 /// platform, and its DELETE sent nothing. A 5xx now counts as possibly applied.
