@@ -122,7 +122,12 @@ impl Cluster {
             lease_ttl_s: store.lease_ttl_s,
             advertise_url,
         };
-        let election = Arc::new(Election::start(client.clone(), &settings));
+        let metrics = Arc::new(Metrics::default());
+        let election = Arc::new(Election::start_counting(
+            client.clone(),
+            &settings,
+            metrics.store_errors(),
+        ));
         let advertise_url = settings.advertise_url;
         let regions = Region::all(&config.regions);
         let shared = Arc::new(Shared {
@@ -131,7 +136,7 @@ impl Cluster {
             election,
             prefix: store.prefix.clone(),
             regions,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             retry: config.server.retry,
             max_requests: config.server.max_requests,
             failed_retention: config.server.failed_retention,

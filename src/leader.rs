@@ -26,6 +26,7 @@
 //! - a clean step-down ([`Election::stop`], or dropping it) revokes the lease, which deletes the
 //!   key at once: another instance takes over without waiting for the TTL.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -138,6 +139,8 @@ struct State {
 
 struct Shared {
     client: Arc<Client>,
+    /// Failed etcd calls of the election (see [`Election::start_counting`]).
+    errors: Arc<AtomicU64>,
     key: Vec<u8>,
     url: String,
     ttl: Duration,
@@ -177,7 +180,7 @@ impl Shared {
 
     /// The election's etcd call `what` failed: the role is unknown, and says why.
     fn failed(&self, what: &str, e: &EtcdError) {
-        debug_failure(what, e);
+        debug_failure(self, what, e);
         self.lock().why_unknown = Some(format!("{what} in etcd failed: {e}"));
         self.set(Role::Unknown, None, Instant::now());
     }
@@ -206,8 +209,19 @@ pub struct Election {
 impl Election {
     /// Starts campaigning for the leadership of `settings.prefix` on its own thread.
     pub fn start(client: Arc<Client>, settings: &Settings) -> Election {
+        Election::start_counting(client, settings, Arc::default())
+    }
+
+    /// [`start`](Election::start), counting its failed etcd calls (a campaign's, a renewal's,
+    /// the leader key's check) in `errors` (`mec_plugin_store_errors_total`).
+    pub fn start_counting(
+        client: Arc<Client>,
+        settings: &Settings,
+        errors: Arc<AtomicU64>,
+    ) -> Election {
         let shared = Arc::new(Shared {
             client,
+            errors,
             key: leader_key(&settings.prefix),
             url: settings.advertise_url.clone(),
             ttl: Duration::from_secs(settings.lease_ttl_s.max(1)),
@@ -497,7 +511,7 @@ fn renew(shared: &Shared, term: Term) -> Renewal {
                 // lease, so that an instance restarted to accept what etcd holds can lead.
                 Err(e @ EtcdError::WentBack { .. }) => return step_down(shared, &e.to_string()),
                 // The renewal counts; the key is checked again next time.
-                Err(e) => debug_failure("checking the leader key", &e),
+                Err(e) => debug_failure(shared, "checking the leader key", &e),
             }
             let mut state = shared.lock();
             if state.term != Some(term) {
@@ -517,6 +531,7 @@ fn renew(shared: &Shared, term: Term) -> Renewal {
         }
         Err(EtcdError::LeaseNotFound { .. }) => step_down(shared, "the lease expired"),
         Err(e) => {
+            shared.errors.fetch_add(1, Ordering::Relaxed);
             warn!("the leader's lease was not renewed: {e}");
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -533,13 +548,43 @@ fn step_down(shared: &Shared, why: &str) -> Renewal {
     Renewal::Lost
 }
 
-fn debug_failure(what: &str, e: &EtcdError) {
+/// A failed etcd call of the election: counted, and logged at debug level.
+fn debug_failure(shared: &Shared, what: &str, e: &EtcdError) {
+    shared.errors.fetch_add(1, Ordering::Relaxed);
     debug!("leader election: {what} failed: {e}");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by an audit: the election's failed calls (a lease not renewed, among others)
+    /// were not in `mec_plugin_store_errors_total`, which says it counts failed etcd calls.
+    #[test]
+    fn the_election_counts_its_failed_etcd_calls() {
+        let client = Client::new(crate::etcd::Options {
+            endpoints: vec!["http://127.0.0.1:1".into()],
+            ca_pem: None,
+            user: None,
+            password: None,
+            timeout: Duration::from_millis(200),
+        })
+        .unwrap();
+        let settings = Settings {
+            prefix: "/count".into(),
+            lease_ttl_s: 1,
+            advertise_url: "http://127.0.0.1:9".into(),
+        };
+        let errors = Arc::new(AtomicU64::new(0));
+        let election = Election::start_counting(Arc::new(client), &settings, errors.clone());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while errors.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(errors.load(Ordering::Relaxed) >= 1);
+        assert_eq!(election.role(), Role::Unknown);
+        election.stop();
+    }
 
     #[test]
     fn the_leader_key_sits_under_the_prefix() {
