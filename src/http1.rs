@@ -177,6 +177,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, HeadError> {
 #[derive(Default)]
 struct Fields {
     content_length: Option<u64>,
+    /// A `Transfer-Encoding` field is present (whatever its value).
+    transfer_encoding: bool,
     /// `Transfer-Encoding` codings in order, lower-cased.
     codings: Vec<String>,
     hosts: usize,
@@ -195,7 +197,12 @@ impl Fields {
         for field in headers {
             let (name, value) = (field.name, field.value);
             if name.eq_ignore_ascii_case("content-length") {
-                for part in list(value) {
+                // Every element, empty ones included: `Content-Length = 1*DIGIT` (RFC 9110
+                // §8.6), of which a list of identical values is tolerated (RFC 9112 §6.3 item
+                // 5), but an empty value (`Content-Length:`, `" , "`) is invalid, not absent.
+                // Read as absent it framed a body of 0 bytes, and the body ran as the next
+                // request (found by an audit), where a proxy in front may have read it whole.
+                for part in value.split(|&b| b == b',').map(trim) {
                     let n = parse_length(part).ok_or_else(|| {
                         HeadError::Bad(format!(
                             "invalid Content-Length {:?}",
@@ -208,9 +215,17 @@ impl Fields {
                     fields.content_length = Some(n);
                 }
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                // A field without a single coding (`Transfer-Encoding:`, `","`) is refused
+                // rather than read as absent: beside a Content-Length, or in HTTP/1.0, a proxy
+                // that reads it as present frames the body otherwise (found by an audit).
+                fields.transfer_encoding = true;
+                let before = fields.codings.len();
                 for part in list(value) {
                     let coding = String::from_utf8_lossy(part).to_ascii_lowercase();
                     fields.codings.push(coding);
+                }
+                if fields.codings.len() == before {
+                    return Err(HeadError::Bad("an empty Transfer-Encoding field".into()));
                 }
             } else if name.eq_ignore_ascii_case("host") {
                 fields.hosts += 1;
@@ -238,7 +253,7 @@ impl Fields {
     /// The body framing (RFC 9112 §6.1–6.3): a final `chunked` alone, never with
     /// `Content-Length` nor in HTTP/1.0; else the length (0 without either).
     fn framing(&self, minor: u8) -> Result<Framing, HeadError> {
-        match (self.codings.is_empty(), self.content_length) {
+        match (!self.transfer_encoding, self.content_length) {
             (true, length) => Ok(Framing::Length(length.unwrap_or(0))),
             (false, Some(_)) => Err(HeadError::Bad(
                 "both Transfer-Encoding and Content-Length".into(),
@@ -811,6 +826,29 @@ mod tests {
         let same =
             parse("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3, 3\r\n\r\n");
         assert_eq!(same.unwrap().framing, Framing::Length(3));
+    }
+
+    /// Found by an audit: an empty value read as no Content-Length (a body of 0 bytes), and an
+    /// empty Transfer-Encoding as none, so the body ran as a second request.
+    #[test]
+    fn an_empty_content_length_or_transfer_encoding_is_refused_not_read_as_absent() {
+        for value in ["", " ", ",", " , ", "3,", ",3", "3, ,3"] {
+            let text = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length:{value}\r\n\r\n");
+            assert!(bad(&text).contains("Content-Length"), "{value:?}");
+        }
+        for value in ["", " ", ",", " , ,"] {
+            for (version, host) in [("1.1", "Host: x\r\n"), ("1.0", "")] {
+                for length in ["", "Content-Length: 5\r\n"] {
+                    let text = format!(
+                        "POST / HTTP/{version}\r\n{host}Transfer-Encoding:{value}\r\n{length}\r\n"
+                    );
+                    bad(&text);
+                }
+            }
+        }
+        // Empty elements beside a coding are allowed in a list (RFC 9110 §5.6.1).
+        let chunked = parse("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: , chunked\r\n\r\n");
+        assert_eq!(chunked.unwrap().framing, Framing::Chunked);
     }
 
     #[test]

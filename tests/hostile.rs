@@ -983,6 +983,16 @@ fn smuggling_attempts_get_400_close_and_nothing_else_runs() {
         format!("Transfer-Encoding : chunked\r\nContent-Length: {n}\r\n"),
         format!("Content-Length : 0\r\nContent-Length: {n}\r\n"),
         format!("Content-Length: 0\r\n {n}\r\n"),
+        // An empty value is invalid, not absent (found by an audit: the body ran as the next
+        // request); an empty Transfer-Encoding is refused too, alone or beside a length.
+        "Content-Length:\r\n".to_string(),
+        "Content-Length: \r\n".to_string(),
+        "Content-Length: ,\r\n".to_string(),
+        "Content-Length:  , \r\n".to_string(),
+        "Transfer-Encoding:\r\n".to_string(),
+        "Transfer-Encoding: ,\r\n".to_string(),
+        format!("Transfer-Encoding:\r\nContent-Length: {n}\r\n"),
+        format!("Transfer-Encoding: , ,\r\nContent-Length: {n}\r\n"),
     ] {
         assert_framing_refused(&plugin, &framing, &inner);
     }
