@@ -130,6 +130,10 @@ impl RequestHandler for Api {
             .metrics
             .northbound(template, &request.method, status, took);
     }
+
+    fn dropped(&self) {
+        self.service.metrics.dropped_connection();
+    }
 }
 
 /// The answer to `request`, in `style`, of an API that answers its routes with `dispatch`:
@@ -251,6 +255,10 @@ impl RequestHandler for ClusterApi {
         self.cluster
             .metrics()
             .northbound(template, &request.method, status, took);
+    }
+
+    fn dropped(&self) {
+        self.cluster.metrics().dropped_connection();
     }
 }
 

@@ -90,6 +90,9 @@ pub struct Metrics {
     /// Failed etcd calls and commits (`mec_plugin_store_errors_total`); an `Arc` so that a
     /// store backend can count into it ([`Metrics::store_errors`]).
     store_errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Connections past `max_connections` closed without their 503
+    /// (`mec_plugin_http_connections_dropped_total`).
+    dropped_connections: std::sync::atomic::AtomicU64,
 }
 
 /// Point-in-time values read when the metrics are scraped.
@@ -150,6 +153,12 @@ impl Metrics {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Counts one connection past `max_connections` closed without its 503.
+    pub fn dropped_connection(&self) {
+        self.dropped_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Counts one failed etcd call or commit.
     pub fn store_error(&self) {
         self.store_errors
@@ -193,6 +202,18 @@ impl Metrics {
             out,
             "mec_plugin_requests_forgotten_total {}",
             self.forgotten.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        header(
+            &mut out,
+            "mec_plugin_http_connections_dropped_total",
+            "counter",
+            "Connections past max_connections closed without their 503 (every refusal place taken, or a TLS handshake not completed in time).",
+        );
+        let _ = writeln!(
+            out,
+            "mec_plugin_http_connections_dropped_total {}",
+            self.dropped_connections
+                .load(std::sync::atomic::Ordering::Relaxed)
         );
         render_gauges(&mut out, gauges);
         if let Some(leader) = gauges.leader {

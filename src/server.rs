@@ -56,8 +56,10 @@
 //! requests.
 //!
 //! **Connections.** At most `max_connections` are served; one more gets 503 problem+json with
-//! `Retry-After: 1` and is closed (up to [`OVERFLOW_SLOTS`] such refusals in progress at once;
-//! past that, new connections are closed at once). The accept loop survives descriptor
+//! `Retry-After: 1` and is closed (up to [`OVERFLOW_SLOTS`] such refusals in progress at once,
+//! each with [`OVERFLOW_WAIT`] for its TLS handshake and its 503, then as long again to linger;
+//! past that, new connections are closed at once, counted in
+//! [`RequestHandler::dropped`] and logged once a second at most). The accept loop survives descriptor
 //! exhaustion (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) by pausing accepts with a back-off
 //! (100 ms doubling to 1 s) while the open connections are still served. The listen backlog is
 //! raised to [`LISTEN_BACKLOG`] (capped by `net.core.somaxconn`).
@@ -107,8 +109,18 @@ use crate::util::{lock, wait};
 pub const MAX_IO_LOOPS: usize = 4;
 /// Connections the kernel queues for the accept loop.
 pub const LISTEN_BACKLOG: libc::c_int = 1024;
-/// Connections past `max_connections` being answered 503 at once; more are closed unanswered.
+/// Connections past `max_connections` being answered 503 at once (their TLS handshake or the
+/// write of the 503 under way); more are closed unanswered, counted and logged.
 pub const OVERFLOW_SLOTS: usize = 64;
+/// Connections past `max_connections` lingering after their 503 at once; past that, one is
+/// closed as soon as its 503 is written.
+pub const OVERFLOW_LINGERING: usize = 256;
+/// Bound (capped by `read_timeout`) on each stage of a refusal past `max_connections`: its TLS
+/// handshake and the write of its 503, then its lingering close. Short, so that clients that
+/// neither read nor close cannot keep the refusals' places for long.
+const OVERFLOW_WAIT: Duration = Duration::from_secs(1);
+/// Least time between two log lines about connections closed unanswered.
+const DROPS_LOGGED_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of a streamed body waiting in its pipe before the worker writing it blocks.
 pub const PIPE_BYTES: usize = 64 * 1024;
 /// Size of one streamed piece (a chunk of the chunked coding).
@@ -214,6 +226,12 @@ pub trait RequestHandler: Send + Sync {
         let _ = request;
         false
     }
+
+    /// Called for every connection past `max_connections` closed without its 503: the
+    /// [`OVERFLOW_SLOTS`] refusals were all in progress, or its TLS handshake did not complete
+    /// within the refusal's bound (its 503 was then reported to [`answered`](Self::answered)
+    /// already, but never sent).
+    fn dropped(&self) {}
 
     /// Called exactly once for every request answered, just before its response is written:
     /// those [`handle`](Self::handle) answered and those the server answered itself (refusals,
@@ -1315,8 +1333,20 @@ struct Conn {
     serial: u64,
     /// Still in the TLS handshake (its time counts against the first head's deadline).
     handshaking: bool,
-    /// A 503 refusal past `max_connections`.
-    overflow: bool,
+    /// Whether this is a 503 refusal past `max_connections`, and where.
+    overflow: Overflow,
+}
+
+/// Which count a connection holds a place in: [`Shared::open`], or one of an I/O loop's two
+/// counts of refusals past `max_connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overflow {
+    /// Served (counted in [`Shared::open`]).
+    No,
+    /// Being refused: its handshake or its 503 under way ([`IoLoop::overflow`]).
+    Answering,
+    /// Refused, lingering after its 503 ([`IoLoop::overflow_lingering`]).
+    Lingering,
 }
 
 /// The connection of `token` in `conns` (apart from [`IoLoop::conn`], so that the loop's
@@ -1366,8 +1396,13 @@ struct IoLoop {
     tls: Option<Arc<rustls::ServerConfig>>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
-    /// 503 refusals past `max_connections` being answered by this loop.
+    /// 503 refusals past `max_connections` being answered by this loop (at most
+    /// [`OVERFLOW_SLOTS`]).
     overflow: usize,
+    /// Those whose 503 was written, lingering (at most [`OVERFLOW_LINGERING`]).
+    overflow_lingering: usize,
+    /// Connections closed unanswered and not yet logged, and when that was last logged.
+    drops: (u64, Option<Instant>),
     serial: u64,
     /// Accepting is paused (descriptor exhaustion) until then.
     accept_paused: Option<Instant>,
@@ -1405,6 +1440,8 @@ impl IoLoop {
             conns: Vec::new(),
             free: Vec::new(),
             overflow: 0,
+            overflow_lingering: 0,
+            drops: (0, None),
             serial: 0,
             accept_paused: None,
             backoff: ACCEPT_BACKOFF_MIN,
@@ -1430,7 +1467,10 @@ impl IoLoop {
                 }
             }
             let now = Instant::now();
-            let wake_at = [self.next_sweep, self.accept_paused]
+            let drops_due = (self.drops.0 > 0)
+                .then(|| self.drops.1.map(|t| t + DROPS_LOGGED_EVERY))
+                .flatten();
+            let wake_at = [self.next_sweep, self.accept_paused, drops_due]
                 .into_iter()
                 .flatten()
                 .min();
@@ -1463,6 +1503,9 @@ impl IoLoop {
             }
             if self.next_sweep.is_some_and(|t| Instant::now() >= t) {
                 self.sweep();
+            }
+            if drops_due.is_some_and(|t| Instant::now() >= t) {
+                self.log_drops();
             }
         }
         let remaining = self.conns.iter().flatten().count();
@@ -1564,6 +1607,9 @@ impl IoLoop {
         if shared.open.load(Ordering::Acquire) >= shared.max_connections {
             if self.overflow < OVERFLOW_SLOTS {
                 self.add(sock, true);
+            } else {
+                drop(sock);
+                self.dropped();
             }
             return;
         }
@@ -1624,7 +1670,11 @@ impl IoLoop {
             eof: false,
             serial: 0,
             handshaking,
-            overflow,
+            overflow: if overflow {
+                Overflow::Answering
+            } else {
+                Overflow::No
+            },
         });
         if overflow {
             self.overflow += 1;
@@ -1632,6 +1682,9 @@ impl IoLoop {
                 limit: self.shared.max_connections,
             };
             self.refuse(token, error, None, Instant::now());
+            // Its handshake and its 503 get a short bound, not read_timeout: the refusals'
+            // places must come free quickly whatever the clients do.
+            self.set_deadline(token, self.overflow_wait());
         } else {
             self.set_deadline(token, self.shared.read_timeout);
         }
@@ -1650,12 +1703,47 @@ impl IoLoop {
             body.close();
         }
         let _ = self.poll.registry().deregister(&mut conn.sock);
-        if conn.overflow {
-            self.overflow -= 1;
-        } else {
-            self.shared.open.fetch_sub(1, Ordering::AcqRel);
+        match conn.overflow {
+            Overflow::No => {
+                self.shared.open.fetch_sub(1, Ordering::AcqRel);
+            }
+            Overflow::Answering => self.overflow -= 1,
+            Overflow::Lingering => self.overflow_lingering -= 1,
         }
         self.free.push(index);
+    }
+
+    /// The bound on each stage of a refusal past `max_connections` ([`OVERFLOW_WAIT`]).
+    fn overflow_wait(&self) -> Duration {
+        OVERFLOW_WAIT.min(self.shared.read_timeout)
+    }
+
+    /// A connection past `max_connections` closed without its 503: counted at once, logged at
+    /// most once per [`DROPS_LOGGED_EVERY`] (a flood of them is one line a second).
+    fn dropped(&mut self) {
+        self.shared.handler.dropped();
+        self.drops.0 += 1;
+        if self
+            .drops
+            .1
+            .is_none_or(|t| t.elapsed() >= DROPS_LOGGED_EVERY)
+        {
+            self.log_drops();
+        }
+    }
+
+    fn log_drops(&mut self) {
+        let n = std::mem::take(&mut self.drops.0);
+        self.drops.1 = Some(Instant::now());
+        if n > 0 {
+            log::warn!(
+                "{n} connection(s) past max_connections ({}) closed without an answer: {} \
+                 refusals already in progress, or a TLS handshake not completed within {} ms",
+                self.shared.max_connections,
+                OVERFLOW_SLOTS,
+                self.overflow_wait().as_millis()
+            );
+        }
     }
 
     fn conn(&mut self, token: Token) -> Option<&mut Conn> {
@@ -1714,6 +1802,11 @@ impl IoLoop {
                 self.refuse(token, ApiError::BodyTimeout, Some(request), started);
             }
             Phase::Waiting => {}
+            Phase::Writing { .. } if conn.overflow == Overflow::Answering => {
+                // A refusal whose handshake (or 503) did not complete within its bound.
+                self.close(token);
+                self.dropped();
+            }
             Phase::Writing { .. } | Phase::Lingering { .. } => self.close(token),
         }
         self.drive(token);
@@ -1778,8 +1871,12 @@ impl IoLoop {
             match flush(conn) {
                 Ok(wrote) => {
                     progressed |= wrote;
-                    if wrote && matches!(conn.phase, Phase::Writing { .. }) {
-                        // The client reads: it gets another read_timeout for the rest.
+                    if wrote
+                        && matches!(conn.phase, Phase::Writing { .. })
+                        && conn.overflow == Overflow::No
+                    {
+                        // The client reads: it gets another read_timeout for the rest. (Not a
+                        // refusal past max_connections: its bound is for the whole of it.)
                         self.set_deadline(token, self.shared.read_timeout);
                     }
                 }
@@ -1873,8 +1970,19 @@ impl IoLoop {
     }
 
     /// Shuts the sending side and discards input until the client closes.
+    ///
+    /// A refusal past `max_connections` gives its place back here, once its 503 is written,
+    /// and lingers for [`OVERFLOW_WAIT`] only, among at most [`OVERFLOW_LINGERING`] (past
+    /// that it closes at once). Its place was held until the close before: 64 clients that
+    /// read nothing of their 503 and kept the connection open held every place for
+    /// `read_timeout`, and the next connections were closed without a byte (found by an
+    /// audit).
     fn linger(&mut self, token: Token) {
-        let Some(conn) = self.conn(token) else { return };
+        let mut wait = self.shared.read_timeout;
+        let overflow_wait = self.overflow_wait();
+        let Some(conn) = slot(&mut self.conns, token) else {
+            return;
+        };
         if let Some(tls) = &mut conn.tls {
             tls.send_close_notify();
             let _ = flush(conn);
@@ -1882,11 +1990,19 @@ impl IoLoop {
         let _ = conn.sock.shutdown(std::net::Shutdown::Write);
         conn.phase = Phase::Lingering { discarded: 0 };
         conn.inbuf.clear();
-        if conn.eof {
+        let mut crowded = false;
+        if conn.overflow == Overflow::Answering {
+            conn.overflow = Overflow::Lingering;
+            self.overflow -= 1;
+            self.overflow_lingering += 1;
+            crowded = self.overflow_lingering > OVERFLOW_LINGERING;
+            wait = overflow_wait;
+        }
+        if conn.eof || crowded {
             self.close(token);
             return;
         }
-        self.set_deadline(token, self.shared.read_timeout);
+        self.set_deadline(token, wait);
     }
 
     /// Reads what the phase can take. Returns whether anything arrived (or the end).

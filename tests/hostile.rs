@@ -1631,6 +1631,116 @@ fn past_max_connections_a_new_connection_gets_503_with_retry_after() {
     assert!(served, "no connection served after one of 8 closed");
 }
 
+/// The text of `GET /metrics` on a connection already open (a new one would get a 503 while
+/// `max_connections` are held).
+fn metrics_on(r: &mut BufReader<TcpStream>) -> String {
+    r.get_mut()
+        .write_all(get_text("/metrics", false).as_bytes())
+        .unwrap();
+    let response = read_response(r).unwrap();
+    assert_eq!(response.status, 200, "{}", show(&response));
+    String::from_utf8(response.body).unwrap()
+}
+
+/// The value of a metric without labels in `metrics`.
+fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// Found by an audit: a refusal past `max_connections` held its place (one of 64) until its
+/// client closed or `read_timeout` passed, so 64 clients that got their 503 but neither read
+/// nor closed made the next connections close without a byte. With 4 connections held and
+/// 80 such clients, the next connection still gets its 503, and none was closed unanswered.
+#[test]
+fn refusals_whose_clients_neither_read_nor_close_keep_no_place_from_the_next() {
+    let plugin = Child::start(
+        "overflow-places",
+        "max_connections = 4\nidle_timeout_ms = 30000\nread_timeout_ms = 30000\n",
+    );
+    let mut held: Vec<BufReader<TcpStream>> = (0..4)
+        .map(|_| {
+            let mut r = BufReader::new(connect(plugin.addr));
+            r.get_mut()
+                .write_all(get_text("/healthz", false).as_bytes())
+                .unwrap();
+            assert_eq!(read_response(&mut r).unwrap().status, 200);
+            r
+        })
+        .collect();
+    // Each sends a request and reads nothing, keeping its connection open.
+    let mut silent = Vec::new();
+    for _ in 0..80 {
+        let mut s = connect(plugin.addr);
+        let _ = s.write_all(get_text("/healthz", false).as_bytes());
+        silent.push(s);
+    }
+    thread::sleep(100 * MS);
+    let mut s = connect(plugin.addr);
+    let _ = s.write_all(get_text("/healthz", false).as_bytes());
+    let (all, closed) = read_until_closed(&mut s, 5000 * MS);
+    let responses = responses_in(&all, false).unwrap();
+    assert_eq!(responses.len(), 1, "no 503 after 80 refusals left unread");
+    assert_closing_refusal(&responses[0], 503);
+    assert!(closed);
+    let metrics = metrics_on(&mut held[0]);
+    assert_eq!(
+        metric(&metrics, "mec_plugin_http_connections_dropped_total"),
+        0
+    );
+    drop(silent);
+}
+
+/// The same over TLS, where a 503 needs a handshake: connections that send nothing (not even
+/// a ClientHello) hold a refusal's place for at most 1 s (not `read_timeout`); those closed
+/// unanswered meanwhile are counted in `mec_plugin_http_connections_dropped_total` and logged
+/// in a line or two, not one each.
+#[test]
+fn over_tls_silent_connections_past_max_connections_hold_a_place_for_at_most_1_s() {
+    let (pki, plugin) = start_tls(
+        "tls-overflow",
+        "max_connections = 2\nidle_timeout_ms = 30000\nread_timeout_ms = 30000\n",
+    );
+    let config = tls_client(&pki);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tls_stream(&config, plugin.addr);
+        stream
+            .write_all(get_text("/healthz", false).as_bytes())
+            .unwrap();
+        let response = read_response(&mut BufReader::new(&mut stream)).unwrap();
+        assert_eq!(response.status, 200);
+        held.push(stream);
+    }
+    let silent: Vec<TcpStream> = (0..80).map(|_| connect(plugin.addr)).collect();
+    thread::sleep(1500 * MS);
+    let mut late = tls_stream(&config, plugin.addr);
+    late.write_all(get_text("/healthz", false).as_bytes())
+        .unwrap_or_else(|e| panic!("a TLS connection 1.5 s after 80 silent ones: {e}"));
+    let response = read_response(&mut BufReader::new(&mut late))
+        .unwrap_or_else(|e| panic!("no 503 1.5 s after 80 silent connections: {e}"));
+    assert_closing_refusal(&response, 503);
+    drop(silent);
+    // Counted (16 found every place taken; the others' handshakes timed out) and logged once
+    // a second at most.
+    let stream = &mut held[0];
+    stream
+        .write_all(get_text("/metrics", false).as_bytes())
+        .unwrap();
+    let response = read_response(&mut BufReader::new(stream)).unwrap();
+    let metrics = String::from_utf8(response.body).unwrap();
+    let dropped = metric(&metrics, "mec_plugin_http_connections_dropped_total");
+    assert!((16..=80).contains(&dropped), "{dropped} dropped");
+    let lines = plugin
+        .logs()
+        .iter()
+        .filter(|l| l.contains("closed without an answer"))
+        .count();
+    assert!((1..=4).contains(&lines), "{lines} log lines for {dropped} drops");
+}
+
 /// Item 5: connections that end badly give their place back. With `max_connections = 16`, 400
 /// connections are reset by the client (`SO_LINGER` 0) in every state: before sending, in the
 /// middle of a head, of a body, of pipelined requests whose answers they do not read, and
