@@ -114,6 +114,9 @@ pub struct ServerConfig {
     /// Most connections served at once; one more gets 503 (default
     /// [`defaults::MAX_CONNECTIONS`]).
     pub max_connections: usize,
+    /// Most request log lines a second for answers below 500, the others counted in a summary
+    /// line; 0 for none (default [`defaults::LOG_REQUESTS_PER_S`]).
+    pub log_requests_per_s: usize,
     /// Force every change to disk before acknowledging it ([`defaults::FSYNC`] by default;
     /// false only for benchmarks: changes then survive a crash of the process but not of the
     /// machine).
@@ -266,6 +269,10 @@ pub mod defaults {
     pub const MAX_HEADERS: usize = 100;
     /// `[server] max_connections`.
     pub const MAX_CONNECTIONS: usize = 1024;
+    /// `[server] log_requests_per_s`: with the summaries, a few thousand lines in journald's
+    /// default window (10,000 messages per 30 s per service), leaving room for the warnings
+    /// and errors.
+    pub const LOG_REQUESTS_PER_S: usize = 100;
     /// `[server] fsync`.
     pub const FSYNC: bool = true;
     /// `[server] retry_initial_ms` (the retry policy's own default).
@@ -461,6 +468,7 @@ struct RawServer {
     max_head_bytes: Option<i64>,
     max_headers: Option<i64>,
     max_connections: Option<i64>,
+    log_requests_per_s: Option<i64>,
     fsync: Option<bool>,
     retry_initial_ms: Option<i64>,
     retry_max_ms: Option<i64>,
@@ -658,6 +666,7 @@ impl Default for ServerConfig {
             max_head_bytes: defaults::MAX_HEAD_BYTES,
             max_headers: defaults::MAX_HEADERS,
             max_connections: defaults::MAX_CONNECTIONS,
+            log_requests_per_s: defaults::LOG_REQUESTS_PER_S,
             fsync: defaults::FSYNC,
             retry: RetryPolicy {
                 initial: defaults::RETRY_INITIAL,
@@ -937,6 +946,12 @@ fn server_table(t: &Table, s: RawServer) -> Result<ServerConfig, ConfigError> {
             "max_connections",
             1..=65536,
             defaults::MAX_CONNECTIONS,
+        )?,
+        log_requests_per_s: t.count(
+            s.log_requests_per_s,
+            "log_requests_per_s",
+            0..=1_000_000,
+            defaults::LOG_REQUESTS_PER_S,
         )?,
         fsync: s.fsync.unwrap_or(defaults::FSYNC),
         max_requests: t.count(
@@ -1785,11 +1800,16 @@ url = "http://127.0.0.1:13000/"
             ),
             (4096, 20, 7)
         );
+        assert_eq!(c.server.log_requests_per_s, 100);
+        let c = Config::parse(&format!("[server]\nlog_requests_per_s = 0\n{MINIMAL}"), "f");
+        assert_eq!(c.unwrap().server.log_requests_per_s, 0);
         for bad in [
             "max_head_bytes = 100",
             "max_headers = 0",
             "max_connections = 0",
             "idle_timeout_ms = 1",
+            "log_requests_per_s = -1",
+            "log_requests_per_s = 1000001",
         ] {
             let e = parse_err(&format!("[server]\n{bad}\n{MINIMAL}"));
             assert!(e.contains("out of range"), "{bad}: {e}");
@@ -2361,6 +2381,10 @@ url = "http://127.0.0.1:13000/"
             ("server.max_head_bytes", code(&defaults::MAX_HEAD_BYTES)),
             ("server.max_headers", code(&defaults::MAX_HEADERS)),
             ("server.max_connections", code(&defaults::MAX_CONNECTIONS)),
+            (
+                "server.log_requests_per_s",
+                code(&defaults::LOG_REQUESTS_PER_S),
+            ),
             (
                 "server.connection_threads",
                 code(&defaults::CONNECTION_THREADS),

@@ -160,6 +160,8 @@ pub struct Options {
     pub max_headers: usize,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Most request log lines a second for answers below 500 (see [`LogBudget`]); 0: none.
+    pub log_requests_per_s: usize,
     /// Spelling of the problem responses this module builds.
     pub api_style: ApiStyle,
     /// Certificate chain and its rustls configuration (checked when the configuration was
@@ -186,6 +188,7 @@ impl Options {
             max_head_bytes: c.max_head_bytes,
             max_headers: c.max_headers,
             max_connections: c.max_connections,
+            log_requests_per_s: c.log_requests_per_s,
             api_style: c.api_style,
             tls: c.tls.clone(),
         }
@@ -339,6 +342,8 @@ struct Shared {
     abort: AtomicBool,
     /// Threads of this server still running (I/O loops and workers).
     running: Counter,
+    /// Bounds the request log lines.
+    log_budget: LogBudget,
 }
 
 impl Shared {
@@ -370,6 +375,7 @@ impl Shared {
             jobs_closed: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             running: Counter::default(),
+            log_budget: LogBudget::new(options.log_requests_per_s),
         }
     }
 }
@@ -907,19 +913,142 @@ fn framed(mut data: Vec<u8>, chunked: bool, last: bool) -> Vec<u8> {
     piece
 }
 
-/// Logs one line for an answered request and tells the handler (which counts it in the
-/// metrics). Before the response is written, so that a client that has read it finds it
-/// counted.
+/// Logs one line for an answered request (within the [`LogBudget`]) and tells the handler
+/// (which counts it in the metrics, every one). Before the response is written, so that a
+/// client that has read it finds it counted.
 fn answered(shared: &Shared, request: &Request, status: u16, started: Instant) {
-    let took = started.elapsed();
-    log::info!(
-        "{} {} {} {} ms",
-        request.method,
-        http1::log_target(request.path()),
-        status,
-        took.as_millis()
-    );
+    let now = Instant::now();
+    let took = now.saturating_duration_since(started);
+    if shared.log_budget.admit(status, now) {
+        log::info!(
+            "{} {} {} {} ms",
+            request.method,
+            http1::log_target(request.path()),
+            status,
+            took.as_millis()
+        );
+    }
     shared.handler.answered(request, status, took);
+}
+
+/// Bounds the per-request log lines of answers below 500 to `per_s` a second (of the clock
+/// since the start; a second's lines may come at once), the others counted by status class
+/// and told in one summary line after that second. A client pipelining 404s wrote 100,000
+/// lines in 5 s, and journald's default rate limit (10,000 messages per 30 s per service) then
+/// dropped the error lines with them (found by an operator audit). A 5xx line, and any
+/// warning or error, is never left out; every request is still counted in the metrics.
+///
+/// One atomic word (the second and the lines it had) for the whole server: a
+/// compare-and-swap per request, where a log line costs a locked write to standard output.
+struct LogBudget {
+    per_s: u64,
+    epoch: Instant,
+    /// The current second since `epoch` (high 32 bits) and the lines asked for in it (low 32
+    /// bits, saturating), left-out ones included: more than `per_s` means some were left out.
+    window: std::sync::atomic::AtomicU64,
+    /// Lines left out since the last summary, by class (1xx to 4xx).
+    left_out: [std::sync::atomic::AtomicU64; 4],
+}
+
+impl LogBudget {
+    fn new(per_s: usize) -> Self {
+        LogBudget {
+            per_s: per_s as u64,
+            epoch: Instant::now(),
+            window: std::sync::atomic::AtomicU64::new(0),
+            left_out: Default::default(),
+        }
+    }
+
+    /// Whether the line of an answer with `status` at `now` is to be written; writes the
+    /// summary of the last second first when it left lines out.
+    fn admit(&self, status: u16, now: Instant) -> bool {
+        if status >= 500 {
+            return true;
+        }
+        // Nothing to count when the lines would not be shown anyway.
+        if self.per_s == 0 || log::max_level() < log::LevelFilter::Info {
+            return false;
+        }
+        let second = self.second(now);
+        let mut summary = None;
+        let result = self
+            .window
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                let (at, n) = (word >> 32, word & u64::from(u32::MAX));
+                summary = (second > at && n > self.per_s).then_some(at);
+                let n = if second > at {
+                    1
+                } else {
+                    (n + 1).min(u64::from(u32::MAX))
+                };
+                Some((second.max(at) << 32) | n)
+            });
+        if summary.is_some() {
+            self.summarise();
+        }
+        let n = result.map_or(u64::MAX, |word| {
+            let (at, n) = (word >> 32, word & u64::from(u32::MAX));
+            if second > at { 1 } else { n + 1 }
+        });
+        if n <= self.per_s {
+            return true;
+        }
+        if let Some(class) = self.left_out.get(usize::from(status / 100).wrapping_sub(1)) {
+            class.fetch_add(1, Ordering::Relaxed);
+        }
+        false
+    }
+
+    /// When the summary of the last second is due (`None` when nothing was left out).
+    fn summary_due(&self) -> Option<Instant> {
+        let word = self.window.load(Ordering::Acquire);
+        let (at, n) = (word >> 32, word & u64::from(u32::MAX));
+        (n > self.per_s && self.per_s > 0).then(|| self.epoch + Duration::from_secs(at + 1))
+    }
+
+    /// Writes the summary if it is due (an I/O loop's turn after a flood that stopped).
+    fn tick(&self, now: Instant) {
+        let second = self.second(now);
+        let word = self.window.load(Ordering::Acquire);
+        let (at, n) = (word >> 32, word & u64::from(u32::MAX));
+        if second > at
+            && n > self.per_s
+            && self
+                .window
+                .compare_exchange(word, second << 32, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.summarise();
+        }
+    }
+
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    /// One line for the lines left out since the last one (none with `per_s` 0: the operator
+    /// asked for no request lines, and the metrics count them all).
+    fn summarise(&self) {
+        let taken = self
+            .left_out
+            .each_ref()
+            .map(|class| class.swap(0, Ordering::Relaxed));
+        let total: u64 = taken.iter().sum();
+        if total == 0 || self.per_s == 0 {
+            return;
+        }
+        let mut classes = String::new();
+        for (i, n) in taken.iter().enumerate().filter(|(_, n)| **n > 0) {
+            let sep = if classes.is_empty() { "" } else { ", " };
+            classes.push_str(&format!("{sep}{}xx: {n}", i + 1));
+        }
+        log::info!(
+            "{total} request log lines left out over the last second ({classes}): at most {} \
+             a second ([server] log_requests_per_s); every request is counted in /metrics",
+            self.per_s
+        );
+    }
 }
 
 /// Calls the handler; a panic becomes a logged 500 problem response.
@@ -1470,7 +1599,8 @@ impl IoLoop {
             let drops_due = (self.drops.0 > 0)
                 .then(|| self.drops.1.map(|t| t + DROPS_LOGGED_EVERY))
                 .flatten();
-            let wake_at = [self.next_sweep, self.accept_paused, drops_due]
+            let summary_due = self.shared.log_budget.summary_due();
+            let wake_at = [self.next_sweep, self.accept_paused, drops_due, summary_due]
                 .into_iter()
                 .flatten()
                 .min();
@@ -1506,6 +1636,9 @@ impl IoLoop {
             }
             if drops_due.is_some_and(|t| Instant::now() >= t) {
                 self.log_drops();
+            }
+            if summary_due.is_some_and(|t| Instant::now() >= t) {
+                self.shared.log_budget.tick(Instant::now());
             }
         }
         let remaining = self.conns.iter().flatten().count();
@@ -3270,6 +3403,50 @@ mod tests {
         let text = String::from_utf8(render(&r, false, false)).unwrap();
         assert!(!text.contains("Content-Length") && text.ends_with("\r\n\r\n"));
         assert_eq!(http_date().len(), 29, "{}", http_date());
+    }
+
+    #[test]
+    fn the_log_budget_admits_per_s_lines_a_second_below_500_and_every_5xx() {
+        log::set_max_level(log::LevelFilter::Info);
+        let budget = LogBudget::new(3);
+        let t0 = budget.epoch;
+        let admitted = |status, at| budget.admit(status, t0 + at);
+        let lines: Vec<bool> = (0..5).map(|_| admitted(404, Duration::ZERO)).collect();
+        assert_eq!(lines, [true, true, true, false, false]);
+        assert!(admitted(503, Duration::ZERO) && admitted(500, Duration::ZERO));
+        assert!(!admitted(200, Duration::from_millis(999)));
+        let left: Vec<u64> = budget
+            .left_out
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(left, [0, 1, 0, 2]);
+        assert_eq!(budget.summary_due(), Some(t0 + SECOND));
+        // The next second: the summary is written (and the counts taken) by its first line.
+        assert!(admitted(404, SECOND));
+        assert!(
+            budget
+                .left_out
+                .iter()
+                .all(|n| n.load(Ordering::Relaxed) == 0)
+        );
+        assert_eq!(budget.summary_due(), None);
+        // A flood that stops: an I/O loop's turn writes its summary.
+        for _ in 0..4 {
+            admitted(404, SECOND);
+        }
+        budget.tick(t0 + 2 * SECOND);
+        assert_eq!(budget.summary_due(), None);
+        assert!(
+            budget
+                .left_out
+                .iter()
+                .all(|n| n.load(Ordering::Relaxed) == 0)
+        );
+        // 0: no request lines at all, but every 5xx.
+        let none = LogBudget::new(0);
+        assert!(!none.admit(200, t0) && none.admit(500, t0));
+        assert_eq!(none.summary_due(), None);
     }
 
     #[test]

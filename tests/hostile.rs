@@ -1502,6 +1502,68 @@ fn two_thousand_pipelined_requests_are_all_answered_in_order() {
     assert_eq!(read_response(&mut reader).unwrap().status, 200);
 }
 
+/// Found by an operator audit: one client pipelining 404s wrote a log line each (100,000 in
+/// 5 s), and journald's rate limit then dropped the error lines too. With
+/// `log_requests_per_s = 20`, 3,000 pipelined 404s write at most 20 lines a second and a
+/// summary line per second that left some out; every one is still counted in the metrics.
+#[test]
+fn a_flood_of_requests_writes_a_bounded_number_of_log_lines_and_all_are_counted() {
+    let plugin = Child::start("log-flood", "log_requests_per_s = 20\n");
+    let started = Instant::now();
+    let s = connect(plugin.addr);
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let text = "GET /flood HTTP/1.1\r\nHost: t\r\n\r\n".repeat(3000);
+        w.write_all(text.as_bytes())
+    });
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    for i in 0..3000 {
+        let response = read_response(&mut reader)
+            .unwrap_or_else(|e| panic!("answer {i} of 3000 pipelined: {e}"));
+        assert_eq!(response.status, 404, "answer {i}: {}", show(&response));
+    }
+    writer.join().unwrap().unwrap();
+    let seconds = started.elapsed().as_secs() + 1;
+    assert_eq!(plugin.requests_counted(404, false), 3000);
+    // The summary of the last second comes within a second after it, flood over or not.
+    assert!(
+        child_eventually(&plugin, |logs| {
+            let left_out: u64 = logs
+                .iter()
+                .filter(|l| l.contains("request log lines left out"))
+                .filter_map(|l| {
+                    let after = l.split("4xx: ").nth(1)?;
+                    let digits = after.split(|c: char| !c.is_ascii_digit()).next()?;
+                    digits.parse::<u64>().ok()
+                })
+                .sum();
+            let written = logs.iter().filter(|l| l.contains("GET /flood 404")).count() as u64;
+            written + left_out == 3000
+        }),
+        "{:#?}",
+        plugin
+            .logs()
+            .iter()
+            .filter(|l| !l.contains("GET /flood"))
+            .collect::<Vec<_>>()
+    );
+    let logs = plugin.logs();
+    let written = logs.iter().filter(|l| l.contains("GET /flood 404")).count() as u64;
+    let summaries = logs
+        .iter()
+        .filter(|l| l.contains("request log lines left out") && l.contains("4xx: "))
+        .count() as u64;
+    eprintln!("3000 requests in {seconds} s: {written} lines, {summaries} summaries");
+    assert!(
+        written <= 20 * (seconds + 1),
+        "{written} lines in {seconds} s"
+    );
+    assert!(
+        (1..=seconds + 1).contains(&summaries),
+        "{summaries} summaries"
+    );
+}
+
 /// Item 3: a response sent before its request's body was read in full closes the connection
 /// (a 413 on a declared length, and an API refusal does not leave the unread body to be parsed
 /// as a request).
@@ -1738,7 +1800,10 @@ fn over_tls_silent_connections_past_max_connections_hold_a_place_for_at_most_1_s
         .iter()
         .filter(|l| l.contains("closed without an answer"))
         .count();
-    assert!((1..=4).contains(&lines), "{lines} log lines for {dropped} drops");
+    assert!(
+        (1..=4).contains(&lines),
+        "{lines} log lines for {dropped} drops"
+    );
 }
 
 /// Item 5: connections that end badly give their place back. With `max_connections = 16`, 400
