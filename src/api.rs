@@ -527,7 +527,8 @@ fn parse_position(query: Option<&str>) -> Result<Option<Position>, ApiError> {
             "longitude" => (&mut longitude, 180.0),
             other => {
                 debug!(
-                    "query parameter '{other}' ignored: the regions list takes 'latitude' and 'longitude'"
+                    "query parameter '{}' ignored: the regions list takes 'latitude' and 'longitude'",
+                    crate::http1::log_text(other, 64)
                 );
                 continue;
             }
@@ -581,7 +582,10 @@ fn parse_deletion(query: Option<&str>) -> Result<Deletion, ApiError> {
             "forget" => &mut forget,
             "adopt" => &mut adopt,
             _ => {
-                debug!("query parameter '{key}' ignored: a DELETE takes 'forget' and 'adopt'");
+                debug!(
+                    "query parameter '{}' ignored: a DELETE takes 'forget' and 'adopt'",
+                    crate::http1::log_text(key, 64)
+                );
                 continue;
             }
         };

@@ -125,11 +125,20 @@ pub fn request_line(buf: &[u8]) -> (String, String) {
     (method, target)
 }
 
-/// What to answer when `max_head_bytes` arrived without the end of the head: 414 when not even
-/// the request line ended, else 431.
+/// What to answer when `max_head_bytes` arrived without the end of the head: 431 when the
+/// request line ended; 414 when its target is what does not fit; 400 when the method or the
+/// version does not (a 16,000-byte method was answered "URI Too Long" for a 1-byte target,
+/// found by an audit).
 pub fn oversized_head(buf: &[u8]) -> HeadError {
     if buf.contains(&b'\n') {
-        HeadError::HeadersTooLarge("the request head exceeds its size limit".into())
+        return HeadError::HeadersTooLarge("the request head exceeds its size limit".into());
+    }
+    let line = &buf[leading_empty_lines(buf)..];
+    let Some(method_end) = line.iter().position(|&b| b == b' ') else {
+        return HeadError::Bad("the request method exceeds the head size limit".into());
+    };
+    if line[method_end + 1..].contains(&b' ') {
+        HeadError::Bad("the request line exceeds the head size limit after its target".into())
     } else {
         HeadError::UriTooLong
     }
@@ -724,18 +733,38 @@ fn is_framing_header(name: &str) -> bool {
     .any(|h| name.eq_ignore_ascii_case(h))
 }
 
-/// The log form of a request target: at most 256 bytes (cut at a character boundary, marked
-/// with `...`), so that a long target cannot make a long log line.
+/// The log form of a request target: at most 256 bytes (see [`log_text`]).
 pub fn log_target(target: &str) -> std::borrow::Cow<'_, str> {
-    const MAX: usize = 256;
-    if target.len() <= MAX {
-        return target.into();
+    log_text(target, 256)
+}
+
+/// The log form of a request method: at most 32 bytes (see [`log_text`]); a 16,000-byte
+/// method made a 16 kB log line (found by an audit).
+pub fn log_method(method: &str) -> std::borrow::Cow<'_, str> {
+    log_text(method, 32)
+}
+
+/// `text` as a log line may carry it: cut after `max` bytes (marked with `...`), so that a long
+/// one cannot make a long line, and every character but visible ASCII written as `\u{..}`, so
+/// that none can act on the terminal showing the log (the audit wrote C1 `CSI`, U+009B, and a
+/// bidi override, U+202E, into it through a target). Allocates only when it changes something.
+pub fn log_text(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max && text.bytes().all(|b| b.is_ascii_graphic()) {
+        return text.into();
     }
-    let mut end = MAX;
-    while !target.is_char_boundary(end) {
-        end -= 1;
+    let mut out = String::with_capacity(text.len().min(max) + 16);
+    for c in text.chars() {
+        if out.len() >= max {
+            out.push_str("...");
+            break;
+        }
+        if c.is_ascii_graphic() {
+            out.push(c);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        }
     }
-    format!("{}...", &target[..end]).into()
+    out.into()
 }
 
 #[cfg(test)]
@@ -1147,6 +1176,36 @@ mod tests {
         assert_eq!(log_target("/short"), "/short");
         let long = format!("/{}", "é".repeat(300));
         let cut = log_target(&long);
-        assert!(cut.len() <= 259 && cut.ends_with("..."), "{}", cut.len());
+        assert!(
+            cut.len() <= 256 + 8 + 3 && cut.ends_with("..."),
+            "{}",
+            cut.len()
+        );
+        assert!(cut.starts_with("/\\u{e9}\\u{e9}"), "{cut}");
+        assert_eq!(log_target(&"a".repeat(256)).len(), 256);
+    }
+
+    /// Found by an audit: a 16,000-byte method made a 16 kB log line, and C1 controls and bidi
+    /// overrides in a target were written to the log raw (terminal-escape injection).
+    #[test]
+    fn logged_methods_are_cut_at_32_bytes_and_controls_escaped() {
+        assert_eq!(log_method("GET"), "GET");
+        let long = "M".repeat(16_000);
+        assert_eq!(log_method(&long), format!("{}...", "M".repeat(32)));
+        assert_eq!(log_target("/a\u{9b}31m\u{202e}b"), "/a\\u{9b}31m\\u{202e}b");
+        assert_eq!(log_target("/a\x1b[2J\x7f b"), "/a\\u{1b}[2J\\u{7f}\\u{20}b");
+    }
+
+    #[test]
+    fn an_oversized_request_line_is_414_only_when_its_target_does_not_fit() {
+        assert_eq!(oversized_head(b"GET /aaaaaaaa"), HeadError::UriTooLong);
+        assert!(matches!(
+            oversized_head(b"MMMMMMMMMMMMM"),
+            HeadError::Bad(_)
+        ));
+        assert!(matches!(
+            oversized_head(b"GET / HTTP/1.1xxxxxxxxxxx"),
+            HeadError::Bad(_)
+        ));
     }
 }

@@ -876,7 +876,11 @@ fn write_stream(
 
 /// `METHOD target` of a streamed body's request, as its failure's log line names it.
 fn stream_name(request: &Request) -> String {
-    format!("{} {}", request.method, http1::log_target(request.path()))
+    format!(
+        "{} {}",
+        http1::log_method(&request.method),
+        http1::log_target(request.path())
+    )
 }
 
 /// What making a streamed body gave (`None` when it failed or panicked, logged naming `what`):
@@ -922,7 +926,7 @@ fn answered(shared: &Shared, request: &Request, status: u16, started: Instant) {
     if shared.log_budget.admit(status, now) {
         log::info!(
             "{} {} {} {} ms",
-            request.method,
+            http1::log_method(&request.method),
             http1::log_target(request.path()),
             status,
             took.as_millis()
@@ -1075,7 +1079,7 @@ fn unpanicked<R>(request: &Request, call: impl FnOnce() -> R) -> Result<R, ()> {
                 .unwrap_or_else(|| "unknown panic".to_string());
             log::error!(
                 "handler panicked on {} {}: {what}",
-                request.method,
+                http1::log_method(&request.method),
                 http1::log_target(request.path())
             );
             Err(())

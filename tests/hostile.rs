@@ -389,13 +389,43 @@ fn log_lines_cut_the_target_at_256_bytes() {
             assert_eq!(response.status, 404, "{}", show(&response));
         }
     }
+    // A long method is cut too (at 32 bytes), and answered 4xx, not 414 for a 1-byte target;
+    // control and non-ASCII characters are escaped (no terminal escapes reach the log).
+    let (responses, _) = send_and_collect(
+        plugin.addr,
+        format!(
+            "{} / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            "W".repeat(16_000)
+        )
+        .as_bytes(),
+        false,
+        5000 * MS,
+    );
+    assert!(responses[0].status >= 400 && responses[0].status != 414);
+    let (responses, _) = send_and_collect(plugin.addr, &[b'W'; 20_000], true, 5000 * MS);
+    assert_closing_refusal(&responses[0], 400);
+    let escapes = "GET /a\u{9b}31m\u{202e}b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let (responses, _) = send_and_collect(plugin.addr, escapes.as_bytes(), false, 5000 * MS);
+    assert!(
+        !responses.is_empty(),
+        "no answer to a target with C1 and bidi characters"
+    );
     assert!(child_eventually(&plugin, |logs| logs
         .iter()
         .any(|l| l.contains("LLLL"))));
+    assert!(child_eventually(&plugin, |logs| logs
+        .iter()
+        .any(|l| l.contains("/a\\u{9b}31m\\u{202e}b"))));
     thread::sleep(200 * MS);
     assert_eq!(get(plugin.addr, "/healthz").status, 200);
     for line in plugin.logs() {
         assert!(!line.contains("panicked"), "{line}");
+        assert!(!line.contains(['\u{9b}', '\u{202e}']), "{line}");
+        assert!(
+            longest_run(&line, b'W') <= 32,
+            "{}",
+            &line[..line.len().min(300)]
+        );
         let run = longest_run(&line, b'L').max(longest_run(&line, b'M'));
         assert!(
             run <= 256,
