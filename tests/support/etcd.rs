@@ -235,12 +235,7 @@ impl Cluster {
     /// 1 s election timeout and more), in which no member serves a linearizable read: etcd's
     /// own unavailability, which a test of the client's failover must not measure.
     pub fn lead_elsewhere_than(&self, i: usize) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .proxy(None)
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(2)))
-            .build()
-            .into();
+        let agent = gateway_agent();
         // (its own member id, the raft leader's), as member `m` says.
         let status = |m: &Member| -> Option<(String, String)> {
             let url = format!("{}/v3/maintenance/status", m.endpoint());
@@ -286,12 +281,7 @@ impl Cluster {
     /// [`wait_healthy`](Self::wait_healthy); with `port_taken`, gives up as soon as a member
     /// has exited because its port was in use, naming its log.
     fn wait(&mut self, port_taken: bool) -> Wait {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .proxy(None)
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(2)))
-            .build()
-            .into();
+        let agent = gateway_agent();
         let deadline = Instant::now() + HEALTHY_WITHIN;
         let healthy = |m: &Member| {
             agent
@@ -329,6 +319,17 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// An agent for the members' own HTTP endpoints (health, maintenance): any status is an
+/// answer, 2 s at most.
+fn gateway_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .proxy(None)
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into()
 }
 
 /// How often [`Cluster::start_with`] starts a cluster whose port another process took.
