@@ -519,7 +519,7 @@ impl ChunkedDecoder {
 ///
 /// ```text
 /// chunk-size [ chunk-ext ]
-/// chunk-size     = 1*HEXDIG                    ; here at most 16 digits (a u64)
+/// chunk-size     = 1*HEXDIG                    ; here at most 16 after leading zeros (a u64)
 /// chunk-ext      = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
 /// chunk-ext-name = token
 /// chunk-ext-val  = token / quoted-string
@@ -531,13 +531,20 @@ impl ChunkedDecoder {
 /// `5 5`, `0x5` and any control byte (a bare CR included) are not. Extensions are read only to
 /// be checked, never used. A lenient reading (size up to the first non-digit, say) is a
 /// request-smuggling vector: a proxy in front may delimit the same bytes differently.
+///
+/// Leading zeros are not counted against the 16 digits: `1*HEXDIG` allows any number of them
+/// and they change no value, so `00000000000000001` is a chunk of 1 byte, as a proxy that
+/// reads the grammar sees it (found by a hostile-client audit: it was refused with 400). The
+/// line itself stays bounded by `max_head_bytes`.
 fn chunk_size(line: &[u8]) -> Option<u64> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 || !chunk_ext(&line[digits..]) {
+    let zeros = line[..digits].iter().take_while(|&&b| b == b'0').count();
+    if digits == 0 || digits - zeros > 16 || !chunk_ext(&line[digits..]) {
         return None;
     }
-    let digits = std::str::from_utf8(&line[..digits]).ok()?;
-    u64::from_str_radix(digits, 16).ok()
+    // All zeros is the last chunk; `from_str_radix` needs at least one digit.
+    let significant = &line[zeros.min(digits - 1)..digits];
+    u64::from_str_radix(std::str::from_utf8(significant).ok()?, 16).ok()
 }
 
 /// Whether `rest` is a `chunk-ext` (see [`chunk_size`]), possibly empty.
@@ -1109,7 +1116,7 @@ mod tests {
             b"0x5",
             b"5,6",
             b"+5",
-            b"00000000000000005",
+            b"10000000000000005",
         ] {
             let outcome = with(line);
             assert!(
@@ -1122,6 +1129,23 @@ mod tests {
         assert!(matches!(decode(b"0 \r\n\r\n", 1), Err(ChunkError::Bad(_))));
         assert_eq!(decode(b"0 ;a=1\r\n\r\n", 1).unwrap().0, b"");
         assert_eq!(decode(b"0000000000000000\r\n\r\n", 1).unwrap().0, b"");
+    }
+
+    /// Found by a hostile-client audit: `00000000000000001` (17 digits) was refused with 400
+    /// though `1*HEXDIG` allows it, so the server and a proxy that reads the grammar disagreed
+    /// on the body.
+    #[test]
+    fn leading_zeros_of_a_chunk_size_do_not_count_against_its_16_digits() {
+        let zeros = "0".repeat(40);
+        let input = format!("{zeros}5\r\nhello\r\n{zeros}0\r\n\r\n");
+        assert_eq!(decode(input.as_bytes(), 3).unwrap().0, b"hello");
+        let input = format!("{zeros}5;a=b\r\nhello\r\n{zeros}\r\n\r\n");
+        assert_eq!(decode(input.as_bytes(), 1).unwrap().0, b"hello");
+        // Sixteen significant digits still fit a u64 (413 here), seventeen do not (400).
+        let input = format!("{zeros}ffffffffffffffff\r\n");
+        assert!(matches!(decode(input.as_bytes(), 1), Err(ChunkError::TooLarge)));
+        let input = format!("{zeros}10000000000000000\r\n");
+        assert!(matches!(decode(input.as_bytes(), 1), Err(ChunkError::Bad(_))));
     }
 
     #[test]
