@@ -161,6 +161,8 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, HeadError> {
         Err(e) => return Err(HeadError::Bad(format!("malformed request head: {e}"))),
     }
     let minor = request.version.unwrap_or(1);
+    let target = request.path.unwrap_or_default();
+    request_target(target)?;
     let fields = Fields::gather(request.headers)?;
     if minor == 1 && fields.hosts != 1 {
         return Err(HeadError::Bad(if fields.hosts == 0 {
@@ -171,7 +173,7 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, HeadError> {
     }
     Ok(Head {
         method: request.method.unwrap_or_default().to_string(),
-        target: request.path.unwrap_or_default().to_string(),
+        target: target.to_string(),
         minor,
         framing: fields.framing(minor)?,
         expect_continue: expect_continue(fields.expect, minor)?,
@@ -180,6 +182,32 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Head, HeadError> {
         authorization: fields.authorization,
         forwarded: fields.forwarded,
     })
+}
+
+/// Refuses the request-targets httparse lets through but RFC 9112 §3.2 does not, which were
+/// routed (404) as if they were paths (found by a hostile-client audit):
+///
+/// - a fragment: `#` is in none of the four forms (origin, absolute, authority, asterisk), since
+///   a client strips it before sending (RFC 9110 §4.2.5);
+/// - the asterisk-form `*`, which is only for a server-wide `OPTIONS` (§3.2.4). This server
+///   serves no `OPTIONS` (no route has it, so `OPTIONS /path` is 405 or 404), so `OPTIONS *`
+///   is refused as well, rather than answered as if `*` named a resource.
+///
+/// One scan of the target, no allocation: this runs for every request.
+fn request_target(target: &str) -> Result<(), HeadError> {
+    if target == "*" {
+        return Err(HeadError::Bad(
+            "the asterisk-form target * is only for OPTIONS, which is not served \
+             (RFC 9112 §3.2.4)"
+                .into(),
+        ));
+    }
+    if target.as_bytes().contains(&b'#') {
+        return Err(HeadError::Bad(
+            "a request target may not hold a fragment (#, RFC 9112 §3.2)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The header fields of a head that the server or the API looks at.
@@ -926,6 +954,25 @@ mod tests {
         );
     }
 
+    /// Found by a hostile-client audit: `GET *` and `GET /healthz#f` were routed (404) as if
+    /// they were paths.
+    #[test]
+    fn an_asterisk_target_or_a_fragment_is_refused() {
+        for method in ["GET", "HEAD", "POST", "OPTIONS"] {
+            let detail = bad(&format!("{method} * HTTP/1.1\r\nHost: x\r\n\r\n"));
+            assert!(detail.contains("asterisk"), "{method}: {detail}");
+        }
+        for target in ["/healthz#f", "/a?b#", "#", "http://x/a#b", "/a%23b#"] {
+            let detail = bad(&format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"));
+            assert!(detail.contains("fragment"), "{target}: {detail}");
+        }
+        // `*` inside a path, and `%23` (an encoded `#`), are ordinary target characters.
+        for target in ["/a*b", "/*", "/a%23b", "/a?b=*"] {
+            let head = parse(&format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"));
+            assert_eq!(head.unwrap().target, target);
+        }
+    }
+
     #[test]
     fn expectations_other_than_100_continue_are_refused() {
         let head = parse("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\n\r\n").unwrap();
@@ -1143,9 +1190,15 @@ mod tests {
         assert_eq!(decode(input.as_bytes(), 1).unwrap().0, b"hello");
         // Sixteen significant digits still fit a u64 (413 here), seventeen do not (400).
         let input = format!("{zeros}ffffffffffffffff\r\n");
-        assert!(matches!(decode(input.as_bytes(), 1), Err(ChunkError::TooLarge)));
+        assert!(matches!(
+            decode(input.as_bytes(), 1),
+            Err(ChunkError::TooLarge)
+        ));
         let input = format!("{zeros}10000000000000000\r\n");
-        assert!(matches!(decode(input.as_bytes(), 1), Err(ChunkError::Bad(_))));
+        assert!(matches!(
+            decode(input.as_bytes(), 1),
+            Err(ChunkError::Bad(_))
+        ));
     }
 
     #[test]

@@ -2307,6 +2307,32 @@ fn past_max_connections_over_tls_the_503_is_sent_inside_tls() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Request-target, Host and trailer syntax (RFC 9112 §3.2, §5.1, §7.1.2)
+
+/// Found by a hostile-client audit: `GET *` and `GET /healthz#f` were routed (404). The
+/// asterisk-form is only for `OPTIONS` (RFC 9112 §3.2.4), which is not served, and `#` is in
+/// no request-target (§3.2): 400 problem+json and close, `OPTIONS *` included.
+#[test]
+fn an_asterisk_target_or_a_fragment_gets_400_and_close() {
+    let plugin = Child::start("target-form", "");
+    for line in [
+        "GET * HTTP/1.1",
+        "OPTIONS * HTTP/1.1",
+        "GET /healthz#f HTTP/1.1",
+        "GET /healthz?a#f HTTP/1.1",
+    ] {
+        let text = format!("{line}\r\nHost: t\r\n\r\n");
+        let response = refused_and_closed(plugin.addr, text.as_bytes(), 400);
+        let detail = response.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(detail.contains("RFC 9112 §3.2"), "{line:?}: {detail}");
+    }
+    assert_eq!(get(plugin.addr, "/healthz").status, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
 // 8. Footprint
 
 /// Row 7 and item 8: the real binary on the shipped configuration, idle: at most 16 threads,
