@@ -2332,6 +2332,40 @@ fn an_asterisk_target_or_a_fragment_gets_400_and_close() {
     assert_eq!(get(plugin.addr, "/healthz").status, 200);
 }
 
+/// Found by a hostile-client audit: `Host: a b`, `Host: http://evil/` and `Host: x:99999999`
+/// were served (200), and so were two Host fields in HTTP/1.0. RFC 9112 §3.2: 400 for an
+/// invalid Host or more than one, whatever the version.
+#[test]
+fn an_invalid_host_or_two_hosts_get_400_and_close() {
+    let plugin = Child::start("host-syntax", "");
+    for (version, hosts) in [
+        ("1.1", "Host: a b\r\n"),
+        ("1.1", "Host: http://evil/\r\n"),
+        ("1.1", "Host: x:99999999\r\n"),
+        ("1.0", "Host: x:99999999\r\n"),
+        ("1.0", "Host: a\r\nHost: b\r\n"),
+        ("1.0", "Host: a\r\nHost: a\r\n"),
+    ] {
+        let text = format!("GET /healthz HTTP/{version}\r\n{hosts}\r\n");
+        let response = refused_and_closed(plugin.addr, text.as_bytes(), 400);
+        let detail = response.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(detail.contains("Host"), "{hosts:?}: {detail}");
+    }
+    for (version, hosts) in [
+        ("1.1", "Host: x:8080\r\n"),
+        ("1.1", "Host: [::1]:8080\r\n"),
+        ("1.1", "Host:\r\n"),
+        ("1.0", ""),
+    ] {
+        let text = format!("GET /healthz HTTP/{version}\r\n{hosts}Connection: close\r\n\r\n");
+        let response = exchange(plugin.addr, &text).unwrap();
+        assert_eq!(response.status, 200, "{hosts:?}: {}", show(&response));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. Footprint
 
