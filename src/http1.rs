@@ -622,14 +622,39 @@ impl ChunkedDecoder {
                         "the trailer section exceeds the head limits".into(),
                     ));
                 }
-                if !line.contains(&b':') {
-                    return Err(ChunkError::Bad("malformed trailer field".into()));
+                if !field_line(line) {
+                    return Err(ChunkError::Bad(format!(
+                        "malformed trailer field {:?} (RFC 9112 §5.1, §7.1.2)",
+                        String::from_utf8_lossy(&line[..line.len().min(32)])
+                    )));
                 }
             }
             ChunkState::Data(_) | ChunkState::Done => {}
         }
         Ok(())
     }
+}
+
+/// Whether a trailer line (its CRLF or LF removed) is a `field-line` (RFC 9112 §5.1, which
+/// §7.1.2 applies to trailers), as httparse holds a head's:
+///
+/// ```text
+/// field-line  = field-name ":" OWS field-value OWS
+/// field-name  = token                          ; no whitespace before the ":"
+/// field-value = *( VCHAR / obs-text / SP / HTAB )
+/// ```
+///
+/// So a control byte (NUL, a bare CR: §2.2), an empty name, whitespace before the colon and
+/// an obs-fold line (which starts with whitespace) are refused. Only a `:` was required, so
+/// `X: a\0b`, `X : a` and `: a` passed after the last chunk, all 400 in a head (found by a
+/// hostile-client audit); a proxy that rejects or rewrites them disagrees on the message.
+fn field_line(line: &[u8]) -> bool {
+    let name = token_len(line);
+    name > 0
+        && line.get(name) == Some(&b':')
+        && line[name + 1..]
+            .iter()
+            .all(|&b| matches!(b, b'\t' | b' '..=b'~' | 0x80..))
 }
 
 /// The size of a chunk-size line (its CRLF or LF removed), if the line is exactly RFC 9112
@@ -1355,6 +1380,50 @@ mod tests {
             decode(input.as_bytes(), 1),
             Err(ChunkError::Bad(_))
         ));
+    }
+
+    /// Found by a hostile-client audit: a trailer needed only a `:`, so lines a head would
+    /// have refused with 400 were accepted after the last chunk.
+    #[test]
+    fn trailer_fields_follow_the_field_line_grammar_of_a_head() {
+        for trailer in [
+            &b"X: a\x00b"[..],
+            b"\x01\x02: a",
+            b"X : a",
+            b"X\t: a",
+            b"X: a\rb",
+            b": a",
+            b" X: a",
+            b"\tfolded",
+            b"X\x7f: a",
+            b"X: a\x7fb",
+            b"X: a\x1bb",
+            b"(X): a",
+        ] {
+            let mut input = b"1\r\na\r\n0\r\n".to_vec();
+            input.extend_from_slice(trailer);
+            input.extend_from_slice(b"\r\n\r\n");
+            let outcome = decode(&input, 1);
+            assert!(
+                matches!(&outcome, Err(ChunkError::Bad(detail)) if detail.contains("trailer")),
+                "{:?}: {outcome:?}",
+                String::from_utf8_lossy(trailer)
+            );
+        }
+        for trailer in [
+            &b"X:"[..],
+            b"X: ",
+            b"X:a",
+            b"X: a b\tc ",
+            b"X-Y_z!#$%&'*+.^`|~: \"q\" (c) \xc3\xa9",
+        ] {
+            let mut input = b"1\r\na\r\n0\r\n".to_vec();
+            input.extend_from_slice(trailer);
+            input.extend_from_slice(b"\r\n\r\n");
+            let (body, used) = decode(&input, 2)
+                .unwrap_or_else(|e| panic!("{:?}: {e:?}", String::from_utf8_lossy(trailer)));
+            assert_eq!((body.as_slice(), used), (&b"a"[..], input.len()));
+        }
     }
 
     #[test]

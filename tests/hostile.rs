@@ -2366,6 +2366,35 @@ fn an_invalid_host_or_two_hosts_get_400_and_close() {
     }
 }
 
+/// Found by a hostile-client audit: a trailer field needed only a `:`, so `X: a\0b`,
+/// `\x01\x02: a`, `X : a`, `X: a\rb` and `: a` were accepted after the last chunk (and the
+/// request executed), where a head with them gets 400. RFC 9112 §5.1, §7.1.2: 400 and close,
+/// nothing stored.
+#[test]
+fn a_malformed_trailer_field_gets_400_and_close_and_nothing_runs() {
+    let plugin = Child::start("trailer-syntax", "");
+    let body = example("dns-only.json");
+    let post = |trailer: &str| {
+        format!(
+            "POST {REQUESTS} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{}0\r\n{trailer}\r\n\r\n",
+            chunked(&body, 2)
+        )
+    };
+    for trailer in ["X: a\0b", "\x01\x02: a", "X : a", "X: a\rb", ": a"] {
+        let response = refused_and_closed(plugin.addr, post(trailer).as_bytes(), 400);
+        let detail = response.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(detail.contains("trailer"), "{trailer:?}: {detail}");
+    }
+    assert_eq!(plugin.stored_requests(), 0);
+    let (responses, _) =
+        send_and_collect(plugin.addr, post("X-T: a b").as_bytes(), true, 5000 * MS);
+    assert_eq!(responses.first().map(|r| r.status), Some(201));
+    assert_eq!(plugin.stored_requests(), 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. Footprint
 
