@@ -125,6 +125,22 @@ pub fn request_line(buf: &[u8]) -> (String, String) {
     (method, target)
 }
 
+/// The method and target of a head that did not arrive whole (its deadline passed, or the
+/// server shuts down), as [`request_line`] reads them, but only the words whose end arrived:
+/// the space after them, or the end of the line. `GET /heal` gives `GET` and `-`, not a
+/// target the client may not have meant; `GET /healthz HTTP/1.` gives both.
+pub fn partial_request_line(buf: &[u8]) -> (String, String) {
+    let whole = if buf.contains(&b'\n') {
+        buf
+    } else {
+        &buf[..buf
+            .iter()
+            .rposition(|&b| b == b' ')
+            .map_or(0, |space| space + 1)]
+    };
+    request_line(whole)
+}
+
 /// What to answer when `max_head_bytes` arrived without the end of the head: 431 when the
 /// request line ended; 414 when its target is what does not fit; 400 when the method or the
 /// version does not (a 16,000-byte method was answered "URI Too Long" for a 1-byte target,
@@ -1471,6 +1487,26 @@ mod tests {
         assert_eq!(line(b"GET /aaaa"), ("GET".into(), "/aaaa".into()));
         assert_eq!(line(b"G\x01T / HTTP/1.1"), ("-".into(), "/".into()));
         assert_eq!(line(b"\xff"), ("-".into(), "-".into()));
+    }
+
+    #[test]
+    fn the_request_line_of_a_head_cut_short_is_read_only_as_far_as_its_words_ended() {
+        let line = |b: &[u8]| partial_request_line(b);
+        let dash = || ("-".to_string(), "-".to_string());
+        assert_eq!(line(b""), dash());
+        assert_eq!(line(b"GE"), dash());
+        assert_eq!(line(b"GET"), dash());
+        assert_eq!(line(b"GET "), ("GET".into(), "-".into()));
+        assert_eq!(line(b"GET /heal"), ("GET".into(), "-".into()));
+        assert_eq!(line(b"GET /healthz "), ("GET".into(), "/healthz".into()));
+        assert_eq!(
+            line(b"GET /healthz HTTP/1."),
+            ("GET".into(), "/healthz".into())
+        );
+        assert_eq!(
+            line(b"HEAD /a HTTP/1.1\r\nHost: x\r\nX-A"),
+            ("HEAD".into(), "/a".into())
+        );
     }
 
     #[test]

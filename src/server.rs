@@ -1377,8 +1377,9 @@ impl Pulled {
 /// variant does not matter.)
 #[allow(clippy::large_enum_variant)]
 enum Phase {
-    /// Waiting for (the rest of) a request head. `idle`: nothing of it arrived yet.
-    Head { idle: bool },
+    /// Waiting for (the rest of) a request head. `since`: when its first byte arrived (`None`:
+    /// nothing of it yet), the start of its `read_timeout` and of the time a refusal logs.
+    Head { since: Option<Instant> },
     /// Reading the body of `request`.
     Body {
         request: Request,
@@ -1677,19 +1678,23 @@ impl IoLoop {
                 // Part of a request arrived (its head, or its head and part of its body): it
                 // is not executed, and its client is told so instead of seeing the
                 // connection close without an answer.
-                Phase::Head { idle: false } | Phase::Body { .. } => {
-                    let unread = std::mem::replace(&mut conn.phase, Phase::Head { idle: true });
+                Phase::Head { since: Some(_) } | Phase::Body { .. } => {
+                    let unread = std::mem::replace(&mut conn.phase, Phase::Head { since: None });
                     let (request, started) = match unread {
                         Phase::Body {
                             request, started, ..
                         } => (Some(request), started),
+                        Phase::Head { since } => (
+                            Some(partial_request(&conn.inbuf)),
+                            since.unwrap_or_else(Instant::now),
+                        ),
                         _ => (None, Instant::now()),
                     };
                     self.refuse(token, shutting_down(), request, started);
                     // Written by the next turn of the loop, as for any connection driven again.
                     self.again.push(token);
                 }
-                Phase::Head { idle: true } | Phase::Lingering { .. } => self.close(token),
+                Phase::Head { since: None } | Phase::Lingering { .. } => self.close(token),
             }
         }
         // No connection left can read another request: the workers finish the queue and leave
@@ -1802,7 +1807,7 @@ impl IoLoop {
             scanned: 0,
             out: Vec::new(),
             out_pos: 0,
-            phase: Phase::Head { idle: true },
+            phase: Phase::Head { since: None },
             deadline: None,
             eof: false,
             serial: 0,
@@ -1922,12 +1927,16 @@ impl IoLoop {
 
     fn expire(&mut self, token: Token) {
         let Some(conn) = self.conn(token) else { return };
-        let started = Instant::now();
         match &mut conn.phase {
-            Phase::Head { idle: true } => self.close(token),
-            Phase::Head { idle: false } if conn.handshaking => self.close(token),
-            Phase::Head { idle: false } => {
-                self.refuse(token, ApiError::HeadTimeout, None, started);
+            Phase::Head { since: None } => self.close(token),
+            Phase::Head { since: Some(_) } if conn.handshaking => self.close(token),
+            Phase::Head { since: Some(since) } => {
+                // Logged and counted with what arrived of the request line, and the time since
+                // its first byte: `- - 408 0 ms` under route "other" said neither which
+                // request was slow nor how long it took (found by a hostile-client audit).
+                let since = *since;
+                let request = partial_request(&conn.inbuf);
+                self.refuse(token, ApiError::HeadTimeout, Some(request), since);
             }
             Phase::Body { .. } => {
                 let Phase::Body {
@@ -2100,7 +2109,7 @@ impl IoLoop {
         }
         // After a half-close too: the complete requests already received are answered in
         // order, then the connection closes (see `process`).
-        conn.phase = Phase::Head { idle: true };
+        conn.phase = Phase::Head { since: None };
         self.set_deadline(token, idle_timeout);
         let _ = read_timeout;
         true
@@ -2218,7 +2227,7 @@ impl IoLoop {
         let Some(conn) = self.conn(token) else {
             return false;
         };
-        let Phase::Head { idle } = &mut conn.phase else {
+        let Phase::Head { since } = &mut conn.phase else {
             return false;
         };
         let skip = http1::leading_empty_lines(&conn.inbuf);
@@ -2233,9 +2242,9 @@ impl IoLoop {
             }
             return false;
         }
-        if *idle {
+        if since.is_none() {
             // The first byte of a request: its head has read_timeout in total.
-            *idle = false;
+            *since = Some(Instant::now());
             self.set_deadline(token, read_timeout);
             return true;
         }
@@ -2443,6 +2452,13 @@ impl IoLoop {
 }
 
 /// The answer to a request caught half received by the shutdown.
+/// The request of a head cut short (by its deadline or a shutdown) as far as it can be told,
+/// for the log line, the metrics and a `HEAD` answer (see [`http1::partial_request_line`]).
+fn partial_request(inbuf: &[u8]) -> Request {
+    let (method, target) = http1::partial_request_line(inbuf);
+    Request::new(&method, &target)
+}
+
 fn shutting_down() -> ApiError {
     ApiError::Unavailable {
         detail: "mec-plugin is shutting down: this request was not executed; send it again \
@@ -3171,6 +3187,48 @@ mod tests {
         assert!(rest.ends_with("/a 0"), "{rest}");
         assert!(!rest.contains("HTTP/1.1"), "{rest}");
         assert!(started.elapsed() < 3 * SECOND);
+    }
+
+    /// Records what [`RequestHandler::answered`] is told: request line, status, time taken.
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<(String, u16, Duration)>>);
+
+    impl RequestHandler for Recorded {
+        fn handle(&self, _: &Request) -> Response {
+            Response::json(200, b"{}".to_vec())
+        }
+
+        fn answered(&self, request: &Request, status: u16, took: Duration) {
+            let line = format!("{} {}", request.method, request.target);
+            lock(&self.0).push((line, status, took));
+        }
+    }
+
+    /// Found by a hostile-client audit: a head that timed out was logged `- - 408 0 ms` and
+    /// counted under route "other", method "OTHER", though its request line had arrived.
+    #[test]
+    fn a_head_timeout_is_reported_with_its_request_line_and_the_time_since_its_first_byte() {
+        let mut o = options(1);
+        o.read_timeout = Duration::from_millis(300);
+        let handler = Arc::new(Recorded::default());
+        let server = Server::start(o, handler.clone()).unwrap();
+        for (sent, reported) in [
+            (
+                &b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Slow: "[..],
+                "GET /healthz",
+            ),
+            (b"POST /a?b HTTP/1.", "POST /a?b"),
+            (b"DELETE /cut-sh", "DELETE -"),
+        ] {
+            lock(&handler.0).clear();
+            let answer = exchange(&server, sent);
+            assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+            let recorded = lock(&handler.0).clone();
+            assert_eq!(recorded.len(), 1, "{recorded:?}");
+            let (line, status, took) = &recorded[0];
+            assert_eq!((line.as_str(), *status), (reported, 408));
+            assert!(*took >= Duration::from_millis(250), "{took:?}");
+        }
     }
 
     #[test]
