@@ -192,28 +192,17 @@ impl Metrics {
         );
         self.render_northbound(&mut out);
         self.render_southbound(&mut out);
-        header(
+        counter(
             &mut out,
             "mec_plugin_requests_forgotten_total",
-            "counter",
             "Requests dropped by DELETE ?forget=true (region no longer configured, or its platform URL or driver changed), their rules possibly left on the platform.",
+            &self.forgotten,
         );
-        let _ = writeln!(
-            out,
-            "mec_plugin_requests_forgotten_total {}",
-            self.forgotten.load(std::sync::atomic::Ordering::Relaxed)
-        );
-        header(
+        counter(
             &mut out,
             "mec_plugin_http_connections_dropped_total",
-            "counter",
             "Connections past max_connections closed without their 503 (every refusal place taken, or a TLS handshake not completed in time).",
-        );
-        let _ = writeln!(
-            out,
-            "mec_plugin_http_connections_dropped_total {}",
-            self.dropped_connections
-                .load(std::sync::atomic::Ordering::Relaxed)
+            &self.dropped_connections,
         );
         render_gauges(&mut out, gauges);
         if let Some(leader) = gauges.leader {
@@ -223,14 +212,12 @@ impl Metrics {
                 "1 while this instance leads the instances sharing its etcd prefix, else 0.",
                 u8::from(leader),
             );
-            header(
+            counter(
                 &mut out,
                 "mec_plugin_store_errors_total",
-                "counter",
-                "Failed etcd calls and commits (etcd unreachable, without quorum, or this instance deposed).",
+                "Failed etcd calls and commits, the leader election's included (etcd unreachable, without quorum, or this instance deposed).",
+                &self.store_errors,
             );
-            let errors = self.store_errors.load(std::sync::atomic::Ordering::Relaxed);
-            let _ = writeln!(out, "mec_plugin_store_errors_total {errors}");
         }
         out
     }
@@ -324,6 +311,13 @@ fn render_gauges(out: &mut String, gauges: &Gauges) {
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A counter without labels: its header and its one sample.
+fn counter(out: &mut String, name: &str, help: &str, value: &std::sync::atomic::AtomicU64) {
+    header(out, name, "counter", help);
+    let value = value.load(std::sync::atomic::Ordering::Relaxed);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// A gauge without labels: its header and its one sample.

@@ -935,6 +935,11 @@ fn answered(shared: &Shared, request: &Request, status: u16, started: Instant) {
     shared.handler.answered(request, status, took);
 }
 
+/// A [`LogBudget`] window's second and the lines asked for in it.
+fn unpack(word: u64) -> (u64, u64) {
+    (word >> 32, word & u64::from(u32::MAX))
+}
+
 /// Bounds the per-request log lines of answers below 500 to `per_s` a second (of the clock
 /// since the start; a second's lines may come at once), the others counted by status class
 /// and told in one summary line after that second. A client pipelining 404s wrote 100,000
@@ -975,26 +980,23 @@ impl LogBudget {
             return false;
         }
         let second = self.second(now);
-        let mut summary = None;
-        let result = self
+        // What the update that took effect (the closure's last run) saw and made.
+        let (mut summary, mut n) = (false, 0);
+        let _ = self
             .window
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
-                let (at, n) = (word >> 32, word & u64::from(u32::MAX));
-                summary = (second > at && n > self.per_s).then_some(at);
-                let n = if second > at {
+                let (at, lines) = unpack(word);
+                summary = second > at && lines > self.per_s;
+                n = if second > at {
                     1
                 } else {
-                    (n + 1).min(u64::from(u32::MAX))
+                    (lines + 1).min(u64::from(u32::MAX))
                 };
                 Some((second.max(at) << 32) | n)
             });
-        if summary.is_some() {
+        if summary {
             self.summarise();
         }
-        let n = result.map_or(u64::MAX, |word| {
-            let (at, n) = (word >> 32, word & u64::from(u32::MAX));
-            if second > at { 1 } else { n + 1 }
-        });
         if n <= self.per_s {
             return true;
         }
@@ -1006,8 +1008,7 @@ impl LogBudget {
 
     /// When the summary of the last second is due (`None` when nothing was left out).
     fn summary_due(&self) -> Option<Instant> {
-        let word = self.window.load(Ordering::Acquire);
-        let (at, n) = (word >> 32, word & u64::from(u32::MAX));
+        let (at, n) = unpack(self.window.load(Ordering::Acquire));
         (n > self.per_s && self.per_s > 0).then(|| self.epoch + Duration::from_secs(at + 1))
     }
 
@@ -1015,7 +1016,7 @@ impl LogBudget {
     fn tick(&self, now: Instant) {
         let second = self.second(now);
         let word = self.window.load(Ordering::Acquire);
-        let (at, n) = (word >> 32, word & u64::from(u32::MAX));
+        let (at, n) = unpack(word);
         if second > at
             && n > self.per_s
             && self

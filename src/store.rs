@@ -104,10 +104,7 @@ impl Record {
     /// platform and nobody is working on it. A PENDING record nobody works on is a creation
     /// abandoned because its state could not be recorded: it is rolled back.
     pub fn needs_removal(&self) -> bool {
-        !self.busy
-            && (self.status == Status::Deleting
-                || self.status == Status::Pending
-                || (self.status == Status::Failed && self.applied > 0))
+        !self.busy && self.has_rules_to_remove()
     }
 
     /// Whether rules of this request must still come off the platform, whoever works on
