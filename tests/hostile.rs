@@ -1796,16 +1796,7 @@ fn over_tls_silent_connections_past_max_connections_hold_a_place_for_at_most_1_s
         "max_connections = 2\nidle_timeout_ms = 30000\nread_timeout_ms = 30000\n",
     );
     let config = tls_client(&pki);
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut stream = tls_stream(&config, plugin.addr);
-        stream
-            .write_all(get_text("/healthz", false).as_bytes())
-            .unwrap();
-        let response = read_response(&mut BufReader::new(&mut stream)).unwrap();
-        assert_eq!(response.status, 200);
-        held.push(stream);
-    }
+    let mut held = held_tls(&config, plugin.addr, 2);
     let silent: Vec<TcpStream> = (0..80).map(|_| connect(plugin.addr)).collect();
     thread::sleep(1500 * MS);
     let mut late = tls_stream(&config, plugin.addr);
@@ -2183,6 +2174,26 @@ fn tls_stream(
     rustls::StreamOwned::new(conn, connect(addr))
 }
 
+/// `n` TLS connections to `addr`, each served one `/healthz` (200) and kept open: they hold
+/// `n` of the server's places.
+fn held_tls(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    n: usize,
+) -> Vec<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    (0..n)
+        .map(|_| {
+            let mut stream = tls_stream(config, addr);
+            stream
+                .write_all(get_text("/healthz", false).as_bytes())
+                .unwrap();
+            let response = read_response(&mut BufReader::new(&mut stream)).unwrap();
+            assert_eq!(response.status, 200);
+            stream
+        })
+        .collect()
+}
+
 /// Whether a read with a short timeout says the server answered or closed the connection,
 /// rather than still waiting for the rest.
 fn answered_or_closed(read: std::io::Result<usize>) -> bool {
@@ -2281,16 +2292,7 @@ fn past_max_connections_over_tls_the_503_is_sent_inside_tls() {
     );
     let config = tls_client(&pki);
     let open = || tls_stream(&config, plugin.addr);
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut stream = open();
-        stream
-            .write_all(get_text("/healthz", false).as_bytes())
-            .unwrap();
-        let response = read_response(&mut BufReader::new(&mut stream)).unwrap();
-        assert_eq!(response.status, 200);
-        held.push(stream);
-    }
+    let held = held_tls(&config, plugin.addr, 2);
     let mut third = open();
     third
         .write_all(get_text("/healthz", false).as_bytes())
