@@ -1803,6 +1803,23 @@ url = "http://127.0.0.1:13000/"
         assert_eq!(c.server.log_requests_per_s, 100);
         let c = Config::parse(&format!("[server]\nlog_requests_per_s = 0\n{MINIMAL}"), "f");
         assert_eq!(c.unwrap().server.log_requests_per_s, 0);
+        let c = Config::parse(
+            &format!("[server]\nlog_requests_per_s = 1000000\n{MINIMAL}"),
+            "f",
+        );
+        assert_eq!(c.unwrap().server.log_requests_per_s, 1_000_000);
+        let c = Config::parse(MINIMAL, "f").unwrap();
+        assert_eq!(c.server.failed_retention, defaults::FAILED_RETENTION);
+        for (text, kept) in [("0", 0), ("31536000", 31_536_000)] {
+            let c = Config::parse(
+                &format!("[server]\nfailed_retention_s = {text}\n{MINIMAL}"),
+                "f",
+            );
+            assert_eq!(
+                c.unwrap().server.failed_retention,
+                Duration::from_secs(kept)
+            );
+        }
         for bad in [
             "max_head_bytes = 100",
             "max_headers = 0",
@@ -1810,6 +1827,8 @@ url = "http://127.0.0.1:13000/"
             "idle_timeout_ms = 1",
             "log_requests_per_s = -1",
             "log_requests_per_s = 1000001",
+            "failed_retention_s = -1",
+            "failed_retention_s = 31536001",
         ] {
             let e = parse_err(&format!("[server]\n{bad}\n{MINIMAL}"));
             assert!(e.contains("out of range"), "{bad}: {e}");
