@@ -4,6 +4,7 @@
 
 use std::io::{self, Write};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
@@ -134,6 +135,10 @@ impl RequestHandler for Api {
     fn dropped(&self) {
         self.service.metrics.dropped_connection();
     }
+
+    fn body_bytes(&self) -> Option<Arc<AtomicUsize>> {
+        Some(self.service.metrics.body_bytes())
+    }
 }
 
 /// The answer to `request`, in `style`, of an API that answers its routes with `dispatch`:
@@ -259,6 +264,10 @@ impl RequestHandler for ClusterApi {
 
     fn dropped(&self) {
         self.cluster.metrics().dropped_connection();
+    }
+
+    fn body_bytes(&self) -> Option<Arc<AtomicUsize>> {
+        Some(self.cluster.metrics().body_bytes())
     }
 }
 

@@ -97,6 +97,10 @@ pub struct ServerConfig {
     pub api_style: ApiStyle,
     /// Largest accepted request body (default [`defaults::MAX_BODY_BYTES`]).
     pub max_body_bytes: usize,
+    /// Most memory the request bodies take at once, over all connections: being received,
+    /// waiting for a worker or being handled; a body that would pass it gets 503 (default
+    /// [`defaults::MAX_BODY_MEMORY_BYTES`]; at least `max_body_bytes`).
+    pub max_body_memory_bytes: usize,
     /// Bound on each socket read and write, and on receiving a whole request body; an idle
     /// keep-alive connection is closed after it (default [`defaults::READ_TIMEOUT`]).
     pub read_timeout: Duration,
@@ -257,6 +261,10 @@ pub mod defaults {
     pub const API_STYLE: ApiStyle = ApiStyle::Spec;
     /// `[server] max_body_bytes`.
     pub const MAX_BODY_BYTES: usize = 1 << 20;
+    /// `[server] max_body_memory_bytes`: 64 bodies of the largest size at once, thousands of
+    /// the few-kB bodies an orchestrator sends, where `max_connections` full bodies would be
+    /// 1 GiB.
+    pub const MAX_BODY_MEMORY_BYTES: usize = 64 << 20;
     /// `[server] read_timeout_ms`.
     pub const READ_TIMEOUT: Duration = Duration::from_millis(5000);
     /// `[server] connection_threads` (accepted and ignored).
@@ -462,6 +470,7 @@ struct RawServer {
     workers: Option<i64>,
     api_style: Option<ApiStyle>,
     max_body_bytes: Option<i64>,
+    max_body_memory_bytes: Option<i64>,
     read_timeout_ms: Option<i64>,
     connection_threads: Option<i64>,
     idle_timeout_ms: Option<i64>,
@@ -660,6 +669,7 @@ impl Default for ServerConfig {
             workers: defaults::WORKERS,
             api_style: defaults::API_STYLE,
             max_body_bytes: defaults::MAX_BODY_BYTES,
+            max_body_memory_bytes: defaults::MAX_BODY_MEMORY_BYTES,
             read_timeout: defaults::READ_TIMEOUT,
             connection_threads: defaults::CONNECTION_THREADS,
             idle_timeout: defaults::IDLE_TIMEOUT,
@@ -893,6 +903,7 @@ pub const MAX_PLATFORM_TOKEN_BYTES: usize = 16_000;
 
 /// `[server]`.
 fn server_table(t: &Table, s: RawServer) -> Result<ServerConfig, ConfigError> {
+    let (max_body_bytes, max_body_memory_bytes) = body_limits(t, &s)?;
     Ok(ServerConfig {
         listen: t.address(s.listen.as_deref(), "listen", defaults::LISTEN)?,
         // Relative to the configuration file's directory, as every path the file names.
@@ -904,12 +915,8 @@ fn server_table(t: &Table, s: RawServer) -> Result<ServerConfig, ConfigError> {
         },
         workers: t.count(s.workers, "workers", 1..=1024, defaults::WORKERS)?,
         api_style: s.api_style.unwrap_or(defaults::API_STYLE),
-        max_body_bytes: t.count(
-            s.max_body_bytes,
-            "max_body_bytes",
-            1024..=64 << 20,
-            defaults::MAX_BODY_BYTES,
-        )?,
+        max_body_bytes,
+        max_body_memory_bytes,
         read_timeout: t.millis(
             s.read_timeout_ms,
             "read_timeout_ms",
@@ -1019,6 +1026,38 @@ fn server_warnings(t: &Table, connection_threads: bool) -> Vec<String> {
         )
     });
     ignored.into_iter().collect()
+}
+
+/// The largest body a request may have.
+const MAX_BODY_BYTES_RANGE: RangeInclusive<i64> = 1024..=64 << 20;
+// Without `max_body_memory_bytes`, any `max_body_bytes` fits in its default.
+const _: () = assert!(defaults::MAX_BODY_MEMORY_BYTES as i64 >= *MAX_BODY_BYTES_RANGE.end());
+
+/// `[server] max_body_bytes` and `max_body_memory_bytes`: the memory of all bodies at once
+/// holds at least one of the largest.
+fn body_limits(t: &Table, s: &RawServer) -> Result<(usize, usize), ConfigError> {
+    let one = t.count(
+        s.max_body_bytes,
+        "max_body_bytes",
+        MAX_BODY_BYTES_RANGE,
+        defaults::MAX_BODY_BYTES,
+    )?;
+    let all = t.count(
+        s.max_body_memory_bytes,
+        "max_body_memory_bytes",
+        1024..=1 << 40,
+        defaults::MAX_BODY_MEMORY_BYTES,
+    )?;
+    if all < one {
+        return Err(t.error(
+            "max_body_memory_bytes",
+            format_args!(
+                "= {all} is less than max_body_bytes = {one}: a body of the largest size would \
+                 never fit (raise max_body_memory_bytes or lower max_body_bytes)"
+            ),
+        ));
+    }
+    Ok((one, all))
 }
 
 /// `[server] retry_initial_ms` and `retry_max_ms`: the first delay no longer than the
@@ -1836,6 +1875,52 @@ url = "http://127.0.0.1:13000/"
     }
 
     #[test]
+    fn the_body_memory_bound_is_read_within_its_range_and_above_max_body_bytes() {
+        let memory = |text: &str| {
+            Config::parse(&format!("[server]\n{text}\n{MINIMAL}"), "f")
+                .map(|c| (c.server.max_body_bytes, c.server.max_body_memory_bytes))
+        };
+        assert_eq!(memory("").unwrap(), (1 << 20, 64 << 20));
+        // The largest body alone, at both ends of the range.
+        for (text, pair) in [
+            (
+                "max_body_bytes = 1024\nmax_body_memory_bytes = 1024",
+                (1024, 1024),
+            ),
+            (
+                "max_body_memory_bytes = 1099511627776",
+                (1 << 20, 1_099_511_627_776),
+            ),
+            // The largest max_body_bytes fits in the default.
+            ("max_body_bytes = 67108864", (64 << 20, 64 << 20)),
+        ] {
+            assert_eq!(memory(text).unwrap(), pair, "{text}");
+        }
+        for bad in [
+            "max_body_memory_bytes = 1023",
+            "max_body_memory_bytes = 1099511627777",
+        ] {
+            let e = memory(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("line 2: [server] max_body_memory_bytes = "),
+                "{e}"
+            );
+            assert!(e.contains("out of range 1024..=1099511627776"), "{e}");
+        }
+        let e = memory("max_body_bytes = 4096\nmax_body_memory_bytes = 4095")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(
+                "line 3: [server] max_body_memory_bytes = 4095 is less than max_body_bytes = \
+                 4096: a body of the largest size would never fit"
+            ),
+            "{e}"
+        );
+        assert!(memory("max_body_bytes = 4096\nmax_body_memory_bytes = 4096").is_ok());
+    }
+
+    #[test]
     fn unknown_key_is_refused_with_file_and_line() {
         let e = parse_err(&MINIMAL.replace("range_km = 10.0", "range_km = 10.0\nradius = 3"));
         assert!(e.starts_with("regions.toml: line 7"), "{e}");
@@ -2395,6 +2480,10 @@ url = "http://127.0.0.1:13000/"
                 quoted(&format!("{:?}", defaults::API_STYLE).to_lowercase()),
             ),
             ("server.max_body_bytes", code(&defaults::MAX_BODY_BYTES)),
+            (
+                "server.max_body_memory_bytes",
+                code(&defaults::MAX_BODY_MEMORY_BYTES),
+            ),
             ("server.read_timeout_ms", ms(defaults::READ_TIMEOUT)),
             ("server.idle_timeout_ms", ms(defaults::IDLE_TIMEOUT)),
             ("server.max_head_bytes", code(&defaults::MAX_HEAD_BYTES)),

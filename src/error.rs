@@ -42,6 +42,8 @@ pub enum ApiError {
     VersionNotSupported,
     /// `max_connections` connections are open.
     TooManyConnections { limit: usize },
+    /// The request bodies in memory would pass `max_body_memory_bytes` with this one.
+    BodyMemoryFull { limit: usize },
     /// The creation request names a region this plugin does not manage.
     UnknownRegion { region_id: String },
     /// The region's platform cannot express a rule (checked before the platform is called).
@@ -134,7 +136,7 @@ impl ApiError {
             ApiError::ExpectationFailed { .. } => 417,
             ApiError::HeadersTooLarge { .. } => 431,
             ApiError::VersionNotSupported => 505,
-            ApiError::TooManyConnections { .. } => 503,
+            ApiError::TooManyConnections { .. } | ApiError::BodyMemoryFull { .. } => 503,
             ApiError::Conflict { .. }
             | ApiError::RegionGone { .. }
             | ApiError::PlatformChanged { .. } => 409,
@@ -170,6 +172,7 @@ impl ApiError {
             ApiError::ExpectationFailed { .. } => "Expectation not supported",
             ApiError::VersionNotSupported => "HTTP version not supported",
             ApiError::TooManyConnections { .. } => "Too many connections",
+            ApiError::BodyMemoryFull { .. } => "Too many request bodies at once",
             ApiError::UnknownRegion { .. } => "Unknown region",
             ApiError::Unsupported { .. } => "Rule not supported by the region's platform",
             ApiError::Conflict { .. } => "Operation in progress",
@@ -208,6 +211,7 @@ impl ApiError {
             ApiError::ExpectationFailed { .. } => "urn:mec-plugin:problem:expectation-failed",
             ApiError::VersionNotSupported => "urn:mec-plugin:problem:http-version",
             ApiError::TooManyConnections { .. } => "urn:mec-plugin:problem:too-many-connections",
+            ApiError::BodyMemoryFull { .. } => "urn:mec-plugin:problem:body-memory-full",
             ApiError::UnknownRegion { .. } => "urn:mec-plugin:problem:unknown-region",
             ApiError::Unsupported { .. } => "urn:mec-plugin:problem:unsupported-rule",
             ApiError::Conflict { .. } => "urn:mec-plugin:problem:conflict",
@@ -303,7 +307,7 @@ impl ApiError {
             ApiError::Unauthorized => {
                 response = response.with_header("WWW-Authenticate", "Bearer realm=\"mec-plugin\"");
             }
-            ApiError::TooManyConnections { .. } => {
+            ApiError::TooManyConnections { .. } | ApiError::BodyMemoryFull { .. } => {
                 response = response.with_header("Retry-After", "1");
             }
             ApiError::Unavailable { .. } => {
@@ -366,6 +370,11 @@ impl fmt::Display for ApiError {
             ApiError::TooManyConnections { limit } => write!(
                 f,
                 "{limit} connections are open (max_connections); retry later"
+            ),
+            ApiError::BodyMemoryFull { limit } => write!(
+                f,
+                "the request bodies being received or handled would take more than {limit} bytes \
+                 of memory with this one (max_body_memory_bytes); retry later"
             ),
             ApiError::UnknownRegion { region_id } => write!(
                 f,

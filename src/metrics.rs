@@ -93,6 +93,8 @@ pub struct Metrics {
     /// Connections past `max_connections` closed without their 503
     /// (`mec_plugin_http_connections_dropped_total`).
     dropped_connections: std::sync::atomic::AtomicU64,
+    /// Bytes the request bodies hold, kept by the server (`mec_plugin_http_body_bytes`).
+    body_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Point-in-time values read when the metrics are scraped.
@@ -159,6 +161,11 @@ impl Metrics {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Where the server keeps the bytes the request bodies hold.
+    pub fn body_bytes(&self) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+        self.body_bytes.clone()
+    }
+
     /// Counts one failed etcd call or commit.
     pub fn store_error(&self) {
         self.store_errors
@@ -203,6 +210,12 @@ impl Metrics {
             "mec_plugin_http_connections_dropped_total",
             "Connections past max_connections closed without their 503 (every refusal place taken, or a TLS handshake not completed in time).",
             &self.dropped_connections,
+        );
+        single(
+            &mut out,
+            "mec_plugin_http_body_bytes",
+            "Bytes of memory the request bodies hold: being received, waiting for a worker or being handled (at most max_body_memory_bytes).",
+            self.body_bytes.load(std::sync::atomic::Ordering::Relaxed),
         );
         render_gauges(&mut out, gauges);
         if let Some(leader) = gauges.leader {

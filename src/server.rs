@@ -25,7 +25,8 @@
 //! (431, or 414 when the request line alone does not fit) with at most `max_headers` fields
 //! (431), and must arrive within `read_timeout` in total (408); a body is at most
 //! `max_body_bytes` (413) and must arrive within `read_timeout` in total after its head (408).
-//! A connection's memory is therefore bounded by these limits whatever the client sends. The
+//! A connection's memory is therefore bounded by these limits whatever the client sends, and
+//! all bodies together by `max_body_memory_bytes` ([`BodyMemory`]; 503 past it). The
 //! framing follows RFC 9112 §6: `Content-Length` must be digits, repeated values must agree;
 //! `Transfer-Encoding` must be exactly `chunked`, never with `Content-Length`, never in
 //! HTTP/1.0; otherwise 400. A chunked body is decoded here, its size lines and trailers
@@ -154,6 +155,8 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Most memory all request bodies take at once (see [`BodyMemory`]).
+    pub max_body_memory_bytes: usize,
     /// Largest request head (request line and header fields).
     pub max_head_bytes: usize,
     /// Most header fields in a request head.
@@ -185,6 +188,7 @@ impl Options {
             read_timeout: c.read_timeout,
             idle_timeout: c.idle_timeout,
             max_body_bytes: c.max_body_bytes,
+            max_body_memory_bytes: c.max_body_memory_bytes,
             max_head_bytes: c.max_head_bytes,
             max_headers: c.max_headers,
             max_connections: c.max_connections,
@@ -235,6 +239,13 @@ pub trait RequestHandler: Send + Sync {
     /// within the refusal's bound (its 503 was then reported to [`answered`](Self::answered)
     /// already, but never sent).
     fn dropped(&self) {}
+
+    /// Where the server keeps the bytes the request bodies hold ([`BodyMemory`]), for the
+    /// handler to show (the API's `mec_plugin_http_body_bytes`); read once, at start. `None`
+    /// (the default): the server keeps its own.
+    fn body_bytes(&self) -> Option<Arc<AtomicUsize>> {
+        None
+    }
 
     /// Called exactly once for every request answered, just before its response is written:
     /// those [`handle`](Self::handle) answered and those the server answered itself (refusals,
@@ -344,6 +355,8 @@ struct Shared {
     running: Counter,
     /// Bounds the request log lines.
     log_budget: LogBudget,
+    /// Bounds the memory of the request bodies.
+    bodies: Arc<BodyMemory>,
 }
 
 impl Shared {
@@ -353,6 +366,7 @@ impl Shared {
         local_addr: SocketAddr,
         loops: Vec<Mailbox>,
     ) -> Self {
+        let held = handler.body_bytes().unwrap_or_default();
         Shared {
             handler,
             api_style: options.api_style,
@@ -376,6 +390,10 @@ impl Shared {
             abort: AtomicBool::new(false),
             running: Counter::default(),
             log_budget: LogBudget::new(options.log_requests_per_s),
+            bodies: Arc::new(BodyMemory {
+                max: options.max_body_memory_bytes.max(options.max_body_bytes),
+                held,
+            }),
         }
     }
 }
@@ -501,6 +519,8 @@ struct Job {
     token: Token,
     serial: u64,
     request: Request,
+    /// The memory of the request's body, given back once the handler returned.
+    lease: Option<BodyLease>,
     /// `HEAD`: the response is written without its body.
     head_only: bool,
     /// HTTP/1.0: a streamed body is delimited by the end of the connection.
@@ -759,6 +779,10 @@ fn serve(shared: &Arc<Shared>, mut job: Job) {
         Some(response) => response,
         None => call_handler(&shared.handler, &job.request, shared.api_style),
     };
+    // The body is read: its memory goes back before the response is written (which may take
+    // as long as the client reads slowly).
+    job.request.body = Vec::new();
+    job.lease = None;
     answered(shared, &job.request, response.status, job.started);
     let close = job.close || shared.stopping();
     let respond = |out, body, close| {
@@ -1381,11 +1405,12 @@ enum Phase {
     /// Waiting for (the rest of) a request head. `since`: when its first byte arrived (`None`:
     /// nothing of it yet), the start of its `read_timeout` and of the time a refusal logs.
     Head { since: Option<Instant> },
-    /// Reading the body of `request`.
+    /// Reading the body of `request`; `lease` is the memory its buffer holds.
     Body {
         request: Request,
         head: Head,
         body: BodyRead,
+        lease: BodyLease,
         started: Instant,
     },
     /// The request is with a worker.
@@ -1408,6 +1433,30 @@ enum BodyRead {
 }
 
 impl BodyRead {
+    /// Makes room in the body's buffer for what `inbuf` may hold of it, taking the memory
+    /// from `lease` first: `false` when [`BodyMemory`] cannot give it. The buffer grows by
+    /// doubling, never past what the body can be (its declared length, or `max_body_bytes`
+    /// for a chunked one), so that it never holds more than was counted.
+    fn make_room(&mut self, incoming: usize, limits: &Limits, lease: &mut BodyLease) -> bool {
+        let (body, most) = match self {
+            BodyRead::Length { left, body } => {
+                let most = body.len() + *left;
+                (body, most)
+            }
+            BodyRead::Chunked { body, .. } => (body, limits.max_body_bytes),
+        };
+        let need = (body.len() + incoming).min(most);
+        if need <= body.capacity() {
+            return true;
+        }
+        let size = need.max(body.capacity() * 2).min(most);
+        if !lease.grow_to(size) {
+            return false;
+        }
+        body.reserve_exact(size - body.len());
+        true
+    }
+
     /// Moves what `inbuf` holds of the body into it: `Ok(true)` once the body is complete, an
     /// error when it cannot be (bad chunked syntax or bounds, or the input ended: `eof`).
     fn feed(&mut self, inbuf: &mut Vec<u8>, eof: bool, limits: &Limits) -> Result<bool, ApiError> {
@@ -1447,6 +1496,69 @@ impl BodyRead {
         match self {
             BodyRead::Length { body, .. } | BodyRead::Chunked { body, .. } => body,
         }
+    }
+}
+
+/// The memory all request bodies take at once (`max_body_memory_bytes`), shared by the I/O
+/// loops: a body's buffer is counted from its first byte until its request is answered, so
+/// that many clients sending large bodies slowly cannot make the process grow to
+/// `max_connections` × `max_body_bytes`. What a client merely declares is not taken: heads
+/// alone cannot hold the memory that others' bodies need.
+struct BodyMemory {
+    max: usize,
+    /// Bytes held ([`RequestHandler::body_bytes`]).
+    held: Arc<AtomicUsize>,
+}
+
+impl BodyMemory {
+    /// Whether `bytes` more would fit now (not taken).
+    fn fits(&self, bytes: usize) -> bool {
+        self.held
+            .load(Ordering::Relaxed)
+            .checked_add(bytes)
+            .is_some_and(|held| held <= self.max)
+    }
+
+    /// Takes `bytes` more if they fit.
+    fn take(&self, bytes: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|&held| held <= self.max)
+            })
+            .is_ok()
+    }
+}
+
+/// The memory one request body holds in [`BodyMemory`], given back when dropped (the request
+/// answered, refused, or its connection closed).
+struct BodyLease {
+    memory: Arc<BodyMemory>,
+    bytes: usize,
+}
+
+impl BodyLease {
+    fn new(memory: &Arc<BodyMemory>) -> Self {
+        BodyLease {
+            memory: Arc::clone(memory),
+            bytes: 0,
+        }
+    }
+
+    /// Holds `bytes` in all, taking the difference: `false` (nothing taken) when it does not
+    /// fit.
+    fn grow_to(&mut self, bytes: usize) -> bool {
+        let more = bytes.saturating_sub(self.bytes);
+        if more > 0 && !self.memory.take(more) {
+            return false;
+        }
+        self.bytes = self.bytes.max(bytes);
+        true
+    }
+}
+
+impl Drop for BodyLease {
+    fn drop(&mut self) {
+        self.memory.held.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -2290,14 +2402,19 @@ impl IoLoop {
     /// Reading a body: takes what arrived; hands the complete request on, or refuses it.
     fn process_body(&mut self, token: Token) -> bool {
         let limits = self.shared.limits;
+        let memory = self.shared.bodies.max;
         let Some(conn) = self.conn(token) else {
             return false;
         };
-        let Phase::Body { body, .. } = &mut conn.phase else {
+        let Phase::Body { body, lease, .. } = &mut conn.phase else {
             return false;
         };
         let before = conn.inbuf.len();
-        let result = body.feed(&mut conn.inbuf, conn.eof, &limits);
+        let result = if body.make_room(before, &limits, lease) {
+            body.feed(&mut conn.inbuf, conn.eof, &limits)
+        } else {
+            Err(ApiError::BodyMemoryFull { limit: memory })
+        };
         let progressed = conn.inbuf.len() != before;
         if let Ok(false) = result {
             return progressed;
@@ -2306,6 +2423,7 @@ impl IoLoop {
             mut request,
             head,
             body,
+            lease,
             started,
         } = std::mem::replace(&mut conn.phase, Phase::Waiting)
         else {
@@ -2314,7 +2432,7 @@ impl IoLoop {
         match result {
             Ok(_) => {
                 request.body = body.into_body();
-                self.dispatch(token, request, &head, started);
+                self.dispatch(token, request, &head, Some(lease), started);
             }
             Err(error) => self.refuse(token, error, Some(request), started),
         }
@@ -2350,11 +2468,19 @@ impl IoLoop {
                 let error = ApiError::PayloadTooLarge { limit: max };
                 return self.refuse(token, error, Some(request), started);
             }
+            // Refused unread (before its 100 Continue) when it cannot fit now; taken only as
+            // it arrives.
+            if !self.shared.bodies.fits(n as usize) {
+                let limit = self.shared.bodies.max;
+                let error = ApiError::BodyMemoryFull { limit };
+                return self.refuse(token, error, Some(request), started);
+            }
         }
         if !has_body {
-            return self.dispatch(token, request, &head, started);
+            return self.dispatch(token, request, &head, None, started);
         }
         let read_timeout = self.shared.read_timeout;
+        let lease = BodyLease::new(&self.shared.bodies);
         let Some(conn) = self.conn(token) else { return };
         if head.expect_continue {
             conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -2362,7 +2488,7 @@ impl IoLoop {
         let body = match head.framing {
             Framing::Length(n) => BodyRead::Length {
                 left: n as usize,
-                body: Vec::with_capacity((n as usize).min(64 * 1024)),
+                body: Vec::new(),
             },
             Framing::Chunked => BodyRead::Chunked {
                 decoder: ChunkedDecoder::default(),
@@ -2373,12 +2499,22 @@ impl IoLoop {
             request,
             head,
             body,
+            lease,
             started,
         };
         self.set_deadline(token, read_timeout);
     }
 
-    fn dispatch(&mut self, token: Token, request: Request, head: &Head, started: Instant) {
+    /// Hands a complete request to a worker, or answers it here; `lease`: its body's memory,
+    /// held until it is answered.
+    fn dispatch(
+        &mut self,
+        token: Token,
+        request: Request,
+        head: &Head,
+        lease: Option<BodyLease>,
+        started: Instant,
+    ) {
         self.serial += 1;
         let serial = self.serial;
         let Some(conn) = self.conn(token) else { return };
@@ -2394,6 +2530,7 @@ impl IoLoop {
             close: head.close,
             slow: false,
             request,
+            lease,
             started,
             response: None,
         };
@@ -2795,6 +2932,60 @@ mod tests {
             body = &rest[size + 2..];
             chunks += 1;
         }
+    }
+
+    /// A body's buffer never holds more than its lease counts, grows by doubling up to what
+    /// the body can be, and gives everything back when dropped; a lease that would pass the
+    /// bound takes nothing.
+    #[test]
+    fn body_buffers_hold_only_what_the_memory_bound_counted() {
+        let memory = Arc::new(BodyMemory {
+            max: 100_000,
+            held: Arc::default(),
+        });
+        let limits = Limits {
+            max_head_bytes: 1024,
+            max_headers: 10,
+            max_body_bytes: 70_000,
+        };
+        let mut lease = BodyLease::new(&memory);
+        let mut body = BodyRead::Length {
+            left: 60_000,
+            body: Vec::new(),
+        };
+        let mut sizes = Vec::new();
+        for _ in 0..5 {
+            let mut inbuf = vec![b'x'; 16_384];
+            assert!(body.make_room(inbuf.len(), &limits, &mut lease));
+            let complete = body.feed(&mut inbuf, false, &limits).unwrap();
+            let BodyRead::Length { body: buffer, .. } = &body else {
+                unreachable!()
+            };
+            assert!(buffer.capacity() <= lease.bytes, "{} held", lease.bytes);
+            sizes.push(lease.bytes);
+            if complete {
+                break;
+            }
+        }
+        // Doubling, never past the declared 60,000 bytes.
+        assert_eq!(sizes, [16_384, 32_768, 60_000, 60_000]);
+        assert_eq!(memory.held.load(Ordering::Relaxed), 60_000);
+        // A chunked body may not fit: nothing is taken.
+        let mut other = BodyLease::new(&memory);
+        let mut chunked = BodyRead::Chunked {
+            decoder: ChunkedDecoder::default(),
+            body: Vec::new(),
+        };
+        assert!(chunked.make_room(30_000, &limits, &mut other));
+        assert!(!chunked.make_room(50_000, &limits, &mut other));
+        assert_eq!(
+            (other.bytes, memory.held.load(Ordering::Relaxed)),
+            (30_000, 90_000)
+        );
+        assert!(memory.fits(10_000) && !memory.fits(10_001));
+        drop(lease);
+        drop(other);
+        assert_eq!(memory.held.load(Ordering::Relaxed), 0);
     }
 
     #[test]

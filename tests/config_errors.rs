@@ -198,7 +198,7 @@ fn cases() -> Vec<(String, &'static str)> {
         ),
         (
             server("zz = 1"),
-            "line 2: [server] zz: unknown field `zz`, expected one of `listen`, `state_dir`, `workers`, `api_style`, `max_body_bytes`, `read_timeout_ms`, `connection_threads`, `idle_timeout_ms`, `max_head_bytes`, `max_headers`, `max_connections`, `log_requests_per_s`, `fsync`, `retry_initial_ms`, `retry_max_ms`, `token_file`, `tls_cert`, `tls_key`, `max_requests`, `failed_retention_s`",
+            "line 2: [server] zz: unknown field `zz`, expected one of `listen`, `state_dir`, `workers`, `api_style`, `max_body_bytes`, `max_body_memory_bytes`, `read_timeout_ms`, `connection_threads`, `idle_timeout_ms`, `max_head_bytes`, `max_headers`, `max_connections`, `log_requests_per_s`, `fsync`, `retry_initial_ms`, `retry_max_ms`, `token_file`, `tls_cert`, `tls_key`, `max_requests`, `failed_retention_s`",
         ),
         (
             server("\n\nworkers = 0"),

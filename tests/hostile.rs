@@ -1081,6 +1081,137 @@ fn a_body_of_max_body_bytes_is_accepted_and_one_byte_more_gets_413() {
     assert_eq!(plugin.stored_requests(), 2);
 }
 
+/// `max_body_memory_bytes` at its limit and just past it: with room for one body of the
+/// largest size, that body is read and handled; while one client holds that room with a body
+/// it does not finish, a declared body is refused unread and a chunked one at its first bytes
+/// (503, `Retry-After: 1`, problem+json, close), requests without a body are served, and the
+/// room comes back when the holder goes.
+#[test]
+fn the_memory_of_all_bodies_is_bounded_and_given_back() {
+    let plugin = Child::start(
+        "body-memory",
+        "max_body_bytes = 65536\nmax_body_memory_bytes = 65536\nread_timeout_ms = 20000\n",
+    );
+    let addr = plugin.addr;
+    let body = example("dns-only.json");
+    let largest = format!("{body}{}", " ".repeat(65536 - body.len()));
+    // At the limit: the one body of the largest size fits.
+    assert_eq!(post(addr, &largest).status, 201);
+    assert_eq!(post(addr, &body).status, 201);
+    // A holder: all but the last byte of a largest body, so its buffer holds all of the room
+    // but one byte at most.
+    let mut holder = connect(addr);
+    holder
+        .write_all(format!("{}{}", post_head(REQUESTS, 65536), &largest[..65535]).as_bytes())
+        .unwrap();
+    let declared = format!(
+        "POST {REQUESTS} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // Once its bytes are read (the gauge shows them), the room is full.
+    let body_bytes = || {
+        let metrics = get(addr, "/metrics");
+        metric(
+            &String::from_utf8_lossy(&metrics.body),
+            "mec_plugin_http_body_bytes",
+        )
+    };
+    let started = Instant::now();
+    while body_bytes() < 65535 {
+        assert!(
+            started.elapsed() < 5 * Duration::from_secs(1),
+            "holder not read"
+        );
+        thread::sleep(10 * MS);
+    }
+    assert!(body_bytes() <= 65536);
+    // Just past it.
+    let (mut responses, closed) = send_and_collect(addr, declared.as_bytes(), false, 5000 * MS);
+    assert!(closed && responses.len() == 1, "{responses:?}");
+    let refusal = responses.remove(0);
+    assert_closing_refusal(&refusal, 503);
+    assert_eq!(
+        refusal.header("Retry-After"),
+        Some("1"),
+        "{}",
+        show(&refusal)
+    );
+    let detail = refusal.json()["detail"].as_str().unwrap().to_string();
+    assert!(
+        detail.contains("more than 65536 bytes") && detail.contains("max_body_memory_bytes"),
+        "{detail}"
+    );
+    let chunked_post = format!(
+        "POST {REQUESTS} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{}0\r\n\r\n",
+        chunked(&body, 3)
+    );
+    refused_and_closed(addr, chunked_post.as_bytes(), 503);
+    assert_eq!(get(addr, "/healthz").status, 200);
+    // The holder goes: its room comes back.
+    drop(holder);
+    let started = Instant::now();
+    while body_bytes() != 0 {
+        assert!(
+            started.elapsed() < 5 * Duration::from_secs(1),
+            "room not given back"
+        );
+        thread::sleep(10 * MS);
+    }
+    let (responses, _) = send_and_collect(addr, declared.as_bytes(), false, 5000 * MS);
+    assert_eq!(responses[0].status, 201, "{}", show(&responses[0]));
+    let (responses, _) = send_and_collect(addr, chunked_post.as_bytes(), false, 5000 * MS);
+    assert_eq!(responses[0].status, 201, "{}", show(&responses[0]));
+    let logs = plugin.logs().join("\n");
+    assert!(logs.contains("503"), "the 503s are logged: {logs}");
+}
+
+/// Sixteen clients each send all but the last byte of a 1 MiB body and wait: without a bound
+/// on all bodies together the process would grow by 16 MiB (`max_connections` × `max_body_bytes`
+/// is 1 GiB with the defaults). With `max_body_memory_bytes` = 4 MiB, at most that is held:
+/// the others get 503, and the peak resident memory grows by less than 8 MiB.
+#[test]
+fn bodies_held_by_many_clients_cannot_grow_the_process_past_the_bound() {
+    const MIB: usize = 1 << 20;
+    let plugin = Child::start(
+        "body-memory-flood",
+        "max_body_memory_bytes = 4194304\nread_timeout_ms = 20000\n",
+    );
+    let addr = plugin.addr;
+    let before = peak_kb(&plugin);
+    let filler = vec![b' '; MIB - 1];
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..16 {
+        let mut s = connect(addr);
+        let sent = s
+            .write_all(post_head(REQUESTS, MIB as u64).as_bytes())
+            .and_then(|()| s.write_all(&filler));
+        s.set_read_timeout(Some(500 * MS)).unwrap();
+        let mut first = [0u8; 12];
+        match s.read(&mut first) {
+            Ok(n) if n > 0 => {
+                assert!(first.starts_with(b"HTTP/1.1 503"), "{:?}", &first[..n]);
+                refused += 1;
+            }
+            Err(e) if timed_out(&e) && sent.is_ok() => held.push(s),
+            other => panic!("neither held nor answered 503: {other:?} (write: {sent:?})"),
+        }
+    }
+    let grown = peak_kb(&plugin).saturating_sub(before);
+    assert!(refused >= 8, "{refused} refused, {} held", held.len());
+    assert!(
+        grown < 8 * 1024,
+        "peak memory grew by {grown} kB with 16 MiB sent"
+    );
+    let metrics = get(addr, "/metrics");
+    let held_now = metric(
+        &String::from_utf8_lossy(&metrics.body),
+        "mec_plugin_http_body_bytes",
+    );
+    assert!(held_now <= 4 * MIB as u64, "{held_now} bytes held");
+    assert_eq!(get(addr, "/healthz").status, 200);
+}
+
 /// Shutdown (SIGTERM) with hostile connections open: 50 trickling heads, 50 trickling bodies and
 /// 50 idle keep-alive connections hold no request in flight, so they do not hold the shutdown's
 /// grace period (4 s) either: the shutdown completes by itself (not by the watchdog of

@@ -382,6 +382,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::ExpectationFailed { expect: s() },
         ApiError::VersionNotSupported,
         ApiError::TooManyConnections { limit: 1 },
+        ApiError::BodyMemoryFull { limit: 1 },
         ApiError::Unavailable {
             detail: s(),
             request_id: None,
@@ -422,6 +423,7 @@ fn variant(e: &ApiError) -> usize {
         ApiError::RecordTooLarge { .. } => 26,
         ApiError::LeaderAnswer { .. } => 27,
         ApiError::PlatformChanged { .. } => 28,
+        ApiError::BodyMemoryFull { .. } => 29,
     }
 }
 
@@ -431,7 +433,7 @@ fn every_documented_status_is_one_the_api_produces_and_every_error_is_documented
     let listed: BTreeSet<usize> = errors.iter().map(variant).collect();
     assert_eq!(
         listed,
-        (0..29).collect(),
+        (0..30).collect(),
         "every ApiError variant is listed"
     );
     let error_codes: BTreeSet<u16> = errors.iter().map(ApiError::status).collect();
