@@ -5,7 +5,9 @@
 //!
 //! Files (gen = a generation number, 20 digits):
 //!
-//! - `LOCK` — held with `flock` while a process uses the directory; holds its pid.
+//! - `LOCK` — holds the pid of the process using the directory. The lock itself is a `flock`
+//!   on the directory (and on `LOCK`, as before): deleting `LOCK` by hand, as a "stale" lock,
+//!   cannot let a second process write the same journal.
 //! - `snapshot-<gen>.jsonl` — every record as of the start of `journal-<gen>.jsonl`; written
 //!   to a `.tmp` file, fsynced, then renamed, so it exists only when complete.
 //! - `journal-<gen>.jsonl` — changes since that snapshot.
@@ -299,7 +301,7 @@ pub struct Journal {
     /// The thread that makes written entries durable (none with `fsync = false`).
     flusher: Option<std::thread::JoinHandle<()>>,
     /// Held for the life of the process (flock is released when it is closed).
-    _lock: File,
+    _lock: DirLock,
 }
 
 /// What the callers and the flusher thread share.
@@ -1540,9 +1542,44 @@ fn make_state_dir(dir: &Path) -> Result<(), JournalError> {
     Err(io_err(dir)(why))
 }
 
-/// Takes the directory's lock file, or says who holds it.
-fn take_lock(dir: &Path) -> Result<File, JournalError> {
+/// A state directory's lock: `flock`s on the directory itself and on its `LOCK` file, held
+/// while open.
+struct DirLock {
+    _dir: File,
+    _file: File,
+}
+
+/// Takes `flock` on `file` without waiting: whether it was free.
+fn flocked(file: &File) -> bool {
+    // SAFETY: flock on a file descriptor we own; no memory is passed.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Takes the directory's lock, or says who holds it. The directory itself is locked first: a
+/// `LOCK` file deleted while its process runs (an audit found that a second process then took
+/// a new `LOCK` and both wrote the journal, each overwriting the other's entries) gets a new
+/// inode and a new lock, the directory does not. `LOCK` is locked too, so that a process of an
+/// earlier version, which locks only it, is still seen.
+fn take_lock(dir: &Path) -> Result<DirLock, JournalError> {
     let path = dir.join("LOCK");
+    let locked = || {
+        let holder = match fs::read_to_string(&path) {
+            Ok(pid) => format!("pid {}", pid.trim()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                "unknown pid: its LOCK file was deleted, the directory is locked all the same"
+                    .into()
+            }
+            Err(_) => "unknown pid".into(),
+        };
+        JournalError::Locked {
+            dir: dir.to_path_buf(),
+            holder,
+        }
+    };
+    let handle = File::open(dir).map_err(io_err(dir))?;
+    if !flocked(&handle) {
+        return Err(locked());
+    }
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -1550,17 +1587,8 @@ fn take_lock(dir: &Path) -> Result<File, JournalError> {
         .truncate(false)
         .open(&path)
         .map_err(io_err(&path))?;
-    // SAFETY: flock on a file descriptor we own; no memory is passed.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let holder = fs::read_to_string(&path)
-            .ok()
-            .map(|pid| format!("pid {}", pid.trim()))
-            .unwrap_or_else(|| "unknown pid".into());
-        return Err(JournalError::Locked {
-            dir: dir.to_path_buf(),
-            holder,
-        });
+    if !flocked(&file) {
+        return Err(locked());
     }
     // The pid only tells a second process who holds the lock: the lock is the flock. Writing
     // it may fail on a full file system, which a start must survive (changes answer 507).
@@ -1573,7 +1601,10 @@ fn take_lock(dir: &Path) -> Result<File, JournalError> {
             path.display()
         );
     }
-    Ok(file)
+    Ok(DirLock {
+        _dir: handle,
+        _file: file,
+    })
 }
 
 #[cfg(test)]

@@ -849,6 +849,17 @@ fn two_processes_cannot_share_a_state_dir() {
         output.contains(&format!("pid {}", first.child.id())),
         "names the holder: {output}"
     );
+    // Found by an audit: with its LOCK file deleted (a "stale" lock cleaned by hand), a second
+    // process took a new LOCK and both wrote the journal, losing acknowledged creations.
+    let id = first.api.create(&dns_body("before.lock.durability.test"));
+    std::fs::remove_file(state.join("LOCK")).unwrap();
+    let (status, output) = failed_start(&config, &state, Duration::from_secs(5));
+    assert!(!status.success(), "{status}: {output}");
+    assert!(
+        output.contains("in use") && output.contains("its LOCK file was deleted"),
+        "still in use, and says the LOCK file is gone: {output}"
+    );
+    assert_eq!(first.api.get(&id).0, 200, "the first one still has it");
     let (status, json) = first.api.call("GET", "/service/regions", None);
     assert_eq!(status, 200, "{json}");
     let id = first.api.create(&dns_body("lock.durability.test"));
