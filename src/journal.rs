@@ -170,6 +170,15 @@ pub enum JournalError {
         /// Damaged lines from there on with none of their bytes missing (see `After`).
         whole_damaged: usize,
     },
+    /// A file the state needs is not there (a partial restore, a backup taken during a
+    /// compaction, a file deleted by hand); nothing was changed.
+    Missing {
+        dir: PathBuf,
+        /// The missing file.
+        file: String,
+        /// Why the start needs it.
+        why: String,
+    },
     /// Reading or writing failed.
     Io { path: PathBuf, error: io::Error },
     /// The file system of the state directory has no room (ENOSPC) or the quota is used up
@@ -221,6 +230,15 @@ fn write_err<'a>(dir: &'a Path, path: &'a Path) -> impl FnOnce(io::Error) -> Jou
 impl fmt::Display for JournalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            JournalError::Missing { dir, file, why } => write!(
+                f,
+                "state directory {} lacks {file}, which {why}: starting would silently drop \
+                 those records and lose track of their rules on the platforms. Put the file \
+                 back from where the others came from (a backup or copy holds the files of a \
+                 state directory together), or start on an empty state directory and \
+                 --import-state an export",
+                dir.display()
+            ),
             JournalError::Locked { dir, holder } => write!(
                 f,
                 "state directory {} is in use by another mec-plugin process ({holder}); \
@@ -1030,6 +1048,8 @@ fn replay_all(
     apply: &mut impl FnMut(Entry<'_>),
 ) -> Result<Loaded, JournalError> {
     let base = snapshots.last().copied().unwrap_or(0);
+    let live: Vec<u64> = journals.iter().copied().filter(|&g| g >= base).collect();
+    check_generations(dir, base, &live)?;
     let mut stats = ReplayStats::default();
     let mut snapshot_bytes = 0;
     let mut snapshot = None;
@@ -1041,7 +1061,6 @@ fn replay_all(
         snapshot_bytes = replayed.valid;
         snapshot = Some((File::open(&path).map_err(io_err(&path))?, path));
     }
-    let live: Vec<u64> = journals.iter().copied().filter(|&g| g >= base).collect();
     let (mut bytes, mut allocated) = (0, 0);
     for (i, &g) in live.iter().enumerate() {
         let path = dir.join(journal_name(g));
@@ -1068,6 +1087,46 @@ fn replay_all(
         bytes,
         allocated,
     })
+}
+
+/// Checks that the files a start replays are all there: the journals from the newest
+/// snapshot's generation `base` on (from generation 1 without a snapshot), with no gap. A
+/// compaction creates journal `g` before it writes snapshot `g`, and removes only the files
+/// older than that snapshot, so any other set means a file was lost; found by an audit, the
+/// start went on without it (a state without its snapshot replayed its last journal alone,
+/// dropping 230 of 242 records without a word).
+fn check_generations(dir: &Path, base: u64, live: &[u64]) -> Result<(), JournalError> {
+    let missing = |file: String, why: String| JournalError::Missing {
+        dir: dir.to_path_buf(),
+        file,
+        why,
+    };
+    let mut expected = base.max(1);
+    for &g in live {
+        if g == expected {
+            expected += 1;
+        } else if expected == 1 {
+            return Err(missing(
+                snapshot_name(g),
+                format!(
+                    "holds every record older than {} (the first journal is generation 1)",
+                    journal_name(g)
+                ),
+            ));
+        } else {
+            return Err(missing(
+                journal_name(expected),
+                format!("holds changes made before those of {}", journal_name(g)),
+            ));
+        }
+    }
+    if base > 0 && live.is_empty() {
+        return Err(missing(
+            journal_name(base),
+            format!("holds the changes made after {}", snapshot_name(base)),
+        ));
+    }
+    Ok(())
 }
 
 /// Makes room for the first entries at start-up rather than in the first request's time:
@@ -2096,6 +2155,60 @@ mod tests {
             "{err}"
         );
         assert_eq!(fs::read(&snapshot).unwrap(), bytes, "left untouched");
+    }
+
+    /// Found by an audit: a state directory without its snapshot replayed its last journal
+    /// alone and started on part of the records, silently. A missing snapshot, a journal
+    /// missing after a snapshot or between two journals stop the start, naming the file, and
+    /// nothing is changed; every set a compaction leaves, crashed or not, still opens.
+    #[test]
+    fn a_missing_snapshot_or_journal_stops_the_start() {
+        let compacted = |name: &str| {
+            let dir = temp_dir(name);
+            {
+                let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+                j.wait(j.append(&put("a")).unwrap()).unwrap();
+                let g = j.rotate().unwrap().unwrap();
+                j.wait(j.append(&put("b")).unwrap()).unwrap();
+                j.write_snapshot(g, [put("a")].into_iter()).unwrap();
+                j.wait(j.append(&put("c")).unwrap()).unwrap();
+            }
+            assert_eq!(ids(&dir).unwrap(), ["a", "b", "c"]);
+            dir
+        };
+        let refused = |dir: &Path, file: String| {
+            let before = fs::read_dir(dir).unwrap().count();
+            let err = ids(dir).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("lacks {file}")) && err.contains("silently drop"),
+                "{err}"
+            );
+            assert_eq!(
+                fs::read_dir(dir).unwrap().count(),
+                before,
+                "nothing changed"
+            );
+        };
+        let dir = compacted("missing-snapshot");
+        fs::remove_file(dir.join(snapshot_name(2))).unwrap();
+        refused(&dir, snapshot_name(2));
+        let dir = compacted("missing-journal");
+        fs::remove_file(dir.join(journal_name(2))).unwrap();
+        refused(&dir, journal_name(2));
+        // A gap between journals (journals 1 and 2 of a compaction that never wrote its
+        // snapshot, the second renamed 3).
+        let dir = temp_dir("journal-gap");
+        {
+            let (j, _) = Journal::open(&dir, true, |_| {}).unwrap();
+            j.wait(j.append(&put("a")).unwrap()).unwrap();
+            j.rotate().unwrap().unwrap();
+            j.wait(j.append(&put("b")).unwrap()).unwrap();
+        }
+        assert_eq!(ids(&dir).unwrap(), ["a", "b"]);
+        fs::rename(dir.join(journal_name(2)), dir.join(journal_name(3))).unwrap();
+        refused(&dir, journal_name(2));
+        fs::remove_file(dir.join(journal_name(1))).unwrap();
+        refused(&dir, snapshot_name(3));
     }
 
     #[test]

@@ -833,6 +833,39 @@ fn a_corrupted_journal_middle_refuses_to_start_and_names_file_and_offset() {
     clean_up(&config, &state);
 }
 
+/// Found by an audit: a state directory whose snapshot was lost (a partial restore, a backup
+/// taken during a compaction) started on its last journal alone, silently dropping every
+/// record the snapshot held. The start now stops (exit 1) naming the missing file and the
+/// directory, and changes nothing; with the file back, everything is there.
+#[test]
+fn a_state_dir_missing_a_file_stops_the_start() {
+    let mep = FakeLlMec::start();
+    let config = config_file(&mep.url());
+    let state = temp_dir("durability-missing");
+    let first = Binary::start(&config, &state);
+    let id = first.api.create(&dns_body("missing.durability.test"));
+    drop(first);
+    // As if journal 1 had been compacted into a snapshot 2 that was then lost.
+    let journal = state.join(format!("journal-{:020}.jsonl", 1));
+    let later = state.join(format!("journal-{:020}.jsonl", 2));
+    std::fs::rename(&journal, &later).unwrap();
+    let (status, output) = failed_start(&config, &state, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1), "{output}");
+    let snapshot = format!("snapshot-{:020}.jsonl", 2);
+    assert!(
+        output.contains(&state.display().to_string())
+            && output.contains(&format!("lacks {snapshot}"))
+            && output.contains("silently drop"),
+        "names the directory and the missing file: {output}"
+    );
+    assert!(later.exists() && !journal.exists(), "nothing changed");
+    std::fs::rename(&later, &journal).unwrap();
+    let again = Binary::start(&config, &state);
+    assert_eq!(again.api.get(&id).0, 200, "all there with the file back");
+    drop(again);
+    clean_up(&config, &state);
+}
+
 #[test]
 fn two_processes_cannot_share_a_state_dir() {
     let mep = FakeLlMec::start();
