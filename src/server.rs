@@ -2362,6 +2362,8 @@ impl IoLoop {
             return true;
         }
         let max = limits.max_head_bytes;
+        // A refusal is logged with the time since the head's first byte.
+        let started = since.unwrap_or_else(Instant::now);
         match http1::head_end(&conn.inbuf, conn.scanned) {
             Some(end) if end <= max => {
                 let parsed = http1::parse_head(&conn.inbuf[..end], &limits);
@@ -2372,15 +2374,15 @@ impl IoLoop {
                 conn.scanned = 0;
                 match parsed {
                     Ok(head) => self.on_head(token, head),
-                    Err(e) => self.refuse_head(token, e, line),
+                    Err(e) => self.refuse_head(token, e, line, started),
                 }
             }
-            Some(_) => self.refuse_oversized_head(token),
-            None if conn.inbuf.len() > max => self.refuse_oversized_head(token),
+            Some(_) => self.refuse_oversized_head(token, started),
+            None if conn.inbuf.len() > max => self.refuse_oversized_head(token, started),
             None if conn.eof => {
                 let line = http1::request_line(&conn.inbuf);
                 let e = HeadError::Bad("the connection ended inside a request head".into());
-                self.refuse_head(token, e, Some(line));
+                self.refuse_head(token, e, Some(line), started);
             }
             None => {
                 conn.scanned = conn.inbuf.len();
@@ -2391,12 +2393,12 @@ impl IoLoop {
     }
 
     /// `max_head_bytes` arrived without the end of the head: 414 or 431.
-    fn refuse_oversized_head(&mut self, token: Token) {
+    fn refuse_oversized_head(&mut self, token: Token, started: Instant) {
         let max = self.shared.limits.max_head_bytes;
         let Some(conn) = self.conn(token) else { return };
         let head = &conn.inbuf[..max];
         let (e, line) = (http1::oversized_head(head), http1::request_line(head));
-        self.refuse_head(token, e, Some(line));
+        self.refuse_head(token, e, Some(line), started);
     }
 
     /// Reading a body: takes what arrived; hands the complete request on, or refuses it.
@@ -2441,10 +2443,16 @@ impl IoLoop {
 
     /// Refuses a head that could not be accepted; `line` is its method and target as far as
     /// they could be read (for the log, the metrics and `HEAD`).
-    fn refuse_head(&mut self, token: Token, error: HeadError, line: Option<(String, String)>) {
+    fn refuse_head(
+        &mut self,
+        token: Token,
+        error: HeadError,
+        line: Option<(String, String)>,
+        started: Instant,
+    ) {
         let error = error.into_api_error(&self.shared.limits);
         let request = line.map(|(method, target)| Request::new(&method, &target));
-        self.refuse(token, error, request, Instant::now());
+        self.refuse(token, error, request, started);
     }
 
     /// A complete head: admit it, then read its body or hand it to a worker.

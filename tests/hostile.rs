@@ -435,6 +435,29 @@ fn log_lines_cut_the_target_at_256_bytes() {
     }
 }
 
+/// A malformed head is logged with the time since its first byte, as a 408 is: it was logged
+/// "0 ms" whatever time its client took (an audit's low finding).
+#[test]
+fn a_malformed_head_is_logged_with_the_time_it_took() {
+    let plugin = Child::start("bad-head-time", "");
+    let mut s = connect(plugin.addr);
+    s.write_all(b"GET /slow-bad HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    thread::sleep(400 * MS);
+    s.write_all(b"no colon here\r\n\r\n").unwrap();
+    let (answer, _) = read_until_closed(&mut s, 5000 * MS);
+    assert_closing_refusal(&responses_in(&answer, false).unwrap()[0], 400);
+    let took = |logs: &[String]| {
+        logs.iter().find_map(|l| {
+            let rest = l.split("GET /slow-bad 400 ").nth(1)?;
+            rest.strip_suffix(" ms")?.parse::<u64>().ok()
+        })
+    };
+    assert!(child_eventually(&plugin, |logs| took(logs).is_some()));
+    let ms = took(&plugin.logs()).unwrap();
+    assert!((350..5000).contains(&ms), "logged {ms} ms");
+}
+
 fn longest_run(line: &str, byte: u8) -> usize {
     let (mut best, mut run) = (0, 0);
     for &b in line.as_bytes() {
