@@ -412,8 +412,18 @@ impl Service {
         // Until the creation ends, a DELETE is refused and the reconciler leaves it alone.
         let claimed = record.claim();
         debug_assert!(claimed, "a new record is nobody's");
-        // The first step's turn is taken before the record says the step may be applied.
-        let turn = steps.first().map(|step| self.apply_turn(region, step));
+        // The first step's turn is taken before the record says the step may be applied; a
+        // creation that cannot have it in time is refused with nothing recorded or sent.
+        let turn = match steps.first() {
+            Some(step) => Some(self.apply_turn(region, step).map_err(|why| {
+                warn!("creation in region {} refused: {why}", region.config.id);
+                ApiError::Unavailable {
+                    detail: format!("{why}; nothing was recorded or sent"),
+                    request_id: None,
+                }
+            })?),
+            None => None,
+        };
         // Written but not durable (the journal stopped): left to the reconciler like the rest.
         let inserted = self
             .store
@@ -446,11 +456,21 @@ impl Service {
         for (k, step) in steps.iter().enumerate() {
             let _turn = match turn.take() {
                 Some(first) => first,
-                None => {
-                    let next = self.apply_turn(region, step);
-                    self.store.update(id, |r| r.sending(k))?;
-                    next
-                }
+                None => match self.apply_turn(region, step) {
+                    Ok(next) => {
+                        self.store.update(id, |r| r.sending(k))?;
+                        next
+                    }
+                    Err(why) => {
+                        let url = self.platforms.get(&region.config.id);
+                        let error = MepError::NotSent {
+                            url: url.map_or_else(String::new, |u| u.to_string()),
+                            reason: why,
+                        };
+                        failure = Some((step, error));
+                        break;
+                    }
+                },
             };
             match self.call(&region.config.id, "apply", || driver.apply_with_prior(step)) {
                 Ok(Applied::Changed) => {}
@@ -560,9 +580,23 @@ impl Service {
             .is_some()
     }
 
-    /// The turn to apply `step` in `region`.
-    fn apply_turn(&self, region: &Region, step: &Step) -> Turn<'_> {
-        self.turns.apply(self.rule_of(region, step))
+    /// The turn to apply `step` in `region`, waited for at most the region's `settle_ms` and
+    /// `timeout_ms` together: a removal of the rule in flight, then its settle window if its
+    /// outcome is unknown. Past that, removals of the rule keep failing on the platform (see
+    /// [`crate::turns`]): why the apply is not made.
+    fn apply_turn(&self, region: &Region, step: &Step) -> Result<Turn<'_>, String> {
+        let mep = &region.config.mep;
+        let bound = mep.settle + mep.timeout;
+        self.turns
+            .apply_within(self.rule_of(region, step), Instant::now() + bound)
+            .ok_or_else(|| {
+                format!(
+                    "{} waited {} ms (the region's settle_ms and timeout_ms) for removals of the \
+                     same platform rule, whose outcome the platform left unknown, to settle",
+                    step.label(),
+                    bound.as_millis()
+                )
+            })
     }
 
     /// The fingerprint of the platform rule `step` sets in `region`.

@@ -13,7 +13,12 @@
 //! A removal whose outcome is unknown (it timed out, or a restart cut it) may still be carried
 //! out by the platform until its settle window has passed: applies of its rule wait until then
 //! ([`Turns::removal_may_land`]), or the late removal would take away what they put there
-//! while their requests say CREATED. That wait is bounded by the region's `settle_ms`.
+//! while their requests say CREATED. Each such removal extends the wait, and removals go
+//! first, so while a failing platform is sent one removal of the rule after another (the
+//! reconciler undoing the failed requests that hold it) an apply could wait for ever: the
+//! service therefore waits for an apply's turn only until a deadline
+//! ([`Turns::apply_within`]), and refuses the apply then without calling the platform (an
+//! audit saw creations wait 90 to 435 s, holding the workers every region needs).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -86,13 +91,21 @@ pub struct Turn<'a> {
 
 impl Turns {
     /// Waits until no removal of rule `key` runs or waits, then returns a turn to apply it.
+    #[cfg(test)]
     pub fn apply(&self, key: u64) -> Turn<'_> {
-        self.take(key, false)
+        self.take(key, false, None)
+            .expect("a wait without a deadline ends with a turn")
+    }
+
+    /// [`apply`](Self::apply), waiting until `deadline` at most: `None` then.
+    pub fn apply_within(&self, key: u64, deadline: Instant) -> Option<Turn<'_>> {
+        self.take(key, false, Some(deadline))
     }
 
     /// Waits until nothing else runs on rule `key`, then returns a turn to remove it.
     pub fn remove(&self, key: u64) -> Turn<'_> {
-        self.take(key, true)
+        self.take(key, true, None)
+            .expect("a wait without a deadline ends with a turn")
     }
 
     /// A removal of rule `key` whose outcome is unknown may still land on the platform until
@@ -110,7 +123,7 @@ impl Turns {
         }
     }
 
-    fn take(&self, key: u64, removal: bool) -> Turn<'_> {
+    fn take(&self, key: u64, removal: bool, deadline: Option<Instant>) -> Option<Turn<'_>> {
         let mut rules = lock(&self.rules);
         if removal {
             rules.entry(key).or_default().removals_waiting += 1;
@@ -127,9 +140,19 @@ impl Turns {
                 rule.applying += 1;
                 break;
             }
+            let left = match deadline.map(|d| d.saturating_duration_since(Instant::now())) {
+                Some(left) if left.is_zero() => {
+                    if rule.idle() {
+                        rules.remove(&key);
+                    }
+                    return None;
+                }
+                Some(left) => Some(settling.map_or(left, |s| s.min(left))),
+                None => settling,
+            };
             rule.waiting += 1;
-            rules = match settling {
-                // Nothing wakes this wait when the window ends: it times out.
+            rules = match left {
+                // Nothing wakes this wait when the window or the deadline ends: it times out.
                 Some(left) => {
                     self.changed
                         .wait_timeout(rules, left)
@@ -140,11 +163,11 @@ impl Turns {
             };
             rules.entry(key).or_default().waiting -= 1;
         }
-        Turn {
+        Some(Turn {
             turns: self,
             key,
             removal,
-        }
+        })
     }
 
     /// How many rules have a call in flight or waiting (tests).
@@ -268,6 +291,35 @@ mod tests {
             started.elapsed() < Duration::from_secs(1),
             "a passed mark holds nothing"
         );
+    }
+
+    /// An apply waits until its deadline at most, whether a removal runs or may still land,
+    /// takes nothing when it gives up, and gets its turn at once when nothing is in the way.
+    #[test]
+    fn an_apply_within_a_deadline_gives_up_then_and_leaves_nothing() {
+        let t = Turns::default();
+        let removal = t.remove(4);
+        let started = Instant::now();
+        assert!(t.apply_within(4, started + SHORT).is_none());
+        assert!(started.elapsed() >= SHORT && started.elapsed() < 10 * SHORT);
+        drop(removal);
+        assert_eq!(t.busy_rules(), 0, "nothing left by the apply that gave up");
+        t.removal_may_land(4, Instant::now() + Duration::from_secs(60));
+        let started = Instant::now();
+        assert!(t.apply_within(4, started + SHORT).is_none());
+        assert!(started.elapsed() >= SHORT && started.elapsed() < 10 * SHORT);
+        assert!(
+            t.apply_within(4, Instant::now()).is_none(),
+            "a passed deadline"
+        );
+        assert_eq!(t.busy_rules(), 1, "the mark stays");
+        let turn = t.apply_within(5, Instant::now() + SHORT).unwrap();
+        drop(turn);
+        // A window ending before the deadline: the turn comes then.
+        t.removal_may_land(6, Instant::now() + SHORT);
+        let started = Instant::now();
+        let turn = t.apply_within(6, started + Duration::from_secs(5));
+        assert!(turn.is_some() && started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

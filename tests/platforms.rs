@@ -171,6 +171,77 @@ fn an_apply_waits_for_a_removal_of_its_rule_that_may_still_land() {
     assert!(fake.installed().is_empty(), "{:?}", fake.calls());
 }
 
+/// Found by an audit: while a platform answered 500 to everything, the reconciler sent the
+/// removals of the failed requests holding a rule one after another, each of unknown outcome,
+/// each extending the rule's settle window, and removals go first: a new creation of that rule
+/// waited without bound (90 to 435 s seen), holding a worker, and failed in the end, adding
+/// one more holder. It now waits at most the region's `settle_ms` and `timeout_ms` together
+/// for its turn, then gets 503 with nothing recorded or sent; once the platform works again,
+/// the holders go and the rule can be created.
+#[test]
+fn a_creation_waits_a_bounded_time_for_removals_of_its_rule_that_keep_failing() {
+    let fake = FakeLlMec::start();
+    let p = Plugin::start(&format!(
+        "{}{}settle_ms = 600\n",
+        server_section(""),
+        llmec_region("2", &fake.url(), 200)
+    ));
+    // Four creations of the rule at once, each call left unanswered past the timeout (200 ms):
+    // their applies run together, and each leaves a FAILED request that may hold the rule.
+    fake.delay(Duration::from_millis(300));
+    let failed: Vec<String> = std::thread::scope(|scope| {
+        let posts: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| p.post(&traffic_only())))
+            .collect();
+        posts
+            .into_iter()
+            .map(|post| {
+                let r = post.join().unwrap();
+                r.problem(504);
+                r.json["RequestId"].as_str().unwrap().to_string()
+            })
+            .collect()
+    });
+    // The reconciler now removes them one after another, again and again, each removal timing
+    // out: the rule's settle window (600 ms) never passes.
+    std::thread::sleep(Duration::from_millis(1000));
+    let calls = fake.calls().len();
+    let started = Instant::now();
+    let r = p.post(&traffic_only());
+    let took = started.elapsed();
+    r.problem(503);
+    assert!(
+        took >= Duration::from_millis(700),
+        "answered after {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    let detail = r.json["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("waited 800 ms") && detail.contains("nothing was recorded or sent"),
+        "{detail}"
+    );
+    assert!(r.json.get("RequestId").is_none(), "{:?}", r.json);
+    assert!(
+        fake.calls().len() > calls,
+        "the removals went on meanwhile: {:?}",
+        fake.calls()
+    );
+    let listed = p.get("/service/requests").json;
+    assert_eq!(listed.as_array().unwrap().len(), 4, "{listed}");
+    // The platform works again: the holders' rules go, and the rule can be created.
+    fake.delay(Duration::ZERO);
+    assert!(
+        eventually(Duration::from_secs(10), || failed.iter().all(|id| {
+            status_detail(&p, id).contains("has since been removed from the platform")
+        })),
+        "{:?}",
+        p.get("/service/requests").json
+    );
+    let r = p.post(&traffic_only());
+    assert_eq!(r.status, 201, "{:?}", r.json);
+    assert_eq!(fake.installed().len(), 1, "{:?}", fake.calls());
+}
+
 #[test]
 fn a_gateway_s_504_in_front_of_the_platform_answers_504_and_its_step_is_removed() {
     let fake = FakeLlMec::start();
