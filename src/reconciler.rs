@@ -71,7 +71,7 @@ impl Drop for Reconciler {
 fn run(service: &Service, stop: &AtomicBool) {
     let mut last_expiry = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        let next = reconcile_once(service)
+        let next = reconcile_pass(service, stop)
             .unwrap_or(Duration::MAX)
             .min(Duration::from_secs(1));
         if service
@@ -146,7 +146,22 @@ pub fn recover(service: &Service) -> Result<(), StoreError> {
 
 /// One pass of the reconciler: retries every removal that is due. Returns how long until the
 /// next one is due (`None`: nothing pending).
+#[cfg(test)]
 pub fn reconcile_once(service: &Service) -> Option<Duration> {
+    reconcile_pass(service, &AtomicBool::new(false))
+}
+
+/// Least time between two looks at the journal's size within one pass.
+const COMPACTION_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// One pass (see [`reconcile_once`]), which ends early when `stop` is set: the records not
+/// taken yet are given back as they were. A region whose platform did not answer one removal
+/// (no connection, no answer in time) is sent no other in this pass: its other records are
+/// due again when that one is, so a dead platform costs one timeout a pass, not one a record
+/// (found by an audit: 30 records on a hanging platform made each pass last 90 s, during which
+/// the other regions' removals and the journal's compaction waited). Compaction is looked at
+/// between records too.
+fn reconcile_pass(service: &Service, stop: &AtomicBool) -> Option<Duration> {
     let now = now_millis();
     let due = service.store.claim(
         |r| r.needs_removal() && r.next_attempt <= now,
@@ -155,8 +170,37 @@ pub fn reconcile_once(service: &Service) -> Option<Duration> {
             debug_assert!(claimed, "only a record nobody works on needs removal");
         },
     );
+    // Oldest first, whatever the map's order.
+    let mut due = due;
+    due.sort_unstable_by_key(|r| r.seq);
+    let mut silent: Vec<(Arc<str>, i64)> = Vec::new();
+    let mut compaction_checked = Instant::now();
     for record in due {
-        if let Err(e) = reconcile(service, &record) {
+        let deferred = silent
+            .iter()
+            .find(|(region, _)| *region == record.region_id);
+        if stop.load(Ordering::Relaxed) || deferred.is_some() {
+            let at = deferred.map_or(record.next_attempt, |(_, at)| *at);
+            let _ = service
+                .store
+                .update(&record.id, |r| r.leave_to_reconciler(at));
+            continue;
+        }
+        if compaction_checked.elapsed() >= COMPACTION_CHECK_EVERY {
+            compaction_checked = Instant::now();
+            if let Err(e) = service.store.compact_if_needed() {
+                error!("compaction failed (the journal keeps growing until it succeeds): {e}");
+            }
+        }
+        let outcome = reconcile(service, &record);
+        if let Ok(Some(at)) = outcome {
+            info!(
+                "region {}: its platform did not answer; its other removals wait until the next attempt",
+                record.region_id
+            );
+            silent.push((record.region_id.clone(), at));
+        }
+        if let Err(e) = outcome {
             let attempts = record.attempts + 1;
             let at = service.retry.next_at(attempts);
             error!(
@@ -178,8 +222,10 @@ pub fn reconcile_once(service: &Service) -> Option<Duration> {
 
 /// Removes what the `claimed` record holds on its platform (a PENDING one is rolled back
 /// first) and records how that went; the record is given back in every case but an error,
-/// which [`reconcile_once`] handles.
-fn reconcile(service: &Service, claimed: &Record) -> Result<(), StoreError> {
+/// which [`reconcile_pass`] handles. `Some(at)`: the platform did not answer (see
+/// [`MepError::is_silence`](crate::mep::MepError::is_silence)); the record is due again at
+/// `at`.
+fn reconcile(service: &Service, claimed: &Record) -> Result<Option<i64>, StoreError> {
     let id = &claimed.id;
     let mut record = claimed.clone();
     if record.status == Status::Pending {
@@ -209,7 +255,7 @@ fn reconcile(service: &Service, claimed: &Record) -> Result<(), StoreError> {
         error!("request {id}: {detail}");
         let at = now_millis() + service.retry.max.as_millis() as i64;
         service.store.update(id, |r| r.stuck(detail, at))?;
-        return Ok(());
+        return Ok(None);
     };
     record_outcome(service, &record, undone)
 }
@@ -220,7 +266,7 @@ fn reconcile(service: &Service, claimed: &Record) -> Result<(), StoreError> {
 /// (`?adopt=true`, `?forget=true`) or the configuration goes back. Logged once; its detail
 /// says so (written once: the same detail again changes nothing durable); looked at again
 /// after the longest backoff.
-fn leave_alone(service: &Service, record: &Record, why: String) -> Result<(), StoreError> {
+fn leave_alone(service: &Service, record: &Record, why: String) -> Result<Option<i64>, StoreError> {
     service.log_left_alone_once(record, &why);
     let detail = match record.status {
         Status::Deleting => why,
@@ -228,7 +274,7 @@ fn leave_alone(service: &Service, record: &Record, why: String) -> Result<(), St
     };
     let at = now_millis() + service.retry.max.as_millis() as i64;
     service.store.update(&record.id, |r| r.stuck(detail, at))?;
-    Ok(())
+    Ok(None)
 }
 
 /// What the detail of a request whose region's platform URL changed says.
@@ -240,12 +286,13 @@ fn platform_changed(record: &Record, current: &str) -> String {
     )
 }
 
-/// Records how the reconciler's removal of `record`'s steps went.
+/// Records how the reconciler's removal of `record`'s steps went; `Some(at)` as
+/// [`reconcile`] says.
 fn record_outcome(
     service: &Service,
     record: &Record,
     undone: Result<(), Undo<'_>>,
-) -> Result<(), StoreError> {
+) -> Result<Option<i64>, StoreError> {
     let id = &record.id;
     match undone {
         Ok(()) if record.status == Status::Deleting => {
@@ -278,6 +325,7 @@ fn record_outcome(
             service
                 .store
                 .update(id, |r| r.retry(attempts, at, detail, now_millis()))?;
+            return Ok(error.is_silence().then_some(at));
         }
         Err(Undo::Settling { step, until, .. }) => {
             let detail = format!("{}; {}", reason(record), settling(step, until));
@@ -289,7 +337,7 @@ fn record_outcome(
         }
         Err(Undo::State(e)) => return Err(e),
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The detail of a creation that `cause` interrupted, rolled back.

@@ -242,6 +242,63 @@ fn a_creation_waits_a_bounded_time_for_removals_of_its_rule_that_keep_failing() 
     assert_eq!(fake.installed().len(), 1, "{:?}", fake.calls());
 }
 
+/// Found by an audit: the reconciler sent every due removal of a pass in turn, so a region
+/// whose platform hung cost one timeout per request, and a pass over ten of them held up the
+/// removals of the other regions (and the journal's compaction) for ten timeouts. A region
+/// whose platform did not answer is sent no other removal in the pass: another region's
+/// request, behind them, is removed as soon as its platform takes it.
+#[test]
+fn a_hanging_platform_costs_one_timeout_a_pass_not_one_a_request() {
+    let (bad, good) = (FakeLlMec::start(), FakeLlMec::start());
+    let p = Plugin::start(&format!(
+        "{}{}{}",
+        server_section(""),
+        llmec_region("2", &bad.url(), 300),
+        llmec_region("3", &good.url(), 1000)
+    ));
+    let dns = |region: &str, name: &str| {
+        serde_json::json!({"RegionId": region, "appDNSRule": [{"dnsRuleId": "d",
+            "domainName": format!("{name}.example.org"), "ipAddressType": "IP_V4",
+            "ipAddress": "172.24.248.5"}]})
+        .to_string()
+    };
+    let created = |body: String| {
+        let r = p.post(&body);
+        assert_eq!(r.status, 201, "{:?}", r.json);
+        r.json["RequestId"].as_str().unwrap().to_string()
+    };
+    let stuck: Vec<String> = (0..10)
+        .map(|i| created(dns("2", &format!("b{i}"))))
+        .collect();
+    // Created last, so its removal comes after the others' in every pass.
+    let other = created(dns("3", "g"));
+    bad.delay(Duration::from_secs(3));
+    for id in &stuck {
+        assert_eq!(p.delete(id).status, 202);
+    }
+    good.fail_all(403);
+    assert_eq!(p.delete(&other).status, 202);
+    good.heal();
+    let started = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || p
+            .get(&format!("/service/requests/{other}"))
+            .status
+            == 404),
+        "{:?}",
+        p.get(&format!("/service/requests/{other}")).json
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "removed after {took:?}");
+    assert!(good.installed().is_empty(), "{:?}", good.calls());
+    for id in &stuck {
+        assert_eq!(
+            p.get(&format!("/service/requests/{id}")).json["status"],
+            "DELETING"
+        );
+    }
+}
+
 #[test]
 fn a_gateway_s_504_in_front_of_the_platform_answers_504_and_its_step_is_removed() {
     let fake = FakeLlMec::start();

@@ -129,6 +129,19 @@ impl MepError {
         }
     }
 
+    /// The platform did not answer at all (no connection, no answer in time): its other
+    /// calls are likely to fail the same way, each costing up to its timeout, where an answer,
+    /// even a refusal, came at once and concerned this call.
+    pub fn is_silence(&self) -> bool {
+        match self {
+            MepError::Unreachable { .. } | MepError::NotSent { .. } | MepError::Timeout { .. } => {
+                true
+            }
+            MepError::Refused { .. } => false,
+            MepError::BeforeChange(e) => e.is_silence(),
+        }
+    }
+
     /// The same failure of a call that was part of an exchange already under way (a task
     /// poll after its POST): never "not sent", since the exchange as a whole was.
     pub fn within_exchange(self) -> MepError {
