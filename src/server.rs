@@ -83,7 +83,7 @@
 //! half received (not executed), lets the workers finish the requests they have and the ones
 //! queued (bounded by the grace period; their responses say `Connection: close`), answers 503
 //! the requests still queued when the grace period ends (not executed either), then closes
-//! everything, answering 503 (best effort) the requests a worker still has.
+//! everything.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -1578,8 +1578,6 @@ struct Conn {
     eof: bool,
     /// Serial of the current request, to match the workers' answers.
     serial: u64,
-    /// The request with a worker is a `HEAD` (its answers have no body).
-    head_only: bool,
     /// Still in the TLS handshake (its time counts against the first head's deadline).
     handshaking: bool,
     /// Whether this is a 503 refusal past `max_connections`, and where.
@@ -1762,28 +1760,8 @@ impl IoLoop {
             }
         }
         let remaining = self.conns.iter().flatten().count();
-        // Requests still with a worker when the grace period ended: their clients are told
-        // why the connection ends (best effort: one write that does not wait), where they saw
-        // it close unanswered (found by an audit).
-        let cut = cut_short().to_response(self.shared.api_style);
-        let mut answered_cut = 0;
         for i in 0..self.conns.len() {
-            let token = Token(i + FIRST_CONN);
-            if let Some(conn) = self.conn(token) {
-                if matches!(conn.phase, Phase::Waiting) && !conn.handshaking {
-                    let out = render(&cut, conn.head_only, true);
-                    conn.out.extend_from_slice(&out);
-                    let _ = flush(conn);
-                    answered_cut += 1;
-                }
-            }
-            self.close(token);
-        }
-        if answered_cut > 0 {
-            log::warn!(
-                "{answered_cut} request(s) still being handled when the grace period ended were \
-                 answered 503 (not counted in the metrics: the process ends)"
-            );
+            self.close(Token(i + FIRST_CONN));
         }
         debug!(
             "I/O loop on {} ended ({remaining} connections closed)",
@@ -1946,7 +1924,6 @@ impl IoLoop {
             deadline: None,
             eof: false,
             serial: 0,
-            head_only: false,
             handshaking,
             overflow: if overflow {
                 Overflow::Answering
@@ -2550,7 +2527,6 @@ impl IoLoop {
         let serial = self.serial;
         let Some(conn) = self.conn(token) else { return };
         conn.serial = serial;
-        conn.head_only = request.method == "HEAD";
         conn.phase = Phase::Waiting;
         conn.deadline = None;
         let mut job = Job {
@@ -2633,17 +2609,6 @@ fn shutting_down() -> ApiError {
     ApiError::Unavailable {
         detail: "mec-plugin is shutting down: this request was not executed; send it again \
                  once the service is back"
-            .into(),
-        request_id: None,
-    }
-}
-
-/// The answer to a request a worker was still handling when the shutdown's grace period ended.
-fn cut_short() -> ApiError {
-    ApiError::Unavailable {
-        detail: "mec-plugin stopped before this request was finished: a creation under way is \
-                 rolled back when the service starts again (it is then listed FAILED, with \
-                 whatever it applied removed); a DELETE under way is finished then"
             .into(),
         request_id: None,
     }
