@@ -1608,10 +1608,18 @@ struct DirLock {
     _file: File,
 }
 
-/// Takes `flock` on `file` without waiting: whether it was free.
-fn flocked(file: &File) -> bool {
+/// Takes `flock` on `file` without waiting: `Ok(false)` when another holds it, an error when
+/// the file system cannot lock it.
+fn flocked(file: &File) -> io::Result<bool> {
     // SAFETY: flock on a file descriptor we own; no memory is passed.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Ok(false),
+        _ => Err(error),
+    }
 }
 
 /// Takes the directory's lock, or says who holds it. The directory itself is locked first: a
@@ -1636,8 +1644,16 @@ fn take_lock(dir: &Path) -> Result<DirLock, JournalError> {
         }
     };
     let handle = File::open(dir).map_err(io_err(dir))?;
-    if !flocked(&handle) {
-        return Err(locked());
+    match flocked(&handle) {
+        Ok(true) => {}
+        Ok(false) => return Err(locked()),
+        // A file system that cannot lock a directory (some network and FUSE ones) keeps the
+        // lock on `LOCK` alone, as before the directory's own lock.
+        Err(e) => warn!(
+            "{}: cannot lock the directory itself ({e}); only its LOCK file keeps a second \
+             process out: do not delete it while the service runs",
+            dir.display()
+        ),
     }
     let mut file = OpenOptions::new()
         .read(true)
@@ -1646,7 +1662,7 @@ fn take_lock(dir: &Path) -> Result<DirLock, JournalError> {
         .truncate(false)
         .open(&path)
         .map_err(io_err(&path))?;
-    if !flocked(&file) {
+    if !flocked(&file).unwrap_or(false) {
         return Err(locked());
     }
     // The pid only tells a second process who holds the lock: the lock is the flock. Writing

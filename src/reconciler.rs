@@ -157,7 +157,8 @@ const COMPACTION_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// One pass (see [`reconcile_once`]), which ends early when `stop` is set: the records not
 /// taken yet are given back as they were. A region whose platform did not answer one removal
 /// (no connection, no answer in time) is sent no other in this pass: its other records are
-/// due again when that one is, so a dead platform costs one timeout a pass, not one a record
+/// due again when that one is (and go before it), so a dead platform costs one timeout a
+/// pass, not one a record
 /// (found by an audit: 30 records on a hanging platform made each pass last 90 s, during which
 /// the other regions' removals and the journal's compaction waited). Compaction is looked at
 /// between records too.
@@ -170,9 +171,12 @@ fn reconcile_pass(service: &Service, stop: &AtomicBool) -> Option<Duration> {
             debug_assert!(claimed, "only a record nobody works on needs removal");
         },
     );
-    // Oldest first, whatever the map's order.
+    // Fewest attempts first, then oldest: a record left for a silent region keeps its count, so
+    // the next pass sends its removal before the one that found the platform silent again. A
+    // rule the platform hangs on alone therefore holds up neither the region's other removals
+    // for ever (a review's finding), and a dead platform is still sent one removal a pass.
     let mut due = due;
-    due.sort_unstable_by_key(|r| r.seq);
+    due.sort_unstable_by_key(|r| (r.attempts, r.seq));
     let mut silent: Vec<(Arc<str>, i64)> = Vec::new();
     let mut compaction_checked = Instant::now();
     for record in due {
@@ -647,6 +651,43 @@ mod tests {
         assert!(on(&d).is_empty());
         assert!(matches!(s.delete(&id, false).unwrap(), Removal::Done(_)));
         assert!(s.get(&id).is_none());
+    }
+
+    /// A region whose platform did not answer one removal is sent no other in that pass, and
+    /// the record that found it silent goes after the others in the next: a rule the platform
+    /// hangs on alone (here "a", unreachable) holds up the region's other removals for one
+    /// pass, never for ever (a review found the oldest record probing first in every pass).
+    #[test]
+    fn a_silent_platform_gets_one_removal_a_pass_and_the_prober_goes_last_next() {
+        let (s, d) = service();
+        let ids: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .map(|rule| s.create(request(&[rule])).unwrap())
+            .collect();
+        for (id, rule) in ids.iter().zip(["a", "b", "c"]) {
+            *d.fail_remove.lock().unwrap() = Some(rule.into());
+            let removal = s.delete(id, false).unwrap();
+            assert!(
+                matches!(removal, Removal::Accepted(_)),
+                "{rule}: {removal:?}"
+            );
+        }
+        *d.fail_remove.lock().unwrap() = Some("a".into());
+        let due_now = |s: &Service| {
+            for id in &ids {
+                s.store.update(id, |r| r.next_attempt = 0).unwrap();
+            }
+        };
+        due_now(&s);
+        reconcile_once(&s);
+        // "a" (the oldest) found the platform silent: "b" and "c" were not sent.
+        assert_eq!(on(&d), ["a", "b", "c"]);
+        assert!(ids.iter().all(|id| s.get(id).is_some_and(|r| !r.busy)));
+        due_now(&s);
+        reconcile_once(&s);
+        assert_eq!(on(&d), ["a"], "the others went first in the next pass");
+        assert!(s.get(&ids[1]).is_none() && s.get(&ids[2]).is_none());
+        assert_eq!(s.get(&ids[0]).unwrap().status, Status::Deleting);
     }
 
     #[test]

@@ -1393,9 +1393,10 @@ pub(crate) mod tests {
                 .traffic_rules()
                 .iter()
                 .map(|t| t.traffic_rule_id.clone());
+            // One platform rule per label: requests using the same label share it.
             Ok(dns
                 .chain(traffic)
-                .map(|label| Step::new(&label, "/x", "{}"))
+                .map(|label| Step::new(&label, "/x", &format!(r#"{{"rule":"{label}"}}"#)))
                 .collect())
         }
         fn apply(&self, step: &Step) -> Result<(), MepError> {
