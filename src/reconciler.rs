@@ -81,10 +81,15 @@ fn run(service: &Service, stop: &AtomicBool) {
             last_expiry = Instant::now();
             service.expire_failed(now_millis());
         }
-        if let Err(e) = service.store.compact_if_needed() {
-            error!("compaction failed (the journal keeps growing until it succeeds): {e}");
-        }
+        compact_if_needed(service);
         service.wait_for_work(next);
+    }
+}
+
+/// Compacts the journal if it is due; a failure is logged (the next look tries again).
+fn compact_if_needed(service: &Service) {
+    if let Err(e) = service.store.compact_if_needed() {
+        error!("compaction failed (the journal keeps growing until it succeeds): {e}");
     }
 }
 
@@ -192,9 +197,7 @@ fn reconcile_pass(service: &Service, stop: &AtomicBool) -> Option<Duration> {
         }
         if compaction_checked.elapsed() >= COMPACTION_CHECK_EVERY {
             compaction_checked = Instant::now();
-            if let Err(e) = service.store.compact_if_needed() {
-                error!("compaction failed (the journal keeps growing until it succeeds): {e}");
-            }
+            compact_if_needed(service);
         }
         let outcome = reconcile(service, &record);
         if let Ok(Some(at)) = outcome {

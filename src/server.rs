@@ -2476,16 +2476,18 @@ impl IoLoop {
                 let error = ApiError::PayloadTooLarge { limit: max };
                 return self.refuse(token, error, Some(request), started);
             }
-            // Refused unread (before its 100 Continue) when it cannot fit now; taken only as
-            // it arrives.
+        }
+        if !has_body {
+            return self.dispatch(token, request, &head, None, started);
+        }
+        // A declared body is refused unread (before its 100 Continue) when it cannot fit now;
+        // its memory is taken only as it arrives.
+        if let Framing::Length(n) = head.framing {
             if !self.shared.bodies.fits(n as usize) {
                 let limit = self.shared.bodies.max;
                 let error = ApiError::BodyMemoryFull { limit };
                 return self.refuse(token, error, Some(request), started);
             }
-        }
-        if !has_body {
-            return self.dispatch(token, request, &head, None, started);
         }
         let read_timeout = self.shared.read_timeout;
         let lease = BodyLease::new(&self.shared.bodies);
